@@ -1,0 +1,44 @@
+"""Channel-attention modules and their registry.
+
+Every module takes the channel count as its first argument, so a residual block
+only needs the class. Adding an attention is one file here and one line in
+ATTENTIONS.
+"""
+from .eca import ECA, eca_kernel_size
+from .gct import GCT
+from .se import SE, se_hidden_units
+
+ATTENTIONS = {
+    'none': None,
+    'se': SE,
+    'eca': ECA,
+    'gct': GCT,
+}
+
+
+class UnknownNameError(KeyError):
+    """A model or attention name that is not registered; the message lists the valid ones."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def get_attention(name):
+    """The attention class registered as `name` (None for 'none')."""
+    key = str(name).lower()
+    if key not in ATTENTIONS:
+        raise UnknownNameError(
+            f"unknown attention {name!r}; valid attentions: {', '.join(ATTENTIONS)}")
+    return ATTENTIONS[key]
+
+
+def create_attention(name, channels, **kwargs):
+    """An instance of attention `name` for `channels` channels, or None for 'none'."""
+    attention_class = get_attention(name)
+    if attention_class is None:
+        return None
+    return attention_class(channels, **kwargs)
+
+
+__all__ = ['ATTENTIONS', 'ECA', 'GCT', 'SE', 'UnknownNameError', 'create_attention',
+           'eca_kernel_size', 'get_attention', 'se_hidden_units']

@@ -1,0 +1,32 @@
+"""Gated Channel Transformation.
+
+Yang, Zhu, Wu, Yang: "Gated Channel Transformation for Visual Recognition",
+CVPR 2020. https://arxiv.org/abs/1909.11519
+"""
+from mxnet import init
+from mxnet.gluon.block import HybridBlock
+
+
+class GCT(HybridBlock):
+    """Per-channel L2 embedding times alpha, normalised across channels, gate 1 + tanh(gamma * n + beta).
+
+    alpha=1, beta=0, gamma=0 at initialisation, so the gate starts as the identity.
+    beta takes no weight decay, as in the paper's training recipe. Adds 3 * C parameters.
+    """
+
+    def __init__(self, channels, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        shape = (1, channels, 1, 1)
+        with self.name_scope():
+            self.alpha = self.params.get('alpha', shape=shape, init=init.One())
+            self.gamma = self.params.get('gamma', shape=shape, init=init.Zero())
+            self.beta = self.params.get('beta', shape=shape, init=init.Zero(), wd_mult=0.0)
+
+    def hybrid_forward(self, F, x, alpha, gamma, beta):
+        embedding = F.broadcast_mul(
+            F.sqrt(F.sum(F.square(x), axis=(2, 3), keepdims=True) + self.epsilon), alpha)
+        norm = F.broadcast_div(
+            gamma, F.sqrt(F.mean(F.square(embedding), axis=1, keepdims=True) + self.epsilon))
+        gate = 1.0 + F.tanh(F.broadcast_add(F.broadcast_mul(embedding, norm), beta))
+        return F.broadcast_mul(x, gate)

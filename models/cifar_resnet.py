@@ -1,0 +1,151 @@
+"""CIFAR ResNets v1 and v2 (depth 6n+2) with a channel attention on every residual branch.
+
+He, Zhang, Ren, Sun: "Deep Residual Learning for Image Recognition" (v1),
+https://arxiv.org/abs/1512.03385, and "Identity Mappings in Deep Residual
+Networks" (v2), https://arxiv.org/abs/1603.05027.
+
+The layer structure and parameter names follow gluoncv's `cifarresnet.py`, so the
+vanilla networks have exactly gluoncv's parameters. The attention sits on the
+residual branch, after the block body and before the addition to the shortcut.
+"""
+import re
+
+from mxnet.gluon import nn
+from mxnet.gluon.block import HybridBlock
+
+from .attention import UnknownNameError, get_attention
+
+STAGE_CHANNELS = (16, 16, 32, 64)
+STANDARD_DEPTHS = (20, 56, 110)
+MODEL_NAME_PATTERN = re.compile(r'^cifar_resnet(\d+)_v([12])$')
+MODELS = tuple(f'cifar_resnet{depth}_v{version}'
+               for depth in STANDARD_DEPTHS for version in (1, 2))
+
+
+def _conv3x3(channels, stride, in_channels):
+    return nn.Conv2D(channels, kernel_size=3, strides=stride, padding=1,
+                     use_bias=False, in_channels=in_channels)
+
+
+def _attention_or_none(attention_class, channels, attention_kwargs):
+    if attention_class is None:
+        return None
+    return attention_class(channels, **(attention_kwargs or {}))
+
+
+class BasicBlockV1(HybridBlock):
+    """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
+
+    def __init__(self, channels, stride, downsample, in_channels,
+                 attention_class=None, attention_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        self.body = nn.HybridSequential(prefix='')
+        self.body.add(_conv3x3(channels, stride, in_channels), nn.BatchNorm(),
+                      nn.Activation('relu'), _conv3x3(channels, 1, channels), nn.BatchNorm())
+        self.attention = _attention_or_none(attention_class, channels, attention_kwargs)
+        self.downsample = None
+        if downsample:
+            self.downsample = nn.HybridSequential(prefix='')
+            self.downsample.add(nn.Conv2D(channels, kernel_size=1, strides=stride,
+                                          use_bias=False, in_channels=in_channels),
+                                nn.BatchNorm())
+
+    def hybrid_forward(self, F, x):
+        residual = self.body(x)
+        if self.attention is not None:
+            residual = self.attention(residual)
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return F.relu(shortcut + residual)
+
+
+class BasicBlockV2(HybridBlock):
+    """Pre-activation: BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut."""
+
+    def __init__(self, channels, stride, downsample, in_channels,
+                 attention_class=None, attention_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        self.bn1 = nn.BatchNorm()
+        self.conv1 = _conv3x3(channels, stride, in_channels)
+        self.bn2 = nn.BatchNorm()
+        self.conv2 = _conv3x3(channels, 1, channels)
+        self.attention = _attention_or_none(attention_class, channels, attention_kwargs)
+        self.downsample = None
+        if downsample:
+            self.downsample = nn.Conv2D(channels, 1, stride, use_bias=False,
+                                        in_channels=in_channels)
+
+    def hybrid_forward(self, F, x):
+        shortcut = x
+        x = F.relu(self.bn1(x))
+        if self.downsample is not None:
+            # v2 takes the projection from the pre-activated input, as gluoncv does.
+            shortcut = self.downsample(x)
+        residual = self.conv2(F.relu(self.bn2(self.conv1(x))))
+        if self.attention is not None:
+            residual = self.attention(residual)
+        return residual + shortcut
+
+
+class CIFARResNet(HybridBlock):
+    """A CIFAR ResNet: a 3x3 stem, three stages of `blocks_per_stage` basic blocks, pool, dense."""
+
+    def __init__(self, version, blocks_per_stage, classes=10,
+                 attention_class=None, attention_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
+        with self.name_scope():
+            self.features = nn.HybridSequential(prefix='')
+            if version == 2:
+                self.features.add(nn.BatchNorm(scale=False, center=False))
+            self.features.add(nn.Conv2D(STAGE_CHANNELS[0], 3, 1, 1, use_bias=False))
+            if version == 1:
+                self.features.add(nn.BatchNorm())
+            in_channels = STAGE_CHANNELS[0]
+            for stage_index, channels in enumerate(STAGE_CHANNELS[1:], start=1):
+                stride = 1 if stage_index == 1 else 2
+                stage = nn.HybridSequential(prefix=f'stage{stage_index}_')
+                with stage.name_scope():
+                    for block_index in range(blocks_per_stage):
+                        first = block_index == 0
+                        stage.add(block_class(
+                            channels, stride if first else 1,
+                            downsample=first and channels != in_channels,
+                            in_channels=in_channels if first else channels,
+                            attention_class=attention_class,
+                            attention_kwargs=attention_kwargs, prefix=''))
+                self.features.add(stage)
+                in_channels = channels
+            if version == 2:
+                self.features.add(nn.BatchNorm(), nn.Activation('relu'))
+            self.output = nn.Dense(classes, in_units=in_channels)
+
+    def hybrid_forward(self, F, x):
+        # Spatial mean instead of GlobalAvgPool2D for the same reason as in the attentions.
+        return self.output(F.mean(self.features(x), axis=(2, 3)))
+
+
+def parse_model_name(name):
+    """(version, depth) of a `cifar_resnet{depth}_v{version}` name with depth = 6n + 2."""
+    match = MODEL_NAME_PATTERN.match(str(name))
+    depth = int(match.group(1)) if match else 0
+    if not match or depth < 8 or (depth - 2) % 6:
+        raise UnknownNameError(
+            f"unknown model {name!r}; valid models: {', '.join(MODELS)} "
+            f"(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, n >= 1)")
+    return int(match.group(2)), depth
+
+
+def get_model(name, attention='none', classes=10, attention_kwargs=None, **kwargs):
+    """Build `name` (e.g. 'cifar_resnet20_v1') with attention `attention` ('none', 'se', ...).
+
+    `attention_kwargs` go to every attention module (e.g. {'reduction': 8} for SE);
+    None values in them are dropped so unset options keep the module's defaults.
+    """
+    version, depth = parse_model_name(name)
+    attention_class = get_attention(attention)
+    attention_kwargs = {k: v for k, v in (attention_kwargs or {}).items() if v is not None}
+    if attention_class is None and attention_kwargs:
+        raise ValueError(f"attention 'none' takes no options, got {sorted(attention_kwargs)}")
+    return CIFARResNet(version, (depth - 2) // 6, classes=classes,
+                       attention_class=attention_class,
+                       attention_kwargs=attention_kwargs, **kwargs)

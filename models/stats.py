@@ -1,0 +1,81 @@
+"""Model statistics: trainable parameters and multiply-accumulates of a forward pass."""
+from dataclasses import dataclass
+
+import mxnet as mx
+from mxnet.gluon import nn
+
+from .attention import ATTENTIONS
+from .cifar_resnet import MODELS, get_model
+
+CIFAR_INPUT_SHAPE = (1, 3, 32, 32)
+# Multiply-accumulates are counted for the layers that carry weights (convolutions
+# and dense layers), the convention of the ResNet, SE and ECA papers; element-wise
+# work (BN, activations, the attention's scaling) is left out.
+_WEIGHTED_LAYERS = (nn.Conv1D, nn.Conv2D, nn.Dense)
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model: str
+    attention: str
+    params: int
+    macs: int
+
+
+def count_parameters(net):
+    """Trainable parameters (BN running statistics excluded) of a network whose shapes are known."""
+    return sum(int(p.data().size) for p in net.collect_params().values() if p.grad_req != 'null')
+
+
+def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
+    """Multiply-accumulates of one forward pass for one image of `input_shape`.
+
+    Every weighted layer computes, per output element, a dot product as long as
+    one filter (weight.shape[1:]), so MACs = output elements x filter size.
+    """
+    counts = []
+
+    def hook(block, _inputs, output):
+        filter_size = int(block.weight.data().size // block.weight.shape[0])
+        counts.append(int(output[0].size) * filter_size)
+
+    handles = [block.register_forward_hook(hook) for block in _iter_blocks(net)
+               if isinstance(block, _WEIGHTED_LAYERS)]
+    try:
+        net(mx.nd.zeros(input_shape))
+    finally:
+        for handle in handles:
+            handle.detach()
+    return sum(counts)
+
+
+def _iter_blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _iter_blocks(child)
+
+
+def model_stats(model, attention='none', attention_kwargs=None, classes=10):
+    """ModelStats for one model x attention, computed on a freshly initialised CPU copy."""
+    net = get_model(model, attention, classes=classes, attention_kwargs=attention_kwargs)
+    net.initialize(ctx=mx.cpu())
+    macs = count_macs(net)  # the forward pass also settles deferred parameter shapes
+    return ModelStats(model, attention, count_parameters(net), macs)
+
+
+def stats_table(models=MODELS, attentions=tuple(ATTENTIONS)):
+    """Rows of model, attention, params, MACs and the overhead of each against vanilla."""
+    rows = []
+    for model in models:
+        vanilla = model_stats(model, 'none')
+        for attention in attentions:
+            stats = vanilla if attention == 'none' else model_stats(model, attention)
+            rows.append({
+                'model': model, 'attention': attention,
+                'params': stats.params, 'macs': stats.macs,
+                'extra_params': stats.params - vanilla.params,
+                'extra_macs': stats.macs - vanilla.macs,
+                'params_overhead_pct': 100.0 * (stats.params - vanilla.params) / vanilla.params,
+                'macs_overhead_pct': 100.0 * (stats.macs - vanilla.macs) / vanilla.macs,
+            })
+    return rows

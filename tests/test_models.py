@@ -1,0 +1,306 @@
+"""The attention zoo and the CIFAR ResNets, parametrised over both registries."""
+import itertools
+
+import mxnet as mx
+import numpy as np
+import pytest
+from gluoncv.model_zoo import get_model as gluoncv_get_model
+from mxnet import autograd
+from mxnet.gluon import nn
+
+from models import (ATTENTIONS, MODELS, UnknownNameError, count_macs, count_parameters,
+                    create_attention, get_attention, get_model, model_stats)
+from models.__main__ import main as models_main
+from models.attention import ECA, GCT, SE, eca_kernel_size, se_hidden_units
+
+ATTENTION_NAMES = list(ATTENTIONS)
+WITH_PARAMETERS = [name for name in ATTENTION_NAMES if name != 'none']
+CELLS = list(itertools.product(MODELS, ATTENTION_NAMES))
+
+
+def _built(model, attention, batch=2, seed=0):
+    mx.random.seed(seed)
+    net = get_model(model, attention)
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.random.normal(shape=(batch, 3, 32, 32))
+    net(x)  # settle deferred shapes
+    return net, x
+
+
+def _attention_params(net):
+    return {name: p for name, p in net.collect_params().items()
+            if any(f'_{kind}' in name for kind in WITH_PARAMETERS)}
+
+
+def _randomise(params, seed=1):
+    """Move attention parameters off their start values (GCT starts as the identity)."""
+    rng = np.random.default_rng(seed)
+    for param in params.values():
+        param.set_data(mx.nd.array(rng.normal(0.0, 0.5, size=param.shape)))
+
+
+@pytest.mark.parametrize('model,attention', CELLS)
+def test_forward_shape_and_finite(model, attention):
+    net, x = _built(model, attention)
+    out = net(x)
+    assert out.shape == (2, 10)
+    assert np.isfinite(out.asnumpy()).all()
+
+
+@pytest.mark.parametrize('model,attention', CELLS)
+def test_hybridized_output_equals_imperative(model, attention):
+    net, x = _built(model, attention)
+    _randomise(_attention_params(net))
+    imperative = net(x).asnumpy()
+    net.hybridize(static_alloc=True, static_shape=True)
+    hybrid = net(x).asnumpy()
+    np.testing.assert_allclose(hybrid, imperative, rtol=1e-4, atol=1e-5)
+
+
+def _revive_dead_se_units(net, x, passes=5):
+    """Negate SE bottleneck rows whose ReLU is off for every image.
+
+    The residual branches' pooled values barely vary across images, so a random
+    row can be off for the whole batch; it then rightly gets no gradient, which
+    would hide whether the parameter is wired in at all. Negating the row turns it on.
+    """
+    squeezes = [b for b in _iter_blocks(net) if isinstance(b, SE)]
+    for _ in range(passes):
+        seen = []
+        handles = [se.squeeze.register_forward_hook(
+            lambda block, _inputs, output: seen.append((block, output.asnumpy())))
+            for se in squeezes]
+        with autograd.train_mode():  # BN on batch statistics, as in the backward pass
+            net(x)
+        for handle in handles:
+            handle.detach()
+        dead_any = False
+        for block, pre_activation in seen:
+            dead = (pre_activation <= 0).all(axis=0)
+            if dead.any():
+                dead_any = True
+                weight = block.weight.data().asnumpy()
+                weight[dead] *= -1
+                block.weight.set_data(mx.nd.array(weight))
+        if not dead_any:
+            return
+    raise AssertionError('could not revive every SE unit')
+
+
+def _iter_blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _iter_blocks(child)
+
+
+@pytest.mark.parametrize('model,attention', CELLS)
+def test_gradients_reach_every_attention_parameter(model, attention):
+    net, x = _built(model, attention, batch=8)
+    params = _attention_params(net)
+    assert bool(params) == (attention != 'none')
+    _randomise(params)
+    _revive_dead_se_units(net, x)
+    labels = mx.nd.array(np.arange(x.shape[0]) % 10)
+    with autograd.record():
+        loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(net(x), labels).mean()
+    loss.backward()
+    for name, param in params.items():
+        grad = param.grad().asnumpy()
+        assert np.isfinite(grad).all(), name
+        assert np.abs(grad).sum() > 0, f'no gradient reaches {name}'
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_vanilla_parameters_equal_gluoncv(model):
+    ours, x = _built(model, 'none')
+    theirs = gluoncv_get_model(model, classes=10)
+    theirs.initialize()
+    theirs(x)
+    assert count_parameters(ours) == count_parameters(theirs)
+    all_ours = sum(p.data().size for p in ours.collect_params().values())
+    all_theirs = sum(p.data().size for p in theirs.collect_params().values())
+    assert all_ours == all_theirs
+    assert sorted(p.shape for p in ours.collect_params().values()) == \
+        sorted(p.shape for p in theirs.collect_params().values())
+
+
+@pytest.mark.parametrize('model', MODELS)
+@pytest.mark.parametrize('attention', WITH_PARAMETERS)
+def test_whole_network_overhead_is_the_module_formula_summed_over_blocks(model, attention):
+    depth = int(model.split('resnet')[1].split('_')[0])
+    blocks = (depth - 2) // 6
+    per_module = {
+        'se': lambda c: 2 * c * se_hidden_units(c, 16),
+        'eca': lambda c: eca_kernel_size(c),
+        'gct': lambda c: 3 * c,
+    }[attention]
+    expected = sum(blocks * per_module(c) for c in (16, 32, 64))
+    assert model_stats(model, attention).params - model_stats(model, 'none').params == expected
+
+
+def _module(attention_class, channels, **kwargs):
+    block = attention_class(channels, **kwargs)
+    block.initialize()
+    block(mx.nd.ones((1, channels, 4, 4)))
+    return block
+
+
+@pytest.mark.parametrize('channels,reduction', [(64, 16), (32, 4), (16, 16), (8, 16)])
+def test_se_parameter_count(channels, reduction):
+    hidden = max(1, channels // reduction)
+    assert count_parameters(_module(SE, channels, reduction=reduction)) == 2 * channels * hidden
+    if channels >= reduction:
+        assert count_parameters(_module(SE, channels, reduction=reduction)) == \
+            2 * channels * channels // reduction
+
+
+@pytest.mark.parametrize('channels,kernel', [(16, 3), (32, 3), (64, 3), (128, 5), (512, 5)])
+def test_eca_adaptive_kernel_and_parameter_count(channels, kernel):
+    assert eca_kernel_size(channels) == kernel
+    assert count_parameters(_module(ECA, channels)) == kernel
+
+
+def test_eca_fixed_kernel_and_bad_kernel():
+    assert count_parameters(_module(ECA, 64, kernel_size=7)) == 7
+    with pytest.raises(ValueError, match='odd'):
+        ECA(64, kernel_size=4)
+
+
+@pytest.mark.parametrize('channels', [16, 64])
+def test_gct_parameter_count_and_no_weight_decay_on_beta(channels):
+    block = _module(GCT, channels)
+    assert count_parameters(block) == 3 * channels
+    wd = {name.rsplit('_', 1)[-1]: p.wd_mult for name, p in block.collect_params().items()}
+    assert wd == {'alpha': 1.0, 'gamma': 1.0, 'beta': 0.0}
+
+
+def test_gct_is_identity_at_initialisation():
+    block = GCT(32)
+    block.initialize()
+    x = mx.nd.random.normal(shape=(4, 32, 8, 8))
+    np.testing.assert_array_equal(block(x).asnumpy(), x.asnumpy())
+
+
+# Plain numpy formulas of each paper, against which the Gluon modules are checked.
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _reference_se(x, w_squeeze, w_excite):
+    pooled = x.mean(axis=(2, 3))
+    weights = _sigmoid(np.maximum(pooled @ w_squeeze.T, 0.0) @ w_excite.T)
+    return x * weights[:, :, None, None]
+
+
+def _reference_eca(x, kernel):
+    pooled = x.mean(axis=(2, 3))
+    k = kernel.size
+    padded = np.pad(pooled, ((0, 0), (k // 2, k // 2)))
+    mixed = np.stack([padded[:, i:i + k] @ kernel for i in range(pooled.shape[1])], axis=1)
+    return x * _sigmoid(mixed)[:, :, None, None]
+
+
+def _reference_gct(x, alpha, gamma, beta, eps=1e-5):
+    embedding = np.sqrt((x ** 2).sum(axis=(2, 3), keepdims=True) + eps) * alpha
+    norm = gamma / np.sqrt((embedding ** 2).mean(axis=1, keepdims=True) + eps)
+    return x * (1.0 + np.tanh(embedding * norm + beta))
+
+
+def test_modules_compute_their_papers_formulas():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 32, 5, 5)).astype(np.float32)
+
+    se = _module(SE, 32, reduction=4)
+    _randomise(se.collect_params())
+    w_squeeze, w_excite = (p.data().asnumpy() for p in se.collect_params().values())
+    np.testing.assert_allclose(se(mx.nd.array(x)).asnumpy(),
+                               _reference_se(x, w_squeeze, w_excite), rtol=1e-5, atol=1e-6)
+
+    eca = _module(ECA, 32, kernel_size=5)
+    _randomise(eca.collect_params())
+    kernel = next(iter(eca.collect_params().values())).data().asnumpy().reshape(-1)
+    np.testing.assert_allclose(eca(mx.nd.array(x)).asnumpy(), _reference_eca(x, kernel),
+                               rtol=1e-5, atol=1e-6)
+
+    gct = _module(GCT, 32)
+    _randomise(gct.collect_params())
+    values = {name.rsplit('_', 1)[-1]: p.data().asnumpy()
+              for name, p in gct.collect_params().items()}
+    np.testing.assert_allclose(gct(mx.nd.array(x)).asnumpy(),
+                               _reference_gct(x, values['alpha'], values['gamma'],
+                                              values['beta']), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_sits_on_the_residual_branch_before_the_addition():
+    """With an attention that zeroes its input, a v1 block reduces to relu(shortcut)."""
+    class Zero(nn.HybridBlock):
+        def __init__(self, channels, **kwargs):
+            super().__init__(**kwargs)
+
+        def hybrid_forward(self, F, x):
+            return x * 0
+
+    from models.cifar_resnet import BasicBlockV1, BasicBlockV2
+    x = mx.nd.random.normal(shape=(2, 16, 8, 8))
+    for block_class, expected in ((BasicBlockV1, mx.nd.relu(x)), (BasicBlockV2, x)):
+        block = block_class(16, 1, downsample=False, in_channels=16, attention_class=Zero)
+        block.initialize()
+        np.testing.assert_allclose(block(x).asnumpy(), expected.asnumpy())
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(UnknownNameError) as error:
+        get_attention('cbam')
+    assert all(name in str(error.value) for name in ATTENTION_NAMES)
+    with pytest.raises(UnknownNameError) as error:
+        get_model('cifar_resnet21_v1')
+    assert all(name in str(error.value) for name in MODELS)
+    with pytest.raises(UnknownNameError):
+        get_model('resnet18_v1')
+    with pytest.raises(UnknownNameError):
+        get_model('cifar_resnet20_v1', attention='SE-Net')
+
+
+def test_any_depth_6n_plus_2_builds():
+    net, _ = _built('cifar_resnet8_v2', 'eca')
+    assert sum(1 for name in net.collect_params() if '_eca' in name) == 3
+
+
+def test_registry_factory_and_options():
+    assert create_attention('none', 16) is None
+    assert isinstance(create_attention('se', 16, reduction=4), SE)
+    net = get_model('cifar_resnet20_v1', 'se', attention_kwargs={'reduction': 4, 'unused': None})
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    assert count_parameters(net) - model_stats('cifar_resnet20_v1').params == \
+        3 * sum(2 * c * (c // 4) for c in (16, 32, 64))
+    with pytest.raises(ValueError, match='none'):
+        get_model('cifar_resnet20_v1', 'none', attention_kwargs={'reduction': 4})
+
+
+def test_count_macs_of_single_layers():
+    conv = nn.Conv2D(8, 3, padding=1, in_channels=4)
+    conv.initialize()
+    assert count_macs(conv, (1, 4, 10, 10)) == 8 * 10 * 10 * 4 * 3 * 3
+    dense = nn.Dense(5, in_units=7)
+    dense.initialize()
+    assert count_macs(dense, (1, 7)) == 35
+
+
+def test_resnet20_macs_match_the_known_figure():
+    # 40.8 M multiply-adds is the figure usually quoted for CIFAR ResNet-20.
+    assert model_stats('cifar_resnet20_v1').macs == 40_813_184
+
+
+def test_eca_macs_overhead_is_one_conv1d_per_block():
+    extra = model_stats('cifar_resnet20_v1', 'eca').macs - model_stats('cifar_resnet20_v1').macs
+    assert extra == 3 * sum(c * eca_kernel_size(c) for c in (16, 32, 64))
+
+
+def test_models_command_prints_every_cell(capsys):
+    assert models_main(['--models', 'cifar_resnet20_v1', 'cifar_resnet20_v2']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == list(itertools.product(
+        ['cifar_resnet20_v1', 'cifar_resnet20_v2'], ATTENTION_NAMES))
+    assert rows[0][2] == '272,474'
