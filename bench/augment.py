@@ -1,0 +1,93 @@
+"""The data set on the trial's device, and augmentation as a few array operations per batch.
+
+The whole split is held on the device once, zero-padded by 4 pixels, as uint8.
+A batch is one gather from it: the gather index encodes, per image, which image,
+which 32x32 window of the padded 40x40 (the random crop) and whether columns run
+backwards (the horizontal flip). No per-image Python, no worker processes.
+"""
+import mxnet as mx
+import numpy as np
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+class DeviceImages:
+    """One split (train or test) on one device, ready to be cut into batches."""
+
+    def __init__(self, images, labels, ctx, pad=4, mean=CIFAR_MEAN, std=CIFAR_STD):
+        images = np.asarray(images, dtype=np.uint8)
+        count, channels, height, width = images.shape
+        self.count, self.pad, self.ctx = count, pad, ctx
+        self.height, self.width = height, width
+        padded_h, padded_w = height + 2 * pad, width + 2 * pad
+        if count * channels * padded_h * padded_w >= 2 ** 31:
+            raise ValueError('data set too large for int32 gather indices; split it')
+        padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        self.flat = mx.nd.array(padded.reshape(-1), ctx=ctx, dtype='uint8')
+        self.labels = mx.nd.array(labels, ctx=ctx, dtype='float32')
+        self.image_stride = channels * padded_h * padded_w
+        self.row_stride = padded_w
+        rows = np.arange(height)
+        cols = np.arange(width)
+        self._channel_row_offsets = mx.nd.array(
+            (np.arange(channels)[:, None, None] * padded_h * padded_w
+             + rows[None, :, None] * padded_w)[None], ctx=ctx, dtype='int32')
+        self._cols = mx.nd.array(cols.reshape(1, 1, 1, width), ctx=ctx, dtype='int32')
+        self._flip_cols = mx.nd.array((width - 1 - 2 * cols).reshape(1, 1, 1, width),
+                                      ctx=ctx, dtype='int32')
+        std = np.asarray(std, dtype=np.float32)
+        # (x / 255 - mean) / std as one multiply and one add
+        self._scale = mx.nd.array((1.0 / (255.0 * std)).reshape(1, -1, 1, 1), ctx=ctx)
+        self._shift = mx.nd.array((-np.asarray(mean, np.float32) / std).reshape(1, -1, 1, 1),
+                                  ctx=ctx)
+
+    def batch(self, indices, row_offsets, col_offsets, flips):
+        """Normalised float32 images (n, C, H, W) and their labels.
+
+        row_offsets/col_offsets are each image's window corner in the padded image
+        (0..2*pad; `pad` means no shift); flips says which images are mirrored.
+        """
+        indices = np.asarray(indices)
+        base = (indices * self.image_stride + np.asarray(row_offsets) * self.row_stride
+                + np.asarray(col_offsets)).astype(np.int32)
+        n = len(indices)
+        base = mx.nd.array(base.reshape(n, 1, 1, 1), ctx=self.ctx, dtype='int32')
+        flips = mx.nd.array(np.asarray(flips, dtype=np.int32).reshape(n, 1, 1, 1),
+                            ctx=self.ctx, dtype='int32')
+        cols = mx.nd.broadcast_add(self._cols, mx.nd.broadcast_mul(flips, self._flip_cols))
+        gather = mx.nd.broadcast_add(mx.nd.broadcast_add(base, self._channel_row_offsets), cols)
+        pixels = mx.nd.take(self.flat, gather).astype('float32')
+        images = mx.nd.broadcast_add(mx.nd.broadcast_mul(pixels, self._scale), self._shift)
+        labels = mx.nd.take(self.labels, mx.nd.array(indices, ctx=self.ctx, dtype='int32'))
+        return images, labels
+
+    def plain_batch(self, indices):
+        """Images without augmentation (for evaluation): the centre window, unflipped."""
+        centred = np.full(len(indices), self.pad)
+        return self.batch(indices, centred, centred, np.zeros(len(indices), dtype=bool))
+
+
+def epoch_plan(rng, count, batch_size, pad=4, random_crop=True, random_flip=True):
+    """Per-batch (indices, row offsets, col offsets, flips) for one shuffled training epoch.
+
+    All randomness of an epoch is drawn here, from `rng`, at the epoch's start, so a
+    checkpoint that stores the generator's state between epochs resumes exactly.
+    The last partial batch is dropped, as the original recipe's loader did.
+    """
+    order = rng.permutation(count)
+    offsets = (rng.integers(0, 2 * pad + 1, size=(2, count)) if random_crop
+               else np.full((2, count), pad))
+    flips = rng.random(count) < 0.5 if random_flip else np.zeros(count, dtype=bool)
+    batches = []
+    for start in range(0, count - batch_size + 1, batch_size):
+        chosen = order[start:start + batch_size]
+        batches.append((chosen, offsets[0, start:start + batch_size],
+                        offsets[1, start:start + batch_size], flips[start:start + batch_size]))
+    return batches
+
+
+def eval_batches(count, batch_size):
+    """Index arrays covering a split in order, the last batch possibly short."""
+    return [np.arange(start, min(start + batch_size, count))
+            for start in range(0, count, batch_size)]

@@ -1,0 +1,94 @@
+"""Per-epoch checkpoints of a trial: parameters, optimizer state, epoch, RNG state, history.
+
+A checkpoint is a folder `epoch-NNNN` holding `model.params`, `trainer.states`
+and `state.json`; it is written under a temporary name and renamed into place,
+so a crash never leaves a half-written checkpoint under a real name.
+"""
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .fileio import publish_dir_atomic, read_json, write_json_atomic
+
+STATE_FILE = 'state.json'
+PARAMS_FILE = 'model.params'
+TRAINER_FILE = 'trainer.states'
+FORMAT_VERSION = 1
+_EPOCH_DIR = re.compile(r'^epoch-(\d{4,})$')
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint that belongs to another trial."""
+
+
+def write_checkpoint(folder, net, trainer, state):
+    """Write a complete checkpoint into `folder` (which must not exist yet)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    net.save_parameters(str(folder / PARAMS_FILE))
+    trainer.save_states(str(folder / TRAINER_FILE))
+    write_json_atomic(folder / STATE_FILE, dict(state, format=FORMAT_VERSION))
+    return folder
+
+
+def save_checkpoint(root, net, trainer, state, keep=1):
+    """Checkpoint of the epoch state['epoch'] under root, keeping the newest `keep` of them."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix='.staging-', dir=root))
+    shutil.rmtree(staging)
+    write_checkpoint(staging, net, trainer, state)
+    final = publish_dir_atomic(staging, root / f"epoch-{state['epoch']:04d}")
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root):
+    """Complete checkpoint folders under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _EPOCH_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root):
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def read_state(folder):
+    return read_json(Path(folder) / STATE_FILE)
+
+
+def load_checkpoint(folder, net, trainer, expected_spec=None):
+    """Restore parameters and optimizer state from `folder`; return its state dict."""
+    folder = Path(folder)
+    state = read_state(folder)
+    if expected_spec is not None and not same_run(state.get('spec'), expected_spec):
+        raise CheckpointMismatch(
+            f'the checkpoint in {folder} was made for another trial '
+            f"({state.get('spec')}); move it away or point the trial at its own folder")
+    net.load_parameters(str(folder / PARAMS_FILE), ctx=net_contexts(net))
+    trainer.load_states(str(folder / TRAINER_FILE))
+    return state
+
+
+def same_run(saved_spec, spec):
+    """Whether a checkpoint of `saved_spec` is a prefix of a run of `spec`.
+
+    The number of epochs is left out: the schedule does not depend on it, so a
+    run may be extended from its last checkpoint.
+    """
+    def without_epochs(s):
+        s = dict(s or {})
+        s['recipe'] = {k: v for k, v in dict(s.get('recipe') or {}).items() if k != 'epochs'}
+        return s
+    return without_epochs(saved_spec) == without_epochs(spec)
+
+
+def net_contexts(net):
+    return next(iter(net.collect_params().values())).list_ctx()

@@ -1,0 +1,31 @@
+"""Which MXNet devices a trial trains on.
+
+Ray hands a trial its GPUs through CUDA_VISIBLE_DEVICES, so a trial uses
+mx.gpu(0..k-1) of what it sees; with no GPU it uses the CPU.
+"""
+import mxnet as mx
+
+
+def visible_gpu_count():
+    """GPUs this process may use (0 on a CPU build of MXNet or without a driver)."""
+    try:
+        return mx.context.num_gpus()
+    except mx.base.MXNetError:
+        return 0
+
+
+def trial_contexts(num_gpus=None):
+    """mx.gpu(0..k-1) for the first `num_gpus` visible GPUs (all if None), else [mx.cpu()]."""
+    available = visible_gpu_count()
+    wanted = available if num_gpus is None else int(num_gpus)
+    if wanted > available:
+        raise RuntimeError(
+            f'{wanted} GPU(s) asked for but {available} visible to this process; '
+            'ask for fewer, or run on CPU with num_gpus 0')
+    if wanted <= 0:
+        return [mx.cpu()]
+    return [mx.gpu(i) for i in range(wanted)]
+
+
+def describe(contexts):
+    return ', '.join(str(ctx) for ctx in contexts)

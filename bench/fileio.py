@@ -1,0 +1,72 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path, data):
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path, text):
+    return write_bytes_atomic(path, text.encode('utf-8'))
+
+
+def write_json_atomic(path, obj):
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
+
+
+def read_json(path):
+    with open(path, encoding='utf-8') as handle:
+        return json.load(handle)
+
+
+def publish_dir_atomic(staging, final):
+    """Move a fully written folder `staging` to `final`, replacing any old `final`.
+
+    Folders cannot be swapped in one rename, so the old one is first renamed out of
+    the way; a crash in between leaves `final` missing, never half-written.
+    """
+    staging, final = Path(staging), Path(final)
+    _fsync_dir(staging)
+    retired = None
+    if final.exists():
+        retired = final.with_name(f'.{final.name}.retired')
+        if retired.exists():
+            shutil.rmtree(retired)
+        os.replace(final, retired)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+    return final

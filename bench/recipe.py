@@ -1,0 +1,84 @@
+"""What one trial trains: the cell (model, attention, seed) and the recipe.
+
+The recipe's defaults are the original table's: batch 128, 186 epochs, Adam at
+0.003 divided by 10 at epochs 81 and 122, weight decay 1e-4, random crop with
+4-pixel padding and horizontal flip, Xavier initialisation, hybridized.
+"""
+from dataclasses import asdict, dataclass, field, fields
+
+OPTIMIZERS = ('adam', 'sgd', 'nag')
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 186
+    batch_size: int = 128             # images per step, over all devices of the trial
+    optimizer: str = 'adam'           # adam | sgd | nag
+    lr: float = 0.003
+    lr_decay: float = 0.1             # factor applied at each of lr_decay_epochs
+    lr_decay_epochs: tuple = (81, 122)
+    momentum: float = 0.9             # sgd and nag only
+    wd: float = 1e-4
+    random_crop: bool = True          # 4-pixel zero padding, random 32x32 window
+    random_flip: bool = True
+    hybridize: bool = True            # static_alloc + static_shape
+
+    def __post_init__(self):
+        object.__setattr__(self, 'lr_decay_epochs', tuple(int(e) for e in self.lr_decay_epochs))
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                            f"got {self.optimizer!r}")
+        for name in ('epochs', 'batch_size'):
+            if int(getattr(self, name)) < 1:
+                problems.append(f'{name} must be at least 1, got {getattr(self, name)}')
+        if not self.lr > 0:
+            problems.append(f'lr must be positive, got {self.lr}')
+        if self.wd < 0:
+            problems.append(f'wd must be >= 0, got {self.wd}')
+        if problems:
+            raise ValueError('; '.join(problems))
+
+    def lr_at(self, epoch):
+        """Learning rate of (0-based) `epoch`: lr times lr_decay for every decay epoch passed."""
+        return self.lr * self.lr_decay ** sum(1 for e in self.lr_decay_epochs if epoch >= e)
+
+    def to_dict(self):
+        out = asdict(self)
+        out['lr_decay_epochs'] = list(self.lr_decay_epochs)
+        return out
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe option(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One cell of the table with one seed: everything that changes its result but the data."""
+    model: str = 'cifar_resnet20_v1'
+    attention: str = 'none'
+    seed: int = 0
+    recipe: Recipe = field(default_factory=Recipe)
+    attention_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def name(self):
+        return f'{self.model}-{self.attention}-s{self.seed}'
+
+    def to_dict(self):
+        return {'model': self.model, 'attention': self.attention, 'seed': self.seed,
+                'attention_kwargs': dict(sorted(self.attention_kwargs.items())),
+                'recipe': self.recipe.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values):
+        values = dict(values)
+        values['recipe'] = Recipe.from_dict(values.get('recipe', {}))
+        values['attention_kwargs'] = dict(values.get('attention_kwargs') or {})
+        return cls(**values)

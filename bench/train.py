@@ -1,0 +1,124 @@
+"""`python -m bench.train`: train one cell of the table by hand, with a progress bar.
+
+The options are the original `train_cifar10.py`'s, e.g.
+    python -m bench.train --model cifar_resnet20_v1 --attention eca --num-epochs 186 \
+        --lr 0.003 --lr-decay 0.1 --lr-decay-epoch 81,122 --wd 0.0001 --optimizer adam
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data import DataError, load_cifar10, make_digits_dataset
+from .fileio import write_json_atomic
+from .recipe import OPTIMIZERS, Recipe, TrialSpec
+
+DEMO_ROOT = Path('data') / 'demo-digits'
+
+
+def parse_args(argv=None):
+    defaults = Recipe()
+    parser = argparse.ArgumentParser(prog='python -m bench.train', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='cifar_resnet20_v1')
+    parser.add_argument('--attention', default='none', help='none, se, eca, gct, ...')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--num-epochs', type=int, default=defaults.epochs)
+    parser.add_argument('--batch-size', type=int, default=defaults.batch_size)
+    parser.add_argument('--optimizer', choices=OPTIMIZERS, default=defaults.optimizer)
+    parser.add_argument('--lr', type=float, default=defaults.lr)
+    parser.add_argument('--lr-decay', type=float, default=defaults.lr_decay)
+    parser.add_argument('--lr-decay-epoch', default=','.join(map(str, defaults.lr_decay_epochs)),
+                        help='comma-separated epochs at which lr is multiplied by --lr-decay')
+    parser.add_argument('--momentum', type=float, default=defaults.momentum)
+    parser.add_argument('--wd', type=float, default=defaults.wd)
+    parser.add_argument('--no-random-crop', action='store_true')
+    parser.add_argument('--no-random-flip', action='store_true')
+    parser.add_argument('--mode', choices=('hybrid', 'imperative'), default='hybrid')
+    parser.add_argument('--num-gpus', type=int, default=None,
+                        help='GPUs to split each batch over (default: all visible; 0: CPU)')
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument('--data-root', default=None,
+                      help='folder with CIFAR-10 (default: MXNet data folder)')
+    data.add_argument('--demo-data', action='store_true',
+                      help="scikit-learn's digits as CIFAR-format files (no download)")
+    parser.add_argument('--no-download', action='store_true')
+    parser.add_argument('--checkpoint-dir', default=None,
+                        help='checkpoint every epoch here and resume from it')
+    parser.add_argument('--output', default=None, help='write the metrics history as JSON here')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    return parser, parser.parse_args(argv)
+
+
+def spec_from_args(args):
+    decay_epochs = tuple(int(e) for e in str(args.lr_decay_epoch).split(',') if e.strip())
+    recipe = Recipe(epochs=args.num_epochs, batch_size=args.batch_size,
+                    optimizer=args.optimizer, lr=args.lr, lr_decay=args.lr_decay,
+                    lr_decay_epochs=decay_epochs, momentum=args.momentum, wd=args.wd,
+                    random_crop=not args.no_random_crop, random_flip=not args.no_random_flip,
+                    hybridize=args.mode == 'hybrid')
+    return TrialSpec(model=args.model, attention=args.attention, seed=args.seed, recipe=recipe)
+
+
+def load_data(args):
+    if args.demo_data:
+        return load_cifar10(make_digits_dataset(DEMO_ROOT), download=False,
+                            name='sklearn-digits')
+    return load_cifar10(args.data_root, download=not args.no_download)
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    try:
+        spec = spec_from_args(args)
+        from models import get_attention, parse_model_name
+        parse_model_name(spec.model)
+        get_attention(spec.attention)
+        data = load_data(args)
+    except (ValueError, KeyError, DataError) as error:
+        parser.exit(2, f'error: {error}\n')
+
+    # Imported late so that --help and bad options answer without loading MXNet.
+    from tqdm import tqdm
+
+    from .devices import describe, trial_contexts
+    from .trainer import TrainingDiverged, train
+
+    contexts = trial_contexts(args.num_gpus)
+    print(f'{spec.name} on {describe(contexts)}, data: {data.identity.label} '
+          f'({data.identity.train_images} train / {data.identity.test_images} test images)')
+    bar = None if args.quiet else tqdm(unit='batch', leave=False, dynamic_ncols=True)
+
+    def on_batch(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.update(1)
+
+    def on_epoch(metrics, _checkpoint):
+        if bar is not None:
+            bar.reset()
+        print(f"[epoch {metrics['epoch']:>3}/{spec.recipe.epochs}] lr {metrics['lr']:.2e}  "
+              f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}  "
+              f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}  "
+              f"{metrics['images_per_second']:.0f} img/s  {metrics['epoch_seconds']:.1f}s",
+              flush=True)
+
+    try:
+        history = train(spec, data, checkpoint_dir=args.checkpoint_dir, contexts=contexts,
+                        on_epoch=on_epoch, on_batch=on_batch)
+    except TrainingDiverged as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.output:
+        write_json_atomic(args.output, {'spec': spec.to_dict(), 'data': data.identity.to_dict(),
+                                        'history': history})
+    if history:
+        print(json.dumps({k: history[-1][k] for k in ('train_loss', 'val_loss', 'val_acc')}))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

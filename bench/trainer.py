@@ -1,0 +1,181 @@
+"""One training trial: a CIFAR ResNet with an attention, trained by the recipe.
+
+`train` is a library function: it takes the spec and the data, returns the
+per-epoch metrics and reports each epoch to a callback; it never prints.
+"""
+import math
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from models import get_model
+
+from .augment import DeviceImages, epoch_plan, eval_batches
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .devices import trial_contexts
+
+# How many batches may pass between checks for a non-finite loss: each check
+# waits for the device, so checking every batch would stall a GPU's pipeline.
+DIVERGENCE_CHECK_EVERY = 20
+METRICS = ('epoch', 'lr', 'train_loss', 'train_acc', 'val_loss', 'val_acc',
+           'epoch_seconds', 'train_seconds', 'images_per_second')
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch, batch, value):
+        self.epoch, self.batch, self.value = epoch, batch, value
+        where = f'batch {batch + 1}' if batch is not None else 'validation'
+        super().__init__(
+            f'training diverged: loss was {value} at epoch {epoch + 1}, {where}; '
+            'lower the learning rate or check the data')
+
+
+def make_loss():
+    return gluon.loss.SoftmaxCrossEntropyLoss()
+
+
+def build_network(spec, contexts, classes=10):
+    """The spec's network, Xavier-initialised from the spec's seed, on `contexts`."""
+    mx.random.seed(spec.seed)
+    net = get_model(spec.model, spec.attention, classes=classes,
+                    attention_kwargs=spec.attention_kwargs)
+    net.initialize(mx.init.Xavier(), ctx=contexts)
+    if spec.recipe.hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def make_trainer(net, recipe):
+    options = {'learning_rate': recipe.lr, 'wd': recipe.wd}
+    if recipe.optimizer in ('sgd', 'nag'):
+        options['momentum'] = recipe.momentum
+    # update_on_kvstore=False keeps the optimizer in the Trainer, so save_states
+    # stores its state (Adam's moments and step counts) for an exact resume.
+    return gluon.Trainer(net.collect_params(), recipe.optimizer, options,
+                         update_on_kvstore=False)
+
+
+def _sum_on_devices(parts):
+    """Sum of per-device scalars, on the first device, without waiting for any of them."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part.as_in_context(total.context)
+    return total
+
+
+def train_epoch(net, trainer, loss_fn, images, plan, contexts, epoch, on_batch=None):
+    """One pass over `plan`; returns (mean loss, accuracy, images seen)."""
+    loss_sums, correct_sums = [], []
+    seen = 0
+    for batch_index, (indices, rows, cols, flips) in enumerate(plan):
+        x, y = images.batch(indices, rows, cols, flips)
+        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
+        ys = gluon.utils.split_and_load(y, contexts, even_split=False)
+        with autograd.record():
+            outputs = [net(part) for part in xs]
+            losses = [loss_fn(out, label) for out, label in zip(outputs, ys)]
+        autograd.backward(losses)
+        trainer.step(len(indices))
+        loss_sums.append(_sum_on_devices([loss.sum() for loss in losses]))
+        correct_sums.append(_sum_on_devices(
+            [(out.argmax(axis=1) == label).sum() for out, label in zip(outputs, ys)]))
+        seen += len(indices)
+        if (batch_index + 1) % DIVERGENCE_CHECK_EVERY == 0 or batch_index + 1 == len(plan):
+            _check_finite(loss_sums, epoch)
+        if on_batch is not None:
+            on_batch(batch_index + 1, len(plan))
+    if not seen:
+        return float('nan'), float('nan'), 0
+    return _total(loss_sums) / seen, _total(correct_sums) / seen, seen
+
+
+def _total(scalars):
+    return float(mx.nd.add_n(*scalars).asscalar()) if len(scalars) > 1 \
+        else float(scalars[0].asscalar())
+
+
+def _check_finite(loss_sums, epoch):
+    values = mx.nd.stack(*loss_sums).asnumpy() if len(loss_sums) > 1 \
+        else loss_sums[0].asnumpy().reshape(1)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise TrainingDiverged(epoch, int(bad[0]), float(values[bad[0]]))
+
+
+def evaluate(net, loss_fn, images, contexts, batch_size):
+    """(mean cross-entropy, accuracy) of `net` on every image of `images`, unaugmented."""
+    loss_total, correct_total = [], []
+    for indices in eval_batches(images.count, batch_size):
+        x, y = images.plain_batch(indices)
+        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
+        ys = gluon.utils.split_and_load(y, contexts, even_split=False)
+        for part, label in zip(xs, ys):
+            out = net(part)
+            loss_total.append(loss_fn(out, label).sum().as_in_context(mx.cpu()))
+            correct_total.append((out.argmax(axis=1) == label).sum().as_in_context(mx.cpu()))
+    return _total(loss_total) / images.count, _total(correct_total) / images.count
+
+
+def train(spec, data, checkpoint_dir=None, resume_from=None, contexts=None,
+          on_epoch=None, on_batch=None):
+    """Train `spec` on `data`; return the list of per-epoch metric dicts (METRICS).
+
+    checkpoint_dir: a checkpoint is written there after every epoch, and training
+        resumes from the newest one found there.
+    resume_from: a checkpoint folder to resume from instead (e.g. Ray Tune's).
+    on_epoch(metrics, checkpoint_path): called after every epoch and its checkpoint.
+    on_batch(done, total): called after every training batch (progress bars).
+    """
+    recipe = spec.recipe
+    contexts = contexts or trial_contexts()
+    net = build_network(spec, contexts, classes=data.classes)
+    trainer = make_trainer(net, recipe)
+    loss_fn = make_loss()
+    train_images = DeviceImages(data.train_images, data.train_labels, contexts[0])
+    test_images = DeviceImages(data.test_images, data.test_labels, contexts[0])
+    if len(data.train_images) < recipe.batch_size:
+        raise ValueError(f'batch_size {recipe.batch_size} is larger than the '
+                         f'{len(data.train_images)} training images')
+    rng = np.random.default_rng(spec.seed)
+    history = []
+    spec_dict = spec.to_dict()
+
+    resume_from = resume_from or (latest_checkpoint(checkpoint_dir) if checkpoint_dir else None)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, net, trainer, expected_spec=spec_dict)
+        rng.bit_generator.state = state['rng']
+        history = state['history']
+
+    for epoch in range(len(history), recipe.epochs):
+        started = time.perf_counter()
+        lr = recipe.lr_at(epoch)
+        trainer.set_learning_rate(lr)
+        plan = epoch_plan(rng, train_images.count, recipe.batch_size,
+                          random_crop=recipe.random_crop, random_flip=recipe.random_flip)
+        train_loss, train_acc, seen = train_epoch(net, trainer, loss_fn, train_images, plan,
+                                                  contexts, epoch, on_batch)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = evaluate(net, loss_fn, test_images, contexts, recipe.batch_size)
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(epoch, None, val_loss)
+        metrics = {
+            'epoch': epoch + 1, 'lr': lr,
+            'train_loss': train_loss, 'train_acc': train_acc,
+            'val_loss': val_loss, 'val_acc': val_acc,
+            'epoch_seconds': time.perf_counter() - started,
+            'train_seconds': train_seconds,
+            'images_per_second': seen / train_seconds,
+        }
+        history.append(metrics)
+        checkpoint_path = None
+        if checkpoint_dir is not None:
+            checkpoint_path = save_checkpoint(checkpoint_dir, net, trainer, {
+                'epoch': epoch + 1, 'spec': spec_dict, 'history': history,
+                'rng': rng.bit_generator.state, 'data': data.identity.to_dict()})
+        if on_epoch is not None:
+            on_epoch(metrics, checkpoint_path)
+    return history
