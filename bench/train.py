@@ -12,6 +12,7 @@ from pathlib import Path
 from .data import DataError, load_cifar10, make_digits_dataset
 from .fileio import write_json_atomic
 from .recipe import OPTIMIZERS, Recipe, TrialSpec
+from .threads import use_cpus
 
 DEMO_ROOT = Path('data') / 'demo-digits'
 
@@ -68,6 +69,7 @@ def load_data(args):
 
 
 def main(argv=None):
+    use_cpus()   # before anything imports MXNet
     parser, args = parse_args(argv)
     try:
         spec = spec_from_args(args)
@@ -78,7 +80,6 @@ def main(argv=None):
     except (ValueError, KeyError, DataError) as error:
         parser.exit(2, f'error: {error}\n')
 
-    # Imported late so that --help and bad options answer without loading MXNet.
     from tqdm import tqdm
 
     from .devices import describe, trial_contexts

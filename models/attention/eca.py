@@ -8,6 +8,8 @@ import math
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
+from ._spatial import scale_channels, spatial_mean
+
 
 def eca_kernel_size(channels, gamma=2, b=1):
     """The paper's adaptive kernel size: the odd number nearest above |log2(C)/gamma + b/gamma|."""
@@ -28,14 +30,13 @@ class ECA(HybridBlock):
             kernel_size = eca_kernel_size(channels, gamma, b)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"ECA kernel_size must be a positive odd integer, got {kernel_size}")
+        self.channels = channels
         self.kernel_size = kernel_size
         with self.name_scope():
             self.conv = nn.Conv1D(1, kernel_size, padding=kernel_size // 2,
                                   in_channels=1, use_bias=False)
 
     def hybrid_forward(self, F, x):
-        # Mean over the spatial axes rather than GlobalAvgPool2D: see se.py.
-        pooled = F.mean(x, axis=(2, 3))                       # (N, C)
-        across_channels = self.conv(F.expand_dims(pooled, axis=1))  # (N, 1, C)
-        weights = F.sigmoid(F.reshape(across_channels, shape=(0, -1, 1, 1)))
-        return F.broadcast_mul(x, weights)
+        pooled = spatial_mean(F, x, self.channels)                     # (N, C)
+        across_channels = self.conv(F.expand_dims(pooled, axis=1))     # (N, 1, C)
+        return scale_channels(F, x, F.sigmoid(across_channels))

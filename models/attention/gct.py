@@ -6,6 +6,8 @@ CVPR 2020. https://arxiv.org/abs/1909.11519
 from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
+from ._spatial import scale_channels, spatial_sum
+
 
 class GCT(HybridBlock):
     """Per-channel L2 embedding times alpha, normalised across channels, gate 1 + tanh(gamma * n + beta).
@@ -16,6 +18,7 @@ class GCT(HybridBlock):
 
     def __init__(self, channels, epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
+        self.channels = channels
         self.epsilon = epsilon
         shape = (1, channels, 1, 1)
         with self.name_scope():
@@ -24,9 +27,12 @@ class GCT(HybridBlock):
             self.beta = self.params.get('beta', shape=shape, init=init.Zero(), wd_mult=0.0)
 
     def hybrid_forward(self, F, x, alpha, gamma, beta):
+        # The per-channel parameters are (1, C, 1, 1) as in the paper's code; the
+        # gate is computed on (N, C) and applied by scale_channels (see _spatial.py).
+        alpha, gamma, beta = (F.reshape(p, shape=(1, -1)) for p in (alpha, gamma, beta))
         embedding = F.broadcast_mul(
-            F.sqrt(F.sum(F.square(x), axis=(2, 3), keepdims=True) + self.epsilon), alpha)
+            F.sqrt(spatial_sum(F, F.square(x), self.channels) + self.epsilon), alpha)
         norm = F.broadcast_div(
             gamma, F.sqrt(F.mean(F.square(embedding), axis=1, keepdims=True) + self.epsilon))
         gate = 1.0 + F.tanh(F.broadcast_add(F.broadcast_mul(embedding, norm), beta))
-        return F.broadcast_mul(x, gate)
+        return scale_channels(F, x, gate)

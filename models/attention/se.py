@@ -6,6 +6,8 @@ https://arxiv.org/abs/1709.01507
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
+from ._spatial import scale_channels, spatial_mean
+
 
 def se_hidden_units(channels, reduction=16):
     """Width of the bottleneck: channels // reduction, but never zero (16-channel
@@ -21,15 +23,13 @@ class SE(HybridBlock):
 
     def __init__(self, channels, reduction=16, **kwargs):
         super().__init__(**kwargs)
+        self.channels = channels
         hidden = se_hidden_units(channels, reduction)
         with self.name_scope():
             self.squeeze = nn.Dense(hidden, in_units=channels, use_bias=False)
             self.excite = nn.Dense(channels, in_units=hidden, use_bias=False)
 
     def hybrid_forward(self, F, x):
-        # A mean over the spatial axes instead of GlobalAvgPool2D: same numbers,
-        # but on MXNet's CPU path the pooling operator costs more than the whole
-        # rest of the module (docs/performance.md).
-        pooled = F.mean(x, axis=(2, 3))
+        pooled = spatial_mean(F, x, self.channels)
         weights = F.sigmoid(self.excite(F.relu(self.squeeze(pooled))))
-        return F.broadcast_mul(x, F.expand_dims(F.expand_dims(weights, axis=2), axis=3))
+        return scale_channels(F, x, weights)

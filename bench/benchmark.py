@@ -1,0 +1,236 @@
+"""`python -m bench.benchmark`: how fast a trial trains, and where the time goes.
+
+For each model x attention on the current device it prints:
+- data:     images/s of the on-device data pipeline alone (gather, crop, flip, normalise);
+- trial:    images/s of the whole training step (data + forward + backward + update);
+- original: images/s of the same model trained through a Gluon DataLoader with
+            per-image transforms in worker processes, as the original script did;
+- ratios:   data / trial (headroom of the pipeline) and trial / original.
+All are measured in this one process, one after the other, on the same data.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from .threads import use_cpus
+
+
+def synthetic_images(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8),
+            rng.integers(0, 10, size=count).astype(np.int32))
+
+
+def measure_data_pipeline(images, labels, ctx, batch_size, batches):
+    """Images/s of DeviceImages batches alone, waiting for each to be computed."""
+    from .augment import DeviceImages, epoch_plan
+    device = DeviceImages(images, labels, ctx)
+    rng = np.random.default_rng(0)
+    plan = epoch_plan(rng, len(images), batch_size)
+    device.batch(*plan[0])[0].wait_to_read()
+    started = time.perf_counter()
+    done = 0
+    while done < batches:
+        for step in plan[:batches - done]:
+            device.batch(*step)[0].wait_to_read()
+            done += 1
+    return done * batch_size / (time.perf_counter() - started)
+
+
+def _images_per_second(step, batch_size, batches, warmup):
+    """Run `step` `warmup` times untimed (graph building, allocation), then time `batches`."""
+    for _ in range(warmup):
+        step()
+    started = time.perf_counter()
+    for _ in range(batches):
+        step()
+    return batches * batch_size / (time.perf_counter() - started)
+
+
+def _forever(make_iterable):
+    while True:
+        yield from make_iterable()
+
+
+def _model_and_step(spec, ctx):
+    """A fresh network for `spec` and a function doing one waited-for training step on (x, y)."""
+    from mxnet import autograd
+
+    from .trainer import build_network, make_loss, make_trainer
+    net = build_network(spec, [ctx])
+    trainer = make_trainer(net, spec.recipe)
+    loss_fn = make_loss()
+
+    def train_step(x, y):
+        with autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        trainer.step(x.shape[0])
+        loss.wait_to_read()
+    return train_step
+
+
+def measure_trial(spec, images, labels, ctx, batches, warmup=3):
+    """Images/s of the trainer's step fed by the on-device pipeline."""
+    from .augment import DeviceImages, epoch_plan
+    train_step = _model_and_step(spec, ctx)
+    device = DeviceImages(images, labels, ctx)
+    rng = np.random.default_rng(0)
+    plans = _forever(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
+    return _images_per_second(lambda: train_step(*device.batch(*next(plans))),
+                              spec.recipe.batch_size, batches, warmup)
+
+
+def original_loader(images, labels, batch_size, workers):
+    """The original script's input path: per-image transforms in DataLoader workers."""
+    import mxnet as mx
+    from gluoncv.data import transforms as gcv_transforms
+    from mxnet import gluon
+    from mxnet.gluon.data.vision import transforms
+
+    from .augment import CIFAR_MEAN, CIFAR_STD
+    transform = transforms.Compose([
+        gcv_transforms.RandomCrop(32, pad=4),
+        transforms.RandomFlipLeftRight(),
+        transforms.ToTensor(),
+        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+    ])
+    # NDArray images in HWC layout, what Gluon's CIFAR10 dataset hands the transforms.
+    dataset = gluon.data.ArrayDataset(
+        mx.nd.array(images.transpose(0, 2, 3, 1), dtype='uint8'), labels)
+    return gluon.data.DataLoader(dataset.transform_first(transform), batch_size=batch_size,
+                                 shuffle=True, last_batch='discard', num_workers=workers)
+
+
+def measure_original_pipeline(spec, images, labels, ctx, batches, workers, warmup=3):
+    """Images/s of the same model trained through the original input path."""
+    train_step = _model_and_step(spec, ctx)
+    loader = original_loader(images, labels, spec.recipe.batch_size, workers)
+    batches_iter = _forever(lambda: loader)
+
+    def step():
+        x, y = next(batches_iter)
+        train_step(x.as_in_context(ctx), y.as_in_context(ctx))
+    return _images_per_second(step, spec.recipe.batch_size, batches, warmup)
+
+
+def benchmark_cell(model, attention, images, labels, ctx, batch_size, batches, workers,
+                   baseline=True):
+    """One row of the benchmark table, as a dict of numbers."""
+    from .recipe import Recipe, TrialSpec
+    spec = TrialSpec(model, attention, seed=0, recipe=Recipe(batch_size=batch_size))
+    row = {'model': model, 'attention': attention,
+           'data_img_s': measure_data_pipeline(images, labels, ctx, batch_size, batches * 4),
+           'trial_img_s': measure_trial(spec, images, labels, ctx, batches)}
+    row['data_over_trial'] = row['data_img_s'] / row['trial_img_s']
+    if baseline:
+        row['original_img_s'] = measure_original_pipeline(spec, images, labels, ctx, batches,
+                                                          workers)
+        row['trial_over_original'] = row['trial_img_s'] / row['original_img_s']
+    return row
+
+
+def format_rows(rows):
+    def number(value, fmt, suffix=''):
+        return '-' if value is None else format(value, fmt) + suffix
+    header = (f"{'model':<20} {'attention':<9} {'data img/s':>11} {'trial img/s':>12} "
+              f"{'original img/s':>15} {'data/trial':>11} {'trial/original':>15}")
+    lines = [header, '-' * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['model']:<20} {row['attention']:<9} {number(row['data_img_s'], '.0f'):>11} "
+            f"{number(row['trial_img_s'], '.1f'):>12} "
+            f"{number(row.get('original_img_s'), '.1f'):>15} "
+            f"{number(row['data_over_trial'], '.1f', 'x'):>11} "
+            f"{number(row.get('trial_over_original'), '.2f', 'x'):>15}")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    threads = use_cpus()   # before anything imports MXNet
+    from models import ATTENTIONS, MODELS
+    parser = argparse.ArgumentParser(prog='python -m bench.benchmark', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=['cifar_resnet20_v1'], metavar='MODEL',
+                        help=f"default: cifar_resnet20_v1; any of {', '.join(MODELS)}")
+    parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--batches', type=int, default=20, help='timed batches per measurement')
+    parser.add_argument('--images', type=int, default=4096,
+                        help='synthetic training images held in memory')
+    parser.add_argument('--workers', type=int, default=os.cpu_count(),
+                        help='DataLoader workers of the original pipeline')
+    parser.add_argument('--no-original', action='store_true',
+                        help='skip the original DataLoader pipeline')
+    parser.add_argument('--num-gpus', type=int, default=None, help='0 forces the CPU')
+    parser.add_argument('--threads-compare', action='store_true',
+                        help="also train vanilla in a child process with MXNet's default "
+                             'threads, to show the gain of using every core')
+    parser.add_argument('--json', default=None, help='write the rows as JSON here')
+    args = parser.parse_args(argv)
+
+    from .devices import describe, trial_contexts
+    ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None else None)[0]
+    images, labels = synthetic_images(args.images)
+    print(f'device: {describe([ctx])}, batch {args.batch_size}, {args.batches} timed batches, '
+          f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
+          f'{args.workers} DataLoader workers', flush=True)
+    rows = []
+    for model in args.models:
+        for attention in args.attentions:
+            rows.append(benchmark_cell(model, attention, images, labels, ctx, args.batch_size,
+                                       args.batches, args.workers,
+                                       baseline=not args.no_original))
+            print(format_rows(rows[-1:]).splitlines()[-1] if len(rows) > 1
+                  else format_rows(rows), flush=True)
+    print(attention_overhead_summary(rows))
+    if args.threads_compare:
+        default_rate = vanilla_rate_in_child(args.models[0], args.batch_size, args.batches,
+                                             threads=None)
+        ours = next((r['trial_img_s'] for r in rows
+                     if r['model'] == args.models[0] and r['attention'] == 'none'), None)
+        print(f'threads: {args.models[0]} vanilla at MXNet default threads '
+              f'{default_rate:.1f} img/s; with OMP_NUM_THREADS={threads} '
+              f"{ours if ours is None else round(ours, 1)} img/s"
+              + (f' ({ours / default_rate:.2f}x)' if ours else ''))
+    if args.json:
+        from .fileio import write_json_atomic
+        write_json_atomic(args.json, rows)
+    return 0
+
+
+def attention_overhead_summary(rows):
+    """Each attention's speed as a share of its model's vanilla speed (target: >= 90%)."""
+    vanilla = {r['model']: r['trial_img_s'] for r in rows if r['attention'] == 'none'}
+    parts = [f"{r['model']} {r['attention']} {100 * r['trial_img_s'] / vanilla[r['model']]:.0f}%"
+             for r in rows if r['attention'] != 'none' and r['model'] in vanilla]
+    return 'speed against vanilla: ' + (', '.join(parts) if parts else 'no vanilla row')
+
+
+def vanilla_rate_in_child(model, batch_size, batches, threads):
+    """Vanilla trial img/s in a fresh process, with OMP_NUM_THREADS=threads (None: unset)."""
+    import json
+    import subprocess
+    import tempfile
+    from .threads import KEEP_DEFAULT_ENV
+    env = dict(os.environ)
+    env.pop('OMP_NUM_THREADS', None)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    else:
+        env[KEEP_DEFAULT_ENV] = '1'
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, 'rows.json')
+        subprocess.run([sys.executable, '-m', 'bench.benchmark', '--models', model,
+                        '--attentions', 'none', '--no-original', '--batch-size',
+                        str(batch_size), '--batches', str(batches), '--json', out],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        with open(out) as handle:
+            return json.load(handle)[0]['trial_img_s']
+
+
+if __name__ == '__main__':
+    sys.exit(main())

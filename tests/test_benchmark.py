@@ -1,0 +1,52 @@
+"""The benchmark command runs and prints its table; it asserts no times."""
+import os
+
+import pytest
+
+from bench import threads
+from bench.benchmark import attention_overhead_summary, format_rows, main
+
+
+@pytest.mark.slow
+def test_benchmark_prints_every_measurement(capsys, tmp_path):
+    out = tmp_path / 'rows.json'
+    assert main(['--models', 'cifar_resnet8_v1', '--attentions', 'none', 'eca', '--batches', '2',
+                 '--images', '256', '--batch-size', '32', '--workers', '0',
+                 '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'trial img/s' in text and 'original img/s' in text
+    assert 'speed against vanilla: cifar_resnet8_v1 eca' in text
+    import json
+    rows = json.loads(out.read_text())
+    assert [r['attention'] for r in rows] == ['none', 'eca']
+    for row in rows:
+        for key in ('data_img_s', 'trial_img_s', 'original_img_s'):
+            assert row[key] > 0
+        assert row['trial_over_original'] == pytest.approx(
+            row['trial_img_s'] / row['original_img_s'])
+
+
+def test_table_formatting_and_summary():
+    rows = [{'model': 'm', 'attention': 'none', 'data_img_s': 1000.0, 'trial_img_s': 100.0,
+             'data_over_trial': 10.0},
+            {'model': 'm', 'attention': 'se', 'data_img_s': 1000.0, 'trial_img_s': 95.0,
+             'data_over_trial': 10.5, 'original_img_s': 50.0, 'trial_over_original': 1.9}]
+    lines = format_rows(rows).splitlines()
+    assert lines[2].split()[-2:] == ['10.0x', '-']
+    assert lines[3].split()[-3:] == ['50.0', '10.5x', '1.90x']
+    assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
+
+
+def test_use_cpus_sets_threads_before_mxnet_only(monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.delenv(threads.KEEP_DEFAULT_ENV, raising=False)
+    # mxnet is already imported in the test process: nothing may change silently.
+    assert threads.use_cpus(3) is None and 'OMP_NUM_THREADS' not in os.environ
+    monkeypatch.setitem(threads.sys.modules, 'mxnet', None)
+    monkeypatch.delitem(threads.sys.modules, 'mxnet')
+    assert threads.use_cpus(3) == 3 and os.environ['OMP_NUM_THREADS'] == '3'
+    assert threads.use_cpus(5) == 3          # the user's (or an earlier) choice wins
+    monkeypatch.delenv('OMP_NUM_THREADS')
+    monkeypatch.setenv(threads.KEEP_DEFAULT_ENV, '1')
+    assert threads.use_cpus() is None and 'OMP_NUM_THREADS' not in os.environ
+    assert threads.available_cpus() >= 1
