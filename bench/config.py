@@ -1,0 +1,261 @@
+"""sweep.yaml: the table to train, validated before anything runs, and its expansion to trials.
+
+    name: original-table
+    models: [cifar_resnet20_v1, cifar_resnet56_v1]
+    attentions: [none, se, eca, gct]
+    seeds: [0]
+    recipe: {epochs: 186}                  # any Recipe field; the rest keep the original's
+    overrides:                             # recipe or attention options for some cells
+      - match: {attention: se}
+        attention_kwargs: {reduction: 8}
+    data: {root: null, download: true}     # or {dataset: demo}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0.5, max_failures: 1}
+    outputs: {results: results, readme: README.md, figures: figures, report: report.html}
+    report: {metrics: [val_loss, val_acc, train_loss], overhead: true}
+
+Relative output paths are relative to the YAML file's folder.
+"""
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .recipe import Recipe, TrialSpec
+
+REPORT_METRICS = ('val_loss', 'val_acc', 'train_loss', 'train_acc')
+
+
+class ConfigError(ValueError):
+    """sweep.yaml is wrong; the message names the file, the key, what was expected and found."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra='forbid')
+
+
+class Match(_Strict):
+    model: Optional[str] = None
+    attention: Optional[str] = None
+    seed: Optional[int] = None
+
+
+class Override(_Strict):
+    match: Match
+    recipe: Dict[str, Any] = Field(default_factory=dict)
+    attention_kwargs: Dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Strict):
+    dataset: Literal['cifar10', 'demo'] = 'cifar10'
+    root: Optional[str] = None          # default: MXNet's data folder (cifar10), data/demo-digits
+    download: bool = True
+
+
+class Resources(_Strict):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+    max_concurrent_trials: Optional[int] = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0)
+
+    @field_validator('gpus_per_trial')
+    @classmethod
+    def _whole_above_one(cls, value):
+        if value > 1 and value != int(value):
+            raise ValueError('above 1, gpus_per_trial must be a whole number')
+        return value
+
+
+class Outputs(_Strict):
+    results: str = 'results'
+    readme: Optional[str] = 'README.md'
+    figures: str = 'figures'
+    report: Optional[str] = 'report.html'
+
+
+class ReportOptions(_Strict):
+    metrics: List[Literal[REPORT_METRICS]] = Field(default_factory=lambda: ['val_loss', 'val_acc'])
+    overhead: bool = True
+
+
+class SweepConfig(_Strict):
+    name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+    models: List[str] = Field(min_length=1)
+    attentions: List[str] = Field(min_length=1)
+    seeds: List[int] = Field(default_factory=lambda: [0], min_length=1)
+    recipe: Recipe = Field(default_factory=Recipe)
+    overrides: List[Override] = Field(default_factory=list)
+    data: DataConfig = Field(default_factory=DataConfig)
+    resources: Resources = Field(default_factory=Resources)
+    outputs: Outputs = Field(default_factory=Outputs)
+    report: ReportOptions = Field(default_factory=ReportOptions)
+
+    @field_validator('models')
+    @classmethod
+    def _known_models(cls, names):
+        from models import parse_model_name
+        for name in names:
+            try:
+                parse_model_name(name)
+            except KeyError as error:   # its message lists the valid names
+                raise ValueError(str(error)) from None
+        return _unique(names, 'model')
+
+    @field_validator('attentions')
+    @classmethod
+    def _known_attentions(cls, names):
+        from models import get_attention
+        for name in names:
+            try:
+                get_attention(name)
+            except KeyError as error:
+                raise ValueError(str(error)) from None
+        return _unique(names, 'attention')
+
+    @field_validator('seeds')
+    @classmethod
+    def _unique_seeds(cls, seeds):
+        return _unique(seeds, 'seed')
+
+
+def _unique(values, what):
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedSweep:
+    config: SweepConfig
+    path: Path
+
+    @property
+    def base_dir(self):
+        return self.path.parent
+
+    def resolve(self, relative):
+        return None if relative is None else (self.base_dir / relative).resolve()
+
+    @property
+    def store_dir(self):
+        return self.resolve(self.config.outputs.results) / self.config.name
+
+
+def _describe_error(error, source):
+    kind, loc = error['type'], [str(part) for part in error['loc']]
+    where = '.'.join(loc) or '(top level)'
+    if kind in ('extra_forbidden', 'unexpected_keyword_argument'):
+        parent = loc[:-1]
+        return f'{source}: {where}: unknown key{_valid_keys_hint(parent)}'
+    if kind == 'missing':
+        return f'{source}: {where}: required key is missing'
+    message = error['msg'].removeprefix('Value error, ')
+    found = error.get('input')
+    return f'{source}: {where}: {message} (found {found!r})'
+
+
+def _valid_keys_hint(parent):
+    model = SweepConfig
+    for part in parent:
+        field = getattr(model, 'model_fields', {}).get(part)
+        annotation = field.annotation if field else None
+        if annotation is Recipe:
+            return f"; valid keys: {', '.join(f.name for f in dataclasses.fields(Recipe))}"
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ''
+        model = annotation
+    return f"; valid keys: {', '.join(model.model_fields)}"
+
+
+def parse_config(values, source='sweep.yaml'):
+    """A validated SweepConfig from a dict; ConfigError lists every problem."""
+    if not isinstance(values, dict):
+        raise ConfigError(f'{source}: expected a mapping of keys (name, models, ...), '
+                          f'found {type(values).__name__}')
+    try:
+        config = SweepConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError('\n'.join(_describe_error(e, source) for e in error.errors())) \
+            from None
+    problems = []
+    for index, override in enumerate(config.overrides):
+        for key, listed in (('model', config.models), ('attention', config.attentions),
+                            ('seed', config.seeds)):
+            value = getattr(override.match, key)
+            if value is not None and value not in listed:
+                problems.append(f'{source}: overrides.{index}.match.{key}: {value!r} is not in '
+                                f'{key}s ({", ".join(map(str, listed))})')
+        try:
+            Recipe.from_dict({**config.recipe.to_dict(), **override.recipe})
+        except (TypeError, ValueError) as error:
+            problems.append(f'{source}: overrides.{index}.recipe: {error}')
+    if problems:
+        raise ConfigError('\n'.join(problems))
+    return config
+
+
+def load_config(path):
+    """Read and validate a sweep YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding='utf-8')
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: no such file; pass --config with a sweep YAML file') \
+            from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f'{path}: not valid YAML: {error}') from None
+    return LoadedSweep(parse_config(values, str(path)), path.resolve())
+
+
+# ---------------------------------------------------------------- expansion
+
+def trial_spec(config, model, attention, seed):
+    recipe = config.recipe.to_dict()
+    attention_kwargs = {}
+    for override in config.overrides:
+        match = override.match
+        if all(getattr(match, k) in (None, v) for k, v in
+               (('model', model), ('attention', attention), ('seed', seed))):
+            recipe.update(override.recipe)
+            attention_kwargs.update(override.attention_kwargs)
+    return TrialSpec(model=model, attention=attention, seed=seed,
+                     recipe=Recipe.from_dict(recipe), attention_kwargs=attention_kwargs)
+
+
+def expand(config):
+    """Every TrialSpec of the matrix, in table order (models x attentions x seeds)."""
+    return [trial_spec(config, m, a, s)
+            for m in config.models for a in config.attentions for s in config.seeds]
+
+
+def trial_id(spec, data_identity):
+    """A stable id: hash of everything that changes the result, independent of YAML order."""
+    payload = {'spec': spec.to_dict(),
+               'data': {'digest': data_identity['digest'],
+                        'official': data_identity['official']}}
+    blob = json.dumps(payload, sort_keys=True, separators=(',', ':')).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def parse_only(text):
+    """'model=a,attention=b' -> {'model': ['a'], 'attention': ['b']} for --only."""
+    selected = {}
+    for part in filter(None, (p.strip() for p in str(text).split(','))):
+        key, sep, value = part.partition('=')
+        if not sep or key not in ('model', 'attention', 'seed'):
+            raise ConfigError(f"--only takes key=value pairs with keys model, attention, seed; "
+                              f"got {part!r}")
+        selected.setdefault(key, []).append(value)
+    return selected
+
+
+def matches_only(spec, selected):
+    return all(str(getattr(spec, key)) in values for key, values in selected.items())
+
+

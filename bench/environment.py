@@ -1,0 +1,43 @@
+"""What a run happened on: package versions, git commit, devices, data. Kept with the results."""
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+PACKAGES = ('mxnet', 'mxnet-cu112', 'gluoncv', 'numpy', 'ray', 'pandas', 'matplotlib', 'jinja2')
+
+
+def package_versions():
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(folder):
+    try:
+        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(['git', 'status', '--porcelain'], cwd=folder,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + ('-dirty' if dirty.stdout.strip() else '')
+
+
+def describe_environment(folder, data_identity, devices):
+    return {
+        'recorded_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+        'python': sys.version.split()[0],
+        'platform': platform.platform(),
+        'packages': package_versions(),
+        'git_commit': git_commit(folder),
+        'devices': devices,
+        'data': data_identity.to_dict(),
+    }

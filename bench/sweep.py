@@ -1,0 +1,236 @@
+"""The sweep: plan the trials the store lacks, run them with Ray Tune, record everything.
+
+Ray's experiment folder is scratch space: Tune cannot add trials to a restored
+experiment, so every run starts a fresh Tuner over what the store lacks, each
+trial resuming from its own latest checkpoint in the store.
+"""
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import expand, matches_only, trial_id
+from .data import load_cifar10, make_digits_dataset
+from .store import DONE, FAILED, PARTIAL, PENDING, ResultsStore
+
+DEMO_DATA_FOLDER = Path('data') / 'demo-digits'
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start; the message says what to change."""
+
+
+@dataclass
+class PlannedTrial:
+    trial_id: str
+    name: str
+    spec: object
+    status: str
+    epochs_done: int
+    error: str = None
+
+    @property
+    def will_train(self):
+        return self.status in (PENDING, PARTIAL)
+
+
+@dataclass
+class SweepOutcome:
+    planned: list
+    trained: list
+    statuses: dict
+    errors: dict
+
+    @property
+    def failed(self):
+        return {tid: err for tid, err in self.errors.items() if self.statuses[tid] == FAILED}
+
+
+def load_sweep_data(loaded):
+    """The data set the sweep declares (CIFAR-10 or the demo digits) with its identity."""
+    data = loaded.config.data
+    if data.dataset == 'demo':
+        root = loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_DATA_FOLDER
+        return load_cifar10(make_digits_dataset(root), download=False, name='sklearn-digits')
+    return load_cifar10(loaded.resolve(data.root) if data.root else None,
+                        download=data.download)
+
+
+def plan(loaded, data_identity, only=None, retry_failed=False):
+    """Every trial of the matrix with its status in the store (and what will train)."""
+    store = ResultsStore(loaded.store_dir)
+    planned = []
+    for spec in expand(loaded.config):
+        if only and not matches_only(spec, only):
+            continue
+        tid = trial_id(spec, data_identity)
+        status, epochs = store.status(tid)
+        error = store.read_error(tid) if status == FAILED else None
+        if status == FAILED and retry_failed:
+            status = PARTIAL if epochs else PENDING
+        planned.append(PlannedTrial(tid, spec.name, spec, status, epochs, error))
+    return planned
+
+
+def format_plan(planned, resources, devices=None):
+    lines = []
+    if devices:
+        lines.append(f'devices: {devices}')
+    ask = f"{resources.cpus_per_trial:g} CPU" + (
+        f" + {resources.gpus_per_trial:g} GPU" if resources.gpus_per_trial else '')
+    width = max([len(p.name) for p in planned] + [5])
+    for p in planned:
+        state = {DONE: 'done', PENDING: 'pending', FAILED: 'failed',
+                 PARTIAL: f'partial (epoch {p.epochs_done} of {p.spec.recipe.epochs})'}[p.status]
+        if p.status == PENDING and p.epochs_done == 0:
+            state = 'pending'
+        lines.append(f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
+                     + (f'  asks {ask}' if p.will_train else ''))
+        if p.error:
+            lines.append(f'{"":<{width}}  error: {p.error.strip().splitlines()[-1]}')
+    counts = {s: sum(1 for p in planned if p.status == s) for s in (DONE, PARTIAL, PENDING,
+                                                                    FAILED)}
+    lines.append(f'{len(planned)} trials: {counts[DONE]} done, {counts[PARTIAL]} partial, '
+                 f'{counts[PENDING]} pending, {counts[FAILED]} failed')
+    return '\n'.join(lines)
+
+
+def start_ray(address=None, num_cpus=None, num_gpus=None):
+    """Join the cluster at `address` (or RAY_ADDRESS), else start Ray on this machine."""
+    import ray
+    os.environ.setdefault('RAY_AIR_NEW_OUTPUT', '0')
+    os.environ.setdefault('TUNE_DISABLE_AUTO_CALLBACK_LOGGERS', '1')
+    if ray.is_initialized():
+        return ray
+    options = dict(include_dashboard=False, logging_level=logging.WARNING,
+                   log_to_driver=False, configure_logging=True)
+    address = address or os.environ.get('RAY_ADDRESS')
+    if address:
+        ray.init(address=address, **options)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **options)
+    return ray
+
+
+def check_shared_storage(ray, folder):
+    """Every alive node must see `folder`: trials resume from checkpoints kept there."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    nodes = [n for n in ray.nodes() if n.get('Alive')]
+    if len(nodes) < 2:
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f'.storage-probe-{os.getpid()}'
+    probe.write_text('probe')
+
+    @ray.remote(num_cpus=0)
+    def sees(path):
+        return os.path.isfile(path)
+    try:
+        answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n['NodeID'], soft=False)).remote(str(probe)) for n in nodes], timeout=60)
+    finally:
+        probe.unlink()
+    blind = [n.get('NodeManagerAddress', n['NodeID']) for n, ok in zip(nodes, answers) if not ok]
+    if blind:
+        raise SweepError(
+            f"the results folder {folder} is not visible on node(s) {', '.join(blind)}; "
+            'on a cluster, outputs.results in sweep.yaml must be on storage every node '
+            'mounts at the same path (e.g. NFS)')
+
+
+def cluster_devices(ray):
+    resources = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get('Alive'))
+    return (f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs")
+
+
+def cpu_fallback(resources, ray, progress=print):
+    """Resources to ask for: on a cluster without GPUs, GPU trials run on CPUs instead."""
+    if resources.gpus_per_trial and not ray.cluster_resources().get('GPU', 0):
+        progress(f'no GPU in the Ray cluster: gpus_per_trial {resources.gpus_per_trial:g} '
+                 'ignored, trials run on CPUs')
+        return resources.model_copy(update={'gpus_per_trial': 0})
+    return resources
+
+
+def trial_config(planned, store, resources):
+    checkpoint = store.checkpoint_path(planned.trial_id) if planned.status == PARTIAL else None
+    return {'trial_id': planned.trial_id, 'name': planned.name,
+            'spec': planned.spec.to_dict(),
+            'resume_from': str(checkpoint) if checkpoint else None,
+            'cpus': resources.cpus_per_trial, 'gpus': resources.gpus_per_trial}
+
+
+def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None):
+    """Train every planned trial that needs it; returns a SweepOutcome.
+
+    `ray_init` (tests) starts Ray its own way; by default Ray starts locally or
+    joins `address`.
+    """
+    config = loaded.config
+    store = ResultsStore(loaded.store_dir)
+    for p in planned:
+        store.write_spec(p.trial_id, p.name, p.spec.to_dict(), data.identity.to_dict())
+        if p.will_train:
+            store.clear_error(p.trial_id)
+    to_train = [p for p in planned if p.will_train]
+    if not to_train:
+        store.write_results_csv()
+        return _outcome(store, planned, [])
+
+    ray = ray_init() if ray_init else start_ray(address)
+    check_shared_storage(ray, store.root)
+    from ray import tune
+
+    from .environment import describe_environment
+    from .tune_trial import StoreCallback, run_trial
+    store.write_environment(describe_environment(loaded.base_dir, data.identity,
+                                                 cluster_devices(ray)))
+    resources = cpu_fallback(config.resources, ray, progress)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data),
+        {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial})
+    callback = StoreCallback(store, planned, progress)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={'trial': tune.grid_search(
+            [trial_config(p, store, resources) for p in to_train])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=resources.max_concurrent_trials,
+            trial_name_creator=lambda t: t.config['trial']['name'],
+            trial_dirname_creator=lambda t: f"{t.config['trial']['name']}-"
+                                            f"{t.config['trial']['trial_id']}"),
+        run_config=tune.RunConfig(
+            name=f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}',
+            storage_path=str(store.root / 'ray'),
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0))
+    started = time.monotonic()
+    # Failed trials are reported from the store, with their errors; Tune's own
+    # end-of-run complaints about them would only repeat that, less clearly.
+    logging.getLogger('ray.tune').setLevel(logging.CRITICAL)
+    tuner.fit()
+    progress(f'trained {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s')
+    return _outcome(store, planned, to_train)
+
+
+def _outcome(store, planned, trained):
+    store.write_results_csv()
+    statuses, errors = {}, {}
+    for p in planned:
+        statuses[p.trial_id], _ = store.status(p.trial_id)
+        if statuses[p.trial_id] == FAILED:
+            errors[p.trial_id] = store.read_error(p.trial_id)
+    return SweepOutcome(planned, trained, statuses, errors)
+
+
+def remove_store(loaded):
+    """Delete the sweep's results folder (for --fresh)."""
+    if loaded.store_dir.exists():
+        shutil.rmtree(loaded.store_dir)

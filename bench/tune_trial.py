@@ -1,0 +1,140 @@
+"""The two halves of a trial under Ray Tune.
+
+`run_trial` runs in a Ray worker: it trains one spec and reports every epoch
+with its checkpoint. `StoreCallback` runs in the driver: it turns those reports
+into the results store, so the store is written in one place even when trials
+run on other nodes.
+"""
+import tempfile
+import time
+from pathlib import Path
+
+from ray import tune
+
+from .recipe import TrialSpec
+
+DIVERGED_KEY = 'diverged'
+
+
+def run_trial(param_space, data=None):
+    """Ray Tune function trainable for one TrialSpec (config built by bench.sweep)."""
+    config = param_space['trial']
+    from .threads import use_cpus
+    use_cpus(config['cpus'])             # before MXNet is imported in this worker
+    import ray
+
+    from .devices import trial_contexts
+    from .trainer import TrainingDiverged, train
+
+    spec = TrialSpec.from_dict(config['spec'])
+    # Ray pins the trial's GPUs through CUDA_VISIBLE_DEVICES; a fractional share
+    # still shows one whole card, which this trial then uses as mx.gpu(0).
+    contexts = trial_contexts(len(ray.get_gpu_ids()) if config['gpus'] else 0)
+    restored = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix='trial-') as scratch:
+        resume_from = config.get('resume_from')
+        if restored is not None:         # Tune restarting this trial after a failure
+            resume_from = restored.to_directory(str(Path(scratch) / 'restored'))
+
+        def report(metrics, checkpoint_path):
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(
+                str(checkpoint_path)))
+        try:
+            train(spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
+                  resume_from=resume_from, contexts=contexts, on_epoch=report)
+        except TrainingDiverged as error:
+            # Deterministic: retrying would diverge again, so it is reported as a
+            # result (stored as the trial's error) rather than raised to Tune.
+            tune.report({DIVERGED_KEY: str(error), 'epoch': error.epoch + 1})
+
+
+class StoreCallback(tune.Callback):
+    """Driver-side: epoch rows, checkpoints, final metrics and errors into the store."""
+
+    def __init__(self, store, planned, progress=print):
+        self.store = store
+        self.planned = {p.trial_id: p for p in planned}
+        self.progress = progress
+        self.started = time.monotonic()
+        self.diverged = set()
+        self.epoch_seconds = []
+        self.finished = set()
+
+    def _trial_id(self, trial):
+        return trial.config['trial']['trial_id']
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_id = self._trial_id(trial)
+        planned = self.planned[trial_id]
+        if DIVERGED_KEY in result:
+            self.diverged.add(trial_id)
+            self.store.write_error(trial_id, result[DIVERGED_KEY],
+                                   self.store.checkpoint_epoch(trial_id))
+            self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
+            return
+        self.store.record_epoch(trial_id, result)
+        self.epoch_seconds.append(result['epoch_seconds'])
+        self.progress(
+            f"{planned.name} epoch {result['epoch']}/{planned.spec.recipe.epochs}: "
+            f"train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}, "
+            f"val acc {result['val_acc']:.4f} ({result['epoch_seconds']:.1f}s)"
+            f"{self._time_left(trials)}")
+
+    def _time_left(self, trials):
+        """Remaining epochs x mean epoch time / trials running at once."""
+        if not self.epoch_seconds:
+            return ''
+        remaining = 0
+        for trial in trials:
+            planned = self.planned[self._trial_id(trial)]
+            if planned.trial_id in self.finished or planned.trial_id in self.diverged:
+                continue
+            done = trial.last_result.get('epoch', planned.epochs_done) if trial.last_result \
+                else planned.epochs_done
+            remaining += max(0, planned.spec.recipe.epochs - int(done))
+        running = max(1, sum(1 for t in trials if t.status == 'RUNNING'))
+        seconds = remaining * (sum(self.epoch_seconds) / len(self.epoch_seconds)) / running
+        return f'; about {format_duration(seconds)} left' if remaining else ''
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        with checkpoint.as_directory() as folder:
+            self.store.record_checkpoint(self._trial_id(trial), folder)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        trial_id = self._trial_id(trial)
+        self.finished.add(trial_id)
+        if trial_id in self.diverged:
+            return
+        planned = self.planned[trial_id]
+        history = self.store.read_history(trial_id)
+        if len(history) < planned.spec.recipe.epochs:
+            self.store.write_error(trial_id, f'the trial ended after {len(history)} of '
+                                   f'{planned.spec.recipe.epochs} epochs', len(history))
+            return
+        final = dict(history[-1])
+        final.update(epochs=len(history), total_seconds=sum(r['epoch_seconds'] for r in history),
+                     finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+        self.store.write_final(trial_id, final)
+        self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        trial_id = self._trial_id(trial)
+        self.finished.add(trial_id)
+        message = _error_text(trial)
+        self.store.write_error(trial_id, message, self.store.checkpoint_epoch(trial_id))
+        self.progress(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')
+
+
+def _error_text(trial):
+    path = getattr(trial, 'error_file', None)
+    if path and Path(path).is_file():
+        return Path(path).read_text(errors='replace').strip()
+    return str(getattr(trial, 'error_msg', None) or 'the trial failed (no error text from Ray)')
+
+
+def format_duration(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f'{hours}h{minutes:02d}m' if hours else (f'{minutes}m{seconds:02d}s' if minutes
+                                                     else f'{seconds}s')

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Train every cell of sweep.yaml that the results store lacks, then render the reports.
+
+    python run_sweep.py                       # sweep.yaml: train what is missing, report
+    python run_sweep.py --config sweeps/demo.yaml
+    python run_sweep.py --dry-run             # the plan: done / partial / pending / failed
+    python run_sweep.py --report-only         # tables and figures from the store, no training
+    python run_sweep.py --only model=cifar_resnet20_v1,attention=eca
+    python run_sweep.py --address ray://head:10001   # or RAY_ADDRESS: join a cluster
+"""
+import argparse
+import sys
+
+from bench.threads import use_cpus
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', default='sweep.yaml', help='sweep file (default: sweep.yaml)')
+    parser.add_argument('--dry-run', action='store_true', help='print the plan and stop')
+    parser.add_argument('--only', default=None, metavar='KEY=VALUE,...',
+                        help='run a subset, e.g. model=cifar_resnet20_v1,attention=eca')
+    parser.add_argument('--retry-failed', action='store_true',
+                        help='train failed trials again (from their last checkpoint)')
+    parser.add_argument('--fresh', action='store_true',
+                        help="delete this sweep's stored results first (asks unless --yes)")
+    parser.add_argument('--yes', action='store_true', help='do not ask before --fresh')
+    parser.add_argument('--address', default=None,
+                        help='Ray cluster to join (default: RAY_ADDRESS, else start locally)')
+    parser.add_argument('--no-report', action='store_true', help='do not render the reports')
+    parser.add_argument('--report-only', action='store_true',
+                        help='render the reports from the store; no training, no Ray')
+    parser.add_argument('--insert', action='store_true',
+                        help='append the results block to a README that has no markers')
+    return parser, parser.parse_args(argv)
+
+
+def render_reports(loaded, insert=False):
+    from reports import render_all
+    outputs = loaded.config.outputs
+    written = render_all(loaded.store_dir,
+                         readme=loaded.resolve(outputs.readme),
+                         figures_dir=loaded.resolve(outputs.figures),
+                         report_path=loaded.resolve(outputs.report),
+                         options=loaded.config.report.model_dump(),
+                         layout={'models': loaded.config.models,
+                                 'attentions': loaded.config.attentions},
+                         insert=insert)
+    for path in written:
+        print(f'wrote {path}')
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    from bench.config import ConfigError, load_config, parse_only
+    try:
+        loaded = load_config(args.config)
+        only = parse_only(args.only) if args.only else None
+    except ConfigError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+
+    if args.report_only:
+        return _report_or_fail(loaded, args.insert)
+
+    if args.fresh:
+        if not args.yes:
+            answer = input(f'delete every stored result in {loaded.store_dir}? [y/N] ')
+            if answer.strip().lower() not in ('y', 'yes'):
+                print('nothing deleted')
+                return 1
+        from bench.sweep import remove_store
+        remove_store(loaded)
+
+    use_cpus()   # the driver's own MXNet use (none before trials) stays on its cores
+    from bench.data import DataError
+    from bench.sweep import SweepError, format_plan, load_sweep_data, plan, run_sweep
+    try:
+        data = load_sweep_data(loaded)
+    except DataError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(f'sweep {loaded.config.name}: data {data.identity.label}, '
+          f'store {loaded.store_dir}')
+    planned = plan(loaded, data.identity.to_dict(), only=only,
+                   retry_failed=args.retry_failed)
+    if args.dry_run:
+        print(format_plan(planned, loaded.config.resources))
+        return 0
+    try:
+        outcome = run_sweep(loaded, data, planned, address=args.address)
+    except SweepError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(format_plan(planned_after(outcome), loaded.config.resources))
+    code = 0
+    if outcome.failed:
+        print(f'{len(outcome.failed)} trial(s) failed:', file=sys.stderr)
+        names = {p.trial_id: p.name for p in outcome.planned}
+        for tid, error in outcome.failed.items():
+            print(f'  {names[tid]} ({tid}): {error.strip().splitlines()[-1]}', file=sys.stderr)
+        print('fix the cause, then run again with --retry-failed', file=sys.stderr)
+        code = 1
+    if not args.no_report:
+        code = max(code, _report_or_fail(loaded, args.insert))
+    return code
+
+
+def planned_after(outcome):
+    from bench.sweep import PlannedTrial
+    return [PlannedTrial(p.trial_id, p.name, p.spec, outcome.statuses[p.trial_id],
+                         p.spec.recipe.epochs if outcome.statuses[p.trial_id] == 'done'
+                         else p.epochs_done, outcome.errors.get(p.trial_id))
+            for p in outcome.planned]
+
+
+def _report_or_fail(loaded, insert):
+    from reports import ReportError
+    try:
+        render_reports(loaded, insert=insert)
+    except ReportError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
