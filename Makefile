@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(MXNET_EXTRA)
 .PHONY: demo test install clean-venv
 
 demo: $(STAMP)
-	$(PY) -m models
+	$(PY) run_sweep.py --config sweeps/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -39,10 +39,10 @@ class ResultsStore:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # ------------------------------------------------------------ writing
-    def write_spec(self, trial_id, name, spec, data_identity):
+    def write_spec(self, trial_id, name, spec, data_identity, model_stats=None):
         write_json_atomic(self.trial_dir(trial_id) / 'spec.json',
                           {'trial_id': trial_id, 'name': name, 'spec': spec,
-                           'data': data_identity})
+                           'data': data_identity, 'model_stats': model_stats})
 
     def read_history(self, trial_id):
         path = self.trial_dir(trial_id) / 'history.csv'

@@ -174,7 +174,8 @@ def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None
     config = loaded.config
     store = ResultsStore(loaded.store_dir)
     for p in planned:
-        store.write_spec(p.trial_id, p.name, p.spec.to_dict(), data.identity.to_dict())
+        store.write_spec(p.trial_id, p.name, p.spec.to_dict(), data.identity.to_dict(),
+                         model_stats=_stats_of(p.spec))
         if p.will_train:
             store.clear_error(p.trial_id)
     to_train = [p for p in planned if p.will_train]
@@ -218,6 +219,19 @@ def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None
     tuner.fit()
     progress(f'trained {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s')
     return _outcome(store, planned, to_train)
+
+
+_STATS_CACHE = {}
+
+
+def _stats_of(spec):
+    """Params and MACs of the trial's network (CPU, no GPU touched), for the reports."""
+    key = (spec.model, spec.attention, tuple(sorted(spec.attention_kwargs.items())))
+    if key not in _STATS_CACHE:
+        from models import model_stats
+        stats = model_stats(spec.model, spec.attention, attention_kwargs=spec.attention_kwargs)
+        _STATS_CACHE[key] = {'params': stats.params, 'macs': stats.macs}
+    return _STATS_CACHE[key]
 
 
 def _outcome(store, planned, trained):

@@ -36,9 +36,11 @@ def run_trial(param_space, data=None):
         if restored is not None:         # Tune restarting this trial after a failure
             resume_from = restored.to_directory(str(Path(scratch) / 'restored'))
 
+        node_id = ray.get_runtime_context().get_node_id()
+
         def report(metrics, checkpoint_path):
-            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(
-                str(checkpoint_path)))
+            tune.report(dict(metrics, node_id=node_id),
+                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint_path)))
         try:
             train(spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
                   resume_from=resume_from, contexts=contexts, on_epoch=report)
@@ -59,6 +61,7 @@ class StoreCallback(tune.Callback):
         self.diverged = set()
         self.epoch_seconds = []
         self.finished = set()
+        self.nodes = {}
 
     def _trial_id(self, trial):
         return trial.config['trial']['trial_id']
@@ -73,6 +76,7 @@ class StoreCallback(tune.Callback):
             self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
+        self.nodes[trial_id] = result.get('node_id')
         self.epoch_seconds.append(result['epoch_seconds'])
         self.progress(
             f"{planned.name} epoch {result['epoch']}/{planned.spec.recipe.epochs}: "
@@ -113,7 +117,8 @@ class StoreCallback(tune.Callback):
             return
         final = dict(history[-1])
         final.update(epochs=len(history), total_seconds=sum(r['epoch_seconds'] for r in history),
-                     finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+                     finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                     node_id=self.nodes.get(trial_id))
         self.store.write_final(trial_id, final)
         self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
 

@@ -1,0 +1,128 @@
+"""Reports from a results store: the README table, a Markdown table, figures, report.html.
+
+Reads only the store's files (pandas); never imports Ray or MXNet.
+"""
+import base64
+import json
+import os
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from .figures import write_figures
+from .readme import BEGIN, END, ReportError, inject_block, write_readme
+from .store import load_environment, load_histories, load_trials
+from .table import table_context
+
+__all__ = ['BEGIN', 'END', 'ReportError', 'inject_block', 'load_histories', 'load_trials',
+           'render_all', 'table_context']
+
+_ENV = Environment(loader=PackageLoader('reports', 'templates'), undefined=StrictUndefined,
+                   autoescape=select_autoescape(['html.j2']), keep_trailing_newline=True)
+ORIGINAL_LOSS_NOTE = ("`train loss` is the last epoch's mean training loss: what the original "
+                      "table called loss.")
+
+
+def render(template, **context):
+    return _ENV.get_template(template).render(**context)
+
+
+def _title_and_caption(context, trials):
+    data = ', '.join(context['data_names']) or 'unknown data'
+    title = (f'loss and accuracy on the CIFAR-10 test set' if context['official']
+             else f'loss and accuracy on {data} (not CIFAR-10)')
+    recipes = sorted(set(trials['recipe']))
+    recipe = json.loads(recipes[0]) if len(recipes) == 1 else None
+    parts = [f"{context['finished']} of {context['total']} trials finished"]
+    if not context['official']:
+        parts.append('Trained on data that is not the official CIFAR-10')
+    if context['seeds']:
+        parts.append(f"seeds {', '.join(map(str, context['seeds']))}; cells with several seeds "
+                     'show mean ± std (n)')
+    if recipe:
+        parts.append(f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, "
+                     f"{recipe['optimizer']} lr {recipe['lr']:g} x{recipe['lr_decay']:g} at "
+                     f"epochs {', '.join(map(str, recipe['lr_decay_epochs']))}, "
+                     f"wd {recipe['wd']:g}")
+    if 'train_loss' in context['metrics']:
+        parts.append(ORIGINAL_LOSS_NOTE)
+    parts.append('bold: best of the row; TBA: not trained yet')
+    return title, ' '.join(part.rstrip('.') + '.' for part in parts)
+
+
+def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,
+               layout=None, insert=False):
+    """Every report of the store at `store_dir`; returns the paths written."""
+    store_dir = Path(store_dir)
+    options, layout = dict(options or {}), dict(layout or {})
+    trials = load_trials(store_dir)
+    if trials.empty:
+        raise ReportError(f'no trials in {store_dir}: run the sweep first '
+                          '(python run_sweep.py), or point at another results folder')
+    histories = load_histories(store_dir)
+    context = table_context(trials, layout.get('models'), layout.get('attentions'),
+                            metrics=options.get('metrics', ('val_loss', 'val_acc')),
+                            overhead=options.get('overhead', False))
+    title, caption = _title_and_caption(context, trials)
+    table_html = render('readme_table.html.j2', **context).strip()
+    written = []
+    figures = write_figures(trials, histories, figures_dir or store_dir / 'figures',
+                            layout.get('models'), layout.get('attentions'))
+    written += [path for _, path in figures]
+
+    markdown_path = store_dir / 'table.md'
+    _write_text(markdown_path, f'Results: {title}. {caption}\n\n'
+                + render('table.md.j2', **context))
+    written.append(markdown_path)
+
+    if readme is not None:
+        readme = Path(readme)
+        block = render('readme_block.md.j2', title=title, caption=caption,
+                       table_html=table_html,
+                       figures=[{'title': t, 'path': Path(os.path.relpath(p, readme.parent))
+                                 .as_posix()} for t, p in figures])
+        written.append(write_readme(readme, block, insert=insert))
+
+    if report_path is not None:
+        environment = load_environment(store_dir)
+        html = render('report.html.j2', name=store_dir.name, title=title, caption=caption,
+                      table_html=table_html,
+                      figures=[{'title': t, 'base64': base64.b64encode(Path(p).read_bytes())
+                                .decode('ascii')} for t, p in figures],
+                      trials=_trial_rows(trials), environment=_flatten(environment),
+                      recipes=sorted(set(trials['recipe'])))
+        written.append(_write_text(Path(report_path), html))
+    return written
+
+
+def _trial_rows(trials):
+    def number(value):
+        return '' if value is None or value != value else f'{value:.4f}'
+    rows = []
+    for trial in trials.sort_values(['model', 'attention', 'seed']).to_dict('records'):
+        seconds = trial['total_seconds']
+        rows.append({**trial, 'val_loss': number(trial['val_loss']),
+                     'val_acc': number(trial['val_acc']),
+                     'train_loss': number(trial['train_loss']),
+                     'time': '' if seconds is None or seconds != seconds else f'{seconds:.0f}s',
+                     'error': (trial['error'] or '').strip().splitlines()[-1]
+                     if trial['error'] else ''})
+    return rows
+
+
+def _flatten(mapping, prefix=''):
+    items = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f'{prefix}{key}.')
+        else:
+            items.append((f'{prefix}{key}', value))
+    return items
+
+
+def _write_text(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(text, encoding='utf-8')
+    tmp.replace(path)
+    return path

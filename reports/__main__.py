@@ -1,0 +1,38 @@
+"""`python -m reports RESULTS_DIR`: README table, Markdown table, figures and report.html
+from a sweep's results store, without training and without Ray."""
+import argparse
+import sys
+from pathlib import Path
+
+from . import ReportError, render_all
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m reports', description=__doc__)
+    parser.add_argument('results_dir', help='a sweep folder of the store, e.g. results/demo')
+    parser.add_argument('--readme', default=None, help='README to write the table into')
+    parser.add_argument('--insert', action='store_true',
+                        help='append the block when the README has no markers')
+    parser.add_argument('--figures', default=None, help='default: RESULTS_DIR/figures')
+    parser.add_argument('--report', default=None, help='default: RESULTS_DIR/report.html')
+    parser.add_argument('--metrics', nargs='+', default=['val_loss', 'val_acc', 'train_loss'],
+                        choices=['val_loss', 'val_acc', 'train_loss', 'train_acc'])
+    parser.add_argument('--no-overhead', action='store_true', help='no params column')
+    args = parser.parse_args(argv)
+    store = Path(args.results_dir)
+    try:
+        written = render_all(store, readme=args.readme, figures_dir=args.figures,
+                             report_path=args.report or store / 'report.html',
+                             options={'metrics': args.metrics,
+                                      'overhead': not args.no_overhead},
+                             insert=args.insert)
+    except ReportError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    for path in written:
+        print(f'wrote {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

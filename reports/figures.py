@@ -1,0 +1,101 @@
+"""Training curves and the final-accuracy bar chart (matplotlib, PNG)."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .table import attention_label, default_order, model_key  # noqa: E402
+
+
+def _attention_order(frame, attentions):
+    present = set(frame['attention'])
+    return [a for a in (attentions or default_order(frame['attention'])) if a in present]
+
+
+def _model_order(frame, models):
+    present = set(frame['model'])
+    return [m for m in (models or sorted(present, key=model_key)) if m in present]
+
+
+def curves_figure(histories, model, attentions=None):
+    """Validation accuracy and loss against epoch for one model: a line per attention,
+    the mean over seeds with a band from the lowest to the highest seed."""
+    frame = histories[histories['model'] == model]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for attention in _attention_order(frame, attentions):
+        per_epoch = frame[frame['attention'] == attention].groupby('epoch')
+        for axis, metric in zip(axes, ('val_acc', 'val_loss')):
+            stats = per_epoch[metric].agg(['mean', 'min', 'max'])
+            line, = axis.plot(stats.index, stats['mean'], marker='o' if len(stats) < 15 else None,
+                              markersize=3, label=attention_label(attention))
+            if (stats['max'] > stats['min']).any():
+                axis.fill_between(stats.index, stats['min'], stats['max'],
+                                  color=line.get_color(), alpha=0.2, linewidth=0)
+    for axis, label in zip(axes, ('validation accuracy', 'validation loss (cross-entropy)')):
+        axis.set_xlabel('epoch')
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(title='attention', fontsize='small')
+    axes[1].set_yscale('log')
+    fig.suptitle(f'{model}: validation curves (mean over seeds, band: min-max)')
+    return fig
+
+
+def accuracy_bars_figure(trials, models=None, attentions=None):
+    """Final validation accuracy per model x attention, mean with std error bars."""
+    done = trials[trials['status'] == 'done']
+    models = _model_order(done, models)
+    attentions = _attention_order(done, attentions)
+    fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(models) + 2), 4.2),
+                             constrained_layout=True)
+    width = 0.8 / max(1, len(attentions))
+    for index, attention in enumerate(attentions):
+        means, errors, positions = [], [], []
+        for model_index, model in enumerate(models):
+            values = done[(done['model'] == model) & (done['attention'] == attention)]['val_acc']
+            if len(values):
+                means.append(values.mean())
+                errors.append(values.std(ddof=1) if len(values) > 1 else 0.0)
+                positions.append(model_index + (index - (len(attentions) - 1) / 2) * width)
+        axis.bar(positions, means, width * 0.95, yerr=errors, capsize=3,
+                 label=attention_label(attention))
+    axis.set_xticks(range(len(models)))
+    axis.set_xticklabels(models, rotation=15, ha='right')
+    axis.set_ylabel('final validation accuracy')
+    low = done['val_acc'].min() if len(done) else 0.0
+    axis.set_ylim(max(0.0, low - 0.05), 1.0)
+    axis.grid(axis='y', alpha=0.3)
+    # Below the axes, so it never hides a bar.
+    axis.legend(title='attention', fontsize='small', ncol=max(1, min(6, len(attentions))),
+                loc='upper center', bbox_to_anchor=(0.5, -0.22))
+    axis.set_title('Final validation accuracy (error bars: std over seeds)')
+    return fig
+
+
+def save_figure(fig, path):
+    """Save as PNG atomically (through a temporary name in the same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp.png')
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_figures(trials, histories, figures_dir, models=None, attentions=None):
+    """Every figure under figures_dir; returns [(title, path)]."""
+    written = []
+    for model in _model_order(histories, models):
+        path = save_figure(curves_figure(histories, model, attentions),
+                           Path(figures_dir) / f'curves_{model}.png')
+        written.append((f'{model}: validation accuracy and loss per epoch', path))
+    if (trials['status'] == 'done').any():
+        path = save_figure(accuracy_bars_figure(trials, models, attentions),
+                           Path(figures_dir) / 'final_accuracy.png')
+        written.append(('Final validation accuracy per model and attention', path))
+    return written

@@ -1,0 +1,53 @@
+"""Put the results block into a README between two marker comments, touching nothing else."""
+from pathlib import Path
+
+BEGIN = '<!-- results:begin (written by run_sweep.py; edits inside are overwritten) -->'
+END = '<!-- results:end -->'
+_BEGIN_PREFIX = '<!-- results:begin'
+
+
+class ReportError(RuntimeError):
+    """The reports cannot be written; the message says why and what to do."""
+
+
+def inject_block(text, block, insert=False, source='README.md'):
+    """`text` with the block between the markers replaced by `block`.
+
+    Without markers: a ReportError, or with `insert` the block appended at the end.
+    """
+    start = text.find(_BEGIN_PREFIX)
+    end = text.find(END, start + 1) if start >= 0 else -1
+    newline = '\r\n' if '\r\n' in text else '\n'
+    body = block.strip('\n').replace('\n', newline)
+    if start < 0 or end < 0:
+        if start >= 0 or END in text:
+            raise ReportError(f'{source}: only one of the two result markers is present; '
+                              f'it needs both {BEGIN!r} and {END!r} on lines of their own')
+        if not insert:
+            raise ReportError(
+                f'{source} has no results markers. Add the two lines\n  {BEGIN}\n  {END}\n'
+                'where the table should go, or run again with --insert to append it')
+        separator = '' if text.endswith(newline) or not text else newline
+        return f'{text}{separator}{newline}{BEGIN}{newline}{body}{newline}{END}{newline}'
+    line_end = text.find('\n', start)
+    begin_line_end = line_end + 1 if 0 <= line_end < end else start + len(BEGIN)
+    return text[:begin_line_end] + body + newline + text[end:]
+
+
+def write_readme(path, block, insert=False):
+    """Inject into the README at `path` (created if missing); rewrite only on change."""
+    path = Path(path)
+    if not path.is_file():
+        insert = True   # a new file holds nothing that could be lost
+        original = ''
+    else:
+        with open(path, encoding='utf-8', newline='') as handle:
+            original = handle.read()
+    updated = inject_block(original, block, insert=insert, source=str(path))
+    if updated != original:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'.{path.name}.tmp')
+        with open(tmp, 'w', encoding='utf-8', newline='') as handle:
+            handle.write(updated)
+        tmp.replace(path)
+    return path

@@ -1,0 +1,120 @@
+"""sweep.yaml validation, expansion and trial ids (no training)."""
+import textwrap
+
+import pytest
+
+from bench.config import (ConfigError, expand, load_config, matches_only, parse_config,
+                          parse_only, trial_id)
+from bench.recipe import Recipe
+
+IDENTITY = {'digest': 'abc', 'official': False}
+BASE = {'name': 't', 'models': ['cifar_resnet20_v1'], 'attentions': ['none', 'eca']}
+
+
+def errors_of(values):
+    with pytest.raises(ConfigError) as error:
+        parse_config(values, 'my.yaml')
+    return str(error.value)
+
+
+def test_shipped_sweeps_load_and_expand():
+    table = load_config('sweep.yaml')
+    specs = expand(table.config)
+    assert len(specs) == 16
+    assert {s.model for s in specs} == {'cifar_resnet20_v1', 'cifar_resnet20_v2',
+                                        'cifar_resnet56_v1', 'cifar_resnet56_v2'}
+    assert {s.attention for s in specs} == {'none', 'se', 'eca', 'gct'}
+    assert all(s.recipe == Recipe() for s in specs)   # the original recipe
+    demo = load_config('sweeps/demo.yaml')
+    assert demo.config.data.dataset == 'demo' and len(expand(demo.config)) == 8
+    assert demo.store_dir.name == 'demo'
+
+
+def test_unknown_key_names_file_path_and_valid_keys():
+    message = errors_of({**BASE, 'recipe': {'lr_decay_epoch': [81]}})
+    assert message.startswith('my.yaml: recipe.lr_decay_epoch: unknown key')
+    assert 'lr_decay_epochs' in message
+    message = errors_of({**BASE, 'resources': {'gpus': 1}})
+    assert 'my.yaml: resources.gpus: unknown key; valid keys: cpus_per_trial' in message
+    assert 'my.yaml: seed: unknown key' in errors_of({**BASE, 'seed': 1})
+
+
+def test_wrong_type_says_expected_and_found():
+    message = errors_of({**BASE, 'recipe': {'lr': 'fast'}})
+    assert "my.yaml: recipe.lr:" in message and "valid number" in message
+    assert "'fast'" in message
+    message = errors_of({**BASE, 'seeds': 'zero'})
+    assert 'my.yaml: seeds:' in message and "'zero'" in message
+    assert 'gpus_per_trial' in errors_of({**BASE, 'resources': {'gpus_per_trial': 1.5}})
+
+
+def test_unknown_model_and_attention_list_the_valid_ones():
+    message = errors_of({**BASE, 'models': ['cifar_resnet20_v3']})
+    assert 'my.yaml: models:' in message and 'cifar_resnet56_v2' in message
+    message = errors_of({**BASE, 'attentions': ['none', 'cbam']})
+    assert 'my.yaml: attentions:' in message and 'none, se, eca, gct' in message
+    assert "optimizer must be one of" in errors_of({**BASE, 'recipe': {'optimizer': 'adamw'}})
+    assert 'required key is missing' in errors_of({'name': 't', 'models': ['cifar_resnet20_v1']})
+    assert 'listed more than once' in errors_of({**BASE, 'attentions': ['se', 'se']})
+
+
+def test_overrides_are_checked_and_applied():
+    message = errors_of({**BASE, 'overrides': [{'match': {'attention': 'se'},
+                                               'recipe': {'lr': 0.1}}]})
+    assert "overrides.0.match.attention: 'se' is not in attentions" in message
+    message = errors_of({**BASE, 'overrides': [{'match': {'attention': 'eca'},
+                                               'recipe': {'bogus': 1}}]})
+    assert 'overrides.0.recipe: unknown recipe option(s) bogus' in message
+    config = parse_config({**BASE, 'seeds': [0, 1], 'overrides': [
+        {'match': {'attention': 'eca'}, 'attention_kwargs': {'kernel_size': 5}},
+        {'match': {'attention': 'eca', 'seed': 1}, 'recipe': {'lr': 0.1}}]})
+    specs = {(s.attention, s.seed): s for s in expand(config)}
+    assert specs[('eca', 0)].attention_kwargs == {'kernel_size': 5}
+    assert specs[('eca', 1)].recipe.lr == 0.1 and specs[('eca', 0)].recipe.lr == 0.003
+    assert specs[('none', 1)].attention_kwargs == {}
+
+
+def test_yaml_errors_and_missing_files_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match='no such file'):
+        load_config(tmp_path / 'missing.yaml')
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('name: [unclosed\n')
+    with pytest.raises(ConfigError, match='not valid YAML'):
+        load_config(broken)
+
+
+def test_trial_ids_are_stable_and_depend_on_what_changes_results(tmp_path):
+    yaml_a = tmp_path / 'a.yaml'
+    yaml_a.write_text(textwrap.dedent('''
+        name: s
+        models: [cifar_resnet20_v1, cifar_resnet56_v1]
+        attentions: [none, se]
+        seeds: [0, 1]
+        recipe: {epochs: 10, lr: 0.01}
+    '''))
+    yaml_b = tmp_path / 'b.yaml'
+    yaml_b.write_text(textwrap.dedent('''
+        recipe: {lr: 0.01, epochs: 10}
+        seeds: [1, 0]
+        attentions: [se, none]
+        models: [cifar_resnet56_v1, cifar_resnet20_v1]
+        name: s
+    '''))
+    ids_a = {s.name: trial_id(s, IDENTITY) for s in expand(load_config(yaml_a).config)}
+    ids_b = {s.name: trial_id(s, IDENTITY) for s in expand(load_config(yaml_b).config)}
+    assert ids_a == ids_b and len(set(ids_a.values())) == 8
+    assert 'cifar_resnet20_v1-se-s1' in ids_a
+    spec = expand(load_config(yaml_a).config)[0]
+    assert trial_id(spec, {'digest': 'other', 'official': False}) != trial_id(spec, IDENTITY)
+    changed = type(spec)(spec.model, spec.attention, spec.seed,
+                         Recipe(**{**spec.recipe.to_dict(), 'wd': 0.0}))
+    assert trial_id(changed, IDENTITY) != trial_id(spec, IDENTITY)
+
+
+def test_only_selects_a_subset():
+    selected = parse_only('model=cifar_resnet20_v1,attention=eca,attention=se')
+    assert selected == {'model': ['cifar_resnet20_v1'], 'attention': ['eca', 'se']}
+    specs = expand(parse_config({**BASE, 'attentions': ['none', 'se', 'eca']}))
+    assert [s.attention for s in specs if matches_only(s, selected)] == ['se', 'eca']
+    with pytest.raises(ConfigError, match='key=value'):
+        parse_only('eca')

@@ -1,0 +1,259 @@
+"""Reports from a fixture store holding the original table's published numbers."""
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from bench.recipe import Recipe, TrialSpec
+from bench.store import ResultsStore
+from reports import BEGIN, END, ReportError, inject_block, load_trials, render_all
+from reports.figures import curves_figure
+from reports.table import table_context
+
+MODELS = ['cifar_resnet20_v1', 'cifar_resnet20_v2', 'cifar_resnet56_v1', 'cifar_resnet56_v2']
+ATTENTIONS = ['none', 'se', 'eca', 'gct']
+# The original README's table: (loss, acc) per model for Vanilla and ECA; SE and GCT were TBA.
+# Its "loss" was the last epoch's training loss, its "acc" the test accuracy.
+ORIGINAL = {
+    ('cifar_resnet20_v1', 'none'): (0.0344, 0.9171), ('cifar_resnet20_v1', 'eca'): (0.0302, 0.9189),
+    ('cifar_resnet20_v2', 'none'): (0.1088, 0.9133), ('cifar_resnet20_v2', 'eca'): (0.0328, 0.9194),
+    ('cifar_resnet56_v1', 'none'): (0.0431, 0.9154), ('cifar_resnet56_v1', 'eca'): (0.0170, 0.9243),
+    ('cifar_resnet56_v2', 'none'): (0.0629, 0.9165), ('cifar_resnet56_v2', 'eca'): (0.0235, 0.9218),
+}
+IDENTITY = {'name': 'cifar10', 'official': True, 'digest': 'd' * 40, 'layout': 'bin',
+            'source': 'x', 'train_images': 50000, 'test_images': 10000}
+PARAMS = {'none': 272474, 'se': 274490, 'eca': 272501, 'gct': 273482}
+
+
+def add_trial(store, model, attention, seed, train_loss=None, val_acc=None, epochs=3,
+              finished=True, error=None):
+    spec = TrialSpec(model, attention, seed, Recipe(epochs=epochs))
+    trial_id = f'{model}-{attention}-{seed}'
+    store.write_spec(trial_id, spec.name, spec.to_dict(), IDENTITY,
+                     model_stats={'params': PARAMS[attention], 'macs': 40_813_184})
+    if train_loss is None:
+        return trial_id
+    for epoch in range(1, epochs + 1):
+        last = epoch == epochs
+        store.record_epoch(trial_id, {
+            'epoch': epoch, 'lr': 0.003, 'train_loss': train_loss * (1 if last else 2 + epoch),
+            'train_acc': 0.9, 'val_loss': 0.3 + 0.1 * (epochs - epoch) + seed * 0.01,
+            'val_acc': val_acc - (0 if last else 0.1 * (epochs - epoch)),
+            'epoch_seconds': 10.0, 'train_seconds': 9.0, 'images_per_second': 5000.0})
+    if error:
+        store.write_error(trial_id, error, epochs)
+    elif finished:
+        rows = store.read_history(trial_id)
+        store.write_final(trial_id, dict(rows[-1], epochs=epochs, total_seconds=30.0))
+    return trial_id
+
+
+@pytest.fixture
+def original_store(tmp_path):
+    store = ResultsStore(tmp_path / 'results' / 'original-table')
+    for (model, attention), (loss, acc) in ORIGINAL.items():
+        add_trial(store, model, attention, 0, loss, acc)
+    for model in MODELS:   # SE and GCT planned but never trained: TBA
+        add_trial(store, model, 'se', 0)
+        add_trial(store, model, 'gct', 0)
+    return store.root
+
+
+class TableGrid(HTMLParser):
+    """Cells of every <tr> as text, and whether the tags balance."""
+    VOID = {'br', 'img', 'meta', 'link', 'hr', 'input'}
+
+    def __init__(self, text):
+        super().__init__()
+        self.rows, self.stack, self.errors = [], [], []
+        self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        self.stack.append(tag)
+        if tag == 'tr':
+            self.rows.append([])
+        elif tag in ('td', 'th'):
+            self._cell = ''
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f'stray </{tag}> with open {self.stack[-3:]}')
+            return
+        self.stack.pop()
+        if tag in ('td', 'th'):
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def render_table(store_dir, tmp_path, metrics=('train_loss', 'val_acc'), overhead=False):
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'# title\n\n{BEGIN}\n{END}\n\ntail\n')
+    render_all(store_dir, readme=readme, figures_dir=tmp_path / 'figures',
+               options={'metrics': list(metrics), 'overhead': overhead},
+               layout={'models': MODELS, 'attentions': ATTENTIONS})
+    return readme.read_text()
+
+
+def test_readme_table_has_the_original_cells_in_the_original_places(original_store, tmp_path):
+    text = render_table(original_store, tmp_path)
+    grid = TableGrid(text[text.index('<table>'):text.index('</table>') + 8])
+    assert grid.errors == [] and grid.stack == []
+    assert grid.rows[0] == ['Model', 'Vanilla', 'SE', 'ECA', 'GCT']
+    assert grid.rows[1] == ['train loss', 'val acc'] * 4
+    for row, model in zip(grid.rows[2:], MODELS):
+        assert row[0] == model
+        expected = []
+        for attention in ATTENTIONS:
+            loss_acc = ORIGINAL.get((model, attention))
+            expected += [f'{loss_acc[0]:.4f}', f'{loss_acc[1]:.4f}'] if loss_acc else ['TBA'] * 2
+        assert row[1:] == expected
+    assert len(grid.rows) == 2 + len(MODELS)
+
+
+def test_best_of_each_row_is_bold_and_columns_say_what_they_are(original_store, tmp_path):
+    text = render_table(original_store, tmp_path, metrics=('val_loss', 'val_acc', 'train_loss'))
+    assert '<th align="center">val loss</th>' in text
+    # ECA has the better accuracy and the lower train loss in every row of the original.
+    for model in MODELS:
+        eca_loss, eca_acc = ORIGINAL[(model, 'eca')]
+        assert f'<b>{eca_acc:.4f}</b>' in text and f'<b>{eca_loss:.4f}</b>' in text
+    assert 'CIFAR-10 test set' in text
+    assert 'what the original table called loss' in text
+
+
+def test_multi_seed_cells_show_mean_std_and_n(tmp_path):
+    store = ResultsStore(tmp_path / 'store')
+    for seed, acc in enumerate((0.90, 0.92, 0.94)):
+        add_trial(store, 'cifar_resnet20_v1', 'eca', seed, 0.03, acc)
+    add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
+    add_trial(store, 'cifar_resnet20_v1', 'none', 1, 0.05, 0.5, finished=False)   # partial
+    trials = load_trials(store.root)
+    context = table_context(trials, metrics=('val_acc',))
+    cells = [c['text'] for c in context['rows'][0]['cells']]
+    assert cells == ['0.9100', '0.9200 ± 0.0200 (n=3)']
+    assert [c['bold'] for c in context['rows'][0]['cells']] == [False, True]
+    assert context['seeds'] == [0, 1, 2] and context['finished'] == 4 and context['total'] == 5
+
+
+def test_params_overhead_column(original_store, tmp_path):
+    text = render_table(original_store, tmp_path, metrics=('val_acc',), overhead=True)
+    grid = TableGrid(text[text.index('<table>'):text.index('</table>') + 8])
+    assert grid.rows[1] == ['val acc', 'params'] * 4
+    assert grid.rows[2][2] == '272.47K'
+    assert grid.rows[2][4] == '+2.02K (0.74%)'
+    assert grid.rows[2][6] == '+27 (0.01%)'
+
+
+def test_injection_is_idempotent_and_preserves_the_rest_byte_for_byte(original_store, tmp_path):
+    readme = tmp_path / 'README.md'
+    head = '# Project\r\n\r\nSome   text with  odd spacing\t and CRLF.\r\n\r\n'
+    tail = '\r\n## After\r\nno trailing newline'
+    readme.write_bytes((head + BEGIN + '\r\nold table\r\n' + END + tail).encode())
+    render_all(original_store, readme=readme, figures_dir=tmp_path / 'f')
+    once = readme.read_bytes()
+    assert once.startswith(head.encode()) and once.endswith((END + tail).encode())
+    assert b'old table' not in once and b'<table>' in once
+    render_all(original_store, readme=readme, figures_dir=tmp_path / 'f')
+    assert readme.read_bytes() == once
+    assert b'\n' not in once.replace(b'\r\n', b'')   # line endings kept
+
+
+def test_readme_without_markers_gets_a_clear_message_or_an_appended_block(original_store,
+                                                                         tmp_path):
+    readme = tmp_path / 'README.md'
+    readme.write_text('# Project\n')
+    with pytest.raises(ReportError, match='(?s)no results markers.*--insert'):
+        render_all(original_store, readme=readme, figures_dir=tmp_path / 'f')
+    assert readme.read_text() == '# Project\n'
+    render_all(original_store, readme=readme, figures_dir=tmp_path / 'f', insert=True)
+    text = readme.read_text()
+    assert text.startswith('# Project\n\n' + BEGIN) and text.rstrip().endswith(END)
+    with pytest.raises(ReportError, match='only one of the two'):
+        inject_block(f'x\n{BEGIN}\n', 'block')
+
+
+def test_figures_exist_with_one_line_per_attention(original_store, tmp_path):
+    written = render_all(original_store, figures_dir=tmp_path / 'figures')
+    names = sorted(p.name for p in written if p.suffix == '.png')
+    assert names == sorted([f'curves_{m}.png' for m in MODELS] + ['final_accuracy.png'])
+    assert all(p.stat().st_size > 10_000 for p in written if p.suffix == '.png')
+    from reports import load_histories
+    figure = curves_figure(load_histories(original_store), 'cifar_resnet20_v1')
+    accuracy_axis, loss_axis = figure.axes[:2]
+    assert [line.get_label() for line in accuracy_axis.lines] == ['Vanilla', 'ECA']
+    assert len(loss_axis.lines) == 2
+    assert accuracy_axis.get_xlabel() == 'epoch' and accuracy_axis.get_ylabel()
+    assert 'cifar_resnet20_v1' in figure._suptitle.get_text()
+
+
+def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
+    (original_store / 'environment.json').write_text(json.dumps(
+        {'packages': {'mxnet': '1.9.1'}, 'git_commit': 'abc123', 'devices': 'cpu'}))
+    report = tmp_path / 'report.html'
+    render_all(original_store, figures_dir=tmp_path / 'f', report_path=report)
+    html = report.read_text()
+    grid = TableGrid(html)
+    assert grid.errors == [] and grid.stack == []
+    assert html.count('src="data:image/png;base64,') == len(MODELS) + 1
+    assert 'src="http' not in html and 'href=' not in html
+    statuses = [row[2] for row in grid.rows if len(row) == 9 and row[0] != 'trial']
+    assert statuses.count('done') == 8 and statuses.count('pending') == 8
+    assert 'packages.mxnet' in html and '1.9.1' in html and 'abc123' in html
+
+
+def test_failed_trials_show_their_error_in_the_report(tmp_path):
+    store = ResultsStore(tmp_path / 'store')
+    add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
+    add_trial(store, 'cifar_resnet20_v1', 'se', 0, 0.04, 0.91,
+              error='Traceback...\nTrainingDiverged: loss was nan at epoch 2, batch 7')
+    trials = load_trials(store.root)
+    assert trials.set_index('attention').loc['se', 'status'] == 'failed'
+    report = tmp_path / 'r.html'
+    render_all(store.root, figures_dir=tmp_path / 'f', report_path=report)
+    assert 'loss was nan at epoch 2, batch 7' in report.read_text()
+
+
+def test_an_empty_store_is_a_clear_error(tmp_path):
+    with pytest.raises(ReportError, match='no trials'):
+        render_all(tmp_path / 'nothing')
+
+
+def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
+    sweep = tmp_path / 'sweep.yaml'
+    sweep.write_text(
+        'name: original-table\nmodels: [cifar_resnet20_v1, cifar_resnet56_v1]\n'
+        'attentions: [none, se, eca, gct]\n'
+        f'outputs: {{results: {original_store.parent}, readme: README.md, figures: figs, '
+        'report: report.html}\n')
+    (tmp_path / 'README.md').write_text(f'intro\n{BEGIN}\n{END}\n')
+    root = Path(__file__).resolve().parents[1]
+    # `python -m reports` reads files only; run_sweep.py --report-only also validates
+    # sweep.yaml (model names come from the models registry, hence MXNet) but starts no Ray.
+    code = ('import sys\n'
+            'import reports.__main__ as cli\n'
+            f'code = cli.main([{str(original_store)!r}, "--report", {str(tmp_path / "r2.html")!r}])\n'
+            'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "reports import"\n'
+            'import run_sweep\n'
+            f'code += run_sweep.main(["--config", {str(sweep)!r}, "--report-only"])\n'
+            'assert "ray" not in sys.modules, "run_sweep --report-only imported Ray"\n'
+            'sys.exit(code)\n')
+    done = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '<table>' in (tmp_path / 'README.md').read_text()
+    assert (tmp_path / 'figs' / 'final_accuracy.png').is_file()
+    assert (tmp_path / 'report.html').is_file() and (tmp_path / 'r2.html').is_file()
+    readme_rows = TableGrid((tmp_path / 'README.md').read_text()).rows
+    assert [row[0] for row in readme_rows[2:]] == ['cifar_resnet20_v1', 'cifar_resnet56_v1']
