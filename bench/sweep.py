@@ -229,8 +229,15 @@ def _stats_of(spec):
     key = (spec.model, spec.attention, tuple(sorted(spec.attention_kwargs.items())))
     if key not in _STATS_CACHE:
         from models import model_stats
-        stats = model_stats(spec.model, spec.attention, attention_kwargs=spec.attention_kwargs)
-        _STATS_CACHE[key] = {'params': stats.params, 'macs': stats.macs}
+        try:
+            stats = model_stats(spec.model, spec.attention,
+                                attention_kwargs=spec.attention_kwargs)
+        except (TypeError, ValueError):
+            # A network that cannot be built fails its own trial, where the error is
+            # stored with it; the other trials must still run.
+            _STATS_CACHE[key] = None
+        else:
+            _STATS_CACHE[key] = {'params': stats.params, 'macs': stats.macs}
     return _STATS_CACHE[key]
 
 

@@ -1,0 +1,214 @@
+"""End-to-end sweeps on CPU under a local Ray: store, resume, incremental runs, failures."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import run_sweep
+from bench.store import ResultsStore
+from bench.sweep import load_sweep_data, plan, run_sweep as run, start_ray
+
+from .sweep_helpers import loaded, write_sweep, write_tiny_data
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    return write_tiny_data(tmp_path_factory.mktemp('data') / 'cifar')
+
+
+@pytest.fixture(scope='module')
+def local_ray():
+    ray = start_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def run_loaded(path, **plan_options):
+    sweep = loaded(path)
+    data = load_sweep_data(sweep)
+    lines = []
+    outcome = run(sweep, data, plan(sweep, data.identity.to_dict(), **plan_options),
+                  progress=lines.append)
+    return sweep, outcome, lines
+
+
+def epoch_lines(lines):
+    return [line for line in lines if re.search(r' epoch \d+/\d+:', line)]
+
+
+def test_two_by_two_sweep_of_one_epoch_fills_the_store(tmp_path, data_root, local_ray):
+    sweep, outcome, lines = run_loaded(write_sweep(tmp_path, data_root))
+    assert sorted(p.name for p in outcome.trained) == sorted([
+        'cifar_resnet8_v1-none-s0', 'cifar_resnet8_v1-eca-s0',
+        'cifar_resnet8_v2-none-s0', 'cifar_resnet8_v2-eca-s0'])
+    assert set(outcome.statuses.values()) == {'done'} and not outcome.failed
+    store = ResultsStore(sweep.store_dir)
+    for trial_id in store.trial_ids():
+        final = store.read_final(trial_id)
+        assert final['epochs'] == 1 and 0 <= final['val_acc'] <= 1
+        assert [row['epoch'] for row in store.read_history(trial_id)] == [1]
+        assert store.checkpoint_epoch(trial_id) == 1
+        spec = store.read_spec(trial_id)
+        assert spec['data']['official'] is False and spec['model_stats']['params'] > 0
+    import pandas as pd
+    frame = pd.read_csv(sweep.store_dir / 'results.csv')
+    assert len(frame) == 4 and set(frame['status']) == {'done'}
+    assert (sweep.store_dir / 'environment.json').is_file()
+    assert len(epoch_lines(lines)) == 4 and any('done: val acc' in line for line in lines)
+
+    # The same command again trains nothing (and needs no Ray to find that out).
+    _, again, lines = run_loaded(write_sweep(tmp_path, data_root))
+    assert again.trained == [] and epoch_lines(lines) == []
+
+
+def test_new_cells_train_alone(tmp_path, data_root, local_ray):
+    run_loaded(write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1']))
+    _, outcome, lines = run_loaded(write_sweep(tmp_path, data_root,
+                                               models=['cifar_resnet8_v1', 'cifar_resnet8_v2'],
+                                               attentions=['none', 'eca', 'gct']))
+    assert sorted(p.name for p in outcome.trained) == sorted([
+        'cifar_resnet8_v1-gct-s0', 'cifar_resnet8_v2-none-s0', 'cifar_resnet8_v2-eca-s0',
+        'cifar_resnet8_v2-gct-s0'])
+    assert len(epoch_lines(lines)) == 4
+    assert list(outcome.statuses.values()).count('done') == 6
+
+
+def test_a_failing_and_a_diverging_trial_are_stored_and_the_rest_go_on(tmp_path, data_root,
+                                                                     local_ray, capsys):
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
+                       attentions=['none', 'se', 'eca'], overrides=[
+                           {'match': {'attention': 'eca'}, 'attention_kwargs': {'kernel_size': 4}},
+                           {'match': {'attention': 'se'},
+                            'recipe': {'optimizer': 'sgd', 'lr': 1.0e+30}}])
+    code = run_sweep.main(['--config', str(path), '--no-report'])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert '2 trial(s) failed' in err and '--retry-failed' in err
+    assert 'ECA kernel_size must be a positive odd integer' in err
+    assert 'training diverged' in err and 'epoch 1, batch' in err
+    sweep = loaded(path)
+    store = ResultsStore(sweep.store_dir)
+    statuses = {store.read_spec(t)['name']: store.status(t)[0] for t in store.trial_ids()}
+    assert statuses == {'cifar_resnet8_v1-none-s0': 'done', 'cifar_resnet8_v1-se-s0': 'failed',
+                        'cifar_resnet8_v1-eca-s0': 'failed'}
+
+    # Without --retry-failed a failed trial stays failed; the dry run shows why.
+    assert run_sweep.main(['--config', str(path), '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'cifar_resnet8_v1-se-s0 +\w+ +failed', out)
+    assert 'error: ' in out and '1 done, 0 partial, 0 pending, 2 failed' in out
+
+    # Once the cause is fixed, --retry-failed trains them again.
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
+                       attentions=['none', 'se', 'eca'], overrides=[
+                           {'match': {'attention': 'eca'}, 'attention_kwargs': {'kernel_size': 4}}])
+    sweep, outcome, _ = run_loaded(path, retry_failed=True)
+    assert [p.name for p in outcome.trained] == ['cifar_resnet8_v1-se-s0',
+                                                 'cifar_resnet8_v1-eca-s0'] or \
+        sorted(p.name for p in outcome.trained) == ['cifar_resnet8_v1-eca-s0',
+                                                    'cifar_resnet8_v1-se-s0']
+    names = {p.trial_id: p.name for p in outcome.planned}
+    assert {names[t]: s for t, s in outcome.statuses.items()} == {
+        'cifar_resnet8_v1-none-s0': 'done', 'cifar_resnet8_v1-se-s0': 'done',
+        'cifar_resnet8_v1-eca-s0': 'failed'}
+
+
+def test_dry_run_only_and_fresh(tmp_path, data_root, local_ray, capsys, monkeypatch):
+    path = write_sweep(tmp_path, data_root)
+    assert run_sweep.main(['--config', str(path), '--no-report',
+                           '--only', 'model=cifar_resnet8_v2,attention=eca']) == 0
+    capsys.readouterr()
+    assert run_sweep.main(['--config', str(path), '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'cifar_resnet8_v2-eca-s0 +\w{12} +done', out)
+    assert re.search(r'cifar_resnet8_v1-none-s0 +\w{12} +pending +asks 1 CPU', out)
+    assert '4 trials: 1 done, 0 partial, 3 pending, 0 failed' in out
+
+    monkeypatch.setattr('builtins.input', lambda prompt: 'n')
+    assert run_sweep.main(['--config', str(path), '--fresh', '--dry-run']) == 1
+    assert (tmp_path / 'results' / 'tiny').exists()
+    assert run_sweep.main(['--config', str(path), '--fresh', '--yes', '--dry-run']) == 0
+    assert '0 done, 0 partial, 4 pending' in capsys.readouterr().out
+
+
+def test_bad_config_and_missing_data_exit_with_a_message(tmp_path, capsys):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('name: x\nmodels: [cifar_resnet20_v1]\nattentions: [eca]\n'
+                   'recipe: {lr_decay_epoch: [3]}\n')
+    assert run_sweep.main(['--config', str(bad)]) == 2
+    assert f'{bad}: recipe.lr_decay_epoch: unknown key' in capsys.readouterr().err
+    nodata = write_sweep(tmp_path, tmp_path / 'nowhere')
+    assert run_sweep.main(['--config', str(nodata)]) == 2
+    assert 'CIFAR-10 was not found under' in capsys.readouterr().err
+
+
+def _statuses(store_dir):
+    store = ResultsStore(store_dir)
+    return {t: store.status(t) for t in store.trial_ids()}
+
+
+def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_root):
+    """The driver is SIGKILLed mid-sweep; the next run skips finished trials, resumes the
+    partial ones from their checkpoints and trains the rest, counted in epochs."""
+    epochs = 4
+    path = write_sweep(tmp_path, data_root, epochs=epochs,
+                       extra={'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0,
+                                            'max_concurrent_trials': 2, 'max_failures': 0}})
+    store_dir = tmp_path / 'results' / 'tiny'
+    env = dict(os.environ, RAY_ADDRESS='', PYTHONUNBUFFERED='1')
+    env.pop('RAY_ADDRESS')
+    log = open(tmp_path / 'first.log', 'w')
+    first = subprocess.Popen([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
+                              '--no-report'], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                             env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            states = [s for s, _ in _statuses(store_dir).values()]
+            if states.count('done') >= 1 and states.count('partial') >= 1:
+                break
+            if first.poll() is not None:
+                pytest.fail('the sweep ended before it could be killed: '
+                            + (tmp_path / 'first.log').read_text()[-2000:])
+            time.sleep(0.05)
+        else:
+            pytest.fail('no trial finished in time: ' + (tmp_path / 'first.log').read_text())
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(30)
+    finally:
+        try:   # the local Ray the driver started goes with it
+            os.killpg(first.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+
+    before = _statuses(store_dir)
+    assert 'done' in [s for s, _ in before.values()]
+    partial_epochs = {t: e for t, (s, e) in before.items() if s == 'partial'}
+    assert partial_epochs and all(0 < e < epochs for e in partial_epochs.values())
+    expected_epochs = sum(epochs - e for s, e in before.values() if s != 'done')
+
+    second = subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
+                             '--no-report'], cwd=tmp_path, capture_output=True, text=True,
+                            env=env, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    trained = re.findall(r'^(\S+) epoch (\d+)/\d+:', second.stdout, flags=re.M)
+    assert len(trained) == expected_epochs, second.stdout
+    names = {ResultsStore(store_dir).read_spec(t)['name']: t for t in before}
+    for name, epoch in trained:
+        status, done_epochs = before[names[name]]
+        assert status != 'done', f'{name} was finished but trained again'
+        assert int(epoch) > done_epochs, f'{name} retrained epoch {epoch}'
+    after = _statuses(store_dir)
+    assert all(s == 'done' for s, _ in after.values())
+    store = ResultsStore(store_dir)
+    for trial_id in store.trial_ids():
+        assert [r['epoch'] for r in store.read_history(trial_id)] == list(range(1, epochs + 1))
