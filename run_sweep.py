@@ -75,7 +75,9 @@ def main(argv=None):
 
     use_cpus()   # the driver's own MXNet use (none before trials) stays on its cores
     from bench.data import DataError
-    from bench.sweep import SweepError, format_plan, load_sweep_data, plan, run_sweep
+    from bench.gpu import GPUError
+    from bench.sweep import (SweepError, format_plan, load_sweep_data, local_devices, plan,
+                             run_sweep)
     try:
         data = load_sweep_data(loaded)
     except DataError as error:
@@ -86,11 +88,12 @@ def main(argv=None):
     planned = plan(loaded, data.identity.to_dict(), only=only,
                    retry_failed=args.retry_failed)
     if args.dry_run:
-        print(format_plan(planned, loaded.config.resources))
+        print(format_plan(planned, loaded.config.resources,
+                          devices=local_devices(loaded.config.resources)))
         return 0
     try:
         outcome = run_sweep(loaded, data, planned, address=args.address)
-    except SweepError as error:
+    except (SweepError, GPUError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     print(format_plan(planned_after(outcome), loaded.config.resources))

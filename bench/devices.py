@@ -29,3 +29,17 @@ def trial_contexts(num_gpus=None):
 
 def describe(contexts):
     return ', '.join(str(ctx) for ctx in contexts)
+
+
+def trial_device_plan(gpus_per_trial, gpu_ids, make_context=None):
+    """The contexts of a Ray trial: mx.gpu(0..k-1) for the k GPUs Ray assigned, else CPU.
+
+    Ray exports the assigned cards as CUDA_VISIBLE_DEVICES, so inside the trial
+    they are numbered from 0 whatever their physical ids; a fractional share still
+    shows one whole card. `make_context(kind, index)` builds a context (tests fake it).
+    """
+    make_context = make_context or (lambda kind, index: mx.gpu(index) if kind == 'gpu'
+                                    else mx.cpu())
+    if not gpus_per_trial or not gpu_ids:
+        return [make_context('cpu', 0)]
+    return [make_context('gpu', index) for index in range(len(gpu_ids))]

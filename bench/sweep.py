@@ -74,6 +74,17 @@ def plan(loaded, data_identity, only=None, retry_failed=False):
     return planned
 
 
+def local_devices(resources):
+    """What --dry-run says about this machine's devices and what trials will get."""
+    from .gpu import describe_gpus, physical_gpus
+    from .threads import available_cpus
+    gpus = physical_gpus()
+    text = f'{available_cpus()} CPU cores; {describe_gpus(gpus)}'
+    if resources.gpus_per_trial and not gpus:
+        text += ' (gpus_per_trial ignored: trials run on CPUs)'
+    return text
+
+
 def format_plan(planned, resources, devices=None):
     lines = []
     if devices:
@@ -148,6 +159,34 @@ def cluster_devices(ray):
             f"{resources.get('GPU', 0):g} GPUs")
 
 
+def check_cluster_gpus(ray, gpus_per_trial):
+    """On every node that offers GPUs: a CUDA build of MXNet and only supported cards.
+
+    Runs as a CPU-only task on each node, reading the cards through NVML, so no
+    CUDA context is created before the trials start.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .gpu import GPUError
+
+    @ray.remote(num_cpus=0)
+    def node_check():
+        from bench.gpu import GPUError as RemoteGPUError
+        from bench.gpu import check_gpus, describe_gpus
+        try:
+            return True, describe_gpus(check_gpus(gpus_per_trial))
+        except RemoteGPUError as error:
+            return False, str(error)
+    nodes = [n for n in ray.nodes() if n.get('Alive') and n.get('Resources', {}).get('GPU')]
+    answers = ray.get([node_check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n['NodeID'], soft=False)).remote() for n in nodes], timeout=120)
+    problems = [f"node {n.get('NodeManagerAddress', n['NodeID'])}: {text}"
+                for n, (ok, text) in zip(nodes, answers) if not ok]
+    if problems:
+        raise GPUError('\n'.join(problems))
+    return [text for _, text in answers]
+
+
 def cpu_fallback(resources, ray, progress=print):
     """Resources to ask for: on a cluster without GPUs, GPU trials run on CPUs instead."""
     if resources.gpus_per_trial and not ray.cluster_resources().get('GPU', 0):
@@ -192,6 +231,9 @@ def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None
     store.write_environment(describe_environment(loaded.base_dir, data.identity,
                                                  cluster_devices(ray)))
     resources = cpu_fallback(config.resources, ray, progress)
+    if resources.gpus_per_trial:
+        for description in check_cluster_gpus(ray, resources.gpus_per_trial):
+            progress(description)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data),
         {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial})

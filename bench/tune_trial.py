@@ -23,13 +23,15 @@ def run_trial(param_space, data=None):
     use_cpus(config['cpus'])             # before MXNet is imported in this worker
     import ray
 
-    from .devices import trial_contexts
+    from .devices import trial_device_plan
+    from .gpu import check_gpus, physical_gpus, visible_gpus
     from .trainer import TrainingDiverged, train
 
     spec = TrialSpec.from_dict(config['spec'])
-    # Ray pins the trial's GPUs through CUDA_VISIBLE_DEVICES; a fractional share
-    # still shows one whole card, which this trial then uses as mx.gpu(0).
-    contexts = trial_contexts(len(ray.get_gpu_ids()) if config['gpus'] else 0)
+    if config['gpus']:
+        # Before MXNet touches the device: an unsupported card gets one clear error.
+        check_gpus(config['gpus'], gpus=visible_gpus(physical_gpus()))
+    contexts = trial_device_plan(config['gpus'], ray.get_gpu_ids())
     restored = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix='trial-') as scratch:
         resume_from = config.get('resume_from')

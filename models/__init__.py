@@ -1,11 +1,29 @@
 """Gluon channel-attention modules and CIFAR ResNets that carry them.
 
 Knows nothing of training: it builds networks and measures their size.
-"""
-from .attention import ATTENTIONS, UnknownNameError, create_attention, get_attention
-from .cifar_resnet import MODELS, get_model, parse_model_name
-from .stats import ModelStats, count_macs, count_parameters, model_stats, stats_table
 
-__all__ = ['ATTENTIONS', 'MODELS', 'ModelStats', 'UnknownNameError', 'count_macs',
-           'count_parameters', 'create_attention', 'get_attention', 'get_model',
-           'model_stats', 'parse_model_name', 'stats_table']
+Importing the package itself does not import MXNet (names load on first use):
+the CUDA libraries of the GPU build must be loaded first, and callers may still
+need to set MXNet's thread count, which MXNet reads once at import.
+"""
+import importlib
+
+from .cuda_runtime import preload_cuda_libraries
+
+preload_cuda_libraries()
+
+_EXPORTS = {
+    'ATTENTIONS': '.attention', 'UnknownNameError': '.attention',
+    'create_attention': '.attention', 'get_attention': '.attention',
+    'MODELS': '.cifar_resnet', 'get_model': '.cifar_resnet',
+    'parse_model_name': '.cifar_resnet',
+    'ModelStats': '.stats', 'count_macs': '.stats', 'count_parameters': '.stats',
+    'model_stats': '.stats', 'stats_table': '.stats',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,166 @@
+"""The GPU path, tested on CPU: library preload, card checks, Ray's GPU pinning and packing."""
+import os
+import subprocess
+import time
+
+import pytest
+
+from bench.devices import trial_device_plan
+from bench.gpu import GPU, GPUError, check_gpus, unsupported_message, visible_gpus
+from models import cuda_runtime
+
+
+def _stub_library(path):
+    """A real (empty) shared object, so loading it goes through the dynamic loader."""
+    source = path.with_suffix('.c')
+    source.write_text('int stub_symbol(void) { return 1; }\n')
+    subprocess.run(['cc', '-shared', '-fPIC', '-o', str(path), str(source)], check=True)
+    source.unlink()
+
+
+@pytest.fixture
+def fake_nvidia_tree(tmp_path):
+    site = tmp_path / 'site-packages'
+    for package, names in cuda_runtime.LOAD_ORDER:
+        lib = site / 'nvidia' / package / 'lib'
+        lib.mkdir(parents=True)
+        for name in names:
+            _stub_library(lib / name)
+    (site / 'nvidia' / 'unrelated' / 'lib').mkdir(parents=True)
+    return site
+
+
+def test_preload_loads_every_library_in_dependency_order(fake_nvidia_tree, monkeypatch):
+    monkeypatch.setattr(cuda_runtime, '_loaded', [])
+    monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: True)
+    order = []
+
+    def load(path):
+        import ctypes
+        handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)   # really loadable
+        assert handle.stub_symbol() == 1
+        order.append(os.path.basename(path))
+    loaded = cuda_runtime.preload_cuda_libraries([fake_nvidia_tree], load=load)
+    expected = [name for _, names in cuda_runtime.LOAD_ORDER for name in names]
+    assert order == expected and len(loaded) == len(expected)
+    assert order.index('libcudart.so.11.0') < order.index('libcudnn.so.8')
+    assert order.index('libcublasLt.so.11') < order.index('libcublas.so.11')
+    # A second call loads nothing again.
+    assert cuda_runtime.preload_cuda_libraries([fake_nvidia_tree], load=load) == []
+
+
+def test_preload_skips_what_is_not_installed(tmp_path, monkeypatch):
+    monkeypatch.setattr(cuda_runtime, '_loaded', [])
+    lib = tmp_path / 'nvidia' / 'cuda_runtime' / 'lib'
+    lib.mkdir(parents=True)
+    _stub_library(lib / 'libcudart.so.11.0')
+    loaded = cuda_runtime.preload_cuda_libraries([tmp_path], load=lambda path: None, force=True)
+    assert [os.path.basename(p) for p in loaded] == ['libcudart.so.11.0']
+
+
+def test_preload_does_nothing_on_a_cpu_install(fake_nvidia_tree, monkeypatch):
+    monkeypatch.setattr(cuda_runtime, '_loaded', [])
+    assert cuda_runtime.gpu_build_installed() is False   # this machine has `mxnet`
+    calls = []
+    assert cuda_runtime.preload_cuda_libraries([fake_nvidia_tree], load=calls.append) == []
+    assert calls == []
+
+
+@pytest.mark.parametrize('capability,name', [((9, 0), 'NVIDIA H100 80GB HBM3'),
+                                             ((10, 0), 'NVIDIA B200')])
+def test_hopper_and_blackwell_are_refused_with_one_clear_message(capability, name):
+    card = GPU(0, name, capability)
+    with pytest.raises(GPUError) as error:
+        check_gpus(1, gpus=[GPU(1, 'Supported Card X', (8, 0)), card], gpu_build=True)
+    message = str(error.value)
+    assert name in message and f'{capability[0]}.{capability[1]}' in message
+    assert '5.0 to 8.9' in message and 'gpus_per_trial: 0' in message
+    assert 'Supported Card X' not in message
+    assert message == unsupported_message(card)
+
+
+@pytest.mark.parametrize('capability', [(5, 0), (6, 1), (7, 0), (7, 5), (8, 0), (8, 6), (8, 9)])
+def test_maxwell_to_ada_are_accepted(capability):
+    cards = [GPU(0, 'card', capability)]
+    assert check_gpus(0.5, gpus=cards, gpu_build=True) == cards
+
+
+def test_missing_driver_and_cpu_build_get_their_own_messages():
+    with pytest.raises(GPUError, match='no NVIDIA driver or GPU was found'):
+        check_gpus(1, gpus=[], gpu_build=True)
+    with pytest.raises(GPUError, match="CPU build.*pip install -c constraints.txt -e '.\\[gpu\\]'"):
+        check_gpus(1, gpus=[GPU(0, 'NVIDIA A100', (8, 0))], gpu_build=False)
+    assert check_gpus(0, gpus=[], gpu_build=False) == []
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    cards = [GPU(i, f'card{i}', (8, 0)) for i in range(4)]
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    assert visible_gpus(cards) == cards
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3')
+    assert visible_gpus(cards) == [cards[3]]
+    assert visible_gpus(cards, '2,0') == [cards[2], cards[0]]
+    assert visible_gpus(cards, '') == []
+    assert visible_gpus(cards, '1,7,2') == [cards[1]]
+
+
+def test_trial_device_plan_maps_what_ray_assigned_to_gpu_0_to_k():
+    fake = lambda kind, index: (kind, index)  # noqa: E731
+    assert trial_device_plan(0, [], fake) == [('cpu', 0)]
+    assert trial_device_plan(1, ['3'], fake) == [('gpu', 0)]
+    assert trial_device_plan(0.5, ['1'], fake) == [('gpu', 0)]
+    assert trial_device_plan(2, ['4', '6'], fake) == [('gpu', 0), ('gpu', 1)]
+    assert trial_device_plan(1, [], fake) == [('cpu', 0)]
+
+
+def _fake_gpu_trial(config):
+    """What run_trial does with its devices, with MXNet's context creation faked."""
+    import ray
+    from ray import tune
+
+    from bench.devices import trial_device_plan
+    started = time.time()
+    contexts = trial_device_plan(config['gpus'], ray.get_gpu_ids(),
+                                 make_context=lambda kind, index: f'{kind}({index})')
+    time.sleep(config['hold'])
+    tune.report({'visible': os.environ.get('CUDA_VISIBLE_DEVICES'), 'contexts': contexts,
+                 'started': started, 'ended': time.time()})
+
+
+def _run_fake_gpu_trials(tmp_path, trials, gpus_per_trial, hold):
+    from ray import tune
+    tuner = tune.Tuner(
+        tune.with_resources(_fake_gpu_trial, {'cpu': 0.5, 'gpu': gpus_per_trial}),
+        param_space={'gpus': gpus_per_trial, 'hold': hold, 'i': tune.grid_search(
+            list(range(trials)))},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+    return [r.metrics for r in tuner.fit()]
+
+
+def _max_overlap(results):
+    events = sorted([(r['started'], 1) for r in results] + [(r['ended'], -1) for r in results])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.slow
+def test_ray_pins_fake_gpus_and_packs_fractional_trials(tmp_path):
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        whole = _run_fake_gpu_trials(tmp_path / 'whole', trials=2, gpus_per_trial=1, hold=3)
+        assert sorted(r['visible'] for r in whole) == ['0', '1']
+        assert all(r['contexts'] == ['gpu(0)'] for r in whole)
+        assert _max_overlap(whole) == 2
+
+        half = _run_fake_gpu_trials(tmp_path / 'half', trials=4, gpus_per_trial=0.5, hold=4)
+        assert sorted(r['visible'] for r in half) == ['0', '0', '1', '1']
+        assert all(r['contexts'] == ['gpu(0)'] for r in half)
+        assert _max_overlap(half) == 4        # four trials share two cards at once
+    finally:
+        ray.shutdown()
