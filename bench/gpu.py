@@ -136,7 +136,7 @@ def check_gpus(gpus_per_trial, gpus=None, gpu_build=None):
     if not gpus:
         raise GPUError('gpus_per_trial is set but no NVIDIA driver or GPU was found '
                        '(NVML and nvidia-smi did not answer). Install the NVIDIA driver '
-                       '(R450 or newer for CUDA 11.2), or set resources.gpus_per_trial: 0.')
+                       '(R450.80 or newer; CUDA 11 needs it), or set resources.gpus_per_trial: 0.')
     if not gpu_build:
         raise GPUError('gpus_per_trial is set but the installed MXNet is the CPU build '
                        '(`mxnet`). Install the GPU build instead: pip uninstall mxnet, then '

@@ -20,7 +20,7 @@ def run_trial(param_space, data=None):
     """Ray Tune function trainable for one TrialSpec (config built by bench.sweep)."""
     config = param_space['trial']
     from .threads import use_cpus
-    use_cpus(config['cpus'])             # before MXNet is imported in this worker
+    threads = use_cpus(max(1, int(config['cpus'])))   # before MXNet is imported here
     import ray
 
     from .devices import trial_device_plan
@@ -41,7 +41,7 @@ def run_trial(param_space, data=None):
         node_id = ray.get_runtime_context().get_node_id()
 
         def report(metrics, checkpoint_path):
-            tune.report(dict(metrics, node_id=node_id),
+            tune.report(dict(metrics, node_id=node_id, omp_threads=threads),
                         checkpoint=tune.Checkpoint.from_directory(str(checkpoint_path)))
         try:
             train(spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
@@ -63,7 +63,7 @@ class StoreCallback(tune.Callback):
         self.diverged = set()
         self.epoch_seconds = []
         self.finished = set()
-        self.nodes = {}
+        self.placement = {}   # trial id -> (Ray node id, OpenMP threads) it ran with
 
     def _trial_id(self, trial):
         return trial.config['trial']['trial_id']
@@ -78,7 +78,7 @@ class StoreCallback(tune.Callback):
             self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
-        self.nodes[trial_id] = result.get('node_id')
+        self.placement[trial_id] = (result.get('node_id'), result.get('omp_threads'))
         self.epoch_seconds.append(result['epoch_seconds'])
         self.progress(
             f"{planned.name} epoch {result['epoch']}/{planned.spec.recipe.epochs}: "
@@ -118,9 +118,10 @@ class StoreCallback(tune.Callback):
                                    f'{planned.spec.recipe.epochs} epochs', len(history))
             return
         final = dict(history[-1])
+        node_id, threads = self.placement.get(trial_id, (None, None))
         final.update(epochs=len(history), total_seconds=sum(r['epoch_seconds'] for r in history),
                      finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-                     node_id=self.nodes.get(trial_id))
+                     node_id=node_id, omp_threads=threads)
         self.store.write_final(trial_id, final)
         self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
 

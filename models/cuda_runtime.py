@@ -17,14 +17,15 @@ import sys
 from importlib import metadata
 
 GPU_DISTRIBUTION = 'mxnet-cu112'
-# Dependency order: each library's own links are loaded before it.
+# Dependency order: each library's own links are loaded before it. Names may be
+# glob patterns where the file name carries the toolkit's minor version.
 LOAD_ORDER = (
     ('cuda_runtime', ('libcudart.so.11.0',)),
     ('cublas', ('libcublasLt.so.11', 'libcublas.so.11')),
     ('cufft', ('libcufft.so.10',)),
     ('curand', ('libcurand.so.10',)),
     ('cusolver', ('libcusolver.so.11',)),
-    ('cuda_nvrtc', ('libnvrtc-builtins.so.11.2', 'libnvrtc.so.11.2')),
+    ('cuda_nvrtc', ('libnvrtc-builtins.so.11.*', 'libnvrtc.so.11.2')),
     ('cudnn', ('libcudnn_ops_infer.so.8', 'libcudnn_ops_train.so.8',
                'libcudnn_cnn_infer.so.8', 'libcudnn_cnn_train.so.8',
                'libcudnn_adv_infer.so.8', 'libcudnn_adv_train.so.8', 'libcudnn.so.8')),
@@ -70,9 +71,9 @@ def preload_cuda_libraries(search_paths=None, load=None, force=False):
         if lib_dir is None:
             continue
         for name in names:
-            path = os.path.join(lib_dir, name)
-            if os.path.isfile(path) and path not in _loaded:
-                load(path)
-                _loaded.append(path)
-                loaded.append(path)
+            for path in sorted(glob.glob(os.path.join(lib_dir, name))):
+                if os.path.isfile(path) and path not in _loaded:
+                    load(path)
+                    _loaded.append(path)
+                    loaded.append(path)
     return loaded
