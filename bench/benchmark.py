@@ -6,10 +6,12 @@ For each model x attention on the current device it prints:
 - original: images/s of the same model trained through a Gluon DataLoader with
             per-image transforms in worker processes, as the original script did;
 - ratios:   data / trial (headroom of the pipeline) and trial / original.
-All are measured in this one process, one after the other, on the same data.
+All are measured in this one process on the same data; the training rates in
+alternating rounds (medians), so that a slow spell of the machine hits all alike.
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -40,14 +42,25 @@ def measure_data_pipeline(images, labels, ctx, batch_size, batches):
     return done * batch_size / (time.perf_counter() - started)
 
 
-def _images_per_second(step, batch_size, batches, warmup):
-    """Run `step` `warmup` times untimed (graph building, allocation), then time `batches`."""
-    for _ in range(warmup):
-        step()
-    started = time.perf_counter()
-    for _ in range(batches):
-        step()
-    return batches * batch_size / (time.perf_counter() - started)
+def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3):
+    """Median images/s of each step function, timed in alternating rounds.
+
+    The steppers take turns (round 1: a, b, c; round 2: a, b, c; ...), so a slow
+    spell of a shared machine lands on all of them alike and their ratios hold.
+    Returns {name: (median, lowest, highest)}.
+    """
+    for step in steppers.values():
+        for _ in range(warmup):        # graph building, allocation, oneDNN primitives
+            step()
+    rates = {name: [] for name in steppers}
+    for _ in range(rounds):
+        for name, step in steppers.items():
+            started = time.perf_counter()
+            for _ in range(batches_per_round):
+                step()
+            rates[name].append(batches_per_round * batch_size /
+                               (time.perf_counter() - started))
+    return {name: (statistics.median(r), min(r), max(r)) for name, r in rates.items()}
 
 
 def _forever(make_iterable):
@@ -55,7 +68,7 @@ def _forever(make_iterable):
         yield from make_iterable()
 
 
-def _model_and_step(spec, ctx):
+def _train_step_fn(spec, ctx):
     """A fresh network for `spec` and a function doing one waited-for training step on (x, y)."""
     from mxnet import autograd
 
@@ -73,15 +86,14 @@ def _model_and_step(spec, ctx):
     return train_step
 
 
-def measure_trial(spec, images, labels, ctx, batches, warmup=3):
-    """Images/s of the trainer's step fed by the on-device pipeline."""
+def trial_stepper(spec, images, labels, ctx):
+    """One step of the trainer fed by the on-device pipeline, as the trial runs it."""
     from .augment import DeviceImages, epoch_plan
-    train_step = _model_and_step(spec, ctx)
+    train_step = _train_step_fn(spec, ctx)
     device = DeviceImages(images, labels, ctx)
     rng = np.random.default_rng(0)
     plans = _forever(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
-    return _images_per_second(lambda: train_step(*device.batch(*next(plans))),
-                              spec.recipe.batch_size, batches, warmup)
+    return lambda: train_step(*device.batch(*next(plans)))
 
 
 def original_loader(images, labels, batch_size, workers):
@@ -105,44 +117,84 @@ def original_loader(images, labels, batch_size, workers):
                                  shuffle=True, last_batch='discard', num_workers=workers)
 
 
-def measure_original_pipeline(spec, images, labels, ctx, batches, workers, warmup=3):
-    """Images/s of the same model trained through the original input path."""
-    train_step = _model_and_step(spec, ctx)
-    loader = original_loader(images, labels, spec.recipe.batch_size, workers)
-    batches_iter = _forever(lambda: loader)
+def original_stepper(spec, images, labels, ctx, workers):
+    """One step of the same model fed through the original input path."""
+    train_step = _train_step_fn(spec, ctx)
+    batches = _forever(lambda: original_loader(images, labels, spec.recipe.batch_size, workers))
 
     def step():
-        x, y = next(batches_iter)
+        x, y = next(batches)
         train_step(x.as_in_context(ctx), y.as_in_context(ctx))
-    return _images_per_second(step, spec.recipe.batch_size, batches, warmup)
+    return step
 
 
-def benchmark_cell(model, attention, images, labels, ctx, batch_size, batches, workers,
-                   baseline=True):
-    """One row of the benchmark table, as a dict of numbers."""
+# A training step costs about three forward passes (forward, and a backward that
+# computes both input and weight gradients), each multiply-accumulate two FLOPs.
+TRAIN_FLOPS_PER_MAC = 6
+
+
+def cpu_peak_gflops(cpuinfo='/proc/cpuinfo', cores=None):
+    """Estimated FP32 peak of the cores this process may use, from /proc/cpuinfo.
+
+    cores x clock x FLOPs per cycle (two FMA units: AVX-512 64, AVX2+FMA 32, else 16).
+    None where the clock or the vector units cannot be read.
+    """
+    from .threads import available_cpus
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return None
+    mhz = [float(line.split(':')[1]) for line in text.splitlines()
+           if line.lower().startswith('cpu mhz')]
+    flags = next((line.split(':')[1].split() for line in text.splitlines()
+                  if line.startswith('flags')), [])
+    if not mhz or not flags:
+        return None
+    per_cycle = 64 if 'avx512f' in flags else 32 if {'avx2', 'fma'} <= set(flags) else 16
+    return (cores or available_cpus()) * max(mhz) / 1000.0 * per_cycle
+
+
+def benchmark(models, attentions, images, labels, ctx, batch_size, batches, workers,
+              baseline=True, rounds=5):
+    """One row of numbers per model x attention; every training rate from one interleaved run."""
+    from models import model_stats
+
     from .recipe import Recipe, TrialSpec
-    spec = TrialSpec(model, attention, seed=0, recipe=Recipe(batch_size=batch_size))
-    row = {'model': model, 'attention': attention,
-           'data_img_s': measure_data_pipeline(images, labels, ctx, batch_size, batches * 4),
-           'trial_img_s': measure_trial(spec, images, labels, ctx, batches)}
-    row['data_over_trial'] = row['data_img_s'] / row['trial_img_s']
-    if baseline:
-        row['original_img_s'] = measure_original_pipeline(spec, images, labels, ctx, batches,
-                                                          workers)
-        row['trial_over_original'] = row['trial_img_s'] / row['original_img_s']
-    return row
+    specs = {(m, a): TrialSpec(m, a, seed=0, recipe=Recipe(batch_size=batch_size))
+             for m in models for a in attentions}
+    steppers = {}
+    for key, spec in specs.items():
+        steppers[('trial',) + key] = trial_stepper(spec, images, labels, ctx)
+        if baseline:
+            steppers[('original',) + key] = original_stepper(spec, images, labels, ctx, workers)
+    per_round = max(1, batches // rounds)
+    rates = interleaved_rates(steppers, batch_size, rounds, per_round)
+    rows = []
+    for (model, attention), spec in specs.items():
+        trial, low, high = rates[('trial', model, attention)]
+        row = {'model': model, 'attention': attention, 'trial_img_s': trial,
+               'trial_img_s_range': [low, high],
+               'data_img_s': measure_data_pipeline(images, labels, ctx, batch_size, batches * 4),
+               'gflop_s': trial * TRAIN_FLOPS_PER_MAC * model_stats(model, attention).macs / 1e9}
+        row['data_over_trial'] = row['data_img_s'] / trial
+        if baseline:
+            row['original_img_s'] = rates[('original', model, attention)][0]
+            row['trial_over_original'] = trial / row['original_img_s']
+        rows.append(row)
+    return rows
 
 
 def format_rows(rows):
     def number(value, fmt, suffix=''):
         return '-' if value is None else format(value, fmt) + suffix
     header = (f"{'model':<20} {'attention':<9} {'data img/s':>11} {'trial img/s':>12} "
-              f"{'original img/s':>15} {'data/trial':>11} {'trial/original':>15}")
+              f"{'GFLOP/s':>8} {'original img/s':>15} {'data/trial':>11} {'trial/original':>15}")
     lines = [header, '-' * len(header)]
     for row in rows:
         lines.append(
             f"{row['model']:<20} {row['attention']:<9} {number(row['data_img_s'], '.0f'):>11} "
             f"{number(row['trial_img_s'], '.1f'):>12} "
+            f"{number(row.get('gflop_s'), '.1f'):>8} "
             f"{number(row.get('original_img_s'), '.1f'):>15} "
             f"{number(row['data_over_trial'], '.1f', 'x'):>11} "
             f"{number(row.get('trial_over_original'), '.2f', 'x'):>15}")
@@ -158,7 +210,10 @@ def main(argv=None):
                         help=f"default: cifar_resnet20_v1; any of {', '.join(MODELS)}")
     parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')
     parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--batches', type=int, default=20, help='timed batches per measurement')
+    parser.add_argument('--batches', type=int, default=20,
+                        help='timed batches per model x attention (and per pipeline)')
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='the timed batches are split into this many alternating rounds')
     parser.add_argument('--images', type=int, default=4096,
                         help='synthetic training images held in memory')
     parser.add_argument('--workers', type=int, default=os.cpu_count(),
@@ -178,24 +233,25 @@ def main(argv=None):
     print(f'device: {describe([ctx])}, batch {args.batch_size}, {args.batches} timed batches, '
           f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
           f'{args.workers} DataLoader workers', flush=True)
-    rows = []
-    for model in args.models:
-        for attention in args.attentions:
-            rows.append(benchmark_cell(model, attention, images, labels, ctx, args.batch_size,
-                                       args.batches, args.workers,
-                                       baseline=not args.no_original))
-            print(format_rows(rows[-1:]).splitlines()[-1] if len(rows) > 1
-                  else format_rows(rows), flush=True)
+    rows = benchmark(args.models, args.attentions, images, labels, ctx, args.batch_size,
+                     args.batches, args.workers, baseline=not args.no_original,
+                     rounds=args.rounds)
+    print(format_rows(rows), flush=True)
     print(attention_overhead_summary(rows))
+    peak = cpu_peak_gflops() if ctx.device_type == 'cpu' else None
+    if peak:
+        best = max(r['gflop_s'] for r in rows)
+        print(f'compute: best {best:.1f} GFLOP/s of an estimated FP32 peak of {peak:.0f} GFLOP/s '
+              f'for these cores ({100 * best / peak:.1f}%; training FLOPs = 6 x forward MACs)')
     if args.threads_compare:
-        default_rate = vanilla_rate_in_child(args.models[0], args.batch_size, args.batches,
-                                             threads=None)
-        ours = next((r['trial_img_s'] for r in rows
-                     if r['model'] == args.models[0] and r['attention'] == 'none'), None)
+        # Two fresh processes, since MXNet fixes its thread count at import.
+        rates = [vanilla_rate_in_child(args.models[0], args.batch_size, args.batches, t)
+                 for t in (None, threads, None, threads)]
+        default_rate = statistics.mean(rates[0::2])
+        ours = statistics.mean(rates[1::2])
         print(f'threads: {args.models[0]} vanilla at MXNet default threads '
-              f'{default_rate:.1f} img/s; with OMP_NUM_THREADS={threads} '
-              f"{ours if ours is None else round(ours, 1)} img/s"
-              + (f' ({ours / default_rate:.2f}x)' if ours else ''))
+              f'{default_rate:.1f} img/s; with OMP_NUM_THREADS={threads} {ours:.1f} img/s '
+              f'({ours / default_rate:.2f}x; mean of two child processes each)')
     if args.json:
         from .fileio import write_json_atomic
         write_json_atomic(args.json, rows)

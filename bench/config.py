@@ -97,28 +97,28 @@ class SweepConfig(_Strict):
     @classmethod
     def _known_models(cls, names):
         from models import parse_model_name
-        for name in names:
-            try:
-                parse_model_name(name)
-            except KeyError as error:   # its message lists the valid names
-                raise ValueError(str(error)) from None
-        return _unique(names, 'model')
+        return _registered(names, parse_model_name, 'model')
 
     @field_validator('attentions')
     @classmethod
     def _known_attentions(cls, names):
         from models import get_attention
-        for name in names:
-            try:
-                get_attention(name)
-            except KeyError as error:
-                raise ValueError(str(error)) from None
-        return _unique(names, 'attention')
+        return _registered(names, get_attention, 'attention')
 
     @field_validator('seeds')
     @classmethod
     def _unique_seeds(cls, seeds):
         return _unique(seeds, 'seed')
+
+
+def _registered(names, lookup, what):
+    """`names` if `lookup` knows each (its KeyError lists the valid names) and none repeats."""
+    for name in names:
+        try:
+            lookup(name)
+        except KeyError as error:
+            raise ValueError(str(error)) from None
+    return _unique(names, what)
 
 
 def _unique(values, what):

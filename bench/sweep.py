@@ -197,10 +197,11 @@ def cpu_fallback(resources, ray, progress=print):
 
 
 def trial_config(planned, store, resources):
-    checkpoint = store.checkpoint_path(planned.trial_id) if planned.status == PARTIAL else None
+    # The trial resumes from the store's checkpoint whenever one is there, also when
+    # Tune restarts it after a crash; the folder is on storage every node reaches.
     return {'trial_id': planned.trial_id, 'name': planned.name,
             'spec': planned.spec.to_dict(),
-            'resume_from': str(checkpoint) if checkpoint else None,
+            'store_checkpoint': str(store.trial_dir(planned.trial_id) / 'checkpoint'),
             'cpus': resources.cpus_per_trial, 'gpus': resources.gpus_per_trial}
 
 
@@ -238,6 +239,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None
         tune.with_parameters(run_trial, data=data),
         {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial})
     callback = StoreCallback(store, planned, progress)
+    run_name = f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}'
     tuner = tune.Tuner(
         trainable,
         param_space={'trial': tune.grid_search(
@@ -248,7 +250,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None
             trial_dirname_creator=lambda t: f"{t.config['trial']['name']}-"
                                             f"{t.config['trial']['trial_id']}"),
         run_config=tune.RunConfig(
-            name=f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}',
+            name=run_name,
             storage_path=str(store.root / 'ray'),
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
@@ -260,6 +262,8 @@ def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None
     logging.getLogger('ray.tune').setLevel(logging.CRITICAL)
     tuner.fit()
     progress(f'trained {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s')
+    # Everything worth keeping is in the store by now; Tune's copies of it are not.
+    shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
     return _outcome(store, planned, to_train)
 
 

@@ -5,6 +5,7 @@ with its checkpoint. `StoreCallback` runs in the driver: it turns those reports
 into the results store, so the store is written in one place even when trials
 run on other nodes.
 """
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,14 +35,15 @@ def run_trial(param_space, data=None):
     contexts = trial_device_plan(config['gpus'], ray.get_gpu_ids())
     restored = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix='trial-') as scratch:
-        resume_from = config.get('resume_from')
+        candidates = [config.get('store_checkpoint')]
         if restored is not None:         # Tune restarting this trial after a failure
-            resume_from = restored.to_directory(str(Path(scratch) / 'restored'))
+            candidates.append(restored.to_directory(str(Path(scratch) / 'restored')))
+        resume_from = newest_checkpoint(candidates)
 
         node_id = ray.get_runtime_context().get_node_id()
 
         def report(metrics, checkpoint_path):
-            tune.report(dict(metrics, node_id=node_id, omp_threads=threads),
+            tune.report(dict(metrics, node_id=node_id, omp_threads=threads, pid=os.getpid()),
                         checkpoint=tune.Checkpoint.from_directory(str(checkpoint_path)))
         try:
             train(spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
@@ -50,6 +52,18 @@ def run_trial(param_space, data=None):
             # Deterministic: retrying would diverge again, so it is reported as a
             # result (stored as the trial's error) rather than raised to Tune.
             tune.report({DIVERGED_KEY: str(error), 'epoch': error.epoch + 1})
+
+
+def newest_checkpoint(folders):
+    """The checkpoint folder with the most epochs among `folders` (None if none is complete).
+
+    Tune's restored checkpoint and the store's copy are both considered: a crash
+    can leave either one behind the other.
+    """
+    from .checkpoint import STATE_FILE, read_state
+    found = [(read_state(f)['epoch'], str(f)) for f in folders
+             if f and (Path(f) / STATE_FILE).is_file()]
+    return max(found)[1] if found else None
 
 
 class StoreCallback(tune.Callback):

@@ -32,6 +32,7 @@ def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
 
     Every weighted layer computes, per output element, a dot product as long as
     one filter (weight.shape[1:]), so MACs = output elements x filter size.
+    A block with a `macs_per_image()` method adds that count instead.
     """
     counts = []
 
@@ -39,8 +40,14 @@ def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
         filter_size = int(block.weight.data().size // block.weight.shape[0])
         counts.append(int(output[0].size) * filter_size)
 
+    def declared(block, _inputs, output):
+        counts.append(int(block.macs_per_image()))
+
     handles = [block.register_forward_hook(hook) for block in _iter_blocks(net)
                if isinstance(block, _WEIGHTED_LAYERS)]
+    # Modules whose arithmetic is not in weighted layers declare their own count.
+    handles += [block.register_forward_hook(declared) for block in _iter_blocks(net)
+                if hasattr(block, 'macs_per_image')]
     try:
         net(mx.nd.zeros(input_shape))
     finally:

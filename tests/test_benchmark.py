@@ -24,16 +24,18 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path):
             assert row[key] > 0
         assert row['trial_over_original'] == pytest.approx(
             row['trial_img_s'] / row['original_img_s'])
+        assert row['gflop_s'] > 0
 
 
 def test_table_formatting_and_summary():
     rows = [{'model': 'm', 'attention': 'none', 'data_img_s': 1000.0, 'trial_img_s': 100.0,
-             'data_over_trial': 10.0},
+             'data_over_trial': 10.0, 'gflop_s': 24.5},
             {'model': 'm', 'attention': 'se', 'data_img_s': 1000.0, 'trial_img_s': 95.0,
-             'data_over_trial': 10.5, 'original_img_s': 50.0, 'trial_over_original': 1.9}]
+             'data_over_trial': 10.5, 'original_img_s': 50.0, 'trial_over_original': 1.9,
+             'gflop_s': 23.3}]
     lines = format_rows(rows).splitlines()
-    assert lines[2].split()[-2:] == ['10.0x', '-']
-    assert lines[3].split()[-3:] == ['50.0', '10.5x', '1.90x']
+    assert lines[2].split()[-4:] == ['24.5', '-', '10.0x', '-']
+    assert lines[3].split()[-4:] == ['23.3', '50.0', '10.5x', '1.90x']
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
 
 
@@ -50,3 +52,13 @@ def test_use_cpus_sets_threads_before_mxnet_only(monkeypatch):
     monkeypatch.setenv(threads.KEEP_DEFAULT_ENV, '1')
     assert threads.use_cpus() is None and 'OMP_NUM_THREADS' not in os.environ
     assert threads.available_cpus() >= 1
+
+
+def test_cpu_peak_estimate_reads_clock_and_vector_units(tmp_path):
+    from bench.benchmark import cpu_peak_gflops
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor\t: 0\ncpu MHz\t\t: 2500.000\nflags\t\t: fpu avx2 fma\n')
+    assert cpu_peak_gflops(str(info), cores=2) == pytest.approx(2 * 2.5 * 32)
+    info.write_text('cpu MHz : 3000.0\nflags : avx512f avx2 fma\n')
+    assert cpu_peak_gflops(str(info), cores=1) == pytest.approx(3.0 * 64)
+    assert cpu_peak_gflops(str(tmp_path / 'missing')) is None

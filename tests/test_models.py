@@ -28,8 +28,13 @@ def _built(model, attention, batch=2, seed=0):
 
 
 def _attention_params(net):
+    """Trainable attention parameters (ECA's constant shift matrices excluded)."""
     return {name: p for name, p in net.collect_params().items()
-            if any(f'_{kind}' in name for kind in WITH_PARAMETERS)}
+            if any(f'_{kind}' in name for kind in WITH_PARAMETERS) and p.grad_req != 'null'}
+
+
+def _trainable(block):
+    return {name: p for name, p in block.collect_params().items() if p.grad_req != 'null'}
 
 
 def _randomise(params, seed=1):
@@ -211,19 +216,20 @@ def test_modules_compute_their_papers_formulas():
     x = rng.normal(size=(3, 32, 5, 5)).astype(np.float32)
 
     se = _module(SE, 32, reduction=4)
-    _randomise(se.collect_params())
-    w_squeeze, w_excite = (p.data().asnumpy() for p in se.collect_params().values())
+    _randomise(_trainable(se))
+    w_squeeze, w_excite = (p.data().asnumpy() for p in _trainable(se).values())
+    assert len(_trainable(se)) == 2
     np.testing.assert_allclose(se(mx.nd.array(x)).asnumpy(),
                                _reference_se(x, w_squeeze, w_excite), rtol=1e-5, atol=1e-6)
 
     eca = _module(ECA, 32, kernel_size=5)
-    _randomise(eca.collect_params())
-    kernel = next(iter(eca.collect_params().values())).data().asnumpy().reshape(-1)
+    _randomise(_trainable(eca))
+    kernel = eca.weight.data().asnumpy().reshape(-1)
     np.testing.assert_allclose(eca(mx.nd.array(x)).asnumpy(), _reference_eca(x, kernel),
                                rtol=1e-5, atol=1e-6)
 
     gct = _module(GCT, 32)
-    _randomise(gct.collect_params())
+    _randomise(_trainable(gct))
     values = {name.rsplit('_', 1)[-1]: p.data().asnumpy()
               for name, p in gct.collect_params().items()}
     np.testing.assert_allclose(gct(mx.nd.array(x)).asnumpy(),
@@ -263,7 +269,7 @@ def test_unknown_names_list_the_valid_ones():
 
 def test_any_depth_6n_plus_2_builds():
     net, _ = _built('cifar_resnet8_v2', 'eca')
-    assert sum(1 for name in net.collect_params() if '_eca' in name) == 3
+    assert sum(1 for name in net.collect_params() if '_eca' in name and 'weight' in name) == 3
 
 
 def test_registry_factory_and_options():

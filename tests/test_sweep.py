@@ -122,6 +122,44 @@ def test_a_failing_and_a_diverging_trial_are_stored_and_the_rest_go_on(tmp_path,
         'cifar_resnet8_v1-eca-s0': 'failed'}
 
 
+def test_tune_restarts_a_crashed_trial_from_its_last_checkpoint(tmp_path, data_root,
+                                                                local_ray):
+    """The worker of a trial is SIGKILLed after its first epoch; with max_failures 1 Tune
+    restarts it from the checkpoint of that epoch, not from scratch."""
+    from bench import tune_trial
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['gct'],
+                       epochs=3, extra={'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0,
+                                                      'max_failures': 1}})
+    sweep = loaded(path)
+    data = load_sweep_data(sweep)
+    reported, pids = [], []
+    real_on_result = tune_trial.StoreCallback.on_trial_result
+    real_on_checkpoint = tune_trial.StoreCallback.on_checkpoint
+
+    def on_result(self, iteration, trials, trial, result, **info):
+        real_on_result(self, iteration, trials, trial, result, **info)
+        reported.append(result['epoch'])
+        pids.append(result['pid'])
+
+    def on_checkpoint_then_crash(self, iteration, trials, trial, checkpoint, **info):
+        real_on_checkpoint(self, iteration, trials, trial, checkpoint, **info)
+        if reported == [1]:          # the worker dies while training epoch 2
+            os.kill(pids[-1], signal.SIGKILL)
+    tune_trial.StoreCallback.on_trial_result = on_result
+    tune_trial.StoreCallback.on_checkpoint = on_checkpoint_then_crash
+    try:
+        outcome = run(sweep, data, plan(sweep, data.identity.to_dict()), progress=lambda _: None)
+    finally:
+        tune_trial.StoreCallback.on_trial_result = real_on_result
+        tune_trial.StoreCallback.on_checkpoint = real_on_checkpoint
+    assert len(set(pids)) == 2, 'the trial was not restarted in a new worker'
+    assert set(outcome.statuses.values()) == {'done'}
+    assert reported[0] == 1 and reported[-2:] == [2, 3] and reported.count(1) == 1, reported
+    store = ResultsStore(sweep.store_dir)
+    (trial_id,) = store.trial_ids()
+    assert [r['epoch'] for r in store.read_history(trial_id)] == [1, 2, 3]
+
+
 def test_dry_run_only_and_fresh(tmp_path, data_root, local_ray, capsys, monkeypatch):
     path = write_sweep(tmp_path, data_root)
     assert run_sweep.main(['--config', str(path), '--no-report',
