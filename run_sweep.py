@@ -11,8 +11,6 @@
 import argparse
 import sys
 
-from bench.threads import use_cpus
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
@@ -73,7 +71,6 @@ def main(argv=None):
         from bench.sweep import remove_store
         remove_store(loaded)
 
-    use_cpus()   # the driver's own MXNet use (none before trials) stays on its cores
     from bench.data import DataError
     from bench.gpu import GPUError
     from bench.sweep import (SweepError, format_plan, load_sweep_data, local_devices, plan,

@@ -18,6 +18,12 @@ from .store import DONE, FAILED, PARTIAL, PENDING, ResultsStore
 DEMO_DATA_FOLDER = Path('data') / 'demo-digits'
 
 
+def print_line(text):
+    """Default progress output. A module function, since Tune pickles its callbacks and
+    Ray may have replaced builtins.print by then (the original is then unpicklable)."""
+    print(text, flush=True)
+
+
 class SweepError(RuntimeError):
     """The sweep cannot start; the message says what to change."""
 
@@ -187,7 +193,7 @@ def check_cluster_gpus(ray, gpus_per_trial):
     return [text for _, text in answers]
 
 
-def cpu_fallback(resources, ray, progress=print):
+def cpu_fallback(resources, ray, progress=print_line):
     """Resources to ask for: on a cluster without GPUs, GPU trials run on CPUs instead."""
     if resources.gpus_per_trial and not ray.cluster_resources().get('GPU', 0):
         progress(f'no GPU in the Ray cluster: gpus_per_trial {resources.gpus_per_trial:g} '
@@ -205,7 +211,7 @@ def trial_config(planned, store, resources):
             'cpus': resources.cpus_per_trial, 'gpus': resources.gpus_per_trial}
 
 
-def run_sweep(loaded, data, planned, address=None, progress=print, ray_init=None):
+def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init=None):
     """Train every planned trial that needs it; returns a SweepOutcome.
 
     `ray_init` (tests) starts Ray its own way; by default Ray starts locally or

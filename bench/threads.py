@@ -20,6 +20,17 @@ def available_cpus():
         return os.cpu_count() or 1
 
 
+def pin_cpus(cpus):
+    """Set OMP_NUM_THREADS to exactly `cpus`, whatever the environment says (Ray trials:
+    the thread count follows cpus_per_trial, not what the driver's environment held).
+    Must run before `import mxnet`; returns the count, or None if MXNet was already loaded."""
+    if 'mxnet' in sys.modules:
+        return None
+    count = max(1, int(cpus))
+    os.environ['OMP_NUM_THREADS'] = str(count)
+    return count
+
+
 def use_cpus(cpus=None):
     """Set OMP_NUM_THREADS to `cpus` (default: all available) unless the user already chose.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from ray import tune
 
 from .recipe import TrialSpec
+from .sweep import print_line
 
 DIVERGED_KEY = 'diverged'
 
@@ -20,8 +21,8 @@ DIVERGED_KEY = 'diverged'
 def run_trial(param_space, data=None):
     """Ray Tune function trainable for one TrialSpec (config built by bench.sweep)."""
     config = param_space['trial']
-    from .threads import use_cpus
-    threads = use_cpus(max(1, int(config['cpus'])))   # before MXNet is imported here
+    from .threads import pin_cpus
+    threads = pin_cpus(config['cpus'])   # before MXNet is imported in this worker
     import ray
 
     from .devices import trial_device_plan
@@ -69,7 +70,7 @@ def newest_checkpoint(folders):
 class StoreCallback(tune.Callback):
     """Driver-side: epoch rows, checkpoints, final metrics and errors into the store."""
 
-    def __init__(self, store, planned, progress=print):
+    def __init__(self, store, planned, progress=print_line):
         self.store = store
         self.planned = {p.trial_id: p for p in planned}
         self.progress = progress

@@ -8,7 +8,8 @@ from bench.benchmark import attention_overhead_summary, format_rows, main
 
 
 @pytest.mark.slow
-def test_benchmark_prints_every_measurement(capsys, tmp_path):
+def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')   # main() would set it for the whole session
     out = tmp_path / 'rows.json'
     assert main(['--models', 'cifar_resnet8_v1', '--attentions', 'none', 'eca', '--batches', '2',
                  '--images', '256', '--batch-size', '32', '--workers', '0',
@@ -52,6 +53,9 @@ def test_use_cpus_sets_threads_before_mxnet_only(monkeypatch):
     monkeypatch.setenv(threads.KEEP_DEFAULT_ENV, '1')
     assert threads.use_cpus() is None and 'OMP_NUM_THREADS' not in os.environ
     assert threads.available_cpus() >= 1
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')
+    assert threads.pin_cpus(1) == 1 and os.environ['OMP_NUM_THREADS'] == '1'
+    assert threads.pin_cpus(0.5) == 1
 
 
 def test_cpu_peak_estimate_reads_clock_and_vector_units(tmp_path):
