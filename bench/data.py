@@ -332,3 +332,12 @@ def make_digits_dataset(root, test_fraction=0.2, seed=0):
     test, train = order[:n_test], order[n_test:]
     write_cifar10(root, images[train], labels[train], images[test], labels[test])
     return root
+
+
+DEMO_NAME = 'sklearn-digits'
+DEMO_FOLDER = Path('data') / 'demo-digits'    # relative to the sweep file or the cwd
+
+
+def load_demo_digits(root):
+    """The demo data set: the digits written (once) under root, loaded like CIFAR-10."""
+    return load_cifar10(make_digits_dataset(root), download=False, name=DEMO_NAME)

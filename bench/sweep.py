@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import expand, matches_only, trial_id
-from .data import load_cifar10, make_digits_dataset
+from .data import DEMO_FOLDER, load_cifar10, load_demo_digits
 from .store import DONE, FAILED, PARTIAL, PENDING, ResultsStore
-
-DEMO_DATA_FOLDER = Path('data') / 'demo-digits'
 
 
 def print_line(text):
@@ -58,8 +56,8 @@ def load_sweep_data(loaded):
     """The data set the sweep declares (CIFAR-10 or the demo digits) with its identity."""
     data = loaded.config.data
     if data.dataset == 'demo':
-        root = loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_DATA_FOLDER
-        return load_cifar10(make_digits_dataset(root), download=False, name='sklearn-digits')
+        root = loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_FOLDER
+        return load_demo_digits(root)
     return load_cifar10(loaded.resolve(data.root) if data.root else None,
                         download=data.download)
 
@@ -101,8 +99,6 @@ def format_plan(planned, resources, devices=None):
     for p in planned:
         state = {DONE: 'done', PENDING: 'pending', FAILED: 'failed',
                  PARTIAL: f'partial (epoch {p.epochs_done} of {p.spec.recipe.epochs})'}[p.status]
-        if p.status == PENDING and p.epochs_done == 0:
-            state = 'pending'
         lines.append(f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
                      + (f'  asks {ask}' if p.will_train else ''))
         if p.error:

@@ -7,14 +7,12 @@ The options are the original `train_cifar10.py`'s, e.g.
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from .data import DataError, load_cifar10, make_digits_dataset
+from .data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from .fileio import write_json_atomic
 from .recipe import OPTIMIZERS, Recipe, TrialSpec
 from .threads import use_cpus
 
-DEMO_ROOT = Path('data') / 'demo-digits'
 
 
 def parse_args(argv=None):
@@ -63,8 +61,7 @@ def spec_from_args(args):
 
 def load_data(args):
     if args.demo_data:
-        return load_cifar10(make_digits_dataset(DEMO_ROOT), download=False,
-                            name='sklearn-digits')
+        return load_demo_digits(DEMO_FOLDER)
     return load_cifar10(args.data_root, download=not args.no_download)
 
 

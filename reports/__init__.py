@@ -29,7 +29,7 @@ def render(template, **context):
 
 def _title_and_caption(context, trials):
     data = ', '.join(context['data_names']) or 'unknown data'
-    title = (f'loss and accuracy on the CIFAR-10 test set' if context['official']
+    title = ('loss and accuracy on the CIFAR-10 test set' if context['official']
              else f'loss and accuracy on {data} (not CIFAR-10)')
     recipes = sorted(set(trials['recipe']))
     recipe = json.loads(recipes[0]) if len(recipes) == 1 else None
