@@ -37,17 +37,18 @@ def _title_and_caption(context, trials):
     if not context['official']:
         parts.append('Trained on data that is not the official CIFAR-10')
     if context['seeds']:
-        parts.append(f"seeds {', '.join(map(str, context['seeds']))}; cells with several seeds "
+        parts.append(f"Seeds {', '.join(map(str, context['seeds']))}; cells with several seeds "
                      'show mean ± std (n)')
     if recipe:
         parts.append(f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, "
                      f"{recipe['optimizer']} lr {recipe['lr']:g} x{recipe['lr_decay']:g} at "
-                     f"epochs {', '.join(map(str, recipe['lr_decay_epochs']))}, "
+                     f"epoch{'s' if len(recipe['lr_decay_epochs']) > 1 else ''} "
+                     f"{', '.join(map(str, recipe['lr_decay_epochs']))}, "
                      f"wd {recipe['wd']:g}")
     if 'train_loss' in context['metrics']:
         parts.append(ORIGINAL_LOSS_NOTE)
     parts.append('bold: best of the row; TBA: not trained yet')
-    return title, ' '.join(part.rstrip('.') + '.' for part in parts)
+    return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
 
 
 def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,
