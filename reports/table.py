@@ -5,6 +5,8 @@ ATTENTION_LABELS = {'none': 'Vanilla', 'se': 'SE', 'eca': 'ECA', 'gct': 'GCT'}
 METRIC_LABELS = {'val_loss': 'val loss', 'val_acc': 'val acc',
                  'train_loss': 'train loss', 'train_acc': 'train acc'}
 LOWER_IS_BETTER = {'val_loss', 'train_loss'}
+# Size columns shown with `overhead`: store field -> column label.
+OVERHEAD_COLUMNS = {'params': 'params', 'macs': 'MACs'}
 
 
 def default_order(names, known=tuple(ATTENTION_LABELS)):
@@ -57,7 +59,8 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
     models = list(models) if models else sorted(dict.fromkeys(trials['model']), key=model_key)
     attentions = list(attentions) if attentions else default_order(trials['attention'])
     groups = [{'name': a, 'label': attention_label(a),
-               'columns': [METRIC_LABELS[m] for m in metrics] + (['params'] if overhead else [])}
+               'columns': [METRIC_LABELS[m] for m in metrics]
+               + (list(OVERHEAD_COLUMNS.values()) if overhead else [])}
               for a in attentions]
     rows = []
     for model in models:
@@ -79,8 +82,8 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
                               'bold': best.get(metric) == attention and summary is not None,
                               'n': summary[2] if summary else 0})
             if overhead:
-                cells.append({'text': _params_text(trials, model, attention), 'bold': False,
-                              'n': 0})
+                cells += [{'text': _overhead_text(trials, model, attention, column),
+                           'bold': False, 'n': 0} for column in OVERHEAD_COLUMNS]
         rows.append({'model': model, 'cells': cells})
     data_names = sorted({str(n) for n in trials['data_name'].dropna()})
     official = bool(len(trials)) and bool(trials['data_official'].all())
@@ -97,16 +100,17 @@ def model_key(name):
     return (int(match.group(1)), int(match.group(2)), '') if match else (10 ** 9, 0, str(name))
 
 
-def _params_text(trials, model, attention):
-    """Vanilla: its parameter count; an attention: what it adds (absolute and %)."""
-    def params_of(name):
-        found = trials[(trials['model'] == model) & (trials['attention'] == name)]['params']
+def _overhead_text(trials, model, attention, column):
+    """Vanilla: its count of `column` (params or macs); an attention: what it adds, and %."""
+    def count_of(name):
+        found = trials[(trials['model'] == model) & (trials['attention'] == name)][column]
         found = found.dropna()
         return float(found.iloc[0]) if len(found) else None
-    own, vanilla = params_of(attention), params_of('none')
+    own, vanilla = count_of(attention), count_of('none')
     if own is None:
         return '-'
     if attention == 'none' or vanilla is None:
         return format_count(own)
     extra = own - vanilla
-    return f'+{format_count(extra)} ({100 * extra / vanilla:.2f}%)'
+    digits = 2 if column == 'params' else 4   # MACs overheads are thousandths of a percent
+    return f'+{format_count(extra)} ({100 * extra / vanilla:.{digits}f}%)'

@@ -164,3 +164,30 @@ def test_ray_pins_fake_gpus_and_packs_fractional_trials(tmp_path):
         assert _max_overlap(half) == 4        # four trials share two cards at once
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_sweep_asking_for_gpus_is_stopped_before_any_trial_without_a_driver(tmp_path):
+    """Ray offers two (fake) GPUs, but this machine has no NVIDIA driver: the check on
+    each GPU node refuses with its message before Ray starts a single trial."""
+    import ray
+
+    from bench.store import ResultsStore
+    from bench.sweep import load_sweep_data, plan, run_sweep
+
+    from .sweep_helpers import loaded, write_sweep, write_tiny_data
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        path = write_sweep(tmp_path, write_tiny_data(tmp_path / 'cifar'), extra={
+            'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0.5, 'max_failures': 0}})
+        sweep = loaded(path)
+        data = load_sweep_data(sweep)
+        with pytest.raises(GPUError, match='no NVIDIA driver or GPU was found'):
+            run_sweep(sweep, data, plan(sweep, data.identity.to_dict()),
+                      progress=lambda _: None)
+        store = ResultsStore(sweep.store_dir)
+        assert store.trial_ids() and all(store.read_history(t) == [] for t in store.trial_ids())
+    finally:
+        ray.shutdown()

@@ -26,6 +26,7 @@ ORIGINAL = {
 IDENTITY = {'name': 'cifar10', 'official': True, 'digest': 'd' * 40, 'layout': 'bin',
             'source': 'x', 'train_images': 50000, 'test_images': 10000}
 PARAMS = {'none': 272474, 'se': 274490, 'eca': 272501, 'gct': 273482}
+MACS = {'none': 40_813_184, 'se': 40_815_200, 'eca': 40_813_760, 'gct': 40_813_184}
 
 
 def add_trial(store, model, attention, seed, train_loss=None, val_acc=None, epochs=3,
@@ -33,7 +34,7 @@ def add_trial(store, model, attention, seed, train_loss=None, val_acc=None, epoc
     spec = TrialSpec(model, attention, seed, Recipe(epochs=epochs))
     trial_id = f'{model}-{attention}-{seed}'
     store.write_spec(trial_id, spec.name, spec.to_dict(), IDENTITY,
-                     model_stats={'params': PARAMS[attention], 'macs': 40_813_184})
+                     model_stats={'params': PARAMS[attention], 'macs': MACS[attention]})
     if train_loss is None:
         return trial_id
     for epoch in range(1, epochs + 1):
@@ -147,13 +148,14 @@ def test_multi_seed_cells_show_mean_std_and_n(tmp_path):
     assert context['seeds'] == [0, 1, 2] and context['finished'] == 4 and context['total'] == 5
 
 
-def test_params_overhead_column(original_store, tmp_path):
+def test_params_and_macs_overhead_columns(original_store, tmp_path):
     text = render_table(original_store, tmp_path, metrics=('val_acc',), overhead=True)
     grid = TableGrid(text[text.index('<table>'):text.index('</table>') + 8])
-    assert grid.rows[1] == ['val acc', 'params'] * 4
-    assert grid.rows[2][2] == '272.47K'
-    assert grid.rows[2][4] == '+2.02K (0.74%)'
-    assert grid.rows[2][6] == '+27 (0.01%)'
+    assert grid.rows[1] == ['val acc', 'params', 'MACs'] * 4
+    vanilla, se, eca = grid.rows[2][1:4], grid.rows[2][4:7], grid.rows[2][7:10]
+    assert vanilla[1:] == ['272.47K', '40.81M']
+    assert se[1:] == ['+2.02K (0.74%)', '+2.02K (0.0049%)']
+    assert eca[1:] == ['+27 (0.01%)', '+576 (0.0014%)']
 
 
 def test_injection_is_idempotent_and_preserves_the_rest_byte_for_byte(original_store, tmp_path):
