@@ -70,7 +70,7 @@ def _sum_on_devices(parts):
 def train_epoch(net, trainer, loss_fn, images, plan, contexts, epoch, on_batch=None):
     """One pass over `plan`; returns (mean loss, accuracy, images seen)."""
     loss_sums, correct_sums = [], []
-    seen = 0
+    seen = checked = 0
     for batch_index, (indices, rows, cols, flips) in enumerate(plan):
         x, y = images.batch(indices, rows, cols, flips)
         xs = gluon.utils.split_and_load(x, contexts, even_split=False)
@@ -85,7 +85,8 @@ def train_epoch(net, trainer, loss_fn, images, plan, contexts, epoch, on_batch=N
             [(out.argmax(axis=1) == label).sum() for out, label in zip(outputs, ys)]))
         seen += len(indices)
         if (batch_index + 1) % DIVERGENCE_CHECK_EVERY == 0 or batch_index + 1 == len(plan):
-            _check_finite(loss_sums, epoch)
+            _check_finite(loss_sums[checked:], epoch, first_batch=checked)
+            checked = len(loss_sums)
         if on_batch is not None:
             on_batch(batch_index + 1, len(plan))
     if not seen:
@@ -98,12 +99,13 @@ def _total(scalars):
         else float(scalars[0].asscalar())
 
 
-def _check_finite(loss_sums, epoch):
+def _check_finite(loss_sums, epoch, first_batch=0):
+    """Raise TrainingDiverged at the first non-finite loss among batches first_batch, ..."""
     values = mx.nd.stack(*loss_sums).asnumpy() if len(loss_sums) > 1 \
         else loss_sums[0].asnumpy().reshape(1)
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise TrainingDiverged(epoch, int(bad[0]), float(values[bad[0]]))
+        raise TrainingDiverged(epoch, first_batch + int(bad[0]), float(values[bad[0]]))
 
 
 def evaluate(net, loss_fn, images, contexts, batch_size):

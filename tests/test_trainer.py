@@ -153,7 +153,11 @@ def test_half_written_checkpoints_are_never_resumed_from(tiny_cifar_root, tmp_pa
     assert latest_checkpoint(tmp_path).name == 'epoch-0002'
 
 
-def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypatch):
+@pytest.mark.parametrize('check_every', [20, 2])
+def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypatch,
+                                                      check_every):
+    # Every 2 batches: the bad batch is found by a later check than the first one.
+    monkeypatch.setattr(trainer_module, 'DIVERGENCE_CHECK_EVERY', check_every)
     data = load_cifar10(tiny_cifar_root, download=False)
     real_loss = trainer_module.make_loss
 
