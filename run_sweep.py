@@ -93,7 +93,8 @@ def main(argv=None):
     except (SweepError, GPUError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    print(format_plan(planned_after(outcome), loaded.config.resources))
+    # The plan again, from the store: statuses and epochs as the run left them.
+    print(format_plan(plan(loaded, data.identity.to_dict(), only=only), loaded.config.resources))
     code = 0
     if outcome.failed:
         print(f'{len(outcome.failed)} trial(s) failed:', file=sys.stderr)
@@ -105,14 +106,6 @@ def main(argv=None):
     if not args.no_report:
         code = max(code, _report_or_fail(loaded, args.insert))
     return code
-
-
-def planned_after(outcome):
-    from bench.sweep import PlannedTrial
-    return [PlannedTrial(p.trial_id, p.name, p.spec, outcome.statuses[p.trial_id],
-                         p.spec.recipe.epochs if outcome.statuses[p.trial_id] == 'done'
-                         else p.epochs_done, outcome.errors.get(p.trial_id))
-            for p in outcome.planned]
 
 
 def _report_or_fail(loaded, insert):

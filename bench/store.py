@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .checkpoint import STATE_FILE, read_state
 from .fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
 
 DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
@@ -93,11 +94,11 @@ class ResultsStore:
     # ------------------------------------------------------------ reading
     def checkpoint_path(self, trial_id):
         path = self.trial_dir(trial_id) / 'checkpoint'
-        return path if (path / 'state.json').is_file() else None
+        return path if (path / STATE_FILE).is_file() else None
 
     def checkpoint_epoch(self, trial_id):
         path = self.checkpoint_path(trial_id)
-        return int(read_json(path / 'state.json')['epoch']) if path else 0
+        return int(read_state(path)['epoch']) if path else 0
 
     def status(self, trial_id):
         """(status, epochs done) of a trial: done / failed / partial / pending."""
