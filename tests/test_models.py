@@ -211,7 +211,13 @@ def _reference_gct(x, alpha, gamma, beta, eps=1e-5):
     return x * (1.0 + np.tanh(embedding * norm + beta))
 
 
-def test_modules_compute_their_papers_formulas():
+@pytest.mark.parametrize('implementation', ['fused kernels', 'mxnet operators'])
+def test_modules_compute_their_papers_formulas(implementation, monkeypatch):
+    import models.kernels
+    if implementation == 'mxnet operators':
+        monkeypatch.setattr(models.kernels, '_status', (False, 'turned off by the test'))
+    else:
+        assert models.kernels.fused_kernels_available()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 32, 5, 5)).astype(np.float32)
 

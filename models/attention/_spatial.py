@@ -1,12 +1,14 @@
-"""Per-channel spatial reductions and scaling, written as matrix products.
+"""Per-channel spatial reductions and scaling: what every channel attention does around its core.
 
-What every channel attention does around its small core: reduce each channel
-over its H x W positions, and scale each channel by a weight. MXNet's CPU
-kernels for `mean(axis=(2, 3))` and, above all, the backward pass of
-`broadcast_mul(x, w[:, :, None, None])` (a broadcast-reduce over H x W) are
-several times slower than a GEMM with a row of ones, which computes the same
-numbers (docs/performance.md has the measurements). Both helpers work on
-x viewed as an (N*C, H*W) matrix.
+Each helper has two implementations that compute the same numbers:
+- fused=True: the C++ kernels of models/kernels (CPU only), one pass over the
+  activations forward and one backward;
+- fused=False: MXNet's own operators, written as matrix products over x viewed
+  as an (N*C, H*W) matrix with a row of ones. MXNet's CPU kernels for
+  `mean(axis=(2, 3))` and, above all, the backward pass of
+  `broadcast_mul(x, w[:, :, None, None])` (a broadcast-reduce over H x W) are
+  several times slower than these GEMMs (docs/performance.md).
+Modules choose with `models.kernels.use_fused_kernels(self)`.
 """
 
 
@@ -16,21 +18,27 @@ def _flat_and_ones(F, x):
     return flat, ones
 
 
-def spatial_sum(F, x, channels):
-    """sum over H, W of x (N, C, H, W) -> (N, C)."""
-    flat, ones = _flat_and_ones(F, x)
+def spatial_sum_of_squares(F, x, channels, fused):
+    """sum over H, W of x**2, for x (N, C, H, W) -> (N, C)."""
+    if fused:
+        return F.cab_channel_sum_of_squares(x)
+    flat, ones = _flat_and_ones(F, F.square(x))
     return F.reshape(F.dot(flat, ones, transpose_b=True), shape=(-1, channels))
 
 
-def spatial_mean(F, x, channels):
+def spatial_mean(F, x, channels, fused):
     """mean over H, W of x (N, C, H, W) -> (N, C); the global average pool."""
+    if fused:
+        return F.cab_channel_mean(x)
     flat, ones = _flat_and_ones(F, x)
     sums = F.dot(flat, ones, transpose_b=True)                             # (N*C, 1)
     return F.reshape(F.broadcast_div(sums, F.sum(ones)), shape=(-1, channels))
 
 
-def scale_channels(F, x, weights):
+def scale_channels(F, x, weights, fused):
     """x (N, C, H, W) with channel c of image n multiplied by weights[n, c]."""
+    if fused:
+        return F.cab_channel_scale(x, weights)
     flat, ones = _flat_and_ones(F, x)
     per_position = F.dot(F.reshape(weights, shape=(-1, 1)), ones)         # (N*C, H*W)
     return F.reshape_like(flat * per_position, x)

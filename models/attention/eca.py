@@ -9,6 +9,7 @@ import numpy as np
 from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
+from ..kernels import use_fused_kernels
 from ._spatial import scale_channels, spatial_mean
 
 
@@ -61,9 +62,10 @@ class ECA(HybridBlock):
         return self.channels * self.kernel_size
 
     def hybrid_forward(self, F, x, weight, shifts):
-        pooled = spatial_mean(F, x, self.channels)                              # (N, C)
+        fused = use_fused_kernels(self)
+        pooled = spatial_mean(F, x, self.channels, fused)                       # (N, C)
         band = F.reshape(F.dot(F.reshape(weight, shape=(1, -1)), shifts),
                          shape=(self.channels, self.channels))                  # (C, C)
         across_channels = F.FullyConnected(pooled, band, no_bias=True,
                                            num_hidden=self.channels)            # (N, C)
-        return scale_channels(F, x, F.sigmoid(across_channels))
+        return scale_channels(F, x, F.sigmoid(across_channels), fused)

@@ -6,7 +6,8 @@ CVPR 2020. https://arxiv.org/abs/1909.11519
 from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
-from ._spatial import scale_channels, spatial_sum
+from ..kernels import use_fused_kernels
+from ._spatial import scale_channels, spatial_sum_of_squares
 
 
 class GCT(HybridBlock):
@@ -29,10 +30,11 @@ class GCT(HybridBlock):
     def hybrid_forward(self, F, x, alpha, gamma, beta):
         # The per-channel parameters are (1, C, 1, 1) as in the paper's code; the
         # gate is computed on (N, C) and applied by scale_channels (see _spatial.py).
+        fused = use_fused_kernels(self)
         alpha, gamma, beta = (F.reshape(p, shape=(1, -1)) for p in (alpha, gamma, beta))
         embedding = F.broadcast_mul(
-            F.sqrt(spatial_sum(F, F.square(x), self.channels) + self.epsilon), alpha)
+            F.sqrt(spatial_sum_of_squares(F, x, self.channels, fused) + self.epsilon), alpha)
         norm = F.broadcast_div(
             gamma, F.sqrt(F.mean(F.square(embedding), axis=1, keepdims=True) + self.epsilon))
         gate = 1.0 + F.tanh(F.broadcast_add(F.broadcast_mul(embedding, norm), beta))
-        return scale_channels(F, x, gate)
+        return scale_channels(F, x, gate, fused)

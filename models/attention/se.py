@@ -6,6 +6,7 @@ https://arxiv.org/abs/1709.01507
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
+from ..kernels import use_fused_kernels
 from ._spatial import scale_channels, spatial_mean
 
 
@@ -30,6 +31,7 @@ class SE(HybridBlock):
             self.excite = nn.Dense(channels, in_units=hidden, use_bias=False)
 
     def hybrid_forward(self, F, x):
-        pooled = spatial_mean(F, x, self.channels)
+        fused = use_fused_kernels(self)
+        pooled = spatial_mean(F, x, self.channels, fused)
         weights = F.sigmoid(self.excite(F.relu(self.squeeze(pooled))))
-        return scale_channels(F, x, weights)
+        return scale_channels(F, x, weights, fused)

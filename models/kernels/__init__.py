@@ -1,0 +1,149 @@
+"""Fused CPU kernels for the attentions' pooling and gating, as an MXNet extension library.
+
+`channel_ops.cc` beside this file defines three operators (`cab_channel_mean`,
+`cab_channel_sum_of_squares`, `cab_channel_scale`) through the custom-operator
+interface that the mxnet wheel ships (`mxnet/include/mxnet/lib_api.h` and
+`mxnet/src/lib_api.cc`). The library is compiled on first use with the system's
+C++ compiler (`$CXX`, else `g++`), cached under a key of its sources, the MXNet
+version and the compiler, and loaded with `mx.library.load`.
+
+Where it cannot be built, or with CHANNEL_ATTENTION_FUSED=0, the modules compute
+the same numbers with MXNet's own operators (models/attention/_spatial.py),
+only slower on the CPU; a warning says why once. The kernels have no GPU code:
+modules whose parameters live on a GPU always take MXNet's operators.
+"""
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+FUSED_ENV = 'CHANNEL_ATTENTION_FUSED'
+CACHE_ENV = 'CHANNEL_ATTENTION_KERNEL_CACHE'
+SOURCE = Path(__file__).with_name('channel_ops.cc')
+LIBRARY_NAME = 'libcab_channel_ops.so'
+
+_lock = threading.Lock()
+_status = None     # (loaded, detail): detail is the library path, or why it is not loaded
+
+
+class KernelBuildError(RuntimeError):
+    """The C++ library could not be compiled."""
+
+
+def default_cache_dir():
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return Path(os.environ.get(CACHE_ENV) or Path(base) / 'channel-attention-bench' / 'kernels')
+
+
+def _mxnet_sources():
+    import mxnet
+    root = Path(mxnet.__file__).parent
+    return root / 'include', root / 'src' / 'lib_api.cc'
+
+
+def _compiler():
+    compiler = os.environ.get('CXX', 'g++')
+    if shutil.which(compiler) is None:
+        raise KernelBuildError(f'no C++ compiler {compiler!r} on PATH (install g++ or set CXX)')
+    return compiler
+
+
+def _build_key(compiler, include_dir, lib_api_source):
+    import mxnet
+    digest = hashlib.sha256()
+    version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
+    for part in (SOURCE.read_bytes(), (include_dir / 'mxnet' / 'lib_api.h').read_bytes(),
+                 lib_api_source.read_bytes(), mxnet.__version__.encode(), version.encode()):
+        digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    """Serialise builds across processes (Ray starts several trials at once on a machine)."""
+    import fcntl
+    with open(lock_path, 'w') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_library(cache_dir=None):
+    """Path of the compiled library, compiling it first if this key has no build yet."""
+    compiler = _compiler()
+    include_dir, lib_api_source = _mxnet_sources()
+    if not lib_api_source.exists():
+        raise KernelBuildError(f'this mxnet install has no {lib_api_source} to build against')
+    target_dir = Path(cache_dir or default_cache_dir()) / _build_key(
+        compiler, include_dir, lib_api_source)
+    target = target_dir / LIBRARY_NAME
+    if target.exists():
+        return target
+    target_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target_dir / '.lock'):
+        if target.exists():           # another process built it while we waited
+            return target
+        handle, partial = tempfile.mkstemp(dir=target_dir, suffix='.so.partial')
+        os.close(handle)
+        # Portable code (no -march=native): the cache may sit on storage shared
+        # by machines of different CPUs, and these loops are bound by memory speed.
+        command = [compiler, '-shared', '-fPIC', '-std=c++17', '-O3', '-fopenmp',
+                   '-I', str(include_dir), str(SOURCE), str(lib_api_source), '-o', partial]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            os.unlink(partial)
+            raise KernelBuildError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        os.replace(partial, target)
+    return target
+
+
+def _load():
+    if os.environ.get(FUSED_ENV, '1') == '0':
+        return False, f'turned off by {FUSED_ENV}=0'
+    try:
+        path = build_library()
+        import mxnet as mx
+        mx.library.load(str(path), verbose=False)
+    except Exception as error:     # any failure leaves MXNet's own operators, which always work
+        warnings.warn(
+            f'fused channel-attention kernels unavailable ({error}); the attentions use '
+            f"MXNet's operators instead: same results, slower on the CPU. Install a C++ "
+            f'compiler to get them, or set {FUSED_ENV}=0 to silence this.', stacklevel=3)
+        return False, str(error)
+    return True, str(path)
+
+
+def kernel_status():
+    """(loaded, detail): whether the fused kernels are in MXNet, and their path or why not."""
+    global _status
+    with _lock:
+        if _status is None:
+            _status = _load()
+        return _status
+
+
+def fused_kernels_available():
+    return kernel_status()[0]
+
+
+def use_fused_kernels(block):
+    """Whether `block`'s graph should call the fused kernels: they are loaded, and
+    the block's parameters live on the CPU only (the kernels have no GPU code).
+
+    A block none of whose parameters has a device yet gets MXNet's operators,
+    which run anywhere.
+    """
+    devices = set()
+    for param in block.collect_params().values():
+        try:
+            devices.update(ctx.device_type for ctx in param.list_ctx())
+        except RuntimeError:           # not initialised: no device chosen yet
+            continue
+    return bool(devices) and 'gpu' not in devices and fused_kernels_available()

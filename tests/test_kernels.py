@@ -1,0 +1,176 @@
+"""The fused C++ channel kernels: built, loaded, equal to numpy and to MXNet's own operators."""
+import warnings
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd
+
+import models.kernels as kernels
+from models import ATTENTIONS, get_model
+from models.attention._spatial import scale_channels, spatial_mean, spatial_sum_of_squares
+
+
+@pytest.fixture(scope='module', autouse=True)
+def loaded():
+    loaded, detail = kernels.kernel_status()
+    assert loaded, f'the fused kernels should build on the test machine: {detail}'
+
+
+@pytest.fixture
+def mxnet_operators(monkeypatch):
+    """Make the modules take MXNet's operators, as on a GPU or without a compiler."""
+    monkeypatch.setattr(kernels, '_status', (False, 'turned off by the test'))
+
+
+def _with_gradients(function, *arrays):
+    inputs = [mx.nd.array(a) for a in arrays]
+    for array in inputs:
+        array.attach_grad()
+    with autograd.record():
+        out = function(*inputs)
+    head = mx.nd.array(np.random.default_rng(7).normal(size=out.shape))
+    out.backward(head)
+    return out.asnumpy(), [a.grad.asnumpy() for a in inputs], head.asnumpy()
+
+
+@pytest.mark.parametrize('shape', [(3, 5, 4, 6), (2, 16, 1, 1), (1, 3, 7)])
+def test_kernels_match_numpy_forward_and_backward(shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    weights = rng.normal(size=shape[:2]).astype(np.float32)
+    axes = tuple(range(2, len(shape)))
+    expand = (slice(None), slice(None)) + (None,) * len(axes)
+
+    out, (dx, dw), head = _with_gradients(mx.nd.cab_channel_scale, x, weights)
+    np.testing.assert_allclose(out, x * weights[expand], rtol=1e-6)
+    np.testing.assert_allclose(dx, head * weights[expand], rtol=1e-6)
+    np.testing.assert_allclose(dw, (head * x).sum(axis=axes), rtol=1e-5, atol=1e-5)
+
+    out, (dx,), head = _with_gradients(mx.nd.cab_channel_mean, x)
+    np.testing.assert_allclose(out, x.mean(axis=axes), rtol=1e-5, atol=1e-6)
+    spatial = int(np.prod(shape[2:]))
+    np.testing.assert_allclose(dx, np.broadcast_to(head[expand] / spatial, shape), rtol=1e-6)
+
+    out, (dx,), head = _with_gradients(mx.nd.cab_channel_sum_of_squares, x)
+    np.testing.assert_allclose(out, (x ** 2).sum(axis=axes), rtol=1e-5)
+    np.testing.assert_allclose(dx, 2 * head[expand] * x, rtol=1e-6)
+
+
+def test_kernels_refuse_bad_shapes_and_types_with_a_message():
+    with pytest.raises(mx.MXNetError, match='weights \\(N, C\\)'):
+        mx.nd.cab_channel_scale(mx.nd.ones((2, 3, 4, 4)), mx.nd.ones((2, 4))).wait_to_read()
+    with pytest.raises(mx.MXNetError, match='float32'):
+        mx.nd.cab_channel_mean(mx.nd.ones((2, 3, 4, 4), dtype='float64')).wait_to_read()
+
+
+def test_both_implementations_of_the_helpers_agree():
+    rng = np.random.default_rng(1)
+    x = mx.nd.array(rng.normal(size=(4, 8, 5, 5)))
+    weights = mx.nd.array(rng.normal(size=(4, 8)))
+    for helper, args in ((spatial_mean, (x, 8)), (spatial_sum_of_squares, (x, 8)),
+                         (scale_channels, (x, weights))):
+        np.testing.assert_allclose(helper(mx.nd, *args, fused=True).asnumpy(),
+                                   helper(mx.nd, *args, fused=False).asnumpy(),
+                                   rtol=1e-5, atol=1e-5, err_msg=helper.__name__)
+
+
+def _train_step_outputs(model, attention):
+    """Output, loss and every gradient of one hybridized training step, from a fixed start."""
+    mx.random.seed(3)
+    net = get_model(model, attention)
+    net.initialize(mx.init.Xavier())
+    rng = np.random.default_rng(3)
+    x = mx.nd.array(rng.normal(size=(4, 3, 32, 32)))
+    net(x)   # settle deferred shapes
+    for name, param in net.collect_params().items():   # GCT starts as the identity; move it
+        if '_gct' in name:
+            param.set_data(mx.nd.array(rng.normal(0.0, 0.5, size=param.shape)))
+    net.hybridize(static_alloc=True, static_shape=True)
+    labels = mx.nd.array([0, 1, 2, 3])
+    with autograd.record():
+        out = net(x)
+        loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(out, labels).mean()
+    loss.backward()
+    grads = {name.split('_', 1)[1]: p.grad().asnumpy()
+             for name, p in net.collect_params().items() if p.grad_req != 'null'}
+    return out.asnumpy(), grads
+
+
+@pytest.mark.parametrize('attention', [a for a in ATTENTIONS if a != 'none'])
+@pytest.mark.parametrize('model', ['cifar_resnet20_v1', 'cifar_resnet20_v2'])
+def test_fused_network_trains_like_the_mxnet_operator_network(model, attention, monkeypatch):
+    fused_out, fused_grads = _train_step_outputs(model, attention)
+    monkeypatch.setattr(kernels, '_status', (False, 'turned off by the test'))
+    plain_out, plain_grads = _train_step_outputs(model, attention)
+    np.testing.assert_allclose(fused_out, plain_out, rtol=1e-4, atol=1e-5)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name in fused_grads:
+        scale = max(np.abs(plain_grads[name]).max(), 1e-3)
+        np.testing.assert_allclose(fused_grads[name], plain_grads[name], rtol=0,
+                                   atol=2e-3 * scale, err_msg=name)
+
+
+class _FakeParam:
+    def __init__(self, contexts):
+        self.contexts = contexts
+
+    def list_ctx(self):
+        if self.contexts is None:
+            raise RuntimeError('Parameter has not been initialized')
+        return self.contexts
+
+
+class _FakeBlock:
+    def __init__(self, *contexts):
+        self.params = {f'p{i}': _FakeParam(c) for i, c in enumerate(contexts)}
+
+    def collect_params(self):
+        return self.params
+
+
+def test_blocks_on_a_gpu_or_without_a_device_take_mxnet_operators():
+    assert kernels.use_fused_kernels(_FakeBlock([mx.cpu()], None))
+    assert not kernels.use_fused_kernels(_FakeBlock([mx.cpu()], [mx.gpu(0)]))
+    assert not kernels.use_fused_kernels(_FakeBlock([mx.gpu(1)]))
+    assert not kernels.use_fused_kernels(_FakeBlock(None))
+
+
+def test_turned_off_or_missing_kernels_leave_mxnet_operators(mxnet_operators):
+    assert not kernels.use_fused_kernels(_FakeBlock([mx.cpu()]))
+
+
+def test_library_is_built_once_per_key_and_reused(tmp_path):
+    first = kernels.build_library(cache_dir=tmp_path)
+    built_at = first.stat().st_mtime_ns
+    again = kernels.build_library(cache_dir=tmp_path)
+    assert again == first and again.stat().st_mtime_ns == built_at
+    assert [p.name for p in first.parent.iterdir() if p.name != '.lock'] == [first.name]
+
+
+def test_missing_compiler_is_reported_and_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / 'cache'))
+    with pytest.raises(kernels.KernelBuildError, match='no C\\+\\+ compiler'):
+        kernels.build_library()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        loaded, reason = kernels._load()
+    assert not loaded and 'no C++ compiler' in reason
+    assert any('Install a C++ compiler' in str(w.message) for w in caught)
+
+
+def test_a_failed_compile_names_the_command_and_keeps_no_partial_file(tmp_path, monkeypatch):
+    compiler = tmp_path / 'failing-cxx'
+    compiler.write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\n'
+                        'echo "channel_ops.cc:1: error: boom" >&2; exit 1\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv('CXX', str(compiler))
+    with pytest.raises(kernels.KernelBuildError, match='boom'):
+        kernels.build_library(cache_dir=tmp_path / 'cache')
+    assert not [p for p in (tmp_path / 'cache').rglob('*.so*')]
+
+
+def test_environment_switch_turns_them_off(monkeypatch):
+    monkeypatch.setenv(kernels.FUSED_ENV, '0')
+    assert kernels._load() == (False, f'turned off by {kernels.FUSED_ENV}=0')
