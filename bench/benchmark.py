@@ -43,29 +43,74 @@ def measure_data_pipeline(images, labels, ctx, batch_size, batches):
 
 
 def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3):
-    """Median images/s of each step function, timed in alternating rounds.
+    """Images/s of each step function in each round, timed in alternating rounds.
 
     The steppers take turns (round 1: a, b, c; round 2: a, b, c; ...), so a slow
     spell of a shared machine lands on all of them alike and their ratios hold.
-    Returns {name: (median, lowest, highest)}.
+    A stepper with background work (a DataLoader's prefetching) has a `settle()`
+    that waits for it; its rounds end only when that work is done, so the work is
+    counted in its own time, not in that of the stepper timed next. Each of its
+    rounds then starts and ends with the prefetch buffer full: it is timed for
+    exactly the batches it trained on.
+    Returns {name: [images/s in round 1, round 2, ...]}.
     """
+    def settle(step):
+        if hasattr(step, 'settle'):
+            step.settle()
+
     for step in steppers.values():
         for _ in range(warmup):        # graph building, allocation, oneDNN primitives
             step()
+        settle(step)
     rates = {name: [] for name in steppers}
     for _ in range(rounds):
         for name, step in steppers.items():
             started = time.perf_counter()
             for _ in range(batches_per_round):
                 step()
+            settle(step)
             rates[name].append(batches_per_round * batch_size /
                                (time.perf_counter() - started))
-    return {name: (statistics.median(r), min(r), max(r)) for name, r in rates.items()}
+    return rates
+
+
+def median_ratio(numerator_rates, denominator_rates):
+    """Median over rounds of the ratio of two steppers' rates in the same round.
+
+    Neighbours in time share the machine's state, so per-round ratios cancel
+    most of a shared machine's drift, which a ratio of medians would keep.
+    """
+    return statistics.median(a / b for a, b in zip(numerator_rates, denominator_rates))
 
 
 def _forever(make_iterable):
     while True:
         yield from make_iterable()
+
+
+class _EndlessLoader:
+    """Batches of a DataLoader pass after pass, from its one worker pool (as the original
+    script used one loader for all epochs), with a way to wait for its prefetching."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.batches = None
+
+    def next(self):
+        if self.batches is None:
+            # What `iter(loader)` wraps; kept at hand so that settle() can see its
+            # prefetched batches (MXNet 1.9's _MultiWorkerIter keeps them in _data_buffer).
+            self.batches = self.loader._prefetch_iter()
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = None
+            return self.next()
+
+    def settle(self):
+        """Wait until the workers have finished every batch they were asked to prefetch."""
+        for pending in list(getattr(self.batches, '_data_buffer', {}).values()):
+            pending.wait()
 
 
 def _train_step_fn(spec, ctx):
@@ -120,12 +165,91 @@ def original_loader(images, labels, batch_size, workers):
 def original_stepper(spec, images, labels, ctx, workers):
     """One step of the same model fed through the original input path."""
     train_step = _train_step_fn(spec, ctx)
-    batches = _forever(lambda: original_loader(images, labels, spec.recipe.batch_size, workers))
+    batches = _EndlessLoader(original_loader(images, labels, spec.recipe.batch_size, workers))
 
     def step():
-        x, y = next(batches)
+        x, y = batches.next()
         train_step(x.as_in_context(ctx), y.as_in_context(ctx))
+    step.settle = batches.settle
     return step
+
+
+def original_test_loader(images, labels, batch_size, workers):
+    """The original script's evaluation input: ToTensor and Normalize per image in workers."""
+    import mxnet as mx
+    from mxnet import gluon
+    from mxnet.gluon.data.vision import transforms
+
+    from .augment import CIFAR_MEAN, CIFAR_STD
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    dataset = gluon.data.ArrayDataset(
+        mx.nd.array(images.transpose(0, 2, 3, 1), dtype='uint8'), labels)
+    return gluon.data.DataLoader(dataset.transform_first(transform), batch_size=batch_size,
+                                 shuffle=False, num_workers=workers)
+
+
+def original_epoch_fn(spec, train, test, ctx, workers):
+    """One epoch as the original script ran it: train from the DataLoader, summing the loss
+    and updating an accuracy metric every batch, then evaluate on the test loader."""
+    import mxnet as mx
+    from mxnet import autograd
+    from .trainer import build_network, make_loss, make_trainer
+    net = build_network(spec, [ctx])
+    trainer = make_trainer(net, spec.recipe)
+    loss_fn = make_loss()
+    train_loader = original_loader(*train, spec.recipe.batch_size, workers)
+    test_loader = original_test_loader(*test, spec.recipe.batch_size, workers)
+
+    def epoch():
+        train_metric, test_metric = mx.metric.Accuracy(), mx.metric.Accuracy()
+        train_loss = 0.0
+        for x, y in train_loader:
+            x, y = x.as_in_context(ctx), y.as_in_context(ctx)
+            with autograd.record():
+                output = net(x)
+                loss = loss_fn(output, y)
+            loss.backward()
+            trainer.step(x.shape[0])
+            train_loss += loss.sum().asscalar()
+            train_metric.update(y, output)
+        for x, y in test_loader:
+            test_metric.update(y.as_in_context(ctx), net(x.as_in_context(ctx)))
+        return train_loss, train_metric.get()[1], test_metric.get()[1]
+    return epoch
+
+
+def trial_epoch_fn(spec, train, test, ctx):
+    """One epoch as a trial runs it: bench.trainer's own training pass and evaluation."""
+    from .augment import DeviceImages, epoch_plan
+    from .trainer import build_network, evaluate, make_loss, make_trainer, train_epoch
+    net = build_network(spec, [ctx])
+    trainer = make_trainer(net, spec.recipe)
+    loss_fn = make_loss()
+    train_images, test_images = DeviceImages(*train, ctx), DeviceImages(*test, ctx)
+    rng = np.random.default_rng(0)
+
+    def epoch():
+        plan = epoch_plan(rng, train_images.count, spec.recipe.batch_size)
+        trained = train_epoch(net, trainer, loss_fn, train_images, plan, [ctx], epoch=0)
+        return trained, evaluate(net, loss_fn, test_images, [ctx], spec.recipe.batch_size)
+    return epoch
+
+
+def epoch_seconds(spec, train, test, ctx, workers, rounds):
+    """Median seconds of a whole epoch (training pass and evaluation), the trial's against
+    the original script's, timed in alternating rounds after one untimed warm-up epoch each."""
+    epochs = {'trial': trial_epoch_fn(spec, train, test, ctx),
+              'original': original_epoch_fn(spec, train, test, ctx, workers)}
+    for epoch in epochs.values():
+        epoch()
+    seconds = {name: [] for name in epochs}
+    for _ in range(rounds):
+        for name, epoch in epochs.items():
+            started = time.perf_counter()
+            epoch()
+            seconds[name].append(time.perf_counter() - started)
+    return {name: statistics.median(s) for name, s in seconds.items()}
 
 
 # A training step costs about three forward passes (forward, and a backward that
@@ -155,8 +279,13 @@ def cpu_peak_gflops(cpuinfo='/proc/cpuinfo', cores=None):
 
 
 def benchmark(models, attentions, images, labels, ctx, batch_size, batches, workers,
-              baseline=True, rounds=5):
-    """One row of numbers per model x attention; every training rate from one interleaved run."""
+              baseline=True, rounds=5, epoch_images=0, epoch_rounds=2):
+    """One row of numbers per model x attention; every training rate from one interleaved run.
+
+    With a baseline and epoch_images > 0, each row also times whole epochs (a training
+    pass over epoch_images images and an evaluation over a fifth as many, CIFAR-10's
+    proportions) of the trial and of the original script.
+    """
     from models import model_stats
 
     from .recipe import Recipe, TrialSpec
@@ -171,15 +300,26 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
     rates = interleaved_rates(steppers, batch_size, rounds, per_round)
     rows = []
     for (model, attention), spec in specs.items():
-        trial, low, high = rates[('trial', model, attention)]
+        trial_rates = rates[('trial', model, attention)]
+        trial = statistics.median(trial_rates)
         row = {'model': model, 'attention': attention, 'trial_img_s': trial,
-               'trial_img_s_range': [low, high],
+               'trial_img_s_range': [min(trial_rates), max(trial_rates)],
                'data_img_s': measure_data_pipeline(images, labels, ctx, batch_size, batches * 4),
                'gflop_s': trial * TRAIN_FLOPS_PER_MAC * model_stats(model, attention).macs / 1e9}
         row['data_over_trial'] = row['data_img_s'] / trial
+        if ('trial', model, 'none') in rates:
+            row['vs_vanilla'] = median_ratio(trial_rates, rates[('trial', model, 'none')])
         if baseline:
-            row['original_img_s'] = rates[('original', model, attention)][0]
-            row['trial_over_original'] = trial / row['original_img_s']
+            original_rates = rates[('original', model, attention)]
+            row['original_img_s'] = statistics.median(original_rates)
+            row['trial_over_original'] = median_ratio(trial_rates, original_rates)
+        if baseline and epoch_images:
+            train = (images[:epoch_images], labels[:epoch_images])
+            test = synthetic_images(max(1, epoch_images // 5), seed=1)
+            seconds = epoch_seconds(spec, train, test, ctx, workers, epoch_rounds)
+            row.update(epoch_train_images=len(train[0]), epoch_test_images=len(test[0]),
+                       trial_epoch_s=seconds['trial'], original_epoch_s=seconds['original'],
+                       epoch_speedup=seconds['original'] / seconds['trial'])
         rows.append(row)
     return rows
 
@@ -188,16 +328,26 @@ def format_rows(rows):
     def number(value, fmt, suffix=''):
         return '-' if value is None else format(value, fmt) + suffix
     header = (f"{'model':<20} {'attention':<9} {'data img/s':>11} {'trial img/s':>12} "
-              f"{'GFLOP/s':>8} {'original img/s':>15} {'data/trial':>11} {'trial/original':>15}")
+              f"{'vs vanilla':>10} {'GFLOP/s':>8} {'original img/s':>15} {'data/trial':>11} {'trial/original':>15}")
     lines = [header, '-' * len(header)]
     for row in rows:
         lines.append(
             f"{row['model']:<20} {row['attention']:<9} {number(row['data_img_s'], '.0f'):>11} "
             f"{number(row['trial_img_s'], '.1f'):>12} "
+            f"{number(row.get('vs_vanilla') and 100 * row['vs_vanilla'], '.0f', '%'):>10} "
             f"{number(row.get('gflop_s'), '.1f'):>8} "
             f"{number(row.get('original_img_s'), '.1f'):>15} "
             f"{number(row['data_over_trial'], '.1f', 'x'):>11} "
             f"{number(row.get('trial_over_original'), '.2f', 'x'):>15}")
+    epochs = [row for row in rows if 'trial_epoch_s' in row]
+    if epochs:
+        lines += ['', f"whole epoch ({epochs[0]['epoch_train_images']} training + "
+                      f"{epochs[0]['epoch_test_images']} test images; training pass and evaluation, "
+                      f"median seconds):",
+                  f"{'model':<20} {'attention':<9} {'trial s':>8} {'original s':>11} {'speed-up':>9}"]
+        lines += [f"{row['model']:<20} {row['attention']:<9} {row['trial_epoch_s']:>8.2f} "
+                  f"{row['original_epoch_s']:>11.2f} {row['epoch_speedup']:>8.2f}x"
+                  for row in epochs]
     return '\n'.join(lines)
 
 
@@ -220,6 +370,11 @@ def main(argv=None):
                         help='DataLoader workers of the original pipeline')
     parser.add_argument('--no-original', action='store_true',
                         help='skip the original DataLoader pipeline')
+    parser.add_argument('--epoch-images', type=int, default=2560,
+                        help='training images of the whole-epoch comparison with the original '
+                             'script (its evaluation takes a fifth as many); 0 skips it')
+    parser.add_argument('--epoch-rounds', type=int, default=2,
+                        help='timed epochs of each kind in the whole-epoch comparison')
     parser.add_argument('--num-gpus', type=int, default=None, help='0 forces the CPU')
     parser.add_argument('--threads-compare', action='store_true',
                         help="also train vanilla in a child process with MXNet's default "
@@ -235,7 +390,8 @@ def main(argv=None):
           f'{args.workers} DataLoader workers', flush=True)
     rows = benchmark(args.models, args.attentions, images, labels, ctx, args.batch_size,
                      args.batches, args.workers, baseline=not args.no_original,
-                     rounds=args.rounds)
+                     rounds=args.rounds, epoch_images=min(args.epoch_images, args.images),
+                     epoch_rounds=args.epoch_rounds)
     print(format_rows(rows), flush=True)
     print(attention_overhead_summary(rows))
     peak = cpu_peak_gflops() if ctx.device_type == 'cpu' else None
@@ -261,7 +417,8 @@ def main(argv=None):
 def attention_overhead_summary(rows):
     """Each attention's speed as a share of its model's vanilla speed (target: >= 90%)."""
     vanilla = {r['model']: r['trial_img_s'] for r in rows if r['attention'] == 'none'}
-    parts = [f"{r['model']} {r['attention']} {100 * r['trial_img_s'] / vanilla[r['model']]:.0f}%"
+    parts = [f"{r['model']} {r['attention']} "
+             f"{100 * r.get('vs_vanilla', r['trial_img_s'] / vanilla[r['model']]):.0f}%"
              for r in rows if r['attention'] != 'none' and r['model'] in vanilla]
     return 'speed against vanilla: ' + (', '.join(parts) if parts else 'no vanilla row')
 

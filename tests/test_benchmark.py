@@ -12,20 +12,24 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '2')   # main() would set it for the whole session
     out = tmp_path / 'rows.json'
     assert main(['--models', 'cifar_resnet8_v1', '--attentions', 'none', 'eca', '--batches', '2',
-                 '--images', '256', '--batch-size', '32', '--workers', '0',
-                 '--json', str(out)]) == 0
+                 '--images', '256', '--batch-size', '32', '--workers', '1',
+                 '--epoch-images', '96', '--epoch-rounds', '1', '--json', str(out)]) == 0
     text = capsys.readouterr().out
     assert 'trial img/s' in text and 'original img/s' in text
+    assert 'whole epoch (96 training + 19 test images' in text
     assert 'speed against vanilla: cifar_resnet8_v1 eca' in text
     import json
     rows = json.loads(out.read_text())
     assert [r['attention'] for r in rows] == ['none', 'eca']
+    assert rows[0]['vs_vanilla'] == 1.0 and rows[1]['vs_vanilla'] > 0
     for row in rows:
         for key in ('data_img_s', 'trial_img_s', 'original_img_s'):
             assert row[key] > 0
-        assert row['trial_over_original'] == pytest.approx(
-            row['trial_img_s'] / row['original_img_s'])
+        assert row['trial_over_original'] > 0      # a median of per-round ratios
         assert row['gflop_s'] > 0
+        assert row['trial_epoch_s'] > 0 and row['original_epoch_s'] > 0
+        assert row['epoch_speedup'] == pytest.approx(
+            row['original_epoch_s'] / row['trial_epoch_s'])
 
 
 def test_table_formatting_and_summary():
@@ -38,6 +42,14 @@ def test_table_formatting_and_summary():
     assert lines[2].split()[-4:] == ['24.5', '-', '10.0x', '-']
     assert lines[3].split()[-4:] == ['23.3', '50.0', '10.5x', '1.90x']
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
+    rows[1]['vs_vanilla'] = 0.91         # measured round by round, it takes precedence
+    assert attention_overhead_summary(rows) == 'speed against vanilla: m se 91%'
+
+
+def test_ratios_are_taken_round_by_round():
+    from bench.benchmark import median_ratio
+    # The machine slows down 2x in round 2; per round, a is always 0.9 of b.
+    assert median_ratio([90, 45, 90], [100, 50, 100]) == pytest.approx(0.9)
 
 
 def test_use_cpus_sets_threads_before_mxnet_only(monkeypatch):
