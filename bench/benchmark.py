@@ -10,6 +10,7 @@ All are measured in this one process on the same data; the training rates in
 alternating rounds (medians), so that a slow spell of the machine hits all alike.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -131,14 +132,26 @@ def _train_step_fn(spec, ctx):
     return train_step
 
 
-def trial_stepper(spec, images, labels, ctx):
-    """One step of the trainer fed by the on-device pipeline, as the trial runs it."""
+def trial_stepper(spec, images, labels, ctx, mxnet_operators=False):
+    """One step of the trainer fed by the on-device pipeline, as the trial runs it.
+
+    mxnet_operators: build the network's graph with MXNet's operators instead of
+    the fused attention kernels (models/kernels), to measure what they gain.
+    """
+    from models.kernels import mxnet_operators_only
+
     from .augment import DeviceImages, epoch_plan
     train_step = _train_step_fn(spec, ctx)
     device = DeviceImages(images, labels, ctx)
     rng = np.random.default_rng(0)
     plans = _forever(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
-    return lambda: train_step(*device.batch(*next(plans)))
+
+    def step():
+        train_step(*device.batch(*next(plans)))
+    # The first call builds the hybridized graph, which later calls reuse.
+    with mxnet_operators_only() if mxnet_operators else contextlib.nullcontext():
+        step()
+    return step
 
 
 def original_loader(images, labels, batch_size, workers):
@@ -279,12 +292,13 @@ def cpu_peak_gflops(cpuinfo='/proc/cpuinfo', cores=None):
 
 
 def benchmark(models, attentions, images, labels, ctx, batch_size, batches, workers,
-              baseline=True, rounds=5, epoch_images=0, epoch_rounds=2):
+              baseline=True, rounds=5, epoch_images=0, epoch_rounds=2, kernels_compare=False):
     """One row of numbers per model x attention; every training rate from one interleaved run.
 
     With a baseline and epoch_images > 0, each row also times whole epochs (a training
     pass over epoch_images images and an evaluation over a fifth as many, CIFAR-10's
-    proportions) of the trial and of the original script.
+    proportions) of the trial and of the original script. With kernels_compare, each
+    attention is also trained with MXNet's operators instead of the fused kernels.
     """
     from models import model_stats
 
@@ -294,6 +308,9 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
     steppers = {}
     for key, spec in specs.items():
         steppers[('trial',) + key] = trial_stepper(spec, images, labels, ctx)
+        if kernels_compare and key[1] != 'none':
+            steppers[('mxnet-ops',) + key] = trial_stepper(spec, images, labels, ctx,
+                                                           mxnet_operators=True)
         if baseline:
             steppers[('original',) + key] = original_stepper(spec, images, labels, ctx, workers)
     per_round = max(1, batches // rounds)
@@ -309,6 +326,10 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
         row['data_over_trial'] = row['data_img_s'] / trial
         if ('trial', model, 'none') in rates:
             row['vs_vanilla'] = median_ratio(trial_rates, rates[('trial', model, 'none')])
+            if ('mxnet-ops', model, attention) in rates:
+                plain = rates[('mxnet-ops', model, attention)]
+                row['mxnet_ops_img_s'] = statistics.median(plain)
+                row['mxnet_ops_vs_vanilla'] = median_ratio(plain, rates[('trial', model, 'none')])
         if baseline:
             original_rates = rates[('original', model, attention)]
             row['original_img_s'] = statistics.median(original_rates)
@@ -379,6 +400,9 @@ def main(argv=None):
     parser.add_argument('--threads-compare', action='store_true',
                         help="also train vanilla in a child process with MXNet's default "
                              'threads, to show the gain of using every core')
+    parser.add_argument('--kernels-compare', action='store_true',
+                        help="also train each attention with MXNet's operators instead of "
+                             'the fused CPU kernels, to show what they gain')
     parser.add_argument('--json', default=None, help='write the rows as JSON here')
     args = parser.parse_args(argv)
 
@@ -391,9 +415,10 @@ def main(argv=None):
     rows = benchmark(args.models, args.attentions, images, labels, ctx, args.batch_size,
                      args.batches, args.workers, baseline=not args.no_original,
                      rounds=args.rounds, epoch_images=min(args.epoch_images, args.images),
-                     epoch_rounds=args.epoch_rounds)
+                     epoch_rounds=args.epoch_rounds, kernels_compare=args.kernels_compare)
     print(format_rows(rows), flush=True)
     print(attention_overhead_summary(rows))
+    print(kernel_summary(rows))
     peak = cpu_peak_gflops() if ctx.device_type == 'cpu' else None
     if peak:
         best = max(r['gflop_s'] for r in rows)
@@ -421,6 +446,20 @@ def attention_overhead_summary(rows):
              f"{100 * r.get('vs_vanilla', r['trial_img_s'] / vanilla[r['model']]):.0f}%"
              for r in rows if r['attention'] != 'none' and r['model'] in vanilla]
     return 'speed against vanilla: ' + (', '.join(parts) if parts else 'no vanilla row')
+
+
+def kernel_summary(rows):
+    """Where the attention kernels came from, and what they gain where that was measured."""
+    from models.kernels import kernel_status
+    loaded, detail = kernel_status()
+    line = (f'fused attention kernels: {detail}' if loaded
+            else f"fused attention kernels not used ({detail}): MXNet's operators")
+    compared = [r for r in rows if 'mxnet_ops_vs_vanilla' in r]
+    if compared:
+        line += ('\nwith MXNet\'s operators instead: ' + ', '.join(
+            f"{r['model']} {r['attention']} {100 * r['mxnet_ops_vs_vanilla']:.0f}%"
+            for r in compared) + ' of vanilla')
+    return line
 
 
 def vanilla_rate_in_child(model, batch_size, batches, threads):

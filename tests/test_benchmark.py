@@ -13,7 +13,8 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
     out = tmp_path / 'rows.json'
     assert main(['--models', 'cifar_resnet8_v1', '--attentions', 'none', 'eca', '--batches', '2',
                  '--images', '256', '--batch-size', '32', '--workers', '1',
-                 '--epoch-images', '96', '--epoch-rounds', '1', '--json', str(out)]) == 0
+                 '--epoch-images', '96', '--epoch-rounds', '1', '--kernels-compare',
+                 '--json', str(out)]) == 0
     text = capsys.readouterr().out
     assert 'trial img/s' in text and 'original img/s' in text
     assert 'whole epoch (96 training + 19 test images' in text
@@ -22,6 +23,9 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
     rows = json.loads(out.read_text())
     assert [r['attention'] for r in rows] == ['none', 'eca']
     assert rows[0]['vs_vanilla'] == 1.0 and rows[1]['vs_vanilla'] > 0
+    assert rows[1]['mxnet_ops_img_s'] > 0 and 'mxnet_ops_img_s' not in rows[0]
+    assert "with MXNet's operators instead: cifar_resnet8_v1 eca" in text
+    assert 'fused attention kernels: ' in text
     for row in rows:
         for key in ('data_img_s', 'trial_img_s', 'original_img_s'):
             assert row[key] > 0

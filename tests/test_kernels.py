@@ -140,6 +140,19 @@ def test_turned_off_or_missing_kernels_leave_mxnet_operators(mxnet_operators):
     assert not kernels.use_fused_kernels(_FakeBlock([mx.cpu()]))
 
 
+def test_graphs_built_inside_mxnet_operators_only_keep_mxnet_operators():
+    net = get_model('cifar_resnet8_v1', 'se')
+    net.initialize()
+    net.hybridize()
+    x = mx.nd.ones((1, 3, 32, 32))
+    with kernels.mxnet_operators_only():
+        assert not kernels.fused_kernels_available()
+        net(x)
+    assert kernels.fused_kernels_available()
+    ops = {node['op'] for node in __import__('json').loads(net._cached_graph[1].tojson())['nodes']}
+    assert not any(op.startswith('cab_') for op in ops) and 'dot' in ops
+
+
 def test_library_is_built_once_per_key_and_reused(tmp_path):
     first = kernels.build_library(cache_dir=tmp_path)
     built_at = first.stat().st_mtime_ns

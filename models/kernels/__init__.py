@@ -29,6 +29,7 @@ LIBRARY_NAME = 'libcab_channel_ops.so'
 
 _lock = threading.Lock()
 _status = None     # (loaded, detail): detail is the library path, or why it is not loaded
+_switched_off = threading.local()
 
 
 class KernelBuildError(RuntimeError):
@@ -130,7 +131,19 @@ def kernel_status():
 
 
 def fused_kernels_available():
-    return kernel_status()[0]
+    return kernel_status()[0] and not getattr(_switched_off, 'active', False)
+
+
+@contextlib.contextmanager
+def mxnet_operators_only():
+    """Graphs built inside this block use MXNet's operators even where the kernels are
+    loaded (a hybridized block keeps the graph of its first call): for comparisons."""
+    before = getattr(_switched_off, 'active', False)
+    _switched_off.active = True
+    try:
+        yield
+    finally:
+        _switched_off.active = before
 
 
 def use_fused_kernels(block):
