@@ -249,11 +249,12 @@ def trial_epoch_fn(spec, train, test, ctx):
     return epoch
 
 
-def epoch_seconds(spec, train, test, ctx, workers, rounds):
+def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'original')):
     """Median seconds of a whole epoch (training pass and evaluation), the trial's against
     the original script's, timed in alternating rounds after one untimed warm-up epoch each."""
-    epochs = {'trial': trial_epoch_fn(spec, train, test, ctx),
-              'original': original_epoch_fn(spec, train, test, ctx, workers)}
+    makers = {'trial': lambda: trial_epoch_fn(spec, train, test, ctx),
+              'original': lambda: original_epoch_fn(spec, train, test, ctx, workers)}
+    epochs = {kind: makers[kind]() for kind in kinds}
     for epoch in epochs.values():
         epoch()
     seconds = {name: [] for name in epochs}
@@ -404,11 +405,15 @@ def main(argv=None):
                         help="also train each attention with MXNet's operators instead of "
                              'the fused CPU kernels, to show what they gain')
     parser.add_argument('--json', default=None, help='write the rows as JSON here')
+    # A child process of --threads-compare: time whole epochs of one kind only.
+    parser.add_argument('--epoch-child', choices=('trial', 'original'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     from .devices import describe, trial_contexts
     ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None else None)[0]
     images, labels = synthetic_images(args.images)
+    if args.epoch_child:
+        return _epoch_child(args, ctx, images, labels)
     print(f'device: {describe([ctx])}, batch {args.batch_size}, {args.batches} timed batches, '
           f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
           f'{args.workers} DataLoader workers', flush=True)
@@ -433,6 +438,8 @@ def main(argv=None):
         print(f'threads: {args.models[0]} vanilla at MXNet default threads '
               f'{default_rate:.1f} img/s; with OMP_NUM_THREADS={threads} {ours:.1f} img/s '
               f'({ours / default_rate:.2f}x; mean of two child processes each)')
+        if args.epoch_images:
+            print(epochs_as_run_summary(args, threads), flush=True)
     if args.json:
         from .fileio import write_json_atomic
         write_json_atomic(args.json, rows)
@@ -462,8 +469,21 @@ def kernel_summary(rows):
     return line
 
 
-def vanilla_rate_in_child(model, batch_size, batches, threads):
-    """Vanilla trial img/s in a fresh process, with OMP_NUM_THREADS=threads (None: unset)."""
+def _epoch_child(args, ctx, images, labels):
+    from .fileio import write_json_atomic
+    from .recipe import Recipe, TrialSpec
+    spec = TrialSpec(args.models[0], 'none', seed=0, recipe=Recipe(batch_size=args.batch_size))
+    count = min(args.epoch_images, args.images)
+    seconds = epoch_seconds(spec, (images[:count], labels[:count]),
+                            synthetic_images(max(1, count // 5), seed=1), ctx, args.workers,
+                            args.epoch_rounds, kinds=(args.epoch_child,))
+    write_json_atomic(args.json, seconds[args.epoch_child])
+    return 0
+
+
+def _run_child(arguments, threads):
+    """Run this benchmark in a fresh process with OMP_NUM_THREADS=threads (None: MXNet's
+    default, as a script that never set it ran); returns what the child wrote as JSON."""
     import json
     import subprocess
     import tempfile
@@ -475,13 +495,35 @@ def vanilla_rate_in_child(model, batch_size, batches, threads):
     else:
         env[KEEP_DEFAULT_ENV] = '1'
     with tempfile.TemporaryDirectory() as folder:
-        out = os.path.join(folder, 'rows.json')
-        subprocess.run([sys.executable, '-m', 'bench.benchmark', '--models', model,
-                        '--attentions', 'none', '--no-original', '--batch-size',
-                        str(batch_size), '--batches', str(batches), '--json', out],
+        out = os.path.join(folder, 'out.json')
+        subprocess.run([sys.executable, '-m', 'bench.benchmark', *arguments, '--json', out],
                        env=env, check=True, stdout=subprocess.DEVNULL)
         with open(out) as handle:
-            return json.load(handle)[0]['trial_img_s']
+            return json.load(handle)
+
+
+def epochs_as_run_summary(args, threads):
+    """A trial's whole epoch against the original script's as it ran: MXNet's default
+    threads, DataLoader workers. Alternating child processes, two of each kind."""
+    common = ['--models', args.models[0], '--batch-size', str(args.batch_size),
+              '--images', str(args.images), '--epoch-images', str(args.epoch_images),
+              '--epoch-rounds', str(args.epoch_rounds), '--workers', str(args.workers)]
+    seconds = {'trial': [], 'original': []}
+    for _ in range(2):
+        seconds['original'].append(_run_child(common + ['--epoch-child', 'original'], None))
+        seconds['trial'].append(_run_child(common + ['--epoch-child', 'trial'], threads))
+    trial, original = statistics.median(seconds['trial']), statistics.median(seconds['original'])
+    return (f'whole epoch against the original script as it ran ({args.models[0]} vanilla; '
+            f"MXNet's default threads, {args.workers} DataLoader workers): trial {trial:.2f} s "
+            f'with OMP_NUM_THREADS={threads}, original {original:.2f} s, {original / trial:.2f}x '
+            f'faster (medians of two child processes each)')
+
+
+def vanilla_rate_in_child(model, batch_size, batches, threads):
+    """Vanilla trial img/s in a fresh process, with OMP_NUM_THREADS=threads (None: unset)."""
+    rows = _run_child(['--models', model, '--attentions', 'none', '--no-original',
+                       '--batch-size', str(batch_size), '--batches', str(batches)], threads)
+    return rows[0]['trial_img_s']
 
 
 if __name__ == '__main__':

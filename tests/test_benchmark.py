@@ -82,3 +82,25 @@ def test_cpu_peak_estimate_reads_clock_and_vector_units(tmp_path):
     info.write_text('cpu MHz : 3000.0\nflags : avx512f avx2 fma\n')
     assert cpu_peak_gflops(str(info), cores=1) == pytest.approx(3.0 * 64)
     assert cpu_peak_gflops(str(tmp_path / 'missing')) is None
+
+
+@pytest.mark.slow
+def test_threads_compare_runs_child_processes_with_and_without_thread_setting(capsys, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')
+    assert main(['--models', 'cifar_resnet8_v1', '--attentions', 'none', '--batches', '2',
+                 '--images', '96', '--batch-size', '32', '--workers', '1', '--no-original',
+                 '--epoch-images', '64', '--epoch-rounds', '1', '--threads-compare']) == 0
+    text = capsys.readouterr().out
+    assert 'threads: cifar_resnet8_v1 vanilla at MXNet default threads' in text
+    assert 'whole epoch against the original script as it ran (cifar_resnet8_v1 vanilla' in text
+
+
+def test_epoch_child_times_one_kind_only(tmp_path, monkeypatch):
+    import json
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')
+    out = tmp_path / 'seconds.json'
+    assert main(['--models', 'cifar_resnet8_v1', '--images', '64', '--batch-size', '32',
+                 '--workers', '0', '--epoch-images', '64', '--epoch-rounds', '2',
+                 '--epoch-child', 'original', '--json', str(out)]) == 0
+    assert json.loads(out.read_text()) > 0     # the median of two timed epochs
