@@ -244,7 +244,7 @@ def trial_epoch_fn(spec, train, test, ctx):
 
     def epoch():
         plan = epoch_plan(rng, train_images.count, spec.recipe.batch_size)
-        trained = train_epoch(net, trainer, loss_fn, train_images, plan, [ctx], epoch=0)
+        trained = train_epoch(net, trainer, loss_fn, train_images, plan, [ctx], 0, spec.recipe)
         return trained, evaluate(net, loss_fn, test_images, [ctx], spec.recipe.batch_size)
     return epoch
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from .recipe import Recipe, TrialSpec
 
@@ -110,6 +111,15 @@ class SweepConfig(_Strict):
     def _unique_seeds(cls, seeds):
         return _unique(seeds, 'seed')
 
+    @model_validator(mode='after')
+    def _mixed_precision_needs_gpus(self):
+        precisions = [self.recipe.precision] + [o.recipe.get('precision') for o in self.overrides]
+        if 'amp_float16' in precisions and not self.resources.gpus_per_trial:
+            raise ValueError(
+                'recipe precision amp_float16 runs on GPUs only (MXNet has no float16 AMP '
+                'for CPUs): set resources.gpus_per_trial, or use precision float32')
+        return self
+
 
 def _registered(names, lookup, what):
     """`names` if `lookup` knows each (its KeyError lists the valid names) and none repeats."""
@@ -154,6 +164,8 @@ def _describe_error(error, source):
     if kind == 'missing':
         return f'{source}: {where}: required key is missing'
     message = error['msg'].removeprefix('Value error, ')
+    if not loc:                         # a check across keys: the whole file is its input
+        return f'{source}: {message}'
     found = error.get('input')
     return f'{source}: {where}: {message} (found {found!r})'
 

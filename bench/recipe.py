@@ -7,6 +7,12 @@ The recipe's defaults are the original table's: batch 128, 186 epochs, Adam at
 from dataclasses import asdict, dataclass, field, fields
 
 OPTIMIZERS = ('adam', 'sgd', 'nag')
+# float32, or MXNet's automatic mixed precision (float16 where safe, float32 master
+# weights, dynamic loss scaling); AMP float16 has GPU kernels only.
+PRECISIONS = ('float32', 'amp_float16')
+# Options added after results were first stored: at their default they stay out of
+# to_dict, so the trial ids and checkpoints of earlier sweeps remain valid.
+LATER_OPTIONS = {'precision': 'float32'}
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,7 @@ class Recipe:
     random_crop: bool = True          # 4-pixel zero padding, random 32x32 window
     random_flip: bool = True
     hybridize: bool = True            # static_alloc + static_shape
+    precision: str = 'float32'        # float32 | amp_float16 (GPUs only)
 
     def __post_init__(self):
         object.__setattr__(self, 'lr_decay_epochs', tuple(int(e) for e in self.lr_decay_epochs))
@@ -29,6 +36,9 @@ class Recipe:
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                             f"got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, "
+                            f"got {self.precision!r}")
         for name in ('epochs', 'batch_size'):
             if int(getattr(self, name)) < 1:
                 problems.append(f'{name} must be at least 1, got {getattr(self, name)}')
@@ -46,6 +56,9 @@ class Recipe:
     def to_dict(self):
         out = asdict(self)
         out['lr_decay_epochs'] = list(self.lr_decay_epochs)
+        for name, default in LATER_OPTIONS.items():
+            if out[name] == default:
+                del out[name]
         return out
 
     @classmethod

@@ -248,6 +248,9 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
             [trial_config(p, store, resources) for p in to_train])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=resources.max_concurrent_trials,
+            # A fresh process per trial: MXNet fixes its threads at import and AMP
+            # rewrites its operators for the whole process.
+            reuse_actors=False,
             trial_name_creator=lambda t: t.config['trial']['name'],
             trial_dirname_creator=lambda t: f"{t.config['trial']['name']}-"
                                             f"{t.config['trial']['trial_id']}"),

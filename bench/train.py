@@ -10,7 +10,7 @@ import sys
 
 from .data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from .fileio import write_json_atomic
-from .recipe import OPTIMIZERS, Recipe, TrialSpec
+from .recipe import OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
 from .threads import use_cpus
 
 
@@ -34,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument('--no-random-crop', action='store_true')
     parser.add_argument('--no-random-flip', action='store_true')
     parser.add_argument('--mode', choices=('hybrid', 'imperative'), default='hybrid')
+    parser.add_argument('--precision', choices=PRECISIONS, default=defaults.precision,
+                        help='amp_float16: MXNet AMP mixed precision (GPUs only)')
     parser.add_argument('--num-gpus', type=int, default=None,
                         help='GPUs to split each batch over (default: all visible; 0: CPU)')
     data = parser.add_mutually_exclusive_group()
@@ -55,7 +57,7 @@ def spec_from_args(args):
                     optimizer=args.optimizer, lr=args.lr, lr_decay=args.lr_decay,
                     lr_decay_epochs=decay_epochs, momentum=args.momentum, wd=args.wd,
                     random_crop=not args.no_random_crop, random_flip=not args.no_random_flip,
-                    hybridize=args.mode == 'hybrid')
+                    hybridize=args.mode == 'hybrid', precision=args.precision)
     return TrialSpec(model=args.model, attention=args.attention, seed=args.seed, recipe=recipe)
 
 
@@ -80,9 +82,13 @@ def main(argv=None):
     from tqdm import tqdm
 
     from .devices import describe, trial_contexts
-    from .trainer import TrainingDiverged, train
+    from .trainer import TrainingDiverged, check_precision, train
 
     contexts = trial_contexts(args.num_gpus)
+    try:
+        check_precision(spec.recipe, contexts)
+    except ValueError as error:
+        parser.exit(2, f'error: {error}\n')
     print(f'{spec.name} on {describe(contexts)}, data: {data.identity.label} '
           f'({data.identity.train_images} train / {data.identity.test_images} test images)')
     bar = None if args.quiet else tqdm(unit='batch', leave=False, dynamic_ncols=True)

@@ -38,8 +38,27 @@ def make_loss():
     return gluon.loss.SoftmaxCrossEntropyLoss()
 
 
+def check_precision(recipe, contexts):
+    """Refuse mixed precision off the GPU before anything is built."""
+    if recipe.precision == 'amp_float16' and any(c.device_type != 'gpu' for c in contexts):
+        raise ValueError(
+            f"precision amp_float16 needs GPUs, but this trial runs on "
+            f"{', '.join(str(c) for c in contexts)}: MXNet's float16 AMP has no CPU kernels. "
+            f"Use precision float32, or give the trial a GPU (gpus_per_trial).")
+
+
+def _amp():
+    from mxnet.contrib import amp
+    return amp
+
+
 def build_network(spec, contexts, classes=10):
     """The spec's network, Xavier-initialised from the spec's seed, on `contexts`."""
+    check_precision(spec.recipe, contexts)
+    if spec.recipe.precision == 'amp_float16':
+        # AMP rewrites MXNet's operators for the whole process, so it must come before
+        # the network is built (Ray gives every trial a fresh process: reuse_actors=False).
+        _amp().init(target_dtype='float16')
     mx.random.seed(spec.seed)
     net = get_model(spec.model, spec.attention, classes=classes,
                     attention_kwargs=spec.attention_kwargs)
@@ -55,8 +74,19 @@ def make_trainer(net, recipe):
         options['momentum'] = recipe.momentum
     # update_on_kvstore=False keeps the optimizer in the Trainer, so save_states
     # stores its state (Adam's moments and step counts) for an exact resume.
-    return gluon.Trainer(net.collect_params(), recipe.optimizer, options,
-                         update_on_kvstore=False)
+    trainer = gluon.Trainer(net.collect_params(), recipe.optimizer, options,
+                            update_on_kvstore=False)
+    if recipe.precision == 'amp_float16':
+        _amp().init_trainer(trainer)   # dynamic loss scaling; steps that overflow are skipped
+    return trainer
+
+
+def backward(losses, trainer, recipe):
+    if recipe.precision == 'amp_float16':
+        with _amp().scale_loss(losses, trainer) as scaled:
+            autograd.backward(scaled)
+    else:
+        autograd.backward(losses)
 
 
 def _sum_on_devices(parts):
@@ -67,7 +97,7 @@ def _sum_on_devices(parts):
     return total
 
 
-def train_epoch(net, trainer, loss_fn, images, plan, contexts, epoch, on_batch=None):
+def train_epoch(net, trainer, loss_fn, images, plan, contexts, epoch, recipe, on_batch=None):
     """One pass over `plan`; returns (mean loss, accuracy, images seen)."""
     loss_sums, correct_sums = [], []
     seen = checked = 0
@@ -78,7 +108,7 @@ def train_epoch(net, trainer, loss_fn, images, plan, contexts, epoch, on_batch=N
         with autograd.record():
             outputs = [net(part) for part in xs]
             losses = [loss_fn(out, label) for out, label in zip(outputs, ys)]
-        autograd.backward(losses)
+        backward(losses, trainer, recipe)
         trainer.step(len(indices))
         loss_sums.append(_sum_on_devices([loss.sum() for loss in losses]))
         correct_sums.append(_sum_on_devices(
@@ -159,7 +189,7 @@ def train(spec, data, checkpoint_dir=None, resume_from=None, contexts=None,
         plan = epoch_plan(rng, train_images.count, recipe.batch_size,
                           random_crop=recipe.random_crop, random_flip=recipe.random_flip)
         train_loss, train_acc, seen = train_epoch(net, trainer, loss_fn, train_images, plan,
-                                                  contexts, epoch, on_batch)
+                                                  contexts, epoch, recipe, on_batch)
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = evaluate(net, loss_fn, test_images, contexts, recipe.batch_size)
         if not math.isfinite(val_loss):

@@ -118,3 +118,23 @@ def test_only_selects_a_subset():
     assert [s.attention for s in specs if matches_only(s, selected)] == ['se', 'eca']
     with pytest.raises(ConfigError, match='key=value'):
         parse_only('eca')
+
+
+def test_mixed_precision_needs_gpus_and_later_options_keep_old_ids():
+    message = errors_of({**BASE, 'recipe': {'precision': 'amp_float16'}})
+    assert message == ('my.yaml: recipe precision amp_float16 runs on GPUs only (MXNet has no '
+                       'float16 AMP for CPUs): set resources.gpus_per_trial, or use precision '
+                       'float32')
+    assert 'runs on GPUs only' in errors_of(
+        {**BASE, 'overrides': [{'match': {'attention': 'se'},
+                                'recipe': {'precision': 'amp_float16'}}]})
+    config = parse_config({**BASE, 'recipe': {'precision': 'amp_float16'},
+                           'resources': {'gpus_per_trial': 0.5}})
+    amp_spec, = [s for s in expand(config) if s.attention == 'none']
+    assert amp_spec.recipe.precision == 'amp_float16'
+    # Added after results were first stored: at its default it stays out of the record,
+    # so the id of the original recipe's trials is the one computed before it existed.
+    default_spec, = [s for s in expand(parse_config(BASE)) if s.attention == 'none']
+    assert 'precision' not in default_spec.recipe.to_dict()
+    assert trial_id(default_spec, IDENTITY) == '317fc18892e7'
+    assert trial_id(amp_spec, IDENTITY) != trial_id(default_spec, IDENTITY)

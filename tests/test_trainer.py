@@ -210,3 +210,22 @@ def test_a_small_real_data_set_is_learned(tmp_path):
     history = train(spec, data)
     assert history[-1]['val_acc'] > 0.6
     assert history[-1]['train_loss'] < history[0]['train_loss']
+
+
+def test_mixed_precision_is_a_recipe_option_refused_off_the_gpu(tiny_cifar_root, capsys):
+    from bench.trainer import check_precision
+    with pytest.raises(ValueError, match='precision must be one of float32, amp_float16'):
+        Recipe(precision='bfloat16')
+    amp = Recipe(precision='amp_float16')
+    assert Recipe.from_dict(amp.to_dict()) == amp
+    check_precision(amp, [mx.gpu(0)])               # accepted where it can run
+    with pytest.raises(ValueError, match='amp_float16 needs GPUs, but this trial runs on cpu'):
+        check_precision(amp, [mx.cpu()])
+    data = load_cifar10(tiny_cifar_root, download=False)
+    with pytest.raises(ValueError, match='Use precision float32'):
+        train(tiny_spec(precision='amp_float16'), data, contexts=[mx.cpu()])
+    with pytest.raises(SystemExit) as exit_code:
+        train_main(['--model', 'cifar_resnet8_v1', '--data-root', str(tiny_cifar_root),
+                    '--precision', 'amp_float16', '--num-gpus', '0', '--quiet'])
+    assert exit_code.value.code == 2
+    assert 'amp_float16 needs GPUs' in capsys.readouterr().err
