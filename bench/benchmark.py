@@ -5,9 +5,15 @@ For each model x attention on the current device it prints:
 - trial:    images/s of the whole training step (data + forward + backward + update);
 - original: images/s of the same model trained through a Gluon DataLoader with
             per-image transforms in worker processes, as the original script did;
-- ratios:   data / trial (headroom of the pipeline) and trial / original.
-All are measured in this one process on the same data; the training rates in
-alternating rounds (medians), so that a slow spell of the machine hits all alike.
+- ratios:   data / trial (headroom of the pipeline), trial / original, and each
+            attention's speed as a share of the vanilla network's;
+- epochs:   seconds of a whole epoch (training pass and evaluation) of a trial
+            against the original script's loop.
+All are measured in this one process on the same data, the training rates in
+alternating rounds, each ratio the median of per-round ratios, so that a slow
+spell of the machine hits all alike. --kernels-compare adds the attentions
+built with MXNet's operators instead of the fused kernels; --threads-compare
+adds child processes at MXNet's default thread count.
 """
 import argparse
 import contextlib
@@ -250,8 +256,9 @@ def trial_epoch_fn(spec, train, test, ctx):
 
 
 def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'original')):
-    """Median seconds of a whole epoch (training pass and evaluation), the trial's against
-    the original script's, timed in alternating rounds after one untimed warm-up epoch each."""
+    """Seconds of whole epochs (training pass and evaluation), the trial's against the
+    original script's, timed in alternating rounds after one untimed warm-up epoch each.
+    Returns {kind: [seconds in round 1, round 2, ...]}."""
     makers = {'trial': lambda: trial_epoch_fn(spec, train, test, ctx),
               'original': lambda: original_epoch_fn(spec, train, test, ctx, workers)}
     epochs = {kind: makers[kind]() for kind in kinds}
@@ -263,7 +270,7 @@ def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'orig
             started = time.perf_counter()
             epoch()
             seconds[name].append(time.perf_counter() - started)
-    return {name: statistics.median(s) for name, s in seconds.items()}
+    return seconds
 
 
 # A training step costs about three forward passes (forward, and a backward that
@@ -340,8 +347,9 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
             test = synthetic_images(max(1, epoch_images // 5), seed=1)
             seconds = epoch_seconds(spec, train, test, ctx, workers, epoch_rounds)
             row.update(epoch_train_images=len(train[0]), epoch_test_images=len(test[0]),
-                       trial_epoch_s=seconds['trial'], original_epoch_s=seconds['original'],
-                       epoch_speedup=seconds['original'] / seconds['trial'])
+                       trial_epoch_s=statistics.median(seconds['trial']),
+                       original_epoch_s=statistics.median(seconds['original']),
+                       epoch_speedup=median_ratio(seconds['original'], seconds['trial']))
         rows.append(row)
     return rows
 
@@ -365,7 +373,7 @@ def format_rows(rows):
     if epochs:
         lines += ['', f"whole epoch ({epochs[0]['epoch_train_images']} training + "
                       f"{epochs[0]['epoch_test_images']} test images; training pass and evaluation, "
-                      f"median seconds):",
+                      f"median seconds; speed-up: median of per-round ratios):",
                   f"{'model':<20} {'attention':<9} {'trial s':>8} {'original s':>11} {'speed-up':>9}"]
         lines += [f"{row['model']:<20} {row['attention']:<9} {row['trial_epoch_s']:>8.2f} "
                   f"{row['original_epoch_s']:>11.2f} {row['epoch_speedup']:>8.2f}x"
@@ -477,7 +485,7 @@ def _epoch_child(args, ctx, images, labels):
     seconds = epoch_seconds(spec, (images[:count], labels[:count]),
                             synthetic_images(max(1, count // 5), seed=1), ctx, args.workers,
                             args.epoch_rounds, kinds=(args.epoch_child,))
-    write_json_atomic(args.json, seconds[args.epoch_child])
+    write_json_atomic(args.json, statistics.median(seconds[args.epoch_child]))
     return 0
 
 

@@ -32,8 +32,7 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
         assert row['trial_over_original'] > 0      # a median of per-round ratios
         assert row['gflop_s'] > 0
         assert row['trial_epoch_s'] > 0 and row['original_epoch_s'] > 0
-        assert row['epoch_speedup'] == pytest.approx(
-            row['original_epoch_s'] / row['trial_epoch_s'])
+        assert row['epoch_speedup'] > 0            # a median of per-round ratios
 
 
 def test_table_formatting_and_summary():

@@ -80,25 +80,42 @@ Rows rows_of(const MXTensor& full, const MXTensor& per_channel) {
   return {count, count ? full.size() / count : 0};
 }
 
+// out[r] = (sum over i of term(x[r, i])) / divisor
+template <typename Term>
+void reduce_rows(const float* x, float* out, Rows rows, float divisor, Term term) {
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows.count; ++r) {
+    const float* x_row = x + r * rows.length;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < rows.length; ++i) sum += term(x_row[i]);
+    out[r] = sum / divisor;
+  }
+}
+
+// out[r, i] = element(x[r, i], per_row[r])
+template <typename Element>
+void map_rows(const float* x, const float* per_row, float* out, Rows rows, Element element) {
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows.count; ++r) {
+    const float value = per_row[r];
+    const float* x_row = x + r * rows.length;
+    float* out_row = out + r * rows.length;
+#pragma omp simd
+    for (int64_t i = 0; i < rows.length; ++i) out_row[i] = element(x_row[i], value);
+  }
+}
+
 // y[r, :] = x[r, :] * weights[r]
 MXReturnValue scale_forward(const Attributes&, std::vector<MXTensor>* in,
                             std::vector<MXTensor>* out, const OpResource&) {
-  const float* x = in->at(0).data<float>();
-  const float* weights = in->at(1).data<float>();
-  float* y = out->at(0).data<float>();
-  const Rows rows = rows_of(in->at(0), in->at(1));
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float w = weights[r];
-    const float* x_row = x + r * rows.length;
-    float* y_row = y + r * rows.length;
-#pragma omp simd
-    for (int64_t i = 0; i < rows.length; ++i) y_row[i] = x_row[i] * w;
-  }
+  map_rows(in->at(0).data<float>(), in->at(1).data<float>(), out->at(0).data<float>(),
+           rows_of(in->at(0), in->at(1)), [](float x, float w) { return x * w; });
   return MX_SUCCESS;
 }
 
-// inputs: dy, x, weights (then y); outputs: dx = dy * w, dweights[r] = <dy[r, :], x[r, :]>
+// inputs: dy, x, weights (then y); outputs: dx = dy * w, dweights[r] = <dy[r, :], x[r, :]>.
+// One pass for both gradients: that is the point of fusing.
 MXReturnValue scale_backward(const Attributes&, std::vector<MXTensor>* in,
                              std::vector<MXTensor>* out, const OpResource&) {
   const float* dy = in->at(0).data<float>();
@@ -127,17 +144,9 @@ MXReturnValue scale_backward(const Attributes&, std::vector<MXTensor>* in,
 // means[r] = mean of x[r, :]
 MXReturnValue mean_forward(const Attributes&, std::vector<MXTensor>* in,
                            std::vector<MXTensor>* out, const OpResource&) {
-  const float* x = in->at(0).data<float>();
-  float* means = out->at(0).data<float>();
   const Rows rows = rows_of(in->at(0), out->at(0));
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float* x_row = x + r * rows.length;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < rows.length; ++i) sum += x_row[i];
-    means[r] = sum / static_cast<float>(rows.length);
-  }
+  reduce_rows(in->at(0).data<float>(), out->at(0).data<float>(), rows,
+              static_cast<float>(rows.length), [](float x) { return x; });
   return MX_SUCCESS;
 }
 
@@ -160,35 +169,16 @@ MXReturnValue mean_backward(const Attributes&, std::vector<MXTensor>* in,
 // sums[r] = sum of x[r, :]^2
 MXReturnValue sum_of_squares_forward(const Attributes&, std::vector<MXTensor>* in,
                                      std::vector<MXTensor>* out, const OpResource&) {
-  const float* x = in->at(0).data<float>();
-  float* sums = out->at(0).data<float>();
-  const Rows rows = rows_of(in->at(0), out->at(0));
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float* x_row = x + r * rows.length;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < rows.length; ++i) sum += x_row[i] * x_row[i];
-    sums[r] = sum;
-  }
+  reduce_rows(in->at(0).data<float>(), out->at(0).data<float>(),
+              rows_of(in->at(0), out->at(0)), 1.f, [](float x) { return x * x; });
   return MX_SUCCESS;
 }
 
 // inputs: dsums, x (then sums); outputs: dx = 2 * dsums[r] * x
 MXReturnValue sum_of_squares_backward(const Attributes&, std::vector<MXTensor>* in,
                                       std::vector<MXTensor>* out, const OpResource&) {
-  const float* dsums = in->at(0).data<float>();
-  const float* x = in->at(1).data<float>();
-  float* dx = out->at(0).data<float>();
-  const Rows rows = rows_of(in->at(1), in->at(0));
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float twice = 2.f * dsums[r];
-    const float* x_row = x + r * rows.length;
-    float* dx_row = dx + r * rows.length;
-#pragma omp simd
-    for (int64_t i = 0; i < rows.length; ++i) dx_row[i] = twice * x_row[i];
-  }
+  map_rows(in->at(1).data<float>(), in->at(0).data<float>(), out->at(0).data<float>(),
+           rows_of(in->at(1), in->at(0)), [](float x, float g) { return 2.f * g * x; });
   return MX_SUCCESS;
 }
 
