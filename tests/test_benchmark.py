@@ -103,3 +103,21 @@ def test_epoch_child_times_one_kind_only(tmp_path, monkeypatch):
                  '--workers', '0', '--epoch-images', '64', '--epoch-rounds', '2',
                  '--epoch-child', 'original', '--json', str(out)]) == 0
     assert json.loads(out.read_text()) > 0     # the median of two timed epochs
+
+
+def test_background_work_is_settled_inside_its_own_rounds():
+    from bench.benchmark import interleaved_rates
+    calls = []
+
+    def plain():
+        calls.append('plain')
+
+    def loader():
+        calls.append('loader')
+    loader.settle = lambda: calls.append('settle')
+    rates = interleaved_rates({'a': plain, 'b': loader}, batch_size=1, rounds=2,
+                              batches_per_round=2, warmup=1)
+    assert calls == ['plain', 'loader', 'settle',                      # warm-up
+                     'plain', 'plain', 'loader', 'loader', 'settle',   # round 1
+                     'plain', 'plain', 'loader', 'loader', 'settle']   # round 2
+    assert [len(r) for r in rates.values()] == [2, 2]
