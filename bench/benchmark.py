@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from .recipe import PRECISIONS
 from .threads import use_cpus
 
 
@@ -300,7 +301,8 @@ def cpu_peak_gflops(cpuinfo='/proc/cpuinfo', cores=None):
 
 
 def benchmark(models, attentions, images, labels, ctx, batch_size, batches, workers,
-              baseline=True, rounds=5, epoch_images=0, epoch_rounds=2, kernels_compare=False):
+              baseline=True, rounds=5, epoch_images=0, epoch_rounds=2, kernels_compare=False,
+              precision='float32'):
     """One row of numbers per model x attention; every training rate from one interleaved run.
 
     With a baseline and epoch_images > 0, each row also times whole epochs (a training
@@ -311,7 +313,8 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
     from models import model_stats
 
     from .recipe import Recipe, TrialSpec
-    specs = {(m, a): TrialSpec(m, a, seed=0, recipe=Recipe(batch_size=batch_size))
+    recipe = Recipe(batch_size=batch_size, precision=precision)
+    specs = {(m, a): TrialSpec(m, a, seed=0, recipe=recipe)
              for m in models for a in attentions}
     steppers = {}
     for key, spec in specs.items():
@@ -412,13 +415,22 @@ def main(argv=None):
     parser.add_argument('--kernels-compare', action='store_true',
                         help="also train each attention with MXNet's operators instead of "
                              'the fused CPU kernels, to show what they gain')
+    parser.add_argument('--precision', choices=PRECISIONS, default='float32',
+                        help="amp_float16: MXNet AMP (GPUs only). AMP changes MXNet's "
+                             'operators for the whole process: compare precisions in two runs')
     parser.add_argument('--json', default=None, help='write the rows as JSON here')
     # A child process of --threads-compare: time whole epochs of one kind only.
     parser.add_argument('--epoch-child', choices=('trial', 'original'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     from .devices import describe, trial_contexts
+    from .recipe import Recipe
+    from .trainer import check_precision
     ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None else None)[0]
+    try:
+        check_precision(Recipe(precision=args.precision), [ctx])
+    except ValueError as error:
+        parser.exit(2, f'error: {error}\n')
     images, labels = synthetic_images(args.images)
     if args.epoch_child:
         return _epoch_child(args, ctx, images, labels)
@@ -428,7 +440,8 @@ def main(argv=None):
     rows = benchmark(args.models, args.attentions, images, labels, ctx, args.batch_size,
                      args.batches, args.workers, baseline=not args.no_original,
                      rounds=args.rounds, epoch_images=min(args.epoch_images, args.images),
-                     epoch_rounds=args.epoch_rounds, kernels_compare=args.kernels_compare)
+                     epoch_rounds=args.epoch_rounds, kernels_compare=args.kernels_compare,
+                     precision=args.precision)
     print(format_rows(rows), flush=True)
     print(attention_overhead_summary(rows))
     print(kernel_summary(rows))

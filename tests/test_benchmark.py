@@ -121,3 +121,11 @@ def test_background_work_is_settled_inside_its_own_rounds():
                      'plain', 'plain', 'loader', 'loader', 'settle',   # round 1
                      'plain', 'plain', 'loader', 'loader', 'settle']   # round 2
     assert [len(r) for r in rates.values()] == [2, 2]
+
+
+def test_mixed_precision_benchmark_is_refused_on_the_cpu(capsys, monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')
+    with pytest.raises(SystemExit) as exit_code:
+        main(['--precision', 'amp_float16', '--num-gpus', '0'])
+    assert exit_code.value.code == 2
+    assert 'amp_float16 needs GPUs' in capsys.readouterr().err
