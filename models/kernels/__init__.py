@@ -116,7 +116,7 @@ def _load():
         warnings.warn(
             f'fused channel-attention kernels unavailable ({error}); the attentions use '
             f"MXNet's operators instead: same results, slower on the CPU. Install a C++ "
-            f'compiler to get them, or set {FUSED_ENV}=0 to silence this.', stacklevel=3)
+            f'compiler to get them, or set {FUSED_ENV}=0 to silence this.', stacklevel=5)   # the module whose graph asked for them
         return False, str(error)
     return True, str(path)
 
