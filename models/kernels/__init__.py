@@ -113,10 +113,11 @@ def _load():
         import mxnet as mx
         mx.library.load(str(path), verbose=False)
     except Exception as error:     # any failure leaves MXNet's own operators, which always work
+        # stacklevel 5: the attention module whose graph asked for the kernels.
         warnings.warn(
             f'fused channel-attention kernels unavailable ({error}); the attentions use '
             f"MXNet's operators instead: same results, slower on the CPU. Install a C++ "
-            f'compiler to get them, or set {FUSED_ENV}=0 to silence this.', stacklevel=5)   # the module whose graph asked for them
+            f'compiler to get them, or set {FUSED_ENV}=0 to silence this.', stacklevel=5)
         return False, str(error)
     return True, str(path)
 
