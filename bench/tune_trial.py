@@ -44,7 +44,8 @@ def run_trial(param_space, data=None):
         node_id = ray.get_runtime_context().get_node_id()
 
         def report(metrics, checkpoint_path):
-            tune.report(dict(metrics, node_id=node_id, omp_threads=threads, pid=os.getpid()),
+            tune.report(dict(metrics, node_id=node_id, omp_threads=threads, pid=os.getpid(),
+                             kernels=kernels_used(contexts)),
                         checkpoint=tune.Checkpoint.from_directory(str(checkpoint_path)))
         try:
             train(spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
@@ -53,6 +54,13 @@ def run_trial(param_space, data=None):
             # Deterministic: retrying would diverge again, so it is reported as a
             # result (stored as the trial's error) rather than raised to Tune.
             tune.report({DIVERGED_KEY: str(error), 'epoch': error.epoch + 1})
+
+
+def kernels_used(contexts):
+    """Which implementation of the attentions' pooling and gating ran: it sets their speed."""
+    from models.kernels import fused_kernels_available
+    on_cpu = all(ctx.device_type != 'gpu' for ctx in contexts)
+    return 'fused' if on_cpu and fused_kernels_available() else 'mxnet'
 
 
 def newest_checkpoint(folders):
@@ -93,7 +101,8 @@ class StoreCallback(tune.Callback):
             self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
-        self.placement[trial_id] = (result.get('node_id'), result.get('omp_threads'))
+        self.placement[trial_id] = (result.get('node_id'), result.get('omp_threads'),
+                                    result.get('kernels'))
         self.epoch_seconds.append(result['epoch_seconds'])
         self.progress(
             f"{planned.name} epoch {result['epoch']}/{planned.spec.recipe.epochs}: "
@@ -133,10 +142,10 @@ class StoreCallback(tune.Callback):
                                    f'{planned.spec.recipe.epochs} epochs', len(history))
             return
         final = dict(history[-1])
-        node_id, threads = self.placement.get(trial_id, (None, None))
+        node_id, threads, kernels = self.placement.get(trial_id, (None, None, None))
         final.update(epochs=len(history), total_seconds=sum(r['epoch_seconds'] for r in history),
                      finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-                     node_id=node_id, omp_threads=threads)
+                     node_id=node_id, omp_threads=threads, kernels=kernels)
         self.store.write_final(trial_id, final)
         self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
 
