@@ -16,6 +16,8 @@ from .recipe import TrialSpec
 from .sweep import print_line
 
 DIVERGED_KEY = 'diverged'
+# What each trial reports about where and how it ran; kept in its final record.
+PLACEMENT_KEYS = ('node_id', 'omp_threads', 'kernels')
 
 
 def run_trial(param_space, data=None):
@@ -58,9 +60,8 @@ def run_trial(param_space, data=None):
 
 def kernels_used(contexts):
     """Which implementation of the attentions' pooling and gating ran: it sets their speed."""
-    from models.kernels import fused_kernels_available
-    on_cpu = all(ctx.device_type != 'gpu' for ctx in contexts)
-    return 'fused' if on_cpu and fused_kernels_available() else 'mxnet'
+    from models.kernels import fused_kernels_for
+    return 'fused' if fused_kernels_for(ctx.device_type for ctx in contexts) else 'mxnet'
 
 
 def newest_checkpoint(folders):
@@ -86,7 +87,7 @@ class StoreCallback(tune.Callback):
         self.diverged = set()
         self.epoch_seconds = []
         self.finished = set()
-        self.placement = {}   # trial id -> (Ray node id, OpenMP threads) it ran with
+        self.placement = {}   # trial id -> {PLACEMENT_KEYS: what it reported}
 
     def _trial_id(self, trial):
         return trial.config['trial']['trial_id']
@@ -101,8 +102,7 @@ class StoreCallback(tune.Callback):
             self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
-        self.placement[trial_id] = (result.get('node_id'), result.get('omp_threads'),
-                                    result.get('kernels'))
+        self.placement[trial_id] = {key: result.get(key) for key in PLACEMENT_KEYS}
         self.epoch_seconds.append(result['epoch_seconds'])
         self.progress(
             f"{planned.name} epoch {result['epoch']}/{planned.spec.recipe.epochs}: "
@@ -142,10 +142,9 @@ class StoreCallback(tune.Callback):
                                    f'{planned.spec.recipe.epochs} epochs', len(history))
             return
         final = dict(history[-1])
-        node_id, threads, kernels = self.placement.get(trial_id, (None, None, None))
         final.update(epochs=len(history), total_seconds=sum(r['epoch_seconds'] for r in history),
                      finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-                     node_id=node_id, omp_threads=threads, kernels=kernels)
+                     **self.placement.get(trial_id, dict.fromkeys(PLACEMENT_KEYS)))
         self.store.write_final(trial_id, final)
         self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
 

@@ -147,17 +147,20 @@ def mxnet_operators_only():
         _switched_off.active = before
 
 
-def use_fused_kernels(block):
-    """Whether `block`'s graph should call the fused kernels: they are loaded, and
-    the block's parameters live on the CPU only (the kernels have no GPU code).
+def fused_kernels_for(device_types):
+    """Whether graphs on these device types ('cpu', 'gpu', ...) call the fused kernels:
+    they are loaded, and none of the devices is a GPU (the kernels have no GPU code).
+    No device at all gets MXNet's operators, which run anywhere."""
+    device_types = set(device_types)
+    return bool(device_types) and 'gpu' not in device_types and fused_kernels_available()
 
-    A block none of whose parameters has a device yet gets MXNet's operators,
-    which run anywhere.
-    """
+
+def use_fused_kernels(block):
+    """Whether `block`'s graph should call the fused kernels, from where its parameters live."""
     devices = set()
     for param in block.collect_params().values():
         try:
             devices.update(ctx.device_type for ctx in param.list_ctx())
         except RuntimeError:           # not initialised: no device chosen yet
             continue
-    return bool(devices) and 'gpu' not in devices and fused_kernels_available()
+    return fused_kernels_for(devices)
