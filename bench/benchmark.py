@@ -263,15 +263,16 @@ def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'orig
     makers = {'trial': lambda: trial_epoch_fn(spec, train, test, ctx),
               'original': lambda: original_epoch_fn(spec, train, test, ctx, workers)}
     epochs = {kind: makers[kind]() for kind in kinds}
-    for epoch in epochs.values():
-        epoch()
-    seconds = {name: [] for name in epochs}
-    for _ in range(rounds):
-        for name, epoch in epochs.items():
-            started = time.perf_counter()
-            epoch()
-            seconds[name].append(time.perf_counter() - started)
-    return seconds
+    # Timed as steppers of one "image" a call, their rates are epochs per second.
+    rates = interleaved_rates(epochs, batch_size=1, rounds=rounds, batches_per_round=1,
+                              warmup=1)
+    return {kind: [1.0 / rate for rate in per_round] for kind, per_round in rates.items()}
+
+
+def epoch_data(images, labels, count):
+    """The whole-epoch comparison's (train, test) sets: `count` of the training images, and
+    a fifth as many other images for evaluation (CIFAR-10's 50000 : 10000)."""
+    return (images[:count], labels[:count]), synthetic_images(max(1, count // 5), seed=1)
 
 
 # A training step costs about three forward passes (forward, and a backward that
@@ -346,8 +347,7 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
             row['original_img_s'] = statistics.median(original_rates)
             row['trial_over_original'] = median_ratio(trial_rates, original_rates)
         if baseline and epoch_images:
-            train = (images[:epoch_images], labels[:epoch_images])
-            test = synthetic_images(max(1, epoch_images // 5), seed=1)
+            train, test = epoch_data(images, labels, epoch_images)
             seconds = epoch_seconds(spec, train, test, ctx, workers, epoch_rounds)
             row.update(epoch_train_images=len(train[0]), epoch_test_images=len(test[0]),
                        trial_epoch_s=statistics.median(seconds['trial']),
@@ -494,10 +494,9 @@ def _epoch_child(args, ctx, images, labels):
     from .fileio import write_json_atomic
     from .recipe import Recipe, TrialSpec
     spec = TrialSpec(args.models[0], 'none', seed=0, recipe=Recipe(batch_size=args.batch_size))
-    count = min(args.epoch_images, args.images)
-    seconds = epoch_seconds(spec, (images[:count], labels[:count]),
-                            synthetic_images(max(1, count // 5), seed=1), ctx, args.workers,
-                            args.epoch_rounds, kinds=(args.epoch_child,))
+    train, test = epoch_data(images, labels, min(args.epoch_images, args.images))
+    seconds = epoch_seconds(spec, train, test, ctx, args.workers, args.epoch_rounds,
+                            kinds=(args.epoch_child,))
     write_json_atomic(args.json, statistics.median(seconds[args.epoch_child]))
     return 0
 

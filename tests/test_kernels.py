@@ -99,10 +99,10 @@ def _train_step_outputs(model, attention):
 
 @pytest.mark.parametrize('attention', [a for a in ATTENTIONS if a != 'none'])
 @pytest.mark.parametrize('model', ['cifar_resnet20_v1', 'cifar_resnet20_v2'])
-def test_fused_network_trains_like_the_mxnet_operator_network(model, attention, monkeypatch):
+def test_fused_network_trains_like_the_mxnet_operator_network(model, attention):
     fused_out, fused_grads = _train_step_outputs(model, attention)
-    monkeypatch.setattr(kernels, '_status', (False, 'turned off by the test'))
-    plain_out, plain_grads = _train_step_outputs(model, attention)
+    with kernels.mxnet_operators_only():
+        plain_out, plain_grads = _train_step_outputs(model, attention)
     np.testing.assert_allclose(fused_out, plain_out, rtol=1e-4, atol=1e-5)
     assert fused_grads.keys() == plain_grads.keys()
     for name in fused_grads:
