@@ -13,10 +13,11 @@ from .cuda_runtime import preload_cuda_libraries
 preload_cuda_libraries()
 
 _EXPORTS = {
-    'ATTENTIONS': '.attention', 'UnknownNameError': '.attention',
+    'ATTENTIONS': '.attention', 'UnknownNameError': '.names',
     'create_attention': '.attention', 'get_attention': '.attention',
-    'MODELS': '.cifar_resnet', 'get_model': '.cifar_resnet',
-    'parse_model_name': '.cifar_resnet',
+    'MODELS': '.names', 'get_model': '.cifar_resnet',
+    'NETWORK_REVISIONS': '.names', 'network_revision': '.names',
+    'parse_model_name': '.names',
     'ModelStats': '.stats', 'count_macs': '.stats', 'count_parameters': '.stats',
     'model_stats': '.stats', 'stats_table': '.stats',
 }

@@ -4,24 +4,27 @@ He, Zhang, Ren, Sun: "Deep Residual Learning for Image Recognition" (v1),
 https://arxiv.org/abs/1512.03385, and "Identity Mappings in Deep Residual
 Networks" (v2), https://arxiv.org/abs/1603.05027.
 
-The layer structure and parameter names follow gluoncv's `cifarresnet.py`, so the
-vanilla networks have exactly gluoncv's parameters. The attention sits on the
-residual branch, after the block body and before the addition to the shortcut.
-"""
-import re
+The networks are the original repository's (mnikitin/channel-attention,
+`cifarresnet.py`), whose table this project reproduces. Their layer structure and
+parameter names follow gluoncv's `cifarresnet.py`, so the vanilla networks have
+exactly gluoncv's parameters, and v1 computes gluoncv's function. v2 does not:
+in the downsampling v2 block the original takes the projection shortcut from the
+block's raw input, before the block's first BN-ReLU, where gluoncv takes it from
+the pre-activated input. We follow the original, since the table's v2 rows were
+trained with it; with the same weights the two v2 networks give different outputs.
 
+The attention sits on the residual branch, after the block body and before the
+addition to the shortcut.
+"""
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
-from .attention import UnknownNameError, get_attention
+from .attention import get_attention
 from .attention._spatial import spatial_mean
 from .kernels import use_fused_kernels
+from .names import MODELS, parse_model_name
 
 STAGE_CHANNELS = (16, 16, 32, 64)
-STANDARD_DEPTHS = (20, 56, 110)
-MODEL_NAME_PATTERN = re.compile(r'^cifar_resnet(\d+)_v([12])$')
-MODELS = tuple(f'cifar_resnet{depth}_v{version}'
-               for depth in STANDARD_DEPTHS for version in (1, 2))
 
 
 def _conv3x3(channels, stride, in_channels):
@@ -68,7 +71,8 @@ class BasicBlockV1(HybridBlock):
 
 
 class BasicBlockV2(HybridBlock):
-    """Pre-activation: BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut."""
+    """Pre-activation: BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut (the raw input,
+    or its 1x1 projection when the block downsamples)."""
 
     def __init__(self, channels, stride, downsample, in_channels,
                  attention_class=None, attention_kwargs=None, **kwargs):
@@ -84,12 +88,10 @@ class BasicBlockV2(HybridBlock):
                                         in_channels=in_channels)
 
     def hybrid_forward(self, F, x):
-        shortcut = x
-        x = _relu(F, self.bn1(x))
-        if self.downsample is not None:
-            # v2 takes the projection from the pre-activated input, as gluoncv does.
-            shortcut = self.downsample(x)
-        residual = self.conv2(_relu(F, self.bn2(self.conv1(x))))
+        # The original's projection reads the raw input (gluoncv's reads the
+        # pre-activated one): the table's v2 rows were trained this way.
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        residual = self.conv2(_relu(F, self.bn2(self.conv1(_relu(F, self.bn1(x))))))
         if self.attention is not None:
             residual = self.attention(residual)
         return residual + shortcut
@@ -133,17 +135,6 @@ class CIFARResNet(HybridBlock):
         # The attentions' spatial mean instead of GlobalAvgPool2D, whose CPU kernel is slow.
         features = self.features(x)
         return self.output(spatial_mean(F, features, self.out_channels, use_fused_kernels(self)))
-
-
-def parse_model_name(name):
-    """(version, depth) of a `cifar_resnet{depth}_v{version}` name with depth = 6n + 2."""
-    match = MODEL_NAME_PATTERN.match(str(name))
-    depth = int(match.group(1)) if match else 0
-    if not match or depth < 8 or (depth - 2) % 6:
-        raise UnknownNameError(
-            f"unknown model {name!r}; valid models: {', '.join(MODELS)} "
-            f"(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, n >= 1)")
-    return int(match.group(2)), depth
 
 
 def get_model(name, attention='none', classes=10, attention_kwargs=None, **kwargs):

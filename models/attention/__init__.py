@@ -7,6 +7,7 @@ ATTENTIONS.
 from .eca import ECA, eca_kernel_size
 from .gct import GCT
 from .se import SE, se_hidden_units
+from ..names import UnknownNameError
 
 ATTENTIONS = {
     'none': None,
@@ -14,13 +15,6 @@ ATTENTIONS = {
     'eca': ECA,
     'gct': GCT,
 }
-
-
-class UnknownNameError(KeyError):
-    """A model or attention name that is not registered; the message lists the valid ones."""
-
-    def __str__(self):
-        return str(self.args[0])
 
 
 def get_attention(name):

@@ -1,0 +1,45 @@
+"""Model names and network-definition revisions: plain Python, no MXNet.
+
+Checking a sweep file's names and computing trial ids need these facts but
+nothing of the networks themselves, so they live apart from the builders.
+"""
+import re
+
+STANDARD_DEPTHS = (20, 56, 110)
+MODEL_NAME_PATTERN = re.compile(r'^cifar_resnet(\d+)_v([12])$')
+MODELS = tuple(f'cifar_resnet{depth}_v{version}'
+               for depth in STANDARD_DEPTHS for version in (1, 2))
+
+# The revision of each ResNet version's network definition. A revision is bumped
+# whenever the function a version computes changes, and it is part of every trial's
+# identity, so results trained by an older definition turn pending instead of
+# showing as current. Revision 1 stays out of the identity (trial ids of v1 are the
+# ones computed before revisions existed).
+#   v2 revision 2: the downsampling block takes its projection shortcut from the raw
+#   block input, as the original repository does (revision 1 took it after BN-ReLU).
+NETWORK_REVISIONS = {1: 1, 2: 2}
+
+
+class UnknownNameError(KeyError):
+    """A model or attention name that is not registered; the message lists the valid ones."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def parse_model_name(name):
+    """(version, depth) of a `cifar_resnet{depth}_v{version}` name with depth = 6n + 2."""
+    match = MODEL_NAME_PATTERN.match(str(name))
+    depth = int(match.group(1)) if match else 0
+    if not match or depth < 8 or (depth - 2) % 6:
+        raise UnknownNameError(
+            f"unknown model {name!r}; valid models: {', '.join(MODELS)} "
+            f"(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, n >= 1)")
+    return int(match.group(2)), depth
+
+
+def network_revision(name):
+    """The revision of the network definition that `name` is built with."""
+    version, _ = parse_model_name(name)
+    return NETWORK_REVISIONS[version]
+
