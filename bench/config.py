@@ -247,10 +247,19 @@ def expand(config):
 
 
 def trial_id(spec, data_identity):
-    """A stable id: hash of everything that changes the result, independent of YAML order."""
+    """A stable id: hash of everything that changes the result, independent of YAML order.
+
+    That includes the revision of the network definition, so a trial trained by an
+    older definition is never taken for a current one; revision 1 is left out, which
+    keeps the ids computed before revisions existed.
+    """
+    from models.names import network_revision
     payload = {'spec': spec.to_dict(),
                'data': {'digest': data_identity['digest'],
                         'official': data_identity['official']}}
+    revision = network_revision(spec.model)
+    if revision != 1:
+        payload['network_revision'] = revision
     blob = json.dumps(payload, sort_keys=True, separators=(',', ':')).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
 

@@ -138,3 +138,29 @@ def test_mixed_precision_needs_gpus_and_later_options_keep_old_ids():
     assert 'precision' not in default_spec.recipe.to_dict()
     assert trial_id(default_spec, IDENTITY) == '317fc18892e7'
     assert trial_id(amp_spec, IDENTITY) != trial_id(default_spec, IDENTITY)
+
+
+# Ids of the shipped sweep's cells as computed at commit 5d0e497, before network
+# revisions existed (data identity IDENTITY).
+IDS_BEFORE_REVISIONS = {
+    'cifar_resnet20_v1-none-s0': '317fc18892e7', 'cifar_resnet20_v1-se-s0': '7f717afdd1f1',
+    'cifar_resnet20_v1-eca-s0': 'cfbbd4d79d6b', 'cifar_resnet20_v1-gct-s0': 'a4b921178281',
+    'cifar_resnet20_v2-none-s0': '68128bc50c3e', 'cifar_resnet20_v2-se-s0': 'd26bcaffafea',
+    'cifar_resnet20_v2-eca-s0': '35a19441d937', 'cifar_resnet20_v2-gct-s0': 'f346b2183e4b',
+    'cifar_resnet56_v1-none-s0': 'df453c48a475', 'cifar_resnet56_v1-se-s0': '19893c8db969',
+    'cifar_resnet56_v1-eca-s0': '97f26a551289', 'cifar_resnet56_v1-gct-s0': 'b372b43ab58c',
+    'cifar_resnet56_v2-none-s0': '176cc22f955c', 'cifar_resnet56_v2-se-s0': '543387883771',
+    'cifar_resnet56_v2-eca-s0': 'de615dc518ec', 'cifar_resnet56_v2-gct-s0': 'a373b8f28418',
+}
+
+
+def test_v2_trials_of_the_old_definition_are_not_current_and_v1_ids_stay():
+    from models import NETWORK_REVISIONS
+    assert NETWORK_REVISIONS == {1: 1, 2: 2}
+    ids = {s.name: trial_id(s, IDENTITY) for s in expand(load_config('sweep.yaml').config)}
+    assert ids.keys() == IDS_BEFORE_REVISIONS.keys()
+    for name, old_id in IDS_BEFORE_REVISIONS.items():
+        if '_v1-' in name:
+            assert ids[name] == old_id, name
+        else:
+            assert ids[name] != old_id, name
