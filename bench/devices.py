@@ -20,8 +20,8 @@ def trial_contexts(num_gpus=None):
     wanted = available if num_gpus is None else int(num_gpus)
     if wanted > available:
         raise RuntimeError(
-            f'{wanted} GPU(s) asked for but {available} visible to this process; '
-            'ask for fewer, or run on CPU with num_gpus 0')
+            f'{wanted} GPU(s) asked for but {available} visible to this process '
+            '(a CPU build of MXNet sees none)')
     if wanted <= 0:
         return [mx.cpu()]
     return [mx.gpu(i) for i in range(wanted)]

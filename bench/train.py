@@ -1,8 +1,12 @@
 """`python -m bench.train`: train one cell of the table by hand, with a progress bar.
 
-The options are the original `train_cifar10.py`'s, e.g.
-    python -m bench.train --model cifar_resnet20_v1 --attention eca --num-epochs 186 \
-        --lr 0.003 --lr-decay 0.1 --lr-decay-epoch 81,122 --wd 0.0001 --optimizer adam
+The options are the original `train_cifar10.py`'s, and its README's command line
+runs as written:
+    python -m bench.train --mode hybrid --num-gpus 1 -j 8 --batch-size 128 \
+        --num-epochs 186 --lr 0.003 --lr-decay 0.1 --lr-decay-epoch 81,122 --wd 0.0001 \
+        --optimizer adam --random-crop --model cifar_resnet20_v1 --eca
+(on a machine without a GPU, with --num-gpus 0). The attention is `--attention NAME`
+or one of `--se`, `--eca`, `--gct`.
 """
 import argparse
 import json
@@ -13,14 +17,19 @@ from .fileio import write_json_atomic
 from .recipe import OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
 from .threads import use_cpus
 
-
+# The original README wrote the attention as a flag of its own (`--eca`).
+ATTENTION_FLAGS = ('se', 'eca', 'gct')
 
 def parse_args(argv=None):
     defaults = Recipe()
     parser = argparse.ArgumentParser(prog='python -m bench.train', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='cifar_resnet20_v1')
-    parser.add_argument('--attention', default='none', help='none, se, eca, gct, ...')
+    attention = parser.add_mutually_exclusive_group()
+    attention.add_argument('--attention', default='none', help='none, se, eca, gct, ...')
+    for name in ATTENTION_FLAGS:
+        attention.add_argument(f'--{name}', dest='attention', action='store_const', const=name,
+                               help=f'same as --attention {name}')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--num-epochs', type=int, default=defaults.epochs)
     parser.add_argument('--batch-size', type=int, default=defaults.batch_size)
@@ -31,13 +40,22 @@ def parse_args(argv=None):
                         help='comma-separated epochs at which lr is multiplied by --lr-decay')
     parser.add_argument('--momentum', type=float, default=defaults.momentum)
     parser.add_argument('--wd', type=float, default=defaults.wd)
-    parser.add_argument('--no-random-crop', action='store_true')
+    crop = parser.add_mutually_exclusive_group()
+    crop.add_argument('--random-crop', dest='random_crop', action='store_true',
+                      default=defaults.random_crop,
+                      help='4-pixel padding and a random 32x32 window (the recipe default)')
+    crop.add_argument('--no-random-crop', dest='random_crop', action='store_false')
     parser.add_argument('--no-random-flip', action='store_true')
     parser.add_argument('--mode', choices=('hybrid', 'imperative'), default='hybrid')
     parser.add_argument('--precision', choices=PRECISIONS, default=defaults.precision,
                         help='amp_float16: MXNet AMP mixed precision (GPUs only)')
     parser.add_argument('--num-gpus', type=int, default=None,
-                        help='GPUs to split each batch over (default: all visible; 0: CPU)')
+                        help='GPUs to split each batch over (default: all visible; 0: CPU). '
+                             '--batch-size counts the images of all of them together; the '
+                             "original's counted per GPU (the same with one GPU)")
+    parser.add_argument('-j', '--num-data-workers', type=int, default=None, metavar='N',
+                        help="accepted for the original's command line and ignored: "
+                             'augmentation runs on the device, with no loader workers')
     data = parser.add_mutually_exclusive_group()
     data.add_argument('--data-root', default=None,
                       help='folder with CIFAR-10 (default: MXNet data folder)')
@@ -56,7 +74,7 @@ def spec_from_args(args):
     recipe = Recipe(epochs=args.num_epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, lr_decay=args.lr_decay,
                     lr_decay_epochs=decay_epochs, momentum=args.momentum, wd=args.wd,
-                    random_crop=not args.no_random_crop, random_flip=not args.no_random_flip,
+                    random_crop=args.random_crop, random_flip=not args.no_random_flip,
                     hybridize=args.mode == 'hybrid', precision=args.precision)
     return TrialSpec(model=args.model, attention=args.attention, seed=args.seed, recipe=recipe)
 
@@ -84,7 +102,10 @@ def main(argv=None):
     from .devices import describe, trial_contexts
     from .trainer import TrainingDiverged, check_precision, train
 
-    contexts = trial_contexts(args.num_gpus)
+    try:
+        contexts = trial_contexts(args.num_gpus)
+    except RuntimeError as error:
+        parser.exit(2, f'error: {error}; ask for fewer, or --num-gpus 0 to train on the CPU\n')
     try:
         check_precision(spec.recipe, contexts)
     except ValueError as error:

@@ -229,3 +229,49 @@ def test_mixed_precision_is_a_recipe_option_refused_off_the_gpu(tiny_cifar_root,
                     '--precision', 'amp_float16', '--num-gpus', '0', '--quiet'])
     assert exit_code.value.code == 2
     assert 'amp_float16 needs GPUs' in capsys.readouterr().err
+
+
+ORIGINAL_COMMAND = ('--mode hybrid --num-gpus 1 -j 8 --batch-size 128 --num-epochs 186 --lr 0.003 '
+                    '--lr-decay 0.1 --lr-decay-epoch 81,122 --wd 0.0001 --optimizer adam '
+                    '--random-crop --model cifar_resnet20_v1 --eca').split()
+
+
+def test_the_original_readme_command_line_is_accepted_as_written():
+    from bench.config import expand, load_config
+    from bench.train import parse_args, spec_from_args
+    _, args = parse_args(ORIGINAL_COMMAND)
+    spec = spec_from_args(args)
+    table_cell, = [s for s in expand(load_config('sweep.yaml').config)
+                   if s.model == 'cifar_resnet20_v1' and s.attention == 'eca']
+    assert spec == table_cell     # the very trial the sweep trains for that cell
+    assert args.num_gpus == 1 and args.num_data_workers == 8
+    for flag in ('--se', '--gct'):
+        assert spec_from_args(parse_args([flag])[1]).attention == flag[2:]
+    assert spec_from_args(parse_args(['--attention', 'gct'])[1]).attention == 'gct'
+    assert spec_from_args(parse_args([])[1]).attention == 'none'
+    assert spec_from_args(parse_args(['--no-random-crop'])[1]).recipe.random_crop is False
+
+
+def test_the_original_command_line_says_what_to_do_without_a_gpu(tiny_cifar_root, capsys):
+    from bench.train import parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(['--se', '--eca'])
+    assert exit_info.value.code == 2
+    assert 'not allowed with argument' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(ORIGINAL_COMMAND + ['--data-root', str(tiny_cifar_root), '--no-download'])
+    assert exit_info.value.code == 2
+    assert ('1 GPU(s) asked for but 0 visible to this process (a CPU build of MXNet sees none); '
+            'ask for fewer, or --num-gpus 0 to train on the CPU') in capsys.readouterr().err
+
+
+def test_the_original_command_line_trains_on_the_cpu(tiny_cifar_root, tmp_path):
+    output = tmp_path / 'history.json'
+    command = [a if a != '186' else '1' for a in ORIGINAL_COMMAND]
+    command[command.index('--num-gpus') + 1] = '0'
+    command[command.index('--batch-size') + 1] = '16'
+    command[command.index('--model') + 1] = 'cifar_resnet8_v1'
+    assert train_main(command + ['--data-root', str(tiny_cifar_root), '--no-download',
+                                 '--quiet', '--output', str(output)]) == 0
+    saved = json.loads(output.read_text())
+    assert saved['spec']['attention'] == 'eca' and len(saved['history']) == 1
