@@ -1,4 +1,9 @@
-"""`python -m models`: params and MACs of every model x attention, with the overhead against vanilla."""
+"""`python -m models`: params and MACs of every model x attention, with the overhead against vanilla.
+
+MACs count the convolutions and dense layers, plus each attention's passes over its
+C x H x W input (pooling or GCT's sum of squares, and the channel scaling), one MAC
+per element each.
+"""
 import argparse
 import sys
 

@@ -9,8 +9,11 @@ from .cifar_resnet import MODELS, get_model
 
 CIFAR_INPUT_SHAPE = (1, 3, 32, 32)
 # Multiply-accumulates are counted for the layers that carry weights (convolutions
-# and dense layers), the convention of the ResNet, SE and ECA papers; element-wise
-# work (BN, activations, the attention's scaling) is left out.
+# and dense layers), the convention of the ResNet, SE and ECA papers, plus each
+# channel attention's passes over its C x H x W input (pooling or GCT's sum of
+# squares, and the channel scaling: one MAC per element each), which the papers
+# leave out but which is where an attention's time goes. BN and ReLU are counted
+# for no network.
 _WEIGHTED_LAYERS = (nn.Conv1D, nn.Conv2D, nn.Dense)
 
 
@@ -32,7 +35,8 @@ def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
 
     Every weighted layer computes, per output element, a dot product as long as
     one filter (weight.shape[1:]), so MACs = output elements x filter size.
-    A block with a `macs_per_image()` method adds that count instead.
+    A block with a `macs_per_image(input_shape)` method adds what it declares for
+    the work its weighted children do not cover.
     """
     counts = []
 
@@ -40,8 +44,8 @@ def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
         filter_size = int(block.weight.data().size // block.weight.shape[0])
         counts.append(int(output[0].size) * filter_size)
 
-    def declared(block, _inputs, output):
-        counts.append(int(block.macs_per_image()))
+    def declared(block, inputs, _output):
+        counts.append(int(block.macs_per_image(inputs[0].shape)))
 
     handles = [block.register_forward_hook(hook) for block in _iter_blocks(net)
                if isinstance(block, _WEIGHTED_LAYERS)]

@@ -112,5 +112,4 @@ def _overhead_text(trials, model, attention, column):
     if attention == 'none' or vanilla is None:
         return format_count(own)
     extra = own - vanilla
-    digits = 2 if column == 'params' else 4   # MACs overheads are thousandths of a percent
-    return f'+{format_count(extra)} ({100 * extra / vanilla:.{digits}f}%)'
+    return f'+{format_count(extra)} ({100 * extra / vanilla:.2f}%)'

@@ -42,3 +42,11 @@ def scale_channels(F, x, weights, fused):
     flat, ones = _flat_and_ones(F, x)
     per_position = F.dot(F.reshape(weights, shape=(-1, 1)), ones)         # (N*C, H*W)
     return F.reshape_like(flat * per_position, x)
+
+
+def per_element_macs(input_shape, passes):
+    """Multiply-accumulates of `passes` passes over one image's C x H x W activation
+    (input_shape is (N, C, H, W)): the convention for the attentions' pooling, GCT's sum
+    of squares and the channel scaling, one MAC per element each."""
+    _, channels, height, width = input_shape
+    return passes * channels * height * width

@@ -10,7 +10,7 @@ from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
 from ..kernels import use_fused_kernels
-from ._spatial import scale_channels, spatial_mean
+from ._spatial import per_element_macs, scale_channels, spatial_mean
 
 
 def eca_kernel_size(channels, gamma=2, b=1):
@@ -57,9 +57,11 @@ class ECA(HybridBlock):
             self.shifts = self.params.get_constant(
                 'shifts', _shift_matrices(channels, kernel_size))
 
-    def macs_per_image(self):
-        """The paper's count: k multiply-adds per channel (the dense product is an implementation detail)."""
-        return self.channels * self.kernel_size
+    def macs_per_image(self, input_shape):
+        """The convolution as the paper counts it, k multiply-adds per channel (the dense
+        product is an implementation detail), plus the pooling and the scaling, one MAC
+        per element each."""
+        return self.channels * self.kernel_size + per_element_macs(input_shape, passes=2)
 
     def hybrid_forward(self, F, x, weight, shifts):
         fused = use_fused_kernels(self)

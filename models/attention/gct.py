@@ -7,7 +7,7 @@ from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
 from ..kernels import use_fused_kernels
-from ._spatial import scale_channels, spatial_sum_of_squares
+from ._spatial import per_element_macs, scale_channels, spatial_sum_of_squares
 
 
 class GCT(HybridBlock):
@@ -26,6 +26,11 @@ class GCT(HybridBlock):
             self.alpha = self.params.get('alpha', shape=shape, init=init.One())
             self.gamma = self.params.get('gamma', shape=shape, init=init.Zero())
             self.beta = self.params.get('beta', shape=shape, init=init.Zero(), wd_mult=0.0)
+
+    def macs_per_image(self, input_shape):
+        """The sum of squares and the gating, one MAC per element each (the per-channel
+        arithmetic on C values is left out, as for the other attentions' gates)."""
+        return per_element_macs(input_shape, passes=2)
 
     def hybrid_forward(self, F, x, alpha, gamma, beta):
         # The per-channel parameters are (1, C, 1, 1) as in the paper's code; the

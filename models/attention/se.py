@@ -7,7 +7,7 @@ from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
 from ..kernels import use_fused_kernels
-from ._spatial import scale_channels, spatial_mean
+from ._spatial import per_element_macs, scale_channels, spatial_mean
 
 
 def se_hidden_units(channels, reduction=16):
@@ -29,6 +29,11 @@ class SE(HybridBlock):
         with self.name_scope():
             self.squeeze = nn.Dense(hidden, in_units=channels, use_bias=False)
             self.excite = nn.Dense(channels, in_units=hidden, use_bias=False)
+
+    def macs_per_image(self, input_shape):
+        """The pooling and the scaling, one MAC per element each (the dense layers are
+        counted as weighted layers)."""
+        return per_element_macs(input_shape, passes=2)
 
     def hybrid_forward(self, F, x):
         fused = use_fused_kernels(self)
