@@ -28,7 +28,8 @@ def parse_args(argv=None):
                         help='Ray cluster to join (default: RAY_ADDRESS, else start locally)')
     parser.add_argument('--no-report', action='store_true', help='do not render the reports')
     parser.add_argument('--report-only', action='store_true',
-                        help='render the reports from the store; no training, no Ray')
+                        help='render the reports of the trials sweep.yaml declares now, from '
+                             'the store; no training, no Ray')
     parser.add_argument('--insert', action='store_true',
                         help='append the results block to a README that has no markers')
     return parser, parser.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv=None):
         return 2
 
     if args.report_only:
-        return _report_or_fail(loaded, args.insert)
+        return _report_only(loaded, args.insert)
 
     if args.fresh:
         if not args.yes:
@@ -106,6 +107,19 @@ def main(argv=None):
     if not args.no_report:
         code = max(code, _report_or_fail(loaded, args.insert))
     return code
+
+
+def _report_only(loaded, insert):
+    """Reports of the sweep as sweep.yaml declares it now, from stored results alone."""
+    from bench.data import DataError
+    from bench.sweep import record_sweep, report_data_identity
+    try:
+        identity = report_data_identity(loaded)
+    except DataError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    record_sweep(loaded, identity)
+    return _report_or_fail(loaded, insert)
 
 
 def _report_or_fail(loaded, insert):

@@ -1,6 +1,8 @@
 """The results store: the record of a sweep, one folder per trial, keyed by trial id.
 
     results/<sweep>/
+      sweep.json                 what the sweep consists of now: its trial ids, layout,
+                                 report options; reports show these trials and no others
       results.csv                one row per trial (pandas)
       environment.json           packages, git commit, devices of the last run
       trials/<trial_id>/
@@ -24,6 +26,7 @@ from .checkpoint import STATE_FILE, read_state
 from .fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
 
 DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
+MANIFEST_FILE = 'sweep.json'
 HISTORY_FIELDS = ('epoch', 'lr', 'train_loss', 'train_acc', 'val_loss', 'val_acc',
                   'epoch_seconds', 'train_seconds', 'images_per_second')
 
@@ -40,10 +43,19 @@ class ResultsStore:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # ------------------------------------------------------------ writing
-    def write_spec(self, trial_id, name, spec, data_identity, model_stats=None):
+    def write_spec(self, trial_id, name, spec, data_identity, network_revision,
+                   model_stats=None):
         write_json_atomic(self.trial_dir(trial_id) / 'spec.json',
                           {'trial_id': trial_id, 'name': name, 'spec': spec,
+                           'network_revision': network_revision,
                            'data': data_identity, 'model_stats': model_stats})
+
+    def write_manifest(self, manifest):
+        write_json_atomic(self.root / MANIFEST_FILE, manifest)
+
+    def read_manifest(self):
+        path = self.root / MANIFEST_FILE
+        return read_json(path) if path.is_file() else None
 
     def read_history(self, trial_id):
         path = self.trial_dir(trial_id) / 'history.csv'
@@ -122,8 +134,9 @@ class ResultsStore:
         path = self.trial_dir(trial_id) / 'spec.json'
         return read_json(path) if path.is_file() else None
 
-    def trial_rows(self):
-        """One flat dict per stored trial: identity, recipe, status, final metrics, error."""
+    def trial_rows(self, current_ids=()):
+        """One flat dict per stored trial: identity, recipe, status, final metrics, error,
+        and whether the sweep (as in `current_ids`) still asks for it."""
         rows = []
         for trial_id in self.trial_ids():
             stored = self.read_spec(trial_id)
@@ -133,6 +146,8 @@ class ResultsStore:
             status, epochs = self.status(trial_id)
             row = {'trial_id': trial_id, 'name': stored['name'], 'model': spec['model'],
                    'attention': spec['attention'], 'seed': spec['seed'],
+                   'in_sweep': trial_id in current_ids,
+                   'network_revision': stored.get('network_revision', 1),
                    'status': status, 'epochs_done': epochs,
                    'epochs': spec['recipe']['epochs'],
                    'data_name': data.get('name'), 'data_official': data.get('official'),
@@ -147,9 +162,9 @@ class ResultsStore:
             rows.append(row)
         return rows
 
-    def write_results_csv(self):
+    def write_results_csv(self, current_ids=()):
         import pandas as pd
-        frame = pd.DataFrame(self.trial_rows())
+        frame = pd.DataFrame(self.trial_rows(set(current_ids)))
         write_text_atomic(self.root / 'results.csv', frame.to_csv(index=False))
         return frame
 

@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.names import network_revision
+
 from .config import expand, matches_only, trial_id
-from .data import DEMO_FOLDER, load_cifar10, load_demo_digits
+from .data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from .store import DONE, FAILED, PARTIAL, PENDING, ResultsStore
 
 
@@ -52,24 +54,73 @@ class SweepOutcome:
         return {tid: err for tid, err in self.errors.items() if self.statuses[tid] == FAILED}
 
 
-def load_sweep_data(loaded):
-    """The data set the sweep declares (CIFAR-10 or the demo digits) with its identity."""
+def load_sweep_data(loaded, download=None):
+    """The data set the sweep declares (CIFAR-10 or the demo digits) with its identity.
+
+    `download` overrides the sweep's data.download (reports never download)."""
     data = loaded.config.data
     if data.dataset == 'demo':
         root = loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_FOLDER
         return load_demo_digits(root)
     return load_cifar10(loaded.resolve(data.root) if data.root else None,
-                        download=data.download)
+                        download=data.download if download is None else download)
+
+
+def sweep_trials(config, data_identity):
+    """(trial id, spec) of every trial of the matrix, in table order, under this code
+    and this data: the trials the sweep consists of now."""
+    return [(trial_id(spec, data_identity), spec) for spec in expand(config)]
+
+
+def sweep_manifest(config, data_identity):
+    """The record of what the sweep consists of now, for the store's sweep.json.
+
+    Reports read it to show these trials and no others: a stored trial of another
+    recipe, data set or network definition is never taken for a current one.
+    """
+    return {'name': config.name, 'models': list(config.models),
+            'attentions': list(config.attentions), 'seeds': list(config.seeds),
+            'report': config.report.model_dump(), 'data': data_identity,
+            'trials': [{'trial_id': tid, 'name': spec.name, 'model': spec.model,
+                        'attention': spec.attention, 'seed': spec.seed, 'spec': spec.to_dict(),
+                        'network_revision': network_revision(spec.model)}
+                       for tid, spec in sweep_trials(config, data_identity)]}
+
+
+def record_sweep(loaded, data_identity):
+    """Write the sweep's manifest into its store; returns the current trial ids."""
+    manifest = sweep_manifest(loaded.config, data_identity)
+    ResultsStore(loaded.store_dir).write_manifest(manifest)
+    return [t['trial_id'] for t in manifest['trials']]
+
+
+def report_data_identity(loaded, progress=print_line):
+    """The data identity that decides which stored trials are current, for a report.
+
+    Read from the data files when they are there (never downloaded for a report);
+    otherwise the identity the last run recorded, said as such.
+    """
+    try:
+        return load_sweep_data(loaded, download=False).identity.to_dict()
+    except DataError as error:
+        manifest = ResultsStore(loaded.store_dir).read_manifest()
+        if manifest is None:
+            raise DataError(f'{error}\n(the report needs the data only to tell which stored '
+                            'trials belong to this sweep, and no run has recorded that yet)') \
+                from None
+        progress(f"data not found ({str(error).splitlines()[0]}); reporting the trials of "
+                 f"the data the last run used: {manifest['data'].get('name')}, "
+                 f"digest {str(manifest['data'].get('digest'))[:12]}")
+        return manifest['data']
 
 
 def plan(loaded, data_identity, only=None, retry_failed=False):
     """Every trial of the matrix with its status in the store (and what will train)."""
     store = ResultsStore(loaded.store_dir)
     planned = []
-    for spec in expand(loaded.config):
+    for tid, spec in sweep_trials(loaded.config, data_identity):
         if only and not matches_only(spec, only):
             continue
-        tid = trial_id(spec, data_identity)
         status, epochs = store.status(tid)
         error = store.read_error(tid) if status == FAILED else None
         if status == FAILED and retry_failed:
@@ -215,15 +266,15 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     """
     config = loaded.config
     store = ResultsStore(loaded.store_dir)
+    current_ids = record_sweep(loaded, data.identity.to_dict())
     for p in planned:
         store.write_spec(p.trial_id, p.name, p.spec.to_dict(), data.identity.to_dict(),
-                         model_stats=_stats_of(p.spec))
+                         network_revision(p.spec.model), model_stats=_stats_of(p.spec))
         if p.will_train:
             store.clear_error(p.trial_id)
     to_train = [p for p in planned if p.will_train]
     if not to_train:
-        store.write_results_csv()
-        return _outcome(store, planned, [])
+        return _outcome(store, planned, [], current_ids)
 
     ray = ray_init() if ray_init else start_ray(address)
     check_shared_storage(ray, store.root)
@@ -269,7 +320,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     progress(f'trained {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s')
     # Everything worth keeping is in the store by now; Tune's copies of it are not.
     shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
-    return _outcome(store, planned, to_train)
+    return _outcome(store, planned, to_train, current_ids)
 
 
 _STATS_CACHE = {}
@@ -292,8 +343,8 @@ def _stats_of(spec):
     return _STATS_CACHE[key]
 
 
-def _outcome(store, planned, trained):
-    store.write_results_csv()
+def _outcome(store, planned, trained, current_ids):
+    store.write_results_csv(current_ids)
     statuses, errors = {}, {}
     for p in planned:
         statuses[p.trial_id], _ = store.status(p.trial_id)

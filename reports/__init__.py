@@ -8,17 +8,22 @@ import os
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from .figures import write_figures
 from .readme import BEGIN, END, ReportError, inject_block, write_readme
-from .store import load_environment, load_histories, load_trials
+from .store import (load_environment, load_histories, load_manifest, load_trials,
+                    split_by_sweep)
 from .table import table_context
 
-__all__ = ['BEGIN', 'END', 'ReportError', 'inject_block', 'load_histories', 'load_trials',
-           'render_all', 'table_context']
+__all__ = ['BEGIN', 'END', 'ReportError', 'inject_block', 'load_histories', 'load_manifest',
+           'load_trials', 'render_all', 'split_by_sweep', 'table_context']
 
 _ENV = Environment(loader=PackageLoader('reports', 'templates'), undefined=StrictUndefined,
                    autoescape=select_autoescape(['html.j2']), keep_trailing_newline=True)
+MACS_NOTE = ("MACs: convolutions and dense layers, plus each attention's passes over its "
+             "C×H×W input (pooling or GCT's sum of squares, and the channel scaling), one MAC "
+             "per element each; BN and ReLU are not counted.")
 ORIGINAL_LOSS_NOTE = ("`train loss` is the last epoch's mean training loss: what the original "
                       "table called loss.")
 
@@ -45,27 +50,46 @@ def _title_and_caption(context, trials):
                      f"epoch{'s' if len(recipe['lr_decay_epochs']) > 1 else ''} "
                      f"{', '.join(map(str, recipe['lr_decay_epochs']))}, "
                      f"wd {recipe['wd']:g}")
+    revisions = sorted({(_version_of(m), int(r)) for m, r in
+                        zip(trials['model'], trials['network_revision'])})
+    parts.append('Network definitions: ' + ', '.join(
+        f'{version} revision {revision}' for version, revision in revisions)
+        + ' (the original repository\'s networks)')
     if 'train_loss' in context['metrics']:
         parts.append(ORIGINAL_LOSS_NOTE)
+    if context['overhead']:
+        parts.append(MACS_NOTE)
     parts.append('bold: best of the row; TBA: not trained yet')
     return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
 
 
+def _version_of(model):
+    return 'v' + str(model).rsplit('_v', 1)[-1] if '_v' in str(model) else str(model)
+
+
 def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,
                layout=None, insert=False):
-    """Every report of the store at `store_dir`; returns the paths written."""
+    """Every report of the store at `store_dir`; returns the paths written.
+
+    Only the trials the sweep consists of now (its sweep.json) enter the tables and
+    figures; other stored trials are listed in report.html under their own heading.
+    `options` and `layout` default to the sweep's own.
+    """
     store_dir = Path(store_dir)
-    options, layout = dict(options or {}), dict(layout or {})
-    trials = load_trials(store_dir)
+    manifest = load_manifest(store_dir)
+    options = dict(manifest.get('report') or {}, **(options or {}))
+    layout = {'models': manifest['models'], 'attentions': manifest['attentions'],
+              **(layout or {})}
+    trials, others = split_by_sweep(load_trials(store_dir), manifest)
     if trials.empty:
-        raise ReportError(f'no trials in {store_dir}: run the sweep first '
-                          '(python run_sweep.py), or point at another results folder')
-    histories = load_histories(store_dir)
+        raise ReportError(f'the sweep recorded in {store_dir} has no trials')
+    histories = load_histories(store_dir, set(trials['trial_id']))
     context = table_context(trials, layout.get('models'), layout.get('attentions'),
                             metrics=options.get('metrics', ('val_loss', 'val_acc')),
                             overhead=options.get('overhead', False))
     title, caption = _title_and_caption(context, trials)
-    table_html = render('readme_table.html.j2', **context).strip()
+    # Rendered by our own template with every value escaped, so it is markup to keep.
+    table_html = Markup(render('readme_table.html.j2', **context).strip())
     written = []
     figures = write_figures(trials, histories, figures_dir or store_dir / 'figures',
                             layout.get('models'), layout.get('attentions'))
@@ -90,7 +114,8 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
                       table_html=table_html,
                       figures=[{'title': t, 'base64': base64.b64encode(Path(p).read_bytes())
                                 .decode('ascii')} for t, p in figures],
-                      trials=_trial_rows(trials), environment=_flatten(environment),
+                      trials=_trial_rows(trials), others=_trial_rows(others),
+                      environment=_flatten(environment),
                       recipes=sorted(set(trials['recipe'])))
         written.append(_write_text(Path(report_path), html))
     return written
@@ -107,7 +132,8 @@ def _trial_rows(trials):
                      'train_loss': number(trial['train_loss']),
                      'time': '' if seconds is None or seconds != seconds else f'{seconds:.0f}s',
                      'error': (trial['error'] or '').strip().splitlines()[-1]
-                     if trial['error'] else ''})
+                     if trial['error'] else '',
+                     'reason': trial.get('reason', '')})
     return rows
 
 

@@ -1,5 +1,9 @@
 """`python -m reports RESULTS_DIR`: README table, Markdown table, figures and report.html
-from a sweep's results store, without training and without Ray."""
+from a sweep's results store, without training and without Ray.
+
+Shows the trials the sweep consisted of when it was last run or reported
+(RESULTS_DIR/sweep.json); after editing the sweep file, use
+`python run_sweep.py --report-only` instead, which records the sweep as it is now."""
 import argparse
 import sys
 from pathlib import Path
@@ -15,16 +19,17 @@ def main(argv=None):
                         help='append the block when the README has no markers')
     parser.add_argument('--figures', default=None, help='default: RESULTS_DIR/figures')
     parser.add_argument('--report', default=None, help='default: RESULTS_DIR/report.html')
-    parser.add_argument('--metrics', nargs='+', default=['val_loss', 'val_acc', 'train_loss'],
-                        choices=['val_loss', 'val_acc', 'train_loss', 'train_acc'])
-    parser.add_argument('--no-overhead', action='store_true', help='no params column')
+    parser.add_argument('--metrics', nargs='+', default=None,
+                        choices=['val_loss', 'val_acc', 'train_loss', 'train_acc'],
+                        help="table columns (default: the sweep's report.metrics)")
+    parser.add_argument('--no-overhead', action='store_true', help='no params/MACs columns')
     args = parser.parse_args(argv)
     store = Path(args.results_dir)
     try:
         written = render_all(store, readme=args.readme, figures_dir=args.figures,
                              report_path=args.report or store / 'report.html',
-                             options={'metrics': args.metrics,
-                                      'overhead': not args.no_overhead},
+                             options={**({'metrics': args.metrics} if args.metrics else {}),
+                                      **({'overhead': False} if args.no_overhead else {})},
                              insert=args.insert)
     except ReportError as error:
         print(f'error: {error}', file=sys.stderr)

@@ -46,23 +46,28 @@ def curves_figure(histories, model, attentions=None):
 
 
 def accuracy_bars_figure(trials, models=None, attentions=None):
-    """Final validation accuracy per model x attention, mean with std error bars."""
+    """Final validation accuracy per model x attention: the mean over seeds, with the
+    sample std as error bars where a cell has two or more seeds."""
     done = trials[trials['status'] == 'done']
     models = _model_order(done, models)
     attentions = _attention_order(done, attentions)
     fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(models) + 2), 4.2),
                              constrained_layout=True)
     width = 0.8 / max(1, len(attentions))
+    seed_counts = set()
     for index, attention in enumerate(attentions):
         means, errors, positions = [], [], []
         for model_index, model in enumerate(models):
             values = done[(done['model'] == model) & (done['attention'] == attention)]['val_acc']
             if len(values):
                 means.append(values.mean())
-                errors.append(values.std(ddof=1) if len(values) > 1 else 0.0)
+                # One seed has no spread to show: no bar rather than one of height zero.
+                errors.append(values.std(ddof=1) if len(values) > 1 else float('nan'))
                 positions.append(model_index + (index - (len(attentions) - 1) / 2) * width)
-        axis.bar(positions, means, width * 0.95, yerr=errors, capsize=3,
-                 label=attention_label(attention))
+                seed_counts.add(len(values))
+        has_spread = any(e == e for e in errors)
+        axis.bar(positions, means, width * 0.95, yerr=errors if has_spread else None,
+                 capsize=3, label=attention_label(attention))
     axis.set_xticks(range(len(models)))
     axis.set_xticklabels(models, rotation=15, ha='right')
     axis.set_ylabel('final validation accuracy')
@@ -72,8 +77,16 @@ def accuracy_bars_figure(trials, models=None, attentions=None):
     # Below the axes, so it never hides a bar.
     axis.legend(title='attention', fontsize='small', ncol=max(1, min(6, len(attentions))),
                 loc='upper center', bbox_to_anchor=(0.5, -0.22))
-    axis.set_title('Final validation accuracy (error bars: std over seeds)')
+    axis.set_title(f'Final validation accuracy ({_seed_note(seed_counts)})')
     return fig
+
+
+def _seed_note(seed_counts):
+    if seed_counts == {1}:
+        return 'n=1 seed per cell: no error bars'
+    counts = '/'.join(str(n) for n in sorted(seed_counts))
+    note = f'mean over n={counts} seeds, error bars: std over seeds'
+    return note + ('; cells with n=1 have none' if 1 in seed_counts else '')
 
 
 def save_figure(fig, path):
@@ -87,15 +100,27 @@ def save_figure(fig, path):
     return path
 
 
+CURVES_PREFIX, ACCURACY_FIGURE = 'curves_', 'final_accuracy.png'
+
+
 def write_figures(trials, histories, figures_dir, models=None, attentions=None):
-    """Every figure under figures_dir; returns [(title, path)]."""
+    """Every figure under figures_dir; returns [(title, path)].
+
+    Figures of ours that this call did not write (a model that left the sweep, bars
+    before any trial finished) are removed, so none outlives the trials it showed."""
+    figures_dir = Path(figures_dir)
     written = []
     for model in _model_order(histories, models):
         path = save_figure(curves_figure(histories, model, attentions),
-                           Path(figures_dir) / f'curves_{model}.png')
+                           figures_dir / f'{CURVES_PREFIX}{model}.png')
         written.append((f'{model}: validation accuracy and loss per epoch', path))
     if (trials['status'] == 'done').any():
         path = save_figure(accuracy_bars_figure(trials, models, attentions),
-                           Path(figures_dir) / 'final_accuracy.png')
+                           figures_dir / ACCURACY_FIGURE)
         written.append(('Final validation accuracy per model and attention', path))
+    kept = {path for _, path in written}
+    stale = list(figures_dir.glob(f'{CURVES_PREFIX}*.png')) + [figures_dir / ACCURACY_FIGURE]
+    for path in stale:
+        if path not in kept and path.is_file():
+            path.unlink()
     return written

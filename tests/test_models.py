@@ -304,9 +304,17 @@ def test_resnet20_macs_match_the_known_figure():
     assert model_stats('cifar_resnet20_v1').macs == 40_813_184
 
 
-def test_eca_macs_overhead_is_one_conv1d_per_block():
-    extra = model_stats('cifar_resnet20_v1', 'eca').macs - model_stats('cifar_resnet20_v1').macs
-    assert extra == 3 * sum(c * eca_kernel_size(c) for c in (16, 32, 64))
+@pytest.mark.parametrize('attention', WITH_PARAMETERS)
+def test_attention_macs_count_their_weights_and_their_passes_over_the_activation(attention):
+    """One convention for all three: weighted work as the papers count it, plus two passes
+    (pooling or sum of squares, and the scaling) over each block's C x H x W output."""
+    extra = model_stats('cifar_resnet20_v1', attention).macs - \
+        model_stats('cifar_resnet20_v1').macs
+    stages = ((16, 32), (32, 16), (64, 8))        # channels, side of the block's output
+    weights = {'se': lambda c: 2 * c * se_hidden_units(c, 16),
+               'eca': lambda c: c * eca_kernel_size(c),
+               'gct': lambda c: 0}[attention]
+    assert extra == 3 * sum(weights(c) + 2 * c * side * side for c, side in stages)
 
 
 def test_models_command_prints_every_cell(capsys):

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from models.names import network_revision
+from bench.config import parse_config, trial_id
 from bench.recipe import Recipe, TrialSpec
 from bench.store import ResultsStore
+from bench.sweep import sweep_manifest
 from reports import BEGIN, END, ReportError, inject_block, load_trials, render_all
 from reports.figures import curves_figure
 from reports.table import table_context
@@ -26,30 +29,38 @@ ORIGINAL = {
 IDENTITY = {'name': 'cifar10', 'official': True, 'digest': 'd' * 40, 'layout': 'bin',
             'source': 'x', 'train_images': 50000, 'test_images': 10000}
 PARAMS = {'none': 272474, 'se': 274490, 'eca': 272501, 'gct': 273482}
-MACS = {'none': 40_813_184, 'se': 40_815_200, 'eca': 40_813_760, 'gct': 40_813_184}
+MACS = {'none': 40_813_184, 'se': 40_987_232, 'eca': 40_986_224, 'gct': 40_985_216}
 
 
 def add_trial(store, model, attention, seed, train_loss=None, val_acc=None, epochs=3,
               finished=True, error=None):
     spec = TrialSpec(model, attention, seed, Recipe(epochs=epochs))
-    trial_id = f'{model}-{attention}-{seed}'
-    store.write_spec(trial_id, spec.name, spec.to_dict(), IDENTITY,
+    tid = trial_id(spec, IDENTITY)
+    store.write_spec(tid, spec.name, spec.to_dict(), IDENTITY, network_revision(model),
                      model_stats={'params': PARAMS[attention], 'macs': MACS[attention]})
     if train_loss is None:
-        return trial_id
+        return tid
     for epoch in range(1, epochs + 1):
         last = epoch == epochs
-        store.record_epoch(trial_id, {
+        store.record_epoch(tid, {
             'epoch': epoch, 'lr': 0.003, 'train_loss': train_loss * (1 if last else 2 + epoch),
             'train_acc': 0.9, 'val_loss': 0.3 + 0.1 * (epochs - epoch) + seed * 0.01,
             'val_acc': val_acc - (0 if last else 0.1 * (epochs - epoch)),
             'epoch_seconds': 10.0, 'train_seconds': 9.0, 'images_per_second': 5000.0})
     if error:
-        store.write_error(trial_id, error, epochs)
+        store.write_error(tid, error, epochs)
     elif finished:
-        rows = store.read_history(trial_id)
-        store.write_final(trial_id, dict(rows[-1], epochs=epochs, total_seconds=30.0))
-    return trial_id
+        rows = store.read_history(tid)
+        store.write_final(tid, dict(rows[-1], epochs=epochs, total_seconds=30.0))
+    return tid
+
+
+def record_sweep(store, models, attentions, seeds=(0,), epochs=3, **report):
+    """The manifest run_sweep.py writes for a sweep of these cells (the fixtures' recipe)."""
+    config = parse_config({'name': store.root.name, 'models': list(models),
+                           'attentions': list(attentions), 'seeds': list(seeds),
+                           'recipe': {'epochs': epochs}, 'report': report})
+    store.write_manifest(sweep_manifest(config, IDENTITY))
 
 
 @pytest.fixture
@@ -60,6 +71,7 @@ def original_store(tmp_path):
     for model in MODELS:   # SE and GCT planned but never trained: TBA
         add_trial(store, model, 'se', 0)
         add_trial(store, model, 'gct', 0)
+    record_sweep(store, MODELS, ATTENTIONS)
     return store.root
 
 
@@ -69,7 +81,8 @@ class TableGrid(HTMLParser):
 
     def __init__(self, text):
         super().__init__()
-        self.rows, self.stack, self.errors = [], [], []
+        self.rows, self.stack, self.errors, self.text = [], [], [], []
+        self.tables = []     # each table's rows, in document order
         self._cell = None
         self.feed(text)
 
@@ -77,8 +90,12 @@ class TableGrid(HTMLParser):
         if tag in self.VOID:
             return
         self.stack.append(tag)
-        if tag == 'tr':
+        if tag == 'table':
+            self.tables.append([])
+        elif tag == 'tr':
             self.rows.append([])
+            if self.tables:
+                self.tables[-1].append(self.rows[-1])
         elif tag in ('td', 'th'):
             self._cell = ''
 
@@ -94,6 +111,7 @@ class TableGrid(HTMLParser):
             self._cell = None
 
     def handle_data(self, data):
+        self.text.append(data)
         if self._cell is not None:
             self._cell += data
 
@@ -154,8 +172,11 @@ def test_params_and_macs_overhead_columns(original_store, tmp_path):
     assert grid.rows[1] == ['val acc', 'params', 'MACs'] * 4
     vanilla, se, eca = grid.rows[2][1:4], grid.rows[2][4:7], grid.rows[2][7:10]
     assert vanilla[1:] == ['272.47K', '40.81M']
-    assert se[1:] == ['+2.02K (0.74%)', '+2.02K (0.0049%)']
-    assert eca[1:] == ['+27 (0.01%)', '+576 (0.0014%)']
+    assert se[1:] == ['+2.02K (0.74%)', '+174.05K (0.43%)']
+    assert eca[1:] == ['+27 (0.01%)', '+173.04K (0.42%)']
+    assert grid.rows[2][10:] == ['TBA', '+1.01K (0.37%)',
+                                 '+172.03K (0.42%)']
+    assert 'MACs: convolutions and dense layers, plus each attention' in text
 
 
 def test_injection_is_idempotent_and_preserves_the_rest_byte_for_byte(original_store, tmp_path):
@@ -210,7 +231,17 @@ def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
     assert grid.errors == [] and grid.stack == []
     assert html.count('src="data:image/png;base64,') == len(MODELS) + 1
     assert 'src="http' not in html and 'href=' not in html
-    statuses = [row[2] for row in grid.rows if len(row) == 9 and row[0] != 'trial']
+    # The results table is a table element with the numbers in its cells, and no
+    # markup shows as text anywhere on the page.
+    results = grid.tables[0]
+    assert results[0] == ['Model', 'Vanilla', 'SE', 'ECA', 'GCT']
+    assert [row[0] for row in results[2:]] == MODELS
+    assert results[2][2] == f"{ORIGINAL[('cifar_resnet20_v1', 'none')][1]:.4f}"
+    text = ''.join(grid.text)
+    assert '<table' not in text and '<td' not in text and '</' not in text
+    trials = grid.tables[1]
+    assert trials[0][:4] == ['trial', 'id', 'network rev.', 'status']
+    statuses = [row[3] for row in trials[1:]]
     assert statuses.count('done') == 8 and statuses.count('pending') == 8
     assert 'packages.mxnet' in html and '1.9.1' in html and 'abc123' in html
 
@@ -220,6 +251,7 @@ def test_failed_trials_show_their_error_in_the_report(tmp_path):
     add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
     add_trial(store, 'cifar_resnet20_v1', 'se', 0, 0.04, 0.91,
               error='Traceback...\nTrainingDiverged: loss was nan at epoch 2, batch 7')
+    record_sweep(store, ['cifar_resnet20_v1'], ['none', 'se'])
     trials = load_trials(store.root)
     assert trials.set_index('attention').loc['se', 'status'] == 'failed'
     report = tmp_path / 'r.html'
@@ -227,8 +259,8 @@ def test_failed_trials_show_their_error_in_the_report(tmp_path):
     assert 'loss was nan at epoch 2, batch 7' in report.read_text()
 
 
-def test_an_empty_store_is_a_clear_error(tmp_path):
-    with pytest.raises(ReportError, match='no trials'):
+def test_a_store_without_its_sweep_record_is_a_clear_error(tmp_path):
+    with pytest.raises(ReportError, match=r'(?s)sweep\.json is missing.*--report-only'):
         render_all(tmp_path / 'nothing')
 
 
@@ -236,7 +268,7 @@ def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
     sweep = tmp_path / 'sweep.yaml'
     sweep.write_text(
         'name: original-table\nmodels: [cifar_resnet20_v1, cifar_resnet56_v1]\n'
-        'attentions: [none, se, eca, gct]\n'
+        'attentions: [none, se, eca, gct]\nrecipe: {epochs: 3}\n'
         f'outputs: {{results: {original_store.parent}, readme: README.md, figures: figs, '
         'report: report.html}\n')
     (tmp_path / 'README.md').write_text(f'intro\n{BEGIN}\n{END}\n')
@@ -259,3 +291,85 @@ def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
     assert (tmp_path / 'report.html').is_file() and (tmp_path / 'r2.html').is_file()
     readme_rows = TableGrid((tmp_path / 'README.md').read_text()).rows
     assert [row[0] for row in readme_rows[2:]] == ['cifar_resnet20_v1', 'cifar_resnet56_v1']
+
+
+def test_only_the_sweeps_trials_enter_the_table_and_figures(tmp_path):
+    """After `epochs: 3` became `epochs: 2`, the 3-epoch results are neither averaged in
+    nor counted: they are listed apart, with what separates them from the sweep."""
+    store = ResultsStore(tmp_path / 'results' / 'demo')
+    for attention, acc in (('none', 0.50), ('se', 0.60)):
+        add_trial(store, 'cifar_resnet20_v1', attention, 0, 0.3, acc, epochs=3)
+    add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.4, 0.80, epochs=2)
+    record_sweep(store, ['cifar_resnet20_v1'], ['none', 'se'], epochs=2,
+                 metrics=['val_acc'], overhead=False)
+    readme, report = tmp_path / 'README.md', tmp_path / 'report.html'
+    figures = tmp_path / 'figures'
+    render_all(store.root, readme=readme, figures_dir=figures, report_path=report)
+    table = TableGrid(readme.read_text()).rows
+    assert table[2] == ['cifar_resnet20_v1', '0.8000', 'TBA']
+    assert '1 of 2 trials finished' in readme.read_text()
+    grid = TableGrid(report.read_text())
+    others = grid.tables[2]
+    assert others[0][-1] == 'why it is not current'
+    assert sorted(row[0] for row in others[1:]) == ['cifar_resnet20_v1-none-s0',
+                                                    'cifar_resnet20_v1-se-s0']
+    assert all(row[-1] == 'recipe differs: epochs 3 (sweep: 2)' for row in others[1:])
+    from reports import load_histories, load_manifest, split_by_sweep
+    current, _ = split_by_sweep(load_trials(store.root), load_manifest(store.root))
+    curves = curves_figure(load_histories(store.root, set(current['trial_id'])),
+                           'cifar_resnet20_v1')
+    vanilla_line = curves.axes[0].lines[0]
+    assert list(vanilla_line.get_xdata()) == [1, 2]     # the 2-epoch trial alone
+
+
+def test_a_trial_of_an_older_network_definition_is_not_current(tmp_path):
+    store = ResultsStore(tmp_path / 'results' / 't')
+    spec = TrialSpec('cifar_resnet20_v2', 'none', 0, Recipe(epochs=3))
+    # What the previous definition of v2 stored: no revision in its id or its spec.
+    store.write_spec('68128bc50c3e', spec.name, spec.to_dict(), IDENTITY, 1)
+    rows = [{'epoch': 1, 'lr': 0.003, 'train_loss': 0.1, 'train_acc': 0.9, 'val_loss': 0.2,
+             'val_acc': 0.95, 'epoch_seconds': 1.0, 'train_seconds': 1.0,
+             'images_per_second': 1.0}]
+    store.record_epoch('68128bc50c3e', rows[0])
+    store.write_final('68128bc50c3e', dict(rows[0], epochs=3, total_seconds=1.0))
+    record_sweep(store, ['cifar_resnet20_v2'], ['none'],
+                 metrics=['val_loss', 'val_acc', 'train_loss'], overhead=False)
+    readme, report = tmp_path / 'README.md', tmp_path / 'report.html'
+    render_all(store.root, readme=readme, figures_dir=tmp_path / 'f', report_path=report)
+    assert TableGrid(readme.read_text()).rows[2][1:] == ['TBA', 'TBA', 'TBA']
+    assert '0 of 1 trials finished' in readme.read_text()
+    assert 'Network definitions: v2 revision 2' in readme.read_text()
+    other, = TableGrid(report.read_text()).tables[2][1:]
+    assert other[1] == '68128bc50c3e'
+    assert other[-1] == 'trained by network definition revision 1 (now 2)'
+    assert not (tmp_path / 'f' / 'curves_cifar_resnet20_v2.png').exists()
+
+
+def test_one_seed_draws_no_error_bars_and_says_n_1(original_store, tmp_path):
+    from reports import load_manifest, split_by_sweep
+    from reports.figures import accuracy_bars_figure
+    trials, _ = split_by_sweep(load_trials(original_store), load_manifest(original_store))
+    figure = accuracy_bars_figure(trials)
+    axis = figure.axes[0]
+    assert not [c for c in axis.containers if type(c).__name__ == 'ErrorbarContainer']
+    assert 'n=1' in axis.get_title()
+    store = ResultsStore(tmp_path / 'two-seeds')
+    for seed, acc in ((0, 0.90), (1, 0.92)):
+        add_trial(store, 'cifar_resnet20_v1', 'none', seed, 0.03, acc)
+    record_sweep(store, ['cifar_resnet20_v1'], ['none'], seeds=(0, 1))
+    trials, _ = split_by_sweep(load_trials(store.root), load_manifest(store.root))
+    axis = accuracy_bars_figure(trials).axes[0]
+    bars, = [c for c in axis.containers if type(c).__name__ == 'ErrorbarContainer']
+    assert 'error bars: std over seeds' in axis.get_title() and 'n=2' in axis.get_title()
+
+
+def test_figures_of_trials_no_longer_in_the_sweep_are_removed(original_store, tmp_path):
+    figures = tmp_path / 'figures'
+    render_all(original_store, figures_dir=figures)
+    assert (figures / 'curves_cifar_resnet56_v2.png').is_file()
+    (figures / 'notes.png').write_bytes(b'not ours')
+    store = ResultsStore(original_store)
+    record_sweep(store, ['cifar_resnet20_v1'], ATTENTIONS)
+    render_all(original_store, figures_dir=figures)
+    assert sorted(p.name for p in figures.iterdir()) == [
+        'curves_cifar_resnet20_v1.png', 'final_accuracy.png', 'notes.png']

@@ -179,6 +179,39 @@ def test_dry_run_only_and_fresh(tmp_path, data_root, local_ray, capsys, monkeypa
     assert '0 done, 0 partial, 4 pending' in capsys.readouterr().out
 
 
+def test_plan_and_reports_agree_after_the_recipe_changes(tmp_path, data_root, local_ray,
+                                                         capsys):
+    """A sweep trained with 1 epoch, then edited to 2: the dry run, --report-only and the
+    run's closing plan all count the 1-epoch result as not done, and no table shows it."""
+    outputs = {'outputs': {'results': 'results', 'readme': 'README.md', 'figures': 'figures',
+                           'report': 'report.html'},
+               'report': {'metrics': ['val_acc'], 'overhead': False}}
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['none'],
+                       extra=outputs)
+    assert run_sweep.main(['--config', str(path), '--insert']) == 0
+    readme = tmp_path / 'README.md'
+    assert '1 of 1 trials finished' in readme.read_text()
+
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['none'],
+                       epochs=2, extra=outputs)
+    capsys.readouterr()
+    assert run_sweep.main(['--config', str(path), '--dry-run']) == 0
+    assert '1 trials: 0 done, 0 partial, 1 pending' in capsys.readouterr().out
+    assert run_sweep.main(['--config', str(path), '--report-only']) == 0
+    text = readme.read_text()
+    assert '0 of 1 trials finished' in text and 'TBA' in text
+    assert 'recipe differs: epochs 1 (sweep: 2)' in \
+        (tmp_path / 'report.html').read_text()
+
+    capsys.readouterr()
+    assert run_sweep.main(['--config', str(path)]) == 0
+    assert '1 trials: 1 done, 0 partial, 0 pending' in capsys.readouterr().out
+    assert '1 of 1 trials finished' in readme.read_text()
+    import pandas as pd
+    frame = pd.read_csv(tmp_path / 'results' / 'tiny' / 'results.csv')
+    assert sorted(zip(frame['epochs'], frame['in_sweep'])) == [(1, False), (2, True)]
+
+
 def test_bad_config_and_missing_data_exit_with_a_message(tmp_path, capsys):
     bad = tmp_path / 'bad.yaml'
     bad.write_text('name: x\nmodels: [cifar_resnet20_v1]\nattentions: [eca]\n'
