@@ -8,8 +8,7 @@ backwards (the horizontal flip). No per-image Python, no worker processes.
 import mxnet as mx
 import numpy as np
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
+from .data import CIFAR_MEAN, CIFAR_STD
 
 
 class DeviceImages:

@@ -52,7 +52,8 @@ class Override(_Strict):
 
 class DataConfig(_Strict):
     dataset: Literal['cifar10', 'demo'] = 'cifar10'
-    root: Optional[str] = None          # default: MXNet's data folder (cifar10), data/demo-digits
+    # default: MXNet's data folder (cifar10), data/demo-digits-cifar-stats (demo)
+    root: Optional[str] = None
     download: bool = True
 
 
