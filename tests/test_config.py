@@ -26,7 +26,7 @@ def test_shipped_sweeps_load_and_expand():
     assert {s.attention for s in specs} == {'none', 'se', 'eca', 'gct'}
     assert all(s.recipe == Recipe() for s in specs)   # the original recipe
     demo = load_config('sweeps/demo.yaml')
-    assert demo.config.data.dataset == 'demo' and len(expand(demo.config)) == 8
+    assert demo.config.data.dataset == 'demo' and len(expand(demo.config)) == 16
     assert demo.store_dir.name == 'demo'
 
 
