@@ -71,13 +71,19 @@ def accuracy_bars_figure(trials, models=None, attentions=None):
     axis.set_xticks(range(len(models)))
     axis.set_xticklabels(models, rotation=15, ha='right')
     axis.set_ylabel('final validation accuracy')
-    low = done['val_acc'].min() if len(done) else 0.0
+    # Low enough for the lowest error bar, not only the lowest mean.
+    lows = [patch.get_height() for patch in axis.patches]
+    for container in axis.containers:
+        if type(container).__name__ == 'ErrorbarContainer':
+            lows += [segment[:, 1].min() for line in container.lines[2]
+                     for segment in line.get_segments()]
+    low = min(lows) if lows else 0.0
     axis.set_ylim(max(0.0, low - 0.05), 1.0)
     axis.grid(axis='y', alpha=0.3)
     # Below the axes, so it never hides a bar.
     axis.legend(title='attention', fontsize='small', ncol=max(1, min(6, len(attentions))),
                 loc='upper center', bbox_to_anchor=(0.5, -0.22))
-    axis.set_title(f'Final validation accuracy ({_seed_note(seed_counts)})')
+    axis.set_title(f'Final validation accuracy\n{_seed_note(seed_counts)}', fontsize='medium')
     return fig
 
 
@@ -85,8 +91,8 @@ def _seed_note(seed_counts):
     if seed_counts == {1}:
         return 'n=1 seed per cell: no error bars'
     counts = '/'.join(str(n) for n in sorted(seed_counts))
-    note = f'mean over n={counts} seeds, error bars: std over seeds'
-    return note + ('; cells with n=1 have none' if 1 in seed_counts else '')
+    note = f'mean of n={counts} seeds; error bars: std over seeds'
+    return note + (' (none where n=1)' if 1 in seed_counts else '')
 
 
 def save_figure(fig, path):
