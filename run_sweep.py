@@ -63,9 +63,42 @@ def main(argv=None):
     if args.report_only:
         return _report_only(loaded, args.insert)
 
+    from bench.store import ResultsStore, StoreLocked
+    if args.dry_run and not args.fresh:
+        return _plan_and_train(loaded, args, only)
+    store = ResultsStore(loaded.store_dir)
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f'error: cannot create the results folder {store.root}: '
+              f'{error.strerror or error}; set outputs.results in {loaded.path} to a folder '
+              'you can write', file=sys.stderr)
+        return 2
+    try:
+        with store.lock():
+            store.clean_scratch()
+            return _plan_and_train(loaded, args, only)
+    except StoreLocked as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+INTERRUPTED = ('interrupted: every finished epoch is in the store; run the same command '
+               'again to resume')
+
+
+def _plan_and_train(loaded, args, only):
     if args.fresh:
         if not args.yes:
-            answer = input(f'delete every stored result in {loaded.store_dir}? [y/N] ')
+            try:
+                answer = input(f'delete every stored result in {loaded.store_dir}? [y/N] ')
+            except EOFError:
+                print('\nerror: --fresh deletes every stored result and asks first; with no '
+                      'one to answer (no terminal), add --yes', file=sys.stderr)
+                return 2
             if answer.strip().lower() not in ('y', 'yes'):
                 print('nothing deleted')
                 return 1
@@ -85,6 +118,11 @@ def main(argv=None):
           f'store {loaded.store_dir}')
     planned = plan(loaded, data.identity.to_dict(), only=only,
                    retry_failed=args.retry_failed)
+    problems = _problems_before_training(loaded, args, only, planned, data)
+    if problems:
+        for problem in problems:
+            print(f'error: {problem}', file=sys.stderr)
+        return 2
     if args.dry_run:
         print(format_plan(planned, loaded.config.resources,
                           devices=local_devices(loaded.config.resources)))
@@ -96,6 +134,9 @@ def main(argv=None):
         return 2
     # The plan again, from the store: statuses and epochs as the run left them.
     print(format_plan(plan(loaded, data.identity.to_dict(), only=only), loaded.config.resources))
+    if outcome.interrupted:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     code = 0
     if outcome.failed:
         print(f'{len(outcome.failed)} trial(s) failed:', file=sys.stderr)
@@ -104,9 +145,37 @@ def main(argv=None):
             print(f'  {names[tid]} ({tid}): {error.strip().splitlines()[-1]}', file=sys.stderr)
         print('fix the cause, then run again with --retry-failed', file=sys.stderr)
         code = 1
+    if outcome.damaged:
+        names = {p.trial_id: p.name for p in outcome.planned}
+        print(f'{len(outcome.damaged)} trial(s) not trained because their stored files are '
+              'damaged:', file=sys.stderr)
+        for tid, problems in outcome.damaged.items():
+            for problem in problems:
+                print(f'  {names[tid]} ({tid}): {problem}', file=sys.stderr)
+        code = 1
     if not args.no_report:
         code = max(code, _report_or_fail(loaded, args.insert))
     return code
+
+
+def _problems_before_training(loaded, args, only, planned, data):
+    """What would stop the sweep part way, found before anything trains."""
+    from bench.sweep import data_problems
+    from reports import ReportError, check_readme
+    problems = data_problems(planned, data.identity.to_dict())
+    if only and not planned:
+        config = loaded.config
+        problems.append(f"--only {args.only} matches no trial of the sweep (models: "
+                        f"{', '.join(config.models)}; attentions: "
+                        f"{', '.join(config.attentions)}; seeds: "
+                        f"{', '.join(map(str, config.seeds))})")
+    readme = loaded.resolve(loaded.config.outputs.readme)
+    if readme is not None and not args.no_report:
+        try:
+            check_readme(readme, args.insert)
+        except (ReportError, OSError) as error:
+            problems.append(str(error))
+    return problems
 
 
 def _report_only(loaded, insert):

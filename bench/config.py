@@ -105,7 +105,17 @@ class SweepConfig(_Strict):
     @classmethod
     def _known_attentions(cls, names):
         from models import get_attention
-        return _registered(names, get_attention, 'attention')
+        # The registry ignores case; so must the trial ids and the duplicate check.
+        return _registered([str(name).lower() for name in names], get_attention, 'attention')
+
+    @field_validator('recipe', mode='before')
+    @classmethod
+    def _no_truth_values_for_counts(cls, values):
+        # Checked before pydantic turns `epochs: true` into 1.
+        for name in ('epochs', 'batch_size'):
+            if isinstance(values, dict) and isinstance(values.get(name), bool):
+                raise ValueError(f'{name} must be a whole number, got {values[name]!r}')
+        return values
 
     @field_validator('seeds')
     @classmethod
@@ -206,9 +216,35 @@ def parse_config(values, source='sweep.yaml'):
             Recipe.from_dict({**config.recipe.to_dict(), **override.recipe})
         except (TypeError, ValueError) as error:
             problems.append(f'{source}: overrides.{index}.recipe: {error}')
+        attentions = [override.match.attention] if override.match.attention \
+            else config.attentions
+        for attention in attentions:
+            problem = _attention_options_problem(attention, override.attention_kwargs)
+            if problem:
+                problems.append(f'{source}: overrides.{index}.attention_kwargs: {problem}')
     if problems:
         raise ConfigError('\n'.join(problems))
     return config
+
+
+def _attention_options_problem(attention, options):
+    """Why `options` cannot be given to attention `attention` (None when they can)."""
+    import inspect
+
+    from models import get_attention
+    if not options:
+        return None
+    attention_class = get_attention(attention)
+    if attention_class is None:
+        return f"attention 'none' takes no options, got {', '.join(sorted(options))}"
+    parameters = inspect.signature(attention_class.__init__).parameters
+    valid = [name for name, p in parameters.items() if name not in ('self', 'channels')
+             and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        return (f"{attention} takes no option {', '.join(unknown)}; its options: "
+                f"{', '.join(valid)} (narrow the override with match.attention)")
+    return None
 
 
 def load_config(path):

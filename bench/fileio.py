@@ -2,8 +2,15 @@
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path):
@@ -29,6 +36,9 @@ def write_bytes_atomic(path, data):
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        # The new file keeps the old one's permissions (mkstemp makes it 0600).
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else
+                 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -40,8 +40,12 @@ class Recipe:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, "
                             f"got {self.precision!r}")
         for name in ('epochs', 'batch_size'):
-            if int(getattr(self, name)) < 1:
-                problems.append(f'{name} must be at least 1, got {getattr(self, name)}')
+            value = getattr(self, name)
+            # bool is an int to Python: `epochs: true` would train one epoch.
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f'{name} must be a whole number, got {value!r}')
+            elif value < 1:
+                problems.append(f'{name} must be at least 1, got {value}')
         if not self.lr > 0:
             problems.append(f'lr must be positive, got {self.lr}')
         if self.wd < 0:

@@ -4,6 +4,7 @@
       sweep.json                 what the sweep consists of now: its trial ids, layout,
                                  report options; reports show these trials and no others
       results.csv                one row per trial (pandas)
+      sweep.lock                 while a sweep runs on the store: host, process id, since
       environment.json           packages, git commit, devices of the last run
       trials/<trial_id>/
         spec.json                the trial's spec, name, data identity
@@ -15,25 +16,95 @@
 Every file is written atomically. A trial is done only when final.json was
 renamed into place; anything else is resumed, never trusted. Paths inside the
 store are relative to it, so the folder can be moved.
+
+Reading never crashes on a damaged file and never hides one: `trial_state` is
+the one rule for a trial's status, used by the sweep and the reports alike, and
+it names every problem it finds with the file and what to do. The checkpoint's
+state.json holds the whole history too, so a cut history.csv is read from it and
+rewritten by the next run, and a checkpoint left as `.checkpoint.retired` by a
+crash in the middle of its swap is used and put back.
 """
 import csv
 import io
+import json
+import os
 import shutil
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import STATE_FILE, read_state
 from .fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
 
 DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
+# Files that contradict each other or cannot be read: not trained, not reported as
+# results, until the user acts on the problem the state names.
+DAMAGED = 'damaged'
+STATUSES = (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
+CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR = 'checkpoint', '.checkpoint.retired'
+LOCK_FILE = 'sweep.lock'
 MANIFEST_FILE = 'sweep.json'
 HISTORY_FIELDS = ('epoch', 'lr', 'train_loss', 'train_acc', 'val_loss', 'val_acc',
                   'epoch_seconds', 'train_seconds', 'images_per_second')
 
 
+class StoreLocked(RuntimeError):
+    """Another sweep is running on this store; the message says who and what to do."""
+
+
 class ResultsStore:
     def __init__(self, root):
         self.root = Path(root)
+
+    @contextmanager
+    def lock(self, progress=print):
+        """Hold the store for one sweep. A second run is refused with who holds it (host,
+        process id, since when); a lock whose process is gone from this host is taken over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        mine = {'host': socket.gethostname(), 'pid': os.getpid(),
+                'since': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+        while not _create_with(path, json.dumps(mine)):
+            holder, _ = read_json_checked(path)
+            holder = holder or {}
+            if holder.get('host') == mine['host'] and not _process_alive(holder.get('pid')):
+                stale = path.with_name(f'.{LOCK_FILE}.stale-{os.getpid()}')
+                try:
+                    path.rename(stale)   # only one of several takers wins this rename
+                except FileNotFoundError:
+                    continue
+                stale.unlink()
+                progress(f"took over the lock of {self.root}: process {holder.get('pid')} "
+                         f"(since {holder.get('since')}) is no longer running")
+                continue
+            raise StoreLocked(
+                f"another sweep is running on {self.root}: process {holder.get('pid')} on "
+                f"host {holder.get('host')}, since {holder.get('since')}. Wait for it to "
+                f"finish; if it is gone (a crashed machine), delete {path}")
+        try:
+            yield
+        finally:
+            current, _ = read_json_checked(path)
+            if current == mine:
+                path.unlink()
+
+    def clean_scratch(self):
+        """Remove what killed runs left behind: Tune's scratch folders, half-copied
+        checkpoints and temporary files. Only while holding the lock (no run is active).
+        Returns how many were removed."""
+        leftovers = list((self.root / 'ray').glob('*')) if (self.root / 'ray').is_dir() else []
+        leftovers += list(self.root.glob('.*.tmp'))
+        for folder in (self.root / 'trials').glob('*'):
+            leftovers += list(folder.glob('.checkpoint-*')) + list(folder.glob('.*.tmp'))
+        for path in leftovers:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(leftovers)
 
     def trial_dir(self, trial_id):
         return self.root / 'trials' / trial_id
@@ -58,28 +129,41 @@ class ResultsStore:
         return read_json(path) if path.is_file() else None
 
     def read_history(self, trial_id):
-        path = self.trial_dir(trial_id) / 'history.csv'
-        if not path.is_file():
-            return []
-        with open(path, newline='', encoding='utf-8') as handle:
-            return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in row.items()}
-                    for row in csv.DictReader(handle)]
+        """The trial's epoch rows: history.csv, or the checkpoint's copy where that holds
+        more (a cut or missing history.csv)."""
+        return self.history(trial_id)[0]
+
+    def history(self, trial_id):
+        """(rows, problems) of the trial's history; see read_history."""
+        rows, problem = read_history_csv(self.trial_dir(trial_id) / 'history.csv')
+        problems = [problem] if problem else []
+        state, _, _ = self.checkpoint_state(trial_id)
+        saved = [{k: row[k] for k in HISTORY_FIELDS} for row in (state or {}).get('history', [])]
+        if len(saved) > len(rows) or (problem and saved):
+            problems.append(f'{self.trial_dir(trial_id) / "history.csv"}: holds {len(rows)} '
+                            f'intact epoch row(s), the checkpoint {len(saved)}; the '
+                            "checkpoint's copy is used, and the next run rewrites the file")
+            rows = saved + [row for row in rows if row['epoch'] > len(saved)]
+        return rows, problems
 
     def record_epoch(self, trial_id, metrics):
         """Add (or replace, when an epoch is trained again after a crash) one history row."""
         rows = {row['epoch']: row for row in self.read_history(trial_id)}
         rows[int(metrics['epoch'])] = {k: metrics[k] for k in HISTORY_FIELDS}
+        self._write_history(trial_id, [rows[epoch] for epoch in sorted(rows)])
+
+    def _write_history(self, trial_id, rows):
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator='\n')
         writer.writeheader()
-        for epoch in sorted(rows):
-            writer.writerow({k: repr(float(v)) if k != 'epoch' else int(v)
-                             for k, v in rows[epoch].items()})
+        for row in rows:
+            writer.writerow({k: repr(float(row[k])) if k != 'epoch' else int(row[k])
+                             for k in HISTORY_FIELDS})
         write_text_atomic(self.trial_dir(trial_id) / 'history.csv', buffer.getvalue())
 
     def record_checkpoint(self, trial_id, source_dir):
         """Copy a checkpoint folder into the store, replacing the previous one atomically."""
-        target = self.trial_dir(trial_id) / 'checkpoint'
+        target = self.trial_dir(trial_id) / CHECKPOINT_DIR
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix='.checkpoint-', dir=target.parent))
         shutil.rmtree(staging)
@@ -104,35 +188,102 @@ class ResultsStore:
             path.replace(retired)
 
     # ------------------------------------------------------------ reading
+    def checkpoint_state(self, trial_id):
+        """(state, folder, problems) of the trial's newest intact checkpoint in the store:
+        `checkpoint/`, or `.checkpoint.retired/` where a crash in the middle of the swap
+        left only that one. (None, None, problems) when there is none."""
+        folder, problems = self.trial_dir(trial_id), []
+        for name in (CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR):
+            path = folder / name
+            if not (path / STATE_FILE).is_file():
+                continue
+            try:
+                state = read_state(path)
+                epoch = int(state['epoch'])
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                problems.append(f'{path / STATE_FILE}: unreadable ({_short(error)})')
+                continue
+            return dict(state, epoch=epoch), path, problems
+        return None, None, problems
+
     def checkpoint_path(self, trial_id):
-        path = self.trial_dir(trial_id) / 'checkpoint'
-        return path if (path / STATE_FILE).is_file() else None
+        return self.checkpoint_state(trial_id)[1]
 
     def checkpoint_epoch(self, trial_id):
-        path = self.checkpoint_path(trial_id)
-        return int(read_state(path)['epoch']) if path else 0
+        state = self.checkpoint_state(trial_id)[0]
+        return state['epoch'] if state else 0
+
+    def trial_state(self, trial_id):
+        """The one rule for a trial's status: a TrialState (status, epochs done, problems)."""
+        folder = self.trial_dir(trial_id)
+        final, final_problem = read_json_checked(folder / 'final.json')
+        error, error_problem = read_json_checked(folder / 'error.json')
+        state, checkpoint, problems = self.checkpoint_state(trial_id)
+        epochs = state['epoch'] if state else 0
+        _, history_problems = self.history(trial_id)
+        problems += history_problems
+        if checkpoint is not None and checkpoint.name == RETIRED_CHECKPOINT_DIR:
+            problems.append(f'{folder / CHECKPOINT_DIR}: missing after an interrupted swap; '
+                            f'{checkpoint} (epoch {epochs}) is used, and the next run puts '
+                            'it back')
+        if final is not None and isinstance(final.get('epochs'), int):
+            return TrialState(DONE, final['epochs'], tuple(problems))
+        if final_problem or final is not None:
+            what = final_problem or f'{folder / "final.json"}: has no epoch count'
+            fix = (f'the checkpoint holds epoch {epochs}: delete the file and run again to '
+                   'rewrite it' if epochs else 'restore it from a backup, or delete the '
+                   "trial's folder to train it again")
+            return TrialState(DAMAGED, epochs, tuple(problems + [f'{what}; {fix}']))
+        if error is not None or error_problem:
+            if error_problem:
+                problems.append(f'{error_problem}; the trial counts as failed')
+            return TrialState(FAILED, epochs, tuple(problems))
+        recorded = len(read_history_csv(folder / 'history.csv')[0])
+        # One epoch ahead of the checkpoint is the window between an epoch's report and
+        # its checkpoint; more means checkpoints were lost and epochs would be retrained.
+        if recorded > epochs + 1:
+            where = f'is at epoch {epochs}' if epochs else 'is missing'
+            return TrialState(DAMAGED, epochs, tuple(problems + [
+                f'{folder}: history.csv records {recorded} epochs but the checkpoint '
+                f'{where}, so resuming would train epochs again; restore the checkpoint, '
+                'or delete the folder to train the trial from scratch']))
+        return TrialState(PARTIAL if epochs else PENDING, epochs, tuple(problems))
 
     def status(self, trial_id):
-        """(status, epochs done) of a trial: done / failed / partial / pending."""
-        folder = self.trial_dir(trial_id)
-        if (folder / 'final.json').is_file():
-            return DONE, int(read_json(folder / 'final.json').get('epochs', 0))
-        epochs = self.checkpoint_epoch(trial_id)
-        if (folder / 'error.json').is_file():
-            return FAILED, epochs
-        return (PARTIAL, epochs) if epochs else (PENDING, 0)
+        """(status, epochs done) of a trial: done / failed / partial / pending / damaged."""
+        state = self.trial_state(trial_id)
+        return state.status, state.epochs_done
+
+    def repair(self, trial_id):
+        """Before a run trains or reports the trial: put a retired checkpoint back and
+        rewrite a cut history.csv from the checkpoint. Returns what was repaired."""
+        folder, done = self.trial_dir(trial_id), []
+        retired = folder / RETIRED_CHECKPOINT_DIR
+        if not (folder / CHECKPOINT_DIR / STATE_FILE).is_file() and \
+                (retired / STATE_FILE).is_file():
+            if (folder / CHECKPOINT_DIR).exists():
+                shutil.rmtree(folder / CHECKPOINT_DIR)
+            retired.replace(folder / CHECKPOINT_DIR)
+            done.append(f'{folder / CHECKPOINT_DIR}: put back from {RETIRED_CHECKPOINT_DIR}')
+        rows, problems = self.history(trial_id)
+        if problems and rows:
+            self._write_history(trial_id, rows)
+            done.append(f'{folder / "history.csv"}: rewritten from the checkpoint '
+                        f'({len(rows)} epochs)')
+        return done
 
     def read_final(self, trial_id):
-        path = self.trial_dir(trial_id) / 'final.json'
-        return read_json(path) if path.is_file() else None
+        return read_json_checked(self.trial_dir(trial_id) / 'final.json')[0]
 
     def read_error(self, trial_id):
         path = self.trial_dir(trial_id) / 'error.json'
-        return read_json(path)['error'] if path.is_file() else None
+        error, problem = read_json_checked(path)
+        if problem:
+            return problem
+        return None if error is None else str(error.get('error', ''))
 
     def read_spec(self, trial_id):
-        path = self.trial_dir(trial_id) / 'spec.json'
-        return read_json(path) if path.is_file() else None
+        return read_json_checked(self.trial_dir(trial_id) / 'spec.json')[0]
 
     def trial_rows(self, current_ids=()):
         """One flat dict per stored trial: identity, recipe, status, final metrics, error,
@@ -143,7 +294,8 @@ class ResultsStore:
             if stored is None:
                 continue
             spec, data = stored['spec'], stored.get('data') or {}
-            status, epochs = self.status(trial_id)
+            state = self.trial_state(trial_id)
+            status, epochs = state.status, state.epochs_done
             row = {'trial_id': trial_id, 'name': stored['name'], 'model': spec['model'],
                    'attention': spec['attention'], 'seed': spec['seed'],
                    'in_sweep': trial_id in current_ids,
@@ -159,6 +311,7 @@ class ResultsStore:
             for key in HISTORY_FIELDS[1:] + ('total_seconds',):
                 row[key] = final.get(key)
             row['error'] = self.read_error(trial_id) if status == FAILED else None
+            row['problems'] = ' | '.join(state.problems)
             rows.append(row)
         return rows
 
@@ -170,3 +323,81 @@ class ResultsStore:
 
     def write_environment(self, environment):
         write_json_atomic(self.root / 'environment.json', environment)
+
+
+@dataclass(frozen=True)
+class TrialState:
+    status: str             # one of STATUSES
+    epochs_done: int
+    problems: tuple = ()    # each names a file, what is wrong with it and what to do
+
+
+def read_json_checked(path):
+    """(value, None), (None, None) when the file is absent, or (None, problem) naming the
+    file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        return None, None
+    try:
+        value = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return None, f'{path}: not valid JSON ({_short(error)})'
+    if not isinstance(value, dict):
+        return None, f'{path}: expected a JSON object, found {type(value).__name__}'
+    return value, None
+
+
+def read_history_csv(path):
+    """(rows, problem): the intact rows of a history.csv, in order, up to the first row
+    that is cut or garbled (named in `problem`)."""
+    path = Path(path)
+    if not path.is_file():
+        return [], None
+    rows = []
+    try:
+        with open(path, newline='', encoding='utf-8') as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != HISTORY_FIELDS:
+                return [], f'{path}: unexpected header {reader.fieldnames}'
+            for line, row in enumerate(reader, start=2):
+                try:
+                    parsed = {k: (int(row[k]) if k == 'epoch' else float(row[k]))
+                              for k in HISTORY_FIELDS}
+                except (TypeError, ValueError):
+                    return rows, f'{path}: line {line} is cut or garbled; rows from it on ' \
+                                 'are not used'
+                if parsed['epoch'] != len(rows) + 1:
+                    return rows, f'{path}: line {line} holds epoch {parsed["epoch"]} where ' \
+                                 f'epoch {len(rows) + 1} belongs'
+                rows.append(parsed)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        return rows, f'{path}: unreadable ({_short(error)})'
+    return rows, None
+
+
+def _short(error):
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
+def _create_with(path, text):
+    """Create `path` holding `text` unless it exists, atomically (a link of a full file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

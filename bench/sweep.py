@@ -15,7 +15,7 @@ from models.names import network_revision
 
 from .config import expand, matches_only, trial_id
 from .data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
-from .store import DONE, FAILED, PARTIAL, PENDING, ResultsStore
+from .store import DAMAGED, DONE, FAILED, LOCK_FILE, PARTIAL, PENDING, ResultsStore
 
 
 def print_line(text):
@@ -36,6 +36,7 @@ class PlannedTrial:
     status: str
     epochs_done: int
     error: str = None
+    problems: tuple = ()     # damaged or repairable files, each with what to do
 
     @property
     def will_train(self):
@@ -48,10 +49,17 @@ class SweepOutcome:
     trained: list
     statuses: dict
     errors: dict
+    problems: dict = None     # trial id -> problems of the trials left damaged
+    interrupted: bool = False  # the run stopped (Ctrl-C) before every trial ended
 
     @property
     def failed(self):
         return {tid: err for tid, err in self.errors.items() if self.statuses[tid] == FAILED}
+
+    @property
+    def damaged(self):
+        return {tid: p for tid, p in (self.problems or {}).items()
+                if self.statuses[tid] == DAMAGED}
 
 
 def load_sweep_data(loaded, download=None):
@@ -121,12 +129,22 @@ def plan(loaded, data_identity, only=None, retry_failed=False):
     for tid, spec in sweep_trials(loaded.config, data_identity):
         if only and not matches_only(spec, only):
             continue
-        status, epochs = store.status(tid)
+        state = store.trial_state(tid)
+        status, epochs = state.status, state.epochs_done
         error = store.read_error(tid) if status == FAILED else None
         if status == FAILED and retry_failed:
             status = PARTIAL if epochs else PENDING
-        planned.append(PlannedTrial(tid, spec.name, spec, status, epochs, error))
+        planned.append(PlannedTrial(tid, spec.name, spec, status, epochs, error,
+                                    state.problems))
     return planned
+
+
+def data_problems(planned, data_identity):
+    """What keeps planned trials from training on this data, each with what to change."""
+    images = data_identity['train_images']
+    return [f'{p.name}: batch_size {p.spec.recipe.batch_size} is larger than the {images} '
+            f"training images of {data_identity['name']}; lower recipe.batch_size"
+            for p in planned if p.will_train and p.spec.recipe.batch_size > images]
 
 
 def local_devices(resources):
@@ -134,7 +152,11 @@ def local_devices(resources):
     from .gpu import describe_gpus, physical_gpus
     from .threads import available_cpus
     gpus = physical_gpus()
-    text = f'{available_cpus()} CPU cores; {describe_gpus(gpus)}'
+    cpus = available_cpus()
+    text = f'{cpus} CPU cores; {describe_gpus(gpus)}'
+    if resources.cpus_per_trial > cpus:
+        text += (f' (cpus_per_trial {resources.cpus_per_trial:g} is more than this machine '
+                 'has: a run here is refused; on a cluster, each node must have that many)')
     if resources.gpus_per_trial and not gpus:
         text += ' (gpus_per_trial ignored: trials run on CPUs)'
     return text
@@ -148,16 +170,19 @@ def format_plan(planned, resources, devices=None):
         f" + {resources.gpus_per_trial:g} GPU" if resources.gpus_per_trial else '')
     width = max([len(p.name) for p in planned] + [5])
     for p in planned:
-        state = {DONE: 'done', PENDING: 'pending', FAILED: 'failed',
+        state = {DONE: 'done', PENDING: 'pending', FAILED: 'failed', DAMAGED: 'damaged',
                  PARTIAL: f'partial (epoch {p.epochs_done} of {p.spec.recipe.epochs})'}[p.status]
         lines.append(f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
                      + (f'  asks {ask}' if p.will_train else ''))
         if p.error:
             lines.append(f'{"":<{width}}  error: {p.error.strip().splitlines()[-1]}')
+        for problem in p.problems:
+            lines.append(f'{"":<{width}}  problem: {problem}')
     counts = {s: sum(1 for p in planned if p.status == s) for s in (DONE, PARTIAL, PENDING,
-                                                                    FAILED)}
+                                                                    FAILED, DAMAGED)}
     lines.append(f'{len(planned)} trials: {counts[DONE]} done, {counts[PARTIAL]} partial, '
-                 f'{counts[PENDING]} pending, {counts[FAILED]} failed')
+                 f'{counts[PENDING]} pending, {counts[FAILED]} failed'
+                 + (f', {counts[DAMAGED]} damaged' if counts[DAMAGED] else ''))
     return '\n'.join(lines)
 
 
@@ -240,6 +265,18 @@ def check_cluster_gpus(ray, gpus_per_trial):
     return [text for _, text in answers]
 
 
+def check_trials_fit(ray, resources):
+    """Refuse a trial that no node of the cluster can hold (Tune would wait forever)."""
+    nodes = [n.get('Resources', {}) for n in ray.nodes() if n.get('Alive')]
+    for kind, asked in (('CPU', resources.cpus_per_trial), ('GPU', resources.gpus_per_trial)):
+        largest = max((node.get(kind, 0) for node in nodes), default=0)
+        if asked and asked > largest:
+            raise SweepError(
+                f'each trial asks for {asked:g} {kind}s, but the largest node of the Ray '
+                f'cluster has {largest:g}; lower resources.{kind.lower()}s_per_trial in the '
+                'sweep file (a cluster that scales up must offer such a node first)')
+
+
 def cpu_fallback(resources, ray, progress=print_line):
     """Resources to ask for: on a cluster without GPUs, GPU trials run on CPUs instead."""
     if resources.gpus_per_trial and not ray.cluster_resources().get('GPU', 0):
@@ -268,6 +305,8 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     store = ResultsStore(loaded.store_dir)
     current_ids = record_sweep(loaded, data.identity.to_dict())
     for p in planned:
+        for repaired in store.repair(p.trial_id):
+            progress(f'{p.name}: {repaired}')
         store.write_spec(p.trial_id, p.name, p.spec.to_dict(), data.identity.to_dict(),
                          network_revision(p.spec.model), model_stats=_stats_of(p.spec))
         if p.will_train:
@@ -285,6 +324,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     store.write_environment(describe_environment(loaded.base_dir, data.identity,
                                                  cluster_devices(ray)))
     resources = cpu_fallback(config.resources, ray, progress)
+    check_trials_fit(ray, resources)
     if resources.gpus_per_trial:
         for description in check_cluster_gpus(ray, resources.gpus_per_trial):
             progress(description)
@@ -316,11 +356,20 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     # Failed trials are reported from the store, with their errors; Tune's own
     # end-of-run complaints about them would only repeat that, less clearly.
     logging.getLogger('ray.tune').setLevel(logging.CRITICAL)
+    # A first Ctrl-C makes Tune stop its trials and return; a trial that has then
+    # neither finished nor failed tells that the run was interrupted.
     tuner.fit()
-    progress(f'trained {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s')
     # Everything worth keeping is in the store by now; Tune's copies of it are not.
     shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
-    return _outcome(store, planned, to_train, current_ids)
+    outcome = _outcome(store, planned, to_train, current_ids)
+    ended = {s: sum(1 for p in to_train if outcome.statuses[p.trial_id] == s)
+             for s in (DONE, FAILED)}
+    outcome.interrupted = ended[DONE] + ended[FAILED] < len(to_train)
+    progress(f'ran {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s: '
+             f'{ended[DONE]} finished, {ended[FAILED]} failed'
+             + (f', {len(to_train) - ended[DONE] - ended[FAILED]} unfinished'
+                if outcome.interrupted else ''))
+    return outcome
 
 
 _STATS_CACHE = {}
@@ -345,15 +394,22 @@ def _stats_of(spec):
 
 def _outcome(store, planned, trained, current_ids):
     store.write_results_csv(current_ids)
-    statuses, errors = {}, {}
+    statuses, errors, problems = {}, {}, {}
     for p in planned:
-        statuses[p.trial_id], _ = store.status(p.trial_id)
-        if statuses[p.trial_id] == FAILED:
+        state = store.trial_state(p.trial_id)
+        statuses[p.trial_id], problems[p.trial_id] = state.status, state.problems
+        if state.status == FAILED:
             errors[p.trial_id] = store.read_error(p.trial_id)
-    return SweepOutcome(planned, trained, statuses, errors)
+    return SweepOutcome(planned, trained, statuses, errors, problems)
 
 
 def remove_store(loaded):
-    """Delete the sweep's results folder (for --fresh)."""
+    """Delete everything the sweep's results folder holds but its lock (for --fresh)."""
     if loaded.store_dir.exists():
-        shutil.rmtree(loaded.store_dir)
+        for path in loaded.store_dir.iterdir():
+            if path.name == LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -134,6 +134,9 @@ def main(argv=None):
     except TrainingDiverged as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
+    except ValueError as error:    # e.g. a batch larger than the training set
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     finally:
         if bar is not None:
             bar.close()

@@ -10,13 +10,15 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from bench.fileio import write_text_atomic
+
 from .figures import write_figures
-from .readme import BEGIN, END, ReportError, inject_block, write_readme
+from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
 from .store import (load_environment, load_histories, load_manifest, load_trials,
                     split_by_sweep)
 from .table import table_context
 
-__all__ = ['BEGIN', 'END', 'ReportError', 'inject_block', 'load_histories', 'load_manifest',
+__all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_histories', 'load_manifest',
            'load_trials', 'render_all', 'split_by_sweep', 'table_context']
 
 _ENV = Environment(loader=PackageLoader('reports', 'templates'), undefined=StrictUndefined,
@@ -80,10 +82,10 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
     options = dict(manifest.get('report') or {}, **(options or {}))
     layout = {'models': manifest['models'], 'attentions': manifest['attentions'],
               **(layout or {})}
-    trials, others = split_by_sweep(load_trials(store_dir), manifest)
+    trials, others = split_by_sweep(load_trials(store_dir, manifest), manifest)
     if trials.empty:
         raise ReportError(f'the sweep recorded in {store_dir} has no trials')
-    histories = load_histories(store_dir, set(trials['trial_id']))
+    histories = load_histories(store_dir, trials)
     context = table_context(trials, layout.get('models'), layout.get('attentions'),
                             metrics=options.get('metrics', ('val_loss', 'val_acc')),
                             overhead=options.get('overhead', False))
@@ -115,6 +117,8 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
                       figures=[{'title': t, 'base64': base64.b64encode(Path(p).read_bytes())
                                 .decode('ascii')} for t, p in figures],
                       trials=_trial_rows(trials), others=_trial_rows(others),
+                      problems=[(row['name'], problem) for row in trials.to_dict('records')
+                                for problem in row['problems']],
                       environment=_flatten(environment),
                       recipes=sorted(set(trials['recipe'])))
         written.append(_write_text(Path(report_path), html))
@@ -148,8 +152,8 @@ def _flatten(mapping, prefix=''):
 
 
 def _write_text(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text, encoding='utf-8')
-    tmp.replace(path)
-    return path
+    try:
+        return write_text_atomic(path, text)
+    except OSError as error:
+        raise ReportError(f'cannot write {path}: {error.strerror or error}; check the '
+                          "outputs of the sweep file and the folder's permissions") from None

@@ -1,6 +1,8 @@
 """Put the results block into a README between two marker comments, touching nothing else."""
 from pathlib import Path
 
+from bench.fileio import write_bytes_atomic
+
 BEGIN = '<!-- results:begin (written by run_sweep.py; edits inside are overwritten) -->'
 END = '<!-- results:end -->'
 _BEGIN_PREFIX = '<!-- results:begin'
@@ -34,6 +36,14 @@ def inject_block(text, block, insert=False, source='README.md'):
     return text[:begin_line_end] + body + newline + text[end:]
 
 
+def check_readme(path, insert=False):
+    """Raise the ReportError that writing the block into `path` would raise, before a
+    sweep spends hours training for a table it cannot place."""
+    path = Path(path)
+    if path.is_file():
+        inject_block(path.read_text(encoding='utf-8'), '', insert=insert, source=str(path))
+
+
 def write_readme(path, block, insert=False):
     """Inject into the README at `path` (created if missing); rewrite only on change."""
     path = Path(path)
@@ -45,9 +55,10 @@ def write_readme(path, block, insert=False):
             original = handle.read()
     updated = inject_block(original, block, insert=insert, source=str(path))
     if updated != original:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f'.{path.name}.tmp')
-        with open(tmp, 'w', encoding='utf-8', newline='') as handle:
-            handle.write(updated)
-        tmp.replace(path)
+        try:
+            write_bytes_atomic(path, updated.encode('utf-8'))
+        except OSError as error:
+            raise ReportError(f'cannot write {path}: {error.strerror or error}; make it '
+                              'writable, or set outputs.readme in the sweep file to '
+                              'another file (null: none)') from None
     return path

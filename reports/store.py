@@ -1,16 +1,21 @@
-"""Read a sweep's results store into pandas. Only files: no Ray, no MXNet, no bench."""
+"""Read a sweep's results store into pandas: no Ray, no MXNet.
+
+The store's files are read through bench.store (plain Python), whose one rule
+decides each trial's status for the sweep and the reports alike.
+"""
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from bench.store import DONE, FAILED, MANIFEST_FILE, ResultsStore, read_json_checked
+
 from .readme import ReportError
 
-MANIFEST_FILE = 'sweep.json'
 TRIAL_COLUMNS = ['trial_id', 'name', 'model', 'attention', 'seed', 'status', 'epochs_done',
                  'epochs', 'recipe', 'attention_kwargs', 'network_revision', 'data_name',
                  'data_official', 'data_digest', 'error', 'train_loss', 'train_acc', 'val_loss',
-                 'val_acc', 'total_seconds', 'params', 'macs']
+                 'val_acc', 'total_seconds', 'params', 'macs', 'problems']
 
 
 def _read_json(path):
@@ -18,34 +23,38 @@ def _read_json(path):
         return json.load(handle)
 
 
-def _trial_folders(store_dir):
-    folder = Path(store_dir) / 'trials'
-    return sorted(p for p in folder.iterdir() if (p / 'spec.json').is_file()) \
-        if folder.is_dir() else []
-
-
-def load_trials(store_dir):
-    """One row per trial: model, attention, seed, status, final metrics, error, model stats."""
+def load_trials(store_dir, manifest=None):
+    """One row per stored trial: model, attention, seed, status, final metrics, error,
+    model stats, and the problems found in its files. A trial whose spec.json is lost
+    takes its spec from the sweep's manifest, where it is listed."""
+    store = ResultsStore(store_dir)
+    listed = {entry['trial_id']: entry for entry in (manifest or {}).get('trials', [])}
+    data_of_sweep = (manifest or {}).get('data') or {}
     rows = []
-    for folder in _trial_folders(store_dir):
-        stored = _read_json(folder / 'spec.json')
-        spec, data = stored['spec'], stored.get('data') or {}
-        final = _read_json(folder / 'final.json') if (folder / 'final.json').is_file() else None
-        error = _read_json(folder / 'error.json') if (folder / 'error.json').is_file() else None
-        history = folder / 'history.csv'
-        epochs_done = final['epochs'] if final else (
-            len(pd.read_csv(history)) if history.is_file() else 0)
-        status = 'done' if final else ('failed' if error else
-                                       ('partial' if epochs_done else 'pending'))
-        rows.append(_trial_row(folder.name, stored['name'], spec,
-                               stored.get('network_revision', 1), data, status, epochs_done,
-                               final, error['error'] if error and not final else None,
-                               stored.get('model_stats')))
+    for trial_id in store.trial_ids():
+        stored, spec_problem = read_json_checked(store.trial_dir(trial_id) / 'spec.json')
+        state = store.trial_state(trial_id)
+        problems = list(state.problems) + ([spec_problem] if spec_problem else [])
+        if stored is None:
+            entry = listed.get(trial_id)
+            if entry is None:
+                continue     # neither the trial nor the sweep says what it is
+            stored = {'name': entry['name'], 'spec': entry['spec'],
+                      'network_revision': entry.get('network_revision', 1),
+                      'data': data_of_sweep}
+            problems.append(f"{store.trial_dir(trial_id) / 'spec.json'}: missing; the "
+                            "sweep's record of the trial is used, and the next run rewrites it")
+        final = store.read_final(trial_id) if state.status == DONE else None
+        rows.append(_trial_row(trial_id, stored['name'], stored['spec'],
+                               stored.get('network_revision', 1), stored.get('data') or {},
+                               state.status, state.epochs_done, final,
+                               store.read_error(trial_id) if state.status == FAILED else None,
+                               stored.get('model_stats'), problems))
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
 def _trial_row(trial_id, name, spec, network_revision, data, status, epochs_done,
-               final=None, error=None, model_stats=None):
+               final=None, error=None, model_stats=None, problems=()):
     row = {'trial_id': trial_id, 'name': name, 'model': spec['model'],
            'attention': spec['attention'], 'seed': spec['seed'], 'status': status,
            'epochs_done': epochs_done, 'epochs': spec['recipe']['epochs'],
@@ -57,6 +66,7 @@ def _trial_row(trial_id, name, spec, network_revision, data, status, epochs_done
     row.update({k: (final or {}).get(k) for k in
                 ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'total_seconds')})
     row.update({k: (model_stats or {}).get(k) for k in ('params', 'macs')})
+    row['problems'] = list(problems)
     return row
 
 
@@ -68,7 +78,11 @@ def load_manifest(store_dir):
             f'{path} is missing, so which stored trials belong to the sweep cannot be told. '
             'Run `python run_sweep.py --config <sweep file> --report-only` once: it records '
             'the trials the sweep declares and renders the reports')
-    return _read_json(path)
+    manifest, problem = read_json_checked(path)
+    if problem:
+        raise ReportError(f'{problem}. It is rewritten by `python run_sweep.py --config '
+                          '<sweep file> --report-only`')
+    return manifest
 
 
 def split_by_sweep(trials, manifest):
@@ -116,25 +130,32 @@ def _shown(value):
     return 'default' if value is None else json.dumps(value)
 
 
-def load_histories(store_dir, trial_ids=None):
-    """One row per trial x epoch, with the trial's model, attention and seed
-    (only the trials in `trial_ids`, when given)."""
+def load_histories(store_dir, trials=None):
+    """One row per trial x epoch, with the trial's model, attention and seed, for the
+    rows of `trials` (default: every stored trial)."""
+    store = ResultsStore(store_dir)
+    if trials is None:
+        trials = load_trials(store_dir, _manifest_or_none(store_dir))
     frames = []
-    for folder in _trial_folders(store_dir):
-        history = folder / 'history.csv'
-        if not history.is_file() or (trial_ids is not None and folder.name not in trial_ids):
+    for trial in trials.to_dict('records'):
+        rows = store.read_history(trial['trial_id'])
+        if not rows:
             continue
-        spec = _read_json(folder / 'spec.json')['spec']
-        frame = pd.read_csv(history)
-        frame.insert(0, 'trial_id', folder.name)
-        frame.insert(1, 'model', spec['model'])
-        frame.insert(2, 'attention', spec['attention'])
-        frame.insert(3, 'seed', spec['seed'])
+        frame = pd.DataFrame(rows)
+        frame.insert(0, 'trial_id', trial['trial_id'])
+        frame.insert(1, 'model', trial['model'])
+        frame.insert(2, 'attention', trial['attention'])
+        frame.insert(3, 'seed', trial['seed'])
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=['trial_id', 'model', 'attention', 'seed', 'epoch',
                                      'val_loss', 'val_acc', 'train_loss', 'train_acc'])
     return pd.concat(frames, ignore_index=True)
+
+
+def _manifest_or_none(store_dir):
+    path = Path(store_dir) / MANIFEST_FILE
+    return read_json_checked(path)[0]
 
 
 def load_environment(store_dir):

@@ -164,3 +164,20 @@ def test_v2_trials_of_the_old_definition_are_not_current_and_v1_ids_stay():
             assert ids[name] == old_id, name
         else:
             assert ids[name] != old_id, name
+
+
+def test_names_counts_and_attention_options_are_checked_before_anything_runs():
+    assert "attention listed more than once: eca" in errors_of(
+        {**BASE, 'attentions': ['eca', 'ECA']})
+    assert parse_config({**BASE, 'attentions': ['None', 'ECA']}).attentions == ['none', 'eca']
+    assert errors_of({**BASE, 'recipe': {'epochs': True}}) == \
+        "my.yaml: recipe: epochs must be a whole number, got True (found {'epochs': True})"
+    assert 'overrides.0.recipe: batch_size must be a whole number, got False' in errors_of(
+        {**BASE, 'overrides': [{'match': {}, 'recipe': {'batch_size': False}}]})
+    message = errors_of({**BASE, 'attentions': ['se', 'eca'], 'overrides': [
+        {'match': {}, 'attention_kwargs': {'reduction': 8}}]})
+    assert message == ('my.yaml: overrides.0.attention_kwargs: eca takes no option reduction; '
+                       'its options: kernel_size, gamma, b (narrow the override with '
+                       'match.attention)')
+    assert parse_config({**BASE, 'attentions': ['se', 'eca'], 'overrides': [
+        {'match': {'attention': 'se'}, 'attention_kwargs': {'reduction': 8}}]})

@@ -316,7 +316,7 @@ def test_only_the_sweeps_trials_enter_the_table_and_figures(tmp_path):
     assert all(row[-1] == 'recipe differs: epochs 3 (sweep: 2)' for row in others[1:])
     from reports import load_histories, load_manifest, split_by_sweep
     current, _ = split_by_sweep(load_trials(store.root), load_manifest(store.root))
-    curves = curves_figure(load_histories(store.root, set(current['trial_id'])),
+    curves = curves_figure(load_histories(store.root, current),
                            'cifar_resnet20_v1')
     vanilla_line = curves.axes[0].lines[0]
     assert list(vanilla_line.get_xdata()) == [1, 2]     # the 2-epoch trial alone

@@ -266,7 +266,9 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
     before = _statuses(store_dir)
     assert 'done' in [s for s, _ in before.values()]
     partial_epochs = {t: e for t, (s, e) in before.items() if s == 'partial'}
-    assert partial_epochs and all(0 < e < epochs for e in partial_epochs.values())
+    # A trial killed after its last checkpoint but before final.json is partial at
+    # epochs of epochs: resuming it trains nothing and only writes final.json.
+    assert partial_epochs and all(0 < e <= epochs for e in partial_epochs.values())
     expected_epochs = sum(epochs - e for s, e in before.values() if s != 'done')
 
     second = subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
@@ -284,4 +286,72 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
     assert all(s == 'done' for s, _ in after.values())
     store = ResultsStore(store_dir)
     for trial_id in store.trial_ids():
+        assert [r['epoch'] for r in store.read_history(trial_id)] == list(range(1, epochs + 1))
+
+
+def _start_sweep(path, tmp_path, log_name):
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env.pop('RAY_ADDRESS', None)
+    log = open(tmp_path / log_name, 'w')
+    process = subprocess.Popen([sys.executable, str(ROOT / 'run_sweep.py'), '--config',
+                                str(path), '--no-report'], cwd=tmp_path, stdout=log,
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return process, log, env
+
+
+def _wait_for(condition, process, log_path, seconds=240):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            pytest.fail('the sweep ended too early: ' + log_path.read_text()[-3000:])
+        time.sleep(0.05)
+    pytest.fail('timed out: ' + log_path.read_text()[-3000:])
+
+
+def test_one_sweep_per_store_and_ctrl_c_ends_with_130_and_resumes(tmp_path, data_root):
+    """A second run on a busy store is refused with who holds it; Ctrl-C (SIGINT to the
+    process group, as a terminal sends it) ends the first with 130 and a way on; the next
+    run resumes without training a finished epoch again."""
+    epochs = 4
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], epochs=epochs,
+                       extra={'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0,
+                                            'max_concurrent_trials': 1, 'max_failures': 0}})
+    store_dir = tmp_path / 'results' / 'tiny'
+    first, log, env = _start_sweep(path, tmp_path, 'first.log')
+    try:
+        _wait_for(lambda: any(s == 'partial' for s, _ in _statuses(store_dir).values()),
+                  first, tmp_path / 'first.log')
+        second = subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config',
+                                 str(path), '--no-report'], cwd=tmp_path, capture_output=True,
+                                text=True, env=env, timeout=120)
+        assert second.returncode == 2
+        assert re.search(rf'another sweep is running on {re.escape(str(store_dir))}: process '
+                         rf'{first.pid} on host \S+, since .*; if it is gone .*, delete '
+                         rf'{re.escape(str(store_dir / "sweep.lock"))}', second.stderr), \
+            second.stderr
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(120) == 130
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+    output = (tmp_path / 'first.log').read_text()
+    assert 'interrupted: every finished epoch is in the store; run the same command' in output
+    assert not (store_dir / 'sweep.lock').exists()
+    before = _statuses(store_dir)
+    assert set(s for s, _ in before.values()) <= {'done', 'partial', 'pending'}, before
+
+    third = subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
+                            '--no-report'], cwd=tmp_path, capture_output=True, text=True,
+                           env=env, timeout=400)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    trained = re.findall(r'^(\S+) epoch (\d+)/\d+:', third.stdout, flags=re.M)
+    assert len(trained) == sum(epochs - e for s, e in before.values() if s != 'done')
+    store = ResultsStore(store_dir)
+    for trial_id in store.trial_ids():
+        assert store.status(trial_id) == ('done', epochs)
         assert [r['epoch'] for r in store.read_history(trial_id)] == list(range(1, epochs + 1))

@@ -275,3 +275,10 @@ def test_the_original_command_line_trains_on_the_cpu(tiny_cifar_root, tmp_path):
                                  '--quiet', '--output', str(output)]) == 0
     saved = json.loads(output.read_text())
     assert saved['spec']['attention'] == 'eca' and len(saved['history']) == 1
+
+
+def test_a_batch_larger_than_the_training_set_is_one_message(tiny_cifar_root, capsys):
+    code = train_main(['--model', 'cifar_resnet8_v1', '--data-root', str(tiny_cifar_root),
+                       '--no-download', '--num-gpus', '0', '--batch-size', '5000', '--quiet'])
+    assert code == 2
+    assert 'error: batch_size 5000 is larger than the' in capsys.readouterr().err
