@@ -18,11 +18,6 @@ TRIAL_COLUMNS = ['trial_id', 'name', 'model', 'attention', 'seed', 'status', 'ep
                  'val_acc', 'total_seconds', 'params', 'macs', 'problems']
 
 
-def _read_json(path):
-    with open(path, encoding='utf-8') as handle:
-        return json.load(handle)
-
-
 def load_trials(store_dir, manifest=None):
     """One row per stored trial: model, attention, seed, status, final metrics, error,
     model stats, and the problems found in its files. A trial whose spec.json is lost
@@ -159,5 +154,7 @@ def _manifest_or_none(store_dir):
 
 
 def load_environment(store_dir):
-    path = Path(store_dir) / 'environment.json'
-    return _read_json(path) if path.is_file() else {}
+    """What the last run recorded of its machine and packages ({} before any run; a
+    damaged file is shown as such rather than stopping the reports)."""
+    environment, problem = read_json_checked(Path(store_dir) / 'environment.json')
+    return {'problem': problem} if problem else (environment or {})

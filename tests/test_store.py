@@ -316,3 +316,10 @@ def test_what_killed_runs_left_behind_is_cleaned_under_the_lock(sweep):
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith('.')) == \
         ['.checkpoint.retired']
     assert list((store.root / 'ray').iterdir()) == []
+
+
+def test_a_damaged_environment_record_is_shown_not_fatal(sweep):
+    path, sweep, store, ids = sweep
+    (store.root / 'environment.json').write_text('{"packages": ')
+    report_rows(sweep)
+    assert 'environment.json: not valid JSON' in (sweep.base_dir / 'report.html').read_text()
