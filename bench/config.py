@@ -25,9 +25,11 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from .recipe import Recipe, TrialSpec
+from models.names import ATTENTION_OPTIONS, parse_attention_name, parse_model_name
 
-REPORT_METRICS = ('val_loss', 'val_acc', 'train_loss', 'train_acc')
+from .recipe import Recipe, TrialSpec
+from .store import REPORT_METRICS
+
 
 
 class ConfigError(ValueError):
@@ -98,15 +100,14 @@ class SweepConfig(_Strict):
     @field_validator('models')
     @classmethod
     def _known_models(cls, names):
-        from models import parse_model_name
         return _registered(names, parse_model_name, 'model')
 
     @field_validator('attentions')
     @classmethod
     def _known_attentions(cls, names):
-        from models import get_attention
         # The registry ignores case; so must the trial ids and the duplicate check.
-        return _registered([str(name).lower() for name in names], get_attention, 'attention')
+        return _registered([str(name).lower() for name in names], parse_attention_name,
+                           'attention')
 
     @field_validator('recipe', mode='before')
     @classmethod
@@ -229,17 +230,11 @@ def parse_config(values, source='sweep.yaml'):
 
 def _attention_options_problem(attention, options):
     """Why `options` cannot be given to attention `attention` (None when they can)."""
-    import inspect
-
-    from models import get_attention
     if not options:
         return None
-    attention_class = get_attention(attention)
-    if attention_class is None:
-        return f"attention 'none' takes no options, got {', '.join(sorted(options))}"
-    parameters = inspect.signature(attention_class.__init__).parameters
-    valid = [name for name, p in parameters.items() if name not in ('self', 'channels')
-             and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    valid = ATTENTION_OPTIONS[parse_attention_name(attention)]
+    if not valid:
+        return f"attention {attention!r} takes no options, got {', '.join(sorted(options))}"
     unknown = sorted(set(options) - set(valid))
     if unknown:
         return (f"{attention} takes no option {', '.join(unknown)}; its options: "

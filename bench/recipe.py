@@ -99,3 +99,26 @@ class TrialSpec:
         values['recipe'] = Recipe.from_dict(values.get('recipe', {}))
         values['attention_kwargs'] = dict(values.get('attention_kwargs') or {})
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """What one scheduled trial is handed: which trial, what it trains, where the store
+    keeps its checkpoint (on storage every node reaches), and its share of a node."""
+    trial_id: str
+    name: str
+    spec: TrialSpec
+    store_checkpoint: str
+    cpus: float
+    gpus: float
+
+    # Tune's configs hold plain values (it takes dataclasses apart), so a TrialRun
+    # crosses into Tune as a dict and is rebuilt on the other side.
+    def to_config(self):
+        return {'trial_id': self.trial_id, 'name': self.name, 'spec': self.spec.to_dict(),
+                'store_checkpoint': self.store_checkpoint, 'cpus': self.cpus,
+                'gpus': self.gpus}
+
+    @classmethod
+    def from_config(cls, values):
+        return cls(**{**values, 'spec': TrialSpec.from_dict(values['spec'])})

@@ -47,8 +47,14 @@ STATUSES = (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
 CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR = 'checkpoint', '.checkpoint.retired'
 LOCK_FILE = 'sweep.lock'
 MANIFEST_FILE = 'sweep.json'
+# What a trial reports after every epoch: one row of history.csv.
 HISTORY_FIELDS = ('epoch', 'lr', 'train_loss', 'train_acc', 'val_loss', 'val_acc',
                   'epoch_seconds', 'train_seconds', 'images_per_second')
+# The metrics a results table may show, as its columns are labelled.
+METRIC_LABELS = {'val_loss': 'val loss', 'val_acc': 'val acc',
+                 'train_loss': 'train loss', 'train_acc': 'train acc'}
+REPORT_METRICS = tuple(METRIC_LABELS)
+LOWER_IS_BETTER = {'val_loss', 'train_loss'}
 
 
 class StoreLocked(RuntimeError):

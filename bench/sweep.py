@@ -15,13 +15,9 @@ from models.names import network_revision
 
 from .config import expand, matches_only, trial_id
 from .data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
+from .progress import print_line
+from .recipe import TrialRun
 from .store import DAMAGED, DONE, FAILED, LOCK_FILE, PARTIAL, PENDING, ResultsStore
-
-
-def print_line(text):
-    """Default progress output. A module function, since Tune pickles its callbacks and
-    Ray may have replaced builtins.print by then (the original is then unpicklable)."""
-    print(text, flush=True)
 
 
 class SweepError(RuntimeError):
@@ -286,13 +282,12 @@ def cpu_fallback(resources, ray, progress=print_line):
     return resources
 
 
-def trial_config(planned, store, resources):
+def trial_run(planned, store, resources):
     # The trial resumes from the store's checkpoint whenever one is there, also when
     # Tune restarts it after a crash; the folder is on storage every node reaches.
-    return {'trial_id': planned.trial_id, 'name': planned.name,
-            'spec': planned.spec.to_dict(),
-            'store_checkpoint': str(store.trial_dir(planned.trial_id) / 'checkpoint'),
-            'cpus': resources.cpus_per_trial, 'gpus': resources.gpus_per_trial}
+    return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
+                    store_checkpoint=str(store.trial_dir(planned.trial_id) / 'checkpoint'),
+                    cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial)
 
 
 def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init=None):
@@ -336,7 +331,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     tuner = tune.Tuner(
         trainable,
         param_space={'trial': tune.grid_search(
-            [trial_config(p, store, resources) for p in to_train])},
+            [trial_run(p, store, resources).to_config() for p in to_train])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=resources.max_concurrent_trials,
             # A fresh process per trial: MXNet fixes its threads at import and AMP

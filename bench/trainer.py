@@ -15,12 +15,13 @@ from models import get_model
 from .augment import DeviceImages, epoch_plan, eval_batches
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .devices import trial_contexts
+from .store import HISTORY_FIELDS
 
 # How many batches may pass between checks for a non-finite loss: each check
 # waits for the device, so checking every batch would stall a GPU's pipeline.
 DIVERGENCE_CHECK_EVERY = 20
-METRICS = ('epoch', 'lr', 'train_loss', 'train_acc', 'val_loss', 'val_acc',
-           'epoch_seconds', 'train_seconds', 'images_per_second')
+# Each epoch's metrics are one row of the store's history.
+METRICS = HISTORY_FIELDS
 
 
 class TrainingDiverged(RuntimeError):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ray import tune
 
-from .recipe import TrialSpec
-from .sweep import print_line
+from .progress import print_line
+from .recipe import TrialRun
 
 DIVERGED_KEY = 'diverged'
 # What each trial reports about where and how it ran; kept in its final record.
@@ -21,24 +21,24 @@ PLACEMENT_KEYS = ('node_id', 'omp_threads', 'kernels')
 
 
 def run_trial(param_space, data=None):
-    """Ray Tune function trainable for one TrialSpec (config built by bench.sweep)."""
-    config = param_space['trial']
+    """Ray Tune function trainable for one TrialRun (built by bench.sweep)."""
+    run = TrialRun.from_config(param_space['trial'])
     from .threads import pin_cpus
-    threads = pin_cpus(config['cpus'])   # before MXNet is imported in this worker
+    threads = pin_cpus(run.cpus)   # before MXNet is imported in this worker
     import ray
 
     from .devices import trial_device_plan
     from .gpu import check_gpus, physical_gpus, visible_gpus
     from .trainer import TrainingDiverged, train
 
-    spec = TrialSpec.from_dict(config['spec'])
-    if config['gpus']:
+    spec = run.spec
+    if run.gpus:
         # Before MXNet touches the device: an unsupported card gets one clear error.
-        check_gpus(config['gpus'], gpus=visible_gpus(physical_gpus()))
-    contexts = trial_device_plan(config['gpus'], ray.get_gpu_ids())
+        check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()))
+    contexts = trial_device_plan(run.gpus, ray.get_gpu_ids())
     restored = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix='trial-') as scratch:
-        candidates = [config.get('store_checkpoint')]
+        candidates = [run.store_checkpoint]
         if restored is not None:         # Tune restarting this trial after a failure
             candidates.append(restored.to_directory(str(Path(scratch) / 'restored')))
         resume_from = newest_checkpoint(candidates)
@@ -90,7 +90,7 @@ class StoreCallback(tune.Callback):
         self.placement = {}   # trial id -> {PLACEMENT_KEYS: what it reported}
 
     def _trial_id(self, trial):
-        return trial.config['trial']['trial_id']
+        return TrialRun.from_config(trial.config['trial']).trial_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trial_id = self._trial_id(trial)

@@ -17,6 +17,7 @@ _EXPORTS = {
     'create_attention': '.attention', 'get_attention': '.attention',
     'MODELS': '.names', 'get_model': '.cifar_resnet',
     'NETWORK_REVISIONS': '.names', 'network_revision': '.names',
+    'ATTENTION_NAMES': '.names', 'parse_attention_name': '.names',
     'parse_model_name': '.names',
     'ModelStats': '.stats', 'count_macs': '.stats', 'count_parameters': '.stats',
     'model_stats': '.stats', 'stats_table': '.stats',

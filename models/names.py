@@ -1,7 +1,9 @@
-"""Model names and network-definition revisions: plain Python, no MXNet.
+"""Model and attention names, their labels and options, and network-definition
+revisions: plain Python, no MXNet.
 
-Checking a sweep file's names and computing trial ids need these facts but
-nothing of the networks themselves, so they live apart from the builders.
+Checking a sweep file, planning trials, computing trial ids and labelling tables
+need these facts but nothing of the networks themselves, so they live apart from
+the builders (a test holds the attention registry to them).
 """
 import re
 
@@ -18,6 +20,14 @@ MODELS = tuple(f'cifar_resnet{depth}_v{version}'
 #   v2 revision 2: the downsampling block takes its projection shortcut from the raw
 #   block input, as the original repository does (revision 1 took it after BN-ReLU).
 NETWORK_REVISIONS = {1: 1, 2: 2}
+
+
+# The attention registry's names in table order, the tables' labels, and the options
+# each module's constructor takes after the channel count.
+ATTENTION_NAMES = ('none', 'se', 'eca', 'gct')
+ATTENTION_LABELS = {'none': 'Vanilla', 'se': 'SE', 'eca': 'ECA', 'gct': 'GCT'}
+ATTENTION_OPTIONS = {'none': (), 'se': ('reduction',), 'eca': ('kernel_size', 'gamma', 'b'),
+                     'gct': ('epsilon',)}
 
 
 class UnknownNameError(KeyError):
@@ -43,3 +53,23 @@ def network_revision(name):
     version, _ = parse_model_name(name)
     return NETWORK_REVISIONS[version]
 
+
+
+def parse_attention_name(name):
+    """The registered spelling of attention `name` (names ignore case)."""
+    key = str(name).lower()
+    if key not in ATTENTION_NAMES:
+        raise UnknownNameError(
+            f"unknown attention {name!r}; valid attentions: {', '.join(ATTENTION_NAMES)}")
+    return key
+
+
+def attention_label(name):
+    return ATTENTION_LABELS.get(name, str(name).upper())
+
+
+def model_sort_key(name):
+    """cifar_resnet20_v2 < cifar_resnet56_v1 < cifar_resnet110_v1: by depth, then version;
+    other names after them, alphabetically."""
+    match = MODEL_NAME_PATTERN.match(str(name))
+    return (int(match.group(1)), int(match.group(2)), '') if match else (10 ** 9, 0, str(name))

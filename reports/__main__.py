@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.store import REPORT_METRICS
+
 from . import ReportError, render_all
 
 
@@ -20,7 +22,7 @@ def main(argv=None):
     parser.add_argument('--figures', default=None, help='default: RESULTS_DIR/figures')
     parser.add_argument('--report', default=None, help='default: RESULTS_DIR/report.html')
     parser.add_argument('--metrics', nargs='+', default=None,
-                        choices=['val_loss', 'val_acc', 'train_loss', 'train_acc'],
+                        choices=REPORT_METRICS,
                         help="table columns (default: the sweep's report.metrics)")
     parser.add_argument('--no-overhead', action='store_true', help='no params/MACs columns')
     args = parser.parse_args(argv)

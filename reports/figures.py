@@ -1,4 +1,5 @@
 """Training curves and the final-accuracy bar chart (matplotlib, PNG)."""
+import io
 from pathlib import Path
 
 import matplotlib
@@ -7,7 +8,11 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .table import attention_label, default_order, model_key  # noqa: E402
+from bench.fileio import write_bytes_atomic  # noqa: E402
+from bench.store import DONE  # noqa: E402
+from models.names import attention_label, model_sort_key  # noqa: E402
+
+from .table import default_order  # noqa: E402
 
 
 def _attention_order(frame, attentions):
@@ -17,7 +22,7 @@ def _attention_order(frame, attentions):
 
 def _model_order(frame, models):
     present = set(frame['model'])
-    return [m for m in (models or sorted(present, key=model_key)) if m in present]
+    return [m for m in (models or sorted(present, key=model_sort_key)) if m in present]
 
 
 def curves_figure(histories, model, attentions=None):
@@ -48,7 +53,7 @@ def curves_figure(histories, model, attentions=None):
 def accuracy_bars_figure(trials, models=None, attentions=None):
     """Final validation accuracy per model x attention: the mean over seeds, with the
     sample std as error bars where a cell has two or more seeds."""
-    done = trials[trials['status'] == 'done']
+    done = trials[trials['status'] == DONE]
     models = _model_order(done, models)
     attentions = _attention_order(done, attentions)
     fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(models) + 2), 4.2),
@@ -96,14 +101,11 @@ def _seed_note(seed_counts):
 
 
 def save_figure(fig, path):
-    """Save as PNG atomically (through a temporary name in the same folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    fig.savefig(tmp, dpi=110)
+    """Save as PNG, atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 CURVES_PREFIX, ACCURACY_FIGURE = 'curves_', 'final_accuracy.png'
@@ -120,7 +122,7 @@ def write_figures(trials, histories, figures_dir, models=None, attentions=None):
         path = save_figure(curves_figure(histories, model, attentions),
                            figures_dir / f'{CURVES_PREFIX}{model}.png')
         written.append((f'{model}: validation accuracy and loss per epoch', path))
-    if (trials['status'] == 'done').any():
+    if (trials['status'] == DONE).any():
         path = save_figure(accuracy_bars_figure(trials, models, attentions),
                            figures_dir / ACCURACY_FIGURE)
         written.append(('Final validation accuracy per model and attention', path))

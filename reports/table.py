@@ -1,22 +1,16 @@
 """The results table as plain data (a context for the Jinja templates)."""
 import math
 
-ATTENTION_LABELS = {'none': 'Vanilla', 'se': 'SE', 'eca': 'ECA', 'gct': 'GCT'}
-METRIC_LABELS = {'val_loss': 'val loss', 'val_acc': 'val acc',
-                 'train_loss': 'train loss', 'train_acc': 'train acc'}
-LOWER_IS_BETTER = {'val_loss', 'train_loss'}
+from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
+from models.names import ATTENTION_NAMES, attention_label, model_sort_key
 # Size columns shown with `overhead`: store field -> column label.
 OVERHEAD_COLUMNS = {'params': 'params', 'macs': 'MACs'}
 
 
-def default_order(names, known=tuple(ATTENTION_LABELS)):
+def default_order(names, known=ATTENTION_NAMES):
     """Known names in their usual order (vanilla first), then the rest sorted."""
     names = list(dict.fromkeys(names))
     return [n for n in known if n in names] + sorted(n for n in names if n not in known)
-
-
-def attention_label(name):
-    return ATTENTION_LABELS.get(name, name.upper())
 
 
 def summarise(values):
@@ -55,8 +49,8 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
     the order they appear in the store). A cell is mean ± std over finished
     seeds, or TBA; the best value of each metric in a row is marked bold.
     """
-    done = trials[trials['status'] == 'done']
-    models = list(models) if models else sorted(dict.fromkeys(trials['model']), key=model_key)
+    done = trials[trials['status'] == DONE]
+    models = list(models) if models else sorted(set(trials['model']), key=model_sort_key)
     attentions = list(attentions) if attentions else default_order(trials['attention'])
     groups = [{'name': a, 'label': attention_label(a),
                'columns': [METRIC_LABELS[m] for m in metrics]
@@ -91,13 +85,6 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
     return {'groups': groups, 'rows': rows, 'metrics': list(metrics), 'overhead': overhead,
             'official': official, 'data_names': data_names, 'seeds': seeds,
             'finished': int(len(done)), 'total': int(len(trials))}
-
-
-def model_key(name):
-    """cifar_resnet20_v2 < cifar_resnet56_v1 < cifar_resnet110_v1: by depth, then version."""
-    import re
-    match = re.match(r'^cifar_resnet(\d+)_v(\d+)$', str(name))
-    return (int(match.group(1)), int(match.group(2)), '') if match else (10 ** 9, 0, str(name))
 
 
 def _overhead_text(trials, model, attention, column):

@@ -324,3 +324,19 @@ def test_models_command_prints_every_cell(capsys):
     assert [(r[0], r[1]) for r in rows] == list(itertools.product(
         ['cifar_resnet20_v1', 'cifar_resnet20_v2'], ATTENTION_NAMES))
     assert rows[0][2] == '272,474'
+
+
+def test_the_names_module_holds_the_attention_registry_without_mxnet():
+    """models.names answers for the registry where MXNet is not imported."""
+    import inspect
+
+    from models.names import ATTENTION_LABELS, ATTENTION_NAMES, ATTENTION_OPTIONS
+    assert tuple(ATTENTIONS) == ATTENTION_NAMES
+    assert set(ATTENTION_LABELS) == set(ATTENTION_OPTIONS) == set(ATTENTION_NAMES)
+    for name, attention_class in ATTENTIONS.items():
+        if attention_class is None:
+            assert ATTENTION_OPTIONS[name] == ()
+            continue
+        parameters = [p for p in inspect.signature(attention_class.__init__).parameters
+                      if p not in ('self', 'channels', 'kwargs')]
+        assert tuple(parameters) == ATTENTION_OPTIONS[name], name

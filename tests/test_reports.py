@@ -274,14 +274,14 @@ def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
     (tmp_path / 'README.md').write_text(f'intro\n{BEGIN}\n{END}\n')
     root = Path(__file__).resolve().parents[1]
     # `python -m reports` reads files only; run_sweep.py --report-only also validates
-    # sweep.yaml (model names come from the models registry, hence MXNet) but starts no Ray.
+    # sweep.yaml (names from models.names, no MXNet) and starts no Ray.
     code = ('import sys\n'
             'import reports.__main__ as cli\n'
             f'code = cli.main([{str(original_store)!r}, "--report", {str(tmp_path / "r2.html")!r}])\n'
             'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "reports import"\n'
             'import run_sweep\n'
             f'code += run_sweep.main(["--config", {str(sweep)!r}, "--report-only"])\n'
-            'assert "ray" not in sys.modules, "run_sweep --report-only imported Ray"\n'
+            'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "run_sweep"\n'
             'sys.exit(code)\n')
     done = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
                           text=True, timeout=120)

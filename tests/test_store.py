@@ -323,3 +323,26 @@ def test_a_damaged_environment_record_is_shown_not_fatal(sweep):
     (store.root / 'environment.json').write_text('{"packages": ')
     report_rows(sweep)
     assert 'environment.json: not valid JSON' in (sweep.base_dir / 'report.html').read_text()
+
+
+def test_the_sweep_store_planner_and_reports_run_with_no_deep_learning_framework(sweep):
+    """--dry-run and --report-only, and every module they use, with MXNet unimportable
+    (as where the gpu extra meets a machine without an NVIDIA driver) and no torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    path, sweep, store, ids = sweep
+    root = Path(__file__).resolve().parents[1]
+    code = ('import sys\n'
+            'for name in ("mxnet", "torch", "gluoncv"):\n'
+            '    sys.modules[name] = None   # importing it now raises ImportError\n'
+            'import bench.config, bench.environment, bench.store, bench.sweep, reports\n'
+            'import run_sweep\n'
+            f'assert run_sweep.main(["--config", {str(path)!r}, "--dry-run"]) == 0\n'
+            f'assert run_sweep.main(["--config", {str(path)!r}, "--report-only"]) == 0\n'
+            'assert "ray" not in sys.modules\n')
+    done = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert '2 trials: 1 done, 1 partial, 0 pending, 0 failed' in done.stdout
+    assert (sweep.base_dir / 'report.html').is_file()

@@ -1,13 +1,14 @@
 """Channel-attention modules and their registry.
 
 Every module takes the channel count as its first argument, so a residual block
-only needs the class. Adding an attention is one file here and one line in
-ATTENTIONS.
+only needs the class. Adding an attention is one file here, one line in
+ATTENTIONS, and its name, label and options in models/names.py (which checks
+sweep files without importing MXNet).
 """
 from .eca import ECA, eca_kernel_size
 from .gct import GCT
 from .se import SE, se_hidden_units
-from ..names import UnknownNameError
+from ..names import UnknownNameError, parse_attention_name
 
 ATTENTIONS = {
     'none': None,
@@ -19,11 +20,7 @@ ATTENTIONS = {
 
 def get_attention(name):
     """The attention class registered as `name` (None for 'none')."""
-    key = str(name).lower()
-    if key not in ATTENTIONS:
-        raise UnknownNameError(
-            f"unknown attention {name!r}; valid attentions: {', '.join(ATTENTIONS)}")
-    return ATTENTIONS[key]
+    return ATTENTIONS[parse_attention_name(name)]
 
 
 def create_attention(name, channels, **kwargs):
