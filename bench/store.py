@@ -57,6 +57,13 @@ REPORT_METRICS = tuple(METRIC_LABELS)
 LOWER_IS_BETTER = {'val_loss', 'train_loss'}
 
 
+# One flat record of a trial, as results.csv and the reports' tables hold it.
+TRIAL_COLUMNS = ('trial_id', 'name', 'model', 'attention', 'seed', 'status', 'epochs_done',
+                 'epochs', 'recipe', 'attention_kwargs', 'network_revision', 'data_name',
+                 'data_official', 'data_digest', 'error', 'train_loss', 'train_acc',
+                 'val_loss', 'val_acc', 'total_seconds', 'params', 'macs', 'problems')
+
+
 class StoreLocked(RuntimeError):
     """Another sweep is running on this store; the message says who and what to do."""
 
@@ -291,39 +298,40 @@ class ResultsStore:
     def read_spec(self, trial_id):
         return read_json_checked(self.trial_dir(trial_id) / 'spec.json')[0]
 
-    def trial_rows(self, current_ids=()):
-        """One flat dict per stored trial: identity, recipe, status, final metrics, error,
-        and whether the sweep (as in `current_ids`) still asks for it."""
-        rows = []
+    def trial_records(self, manifest=None):
+        """One flat dict per stored trial (TRIAL_COLUMNS): identity, recipe, status, final
+        metrics, error, model stats, and the problems found in its files. A trial whose
+        spec.json is lost takes its spec from the sweep's manifest, where it is listed."""
+        listed = {entry['trial_id']: entry for entry in (manifest or {}).get('trials', [])}
+        records = []
         for trial_id in self.trial_ids():
-            stored = self.read_spec(trial_id)
-            if stored is None:
-                continue
-            spec, data = stored['spec'], stored.get('data') or {}
+            stored, spec_problem = read_json_checked(self.trial_dir(trial_id) / 'spec.json')
             state = self.trial_state(trial_id)
-            status, epochs = state.status, state.epochs_done
-            row = {'trial_id': trial_id, 'name': stored['name'], 'model': spec['model'],
-                   'attention': spec['attention'], 'seed': spec['seed'],
-                   'in_sweep': trial_id in current_ids,
-                   'network_revision': stored.get('network_revision', 1),
-                   'status': status, 'epochs_done': epochs,
-                   'epochs': spec['recipe']['epochs'],
-                   'data_name': data.get('name'), 'data_official': data.get('official'),
-                   'data_digest': data.get('digest')}
-            row.update({f'recipe.{k}': (str(v) if isinstance(v, list) else v)
-                        for k, v in spec['recipe'].items()})
-            row['attention_kwargs'] = str(spec.get('attention_kwargs') or {})
-            final = self.read_final(trial_id) or {}
-            for key in HISTORY_FIELDS[1:] + ('total_seconds',):
-                row[key] = final.get(key)
-            row['error'] = self.read_error(trial_id) if status == FAILED else None
-            row['problems'] = ' | '.join(state.problems)
-            rows.append(row)
-        return rows
+            problems = list(state.problems) + ([spec_problem] if spec_problem else [])
+            if stored is None:
+                entry = listed.get(trial_id)
+                if entry is None:
+                    continue     # neither the trial nor the sweep says what it is
+                stored = {'name': entry['name'], 'spec': entry['spec'],
+                          'network_revision': entry.get('network_revision', 1),
+                          'data': manifest.get('data') or {}}
+                problems.append(f"{self.trial_dir(trial_id) / 'spec.json'}: missing; the "
+                                "sweep's record of the trial is used, and the next run "
+                                'rewrites it')
+            records.append(trial_record(
+                trial_id, stored['name'], stored['spec'], stored.get('network_revision', 1),
+                stored.get('data') or {}, state.status, state.epochs_done,
+                self.read_final(trial_id) if state.status == DONE else None,
+                self.read_error(trial_id) if state.status == FAILED else None,
+                stored.get('model_stats'), problems))
+        return records
 
-    def write_results_csv(self, current_ids=()):
+    def write_results_csv(self, manifest=None):
+        """results.csv: every stored trial, and whether the sweep asks for it now."""
         import pandas as pd
-        frame = pd.DataFrame(self.trial_rows(set(current_ids)))
+        current = {entry['trial_id'] for entry in (manifest or {}).get('trials', [])}
+        frame = pd.DataFrame(self.trial_records(manifest), columns=TRIAL_COLUMNS)
+        frame.insert(1, 'in_sweep', frame['trial_id'].isin(current))
         write_text_atomic(self.root / 'results.csv', frame.to_csv(index=False))
         return frame
 
@@ -407,3 +415,22 @@ def _process_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def trial_record(trial_id, name, spec, network_revision, data, status, epochs_done,
+                 final=None, error=None, model_stats=None, problems=()):
+    """The flat record (TRIAL_COLUMNS) of one trial."""
+    record = {'trial_id': trial_id, 'name': name, 'model': spec['model'],
+              'attention': spec['attention'], 'seed': spec['seed'], 'status': status,
+              'epochs_done': epochs_done, 'epochs': spec['recipe']['epochs'],
+              'recipe': json.dumps(spec['recipe'], sort_keys=True),
+              'attention_kwargs': json.dumps(spec.get('attention_kwargs') or {},
+                                             sort_keys=True),
+              'network_revision': network_revision,
+              'data_name': data.get('name'), 'data_official': bool(data.get('official')),
+              'data_digest': data.get('digest'), 'error': error}
+    record.update({k: (final or {}).get(k) for k in
+                   ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'total_seconds')})
+    record.update({k: (model_stats or {}).get(k) for k in ('params', 'macs')})
+    record['problems'] = list(problems)
+    return record

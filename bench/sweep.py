@@ -92,10 +92,10 @@ def sweep_manifest(config, data_identity):
 
 
 def record_sweep(loaded, data_identity):
-    """Write the sweep's manifest into its store; returns the current trial ids."""
+    """Write the sweep's manifest into its store, and return it."""
     manifest = sweep_manifest(loaded.config, data_identity)
     ResultsStore(loaded.store_dir).write_manifest(manifest)
-    return [t['trial_id'] for t in manifest['trials']]
+    return manifest
 
 
 def report_data_identity(loaded, progress=print_line):
@@ -298,7 +298,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     """
     config = loaded.config
     store = ResultsStore(loaded.store_dir)
-    current_ids = record_sweep(loaded, data.identity.to_dict())
+    manifest = record_sweep(loaded, data.identity.to_dict())
     for p in planned:
         for repaired in store.repair(p.trial_id):
             progress(f'{p.name}: {repaired}')
@@ -308,7 +308,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
             store.clear_error(p.trial_id)
     to_train = [p for p in planned if p.will_train]
     if not to_train:
-        return _outcome(store, planned, [], current_ids)
+        return _outcome(store, planned, [], manifest)
 
     ray = ray_init() if ray_init else start_ray(address)
     check_shared_storage(ray, store.root)
@@ -356,7 +356,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     tuner.fit()
     # Everything worth keeping is in the store by now; Tune's copies of it are not.
     shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
-    outcome = _outcome(store, planned, to_train, current_ids)
+    outcome = _outcome(store, planned, to_train, manifest)
     ended = {s: sum(1 for p in to_train if outcome.statuses[p.trial_id] == s)
              for s in (DONE, FAILED)}
     outcome.interrupted = ended[DONE] + ended[FAILED] < len(to_train)
@@ -387,8 +387,8 @@ def _stats_of(spec):
     return _STATS_CACHE[key]
 
 
-def _outcome(store, planned, trained, current_ids):
-    store.write_results_csv(current_ids)
+def _outcome(store, planned, trained, manifest):
+    store.write_results_csv(manifest)
     statuses, errors, problems = {}, {}, {}
     for p in planned:
         state = store.trial_state(p.trial_id)

@@ -8,61 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.store import DONE, FAILED, MANIFEST_FILE, ResultsStore, read_json_checked
+from bench.store import (MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked,
+                         trial_record)
 
 from .readme import ReportError
 
-TRIAL_COLUMNS = ['trial_id', 'name', 'model', 'attention', 'seed', 'status', 'epochs_done',
-                 'epochs', 'recipe', 'attention_kwargs', 'network_revision', 'data_name',
-                 'data_official', 'data_digest', 'error', 'train_loss', 'train_acc', 'val_loss',
-                 'val_acc', 'total_seconds', 'params', 'macs', 'problems']
 
 
 def load_trials(store_dir, manifest=None):
-    """One row per stored trial: model, attention, seed, status, final metrics, error,
-    model stats, and the problems found in its files. A trial whose spec.json is lost
-    takes its spec from the sweep's manifest, where it is listed."""
-    store = ResultsStore(store_dir)
-    listed = {entry['trial_id']: entry for entry in (manifest or {}).get('trials', [])}
-    data_of_sweep = (manifest or {}).get('data') or {}
-    rows = []
-    for trial_id in store.trial_ids():
-        stored, spec_problem = read_json_checked(store.trial_dir(trial_id) / 'spec.json')
-        state = store.trial_state(trial_id)
-        problems = list(state.problems) + ([spec_problem] if spec_problem else [])
-        if stored is None:
-            entry = listed.get(trial_id)
-            if entry is None:
-                continue     # neither the trial nor the sweep says what it is
-            stored = {'name': entry['name'], 'spec': entry['spec'],
-                      'network_revision': entry.get('network_revision', 1),
-                      'data': data_of_sweep}
-            problems.append(f"{store.trial_dir(trial_id) / 'spec.json'}: missing; the "
-                            "sweep's record of the trial is used, and the next run rewrites it")
-        final = store.read_final(trial_id) if state.status == DONE else None
-        rows.append(_trial_row(trial_id, stored['name'], stored['spec'],
-                               stored.get('network_revision', 1), stored.get('data') or {},
-                               state.status, state.epochs_done, final,
-                               store.read_error(trial_id) if state.status == FAILED else None,
-                               stored.get('model_stats'), problems))
-    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
-
-
-def _trial_row(trial_id, name, spec, network_revision, data, status, epochs_done,
-               final=None, error=None, model_stats=None, problems=()):
-    row = {'trial_id': trial_id, 'name': name, 'model': spec['model'],
-           'attention': spec['attention'], 'seed': spec['seed'], 'status': status,
-           'epochs_done': epochs_done, 'epochs': spec['recipe']['epochs'],
-           'recipe': json.dumps(spec['recipe'], sort_keys=True),
-           'attention_kwargs': json.dumps(spec.get('attention_kwargs') or {}, sort_keys=True),
-           'network_revision': network_revision,
-           'data_name': data.get('name'), 'data_official': bool(data.get('official')),
-           'data_digest': data.get('digest'), 'error': error}
-    row.update({k: (final or {}).get(k) for k in
-                ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'total_seconds')})
-    row.update({k: (model_stats or {}).get(k) for k in ('params', 'macs')})
-    row['problems'] = list(problems)
-    return row
+    """One row per stored trial (see bench.store.ResultsStore.trial_records)."""
+    return pd.DataFrame(ResultsStore(store_dir).trial_records(manifest), columns=TRIAL_COLUMNS)
 
 
 def load_manifest(store_dir):
@@ -90,8 +45,8 @@ def split_by_sweep(trials, manifest):
         if entry['trial_id'] in stored.index:
             rows.append(stored.loc[entry['trial_id']].to_dict())
             continue
-        rows.append(_trial_row(entry['trial_id'], entry['name'], entry['spec'],
-                               entry.get('network_revision', 1), data, 'pending', 0))
+        rows.append(trial_record(entry['trial_id'], entry['name'], entry['spec'],
+                                 entry.get('network_revision', 1), data, 'pending', 0))
     current = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     wanted = {entry['trial_id'] for entry in manifest['trials']}
     other = trials[~trials['trial_id'].isin(wanted)].copy()
