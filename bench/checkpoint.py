@@ -1,8 +1,10 @@
 """Per-epoch checkpoints of a trial: parameters, optimizer state, epoch, RNG state, history.
 
-A checkpoint is a folder `epoch-NNNN` holding `model.params`, `trainer.states`
-and `state.json`; it is written under a temporary name and renamed into place,
-so a crash never leaves a half-written checkpoint under a real name.
+A checkpoint is a folder `epoch-NNNN` holding the trial backend's own files (for
+Gluon `model.params` and `trainer.states`) and `state.json`; it is written under
+a temporary name and renamed into place, so a crash never leaves a half-written
+checkpoint under a real name. Framework-free: the backend writes and reads its
+files through the functions it is handed.
 """
 import re
 import shutil
@@ -12,8 +14,6 @@ from pathlib import Path
 from .fileio import publish_dir_atomic, read_json, write_json_atomic
 
 STATE_FILE = 'state.json'
-PARAMS_FILE = 'model.params'
-TRAINER_FILE = 'trainer.states'
 FORMAT_VERSION = 1
 _EPOCH_DIR = re.compile(r'^epoch-(\d{4,})$')
 
@@ -22,23 +22,23 @@ class CheckpointMismatch(RuntimeError):
     """A checkpoint that belongs to another trial."""
 
 
-def write_checkpoint(folder, net, trainer, state):
-    """Write a complete checkpoint into `folder` (which must not exist yet)."""
+def write_checkpoint(folder, save_weights, state):
+    """Write a complete checkpoint into `folder` (which must not exist yet); the
+    backend's `save_weights(folder)` writes its own files."""
     folder = Path(folder)
     folder.mkdir(parents=True)
-    net.save_parameters(str(folder / PARAMS_FILE))
-    trainer.save_states(str(folder / TRAINER_FILE))
+    save_weights(folder)
     write_json_atomic(folder / STATE_FILE, dict(state, format=FORMAT_VERSION))
     return folder
 
 
-def save_checkpoint(root, net, trainer, state, keep=1):
+def save_checkpoint(root, save_weights, state, keep=1):
     """Checkpoint of the epoch state['epoch'] under root, keeping the newest `keep` of them."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix='.staging-', dir=root))
     shutil.rmtree(staging)
-    write_checkpoint(staging, net, trainer, state)
+    write_checkpoint(staging, save_weights, state)
     final = publish_dir_atomic(staging, root / f"epoch-{state['epoch']:04d}")
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -64,16 +64,15 @@ def read_state(folder):
     return read_json(Path(folder) / STATE_FILE)
 
 
-def load_checkpoint(folder, net, trainer, expected_spec=None):
-    """Restore parameters and optimizer state from `folder`; return its state dict."""
+def load_checkpoint(folder, load_weights, expected_spec=None):
+    """Restore the backend's files through `load_weights(folder)`; return the state dict."""
     folder = Path(folder)
     state = read_state(folder)
     if expected_spec is not None and not same_run(state.get('spec'), expected_spec):
         raise CheckpointMismatch(
             f'the checkpoint in {folder} was made for another trial '
             f"({state.get('spec')}); move it away or point the trial at its own folder")
-    net.load_parameters(str(folder / PARAMS_FILE), ctx=net_contexts(net))
-    trainer.load_states(str(folder / TRAINER_FILE))
+    load_weights(folder)
     return state
 
 
@@ -89,6 +88,3 @@ def same_run(saved_spec, spec):
         return s
     return without_epochs(saved_spec) == without_epochs(spec)
 
-
-def net_contexts(net):
-    return next(iter(net.collect_params().values())).list_ctx()

@@ -1,20 +1,20 @@
-"""One training trial: a CIFAR ResNet with an attention, trained by the recipe.
+"""The Gluon trial backend (the reference): a CIFAR ResNet with an attention, trained
+by the recipe on MXNet devices.
 
-`train` is a library function: it takes the spec and the data, returns the
-per-epoch metrics and reports each epoch to a callback; it never prints.
+`open_session` gives the session that `bench.loop.run_epochs` drives (the trial
+seam); `train` is both together, a library function that takes the spec and the
+data, returns the per-epoch metrics and reports each epoch to a callback.
 """
-import math
-import time
-
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
 from models import get_model
 
-from .augment import DeviceImages, epoch_plan, eval_batches
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .devices import trial_contexts
+from .augment import DeviceImages
+from .batches import eval_batches
+from .devices import describe, trial_contexts, trial_device_plan
+from .loop import TrainingDiverged, run_epochs
 from .store import HISTORY_FIELDS
 
 # How many batches may pass between checks for a non-finite loss: each check
@@ -24,15 +24,9 @@ DIVERGENCE_CHECK_EVERY = 20
 METRICS = HISTORY_FIELDS
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-    def __init__(self, epoch, batch, value):
-        self.epoch, self.batch, self.value = epoch, batch, value
-        where = f'batch {batch + 1}' if batch is not None else 'validation'
-        super().__init__(
-            f'training diverged: loss was {value} at epoch {epoch + 1}, {where}; '
-            'lower the learning rate or check the data')
+# The checkpoint files of this backend (beside the loop's state.json).
+PARAMS_FILE = 'model.params'
+TRAINER_FILE = 'trainer.states'
 
 
 def make_loss():
@@ -153,62 +147,60 @@ def evaluate(net, loss_fn, images, contexts, batch_size):
     return _total(loss_total) / images.count, _total(correct_total) / images.count
 
 
+class GluonSession:
+    """One trial's network, optimizer, loss and data on its MXNet devices."""
+
+    def __init__(self, spec, data, contexts):
+        self.recipe, self.contexts = spec.recipe, contexts
+        self.net = build_network(spec, contexts, classes=data.classes)
+        self.trainer = make_trainer(self.net, spec.recipe)
+        self.loss_fn = make_loss()
+        self.train_images = DeviceImages(data.train_images, data.train_labels, contexts[0])
+        self.test_images = DeviceImages(data.test_images, data.test_labels, contexts[0])
+
+    def set_learning_rate(self, lr):
+        self.trainer.set_learning_rate(lr)
+
+    def train_epoch(self, plan, epoch, on_batch=None):
+        return train_epoch(self.net, self.trainer, self.loss_fn, self.train_images, plan,
+                           self.contexts, epoch, self.recipe, on_batch)
+
+    def evaluate(self):
+        return evaluate(self.net, self.loss_fn, self.test_images, self.contexts,
+                        self.recipe.batch_size)
+
+    def save_weights(self, folder):
+        self.net.save_parameters(str(folder / PARAMS_FILE))
+        self.trainer.save_states(str(folder / TRAINER_FILE))
+
+    def load_weights(self, folder):
+        self.net.load_parameters(str(folder / PARAMS_FILE), ctx=self.contexts)
+        self.trainer.load_states(str(folder / TRAINER_FILE))
+
+    def describe(self):
+        return {'devices': describe(self.contexts), 'kernels': kernels_used(self.contexts)}
+
+
+def trial_devices(gpus_per_trial, gpu_ids):
+    """The MXNet contexts of a scheduled trial (see devices.trial_device_plan)."""
+    return trial_device_plan(gpus_per_trial, gpu_ids)
+
+
+def open_session(spec, data, devices):
+    return GluonSession(spec, data, devices)
+
+
+def kernels_used(contexts):
+    """Which implementation of the attentions' pooling and gating ran: it sets their speed."""
+    from models.kernels import fused_kernels_for
+    return 'fused' if fused_kernels_for(ctx.device_type for ctx in contexts) else 'mxnet'
+
+
 def train(spec, data, checkpoint_dir=None, resume_from=None, contexts=None,
           on_epoch=None, on_batch=None):
-    """Train `spec` on `data`; return the list of per-epoch metric dicts (METRICS).
-
-    checkpoint_dir: a checkpoint is written there after every epoch, and training
-        resumes from the newest one found there.
-    resume_from: a checkpoint folder to resume from instead (e.g. Ray Tune's).
-    on_epoch(metrics, checkpoint_path): called after every epoch and its checkpoint.
-    on_batch(done, total): called after every training batch (progress bars).
-    """
-    recipe = spec.recipe
-    contexts = contexts or trial_contexts()
-    net = build_network(spec, contexts, classes=data.classes)
-    trainer = make_trainer(net, recipe)
-    loss_fn = make_loss()
-    train_images = DeviceImages(data.train_images, data.train_labels, contexts[0])
-    test_images = DeviceImages(data.test_images, data.test_labels, contexts[0])
-    if len(data.train_images) < recipe.batch_size:
-        raise ValueError(f'batch_size {recipe.batch_size} is larger than the '
-                         f'{len(data.train_images)} training images')
-    rng = np.random.default_rng(spec.seed)
-    history = []
-    spec_dict = spec.to_dict()
-
-    resume_from = resume_from or (latest_checkpoint(checkpoint_dir) if checkpoint_dir else None)
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, net, trainer, expected_spec=spec_dict)
-        rng.bit_generator.state = state['rng']
-        history = state['history']
-
-    for epoch in range(len(history), recipe.epochs):
-        started = time.perf_counter()
-        lr = recipe.lr_at(epoch)
-        trainer.set_learning_rate(lr)
-        plan = epoch_plan(rng, train_images.count, recipe.batch_size,
-                          random_crop=recipe.random_crop, random_flip=recipe.random_flip)
-        train_loss, train_acc, seen = train_epoch(net, trainer, loss_fn, train_images, plan,
-                                                  contexts, epoch, recipe, on_batch)
-        train_seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(net, loss_fn, test_images, contexts, recipe.batch_size)
-        if not math.isfinite(val_loss):
-            raise TrainingDiverged(epoch, None, val_loss)
-        metrics = {
-            'epoch': epoch + 1, 'lr': lr,
-            'train_loss': train_loss, 'train_acc': train_acc,
-            'val_loss': val_loss, 'val_acc': val_acc,
-            'epoch_seconds': time.perf_counter() - started,
-            'train_seconds': train_seconds,
-            'images_per_second': seen / train_seconds,
-        }
-        history.append(metrics)
-        checkpoint_path = None
-        if checkpoint_dir is not None:
-            checkpoint_path = save_checkpoint(checkpoint_dir, net, trainer, {
-                'epoch': epoch + 1, 'spec': spec_dict, 'history': history,
-                'rng': rng.bit_generator.state, 'data': data.identity.to_dict()})
-        if on_epoch is not None:
-            on_epoch(metrics, checkpoint_path)
-    return history
+    """Train `spec` on `data` with Gluon; the list of per-epoch metric dicts (METRICS).
+    The arguments are bench.loop.run_epochs's; `contexts` default to every visible GPU,
+    else the CPU."""
+    session = GluonSession(spec, data, contexts or trial_contexts())
+    return run_epochs(session, spec, data, checkpoint_dir=checkpoint_dir,
+                      resume_from=resume_from, on_epoch=on_epoch, on_batch=on_batch)

@@ -21,21 +21,22 @@ PLACEMENT_KEYS = ('node_id', 'omp_threads', 'kernels')
 
 
 def run_trial(param_space, data=None):
-    """Ray Tune function trainable for one TrialRun (built by bench.sweep)."""
+    """Ray Tune function trainable for one TrialRun (built by bench.sweep): the trial's
+    backend opens a session on the devices Ray assigned, and bench.loop drives it."""
     run = TrialRun.from_config(param_space['trial'])
     from .threads import pin_cpus
     threads = pin_cpus(run.cpus)   # before MXNet is imported in this worker
     import ray
 
-    from .devices import trial_device_plan
     from .gpu import check_gpus, physical_gpus, visible_gpus
-    from .trainer import TrainingDiverged, train
+    from .loop import TrainingDiverged, get_backend, run_epochs
 
-    spec = run.spec
     if run.gpus:
-        # Before MXNet touches the device: an unsupported card gets one clear error.
+        # Before the framework touches the device: an unsupported card gets one clear error.
         check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()))
-    contexts = trial_device_plan(run.gpus, ray.get_gpu_ids())
+    backend = get_backend()
+    session = backend.open_session(run.spec, data,
+                                   backend.trial_devices(run.gpus, ray.get_gpu_ids()))
     restored = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix='trial-') as scratch:
         candidates = [run.store_checkpoint]
@@ -43,25 +44,20 @@ def run_trial(param_space, data=None):
             candidates.append(restored.to_directory(str(Path(scratch) / 'restored')))
         resume_from = newest_checkpoint(candidates)
 
-        node_id = ray.get_runtime_context().get_node_id()
+        placement = {'node_id': ray.get_runtime_context().get_node_id(),
+                     'omp_threads': threads, 'pid': os.getpid(),
+                     'kernels': session.describe()['kernels']}
 
         def report(metrics, checkpoint_path):
-            tune.report(dict(metrics, node_id=node_id, omp_threads=threads, pid=os.getpid(),
-                             kernels=kernels_used(contexts)),
+            tune.report(dict(metrics, **placement),
                         checkpoint=tune.Checkpoint.from_directory(str(checkpoint_path)))
         try:
-            train(spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
-                  resume_from=resume_from, contexts=contexts, on_epoch=report)
+            run_epochs(session, run.spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
+                       resume_from=resume_from, on_epoch=report)
         except TrainingDiverged as error:
             # Deterministic: retrying would diverge again, so it is reported as a
             # result (stored as the trial's error) rather than raised to Tune.
             tune.report({DIVERGED_KEY: str(error), 'epoch': error.epoch + 1})
-
-
-def kernels_used(contexts):
-    """Which implementation of the attentions' pooling and gating ran: it sets their speed."""
-    from models.kernels import fused_kernels_for
-    return 'fused' if fused_kernels_for(ctx.device_type for ctx in contexts) else 'mxnet'
 
 
 def newest_checkpoint(folders):

@@ -1,0 +1,100 @@
+"""The trial seam: the epochs of one trial, whatever framework trains it.
+
+A backend (`bench.trainer` for MXNet Gluon, the reference) opens a session for a
+spec, its data and its devices. This loop drives the session through one small
+interface and owns everything that must not differ between backends: the
+learning-rate schedule, the batches and augmentation of each epoch (drawn from
+the spec's seed), the metrics of an epoch, divergence, and the checkpoint's
+state (epoch, history, RNG state).
+
+A session provides:
+    set_learning_rate(lr)
+    train_epoch(plan, epoch, on_batch) -> (mean loss, accuracy, images seen)
+    evaluate() -> (mean loss, accuracy) on the test split
+    save_weights(folder), load_weights(folder)   the framework's own files
+    describe() -> {'devices': ..., 'kernels': ...}   where and how it ran
+"""
+import importlib
+import math
+import time
+
+import numpy as np
+
+from .batches import epoch_plan
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+# Backend name -> the module that opens its sessions (imported only when used).
+BACKENDS = {'gluon': 'bench.trainer'}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch, batch, value):
+        self.epoch, self.batch, self.value = epoch, batch, value
+        where = f'batch {batch + 1}' if batch is not None else 'validation'
+        super().__init__(
+            f'training diverged: loss was {value} at epoch {epoch + 1}, {where}; '
+            'lower the learning rate or check the data')
+
+
+def get_backend(name='gluon'):
+    """The module of backend `name`: it has `trial_devices(gpus_per_trial, gpu_ids)` and
+    `open_session(spec, data, devices)`."""
+    if name not in BACKENDS:
+        raise KeyError(f"unknown trial backend {name!r}; valid: {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
+
+
+def run_epochs(session, spec, data, checkpoint_dir=None, resume_from=None, on_epoch=None,
+               on_batch=None):
+    """Train `session` through the spec's remaining epochs; the per-epoch metrics.
+
+    checkpoint_dir: a checkpoint is written there after every epoch, and training
+        resumes from the newest one found there.
+    resume_from: a checkpoint folder to resume from instead (e.g. Ray Tune's).
+    on_epoch(metrics, checkpoint_path): called after every epoch and its checkpoint.
+    on_batch(done, total): called after every training batch (progress bars).
+    """
+    recipe = spec.recipe
+    if len(data.train_images) < recipe.batch_size:
+        raise ValueError(f'batch_size {recipe.batch_size} is larger than the '
+                         f'{len(data.train_images)} training images')
+    rng = np.random.default_rng(spec.seed)
+    history = []
+    spec_dict = spec.to_dict()
+
+    resume_from = resume_from or (latest_checkpoint(checkpoint_dir) if checkpoint_dir else None)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, session.load_weights, expected_spec=spec_dict)
+        rng.bit_generator.state = state['rng']
+        history = state['history']
+
+    for epoch in range(len(history), recipe.epochs):
+        started = time.perf_counter()
+        lr = recipe.lr_at(epoch)
+        session.set_learning_rate(lr)
+        plan = epoch_plan(rng, len(data.train_images), recipe.batch_size,
+                          random_crop=recipe.random_crop, random_flip=recipe.random_flip)
+        train_loss, train_acc, seen = session.train_epoch(plan, epoch, on_batch)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = session.evaluate()
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(epoch, None, val_loss)
+        metrics = {
+            'epoch': epoch + 1, 'lr': lr,
+            'train_loss': train_loss, 'train_acc': train_acc,
+            'val_loss': val_loss, 'val_acc': val_acc,
+            'epoch_seconds': time.perf_counter() - started,
+            'train_seconds': train_seconds,
+            'images_per_second': seen / train_seconds,
+        }
+        history.append(metrics)
+        checkpoint_path = None
+        if checkpoint_dir is not None:
+            checkpoint_path = save_checkpoint(checkpoint_dir, session.save_weights, {
+                'epoch': epoch + 1, 'spec': spec_dict, 'history': history,
+                'rng': rng.bit_generator.state, 'data': data.identity.to_dict()})
+        if on_epoch is not None:
+            on_epoch(metrics, checkpoint_path)
+    return history

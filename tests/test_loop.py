@@ -1,0 +1,99 @@
+"""The trial seam: bench.loop drives any backend's session through one interface."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.loop import BACKENDS, TrainingDiverged, get_backend, run_epochs
+from bench.recipe import Recipe, TrialSpec
+
+from .conftest import make_images
+
+
+class RecordingSession:
+    """A backend without a framework: 'weights' are one number, trained by each batch."""
+
+    def __init__(self, diverge_at=None):
+        self.weight, self.lr, self.calls, self.diverge_at = 0.0, None, [], diverge_at
+
+    def set_learning_rate(self, lr):
+        self.lr = lr
+
+    def train_epoch(self, plan, epoch, on_batch=None):
+        self.calls.append(('train', epoch, self.lr, [b[0].tolist() for b in plan]))
+        for indices, *_ in plan:
+            self.weight += self.lr * len(indices)
+        seen = sum(len(b[0]) for b in plan)
+        return 1.0 / (epoch + 1), 0.5, seen
+
+    def evaluate(self):
+        loss = float('nan') if self.diverge_at == len(self.calls) - 1 else 0.1
+        return loss, 0.9
+
+    def save_weights(self, folder):
+        (folder / 'weight.json').write_text(json.dumps(self.weight))
+
+    def load_weights(self, folder):
+        self.weight = json.loads((folder / 'weight.json').read_text())
+
+    def describe(self):
+        return {'devices': 'none', 'kernels': 'none'}
+
+
+class Data:
+    def __init__(self, count=24):
+        from bench.data import DataIdentity
+        self.train_images, _ = make_images(count, seed=1)
+        self.identity = DataIdentity('fake', False, 'd' * 40, 'bin', 'x', count, 0)
+
+
+def spec(epochs):
+    return TrialSpec('cifar_resnet8_v1', 'none', 5,
+                     Recipe(epochs=epochs, batch_size=8, lr=0.5, lr_decay_epochs=(1,)))
+
+
+def test_the_loop_owns_schedule_batches_and_resume_for_every_backend(tmp_path):
+    straight = RecordingSession()
+    history = run_epochs(straight, spec(3), Data(), checkpoint_dir=tmp_path / 'a')
+    assert [h['lr'] for h in history] == [0.5, 0.05, 0.05]
+    assert [c[2] for c in straight.calls] == [0.5, 0.05, 0.05]
+    assert all(len(c[3]) == 3 for c in straight.calls)      # 24 images, batches of 8
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(metrics, checkpoint_path):
+        raise Killed
+    with pytest.raises(Killed):
+        run_epochs(RecordingSession(), spec(3), Data(), checkpoint_dir=tmp_path / 'c',
+                   on_epoch=kill_after_first_epoch)
+    resumed = RecordingSession()
+    history = run_epochs(resumed, spec(3), Data(), checkpoint_dir=tmp_path / 'c')
+    # Resumed from epoch 1's checkpoint: the same batches, the same weight as straight.
+    assert [c[1] for c in resumed.calls] == [1, 2]
+    assert resumed.calls == straight.calls[1:]
+    assert resumed.weight == pytest.approx(straight.weight)
+    assert [h['epoch'] for h in history] == [1, 2, 3]
+
+
+def test_divergence_and_too_large_batches_are_the_loops_errors():
+    with pytest.raises(TrainingDiverged, match='at epoch 2, validation'):
+        run_epochs(RecordingSession(diverge_at=1), spec(3), Data())
+    with pytest.raises(ValueError, match='batch_size 8 is larger than the 4 training images'):
+        run_epochs(RecordingSession(), spec(1), Data(count=4))
+
+
+def test_backends_are_found_by_name_and_the_loop_needs_no_framework():
+    assert get_backend('gluon').open_session and get_backend('gluon').trial_devices
+    with pytest.raises(KeyError, match="unknown trial backend 'caffe'; valid: gluon"):
+        get_backend('caffe')
+    assert set(BACKENDS) == {'gluon'}
+    code = ('import sys\n'
+            'sys.modules["mxnet"] = None\n'
+            'import bench.loop, bench.batches, bench.checkpoint\n')
+    done = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
