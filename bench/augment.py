@@ -8,7 +8,6 @@ backwards (the horizontal flip). No per-image Python, no worker processes.
 import mxnet as mx
 import numpy as np
 
-from .batches import epoch_plan, eval_batches  # noqa: F401  (the batches DeviceImages cuts)
 from .data import CIFAR_MEAN, CIFAR_STD
 
 

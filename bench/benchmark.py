@@ -36,7 +36,8 @@ def synthetic_images(count, seed=0):
 
 def measure_data_pipeline(images, labels, ctx, batch_size, batches):
     """Images/s of DeviceImages batches alone, waiting for each to be computed."""
-    from .augment import DeviceImages, epoch_plan
+    from .augment import DeviceImages
+    from .batches import epoch_plan
     device = DeviceImages(images, labels, ctx)
     rng = np.random.default_rng(0)
     plan = epoch_plan(rng, len(images), batch_size)
@@ -147,7 +148,8 @@ def trial_stepper(spec, images, labels, ctx, mxnet_operators=False):
     """
     from models.kernels import mxnet_operators_only
 
-    from .augment import DeviceImages, epoch_plan
+    from .augment import DeviceImages
+    from .batches import epoch_plan
     train_step = _train_step_fn(spec, ctx)
     device = DeviceImages(images, labels, ctx)
     rng = np.random.default_rng(0)
@@ -168,7 +170,7 @@ def original_loader(images, labels, batch_size, workers):
     from mxnet import gluon
     from mxnet.gluon.data.vision import transforms
 
-    from .augment import CIFAR_MEAN, CIFAR_STD
+    from .data import CIFAR_MEAN, CIFAR_STD
     transform = transforms.Compose([
         gcv_transforms.RandomCrop(32, pad=4),
         transforms.RandomFlipLeftRight(),
@@ -200,7 +202,7 @@ def original_test_loader(images, labels, batch_size, workers):
     from mxnet import gluon
     from mxnet.gluon.data.vision import transforms
 
-    from .augment import CIFAR_MEAN, CIFAR_STD
+    from .data import CIFAR_MEAN, CIFAR_STD
     transform = transforms.Compose([transforms.ToTensor(),
                                     transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
     dataset = gluon.data.ArrayDataset(
@@ -241,7 +243,8 @@ def original_epoch_fn(spec, train, test, ctx, workers):
 
 def trial_epoch_fn(spec, train, test, ctx):
     """One epoch as a trial runs it: bench.trainer's own training pass and evaluation."""
-    from .augment import DeviceImages, epoch_plan
+    from .augment import DeviceImages
+    from .batches import epoch_plan
     from .trainer import build_network, evaluate, make_loss, make_trainer, train_epoch
     net = build_network(spec, [ctx])
     trainer = make_trainer(net, spec.recipe)

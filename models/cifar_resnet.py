@@ -22,7 +22,7 @@ from mxnet.gluon.block import HybridBlock
 from .attention import get_attention
 from .attention._spatial import spatial_mean
 from .kernels import use_fused_kernels
-from .names import MODELS, parse_model_name
+from .names import parse_model_name
 
 STAGE_CHANNELS = (16, 16, 32, 64)
 

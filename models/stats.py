@@ -5,7 +5,8 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from .attention import ATTENTIONS
-from .cifar_resnet import MODELS, get_model
+from .cifar_resnet import get_model
+from .names import MODELS
 
 CIFAR_INPUT_SHAPE = (1, 3, 32, 32)
 # Multiply-accumulates are counted for the layers that carry weights (convolutions

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from bench import data as data_module
-from bench.augment import CIFAR_MEAN, CIFAR_STD, DeviceImages, epoch_plan, eval_batches
-from bench.data import (DataError, load_cifar10, make_digits_dataset, record_bytes,
-                        write_cifar10)
+from bench.augment import DeviceImages
+from bench.batches import epoch_plan, eval_batches
+from bench.data import (CIFAR_MEAN, CIFAR_STD, DataError, load_cifar10, make_digits_dataset,
+                        record_bytes, write_cifar10)
 
 from .conftest import make_images
 

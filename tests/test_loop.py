@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.loop import BACKENDS, TrainingDiverged, get_backend, run_epochs
