@@ -126,10 +126,8 @@ def _train_step_fn(spec, ctx):
     """A fresh network for `spec` and a function doing one waited-for training step on (x, y)."""
     from mxnet import autograd
 
-    from .trainer import build_network, make_loss, make_trainer
-    net = build_network(spec, [ctx])
-    trainer = make_trainer(net, spec.recipe)
-    loss_fn = make_loss()
+    from .trainer import build_parts
+    net, trainer, loss_fn = build_parts(spec, [ctx])
 
     def train_step(x, y):
         with autograd.record():
@@ -216,10 +214,8 @@ def original_epoch_fn(spec, train, test, ctx, workers):
     and updating an accuracy metric every batch, then evaluate on the test loader."""
     import mxnet as mx
     from mxnet import autograd
-    from .trainer import build_network, make_loss, make_trainer
-    net = build_network(spec, [ctx])
-    trainer = make_trainer(net, spec.recipe)
-    loss_fn = make_loss()
+    from .trainer import build_parts
+    net, trainer, loss_fn = build_parts(spec, [ctx])
     train_loader = original_loader(*train, spec.recipe.batch_size, workers)
     test_loader = original_test_loader(*test, spec.recipe.batch_size, workers)
 
@@ -245,10 +241,8 @@ def trial_epoch_fn(spec, train, test, ctx):
     """One epoch as a trial runs it: bench.trainer's own training pass and evaluation."""
     from .augment import DeviceImages
     from .batches import epoch_plan
-    from .trainer import build_network, evaluate, make_loss, make_trainer, train_epoch
-    net = build_network(spec, [ctx])
-    trainer = make_trainer(net, spec.recipe)
-    loss_fn = make_loss()
+    from .trainer import build_parts, evaluate, train_epoch
+    net, trainer, loss_fn = build_parts(spec, [ctx])
     train_images, test_images = DeviceImages(*train, ctx), DeviceImages(*test, ctx)
     rng = np.random.default_rng(0)
 

@@ -63,6 +63,12 @@ def build_network(spec, contexts, classes=10):
     return net
 
 
+def build_parts(spec, contexts, classes=10):
+    """(network, gluon.Trainer, loss) of a trial: what every Gluon training loop needs."""
+    net = build_network(spec, contexts, classes=classes)
+    return net, make_trainer(net, spec.recipe), make_loss()
+
+
 def make_trainer(net, recipe):
     options = {'learning_rate': recipe.lr, 'wd': recipe.wd}
     if recipe.optimizer in ('sgd', 'nag'):
@@ -152,9 +158,7 @@ class GluonSession:
 
     def __init__(self, spec, data, contexts):
         self.recipe, self.contexts = spec.recipe, contexts
-        self.net = build_network(spec, contexts, classes=data.classes)
-        self.trainer = make_trainer(self.net, spec.recipe)
-        self.loss_fn = make_loss()
+        self.net, self.trainer, self.loss_fn = build_parts(spec, contexts, data.classes)
         self.train_images = DeviceImages(data.train_images, data.train_labels, contexts[0])
         self.test_images = DeviceImages(data.test_images, data.test_labels, contexts[0])
 
