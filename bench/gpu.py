@@ -26,17 +26,22 @@ class GPUError(RuntimeError):
 class GPU:
     index: int
     name: str
-    capability: tuple
+    capability: tuple            # (major, minor); None where NVML could not read it
+    uuid: str = ''               # GPU-..., as CUDA_VISIBLE_DEVICES may name the card
+    migs: tuple = ()             # MIG-... UUIDs of the card's MIG instances
+    problem: str = ''            # why NVML could not read the card (e.g. no permission)
 
     @property
     def sm(self):
-        return f'sm_{self.capability[0]}{self.capability[1]}'
+        return f'sm_{self.capability[0]}{self.capability[1]}' if self.capability else 'sm_?'
 
     @property
     def supported(self):
-        return SUPPORTED[0] <= tuple(self.capability) <= SUPPORTED[1]
+        return bool(self.capability) and SUPPORTED[0] <= tuple(self.capability) <= SUPPORTED[1]
 
     def describe(self):
+        if self.problem:
+            return f'GPU {self.index}: unreadable ({self.problem})'
         return (f'GPU {self.index}: {self.name} ({self.sm}, '
                 f"{'supported' if self.supported else 'not supported by mxnet-cu112'})")
 
@@ -45,30 +50,69 @@ class NVMLUnavailable(RuntimeError):
     pass
 
 
-def _nvml_gpus(library='libnvidia-ml.so.1'):
+# NVML's return codes that a user can act on; the rest are named by number.
+NVML_ERRORS = {1: 'NVML not initialised', 2: 'invalid argument', 3: 'not supported',
+               4: 'no permission', 6: 'not found', 9: 'driver not loaded',
+               15: 'GPU is lost', 999: 'unknown error'}
+
+
+def _nvml_error(code):
+    return NVML_ERRORS.get(code, f'NVML error {code}')
+
+
+def _load_nvml(library='libnvidia-ml.so.1'):
     try:
-        nvml = ctypes.CDLL(library)
+        return ctypes.CDLL(library)
     except OSError as error:
         raise NVMLUnavailable(f'{library} cannot be loaded ({error})') from error
+
+
+def _nvml_gpus(nvml=None):
+    """Every GPU NVML lists, each read as far as this process may: a card it may not
+    query (NVML_ERROR_NO_PERMISSION under SLURM or cgroups) keeps its problem."""
+    nvml = nvml or _load_nvml()
     if nvml.nvmlInit_v2() != 0:
         raise NVMLUnavailable('nvmlInit failed: the NVIDIA driver is not running')
     try:
         count = ctypes.c_uint()
-        nvml.nvmlDeviceGetCount_v2(ctypes.byref(count))
-        gpus = []
-        for index in range(count.value):
-            handle = ctypes.c_void_p()
-            nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
-            name = ctypes.create_string_buffer(96)
-            nvml.nvmlDeviceGetName(handle, name, 96)
-            major, minor = ctypes.c_int(), ctypes.c_int()
-            nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major),
-                                                    ctypes.byref(minor))
-            gpus.append(GPU(index, name.value.decode(errors='replace'),
-                            (major.value, minor.value)))
-        return gpus
+        code = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count))
+        if code:
+            raise NVMLUnavailable(f'NVML cannot count the GPUs ({_nvml_error(code)})')
+        return [_nvml_gpu(nvml, index) for index in range(count.value)]
     finally:
         nvml.nvmlShutdown()
+
+
+def _nvml_gpu(nvml, index):
+    handle = ctypes.c_void_p()
+    code = nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
+    if code:
+        return GPU(index, '?', None, problem=_nvml_error(code))
+    name, uuid = ctypes.create_string_buffer(96), ctypes.create_string_buffer(96)
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    name_code = nvml.nvmlDeviceGetName(handle, name, 96)
+    nvml.nvmlDeviceGetUUID(handle, uuid, 96)
+    code = nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major),
+                                                   ctypes.byref(minor))
+    card = name.value.decode(errors='replace') if not name_code else '?'
+    if code:
+        return GPU(index, card, None, uuid.value.decode(), problem=_nvml_error(code))
+    return GPU(index, card, (major.value, minor.value), uuid.value.decode(),
+               _mig_uuids(nvml, handle))
+
+
+def _mig_uuids(nvml, handle):
+    """UUIDs of the MIG instances of a card (none where MIG is off or unsupported)."""
+    slots = ctypes.c_uint()
+    if nvml.nvmlDeviceGetMaxMigDeviceCount(handle, ctypes.byref(slots)):
+        return ()
+    found = []
+    for slot in range(slots.value):
+        mig, uuid = ctypes.c_void_p(), ctypes.create_string_buffer(96)
+        if nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot, ctypes.byref(mig)) == 0 \
+                and nvml.nvmlDeviceGetUUID(mig, uuid, 96) == 0:
+            found.append(uuid.value.decode())
+    return tuple(found)
 
 
 def _nvidia_smi_gpus():
@@ -97,18 +141,30 @@ def physical_gpus():
 
 
 def visible_gpus(all_gpus, cuda_visible_devices=None):
-    """The GPUs this process may use, in CUDA's order, as CUDA_VISIBLE_DEVICES lists them."""
+    """The GPUs this process may use, in CUDA's order, as CUDA_VISIBLE_DEVICES lists them:
+    by index, by GPU UUID (GPU-..., or a unique start of one), or by MIG UUID (MIG-...,
+    which stands for its card here)."""
     if cuda_visible_devices is None:
         cuda_visible_devices = os.environ.get('CUDA_VISIBLE_DEVICES')
     if cuda_visible_devices is None:
         return list(all_gpus)
-    by_index = {gpu.index: gpu for gpu in all_gpus}
     chosen = []
     for item in filter(None, (p.strip() for p in cuda_visible_devices.split(','))):
-        if not item.isdigit() or int(item) not in by_index:
+        card = _card_named(all_gpus, item)
+        if card is None:
             break    # CUDA stops at the first entry it cannot use
-        chosen.append(by_index[int(item)])
+        chosen.append(card)
     return chosen
+
+
+def _card_named(all_gpus, item):
+    if item.isdigit():
+        return next((gpu for gpu in all_gpus if gpu.index == int(item)), None)
+    if item.startswith('MIG-'):
+        matches = [gpu for gpu in all_gpus if any(m.startswith(item) for m in gpu.migs)]
+    else:
+        matches = [gpu for gpu in all_gpus if gpu.uuid and gpu.uuid.startswith(item)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def unsupported_message(gpu):
@@ -137,14 +193,24 @@ def check_gpus(gpus_per_trial, gpus=None, gpu_build=None):
         raise GPUError('gpus_per_trial is set but no NVIDIA driver or GPU was found '
                        '(NVML and nvidia-smi did not answer). Install the NVIDIA driver '
                        '(R450.80 or newer; CUDA 11 needs it), or set resources.gpus_per_trial: 0.')
+    readable = [gpu for gpu in gpus if not gpu.problem]
+    if not readable:
+        raise GPUError(
+            'gpus_per_trial is set but NVML could not read any GPU of this machine ('
+            + '; '.join(f'GPU {gpu.index}: {gpu.problem}' for gpu in gpus) + '). Under '
+            'SLURM or cgroups, run inside the job that holds the GPUs; otherwise check '
+            'the permissions of /dev/nvidia*, or set resources.gpus_per_trial: 0.')
+    # Cards this process may not read are another job's (SLURM, cgroups): not ours.
+    # The capability comes first: on a card no MXNet build supports, installing the
+    # GPU build would not help.
+    bad = [gpu for gpu in readable if not gpu.supported]
+    if bad:
+        raise GPUError('\n'.join(unsupported_message(gpu) for gpu in bad))
     if not gpu_build:
         raise GPUError('gpus_per_trial is set but the installed MXNet is the CPU build '
                        '(`mxnet`). Install the GPU build instead: pip uninstall mxnet, then '
                        "pip install -c constraints.txt -e '.[gpu]' (or make MXNET_EXTRA=gpu).")
-    bad = [gpu for gpu in gpus if not gpu.supported]
-    if bad:
-        raise GPUError('\n'.join(unsupported_message(gpu) for gpu in bad))
-    return gpus
+    return readable
 
 
 def describe_gpus(gpus):

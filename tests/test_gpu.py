@@ -191,3 +191,92 @@ def test_a_sweep_asking_for_gpus_is_stopped_before_any_trial_without_a_driver(tm
         assert store.trial_ids() and all(store.read_history(t) == [] for t in store.trial_ids())
     finally:
         ray.shutdown()
+
+
+def test_a_card_no_mxnet_build_supports_is_refused_before_the_build_is_discussed():
+    """A Hopper user with the CPU build is not sent to install the 2.5 GB GPU build."""
+    with pytest.raises(GPUError) as error:
+        check_gpus(1, gpus=[GPU(0, 'NVIDIA H100 80GB HBM3', (9, 0))], gpu_build=False)
+    assert 'compute capability 9.0' in str(error.value) and 'CPU build' not in str(error.value)
+
+
+class FakeNVML:
+    """libnvidia-ml as ctypes sees it: functions that fill their out-arguments and
+    return NVML's codes. Cards: index -> dict(name, cap, uuid, migs, denied)."""
+
+    def __init__(self, cards):
+        self.cards = cards
+
+    @staticmethod
+    def _set(pointer, value):
+        pointer._obj.value = value
+
+    def nvmlInit_v2(self):
+        return 0
+
+    def nvmlShutdown(self):
+        return 0
+
+    def nvmlDeviceGetCount_v2(self, count):
+        self._set(count, len(self.cards))
+        return 0
+
+    def nvmlDeviceGetHandleByIndex_v2(self, index, handle):
+        if self.cards[index].get('denied'):
+            return 4                                   # NVML_ERROR_NO_PERMISSION
+        self._set(handle, 1000 + index)
+        return 0
+
+    def _card(self, handle):
+        return self.cards[handle.value - 1000] if handle.value >= 1000 else None
+
+    def nvmlDeviceGetName(self, handle, buffer, size):
+        buffer.value = self._card(handle)['name'].encode()
+        return 0
+
+    def nvmlDeviceGetUUID(self, handle, buffer, size):
+        if handle.value >= 5000:                       # a MIG instance
+            card, slot = divmod(handle.value - 5000, 10)
+            buffer.value = self.cards[card]['migs'][slot].encode()
+        else:
+            buffer.value = self._card(handle)['uuid'].encode()
+        return 0
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle, major, minor):
+        self._set(major, self._card(handle)['cap'][0])
+        self._set(minor, self._card(handle)['cap'][1])
+        return 0
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle, count):
+        migs = self._card(handle).get('migs')
+        if migs is None:
+            return 3                                   # NVML_ERROR_NOT_SUPPORTED
+        self._set(count, len(migs))
+        return 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle, slot, mig):
+        self._set(mig, 5000 + 10 * (handle.value - 1000) + slot)
+        return 0
+
+
+def test_nvml_return_codes_uuids_and_mig_instances_are_read():
+    from bench.gpu import _nvml_gpus, describe_gpus
+    nvml = FakeNVML({0: {'denied': True},
+                     1: {'name': 'Tesla T4', 'cap': (7, 5), 'uuid': 'GPU-1111-aaaa'},
+                     2: {'name': 'NVIDIA A100', 'cap': (8, 0), 'uuid': 'GPU-2222-bbbb',
+                         'migs': ['MIG-9999-x', 'MIG-8888-y']}})
+    cards = _nvml_gpus(nvml)
+    assert cards[0] == GPU(0, '?', None, problem='no permission')
+    assert cards[1] == GPU(1, 'Tesla T4', (7, 5), 'GPU-1111-aaaa')
+    assert cards[2].migs == ('MIG-9999-x', 'MIG-8888-y')
+    assert 'GPU 0: unreadable (no permission)' in describe_gpus(cards)
+    # The card this job may not read is another job's: the readable ones are checked.
+    assert check_gpus(1, gpus=cards, gpu_build=True) == cards[1:]
+    with pytest.raises(GPUError, match=r'NVML could not read any GPU .*GPU 0: no permission'
+                                       r'.*SLURM'):
+        check_gpus(1, gpus=cards[:1], gpu_build=True)
+    # CUDA_VISIBLE_DEVICES by GPU UUID (or a unique start of one) and by MIG UUID.
+    assert visible_gpus(cards, 'GPU-2222-bbbb,GPU-1111') == [cards[2], cards[1]]
+    assert visible_gpus(cards, 'MIG-8888-y') == [cards[2]]
+    assert visible_gpus(cards, 'GPU-') == []          # not unique: CUDA stops there
+    assert visible_gpus(cards, '1,GPU-nope,2') == [cards[1]]
