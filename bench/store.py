@@ -138,8 +138,9 @@ class ResultsStore:
         write_json_atomic(self.root / MANIFEST_FILE, manifest)
 
     def read_manifest(self):
-        path = self.root / MANIFEST_FILE
-        return read_json(path) if path.is_file() else None
+        """The sweep's manifest; None when it is absent or damaged (the next run or
+        --report-only rewrites it)."""
+        return read_json_checked(self.root / MANIFEST_FILE)[0]
 
     def read_history(self, trial_id):
         """The trial's epoch rows: history.csv, or the checkpoint's copy where that holds
@@ -148,16 +149,24 @@ class ResultsStore:
 
     def history(self, trial_id):
         """(rows, problems) of the trial's history; see read_history."""
-        rows, problem = read_history_csv(self.trial_dir(trial_id) / 'history.csv')
-        problems = [problem] if problem else []
-        state, _, _ = self.checkpoint_state(trial_id)
-        saved = [{k: row[k] for k in HISTORY_FIELDS} for row in (state or {}).get('history', [])]
-        if len(saved) > len(rows) or (problem and saved):
-            problems.append(f'{self.trial_dir(trial_id) / "history.csv"}: holds {len(rows)} '
-                            f'intact epoch row(s), the checkpoint {len(saved)}; the '
-                            "checkpoint's copy is used, and the next run rewrites the file")
-            rows = saved + [row for row in rows if row['epoch'] > len(saved)]
+        rows, problems, _ = self._history(trial_id, self.checkpoint_state(trial_id)[0])
         return rows, problems
+
+    def _history(self, trial_id, checkpoint_state):
+        """(rows, problems, intact rows of history.csv itself), given the checkpoint's
+        state already read."""
+        path = self.trial_dir(trial_id) / 'history.csv'
+        rows, problem = read_history_csv(path)
+        recorded = len(rows)
+        problems = [problem] if problem else []
+        saved = [{k: row[k] for k in HISTORY_FIELDS}
+                 for row in (checkpoint_state or {}).get('history', [])]
+        if len(saved) > len(rows) or (problem and saved):
+            problems.append(f'{path}: holds {len(rows)} intact epoch row(s), the checkpoint '
+                            f"{len(saved)}; the checkpoint's copy is used, and the next run "
+                            'rewrites the file')
+            rows = saved + [row for row in rows if row['epoch'] > len(saved)]
+        return rows, problems, recorded
 
     def record_epoch(self, trial_id, metrics):
         """Add (or replace, when an epoch is trained again after a crash) one history row."""
@@ -233,7 +242,7 @@ class ResultsStore:
         error, error_problem = read_json_checked(folder / 'error.json')
         state, checkpoint, problems = self.checkpoint_state(trial_id)
         epochs = state['epoch'] if state else 0
-        _, history_problems = self.history(trial_id)
+        _, history_problems, recorded = self._history(trial_id, state)
         problems += history_problems
         if checkpoint is not None and checkpoint.name == RETIRED_CHECKPOINT_DIR:
             problems.append(f'{folder / CHECKPOINT_DIR}: missing after an interrupted swap; '
@@ -251,7 +260,6 @@ class ResultsStore:
             if error_problem:
                 problems.append(f'{error_problem}; the trial counts as failed')
             return TrialState(FAILED, epochs, tuple(problems))
-        recorded = len(read_history_csv(folder / 'history.csv')[0])
         # One epoch ahead of the checkpoint is the window between an epoch's report and
         # its checkpoint; more means checkpoints were lost and epochs would be retrained.
         if recorded > epochs + 1:

@@ -17,7 +17,8 @@ from .config import expand, matches_only, trial_id
 from .data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from .progress import print_line
 from .recipe import TrialRun
-from .store import DAMAGED, DONE, FAILED, LOCK_FILE, PARTIAL, PENDING, ResultsStore
+from .store import (CHECKPOINT_DIR, DAMAGED, DONE, FAILED, LOCK_FILE, PARTIAL, PENDING,
+                    ResultsStore)
 
 
 class SweepError(RuntimeError):
@@ -286,7 +287,7 @@ def trial_run(planned, store, resources):
     # The trial resumes from the store's checkpoint whenever one is there, also when
     # Tune restarts it after a crash; the folder is on storage every node reaches.
     return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
-                    store_checkpoint=str(store.trial_dir(planned.trial_id) / 'checkpoint'),
+                    store_checkpoint=str(store.trial_dir(planned.trial_id) / CHECKPOINT_DIR),
                     cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial)
 
 

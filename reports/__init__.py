@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from bench.fileio import write_text_atomic
+from models.names import parse_model_name
 
 from .figures import write_figures
 from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
@@ -18,8 +19,8 @@ from .store import (load_environment, load_histories, load_manifest, load_trials
                     split_by_sweep)
 from .table import table_context
 
-__all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_histories', 'load_manifest',
-           'load_trials', 'render_all', 'split_by_sweep', 'table_context']
+__all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_histories',
+           'load_manifest', 'load_trials', 'render_all', 'split_by_sweep', 'table_context']
 
 _ENV = Environment(loader=PackageLoader('reports', 'templates'), undefined=StrictUndefined,
                    autoescape=select_autoescape(['html.j2']), keep_trailing_newline=True)
@@ -52,10 +53,10 @@ def _title_and_caption(context, trials):
                      f"epoch{'s' if len(recipe['lr_decay_epochs']) > 1 else ''} "
                      f"{', '.join(map(str, recipe['lr_decay_epochs']))}, "
                      f"wd {recipe['wd']:g}")
-    revisions = sorted({(_version_of(m), int(r)) for m, r in
+    revisions = sorted({(parse_model_name(m)[0], int(r)) for m, r in
                         zip(trials['model'], trials['network_revision'])})
     parts.append('Network definitions: ' + ', '.join(
-        f'{version} revision {revision}' for version, revision in revisions)
+        f'v{version} revision {revision}' for version, revision in revisions)
         + ' (the original repository\'s networks)')
     if 'train_loss' in context['metrics']:
         parts.append(ORIGINAL_LOSS_NOTE)
@@ -63,10 +64,6 @@ def _title_and_caption(context, trials):
         parts.append(MACS_NOTE)
     parts.append('bold: best of the row; TBA: not trained yet')
     return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
-
-
-def _version_of(model):
-    return 'v' + str(model).rsplit('_v', 1)[-1] if '_v' in str(model) else str(model)
 
 
 def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,

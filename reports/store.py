@@ -85,7 +85,7 @@ def load_histories(store_dir, trials=None):
     rows of `trials` (default: every stored trial)."""
     store = ResultsStore(store_dir)
     if trials is None:
-        trials = load_trials(store_dir, _manifest_or_none(store_dir))
+        trials = load_trials(store_dir, store.read_manifest())
     frames = []
     for trial in trials.to_dict('records'):
         rows = store.read_history(trial['trial_id'])
@@ -101,11 +101,6 @@ def load_histories(store_dir, trials=None):
         return pd.DataFrame(columns=['trial_id', 'model', 'attention', 'seed', 'epoch',
                                      'val_loss', 'val_acc', 'train_loss', 'train_acc'])
     return pd.concat(frames, ignore_index=True)
-
-
-def _manifest_or_none(store_dir):
-    path = Path(store_dir) / MANIFEST_FILE
-    return read_json_checked(path)[0]
 
 
 def load_environment(store_dir):
