@@ -52,7 +52,7 @@ def render_reports(loaded, insert=False):
 
 def main(argv=None):
     parser, args = parse_args(argv)
-    from bench.config import ConfigError, load_config, parse_only
+    from bench.sweep.config import ConfigError, load_config, parse_only
     try:
         loaded = load_config(args.config)
         only = parse_only(args.only) if args.only else None
@@ -102,13 +102,14 @@ def _plan_and_train(loaded, args, only):
             if answer.strip().lower() not in ('y', 'yes'):
                 print('nothing deleted')
                 return 1
-        from bench.sweep import remove_store
+        from bench.sweep.plan import remove_store
         remove_store(loaded)
 
-    from bench.data import DataError
+    from bench.trial.data import DataError
     from bench.gpu import GPUError
-    from bench.sweep import (SweepError, format_plan, load_sweep_data, local_devices, plan,
-                             run_sweep)
+    from bench.sweep.cluster import local_devices
+    from bench.sweep.driver import run_sweep
+    from bench.sweep.plan import format_plan, load_sweep_data, plan, SweepError
     try:
         data = load_sweep_data(loaded)
     except DataError as error:
@@ -160,7 +161,7 @@ def _plan_and_train(loaded, args, only):
 
 def _problems_before_training(loaded, args, only, planned, data):
     """What would stop the sweep part way, found before anything trains."""
-    from bench.sweep import data_problems
+    from bench.sweep.plan import data_problems
     from reports import ReportError, check_readme
     problems = data_problems(planned, data.identity.to_dict())
     if only and not planned:
@@ -180,8 +181,8 @@ def _problems_before_training(loaded, args, only, planned, data):
 
 def _report_only(loaded, insert):
     """Reports of the sweep as sweep.yaml declares it now, from stored results alone."""
-    from bench.data import DataError
-    from bench.sweep import record_sweep, report_data_identity
+    from bench.trial.data import DataError
+    from bench.sweep.plan import record_sweep, report_data_identity
     try:
         identity = report_data_identity(loaded)
     except DataError as error:

@@ -36,8 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import STATE_FILE, read_state
-from .fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
+from bench.trial.checkpoint import STATE_FILE, read_state
+from bench.fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
 
 DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
 # Files that contradict each other or cannot be read: not trained, not reported as

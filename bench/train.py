@@ -12,10 +12,10 @@ import argparse
 import json
 import sys
 
-from .data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
-from .fileio import write_json_atomic
-from .recipe import OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
-from .threads import use_cpus
+from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
+from bench.fileio import write_json_atomic
+from bench.trial.recipe import OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
+from bench.trial.threads import use_cpus
 
 # The original README wrote the attention as a flag of its own (`--eca`).
 ATTENTION_FLAGS = ('se', 'eca', 'gct')
@@ -99,8 +99,8 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    from .devices import describe, trial_contexts
-    from .trainer import TrainingDiverged, check_precision, train
+    from bench.trial.gluon.devices import describe, trial_contexts
+    from bench.trial.gluon.trainer import TrainingDiverged, check_precision, train
 
     try:
         contexts = trial_contexts(args.num_gpus)

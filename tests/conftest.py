@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench.data import write_cifar10
+from bench.trial.data import write_cifar10
 
 
 def make_images(count, seed=0, classes=10):

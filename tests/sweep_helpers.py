@@ -3,8 +3,8 @@ import textwrap
 
 import yaml
 
-from bench.config import load_config
-from bench.data import write_cifar10
+from bench.sweep.config import load_config
+from bench.trial.data import write_cifar10
 
 from .conftest import make_images
 

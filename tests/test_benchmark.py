@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from bench import threads
-from bench.benchmark import attention_overhead_summary, format_rows, main
+from bench.trial import threads
+from bench.benchmark.cli import main
+from bench.benchmark.rows import attention_overhead_summary, format_rows
 
 
 @pytest.mark.slow
@@ -50,7 +51,7 @@ def test_table_formatting_and_summary():
 
 
 def test_ratios_are_taken_round_by_round():
-    from bench.benchmark import median_ratio
+    from bench.benchmark.timing import median_ratio
     # The machine slows down 2x in round 2; per round, a is always 0.9 of b.
     assert median_ratio([90, 45, 90], [100, 50, 100]) == pytest.approx(0.9)
 
@@ -74,7 +75,7 @@ def test_use_cpus_sets_threads_before_mxnet_only(monkeypatch):
 
 
 def test_cpu_peak_estimate_reads_clock_and_vector_units(tmp_path):
-    from bench.benchmark import cpu_peak_gflops
+    from bench.benchmark.timing import cpu_peak_gflops
     info = tmp_path / 'cpuinfo'
     info.write_text('processor\t: 0\ncpu MHz\t\t: 2500.000\nflags\t\t: fpu avx2 fma\n')
     assert cpu_peak_gflops(str(info), cores=2) == pytest.approx(2 * 2.5 * 32)
@@ -106,7 +107,7 @@ def test_epoch_child_times_one_kind_only(tmp_path, monkeypatch):
 
 
 def test_background_work_is_settled_inside_its_own_rounds():
-    from bench.benchmark import interleaved_rates
+    from bench.benchmark.timing import interleaved_rates
     calls = []
 
     def plain():

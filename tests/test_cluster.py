@@ -3,7 +3,8 @@ nodes, results come back through Tune's reports, the store is complete."""
 import pytest
 
 from bench.store import ResultsStore
-from bench.sweep import load_sweep_data, plan, run_sweep
+from bench.sweep.driver import run_sweep
+from bench.sweep.plan import load_sweep_data, plan
 
 from .sweep_helpers import loaded, write_sweep, write_tiny_data
 

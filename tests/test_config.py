@@ -3,9 +3,9 @@ import textwrap
 
 import pytest
 
-from bench.config import (ConfigError, expand, load_config, matches_only, parse_config,
+from bench.sweep.config import (ConfigError, expand, load_config, matches_only, parse_config,
                           parse_only, trial_id)
-from bench.recipe import Recipe
+from bench.trial.recipe import Recipe
 
 IDENTITY = {'digest': 'abc', 'official': False}
 BASE = {'name': 't', 'models': ['cifar_resnet20_v1'], 'attentions': ['none', 'eca']}

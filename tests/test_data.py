@@ -9,10 +9,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bench import data as data_module
-from bench.augment import DeviceImages
-from bench.batches import epoch_plan, eval_batches
-from bench.data import (CIFAR_MEAN, CIFAR_STD, DataError, load_cifar10, make_digits_dataset,
+from bench.trial import data as data_module
+from bench.trial.gluon.augment import DeviceImages
+from bench.trial.batches import epoch_plan, eval_batches
+from bench.trial.data import (CIFAR_MEAN, CIFAR_STD, DataError, load_cifar10, make_digits_dataset,
                         record_bytes, write_cifar10)
 
 from .conftest import make_images

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from bench.devices import trial_device_plan
+from bench.trial.gluon.devices import trial_device_plan
 from bench.gpu import GPU, GPUError, check_gpus, unsupported_message, visible_gpus
 from models import cuda_runtime
 
@@ -118,7 +118,7 @@ def _fake_gpu_trial(config):
     import ray
     from ray import tune
 
-    from bench.devices import trial_device_plan
+    from bench.trial.gluon.devices import trial_device_plan
     started = time.time()
     contexts = trial_device_plan(config['gpus'], ray.get_gpu_ids(),
                                  make_context=lambda kind, index: f'{kind}({index})')
@@ -173,7 +173,8 @@ def test_a_sweep_asking_for_gpus_is_stopped_before_any_trial_without_a_driver(tm
     import ray
 
     from bench.store import ResultsStore
-    from bench.sweep import load_sweep_data, plan, run_sweep
+    from bench.sweep.driver import run_sweep
+    from bench.sweep.plan import load_sweep_data, plan
 
     from .sweep_helpers import loaded, write_sweep, write_tiny_data
     if ray.is_initialized():

@@ -1,4 +1,4 @@
-"""The trial seam: bench.loop drives any backend's session through one interface."""
+"""The trial seam: bench.trial.loop drives any backend's session through one interface."""
 import json
 import subprocess
 import sys
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.loop import BACKENDS, TrainingDiverged, get_backend, run_epochs
-from bench.recipe import Recipe, TrialSpec
+from bench.trial.loop import BACKENDS, TrainingDiverged, get_backend, run_epochs
+from bench.trial.recipe import Recipe, TrialSpec
 
 from .conftest import make_images
 
@@ -44,7 +44,7 @@ class RecordingSession:
 
 class Data:
     def __init__(self, count=24):
-        from bench.data import DataIdentity
+        from bench.trial.data import DataIdentity
         self.train_images, _ = make_images(count, seed=1)
         self.identity = DataIdentity('fake', False, 'd' * 40, 'bin', 'x', count, 0)
 
@@ -92,7 +92,7 @@ def test_backends_are_found_by_name_and_the_loop_needs_no_framework():
     assert set(BACKENDS) == {'gluon'}
     code = ('import sys\n'
             'sys.modules["mxnet"] = None\n'
-            'import bench.loop, bench.batches, bench.checkpoint\n')
+            'import bench.trial.loop, bench.trial.batches, bench.trial.checkpoint\n')
     done = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

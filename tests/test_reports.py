@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from models.names import network_revision
-from bench.config import parse_config, trial_id
-from bench.recipe import Recipe, TrialSpec
+from bench.sweep.config import parse_config, trial_id
+from bench.trial.recipe import Recipe, TrialSpec
 from bench.store import ResultsStore
-from bench.sweep import sweep_manifest
+from bench.sweep.plan import sweep_manifest
 from reports import BEGIN, END, ReportError, inject_block, load_trials, render_all
 from reports.figures import curves_figure
 from reports.table import table_context

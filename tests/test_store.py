@@ -6,10 +6,10 @@ import shutil
 import pytest
 
 import run_sweep
-from bench.config import expand, trial_id
+from bench.sweep.config import expand, trial_id
 from bench.fileio import write_json_atomic
 from bench.store import DAMAGED, DONE, PARTIAL, PENDING, ResultsStore
-from bench.sweep import load_sweep_data, plan, record_sweep
+from bench.sweep.plan import load_sweep_data, plan, record_sweep
 from reports import load_manifest, load_trials, render_all, split_by_sweep
 
 from .sweep_helpers import loaded, write_sweep, write_tiny_data
@@ -268,8 +268,9 @@ def test_problems_that_would_stop_a_sweep_part_way_are_found_before_it_starts(
 
 
 def test_a_trial_no_node_can_hold_is_refused_and_the_dry_run_says_so(sweep, capsys):
-    from bench.config import Resources
-    from bench.sweep import SweepError, check_trials_fit, local_devices
+    from bench.sweep.config import Resources
+    from bench.sweep.cluster import check_trials_fit, local_devices
+    from bench.sweep.plan import SweepError
 
     class OneSmallNode:
         @staticmethod
@@ -336,8 +337,9 @@ def test_the_sweep_store_planner_and_reports_run_with_no_deep_learning_framework
     code = ('import sys\n'
             'for name in ("mxnet", "torch", "gluoncv"):\n'
             '    sys.modules[name] = None   # importing it now raises ImportError\n'
-            'import bench.config, bench.environment, bench.store, bench.sweep, reports\n'
-            'import run_sweep\n'
+            'import bench.environment, bench.gpu, bench.store, reports, run_sweep\n'
+            'import bench.sweep.cluster, bench.sweep.config, bench.sweep.driver, bench.sweep.plan\n'
+            'import bench.trial.checkpoint, bench.trial.data, bench.trial.loop, bench.trial.recipe\n'
             f'assert run_sweep.main(["--config", {str(path)!r}, "--dry-run"]) == 0\n'
             f'assert run_sweep.main(["--config", {str(path)!r}, "--report-only"]) == 0\n'
             'assert "ray" not in sys.modules\n')

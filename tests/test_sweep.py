@@ -11,7 +11,9 @@ import pytest
 
 import run_sweep
 from bench.store import ResultsStore
-from bench.sweep import load_sweep_data, plan, run_sweep as run, start_ray
+from bench.sweep.cluster import start_ray
+from bench.sweep.driver import run_sweep as run
+from bench.sweep.plan import load_sweep_data, plan
 
 from .sweep_helpers import loaded, write_sweep, write_tiny_data
 
@@ -127,7 +129,7 @@ def test_tune_restarts_a_crashed_trial_from_its_last_checkpoint(tmp_path, data_r
                                                                 local_ray):
     """The worker of a trial is SIGKILLed after its first epoch; with max_failures 1 Tune
     restarts it from the checkpoint of that epoch, not from scratch."""
-    from bench import tune_trial
+    from bench.sweep import tune_trial
     path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['gct'],
                        epochs=3, extra={'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0,
                                                       'max_failures': 1}})

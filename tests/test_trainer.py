@@ -5,13 +5,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bench import trainer as trainer_module
-from bench.checkpoint import (CheckpointMismatch, latest_checkpoint, list_checkpoints,
+from bench.trial.gluon import trainer as trainer_module
+from bench.trial.checkpoint import (CheckpointMismatch, latest_checkpoint, list_checkpoints,
                               read_state)
-from bench.data import load_cifar10
-from bench.recipe import Recipe, TrialSpec
+from bench.trial.data import load_cifar10
+from bench.trial.recipe import Recipe, TrialSpec
 from bench.train import main as train_main
-from bench.trainer import METRICS, TrainingDiverged, train
+from bench.trial.gluon.trainer import METRICS, TrainingDiverged, train
 
 TINY_RECIPE = Recipe(epochs=2, batch_size=16, lr_decay_epochs=(1,))
 
@@ -203,7 +203,7 @@ def test_command_line_reports_bad_input_clearly(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_small_real_data_set_is_learned(tmp_path):
-    from bench.data import make_digits_dataset
+    from bench.trial.data import make_digits_dataset
     data = load_cifar10(make_digits_dataset(tmp_path), download=False, name='sklearn-digits')
     spec = TrialSpec('cifar_resnet8_v1', 'eca', seed=0,
                      recipe=Recipe(epochs=4, batch_size=64, lr_decay_epochs=(3,)))
@@ -213,7 +213,7 @@ def test_a_small_real_data_set_is_learned(tmp_path):
 
 
 def test_mixed_precision_is_a_recipe_option_refused_off_the_gpu(tiny_cifar_root, capsys):
-    from bench.trainer import check_precision
+    from bench.trial.gluon.trainer import check_precision
     with pytest.raises(ValueError, match='precision must be one of float32, amp_float16'):
         Recipe(precision='bfloat16')
     amp = Recipe(precision='amp_float16')
@@ -237,7 +237,7 @@ ORIGINAL_COMMAND = ('--mode hybrid --num-gpus 1 -j 8 --batch-size 128 --num-epoc
 
 
 def test_the_original_readme_command_line_is_accepted_as_written():
-    from bench.config import expand, load_config
+    from bench.sweep.config import expand, load_config
     from bench.train import parse_args, spec_from_args
     _, args = parse_args(ORIGINAL_COMMAND)
     spec = spec_from_args(args)

@@ -27,8 +27,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from models.names import ATTENTION_OPTIONS, parse_attention_name, parse_model_name
 
-from .recipe import Recipe, TrialSpec
-from .store import REPORT_METRICS
+from bench.trial.recipe import Recipe, TrialSpec
+from bench.store import REPORT_METRICS
 
 
 

@@ -1,7 +1,7 @@
 """The Gluon trial backend (the reference): a CIFAR ResNet with an attention, trained
 by the recipe on MXNet devices.
 
-`open_session` gives the session that `bench.loop.run_epochs` drives (the trial
+`open_session` gives the session that `bench.trial.loop.run_epochs` drives (the trial
 seam); `train` is both together, a library function that takes the spec and the
 data, returns the per-epoch metrics and reports each epoch to a callback.
 """
@@ -11,11 +11,11 @@ from mxnet import autograd, gluon
 
 from models import get_model
 
-from .augment import DeviceImages
-from .batches import eval_batches
-from .devices import describe, trial_contexts, trial_device_plan
-from .loop import TrainingDiverged, run_epochs
-from .store import HISTORY_FIELDS
+from bench.trial.gluon.augment import DeviceImages
+from bench.trial.batches import eval_batches
+from bench.trial.gluon.devices import describe, trial_contexts, trial_device_plan
+from bench.trial.loop import TrainingDiverged, run_epochs
+from bench.store import HISTORY_FIELDS
 
 # How many batches may pass between checks for a non-finite loss: each check
 # waits for the device, so checking every batch would stall a GPU's pipeline.
@@ -203,7 +203,7 @@ def kernels_used(contexts):
 def train(spec, data, checkpoint_dir=None, resume_from=None, contexts=None,
           on_epoch=None, on_batch=None):
     """Train `spec` on `data` with Gluon; the list of per-epoch metric dicts (METRICS).
-    The arguments are bench.loop.run_epochs's; `contexts` default to every visible GPU,
+    The arguments are bench.trial.loop.run_epochs's; `contexts` default to every visible GPU,
     else the CPU."""
     session = GluonSession(spec, data, contexts or trial_contexts())
     return run_epochs(session, spec, data, checkpoint_dir=checkpoint_dir,

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .fileio import publish_dir_atomic, read_json, write_json_atomic
+from bench.fileio import publish_dir_atomic, read_json, write_json_atomic
 
 STATE_FILE = 'state.json'
 FORMAT_VERSION = 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import write_bytes_atomic
+from bench.fileio import write_bytes_atomic
 
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_PIXELS = 3 * 32 * 32
@@ -296,7 +296,7 @@ def write_cifar10(root, train_images, train_labels, test_images, test_labels,
     def encode(images, labels):
         if layout == 'bin':
             return record_bytes(images, labels)
-        return pickle.dumps({'batch_label': 'written by bench.data.write_cifar10',
+        return pickle.dumps({'batch_label': 'written by bench.trial.data.write_cifar10',
                              'labels': [int(x) for x in labels],
                              'data': images.reshape(len(images), RECORD_PIXELS)}, protocol=2)
 

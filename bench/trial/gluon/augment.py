@@ -8,7 +8,7 @@ backwards (the horizontal flip). No per-image Python, no worker processes.
 import mxnet as mx
 import numpy as np
 
-from .data import CIFAR_MEAN, CIFAR_STD
+from bench.trial.data import CIFAR_MEAN, CIFAR_STD
 
 
 class DeviceImages:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ray import tune
 
-from .progress import print_line
-from .recipe import TrialRun
+from bench.progress import print_line
+from bench.trial.recipe import TrialRun
 
 DIVERGED_KEY = 'diverged'
 # What each trial reports about where and how it ran; kept in its final record.
@@ -22,14 +22,14 @@ PLACEMENT_KEYS = ('node_id', 'omp_threads', 'kernels')
 
 def run_trial(param_space, data=None):
     """Ray Tune function trainable for one TrialRun (built by bench.sweep): the trial's
-    backend opens a session on the devices Ray assigned, and bench.loop drives it."""
+    backend opens a session on the devices Ray assigned, and bench.trial.loop drives it."""
     run = TrialRun.from_config(param_space['trial'])
-    from .threads import pin_cpus
+    from bench.trial.threads import pin_cpus
     threads = pin_cpus(run.cpus)   # before MXNet is imported in this worker
     import ray
 
-    from .gpu import check_gpus, physical_gpus, visible_gpus
-    from .loop import TrainingDiverged, get_backend, run_epochs
+    from bench.gpu import check_gpus, physical_gpus, visible_gpus
+    from bench.trial.loop import TrainingDiverged, get_backend, run_epochs
 
     if run.gpus:
         # Before the framework touches the device: an unsupported card gets one clear error.
@@ -66,7 +66,7 @@ def newest_checkpoint(folders):
     Tune's restored checkpoint and the store's copy are both considered: a crash
     can leave either one behind the other.
     """
-    from .checkpoint import STATE_FILE, read_state
+    from bench.trial.checkpoint import STATE_FILE, read_state
     found = [(read_state(f)['epoch'], str(f)) for f in folders
              if f and (Path(f) / STATE_FILE).is_file()]
     return max(found)[1] if found else None

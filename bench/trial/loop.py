@@ -1,6 +1,6 @@
 """The trial seam: the epochs of one trial, whatever framework trains it.
 
-A backend (`bench.trainer` for MXNet Gluon, the reference) opens a session for a
+A backend (`bench.trial.gluon.trainer` for MXNet Gluon, the reference) opens a session for a
 spec, its data and its devices. This loop drives the session through one small
 interface and owns everything that must not differ between backends: the
 learning-rate schedule, the batches and augmentation of each epoch (drawn from
@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from .batches import epoch_plan
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from bench.trial.batches import epoch_plan
+from bench.trial.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 # Backend name -> the module that opens its sessions (imported only when used).
-BACKENDS = {'gluon': 'bench.trainer'}
+BACKENDS = {'gluon': 'bench.trial.gluon.trainer'}
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,0 +1,152 @@
+"""The command line of `python -m bench.benchmark`, and the child processes it starts.
+
+MXNet fixes its thread count when it is imported, so --threads-compare times
+other thread counts in fresh processes of this same command.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from bench.benchmark import __doc__ as BENCHMARK_HELP
+from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
+from bench.fileio import write_json_atomic
+from bench.trial.recipe import PRECISIONS, Recipe, TrialSpec
+from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
+
+
+def main(argv=None):
+    threads = use_cpus()   # before anything imports MXNet
+    from models import ATTENTIONS, MODELS
+    parser = argparse.ArgumentParser(prog='python -m bench.benchmark', description=BENCHMARK_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=['cifar_resnet20_v1'], metavar='MODEL',
+                        help=f"default: cifar_resnet20_v1; any of {', '.join(MODELS)}")
+    parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--batches', type=int, default=20,
+                        help='timed batches per model x attention (and per pipeline)')
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='the timed batches are split into this many alternating rounds')
+    parser.add_argument('--images', type=int, default=4096,
+                        help='synthetic training images held in memory')
+    parser.add_argument('--workers', type=int, default=os.cpu_count(),
+                        help='DataLoader workers of the original pipeline')
+    parser.add_argument('--no-original', action='store_true',
+                        help='skip the original DataLoader pipeline')
+    parser.add_argument('--epoch-images', type=int, default=2560,
+                        help='training images of the whole-epoch comparison with the original '
+                             'script (its evaluation takes a fifth as many); 0 skips it')
+    parser.add_argument('--epoch-rounds', type=int, default=2,
+                        help='timed epochs of each kind in the whole-epoch comparison')
+    parser.add_argument('--num-gpus', type=int, default=None, help='0 forces the CPU')
+    parser.add_argument('--threads-compare', action='store_true',
+                        help="also train vanilla in a child process with MXNet's default "
+                             'threads, to show the gain of using every core')
+    parser.add_argument('--kernels-compare', action='store_true',
+                        help="also train each attention with MXNet's operators instead of "
+                             'the fused CPU kernels, to show what they gain')
+    parser.add_argument('--precision', choices=PRECISIONS, default='float32',
+                        help="amp_float16: MXNet AMP (GPUs only). AMP changes MXNet's "
+                             'operators for the whole process: compare precisions in two runs')
+    parser.add_argument('--json', default=None, help='write the rows as JSON here')
+    # A child process of --threads-compare: time whole epochs of one kind only.
+    parser.add_argument('--epoch-child', choices=('trial', 'original'), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    from bench.benchmark.rows import (attention_overhead_summary, benchmark, format_rows,
+                                      kernel_summary)
+    from bench.trial.gluon.devices import describe, trial_contexts
+    from bench.trial.gluon.trainer import check_precision
+    ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None else None)[0]
+    try:
+        check_precision(Recipe(precision=args.precision), [ctx])
+    except ValueError as error:
+        parser.exit(2, f'error: {error}\n')
+    images, labels = synthetic_images(args.images)
+    if args.epoch_child:
+        return _epoch_child(args, ctx, images, labels)
+    print(f'device: {describe([ctx])}, batch {args.batch_size}, {args.batches} timed batches, '
+          f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
+          f'{args.workers} DataLoader workers', flush=True)
+    rows = benchmark(args.models, args.attentions, images, labels, ctx, args.batch_size,
+                     args.batches, args.workers, baseline=not args.no_original,
+                     rounds=args.rounds, epoch_images=min(args.epoch_images, args.images),
+                     epoch_rounds=args.epoch_rounds, kernels_compare=args.kernels_compare,
+                     precision=args.precision)
+    print(format_rows(rows), flush=True)
+    print(attention_overhead_summary(rows))
+    print(kernel_summary(rows))
+    peak = cpu_peak_gflops() if ctx.device_type == 'cpu' else None
+    if peak:
+        best = max(r['gflop_s'] for r in rows)
+        print(f'compute: best {best:.1f} GFLOP/s of an estimated FP32 peak of {peak:.0f} GFLOP/s '
+              f'for these cores ({100 * best / peak:.1f}%; training FLOPs = 6 x forward MACs)')
+    if args.threads_compare:
+        # Two fresh processes, since MXNet fixes its thread count at import.
+        rates = [vanilla_rate_in_child(args.models[0], args.batch_size, args.batches, t)
+                 for t in (None, threads, None, threads)]
+        default_rate = statistics.mean(rates[0::2])
+        ours = statistics.mean(rates[1::2])
+        print(f'threads: {args.models[0]} vanilla at MXNet default threads '
+              f'{default_rate:.1f} img/s; with OMP_NUM_THREADS={threads} {ours:.1f} img/s '
+              f'({ours / default_rate:.2f}x; mean of two child processes each)')
+        if args.epoch_images:
+            print(epochs_as_run_summary(args, threads), flush=True)
+    if args.json:
+        write_json_atomic(args.json, rows)
+    return 0
+
+
+def _epoch_child(args, ctx, images, labels):
+    from bench.benchmark.rows import epoch_seconds
+    spec = TrialSpec(args.models[0], 'none', seed=0, recipe=Recipe(batch_size=args.batch_size))
+    train, test = epoch_data(images, labels, min(args.epoch_images, args.images))
+    seconds = epoch_seconds(spec, train, test, ctx, args.workers, args.epoch_rounds,
+                            kinds=(args.epoch_child,))
+    write_json_atomic(args.json, statistics.median(seconds[args.epoch_child]))
+    return 0
+
+
+def _run_child(arguments, threads):
+    """Run this benchmark in a fresh process with OMP_NUM_THREADS=threads (None: MXNet's
+    default, as a script that never set it ran); returns what the child wrote as JSON."""
+    env = dict(os.environ)
+    env.pop('OMP_NUM_THREADS', None)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    else:
+        env[KEEP_DEFAULT_ENV] = '1'
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, 'out.json')
+        subprocess.run([sys.executable, '-m', 'bench.benchmark', *arguments, '--json', out],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        with open(out) as handle:
+            return json.load(handle)
+
+
+def epochs_as_run_summary(args, threads):
+    """A trial's whole epoch against the original script's as it ran: MXNet's default
+    threads, DataLoader workers. Alternating child processes, two of each kind."""
+    common = ['--models', args.models[0], '--batch-size', str(args.batch_size),
+              '--images', str(args.images), '--epoch-images', str(args.epoch_images),
+              '--epoch-rounds', str(args.epoch_rounds), '--workers', str(args.workers)]
+    seconds = {'trial': [], 'original': []}
+    for _ in range(2):
+        seconds['original'].append(_run_child(common + ['--epoch-child', 'original'], None))
+        seconds['trial'].append(_run_child(common + ['--epoch-child', 'trial'], threads))
+    trial, original = statistics.median(seconds['trial']), statistics.median(seconds['original'])
+    return (f'whole epoch against the original script as it ran ({args.models[0]} vanilla; '
+            f"MXNet's default threads, {args.workers} DataLoader workers): trial {trial:.2f} s "
+            f'with OMP_NUM_THREADS={threads}, original {original:.2f} s, {original / trial:.2f}x '
+            f'faster (medians of two child processes each)')
+
+
+def vanilla_rate_in_child(model, batch_size, batches, threads):
+    """Vanilla trial img/s in a fresh process, with OMP_NUM_THREADS=threads (None: unset)."""
+    rows = _run_child(['--models', model, '--attentions', 'none', '--no-original',
+                       '--batch-size', str(batch_size), '--batches', str(batches)], threads)
+    return rows[0]['trial_img_s']

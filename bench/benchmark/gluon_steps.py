@@ -1,0 +1,73 @@
+"""Training steps and epochs of a Gluon trial as the sweep runs them, for timing."""
+import contextlib
+import time
+
+import numpy as np
+from mxnet import autograd
+
+from bench.benchmark.timing import endless
+from bench.trial.batches import epoch_plan
+from bench.trial.gluon.augment import DeviceImages
+from bench.trial.gluon.trainer import build_parts, evaluate, train_epoch
+from models.kernels import mxnet_operators_only
+
+
+def measure_data_pipeline(images, labels, ctx, batch_size, batches):
+    """Images/s of DeviceImages batches alone, waiting for each to be computed."""
+    device = DeviceImages(images, labels, ctx)
+    rng = np.random.default_rng(0)
+    plan = epoch_plan(rng, len(images), batch_size)
+    device.batch(*plan[0])[0].wait_to_read()
+    started = time.perf_counter()
+    done = 0
+    while done < batches:
+        for step in plan[:batches - done]:
+            device.batch(*step)[0].wait_to_read()
+            done += 1
+    return done * batch_size / (time.perf_counter() - started)
+
+
+def train_step_fn(spec, ctx):
+    """A fresh network for `spec` and a function doing one waited-for training step on (x, y)."""
+    net, trainer, loss_fn = build_parts(spec, [ctx])
+
+    def train_step(x, y):
+        with autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        trainer.step(x.shape[0])
+        loss.wait_to_read()
+    return train_step
+
+
+def trial_stepper(spec, images, labels, ctx, mxnet_operators=False):
+    """One step of the trainer fed by the on-device pipeline, as the trial runs it.
+
+    mxnet_operators: build the network's graph with MXNet's operators instead of
+    the fused attention kernels (models/kernels), to measure what they gain.
+    """
+
+    train_step = train_step_fn(spec, ctx)
+    device = DeviceImages(images, labels, ctx)
+    rng = np.random.default_rng(0)
+    plans = endless(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
+
+    def step():
+        train_step(*device.batch(*next(plans)))
+    # The first call builds the hybridized graph, which later calls reuse.
+    with mxnet_operators_only() if mxnet_operators else contextlib.nullcontext():
+        step()
+    return step
+
+
+def trial_epoch_fn(spec, train, test, ctx):
+    """One epoch as a trial runs it: bench.trainer's own training pass and evaluation."""
+    net, trainer, loss_fn = build_parts(spec, [ctx])
+    train_images, test_images = DeviceImages(*train, ctx), DeviceImages(*test, ctx)
+    rng = np.random.default_rng(0)
+
+    def epoch():
+        plan = epoch_plan(rng, train_images.count, spec.recipe.batch_size)
+        trained = train_epoch(net, trainer, loss_fn, train_images, plan, [ctx], 0, spec.recipe)
+        return trained, evaluate(net, loss_fn, test_images, [ctx], spec.recipe.batch_size)
+    return epoch

@@ -1,0 +1,94 @@
+"""How the benchmark times: alternating rounds, per-round ratios, the CPU's peak.
+
+Framework-free: the steppers it times come from bench.benchmark.gluon_steps and
+bench.benchmark.original.
+"""
+import statistics
+import time
+
+import numpy as np
+
+from bench.trial.threads import available_cpus
+
+
+def synthetic_images(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8),
+            rng.integers(0, 10, size=count).astype(np.int32))
+
+
+def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3):
+    """Images/s of each step function in each round, timed in alternating rounds.
+
+    The steppers take turns (round 1: a, b, c; round 2: a, b, c; ...), so a slow
+    spell of a shared machine lands on all of them alike and their ratios hold.
+    A stepper with background work (a DataLoader's prefetching) has a `settle()`
+    that waits for it; its rounds end only when that work is done, so the work is
+    counted in its own time, not in that of the stepper timed next. Each of its
+    rounds then starts and ends with the prefetch buffer full: it is timed for
+    exactly the batches it trained on.
+    Returns {name: [images/s in round 1, round 2, ...]}.
+    """
+    def settle(step):
+        if hasattr(step, 'settle'):
+            step.settle()
+
+    for step in steppers.values():
+        for _ in range(warmup):        # graph building, allocation, oneDNN primitives
+            step()
+        settle(step)
+    rates = {name: [] for name in steppers}
+    for _ in range(rounds):
+        for name, step in steppers.items():
+            started = time.perf_counter()
+            for _ in range(batches_per_round):
+                step()
+            settle(step)
+            rates[name].append(batches_per_round * batch_size /
+                               (time.perf_counter() - started))
+    return rates
+
+
+def median_ratio(numerator_rates, denominator_rates):
+    """Median over rounds of the ratio of two steppers' rates in the same round.
+
+    Neighbours in time share the machine's state, so per-round ratios cancel
+    most of a shared machine's drift, which a ratio of medians would keep.
+    """
+    return statistics.median(a / b for a, b in zip(numerator_rates, denominator_rates))
+
+
+def endless(make_iterable):
+    while True:
+        yield from make_iterable()
+
+
+def epoch_data(images, labels, count):
+    """The whole-epoch comparison's (train, test) sets: `count` of the training images, and
+    a fifth as many other images for evaluation (CIFAR-10's 50000 : 10000)."""
+    return (images[:count], labels[:count]), synthetic_images(max(1, count // 5), seed=1)
+
+
+# A training step costs about three forward passes (forward, and a backward that
+# computes both input and weight gradients), each multiply-accumulate two FLOPs.
+TRAIN_FLOPS_PER_MAC = 6
+
+
+def cpu_peak_gflops(cpuinfo='/proc/cpuinfo', cores=None):
+    """Estimated FP32 peak of the cores this process may use, from /proc/cpuinfo.
+
+    cores x clock x FLOPs per cycle (two FMA units: AVX-512 64, AVX2+FMA 32, else 16).
+    None where the clock or the vector units cannot be read.
+    """
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return None
+    mhz = [float(line.split(':')[1]) for line in text.splitlines()
+           if line.lower().startswith('cpu mhz')]
+    flags = next((line.split(':')[1].split() for line in text.splitlines()
+                  if line.startswith('flags')), [])
+    if not mhz or not flags:
+        return None
+    per_cycle = 64 if 'avx512f' in flags else 32 if {'avx2', 'fma'} <= set(flags) else 16
+    return (cores or available_cpus()) * max(mhz) / 1000.0 * per_cycle

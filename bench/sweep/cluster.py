@@ -1,0 +1,126 @@
+"""The machines a sweep runs on: this one for --dry-run, or the Ray cluster it joins.
+
+Each check refuses, before any trial starts, what would otherwise fail late or wait
+forever: results folders a node cannot see, GPUs a node cannot use, trials no node holds.
+"""
+import logging
+import os
+from pathlib import Path
+
+from bench.progress import print_line
+from bench.sweep.plan import SweepError
+
+
+def local_devices(resources):
+    """What --dry-run says about this machine's devices and what trials will get."""
+    from bench.gpu import describe_gpus, physical_gpus
+    from bench.trial.threads import available_cpus
+    gpus = physical_gpus()
+    cpus = available_cpus()
+    text = f'{cpus} CPU cores; {describe_gpus(gpus)}'
+    if resources.cpus_per_trial > cpus:
+        text += (f' (cpus_per_trial {resources.cpus_per_trial:g} is more than this machine '
+                 'has: a run here is refused; on a cluster, each node must have that many)')
+    if resources.gpus_per_trial and not gpus:
+        text += ' (gpus_per_trial ignored: trials run on CPUs)'
+    return text
+
+
+def start_ray(address=None, num_cpus=None, num_gpus=None):
+    """Join the cluster at `address` (or RAY_ADDRESS), else start Ray on this machine."""
+    import ray
+    os.environ.setdefault('RAY_AIR_NEW_OUTPUT', '0')
+    os.environ.setdefault('TUNE_DISABLE_AUTO_CALLBACK_LOGGERS', '1')
+    if ray.is_initialized():
+        return ray
+    options = dict(include_dashboard=False, logging_level=logging.WARNING,
+                   log_to_driver=False, configure_logging=True)
+    address = address or os.environ.get('RAY_ADDRESS')
+    if address:
+        ray.init(address=address, **options)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **options)
+    return ray
+
+
+def check_shared_storage(ray, folder):
+    """Every alive node must see `folder`: trials resume from checkpoints kept there."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    nodes = [n for n in ray.nodes() if n.get('Alive')]
+    if len(nodes) < 2:
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f'.storage-probe-{os.getpid()}'
+    probe.write_text('probe')
+
+    @ray.remote(num_cpus=0)
+    def sees(path):
+        return os.path.isfile(path)
+    try:
+        answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n['NodeID'], soft=False)).remote(str(probe)) for n in nodes], timeout=60)
+    finally:
+        probe.unlink()
+    blind = [n.get('NodeManagerAddress', n['NodeID']) for n, ok in zip(nodes, answers) if not ok]
+    if blind:
+        raise SweepError(
+            f"the results folder {folder} is not visible on node(s) {', '.join(blind)}; "
+            'on a cluster, outputs.results in sweep.yaml must be on storage every node '
+            'mounts at the same path (e.g. NFS)')
+
+
+def cluster_devices(ray):
+    resources = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get('Alive'))
+    return (f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs")
+
+
+def check_cluster_gpus(ray, gpus_per_trial):
+    """On every node that offers GPUs: a CUDA build of MXNet and only supported cards.
+
+    Runs as a CPU-only task on each node, reading the cards through NVML, so no
+    CUDA context is created before the trials start.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from bench.gpu import GPUError
+
+    @ray.remote(num_cpus=0)
+    def node_check():
+        from bench.gpu import GPUError as RemoteGPUError
+        from bench.gpu import check_gpus, describe_gpus
+        try:
+            return True, describe_gpus(check_gpus(gpus_per_trial))
+        except RemoteGPUError as error:
+            return False, str(error)
+    nodes = [n for n in ray.nodes() if n.get('Alive') and n.get('Resources', {}).get('GPU')]
+    answers = ray.get([node_check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n['NodeID'], soft=False)).remote() for n in nodes], timeout=120)
+    problems = [f"node {n.get('NodeManagerAddress', n['NodeID'])}: {text}"
+                for n, (ok, text) in zip(nodes, answers) if not ok]
+    if problems:
+        raise GPUError('\n'.join(problems))
+    return [text for _, text in answers]
+
+
+def check_trials_fit(ray, resources):
+    """Refuse a trial that no node of the cluster can hold (Tune would wait forever)."""
+    nodes = [n.get('Resources', {}) for n in ray.nodes() if n.get('Alive')]
+    for kind, asked in (('CPU', resources.cpus_per_trial), ('GPU', resources.gpus_per_trial)):
+        largest = max((node.get(kind, 0) for node in nodes), default=0)
+        if asked and asked > largest:
+            raise SweepError(
+                f'each trial asks for {asked:g} {kind}s, but the largest node of the Ray '
+                f'cluster has {largest:g}; lower resources.{kind.lower()}s_per_trial in the '
+                'sweep file (a cluster that scales up must offer such a node first)')
+
+
+def cpu_fallback(resources, ray, progress=print_line):
+    """Resources to ask for: on a cluster without GPUs, GPU trials run on CPUs instead."""
+    if resources.gpus_per_trial and not ray.cluster_resources().get('GPU', 0):
+        progress(f'no GPU in the Ray cluster: gpus_per_trial {resources.gpus_per_trial:g} '
+                 'ignored, trials run on CPUs')
+        return resources.model_copy(update={'gpus_per_trial': 0})
+    return resources

@@ -1,0 +1,153 @@
+"""The sweep's run: the planned trials the store lacks, trained with Ray Tune.
+
+Ray's experiment folder is scratch space: Tune cannot add trials to a restored
+experiment, so every run starts a fresh Tuner over what the store lacks, each
+trial resuming from its own latest checkpoint in the store.
+"""
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+from bench.progress import print_line
+from bench.store import CHECKPOINT_DIR, DAMAGED, DONE, FAILED, ResultsStore
+from bench.sweep.cluster import (check_cluster_gpus, check_shared_storage, check_trials_fit,
+                                 cluster_devices, cpu_fallback, start_ray)
+from bench.sweep.plan import record_sweep
+from bench.trial.recipe import TrialRun
+from models.names import network_revision
+
+
+@dataclass
+class SweepOutcome:
+    planned: list
+    trained: list
+    statuses: dict
+    errors: dict
+    problems: dict = None     # trial id -> problems of the trials left damaged
+    interrupted: bool = False  # the run stopped (Ctrl-C) before every trial ended
+
+    @property
+    def failed(self):
+        return {tid: err for tid, err in self.errors.items() if self.statuses[tid] == FAILED}
+
+    @property
+    def damaged(self):
+        return {tid: p for tid, p in (self.problems or {}).items()
+                if self.statuses[tid] == DAMAGED}
+
+
+def trial_run(planned, store, resources):
+    # The trial resumes from the store's checkpoint whenever one is there, also when
+    # Tune restarts it after a crash; the folder is on storage every node reaches.
+    return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
+                    store_checkpoint=str(store.trial_dir(planned.trial_id) / CHECKPOINT_DIR),
+                    cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial)
+
+
+def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init=None):
+    """Train every planned trial that needs it; returns a SweepOutcome.
+
+    `ray_init` (tests) starts Ray its own way; by default Ray starts locally or
+    joins `address`.
+    """
+    config = loaded.config
+    store = ResultsStore(loaded.store_dir)
+    manifest = record_sweep(loaded, data.identity.to_dict())
+    for p in planned:
+        for repaired in store.repair(p.trial_id):
+            progress(f'{p.name}: {repaired}')
+        store.write_spec(p.trial_id, p.name, p.spec.to_dict(), data.identity.to_dict(),
+                         network_revision(p.spec.model), model_stats=_stats_of(p.spec))
+        if p.will_train:
+            store.clear_error(p.trial_id)
+    to_train = [p for p in planned if p.will_train]
+    if not to_train:
+        return _outcome(store, planned, [], manifest)
+
+    ray = ray_init() if ray_init else start_ray(address)
+    check_shared_storage(ray, store.root)
+    from ray import tune
+
+    from bench.environment import describe_environment
+    from bench.sweep.tune_trial import StoreCallback, run_trial
+    store.write_environment(describe_environment(loaded.base_dir, data.identity,
+                                                 cluster_devices(ray)))
+    resources = cpu_fallback(config.resources, ray, progress)
+    check_trials_fit(ray, resources)
+    if resources.gpus_per_trial:
+        for description in check_cluster_gpus(ray, resources.gpus_per_trial):
+            progress(description)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data),
+        {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial})
+    callback = StoreCallback(store, planned, progress)
+    run_name = f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}'
+    tuner = tune.Tuner(
+        trainable,
+        param_space={'trial': tune.grid_search(
+            [trial_run(p, store, resources).to_config() for p in to_train])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=resources.max_concurrent_trials,
+            # A fresh process per trial: MXNet fixes its threads at import and AMP
+            # rewrites its operators for the whole process.
+            reuse_actors=False,
+            trial_name_creator=lambda t: t.config['trial']['name'],
+            trial_dirname_creator=lambda t: f"{t.config['trial']['name']}-"
+                                            f"{t.config['trial']['trial_id']}"),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(store.root / 'ray'),
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0))
+    started = time.monotonic()
+    # Failed trials are reported from the store, with their errors; Tune's own
+    # end-of-run complaints about them would only repeat that, less clearly.
+    logging.getLogger('ray.tune').setLevel(logging.CRITICAL)
+    # A first Ctrl-C makes Tune stop its trials and return; a trial that has then
+    # neither finished nor failed tells that the run was interrupted.
+    tuner.fit()
+    # Everything worth keeping is in the store by now; Tune's copies of it are not.
+    shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
+    outcome = _outcome(store, planned, to_train, manifest)
+    ended = {s: sum(1 for p in to_train if outcome.statuses[p.trial_id] == s)
+             for s in (DONE, FAILED)}
+    outcome.interrupted = ended[DONE] + ended[FAILED] < len(to_train)
+    progress(f'ran {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s: '
+             f'{ended[DONE]} finished, {ended[FAILED]} failed'
+             + (f', {len(to_train) - ended[DONE] - ended[FAILED]} unfinished'
+                if outcome.interrupted else ''))
+    return outcome
+
+
+_STATS_CACHE = {}
+
+
+def _stats_of(spec):
+    """Params and MACs of the trial's network (CPU, no GPU touched), for the reports."""
+    key = (spec.model, spec.attention, tuple(sorted(spec.attention_kwargs.items())))
+    if key not in _STATS_CACHE:
+        from models import model_stats
+        try:
+            stats = model_stats(spec.model, spec.attention,
+                                attention_kwargs=spec.attention_kwargs)
+        except (TypeError, ValueError):
+            # A network that cannot be built fails its own trial, where the error is
+            # stored with it; the other trials must still run.
+            _STATS_CACHE[key] = None
+        else:
+            _STATS_CACHE[key] = {'params': stats.params, 'macs': stats.macs}
+    return _STATS_CACHE[key]
+
+
+def _outcome(store, planned, trained, manifest):
+    store.write_results_csv(manifest)
+    statuses, errors, problems = {}, {}, {}
+    for p in planned:
+        state = store.trial_state(p.trial_id)
+        statuses[p.trial_id], problems[p.trial_id] = state.status, state.problems
+        if state.status == FAILED:
+            errors[p.trial_id] = store.read_error(p.trial_id)
+    return SweepOutcome(planned, trained, statuses, errors, problems)

@@ -1,0 +1,152 @@
+"""What a sweep consists of and what of it the store lacks: the plan, before any training.
+
+Framework-free: --dry-run and --report-only run here without MXNet or PyTorch.
+"""
+import shutil
+from dataclasses import dataclass
+
+from bench.progress import print_line
+from bench.store import DAMAGED, DONE, FAILED, LOCK_FILE, PARTIAL, PENDING, ResultsStore
+from bench.sweep.config import expand, matches_only, trial_id
+from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
+from models.names import network_revision
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start; the message says what to change."""
+
+
+@dataclass
+class PlannedTrial:
+    trial_id: str
+    name: str
+    spec: object
+    status: str
+    epochs_done: int
+    error: str = None
+    problems: tuple = ()     # damaged or repairable files, each with what to do
+
+    @property
+    def will_train(self):
+        return self.status in (PENDING, PARTIAL)
+
+
+def load_sweep_data(loaded, download=None):
+    """The data set the sweep declares (CIFAR-10 or the demo digits) with its identity.
+
+    `download` overrides the sweep's data.download (reports never download)."""
+    data = loaded.config.data
+    if data.dataset == 'demo':
+        root = loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_FOLDER
+        return load_demo_digits(root)
+    return load_cifar10(loaded.resolve(data.root) if data.root else None,
+                        download=data.download if download is None else download)
+
+
+def sweep_trials(config, data_identity):
+    """(trial id, spec) of every trial of the matrix, in table order, under this code
+    and this data: the trials the sweep consists of now."""
+    return [(trial_id(spec, data_identity), spec) for spec in expand(config)]
+
+
+def sweep_manifest(config, data_identity):
+    """The record of what the sweep consists of now, for the store's sweep.json.
+
+    Reports read it to show these trials and no others: a stored trial of another
+    recipe, data set or network definition is never taken for a current one.
+    """
+    return {'name': config.name, 'models': list(config.models),
+            'attentions': list(config.attentions), 'seeds': list(config.seeds),
+            'report': config.report.model_dump(), 'data': data_identity,
+            'trials': [{'trial_id': tid, 'name': spec.name, 'model': spec.model,
+                        'attention': spec.attention, 'seed': spec.seed, 'spec': spec.to_dict(),
+                        'network_revision': network_revision(spec.model)}
+                       for tid, spec in sweep_trials(config, data_identity)]}
+
+
+def record_sweep(loaded, data_identity):
+    """Write the sweep's manifest into its store, and return it."""
+    manifest = sweep_manifest(loaded.config, data_identity)
+    ResultsStore(loaded.store_dir).write_manifest(manifest)
+    return manifest
+
+
+def report_data_identity(loaded, progress=print_line):
+    """The data identity that decides which stored trials are current, for a report.
+
+    Read from the data files when they are there (never downloaded for a report);
+    otherwise the identity the last run recorded, said as such.
+    """
+    try:
+        return load_sweep_data(loaded, download=False).identity.to_dict()
+    except DataError as error:
+        manifest = ResultsStore(loaded.store_dir).read_manifest()
+        if manifest is None:
+            raise DataError(f'{error}\n(the report needs the data only to tell which stored '
+                            'trials belong to this sweep, and no run has recorded that yet)') \
+                from None
+        progress(f"data not found ({str(error).splitlines()[0]}); reporting the trials of "
+                 f"the data the last run used: {manifest['data'].get('name')}, "
+                 f"digest {str(manifest['data'].get('digest'))[:12]}")
+        return manifest['data']
+
+
+def plan(loaded, data_identity, only=None, retry_failed=False):
+    """Every trial of the matrix with its status in the store (and what will train)."""
+    store = ResultsStore(loaded.store_dir)
+    planned = []
+    for tid, spec in sweep_trials(loaded.config, data_identity):
+        if only and not matches_only(spec, only):
+            continue
+        state = store.trial_state(tid)
+        status, epochs = state.status, state.epochs_done
+        error = store.read_error(tid) if status == FAILED else None
+        if status == FAILED and retry_failed:
+            status = PARTIAL if epochs else PENDING
+        planned.append(PlannedTrial(tid, spec.name, spec, status, epochs, error,
+                                    state.problems))
+    return planned
+
+
+def data_problems(planned, data_identity):
+    """What keeps planned trials from training on this data, each with what to change."""
+    images = data_identity['train_images']
+    return [f'{p.name}: batch_size {p.spec.recipe.batch_size} is larger than the {images} '
+            f"training images of {data_identity['name']}; lower recipe.batch_size"
+            for p in planned if p.will_train and p.spec.recipe.batch_size > images]
+
+
+def format_plan(planned, resources, devices=None):
+    lines = []
+    if devices:
+        lines.append(f'devices: {devices}')
+    ask = f"{resources.cpus_per_trial:g} CPU" + (
+        f" + {resources.gpus_per_trial:g} GPU" if resources.gpus_per_trial else '')
+    width = max([len(p.name) for p in planned] + [5])
+    for p in planned:
+        state = {DONE: 'done', PENDING: 'pending', FAILED: 'failed', DAMAGED: 'damaged',
+                 PARTIAL: f'partial (epoch {p.epochs_done} of {p.spec.recipe.epochs})'}[p.status]
+        lines.append(f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
+                     + (f'  asks {ask}' if p.will_train else ''))
+        if p.error:
+            lines.append(f'{"":<{width}}  error: {p.error.strip().splitlines()[-1]}')
+        for problem in p.problems:
+            lines.append(f'{"":<{width}}  problem: {problem}')
+    counts = {s: sum(1 for p in planned if p.status == s) for s in (DONE, PARTIAL, PENDING,
+                                                                    FAILED, DAMAGED)}
+    lines.append(f'{len(planned)} trials: {counts[DONE]} done, {counts[PARTIAL]} partial, '
+                 f'{counts[PENDING]} pending, {counts[FAILED]} failed'
+                 + (f', {counts[DAMAGED]} damaged' if counts[DAMAGED] else ''))
+    return '\n'.join(lines)
+
+
+def remove_store(loaded):
+    """Delete everything the sweep's results folder holds but its lock (for --fresh)."""
+    if loaded.store_dir.exists():
+        for path in loaded.store_dir.iterdir():
+            if path.name == LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -1,0 +1,1 @@
+"""The Gluon backend, the reference: the original's networks on MXNet 1.9."""
