@@ -19,12 +19,11 @@ addition to the shortcut.
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
+from .architecture import STAGE_CHANNELS, attention_options, stage_plans
 from .attention import get_attention
 from .attention._spatial import spatial_mean
 from .kernels import use_fused_kernels
 from .names import parse_model_name
-
-STAGE_CHANNELS = (16, 16, 32, 64)
 
 
 def _conv3x3(channels, stride, in_channels):
@@ -111,21 +110,17 @@ class CIFARResNet(HybridBlock):
             self.features.add(nn.Conv2D(STAGE_CHANNELS[0], 3, 1, 1, use_bias=False))
             if version == 1:
                 self.features.add(nn.BatchNorm())
-            in_channels = STAGE_CHANNELS[0]
-            for stage_index, channels in enumerate(STAGE_CHANNELS[1:], start=1):
-                stride = 1 if stage_index == 1 else 2
+            model = f'cifar_resnet{6 * blocks_per_stage + 2}_v{version}'
+            for stage_index, blocks in enumerate(stage_plans(model), start=1):
                 stage = nn.HybridSequential(prefix=f'stage{stage_index}_')
                 with stage.name_scope():
-                    for block_index in range(blocks_per_stage):
-                        first = block_index == 0
+                    for block in blocks:
                         stage.add(block_class(
-                            channels, stride if first else 1,
-                            downsample=first and channels != in_channels,
-                            in_channels=in_channels if first else channels,
-                            attention_class=attention_class,
+                            block.channels, block.stride, downsample=block.downsample,
+                            in_channels=block.in_channels, attention_class=attention_class,
                             attention_kwargs=attention_kwargs, prefix=''))
                 self.features.add(stage)
-                in_channels = channels
+            in_channels = STAGE_CHANNELS[-1]
             if version == 2:
                 self.features.add(nn.BatchNorm(), nn.Activation('relu'))
             self.output = nn.Dense(classes, in_units=in_channels)
@@ -145,9 +140,7 @@ def get_model(name, attention='none', classes=10, attention_kwargs=None, **kwarg
     """
     version, depth = parse_model_name(name)
     attention_class = get_attention(attention)
-    attention_kwargs = {k: v for k, v in (attention_kwargs or {}).items() if v is not None}
-    if attention_class is None and attention_kwargs:
-        raise ValueError(f"attention 'none' takes no options, got {sorted(attention_kwargs)}")
+    attention_kwargs = attention_options(attention, attention_kwargs)
     return CIFARResNet(version, (depth - 2) // 6, classes=classes,
                        attention_class=attention_class,
                        attention_kwargs=attention_kwargs, **kwargs)

@@ -4,14 +4,18 @@ import itertools
 import mxnet as mx
 import numpy as np
 import pytest
-from gluoncv.model_zoo import get_model as gluoncv_get_model
 from mxnet import autograd
 from mxnet.gluon import nn
 
 from models import (ATTENTIONS, MODELS, UnknownNameError, count_macs, count_parameters,
                     create_attention, get_attention, get_model, model_stats)
 from models.__main__ import main as models_main
+from models.architecture import network_counts
 from models.attention import ECA, GCT, SE, eca_kernel_size, se_hidden_units
+from models.gluoncv_compat import import_gluoncv
+
+# gluoncv's own networks, the reference for the vanilla ones.
+gluoncv_get_model = import_gluoncv('gluoncv.model_zoo').get_model
 
 ATTENTION_NAMES = list(ATTENTIONS)
 WITH_PARAMETERS = [name for name in ATTENTION_NAMES if name != 'none']
@@ -315,6 +319,15 @@ def test_attention_macs_count_their_weights_and_their_passes_over_the_activation
                'eca': lambda c: c * eca_kernel_size(c),
                'gct': lambda c: 0}[attention]
     assert extra == 3 * sum(weights(c) + 2 * c * side * side for c, side in stages)
+
+
+@pytest.mark.parametrize('model,attention,options', [
+    *[(m, a, {}) for m, a in CELLS], ('cifar_resnet8_v2', 'se', {'reduction': 4}),
+    ('cifar_resnet8_v1', 'eca', {'kernel_size': 5}), ('cifar_resnet14_v2', 'gct', {})])
+def test_counts_from_the_architecture_equal_the_built_networks(model, attention, options):
+    """What the sweep records without a framework is what the built network measures."""
+    stats = model_stats(model, attention, attention_kwargs=options)
+    assert network_counts(model, attention, options) == (stats.params, stats.macs)
 
 
 def test_models_command_prints_every_cell(capsys):

@@ -9,11 +9,13 @@ input, and the table's v2 rows were trained with the original's.
 import mxnet as mx
 import numpy as np
 import pytest
-from gluoncv.model_zoo import get_model as gluoncv_get_model
 
 from models import get_model
 from models.cifar_resnet import BasicBlockV2
+from models.gluoncv_compat import import_gluoncv
 
+# gluoncv's own networks, the reference for the vanilla ones.
+gluoncv_get_model = import_gluoncv('gluoncv.model_zoo').get_model
 BN_EPS = 1e-5
 
 

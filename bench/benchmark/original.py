@@ -5,7 +5,7 @@ RandomCrop, then flip, ToTensor and Normalize) and updated an accuracy metric
 every batch.
 """
 import mxnet as mx
-from gluoncv.data import transforms as gcv_transforms
+from models.gluoncv_compat import import_gluoncv
 from mxnet import autograd, gluon
 from mxnet.gluon.data.vision import transforms
 
@@ -42,7 +42,7 @@ class _EndlessLoader:
 def original_loader(images, labels, batch_size, workers):
     """The original script's input path: per-image transforms in DataLoader workers."""
     transform = transforms.Compose([
-        gcv_transforms.RandomCrop(32, pad=4),
+        import_gluoncv('gluoncv.data.transforms').RandomCrop(32, pad=4),
         transforms.RandomFlipLeftRight(),
         transforms.ToTensor(),
         transforms.Normalize(CIFAR_MEAN, CIFAR_STD),

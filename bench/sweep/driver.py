@@ -15,6 +15,7 @@ from bench.sweep.cluster import (check_cluster_gpus, check_shared_storage, check
                                  cluster_devices, cpu_fallback, start_ray)
 from bench.sweep.plan import record_sweep
 from bench.trial.recipe import TrialRun
+from models.architecture import network_counts
 from models.names import network_revision
 
 
@@ -122,24 +123,16 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     return outcome
 
 
-_STATS_CACHE = {}
-
-
 def _stats_of(spec):
-    """Params and MACs of the trial's network (CPU, no GPU touched), for the reports."""
-    key = (spec.model, spec.attention, tuple(sorted(spec.attention_kwargs.items())))
-    if key not in _STATS_CACHE:
-        from models import model_stats
-        try:
-            stats = model_stats(spec.model, spec.attention,
-                                attention_kwargs=spec.attention_kwargs)
-        except (TypeError, ValueError):
-            # A network that cannot be built fails its own trial, where the error is
-            # stored with it; the other trials must still run.
-            _STATS_CACHE[key] = None
-        else:
-            _STATS_CACHE[key] = {'params': stats.params, 'macs': stats.macs}
-    return _STATS_CACHE[key]
+    """Params and MACs of the trial's network, for the reports (computed from the
+    architecture: no framework is imported here)."""
+    try:
+        params, macs = network_counts(spec.model, spec.attention, spec.attention_kwargs)
+    except (TypeError, ValueError):
+        # A network that cannot be built fails its own trial, where the error is
+        # stored with it; the other trials must still run.
+        return None
+    return {'params': params, 'macs': macs}
 
 
 def _outcome(store, planned, trained, manifest):

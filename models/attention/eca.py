@@ -3,20 +3,13 @@
 Wang, Wu, Zhu, Li, Zuo, Hu: "ECA-Net: Efficient Channel Attention for Deep
 Convolutional Neural Networks", CVPR 2020. https://arxiv.org/abs/1910.03151
 """
-import math
-
 import numpy as np
 from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
+from ..architecture import eca_checked_kernel_size, eca_kernel_size  # noqa: F401 (exported)
 from ..kernels import use_fused_kernels
 from ._spatial import per_element_macs, scale_channels, spatial_mean
-
-
-def eca_kernel_size(channels, gamma=2, b=1):
-    """The paper's adaptive kernel size: the odd number nearest above |log2(C)/gamma + b/gamma|."""
-    t = int(abs((math.log2(channels) + b) / gamma))
-    return t if t % 2 else t + 1
 
 
 def _shift_matrices(channels, kernel_size):
@@ -44,10 +37,7 @@ class ECA(HybridBlock):
 
     def __init__(self, channels, kernel_size=None, gamma=2, b=1, **kwargs):
         super().__init__(**kwargs)
-        if kernel_size is None:
-            kernel_size = eca_kernel_size(channels, gamma, b)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"ECA kernel_size must be a positive odd integer, got {kernel_size}")
+        kernel_size = eca_checked_kernel_size(channels, kernel_size, gamma, b)
         self.channels = channels
         self.kernel_size = kernel_size
         with self.name_scope():

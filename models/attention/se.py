@@ -6,14 +6,9 @@ https://arxiv.org/abs/1709.01507
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
+from ..architecture import se_hidden_units
 from ..kernels import use_fused_kernels
 from ._spatial import per_element_macs, scale_channels, spatial_mean
-
-
-def se_hidden_units(channels, reduction=16):
-    """Width of the bottleneck: channels // reduction, but never zero (16-channel
-    stages with r=16 would otherwise have no hidden unit at all)."""
-    return max(1, channels // reduction)
 
 
 class SE(HybridBlock):
