@@ -1,10 +1,15 @@
 # The two commands of the README. Both create .venv on first use and reinstall
-# only when setup.cfg, pyproject.toml or constraints.txt change.
+# only when setup.cfg, pyproject.toml or the constraints file change.
 PYTHON ?= python3
 VENV ?= .venv
+# Trial backends to install: cpu or gpu (MXNet Gluon, the reference), torch (PyTorch).
 MXNET_EXTRA ?= cpu
+EXTRAS ?= $(MXNET_EXTRA),torch
+comma := ,
+# numpy < 1.24 and the rest of MXNet's stack only where MXNet is installed.
+CONSTRAINTS ?= $(if $(filter cpu gpu,$(subst $(comma), ,$(EXTRAS))),constraints.txt,constraints-torch.txt)
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(MXNET_EXTRA)
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: demo test install clean-venv
 
@@ -16,10 +21,10 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(MXNET_EXTRA),test]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS),test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

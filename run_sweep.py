@@ -161,9 +161,10 @@ def _plan_and_train(loaded, args, only):
 
 def _problems_before_training(loaded, args, only, planned, data):
     """What would stop the sweep part way, found before anything trains."""
-    from bench.sweep.plan import data_problems
+    from bench.sweep.plan import backend_problems, data_problems
     from reports import ReportError, check_readme
     problems = data_problems(planned, data.identity.to_dict())
+    problems += backend_problems(planned, loaded.config.resources)
     if only and not planned:
         config = loaded.config
         problems.append(f"--only {args.only} matches no trial of the sweep (models: "

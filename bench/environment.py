@@ -5,7 +5,7 @@ import sys
 import time
 from importlib import metadata
 
-PACKAGES = ('mxnet', 'mxnet-cu112', 'gluoncv', 'numpy', 'ray', 'pandas', 'matplotlib', 'jinja2')
+PACKAGES = ('mxnet', 'mxnet-cu112', 'gluoncv', 'torch', 'numpy', 'ray', 'pandas', 'matplotlib', 'jinja2')
 
 
 def package_versions():

@@ -58,8 +58,8 @@ LOWER_IS_BETTER = {'val_loss', 'train_loss'}
 
 
 # One flat record of a trial, as results.csv and the reports' tables hold it.
-TRIAL_COLUMNS = ('trial_id', 'name', 'model', 'attention', 'seed', 'status', 'epochs_done',
-                 'epochs', 'recipe', 'attention_kwargs', 'network_revision', 'data_name',
+TRIAL_COLUMNS = ('trial_id', 'name', 'model', 'attention', 'seed', 'backend', 'status',
+                 'epochs_done', 'epochs', 'recipe', 'attention_kwargs', 'network_revision', 'data_name',
                  'data_official', 'data_digest', 'error', 'train_loss', 'train_acc',
                  'val_loss', 'val_acc', 'total_seconds', 'params', 'macs', 'problems')
 
@@ -429,7 +429,9 @@ def trial_record(trial_id, name, spec, network_revision, data, status, epochs_do
                  final=None, error=None, model_stats=None, problems=()):
     """The flat record (TRIAL_COLUMNS) of one trial."""
     record = {'trial_id': trial_id, 'name': name, 'model': spec['model'],
-              'attention': spec['attention'], 'seed': spec['seed'], 'status': status,
+              'attention': spec['attention'], 'seed': spec['seed'],
+              # A recipe without a backend predates the torch backend: Gluon trained it.
+              'backend': spec['recipe'].get('backend', 'gluon'), 'status': status,
               'epochs_done': epochs_done, 'epochs': spec['recipe']['epochs'],
               'recipe': json.dumps(spec['recipe'], sort_keys=True),
               'attention_kwargs': json.dumps(spec.get('attention_kwargs') or {},

@@ -53,6 +53,7 @@ def _title_and_caption(context, trials):
                      f"epoch{'s' if len(recipe['lr_decay_epochs']) > 1 else ''} "
                      f"{', '.join(map(str, recipe['lr_decay_epochs']))}, "
                      f"wd {recipe['wd']:g}")
+    parts.append(_backends_part(trials))
     revisions = sorted({(parse_model_name(m)[0], int(r)) for m, r in
                         zip(trials['model'], trials['network_revision'])})
     parts.append('Network definitions: ' + ', '.join(
@@ -64,6 +65,23 @@ def _title_and_caption(context, trials):
         parts.append(MACS_NOTE)
     parts.append('bold: best of the row; TBA: not trained yet')
     return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
+
+
+BACKEND_LABELS = {'gluon': 'MXNet Gluon (backend gluon, the reference)',
+                  'torch': 'PyTorch (backend torch)'}
+
+
+def _backends_part(trials):
+    """Which framework trained the table: one for all, or which cells each."""
+    backends = trials['backend'].fillna('gluon') if 'backend' in trials else None
+    if backends is None or backends.nunique() <= 1:
+        name = 'gluon' if backends is None or backends.empty else backends.iloc[0]
+        return f'Trained with {BACKEND_LABELS.get(name, name)}'
+    cells = {}
+    for (model, attention), backend in zip(zip(trials['model'], trials['attention']), backends):
+        cells.setdefault(backend, set()).add(f'{model} {attention}')
+    return 'Trained with ' + '; '.join(
+        f"{BACKEND_LABELS.get(b, b)}: {', '.join(sorted(c))}" for b, c in sorted(cells.items()))
 
 
 def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,

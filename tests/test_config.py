@@ -122,9 +122,9 @@ def test_only_selects_a_subset():
 
 def test_mixed_precision_needs_gpus_and_later_options_keep_old_ids():
     message = errors_of({**BASE, 'recipe': {'precision': 'amp_float16'}})
-    assert message == ('my.yaml: recipe precision amp_float16 runs on GPUs only (MXNet has no '
-                       'float16 AMP for CPUs): set resources.gpus_per_trial, or use precision '
-                       'float32')
+    assert message == ('my.yaml: recipe precision amp_float16 runs on GPUs only (mixed '
+                       'precision is refused on CPUs): set resources.gpus_per_trial, or use '
+                       'precision float32')
     assert 'runs on GPUs only' in errors_of(
         {**BASE, 'overrides': [{'match': {'attention': 'se'},
                                 'recipe': {'precision': 'amp_float16'}}]})
@@ -181,3 +181,35 @@ def test_names_counts_and_attention_options_are_checked_before_anything_runs():
                        'match.attention)')
     assert parse_config({**BASE, 'attentions': ['se', 'eca'], 'overrides': [
         {'match': {'attention': 'se'}, 'attention_kwargs': {'reduction': 8}}]})
+
+
+def test_backend_is_a_recipe_option_in_the_id_only_when_not_gluon():
+    gluon_spec, = [s for s in expand(parse_config(BASE)) if s.attention == 'none']
+    torch_config = parse_config({**BASE, 'recipe': {'backend': 'torch'}})
+    torch_spec, = [s for s in expand(torch_config) if s.attention == 'none']
+    assert 'backend' not in gluon_spec.recipe.to_dict()
+    assert trial_id(gluon_spec, IDENTITY) == '317fc18892e7'     # as before backends existed
+    assert torch_spec.recipe.to_dict()['backend'] == 'torch'
+    assert trial_id(torch_spec, IDENTITY) != trial_id(gluon_spec, IDENTITY)
+    # Per cell, like any recipe field.
+    mixed = parse_config({**BASE, 'overrides': [{'match': {'attention': 'eca'},
+                                                 'recipe': {'backend': 'torch'}}]})
+    assert {s.attention: s.recipe.backend for s in expand(mixed)} == \
+        {'none': 'gluon', 'eca': 'torch'}
+
+
+def test_backend_options_are_checked_with_what_to_change():
+    assert 'backend must be one of gluon, torch' in errors_of(
+        {**BASE, 'recipe': {'backend': 'jax'}})
+    assert 'amp_bfloat16 needs backend torch' in errors_of(
+        {**BASE, 'recipe': {'precision': 'amp_bfloat16'},
+         'resources': {'gpus_per_trial': 1}})
+    assert 'compile is an option of backend torch' in errors_of(
+        {**BASE, 'recipe': {'compile': True}})
+    parse_config({**BASE, 'recipe': {'backend': 'torch', 'precision': 'amp_bfloat16',
+                                     'compile': True}, 'resources': {'gpus_per_trial': 0.25}})
+    message = errors_of({**BASE, 'seeds': [0, 1], 'overrides': [
+        {'match': {'seed': 1}, 'recipe': {'backend': 'torch'}}]})
+    assert 'overrides give the cell cifar_resnet20_v1 none two backends (seed 0: gluon, ' \
+           'seed 1: torch)' in message
+    assert 'match on model and attention, not seed' in message

@@ -86,12 +86,13 @@ def test_divergence_and_too_large_batches_are_the_loops_errors():
 
 
 def test_backends_are_found_by_name_and_the_loop_needs_no_framework():
-    assert get_backend('gluon').open_session and get_backend('gluon').trial_devices
-    with pytest.raises(KeyError, match="unknown trial backend 'caffe'; valid: gluon"):
+    for name in ('gluon', 'torch'):
+        assert get_backend(name).open_session and get_backend(name).trial_devices
+    with pytest.raises(KeyError, match="unknown trial backend 'caffe'; valid: gluon, torch"):
         get_backend('caffe')
-    assert set(BACKENDS) == {'gluon'}
+    assert set(BACKENDS) == {'gluon', 'torch'}
     code = ('import sys\n'
-            'sys.modules["mxnet"] = None\n'
+            'sys.modules["mxnet"] = sys.modules["torch"] = None\n'
             'import bench.trial.loop, bench.trial.batches, bench.trial.checkpoint\n')
     done = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=60)

@@ -334,15 +334,22 @@ def test_the_sweep_store_planner_and_reports_run_with_no_deep_learning_framework
     from pathlib import Path
     path, sweep, store, ids = sweep
     root = Path(__file__).resolve().parents[1]
-    code = ('import sys\n'
-            'for name in ("mxnet", "torch", "gluoncv"):\n'
-            '    sys.modules[name] = None   # importing it now raises ImportError\n'
+    # Installed but unimportable (found by importlib.util.find_spec, as the backend
+    # check before training looks for them, yet any import of them raises).
+    code = ('import builtins, sys\n'
+            'real_import = builtins.__import__\n'
+            'def refuse(name, *args, **kwargs):\n'
+            '    if name.split(".")[0] in ("mxnet", "torch", "gluoncv"):\n'
+            '        raise ImportError(f"{name} may not be imported here")\n'
+            '    return real_import(name, *args, **kwargs)\n'
+            'builtins.__import__ = refuse\n'
             'import bench.environment, bench.gpu, bench.store, reports, run_sweep\n'
             'import bench.sweep.cluster, bench.sweep.config, bench.sweep.driver, bench.sweep.plan\n'
             'import bench.trial.checkpoint, bench.trial.data, bench.trial.loop, bench.trial.recipe\n'
             f'assert run_sweep.main(["--config", {str(path)!r}, "--dry-run"]) == 0\n'
             f'assert run_sweep.main(["--config", {str(path)!r}, "--report-only"]) == 0\n'
-            'assert "ray" not in sys.modules\n')
+            'assert "ray" not in sys.modules\n'
+            'assert not {"mxnet", "torch", "gluoncv"} & set(sys.modules)\n')
     done = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -214,7 +214,8 @@ def test_a_small_real_data_set_is_learned(tmp_path):
 
 def test_mixed_precision_is_a_recipe_option_refused_off_the_gpu(tiny_cifar_root, capsys):
     from bench.trial.gluon.trainer import check_precision
-    with pytest.raises(ValueError, match='precision must be one of float32, amp_float16'):
+    with pytest.raises(ValueError, match='precision must be one of float32, amp_float16 with '
+                                         'backend gluon'):
         Recipe(precision='bfloat16')
     amp = Recipe(precision='amp_float16')
     assert Recipe.from_dict(amp.to_dict()) == amp

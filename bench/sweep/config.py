@@ -126,10 +126,11 @@ class SweepConfig(_Strict):
     @model_validator(mode='after')
     def _mixed_precision_needs_gpus(self):
         precisions = [self.recipe.precision] + [o.recipe.get('precision') for o in self.overrides]
-        if 'amp_float16' in precisions and not self.resources.gpus_per_trial:
+        mixed = sorted({p for p in precisions if p and p != 'float32'})
+        if mixed and not self.resources.gpus_per_trial:
             raise ValueError(
-                'recipe precision amp_float16 runs on GPUs only (MXNet has no float16 AMP '
-                'for CPUs): set resources.gpus_per_trial, or use precision float32')
+                f"recipe precision {', '.join(mixed)} runs on GPUs only (mixed precision "
+                'is refused on CPUs): set resources.gpus_per_trial, or use precision float32')
         return self
 
 
@@ -223,9 +224,23 @@ def parse_config(values, source='sweep.yaml'):
             problem = _attention_options_problem(attention, override.attention_kwargs)
             if problem:
                 problems.append(f'{source}: overrides.{index}.attention_kwargs: {problem}')
+    if not problems:
+        problems += [f'{source}: {problem}' for problem in _cells_with_two_backends(config)]
     if problems:
         raise ConfigError('\n'.join(problems))
     return config
+
+
+def _cells_with_two_backends(config):
+    """A table cell averages its seeds, so all of them must come from one framework."""
+    backends = {}
+    for spec in expand(config):
+        backends.setdefault((spec.model, spec.attention), {})[spec.seed] = spec.recipe.backend
+    return [f"overrides give the cell {model} {attention} two backends ("
+            + ', '.join(f'seed {s}: {b}' for s, b in sorted(seeds.items()))
+            + '); a cell averages its seeds, so set the backend for the whole cell '
+            '(match on model and attention, not seed)'
+            for (model, attention), seeds in backends.items() if len(set(seeds.values())) > 1]
 
 
 def _attention_options_problem(attention, options):

@@ -116,6 +116,23 @@ def data_problems(planned, data_identity):
             for p in planned if p.will_train and p.spec.recipe.batch_size > images]
 
 
+def backend_problems(planned, resources):
+    """What keeps planned trials from training on their backends here, each with the fix."""
+    from bench.trial.loop import missing_framework
+    problems = []
+    for backend in sorted({p.spec.recipe.backend for p in planned if p.will_train}):
+        names = [p.name for p in planned if p.will_train and p.spec.recipe.backend == backend]
+        which = names[0] + (f' and {len(names) - 1} more' if len(names) > 1 else '')
+        missing = missing_framework(backend)
+        if missing:
+            problems.append(f'{which}: {missing}')
+        if backend == 'torch' and resources.gpus_per_trial > 1:
+            problems.append(f'{which}: backend torch trains a trial on one GPU; set '
+                            f'resources.gpus_per_trial to 1 or less (it is '
+                            f'{resources.gpus_per_trial:g}), several trials then share a card')
+    return problems
+
+
 def format_plan(planned, resources, devices=None):
     lines = []
     if devices:

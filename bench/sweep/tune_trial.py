@@ -17,7 +17,7 @@ from bench.trial.recipe import TrialRun
 
 DIVERGED_KEY = 'diverged'
 # What each trial reports about where and how it ran; kept in its final record.
-PLACEMENT_KEYS = ('node_id', 'omp_threads', 'kernels')
+PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels')
 
 
 def run_trial(param_space, data=None):
@@ -25,7 +25,7 @@ def run_trial(param_space, data=None):
     backend opens a session on the devices Ray assigned, and bench.trial.loop drives it."""
     run = TrialRun.from_config(param_space['trial'])
     from bench.trial.threads import pin_cpus
-    threads = pin_cpus(run.cpus)   # before MXNet is imported in this worker
+    threads = pin_cpus(run.cpus)   # before the framework is imported in this worker
     import ray
 
     from bench.gpu import check_gpus, physical_gpus, visible_gpus
@@ -34,7 +34,7 @@ def run_trial(param_space, data=None):
     if run.gpus:
         # Before the framework touches the device: an unsupported card gets one clear error.
         check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()))
-    backend = get_backend()
+    backend = get_backend(run.spec.recipe.backend)
     session = backend.open_session(run.spec, data,
                                    backend.trial_devices(run.gpus, ray.get_gpu_ids()))
     restored = tune.get_checkpoint()
@@ -46,7 +46,7 @@ def run_trial(param_space, data=None):
 
         placement = {'node_id': ray.get_runtime_context().get_node_id(),
                      'omp_threads': threads, 'pid': os.getpid(),
-                     'kernels': session.describe()['kernels']}
+                     **session.describe()}
 
         def report(metrics, checkpoint_path):
             tune.report(dict(metrics, **placement),

@@ -15,6 +15,7 @@ A session provides:
     describe() -> {'devices': ..., 'kernels': ...}   where and how it ran
 """
 import importlib
+import importlib.util
 import math
 import time
 
@@ -24,7 +25,9 @@ from bench.trial.batches import epoch_plan
 from bench.trial.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 # Backend name -> the module that opens its sessions (imported only when used).
-BACKENDS = {'gluon': 'bench.trial.gluon.trainer'}
+BACKENDS = {'gluon': 'bench.trial.gluon.trainer', 'torch': 'bench.trial.pytorch.trainer'}
+# Backend name -> (the framework's module, the extra that installs it).
+BACKEND_FRAMEWORKS = {'gluon': ('mxnet', 'cpu (or gpu)'), 'torch': ('torch', 'torch')}
 
 
 class TrainingDiverged(RuntimeError):
@@ -36,6 +39,17 @@ class TrainingDiverged(RuntimeError):
         super().__init__(
             f'training diverged: loss was {value} at epoch {epoch + 1}, {where}; '
             'lower the learning rate or check the data')
+
+
+def missing_framework(name):
+    """Why backend `name` cannot run in this environment (None when it can), found without
+    importing the framework."""
+    module, extra = BACKEND_FRAMEWORKS[name]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return (f"backend {name} needs {module}, which is not installed here: "
+            f"pip install -c constraints.txt -e '.[{extra.split()[0]}]' "
+            f"(or make install EXTRAS=... with {extra.split()[0]})")
 
 
 def get_backend(name='gluon'):

@@ -7,12 +7,16 @@ The recipe's defaults are the original table's: batch 128, 186 epochs, Adam at
 from dataclasses import asdict, dataclass, field, fields
 
 OPTIMIZERS = ('adam', 'sgd', 'nag')
-# float32, or MXNet's automatic mixed precision (float16 where safe, float32 master
-# weights, dynamic loss scaling); AMP float16 has GPU kernels only.
-PRECISIONS = ('float32', 'amp_float16')
+# The framework that trains a trial: MXNet Gluon (the reference, what the original
+# trained with) or PyTorch (the same networks and semantics, on GPUs MXNet cannot use).
+BACKENDS = ('gluon', 'torch')
+# float32, or automatic mixed precision on GPUs: float16 where safe with float32 master
+# weights and dynamic loss scaling (both backends), or bfloat16 (PyTorch only).
+PRECISIONS = ('float32', 'amp_float16', 'amp_bfloat16')
+BACKEND_PRECISIONS = {'gluon': ('float32', 'amp_float16'), 'torch': PRECISIONS}
 # Options added after results were first stored: at their default they stay out of
 # to_dict, so the trial ids and checkpoints of earlier sweeps remain valid.
-LATER_OPTIONS = {'precision': 'float32'}
+LATER_OPTIONS = {'precision': 'float32', 'backend': 'gluon', 'compile': False}
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,10 @@ class Recipe:
     wd: float = 1e-4
     random_crop: bool = True          # 4-pixel zero padding, random 32x32 window
     random_flip: bool = True
-    hybridize: bool = True            # static_alloc + static_shape
-    precision: str = 'float32'        # float32 | amp_float16 (GPUs only)
+    hybridize: bool = True            # gluon: static_alloc + static_shape
+    precision: str = 'float32'        # float32 | amp_float16 | amp_bfloat16 (GPUs only)
+    backend: str = 'gluon'            # gluon | torch
+    compile: bool = False             # torch: torch.compile the network
 
     def __post_init__(self):
         object.__setattr__(self, 'lr_decay_epochs', tuple(int(e) for e in self.lr_decay_epochs))
@@ -36,9 +42,18 @@ class Recipe:
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                             f"got {self.optimizer!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, "
-                            f"got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend must be one of {', '.join(BACKENDS)}, "
+                            f"got {self.backend!r}")
+        elif self.precision not in BACKEND_PRECISIONS[self.backend]:
+            problems.append(f"precision must be one of "
+                            f"{', '.join(BACKEND_PRECISIONS[self.backend])} with backend "
+                            f"{self.backend}, got {self.precision!r}"
+                            + ('; amp_bfloat16 needs backend torch'
+                               if self.precision == 'amp_bfloat16' else ''))
+        if self.compile and self.backend != 'torch':
+            problems.append('compile is an option of backend torch (torch.compile); '
+                            'the gluon backend compiles its graph through hybridize')
         for name in ('epochs', 'batch_size'):
             value = getattr(self, name)
             # bool is an int to Python: `epochs: true` would train one epoch.

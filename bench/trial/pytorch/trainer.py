@@ -1,0 +1,214 @@
+"""The PyTorch trial backend: the Gluon backend's networks and recipe with MXNet's
+semantics (models/pytorch, bench/trial/pytorch/optim.py) on one torch device.
+
+`open_session` gives the session that `bench.trial.loop.run_epochs` drives; the
+loop owns the schedule, the batches and their augmentation (the same as Gluon's for
+the same seed), the metrics and the checkpoint state.
+
+Fast by construction: the split lives on the device as uint8 and each batch is one
+gather there; channels-last memory on GPUs; `torch.compile` as the recipe's
+`compile`; mixed precision as the recipe's `precision` (bfloat16 autocast, or
+float16 autocast with a gradient scaler), refused on the CPU.
+"""
+import os
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from bench.trial.batches import eval_batches
+from bench.trial.loop import TrainingDiverged, run_epochs
+from bench.trial.pytorch.augment import DeviceImages
+from bench.trial.pytorch.optim import make_optimizer, set_learning_rate
+from bench.trial.threads import available_cpus
+from models.pytorch import get_model
+
+# How many batches may pass between checks for a non-finite loss: each check waits
+# for the device, so checking every batch would stall a GPU's queue.
+DIVERGENCE_CHECK_EVERY = 20
+# The checkpoint file of this backend (beside the loop's state.json).
+CHECKPOINT_FILE = 'torch.pt'
+AUTOCAST_DTYPES = {'amp_bfloat16': torch.bfloat16, 'amp_float16': torch.float16}
+
+
+class DeviceError(RuntimeError):
+    """The trial's device cannot be used as asked; the message says what to change."""
+
+
+def trial_devices(gpus_per_trial, gpu_ids):
+    """The device of a Ray trial: cuda:0 when Ray assigned a GPU (Ray exports it as
+    CUDA_VISIBLE_DEVICES, so a fractional share too sees its card as cuda:0), else the CPU."""
+    if not gpus_per_trial or not gpu_ids:
+        return [torch.device('cpu')]
+    if len(gpu_ids) > 1:
+        raise DeviceError(f'the torch backend trains a trial on one GPU, but Ray assigned '
+                          f'{len(gpu_ids)}; set resources.gpus_per_trial to 1 or less')
+    return [torch.device('cuda', 0)]
+
+
+def device_for(num_gpus=None):
+    """cuda:0 when a GPU is visible and num_gpus is not 0, else the CPU (bench.train)."""
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = min(available, 1) if num_gpus is None else int(num_gpus)
+    if wanted > 1:
+        raise DeviceError(f'the torch backend trains on one GPU; got --num-gpus {wanted}')
+    if wanted > available:
+        raise DeviceError(f'{wanted} GPU asked for but {available} visible to this process '
+                          f'(PyTorch {torch.__version__}, CUDA '
+                          f'{torch.version.cuda or "not built in"})')
+    return torch.device('cuda', 0) if wanted else torch.device('cpu')
+
+
+def describe(device):
+    if device.type == 'cuda':
+        return f'{device} ({torch.cuda.get_device_name(device)})'
+    return str(device)
+
+
+def check_precision(recipe, device):
+    """Refuse mixed precision off the GPU, and bfloat16 on a GPU without it, before
+    anything is built."""
+    if recipe.precision == 'float32':
+        return
+    if device.type != 'cuda':
+        raise ValueError(f'precision {recipe.precision} needs a GPU, but this trial runs on '
+                         f'{device}: mixed precision is refused on CPUs. Use precision '
+                         'float32, or give the trial a GPU (gpus_per_trial).')
+    if recipe.precision == 'amp_bfloat16' and not torch.cuda.is_bf16_supported():
+        raise ValueError(f'precision amp_bfloat16 needs a GPU with bfloat16 (compute '
+                         f'capability 8.0 or newer); {describe(device)} has none. Use '
+                         'amp_float16 or float32.')
+
+
+def use_trial_threads():
+    """PyTorch's intra-op threads = the trial's OMP_NUM_THREADS (cpus_per_trial), else
+    every core this process may use."""
+    threads = int(os.environ.get('OMP_NUM_THREADS') or available_cpus())
+    torch.set_num_threads(threads)
+    return threads
+
+
+class TorchSession:
+    """One trial's network, optimizer and data on one torch device."""
+
+    def __init__(self, spec, data, device):
+        device = torch.device(device)
+        self.recipe, self.device = spec.recipe, device
+        check_precision(self.recipe, device)
+        self.threads = use_trial_threads()
+        self.channels_last = device.type == 'cuda'
+        net = get_model(spec.model, spec.attention, classes=data.classes,
+                        attention_kwargs=spec.attention_kwargs, seed=spec.seed)
+        net = net.to(device, memory_format=torch.channels_last if self.channels_last
+                     else torch.preserve_format)
+        self.net = net                                  # what checkpoints hold
+        self.forward = torch.compile(net) if self.recipe.compile else net
+        self.optimizer = make_optimizer(net, self.recipe)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(self.recipe.precision)
+        self.scaler = (torch.amp.GradScaler('cuda') if self.recipe.precision == 'amp_float16'
+                       else None)
+        self.train_images = DeviceImages(data.train_images, data.train_labels, device,
+                                         channels_last=self.channels_last)
+        self.test_images = DeviceImages(data.test_images, data.test_labels, device,
+                                         channels_last=self.channels_last)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    def set_learning_rate(self, lr):
+        set_learning_rate(self.optimizer, lr)
+
+    def train_step(self, x, y):
+        """One update on (x, y); the batch's summed loss and correct count, on the device."""
+        with self._autocast():
+            out = self.forward(x)
+        losses = F.cross_entropy(out.float(), y, reduction='none')
+        loss_sum = losses.sum()
+        # The gradient of the batch's mean loss: MXNet's Trainer.step(batch) divides the
+        # summed loss's gradient by the batch size.
+        mean = loss_sum / len(y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(mean).backward()
+            self.scaler.step(self.optimizer)   # skips a step whose gradients overflowed
+            self.scaler.update()
+        else:
+            mean.backward()
+            self.optimizer.step()
+        return loss_sum.detach(), (out.argmax(dim=1) == y).sum()
+
+    def train_epoch(self, plan, epoch, on_batch=None):
+        """One pass over `plan`; returns (mean loss, accuracy, images seen)."""
+        self.net.train()
+        loss_sums, correct_sums = [], []
+        seen = checked = 0
+        for batch_index, (indices, rows, cols, flips) in enumerate(plan):
+            loss_sum, correct = self.train_step(*self.train_images.batch(indices, rows, cols,
+                                                                         flips))
+            loss_sums.append(loss_sum)
+            correct_sums.append(correct)
+            seen += len(indices)
+            if (batch_index + 1) % DIVERGENCE_CHECK_EVERY == 0 or batch_index + 1 == len(plan):
+                _check_finite(loss_sums[checked:], epoch, first_batch=checked)
+                checked = len(loss_sums)
+            if on_batch is not None:
+                on_batch(batch_index + 1, len(plan))
+        if not seen:
+            return float('nan'), float('nan'), 0
+        return (float(torch.stack(loss_sums).sum()) / seen,
+                float(torch.stack(correct_sums).sum()) / seen, seen)
+
+    def evaluate(self):
+        """(mean cross-entropy, accuracy) on every test image, unaugmented, in inference mode."""
+        self.net.eval()
+        loss_total = torch.zeros((), device=self.device)
+        correct_total = torch.zeros((), device=self.device, dtype=torch.int64)
+        with torch.inference_mode(), self._autocast():
+            for indices in eval_batches(self.test_images.count, self.recipe.batch_size):
+                x, y = self.test_images.plain_batch(indices)
+                out = self.forward(x).float()
+                loss_total += F.cross_entropy(out, y, reduction='sum')
+                correct_total += (out.argmax(dim=1) == y).sum()
+        self.net.train()
+        count = self.test_images.count
+        return float(loss_total) / count, float(correct_total) / count
+
+    def save_weights(self, folder):
+        torch.save({'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                    'scaler': self.scaler.state_dict() if self.scaler is not None else None},
+                   folder / CHECKPOINT_FILE)
+
+    def load_weights(self, folder):
+        # map_location: a checkpoint taken on a GPU resumes on the CPU and vice versa.
+        saved = torch.load(folder / CHECKPOINT_FILE, map_location=self.device,
+                           weights_only=True)
+        self.net.load_state_dict(saved['model'])
+        self.optimizer.load_state_dict(saved['optimizer'])
+        if self.scaler is not None and saved.get('scaler'):
+            self.scaler.load_state_dict(saved['scaler'])
+
+    def describe(self):
+        kernels = f'torch {torch.__version__}' + (' compiled' if self.recipe.compile else '')
+        return {'devices': describe(self.device), 'kernels': kernels}
+
+
+def _check_finite(loss_sums, epoch, first_batch=0):
+    """Raise TrainingDiverged at the first non-finite loss among batches first_batch, ..."""
+    values = torch.stack(loss_sums).float().cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise TrainingDiverged(epoch, first_batch + int(bad[0]), float(values[bad[0]]))
+
+
+def open_session(spec, data, devices):
+    return TorchSession(spec, data, devices[0])
+
+
+def train(spec, data, checkpoint_dir=None, resume_from=None, device=None, on_epoch=None,
+          on_batch=None):
+    """Train `spec` on `data` with PyTorch; the per-epoch metrics (bench.trial.loop.run_epochs's
+    arguments); `device` defaults to cuda:0 where a GPU is visible, else the CPU."""
+    session = TorchSession(spec, data, device or device_for())
+    return run_epochs(session, spec, data, checkpoint_dir=checkpoint_dir,
+                      resume_from=resume_from, on_epoch=on_epoch, on_batch=on_batch)

@@ -1,0 +1,65 @@
+"""SE, ECA and GCT in PyTorch, with the Gluon modules' parameters (names, shapes) and
+functions (models/attention/)."""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..architecture import eca_checked_kernel_size, se_hidden_units
+
+
+def _scale_channels(x, weights):
+    return x * weights[:, :, None, None]
+
+
+class SE(nn.Module):
+    """Global average pool, FC (C -> C/r) + ReLU, FC (C/r -> C) + sigmoid, channel-wise
+    scale; no biases (2 * C * hidden parameters)."""
+
+    def __init__(self, channels, reduction=16):
+        super().__init__()
+        hidden = se_hidden_units(channels, reduction)
+        self.squeeze = nn.Linear(channels, hidden, bias=False)
+        self.excite = nn.Linear(hidden, channels, bias=False)
+
+    def forward(self, x):
+        weights = torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean(dim=(2, 3))))))
+        return _scale_channels(x, weights)
+
+
+class ECA(nn.Module):
+    """Global average pool, a 1-D convolution of kernel k across channels (no bias),
+    sigmoid, scale. The weight is shaped (1, 1, k) like the Gluon module's, so its
+    Xavier fans are the same; Gluon's constant shift matrices are not needed here."""
+
+    def __init__(self, channels, kernel_size=None, gamma=2, b=1):
+        super().__init__()
+        self.kernel_size = eca_checked_kernel_size(channels, kernel_size, gamma, b)
+        self.weight = nn.Parameter(torch.empty(1, 1, self.kernel_size))
+
+    def forward(self, x):
+        pooled = x.mean(dim=(2, 3))                                            # (N, C)
+        across = F.conv1d(pooled[:, None, :], self.weight, padding=self.kernel_size // 2)
+        return _scale_channels(x, torch.sigmoid(across[:, 0, :]))
+
+
+class GCT(nn.Module):
+    """Per-channel L2 embedding times alpha, normalised across channels, gate
+    1 + tanh(gamma * n + beta). beta takes no weight decay (`no_weight_decay`)."""
+
+    no_weight_decay = ('beta',)
+
+    def __init__(self, channels, epsilon=1e-5):
+        super().__init__()
+        self.epsilon = epsilon
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        alpha, gamma, beta = (p.reshape(1, -1) for p in (self.alpha, self.gamma, self.beta))
+        embedding = torch.sqrt(x.square().sum(dim=(2, 3)) + self.epsilon) * alpha
+        norm = gamma / torch.sqrt(embedding.square().mean(dim=1, keepdim=True) + self.epsilon)
+        return _scale_channels(x, 1.0 + torch.tanh(embedding * norm + beta))
+
+
+TORCH_ATTENTIONS = {'none': None, 'se': SE, 'eca': ECA, 'gct': GCT}

@@ -1,0 +1,149 @@
+"""CIFAR ResNets v1 and v2 in PyTorch, laid out like the Gluon ones (models/cifar_resnet.py)
+so that each parameter has the Gluon parameter's structural name and shape.
+
+MXNet 1.9's semantics, where PyTorch's defaults differ:
+- BatchNorm: momentum 0.9 in MXNet's sense (PyTorch's 0.1), eps 1e-5, and the running
+  variance from the biased batch variance (PyTorch uses the unbiased one).
+- MXNet updates the running statistics in the backward pass, so a BatchNorm whose
+  backward never runs keeps its initial statistics: v2's input BN (no scale, no
+  shift, on the data) evaluates as the identity after any training. Reproduced
+  here by freezing its statistics.
+- Initialisation: MXNet's Xavier() (uniform, avg, magnitude 3) on every conv and dense
+  weight, which is PyTorch's xavier_uniform_ with gain 1; zero biases, BN gamma 1 and
+  beta 0; GCT's alpha 1, gamma 0, beta 0.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..architecture import STAGE_CHANNELS, attention_options, stage_plans
+from ..names import parse_model_name
+from .attention import ECA, TORCH_ATTENTIONS
+
+MXNET_BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class MXNetBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d with MXNet 1.9's running statistics (see the module docstring).
+    frozen_statistics: the statistics never change (MXNet's input BN of v2)."""
+
+    def __init__(self, channels, affine=True, frozen_statistics=False):
+        super().__init__(channels, eps=BN_EPSILON, momentum=1 - MXNET_BN_MOMENTUM,
+                         affine=affine)
+        self.frozen_statistics = frozen_statistics
+
+    def forward(self, x):
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                self.bias, False, 0.0, self.eps)
+        out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        if not self.frozen_statistics:
+            with torch.no_grad():
+                var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
+        return out
+
+
+def _conv3x3(in_channels, channels, stride):
+    return nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+
+
+def _attention(attention_class, channels, options):
+    return attention_class(channels, **options) if attention_class is not None else None
+
+
+class BasicBlockV1(nn.Module):
+    """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
+
+    def __init__(self, plan, attention_class=None, options=None):
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv3x3(plan.in_channels, plan.channels, plan.stride),
+            MXNetBatchNorm(plan.channels), nn.ReLU(inplace=True),
+            _conv3x3(plan.channels, plan.channels, 1), MXNetBatchNorm(plan.channels))
+        self.attention = _attention(attention_class, plan.channels, options or {})
+        self.downsample = None
+        if plan.downsample:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(plan.in_channels, plan.channels, 1, stride=plan.stride, bias=False),
+                MXNetBatchNorm(plan.channels))
+
+    def forward(self, x):
+        residual = self.body(x)
+        if self.attention is not None:
+            residual = self.attention(residual)
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return F.relu(shortcut + residual)
+
+
+class BasicBlockV2(nn.Module):
+    """BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut: the raw input, or its 1x1
+    projection taken from the raw input (the original's v2, not gluoncv's)."""
+
+    def __init__(self, plan, attention_class=None, options=None):
+        super().__init__()
+        self.bn1 = MXNetBatchNorm(plan.in_channels)
+        self.conv1 = _conv3x3(plan.in_channels, plan.channels, plan.stride)
+        self.bn2 = MXNetBatchNorm(plan.channels)
+        self.conv2 = _conv3x3(plan.channels, plan.channels, 1)
+        self.attention = _attention(attention_class, plan.channels, options or {})
+        self.downsample = None
+        if plan.downsample:
+            self.downsample = nn.Conv2d(plan.in_channels, plan.channels, 1, stride=plan.stride,
+                                        bias=False)
+
+    def forward(self, x):
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        residual = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        if self.attention is not None:
+            residual = self.attention(residual)
+        return residual + shortcut
+
+
+class CIFARResNet(nn.Module):
+    """A 3x3 stem, three stages of basic blocks, global average pool, dense."""
+
+    def __init__(self, model, attention='none', classes=10, attention_kwargs=None):
+        super().__init__()
+        version, _ = parse_model_name(model)
+        options = attention_options(attention, attention_kwargs)
+        attention_class = TORCH_ATTENTIONS[attention]
+        block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
+        layers = []
+        if version == 2:
+            layers.append(MXNetBatchNorm(3, affine=False, frozen_statistics=True))
+        layers.append(nn.Conv2d(3, STAGE_CHANNELS[0], 3, padding=1, bias=False))
+        if version == 1:
+            layers.append(MXNetBatchNorm(STAGE_CHANNELS[0]))
+        for blocks in stage_plans(model):
+            layers.append(nn.Sequential(*(block_class(plan, attention_class, options)
+                                          for plan in blocks)))
+        if version == 2:
+            layers += [MXNetBatchNorm(STAGE_CHANNELS[-1]), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.output = nn.Linear(STAGE_CHANNELS[-1], classes)
+
+    def forward(self, x):
+        return self.output(self.features(x).mean(dim=(2, 3)))
+
+
+@torch.no_grad()
+def initialize_like_mxnet(net, generator=None):
+    """MXNet's Xavier() on every conv and dense weight (ECA's included), zero biases; the
+    BN and GCT parameters keep their constructors' values. Returns net."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, ECA)):
+            nn.init.xavier_uniform_(module.weight, generator=generator)
+            if getattr(module, 'bias', None) is not None:
+                module.bias.zero_()
+    return net
+
+
+def get_model(name, attention='none', classes=10, attention_kwargs=None, seed=None):
+    """The network `name` with `attention`, initialised as MXNet's Xavier() would (from
+    `seed` where given)."""
+    net = CIFARResNet(name, attention, classes=classes, attention_kwargs=attention_kwargs)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return initialize_like_mxnet(net, generator)
