@@ -14,8 +14,10 @@ import sys
 
 from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from bench.fileio import write_json_atomic
-from bench.trial.recipe import OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
+from bench.trial.recipe import BACKENDS, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
+from bench.trial.loop import TrainingDiverged, missing_framework
 from bench.trial.threads import use_cpus
+from models.names import parse_attention_name, parse_model_name
 
 # The original README wrote the attention as a flag of its own (`--eca`).
 ATTENTION_FLAGS = ('se', 'eca', 'gct')
@@ -46,9 +48,16 @@ def parse_args(argv=None):
                       help='4-pixel padding and a random 32x32 window (the recipe default)')
     crop.add_argument('--no-random-crop', dest='random_crop', action='store_false')
     parser.add_argument('--no-random-flip', action='store_true')
-    parser.add_argument('--mode', choices=('hybrid', 'imperative'), default='hybrid')
+    parser.add_argument('--backend', choices=BACKENDS, default=defaults.backend,
+                        help='gluon: MXNet Gluon, the reference; torch: PyTorch, the same '
+                             'networks and semantics (GPUs MXNet cannot use)')
+    parser.add_argument('--mode', choices=('hybrid', 'imperative'), default='hybrid',
+                        help='gluon: hybridize the network or not')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch: torch.compile the network')
     parser.add_argument('--precision', choices=PRECISIONS, default=defaults.precision,
-                        help='amp_float16: MXNet AMP mixed precision (GPUs only)')
+                        help='amp_float16 (both backends) or amp_bfloat16 (torch): mixed '
+                             'precision, GPUs only')
     parser.add_argument('--num-gpus', type=int, default=None,
                         help='GPUs to split each batch over (default: all visible; 0: CPU). '
                              '--batch-size counts the images of all of them together; the '
@@ -75,7 +84,8 @@ def spec_from_args(args):
                     optimizer=args.optimizer, lr=args.lr, lr_decay=args.lr_decay,
                     lr_decay_epochs=decay_epochs, momentum=args.momentum, wd=args.wd,
                     random_crop=args.random_crop, random_flip=not args.no_random_flip,
-                    hybridize=args.mode == 'hybrid', precision=args.precision)
+                    hybridize=args.mode == 'hybrid', precision=args.precision,
+                    backend=args.backend, compile=args.compile)
     return TrialSpec(model=args.model, attention=args.attention, seed=args.seed, recipe=recipe)
 
 
@@ -85,32 +95,52 @@ def load_data(args):
     return load_cifar10(args.data_root, download=not args.no_download)
 
 
+def _backend_trainer(spec, num_gpus):
+    """(train function, devices, their description) of the spec's backend; RuntimeError or
+    ValueError says why the devices asked for cannot be used."""
+    if spec.recipe.backend == 'torch':
+        from bench.trial.pytorch import trainer
+        device = trainer.device_for(num_gpus)
+        trainer.check_precision(spec.recipe, device)
+
+        def train_torch(spec, data, checkpoint_dir, device, **callbacks):
+            return trainer.train(spec, data, checkpoint_dir=checkpoint_dir, device=device,
+                                 **callbacks)
+        return train_torch, device, trainer.describe(device)
+    from bench.trial.gluon.devices import describe, trial_contexts
+    from bench.trial.gluon.trainer import check_precision, train
+    try:
+        contexts = trial_contexts(num_gpus)
+    except RuntimeError as error:
+        raise RuntimeError(f'{error}; ask for fewer, or --num-gpus 0 to train on the CPU') \
+            from None
+    check_precision(spec.recipe, contexts)
+
+    def train_gluon(spec, data, checkpoint_dir, contexts, **callbacks):
+        return train(spec, data, checkpoint_dir=checkpoint_dir, contexts=contexts, **callbacks)
+    return train_gluon, contexts, describe(contexts)
+
+
 def main(argv=None):
     use_cpus()   # before anything imports MXNet
     parser, args = parse_args(argv)
     try:
         spec = spec_from_args(args)
-        from models import get_attention, parse_model_name
         parse_model_name(spec.model)
-        get_attention(spec.attention)
+        parse_attention_name(spec.attention)
         data = load_data(args)
     except (ValueError, KeyError, DataError) as error:
         parser.exit(2, f'error: {error}\n')
+    missing = missing_framework(spec.recipe.backend)
+    if missing:
+        parser.exit(2, f'error: {missing}\n')
+    try:
+        train, devices, where = _backend_trainer(spec, args.num_gpus)
+    except (RuntimeError, ValueError) as error:
+        parser.exit(2, f'error: {error}\n')
 
     from tqdm import tqdm
-
-    from bench.trial.gluon.devices import describe, trial_contexts
-    from bench.trial.gluon.trainer import TrainingDiverged, check_precision, train
-
-    try:
-        contexts = trial_contexts(args.num_gpus)
-    except RuntimeError as error:
-        parser.exit(2, f'error: {error}; ask for fewer, or --num-gpus 0 to train on the CPU\n')
-    try:
-        check_precision(spec.recipe, contexts)
-    except ValueError as error:
-        parser.exit(2, f'error: {error}\n')
-    print(f'{spec.name} on {describe(contexts)}, data: {data.identity.label} '
+    print(f'{spec.name} on {where} ({spec.recipe.backend}), data: {data.identity.label} '
           f'({data.identity.train_images} train / {data.identity.test_images} test images)')
     bar = None if args.quiet else tqdm(unit='batch', leave=False, dynamic_ncols=True)
 
@@ -129,8 +159,8 @@ def main(argv=None):
               flush=True)
 
     try:
-        history = train(spec, data, checkpoint_dir=args.checkpoint_dir, contexts=contexts,
-                        on_epoch=on_epoch, on_batch=on_batch)
+        history = train(spec, data, args.checkpoint_dir, devices, on_epoch=on_epoch,
+                        on_batch=on_batch)
     except TrainingDiverged as error:
         print(f'error: {error}', file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import pandas as pd
 
 from bench.store import (MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked,
                          trial_record)
+from bench.trial.recipe import LATER_OPTIONS
 
 from .readme import ReportError
 
@@ -61,7 +62,9 @@ def _why_not_current(row, entry, data):
     if entry is None:
         return 'its model, attention or seed is not in the sweep'
     reasons = []
-    recipe, wanted = json.loads(row['recipe']), entry['spec']['recipe']
+    # Options at their default are left out of stored recipes (bench.trial.recipe).
+    recipe = {**LATER_OPTIONS, **json.loads(row['recipe'])}
+    wanted = {**LATER_OPTIONS, **entry['spec']['recipe']}
     changed = sorted(k for k in set(recipe) | set(wanted) if recipe.get(k) != wanted.get(k))
     if changed:
         reasons.append('recipe differs: ' + ', '.join(

@@ -73,6 +73,47 @@ def test_two_by_two_sweep_of_one_epoch_fills_the_store(tmp_path, data_root, loca
     assert again.trained == [] and epoch_lines(lines) == []
 
 
+def test_a_torch_sweep_trains_resumes_and_reports_like_a_gluon_one(tmp_path, data_root,
+                                                                     local_ray, capsys):
+    """backend: torch in sweep.yaml: trials train on PyTorch, say so in the store and the
+    reports, and sit beside the Gluon trials of the same cells without sharing them."""
+    pytest.importorskip('torch', reason='the torch extra is not installed')
+    outputs = {'outputs': {'results': 'results', 'readme': 'README.md', 'figures': 'figures',
+                           'report': 'report.html'},
+               'report': {'metrics': ['val_acc'], 'overhead': True}}
+    gluon_path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v2'],
+                             attentions=['none', 'gct'], extra=outputs)
+    assert run_sweep.main(['--config', str(gluon_path), '--insert']) == 0
+    torch_values = dict(outputs, recipe={'epochs': 2, 'batch_size': 16,
+                                         'lr_decay_epochs': [100], 'backend': 'torch'})
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v2'],
+                       attentions=['none', 'gct'], extra=torch_values)
+    capsys.readouterr()
+    assert run_sweep.main(['--config', str(path), '--dry-run']) == 0
+    assert '2 trials: 0 done, 0 partial, 2 pending' in capsys.readouterr().out
+    assert run_sweep.main(['--config', str(path)]) == 0
+    store = ResultsStore(tmp_path / 'results' / 'tiny')
+    import pandas as pd
+    frame = pd.read_csv(store.root / 'results.csv')
+    assert sorted(zip(frame['backend'], frame['in_sweep'])) == [
+        ('gluon', False), ('gluon', False), ('torch', True), ('torch', True)]
+    for trial_id in frame[frame['backend'] == 'torch']['trial_id']:
+        final = store.read_final(trial_id)
+        assert final['epochs'] == 2 and final['devices'] == 'cpu'
+        assert final['kernels'].startswith('torch ') and final['omp_threads'] == 1
+        assert store.read_spec(trial_id)['model_stats']['params'] > 0
+    readme = (tmp_path / 'README.md').read_text()
+    assert 'Trained with PyTorch (backend torch)' in readme
+    assert '2 of 2 trials finished' in readme
+    assert 'recipe differs: backend &#34;gluon&#34; (sweep: &#34;torch&#34;), epochs 1 ' \
+        '(sweep: 2)' in (tmp_path / 'report.html').read_text()
+    # Run again: nothing is retrained.
+    capsys.readouterr()
+    assert run_sweep.main(['--config', str(path)]) == 0
+    out = capsys.readouterr().out
+    assert '2 trials: 2 done' in out and 'epoch 1/2' not in out
+
+
 def test_new_cells_train_alone(tmp_path, data_root, local_ray):
     run_loaded(write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1']))
     _, outcome, lines = run_loaded(write_sweep(tmp_path, data_root,
