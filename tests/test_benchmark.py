@@ -36,6 +36,28 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
         assert row['epoch_speedup'] > 0            # a median of per-round ratios
 
 
+def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
+    pytest.importorskip('torch', reason='the torch extra is not installed')
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')
+    out = tmp_path / 'rows.json'
+    assert main(['--backend', 'both', '--models', 'cifar_resnet8_v1', '--attentions', 'none',
+                 'gct', '--batches', '2', '--rounds', '2', '--images', '128', '--batch-size',
+                 '32', '--no-original', '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'device: gluon on cpu(0); torch on cpu' in text and 'vs gluon' in text
+    import json
+    rows = json.loads(out.read_text())
+    assert [(r['backend'], r['attention']) for r in rows] == [
+        ('gluon', 'none'), ('gluon', 'gct'), ('torch', 'none'), ('torch', 'gct')]
+    for row in rows:
+        assert row['trial_img_s'] > 0 and row['gflop_s'] > 0 and row['data_img_s'] > 0
+        assert row['vs_vanilla'] > 0
+        assert ('vs_gluon' in row) == (row['backend'] == 'torch')
+    with pytest.raises(SystemExit):
+        main(['--backend', 'torch', '--precision', 'amp_bfloat16', '--num-gpus', '0'])
+    assert 'amp_bfloat16 needs a GPU' in capsys.readouterr().err
+
+
 def test_table_formatting_and_summary():
     rows = [{'model': 'm', 'attention': 'none', 'data_img_s': 1000.0, 'trial_img_s': 100.0,
              'data_over_trial': 10.0, 'gflop_s': 24.5},
@@ -43,11 +65,19 @@ def test_table_formatting_and_summary():
              'data_over_trial': 10.5, 'original_img_s': 50.0, 'trial_over_original': 1.9,
              'gflop_s': 23.3}]
     lines = format_rows(rows).splitlines()
-    assert lines[2].split()[-4:] == ['24.5', '-', '10.0x', '-']
-    assert lines[3].split()[-4:] == ['23.3', '50.0', '10.5x', '1.90x']
+    assert lines[2].split()[:3] == ['gluon', 'm', 'none']     # rows without one are Gluon's
+    assert lines[2].split()[-5:] == ['24.5', '-', '10.0x', '-', '-']
+    assert lines[3].split()[-5:] == ['23.3', '50.0', '10.5x', '1.90x', '-']
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
     rows[1]['vs_vanilla'] = 0.91         # measured round by round, it takes precedence
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 91%'
+    # Both backends in one run: each attention against its own backend's vanilla.
+    rows += [dict(rows[0], backend='torch', trial_img_s=50.0, vs_gluon=0.5),
+             dict(rows[1], backend='torch', trial_img_s=45.0, vs_vanilla=0.9, vs_gluon=0.49)]
+    lines = format_rows(rows).splitlines()
+    assert lines[4].split()[0] == 'torch' and lines[4].split()[-1] == '0.50x'
+    assert attention_overhead_summary(rows) == \
+        'speed against vanilla: gluon m se 91%, torch m se 90%'
 
 
 def test_ratios_are_taken_round_by_round():

@@ -13,7 +13,7 @@ from bench.trial.checkpoint import latest_checkpoint  # noqa: E402
 from bench.trial.data import load_cifar10  # noqa: E402
 from bench.trial.gluon.augment import DeviceImages as GluonImages  # noqa: E402
 from bench.trial.gluon.trainer import GluonSession  # noqa: E402
-from bench.trial.loop import TrainingDiverged, run_epochs  # noqa: E402
+from bench.trial.loop import TrainingDiverged  # noqa: E402
 from bench.trial.pytorch import trainer as torch_trainer  # noqa: E402
 from bench.trial.pytorch.augment import DeviceImages  # noqa: E402
 from bench.trial.pytorch.trainer import CHECKPOINT_FILE, TorchSession, train  # noqa: E402

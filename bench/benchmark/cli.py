@@ -14,7 +14,7 @@ import tempfile
 from bench.benchmark import __doc__ as BENCHMARK_HELP
 from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
 from bench.fileio import write_json_atomic
-from bench.trial.recipe import PRECISIONS, Recipe, TrialSpec
+from bench.trial.recipe import BACKENDS, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
 
 
@@ -49,9 +49,15 @@ def main(argv=None):
     parser.add_argument('--kernels-compare', action='store_true',
                         help="also train each attention with MXNet's operators instead of "
                              'the fused CPU kernels, to show what they gain')
+    parser.add_argument('--backend', choices=BACKENDS + ('both',), default='gluon',
+                        help='gluon (MXNet, the reference), torch (PyTorch), or both in one '
+                             'interleaved run (their rows side by side, torch/gluon ratios)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch: torch.compile the networks')
     parser.add_argument('--precision', choices=PRECISIONS, default='float32',
-                        help="amp_float16: MXNet AMP (GPUs only). AMP changes MXNet's "
-                             'operators for the whole process: compare precisions in two runs')
+                        help="amp_float16 / amp_bfloat16 (torch): mixed precision, GPUs "
+                             "only. MXNet's AMP changes its operators for the whole process: "
+                             'compare precisions in two runs')
     parser.add_argument('--json', default=None, help='write the rows as JSON here')
     # A child process of --threads-compare: time whole epochs of one kind only.
     parser.add_argument('--epoch-child', choices=('trial', 'original'), help=argparse.SUPPRESS)
@@ -59,33 +65,49 @@ def main(argv=None):
 
     from bench.benchmark.rows import (attention_overhead_summary, benchmark, format_rows,
                                       kernel_summary)
-    from bench.trial.gluon.devices import describe, trial_contexts
-    from bench.trial.gluon.trainer import check_precision
-    ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None else None)[0]
+    backends = BACKENDS if args.backend == 'both' else (args.backend,)
+    ctx = torch_device = None
+    where = []
     try:
-        check_precision(Recipe(precision=args.precision), [ctx])
-    except ValueError as error:
+        if 'gluon' in backends:
+            from bench.trial.gluon.devices import describe, trial_contexts
+            from bench.trial.gluon.trainer import check_precision
+            ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None
+                                 else None)[0]
+            check_precision(Recipe(precision=args.precision), [ctx])
+            where.append(f'gluon on {describe([ctx])}')
+        if 'torch' in backends:
+            from bench.trial.pytorch import trainer as torch_trainer
+            torch_device = torch_trainer.device_for(args.num_gpus)
+            torch_trainer.check_precision(Recipe(precision=args.precision, backend='torch'),
+                                          torch_device)
+            where.append(f'torch on {torch_trainer.describe(torch_device)}')
+    except (RuntimeError, ValueError) as error:
         parser.exit(2, f'error: {error}\n')
+    on_cpu = (ctx is None or ctx.device_type == 'cpu') and \
+        (torch_device is None or torch_device.type == 'cpu')
     images, labels = synthetic_images(args.images)
     if args.epoch_child:
         return _epoch_child(args, ctx, images, labels)
-    print(f'device: {describe([ctx])}, batch {args.batch_size}, {args.batches} timed batches, '
-          f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
+    print(f"device: {'; '.join(where)}, batch {args.batch_size}, {args.batches} timed "
+          f'batches, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
           f'{args.workers} DataLoader workers', flush=True)
     rows = benchmark(args.models, args.attentions, images, labels, ctx, args.batch_size,
-                     args.batches, args.workers, baseline=not args.no_original,
+                     args.batches, args.workers, baseline=not args.no_original and ctx is not None,
                      rounds=args.rounds, epoch_images=min(args.epoch_images, args.images),
                      epoch_rounds=args.epoch_rounds, kernels_compare=args.kernels_compare,
-                     precision=args.precision)
+                     precision=args.precision, backends=backends, torch_device=torch_device,
+                     compile=args.compile)
     print(format_rows(rows), flush=True)
     print(attention_overhead_summary(rows))
-    print(kernel_summary(rows))
-    peak = cpu_peak_gflops() if ctx.device_type == 'cpu' else None
+    if ctx is not None:
+        print(kernel_summary(rows))
+    peak = cpu_peak_gflops() if on_cpu else None
     if peak:
         best = max(r['gflop_s'] for r in rows)
         print(f'compute: best {best:.1f} GFLOP/s of an estimated FP32 peak of {peak:.0f} GFLOP/s '
               f'for these cores ({100 * best / peak:.1f}%; training FLOPs = 6 x forward MACs)')
-    if args.threads_compare:
+    if args.threads_compare and ctx is not None:
         # Two fresh processes, since MXNet fixes its thread count at import.
         rates = [vanilla_rate_in_child(args.models[0], args.batch_size, args.batches, t)
                  for t in (None, threads, None, threads)]

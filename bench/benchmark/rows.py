@@ -1,58 +1,78 @@
-"""The benchmark's rows: every rate of one model x attention, and the printed table."""
+"""The benchmark's rows: every rate of one model x attention on each backend, and the
+printed table."""
 import statistics
 
-from bench.benchmark.gluon_steps import measure_data_pipeline, trial_epoch_fn, trial_stepper
-from bench.benchmark.original import original_epoch_fn, original_stepper
 from bench.benchmark.timing import (TRAIN_FLOPS_PER_MAC, epoch_data, interleaved_rates,
                                     median_ratio)
 from bench.trial.recipe import Recipe, TrialSpec
+from models.architecture import network_counts
+
+# The steppers' kind per backend: 'trial' is the Gluon trial (the reference).
+BACKEND_KINDS = {'gluon': 'trial', 'torch': 'torch'}
 
 
 def benchmark(models, attentions, images, labels, ctx, batch_size, batches, workers,
               baseline=True, rounds=5, epoch_images=0, epoch_rounds=2, kernels_compare=False,
-              precision='float32'):
-    """One row of numbers per model x attention; every training rate from one interleaved run.
+              precision='float32', backends=('gluon',), torch_device=None, compile=False):
+    """One row of numbers per backend x model x attention; every training rate from one
+    interleaved run, so rows of the two backends are measured alike.
 
-    With a baseline and epoch_images > 0, each row also times whole epochs (a training
-    pass over epoch_images images and an evaluation over a fifth as many, CIFAR-10's
-    proportions) of the trial and of the original script. With kernels_compare, each
-    attention is also trained with MXNet's operators instead of the fused kernels.
+    With a baseline and epoch_images > 0, each Gluon row also times whole epochs (a
+    training pass over epoch_images images and an evaluation over a fifth as many,
+    CIFAR-10's proportions) of the trial and of the original script. With
+    kernels_compare, each attention is also trained with MXNet's operators instead of
+    the fused kernels. `ctx` is the MXNet context, `torch_device` PyTorch's.
     """
-    from models import model_stats
-
-    recipe = Recipe(batch_size=batch_size, precision=precision)
-    specs = {(m, a): TrialSpec(m, a, seed=0, recipe=recipe)
-             for m in models for a in attentions}
+    gluon = 'gluon' in backends
+    specs = {}
+    for backend in backends:
+        recipe = Recipe(batch_size=batch_size, precision=precision, backend=backend,
+                        compile=compile and backend == 'torch')
+        specs.update({(backend, m, a): TrialSpec(m, a, seed=0, recipe=recipe)
+                      for m in models for a in attentions})
     steppers = {}
-    for key, spec in specs.items():
-        steppers[('trial',) + key] = trial_stepper(spec, images, labels, ctx)
-        if kernels_compare and key[1] != 'none':
-            steppers[('mxnet-ops',) + key] = trial_stepper(spec, images, labels, ctx,
-                                                           mxnet_operators=True)
+    for (backend, model, attention), spec in specs.items():
+        key = (model, attention)
+        if backend == 'torch':
+            from bench.benchmark import torch_steps
+            steppers[('torch',) + key] = torch_steps.trial_stepper(spec, images, labels,
+                                                                    torch_device)
+            continue
+        from bench.benchmark import gluon_steps, original
+        steppers[('trial',) + key] = gluon_steps.trial_stepper(spec, images, labels, ctx)
+        if kernels_compare and attention != 'none':
+            steppers[('mxnet-ops',) + key] = gluon_steps.trial_stepper(
+                spec, images, labels, ctx, mxnet_operators=True)
         if baseline:
-            steppers[('original',) + key] = original_stepper(spec, images, labels, ctx, workers)
+            steppers[('original',) + key] = original.original_stepper(spec, images, labels,
+                                                                      ctx, workers)
     per_round = max(1, batches // rounds)
     rates = interleaved_rates(steppers, batch_size, rounds, per_round)
     rows = []
-    for (model, attention), spec in specs.items():
-        trial_rates = rates[('trial', model, attention)]
+    for (backend, model, attention), spec in specs.items():
+        kind = BACKEND_KINDS[backend]
+        trial_rates = rates[(kind, model, attention)]
         trial = statistics.median(trial_rates)
-        row = {'model': model, 'attention': attention, 'trial_img_s': trial,
-               'trial_img_s_range': [min(trial_rates), max(trial_rates)],
-               'data_img_s': measure_data_pipeline(images, labels, ctx, batch_size, batches * 4),
-               'gflop_s': trial * TRAIN_FLOPS_PER_MAC * model_stats(model, attention).macs / 1e9}
+        row = {'backend': backend, 'model': model, 'attention': attention,
+               'trial_img_s': trial, 'trial_img_s_range': [min(trial_rates), max(trial_rates)],
+               'data_img_s': _data_rate(backend, images, labels, ctx, torch_device,
+                                        batch_size, batches * 4),
+               'gflop_s': trial * TRAIN_FLOPS_PER_MAC * network_counts(model, attention)[1]
+               / 1e9}
         row['data_over_trial'] = row['data_img_s'] / trial
-        if ('trial', model, 'none') in rates:
-            row['vs_vanilla'] = median_ratio(trial_rates, rates[('trial', model, 'none')])
-            if ('mxnet-ops', model, attention) in rates:
+        if (kind, model, 'none') in rates:
+            row['vs_vanilla'] = median_ratio(trial_rates, rates[(kind, model, 'none')])
+            if ('mxnet-ops', model, attention) in rates and backend == 'gluon':
                 plain = rates[('mxnet-ops', model, attention)]
                 row['mxnet_ops_img_s'] = statistics.median(plain)
                 row['mxnet_ops_vs_vanilla'] = median_ratio(plain, rates[('trial', model, 'none')])
-        if baseline:
+        if backend == 'torch' and gluon:
+            row['vs_gluon'] = median_ratio(trial_rates, rates[('trial', model, attention)])
+        if baseline and backend == 'gluon':
             original_rates = rates[('original', model, attention)]
             row['original_img_s'] = statistics.median(original_rates)
             row['trial_over_original'] = median_ratio(trial_rates, original_rates)
-        if baseline and epoch_images:
+        if baseline and epoch_images and backend == 'gluon':
             train, test = epoch_data(images, labels, epoch_images)
             seconds = epoch_seconds(spec, train, test, ctx, workers, epoch_rounds)
             row.update(epoch_train_images=len(train[0]), epoch_test_images=len(test[0]),
@@ -63,10 +83,20 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
     return rows
 
 
+def _data_rate(backend, images, labels, ctx, torch_device, batch_size, batches):
+    if backend == 'torch':
+        from bench.benchmark.torch_steps import measure_data_pipeline
+        return measure_data_pipeline(images, labels, torch_device, batch_size, batches)
+    from bench.benchmark.gluon_steps import measure_data_pipeline
+    return measure_data_pipeline(images, labels, ctx, batch_size, batches)
+
+
 def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'original')):
     """Seconds of whole epochs (training pass and evaluation), the trial's against the
     original script's, timed in alternating rounds after one untimed warm-up epoch each.
     Returns {kind: [seconds in round 1, round 2, ...]}."""
+    from bench.benchmark.gluon_steps import trial_epoch_fn
+    from bench.benchmark.original import original_epoch_fn
     makers = {'trial': lambda: trial_epoch_fn(spec, train, test, ctx),
               'original': lambda: original_epoch_fn(spec, train, test, ctx, workers)}
     epochs = {kind: makers[kind]() for kind in kinds}
@@ -79,18 +109,21 @@ def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'orig
 def format_rows(rows):
     def number(value, fmt, suffix=''):
         return '-' if value is None else format(value, fmt) + suffix
-    header = (f"{'model':<20} {'attention':<9} {'data img/s':>11} {'trial img/s':>12} "
-              f"{'vs vanilla':>10} {'GFLOP/s':>8} {'original img/s':>15} {'data/trial':>11} {'trial/original':>15}")
+    header = (f"{'backend':<7} {'model':<20} {'attention':<9} {'data img/s':>11} "
+              f"{'trial img/s':>12} {'vs vanilla':>10} {'GFLOP/s':>8} {'original img/s':>15} "
+              f"{'data/trial':>11} {'trial/original':>15} {'vs gluon':>9}")
     lines = [header, '-' * len(header)]
     for row in rows:
         lines.append(
-            f"{row['model']:<20} {row['attention']:<9} {number(row['data_img_s'], '.0f'):>11} "
+            f"{row.get('backend', 'gluon'):<7} {row['model']:<20} {row['attention']:<9} "
+            f"{number(row['data_img_s'], '.0f'):>11} "
             f"{number(row['trial_img_s'], '.1f'):>12} "
             f"{number(row.get('vs_vanilla') and 100 * row['vs_vanilla'], '.0f', '%'):>10} "
             f"{number(row.get('gflop_s'), '.1f'):>8} "
             f"{number(row.get('original_img_s'), '.1f'):>15} "
             f"{number(row['data_over_trial'], '.1f', 'x'):>11} "
-            f"{number(row.get('trial_over_original'), '.2f', 'x'):>15}")
+            f"{number(row.get('trial_over_original'), '.2f', 'x'):>15} "
+            f"{number(row.get('vs_gluon'), '.2f', 'x'):>9}")
     epochs = [row for row in rows if 'trial_epoch_s' in row]
     if epochs:
         lines += ['', f"whole epoch ({epochs[0]['epoch_train_images']} training + "
@@ -105,10 +138,14 @@ def format_rows(rows):
 
 def attention_overhead_summary(rows):
     """Each attention's speed as a share of its model's vanilla speed (target: >= 90%)."""
-    vanilla = {r['model']: r['trial_img_s'] for r in rows if r['attention'] == 'none'}
-    parts = [f"{r['model']} {r['attention']} "
-             f"{100 * r.get('vs_vanilla', r['trial_img_s'] / vanilla[r['model']]):.0f}%"
-             for r in rows if r['attention'] != 'none' and r['model'] in vanilla]
+    def key(row):
+        return row.get('backend', 'gluon'), row['model']
+    vanilla = {key(r): r['trial_img_s'] for r in rows if r['attention'] == 'none'}
+    several = len({r.get('backend', 'gluon') for r in rows}) > 1
+    parts = [(f"{r.get('backend', 'gluon')} " if several else '') + f"{r['model']} "
+             f"{r['attention']} "
+             f"{100 * r.get('vs_vanilla', r['trial_img_s'] / vanilla[key(r)]):.0f}%"
+             for r in rows if r['attention'] != 'none' and key(r) in vanilla]
     return 'speed against vanilla: ' + (', '.join(parts) if parts else 'no vanilla row')
 
 

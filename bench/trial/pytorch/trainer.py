@@ -6,7 +6,7 @@ loop owns the schedule, the batches and their augmentation (the same as Gluon's 
 the same seed), the metrics and the checkpoint state.
 
 Fast by construction: the split lives on the device as uint8 and each batch is one
-gather there; channels-last memory on GPUs; `torch.compile` as the recipe's
+gather there; channels-last memory; `torch.compile` as the recipe's
 `compile`; mixed precision as the recipe's `precision` (bfloat16 autocast, or
 float16 autocast with a gradient scaler), refused on the CPU.
 """
@@ -96,7 +96,9 @@ class TorchSession:
         self.recipe, self.device = spec.recipe, device
         check_precision(self.recipe, device)
         self.threads = use_trial_threads()
-        self.channels_last = device.type == 'cuda'
+        # Channels-last suits oneDNN's and cuDNN's convolutions alike: ResNet-20 trained
+        # 1.3x faster on 2 CPU cores with it (docs/backends.md).
+        self.channels_last = True
         net = get_model(spec.model, spec.attention, classes=data.classes,
                         attention_kwargs=spec.attention_kwargs, seed=spec.seed)
         net = net.to(device, memory_format=torch.channels_last if self.channels_last

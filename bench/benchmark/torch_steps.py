@@ -1,0 +1,57 @@
+"""Training steps of a PyTorch trial as the sweep runs them (its session's own step), for
+timing; each round ends with the device's queue empty."""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from bench.benchmark.timing import endless
+from bench.trial.batches import epoch_plan
+from bench.trial.pytorch.augment import DeviceImages
+from bench.trial.pytorch.trainer import TorchSession
+
+
+def _synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _session(spec, images, labels, device):
+    # The benchmark's images serve as both splits: only training steps are timed.
+    data = SimpleNamespace(train_images=images, train_labels=labels, test_images=images[:1],
+                           test_labels=labels[:1], classes=10)
+    return TorchSession(spec, data, device)
+
+
+def trial_stepper(spec, images, labels, device):
+    """One training step of a TorchSession on its on-device batches; `settle` waits for
+    the GPU, so each timed round holds all of its own work."""
+    device = torch.device(device)
+    session = _session(spec, images, labels, device)
+    rng = np.random.default_rng(0)
+    plans = endless(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
+
+    def step():
+        session.train_step(*session.train_images.batch(*next(plans)))
+    step.settle = lambda: _synchronize(device)
+    step()          # the first call builds (and with compile, compiles) what later ones reuse
+    step.settle()
+    return step
+
+
+def measure_data_pipeline(images, labels, device, batch_size, batches):
+    """Images/s of the torch DeviceImages batches alone, the device's queue emptied."""
+    import time
+    device = torch.device(device)
+    pipeline = DeviceImages(images, labels, device, channels_last=True)   # as the session's
+    plan = epoch_plan(np.random.default_rng(0), len(images), batch_size)
+    pipeline.batch(*plan[0])
+    _synchronize(device)
+    started = time.perf_counter()
+    done = 0
+    while done < batches:
+        for step in plan[:batches - done]:
+            pipeline.batch(*step)
+            done += 1
+    _synchronize(device)
+    return done * batch_size / (time.perf_counter() - started)
