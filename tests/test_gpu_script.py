@@ -1,0 +1,50 @@
+"""scripts/gpu_torch_benchmark.py: its arithmetic, and one small run on the CPU so that the
+script a GPU user runs is known to work."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'scripts' / 'gpu_torch_benchmark.py'
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location('gpu_torch_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_projection_adds_every_trial_and_divides_by_the_sharing_gain():
+    script = load_script()
+    rates = {(m, a, 'float32', False): rate
+             for m, rate in (('cifar_resnet20_v1', 10_000.0), ('cifar_resnet56_v1', 4_000.0))
+             for a in ('none', 'se', 'eca', 'gct')}
+    images = script.trial_images()
+    assert images == 186 * 390 * 128 + 186 * 10_000 / 3
+    hours, gain = script.projected_table_hours(rates, {1: 1000.0, 2: 1500.0, 4: 1400.0})
+    assert gain == 1.5
+    assert hours == pytest.approx(8 * images * (1 / 10_000 + 1 / 4_000) / 1.5 / 3600)
+    assert script.projected_table_hours({}, {1: 1.0}) is None
+
+
+@pytest.mark.slow
+def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
+    pytest.importorskip('torch', reason='the torch extra is not installed')
+    out = tmp_path / 'gpu.json'
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), '--device', 'cpu', '--models', 'cifar_resnet8_v1',
+         '--attentions', 'none', 'eca', '--steps', '2', '--batch-size', '16', '--sharing', '1',
+         '2', '--sharing-seconds', '1', '--no-compile', '--out', str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [(r['attention'], r['precision']) for r in result['rows']] == [
+        ('none', 'float32'), ('eca', 'float32')]   # bfloat16 only on a GPU
+    assert all(r['img_s'] > 0 for r in result['rows'])
+    assert set(result['sharing_img_s']) == {'1', '2'}
+    assert '2 trial(s) sharing the card' in done.stdout
