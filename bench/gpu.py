@@ -1,4 +1,7 @@
-"""Which GPUs are here, and whether MXNet's GPU build can run on them.
+"""Which GPUs are here, and whether the trial backend's build can run on them.
+
+The torch backend runs on whatever the installed PyTorch build carries code for
+(read from the build, see `torch_arch_list`); the gluon backend's limits follow.
 
 `mxnet-cu112==1.9.1` carries compiled code for sm_50, sm_60, sm_70, sm_80 and
 sm_86 and no PTX: it runs on Maxwell to Ampere, and on Ada (sm_89) through
@@ -171,22 +174,64 @@ def unsupported_message(gpu):
     return (f'{gpu.name} (GPU {gpu.index}) has compute capability '
             f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}). mxnet-cu112 1.9.1, the last '
             f'MXNet GPU release, runs on {SUPPORTED_TEXT}; it has no code for {gpu.sm} and '
-            'fails there with "no kernel image is available". Run on CPU '
-            '(resources.gpus_per_trial: 0) or on a supported card.')
+            'fails there with "no kernel image is available". Train with the torch backend '
+            '(recipe: {backend: torch}), which runs on it, or on CPU '
+            '(resources.gpus_per_trial: 0), or on a supported card.')
 
 
-def check_gpus(gpus_per_trial, gpus=None, gpu_build=None):
-    """Raise GPUError unless trials asking for `gpus_per_trial` GPUs can run here.
+def torch_arch_list():
+    """The GPU architectures the installed PyTorch build carries code for ('sm_90',
+    'compute_90', ...), or None for a build without CUDA. Imports torch: call it in a
+    trial's or a node check's process, never in the sweep's driver."""
+    import torch
+    if torch.version.cuda is None:
+        return None
+    flags = getattr(torch._C, '_cuda_getArchFlags', lambda: '')()
+    return flags.split() if flags else torch.cuda.get_arch_list()
+
+
+def torch_supports(capability, arches):
+    """Whether a card of `capability` runs a build for `arches`: machine code for its
+    major version at or below its minor (sm_80 runs on 8.6), or PTX at or below it."""
+    major, minor = capability
+    for arch in arches:
+        kind, _, number = arch.partition('_')
+        digits = ''.join(ch for ch in number if ch.isdigit())
+        if len(digits) < 2:
+            continue
+        arch_major, arch_minor = int(digits[:-1]), int(digits[-1])
+        if kind == 'sm' and arch_major == major and arch_minor <= minor \
+                and not number.endswith('a'):
+            return True
+        if kind == 'compute' and (arch_major, arch_minor) <= (major, minor):
+            return True
+    return False
+
+
+def _torch_unsupported_message(gpu, arches):
+    return (f'{gpu.name} (GPU {gpu.index}) has compute capability '
+            f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}), and the installed PyTorch '
+            f"build carries code for {' '.join(arches)} only. Install a PyTorch build for "
+            'this card (see pytorch.org for the CUDA builds), or run on CPU '
+            '(resources.gpus_per_trial: 0).')
+
+
+def check_gpus(gpus_per_trial, gpus=None, gpu_build=None, backend='gluon', torch_arches=False):
+    """Raise GPUError unless trials of `backend` asking for `gpus_per_trial` GPUs can run here.
 
     gpus: the cards to check (default: this machine's, through NVML);
-    gpu_build: whether MXNet is the CUDA build (default: look it up).
+    gpu_build: whether MXNet is the CUDA build (gluon; default: look it up);
+    torch_arches: the PyTorch build's architectures (torch; default: look them up,
+    None meaning a build without CUDA).
     Returns the cards checked.
     """
     if not gpus_per_trial:
         return []
-    if gpu_build is None:
+    if backend == 'gluon' and gpu_build is None:
         from models.cuda_runtime import gpu_build_installed
         gpu_build = gpu_build_installed()
+    if backend == 'torch' and torch_arches is False:
+        torch_arches = torch_arch_list()
     if gpus is None:
         gpus = physical_gpus()
     if not gpus:
@@ -201,8 +246,19 @@ def check_gpus(gpus_per_trial, gpus=None, gpu_build=None):
             'SLURM or cgroups, run inside the job that holds the GPUs; otherwise check '
             'the permissions of /dev/nvidia*, or set resources.gpus_per_trial: 0.')
     # Cards this process may not read are another job's (SLURM, cgroups): not ours.
+    if backend == 'torch':
+        if torch_arches is None:
+            raise GPUError('gpus_per_trial is set but the installed PyTorch is a build '
+                           'without CUDA. Install a CUDA build of PyTorch (pip install '
+                           'torch, or the index URL pytorch.org gives for your CUDA), or '
+                           'set resources.gpus_per_trial: 0.')
+        bad = [gpu for gpu in readable if not torch_supports(gpu.capability, torch_arches)]
+        if bad:
+            raise GPUError('\n'.join(_torch_unsupported_message(gpu, torch_arches)
+                                     for gpu in bad))
+        return readable
     # The capability comes first: on a card no MXNet build supports, installing the
-    # GPU build would not help.
+    # GPU build would not help; the torch backend would.
     bad = [gpu for gpu in readable if not gpu.supported]
     if bad:
         raise GPUError('\n'.join(unsupported_message(gpu) for gpu in bad))

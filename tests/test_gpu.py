@@ -281,3 +281,29 @@ def test_nvml_return_codes_uuids_and_mig_instances_are_read():
     assert visible_gpus(cards, 'MIG-8888-y') == [cards[2]]
     assert visible_gpus(cards, 'GPU-') == []          # not unique: CUDA stops there
     assert visible_gpus(cards, '1,GPU-nope,2') == [cards[1]]
+
+
+def test_the_torch_backend_is_checked_against_its_own_build():
+    """The gluon backend stops at sm_89; the torch backend runs wherever its build has code
+    (machine code of the card's major version at or below its minor, or PTX below it)."""
+    from bench.gpu import torch_supports
+    hopper = GPU(0, 'NVIDIA H100 80GB HBM3', (9, 0))
+    blackwell = GPU(1, 'NVIDIA B200', (10, 0))
+    ada = GPU(2, 'NVIDIA L4', (8, 9))
+    build = ['sm_50', 'sm_60', 'sm_70', 'sm_75', 'sm_80', 'sm_86', 'sm_90']
+    assert torch_supports((9, 0), build) and torch_supports((8, 9), build)
+    assert not torch_supports((10, 0), build)
+    assert torch_supports((10, 0), build + ['compute_90'])       # PTX, compiled by the driver
+    assert not torch_supports((9, 0), ['sm_90a'])                # arch-specific code only
+    assert check_gpus(1, gpus=[hopper, ada], backend='torch', torch_arches=build) == \
+        [hopper, ada]
+    with pytest.raises(GPUError, match=r'B200 \(GPU 1\) has compute capability 10.0 \(sm_100\), '
+                                       r'and the installed PyTorch build carries code for '
+                                       r'sm_50 .* sm_90 only'):
+        check_gpus(1, gpus=[hopper, blackwell], backend='torch', torch_arches=build)
+    with pytest.raises(GPUError, match='PyTorch is a build without CUDA'):
+        check_gpus(0.5, gpus=[hopper], backend='torch', torch_arches=None)
+    # The gluon backend refuses Hopper, and says which backend runs there.
+    with pytest.raises(GPUError, match=r'Train with the torch backend \(recipe: \{backend: '
+                                       r'torch\}\)'):
+        check_gpus(1, gpus=[hopper], gpu_build=True)

@@ -77,8 +77,9 @@ def cluster_devices(ray):
             f"{resources.get('GPU', 0):g} GPUs")
 
 
-def check_cluster_gpus(ray, gpus_per_trial):
-    """On every node that offers GPUs: a CUDA build of MXNet and only supported cards.
+def check_cluster_gpus(ray, gpus_per_trial, backends=('gluon',)):
+    """On every node that offers GPUs: cards that the trials' backends can use, and a CUDA
+    build of each backend's framework.
 
     Runs as a CPU-only task on each node, reading the cards through NVML, so no
     CUDA context is created before the trials start.
@@ -92,7 +93,8 @@ def check_cluster_gpus(ray, gpus_per_trial):
         from bench.gpu import GPUError as RemoteGPUError
         from bench.gpu import check_gpus, describe_gpus
         try:
-            return True, describe_gpus(check_gpus(gpus_per_trial))
+            checked = [check_gpus(gpus_per_trial, backend=backend) for backend in backends]
+            return True, describe_gpus(checked[0])
         except RemoteGPUError as error:
             return False, str(error)
     nodes = [n for n in ray.nodes() if n.get('Alive') and n.get('Resources', {}).get('GPU')]

@@ -77,7 +77,8 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     resources = cpu_fallback(config.resources, ray, progress)
     check_trials_fit(ray, resources)
     if resources.gpus_per_trial:
-        for description in check_cluster_gpus(ray, resources.gpus_per_trial):
+        backends = sorted({p.spec.recipe.backend for p in to_train})
+        for description in check_cluster_gpus(ray, resources.gpus_per_trial, backends):
             progress(description)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data),

@@ -33,7 +33,8 @@ def run_trial(param_space, data=None):
 
     if run.gpus:
         # Before the framework touches the device: an unsupported card gets one clear error.
-        check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()))
+        check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()),
+                   backend=run.spec.recipe.backend)
     backend = get_backend(run.spec.recipe.backend)
     session = backend.open_session(run.spec, data,
                                    backend.trial_devices(run.gpus, ray.get_gpu_ids()))
