@@ -86,6 +86,47 @@ def _nvml_gpus(nvml=None):
         nvml.nvmlShutdown()
 
 
+def driver_cuda_version(nvml=None):
+    """(major, minor) of the CUDA version the NVIDIA driver supports (NVML's
+    nvmlSystemGetCudaDriverVersion_v2, e.g. 11040 -> (11, 4)); None without a driver."""
+    try:
+        nvml = nvml or _load_nvml()
+    except NVMLUnavailable:
+        return None
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        version = ctypes.c_int()
+        if nvml.nvmlSystemGetCudaDriverVersion_v2(ctypes.byref(version)):
+            return None
+        return version.value // 1000, (version.value % 1000) // 10
+    finally:
+        nvml.nvmlShutdown()
+
+
+# MXNet 1.9.1 fuses the pointwise operators of hybridized graphs at run time: NVRTC
+# compiles them to PTX, which the driver loads. The pinned NVRTC 11.8 writes PTX ISA
+# 7.8, which drivers older than CUDA 11.8 (R520) refuse with
+# CUDA_ERROR_UNSUPPORTED_PTX_VERSION at the first forward pass.
+FUSION_MIN_DRIVER_CUDA = (11, 8)
+FUSION_ENV = 'MXNET_USE_FUSION'
+
+
+def gluon_fusion_setting(driver_cuda, environ=None):
+    """(whether MXNet's runtime fusion stays on, why) for a driver supporting CUDA
+    `driver_cuda`; sets MXNET_USE_FUSION=0 in `environ` (os.environ) when the driver is
+    too old for the PTX it would be given. Must run before MXNet is imported."""
+    environ = os.environ if environ is None else environ
+    if environ.get(FUSION_ENV) == '0':
+        return False, f'{FUSION_ENV}=0 set by the user'
+    if driver_cuda is None or driver_cuda >= FUSION_MIN_DRIVER_CUDA:
+        return True, 'on'
+    environ[FUSION_ENV] = '0'
+    return False, (f'off: the driver supports CUDA {driver_cuda[0]}.{driver_cuda[1]}, older '
+                   f'than the {FUSION_MIN_DRIVER_CUDA[0]}.{FUSION_MIN_DRIVER_CUDA[1]} (R520) '
+                   "that the PTX of MXNet's fused operators needs")
+
+
 def _nvml_gpu(nvml, index):
     handle = ctypes.c_void_p()
     code = nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
@@ -237,7 +278,8 @@ def check_gpus(gpus_per_trial, gpus=None, gpu_build=None, backend='gluon', torch
     if not gpus:
         raise GPUError('gpus_per_trial is set but no NVIDIA driver or GPU was found '
                        '(NVML and nvidia-smi did not answer). Install the NVIDIA driver '
-                       '(R450.80 or newer; CUDA 11 needs it), or set resources.gpus_per_trial: 0.')
+                       '(gluon: R450.80 or newer, R520 or newer for fused operators; torch: '
+                       "what the PyTorch build's CUDA needs), or set resources.gpus_per_trial: 0.")
     readable = [gpu for gpu in gpus if not gpu.problem]
     if not readable:
         raise GPUError(
@@ -267,6 +309,26 @@ def check_gpus(gpus_per_trial, gpus=None, gpu_build=None, backend='gluon', torch
                        '(`mxnet`). Install the GPU build instead: pip uninstall mxnet, then '
                        "pip install -c constraints.txt -e '.[gpu]' (or make MXNET_EXTRA=gpu).")
     return readable
+
+
+def check_local_gpus(num_gpus, backend, gpu_build=None, torch_arches=False):
+    """For a tool training on this machine (bench.train, bench.benchmark) with `num_gpus`
+    GPUs (None: every visible one the framework's build can use): GPUError where the
+    cards cannot run the backend, before the framework touches one; for gluon, the
+    fusion setting the driver allows (see gluon_fusion_setting), which is returned."""
+    cards = visible_gpus(physical_gpus())
+    if num_gpus is None:
+        if backend == 'gluon':
+            from models.cuda_runtime import gpu_build_installed
+            usable = gpu_build if gpu_build is not None else gpu_build_installed()
+        else:
+            usable = (torch_arch_list() if torch_arches is False else torch_arches) is not None
+        num_gpus = len(cards) if usable else 0
+    if not num_gpus or not cards:
+        return None     # the framework's own count tells the user what is missing
+    check_gpus(num_gpus, gpus=cards, gpu_build=gpu_build, backend=backend,
+               torch_arches=torch_arches)
+    return gluon_fusion_setting(driver_cuda_version())[1] if backend == 'gluon' else None
 
 
 def describe_gpus(gpus):

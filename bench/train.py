@@ -14,6 +14,7 @@ import sys
 
 from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from bench.fileio import write_json_atomic
+from bench.gpu import GPUError, check_local_gpus
 from bench.trial.recipe import BACKENDS, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
 from bench.trial.loop import TrainingDiverged, missing_framework
 from bench.trial.threads import use_cpus
@@ -98,6 +99,11 @@ def load_data(args):
 def _backend_trainer(spec, num_gpus):
     """(train function, devices, their description) of the spec's backend; RuntimeError or
     ValueError says why the devices asked for cannot be used."""
+    # The cards first, before the framework touches one (a Hopper card would otherwise
+    # end in MXNet's raw "no kernel image is available").
+    fusion = check_local_gpus(num_gpus, spec.recipe.backend)
+    if fusion and fusion != 'on':
+        print(f"MXNet's operator fusion {fusion}")
     if spec.recipe.backend == 'torch':
         from bench.trial.pytorch import trainer
         device = trainer.device_for(num_gpus)
@@ -136,7 +142,7 @@ def main(argv=None):
         parser.exit(2, f'error: {missing}\n')
     try:
         train, devices, where = _backend_trainer(spec, args.num_gpus)
-    except (RuntimeError, ValueError) as error:
+    except (GPUError, RuntimeError, ValueError) as error:
         parser.exit(2, f'error: {error}\n')
 
     from tqdm import tqdm

@@ -259,6 +259,12 @@ class FakeNVML:
         self._set(mig, 5000 + 10 * (handle.value - 1000) + slot)
         return 0
 
+    driver_cuda = 12020                                # CUDA 12.2 (an R535 driver)
+
+    def nvmlSystemGetCudaDriverVersion_v2(self, version):
+        self._set(version, self.driver_cuda)
+        return 0
+
 
 def test_nvml_return_codes_uuids_and_mig_instances_are_read():
     from bench.gpu import _nvml_gpus, describe_gpus
@@ -307,3 +313,61 @@ def test_the_torch_backend_is_checked_against_its_own_build():
     with pytest.raises(GPUError, match=r'Train with the torch backend \(recipe: \{backend: '
                                        r'torch\}\)'):
         check_gpus(1, gpus=[hopper], gpu_build=True)
+
+
+def test_old_drivers_turn_mxnet_fusion_off_and_say_so():
+    """NVRTC 11.8's PTX needs a driver for CUDA 11.8 (R520); R470 (CUDA 11.4) refuses it
+    at the first forward pass, so the gluon trial runs without runtime fusion there."""
+    from bench.gpu import driver_cuda_version, gluon_fusion_setting
+    nvml = FakeNVML({})
+    assert driver_cuda_version(nvml) == (12, 2)
+    nvml.driver_cuda = 11040
+    assert driver_cuda_version(nvml) == (11, 4)
+    environ = {}
+    on, why = gluon_fusion_setting((11, 4), environ)
+    assert not on and environ == {'MXNET_USE_FUSION': '0'}
+    assert why.startswith('off: the driver supports CUDA 11.4, older than the 11.8 (R520)')
+    environ = {}
+    assert gluon_fusion_setting((11, 8), environ) == (True, 'on') and environ == {}
+    assert gluon_fusion_setting(None, environ) == (True, 'on')
+    assert gluon_fusion_setting((12, 2), {'MXNET_USE_FUSION': '0'}) == \
+        (False, 'MXNET_USE_FUSION=0 set by the user')
+
+
+def test_a_framework_that_cannot_load_is_one_message(tmp_path, monkeypatch):
+    """The GPU build of MXNet on a machine without the driver dies at import on
+    libcuda.so.1; the trial says what that is and what to install."""
+    from bench.trial import loop
+    (tmp_path / 'broken_backend.py').write_text(
+        "raise OSError('libcuda.so.1: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(loop.BACKENDS, 'gluon', 'broken_backend')
+    with pytest.raises(loop.BackendUnavailable, match=r'backend gluon: mxnet is installed but '
+                       r'cannot be loaded here \(libcuda.so.1: cannot open shared object '
+                       r'file\). This is the GPU build on a machine without the NVIDIA driver'):
+        loop.get_backend('gluon')
+
+
+def test_the_tools_check_the_cards_before_the_framework_touches_one(
+        tiny_cifar_root, monkeypatch, capsys):
+    """bench.train and bench.benchmark on a Hopper card with the gluon backend: the card
+    check's message, not MXNet's "no kernel image is available"."""
+    import bench.gpu
+    from bench.benchmark.cli import main as benchmark_main
+    from bench.train import main as train_main
+    from models import cuda_runtime
+    monkeypatch.setattr(bench.gpu, 'physical_gpus',
+                        lambda: [GPU(0, 'NVIDIA H100 80GB HBM3', (9, 0))])
+    monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: True)
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    for main, extra in ((train_main, ['--data-root', str(tiny_cifar_root)]),
+                        (benchmark_main, [])):
+        with pytest.raises(SystemExit) as exit_code:
+            main(['--num-gpus', '1', *extra])
+        assert exit_code.value.code == 2
+        err = capsys.readouterr().err
+        assert 'NVIDIA H100 80GB HBM3 (GPU 0) has compute capability 9.0' in err
+        assert 'Train with the torch backend' in err
+    # The default (every visible GPU) with MXNet's CPU build trains on the CPU as before.
+    monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: False)
+    assert bench.gpu.check_local_gpus(None, 'gluon') is None

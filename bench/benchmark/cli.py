@@ -14,6 +14,7 @@ import tempfile
 from bench.benchmark import __doc__ as BENCHMARK_HELP
 from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
 from bench.fileio import write_json_atomic
+from bench.gpu import check_local_gpus
 from bench.trial.recipe import BACKENDS, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
 
@@ -69,6 +70,9 @@ def main(argv=None):
     ctx = torch_device = None
     where = []
     try:
+        for backend in backends:
+            check_local_gpus(min(args.num_gpus, 1) if args.num_gpus is not None else None,
+                             backend)
         if 'gluon' in backends:
             from bench.trial.gluon.devices import describe, trial_contexts
             from bench.trial.gluon.trainer import check_precision

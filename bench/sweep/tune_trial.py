@@ -17,7 +17,7 @@ from bench.trial.recipe import TrialRun
 
 DIVERGED_KEY = 'diverged'
 # What each trial reports about where and how it ran; kept in its final record.
-PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels')
+PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels', 'fusion')
 
 
 def run_trial(param_space, data=None):
@@ -28,13 +28,17 @@ def run_trial(param_space, data=None):
     threads = pin_cpus(run.cpus)   # before the framework is imported in this worker
     import ray
 
-    from bench.gpu import check_gpus, physical_gpus, visible_gpus
+    from bench.gpu import (check_gpus, driver_cuda_version, gluon_fusion_setting,
+                           physical_gpus, visible_gpus)
     from bench.trial.loop import TrainingDiverged, get_backend, run_epochs
 
+    fusion = None
     if run.gpus:
         # Before the framework touches the device: an unsupported card gets one clear error.
         check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()),
                    backend=run.spec.recipe.backend)
+        if run.spec.recipe.backend == 'gluon':
+            fusion = gluon_fusion_setting(driver_cuda_version())[1]
     backend = get_backend(run.spec.recipe.backend)
     session = backend.open_session(run.spec, data,
                                    backend.trial_devices(run.gpus, ray.get_gpu_ids()))
@@ -47,7 +51,7 @@ def run_trial(param_space, data=None):
 
         placement = {'node_id': ray.get_runtime_context().get_node_id(),
                      'omp_threads': threads, 'pid': os.getpid(),
-                     **session.describe()}
+                     'fusion': fusion, **session.describe()}
 
         def report(metrics, checkpoint_path):
             tune.report(dict(metrics, **placement),

@@ -52,12 +52,27 @@ def missing_framework(name):
             f"(or make install EXTRAS=... with {extra.split()[0]})")
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend's framework is installed but cannot be loaded here; the message says why
+    and what to do."""
+
+
 def get_backend(name='gluon'):
     """The module of backend `name`: it has `trial_devices(gpus_per_trial, gpu_ids)` and
-    `open_session(spec, data, devices)`."""
+    `open_session(spec, data, devices)`. BackendUnavailable where its framework fails to
+    load (MXNet's GPU build on a machine without the NVIDIA driver dies on libcuda.so.1)."""
     if name not in BACKENDS:
         raise KeyError(f"unknown trial backend {name!r}; valid: {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except OSError as error:
+        module, extra = BACKEND_FRAMEWORKS[name]
+        hint = (' This is the GPU build on a machine without the NVIDIA driver: install the '
+                "driver, or on a CPU-only machine the CPU build (pip uninstall mxnet-cu112, "
+                "then pip install -c constraints.txt -e '.[cpu]')"
+                if 'libcuda' in str(error) else '')
+        raise BackendUnavailable(f'backend {name}: {module} is installed but cannot be '
+                                 f'loaded here ({error}).{hint}') from None
 
 
 def run_epochs(session, spec, data, checkpoint_dir=None, resume_from=None, on_epoch=None,
