@@ -14,6 +14,8 @@ from bench.fileio import write_text_atomic
 from models.names import parse_model_name
 
 from .figures import write_figures
+from .reference import load_reference
+from .spread import REFERENCE_RULE, RULE
 from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
 from .store import (load_environment, load_histories, load_manifest, load_trials,
                     split_by_sweep)
@@ -42,6 +44,9 @@ def _title_and_caption(context, trials):
     recipes = sorted(set(trials['recipe']))
     recipe = json.loads(recipes[0]) if len(recipes) == 1 else None
     parts = [f"{context['finished']} of {context['total']} trials finished"]
+    if context['reference'] and not context['finished']:
+        parts.insert(0, 'Not reproduced yet: the original\'s published numbers stand under '
+                        'the cells, which are not trained here yet (TBA)')
     if not context['official']:
         parts.append('Trained on data that is not the official CIFAR-10')
     if context['seeds']:
@@ -53,12 +58,13 @@ def _title_and_caption(context, trials):
                      f"epoch{'s' if len(recipe['lr_decay_epochs']) > 1 else ''} "
                      f"{', '.join(map(str, recipe['lr_decay_epochs']))}, "
                      f"wd {recipe['wd']:g}")
-    parts.append(_backends_part(trials))
+    parts.append(_backends_part(trials, trained=bool(context['finished'])))
     revisions = sorted({(parse_model_name(m)[0], int(r)) for m, r in
                         zip(trials['model'], trials['network_revision'])})
     parts.append('Network definitions: ' + ', '.join(
         f'v{version} revision {revision}' for version, revision in revisions)
         + ' (the original repository\'s networks)')
+    parts += _reference_and_marks_parts(context)
     if 'train_loss' in context['metrics']:
         parts.append(ORIGINAL_LOSS_NOTE)
     if context['overhead']:
@@ -67,33 +73,51 @@ def _title_and_caption(context, trials):
     return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
 
 
+def _reference_and_marks_parts(context):
+    """The caption's account of the reference line under each cell and of the marks."""
+    parts = []
+    if context['reference']:
+        parts.append('Under each cell: orig, the value the original published, and our '
+                     'difference to it (accuracy in points); orig TBA where the original left '
+                     f"the cell out. Source: {context['reference']['source']}")
+    if context['most_seeds'] >= 2:
+        parts.append(f'† differs from vanilla by {RULE}'
+                     + (f'; * differs from orig by {REFERENCE_RULE}'
+                        if context['reference'] else ''))
+    elif context['finished']:
+        parts.append('One seed per cell: no difference between cells, or from the published '
+                     'values, can be judged against seed spread (train several seeds to judge)')
+    return parts
+
+
 BACKEND_LABELS = {'gluon': 'MXNet Gluon (backend gluon, the reference)',
                   'torch': 'PyTorch (backend torch)'}
 
 
-def _backends_part(trials):
-    """Which framework trained the table: one for all, or which cells each."""
+def _backends_part(trials, trained=True):
+    """Which framework trained the table (or will): one for all, or which cells each."""
     backends = trials['backend'].fillna('gluon') if 'backend' in trials else None
     if backends is None or backends.nunique() <= 1:
         name = 'gluon' if backends is None or backends.empty else backends.iloc[0]
-        return f'Trained with {BACKEND_LABELS.get(name, name)}'
+        return f"{'Trained' if trained else 'To be trained'} with {BACKEND_LABELS.get(name, name)}"
     cells = {}
     for (model, attention), backend in zip(zip(trials['model'], trials['attention']), backends):
         cells.setdefault(backend, set()).add(f'{model} {attention}')
-    return 'Trained with ' + '; '.join(
+    return f"{'Trained' if trained else 'To be trained'} with " + '; '.join(
         f"{BACKEND_LABELS.get(b, b)}: {', '.join(sorted(c))}" for b, c in sorted(cells.items()))
 
 
 def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,
-               layout=None, insert=False):
+               layout=None, insert=False, manifest=None):
     """Every report of the store at `store_dir`; returns the paths written.
 
     Only the trials the sweep consists of now (its sweep.json) enter the tables and
     figures; other stored trials are listed in report.html under their own heading.
-    `options` and `layout` default to the sweep's own.
+    `options` and `layout` default to the sweep's own; `manifest` to the store's
+    sweep.json (--report-only passes one where nothing can be recorded yet).
     """
     store_dir = Path(store_dir)
-    manifest = load_manifest(store_dir)
+    manifest = manifest or load_manifest(store_dir)
     options = dict(manifest.get('report') or {}, **(options or {}))
     layout = {'models': manifest['models'], 'attentions': manifest['attentions'],
               **(layout or {})}
@@ -103,7 +127,9 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
     histories = load_histories(store_dir, trials)
     context = table_context(trials, layout.get('models'), layout.get('attentions'),
                             metrics=options.get('metrics', ('val_loss', 'val_acc')),
-                            overhead=options.get('overhead', False))
+                            overhead=options.get('overhead', False),
+                            reference=options.get('reference') and load_reference(
+                                options['reference']))
     title, caption = _title_and_caption(context, trials)
     # Rendered by our own template with every value escaped, so it is markup to keep.
     table_html = Markup(render('readme_table.html.j2', **context).strip())
@@ -135,6 +161,8 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
                       problems=[(row['name'], problem) for row in trials.to_dict('records')
                                 for problem in row['problems']],
                       environment=_flatten(environment),
+                      reference=context['reference'],
+                      reference_rows=context['reference_rows'],
                       recipes=sorted(set(trials['recipe'])))
         written.append(_write_text(Path(report_path), html))
     return written

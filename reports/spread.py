@@ -25,6 +25,21 @@ class Difference:
         return self.judged and abs(self.difference) > STANDARD_ERRORS * self.standard_error
 
 
+REFERENCE_RULE = (f'more than {STANDARD_ERRORS} standard errors of our mean from the '
+                  'published value (a single run: only our seeds give a spread)')
+
+
+def difference_from_value(values, value):
+    """The Difference of the mean of `values` (our seeds) from one published `value`."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError('the cell needs at least one value')
+    gap = statistics.fmean(values) - float(value)
+    if len(values) < 2:
+        return Difference(gap, None, False)
+    return Difference(gap, statistics.stdev(values) / math.sqrt(len(values)), True)
+
+
 def difference(a, b):
     """The Difference of b's mean from a's, for two lists of per-seed values."""
     a, b = [float(v) for v in a], [float(v) for v in b]

@@ -1,8 +1,15 @@
 """The results table as plain data (a context for the Jinja templates)."""
+import json
 import math
 
 from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
+from models.architecture import network_counts
 from models.names import ATTENTION_NAMES, attention_label, model_sort_key
+
+from .spread import difference, difference_from_value
+
+# Metrics whose differences read best in percentage points.
+PROPORTIONS = {'val_acc', 'train_acc'}
 # Size columns shown with `overhead`: store field -> column label.
 OVERHEAD_COLUMNS = {'params': 'params', 'macs': 'MACs'}
 
@@ -42,12 +49,16 @@ def format_count(value):
 
 
 def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'val_acc'),
-                  overhead=False):
+                  overhead=False, reference=None):
     """Header groups and rows of the README table from the trials DataFrame.
 
     Rows are models and column groups attentions, in the given order (default:
     the order they appear in the store). A cell is mean ± std over finished
-    seeds, or TBA; the best value of each metric in a row is marked bold.
+    seeds, or TBA; the best value of each metric in a row is marked bold. An
+    attention's cell is marked (`beyond_vanilla`) where it differs from vanilla by
+    reports.spread's rule. With a `reference` (reports.reference.load_reference), a
+    cell of a metric and model it published carries the published value, our
+    difference to it, and `beyond_reference` by the same rule.
     """
     done = trials[trials['status'] == DONE]
     models = list(models) if models else sorted(set(trials['model']), key=model_sort_key)
@@ -56,11 +67,12 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
                'columns': [METRIC_LABELS[m] for m in metrics]
                + (list(OVERHEAD_COLUMNS.values()) if overhead else [])}
               for a in attentions]
-    rows = []
+    rows, reference_rows = [], []
     for model in models:
-        summaries = {(a, m): summarise(done[(done['model'] == model) &
-                                            (done['attention'] == a)][m].tolist())
-                     for a in attentions for m in metrics}
+        seeds = {(a, m): _finished(done[(done['model'] == model) &
+                                        (done['attention'] == a)][m].tolist())
+                 for a in attentions for m in metrics}
+        summaries = {key: summarise(values) for key, values in seeds.items()}
         best = {}
         for metric in metrics:
             present = [(summaries[(a, metric)][0], a) for a in attentions
@@ -72,9 +84,20 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
         for attention in attentions:
             for metric in metrics:
                 summary = summaries[(attention, metric)]
-                cells.append({'text': format_cell(summary),
-                              'bold': best.get(metric) == attention and summary is not None,
-                              'n': summary[2] if summary else 0})
+                cell = {'text': format_cell(summary),
+                        'bold': best.get(metric) == attention and summary is not None,
+                        'n': summary[2] if summary else 0,
+                        'beyond_vanilla': attention != 'none' and bool(
+                            seeds[(attention, metric)]) and bool(seeds.get(('none', metric)))
+                        and difference(seeds[('none', metric)],
+                                       seeds[(attention, metric)]).exceeds_spread}
+                if reference and metric in reference['metrics'] \
+                        and model in reference['models']:
+                    published = reference['values'].get((model, attention), {}).get(metric)
+                    cell.update(_reference_cell(seeds[(attention, metric)], published, metric))
+                    reference_rows.append(dict(cell, model=model, attention=attention,
+                                               metric=METRIC_LABELS[metric]))
+                cells.append(cell)
             if overhead:
                 cells += [{'text': _overhead_text(trials, model, attention, column),
                            'bold': False, 'n': 0} for column in OVERHEAD_COLUMNS]
@@ -82,17 +105,56 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
     data_names = sorted({str(n) for n in trials['data_name'].dropna()})
     official = bool(len(trials)) and bool(trials['data_official'].all())
     seeds = sorted({int(s) for s in done['seed']}) if len(done) else []
+    most_seeds = max((cell['n'] for row in rows for cell in row['cells']), default=0)
     return {'groups': groups, 'rows': rows, 'metrics': list(metrics), 'overhead': overhead,
             'official': official, 'data_names': data_names, 'seeds': seeds,
-            'finished': int(len(done)), 'total': int(len(trials))}
+            'finished': int(len(done)), 'total': int(len(trials)),
+            'reference': reference and {'name': reference['name'],
+                                        'source': reference['source']},
+            'reference_rows': reference_rows, 'most_seeds': most_seeds}
+
+
+def _finished(values):
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+
+
+def _reference_cell(values, published, metric):
+    """What a cell shows of the published value: 'orig 0.9171' and our difference to it
+    (accuracy in points), or 'orig TBA' where the reference left the cell out."""
+    if published is None:
+        return {'reference': 'orig TBA', 'delta': None, 'beyond_reference': False,
+                'published': None, 'two_se': None}
+    found = {'reference': f'orig {published:.4f}', 'published': published, 'delta': None,
+             'beyond_reference': False, 'two_se': None}
+    if values:
+        gap = difference_from_value(values, published)
+        found['delta'] = (f'{100 * gap.difference:+.2f} pt' if metric in PROPORTIONS
+                          else f'{gap.difference:+.4f}')
+        found['beyond_reference'] = gap.exceeds_spread
+        if gap.judged:
+            scale = 100 if metric in PROPORTIONS else 1
+            found['two_se'] = (f'{2 * scale * gap.standard_error:.2f} pt'
+                               if metric in PROPORTIONS else f'{2 * gap.standard_error:.4f}')
+    return found
 
 
 def _overhead_text(trials, model, attention, column):
-    """Vanilla: its count of `column` (params or macs); an attention: what it adds, and %."""
+    """Vanilla: its count of `column` (params or macs); an attention: what it adds, and %.
+    Counts come from the store, else from the architecture (models.architecture), so
+    cells not trained yet show them too."""
     def count_of(name):
-        found = trials[(trials['model'] == model) & (trials['attention'] == name)][column]
-        found = found.dropna()
-        return float(found.iloc[0]) if len(found) else None
+        rows = trials[(trials['model'] == model) & (trials['attention'] == name)]
+        found = rows[column].dropna()
+        if len(found):
+            return float(found.iloc[0])
+        if not len(rows):
+            return None
+        try:
+            params, macs = network_counts(model, name, json.loads(rows['attention_kwargs']
+                                                                  .iloc[0] or '{}'))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return float(params if column == 'params' else macs)
     own, vanilla = count_of(attention), count_of('none')
     if own is None:
         return '-'

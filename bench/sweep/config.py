@@ -83,6 +83,9 @@ class Outputs(_Strict):
 class ReportOptions(_Strict):
     metrics: List[Literal[REPORT_METRICS]] = Field(default_factory=lambda: ['val_loss', 'val_acc'])
     overhead: bool = True
+    # A published table shipped in reports/published/ to show beside ours (original: the
+    # original repository's README).
+    reference: Optional[Literal['original']] = None
 
 
 class SweepConfig(_Strict):
