@@ -12,6 +12,10 @@ import argparse
 import sys
 
 
+DOCTOR_HINT = ('python -m bench.doctor checks this machine in under a minute (frameworks, '
+               'driver, each GPU and which backend can use it) and says what to fix')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +127,8 @@ def _plan_and_train(loaded, args, only):
     if problems:
         for problem in problems:
             print(f'error: {problem}', file=sys.stderr)
+        if any('backend' in problem for problem in problems):
+            print(DOCTOR_HINT, file=sys.stderr)
         return 2
     if args.dry_run:
         print(format_plan(planned, loaded.config.resources,
@@ -132,6 +138,8 @@ def _plan_and_train(loaded, args, only):
         outcome = run_sweep(loaded, data, planned, address=args.address)
     except (SweepError, GPUError) as error:
         print(f'error: {error}', file=sys.stderr)
+        if isinstance(error, GPUError):
+            print(DOCTOR_HINT, file=sys.stderr)
         return 2
     # The plan again, from the store: statuses and epochs as the run left them.
     print(format_plan(plan(loaded, data.identity.to_dict(), only=only), loaded.config.resources))

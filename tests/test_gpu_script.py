@@ -48,3 +48,23 @@ def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
     assert all(r['img_s'] > 0 for r in result['rows'])
     assert set(result['sharing_img_s']) == {'1', '2'}
     assert '2 trial(s) sharing the card' in done.stdout
+
+
+def test_the_users_gpu_selfcheck_writes_a_valid_half_gpu_demo_sweep(tmp_path):
+    """scripts/gpu_selfcheck.sh derives its 0.5-GPU sweep from sweeps/demo.yaml with sed;
+    the result must stay a valid sweep of one epoch and two trials per card."""
+    script = (ROOT / 'scripts' / 'gpu_selfcheck.sh').read_text().replace('\\\n', ' ')
+    line = next(line for line in script.splitlines() if line.startswith('sed -e'))
+    expressions = [part.split("'")[1] if "'" in part else part.split('"')[1]
+                   for part in line.split(' -e ')[1:]]
+    expressions = [e.replace('$OUT', 'out') for e in expressions]
+    done = subprocess.run(['sed', *sum((['-e', e] for e in expressions), []),
+                           str(ROOT / 'sweeps' / 'demo.yaml')], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    from bench.sweep.config import parse_config
+    import yaml
+    config = parse_config(yaml.safe_load(done.stdout))
+    assert config.name == 'gpu-selfcheck' and config.resources.gpus_per_trial == 0.5
+    assert config.recipe.epochs == 1 and config.seeds == [0]
+    assert config.outputs.results == '../out/results'
+    assert subprocess.run(['bash', '-n', str(ROOT / 'scripts' / 'gpu_selfcheck.sh')]).returncode == 0
