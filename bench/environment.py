@@ -31,8 +31,17 @@ def git_commit(folder):
     return out.stdout.strip() + ('-dirty' if dirty.stdout.strip() else '')
 
 
+def describe_gpus_and_driver():
+    """This machine's GPUs (through NVML: no CUDA context) and the driver's CUDA version."""
+    from bench.gpu import describe_gpus, driver_cuda_version, physical_gpus
+    driver = driver_cuda_version()
+    return {'gpus': describe_gpus(physical_gpus()),
+            'driver_cuda': '.'.join(map(str, driver)) if driver else None}
+
+
 def describe_environment(folder, data_identity, devices):
     return {
+        **describe_gpus_and_driver(),
         'recorded_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
         'python': sys.version.split()[0],
         'platform': platform.platform(),

@@ -127,6 +127,23 @@ def gluon_fusion_setting(driver_cuda, environ=None):
                    "that the PTX of MXNet's fused operators needs")
 
 
+TF32_ENV = 'NVIDIA_TF32_OVERRIDE'
+
+
+def apply_tf32(recipe, environ=None):
+    """For a gluon trial: the recipe's tf32 off means NVIDIA_TF32_OVERRIDE=0, which cuDNN
+    and cuBLAS read when CUDA starts (so before MXNet is imported). Returns the setting as
+    recorded with the trial."""
+    environ = os.environ if environ is None else environ
+    if not recipe.tf32:
+        environ[TF32_ENV] = '0'
+        return 'off (NVIDIA_TF32_OVERRIDE=0)'
+    if environ.get(TF32_ENV) == '0':
+        raise GPUError(f'{TF32_ENV}=0 is set in the environment but the recipe has tf32 on; '
+                       f'unset it, or set recipe tf32: false so the results say so')
+    return 'on where the card has it (compute capability 8.0+)'
+
+
 def _nvml_gpu(nvml, index):
     handle = ctypes.c_void_p()
     code = nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))

@@ -14,7 +14,7 @@ import sys
 
 from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from bench.fileio import write_json_atomic
-from bench.gpu import GPUError, check_local_gpus
+from bench.gpu import GPUError, apply_tf32, check_local_gpus
 from bench.trial.recipe import BACKENDS, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
 from bench.trial.loop import TrainingDiverged, missing_framework
 from bench.trial.threads import use_cpus
@@ -56,6 +56,9 @@ def parse_args(argv=None):
                         help='gluon: hybridize the network or not')
     parser.add_argument('--compile', action='store_true',
                         help='torch: torch.compile the network')
+    parser.add_argument('--no-tf32', dest='tf32', action='store_false',
+                        help='strict float32 on GPUs that have TF32 (Ampere and newer); '
+                             "TF32 on is MXNet's default")
     parser.add_argument('--precision', choices=PRECISIONS, default=defaults.precision,
                         help='amp_float16 (both backends) or amp_bfloat16 (torch): mixed '
                              'precision, GPUs only')
@@ -86,7 +89,7 @@ def spec_from_args(args):
                     lr_decay_epochs=decay_epochs, momentum=args.momentum, wd=args.wd,
                     random_crop=args.random_crop, random_flip=not args.no_random_flip,
                     hybridize=args.mode == 'hybrid', precision=args.precision,
-                    backend=args.backend, compile=args.compile)
+                    backend=args.backend, compile=args.compile, tf32=args.tf32)
     return TrialSpec(model=args.model, attention=args.attention, seed=args.seed, recipe=recipe)
 
 
@@ -104,6 +107,8 @@ def _backend_trainer(spec, num_gpus):
     fusion = check_local_gpus(num_gpus, spec.recipe.backend)
     if fusion and fusion != 'on':
         print(f"MXNet's operator fusion {fusion}")
+    if spec.recipe.backend == 'gluon':
+        apply_tf32(spec.recipe)     # read when CUDA starts: before MXNet is imported
     if spec.recipe.backend == 'torch':
         from bench.trial.pytorch import trainer
         device = trainer.device_for(num_gpus)

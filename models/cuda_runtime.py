@@ -77,3 +77,15 @@ def preload_cuda_libraries(search_paths=None, load=None, force=False):
                     _loaded.append(path)
                     loaded.append(path)
     return loaded
+
+
+def loaded_library_versions():
+    """{'cuda': ..., 'cudnn': ...}: the versions of the CUDA runtime and cuDNN loaded for
+    MXNet, read from their file names (libcudnn.so.8.9.6 -> 8.9.6); {} where none."""
+    found = {}
+    for key, stem in (('cuda', 'libcudart.so.'), ('cudnn', 'libcudnn.so.')):
+        versions = [os.path.basename(path)[len(stem):] for path in _loaded
+                    if os.path.basename(path).startswith(stem)]
+        if versions:
+            found[key] = max(versions, key=len)
+    return found

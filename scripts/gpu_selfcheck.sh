@@ -31,7 +31,8 @@ for attention in none se eca gct; do
 done
 step fusion-off env MXNET_USE_FUSION=0 "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se
 step fusion-on env MXNET_USE_FUSION=1 "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se
-step tf32-off env NVIDIA_TF32_OVERRIDE=0 "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se
+step tf32-off "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se --no-tf32
+step tf32-off-torch "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se --no-tf32 --backend torch
 step tf32-on "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se
 step amp-gluon "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se --precision amp_float16
 step amp-torch "$PY" "${TRAIN[@]}" --num-gpus 1 --attention se --backend torch --precision amp_bfloat16

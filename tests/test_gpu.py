@@ -60,7 +60,8 @@ def test_preload_skips_what_is_not_installed(tmp_path, monkeypatch):
 
 def test_preload_does_nothing_on_a_cpu_install(fake_nvidia_tree, monkeypatch):
     monkeypatch.setattr(cuda_runtime, '_loaded', [])
-    assert cuda_runtime.gpu_build_installed() is False   # this machine has `mxnet`
+    # A CPU install (`mxnet`), faked so that the test holds with the gpu extra too.
+    monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: False)
     calls = []
     assert cuda_runtime.preload_cuda_libraries([fake_nvidia_tree], load=calls.append) == []
     assert calls == []
@@ -371,3 +372,33 @@ def test_the_tools_check_the_cards_before_the_framework_touches_one(
     # The default (every visible GPU) with MXNet's CPU build trains on the CPU as before.
     monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: False)
     assert bench.gpu.check_local_gpus(None, 'gluon') is None
+
+
+def test_tf32_is_a_recipe_option_recorded_with_each_trial():
+    """On by default (MXNet's default: cells from Ampere and newer differ from older cards'
+    in the last digits), off as NVIDIA_TF32_OVERRIDE=0 before CUDA starts; an environment
+    that turns it off behind the recipe's back is refused."""
+    from bench.gpu import apply_tf32
+    from bench.trial.recipe import Recipe
+    assert 'tf32' not in Recipe().to_dict()                     # earlier ids unchanged
+    assert Recipe(tf32=False).to_dict()['tf32'] is False
+    environ = {}
+    assert apply_tf32(Recipe(tf32=False), environ) == 'off (NVIDIA_TF32_OVERRIDE=0)'
+    assert environ == {'NVIDIA_TF32_OVERRIDE': '0'}
+    assert apply_tf32(Recipe(), {}).startswith('on where the card has it')
+    with pytest.raises(GPUError, match='set recipe tf32: false so the results say so'):
+        apply_tf32(Recipe(), {'NVIDIA_TF32_OVERRIDE': '0'})
+
+
+def test_the_environment_record_names_the_gpus_and_the_driver(monkeypatch):
+    import bench.gpu
+    from bench import environment
+    monkeypatch.setattr(bench.gpu, 'physical_gpus',
+                        lambda: [GPU(0, 'NVIDIA A100-SXM4-40GB', (8, 0))])
+    monkeypatch.setattr(bench.gpu, 'driver_cuda_version', lambda: (12, 2))
+    assert environment.describe_gpus_and_driver() == {
+        'gpus': 'GPU 0: NVIDIA A100-SXM4-40GB (sm_80, supported)', 'driver_cuda': '12.2'}
+    from models import cuda_runtime
+    monkeypatch.setattr(cuda_runtime, '_loaded', ['/x/libcudart.so.11.0',
+                                                  '/y/libcudnn.so.8', '/y/libcudnn.so.8.9.6'])
+    assert cuda_runtime.loaded_library_versions() == {'cuda': '11.0', 'cudnn': '8.9.6'}

@@ -21,6 +21,13 @@ from bench.trial.recipe import Recipe, TrialSpec  # noqa: E402
 from models.pytorch import load_gluon_parameters  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch):
+    """Every training here runs on the CPU, also on a machine with GPUs: results there
+    are bit-exact (cuDNN's autotuning and TF32 are not)."""
+    monkeypatch.setattr(torch_trainer, 'device_for', lambda num_gpus=None: torch.device('cpu'))
+
+
 def torch_spec(attention='eca', model='cifar_resnet8_v1', **recipe_changes):
     recipe = dict(epochs=2, batch_size=16, lr_decay_epochs=(1,), backend='torch')
     recipe.update(recipe_changes)

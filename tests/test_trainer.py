@@ -16,6 +16,14 @@ from bench.trial.gluon.trainer import METRICS, TrainingDiverged, train
 TINY_RECIPE = Recipe(epochs=2, batch_size=16, lr_decay_epochs=(1,))
 
 
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch):
+    """Every training here runs on the CPU, also on a machine with GPUs: results there
+    are bit-exact (cuDNN's autotuning and TF32 are not)."""
+    from bench.trial.gluon import trainer as gluon_trainer
+    monkeypatch.setattr(gluon_trainer, 'trial_contexts', lambda num_gpus=None: [mx.cpu()])
+
+
 def tiny_spec(attention='eca', **recipe_changes):
     recipe = Recipe(**{**TINY_RECIPE.to_dict(), **recipe_changes})
     return TrialSpec('cifar_resnet8_v1', attention, seed=3, recipe=recipe)

@@ -17,7 +17,8 @@ from bench.trial.recipe import TrialRun
 
 DIVERGED_KEY = 'diverged'
 # What each trial reports about where and how it ran; kept in its final record.
-PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels', 'fusion')
+PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels', 'fusion', 'cuda', 'cudnn',
+                  'tf32')
 
 
 def run_trial(param_space, data=None):
@@ -28,7 +29,7 @@ def run_trial(param_space, data=None):
     threads = pin_cpus(run.cpus)   # before the framework is imported in this worker
     import ray
 
-    from bench.gpu import (check_gpus, driver_cuda_version, gluon_fusion_setting,
+    from bench.gpu import (apply_tf32, check_gpus, driver_cuda_version, gluon_fusion_setting,
                            physical_gpus, visible_gpus)
     from bench.trial.loop import TrainingDiverged, get_backend, run_epochs
 
@@ -39,6 +40,7 @@ def run_trial(param_space, data=None):
                    backend=run.spec.recipe.backend)
         if run.spec.recipe.backend == 'gluon':
             fusion = gluon_fusion_setting(driver_cuda_version())[1]
+            apply_tf32(run.spec.recipe)
     backend = get_backend(run.spec.recipe.backend)
     session = backend.open_session(run.spec, data,
                                    backend.trial_devices(run.gpus, ray.get_gpu_ids()))

@@ -16,7 +16,7 @@ PRECISIONS = ('float32', 'amp_float16', 'amp_bfloat16')
 BACKEND_PRECISIONS = {'gluon': ('float32', 'amp_float16'), 'torch': PRECISIONS}
 # Options added after results were first stored: at their default they stay out of
 # to_dict, so the trial ids and checkpoints of earlier sweeps remain valid.
-LATER_OPTIONS = {'precision': 'float32', 'backend': 'gluon', 'compile': False}
+LATER_OPTIONS = {'precision': 'float32', 'backend': 'gluon', 'compile': False, 'tf32': True}
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class Recipe:
     precision: str = 'float32'        # float32 | amp_float16 | amp_bfloat16 (GPUs only)
     backend: str = 'gluon'            # gluon | torch
     compile: bool = False             # torch: torch.compile the network
+    # TF32 for float32 convolutions and matrix products on GPUs that have it (Ampere and
+    # newer): on is MXNet's default (cuDNN uses it unless NVIDIA_TF32_OVERRIDE=0), so
+    # cells from such cards differ from older cards' in the last digits; off makes them
+    # strictly float32. No effect on CPUs.
+    tf32: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, 'lr_decay_epochs', tuple(int(e) for e in self.lr_decay_epochs))

@@ -5,6 +5,8 @@ by the recipe on MXNet devices.
 seam); `train` is both together, a library function that takes the spec and the
 data, returns the per-epoch metrics and reports each epoch to a callback.
 """
+import os
+
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
@@ -182,7 +184,14 @@ class GluonSession:
         self.trainer.load_states(str(folder / TRAINER_FILE))
 
     def describe(self):
-        return {'devices': describe(self.contexts), 'kernels': kernels_used(self.contexts)}
+        """Where and with what the trial ran, recorded with its results."""
+        found = {'devices': describe(self.contexts), 'kernels': kernels_used(self.contexts)}
+        if any(ctx.device_type == 'gpu' for ctx in self.contexts):
+            from models.cuda_runtime import loaded_library_versions
+            found.update(loaded_library_versions())
+            found['tf32'] = 'off' if os.environ.get('NVIDIA_TF32_OVERRIDE') == '0' else \
+                'on where the card has it'
+        return found
 
 
 def trial_devices(gpus_per_trial, gpu_ids):

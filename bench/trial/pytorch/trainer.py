@@ -96,6 +96,11 @@ class TorchSession:
         self.recipe, self.device = spec.recipe, device
         check_precision(self.recipe, device)
         self.threads = use_trial_threads()
+        if device.type == 'cuda':
+            # The recipe's tf32 (on: MXNet's default) for cuDNN and cuBLAS alike;
+            # PyTorch's own default leaves matrix products in full float32.
+            torch.backends.cuda.matmul.allow_tf32 = self.recipe.tf32
+            torch.backends.cudnn.allow_tf32 = self.recipe.tf32
         # Channels-last suits oneDNN's and cuDNN's convolutions alike: ResNet-20 trained
         # 1.3x faster on 2 CPU cores with it (docs/backends.md).
         self.channels_last = True
@@ -191,8 +196,14 @@ class TorchSession:
             self.scaler.load_state_dict(saved['scaler'])
 
     def describe(self):
+        """Where and with what the trial ran, recorded with its results."""
         kernels = f'torch {torch.__version__}' + (' compiled' if self.recipe.compile else '')
-        return {'devices': describe(self.device), 'kernels': kernels}
+        found = {'devices': describe(self.device), 'kernels': kernels}
+        if self.device.type == 'cuda':
+            capability = torch.cuda.get_device_capability(self.device)
+            found.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                         tf32=('on' if self.recipe.tf32 and capability >= (8, 0) else 'off'))
+        return found
 
 
 def _check_finite(loss_sums, epoch, first_batch=0):
