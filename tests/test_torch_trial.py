@@ -21,6 +21,9 @@ from bench.trial.recipe import Recipe, TrialSpec  # noqa: E402
 from models.pytorch import load_gluon_parameters  # noqa: E402
 
 
+REAL_DEVICE_FOR = torch_trainer.device_for
+
+
 @pytest.fixture(autouse=True)
 def on_the_cpu(monkeypatch):
     """Every training here runs on the CPU, also on a machine with GPUs: results there
@@ -128,7 +131,7 @@ def test_mixed_precision_and_bad_devices_are_refused_with_what_to_change(data):
         torch_trainer.trial_devices(2, ['0', '1'])
     if not torch.cuda.is_available():
         with pytest.raises(torch_trainer.DeviceError, match='1 GPU asked for but 0 visible'):
-            torch_trainer.device_for(1)
+            REAL_DEVICE_FOR(1)
 
 
 def test_command_line_trains_with_the_torch_backend(tiny_cifar_root, tmp_path, capsys):
