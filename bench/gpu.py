@@ -130,6 +130,24 @@ def gluon_fusion_setting(driver_cuda, environ=None):
 TF32_ENV = 'NVIDIA_TF32_OVERRIDE'
 
 
+def share_card(gpus_per_trial, backend, environ=None):
+    """Settings that keep a trial holding a fraction of a card within its share, made
+    before the framework starts CUDA; returns what was set, as recorded with the trial.
+
+    Every process holds a CUDA context of its own (a few hundred MB); CUDA loads kernels
+    lazily (CUDA_MODULE_LOADING=LAZY) instead of all of cuDNN's and cuBLAS's up front;
+    MXNet's memory pool keeps (1 - share) of the card in reserve
+    (MXNET_GPU_MEM_POOL_RESERVE, a percentage); PyTorch's allocator is capped at the
+    share by the torch backend (torch.cuda.set_per_process_memory_fraction)."""
+    environ = os.environ if environ is None else environ
+    if not 0 < gpus_per_trial < 1:
+        return None
+    environ.setdefault('CUDA_MODULE_LOADING', 'LAZY')
+    if backend == 'gluon':
+        environ['MXNET_GPU_MEM_POOL_RESERVE'] = str(int(round(100 * (1 - gpus_per_trial))))
+    return f'{gpus_per_trial:g} of the card\'s memory, kernels loaded lazily'
+
+
 def apply_tf32(recipe, environ=None):
     """For a gluon trial: the recipe's tf32 off means NVIDIA_TF32_OVERRIDE=0, which cuDNN
     and cuBLAS read when CUDA starts (so before MXNet is imported). Returns the setting as

@@ -402,3 +402,14 @@ def test_the_environment_record_names_the_gpus_and_the_driver(monkeypatch):
     monkeypatch.setattr(cuda_runtime, '_loaded', ['/x/libcudart.so.11.0',
                                                   '/y/libcudnn.so.8', '/y/libcudnn.so.8.9.6'])
     assert cuda_runtime.loaded_library_versions() == {'cuda': '11.0', 'cudnn': '8.9.6'}
+
+
+def test_a_fraction_of_a_card_keeps_each_trial_within_its_share():
+    from bench.gpu import share_card
+    environ = {}
+    assert share_card(0.25, 'gluon', environ) == "0.25 of the card's memory, kernels loaded lazily"
+    assert environ == {'CUDA_MODULE_LOADING': 'LAZY', 'MXNET_GPU_MEM_POOL_RESERVE': '75'}
+    environ = {}
+    share_card(0.5, 'torch', environ)      # PyTorch's cap is set by its trial_devices
+    assert environ == {'CUDA_MODULE_LOADING': 'LAZY'}
+    assert share_card(1, 'gluon', environ := {}) is None and environ == {}

@@ -119,13 +119,19 @@ def test_a_non_finite_loss_stops_with_epoch_and_batch(data):
         train(torch_spec(lr=1e12, optimizer='sgd'), data)
 
 
-def test_mixed_precision_and_bad_devices_are_refused_with_what_to_change(data):
+def test_mixed_precision_and_bad_devices_are_refused_with_what_to_change(data, monkeypatch):
     with pytest.raises(ValueError, match='amp_bfloat16 needs a GPU, but this trial runs on cpu'):
         TorchSession(torch_spec(precision='amp_bfloat16'), data, 'cpu')
     with pytest.raises(ValueError, match='amp_float16 needs a GPU'):
         torch_trainer.check_precision(Recipe(backend='torch', precision='amp_float16'),
                                       torch.device('cpu'))
+    capped = []
+    monkeypatch.setattr(torch.cuda, 'set_per_process_memory_fraction',
+                        lambda fraction, device: capped.append((fraction, device)))
     assert torch_trainer.trial_devices(0.5, ['3']) == [torch.device('cuda', 0)]
+    assert capped == [(0.5, 0)]          # half a card: half its memory
+    assert torch_trainer.trial_devices(1, ['3']) == [torch.device('cuda', 0)]
+    assert capped == [(0.5, 0)]
     assert torch_trainer.trial_devices(0, []) == [torch.device('cpu')]
     with pytest.raises(torch_trainer.DeviceError, match='one GPU, but Ray assigned 2'):
         torch_trainer.trial_devices(2, ['0', '1'])

@@ -30,7 +30,7 @@ def run_trial(param_space, data=None):
     import ray
 
     from bench.gpu import (apply_tf32, check_gpus, driver_cuda_version, gluon_fusion_setting,
-                           physical_gpus, visible_gpus)
+                           physical_gpus, share_card, visible_gpus)
     from bench.trial.loop import TrainingDiverged, get_backend, run_epochs
 
     fusion = None
@@ -38,6 +38,7 @@ def run_trial(param_space, data=None):
         # Before the framework touches the device: an unsupported card gets one clear error.
         check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()),
                    backend=run.spec.recipe.backend)
+        share_card(run.gpus, run.spec.recipe.backend)
         if run.spec.recipe.backend == 'gluon':
             fusion = gluon_fusion_setting(driver_cuda_version())[1]
             apply_tf32(run.spec.recipe)

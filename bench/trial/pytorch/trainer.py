@@ -43,6 +43,9 @@ def trial_devices(gpus_per_trial, gpu_ids):
     if len(gpu_ids) > 1:
         raise DeviceError(f'the torch backend trains a trial on one GPU, but Ray assigned '
                           f'{len(gpu_ids)}; set resources.gpus_per_trial to 1 or less')
+    if gpus_per_trial < 1:
+        # Within its share of the card's memory, beside the trials that share it.
+        torch.cuda.set_per_process_memory_fraction(float(gpus_per_trial), 0)
     return [torch.device('cuda', 0)]
 
 
