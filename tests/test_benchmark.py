@@ -1,5 +1,6 @@
 """The benchmark command runs and prints its table; it asserts no times."""
 import os
+import time
 
 import pytest
 
@@ -148,10 +149,58 @@ def test_background_work_is_settled_inside_its_own_rounds():
     loader.settle = lambda: calls.append('settle')
     rates = interleaved_rates({'a': plain, 'b': loader}, batch_size=1, rounds=2,
                               batches_per_round=2, warmup=1)
-    assert calls == ['plain', 'loader', 'settle',                      # warm-up
-                     'plain', 'plain', 'loader', 'loader', 'settle',   # round 1
-                     'plain', 'plain', 'loader', 'loader', 'settle']   # round 2
+    assert calls == ['plain', 'loader', 'settle',                                # warm-up
+                     'plain', 'plain', 'settle', 'loader', 'loader', 'settle',   # round 1
+                     'plain', 'plain', 'settle', 'loader', 'loader', 'settle']   # round 2
     assert [len(r) for r in rates.values()] == [2, 2]
+
+
+class FakeEngine:
+    """MXNet's engine in miniature: one worker runs pushed work in order, while the
+    caller goes on; waiting for one result waits for everything pushed before it."""
+
+    def __init__(self):
+        import queue
+        import threading
+        self.work = queue.Queue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            seconds, done = self.work.get()
+            time.sleep(seconds)
+            done.set()
+
+    def push(self, seconds):
+        import threading
+        done = threading.Event()
+        self.work.put((seconds, done))
+        return done
+
+    def waitall(self):
+        self.push(0).wait()
+
+
+def test_a_slow_asynchronous_backward_is_charged_to_its_own_row():
+    """A stepper that returns once its loss is ready but leaves 50 ms of backward queued
+    per step is charged all of it; the cheap stepper timed after it none of it. (Bounds
+    that a slow machine only widens: sleeping overshoots, never undershoots.)"""
+    from bench.benchmark.timing import interleaved_rates
+    engine = FakeEngine()
+
+    def slow():                  # forward waited for, backward left running
+        engine.push(0).wait()
+        engine.push(0.05)
+
+    def fast():
+        engine.push(0).wait()
+    for step in (slow, fast):
+        step.settle = engine.waitall
+    rates = interleaved_rates({'slow': slow, 'fast': fast}, batch_size=1, rounds=3,
+                              batches_per_round=4, warmup=1)
+    assert max(rates['slow']) <= 1 / 0.05                # all of its 50 ms a step
+    # Charged slow's backlog, fast would run at slow's pace.
+    assert min(rates['fast']) > 5 * max(rates['slow'])
 
 
 def test_mixed_precision_benchmark_is_refused_on_the_cpu(capsys, monkeypatch):

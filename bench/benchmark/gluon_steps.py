@@ -2,6 +2,7 @@
 import contextlib
 import time
 
+import mxnet as mx
 import numpy as np
 from mxnet import autograd
 
@@ -54,6 +55,9 @@ def trial_stepper(spec, images, labels, ctx, mxnet_operators=False):
 
     def step():
         train_step(*device.batch(*next(plans)))
+    # The engine runs backward and the update after the loss is ready: a round ends
+    # when all of it is done (see timing.interleaved_rates).
+    step.settle = mx.nd.waitall
     # The first call builds the hybridized graph, which later calls reuse.
     with mxnet_operators_only() if mxnet_operators else contextlib.nullcontext():
         step()

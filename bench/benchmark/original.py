@@ -62,7 +62,11 @@ def original_stepper(spec, images, labels, ctx, workers):
     def step():
         x, y = batches.next()
         train_step(x.as_in_context(ctx), y.as_in_context(ctx))
-    step.settle = batches.settle
+
+    def settle():
+        batches.settle()
+        mx.nd.waitall()
+    step.settle = settle
     return step
 
 

@@ -22,11 +22,12 @@ def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3)
 
     The steppers take turns (round 1: a, b, c; round 2: a, b, c; ...), so a slow
     spell of a shared machine lands on all of them alike and their ratios hold.
-    A stepper with background work (a DataLoader's prefetching) has a `settle()`
-    that waits for it; its rounds end only when that work is done, so the work is
-    counted in its own time, not in that of the stepper timed next. Each of its
-    rounds then starts and ends with the prefetch buffer full: it is timed for
-    exactly the batches it trained on.
+    A stepper whose work runs on after it returns (MXNet's engine runs backward and
+    the update asynchronously; a DataLoader prefetches; a GPU queues kernels) has a
+    `settle()` that waits for all of it. Every timed round runs from a settled point
+    to a settled point: settled before the clock starts (untimed, so nothing of the
+    previous round is charged to it) and after its last step (timed, so all of its
+    own work is), and each stepper is charged exactly the work of its own batches.
     Returns {name: [images/s in round 1, round 2, ...]}.
     """
     def settle(step):
@@ -40,6 +41,7 @@ def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3)
     rates = {name: [] for name in steppers}
     for _ in range(rounds):
         for name, step in steppers.items():
+            settle(step)
             started = time.perf_counter()
             for _ in range(batches_per_round):
                 step()
