@@ -81,9 +81,8 @@ def _reference_and_marks_parts(context):
                      'difference to it (accuracy in points); orig TBA where the original left '
                      f"the cell out. Source: {context['reference']['source']}")
     if context['most_seeds'] >= 2:
-        parts.append(f'† differs from vanilla by {RULE}'
-                     + (f'; * differs from orig by {REFERENCE_RULE}'
-                        if context['reference'] else ''))
+        parts.append(f"†: this attention's mean and vanilla's are {RULE}"
+                     + (f'; *: our mean is {REFERENCE_RULE}' if context['reference'] else ''))
     elif context['finished']:
         parts.append('One seed per cell: no difference between cells, or from the published '
                      'values, can be judged against seed spread (train several seeds to judge)')

@@ -71,7 +71,7 @@ def format_comparison(rows, label_a, label_b):
             f"{number(row['standard_error'] and 2 * row['standard_error']):>7}  {verdict}")
     differ = sum(1 for row in rows if row['exceeds_spread'])
     judged = sum(1 for row in rows if row['judged'])
-    lines.append(f'{differ} of {judged} judged comparisons differ by {RULE}')
+    lines.append(f'{differ} of {judged} judged comparisons have means {RULE}')
     return '\n'.join(lines)
 
 

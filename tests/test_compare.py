@@ -46,7 +46,7 @@ def test_two_backends_stores_compared_cell_by_cell(tmp_path, capsys):
     assert not rows['none', 'val_acc']['exceeds_spread']
     assert rows['se', 'val_acc']['exceeds_spread']
     text = format_comparison(list(rows.values()), 'gluon', 'torch')
-    assert '1 of 2 judged comparisons differ by more than 2 standard errors' in text
+    assert '1 of 2 judged comparisons have means more than 2 standard errors' in text
     assert main([str(gluon), str(torch), '--metrics', 'val_acc']) == 0
     out = capsys.readouterr().out
     assert 'within spread' in out and 'differ' in out
@@ -130,8 +130,8 @@ def test_marks_follow_the_rule_and_one_seed_judges_nothing(tmp_path, capsys):
     assert '<sub>orig 0.9189 (-11.89 pt)</sub>' in text
     render_all(close, readme=readme)
     text = readme.read_text()
-    assert '† differs from vanilla by more than 2 standard errors' in text
-    assert '* differs from orig by more than 2 standard errors of our mean' in text
+    assert "†: this attention's mean and vanilla's are more than 2 standard errors" in text
+    assert '*: our mean is more than 2 standard errors of our mean from the published' in text
 
 
 def test_the_published_table_renders_before_anything_is_trained(tmp_path, capsys):

@@ -114,6 +114,33 @@ def test_a_torch_sweep_trains_resumes_and_reports_like_a_gluon_one(tmp_path, dat
     assert '2 trials: 2 done' in out and 'epoch 1/2' not in out
 
 
+def test_both_backends_sweeps_compared_against_their_seed_spread(tmp_path, data_root,
+                                                                   local_ray, capsys):
+    """The small version of docs/backends.md's comparison: the same cells, two seeds,
+    trained by each backend through run_sweep, then reports.compare on the two stores."""
+    pytest.importorskip('torch', reason='the torch extra is not installed')
+    from reports.compare import compare_stores, main as compare_main
+    stores = {}
+    for backend in ('gluon', 'torch'):
+        values = {'seeds': [0, 1], 'recipe': {'epochs': 2, 'batch_size': 16, 'lr': 0.01,
+                                              'lr_decay_epochs': [100], 'backend': backend}}
+        path = write_sweep(tmp_path, data_root, name=f'both-{backend}',
+                           models=['cifar_resnet8_v1'], attentions=['none', 'gct'],
+                           extra=values)
+        assert run_sweep.main(['--config', str(path), '--no-report']) == 0
+        stores[backend] = tmp_path / 'results' / f'both-{backend}'
+    rows = compare_stores(stores['gluon'], stores['torch'], ['val_acc', 'train_loss'])
+    assert [(r['attention'], r['metric']) for r in rows] == [
+        ('none', 'val_acc'), ('none', 'train_loss'), ('gct', 'val_acc'), ('gct', 'train_loss')]
+    for row in rows:
+        assert (row['backend_a'], row['backend_b']) == ('gluon', 'torch')
+        assert row['n_a'] == row['n_b'] == 2 and row['judged']
+        assert abs(row['difference']) < 1.0      # both learned the same task, roughly
+    capsys.readouterr()
+    assert compare_main([str(stores['gluon']), str(stores['torch'])]) == 0
+    assert 'judged comparisons have means' in capsys.readouterr().out
+
+
 def test_new_cells_train_alone(tmp_path, data_root, local_ray):
     run_loaded(write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1']))
     _, outcome, lines = run_loaded(write_sweep(tmp_path, data_root,
