@@ -192,6 +192,26 @@ def test_library_is_built_once_per_key_and_reused(tmp_path):
     assert [p.name for p in first.parent.iterdir() if p.name != '.lock'] == [first.name]
 
 
+def test_each_cpu_loads_the_widest_instruction_set_it_has_from_a_shared_cache(tmp_path):
+    """One build per level, each for exactly that level: the cache may be shared by
+    machines of different CPUs, and each gets its own vector width."""
+    info = tmp_path / 'cpuinfo'
+    info.write_text('flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512dq\n')
+    assert kernels.cpu_isa(str(info)) == 'avx512'
+    info.write_text('flags\t\t: fpu sse2 avx avx2 fma avx512f\n')    # AVX-512 foundation only
+    assert kernels.cpu_isa(str(info)) == 'avx2'
+    info.write_text('flags\t\t: fpu sse2\n')
+    assert kernels.cpu_isa(str(info)) == 'baseline'
+    assert kernels.cpu_isa(str(tmp_path / 'none')) == 'baseline'
+    assert kernels.isa_flags('avx2') == ['-mavx2', '-mfma'] and kernels.isa_flags('baseline') == []
+    # Two levels side by side in one cache; each loads where its level exists.
+    baseline = kernels.build_library(cache_dir=tmp_path / 'cache', isa='baseline')
+    assert baseline.name == 'libcab_channel_ops-baseline.so'
+    here = kernels.build_library(cache_dir=tmp_path / 'cache')
+    assert here.name == f'libcab_channel_ops-{kernels.cpu_isa()}.so'
+    assert kernels.kernel_isa() == kernels.cpu_isa()    # what this process loaded
+
+
 def test_missing_compiler_is_reported_and_falls_back(tmp_path, monkeypatch):
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
     monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / 'cache'))

@@ -58,6 +58,7 @@ def test_two_by_two_sweep_of_one_epoch_fills_the_store(tmp_path, data_root, loca
         assert final['epochs'] == 1 and 0 <= final['val_acc'] <= 1
         assert final['omp_threads'] == 1     # exactly the cpus_per_trial it was given
         assert final['kernels'] == 'fused'   # the attentions' C++ kernels ran on the CPU
+        assert final['kernel_isa'] in ('avx512', 'avx2', 'baseline')
         assert [row['epoch'] for row in store.read_history(trial_id)] == [1]
         assert store.checkpoint_epoch(trial_id) == 1
         spec = store.read_spec(trial_id)

@@ -151,9 +151,9 @@ def attention_overhead_summary(rows):
 
 def kernel_summary(rows):
     """Where the attention kernels came from, and what they gain where that was measured."""
-    from models.kernels import kernel_status
+    from models.kernels import kernel_isa, kernel_status
     loaded, detail = kernel_status()
-    line = (f'fused attention kernels: {detail}' if loaded
+    line = (f'fused attention kernels ({kernel_isa()}): {detail}' if loaded
             else f"fused attention kernels not used ({detail}): MXNet's operators")
     compared = [r for r in rows if 'mxnet_ops_vs_vanilla' in r]
     if compared:

@@ -17,8 +17,8 @@ from bench.trial.recipe import TrialRun
 
 DIVERGED_KEY = 'diverged'
 # What each trial reports about where and how it ran; kept in its final record.
-PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels', 'fusion', 'cuda', 'cudnn',
-                  'tf32')
+PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels', 'kernel_isa', 'fusion', 'cuda',
+                  'cudnn', 'tf32')
 
 
 def run_trial(param_space, data=None):

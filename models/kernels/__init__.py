@@ -5,7 +5,12 @@
 interface that the mxnet wheel ships (`mxnet/include/mxnet/lib_api.h` and
 `mxnet/src/lib_api.cc`). The library is compiled on first use with the system's
 C++ compiler (`$CXX`, else `g++`), cached under a key of its sources, the MXNet
-version and the compiler, and loaded with `mx.library.load`.
+version, the compiler and the instruction set, and loaded with `mx.library.load`.
+
+Instruction sets: one build per level (AVX-512, AVX2 + FMA, the x86-64 baseline),
+each compiled for exactly that level, and each process loads the widest its CPU
+has (`cpu_isa`). A cache shared by different machines (a cluster's home folder)
+then holds a build that runs on each, and every CPU gets its own vector width.
 
 Where it cannot be built, or with CHANNEL_ATTENTION_FUSED=0, the modules compute
 the same numbers with MXNet's own operators (models/attention/_spatial.py),
@@ -25,7 +30,14 @@ from pathlib import Path
 FUSED_ENV = 'CHANNEL_ATTENTION_FUSED'
 CACHE_ENV = 'CHANNEL_ATTENTION_KERNEL_CACHE'
 SOURCE = Path(__file__).with_name('channel_ops.cc')
-LIBRARY_NAME = 'libcab_channel_ops.so'
+LIBRARY_NAME = 'libcab_channel_ops-{isa}.so'
+# Instruction-set levels, widest first: (name, compiler flags, /proc/cpuinfo flags needed).
+ISA_LEVELS = (
+    ('avx512', ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma'],
+     {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq', 'avx2', 'fma'}),
+    ('avx2', ['-mavx2', '-mfma'], {'avx2', 'fma'}),
+    ('baseline', [], set()),
+)
 
 _lock = threading.Lock()
 _status = None     # (loaded, detail): detail is the library path, or why it is not loaded
@@ -54,9 +66,24 @@ def _compiler():
     return compiler
 
 
-def _build_key(compiler, include_dir, lib_api_source):
+def cpu_isa(cpuinfo='/proc/cpuinfo'):
+    """The widest of ISA_LEVELS this CPU has ('baseline' where its flags cannot be read)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return 'baseline'
+    flags = set(next((line.split(':', 1)[1].split() for line in text.splitlines()
+                      if line.startswith('flags')), []))
+    return next(name for name, _, needed in ISA_LEVELS if needed <= flags)
+
+
+def isa_flags(isa):
+    return next(flags for name, flags, _ in ISA_LEVELS if name == isa)
+
+
+def _build_key(compiler, include_dir, lib_api_source, isa):
     import mxnet
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(isa.encode())
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
     for part in (SOURCE.read_bytes(), (include_dir / 'mxnet' / 'lib_api.h').read_bytes(),
                  lib_api_source.read_bytes(), mxnet.__version__.encode(), version.encode()):
@@ -76,15 +103,17 @@ def _exclusive(lock_path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_library(cache_dir=None):
-    """Path of the compiled library, compiling it first if this key has no build yet."""
+def build_library(cache_dir=None, isa=None):
+    """Path of the compiled library for instruction set `isa` (default: this CPU's widest),
+    compiling it first if this key has no build yet."""
+    isa = isa or cpu_isa()
     compiler = _compiler()
     include_dir, lib_api_source = _mxnet_sources()
     if not lib_api_source.exists():
         raise KernelBuildError(f'this mxnet install has no {lib_api_source} to build against')
     target_dir = Path(cache_dir or default_cache_dir()) / _build_key(
-        compiler, include_dir, lib_api_source)
-    target = target_dir / LIBRARY_NAME
+        compiler, include_dir, lib_api_source, isa)
+    target = target_dir / LIBRARY_NAME.format(isa=isa)
     if target.exists():
         return target
     target_dir.mkdir(parents=True, exist_ok=True)
@@ -93,10 +122,11 @@ def build_library(cache_dir=None):
             return target
         handle, partial = tempfile.mkstemp(dir=target_dir, suffix='.so.partial')
         os.close(handle)
-        # Portable code (no -march=native): the cache may sit on storage shared
-        # by machines of different CPUs, and these loops are bound by memory speed.
+        # Exactly this level's instructions (no -march=native, which would tie the
+        # build to this CPU model): any CPU with the level runs it.
         command = [compiler, '-shared', '-fPIC', '-std=c++17', '-O3', '-fopenmp',
-                   '-I', str(include_dir), str(SOURCE), str(lib_api_source), '-o', partial]
+                   *isa_flags(isa), '-I', str(include_dir), str(SOURCE),
+                   str(lib_api_source), '-o', partial]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)
@@ -129,6 +159,15 @@ def kernel_status():
         if _status is None:
             _status = _load()
         return _status
+
+
+def kernel_isa():
+    """The instruction set of the loaded kernels (None where MXNet's operators run)."""
+    loaded, detail = kernel_status()
+    if not loaded:
+        return None
+    return next((name for name, _, _ in ISA_LEVELS
+                 if Path(detail).name == LIBRARY_NAME.format(isa=name)), None)
 
 
 def fused_kernels_available():

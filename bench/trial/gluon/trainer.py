@@ -186,6 +186,9 @@ class GluonSession:
     def describe(self):
         """Where and with what the trial ran, recorded with its results."""
         found = {'devices': describe(self.contexts), 'kernels': kernels_used(self.contexts)}
+        if found['kernels'] == 'fused':
+            from models.kernels import kernel_isa
+            found['kernel_isa'] = kernel_isa()
         if any(ctx.device_type == 'gpu' for ctx in self.contexts):
             from models.cuda_runtime import loaded_library_versions
             found.update(loaded_library_versions())
