@@ -297,7 +297,7 @@ def run_checks(with_ray=True, gpus=None, driver_cuda=False, resources=None,
     if installed('torch'):
         import torch
         devices = ['cuda:0'] if torch_arches and torch.cuda.is_available() and gpus else []
-        checks += check_torch_devices(devices or ['cpu'])
+        checks += check_torch_devices(devices)
         checks += check_torch_amp(devices)
         if installed('mxnet') and checks[1].status == OK:
             checks.append(check_gluon_against_torch())

@@ -47,9 +47,10 @@ def missing_framework(name):
     module, extra = BACKEND_FRAMEWORKS[name]
     if importlib.util.find_spec(module) is not None:
         return None
+    first = extra.split()[0]
     return (f"backend {name} needs {module}, which is not installed here: "
-            f"pip install -c constraints.txt -e '.[{extra.split()[0]}]' "
-            f"(or make install EXTRAS=... with {extra.split()[0]})")
+            f"pip install -c constraints.txt -e '.[{first}]', or `make install`, whose "
+            f"default (EXTRAS=cpu,torch) installs both backends")
 
 
 class BackendUnavailable(RuntimeError):
