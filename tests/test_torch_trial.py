@@ -13,7 +13,7 @@ from bench.trial.checkpoint import latest_checkpoint  # noqa: E402
 from bench.trial.data import load_cifar10  # noqa: E402
 from bench.trial.gluon.augment import DeviceImages as GluonImages  # noqa: E402
 from bench.trial.gluon.trainer import GluonSession  # noqa: E402
-from bench.trial.loop import TrainingDiverged  # noqa: E402
+from bench.trial.loop import TrainingDiverged, train_epoch  # noqa: E402
 from bench.trial.pytorch import trainer as torch_trainer  # noqa: E402
 from bench.trial.pytorch.augment import DeviceImages  # noqa: E402
 from bench.trial.pytorch.trainer import CHECKPOINT_FILE, TorchSession, train  # noqa: E402
@@ -75,7 +75,7 @@ def test_a_session_on_gluon_weights_evaluates_and_trains_its_first_batch_as_gluo
     load_gluon_parameters(session.net, gluon_session.net)
     np.testing.assert_allclose(session.evaluate(), gluon_session.evaluate(), rtol=1e-5)
     plan = epoch_plan(np.random.default_rng(0), len(data.train_images), 16)[:1]
-    ours, reference = session.train_epoch(plan, 0), gluon_session.train_epoch(plan, 0)
+    ours, reference = train_epoch(session, plan, 0), train_epoch(gluon_session, plan, 0)
     np.testing.assert_allclose(ours, reference, rtol=1e-5)
 
 

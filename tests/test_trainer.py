@@ -11,7 +11,8 @@ from bench.trial.checkpoint import (CheckpointMismatch, latest_checkpoint, list_
 from bench.trial.data import load_cifar10
 from bench.trial.recipe import Recipe, TrialSpec
 from bench.train import main as train_main
-from bench.trial.gluon.trainer import METRICS, TrainingDiverged, train
+from bench.trial.gluon.trainer import METRICS, train
+from bench.trial.loop import TrainingDiverged
 
 TINY_RECIPE = Recipe(epochs=2, batch_size=16, lr_decay_epochs=(1,))
 
@@ -165,7 +166,8 @@ def test_half_written_checkpoints_are_never_resumed_from(tiny_cifar_root, tmp_pa
 def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypatch,
                                                       check_every):
     # Every 2 batches: the bad batch is found by a later check than the first one.
-    monkeypatch.setattr(trainer_module, 'DIVERGENCE_CHECK_EVERY', check_every)
+    from bench.trial import loop
+    monkeypatch.setattr(loop, 'DIVERGENCE_CHECK_EVERY', check_every)
     data = load_cifar10(tiny_cifar_root, download=False)
     real_loss = trainer_module.make_loss
 

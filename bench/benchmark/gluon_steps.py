@@ -1,6 +1,7 @@
 """Training steps and epochs of a Gluon trial as the sweep runs them, for timing."""
 import contextlib
 import time
+from types import SimpleNamespace
 
 import mxnet as mx
 import numpy as np
@@ -9,7 +10,8 @@ from mxnet import autograd
 from bench.benchmark.timing import endless
 from bench.trial.batches import epoch_plan
 from bench.trial.gluon.augment import DeviceImages
-from bench.trial.gluon.trainer import build_parts, evaluate, train_epoch
+from bench.trial.gluon.trainer import GluonSession, build_parts
+from bench.trial.loop import train_epoch
 from models.kernels import mxnet_operators_only
 
 
@@ -65,13 +67,14 @@ def trial_stepper(spec, images, labels, ctx, mxnet_operators=False):
 
 
 def trial_epoch_fn(spec, train, test, ctx):
-    """One epoch as a trial runs it: bench.trainer's own training pass and evaluation."""
-    net, trainer, loss_fn = build_parts(spec, [ctx])
-    train_images, test_images = DeviceImages(*train, ctx), DeviceImages(*test, ctx)
+    """One epoch as a trial runs it: the Gluon session's training pass through the trial
+    loop, then its evaluation."""
+    data = SimpleNamespace(train_images=train[0], train_labels=train[1],
+                           test_images=test[0], test_labels=test[1], classes=10)
+    session = GluonSession(spec, data, [ctx])
     rng = np.random.default_rng(0)
 
     def epoch():
-        plan = epoch_plan(rng, train_images.count, spec.recipe.batch_size)
-        trained = train_epoch(net, trainer, loss_fn, train_images, plan, [ctx], 0, spec.recipe)
-        return trained, evaluate(net, loss_fn, test_images, [ctx], spec.recipe.batch_size)
+        plan = epoch_plan(rng, len(train[0]), spec.recipe.batch_size)
+        return train_epoch(session, plan, 0), session.evaluate()
     return epoch

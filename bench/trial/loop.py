@@ -9,7 +9,9 @@ state (epoch, history, RNG state).
 
 A session provides:
     set_learning_rate(lr)
-    train_epoch(plan, epoch, on_batch) -> (mean loss, accuracy, images seen)
+    train_batch(indices, rows, cols, flips) -> (summed loss, correct count), both left
+        on the device (waiting for them would stall a GPU's queue)
+    values(scalars) -> numpy array of such device scalars (this waits)
     evaluate() -> (mean loss, accuracy) on the test split
     save_weights(folder), load_weights(folder)   the framework's own files
     describe() -> {'devices': ..., 'kernels': ...}   where and how it ran
@@ -24,6 +26,9 @@ import numpy as np
 from bench.trial.batches import epoch_plan
 from bench.trial.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
+# How many batches may pass between checks for a non-finite loss: each check waits
+# for the device, so checking every batch would stall a GPU's queue.
+DIVERGENCE_CHECK_EVERY = 20
 # Backend name -> the module that opens its sessions (imported only when used).
 BACKENDS = {'gluon': 'bench.trial.gluon.trainer', 'torch': 'bench.trial.pytorch.trainer'}
 # Backend name -> (the framework's module, the extra that installs it).
@@ -76,6 +81,32 @@ def get_backend(name='gluon'):
                                  f'loaded here ({error}).{hint}') from None
 
 
+def train_epoch(session, plan, epoch, on_batch=None):
+    """One pass over `plan` through `session.train_batch`; returns (mean loss, accuracy,
+    images seen). The losses since the last look are brought to the host every
+    DIVERGENCE_CHECK_EVERY batches and at the end; a non-finite one stops the trial
+    at its batch."""
+    loss_sums, correct_sums = [], []
+    seen = checked = 0
+    for batch_index, (indices, rows, cols, flips) in enumerate(plan):
+        loss_sum, correct = session.train_batch(indices, rows, cols, flips)
+        loss_sums.append(loss_sum)
+        correct_sums.append(correct)
+        seen += len(indices)
+        if (batch_index + 1) % DIVERGENCE_CHECK_EVERY == 0 or batch_index + 1 == len(plan):
+            values = np.asarray(session.values(loss_sums[checked:]), dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise TrainingDiverged(epoch, checked + int(bad[0]), float(values[bad[0]]))
+            checked = len(loss_sums)
+        if on_batch is not None:
+            on_batch(batch_index + 1, len(plan))
+    if not seen:
+        return float('nan'), float('nan'), 0
+    return (float(np.sum(session.values(loss_sums), dtype=np.float64)) / seen,
+            float(np.sum(session.values(correct_sums), dtype=np.float64)) / seen, seen)
+
+
 def run_epochs(session, spec, data, checkpoint_dir=None, resume_from=None, on_epoch=None,
                on_batch=None):
     """Train `session` through the spec's remaining epochs; the per-epoch metrics.
@@ -106,7 +137,7 @@ def run_epochs(session, spec, data, checkpoint_dir=None, resume_from=None, on_ep
         session.set_learning_rate(lr)
         plan = epoch_plan(rng, len(data.train_images), recipe.batch_size,
                           random_crop=recipe.random_crop, random_flip=recipe.random_flip)
-        train_loss, train_acc, seen = session.train_epoch(plan, epoch, on_batch)
+        train_loss, train_acc, seen = train_epoch(session, plan, epoch, on_batch)
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = session.evaluate()
         if not math.isfinite(val_loss):

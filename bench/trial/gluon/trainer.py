@@ -8,7 +8,6 @@ data, returns the per-epoch metrics and reports each epoch to a callback.
 import os
 
 import mxnet as mx
-import numpy as np
 from mxnet import autograd, gluon
 
 from models import get_model
@@ -16,12 +15,9 @@ from models import get_model
 from bench.trial.gluon.augment import DeviceImages
 from bench.trial.batches import eval_batches
 from bench.trial.gluon.devices import describe, trial_contexts, trial_device_plan
-from bench.trial.loop import TrainingDiverged, run_epochs
+from bench.trial.loop import run_epochs
 from bench.store import HISTORY_FIELDS
 
-# How many batches may pass between checks for a non-finite loss: each check
-# waits for the device, so checking every batch would stall a GPU's pipeline.
-DIVERGENCE_CHECK_EVERY = 20
 # Each epoch's metrics are one row of the store's history.
 METRICS = HISTORY_FIELDS
 
@@ -100,45 +96,30 @@ def _sum_on_devices(parts):
     return total
 
 
-def train_epoch(net, trainer, loss_fn, images, plan, contexts, epoch, recipe, on_batch=None):
-    """One pass over `plan`; returns (mean loss, accuracy, images seen)."""
-    loss_sums, correct_sums = [], []
-    seen = checked = 0
-    for batch_index, (indices, rows, cols, flips) in enumerate(plan):
-        x, y = images.batch(indices, rows, cols, flips)
-        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
-        ys = gluon.utils.split_and_load(y, contexts, even_split=False)
-        with autograd.record():
-            outputs = [net(part) for part in xs]
-            losses = [loss_fn(out, label) for out, label in zip(outputs, ys)]
-        backward(losses, trainer, recipe)
-        trainer.step(len(indices))
-        loss_sums.append(_sum_on_devices([loss.sum() for loss in losses]))
-        correct_sums.append(_sum_on_devices(
-            [(out.argmax(axis=1) == label).sum() for out, label in zip(outputs, ys)]))
-        seen += len(indices)
-        if (batch_index + 1) % DIVERGENCE_CHECK_EVERY == 0 or batch_index + 1 == len(plan):
-            _check_finite(loss_sums[checked:], epoch, first_batch=checked)
-            checked = len(loss_sums)
-        if on_batch is not None:
-            on_batch(batch_index + 1, len(plan))
-    if not seen:
-        return float('nan'), float('nan'), 0
-    return _total(loss_sums) / seen, _total(correct_sums) / seen, seen
+def train_batch(net, trainer, loss_fn, x, y, contexts, recipe):
+    """One update on the batch (x, y), split over `contexts`; its summed loss and correct
+    count, left on the first device."""
+    xs = gluon.utils.split_and_load(x, contexts, even_split=False)
+    ys = gluon.utils.split_and_load(y, contexts, even_split=False)
+    with autograd.record():
+        outputs = [net(part) for part in xs]
+        losses = [loss_fn(out, label) for out, label in zip(outputs, ys)]
+    backward(losses, trainer, recipe)
+    trainer.step(x.shape[0])
+    return (_sum_on_devices([loss.sum() for loss in losses]),
+            _sum_on_devices([(out.argmax(axis=1) == label).sum()
+                             for out, label in zip(outputs, ys)]))
+
+
+def values_of(scalars):
+    """Host values of MXNet scalars (waits for them)."""
+    return mx.nd.stack(*scalars).asnumpy() if len(scalars) > 1 \
+        else scalars[0].asnumpy().reshape(1)
 
 
 def _total(scalars):
     return float(mx.nd.add_n(*scalars).asscalar()) if len(scalars) > 1 \
         else float(scalars[0].asscalar())
-
-
-def _check_finite(loss_sums, epoch, first_batch=0):
-    """Raise TrainingDiverged at the first non-finite loss among batches first_batch, ..."""
-    values = mx.nd.stack(*loss_sums).asnumpy() if len(loss_sums) > 1 \
-        else loss_sums[0].asnumpy().reshape(1)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise TrainingDiverged(epoch, first_batch + int(bad[0]), float(values[bad[0]]))
 
 
 def evaluate(net, loss_fn, images, contexts, batch_size):
@@ -167,9 +148,13 @@ class GluonSession:
     def set_learning_rate(self, lr):
         self.trainer.set_learning_rate(lr)
 
-    def train_epoch(self, plan, epoch, on_batch=None):
-        return train_epoch(self.net, self.trainer, self.loss_fn, self.train_images, plan,
-                           self.contexts, epoch, self.recipe, on_batch)
+    def train_batch(self, indices, rows, cols, flips):
+        x, y = self.train_images.batch(indices, rows, cols, flips)
+        return train_batch(self.net, self.trainer, self.loss_fn, x, y, self.contexts,
+                           self.recipe)
+
+    def values(self, scalars):
+        return values_of(scalars)
 
     def evaluate(self):
         return evaluate(self.net, self.loss_fn, self.test_images, self.contexts,

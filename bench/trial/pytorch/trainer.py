@@ -12,20 +12,16 @@ float16 autocast with a gradient scaler), refused on the CPU.
 """
 import os
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from bench.trial.batches import eval_batches
-from bench.trial.loop import TrainingDiverged, run_epochs
+from bench.trial.loop import run_epochs
 from bench.trial.pytorch.augment import DeviceImages
 from bench.trial.pytorch.optim import make_optimizer, set_learning_rate
 from bench.trial.threads import available_cpus
 from models.pytorch import get_model
 
-# How many batches may pass between checks for a non-finite loss: each check waits
-# for the device, so checking every batch would stall a GPU's queue.
-DIVERGENCE_CHECK_EVERY = 20
 # The checkpoint file of this backend (beside the loop's state.json).
 CHECKPOINT_FILE = 'torch.pt'
 AUTOCAST_DTYPES = {'amp_bfloat16': torch.bfloat16, 'amp_float16': torch.float16}
@@ -148,26 +144,12 @@ class TorchSession:
             self.optimizer.step()
         return loss_sum.detach(), (out.argmax(dim=1) == y).sum()
 
-    def train_epoch(self, plan, epoch, on_batch=None):
-        """One pass over `plan`; returns (mean loss, accuracy, images seen)."""
-        self.net.train()
-        loss_sums, correct_sums = [], []
-        seen = checked = 0
-        for batch_index, (indices, rows, cols, flips) in enumerate(plan):
-            loss_sum, correct = self.train_step(*self.train_images.batch(indices, rows, cols,
-                                                                         flips))
-            loss_sums.append(loss_sum)
-            correct_sums.append(correct)
-            seen += len(indices)
-            if (batch_index + 1) % DIVERGENCE_CHECK_EVERY == 0 or batch_index + 1 == len(plan):
-                _check_finite(loss_sums[checked:], epoch, first_batch=checked)
-                checked = len(loss_sums)
-            if on_batch is not None:
-                on_batch(batch_index + 1, len(plan))
-        if not seen:
-            return float('nan'), float('nan'), 0
-        return (float(torch.stack(loss_sums).sum()) / seen,
-                float(torch.stack(correct_sums).sum()) / seen, seen)
+    def train_batch(self, indices, rows, cols, flips):
+        return self.train_step(*self.train_images.batch(indices, rows, cols, flips))
+
+    def values(self, scalars):
+        """Host values of device scalars (waits for them)."""
+        return torch.stack(scalars).double().cpu().numpy()
 
     def evaluate(self):
         """(mean cross-entropy, accuracy) on every test image, unaugmented, in inference mode."""
@@ -207,14 +189,6 @@ class TorchSession:
             found.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                          tf32=('on' if self.recipe.tf32 and capability >= (8, 0) else 'off'))
         return found
-
-
-def _check_finite(loss_sums, epoch, first_batch=0):
-    """Raise TrainingDiverged at the first non-finite loss among batches first_batch, ..."""
-    values = torch.stack(loss_sums).float().cpu().numpy()
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise TrainingDiverged(epoch, first_batch + int(bad[0]), float(values[bad[0]]))
 
 
 def open_session(spec, data, devices):
