@@ -49,6 +49,16 @@ class MXNetOptimizer(torch.optim.Optimizer):
             if params:
                 self._update(group, params, self._decayed_gradients(group, params))
 
+    def _decayed_momenta(self, group, params, grads):
+        """Without momentum, SGD and NAG are MXNet's plain sgd_update: that step is taken
+        here and None returned. Otherwise the momenta, already times the momentum."""
+        if not group['momentum']:
+            torch._foreach_add_(params, grads, alpha=-group['lr'])
+            return None
+        moms = [s['mom'] for s in self._states(params, 'mom')]
+        torch._foreach_mul_(moms, group['momentum'])
+        return moms
+
     def _states(self, params, *names):
         states = [self.state[p] for p in params]
         for state, p in zip(states, params):
@@ -80,14 +90,10 @@ class MXNetAdam(MXNetOptimizer):
 
 class MXNetSGD(MXNetOptimizer):
     def _update(self, group, params, grads):
-        lr, momentum = group['lr'], group['momentum']
-        if not momentum:
-            torch._foreach_add_(params, grads, alpha=-lr)
-            return
-        moms = [s['mom'] for s in self._states(params, 'mom')]
-        torch._foreach_mul_(moms, momentum)
-        torch._foreach_add_(moms, grads, alpha=-lr)
-        torch._foreach_add_(params, moms)
+        moms = self._decayed_momenta(group, params, grads)
+        if moms is not None:
+            torch._foreach_add_(moms, grads, alpha=-group['lr'])
+            torch._foreach_add_(params, moms)
 
 
 class MXNetNAG(MXNetOptimizer):
@@ -97,11 +103,9 @@ class MXNetNAG(MXNetOptimizer):
 
     def _update(self, group, params, grads):
         lr, momentum = group['lr'], group['momentum']
-        if not momentum:
-            torch._foreach_add_(params, grads, alpha=-lr)
+        moms = self._decayed_momenta(group, params, grads)
+        if moms is None:
             return
-        moms = [s['mom'] for s in self._states(params, 'mom')]
-        torch._foreach_mul_(moms, momentum)
         torch._foreach_add_(params, moms, alpha=momentum)
         torch._foreach_add_(params, grads, alpha=-(1 + momentum) * lr)
         torch._foreach_add_(moms, grads, alpha=-lr)
