@@ -4,14 +4,15 @@
     models: [cifar_resnet20_v1, cifar_resnet56_v1]
     attentions: [none, se, eca, gct]
     seeds: [0]
-    recipe: {epochs: 186}                  # any Recipe field; the rest keep the original's
+    recipe: {epochs: 186}                  # any Recipe field (backend: torch too); the rest
+                                           # keep the original's
     overrides:                             # recipe or attention options for some cells
       - match: {attention: se}
         attention_kwargs: {reduction: 8}
     data: {root: null, download: true}     # or {dataset: demo}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.5, max_failures: 1}
     outputs: {results: results, readme: README.md, figures: figures, report: report.html}
-    report: {metrics: [val_loss, val_acc, train_loss], overhead: true}
+    report: {metrics: [val_loss, val_acc, train_loss], overhead: true, reference: original}
 
 Relative output paths are relative to the YAML file's folder.
 """
