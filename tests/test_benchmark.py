@@ -13,7 +13,8 @@ from bench.benchmark.rows import attention_overhead_summary, format_rows
 def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '2')   # main() would set it for the whole session
     out = tmp_path / 'rows.json'
-    assert main(['--models', 'cifar_resnet8_v1', '--attentions', 'none', 'eca', '--batches', '2',
+    assert main(['--num-gpus', '0',
+                 '--models', 'cifar_resnet8_v1', '--attentions', 'none', 'eca', '--batches', '2',
                  '--images', '256', '--batch-size', '32', '--workers', '1',
                  '--epoch-images', '96', '--epoch-rounds', '1', '--kernels-compare',
                  '--json', str(out)]) == 0
@@ -41,7 +42,8 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     pytest.importorskip('torch', reason='the torch extra is not installed')
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
     out = tmp_path / 'rows.json'
-    assert main(['--backend', 'both', '--models', 'cifar_resnet8_v1', '--attentions', 'none',
+    assert main(['--num-gpus', '0',
+                 '--backend', 'both', '--models', 'cifar_resnet8_v1', '--attentions', 'none',
                  'gct', '--batches', '2', '--rounds', '2', '--images', '128', '--batch-size',
                  '32', '--no-original', '--json', str(out)]) == 0
     text = capsys.readouterr().out
@@ -119,7 +121,8 @@ def test_cpu_peak_estimate_reads_clock_and_vector_units(tmp_path):
 def test_threads_compare_runs_child_processes_with_and_without_thread_setting(capsys, tmp_path,
                                                                               monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
-    assert main(['--models', 'cifar_resnet8_v1', '--attentions', 'none', '--batches', '2',
+    assert main(['--num-gpus', '0',
+                 '--models', 'cifar_resnet8_v1', '--attentions', 'none', '--batches', '2',
                  '--images', '96', '--batch-size', '32', '--workers', '1', '--no-original',
                  '--epoch-images', '64', '--epoch-rounds', '1', '--threads-compare']) == 0
     text = capsys.readouterr().out
@@ -131,7 +134,8 @@ def test_epoch_child_times_one_kind_only(tmp_path, monkeypatch):
     import json
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
     out = tmp_path / 'seconds.json'
-    assert main(['--models', 'cifar_resnet8_v1', '--images', '64', '--batch-size', '32',
+    assert main(['--num-gpus', '0',
+                 '--models', 'cifar_resnet8_v1', '--images', '64', '--batch-size', '32',
                  '--workers', '0', '--epoch-images', '64', '--epoch-rounds', '2',
                  '--epoch-child', 'original', '--json', str(out)]) == 0
     assert json.loads(out.read_text()) > 0     # the median of two timed epochs

@@ -190,6 +190,7 @@ def test_command_line_trains_one_cell(tiny_cifar_root, tmp_path, capsys):
     output = tmp_path / 'history.json'
     code = train_main(['--model', 'cifar_resnet8_v2', '--attention', 'se', '--num-epochs', '1',
                        '--batch-size', '16', '--lr-decay-epoch', '81,122', '--quiet',
+                       '--num-gpus', '0',
                        '--data-root', str(tiny_cifar_root), '--no-download',
                        '--checkpoint-dir', str(tmp_path / 'ckpt'), '--output', str(output)])
     assert code == 0
