@@ -177,8 +177,10 @@ def _trial_rows(trials):
                      'val_acc': number(trial['val_acc']),
                      'train_loss': number(trial['train_loss']),
                      'time': '' if seconds is None or seconds != seconds else f'{seconds:.0f}s',
-                     'error': (trial['error'] or '').strip().splitlines()[-1]
-                     if trial['error'] else '',
+                     # A missing error is None, or NaN where pandas 3 makes the
+                     # column strings: only text is an error.
+                     'error': trial['error'].strip().splitlines()[-1]
+                     if isinstance(trial['error'], str) and trial['error'].strip() else '',
                      'reason': trial.get('reason', '')})
     return rows
 
