@@ -101,3 +101,29 @@ def test_backends_are_found_by_name_and_the_loop_needs_no_framework():
     done = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_backend_whose_framework_is_missing_is_found_before_training(monkeypatch):
+    """Found without importing the framework, with the command that installs it; the
+    planner names the trials it stops, and torch trials ask for one GPU at most."""
+    import importlib.util
+
+    from bench.sweep.config import Resources
+    from bench.sweep.plan import PlannedTrial, backend_problems
+    from bench.trial import loop
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *args: None if name == 'torch'
+                        else real_find_spec(name, *args))
+    assert loop.missing_framework('gluon') is None
+    message = loop.missing_framework('torch')
+    assert message.startswith("backend torch needs torch, which is not installed here: pip "
+                              "install -c constraints-torch.txt -e '.[torch]'")
+    torch_spec = TrialSpec('cifar_resnet8_v1', 'se', 0, Recipe(backend='torch'))
+    planned = [PlannedTrial(f'id{i}', f'{torch_spec.name}-{i}', torch_spec, status, 0)
+               for i, status in enumerate(('pending', 'pending', 'done'))]
+    problems = backend_problems(planned, Resources(gpus_per_trial=2))
+    assert problems[0] == f'{torch_spec.name}-0 and 1 more: {message}'
+    assert 'backend torch trains a trial on one GPU; set resources.gpus_per_trial to 1 ' \
+           'or less (it is 2)' in problems[1]
+    assert backend_problems(planned[2:], Resources(gpus_per_trial=2)) == []   # nothing trains

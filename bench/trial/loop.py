@@ -1,7 +1,8 @@
 """The trial seam: the epochs of one trial, whatever framework trains it.
 
-A backend (`bench.trial.gluon.trainer` for MXNet Gluon, the reference) opens a session for a
-spec, its data and its devices. This loop drives the session through one small
+A backend (`bench.trial.gluon.trainer` for MXNet Gluon, the reference;
+`bench.trial.pytorch.trainer` for PyTorch) opens a session for a spec, its data and its
+devices. This loop drives the session through one small
 interface and owns everything that must not differ between backends: the
 learning-rate schedule, the batches and augmentation of each epoch (drawn from
 the spec's seed), the metrics of an epoch, divergence, and the checkpoint's
@@ -31,8 +32,13 @@ from bench.trial.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 DIVERGENCE_CHECK_EVERY = 20
 # Backend name -> the module that opens its sessions (imported only when used).
 BACKENDS = {'gluon': 'bench.trial.gluon.trainer', 'torch': 'bench.trial.pytorch.trainer'}
-# Backend name -> (the framework's module, the extra that installs it).
-BACKEND_FRAMEWORKS = {'gluon': ('mxnet', 'cpu (or gpu)'), 'torch': ('torch', 'torch')}
+# Backend name -> (the framework's module, how to install it).
+BACKEND_FRAMEWORKS = {
+    'gluon': ('mxnet', "pip install -c constraints.txt -e '.[cpu]' ('.[gpu]' for MXNet's "
+                       'CUDA build)'),
+    'torch': ('torch', "pip install -c constraints-torch.txt -e '.[torch]' (beside MXNet: "
+                       '-c constraints.txt)'),
+}
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,13 +55,11 @@ class TrainingDiverged(RuntimeError):
 def missing_framework(name):
     """Why backend `name` cannot run in this environment (None when it can), found without
     importing the framework."""
-    module, extra = BACKEND_FRAMEWORKS[name]
+    module, install = BACKEND_FRAMEWORKS[name]
     if importlib.util.find_spec(module) is not None:
         return None
-    first = extra.split()[0]
-    return (f"backend {name} needs {module}, which is not installed here: "
-            f"pip install -c constraints.txt -e '.[{first}]', or `make install`, whose "
-            f"default (EXTRAS=cpu,torch) installs both backends")
+    return (f'backend {name} needs {module}, which is not installed here: {install}, or '
+            '`make install`, whose default (EXTRAS=cpu,torch) installs both backends')
 
 
 class BackendUnavailable(RuntimeError):
@@ -72,7 +76,7 @@ def get_backend(name='gluon'):
     try:
         return importlib.import_module(BACKENDS[name])
     except OSError as error:
-        module, extra = BACKEND_FRAMEWORKS[name]
+        module, _ = BACKEND_FRAMEWORKS[name]
         hint = (' This is the GPU build on a machine without the NVIDIA driver: install the '
                 "driver, or on a CPU-only machine the CPU build (pip uninstall mxnet-cu112, "
                 "then pip install -c constraints.txt -e '.[cpu]')"
