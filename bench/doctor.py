@@ -154,12 +154,17 @@ def check_torch_devices(devices):
                                 'forward+backward ' + ('finite' if finite else 'NOT finite')))
         for device in devices:
             out, grad, _ = _torch_pass(attention, device, reference[2])
-            worst = max(_relative(out, reference[0]), _relative(grad, reference[1]))
-            status = OK if worst <= DEVICE_RTOL else FAIL
-            checks.append(Check(f'torch {attention} on {device}', status,
-                                f'forward+backward within {worst:.1e} of the CPU',
-                                '' if status == OK else 'report this with bench.doctor\'s output'))
+            checks.append(_against_cpu(f'torch {attention} on {device}', (out, grad),
+                                       reference[:2]))
     return checks
+
+
+def _against_cpu(name, results, reference):
+    """A device's (output, input gradient) against the CPU's, as one Check."""
+    worst = max(_relative(ours, cpu) for ours, cpu in zip(results, reference))
+    status = OK if worst <= DEVICE_RTOL else FAIL
+    return Check(name, status, f'forward+backward within {worst:.1e} of the CPU',
+                 '' if status == OK else "report this with bench.doctor's output")
 
 
 def _gluon_pass(net, x, ctx):
@@ -187,12 +192,8 @@ def check_gluon_devices(contexts):
         net.initialize(mx.init.Xavier(), ctx=[mx.cpu()] + list(contexts))
         reference = _gluon_pass(net, x, mx.cpu())
         for ctx in contexts:
-            out, grad = _gluon_pass(net, x, ctx)
-            worst = max(_relative(out, reference[0]), _relative(grad, reference[1]))
-            status = OK if worst <= DEVICE_RTOL else FAIL
-            checks.append(Check(f'gluon {attention} on {ctx}', status,
-                                f'forward+backward within {worst:.1e} of the CPU',
-                                '' if status == OK else "report this with bench.doctor's output"))
+            checks.append(_against_cpu(f'gluon {attention} on {ctx}', _gluon_pass(net, x, ctx),
+                                       reference))
     return checks
 
 
