@@ -15,7 +15,7 @@ preload_cuda_libraries()
 _EXPORTS = {
     'ATTENTIONS': '.attention', 'UnknownNameError': '.names',
     'create_attention': '.attention', 'get_attention': '.attention',
-    'MODELS': '.names', 'get_model': '.cifar_resnet',
+    'MODELS': '.names', 'get_model': '.cifar_resnet', 'load_parameters': '.cifar_resnet',
     'NETWORK_REVISIONS': '.names', 'network_revision': '.names',
     'ATTENTION_NAMES': '.names', 'parse_attention_name': '.names',
     'parse_model_name': '.names',

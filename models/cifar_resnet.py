@@ -16,6 +16,7 @@ trained with it; with the same weights the two v2 networks give different output
 The attention sits on the residual branch, after the block body and before the
 addition to the shortcut.
 """
+from mxnet import nd
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
@@ -23,7 +24,7 @@ from .architecture import STAGE_CHANNELS, attention_options, stage_plans
 from .attention import get_attention
 from .attention._spatial import spatial_mean
 from .kernels import use_fused_kernels
-from .names import parse_model_name
+from .names import RETIRED_PARAMETERS, parse_model_name
 
 
 def _conv3x3(channels, stride, in_channels):
@@ -144,3 +145,20 @@ def get_model(name, attention='none', classes=10, attention_kwargs=None, **kwarg
     return CIFARResNet(version, (depth - 2) // 6, classes=classes,
                        attention_class=attention_class,
                        attention_kwargs=attention_kwargs, **kwargs)
+
+
+def load_parameters(net, path, ctx=None):
+    """`net.load_parameters(path, ctx)`, also for files of earlier versions that hold
+    parameters the networks have since dropped (models.names.RETIRED_PARAMETERS, e.g.
+    ECA's constant `shifts` in a checkpoint of an unfinished trial): those are skipped.
+    Any other parameter the network lacks is refused, naming it; a missing one too."""
+    stored = set(nd.load(str(path)))
+    # Structural names, the ones save_parameters writes.
+    unknown = stored - set(net._collect_params_with_prefix())
+    strangers = sorted(n for n in unknown if n.rpartition('.')[2] not in RETIRED_PARAMETERS)
+    if strangers:
+        shown = ', '.join(strangers[:5]) + (f' and {len(strangers) - 5} more'
+                                            if len(strangers) > 5 else '')
+        raise ValueError(f'{path} holds parameters this network does not have ({shown}): '
+                         f'it was saved from another model or attention')
+    net.load_parameters(str(path), ctx=ctx, ignore_extra=bool(unknown))

@@ -21,6 +21,13 @@ MODELS = tuple(f'cifar_resnet{depth}_v{version}'
 #   block input, as the original repository does (revision 1 took it after BN-ReLU).
 NETWORK_REVISIONS = {1: 1, 2: 2}
 
+# Parameters that weight files of earlier versions hold and the networks no longer
+# have, by their last name component; loading skips them. They never changed what a
+# network computes (else the revision above would have been bumped).
+#   shifts: ECA's constant shift matrices (k x C x C), from which the channel
+#   convolution used to be built as a banded matrix product.
+RETIRED_PARAMETERS = ('shifts',)
+
 
 # The attention registry's names in table order, the tables' labels, and the options
 # each module's constructor takes after the channel count.

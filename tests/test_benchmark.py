@@ -28,6 +28,10 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
     assert rows[0]['vs_vanilla'] == 1.0 and rows[1]['vs_vanilla'] > 0
     assert rows[1]['mxnet_ops_img_s'] > 0 and 'mxnet_ops_img_s' not in rows[0]
     assert "with MXNet's operators instead: cifar_resnet8_v1 eca" in text
+    # What the extension interface alone costs, measured on the vanilla row.
+    assert rows[0]['extension_floor_vs_vanilla'] > 0
+    assert 'extension_floor_vs_vanilla' not in rows[1]
+    assert 'no fused attention can beat it): cifar_resnet8_v1 ' in text
     assert 'fused attention kernels (' in text          # with the instruction set in use
     for row in rows:
         for key in ('data_img_s', 'trial_img_s', 'original_img_s'):

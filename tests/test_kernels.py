@@ -1,4 +1,4 @@
-"""The fused C++ channel kernels: built, loaded, equal to numpy and to MXNet's own operators."""
+"""The fused C++ attention kernels: built, loaded, equal to numpy and to MXNet's own operators."""
 import warnings
 
 import mxnet as mx
@@ -8,7 +8,8 @@ from mxnet import autograd
 
 import models.kernels as kernels
 from models import ATTENTIONS, get_model
-from models.attention._spatial import scale_channels, spatial_mean, spatial_sum_of_squares
+from models.attention import ECA, GCT, SE
+from models.attention._spatial import scale_channels
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -35,44 +36,83 @@ def _with_gradients(function, *arrays):
 
 
 @pytest.mark.parametrize('shape', [(3, 5, 4, 6), (2, 16, 1, 1), (1, 3, 7)])
-def test_kernels_match_numpy_forward_and_backward(shape):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=shape).astype(np.float32)
-    weights = rng.normal(size=shape[:2]).astype(np.float32)
+def test_the_heads_pooling_kernel_matches_numpy_forward_and_backward(shape):
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     axes = tuple(range(2, len(shape)))
     expand = (slice(None), slice(None)) + (None,) * len(axes)
-
-    out, (dx, dw), head = _with_gradients(mx.nd.cab_channel_scale, x, weights)
-    np.testing.assert_allclose(out, x * weights[expand], rtol=1e-6)
-    np.testing.assert_allclose(dx, head * weights[expand], rtol=1e-6)
-    np.testing.assert_allclose(dw, (head * x).sum(axis=axes), rtol=1e-5, atol=1e-5)
-
     out, (dx,), head = _with_gradients(mx.nd.cab_channel_mean, x)
     np.testing.assert_allclose(out, x.mean(axis=axes), rtol=1e-5, atol=1e-6)
     spatial = int(np.prod(shape[2:]))
     np.testing.assert_allclose(dx, np.broadcast_to(head[expand] / spatial, shape), rtol=1e-6)
 
-    out, (dx,), head = _with_gradients(mx.nd.cab_channel_sum_of_squares, x)
-    np.testing.assert_allclose(out, (x ** 2).sum(axis=axes), rtol=1e-5)
-    np.testing.assert_allclose(dx, 2 * head[expand] * x, rtol=1e-6)
+
+ATTENTION_CASES = [(SE, {'reduction': 4}), (SE, {'reduction': 16}), (ECA, {'kernel_size': 1}),
+                   (ECA, {'kernel_size': 3}), (ECA, {'kernel_size': 5}), (GCT, {})]
+SHAPES = [(4, 16, 8, 8), (3, 5, 4, 6), (2, 16, 1, 1), (1, 7, 3), (2, 64, 2, 3)]
+
+
+def _module_step(attention_class, kwargs, shape, hybridize):
+    """Output, input gradient and parameter gradients of one module, from fixed values
+    (parameters far from their identity initialisation, so every path carries signal)."""
+    module = attention_class(shape[1], **kwargs)
+    module.initialize()
+    rng = np.random.default_rng(5)
+    for param in module.collect_params().values():
+        param.set_data(mx.nd.array(rng.normal(0.0, 0.7, size=param.shape)))
+    if hybridize:
+        module.hybridize()
+    data = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    out, (dx,), _ = _with_gradients(module, data)
+    ops = set()
+    if hybridize:
+        graph = __import__('json').loads(module._cached_graph[1].tojson())
+        ops = {node['op'] for node in graph['nodes']}
+    grads = [p.grad().asnumpy() for p in module.collect_params().values()]
+    return [out, dx] + grads, ops
+
+
+@pytest.mark.parametrize('hybridize', [True, False])
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('attention_class,kwargs', ATTENTION_CASES,
+                         ids=lambda case: getattr(case, '__name__', str(case)))
+def test_each_fused_attention_computes_what_the_mxnet_operators_compute(
+        attention_class, kwargs, shape, hybridize):
+    """The whole module as one operator (pooling, core, scaling; forward and backward)
+    against the same module built from MXNet's operators: the output, the input's
+    gradient and every parameter's gradient."""
+    fused, ops = _module_step(attention_class, kwargs, shape, hybridize)
+    if hybridize:
+        assert f'cab_{attention_class.__name__.lower()}' in ops, ops
+    with kernels.mxnet_operators_only():
+        plain, plain_ops = _module_step(attention_class, kwargs, shape, hybridize)
+    assert not any(op.startswith('cab_') for op in plain_ops)
+    names = ['output', 'input gradient'] + [f'gradient {i}' for i in range(len(fused) - 2)]
+    for name, ours, reference in zip(names, fused, plain):
+        # float32 sums in another order: relative to the tensor's scale, not elementwise.
+        scale = max(float(np.abs(reference).max()), 1e-6)
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize('attention_class,kwargs', ATTENTION_CASES[1::2],
+                         ids=lambda case: getattr(case, '__name__', str(case)))
+def test_fused_gradients_are_the_same_on_every_run(attention_class, kwargs):
+    """The per-image parameter gradients are summed in image order, not per thread."""
+    first, _ = _module_step(attention_class, kwargs, (16, 32, 4, 4), hybridize=True)
+    again, _ = _module_step(attention_class, kwargs, (16, 32, 4, 4), hybridize=True)
+    for ours, before in zip(again, first):
+        assert np.array_equal(ours, before)
 
 
 def test_kernels_refuse_bad_shapes_and_types_with_a_message():
-    with pytest.raises(mx.MXNetError, match='weights \\(N, C\\)'):
-        mx.nd.cab_channel_scale(mx.nd.ones((2, 3, 4, 4)), mx.nd.ones((2, 4))).wait_to_read()
+    x = mx.nd.ones((2, 8, 4, 4))
+    with pytest.raises(mx.MXNetError, match='squeeze weights \\(H, C\\)'):
+        mx.nd.cab_se(x, mx.nd.ones((2, 4)), mx.nd.ones((8, 2))).wait_to_read()
+    with pytest.raises(mx.MXNetError, match='odd number k'):
+        mx.nd.cab_eca(x, mx.nd.ones((1, 1, 4))).wait_to_read()
+    with pytest.raises(mx.MXNetError, match='C values each'):
+        mx.nd.cab_gct(x, *(mx.nd.ones((1, 4, 1, 1)),) * 3, epsilon=1e-5).wait_to_read()
     with pytest.raises(mx.MXNetError, match='float32'):
         mx.nd.cab_channel_mean(mx.nd.ones((2, 3, 4, 4), dtype='float64')).wait_to_read()
-
-
-def test_both_implementations_of_the_helpers_agree():
-    rng = np.random.default_rng(1)
-    x = mx.nd.array(rng.normal(size=(4, 8, 5, 5)))
-    weights = mx.nd.array(rng.normal(size=(4, 8)))
-    for helper, args in ((spatial_mean, (x, 8)), (spatial_sum_of_squares, (x, 8)),
-                         (scale_channels, (x, weights))):
-        np.testing.assert_allclose(helper(mx.nd, *args, fused=True).asnumpy(),
-                                   helper(mx.nd, *args, fused=False).asnumpy(),
-                                   rtol=1e-5, atol=1e-5, err_msg=helper.__name__)
 
 
 def _train_step_outputs(model, attention):
@@ -135,8 +175,7 @@ def test_the_network_comparison_catches_a_wrong_scaling_gradient(monkeypatch, at
     with kernels.mxnet_operators_only():
         _, reference = _train_step_outputs('cifar_resnet20_v1', attention)
         monkeypatch.setattr(module, 'scale_channels',
-                            lambda F, x, weights, fused: scale_channels(
-                                F, x, F.BlockGrad(weights), fused=False))
+                            lambda F, x, weights: scale_channels(F, x, F.BlockGrad(weights)))
         _, broken = _train_step_outputs('cifar_resnet20_v1', attention)
     errors = _gradient_relative_errors(broken, reference)
     assert max(errors.values()) > 10 * GRADIENT_RELATIVE_TOLERANCE

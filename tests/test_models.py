@@ -8,7 +8,8 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from models import (ATTENTIONS, MODELS, UnknownNameError, count_macs, count_parameters,
-                    create_attention, get_attention, get_model, model_stats)
+                    create_attention, get_attention, get_model, load_parameters,
+                    model_stats)
 from models.__main__ import main as models_main
 from models.architecture import network_counts
 from models.attention import ECA, GCT, SE, eca_kernel_size, se_hidden_units
@@ -32,7 +33,7 @@ def _built(model, attention, batch=2, seed=0):
 
 
 def _attention_params(net):
-    """Trainable attention parameters (ECA's constant shift matrices excluded)."""
+    """Trainable attention parameters."""
     return {name: p for name, p in net.collect_params().items()
             if any(f'_{kind}' in name for kind in WITH_PARAMETERS) and p.grad_req != 'null'}
 
@@ -73,24 +74,27 @@ def _revive_dead_se_units(net, x, passes=5):
     row can be off for the whole batch; it then rightly gets no gradient, which
     would hide whether the parameter is wired in at all. Negating the row turns it on.
     """
-    squeezes = [b for b in _iter_blocks(net) if isinstance(b, SE)]
+    modules = [b for b in _iter_blocks(net) if isinstance(b, SE)]
     for _ in range(passes):
         seen = []
-        handles = [se.squeeze.register_forward_hook(
-            lambda block, _inputs, output: seen.append((block, output.asnumpy())))
-            for se in squeezes]
+        # The module's input, not its squeeze layer's: on the CPU the fused operator
+        # computes the whole module and never calls the layer.
+        handles = [se.register_forward_pre_hook(
+            lambda block, inputs: seen.append((block, inputs[0].asnumpy())))
+            for se in modules]
         with autograd.train_mode():  # BN on batch statistics, as in the backward pass
             net(x)
         for handle in handles:
             handle.detach()
         dead_any = False
-        for block, pre_activation in seen:
+        for module, branch in seen:
+            weight = module.squeeze.weight.data().asnumpy()
+            pre_activation = branch.mean(axis=(2, 3)) @ weight.T
             dead = (pre_activation <= 0).all(axis=0)
             if dead.any():
                 dead_any = True
-                weight = block.weight.data().asnumpy()
                 weight[dead] *= -1
-                block.weight.set_data(mx.nd.array(weight))
+                module.squeeze.weight.set_data(mx.nd.array(weight))
         if not dead_any:
             return
     raise AssertionError('could not revive every SE unit')
@@ -353,3 +357,37 @@ def test_the_names_module_holds_the_attention_registry_without_mxnet():
         parameters = [p for p in inspect.signature(attention_class.__init__).parameters
                       if p not in ('self', 'channels', 'kwargs')]
         assert tuple(parameters) == ATTENTION_OPTIONS[name], name
+
+
+def test_eca_holds_its_kernel_and_nothing_else():
+    """No constant parameter: ResNet-20 once carried 48,411 floats of shift matrices in
+    every checkpoint, counted by any tool that walks collect_params()."""
+    net, _ = _built('cifar_resnet20_v1', 'eca')
+    attention = {name: p for name, p in net._collect_params_with_prefix().items()
+                 if '.attention.' in name}
+    assert {name.rpartition('.')[2] for name in attention} == {'weight'}
+    assert all(p.grad_req == 'write' for p in attention.values())
+
+
+def test_weights_saved_by_earlier_versions_load_without_their_retired_constants(tmp_path):
+    """A checkpoint of an unfinished ECA trial saved before the shift matrices were
+    retired still resumes; any other stranger in a file is refused, naming it."""
+    net, x = _built('cifar_resnet20_v1', 'eca')
+    saved = {name: p.data() for name, p in net._collect_params_with_prefix().items()}
+    old = dict(saved)
+    for name in saved:
+        if name.endswith('.attention.weight'):
+            old[name.replace('.weight', '.shifts')] = mx.nd.ones((3, 16 * 16))
+    mx.nd.save(str(tmp_path / 'old.params'), old)
+    fresh, _ = _built('cifar_resnet20_v1', 'eca', seed=1)
+    load_parameters(fresh, tmp_path / 'old.params')
+    np.testing.assert_array_equal(fresh(x).asnumpy(), net(x).asnumpy())
+
+    stranger = dict(old, **{'features.1.0.attention.bias': mx.nd.ones((1,))})
+    mx.nd.save(str(tmp_path / 'stranger.params'), stranger)
+    with pytest.raises(ValueError, match='attention.bias'):
+        load_parameters(fresh, tmp_path / 'stranger.params')
+    missing = {k: v for k, v in saved.items() if not k.endswith('.attention.weight')}
+    mx.nd.save(str(tmp_path / 'missing.params'), missing)
+    with pytest.raises(AssertionError, match='is missing'):
+        load_parameters(fresh, tmp_path / 'missing.params')

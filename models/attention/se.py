@@ -8,13 +8,16 @@ from mxnet.gluon.block import HybridBlock
 
 from ..architecture import se_hidden_units
 from ..kernels import use_fused_kernels
-from ._spatial import per_element_macs, scale_channels, spatial_mean
+from ._spatial import parameter_of, per_element_macs, scale_channels, spatial_mean
 
 
 class SE(HybridBlock):
     """Global average pool, FC (C -> C/r) + ReLU, FC (C/r -> C) + sigmoid, channel-wise scale.
 
     The FC layers carry no bias, so the module adds exactly 2 * C * hidden parameters.
+    On the CPU the whole module is one fused operator (`cab_se`, models/kernels) that
+    reads the activations once forward and once backward; the dense layers then only
+    hold its weights.
     """
 
     def __init__(self, channels, reduction=16, **kwargs):
@@ -31,7 +34,9 @@ class SE(HybridBlock):
         return per_element_macs(input_shape, passes=2)
 
     def hybrid_forward(self, F, x):
-        fused = use_fused_kernels(self)
-        pooled = spatial_mean(F, x, self.channels, fused)
+        if use_fused_kernels(self):
+            return F.cab_se(x, parameter_of(F, self.squeeze.weight, x),
+                            parameter_of(F, self.excite.weight, x))
+        pooled = spatial_mean(F, x, self.channels, fused=False)
         weights = F.sigmoid(self.excite(F.relu(self.squeeze(pooled))))
-        return scale_channels(F, x, weights, fused)
+        return scale_channels(F, x, weights)

@@ -1,11 +1,13 @@
-"""Fused CPU kernels for the attentions' pooling and gating, as an MXNet extension library.
+"""Fused CPU kernels for the channel attentions, as an MXNet extension library.
 
-`channel_ops.cc` beside this file defines three operators (`cab_channel_mean`,
-`cab_channel_sum_of_squares`, `cab_channel_scale`) through the custom-operator
-interface that the mxnet wheel ships (`mxnet/include/mxnet/lib_api.h` and
-`mxnet/src/lib_api.cc`). The library is compiled on first use with the system's
-C++ compiler (`$CXX`, else `g++`), cached under a key of its sources, the MXNet
-version, the compiler and the instruction set, and loaded with `mx.library.load`.
+`channel_ops.cc` beside this file defines one operator per attention (`cab_se`,
+`cab_eca`, `cab_gct`: pooling, the attention's core and the channel scaling in one
+pass over each image, forward and backward) and the networks' global average pool
+(`cab_channel_mean`), through the custom-operator interface that the mxnet wheel
+ships (`mxnet/include/mxnet/lib_api.h` and `mxnet/src/lib_api.cc`). The library is
+compiled on first use with the system's C++ compiler (`$CXX`, else `g++`), cached
+under a key of its sources, the MXNet version, the compiler and the instruction set,
+and loaded with `mx.library.load`.
 
 Instruction sets: one build per level (AVX-512, AVX2 + FMA, the x86-64 baseline),
 each compiled for exactly that level, and each process loads the widest its CPU

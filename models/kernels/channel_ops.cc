@@ -1,14 +1,29 @@
-// Fused CPU kernels for the spatial work around every channel attention.
+// Fused CPU kernels: each channel attention as one operator, forward and backward.
 //
 // Why they exist: with MXNet's own operators, pooling a residual branch over
 // H x W and scaling each channel by its gate costs about fifteen passes over
 // the branch's activations per training step (reshapes out of oneDNN's blocked
 // layout, a materialised (N*C, H*W) gate, an element-wise product and its
-// backward, the gradient of the pooling as a second full tensor). Here each
-// operator is one pass forward and one backward.
+// backward, the gradient of the pooling as a second full tensor, their sum).
+// Even as separate fused pooling and scaling operators they cost five: the
+// pooling and the scaling each read the activations forward, and backward the
+// pooling's gradient is a second full tensor that MXNet then adds to the
+// scaling's.
 //
-// Every tensor is viewed as rows of length L = H*W (one row per image and
-// channel); the per-channel tensors are (N, C), one value per row.
+// Here an attention is one operator that works image by image: it pools the
+// image's channels, computes their gates (the attention's core: SE's two dense
+// layers, ECA's k-tap convolution across channels, GCT's normalisation), and
+// scales the channels while the image is still in the core's cache. Forward
+// reads the activations once and writes the output; backward reads the output
+// gradient and the activations once and writes the input gradient. The
+// per-image parameter gradients are summed in image order afterwards, so the
+// result does not depend on the number of threads.
+//
+// Every tensor is (N, C, spatial...): per image, C rows of length L (the
+// product of the spatial sizes). The per-channel arithmetic runs in double: it
+// is C values per image, and it keeps the gates as exact as the float32 inputs
+// allow.
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -22,23 +37,335 @@ using Shapes = std::vector<std::vector<unsigned int>>;
 
 namespace {
 
-MXReturnValue two_inputs(const Attributes&, int* inputs, int* outputs) {
-  *inputs = 2;
-  *outputs = 1;
-  return MX_SUCCESS;
+// ---------------------------------------------------------------- row passes
+
+// Which statistic of its channel each attention pools: the mean (SE, ECA) or the
+// sum of squares (GCT).
+enum class Pool { kMean, kSumOfSquares };
+
+template <Pool pool>
+double row_statistic(const float* x, int64_t length) {
+  float sum = 0.f;
+  if (pool == Pool::kMean) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < length; ++i) sum += x[i];
+    return static_cast<double>(sum) / static_cast<double>(length);
+  }
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < length; ++i) sum += x[i] * x[i];
+  return sum;
 }
 
-MXReturnValue one_input(const Attributes&, int* inputs, int* outputs) {
-  *inputs = 1;
-  *outputs = 1;
-  return MX_SUCCESS;
+// The statistic and <dy, x> (the gradient of the channel's gate) in one pass.
+template <Pool pool>
+void row_statistic_and_dot(const float* x, const float* dy, int64_t length, double* statistic,
+                           double* dot) {
+  float sum = 0.f, product = 0.f;
+#pragma omp simd reduction(+ : sum, product)
+  for (int64_t i = 0; i < length; ++i) {
+    sum += pool == Pool::kMean ? x[i] : x[i] * x[i];
+    product += dy[i] * x[i];
+  }
+  *statistic = pool == Pool::kMean ? static_cast<double>(sum) / static_cast<double>(length)
+                                   : static_cast<double>(sum);
+  *dot = product;
+}
+
+void scale_row(const float* x, float gate, int64_t length, float* y) {
+#pragma omp simd
+  for (int64_t i = 0; i < length; ++i) y[i] = x[i] * gate;
+}
+
+// dx = dy * gate + d(statistic)/dx * dstatistic: the mean spreads its gradient
+// evenly over the row, the sum of squares as 2 x.
+template <Pool pool>
+void row_gradient(const float* dy, const float* x, float gate, double dstatistic,
+                  int64_t length, float* dx) {
+  if (pool == Pool::kMean) {
+    const float share = static_cast<float>(dstatistic / static_cast<double>(length));
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) dx[i] = dy[i] * gate + share;
+    return;
+  }
+  const float twice = static_cast<float>(2.0 * dstatistic);
+#pragma omp simd
+  for (int64_t i = 0; i < length; ++i) dx[i] = dy[i] * gate + twice * x[i];
+}
+
+double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+// ---------------------------------------------------------------- the cores
+//
+// A core maps an image's C pooled statistics to C gates. Its interface:
+//   kPool, parameter_count(), scratch_size(),
+//   forward(statistics, gates, scratch),
+//   backward(statistics, dgates, gates, dstatistics, dparameters, scratch):
+//     from the statistics and the gates' gradients, the gates again, the
+//     statistics' gradients and this image's parameter gradients (laid out as
+//     the parameters are, one after another, parameter_count() values);
+//   parameter_sizes(): the element count of each parameter input, in order.
+
+// Squeeze-and-excitation: gates = sigmoid(W2 relu(W1 mean)), W1 (H, C), W2 (C, H),
+// the weights of Gluon's Dense layers (units, in_units).
+struct SqueezeExcitation {
+  static constexpr Pool kPool = Pool::kMean;
+  const float* squeeze;   // (hidden, channels)
+  const float* excite;    // (channels, hidden)
+  int64_t channels, hidden;
+
+  int64_t parameter_count() const { return 2 * channels * hidden; }
+  std::vector<int64_t> parameter_sizes() const {
+    return {channels * hidden, channels * hidden};
+  }
+  int64_t scratch_size() const { return 2 * hidden; }
+
+  // scratch[0, hidden): the squeezed pre-activations.
+  void squeeze_forward(const double* pooled, double* squeezed) const {
+    for (int64_t j = 0; j < hidden; ++j) {
+      double sum = 0.0;
+      for (int64_t c = 0; c < channels; ++c) sum += squeeze[j * channels + c] * pooled[c];
+      squeezed[j] = sum;
+    }
+  }
+
+  double excited(const double* squeezed, int64_t c) const {
+    double sum = 0.0;
+    for (int64_t j = 0; j < hidden; ++j)
+      sum += excite[c * hidden + j] * (squeezed[j] > 0.0 ? squeezed[j] : 0.0);
+    return sum;
+  }
+
+  void forward(const double* pooled, double* gates, double* scratch) const {
+    squeeze_forward(pooled, scratch);
+    for (int64_t c = 0; c < channels; ++c) gates[c] = sigmoid(excited(scratch, c));
+  }
+
+  void backward(const double* pooled, const double* dgates, double* gates, double* dpooled,
+                double* dparameters, double* scratch) const {
+    double* squeezed = scratch;
+    double* dhidden = scratch + hidden;
+    squeeze_forward(pooled, squeezed);
+    double* dsqueeze = dparameters;
+    double* dexcite = dparameters + channels * hidden;
+    for (int64_t j = 0; j < hidden; ++j) dhidden[j] = 0.0;
+    for (int64_t c = 0; c < channels; ++c) {
+      gates[c] = sigmoid(excited(squeezed, c));
+      const double dz = dgates[c] * gates[c] * (1.0 - gates[c]);
+      for (int64_t j = 0; j < hidden; ++j) {
+        const double activation = squeezed[j] > 0.0 ? squeezed[j] : 0.0;
+        dexcite[c * hidden + j] = dz * activation;
+        dhidden[j] += excite[c * hidden + j] * dz;
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) dpooled[c] = 0.0;
+    for (int64_t j = 0; j < hidden; ++j) {
+      const double dsqueezed = squeezed[j] > 0.0 ? dhidden[j] : 0.0;
+      for (int64_t c = 0; c < channels; ++c) {
+        dsqueeze[j * channels + c] = dsqueezed * pooled[c];
+        dpooled[c] += squeeze[j * channels + c] * dsqueezed;
+      }
+    }
+  }
+};
+
+// Efficient channel attention: gates = sigmoid(w * mean), a k-tap cross-correlation
+// across the channels with zero padding (Conv1D, one channel, pad k/2, no bias).
+struct EfficientChannel {
+  static constexpr Pool kPool = Pool::kMean;
+  const float* weight;    // (k)
+  int64_t channels, taps;
+
+  int64_t parameter_count() const { return taps; }
+  std::vector<int64_t> parameter_sizes() const { return {taps}; }
+  int64_t scratch_size() const { return 0; }
+
+  // The input channel that tap j of output channel c reads, or -1 in the padding.
+  int64_t source(int64_t c, int64_t j) const {
+    const int64_t s = c + j - taps / 2;
+    return s >= 0 && s < channels ? s : -1;
+  }
+
+  double mixed(const double* pooled, int64_t c) const {
+    double sum = 0.0;
+    for (int64_t j = 0; j < taps; ++j) {
+      const int64_t s = source(c, j);
+      if (s >= 0) sum += weight[j] * pooled[s];
+    }
+    return sum;
+  }
+
+  void forward(const double* pooled, double* gates, double*) const {
+    for (int64_t c = 0; c < channels; ++c) gates[c] = sigmoid(mixed(pooled, c));
+  }
+
+  void backward(const double* pooled, const double* dgates, double* gates, double* dpooled,
+                double* dweight, double*) const {
+    for (int64_t j = 0; j < taps; ++j) dweight[j] = 0.0;
+    for (int64_t c = 0; c < channels; ++c) dpooled[c] = 0.0;
+    for (int64_t c = 0; c < channels; ++c) {
+      gates[c] = sigmoid(mixed(pooled, c));
+      const double dz = dgates[c] * gates[c] * (1.0 - gates[c]);
+      for (int64_t j = 0; j < taps; ++j) {
+        const int64_t s = source(c, j);
+        if (s < 0) continue;
+        dweight[j] += dz * pooled[s];
+        dpooled[s] += weight[j] * dz;
+      }
+    }
+  }
+};
+
+// Gated channel transformation, from the sums of squares s:
+//   e = alpha sqrt(s + eps), t = gamma e / sqrt(mean over channels of e^2 + eps) + beta,
+//   gates = 1 + tanh(t).
+struct GatedChannelTransformation {
+  static constexpr Pool kPool = Pool::kSumOfSquares;
+  const float *alpha, *gamma, *beta;   // (C) each
+  int64_t channels;
+  double epsilon;
+
+  int64_t parameter_count() const { return 3 * channels; }
+  std::vector<int64_t> parameter_sizes() const { return {channels, channels, channels}; }
+  int64_t scratch_size() const { return 2 * channels; }
+
+  // scratch: the embeddings e, then the tanh of t; returns 1 / sqrt(mean e^2 + eps).
+  double embed(const double* squares, double* embedding, double* tanh_t) const {
+    double mean_square = 0.0;
+    for (int64_t c = 0; c < channels; ++c) {
+      embedding[c] = alpha[c] * std::sqrt(squares[c] + epsilon);
+      mean_square += embedding[c] * embedding[c];
+    }
+    const double inverse_norm = 1.0 / std::sqrt(mean_square / channels + epsilon);
+    for (int64_t c = 0; c < channels; ++c)
+      tanh_t[c] = std::tanh(gamma[c] * embedding[c] * inverse_norm + beta[c]);
+    return inverse_norm;
+  }
+
+  void forward(const double* squares, double* gates, double* scratch) const {
+    double* tanh_t = scratch + channels;
+    embed(squares, scratch, tanh_t);
+    for (int64_t c = 0; c < channels; ++c) gates[c] = 1.0 + tanh_t[c];
+  }
+
+  void backward(const double* squares, const double* dgates, double* gates, double* dsquares,
+                double* dparameters, double* scratch) const {
+    double* embedding = scratch;
+    double* tanh_t = scratch + channels;
+    const double r = embed(squares, embedding, tanh_t);
+    double* dalpha = dparameters;
+    double* dgamma = dparameters + channels;
+    double* dbeta = dparameters + 2 * channels;
+    // t_c = gamma_c e_c r + beta_c with r = (mean e^2 + eps)^(-1/2), so
+    // dt_c/de_c' = gamma_c r [c = c'] - gamma_c e_c r^3 e_c' / C.
+    double coupling = 0.0;
+    for (int64_t c = 0; c < channels; ++c) {
+      gates[c] = 1.0 + tanh_t[c];
+      const double dt = dgates[c] * (1.0 - tanh_t[c] * tanh_t[c]);
+      dbeta[c] = dt;
+      dgamma[c] = dt * embedding[c] * r;
+      dsquares[c] = dt;     // dt, kept until the coupling is known
+      coupling += dt * gamma[c] * embedding[c];
+    }
+    const double shared = coupling * r * r * r / channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const double dembedding = dsquares[c] * gamma[c] * r - shared * embedding[c];
+      const double root = std::sqrt(squares[c] + epsilon);
+      dalpha[c] = dembedding * root;
+      dsquares[c] = dembedding * alpha[c] / (2.0 * root);
+    }
+  }
+};
+
+// ---------------------------------------------------------------- the drivers
+
+struct Layout {
+  int64_t images, channels, length;
+};
+
+Layout layout_of(const MXTensor& x) {
+  const int64_t images = x.shape[0], channels = x.shape[1];
+  return {images, channels, images * channels > 0 ? x.size() / (images * channels) : 0};
+}
+
+template <typename Core>
+void attention_forward(const Core& core, const float* x, float* y, Layout shape) {
+  const int64_t C = shape.channels, L = shape.length;
+#pragma omp parallel
+  {
+    std::vector<double> statistics(C), gates(C), scratch(core.scratch_size());
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < shape.images; ++n) {
+      const float* image = x + n * C * L;
+      for (int64_t c = 0; c < C; ++c)
+        statistics[c] = row_statistic<Core::kPool>(image + c * L, L);
+      core.forward(statistics.data(), gates.data(), scratch.data());
+      // The image was just read: its rows are still in this core's cache.
+      for (int64_t c = 0; c < C; ++c)
+        scale_row(image + c * L, static_cast<float>(gates[c]), L, y + (n * C + c) * L);
+    }
+  }
+}
+
+// gradients: where each parameter's gradient goes, in the core's parameter order.
+template <typename Core>
+void attention_backward(const Core& core, const float* dy, const float* x, float* dx,
+                        const std::vector<float*>& gradients, Layout shape) {
+  const int64_t C = shape.channels, L = shape.length, P = core.parameter_count();
+  // Kept from call to call (per engine thread): SE's buffer is half a megabyte in
+  // ResNet-20's last stage, and a fresh one would be fresh pages, faulted in on every step.
+  // Inside the parallel region only through these pointers: there, each OpenMP
+  // thread would see its own (empty) thread_local vectors.
+  thread_local std::vector<double> per_image_buffer, totals_buffer;
+  per_image_buffer.resize(shape.images * P);
+  totals_buffer.resize(P);
+  double* const per_image = per_image_buffer.data();
+  double* const totals = totals_buffer.data();
+#pragma omp parallel
+  {
+    std::vector<double> statistics(C), dgates(C), gates(C), dstatistics(C);
+    std::vector<double> scratch(core.scratch_size());
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < shape.images; ++n) {
+      const int64_t offset = n * C * L;
+      for (int64_t c = 0; c < C; ++c)
+        row_statistic_and_dot<Core::kPool>(x + offset + c * L, dy + offset + c * L, L,
+                                           &statistics[c], &dgates[c]);
+      core.backward(statistics.data(), dgates.data(), gates.data(), dstatistics.data(),
+                    per_image + n * P, scratch.data());
+      for (int64_t c = 0; c < C; ++c)
+        row_gradient<Core::kPool>(dy + offset + c * L, x + offset + c * L,
+                                  static_cast<float>(gates[c]), dstatistics[c], L,
+                                  dx + offset + c * L);
+    }
+    // In image order whatever the threads: the same sums on every run.
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < P; ++p) {
+      double sum = 0.0;
+      for (int64_t n = 0; n < shape.images; ++n) sum += per_image[n * P + p];
+      totals[p] = sum;
+    }
+  }
+  int64_t next = 0;
+  const std::vector<int64_t> sizes = core.parameter_sizes();
+  for (size_t k = 0; k < sizes.size(); ++k)
+    for (int64_t i = 0; i < sizes[k]; ++i) gradients[k][i] = static_cast<float>(totals[next++]);
+}
+
+// ---------------------------------------------------------------- MXNet glue
+
+bool is_channel_tensor(const std::vector<unsigned int>& x) { return x.size() >= 3; }
+
+int64_t elements(const std::vector<unsigned int>& shape) {
+  int64_t count = 1;
+  for (unsigned int d : shape) count *= d;
+  return count;
 }
 
 MXReturnValue float32_only(const Attributes&, std::vector<int>* in_types,
                            std::vector<int>* out_types) {
   for (int type : *in_types) {
     if (type != kFloat32) {
-      MX_ERROR_MSG << "the fused channel kernels take float32 tensors only; "
+      MX_ERROR_MSG << "the fused channel-attention kernels take float32 tensors only; "
                       "set CHANNEL_ATTENTION_FUSED=0 to use MXNet's operators";
       return MX_FAIL;
     }
@@ -47,163 +374,208 @@ MXReturnValue float32_only(const Attributes&, std::vector<int>* in_types,
   return MX_SUCCESS;
 }
 
-bool is_channel_tensor(const std::vector<unsigned int>& x) { return x.size() >= 3; }
-
-MXReturnValue per_channel_shape(const Attributes&, Shapes* in, Shapes* out) {
-  const auto& x = (*in)[0];
-  if (!is_channel_tensor(x)) {
-    MX_ERROR_MSG << "expected a tensor (N, C, spatial...), got " << x.size() << " axes";
-    return MX_FAIL;
-  }
-  (*out)[0] = {x[0], x[1]};
+template <int inputs>
+MXReturnValue inputs_and_one_output(const Attributes&, int* num_in, int* num_out) {
+  *num_in = inputs;
+  *num_out = 1;
   return MX_SUCCESS;
 }
 
-MXReturnValue scale_shape(const Attributes&, Shapes* in, Shapes* out) {
+// Checks x (N, C, spatial...) and that each parameter input has the element count
+// `expected(C)` returns, in order; the output is shaped as x.
+template <typename Expected>
+MXReturnValue check_shapes(const char* op, const char* parameters, Shapes* in, Shapes* out,
+                           Expected expected) {
   const auto& x = (*in)[0];
-  const auto& weights = (*in)[1];
-  if (!is_channel_tensor(x) || weights.size() != 2 || weights[0] != x[0] ||
-      weights[1] != x[1]) {
-    MX_ERROR_MSG << "channel_scale expects x (N, C, spatial...) and weights (N, C)";
+  bool fits = is_channel_tensor(x);
+  if (fits) {
+    const std::vector<int64_t> sizes = expected(static_cast<int64_t>(x[1]), *in);
+    for (size_t k = 0; k < sizes.size(); ++k)
+      fits = fits && sizes[k] >= 0 && elements((*in)[k + 1]) == sizes[k];
+  }
+  if (!fits) {
+    MX_ERROR_MSG << op << " expects x (N, C, spatial...) and " << parameters;
     return MX_FAIL;
   }
   (*out)[0] = x;
   return MX_SUCCESS;
 }
 
-struct Rows {
-  int64_t count, length;
-};
-
-Rows rows_of(const MXTensor& full, const MXTensor& per_channel) {
-  const int64_t count = per_channel.size();
-  return {count, count ? full.size() / count : 0};
+MXReturnValue se_shape(const Attributes&, Shapes* in, Shapes* out) {
+  return check_shapes("cab_se", "squeeze weights (H, C), excite weights (C, H)", in, out,
+                      [](int64_t C, const Shapes& shapes) -> std::vector<int64_t> {
+                        const auto& squeeze = shapes[1];
+                        const auto& excite = shapes[2];
+                        if (squeeze.size() != 2 || excite.size() != 2 || squeeze[1] != C ||
+                            excite[0] != C || excite[1] != squeeze[0])
+                          return {-1, -1};
+                        return {elements(squeeze), elements(excite)};
+                      });
 }
 
-// out[r] = (sum over i of term(x[r, i])) / divisor
-template <typename Term>
-void reduce_rows(const float* x, float* out, Rows rows, float divisor, Term term) {
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float* x_row = x + r * rows.length;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < rows.length; ++i) sum += term(x_row[i]);
-    out[r] = sum / divisor;
-  }
+MXReturnValue eca_shape(const Attributes&, Shapes* in, Shapes* out) {
+  return check_shapes("cab_eca", "an odd number k of convolution weights", in, out,
+                      [](int64_t, const Shapes& shapes) -> std::vector<int64_t> {
+                        const int64_t taps = elements(shapes[1]);
+                        return {taps % 2 == 1 ? taps : -1};
+                      });
 }
 
-// out[r, i] = element(x[r, i], per_row[r])
-template <typename Element>
-void map_rows(const float* x, const float* per_row, float* out, Rows rows, Element element) {
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float value = per_row[r];
-    const float* x_row = x + r * rows.length;
-    float* out_row = out + r * rows.length;
-#pragma omp simd
-    for (int64_t i = 0; i < rows.length; ++i) out_row[i] = element(x_row[i], value);
-  }
+MXReturnValue gct_shape(const Attributes&, Shapes* in, Shapes* out) {
+  return check_shapes("cab_gct", "alpha, gamma, beta of C values each", in, out,
+                      [](int64_t C, const Shapes&) -> std::vector<int64_t> {
+                        return {C, C, C};
+                      });
 }
 
-// y[r, :] = x[r, :] * weights[r]
-MXReturnValue scale_forward(const Attributes&, std::vector<MXTensor>* in,
-                            std::vector<MXTensor>* out, const OpResource&) {
-  map_rows(in->at(0).data<float>(), in->at(1).data<float>(), out->at(0).data<float>(),
-           rows_of(in->at(0), in->at(1)), [](float x, float w) { return x * w; });
+// The cores read their parameters from the inputs that follow x, at `x_index` (0 in
+// the forward inputs, 1 in the backward's, after the output gradient).
+SqueezeExcitation se_core(std::vector<MXTensor>& in, int x_index) {
+  MXTensor& squeeze = in[x_index + 1];
+  return {squeeze.data<float>(), in[x_index + 2].data<float>(), squeeze.shape[1],
+          squeeze.shape[0]};
+}
+
+EfficientChannel eca_core(std::vector<MXTensor>& in, int x_index) {
+  MXTensor& weight = in[x_index + 1];
+  return {weight.data<float>(), in[x_index].shape[1], weight.size()};
+}
+
+GatedChannelTransformation gct_core(const Attributes& attributes, std::vector<MXTensor>& in,
+                                    int x_index) {
+  return {in[x_index + 1].data<float>(), in[x_index + 2].data<float>(),
+          in[x_index + 3].data<float>(), in[x_index].shape[1],
+          std::stod(attributes.at("epsilon"))};
+}
+
+// Forward inputs: x, parameters...; backward inputs: dy, x, parameters... (then y),
+// backward outputs: dx, the parameters' gradients.
+template <typename Core>
+MXReturnValue run_forward(const Core& core, std::vector<MXTensor>* in,
+                          std::vector<MXTensor>* out) {
+  attention_forward(core, in->at(0).data<float>(), out->at(0).data<float>(),
+                    layout_of(in->at(0)));
   return MX_SUCCESS;
 }
 
-// inputs: dy, x, weights (then y); outputs: dx = dy * w, dweights[r] = <dy[r, :], x[r, :]>.
-// One pass for both gradients: that is the point of fusing.
-MXReturnValue scale_backward(const Attributes&, std::vector<MXTensor>* in,
-                             std::vector<MXTensor>* out, const OpResource&) {
-  const float* dy = in->at(0).data<float>();
-  const float* x = in->at(1).data<float>();
-  const float* weights = in->at(2).data<float>();
-  float* dx = out->at(0).data<float>();
-  float* dweights = out->at(1).data<float>();
-  const Rows rows = rows_of(in->at(1), in->at(2));
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float w = weights[r];
-    const float* dy_row = dy + r * rows.length;
-    const float* x_row = x + r * rows.length;
-    float* dx_row = dx + r * rows.length;
-    float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t i = 0; i < rows.length; ++i) {
-      dx_row[i] = dy_row[i] * w;
-      dot += dy_row[i] * x_row[i];
-    }
-    dweights[r] = dot;
-  }
+template <typename Core>
+MXReturnValue run_backward(const Core& core, std::vector<MXTensor>* in,
+                           std::vector<MXTensor>* out) {
+  std::vector<float*> gradients;
+  for (size_t k = 1; k < out->size(); ++k) gradients.push_back(out->at(k).data<float>());
+  attention_backward(core, in->at(0).data<float>(), in->at(1).data<float>(),
+                     out->at(0).data<float>(), gradients, layout_of(in->at(1)));
   return MX_SUCCESS;
 }
 
-// means[r] = mean of x[r, :]
+MXReturnValue se_forward(const Attributes&, std::vector<MXTensor>* in,
+                         std::vector<MXTensor>* out, const OpResource&) {
+  return run_forward(se_core(*in, 0), in, out);
+}
+
+MXReturnValue se_backward(const Attributes&, std::vector<MXTensor>* in,
+                          std::vector<MXTensor>* out, const OpResource&) {
+  return run_backward(se_core(*in, 1), in, out);
+}
+
+MXReturnValue eca_forward(const Attributes&, std::vector<MXTensor>* in,
+                          std::vector<MXTensor>* out, const OpResource&) {
+  return run_forward(eca_core(*in, 0), in, out);
+}
+
+MXReturnValue eca_backward(const Attributes&, std::vector<MXTensor>* in,
+                           std::vector<MXTensor>* out, const OpResource&) {
+  return run_backward(eca_core(*in, 1), in, out);
+}
+
+MXReturnValue gct_forward(const Attributes& attributes, std::vector<MXTensor>* in,
+                          std::vector<MXTensor>* out, const OpResource&) {
+  return run_forward(gct_core(attributes, *in, 0), in, out);
+}
+
+MXReturnValue gct_backward(const Attributes& attributes, std::vector<MXTensor>* in,
+                           std::vector<MXTensor>* out, const OpResource&) {
+  return run_backward(gct_core(attributes, *in, 1), in, out);
+}
+
+MXReturnValue gct_attributes(const Attributes& attributes, int* num_in, int* num_out) {
+  if (!attributes.count("epsilon")) {
+    MX_ERROR_MSG << "cab_gct needs its epsilon attribute";
+    return MX_FAIL;
+  }
+  return inputs_and_one_output<4>(attributes, num_in, num_out);
+}
+
+// ---------------------------------------------------------------- the head's pooling
+
+// means (N, C) of x (N, C, spatial...): the networks' global average pool.
+MXReturnValue mean_shape(const Attributes&, Shapes* in, Shapes* out) {
+  const auto& x = (*in)[0];
+  if (!is_channel_tensor(x)) {
+    MX_ERROR_MSG << "cab_channel_mean expects a tensor (N, C, spatial...), got " << x.size()
+                 << " axes";
+    return MX_FAIL;
+  }
+  (*out)[0] = {x[0], x[1]};
+  return MX_SUCCESS;
+}
+
 MXReturnValue mean_forward(const Attributes&, std::vector<MXTensor>* in,
                            std::vector<MXTensor>* out, const OpResource&) {
-  const Rows rows = rows_of(in->at(0), out->at(0));
-  reduce_rows(in->at(0).data<float>(), out->at(0).data<float>(), rows,
-              static_cast<float>(rows.length), [](float x) { return x; });
+  const Layout shape = layout_of(in->at(0));
+  const float* x = in->at(0).data<float>();
+  float* means = out->at(0).data<float>();
+#pragma omp parallel for
+  for (int64_t r = 0; r < shape.images * shape.channels; ++r)
+    means[r] = static_cast<float>(row_statistic<Pool::kMean>(x + r * shape.length, shape.length));
   return MX_SUCCESS;
 }
 
-// inputs: dmeans, x (then means); outputs: dx[r, :] = dmeans[r] / L
+// inputs: dmeans, x (then means); output: dx[r, :] = dmeans[r] / L.
 MXReturnValue mean_backward(const Attributes&, std::vector<MXTensor>* in,
                             std::vector<MXTensor>* out, const OpResource&) {
+  const Layout shape = layout_of(in->at(1));
   const float* dmeans = in->at(0).data<float>();
   float* dx = out->at(0).data<float>();
-  const Rows rows = rows_of(out->at(0), in->at(0));
 #pragma omp parallel for
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float share = dmeans[r] / static_cast<float>(rows.length);
-    float* dx_row = dx + r * rows.length;
+  for (int64_t r = 0; r < shape.images * shape.channels; ++r) {
+    const float share = dmeans[r] / static_cast<float>(shape.length);
+    float* row = dx + r * shape.length;
 #pragma omp simd
-    for (int64_t i = 0; i < rows.length; ++i) dx_row[i] = share;
+    for (int64_t i = 0; i < shape.length; ++i) row[i] = share;
   }
-  return MX_SUCCESS;
-}
-
-// sums[r] = sum of x[r, :]^2
-MXReturnValue sum_of_squares_forward(const Attributes&, std::vector<MXTensor>* in,
-                                     std::vector<MXTensor>* out, const OpResource&) {
-  reduce_rows(in->at(0).data<float>(), out->at(0).data<float>(),
-              rows_of(in->at(0), out->at(0)), 1.f, [](float x) { return x * x; });
-  return MX_SUCCESS;
-}
-
-// inputs: dsums, x (then sums); outputs: dx = 2 * dsums[r] * x
-MXReturnValue sum_of_squares_backward(const Attributes&, std::vector<MXTensor>* in,
-                                      std::vector<MXTensor>* out, const OpResource&) {
-  map_rows(in->at(1).data<float>(), in->at(0).data<float>(), out->at(0).data<float>(),
-           rows_of(in->at(1), in->at(0)), [](float x, float g) { return 2.f * g * x; });
   return MX_SUCCESS;
 }
 
 }  // namespace
 
-REGISTER_OP(cab_channel_scale)
-    .setParseAttrs(two_inputs)
+REGISTER_OP(cab_se)
+    .setParseAttrs(inputs_and_one_output<3>)
     .setInferType(float32_only)
-    .setInferShape(scale_shape)
-    .setForward(scale_forward, "cpu")
-    .setBackward(scale_backward, "cpu");
+    .setInferShape(se_shape)
+    .setForward(se_forward, "cpu")
+    .setBackward(se_backward, "cpu");
+
+REGISTER_OP(cab_eca)
+    .setParseAttrs(inputs_and_one_output<2>)
+    .setInferType(float32_only)
+    .setInferShape(eca_shape)
+    .setForward(eca_forward, "cpu")
+    .setBackward(eca_backward, "cpu");
+
+REGISTER_OP(cab_gct)
+    .setParseAttrs(gct_attributes)
+    .setInferType(float32_only)
+    .setInferShape(gct_shape)
+    .setForward(gct_forward, "cpu")
+    .setBackward(gct_backward, "cpu");
 
 REGISTER_OP(cab_channel_mean)
-    .setParseAttrs(one_input)
+    .setParseAttrs(inputs_and_one_output<1>)
     .setInferType(float32_only)
-    .setInferShape(per_channel_shape)
+    .setInferShape(mean_shape)
     .setForward(mean_forward, "cpu")
     .setBackward(mean_backward, "cpu");
-
-REGISTER_OP(cab_channel_sum_of_squares)
-    .setParseAttrs(one_input)
-    .setInferType(float32_only)
-    .setInferShape(per_channel_shape)
-    .setForward(sum_of_squares_forward, "cpu")
-    .setBackward(sum_of_squares_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   // The custom-operator interface with backward passes is MXNet 1.7 and later.

@@ -3,13 +3,11 @@ structural name (Gluon's `save_parameters` names, e.g. features.2.0.body.1.gamma
 import numpy as np
 import torch
 
+from ..names import RETIRED_PARAMETERS
 from .cifar_resnet import MXNetBatchNorm
 
 # Gluon's BatchNorm calls its scale and shift gamma and beta.
 _BN_NAMES = {'weight': 'gamma', 'bias': 'beta'}
-# Gluon parameters with no PyTorch counterpart: ECA's constant shift matrices, and the
-# fixed gamma (1) and beta (0) of v2's input BN, which has no scale and no shift.
-_NOT_CONVERTED = ('shifts',)
 
 
 def gluon_names(net):
@@ -42,11 +40,14 @@ def torch_state_from_gluon(net, gluon_params):
                             f'{key} needs {tuple(own[key].shape)}')
         state[key] = value
     used = set(names.values())
+    # Not converted: the fixed gamma (1) and beta (0) of v2's input BN, which has no
+    # scale and no shift here, and what earlier versions' files hold that no network
+    # has any more (RETIRED_PARAMETERS).
     stem_affine = {n for n in gluon_params if n.rpartition('.')[2] in ('gamma', 'beta')
                    and n.rpartition('.')[0] + '.running_mean' in used
                    and n not in used}
     extra = sorted(n for n in gluon_params if n not in used and n not in stem_affine
-                   and n.rpartition('.')[2] not in _NOT_CONVERTED)
+                   and n.rpartition('.')[2] not in RETIRED_PARAMETERS)
     problems += [f'{n} has no counterpart in the PyTorch network' for n in extra]
     if problems:
         raise ValueError('the Gluon parameters do not fit this network: ' + '; '.join(problems))

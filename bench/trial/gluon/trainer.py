@@ -10,7 +10,7 @@ import os
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from models import get_model
+from models import get_model, load_parameters
 
 from bench.trial.gluon.augment import DeviceImages
 from bench.trial.batches import eval_batches
@@ -165,7 +165,7 @@ class GluonSession:
         self.trainer.save_states(str(folder / TRAINER_FILE))
 
     def load_weights(self, folder):
-        self.net.load_parameters(str(folder / PARAMS_FILE), ctx=self.contexts)
+        load_parameters(self.net, folder / PARAMS_FILE, ctx=self.contexts)
         self.trainer.load_states(str(folder / TRAINER_FILE))
 
     def describe(self):
