@@ -6,13 +6,16 @@ from types import SimpleNamespace
 import mxnet as mx
 import numpy as np
 from mxnet import autograd
+from mxnet.gluon.block import HybridBlock
 
 from bench.benchmark.timing import endless
 from bench.trial.batches import epoch_plan
 from bench.trial.gluon.augment import DeviceImages
-from bench.trial.gluon.trainer import GluonSession, build_parts
+from bench.trial.gluon.trainer import GluonSession, build_parts, make_loss, make_trainer
 from bench.trial.loop import train_epoch
+from models.cifar_resnet import CIFARResNet
 from models.kernels import mxnet_operators_only
+from models.names import parse_model_name
 
 
 def measure_data_pipeline(images, labels, ctx, batch_size, batches):
@@ -30,9 +33,13 @@ def measure_data_pipeline(images, labels, ctx, batch_size, batches):
     return done * batch_size / (time.perf_counter() - started)
 
 
-def train_step_fn(spec, ctx):
-    """A fresh network for `spec` and a function doing one waited-for training step on (x, y)."""
-    net, trainer, loss_fn = build_parts(spec, [ctx])
+def train_step_fn(spec, ctx, network=None):
+    """A fresh network for `spec` (or `network`, a built one) and a function doing one
+    waited-for training step on (x, y)."""
+    if network is None:
+        net, trainer, loss_fn = build_parts(spec, [ctx])
+    else:
+        net, trainer, loss_fn = network, make_trainer(network, spec.recipe), make_loss()
 
     def train_step(x, y):
         with autograd.record():
@@ -43,14 +50,15 @@ def train_step_fn(spec, ctx):
     return train_step
 
 
-def trial_stepper(spec, images, labels, ctx, mxnet_operators=False):
+def trial_stepper(spec, images, labels, ctx, mxnet_operators=False, network=None):
     """One step of the trainer fed by the on-device pipeline, as the trial runs it.
 
     mxnet_operators: build the network's graph with MXNet's operators instead of
     the fused attention kernels (models/kernels), to measure what they gain.
+    network: train this built network instead of the spec's.
     """
 
-    train_step = train_step_fn(spec, ctx)
+    train_step = train_step_fn(spec, ctx, network)
     device = DeviceImages(images, labels, ctx)
     rng = np.random.default_rng(0)
     plans = endless(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
@@ -64,6 +72,31 @@ def trial_stepper(spec, images, labels, ctx, mxnet_operators=False):
     with mxnet_operators_only() if mxnet_operators else contextlib.nullcontext():
         step()
     return step
+
+
+class ExtensionCopy(HybridBlock):
+    """Stands where an attention sits and copies its input through the kernels' extension
+    interface (`cab_copy`): no arithmetic, only what MXNet does around any extension
+    operator. oneDNN keeps activations in blocked layouts, and MXNet converts them to
+    and from the plain layout such an operator sees, forward and backward."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+
+    def hybrid_forward(self, F, x):
+        return F.cab_copy(x)
+
+
+def extension_floor_stepper(spec, images, labels, ctx):
+    """The vanilla network of `spec.model` with an ExtensionCopy on every residual
+    branch, trained like a trial: the fastest any fused attention can be, as a share
+    of vanilla (`--kernels-compare`)."""
+    version, depth = parse_model_name(spec.model)
+    mx.random.seed(spec.seed)
+    net = CIFARResNet(version, (depth - 2) // 6, attention_class=ExtensionCopy)
+    net.initialize(mx.init.Xavier(), ctx=[ctx])
+    net.hybridize(static_alloc=True, static_shape=True)
+    return trial_stepper(spec, images, labels, ctx, network=net)
 
 
 def trial_epoch_fn(spec, train, test, ctx):

@@ -43,6 +43,9 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
         if kernels_compare and attention != 'none':
             steppers[('mxnet-ops',) + key] = gluon_steps.trial_stepper(
                 spec, images, labels, ctx, mxnet_operators=True)
+        if kernels_compare and attention == 'none' and _fused_kernels_run(ctx):
+            steppers[('floor',) + key] = gluon_steps.extension_floor_stepper(
+                spec, images, labels, ctx)
         if baseline:
             steppers[('original',) + key] = original.original_stepper(spec, images, labels,
                                                                       ctx, workers)
@@ -62,6 +65,9 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
         row['data_over_trial'] = row['data_img_s'] / trial
         if (kind, model, 'none') in rates:
             row['vs_vanilla'] = median_ratio(trial_rates, rates[(kind, model, 'none')])
+            if ('floor', model, attention) in rates and backend == 'gluon':
+                row['extension_floor_vs_vanilla'] = median_ratio(
+                    rates[('floor', model, attention)], trial_rates)
             if ('mxnet-ops', model, attention) in rates and backend == 'gluon':
                 plain = rates[('mxnet-ops', model, attention)]
                 row['mxnet_ops_img_s'] = statistics.median(plain)
@@ -81,6 +87,11 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
                        epoch_speedup=median_ratio(seconds['original'], seconds['trial']))
         rows.append(row)
     return rows
+
+
+def _fused_kernels_run(ctx):
+    from models.kernels import fused_kernels_for
+    return fused_kernels_for([ctx.device_type])
 
 
 def _data_rate(backend, images, labels, ctx, torch_device, batch_size, batches):
@@ -160,4 +171,10 @@ def kernel_summary(rows):
         line += ('\nwith MXNet\'s operators instead: ' + ', '.join(
             f"{r['model']} {r['attention']} {100 * r['mxnet_ops_vs_vanilla']:.0f}%"
             for r in compared) + ' of vanilla')
+    floors = [r for r in rows if 'extension_floor_vs_vanilla' in r]
+    if floors:
+        line += ('\nextension floor (vanilla with a copy through the extension interface '
+                 'where each attention sits; no fused attention can beat it): ' + ', '.join(
+                     f"{r['model']} {100 * r['extension_floor_vs_vanilla']:.0f}%"
+                     for r in floors) + ' of vanilla')
     return line

@@ -547,6 +547,37 @@ MXReturnValue mean_backward(const Attributes&, std::vector<MXTensor>* in,
   return MX_SUCCESS;
 }
 
+// ---------------------------------------------------------------- a probe
+
+// y = x, dx = dy: no arithmetic, only what MXNet does around any extension operator
+// (converting oneDNN's blocked layouts to the plain one it hands over, and back).
+// `bench.benchmark --kernels-compare` puts it where each attention sits, to measure
+// the floor under every fused attention.
+MXReturnValue same_shape(const Attributes&, Shapes* in, Shapes* out) {
+  (*out)[0] = (*in)[0];
+  return MX_SUCCESS;
+}
+
+void copy_tensor(MXTensor& from, MXTensor& to) {
+  const float* source = from.data<float>();
+  float* target = to.data<float>();
+  const int64_t count = from.size();
+#pragma omp parallel for simd
+  for (int64_t i = 0; i < count; ++i) target[i] = source[i];
+}
+
+MXReturnValue copy_forward(const Attributes&, std::vector<MXTensor>* in,
+                           std::vector<MXTensor>* out, const OpResource&) {
+  copy_tensor(in->at(0), out->at(0));
+  return MX_SUCCESS;
+}
+
+MXReturnValue copy_backward(const Attributes&, std::vector<MXTensor>* in,
+                            std::vector<MXTensor>* out, const OpResource&) {
+  copy_tensor(in->at(0), out->at(0));
+  return MX_SUCCESS;
+}
+
 }  // namespace
 
 REGISTER_OP(cab_se)
@@ -576,6 +607,13 @@ REGISTER_OP(cab_channel_mean)
     .setInferShape(mean_shape)
     .setForward(mean_forward, "cpu")
     .setBackward(mean_backward, "cpu");
+
+REGISTER_OP(cab_copy)
+    .setParseAttrs(inputs_and_one_output<1>)
+    .setInferType(float32_only)
+    .setInferShape(same_shape)
+    .setForward(copy_forward, "cpu")
+    .setBackward(copy_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   // The custom-operator interface with backward passes is MXNet 1.7 and later.
