@@ -580,40 +580,17 @@ MXReturnValue copy_backward(const Attributes&, std::vector<MXTensor>* in,
 
 }  // namespace
 
-REGISTER_OP(cab_se)
-    .setParseAttrs(inputs_and_one_output<3>)
-    .setInferType(float32_only)
-    .setInferShape(se_shape)
-    .setForward(se_forward, "cpu")
-    .setBackward(se_backward, "cpu");
+// Every operator here: float32 tensors, on the CPU, with a backward pass.
+#define REGISTER_CPU_OP(name, attributes, shape, forward, backward)                     \
+  REGISTER_OP(name).setParseAttrs(attributes).setInferType(float32_only)                \
+      .setInferShape(shape).setForward(forward, "cpu").setBackward(backward, "cpu")
 
-REGISTER_OP(cab_eca)
-    .setParseAttrs(inputs_and_one_output<2>)
-    .setInferType(float32_only)
-    .setInferShape(eca_shape)
-    .setForward(eca_forward, "cpu")
-    .setBackward(eca_backward, "cpu");
-
-REGISTER_OP(cab_gct)
-    .setParseAttrs(gct_attributes)
-    .setInferType(float32_only)
-    .setInferShape(gct_shape)
-    .setForward(gct_forward, "cpu")
-    .setBackward(gct_backward, "cpu");
-
-REGISTER_OP(cab_channel_mean)
-    .setParseAttrs(inputs_and_one_output<1>)
-    .setInferType(float32_only)
-    .setInferShape(mean_shape)
-    .setForward(mean_forward, "cpu")
-    .setBackward(mean_backward, "cpu");
-
-REGISTER_OP(cab_copy)
-    .setParseAttrs(inputs_and_one_output<1>)
-    .setInferType(float32_only)
-    .setInferShape(same_shape)
-    .setForward(copy_forward, "cpu")
-    .setBackward(copy_backward, "cpu");
+REGISTER_CPU_OP(cab_se, inputs_and_one_output<3>, se_shape, se_forward, se_backward);
+REGISTER_CPU_OP(cab_eca, inputs_and_one_output<2>, eca_shape, eca_forward, eca_backward);
+REGISTER_CPU_OP(cab_gct, gct_attributes, gct_shape, gct_forward, gct_backward);
+REGISTER_CPU_OP(cab_channel_mean, inputs_and_one_output<1>, mean_shape, mean_forward,
+                mean_backward);
+REGISTER_CPU_OP(cab_copy, inputs_and_one_output<1>, same_shape, copy_forward, copy_backward);
 
 MXReturnValue initialize(int version) {
   // The custom-operator interface with backward passes is MXNet 1.7 and later.
