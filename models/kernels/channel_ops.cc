@@ -430,13 +430,13 @@ MXReturnValue gct_shape(const Attributes&, Shapes* in, Shapes* out) {
 
 // The cores read their parameters from the inputs that follow x, at `x_index` (0 in
 // the forward inputs, 1 in the backward's, after the output gradient).
-SqueezeExcitation se_core(std::vector<MXTensor>& in, int x_index) {
+SqueezeExcitation se_core(const Attributes&, std::vector<MXTensor>& in, int x_index) {
   MXTensor& squeeze = in[x_index + 1];
   return {squeeze.data<float>(), in[x_index + 2].data<float>(), squeeze.shape[1],
           squeeze.shape[0]};
 }
 
-EfficientChannel eca_core(std::vector<MXTensor>& in, int x_index) {
+EfficientChannel eca_core(const Attributes&, std::vector<MXTensor>& in, int x_index) {
   MXTensor& weight = in[x_index + 1];
   return {weight.data<float>(), in[x_index].shape[1], weight.size()};
 }
@@ -448,55 +448,34 @@ GatedChannelTransformation gct_core(const Attributes& attributes, std::vector<MX
           std::stod(attributes.at("epsilon"))};
 }
 
+// One direction of one operator in MXNet's signature, from the core's maker.
 // Forward inputs: x, parameters...; backward inputs: dy, x, parameters... (then y),
 // backward outputs: dx, the parameters' gradients.
-template <typename Core>
-MXReturnValue run_forward(const Core& core, std::vector<MXTensor>* in,
-                          std::vector<MXTensor>* out) {
-  attention_forward(core, in->at(0).data<float>(), out->at(0).data<float>(),
-                    layout_of(in->at(0)));
+template <typename Core, Core (*make)(const Attributes&, std::vector<MXTensor>&, int)>
+MXReturnValue forward_of(const Attributes& attributes, std::vector<MXTensor>* in,
+                         std::vector<MXTensor>* out, const OpResource&) {
+  attention_forward(make(attributes, *in, 0), in->at(0).data<float>(),
+                    out->at(0).data<float>(), layout_of(in->at(0)));
   return MX_SUCCESS;
 }
 
-template <typename Core>
-MXReturnValue run_backward(const Core& core, std::vector<MXTensor>* in,
-                           std::vector<MXTensor>* out) {
+template <typename Core, Core (*make)(const Attributes&, std::vector<MXTensor>&, int)>
+MXReturnValue backward_of(const Attributes& attributes, std::vector<MXTensor>* in,
+                          std::vector<MXTensor>* out, const OpResource&) {
   std::vector<float*> gradients;
   for (size_t k = 1; k < out->size(); ++k) gradients.push_back(out->at(k).data<float>());
-  attention_backward(core, in->at(0).data<float>(), in->at(1).data<float>(),
-                     out->at(0).data<float>(), gradients, layout_of(in->at(1)));
+  attention_backward(make(attributes, *in, 1), in->at(0).data<float>(),
+                     in->at(1).data<float>(), out->at(0).data<float>(), gradients,
+                     layout_of(in->at(1)));
   return MX_SUCCESS;
 }
 
-MXReturnValue se_forward(const Attributes&, std::vector<MXTensor>* in,
-                         std::vector<MXTensor>* out, const OpResource&) {
-  return run_forward(se_core(*in, 0), in, out);
-}
-
-MXReturnValue se_backward(const Attributes&, std::vector<MXTensor>* in,
-                          std::vector<MXTensor>* out, const OpResource&) {
-  return run_backward(se_core(*in, 1), in, out);
-}
-
-MXReturnValue eca_forward(const Attributes&, std::vector<MXTensor>* in,
-                          std::vector<MXTensor>* out, const OpResource&) {
-  return run_forward(eca_core(*in, 0), in, out);
-}
-
-MXReturnValue eca_backward(const Attributes&, std::vector<MXTensor>* in,
-                           std::vector<MXTensor>* out, const OpResource&) {
-  return run_backward(eca_core(*in, 1), in, out);
-}
-
-MXReturnValue gct_forward(const Attributes& attributes, std::vector<MXTensor>* in,
-                          std::vector<MXTensor>* out, const OpResource&) {
-  return run_forward(gct_core(attributes, *in, 0), in, out);
-}
-
-MXReturnValue gct_backward(const Attributes& attributes, std::vector<MXTensor>* in,
-                           std::vector<MXTensor>* out, const OpResource&) {
-  return run_backward(gct_core(attributes, *in, 1), in, out);
-}
+constexpr auto se_forward = forward_of<SqueezeExcitation, se_core>;
+constexpr auto se_backward = backward_of<SqueezeExcitation, se_core>;
+constexpr auto eca_forward = forward_of<EfficientChannel, eca_core>;
+constexpr auto eca_backward = backward_of<EfficientChannel, eca_core>;
+constexpr auto gct_forward = forward_of<GatedChannelTransformation, gct_core>;
+constexpr auto gct_backward = backward_of<GatedChannelTransformation, gct_core>;
 
 MXReturnValue gct_attributes(const Attributes& attributes, int* num_in, int* num_out) {
   if (!attributes.count("epsilon")) {
