@@ -11,7 +11,8 @@ from mxnet.gluon.block import HybridBlock
 from bench.benchmark.timing import endless
 from bench.trial.batches import epoch_plan
 from bench.trial.gluon.augment import DeviceImages
-from bench.trial.gluon.trainer import GluonSession, build_parts, make_loss, make_trainer
+from bench.trial.gluon.trainer import (GluonSession, build_parts, initialize_network,
+                                      make_loss, make_trainer)
 from bench.trial.loop import train_epoch
 from models.cifar_resnet import CIFARResNet
 from models.kernels import mxnet_operators_only
@@ -92,11 +93,9 @@ def extension_floor_stepper(spec, images, labels, ctx):
     branch, trained like a trial: the fastest any fused attention can be, as a share
     of vanilla (`--kernels-compare`)."""
     version, depth = parse_model_name(spec.model)
-    mx.random.seed(spec.seed)
     net = CIFARResNet(version, (depth - 2) // 6, attention_class=ExtensionCopy)
-    net.initialize(mx.init.Xavier(), ctx=[ctx])
-    net.hybridize(static_alloc=True, static_shape=True)
-    return trial_stepper(spec, images, labels, ctx, network=net)
+    return trial_stepper(spec, images, labels, ctx,
+                         network=initialize_network(net, spec, [ctx]))
 
 
 def trial_epoch_fn(spec, train, test, ctx):

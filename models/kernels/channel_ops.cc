@@ -25,6 +25,7 @@
 // allow.
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -97,12 +98,12 @@ double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 // ---------------------------------------------------------------- the cores
 //
 // A core maps an image's C pooled statistics to C gates. Its interface:
-//   kPool, parameter_count(), scratch_size(),
+//   kPool, parameter_sizes(), scratch_size(),
 //   forward(statistics, gates, scratch),
 //   backward(statistics, dgates, gates, dstatistics, dparameters, scratch):
 //     from the statistics and the gates' gradients, the gates again, the
 //     statistics' gradients and this image's parameter gradients (laid out as
-//     the parameters are, one after another, parameter_count() values);
+//     the parameters are, one after another);
 //   parameter_sizes(): the element count of each parameter input, in order.
 
 // Squeeze-and-excitation: gates = sigmoid(W2 relu(W1 mean)), W1 (H, C), W2 (C, H),
@@ -113,7 +114,6 @@ struct SqueezeExcitation {
   const float* excite;    // (channels, hidden)
   int64_t channels, hidden;
 
-  int64_t parameter_count() const { return 2 * channels * hidden; }
   std::vector<int64_t> parameter_sizes() const {
     return {channels * hidden, channels * hidden};
   }
@@ -175,7 +175,6 @@ struct EfficientChannel {
   const float* weight;    // (k)
   int64_t channels, taps;
 
-  int64_t parameter_count() const { return taps; }
   std::vector<int64_t> parameter_sizes() const { return {taps}; }
   int64_t scratch_size() const { return 0; }
 
@@ -224,7 +223,6 @@ struct GatedChannelTransformation {
   int64_t channels;
   double epsilon;
 
-  int64_t parameter_count() const { return 3 * channels; }
   std::vector<int64_t> parameter_sizes() const { return {channels, channels, channels}; }
   int64_t scratch_size() const { return 2 * channels; }
 
@@ -310,16 +308,10 @@ void attention_forward(const Core& core, const float* x, float* y, Layout shape)
 template <typename Core>
 void attention_backward(const Core& core, const float* dy, const float* x, float* dx,
                         const std::vector<float*>& gradients, Layout shape) {
-  const int64_t C = shape.channels, L = shape.length, P = core.parameter_count();
-  // Kept from call to call (per engine thread): SE's buffer is half a megabyte in
-  // ResNet-20's last stage, and a fresh one would be fresh pages, faulted in on every step.
-  // Inside the parallel region only through these pointers: there, each OpenMP
-  // thread would see its own (empty) thread_local vectors.
-  thread_local std::vector<double> per_image_buffer, totals_buffer;
-  per_image_buffer.resize(shape.images * P);
-  totals_buffer.resize(P);
-  double* const per_image = per_image_buffer.data();
-  double* const totals = totals_buffer.data();
+  const std::vector<int64_t> sizes = core.parameter_sizes();
+  const int64_t C = shape.channels, L = shape.length;
+  const int64_t P = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+  std::vector<double> per_image(shape.images * P), totals(P);
 #pragma omp parallel
   {
     std::vector<double> statistics(C), dgates(C), gates(C), dstatistics(C);
@@ -331,7 +323,7 @@ void attention_backward(const Core& core, const float* dy, const float* x, float
         row_statistic_and_dot<Core::kPool>(x + offset + c * L, dy + offset + c * L, L,
                                            &statistics[c], &dgates[c]);
       core.backward(statistics.data(), dgates.data(), gates.data(), dstatistics.data(),
-                    per_image + n * P, scratch.data());
+                    per_image.data() + n * P, scratch.data());
       for (int64_t c = 0; c < C; ++c)
         row_gradient<Core::kPool>(dy + offset + c * L, x + offset + c * L,
                                   static_cast<float>(gates[c]), dstatistics[c], L,
@@ -346,7 +338,6 @@ void attention_backward(const Core& core, const float* dy, const float* x, float
     }
   }
   int64_t next = 0;
-  const std::vector<int64_t> sizes = core.parameter_sizes();
   for (size_t k = 0; k < sizes.size(); ++k)
     for (int64_t i = 0; i < sizes[k]; ++i) gradients[k][i] = static_cast<float>(totals[next++]);
 }

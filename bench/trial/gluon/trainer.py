@@ -52,9 +52,15 @@ def build_network(spec, contexts, classes=10):
         # AMP rewrites MXNet's operators for the whole process, so it must come before
         # the network is built (Ray gives every trial a fresh process: reuse_actors=False).
         _amp().init(target_dtype='float16')
-    mx.random.seed(spec.seed)
     net = get_model(spec.model, spec.attention, classes=classes,
                     attention_kwargs=spec.attention_kwargs)
+    return initialize_network(net, spec, contexts)
+
+
+def initialize_network(net, spec, contexts):
+    """`net` Xavier-initialised from the spec's seed on `contexts`, hybridized as the
+    recipe says; returns net."""
+    mx.random.seed(spec.seed)
     net.initialize(mx.init.Xavier(), ctx=contexts)
     if spec.recipe.hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
