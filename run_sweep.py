@@ -6,30 +6,42 @@
     python run_sweep.py --dry-run             # the plan: done / partial / pending / failed
     python run_sweep.py --report-only         # tables and figures from the store, no training
     python run_sweep.py --only model=cifar_resnet20_v1,attention=eca
-    python run_sweep.py --address ray://head:10001   # or RAY_ADDRESS: join a cluster
+    python run_sweep.py --address auto        # join the Ray cluster on this machine
+    python run_sweep.py --address 10.0.0.5:6379   # or RAY_ADDRESS: join a cluster
+
+A dry run writes nothing, whatever else is on the line: with --fresh it lists what
+would be deleted.
 """
 import argparse
+import errno
 import sys
-
 
 DOCTOR_HINT = ('python -m bench.doctor checks this machine in under a minute (frameworks, '
                'driver, each GPU and which backend can use it) and says what to fix')
+INTERRUPTED = ('interrupted: every finished epoch is in the store; run the same command '
+               'again to resume')
+# Flags that make no sense beside --report-only (which trains nothing and starts no Ray).
+TRAINING_ONLY_FLAGS = ('fresh', 'only', 'retry_failed', 'no_report', 'address')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='sweep.yaml', help='sweep file (default: sweep.yaml)')
-    parser.add_argument('--dry-run', action='store_true', help='print the plan and stop')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='print the plan and stop; writes, deletes and downloads nothing')
     parser.add_argument('--only', default=None, metavar='KEY=VALUE,...',
                         help='run a subset, e.g. model=cifar_resnet20_v1,attention=eca')
     parser.add_argument('--retry-failed', action='store_true',
                         help='train failed trials again (from their last checkpoint)')
     parser.add_argument('--fresh', action='store_true',
-                        help="delete this sweep's stored results first (asks unless --yes)")
+                        help="delete this sweep's stored results first (with --only: those "
+                             'cells\' trials only); asks unless --yes')
     parser.add_argument('--yes', action='store_true', help='do not ask before --fresh')
     parser.add_argument('--address', default=None,
-                        help='Ray cluster to join (default: RAY_ADDRESS, else start locally)')
+                        help="Ray cluster to join: 'auto' (the one started on this machine "
+                             "with `ray start`) or host:port (default: RAY_ADDRESS, else a "
+                             'private Ray instance of this run)')
     parser.add_argument('--no-report', action='store_true', help='do not render the reports')
     parser.add_argument('--report-only', action='store_true',
                         help='render the reports of the trials sweep.yaml declares now, from '
@@ -37,6 +49,17 @@ def parse_args(argv=None):
     parser.add_argument('--insert', action='store_true',
                         help='append the results block to a README that has no markers')
     return parser, parser.parse_args(argv)
+
+
+def _conflicts(args):
+    """Flags that contradict each other: one message, before anything is read."""
+    if args.report_only:
+        given = [f"--{name.replace('_', '-')}" for name in TRAINING_ONLY_FLAGS
+                 if getattr(args, name)]
+        if given:
+            return (f"--report-only renders the reports from the store and trains nothing; "
+                    f"it does not take {', '.join(given)} (run without --report-only)")
+    return None
 
 
 def render_reports(loaded, insert=False, manifest=None):
@@ -49,91 +72,164 @@ def render_reports(loaded, insert=False, manifest=None):
                          options=loaded.config.report.model_dump(),
                          layout={'models': loaded.config.models,
                                  'attentions': loaded.config.attentions},
-                         insert=insert, manifest=manifest)
+                         insert=insert, manifest=manifest, protected=[loaded.path])
     for path in written:
         print(f'wrote {path}')
 
 
 def main(argv=None):
     parser, args = parse_args(argv)
+    conflict = _conflicts(args)
+    if conflict:
+        print(f'error: {conflict}', file=sys.stderr)
+        return 2
+    from bench.store import NotAStore, ResultsStore, StoreLocked
     from bench.sweep.config import ConfigError, load_config, parse_only
     try:
         loaded = load_config(args.config)
-        only = parse_only(args.only) if args.only else None
+        only = parse_only(args.only) if args.only is not None else None
     except ConfigError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-
-    if args.report_only:
-        return _report_only(loaded, args.insert)
-
-    from bench.store import ResultsStore, StoreLocked
-    if args.dry_run and not args.fresh:
-        return _plan_and_train(loaded, args, only)
     store = ResultsStore(loaded.store_dir)
     try:
-        store.root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        print(f'error: cannot create the results folder {store.root}: '
-              f'{error.strerror or error}; set outputs.results in {loaded.path} to a folder '
-              'you can write', file=sys.stderr)
-        return 2
-    try:
+        store.check_is_store()
+        if args.dry_run:
+            return _dry_run(loaded, args, only)
+        if args.report_only:
+            return _report_only(loaded, args.insert)
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f'error: cannot create the results folder {store.root}: '
+                  f'{error.strerror or error}; set outputs.results in {loaded.path} to a '
+                  'folder you can write', file=sys.stderr)
+            return 2
         with store.lock():
             store.clean_scratch()
             return _plan_and_train(loaded, args, only)
-    except StoreLocked as error:
+    except (NotAStore, StoreLocked) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except OSError as error:
+        print(f'error: {io_failure(error, loaded)}', file=sys.stderr)
+        return 2
 
 
-INTERRUPTED = ('interrupted: every finished epoch is in the store; run the same command '
-               'again to resume')
+def io_failure(error, loaded):
+    """One line for a failed read or write of the store or an output: which path, why, and
+    what to do; what was finished stays in the store."""
+    path = error.filename or loaded.store_dir
+    cause = error.strerror or str(error)
+    name = errno.errorcode.get(error.errno, '')
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = ('free space on that disk, or point outputs.results in the sweep file '
+               'elsewhere, and run the same command again')
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = ('the results folder and the outputs must be writable by you (not read-only '
+               'or immutable); fix that, or point outputs in the sweep file elsewhere, and '
+               'run the same command again')
+    else:
+        fix = 'fix the cause and run the same command again'
+    return (f'cannot write {path}: {cause}{f" ({name})" if name else ""}; {fix}. Nothing '
+            'finished was lost: every finished epoch in the store stays there')
+
+
+def _dry_run(loaded, args, only):
+    """The plan, and what --fresh would delete; writes, deletes and downloads nothing."""
+    from bench.store import ResultsStore
+    from bench.sweep.cluster import local_devices
+    from bench.sweep.plan import format_plan, plan, planned_data_identity
+    from bench.trial.data import DataError
+    try:
+        identity, note = planned_data_identity(loaded)
+    except DataError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    _print_header(loaded, identity['name'] if identity['official'] else
+                  f"{identity['name']} (not CIFAR-10)")
+    if note:
+        print(f'data: {note}')
+    planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
+    print(format_plan(planned, loaded.config.resources,
+                      devices=local_devices(loaded.config.resources)))
+    if args.fresh:
+        targets = ResultsStore(loaded.store_dir).fresh_targets(
+            [p.trial_id for p in planned] if only else None)
+        print(f'--fresh would delete {len(targets)} path(s)' + (':' if targets else '')
+              + ''.join(f'\n  {path}' for path in targets))
+    problems = _problems_before_training(loaded, args, only, planned, identity)
+    print('dry run: nothing was written, deleted or downloaded')
+    return _refuse(problems) if problems else 0
+
+
+def _refuse(problems):
+    """Print the problems found before training; the exit code (2)."""
+    for problem in problems:
+        print(f'error: {problem}', file=sys.stderr)
+    if problems.backend:
+        print(DOCTOR_HINT, file=sys.stderr)
+    return 2
+
+
+def _print_header(loaded, data_label):
+    from bench.trial.recipe import describe_recipe
+    config = loaded.config
+    print(f'sweep {config.name}: data {data_label}, store {loaded.store_dir}')
+    changed = sum(1 for o in config.overrides if o.recipe)
+    print(f'recipe: {describe_recipe(config.recipe)}'
+          + (f' ({changed} override(s) change it for some cells)' if changed else ''))
+
+
+def _fresh(loaded, planned, only, yes):
+    """Delete what --fresh deletes (asking first unless `yes`); None when done, else the
+    exit code."""
+    from bench.store import ResultsStore
+    store = ResultsStore(loaded.store_dir)
+    targets = store.fresh_targets([p.trial_id for p in planned] if only else None)
+    if not targets:
+        return None
+    what = (f'{len(targets)} stored trial(s) of the cells --only selects' if only else
+            f'every stored result ({len(targets)} path(s))')
+    if not yes:
+        try:
+            answer = input(f'delete {what} in {loaded.store_dir}? [y/N] ')
+        except EOFError:
+            print('\nerror: --fresh deletes stored results and asks first; with no one to '
+                  'answer (no terminal), add --yes', file=sys.stderr)
+            return 2
+        if answer.strip().lower() not in ('y', 'yes'):
+            print('nothing deleted')
+            return 1
+    store.delete(targets)
+    print(f'deleted {what}')
+    return None
 
 
 def _plan_and_train(loaded, args, only):
-    if args.fresh:
-        if not args.yes:
-            try:
-                answer = input(f'delete every stored result in {loaded.store_dir}? [y/N] ')
-            except EOFError:
-                print('\nerror: --fresh deletes every stored result and asks first; with no '
-                      'one to answer (no terminal), add --yes', file=sys.stderr)
-                return 2
-            if answer.strip().lower() not in ('y', 'yes'):
-                print('nothing deleted')
-                return 1
-        from bench.sweep.plan import remove_store
-        remove_store(loaded)
-
-    from bench.trial.data import DataError
     from bench.gpu import GPUError
-    from bench.sweep.cluster import local_devices
     from bench.sweep.driver import run_sweep
-    from bench.sweep.plan import format_plan, load_sweep_data, plan, SweepError
+    from bench.sweep.plan import SweepError, format_plan, load_sweep_data, plan
+    from bench.trial.data import DataError
     try:
         data = load_sweep_data(loaded)
     except DataError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    print(f'sweep {loaded.config.name}: data {data.identity.label}, '
-          f'store {loaded.store_dir}')
-    planned = plan(loaded, data.identity.to_dict(), only=only,
-                   retry_failed=args.retry_failed)
-    problems = _problems_before_training(loaded, args, only, planned, data)
+    identity = data.identity.to_dict()
+    _print_header(loaded, data.identity.label)
+    planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
+    problems = _problems_before_training(loaded, args, only, planned, identity)
     if problems:
-        for problem in problems:
-            print(f'error: {problem}', file=sys.stderr)
-        if any('backend' in problem for problem in problems):
-            print(DOCTOR_HINT, file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(format_plan(planned, loaded.config.resources,
-                          devices=local_devices(loaded.config.resources)))
-        return 0
+        return _refuse(problems)
+    if args.fresh:
+        code = _fresh(loaded, planned, only, args.yes)
+        if code is not None:
+            return code
+        planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
     try:
         outcome = run_sweep(loaded, data, planned, address=args.address)
     except (SweepError, GPUError) as error:
@@ -142,56 +238,78 @@ def _plan_and_train(loaded, args, only):
             print(DOCTOR_HINT, file=sys.stderr)
         return 2
     # The plan again, from the store: statuses and epochs as the run left them.
-    print(format_plan(plan(loaded, data.identity.to_dict(), only=only), loaded.config.resources))
+    print(format_plan(plan(loaded, identity, only=only), loaded.config.resources))
     if outcome.interrupted:
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    code = _summary(outcome)
+    if not args.no_report:
+        code = max(code, _report_or_fail(loaded, args.insert))
+    return code
+
+
+def _summary(outcome):
+    """The failed and damaged trials of a run, on stderr; the exit code they make."""
     code = 0
+    names = {p.trial_id: p.name for p in outcome.planned}
     if outcome.failed:
         print(f'{len(outcome.failed)} trial(s) failed:', file=sys.stderr)
-        names = {p.trial_id: p.name for p in outcome.planned}
         for tid, error in outcome.failed.items():
             print(f'  {names[tid]} ({tid}): {error.strip().splitlines()[-1]}', file=sys.stderr)
         print('fix the cause, then run again with --retry-failed', file=sys.stderr)
         code = 1
     if outcome.damaged:
-        names = {p.trial_id: p.name for p in outcome.planned}
         print(f'{len(outcome.damaged)} trial(s) not trained because their stored files are '
               'damaged:', file=sys.stderr)
         for tid, problems in outcome.damaged.items():
             for problem in problems:
                 print(f'  {names[tid]} ({tid}): {problem}', file=sys.stderr)
         code = 1
-    if not args.no_report:
-        code = max(code, _report_or_fail(loaded, args.insert))
     return code
 
 
-def _problems_before_training(loaded, args, only, planned, data):
-    """What would stop the sweep part way, found before anything trains."""
+class Problems(list):
+    """What would stop a sweep part way; `backend`: some are the backends' (the doctor
+    helps with those)."""
+    backend = False
+
+
+def _problems_before_training(loaded, args, only, planned, identity):
+    """What would stop the sweep part way, found before anything trains (Problems)."""
     from bench.sweep.plan import backend_problems, data_problems
-    from reports import ReportError, check_readme
-    problems = data_problems(planned, data.identity.to_dict())
-    problems += backend_problems(planned, loaded.config.resources)
+    problems = Problems(data_problems(planned, identity))
+    backend = backend_problems(planned, loaded.config.resources)
+    problems.backend = bool(backend)
+    problems += backend
     if only and not planned:
         config = loaded.config
         problems.append(f"--only {args.only} matches no trial of the sweep (models: "
                         f"{', '.join(config.models)}; attentions: "
                         f"{', '.join(config.attentions)}; seeds: "
                         f"{', '.join(map(str, config.seeds))})")
-    readme = loaded.resolve(loaded.config.outputs.readme)
-    if readme is not None and not args.no_report:
-        try:
-            check_readme(readme, args.insert)
-        except (ReportError, OSError) as error:
-            problems.append(str(error))
+    if not args.no_report:
+        problems += _output_problems(loaded, args.insert)
     return problems
+
+
+def _output_problems(loaded, insert):
+    from reports.outputs import output_problems
+    outputs = loaded.config.outputs
+    return output_problems(readme=loaded.resolve(outputs.readme),
+                           report=loaded.resolve(outputs.report),
+                           figures_dir=loaded.resolve(outputs.figures),
+                           protected=[loaded.path], insert=insert)
 
 
 def _report_only(loaded, insert):
     """Reports of the sweep as sweep.yaml declares it now, from stored results alone."""
     from bench.sweep.plan import record_sweep, report_data_identity, sweep_manifest
-    from bench.trial.data import DataError
+    from bench.trial.data import DataError, official_identity
+    problems = _output_problems(loaded, insert)
+    if problems:
+        for problem in problems:
+            print(f'error: {problem}', file=sys.stderr)
+        return 2
     try:
         identity = report_data_identity(loaded)
     except DataError as error:
@@ -199,12 +317,12 @@ def _report_only(loaded, insert):
             print(f'error: {error}', file=sys.stderr)
             return 2
         # Nothing has trained here, so the published table is all there is to show:
-        # rendered from the shipped data, with no trial taken for current and nothing
-        # recorded in the store.
+        # rendered from the shipped data beside the official CIFAR-10's cells (none
+        # trained), with nothing recorded in the store.
         print(f"data not found ({str(error).splitlines()[0]}); showing the published "
               f"{loaded.config.report.reference} table beside cells not trained yet")
-        unknown = {'name': 'CIFAR-10 (not found here)', 'official': True, 'digest': None}
-        return _report_or_fail(loaded, insert, sweep_manifest(loaded.config, unknown))
+        return _report_or_fail(loaded, insert, sweep_manifest(
+            loaded.config, official_identity().to_dict()))
     record_sweep(loaded, identity)
     return _report_or_fail(loaded, insert)
 

@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -36,8 +37,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.trial.checkpoint import STATE_FILE, read_state
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
+from bench.records import check_record
+from bench.trial.checkpoint import STATE_FILE, read_state
 
 DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
 # Files that contradict each other or cannot be read: not trained, not reported as
@@ -64,8 +66,19 @@ TRIAL_COLUMNS = ('trial_id', 'name', 'model', 'attention', 'seed', 'backend', 's
                  'val_loss', 'val_acc', 'total_seconds', 'params', 'macs', 'problems')
 
 
+# What a store holds at its top, beside trial folders named by their ids: --fresh
+# deletes these and nothing else, so a results folder that is not a store loses nothing.
+STORE_FILES = (MANIFEST_FILE, 'results.csv', 'environment.json', 'table.md')
+SCRATCH_DIR = 'ray'
+TRIAL_ID_PATTERN = re.compile(r'^[0-9a-f]{12}$')
+
+
 class StoreLocked(RuntimeError):
     """Another sweep is running on this store; the message says who and what to do."""
+
+
+class NotAStore(RuntimeError):
+    """The results folder holds something that is not a results store of this project."""
 
 
 class ResultsStore:
@@ -81,8 +94,16 @@ class ResultsStore:
         mine = {'host': socket.gethostname(), 'pid': os.getpid(),
                 'since': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
         while not _create_with(path, json.dumps(mine)):
-            holder, _ = read_json_checked(path)
-            holder = holder or {}
+            holder, problem = read_json_checked(path)
+            if problem:
+                # A lock is written whole (a link of a complete file), so this one was
+                # not written by a sweep of this project, or was damaged since.
+                raise StoreLocked(
+                    f'{problem}. The lock cannot tell whether a sweep is running on '
+                    f'{self.root}: if none is (no run_sweep.py on any machine using this '
+                    f'folder), delete {path} and run again')
+            if holder is None:       # released while we looked
+                continue
             if holder.get('host') == mine['host'] and not _process_alive(holder.get('pid')):
                 stale = path.with_name(f'.{LOCK_FILE}.stale-{os.getpid()}')
                 try:
@@ -108,7 +129,8 @@ class ResultsStore:
         """Remove what killed runs left behind: Tune's scratch folders, half-copied
         checkpoints and temporary files. Only while holding the lock (no run is active).
         Returns how many were removed."""
-        leftovers = list((self.root / 'ray').glob('*')) if (self.root / 'ray').is_dir() else []
+        scratch = self.root / SCRATCH_DIR
+        leftovers = list(scratch.glob('*')) if scratch.is_dir() else []
         leftovers += list(self.root.glob('.*.tmp'))
         for folder in (self.root / 'trials').glob('*'):
             leftovers += list(folder.glob('.checkpoint-*')) + list(folder.glob('.*.tmp'))
@@ -118,6 +140,54 @@ class ResultsStore:
             else:
                 path.unlink(missing_ok=True)
         return len(leftovers)
+
+    def check_is_store(self):
+        """Refuse a results folder that holds something other than a store of this project
+        (a sweep `name` that is also the name of an unrelated folder): before anything
+        is written, cleaned or deleted there. A missing or empty folder is a new store."""
+        if not self.root.exists():
+            return
+        if not self.root.is_dir():
+            raise NotAStore(f'the results folder {self.root} is a file, not a folder; set '
+                            'outputs.results (or name) in the sweep file to a folder for '
+                            'results')
+        entries = {p.name for p in self.root.iterdir()}
+        if not entries or (self.root / MANIFEST_FILE).is_file() or \
+                (self.root / 'trials').is_dir() or entries <= {LOCK_FILE}:
+            return
+        raise NotAStore(
+            f'{self.root} is not a results store of this project (it has no {MANIFEST_FILE} '
+            f"and no trials/ folder, but {', '.join(sorted(entries)[:5])}"
+            f"{', ...' if len(entries) > 5 else ''}): nothing was written or deleted there. "
+            'Set outputs.results or the sweep name in the sweep file to a folder for this '
+            "sweep's results")
+
+    def fresh_targets(self, trial_ids=None):
+        """What --fresh deletes: the trial folders of `trial_ids` (every stored trial when
+        None, with the store's own files and scratch); only what this project writes,
+        nothing else in the folder. NotAStore when the folder is not a store."""
+        self.check_is_store()
+        if not self.root.is_dir():
+            return []
+        ids = self.trial_ids() if trial_ids is None else \
+            [t for t in trial_ids if t in set(self.trial_ids())]
+        targets = [self.trial_dir(t) for t in ids if TRIAL_ID_PATTERN.match(t)]
+        if trial_ids is None:
+            targets += [self.root / name for name in (*STORE_FILES, SCRATCH_DIR)
+                        if (self.root / name).exists()]
+            targets += sorted(self.root.glob('.*.tmp'))
+        return targets
+
+    def delete(self, targets):
+        """Delete paths returned by fresh_targets (folders as a whole, links as links)."""
+        for path in targets:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        trials = self.root / 'trials'
+        if trials.is_dir() and not any(trials.iterdir()):
+            trials.rmdir()
 
     def trial_dir(self, trial_id):
         return self.root / 'trials' / trial_id
@@ -356,16 +426,22 @@ class TrialState:
 
 def read_json_checked(path):
     """(value, None), (None, None) when the file is absent, or (None, problem) naming the
-    file and what is wrong with it."""
+    file and what is wrong with it: not JSON, or not of the shape its name says
+    (bench.records)."""
     path = Path(path)
     if not path.is_file():
         return None, None
     try:
         value = read_json(path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        # ValueError: JSONDecodeError, and numbers too long to convert
         return None, f'{path}: not valid JSON ({_short(error)})'
     if not isinstance(value, dict):
         return None, f'{path}: expected a JSON object, found {type(value).__name__}'
+    try:
+        check_record(value, path.name)
+    except ValueError as error:
+        return None, f'{path}: {error}'
     return value, None
 
 

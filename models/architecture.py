@@ -52,16 +52,14 @@ def stage_plans(model):
 
 def attention_options(attention, attention_kwargs=None):
     """The attention's options with None values dropped (unset options keep the
-    module's defaults); refuses options the attention does not take."""
-    from .names import ATTENTION_OPTIONS
+    module's defaults); ValueError names each option that does not fit its rule
+    (models.names.ATTENTION_OPTION_RULES)."""
+    from .names import attention_option_problems
     attention = parse_attention_name(attention)
     options = {k: v for k, v in (attention_kwargs or {}).items() if v is not None}
-    unknown = sorted(set(options) - set(ATTENTION_OPTIONS[attention]))
-    if attention == 'none' and options:
-        raise ValueError(f"attention 'none' takes no options, got {sorted(options)}")
-    if unknown:
-        raise TypeError(f'attention {attention!r} takes no option(s) {unknown}; '
-                        f'valid: {list(ATTENTION_OPTIONS[attention])}')
+    problems = attention_option_problems(attention, options)
+    if problems:
+        raise ValueError('; '.join(problems))
     return options
 
 

@@ -6,8 +6,12 @@ need these facts but nothing of the networks themselves, so they live apart from
 the builders (a test holds the attention registry to them).
 """
 import re
+import reprlib
 
 STANDARD_DEPTHS = (20, 56, 110)
+# The deepest CIFAR ResNet of He et al. (2016) has 1202 layers (n = 200): deeper names
+# are typos, and counting one of millions of layers would hang the sweep's checks.
+MAX_DEPTH = 1202
 MODEL_NAME_PATTERN = re.compile(r'^cifar_resnet(\d+)_v([12])$')
 MODELS = tuple(f'cifar_resnet{depth}_v{version}'
                for depth in STANDARD_DEPTHS for version in (1, 2))
@@ -37,6 +41,64 @@ ATTENTION_OPTIONS = {'none': (), 'se': ('reduction',), 'eca': ('kernel_size', 'g
                      'gct': ('epsilon',)}
 
 
+def _whole(low, high, odd=False):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return 'expected a whole number'
+        if not low <= value <= high:
+            return f'expected {low} to {high}'
+        if odd and value % 2 == 0:
+            return 'expected an odd number'
+        return None
+    return check
+
+
+def _real(low=None, high=None, above=None):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return 'expected a number'
+        if value != value or value in (float('inf'), float('-inf')):
+            return 'expected a finite number'
+        if above is not None and not value > above:
+            return f'expected a number above {above:g}'
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f'expected {low:g} to {high:g}'
+        return None
+    return check
+
+
+# What each option takes (None always means the module's default): one rule per option,
+# checked wherever options are given (the sweep file, the builders of both backends).
+ATTENTION_OPTION_RULES = {
+    ('se', 'reduction'): _whole(1, 4096),
+    ('eca', 'kernel_size'): _whole(1, 255, odd=True),
+    ('eca', 'gamma'): _real(above=0, high=1e6),
+    ('eca', 'b'): _real(low=-1e6, high=1e6),
+    ('gct', 'epsilon'): _real(above=0, high=1.0),
+}
+
+
+def attention_option_problems(attention, options):
+    """What is wrong with `options` for attention `attention` (registered spelling): each
+    problem names the option, what it takes and what was found; [] when they fit."""
+    valid = ATTENTION_OPTIONS[attention]
+    if not isinstance(options, dict):
+        return [f'options of {attention} must be a mapping, found {type(options).__name__}']
+    unknown = sorted(set(map(str, options)) - set(valid))
+    if unknown and not valid:
+        return [f"attention {attention!r} takes no options, got {', '.join(unknown)}"]
+    if unknown:
+        return [f"{attention} takes no option {', '.join(unknown)}; its options: "
+                f"{', '.join(valid)}"]
+    problems = []
+    for name, value in options.items():
+        problem = None if value is None else ATTENTION_OPTION_RULES[(attention, name)](value)
+        if problem:
+            problems.append(f'{attention} option {name}: {problem}, found '
+                            f'{reprlib.repr(value)}')
+    return problems
+
+
 class UnknownNameError(KeyError):
     """A model or attention name that is not registered; the message lists the valid ones."""
 
@@ -48,10 +110,11 @@ def parse_model_name(name):
     """(version, depth) of a `cifar_resnet{depth}_v{version}` name with depth = 6n + 2."""
     match = MODEL_NAME_PATTERN.match(str(name))
     depth = int(match.group(1)) if match else 0
-    if not match or depth < 8 or (depth - 2) % 6:
+    if not match or depth < 8 or depth > MAX_DEPTH or (depth - 2) % 6:
         raise UnknownNameError(
             f"unknown model {name!r}; valid models: {', '.join(MODELS)} "
-            f"(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, n >= 1)")
+            f"(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, 8 <= depth <= "
+            f"{MAX_DEPTH})")
     return int(match.group(2)), depth
 
 

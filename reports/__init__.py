@@ -11,9 +11,12 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from bench.fileio import write_text_atomic
+from bench.trial.recipe import RecipeError, describe_recipe
 from models.names import parse_model_name
 
+from .escape import markdown_text, markdown_url
 from .figures import write_figures
+from .outputs import REPORT_MARK, check_outputs
 from .reference import load_reference
 from .spread import REFERENCE_RULE, RULE
 from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
@@ -24,17 +27,24 @@ from .table import table_context
 __all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_histories',
            'load_manifest', 'load_trials', 'render_all', 'split_by_sweep', 'table_context']
 
+# Every value a template prints is escaped for the template's format: HTML entities in
+# the .html.j2 templates, Markdown backslash escapes in the .md.j2 ones (reports.escape);
+# only Markup made by our own templates passes as it is.
 _ENV = Environment(loader=PackageLoader('reports', 'templates'), undefined=StrictUndefined,
                    autoescape=select_autoescape(['html.j2']), keep_trailing_newline=True)
+_MARKDOWN_ENV = Environment(loader=PackageLoader('reports', 'templates'),
+                            undefined=StrictUndefined, autoescape=False,
+                            keep_trailing_newline=True, finalize=markdown_text)
 MACS_NOTE = ("MACs: convolutions and dense layers, plus each attention's passes over its "
              "C×H×W input (pooling or GCT's sum of squares, and the channel scaling), one MAC "
              "per element each; BN and ReLU are not counted.")
-ORIGINAL_LOSS_NOTE = ("`train loss` is the last epoch's mean training loss: what the original "
-                      "table called loss.")
+ORIGINAL_LOSS_NOTE = ("\"train loss\" is the last epoch's mean training loss: what the "
+                      "original table called loss.")
 
 
 def render(template, **context):
-    return _ENV.get_template(template).render(**context)
+    env = _MARKDOWN_ENV if template.endswith('.md.j2') else _ENV
+    return env.get_template(template).render(**context)
 
 
 def _title_and_caption(context, trials):
@@ -53,11 +63,7 @@ def _title_and_caption(context, trials):
         parts.append(f"Seeds {', '.join(map(str, context['seeds']))}; cells with several seeds "
                      'show mean ± std (n)')
     if recipe:
-        parts.append(f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, "
-                     f"{recipe['optimizer']} lr {recipe['lr']:g} x{recipe['lr_decay']:g} at "
-                     f"epoch{'s' if len(recipe['lr_decay_epochs']) > 1 else ''} "
-                     f"{', '.join(map(str, recipe['lr_decay_epochs']))}, "
-                     f"wd {recipe['wd']:g}")
+        parts.append(_recipe_part(recipe))
     parts.append(_backends_part(trials, trained=bool(context['finished'])))
     revisions = sorted({(parse_model_name(m)[0], int(r)) for m, r in
                         zip(trials['model'], trials['network_revision'])})
@@ -71,6 +77,14 @@ def _title_and_caption(context, trials):
         parts.append(MACS_NOTE)
     parts.append('bold: best of the row; TBA: not trained yet')
     return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
+
+
+def _recipe_part(recipe):
+    """The recipe as the caption states it: only the decay points its run reaches."""
+    try:
+        return describe_recipe(recipe)
+    except RecipeError:     # stored by a version with other rules: said as it is stored
+        return 'recipe ' + json.dumps(recipe, sort_keys=True)
 
 
 def _reference_and_marks_parts(context):
@@ -107,15 +121,20 @@ def _backends_part(trials, trained=True):
 
 
 def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,
-               layout=None, insert=False, manifest=None):
+               layout=None, insert=False, manifest=None, protected=()):
     """Every report of the store at `store_dir`; returns the paths written.
 
     Only the trials the sweep consists of now (its sweep.json) enter the tables and
     figures; other stored trials are listed in report.html under their own heading.
     `options` and `layout` default to the sweep's own; `manifest` to the store's
     sweep.json (--report-only passes one where nothing can be recorded yet).
+    Nothing is written where an output points at a file this project did not write, or
+    at one of `protected` (the sweep file): ReportError says which and what to do.
     """
     store_dir = Path(store_dir)
+    figures_dir = Path(figures_dir) if figures_dir else store_dir / 'figures'
+    check_outputs(readme=readme, report=report_path, figures_dir=figures_dir, insert=insert,
+                  protected=protected)
     manifest = manifest or load_manifest(store_dir)
     options = dict(manifest.get('report') or {}, **(options or {}))
     layout = {'models': manifest['models'], 'attentions': manifest['attentions'],
@@ -133,12 +152,12 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
     # Rendered by our own template with every value escaped, so it is markup to keep.
     table_html = Markup(render('readme_table.html.j2', **context).strip())
     written = []
-    figures = write_figures(trials, histories, figures_dir or store_dir / 'figures',
+    figures = write_figures(trials, histories, figures_dir,
                             layout.get('models'), layout.get('attentions'))
     written += [path for _, path in figures]
 
     markdown_path = store_dir / 'table.md'
-    _write_text(markdown_path, f'Results: {title}. {caption}\n\n'
+    _write_text(markdown_path, f'Results: {markdown_text(title)}. {markdown_text(caption)}\n\n'
                 + render('table.md.j2', **context))
     written.append(markdown_path)
 
@@ -146,13 +165,15 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
         readme = Path(readme)
         block = render('readme_block.md.j2', title=title, caption=caption,
                        table_html=table_html,
-                       figures=[{'title': t, 'path': Path(os.path.relpath(p, readme.parent))
-                                 .as_posix()} for t, p in figures])
+                       figures=[{'title': t, 'path': markdown_url(
+                           Path(os.path.relpath(p, readme.parent)).as_posix())}
+                                for t, p in figures])
         written.append(write_readme(readme, block, insert=insert))
 
     if report_path is not None:
         environment = load_environment(store_dir)
         html = render('report.html.j2', name=store_dir.name, title=title, caption=caption,
+                      generator=Markup(REPORT_MARK),
                       table_html=table_html,
                       figures=[{'title': t, 'base64': base64.b64encode(Path(p).read_bytes())
                                 .decode('ascii')} for t, p in figures],

@@ -12,6 +12,7 @@ from bench.fileio import write_bytes_atomic  # noqa: E402
 from bench.store import DONE  # noqa: E402
 from models.names import attention_label, model_sort_key  # noqa: E402
 
+from .outputs import GENERATOR, is_our_figure  # noqa: E402
 from .table import default_order  # noqa: E402
 
 
@@ -101,9 +102,9 @@ def _seed_note(seed_counts):
 
 
 def save_figure(fig, path):
-    """Save as PNG, atomically."""
+    """Save as PNG, atomically, marked as ours (reports.outputs.is_our_figure)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110)
+    fig.savefig(buffer, format='png', dpi=110, metadata={'Software': GENERATOR})
     plt.close(fig)
     return write_bytes_atomic(Path(path), buffer.getvalue())
 
@@ -129,6 +130,6 @@ def write_figures(trials, histories, figures_dir, models=None, attentions=None):
     kept = {path for _, path in written}
     stale = list(figures_dir.glob(f'{CURVES_PREFIX}*.png')) + [figures_dir / ACCURACY_FIGURE]
     for path in stale:
-        if path not in kept and path.is_file():
+        if path not in kept and path.is_file() and is_our_figure(path):
             path.unlink()
     return written

@@ -5,7 +5,7 @@ from bench.fileio import write_bytes_atomic
 
 BEGIN = '<!-- results:begin (written by run_sweep.py; edits inside are overwritten) -->'
 END = '<!-- results:end -->'
-_BEGIN_PREFIX = '<!-- results:begin'
+BEGIN_PREFIX = '<!-- results:begin'
 
 
 class ReportError(RuntimeError):
@@ -17,7 +17,18 @@ def inject_block(text, block, insert=False, source='README.md'):
 
     Without markers: a ReportError, or with `insert` the block appended at the end.
     """
-    start = text.find(_BEGIN_PREFIX)
+    begins, ends = text.count(BEGIN_PREFIX), text.count(END)
+    if begins > 1 or ends > 1:
+        raise ReportError(f'{source} holds {begins} result begin markers and {ends} end markers; '
+                          'it needs exactly one pair (a block was duplicated by hand or by an '
+                          'older version): delete the extra blocks, keeping one pair of '
+                          f'{BEGIN!r} and {END!r}')
+    if BEGIN_PREFIX in block or END in block:
+        # The block is escaped text of ours: marker text in it is a bug, and writing it
+        # would make the README grow by a block on every run.
+        raise ReportError(f'the results block for {source} contains result marker text; '
+                          'nothing was written (please report this)')
+    start = text.find(BEGIN_PREFIX)
     end = text.find(END, start + 1) if start >= 0 else -1
     newline = '\r\n' if '\r\n' in text else '\n'
     body = block.strip('\n').replace('\n', newline)

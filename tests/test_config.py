@@ -53,7 +53,8 @@ def test_unknown_model_and_attention_list_the_valid_ones():
     assert 'my.yaml: models:' in message and 'cifar_resnet56_v2' in message
     message = errors_of({**BASE, 'attentions': ['none', 'cbam']})
     assert 'my.yaml: attentions:' in message and 'none, se, eca, gct' in message
-    assert "optimizer must be one of" in errors_of({**BASE, 'recipe': {'optimizer': 'adamw'}})
+    assert "my.yaml: recipe.optimizer: Input should be 'adam', 'sgd' or 'nag' (found 'adamw')" \
+        in errors_of({**BASE, 'recipe': {'optimizer': 'adamw'}})
     assert 'required key is missing' in errors_of({'name': 't', 'models': ['cifar_resnet20_v1']})
     assert 'listed more than once' in errors_of({**BASE, 'attentions': ['se', 'se']})
 
@@ -64,7 +65,8 @@ def test_overrides_are_checked_and_applied():
     assert "overrides.0.match.attention: 'se' is not in attentions" in message
     message = errors_of({**BASE, 'overrides': [{'match': {'attention': 'eca'},
                                                'recipe': {'bogus': 1}}]})
-    assert 'overrides.0.recipe: unknown recipe option(s) bogus' in message
+    assert 'my.yaml: overrides.0.recipe.bogus: unknown key; valid keys: epochs, batch_size' \
+        in message
     config = parse_config({**BASE, 'seeds': [0, 1], 'overrides': [
         {'match': {'attention': 'eca'}, 'attention_kwargs': {'kernel_size': 5}},
         {'match': {'attention': 'eca', 'seed': 1}, 'recipe': {'lr': 0.1}}]})
@@ -171,8 +173,9 @@ def test_names_counts_and_attention_options_are_checked_before_anything_runs():
         {**BASE, 'attentions': ['eca', 'ECA']})
     assert parse_config({**BASE, 'attentions': ['None', 'ECA']}).attentions == ['none', 'eca']
     assert errors_of({**BASE, 'recipe': {'epochs': True}}) == \
-        "my.yaml: recipe: epochs must be a whole number, got True (found {'epochs': True})"
-    assert 'overrides.0.recipe: batch_size must be a whole number, got False' in errors_of(
+        "my.yaml: recipe.epochs: Input should be a valid integer (found True)"
+    assert 'overrides.0.recipe.batch_size: Input should be a valid integer (found False)' \
+        in errors_of(
         {**BASE, 'overrides': [{'match': {}, 'recipe': {'batch_size': False}}]})
     message = errors_of({**BASE, 'attentions': ['se', 'eca'], 'overrides': [
         {'match': {}, 'attention_kwargs': {'reduction': 8}}]})
@@ -199,7 +202,7 @@ def test_backend_is_a_recipe_option_in_the_id_only_when_not_gluon():
 
 
 def test_backend_options_are_checked_with_what_to_change():
-    assert 'backend must be one of gluon, torch' in errors_of(
+    assert "recipe.backend: Input should be 'gluon' or 'torch' (found 'jax')" in errors_of(
         {**BASE, 'recipe': {'backend': 'jax'}})
     assert 'amp_bfloat16 needs backend torch' in errors_of(
         {**BASE, 'recipe': {'precision': 'amp_bfloat16'},
@@ -213,3 +216,95 @@ def test_backend_options_are_checked_with_what_to_change():
     assert 'overrides give the cell cifar_resnet20_v1 none two backends (seed 0: gluon, ' \
            'seed 1: torch)' in message
     assert 'match on model and attention, not seed' in message
+
+
+NONSENSE = [
+    ({'recipe': {'lr': float('inf')}}, 'recipe.lr: Input should be a finite number (found inf)'),
+    ({'recipe': {'wd': float('nan')}}, 'recipe.wd: Input should be a finite number (found nan)'),
+    ({'recipe': {'lr_decay': float('nan')}}, 'recipe.lr_decay: Input should be a finite number'),
+    ({'recipe': {'lr_decay': -1}}, 'recipe.lr_decay: Input should be greater than 0'),
+    ({'recipe': {'momentum': -5}},
+     'recipe.momentum: Input should be greater than or equal to 0 (found -5)'),
+    ({'recipe': {'lr_decay_epochs': [-5]}},
+     'recipe.lr_decay_epochs.0: Input should be greater than or equal to 1 (found -5)'),
+    ({'recipe': {'epochs': 10 ** 23}}, 'recipe.epochs: Input should be less than or equal to'),
+    ({'recipe': {'lr': '0.1'}}, "recipe.lr: Input should be a valid number (found '0.1')"),
+    ({'seeds': [-1]}, 'seeds.0: Input should be greater than or equal to 0 (found -1)'),
+    ({'seeds': [2 ** 31]}, 'seeds.0: Input should be less than or equal to 2147483647'),
+    ({'seeds': ['1']}, "seeds.0: Input should be a valid integer (found '1')"),
+    ({'resources': {'gpus_per_trial': float('inf')}},
+     'resources.gpus_per_trial: Input should be a finite number (found inf)'),
+    ({'resources': {'cpus_per_trial': '2'}},
+     "resources.cpus_per_trial: Input should be a valid number (found '2')"),
+    ({'attentions': ['se'], 'overrides': [{'match': {}, 'attention_kwargs': {'reduction': -1}}]},
+     'overrides.0.attention_kwargs: se option reduction: expected 1 to 4096, found -1'),
+    ({'attentions': ['se'], 'overrides': [{'match': {}, 'attention_kwargs':
+                                           {'reduction': 'abc'}}]},
+     "se option reduction: expected a whole number, found 'abc'"),
+    ({'attentions': ['eca'], 'overrides': [{'match': {}, 'attention_kwargs':
+                                            {'kernel_size': 4}}]},
+     'eca option kernel_size: expected an odd number, found 4'),
+    ({'attentions': ['gct'], 'overrides': [{'match': {}, 'attention_kwargs':
+                                            {'epsilon': -1}}]},
+     'gct option epsilon: expected a number above 0, found -1'),
+    ({'models': ['cifar_resnet60000002_v1']}, '8 <= depth <= 1202'),
+]
+
+
+@pytest.mark.parametrize('change,expected', NONSENSE)
+def test_every_field_has_one_rule_checked_before_anything_trains(change, expected):
+    assert expected in errors_of({**BASE, **change})
+
+
+def test_an_override_is_held_to_the_same_rules_as_the_recipe():
+    for value, top in (('0.1', "recipe.lr: Input should be a valid number (found '0.1')"),
+                       (float('inf'), 'recipe.lr: Input should be a finite number (found inf)'),
+                       (True, 'recipe.lr: Input should be a valid number (found True)')):
+        assert top in errors_of({**BASE, 'recipe': {'lr': value}})
+        assert f'my.yaml: overrides.0.{top}' in errors_of(
+            {**BASE, 'overrides': [{'match': {'attention': 'eca'}, 'recipe': {'lr': value}}]})
+
+
+def test_decay_points_beyond_the_run_are_legal_and_only_those_reached_are_stated():
+    from bench.trial.recipe import describe_recipe
+    config = parse_config({**BASE, 'recipe': {'epochs': 1}})     # the shipped 81, 122
+    assert config.recipe.lr_decay_epochs == (81, 122)
+    assert describe_recipe(config.recipe) == \
+        '1 epoch, batch 128, adam lr 0.003 no decay within 1 epoch, wd 0.0001'
+    assert describe_recipe(Recipe(epochs=100)).endswith('x0.1 at epoch 81, wd 0.0001')
+    assert 'x0.1 at epochs 81, 122' in describe_recipe(Recipe())
+    assert 'x0.1 at epoch 2' not in describe_recipe(Recipe(epochs=1, lr_decay_epochs=(2,)))
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_and_quoted_in_bounded_form(tmp_path):
+    import time
+    lines = ['a0: &a0 [x, x, x, x, x, x, x, x, x, x]']
+    lines += [f'a{i}: &a{i} [' + ', '.join([f'*a{i - 1}'] * 10) + ']' for i in range(1, 9)]
+    lines += ['name: *a8', 'models: [cifar_resnet20_v1]', 'attentions: [none]']
+    bomb = tmp_path / 'bomb.yaml'
+    bomb.write_text('\n'.join(lines) + '\n')
+    assert bomb.stat().st_size < 1000
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match='more than 100,000 values once its YAML aliases'):
+        load_config(bomb)
+    assert time.monotonic() - started < 10
+    # Below the bound, an alias in a typed key is named with a bounded quote of its value.
+    small = tmp_path / 'small.yaml'
+    small.write_text('a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a]\n'
+                     'name: *b\nmodels: [cifar_resnet20_v1]\nattentions: [none]\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(small)
+    name_line, = [line for line in str(error.value).splitlines() if ': name: ' in line]
+    assert 'name: Input should be a valid string (found [[' in name_line
+    assert len(name_line) - len(str(small)) < 200
+    huge = tmp_path / 'huge.yaml'
+    huge.write_bytes(b'#' * (2 << 20))
+    with pytest.raises(ConfigError, match='is this a sweep file'):
+        load_config(huge)
+
+
+def test_an_empty_only_is_an_error_not_the_whole_sweep():
+    for text in (',,,', ' ', 'model=', 'model=,attention=eca'):
+        with pytest.raises(ConfigError, match='--only'):
+            parse_only(text)
+    assert parse_only('attention=ECA') == {'attention': ['eca']}

@@ -224,7 +224,7 @@ def test_fresh_without_a_terminal_says_to_add_yes(sweep, monkeypatch, capsys):
     def no_terminal(prompt):
         raise EOFError
     monkeypatch.setattr('builtins.input', no_terminal)
-    assert run_sweep.main(['--config', str(path), '--fresh', '--dry-run']) == 2
+    assert run_sweep.main(['--config', str(path), '--fresh']) == 2
     assert 'with no one to answer (no terminal), add --yes' in capsys.readouterr().err
     assert store.trial_state(ids['finished']).status == DONE
 

@@ -47,9 +47,13 @@ def test_learning_rate_schedule_is_the_original_recipe():
 
 
 def test_bad_recipe_values_are_named():
-    with pytest.raises(ValueError, match='optimizer must be one of adam, sgd, nag'):
+    with pytest.raises(ValueError, match="recipe.optimizer: Input should be 'adam', 'sgd' or "
+                                         "'nag' \\(found 'adamw'\\)"):
+        Recipe.from_dict({'optimizer': 'adamw'})
+    with pytest.raises(ValueError):
         Recipe(optimizer='adamw')
-    with pytest.raises(ValueError, match='unknown recipe option.*lr_decay_epoch\\b'):
+    with pytest.raises(ValueError, match='recipe.lr_decay_epoch: unknown key; valid keys: '
+                                         'epochs, batch_size'):
         Recipe.from_dict({'lr_decay_epoch': [81]})
     assert TrialSpec.from_dict(tiny_spec().to_dict()) == tiny_spec()
 
@@ -225,9 +229,12 @@ def test_a_small_real_data_set_is_learned(tmp_path):
 
 def test_mixed_precision_is_a_recipe_option_refused_off_the_gpu(tiny_cifar_root, capsys):
     from bench.trial.gluon.trainer import check_precision
+    with pytest.raises(ValueError, match="recipe.precision: Input should be 'float32', "
+                                         "'amp_float16' or 'amp_bfloat16'"):
+        Recipe.from_dict({'precision': 'bfloat16'})
     with pytest.raises(ValueError, match='precision must be one of float32, amp_float16 with '
                                          'backend gluon'):
-        Recipe(precision='bfloat16')
+        Recipe.from_dict({'precision': 'amp_bfloat16'})
     amp = Recipe(precision='amp_float16')
     assert Recipe.from_dict(amp.to_dict()) == amp
     check_precision(amp, [mx.gpu(0)])               # accepted where it can run

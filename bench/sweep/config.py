@@ -26,11 +26,17 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from models.names import ATTENTION_OPTIONS, parse_attention_name, parse_model_name
+from models.names import attention_option_problems, parse_attention_name, parse_model_name
 
-from bench.trial.recipe import Recipe, TrialSpec
 from bench.store import REPORT_METRICS
+from bench.trial.recipe import Recipe, Seed, TrialSpec, recipe_problems
+from bench.validation import describe_error
 
+# A sweep file is a few hundred bytes; these bounds only stop a file that is not one
+# (or a YAML alias bomb, a few hundred bytes that expand to billions of values) before
+# anything walks it.
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 100_000
 
 
 class ConfigError(ValueError):
@@ -38,13 +44,15 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra='forbid')
+    # strict: no string is taken for a number and no truth value for a count, at every
+    # level (the recipe's own model is strict too).
+    model_config = ConfigDict(extra='forbid', strict=True)
 
 
 class Match(_Strict):
     model: Optional[str] = None
     attention: Optional[str] = None
-    seed: Optional[int] = None
+    seed: Optional[Seed] = None
 
 
 class Override(_Strict):
@@ -61,10 +69,10 @@ class DataConfig(_Strict):
 
 
 class Resources(_Strict):
-    cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: float = Field(0, ge=0)
+    cpus_per_trial: float = Field(1, gt=0, le=4096, allow_inf_nan=False)
+    gpus_per_trial: float = Field(0, ge=0, le=64, allow_inf_nan=False)
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)
+    max_failures: int = Field(1, ge=0, le=100)
 
     @field_validator('gpus_per_trial')
     @classmethod
@@ -90,10 +98,10 @@ class ReportOptions(_Strict):
 
 
 class SweepConfig(_Strict):
-    name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+    name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', max_length=100)
     models: List[str] = Field(min_length=1)
     attentions: List[str] = Field(min_length=1)
-    seeds: List[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: List[Seed] = Field(default_factory=lambda: [0], min_length=1)
     recipe: Recipe = Field(default_factory=Recipe)
     overrides: List[Override] = Field(default_factory=list)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -112,15 +120,6 @@ class SweepConfig(_Strict):
         # The registry ignores case; so must the trial ids and the duplicate check.
         return _registered([str(name).lower() for name in names], parse_attention_name,
                            'attention')
-
-    @field_validator('recipe', mode='before')
-    @classmethod
-    def _no_truth_values_for_counts(cls, values):
-        # Checked before pydantic turns `epochs: true` into 1.
-        for name in ('epochs', 'batch_size'):
-            if isinstance(values, dict) and isinstance(values.get(name), bool):
-                raise ValueError(f'{name} must be a whole number, got {values[name]!r}')
-        return values
 
     @field_validator('seeds')
     @classmethod
@@ -172,32 +171,46 @@ class LoadedSweep:
         return self.resolve(self.config.outputs.results) / self.config.name
 
 
-def _describe_error(error, source):
-    kind, loc = error['type'], [str(part) for part in error['loc']]
-    where = '.'.join(loc) or '(top level)'
-    if kind in ('extra_forbidden', 'unexpected_keyword_argument'):
-        parent = loc[:-1]
-        return f'{source}: {where}: unknown key{_valid_keys_hint(parent)}'
-    if kind == 'missing':
-        return f'{source}: {where}: required key is missing'
-    message = error['msg'].removeprefix('Value error, ')
-    if not loc:                         # a check across keys: the whole file is its input
-        return f'{source}: {message}'
-    found = error.get('input')
-    return f'{source}: {where}: {message} (found {found!r})'
-
-
-def _valid_keys_hint(parent):
+def _valid_keys(parent):
+    """The keys valid where an unknown key was found (`parent`: its location)."""
     model = SweepConfig
     for part in parent:
+        if part.isdigit():            # an item of a list: its model is the list's
+            continue
         field = getattr(model, 'model_fields', {}).get(part)
         annotation = field.annotation if field else None
-        if annotation is Recipe:
-            return f"; valid keys: {', '.join(f.name for f in dataclasses.fields(Recipe))}"
+        if annotation is not None and getattr(annotation, '__origin__', None) is list:
+            annotation = annotation.__args__[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return ''
+            return None
         model = annotation
-    return f"; valid keys: {', '.join(model.model_fields)}"
+    return list(model.model_fields)
+
+
+def _describe_error(error, source, prefix=()):
+    return describe_error(error, source, prefix, valid_keys=_valid_keys)
+
+
+def check_size(values, source):
+    """Refuse a document of more than MAX_VALUES values once its aliases are expanded,
+    counted without expanding them (each shared node is counted once per use)."""
+    sizes = {}
+
+    def size(value, depth=0):
+        if depth > 50:
+            raise ConfigError(f'{source}: nested more than 50 levels deep; a sweep file '
+                              'is a few levels of keys and lists')
+        key = id(value)
+        if key not in sizes:
+            children = (list(value.keys()) + list(value.values()) if isinstance(value, dict)
+                        else value if isinstance(value, list) else ())
+            sizes[key] = 1 + sum(size(child, depth + 1) for child in children)
+            if sizes[key] > MAX_VALUES:
+                raise ConfigError(
+                    f'{source}: holds more than {MAX_VALUES:,} values once its YAML aliases '
+                    'are expanded; a sweep file is a few dozen (is this a sweep file?)')
+        return sizes[key]
+    size(values)
 
 
 def parse_config(values, source='sweep.yaml'):
@@ -205,6 +218,7 @@ def parse_config(values, source='sweep.yaml'):
     if not isinstance(values, dict):
         raise ConfigError(f'{source}: expected a mapping of keys (name, models, ...), '
                           f'found {type(values).__name__}')
+    check_size(values, source)
     try:
         config = SweepConfig.model_validate(values)
     except ValidationError as error:
@@ -212,26 +226,30 @@ def parse_config(values, source='sweep.yaml'):
             from None
     problems = []
     for index, override in enumerate(config.overrides):
+        where = ('overrides', index)
         for key, listed in (('model', config.models), ('attention', config.attentions),
                             ('seed', config.seeds)):
             value = getattr(override.match, key)
             if value is not None and value not in listed:
                 problems.append(f'{source}: overrides.{index}.match.{key}: {value!r} is not in '
                                 f'{key}s ({", ".join(map(str, listed))})')
+        # The same rules as the sweep's own recipe, on the recipe this override makes.
         try:
-            Recipe.from_dict({**config.recipe.to_dict(), **override.recipe})
-        except (TypeError, ValueError) as error:
-            problems.append(f'{source}: overrides.{index}.recipe: {error}')
+            Recipe.model_validate({**config.recipe.model_dump(), **override.recipe})
+        except ValidationError as error:
+            problems += recipe_problems(error, source, (*where, 'recipe'))
         attentions = [override.match.attention] if override.match.attention \
             else config.attentions
         for attention in attentions:
-            problem = _attention_options_problem(attention, override.attention_kwargs)
-            if problem:
-                problems.append(f'{source}: overrides.{index}.attention_kwargs: {problem}')
+            for problem in attention_option_problems(parse_attention_name(attention),
+                                                     override.attention_kwargs):
+                problems.append(f'{source}: overrides.{index}.attention_kwargs: {problem}'
+                                + ('' if override.match.attention else
+                                   ' (narrow the override with match.attention)'))
     if not problems:
         problems += [f'{source}: {problem}' for problem in _cells_with_two_backends(config)]
     if problems:
-        raise ConfigError('\n'.join(problems))
+        raise ConfigError('\n'.join(dict.fromkeys(problems)))
     return config
 
 
@@ -247,39 +265,35 @@ def _cells_with_two_backends(config):
             for (model, attention), seeds in backends.items() if len(set(seeds.values())) > 1]
 
 
-def _attention_options_problem(attention, options):
-    """Why `options` cannot be given to attention `attention` (None when they can)."""
-    if not options:
-        return None
-    valid = ATTENTION_OPTIONS[parse_attention_name(attention)]
-    if not valid:
-        return f"attention {attention!r} takes no options, got {', '.join(sorted(options))}"
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        return (f"{attention} takes no option {', '.join(unknown)}; its options: "
-                f"{', '.join(valid)} (narrow the override with match.attention)")
-    return None
-
-
 def load_config(path):
     """Read and validate a sweep YAML file."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f'{path}: {path.stat().st_size:,} bytes; a sweep file is a few '
+                              f'hundred (at most {MAX_FILE_BYTES:,}): is this a sweep file?')
         text = path.read_text(encoding='utf-8')
     except FileNotFoundError:
         raise ConfigError(f'{path}: no such file; pass --config with a sweep YAML file') \
             from None
+    except IsADirectoryError:
+        raise ConfigError(f'{path}: is a folder; pass --config with a sweep YAML file') \
+            from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f'{path}: cannot be read ({error})') from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f'{path}: not valid YAML: {error}') from None
+        raise ConfigError(f'{path}: not valid YAML: {str(error)[:500]}') from None
+    except RecursionError:
+        raise ConfigError(f'{path}: nested too deeply to be a sweep file') from None
     return LoadedSweep(parse_config(values, str(path)), path.resolve())
 
 
 # ---------------------------------------------------------------- expansion
 
 def trial_spec(config, model, attention, seed):
-    recipe = config.recipe.to_dict()
+    recipe = config.recipe.model_dump()
     attention_kwargs = {}
     for override in config.overrides:
         match = override.match
@@ -319,11 +333,14 @@ def parse_only(text):
     """'model=a,attention=b' -> {'model': ['a'], 'attention': ['b']} for --only."""
     selected = {}
     for part in filter(None, (p.strip() for p in str(text).split(','))):
-        key, sep, value = part.partition('=')
-        if not sep or key not in ('model', 'attention', 'seed'):
+        key, sep, value = (p.strip() for p in part.partition('='))
+        if not sep or key not in ('model', 'attention', 'seed') or not value:
             raise ConfigError(f"--only takes key=value pairs with keys model, attention, seed; "
                               f"got {part!r}")
-        selected.setdefault(key, []).append(value)
+        selected.setdefault(key, []).append(value.lower() if key == 'attention' else value)
+    if not selected:
+        raise ConfigError(f'--only {text!r} selects nothing; give key=value pairs, e.g. '
+                          '--only model=cifar_resnet20_v1,attention=eca')
     return selected
 
 

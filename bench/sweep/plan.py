@@ -2,13 +2,13 @@
 
 Framework-free: --dry-run and --report-only run here without MXNet or PyTorch.
 """
-import shutil
 from dataclasses import dataclass
 
 from bench.progress import print_line
-from bench.store import DAMAGED, DONE, FAILED, LOCK_FILE, PARTIAL, PENDING, ResultsStore
+from bench.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, ResultsStore
 from bench.sweep.config import expand, matches_only, trial_id
-from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
+from bench.trial.data import (DEMO_FOLDER, DataError, DataMissing, demo_digits_identity,
+                              load_cifar10, load_demo_digits, official_identity)
 from models.names import network_revision
 
 
@@ -31,16 +31,45 @@ class PlannedTrial:
         return self.status in (PENDING, PARTIAL)
 
 
+def _data_root(loaded):
+    data = loaded.config.data
+    if data.dataset == 'demo':
+        return loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_FOLDER
+    return loaded.resolve(data.root) if data.root else None
+
+
 def load_sweep_data(loaded, download=None):
     """The data set the sweep declares (CIFAR-10 or the demo digits) with its identity.
 
     `download` overrides the sweep's data.download (reports never download)."""
     data = loaded.config.data
     if data.dataset == 'demo':
-        root = loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_FOLDER
-        return load_demo_digits(root)
-    return load_cifar10(loaded.resolve(data.root) if data.root else None,
+        return load_demo_digits(_data_root(loaded))
+    return load_cifar10(_data_root(loaded),
                         download=data.download if download is None else download)
+
+
+def planned_data_identity(loaded):
+    """(identity dict, note) of the sweep's data for a plan, writing and fetching nothing:
+    read from the files where they are; the demo digits computed in memory; the official
+    CIFAR-10 from its published checksums when its files are not here yet (the note says
+    so, and how to get them). Malformed files are a DataError, as for a run."""
+    if loaded.config.data.dataset == 'demo':
+        root = _data_root(loaded)
+        identity = demo_digits_identity(root)
+        written = (root / 'cifar-10-batches-bin').is_dir()
+        return identity.to_dict(), None if written else (
+            f'the demo data is not written yet: a run writes it to {root}')
+    try:
+        return load_cifar10(_data_root(loaded), download=False).identity.to_dict(), None
+    except DataMissing as error:
+        first = str(error).splitlines()[0]
+        how = ('a run downloads it (data.download is true)' if loaded.config.data.download
+               else 'data.download is false, so fetch it first')
+        return official_identity(_data_root(loaded)).to_dict(), (
+            f'{first} The plan below is for the official CIFAR-10, whose trial ids are '
+            f'known from its published checksums; {how}: '
+            + str(error).splitlines()[-1])
 
 
 def sweep_trials(config, data_identity):
@@ -78,7 +107,9 @@ def report_data_identity(loaded, progress=print_line):
     otherwise the identity the last run recorded, said as such.
     """
     try:
-        return load_sweep_data(loaded, download=False).identity.to_dict()
+        if loaded.config.data.dataset == 'demo':
+            return demo_digits_identity(_data_root(loaded)).to_dict()
+        return load_cifar10(_data_root(loaded), download=False).identity.to_dict()
     except DataError as error:
         manifest = ResultsStore(loaded.store_dir).read_manifest()
         if manifest is None:
@@ -157,13 +188,3 @@ def format_plan(planned, resources, devices=None):
     return '\n'.join(lines)
 
 
-def remove_store(loaded):
-    """Delete everything the sweep's results folder holds but its lock (for --fresh)."""
-    if loaded.store_dir.exists():
-        for path in loaded.store_dir.iterdir():
-            if path.name == LOCK_FILE:
-                continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()

@@ -61,7 +61,10 @@ def latest_checkpoint(root):
 
 
 def read_state(folder):
-    return read_json(Path(folder) / STATE_FILE)
+    """The checkpoint's state.json; ValueError when it is not of the shape this project
+    writes (bench.records), OSError when it cannot be read."""
+    from bench.records import check_record
+    return check_record(read_json(Path(folder) / STATE_FILE), STATE_FILE)
 
 
 def load_checkpoint(folder, load_weights, expected_spec=None):

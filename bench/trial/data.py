@@ -59,8 +59,22 @@ OFFICIAL_PY_MD5 = {
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
+# The digest that identifies the official CIFAR-10 in trial ids: computed from the
+# published checksums above, so that the plan of a sweep on CIFAR-10 (its trial ids)
+# is known before the files are on the machine. Only files whose every checksum
+# matches get it; any other data is identified by a digest of its records.
+OFFICIAL_DIGEST = hashlib.sha1(
+    ('cifar10-official:' + ','.join(OFFICIAL_BIN_SHA1[name] for name in sorted(OFFICIAL_BIN_SHA1)))
+    .encode()).hexdigest()
+TRAIN_IMAGES, TEST_IMAGES = 50000, 10000
+
+
 class DataError(RuntimeError):
     """Data that is missing or malformed; the message says what to do."""
+
+
+class DataMissing(DataError):
+    """No copy of the data set was found where the sweep points (and none was fetched)."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +226,7 @@ def download_cifar10(root, url=DOWNLOAD_URL, timeout=30):
         with urllib.request.urlopen(url, timeout=timeout) as response:
             blob = response.read()
     except (urllib.error.URLError, OSError) as error:
-        raise DataError(missing_data_message(root, cause=error)) from error
+        raise DataMissing(missing_data_message(root, cause=error)) from error
     write_bytes_atomic(target, blob)
     return target
 
@@ -234,7 +248,7 @@ def load_cifar10(root=None, download=True, name=None):
         download_cifar10(root)
         located = _locate(root)
     if located is None:
-        raise DataError(missing_data_message(root))
+        raise DataMissing(missing_data_message(root))
     layout, source, read = located
     decode = decode_bin if layout == 'bin' else decode_py
     published, digest_of = ((OFFICIAL_BIN_SHA1, hashlib.sha1) if layout == 'bin'
@@ -257,7 +271,8 @@ def load_cifar10(root=None, download=True, name=None):
     test_images, test_labels = batches[TEST_BATCH]
     identity = DataIdentity(
         name='cifar10' if official else (name or f'cifar-format data at {source}'),
-        official=official, digest=records_digest.hexdigest(), layout=layout, source=source,
+        official=official, digest=OFFICIAL_DIGEST if official else records_digest.hexdigest(),
+        layout=layout, source=source,
         train_images=len(train_images), test_images=len(test_images))
     return Dataset(np.ascontiguousarray(train_images), train_labels,
                    np.ascontiguousarray(test_images), test_labels, identity)
@@ -316,11 +331,18 @@ def write_cifar10(root, train_images, train_labels, test_images, test_labels,
     return root / folder_name
 
 
-def make_digits_dataset(root, test_fraction=0.2, seed=0):
-    """scikit-learn's handwritten digits (8x8, 1797 images) as 32x32 RGB CIFAR-format files.
+def official_identity(root=None):
+    """The identity the official CIFAR-10 gets when its files are loaded, known without
+    them: what the plan of a sweep on CIFAR-10 is computed with before they are there."""
+    root = Path(root) if root is not None else Path(default_root())
+    return DataIdentity(name='cifar10', official=True, digest=OFFICIAL_DIGEST, layout='bin',
+                        source=f'{root} (not there yet)', train_images=TRAIN_IMAGES,
+                        test_images=TEST_IMAGES)
 
-    A small real data set that ships inside a package, so the demo shows real
-    learning with no download. Written once; later calls reuse the files.
+
+def digits_arrays(test_fraction=0.2, seed=0):
+    """scikit-learn's handwritten digits (8x8, 1797 images) as 32x32 RGB uint8 images:
+    (train images, train labels, test images, test labels), the demo data set's content.
 
     The pixels are shifted and scaled so that, after the recipe's normalisation,
     every channel has mean 0 and standard deviation 1, as CIFAR-10's nearly has.
@@ -330,9 +352,6 @@ def make_digits_dataset(root, test_fraction=0.2, seed=0):
     evaluates as the identity, so on raw digits every v2 network evaluated far
     below how it trained.
     """
-    root = Path(root)
-    if _locate(root) is not None:
-        return root
     from sklearn.datasets import load_digits
     digits = load_digits()
     gray = digits.images.repeat(4, axis=1).repeat(4, axis=2)            # 8x8 -> 32x32
@@ -343,7 +362,17 @@ def make_digits_dataset(root, test_fraction=0.2, seed=0):
     order = np.random.default_rng(seed).permutation(len(images))
     n_test = int(len(images) * test_fraction)
     test, train = order[:n_test], order[n_test:]
-    write_cifar10(root, images[train], labels[train], images[test], labels[test])
+    return images[train], labels[train], images[test], labels[test]
+
+
+def make_digits_dataset(root, test_fraction=0.2, seed=0):
+    """The digits (digits_arrays) written as CIFAR-format files under root, once: a small
+    real data set that ships inside a package, so the demo shows real learning with no
+    download. Later calls reuse the files."""
+    root = Path(root)
+    if _locate(root) is not None:
+        return root
+    write_cifar10(root, *digits_arrays(test_fraction, seed))
     return root
 
 
@@ -355,3 +384,19 @@ DEMO_FOLDER = Path('data') / 'demo-digits-cifar-stats'    # relative to the swee
 def load_demo_digits(root):
     """The demo data set: the digits written (once) under root, loaded like CIFAR-10."""
     return load_cifar10(make_digits_dataset(root), download=False, name=DEMO_NAME)
+
+
+def demo_digits_identity(root):
+    """The identity load_demo_digits(root) gives, without writing anything: from the files
+    where they are there, else computed from the digits in memory."""
+    root = Path(root)
+    if _locate(root) is not None:
+        return load_cifar10(root, download=False, name=DEMO_NAME).identity
+    train_images, train_labels, test_images, test_labels = digits_arrays()
+    # The files hold the training records in order over five batches, then the test
+    # batch: the digest load_cifar10 computes over them is this one.
+    digest = hashlib.sha1(record_bytes(train_images, train_labels)
+                          + record_bytes(test_images, test_labels)).hexdigest()
+    return DataIdentity(name=DEMO_NAME, official=False, digest=digest, layout='bin',
+                        source=str(root / BIN_FOLDER), train_images=len(train_images),
+                        test_images=len(test_images))

@@ -3,8 +3,17 @@
 The recipe's defaults are the original table's: batch 128, 186 epochs, Adam at
 0.003 divided by 10 at epochs 81 and 122, weight decay 1e-4, random crop with
 4-pixel padding and horizontal flip, Xavier initialisation, hybridized.
+
+`Recipe` is validated field by field by one set of rules (pydantic, strict: no
+string is taken for a number, no truth value for a count), wherever a recipe comes
+from: the sweep file's `recipe`, an override, a stored spec or a command line.
 """
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Tuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bench.validation import describe_error
 
 OPTIMIZERS = ('adam', 'sgd', 'nag')
 # The framework that trains a trial: MXNet Gluon (the reference, what the original
@@ -17,23 +26,40 @@ BACKEND_PRECISIONS = {'gluon': ('float32', 'amp_float16'), 'torch': PRECISIONS}
 # Options added after results were first stored: at their default they stay out of
 # to_dict, so the trial ids and checkpoints of earlier sweeps remain valid.
 LATER_OPTIONS = {'precision': 'float32', 'backend': 'gluon', 'compile': False, 'tf32': True}
+# Bounds that keep a typo from training for centuries: the original table trains 186.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+# Seeds seed numpy, MXNet and PyTorch; MXNet's takes a C int.
+MAX_SEED = 2 ** 31 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+_FINITE = {'allow_inf_nan': False}
 
 
-@dataclass(frozen=True)
-class Recipe:
-    epochs: int = 186
-    batch_size: int = 128             # images per step, over all devices of the trial
-    optimizer: str = 'adam'           # adam | sgd | nag
-    lr: float = 0.003
-    lr_decay: float = 0.1             # factor applied at each of lr_decay_epochs
-    lr_decay_epochs: tuple = (81, 122)
-    momentum: float = 0.9             # sgd and nag only
-    wd: float = 1e-4
+class RecipeError(ValueError):
+    """A recipe that fails its rules; one line per problem, each naming the option."""
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra='forbid')
+
+    epochs: int = Field(186, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)   # images per step, all devices
+    optimizer: Literal[OPTIMIZERS] = 'adam'
+    lr: float = Field(0.003, gt=0, **_FINITE)
+    # The factor applied at each of lr_decay_epochs (1: no decay).
+    lr_decay: float = Field(0.1, gt=0, le=1, **_FINITE)
+    # Epochs (counted from 1) after which the decay applies. Beyond `epochs` is legal, so
+    # that a short smoke test of a long recipe runs; such points are simply not reached.
+    # A list in the sweep file, a tuple here (strict=False only for the container).
+    lr_decay_epochs: Annotated[Tuple[Annotated[int, Field(ge=1, le=MAX_EPOCHS)], ...],
+                               Field(strict=False)] = (81, 122)
+    momentum: float = Field(0.9, ge=0, lt=1, **_FINITE)     # sgd and nag only
+    wd: float = Field(1e-4, ge=0, **_FINITE)
     random_crop: bool = True          # 4-pixel zero padding, random 32x32 window
     random_flip: bool = True
     hybridize: bool = True            # gluon: static_alloc + static_shape
-    precision: str = 'float32'        # float32 | amp_float16 | amp_bfloat16 (GPUs only)
-    backend: str = 'gluon'            # gluon | torch
+    precision: Literal[PRECISIONS] = 'float32'   # amp_*: GPUs only
+    backend: Literal[BACKENDS] = 'gluon'
     compile: bool = False             # torch: torch.compile the network
     # TF32 for float32 convolutions and matrix products on GPUs that have it (Ampere and
     # newer): on is MXNet's default (cuDNN uses it unless NVIDIA_TF32_OVERRIDE=0), so
@@ -41,16 +67,10 @@ class Recipe:
     # strictly float32. No effect on CPUs.
     tf32: bool = True
 
-    def __post_init__(self):
-        object.__setattr__(self, 'lr_decay_epochs', tuple(int(e) for e in self.lr_decay_epochs))
+    @model_validator(mode='after')
+    def _options_fit_the_backend(self):
         problems = []
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                            f"got {self.optimizer!r}")
-        if self.backend not in BACKENDS:
-            problems.append(f"backend must be one of {', '.join(BACKENDS)}, "
-                            f"got {self.backend!r}")
-        elif self.precision not in BACKEND_PRECISIONS[self.backend]:
+        if self.precision not in BACKEND_PRECISIONS[self.backend]:
             problems.append(f"precision must be one of "
                             f"{', '.join(BACKEND_PRECISIONS[self.backend])} with backend "
                             f"{self.backend}, got {self.precision!r}"
@@ -59,26 +79,20 @@ class Recipe:
         if self.compile and self.backend != 'torch':
             problems.append('compile is an option of backend torch (torch.compile); '
                             'the gluon backend compiles its graph through hybridize')
-        for name in ('epochs', 'batch_size'):
-            value = getattr(self, name)
-            # bool is an int to Python: `epochs: true` would train one epoch.
-            if isinstance(value, bool) or not isinstance(value, int):
-                problems.append(f'{name} must be a whole number, got {value!r}')
-            elif value < 1:
-                problems.append(f'{name} must be at least 1, got {value}')
-        if not self.lr > 0:
-            problems.append(f'lr must be positive, got {self.lr}')
-        if self.wd < 0:
-            problems.append(f'wd must be >= 0, got {self.wd}')
         if problems:
             raise ValueError('; '.join(problems))
+        return self
 
     def lr_at(self, epoch):
         """Learning rate of (0-based) `epoch`: lr times lr_decay for every decay epoch passed."""
         return self.lr * self.lr_decay ** sum(1 for e in self.lr_decay_epochs if epoch >= e)
 
+    def decays_reached(self):
+        """The decay epochs this recipe's run reaches, in order (the rest never apply)."""
+        return sorted(e for e in self.lr_decay_epochs if e < self.epochs)
+
     def to_dict(self):
-        out = asdict(self)
+        out = self.model_dump()
         out['lr_decay_epochs'] = list(self.lr_decay_epochs)
         for name, default in LATER_OPTIONS.items():
             if out[name] == default:
@@ -86,13 +100,40 @@ class Recipe:
         return out
 
     @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown recipe option(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(sorted(known))}")
-        return cls(**values)
+    def from_dict(cls, values, where='recipe'):
+        """A Recipe from plain values; RecipeError names each problem as
+        `where.option: what (found ...)`."""
+        if not isinstance(values, dict):
+            raise RecipeError(f'{where}: expected a mapping of recipe options, found '
+                              f'{type(values).__name__}')
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise RecipeError('\n'.join(recipe_problems(error, '', (where,)))) from None
+
+
+def recipe_problems(error, source, prefix=()):
+    """The lines of a Recipe ValidationError, each naming its option."""
+    return [describe_error(e, source, prefix, valid_keys=lambda _: RECIPE_OPTIONS)
+            for e in error.errors()]
+
+
+RECIPE_OPTIONS = tuple(Recipe.model_fields)
+
+
+def describe_recipe(recipe):
+    """The recipe in a few words, as a caption or a plan states it: only the decay points
+    its run reaches ('x0.1 at epochs 81, 122'; 'no decay within 1 epoch')."""
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(dict(recipe))
+    reached = recipe.decays_reached()
+    if reached and recipe.lr_decay != 1:
+        schedule = (f"x{recipe.lr_decay:g} at epoch{'s' if len(reached) > 1 else ''} "
+                    f"{', '.join(map(str, reached))}")
+    else:
+        schedule = f"no decay within {recipe.epochs} epoch{'s' if recipe.epochs > 1 else ''}"
+    return (f"{recipe.epochs} epoch{'s' if recipe.epochs > 1 else ''}, batch "
+            f"{recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} {schedule}, "
+            f"wd {recipe.wd:g}")
 
 
 @dataclass(frozen=True)

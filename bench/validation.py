@@ -1,0 +1,42 @@
+"""Messages for input that fails validation: the place, what was expected, what was found.
+
+One formatter for every pydantic-validated input (the sweep file, its overrides, a
+recipe given on a command line), so the same mistake reads the same wherever it is
+made. Whatever a message quotes is bounded: a YAML alias bomb expands to gigabytes
+when printed in full.
+"""
+import reprlib
+
+# The most characters of a found value that a message quotes.
+QUOTE_LIMIT = 120
+
+_quote = reprlib.Repr()
+_quote.maxlevel = 3
+_quote.maxdict = _quote.maxlist = _quote.maxtuple = _quote.maxset = 6
+_quote.maxstring = _quote.maxother = 60
+
+
+def bounded_repr(value, limit=QUOTE_LIMIT):
+    """repr(value), cut to at most `limit` characters whatever the value's size."""
+    text = _quote.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def describe_error(error, source, prefix=(), valid_keys=None):
+    """One pydantic error (an item of ValidationError.errors()) as `source: where: what
+    (found ...)`. `prefix` is where the validated value sits in the file;
+    `valid_keys(parent_location)` lists the keys an unknown key could have meant."""
+    kind = error['type']
+    loc = [str(part) for part in (*prefix, *error['loc'])]
+    head = f'{source}: ' if source else ''
+    where = '.'.join(loc) or '(top level)'
+    if kind in ('extra_forbidden', 'unexpected_keyword_argument'):
+        hint = valid_keys(loc[:-1]) if valid_keys else None
+        return f'{head}{where}: unknown key' + (f"; valid keys: {', '.join(hint)}"
+                                                if hint else '')
+    if kind == 'missing':
+        return f'{head}{where}: required key is missing'
+    message = error['msg'].removeprefix('Value error, ')
+    if not error['loc']:       # a check across keys: the whole value is its input
+        return f'{head}{where}: {message}' if prefix else f'{head}{message}'
+    return f"{head}{where}: {message} (found {bounded_repr(error.get('input'))})"

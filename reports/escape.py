@@ -1,0 +1,35 @@
+"""Text from the store or the sweep file, made inert in each output format.
+
+A data folder's name, a sweep's name, a stored error or recipe, a model name in a
+crafted sweep.json: anything that did not come from this package's own templates is
+text, never markup. HTML gets entities (Jinja's autoescape); Markdown gets backslash
+escapes for every character that could start markup (CommonMark's inline syntax,
+raw HTML and GFM's tables and strikethrough), so `x<img src=x onerror=...>` or a
+`<!-- results:end -->` in a folder name stays text in README.md and table.md.
+Line breaks and other control characters become spaces: a blank line would end the
+README's HTML block, and text of ours is one line.
+"""
+import re
+from urllib.parse import quote
+
+from markupsafe import Markup
+
+_CONTROL = re.compile(r'[\x00-\x1f\x7f\u2028\u2029]+')
+_MARKDOWN_SPECIAL = re.compile(r'([\\`*_\[\]<>|~&!#])')
+
+
+def one_line(value):
+    return _CONTROL.sub(' ', str(value))
+
+
+def markdown_text(value):
+    """`value` as literal text in Markdown (and in GFM table cells)."""
+    if isinstance(value, Markup):     # made by our own templates, escaped already
+        return str(value)
+    return _MARKDOWN_SPECIAL.sub(r'\\\1', one_line(value))
+
+
+def markdown_url(path):
+    """A relative path as a Markdown link destination: percent-encoded, so no character of
+    it can end the link or start markup."""
+    return Markup(quote(one_line(path), safe='/'))

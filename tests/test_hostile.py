@@ -1,0 +1,278 @@
+"""A careless or hostile user (issue #23): flags that contradict each other, outputs that
+point at files that are not ours, crafted files in the store, markup in names. Nothing is
+lost, nothing is executed, every case ends in one clear message. No training."""
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import run_sweep
+from bench.store import DONE, PARTIAL, ResultsStore
+from bench.sweep.config import load_config
+from bench.sweep.plan import load_sweep_data, plan
+
+from .sweep_helpers import write_sweep, write_tiny_data
+from .test_store import dry_run, fake_trial, sweep  # noqa: F401  (the fixture)
+
+MARKUP = 'x<img src=x onerror=alert(1)>'
+
+
+def snapshot(root):
+    """Every file and folder under root with its content's hash: what a run changed."""
+    root = Path(root)
+    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest()
+                                       if p.is_file() else 'dir')
+            for p in sorted(root.rglob('*'))}
+
+
+def run(args, capsys):
+    capsys.readouterr()
+    code = run_sweep.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_dry_run_writes_deletes_and_downloads_nothing_whatever_else_is_on_the_line(
+        sweep, tmp_path, capsys, monkeypatch):
+    path, loaded, store, ids = sweep
+
+    def no_network(*args, **kwargs):
+        raise AssertionError('a dry run tried to download')
+    monkeypatch.setattr('urllib.request.urlopen', no_network)
+    monkeypatch.setattr('builtins.input', lambda prompt: 'y')
+    before = snapshot(tmp_path)
+    for extra in (['--fresh', '--yes'], ['--fresh'], ['--fresh', '--yes', '--only',
+                                                      'attention=eca'],
+                  ['--retry-failed', '--insert'], ['--report-only'], ['--no-report'],
+                  ['--fresh', '--yes', '--report-only', '--insert']):
+        code, out, err = run(['--config', str(path), '--dry-run', *extra], capsys)
+        assert code in (0, 2), (extra, err)
+        assert snapshot(tmp_path) == before, extra
+    code, out, err = run(['--config', str(path), '--dry-run', '--fresh', '--yes'], capsys)
+    assert code == 0 and 'dry run: nothing was written, deleted or downloaded' in out
+    assert f"--fresh would delete 3 path(s):\n  {store.trial_dir(ids['finished'])}" in out
+    code, out, err = run(['--config', str(path), '--dry-run', '--fresh', '--only',
+                          'attention=eca'], capsys)
+    assert f"--fresh would delete 1 path(s):\n  {store.trial_dir(ids['partial'])}\n" in out
+
+
+def test_a_dry_run_of_demo_data_that_is_not_written_yet_writes_none_and_plans_the_same(
+        tmp_path, capsys):
+    sweep_file = tmp_path / 'demo.yaml'
+    sweep_file.write_text('name: d\nmodels: [cifar_resnet8_v1]\nattentions: [none]\n'
+                          'recipe: {epochs: 1, batch_size: 16}\n'
+                          'data: {dataset: demo, root: digits}\n'
+                          'outputs: {readme: null, report: null}\n')
+    code, out, err = run(['--config', str(sweep_file), '--dry-run'], capsys)
+    assert code == 0, err
+    assert f"the demo data is not written yet: a run writes it to {tmp_path / 'digits'}" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['demo.yaml']
+    planned_id = re.search(r'cifar_resnet8_v1-none-s0 +(\w{12})', out).group(1)
+    loaded = load_config(sweep_file)
+    data = load_sweep_data(loaded)               # a run writes the files, then reads them
+    assert plan(loaded, data.identity.to_dict())[0].trial_id == planned_id
+
+
+def test_the_plan_of_official_cifar10_is_shown_without_its_files(tmp_path, capsys,
+                                                                 monkeypatch):
+    from bench.trial.data import OFFICIAL_DIGEST, official_identity
+    monkeypatch.setattr('urllib.request.urlopen', lambda *a, **k: 1 / 0)
+    text = Path('sweep.yaml').read_text().replace('root: null', f"root: {tmp_path / 'none'}")
+    shipped = tmp_path / 'sweep.yaml'
+    shipped.write_text(text.replace('results: results', f"results: {tmp_path / 'results'}"))
+    code, out, err = run(['--config', str(shipped), '--dry-run'], capsys)
+    assert code == 0, err
+    assert f"data: CIFAR-10 was not found under {tmp_path / 'none'}." in out
+    assert 'The plan below is for the official CIFAR-10' in out and 'a run downloads it' in out
+    assert '16 trials: 0 done, 0 partial, 16 pending, 0 failed' in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['sweep.yaml']
+    # The ids are those the official files get once loaded (any layout).
+    assert official_identity().digest == OFFICIAL_DIGEST
+    from bench.sweep.config import expand, trial_id
+    first = expand(load_config(shipped).config)[0]
+    assert trial_id(first, official_identity().to_dict()) in out
+
+
+def test_fresh_deletes_only_a_store_and_only_its_own_files(tmp_path, capsys):
+    data_root = write_tiny_data(tmp_path / 'cifar', train=32, test=8)
+    unrelated = tmp_path / 'photos'
+    unrelated.mkdir()
+    (unrelated / 'holiday.jpg').write_bytes(b'jpeg')
+    (unrelated / '.notes.tmp').write_text('mine')
+    (unrelated / 'ray').mkdir()
+    (unrelated / 'ray' / 'experiment').write_text('mine')
+    path = write_sweep(tmp_path, data_root, name='photos', extra={
+        'outputs': {'results': '.', 'readme': None, 'figures': 'figs', 'report': None}})
+    before = snapshot(unrelated)
+    for args in (['--fresh', '--yes'], ['--fresh', '--yes', '--dry-run'], [], ['--dry-run']):
+        code, out, err = run(['--config', str(path), *args], capsys)
+        assert code == 2 and f'{unrelated} is not a results store of this project' in err, args
+        assert 'nothing was written or deleted there' in err
+        assert snapshot(unrelated) == before
+    # In a store, --fresh leaves what is not the store's own.
+    store = ResultsStore(tmp_path / 'store')
+    (store.root / 'trials' / '0123456789ab').mkdir(parents=True)
+    (store.root / 'sweep.json').write_text('{}')
+    (store.root / 'trials' / 'mine').mkdir()
+    (store.root / 'keep.txt').write_text('mine')
+    store.delete(store.fresh_targets())
+    assert sorted(p.name for p in store.root.rglob('*')) == ['keep.txt', 'mine', 'trials']
+
+
+def test_fresh_with_only_deletes_only_the_selected_cells_trials(sweep, capsys, monkeypatch):
+    path, loaded, store, ids = sweep
+    trained = []
+
+    def no_training(loaded, data, planned, address=None):
+        from bench.sweep.driver import SweepOutcome
+        trained.extend(p.name for p in planned if p.will_train)
+        return SweepOutcome(planned, [], {p.trial_id: p.status for p in planned}, {})
+    monkeypatch.setattr('bench.sweep.driver.run_sweep', no_training)
+    code, out, err = run(['--config', str(path), '--fresh', '--yes', '--no-report',
+                          '--only', 'attention=eca'], capsys)
+    assert code == 0, err
+    assert 'deleted 1 stored trial(s) of the cells --only selects' in out
+    assert trained == ['cifar_resnet8_v1-eca-s0']
+    assert not store.trial_dir(ids['partial']).exists()
+    assert store.trial_state(ids['finished']).status == DONE
+    assert (store.root / 'sweep.json').is_file()
+
+
+def test_outputs_never_overwrite_a_file_this_project_did_not_write(sweep, tmp_path, capsys):
+    path, loaded, store, ids = sweep
+    text = path.read_text()
+    notes = tmp_path / 'notes.html'
+    notes.write_text('<html>my notes</html>')
+    bad = tmp_path / 'bad.yaml'
+    cases = {
+        ('report: report.html', f'report: {notes}'): 'which this project did not write',
+        ('readme: null', 'readme: bad.yaml'): 'the sweep file itself',
+        ('readme: null', f'readme: {path.name}'): 'has no results markers',
+        ('figures: figures', 'figures: bad.yaml'): 'the sweep file itself',
+        ('figures: figures', f'figures: {path.name}'): 'a file; name a folder',
+    }
+    for (old, new), expected in cases.items():
+        bad.write_text(text.replace(old, new))
+        before = snapshot(tmp_path)
+        for args in ([], ['--report-only'], ['--dry-run']):
+            code, out, err = run(['--config', str(bad), *args], capsys)
+            assert code == 2 and expected in err, (new, args, err)
+            assert snapshot(tmp_path) == before, (new, args)
+    bad.write_text(text.replace('readme: null', f'readme: {path.name}'))
+    code, out, err = run(['--config', str(bad), '--report-only', '--insert'], capsys)
+    assert code == 2 and 'is not a Markdown file' in err
+    bad.write_text(text.replace('report: report.html', 'report: bad.yaml'))
+    assert 'the sweep file itself' in run(['--config', str(bad), '--report-only'], capsys)[2]
+    figures = tmp_path / 'figures'
+    figures.mkdir()
+    (figures / 'final_accuracy.png').write_text('not a png of ours')
+    code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    assert code == 2 and 'final_accuracy.png is not a figure this project wrote' in err
+    assert (figures / 'final_accuracy.png').read_text() == 'not a png of ours'
+    (figures / 'final_accuracy.png').unlink()
+    # Its own report is rewritten, of course, also one an earlier version wrote.
+    assert run(['--config', str(path), '--report-only'], capsys)[0] == 0
+    report = tmp_path / 'report.html'
+    report.write_text(report.read_text().replace(
+        '<meta name="generator" content="channel-attention-bench">', ''))
+    assert run(['--config', str(path), '--report-only'], capsys)[0] == 0
+
+
+def test_markup_in_a_data_folder_name_is_text_in_every_output(tmp_path, capsys):
+    data_root = write_tiny_data(tmp_path / f'{MARKUP}<!-- results:end -->', train=32, test=8)
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['none'],
+                       extra={'outputs': {'results': 'results', 'readme': 'README.md',
+                                          'figures': 'figures', 'report': 'report.html'}})
+    readme = tmp_path / 'README.md'
+    readme.write_text('# mine\n<!-- results:begin -->\n<!-- results:end -->\n')
+    loaded = load_config(path)
+    identity = load_sweep_data(loaded).identity.to_dict()
+    (tid, spec), = [(p.trial_id, p.spec) for p in plan(loaded, identity)]
+    fake_trial(ResultsStore(loaded.store_dir), tid, spec, identity, 1, finished=True)
+    for _ in range(2):
+        code, out, err = run(['--config', str(path), '--report-only'], capsys)
+        assert code == 0, err
+    text = readme.read_text()
+    assert text.count('<!-- results:begin') == 1 and text.count('<!-- results:end -->') == 1
+    for output in (readme, loaded.store_dir / 'table.md', tmp_path / 'report.html'):
+        written = output.read_text()
+        assert not re.search(r'(?<!\\)<img src=x', written), output     # never a tag
+        assert 'img src' in written, output           # shown, as text
+    assert r'x\<img src=x onerror=alert(1)\>' in text
+    assert '&lt;img src=x onerror=alert(1)&gt;' in (tmp_path / 'report.html').read_text()
+
+
+def test_a_readme_with_two_marker_pairs_is_refused(sweep, tmp_path, capsys):
+    from reports import BEGIN, END, ReportError, inject_block
+    with pytest.raises(ReportError, match='2 result begin markers and 2 end markers'):
+        inject_block(f'{BEGIN}\n{END}\n{BEGIN}\n{END}\n', 'block')
+    with pytest.raises(ReportError, match='contains result marker text'):
+        inject_block(f'{BEGIN}\n{END}\n', f'a {END} in it')
+
+
+@pytest.mark.parametrize('damage', [
+    {'history': None}, {'history': [{'epoch': 1}]}, {'epoch': '1e400'}, {'epoch': 'NaN'},
+    {'history': 'x'}, {'spec': {'model': 3}}])
+def test_a_checkpoint_state_of_the_wrong_shape_is_named_not_a_crash(sweep, capsys, damage):
+    path, loaded, store, ids = sweep
+    state_file = store.trial_dir(ids['partial']) / 'checkpoint' / 'state.json'
+    state = json.loads(state_file.read_text())
+    state.update(damage)
+    state_file.write_text(json.dumps(state).replace('"1e400"', '1e400')
+                          .replace('"NaN"', 'NaN'))
+    out = dry_run_allowing_problems(path, capsys)
+    assert f'problem: {state_file}: ' in out
+    assert 'cifar_resnet8_v1-none-s0' in out
+    code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    assert code == 0, err
+    assert store.trial_state(ids['finished']).status == DONE
+
+
+def dry_run_allowing_problems(path, capsys):
+    code, out, err = run(['--config', str(path), '--dry-run'], capsys)
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize('manifest', ['{"trials": "x"}', '[]', '{"name": "t", "models": [], '
+                                      '"attentions": [], "trials": [{"trial_id": 5}]}', 'nul'])
+def test_a_sweep_record_of_the_wrong_shape_is_named_and_rewritten(sweep, capsys, manifest):
+    from reports.__main__ import main as reports_main
+    path, loaded, store, ids = sweep
+    (store.root / 'sweep.json').write_text(manifest)
+    capsys.readouterr()
+    assert reports_main([str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{store.root / 'sweep.json'}: " in err and '--report-only' in err
+    assert dry_run_allowing_problems(path, capsys)
+    code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    assert code == 0, err
+    assert reports_main([str(store.root)]) == 0
+
+
+@pytest.mark.parametrize('content', ['', 'garbage', '{"host": null}', '[1]'])
+def test_an_unreadable_lock_says_so_and_what_to_do(tmp_path, content):
+    from bench.store import StoreLocked
+    store = ResultsStore(tmp_path / 'store')
+    store.root.mkdir()
+    (store.root / 'sweep.lock').write_text(content)
+    with pytest.raises(StoreLocked) as error:
+        with store.lock():
+            pass
+    message = str(error.value)
+    assert 'sweep.lock' in message and 'process None' not in message
+    assert 'if none is' in message and 'delete' in message
+    assert (store.root / 'sweep.lock').read_text() == content
+
+
+def test_contradicting_flags_and_an_empty_only_are_one_message(sweep, capsys):
+    path, loaded, store, ids = sweep
+    for args, expected in ((['--report-only', '--fresh'], 'does not take --fresh'),
+                           (['--report-only', '--only', 'seed=0'], 'does not take --only'),
+                           (['--only', ',,,'], "--only ',,,' selects nothing"),
+                           (['--only', 'model='], 'key=value pairs')):
+        code, out, err = run(['--config', str(path), *args], capsys)
+        assert code == 2 and expected in err, (args, err)
+    assert store.trial_state(ids['partial']).status == PARTIAL
