@@ -39,7 +39,7 @@ from pathlib import Path
 
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
 from bench.records import check_record
-from bench.trial.checkpoint import STATE_FILE, read_state
+from bench.trial.checkpoint import LEGACY_PICKLE_FILE, STATE_FILE, read_state
 
 DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
 # Files that contradict each other or cannot be read: not trained, not reported as
@@ -300,6 +300,12 @@ class ResultsStore:
 
     def checkpoint_path(self, trial_id):
         return self.checkpoint_state(trial_id)[1]
+
+    def legacy_checkpoint_file(self, trial_id):
+        """The pickle an earlier version left in the trial's checkpoint (None if none)."""
+        folder = self.checkpoint_path(trial_id)
+        legacy = folder / LEGACY_PICKLE_FILE if folder else None
+        return legacy if legacy and legacy.is_file() else None
 
     def checkpoint_epoch(self, trial_id):
         state = self.checkpoint_state(trial_id)[0]

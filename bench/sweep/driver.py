@@ -62,6 +62,11 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
                          network_revision(p.spec.model), model_stats=_stats_of(p.spec))
         if p.will_train:
             store.clear_error(p.trial_id)
+            legacy = store.legacy_checkpoint_file(p.trial_id)
+            if legacy:
+                progress(f'{p.name}: {legacy} holds optimizer state as an earlier version '
+                         "wrote it (MXNet's pickle): the trial reads it as data, never "
+                         'unpickled, and its next checkpoint is written without pickle')
     to_train = [p for p in planned if p.will_train]
     if not to_train:
         return _outcome(store, planned, [], manifest)

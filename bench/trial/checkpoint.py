@@ -1,9 +1,9 @@
 """Per-epoch checkpoints of a trial: parameters, optimizer state, epoch, RNG state, history.
 
 A checkpoint is a folder `epoch-NNNN` holding the trial backend's own files (for
-Gluon `model.params` and `trainer.states`) and `state.json`; it is written under
-a temporary name and renamed into place, so a crash never leaves a half-written
-checkpoint under a real name. Framework-free: the backend writes and reads its
+Gluon `model.params`, `optimizer.params` and `optimizer.json`) and `state.json`; it
+is written under a temporary name and renamed into place, so a crash never leaves a
+half-written checkpoint under a real name. Framework-free: the backend writes and reads its
 files through the functions it is handed.
 """
 import re
@@ -14,6 +14,10 @@ from pathlib import Path
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic
 
 STATE_FILE = 'state.json'
+# MXNet's pickled optimizer state, which Gluon checkpoints of earlier versions hold: read
+# once more as data when such a checkpoint is resumed (bench.trial.gluon.optimizer_state),
+# never unpickled, and not written any more.
+LEGACY_PICKLE_FILE = 'trainer.states'
 FORMAT_VERSION = 1
 _EPOCH_DIR = re.compile(r'^epoch-(\d{4,})$')
 

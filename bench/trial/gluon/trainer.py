@@ -13,6 +13,7 @@ from mxnet import autograd, gluon
 from models import get_model, load_parameters
 
 from bench.trial.gluon.augment import DeviceImages
+from bench.trial.gluon.optimizer_state import load_optimizer_state, save_optimizer_state
 from bench.trial.batches import eval_batches
 from bench.trial.gluon.devices import describe, trial_contexts, trial_device_plan
 from bench.trial.loop import run_epochs
@@ -22,9 +23,9 @@ from bench.store import HISTORY_FIELDS
 METRICS = HISTORY_FIELDS
 
 
-# The checkpoint files of this backend (beside the loop's state.json).
+# The checkpoint files of this backend (beside the loop's state.json): the weights, and
+# the optimizer's state as arrays and JSON (optimizer_state; never pickle).
 PARAMS_FILE = 'model.params'
-TRAINER_FILE = 'trainer.states'
 
 
 def make_loss():
@@ -77,7 +78,7 @@ def make_trainer(net, recipe):
     options = {'learning_rate': recipe.lr, 'wd': recipe.wd}
     if recipe.optimizer in ('sgd', 'nag'):
         options['momentum'] = recipe.momentum
-    # update_on_kvstore=False keeps the optimizer in the Trainer, so save_states
+    # update_on_kvstore=False keeps the optimizer in the Trainer, so its updater
     # stores its state (Adam's moments and step counts) for an exact resume.
     trainer = gluon.Trainer(net.collect_params(), recipe.optimizer, options,
                             update_on_kvstore=False)
@@ -168,11 +169,13 @@ class GluonSession:
 
     def save_weights(self, folder):
         self.net.save_parameters(str(folder / PARAMS_FILE))
-        self.trainer.save_states(str(folder / TRAINER_FILE))
+        save_optimizer_state(self.trainer, self.recipe.optimizer, folder)
 
     def load_weights(self, folder):
         load_parameters(self.net, folder / PARAMS_FILE, ctx=self.contexts)
-        self.trainer.load_states(str(folder / TRAINER_FILE))
+        note = load_optimizer_state(self.trainer, self.recipe.optimizer, folder)
+        if note:
+            print(note, flush=True)
 
     def describe(self):
         """Where and with what the trial ran, recorded with its results."""
