@@ -93,6 +93,37 @@ def test_each_fused_attention_computes_what_the_mxnet_operators_compute(
         np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
+def test_fused_gct_does_not_overflow_before_its_result_does():
+    """Activations near 1e19 (a 56-layer network with random weights reaches them): their
+    squares summed in float32 overflow, the statistic and the output do not. The fused
+    operator against the same module from MXNet's operators in float64."""
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((2, 16, 8, 8)) * 1e19
+    head = rng.standard_normal((2, 16, 8, 8))
+    values = {name: rng.normal(0.5, 0.3, size=(1, 16, 1, 1)) for name in
+              ('alpha', 'gamma', 'beta')}
+    results = {}
+    for dtype in ('float32', 'float64'):
+        module = GCT(16)
+        module.initialize()
+        module.cast(dtype)
+        for name, param in module.collect_params().items():
+            param.set_data(mx.nd.array(values[name.split('_')[-1]], dtype=dtype))
+        x = mx.nd.array(data, dtype=dtype)
+        x.attach_grad()
+        operators = kernels.mxnet_operators_only() if dtype == 'float64' else \
+            __import__('contextlib').nullcontext()
+        with operators, autograd.record():
+            out = module(x)
+        out.backward(mx.nd.array(head, dtype=dtype))
+        results[dtype] = [out.asnumpy(), x.grad.asnumpy()] + \
+            [p.grad().asnumpy() for p in module.collect_params().values()]
+    for ours, exact in zip(results['float32'], results['float64']):
+        assert np.isfinite(ours).all()
+        scale = max(float(np.abs(exact).max()), 1e-30)
+        np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-5 * scale)
+
+
 @pytest.mark.parametrize('attention_class,kwargs', ATTENTION_CASES[1::2],
                          ids=lambda case: getattr(case, '__name__', str(case)))
 def test_fused_gradients_are_the_same_on_every_run(attention_class, kwargs):
@@ -228,7 +259,83 @@ def test_library_is_built_once_per_key_and_reused(tmp_path):
     built_at = first.stat().st_mtime_ns
     again = kernels.build_library(cache_dir=tmp_path)
     assert again == first and again.stat().st_mtime_ns == built_at
-    assert [p.name for p in first.parent.iterdir() if p.name != '.lock'] == [first.name]
+    assert sorted(p.name for p in first.parent.iterdir() if p.name != '.lock') == \
+        [first.name, first.name + '.sha256']
+
+
+PLANTED = r'''
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+  FILE* f = fopen(MARKER, "w");
+  if (f) fclose(f);
+}
+'''
+
+
+def _plant(library, marker, tmp_path):
+    """A library whose constructor writes `marker` when it is loaded, where the kernels'
+    library belongs."""
+    import subprocess
+    source = tmp_path / 'planted.c'
+    source.write_text(PLANTED.replace('MARKER', f'"{marker}"'))
+    library.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(['gcc', '-shared', '-fPIC', str(source), '-o', str(library)], check=True)
+
+
+def _key_dir(cache):
+    include_dir, lib_api_source = kernels._mxnet_sources()
+    return cache / kernels._build_key(kernels._compiler(), include_dir, lib_api_source,
+                                      kernels.cpu_isa())
+
+
+def _load_fresh(monkeypatch, cache):
+    monkeypatch.setenv(kernels.CACHE_ENV, str(cache))
+    monkeypatch.setattr(kernels, '_status', None)
+    with pytest.warns(UserWarning) as warned:
+        loaded, detail = kernels.kernel_status()
+    return loaded, detail, ' '.join(str(w.message) for w in warned)
+
+
+@pytest.mark.parametrize('unsafe', ['cache writable by others', 'library writable by others',
+                                    'above it writable by others', 'another owner'])
+def test_a_library_planted_in_a_cache_others_can_write_is_never_loaded(tmp_path, monkeypatch,
+                                                                       unsafe):
+    import os
+    if unsafe == 'another owner' and os.geteuid() != 0:
+        pytest.skip('giving a folder to another user needs root')
+    cache = tmp_path / 'shared' / 'cache'
+    marker = tmp_path / 'the-planted-library-ran'
+    library = _key_dir(cache) / kernels.LIBRARY_NAME.format(isa=kernels.cpu_isa())
+    _plant(library, marker, tmp_path)
+    # Even with a record that matches: the folder itself is not to be trusted.
+    library.with_name(library.name + '.sha256').write_text(kernels._sha256(library))
+    for path in (cache, library.parent, library, library.with_name(library.name + '.sha256')):
+        path.chmod(0o755 if path.is_dir() or path == library else 0o644)
+    if unsafe == 'cache writable by others':
+        cache.chmod(0o777)
+    elif unsafe == 'library writable by others':
+        library.chmod(0o777)
+    elif unsafe == 'above it writable by others':
+        cache.parent.chmod(0o777)
+    else:
+        os.chown(cache, 4321, 4321)
+    loaded, detail, warning = _load_fresh(monkeypatch, cache)
+    assert not loaded and not marker.exists()
+    assert ('writable by others' in detail or 'another user' in detail), detail
+    assert "MXNet's operators instead" in warning and 'nothing is loaded' in warning
+
+
+def test_a_library_whose_content_is_not_the_one_built_here_is_rebuilt_not_loaded(
+        tmp_path, monkeypatch):
+    cache = tmp_path / 'cache'
+    marker = tmp_path / 'the-planted-library-ran'
+    library = _key_dir(cache) / kernels.LIBRARY_NAME.format(isa=kernels.cpu_isa())
+    _plant(library, marker, tmp_path)
+    library.with_name(library.name + '.sha256').write_text('0' * 64)   # not its hash
+    assert not kernels.verified_library(library)
+    built = kernels.build_library(cache_dir=cache)
+    assert built == library and kernels.verified_library(built) and not marker.exists()
+    assert b'cab_gct' in built.read_bytes()
 
 
 def test_each_cpu_loads_the_widest_instruction_set_it_has_from_a_shared_cache(tmp_path):

@@ -14,6 +14,11 @@ each compiled for exactly that level, and each process loads the widest its CPU
 has (`cpu_isa`). A cache shared by different machines (a cluster's home folder)
 then holds a build that runs on each, and every CPU gets its own vector width.
 
+Trust: loading a library runs its code, so the cache must be the user's own. A cache
+folder (or a folder above it) that another user owns or may write to is refused, and
+a library is loaded only when its SHA-256 equals the one recorded beside it when it
+was built; a library without its record, or with another content, is built again.
+
 Where it cannot be built, or with CHANNEL_ATTENTION_FUSED=0, the modules compute
 the same numbers with MXNet's own operators (models/attention/_spatial.py),
 only slower on the CPU; a warning says why once. The kernels have no GPU code:
@@ -23,6 +28,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -48,6 +54,78 @@ _switched_off = threading.local()
 
 class KernelBuildError(RuntimeError):
     """The C++ library could not be compiled."""
+
+
+class UnsafeKernelCache(KernelBuildError):
+    """The kernel cache could be written by someone else: nothing in it is loaded."""
+
+
+def _unsafe_because(path, what):
+    """Why `path` may not hold code this process loads (None when it may): a link, another
+    owner, or write access for others."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return f'{what} {path} is a symbolic link'
+    if info.st_uid != os.geteuid():
+        return f'{what} {path} belongs to another user (uid {info.st_uid})'
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f'{what} {path} is writable by others (mode {stat.S_IMODE(info.st_mode):o})'
+    return None
+
+
+def _check_private_folder(folder):
+    """Refuse a cache folder that another user could change: it and its key folders must
+    be ours and writable by us alone, and no folder above it may let others rename it
+    away (writable by others without the sticky bit, or owned by another user than us
+    or root)."""
+    problem = _unsafe_because(folder, 'the kernel cache folder')
+    for parent in Path(folder).resolve().parents:
+        if problem:
+            break
+        info = os.stat(parent)
+        if info.st_uid not in (0, os.geteuid()):
+            problem = (f'the folder {parent} above the kernel cache belongs to another user '
+                       f'(uid {info.st_uid})')
+        elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+            problem = (f'the folder {parent} above the kernel cache is writable by others '
+                       f'(mode {stat.S_IMODE(info.st_mode):o})')
+    if problem:
+        raise UnsafeKernelCache(
+            f'{problem}, so a library there could be another user\'s code; nothing is loaded '
+            f'from it. Use a cache folder of your own: set {CACHE_ENV} to one, or make this '
+            f'one yours alone (chmod go-w)')
+
+
+def _private_folder(folder):
+    """`folder`, created (mode 700) where missing, and checked to be the user's alone."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+    _check_private_folder(folder)
+    return folder
+
+
+def _record_of(library):
+    return library.with_name(library.name + '.sha256')
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def verified_library(library):
+    """Whether `library` is one this machine built: ours alone, and its content's SHA-256
+    the one recorded when it was built."""
+    record = _record_of(library)
+    if not (library.is_file() and record.is_file()):
+        return False
+    for path, what in ((library, 'the kernel library'), (record, 'its hash record')):
+        problem = _unsafe_because(path, what)
+        if problem:
+            raise UnsafeKernelCache(f'{problem}; nothing is loaded from it. Delete it, and it '
+                                    'is built again')
+    return record.read_text().strip() == _sha256(library)
 
 
 def default_cache_dir():
@@ -107,20 +185,20 @@ def _exclusive(lock_path):
 
 def build_library(cache_dir=None, isa=None):
     """Path of the compiled library for instruction set `isa` (default: this CPU's widest),
-    compiling it first if this key has no build yet."""
+    compiling it first if this key has no verified build yet (see verified_library).
+    UnsafeKernelCache where the cache could be written by someone else."""
     isa = isa or cpu_isa()
     compiler = _compiler()
     include_dir, lib_api_source = _mxnet_sources()
     if not lib_api_source.exists():
         raise KernelBuildError(f'this mxnet install has no {lib_api_source} to build against')
-    target_dir = Path(cache_dir or default_cache_dir()) / _build_key(
-        compiler, include_dir, lib_api_source, isa)
+    cache = _private_folder(cache_dir or default_cache_dir())
+    target_dir = _private_folder(cache / _build_key(compiler, include_dir, lib_api_source, isa))
     target = target_dir / LIBRARY_NAME.format(isa=isa)
-    if target.exists():
+    if verified_library(target):
         return target
-    target_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(target_dir / '.lock'):
-        if target.exists():           # another process built it while we waited
+        if verified_library(target):        # another process built it while we waited
             return target
         handle, partial = tempfile.mkstemp(dir=target_dir, suffix='.so.partial')
         os.close(handle)
@@ -133,6 +211,13 @@ def build_library(cache_dir=None, isa=None):
         if result.returncode != 0:
             os.unlink(partial)
             raise KernelBuildError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        os.chmod(partial, 0o755)
+        # The record first: a library never stands in the cache without its hash.
+        record = _record_of(target)
+        record_partial = record.with_name(record.name + '.partial')
+        record_partial.write_text(_sha256(partial) + '\n')
+        os.chmod(record_partial, 0o644)
+        os.replace(record_partial, record)
         os.replace(partial, target)
     return target
 
@@ -145,11 +230,13 @@ def _load():
         import mxnet as mx
         mx.library.load(str(path), verbose=False)
     except Exception as error:     # any failure leaves MXNet's own operators, which always work
+        fix = ('' if isinstance(error, UnsafeKernelCache) else
+               ' Install a C++ compiler to get them,')
         # stacklevel 5: the attention module whose graph asked for the kernels.
         warnings.warn(
             f'fused channel-attention kernels unavailable ({error}); the attentions use '
-            f"MXNet's operators instead: same results, slower on the CPU. Install a C++ "
-            f'compiler to get them, or set {FUSED_ENV}=0 to silence this.', stacklevel=5)
+            f"MXNet's operators instead: same results, slower on the CPU.{fix} Set "
+            f'{FUSED_ENV}=0 to silence this.', stacklevel=5)
         return False, str(error)
     return True, str(path)
 

@@ -44,16 +44,23 @@ namespace {
 // sum of squares (GCT).
 enum class Pool { kMean, kSumOfSquares };
 
+// The sums run in double: a float32 sum of squares overflows once a row's values pass
+// about 1e18 (a 56-layer network with random weights gets there), long before the
+// statistic itself or anything computed from it leaves float32's range, and a float
+// sum loses the small terms of a long row.
 template <Pool pool>
 double row_statistic(const float* x, int64_t length) {
-  float sum = 0.f;
+  double sum = 0.0;
   if (pool == Pool::kMean) {
 #pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < length; ++i) sum += x[i];
-    return static_cast<double>(sum) / static_cast<double>(length);
+    for (int64_t i = 0; i < length; ++i) sum += static_cast<double>(x[i]);
+    return sum / static_cast<double>(length);
   }
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < length; ++i) sum += x[i] * x[i];
+  for (int64_t i = 0; i < length; ++i) {
+    const double value = static_cast<double>(x[i]);
+    sum += value * value;
+  }
   return sum;
 }
 
@@ -61,14 +68,14 @@ double row_statistic(const float* x, int64_t length) {
 template <Pool pool>
 void row_statistic_and_dot(const float* x, const float* dy, int64_t length, double* statistic,
                            double* dot) {
-  float sum = 0.f, product = 0.f;
+  double sum = 0.0, product = 0.0;
 #pragma omp simd reduction(+ : sum, product)
   for (int64_t i = 0; i < length; ++i) {
-    sum += pool == Pool::kMean ? x[i] : x[i] * x[i];
-    product += dy[i] * x[i];
+    const double value = static_cast<double>(x[i]);
+    sum += pool == Pool::kMean ? value : value * value;
+    product += static_cast<double>(dy[i]) * value;
   }
-  *statistic = pool == Pool::kMean ? static_cast<double>(sum) / static_cast<double>(length)
-                                   : static_cast<double>(sum);
+  *statistic = pool == Pool::kMean ? sum / static_cast<double>(length) : sum;
   *dot = product;
 }
 
