@@ -14,6 +14,7 @@ would be deleted.
 """
 import argparse
 import errno
+import os
 import sys
 
 DOCTOR_HINT = ('python -m bench.doctor checks this machine in under a minute (frameworks, '
@@ -134,8 +135,8 @@ def io_failure(error, loaded):
                'run the same command again')
     else:
         fix = 'fix the cause and run the same command again'
-    return (f'cannot write {path}: {cause}{f" ({name})" if name else ""}; {fix}. Nothing '
-            'finished was lost: every finished epoch in the store stays there')
+    return (f'{path}: {cause}{f" ({name})" if name else ""}; {fix}. Nothing finished was '
+            'lost: every finished epoch in the store stays there')
 
 
 def _dry_run(loaded, args, only):
@@ -231,7 +232,9 @@ def _plan_and_train(loaded, args, only):
             return code
         planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
     try:
-        outcome = run_sweep(loaded, data, planned, address=args.address)
+        outcome = run_sweep(loaded, data, planned, address=args.address,
+                            on_ray_lost=lambda message, end_started: _ray_lost(
+                                loaded, message, end_started))
     except (SweepError, GPUError) as error:
         print(f'error: {error}', file=sys.stderr)
         if isinstance(error, GPUError):
@@ -246,6 +249,20 @@ def _plan_and_train(loaded, args, only):
     if not args.no_report:
         code = max(code, _report_or_fail(loaded, args.insert))
     return code
+
+
+def _ray_lost(loaded, message, end_started):
+    """Ray's head died mid-run (called from the watchdog's thread): Ray's driver cannot go
+    on, and exits from C++ after a minute without any cleanup. End here instead: one
+    message, every Ray process this run started ended, the lock released."""
+    from bench.store import ResultsStore
+    print(f"error: {message}, so the sweep stopped. Every finished epoch is in the store; "
+          'run the same command again to resume (trials in progress continue from their '
+          'last checkpoint)', file=sys.stderr, flush=True)
+    end_started()
+    ResultsStore(loaded.store_dir).release_lock()
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def _summary(outcome):

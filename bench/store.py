@@ -121,9 +121,21 @@ class ResultsStore:
         try:
             yield
         finally:
-            current, _ = read_json_checked(path)
-            if current == mine:
-                path.unlink()
+            self.release_lock()
+
+    def release_lock(self):
+        """Remove the store's lock if this process holds it (also from a thread that must
+        end the process before the lock's block can)."""
+        path = self.root / LOCK_FILE
+        current, _ = read_json_checked(path)
+        if current and current.get('pid') == os.getpid() and \
+                current.get('host') == socket.gethostname():
+            path.unlink(missing_ok=True)
+
+    @property
+    def scratch_dir(self):
+        """Where trials keep temporary files: inside the scratch that clean_scratch empties."""
+        return self.root / SCRATCH_DIR / 'trials'
 
     def clean_scratch(self):
         """Remove what killed runs left behind: Tune's scratch folders, half-copied

@@ -7,17 +7,25 @@ runs as written:
         --optimizer adam --random-crop --model cifar_resnet20_v1 --eca
 (on a machine without a GPU, with --num-gpus 0). The attention is `--attention NAME`
 or one of `--se`, `--eca`, `--gct`.
+
+It trains the trial the sweep trains for that cell, with the same number of CPU
+threads: the sweep file's resources.cpus_per_trial (sweep.yaml, or --config), as the
+sweep's trial had. Results depend on the thread count and the hardware (float sums in
+another order), so other threads (--threads) give other last digits.
 """
 import argparse
 import json
+import os
 import sys
 
-from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
+from bench.arguments import whole_number, writable_file_problem, writable_folder_problem
 from bench.fileio import write_json_atomic
 from bench.gpu import GPUError, apply_tf32, check_local_gpus
-from bench.trial.recipe import BACKENDS, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
+from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from bench.trial.loop import TrainingDiverged, missing_framework
-from bench.trial.threads import use_cpus
+from bench.trial.recipe import (BACKENDS, MAX_SEED, OPTIMIZERS, PRECISIONS, Recipe,
+                                TrialSpec)
+from bench.trial.threads import available_cpus, pin_cpus
 from models.names import parse_attention_name, parse_model_name
 
 # The original README wrote the attention as a flag of its own (`--eca`).
@@ -33,9 +41,9 @@ def parse_args(argv=None):
     for name in ATTENTION_FLAGS:
         attention.add_argument(f'--{name}', dest='attention', action='store_const', const=name,
                                help=f'same as --attention {name}')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--num-epochs', type=int, default=defaults.epochs)
-    parser.add_argument('--batch-size', type=int, default=defaults.batch_size)
+    parser.add_argument('--seed', type=whole_number(0, MAX_SEED), default=0)
+    parser.add_argument('--num-epochs', type=whole_number(1), default=defaults.epochs)
+    parser.add_argument('--batch-size', type=whole_number(1), default=defaults.batch_size)
     parser.add_argument('--optimizer', choices=OPTIMIZERS, default=defaults.optimizer)
     parser.add_argument('--lr', type=float, default=defaults.lr)
     parser.add_argument('--lr-decay', type=float, default=defaults.lr_decay)
@@ -62,10 +70,15 @@ def parse_args(argv=None):
     parser.add_argument('--precision', choices=PRECISIONS, default=defaults.precision,
                         help='amp_float16 (both backends) or amp_bfloat16 (torch): mixed '
                              'precision, GPUs only')
-    parser.add_argument('--num-gpus', type=int, default=None,
+    parser.add_argument('--num-gpus', type=whole_number(0, 64), default=None,
                         help='GPUs to split each batch over (default: all visible; 0: CPU). '
                              '--batch-size counts the images of all of them together; the '
                              "original's counted per GPU (the same with one GPU)")
+    parser.add_argument('--threads', type=whole_number(1, 4096), default=None,
+                        help="CPU threads (default: the sweep file's cpus_per_trial, the "
+                             "sweep's trial's count; else OMP_NUM_THREADS, else every core)")
+    parser.add_argument('--config', default='sweep.yaml',
+                        help='the sweep file whose cpus_per_trial sets the default --threads')
     parser.add_argument('-j', '--num-data-workers', type=int, default=None, metavar='N',
                         help="accepted for the original's command line and ignored: "
                              'augmentation runs on the device, with no loader workers')
@@ -83,14 +96,52 @@ def parse_args(argv=None):
 
 
 def spec_from_args(args):
-    decay_epochs = tuple(int(e) for e in str(args.lr_decay_epoch).split(',') if e.strip())
-    recipe = Recipe(epochs=args.num_epochs, batch_size=args.batch_size,
-                    optimizer=args.optimizer, lr=args.lr, lr_decay=args.lr_decay,
-                    lr_decay_epochs=decay_epochs, momentum=args.momentum, wd=args.wd,
-                    random_crop=args.random_crop, random_flip=not args.no_random_flip,
-                    hybridize=args.mode == 'hybrid', precision=args.precision,
-                    backend=args.backend, compile=args.compile, tf32=args.tf32)
-    return TrialSpec(model=args.model, attention=args.attention, seed=args.seed, recipe=recipe)
+    """The trial's spec; ValueError names an option out of the recipe's rules, as the sweep
+    file's checks name it."""
+    try:
+        decay_epochs = [int(e) for e in str(args.lr_decay_epoch).split(',') if e.strip()]
+    except ValueError:
+        raise ValueError(f'--lr-decay-epoch takes comma-separated whole numbers, got '
+                         f'{args.lr_decay_epoch!r}') from None
+    recipe = Recipe.from_dict(dict(
+        epochs=args.num_epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, lr_decay=args.lr_decay, lr_decay_epochs=decay_epochs,
+        momentum=args.momentum, wd=args.wd, random_crop=args.random_crop,
+        random_flip=not args.no_random_flip, hybridize=args.mode == 'hybrid',
+        precision=args.precision, backend=args.backend, compile=args.compile,
+        tf32=args.tf32))
+    parse_model_name(args.model)       # UnknownNameError (a KeyError) lists the valid ones
+    return TrialSpec(model=args.model, attention=parse_attention_name(args.attention),
+                     seed=args.seed, recipe=recipe)
+
+
+def thread_count(args):
+    """(threads, where the number comes from): --threads; else the sweep file's
+    cpus_per_trial, the count the sweep's trial of this cell had; else OMP_NUM_THREADS;
+    else every core."""
+    if args.threads:
+        return args.threads, '--threads'
+    if os.path.isfile(args.config):
+        from bench.sweep.config import ConfigError, load_config
+        try:
+            cpus = load_config(args.config).config.resources.cpus_per_trial
+            return max(1, int(cpus)), (f"{args.config}'s cpus_per_trial, as the sweep's "
+                                       'trial of the cell')
+        except ConfigError:
+            pass
+    if os.environ.get('OMP_NUM_THREADS', '').isdigit():
+        return int(os.environ['OMP_NUM_THREADS']), 'OMP_NUM_THREADS'
+    return available_cpus(), 'every core'
+
+
+def output_problems(args):
+    """Why the outputs asked for cannot be written: found before training, not after."""
+    problems = []
+    if args.checkpoint_dir:
+        problems.append(writable_folder_problem(args.checkpoint_dir, '--checkpoint-dir'))
+    if args.output:
+        problems.append(writable_file_problem(args.output, '--output'))
+    return [p for p in problems if p]
 
 
 def load_data(args):
@@ -133,12 +184,14 @@ def _backend_trainer(spec, num_gpus):
 
 
 def main(argv=None):
-    use_cpus()   # before anything imports MXNet
     parser, args = parse_args(argv)
+    threads, threads_from = thread_count(args)
+    pin_cpus(threads)    # before anything imports MXNet
     try:
         spec = spec_from_args(args)
-        parse_model_name(spec.model)
-        parse_attention_name(spec.attention)
+        problems = output_problems(args)
+        if problems:
+            raise ValueError('\n'.join(problems))
         data = load_data(args)
     except (ValueError, KeyError, DataError) as error:
         parser.exit(2, f'error: {error}\n')
@@ -152,7 +205,8 @@ def main(argv=None):
 
     from tqdm import tqdm
     print(f'{spec.name} on {where} ({spec.recipe.backend}), data: {data.identity.label} '
-          f'({data.identity.train_images} train / {data.identity.test_images} test images)')
+          f'({data.identity.train_images} train / {data.identity.test_images} test images), '
+          f'{threads} CPU thread(s) ({threads_from})')
     bar = None if args.quiet else tqdm(unit='batch', leave=False, dynamic_ncols=True)
 
     def on_batch(done, total):

@@ -3,6 +3,7 @@ point at files that are not ours, crafted files in the store, markup in names. N
 lost, nothing is executed, every case ends in one clear message. No training."""
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -276,3 +277,143 @@ def test_contradicting_flags_and_an_empty_only_are_one_message(sweep, capsys):
         code, out, err = run(['--config', str(path), *args], capsys)
         assert code == 2 and expected in err, (args, err)
     assert store.trial_state(ids['partial']).status == PARTIAL
+
+
+def _failing_writes(monkeypatch, code, after=0):
+    """Every atomic write fails with OSError `code` (after `after` that succeed), as on a
+    full disk or a read-only folder."""
+    import bench.fileio
+    real, calls = bench.fileio.write_bytes_atomic, []
+
+    def write(path, data):
+        calls.append(path)
+        if len(calls) > after:
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, data)
+    monkeypatch.setattr(bench.fileio, 'write_bytes_atomic', write)
+    for module in ('bench.store', 'reports', 'reports.figures', 'reports.readme'):
+        module_object = __import__(module, fromlist=['_'])
+        if hasattr(module_object, 'write_bytes_atomic'):
+            monkeypatch.setattr(module_object, 'write_bytes_atomic', write)
+
+
+
+@pytest.mark.parametrize('code', ['ENOSPC', 'EROFS', 'EACCES'])
+def test_a_full_or_read_only_store_is_one_message_and_loses_nothing(sweep, capsys,
+                                                                     monkeypatch, code):
+    import errno
+    path, loaded, store, ids = sweep
+    before = snapshot(store.root)
+    number = getattr(errno, code)
+    # At the start: the lock cannot be created.
+    import bench.store
+
+    def no_lock(path, text):
+        raise OSError(number, os.strerror(number), str(path))
+    with monkeypatch.context() as patch:
+        patch.setattr(bench.store, '_create_with', no_lock)
+        exit_code, out, err = run(['--config', str(path)], capsys)
+    assert exit_code == 2 and f'{store.root / "sweep.lock"}: {os.strerror(number)} ({code})' \
+        in err and 'Nothing finished was lost' in err and 'Traceback' not in err
+    # The reports, with nothing trained: --report-only.
+    with monkeypatch.context() as patch:
+        _failing_writes(patch, number)
+        exit_code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    assert exit_code == 2 and f'({code})' in err and 'Traceback' not in err
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(store.root) == before
+    assert not (store.root / 'sweep.lock').exists()
+
+
+def test_tunes_wrapping_of_a_failed_write_is_unwrapped_for_the_message():
+    import errno
+    from bench.sweep.driver import _os_error_in
+    full = OSError(errno.ENOSPC, 'No space left on device', '/store/x')
+    try:
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError('TuneError: ...')
+    except RuntimeError as wrapped:
+        assert _os_error_in(wrapped) is full
+    assert _os_error_in(ValueError('no')) is None
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--num-gpus', '-1'], 'argument --num-gpus: expected 0 to 64, got -1'),
+    (['--num-epochs', '1e23'], "argument --num-epochs: expected a whole number, got '1e23'"),
+    (['--num-epochs', str(10 ** 23)], 'recipe.epochs: Input should be less than or equal to'),
+    (['--lr', 'inf'], 'recipe.lr: Input should be a finite number'),
+    (['--seed', '-1'], 'argument --seed: expected 0 to 2147483647, got -1'),
+    (['--model', 'cifar_resnet60000002_v1'], '8 <= depth <= 1202'),
+    (['--lr-decay-epoch', '8,x'], '--lr-decay-epoch takes comma-separated whole numbers'),
+])
+def test_bench_train_refuses_nonsense_before_training(args, expected, tmp_path, capsys):
+    from bench.train import main as train_main
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(args + ['--data-root', str(tmp_path), '--no-download', '--num-gpus', '0']
+                   if '--num-gpus' not in args else args)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_bench_train_checks_its_outputs_before_training(tiny_cifar_root, tmp_path, capsys):
+    from bench.train import main as train_main
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('mine')
+    common = ['--model', 'cifar_resnet8_v1', '--num-epochs', '1', '--batch-size', '16',
+              '--data-root', str(tiny_cifar_root), '--no-download', '--num-gpus', '0',
+              '--quiet']
+    for extra, expected in ((['--checkpoint-dir', str(a_file)], '--checkpoint-dir'),
+                            (['--checkpoint-dir', str(a_file / 'below')], 'cannot be written'),
+                            (['--output', str(tmp_path)], '--output')):
+        with pytest.raises(SystemExit) as exit_info:
+            train_main(common + extra)
+        err = capsys.readouterr()
+        assert exit_info.value.code == 2 and expected in err.err, err
+        assert '[epoch' not in err.out          # nothing trained
+    assert a_file.read_text() == 'mine'
+
+
+def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypatch):
+    from bench.train import parse_args, thread_count
+    sweep_file = tmp_path / 'sweep.yaml'
+    sweep_file.write_text('name: s\nmodels: [cifar_resnet20_v1]\nattentions: [none]\n'
+                          'resources: {cpus_per_trial: 3}\n')
+    monkeypatch.setenv('OMP_NUM_THREADS', '7')
+    assert thread_count(parse_args(['--config', str(sweep_file)])[1]) == \
+        (3, f"{sweep_file}'s cpus_per_trial, as the sweep's trial of the cell")
+    assert thread_count(parse_args(['--config', str(sweep_file), '--threads', '5'])[1])[0] == 5
+    assert thread_count(parse_args(['--config', str(tmp_path / 'none.yaml')])[1]) == \
+        (7, 'OMP_NUM_THREADS')
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--batch-size', '0'], 'argument --batch-size: expected 1 to'),
+    (['--rounds', '-1'], 'argument --rounds: expected 1 to 1000, got -1'),
+    (['--batches', '0'], 'argument --batches: expected 1 to'),
+    (['--images', '0'], 'argument --images: expected 1 to'),
+    (['--images', '10'], '--images 10 holds no batch of --batch-size 128'),
+    (['--models', 'resnet50'], "unknown model 'resnet50'"),
+    (['--attentions', 'cbam'], "unknown attention 'cbam'"),
+])
+def test_bench_benchmark_refuses_nonsense_before_measuring(args, expected, capsys):
+    from bench.benchmark.cli import main as benchmark_main
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_main(args + ['--num-gpus', '0', '--no-original', '--epoch-images', '0'])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and 'Traceback' not in err
+
+
+def test_bench_benchmark_checks_its_json_before_measuring(tmp_path, capsys):
+    from bench.benchmark.cli import main as benchmark_main
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('mine')
+    for target, expected in ((tmp_path, 'is a folder'), (a_file / 'rows.json', 'cannot be '
+                                                                                'written')):
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark_main(['--num-gpus', '0', '--json', str(target)])
+        err = capsys.readouterr()
+        assert exit_info.value.code == 2 and expected in err.err
+        assert 'img/s' not in err.out

@@ -158,14 +158,14 @@ def test_a_failing_and_a_diverging_trial_are_stored_and_the_rest_go_on(tmp_path,
                                                                      local_ray, capsys):
     path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
                        attentions=['none', 'se', 'eca'], overrides=[
-                           {'match': {'attention': 'eca'}, 'attention_kwargs': {'kernel_size': 4}},
                            {'match': {'attention': 'se'},
                             'recipe': {'optimizer': 'sgd', 'lr': 1.0e+30}}])
+    _plant_a_broken_checkpoint(loaded(path), 'eca')      # a trial that fails when it runs
     code = run_sweep.main(['--config', str(path), '--no-report'])
     assert code == 1
     err = capsys.readouterr().err
     assert '2 trial(s) failed' in err and '--retry-failed' in err
-    assert 'ECA kernel_size must be a positive odd integer' in err
+    assert 'Invalid NDArray file format' in err
     assert 'training diverged' in err and 'epoch 1, batch' in err
     sweep = loaded(path)
     store = ResultsStore(sweep.store_dir)
@@ -181,8 +181,7 @@ def test_a_failing_and_a_diverging_trial_are_stored_and_the_rest_go_on(tmp_path,
 
     # Once the cause is fixed, --retry-failed trains them again.
     path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
-                       attentions=['none', 'se', 'eca'], overrides=[
-                           {'match': {'attention': 'eca'}, 'attention_kwargs': {'kernel_size': 4}}])
+                       attentions=['none', 'se', 'eca'])
     sweep, outcome, _ = run_loaded(path, retry_failed=True)
     assert [p.name for p in outcome.trained] == ['cifar_resnet8_v1-se-s0',
                                                  'cifar_resnet8_v1-eca-s0'] or \
@@ -192,6 +191,25 @@ def test_a_failing_and_a_diverging_trial_are_stored_and_the_rest_go_on(tmp_path,
     assert {names[t]: s for t, s in outcome.statuses.items()} == {
         'cifar_resnet8_v1-none-s0': 'done', 'cifar_resnet8_v1-se-s0': 'done',
         'cifar_resnet8_v1-eca-s0': 'failed'}
+
+
+def _plant_a_broken_checkpoint(sweep, attention):
+    """The cell's trial as a crash could leave it: one epoch checkpointed, but its weights
+    file garbage, so that it fails when it resumes."""
+    import numpy as np
+    from bench.fileio import write_json_atomic
+    data = load_sweep_data(sweep)
+    (planned,) = [p for p in plan(sweep, data.identity.to_dict())
+                  if p.spec.attention == attention]
+    folder = ResultsStore(sweep.store_dir).trial_dir(planned.trial_id) / 'checkpoint'
+    row = {'epoch': 1, 'lr': 0.003, 'train_loss': 2.0, 'train_acc': 0.1, 'val_loss': 2.0,
+           'val_acc': 0.1, 'epoch_seconds': 1.0, 'train_seconds': 1.0,
+           'images_per_second': 100.0}
+    write_json_atomic(folder / 'state.json', {
+        'epoch': 1, 'history': [row], 'spec': planned.spec.to_dict(),
+        'rng': np.random.default_rng(0).bit_generator.state,
+        'data': data.identity.to_dict()})
+    (folder / 'model.params').write_bytes(b'not an MXNet array file')
 
 
 def test_tune_restarts_a_crashed_trial_from_its_last_checkpoint(tmp_path, data_root,
@@ -243,11 +261,19 @@ def test_dry_run_only_and_fresh(tmp_path, data_root, local_ray, capsys, monkeypa
     assert re.search(r'cifar_resnet8_v1-none-s0 +\w{12} +pending +asks 1 CPU', out)
     assert '4 trials: 1 done, 0 partial, 3 pending, 0 failed' in out
 
-    monkeypatch.setattr('builtins.input', lambda prompt: 'n')
-    assert run_sweep.main(['--config', str(path), '--fresh', '--dry-run']) == 1
-    assert (tmp_path / 'results' / 'tiny').exists()
+    # A dry run deletes nothing, --yes or not; it lists what --fresh would delete.
+    monkeypatch.setattr('builtins.input', lambda prompt: 'y')
     assert run_sweep.main(['--config', str(path), '--fresh', '--yes', '--dry-run']) == 0
-    assert '0 done, 0 partial, 4 pending' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '1 done' in out and re.search(r'--fresh would delete \d+ path\(s\):\n  \S+/trials/', out)
+    monkeypatch.setattr('builtins.input', lambda prompt: 'n')
+    assert run_sweep.main(['--config', str(path), '--fresh', '--no-report']) == 1
+    assert 'nothing deleted' in capsys.readouterr().out
+    assert run_sweep.main(['--config', str(path), '--fresh', '--yes', '--no-report', '--only',
+                           'model=cifar_resnet8_v2,attention=eca']) == 0
+    out = capsys.readouterr().out
+    assert 'deleted 1 stored trial(s) of the cells --only selects' in out
+    assert re.findall(r'^(\S+) epoch 1/1:', out, flags=re.M) == ['cifar_resnet8_v2-eca-s0']
 
 
 def test_plan_and_reports_agree_after_the_recipe_changes(tmp_path, data_root, local_ray,
@@ -336,6 +362,9 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
 
     before = _statuses(store_dir)
     assert 'done' in [s for s, _ in before.values()]
+    # The killed trials' temporary folders are in the store's scratch, not in /tmp for good.
+    left = list((store_dir / 'ray' / 'trials').iterdir())
+    assert left and all(p.name.split('-')[0] in before for p in left)
     partial_epochs = {t: e for t, (s, e) in before.items() if s == 'partial'}
     # A trial killed after its last checkpoint but before final.json is partial at
     # epochs of epochs: resuming it trains nothing and only writes final.json.
@@ -358,6 +387,7 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
     store = ResultsStore(store_dir)
     for trial_id in store.trial_ids():
         assert [r['epoch'] for r in store.read_history(trial_id)] == list(range(1, epochs + 1))
+    assert not list((store_dir / 'ray' / 'trials').iterdir())   # cleaned at the start
 
 
 def _start_sweep(path, tmp_path, log_name):
@@ -426,3 +456,132 @@ def test_one_sweep_per_store_and_ctrl_c_ends_with_130_and_resumes(tmp_path, data
     for trial_id in store.trial_ids():
         assert store.status(trial_id) == ('done', epochs)
         assert [r['epoch'] for r in store.read_history(trial_id)] == list(range(1, epochs + 1))
+
+
+def _processes_below(pid):
+    from bench.sweep.watchdog import descendants
+    return descendants(pid)
+
+
+@pytest.mark.parametrize('which', ['gcs_server', 'raylet'])
+def test_the_death_of_rays_head_ends_the_run_with_one_message_and_nothing_left(
+        tmp_path, data_root, which):
+    """The run's GCS server or raylet is killed mid-sweep: the run ends within seconds
+    (Ray's own driver would wait a minute and exit from C++), with one message, its lock
+    released, every Ray process it started ended, and the trial in progress resumable."""
+    from bench.sweep.watchdog import _stat
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['none'],
+                       epochs=200)
+    store_dir = tmp_path / 'results' / 'tiny'
+    run, log, env = _start_sweep(path, tmp_path, 'run.log')
+    seen = {}
+    try:
+        _wait_for(lambda: any(s == 'partial' for s, _ in _statuses(store_dir).values()),
+                  run, tmp_path / 'run.log')
+        seen = _processes_below(run.pid)
+        head = [pid for pid in seen if which in Path(f'/proc/{pid}/cmdline').read_bytes()
+                .split(b'\0')[0].decode(errors='replace')]
+        assert head, seen
+        os.kill(head[0], signal.SIGKILL)
+        assert run.wait(60) == 1
+        time.sleep(1)
+        # Before the test's own clean-up below ends the process group.
+        alive = [pid for pid, started in seen.items() if (_stat(pid) or (0, None))[1] == started]
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+    output = (tmp_path / 'run.log').read_text()
+    assert re.search(r"error: Ray's (head|node) process \(the (GCS server|raylet)\), pid \d+, "
+                     r'was killed by signal 9, so the sweep stopped\. Every finished epoch is in '
+                     r'the store; run the same command again to resume', output), output[-3000:]
+    assert not (store_dir / 'sweep.lock').exists()
+    assert not alive, alive
+    assert [s for s, _ in _statuses(store_dir).values()] == ['partial']
+
+
+def test_without_an_address_a_sweep_never_joins_a_cluster_someone_else_started(
+        tmp_path, data_root):
+    """A stranger's `ray start --head` on the same machine (which ray.init() would join):
+    the sweep starts its own Ray instead, and the stranger's cluster is left alone."""
+    import json
+    env = dict(os.environ)
+    env.pop('RAY_ADDRESS', None)
+    stranger = subprocess.Popen(
+        [str(Path(sys.executable).parent / 'ray'), 'start', '--head', '--num-cpus', '7',
+         '--port', '0', '--include-dashboard', 'false', '--block'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True)
+    current = Path('/tmp/ray/ray_current_cluster')
+    try:
+        deadline = time.monotonic() + 60
+        while not current.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert current.exists(), 'the stranger\'s cluster did not start'
+        path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
+                           attentions=['none'])
+        done = subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
+                               '--no-report'], cwd=tmp_path, capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        environment = json.loads((tmp_path / 'results' / 'tiny' / 'environment.json')
+                                 .read_text())
+        assert '7 CPUs' not in json.dumps(environment['devices'])
+        assert stranger.poll() is None          # the stranger's cluster lives on
+    finally:
+        os.killpg(stranger.pid, signal.SIGKILL)
+        stranger.wait(30)
+        current.unlink(missing_ok=True)
+
+
+def test_a_disk_that_fills_mid_run_is_one_message_and_the_next_run_resumes(
+        tmp_path, data_root, local_ray, capsys, monkeypatch):
+    import errno
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['none'],
+                       epochs=3)
+    real = ResultsStore.record_epoch
+
+    def full_at_epoch_two(self, trial_id, metrics):
+        if metrics['epoch'] >= 2:
+            raise OSError(errno.ENOSPC, 'No space left on device',
+                          str(self.trial_dir(trial_id) / 'history.csv'))
+        return real(self, trial_id, metrics)
+    monkeypatch.setattr(ResultsStore, 'record_epoch', full_at_epoch_two)
+    assert run_sweep.main(['--config', str(path), '--no-report']) == 2
+    err = capsys.readouterr().err
+    assert 'history.csv: No space left on device (ENOSPC); free space on that disk' in err
+    assert 'Traceback' not in err
+    store_dir = tmp_path / 'results' / 'tiny'
+    (state,) = _statuses(store_dir).values()
+    assert state[0] == 'partial' and not (store_dir / 'sweep.lock').exists()
+    monkeypatch.setattr(ResultsStore, 'record_epoch', real)
+    assert run_sweep.main(['--config', str(path), '--no-report']) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r' epoch (\d+)/3:', out) == [str(e) for e in range(state[1] + 1, 4)]
+
+
+def test_bench_train_trains_the_sweeps_trial_bit_for_bit(tmp_path, data_root, local_ray):
+    """The same cell by hand: bench.train takes the sweep file's cpus_per_trial as its
+    thread count, so its numbers are the sweep trial's to the last bit."""
+    import json
+    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['gct'],
+                       epochs=2)
+    sweep, outcome, _ = run_loaded(path)
+    (trial_id,) = [p.trial_id for p in outcome.planned]
+    final = ResultsStore(sweep.store_dir).read_final(trial_id)
+    env = dict(os.environ)
+    env.pop('OMP_NUM_THREADS', None)
+    done = subprocess.run(
+        [sys.executable, '-m', 'bench.train', '--config', str(path), '--model',
+         'cifar_resnet8_v1', '--gct', '--num-epochs', '2', '--batch-size', '16',
+         '--lr-decay-epoch', '100', '--num-gpus', '0', '--data-root', str(data_root),
+         '--no-download', '--quiet', '--output', str(tmp_path / 'by-hand.json')],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"1 CPU thread(s) ({path}'s cpus_per_trial, as the sweep's trial of the cell)" \
+        in done.stdout
+    by_hand = json.loads((tmp_path / 'by-hand.json').read_text())['history'][-1]
+    for key in ('train_loss', 'val_loss', 'val_acc'):
+        assert by_hand[key] == final[key], key

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import tempfile
 
+from bench.arguments import whole_number, writable_file_problem
 from bench.benchmark import __doc__ as BENCHMARK_HELP
 from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
 from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
-from bench.trial.recipe import BACKENDS, PRECISIONS, Recipe, TrialSpec
+from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
+from models.names import parse_attention_name, parse_model_name
 
 
 def main(argv=None):
@@ -27,23 +29,24 @@ def main(argv=None):
     parser.add_argument('--models', nargs='+', default=['cifar_resnet20_v1'], metavar='MODEL',
                         help=f"default: cifar_resnet20_v1; any of {', '.join(MODELS)}")
     parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')
-    parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--batches', type=int, default=20,
+    parser.add_argument('--batch-size', type=whole_number(1, MAX_BATCH_SIZE), default=128)
+    parser.add_argument('--batches', type=whole_number(1, 100_000), default=20,
                         help='timed batches per model x attention (and per pipeline)')
-    parser.add_argument('--rounds', type=int, default=5,
+    parser.add_argument('--rounds', type=whole_number(1, 1000), default=5,
                         help='the timed batches are split into this many alternating rounds')
-    parser.add_argument('--images', type=int, default=4096,
-                        help='synthetic training images held in memory')
-    parser.add_argument('--workers', type=int, default=os.cpu_count(),
+    parser.add_argument('--images', type=whole_number(1, 1_000_000), default=4096,
+                        help='synthetic training images held in memory (at least a batch)')
+    parser.add_argument('--workers', type=whole_number(0, 1024), default=os.cpu_count(),
                         help='DataLoader workers of the original pipeline')
     parser.add_argument('--no-original', action='store_true',
                         help='skip the original DataLoader pipeline')
-    parser.add_argument('--epoch-images', type=int, default=2560,
+    parser.add_argument('--epoch-images', type=whole_number(0, 1_000_000), default=2560,
                         help='training images of the whole-epoch comparison with the original '
                              'script (its evaluation takes a fifth as many); 0 skips it')
-    parser.add_argument('--epoch-rounds', type=int, default=2,
+    parser.add_argument('--epoch-rounds', type=whole_number(1, 100), default=2,
                         help='timed epochs of each kind in the whole-epoch comparison')
-    parser.add_argument('--num-gpus', type=int, default=None, help='0 forces the CPU')
+    parser.add_argument('--num-gpus', type=whole_number(0, 64), default=None,
+                        help='0 forces the CPU')
     parser.add_argument('--threads-compare', action='store_true',
                         help="also train vanilla in a child process with MXNet's default "
                              'threads, to show the gain of using every core')
@@ -63,6 +66,9 @@ def main(argv=None):
     # A child process of --threads-compare: time whole epochs of one kind only.
     parser.add_argument('--epoch-child', choices=('trial', 'original'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    problems = argument_problems(args)
+    if problems:
+        parser.exit(2, ''.join(f'error: {problem}\n' for problem in problems))
 
     from bench.benchmark.rows import (attention_overhead_summary, benchmark, format_rows,
                                       kernel_summary)
@@ -125,6 +131,28 @@ def main(argv=None):
     if args.json:
         write_json_atomic(args.json, rows)
     return 0
+
+
+def argument_problems(args):
+    """What keeps the benchmark from running or from saving what it measured, found before
+    any measurement: unknown names, too few images for a batch, an unwritable --json."""
+    problems = []
+    for name in args.models:
+        try:
+            parse_model_name(name)
+        except KeyError as error:
+            problems.append(str(error))
+    for index, name in enumerate(args.attentions):
+        try:
+            args.attentions[index] = parse_attention_name(name)
+        except KeyError as error:
+            problems.append(str(error))
+    if args.images < args.batch_size:
+        problems.append(f'--images {args.images} holds no batch of --batch-size '
+                        f'{args.batch_size}; give at least as many images as a batch')
+    if args.json and not args.epoch_child:
+        problems.append(writable_file_problem(args.json, '--json'))
+    return [p for p in problems if p]
 
 
 def _epoch_child(args, ctx, images, labels):

@@ -27,7 +27,10 @@ def local_devices(resources):
 
 
 def start_ray(address=None, num_cpus=None, num_gpus=None):
-    """Join the cluster at `address` (or RAY_ADDRESS), else start Ray on this machine."""
+    """Join the cluster at `address` (or RAY_ADDRESS; 'auto': the one `ray start` began on
+    this machine), else start a private Ray instance for this run alone: never a cluster
+    that another job or user started here (Ray's own default would join it, and its end
+    would take the sweep's trials with it). SweepError when the cluster cannot be reached."""
     import ray
     os.environ.setdefault('RAY_AIR_NEW_OUTPUT', '0')
     os.environ.setdefault('TUNE_DISABLE_AUTO_CALLBACK_LOGGERS', '1')
@@ -36,10 +39,21 @@ def start_ray(address=None, num_cpus=None, num_gpus=None):
     options = dict(include_dashboard=False, logging_level=logging.WARNING,
                    log_to_driver=False, configure_logging=True)
     address = address or os.environ.get('RAY_ADDRESS')
-    if address:
+    if not address:
+        ray.init(address='local', num_cpus=num_cpus, num_gpus=num_gpus, **options)
+        return ray
+    if address.startswith('ray://'):
+        raise SweepError(f'--address {address}: Ray Client addresses (ray://) are not '
+                         'supported; run run_sweep.py on a node of the cluster with --address '
+                         'auto, or give the head\'s GCS address (host:6379)')
+    try:
         ray.init(address=address, **options)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **options)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as error:
+        raise SweepError(f'cannot join the Ray cluster at {address} '
+                         f'({str(error).splitlines()[0][:300]}); start one with `ray start '
+                         '--head`, check the address (host:port of its head, or auto), or '
+                         'leave --address and RAY_ADDRESS unset to train on this machine '
+                         'alone') from None
     return ray
 
 

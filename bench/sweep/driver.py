@@ -4,6 +4,7 @@ Ray's experiment folder is scratch space: Tune cannot add trials to a restored
 experiment, so every run starts a fresh Tuner over what the store lacks, each
 trial resuming from its own latest checkpoint in the store.
 """
+import contextlib
 import logging
 import shutil
 import time
@@ -14,6 +15,7 @@ from bench.store import CHECKPOINT_DIR, DAMAGED, DONE, FAILED, ResultsStore
 from bench.sweep.cluster import (check_cluster_gpus, check_shared_storage, check_trials_fit,
                                  cluster_devices, cpu_fallback, start_ray)
 from bench.sweep.plan import record_sweep
+from bench.sweep.watchdog import RayWatchdog
 from bench.trial.recipe import TrialRun
 from models.architecture import network_counts
 from models.names import network_revision
@@ -43,14 +45,18 @@ def trial_run(planned, store, resources):
     # Tune restarts it after a crash; the folder is on storage every node reaches.
     return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
                     store_checkpoint=str(store.trial_dir(planned.trial_id) / CHECKPOINT_DIR),
-                    cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial)
+                    cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial,
+                    scratch=str(store.scratch_dir))
 
 
-def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init=None):
+def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init=None,
+              on_ray_lost=None):
     """Train every planned trial that needs it; returns a SweepOutcome.
 
-    `ray_init` (tests) starts Ray its own way; by default Ray starts locally or
-    joins `address`.
+    `ray_init` (tests) starts Ray its own way; by default Ray starts privately or
+    joins `address`. `on_ray_lost(message, end_started)`, when given, is called from a
+    watchdog thread if Ray's head dies mid-run (see bench.sweep.watchdog); it should end
+    the process, since Ray's driver cannot go on.
     """
     config = loaded.config
     store = ResultsStore(loaded.store_dir)
@@ -88,7 +94,10 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data),
         {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial})
-    callback = StoreCallback(store, planned, progress)
+    watchdog = RayWatchdog(ray, lambda message: on_ray_lost(message, watchdog.end_started)) \
+        if on_ray_lost else None
+    callback = StoreCallback(store, planned, progress,
+                             ray_lost=watchdog.lost if watchdog else None)
     run_name = f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}'
     tuner = tune.Tuner(
         trainable,
@@ -115,7 +124,16 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     logging.getLogger('ray.tune').setLevel(logging.CRITICAL)
     # A first Ctrl-C makes Tune stop its trials and return; a trial that has then
     # neither finished nor failed tells that the run was interrupted.
-    tuner.fit()
+    with watchdog or contextlib.nullcontext():
+        try:
+            tuner.fit()
+        except Exception as error:   # Tune wraps what our callbacks raise in a TuneError
+            failed_write = _os_error_in(error)
+            if failed_write is None:
+                raise
+            # The store could not be written (a full disk, a read-only folder): the same
+            # error as a failed write anywhere else, for the command line to explain.
+            raise failed_write from None
     # Everything worth keeping is in the store by now; Tune's copies of it are not.
     shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
     outcome = _outcome(store, planned, to_train, manifest)
@@ -127,6 +145,17 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
              + (f', {len(to_train) - ended[DONE] - ended[FAILED]} unfinished'
                 if outcome.interrupted else ''))
     return outcome
+
+
+def _os_error_in(error):
+    """The OSError among an exception's causes and contexts, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _stats_of(spec):

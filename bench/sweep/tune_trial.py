@@ -46,7 +46,8 @@ def run_trial(param_space, data=None):
     session = backend.open_session(run.spec, data,
                                    backend.trial_devices(run.gpus, ray.get_gpu_ids()))
     restored = tune.get_checkpoint()
-    with tempfile.TemporaryDirectory(prefix='trial-') as scratch:
+    with tempfile.TemporaryDirectory(prefix=f'{run.trial_id}-',
+                                     dir=scratch_root(run.scratch)) as scratch:
         candidates = [run.store_checkpoint]
         if restored is not None:         # Tune restarting this trial after a failure
             candidates.append(restored.to_directory(str(Path(scratch) / 'restored')))
@@ -68,6 +69,18 @@ def run_trial(param_space, data=None):
             tune.report({DIVERGED_KEY: str(error), 'epoch': error.epoch + 1})
 
 
+def scratch_root(folder):
+    """The store's scratch folder for a trial's temporary files, created where missing;
+    the system's temporary folder where this node cannot write there."""
+    if folder:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            return folder
+        except OSError:
+            pass
+    return None
+
+
 def newest_checkpoint(folders):
     """The checkpoint folder with the most epochs among `folders` (None if none is complete).
 
@@ -83,8 +96,11 @@ def newest_checkpoint(folders):
 class StoreCallback(tune.Callback):
     """Driver-side: epoch rows, checkpoints, final metrics and errors into the store."""
 
-    def __init__(self, store, planned, progress=print_line):
+    def __init__(self, store, planned, progress=print_line, ray_lost=None):
         self.store = store
+        # Why Ray's head is gone, if it is: trials that end with it did not fail, and
+        # resume at the next run.
+        self.ray_lost = ray_lost
         self.planned = {p.trial_id: p for p in planned}
         self.progress = progress
         self.started = time.monotonic()
@@ -92,6 +108,11 @@ class StoreCallback(tune.Callback):
         self.epoch_seconds = []
         self.finished = set()
         self.placement = {}   # trial id -> {PLACEMENT_KEYS: what it reported}
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment (for a restore this project never
+        # does); the watchdog's threads and processes are not data.
+        return dict(self.__dict__, ray_lost=None)
 
     def _trial_id(self, trial):
         return TrialRun.from_config(trial.config['trial']).trial_id
@@ -155,6 +176,8 @@ class StoreCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         trial_id = self._trial_id(trial)
         self.finished.add(trial_id)
+        if self.ray_lost and self.ray_lost():
+            return
         message = _error_text(trial)
         self.store.write_error(trial_id, message, self.store.checkpoint_epoch(trial_id))
         self.progress(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')

@@ -165,20 +165,23 @@ class TrialSpec:
 @dataclass(frozen=True)
 class TrialRun:
     """What one scheduled trial is handed: which trial, what it trains, where the store
-    keeps its checkpoint (on storage every node reaches), and its share of a node."""
+    keeps its checkpoint (on storage every node reaches), its share of a node, and the
+    store's scratch folder for its temporary files (cleaned by the next run, so a killed
+    trial leaves nothing behind for good)."""
     trial_id: str
     name: str
     spec: TrialSpec
     store_checkpoint: str
     cpus: float
     gpus: float
+    scratch: str = None
 
     # Tune's configs hold plain values (it takes dataclasses apart), so a TrialRun
     # crosses into Tune as a dict and is rebuilt on the other side.
     def to_config(self):
         return {'trial_id': self.trial_id, 'name': self.name, 'spec': self.spec.to_dict(),
                 'store_checkpoint': self.store_checkpoint, 'cpus': self.cpus,
-                'gpus': self.gpus}
+                'gpus': self.gpus, 'scratch': self.scratch}
 
     @classmethod
     def from_config(cls, values):

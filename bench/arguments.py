@@ -1,0 +1,53 @@
+"""Checks shared by the command-line tools (`bench.train`, `bench.benchmark`): a number out
+of range or an output that cannot be written is refused before any work starts, with one
+message, as run_sweep.py refuses a bad sweep file."""
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+
+def whole_number(low, high=None):
+    """An argparse type: an integer from `low` to `high` (inclusive)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected a whole number, got {text!r}') from None
+        if value < low or (high is not None and value > high):
+            span = f'{low} to {high}' if high is not None else f'at least {low}'
+            raise argparse.ArgumentTypeError(f'expected {span}, got {value}')
+        return value
+    parse.__name__ = 'whole number'
+    return parse
+
+
+def writable_file_problem(path, what):
+    """Why a file cannot be written at `path` (None when it can): checked by creating and
+    removing a file beside it, so that hours of work do not end in a failed write."""
+    path = Path(path)
+    if path.is_dir():
+        return f'{what} {path} is a folder; name a file'
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f'{what} {path} cannot be written ({error.strerror or error})'
+    return None
+
+
+def writable_folder_problem(path, what):
+    """Why files cannot be written in the folder `path` (None when they can)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f'{what} {path} is a file; name a folder'
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix='.probe-', dir=path)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f'{what} {path} cannot be written ({error.strerror or error})'
+    return None
