@@ -126,7 +126,7 @@ def test_fresh_with_only_deletes_only_the_selected_cells_trials(sweep, capsys, m
     path, loaded, store, ids = sweep
     trained = []
 
-    def no_training(loaded, data, planned, address=None):
+    def no_training(loaded, data, planned, **options):
         from bench.sweep.driver import SweepOutcome
         trained.extend(p.name for p in planned if p.will_train)
         return SweepOutcome(planned, [], {p.trial_id: p.status for p in planned}, {})

@@ -354,11 +354,7 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
         os.kill(first.pid, signal.SIGKILL)
         first.wait(30)
     finally:
-        try:   # the local Ray the driver started goes with it
-            os.killpg(first.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
+        _end_sweep(first, log)
 
     before = _statuses(store_dir)
     assert 'done' in [s for s, _ in before.values()]
@@ -388,6 +384,16 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
     for trial_id in store.trial_ids():
         assert [r['epoch'] for r in store.read_history(trial_id)] == list(range(1, epochs + 1))
     assert not list((store_dir / 'ray' / 'trials').iterdir())   # cleaned at the start
+
+
+def _end_sweep(process, log):
+    """End what is left of a sweep started in its own session (the driver and the Ray it
+    started: the process group), and close its log."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    log.close()
 
 
 def _start_sweep(path, tmp_path, log_name):
@@ -435,11 +441,7 @@ def test_one_sweep_per_store_and_ctrl_c_ends_with_130_and_resumes(tmp_path, data
         os.killpg(first.pid, signal.SIGINT)
         assert first.wait(120) == 130
     finally:
-        try:
-            os.killpg(first.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
+        _end_sweep(first, log)
     output = (tmp_path / 'first.log').read_text()
     assert 'interrupted: every finished epoch is in the store; run the same command' in output
     assert not (store_dir / 'sweep.lock').exists()
@@ -488,11 +490,7 @@ def test_the_death_of_rays_head_ends_the_run_with_one_message_and_nothing_left(
         # Before the test's own clean-up below ends the process group.
         alive = [pid for pid, started in seen.items() if (_stat(pid) or (0, None))[1] == started]
     finally:
-        try:
-            os.killpg(run.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
+        _end_sweep(run, log)
     output = (tmp_path / 'run.log').read_text()
     assert re.search(r"error: Ray's (head|node) process \(the (GCS server|raylet)\), pid \d+, "
                      r'was killed by signal 9, so the sweep stopped\. Every finished epoch is in '
