@@ -239,3 +239,51 @@ def test_optimizers_update_as_mxnet_does(optimizer):
             assert_close(param.detach().numpy(), gluon_params[names[key]].data().asnumpy(),
                          f'{optimizer} step {step + 1}: {key}', rtol=NAG_RTOL
                          if optimizer == 'nag' else RTOL)
+
+
+def _three_steps(recipe, monkeypatch=None, fused=True, old_checkpoint_after=None):
+    """Parameters after three steps of our optimizer on fixed gradients (a learning-rate
+    change before the third); optionally through a state dict whose step counts are plain
+    numbers, as checkpoints of earlier versions hold them."""
+    import bench.trial.pytorch.optim as optim
+    net = torch_model('cifar_resnet8_v1', 'gct', seed=0)
+    optimizer = make_optimizer(net, recipe)
+    rng = np.random.default_rng(1)
+    devices = optim.FUSED_ADAM_DEVICES
+    try:
+        if not fused:
+            optim.FUSED_ADAM_DEVICES = ()
+        for step, lr in enumerate((0.05, 0.05, 0.005)):
+            if step == old_checkpoint_after:
+                saved = optimizer.state_dict()
+                for state in saved['state'].values():
+                    state['step'] = int(state['step'])
+                optimizer = make_optimizer(net, recipe)
+                optimizer.load_state_dict(saved)
+            set_learning_rate(optimizer, lr)
+            for param in net.parameters():
+                param.grad = torch.from_numpy(
+                    rng.normal(0, 1, size=param.shape).astype(np.float32))
+            optimizer.step()
+    finally:
+        optim.FUSED_ADAM_DEVICES = devices
+    return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+def test_the_fused_adam_kernel_computes_mxnets_update():
+    """PyTorch's fused Adam with epsilon scaled by 1/sqrt(1 - beta2^t) against the update
+    written out with foreach operations (MXNet's formula, checked against gluon.Trainer
+    above): the same to float32 rounding."""
+    recipe = Recipe(optimizer='adam', lr=0.05, wd=0.01)
+    fused, written_out = _three_steps(recipe), _three_steps(recipe, fused=False)
+    for name in fused:
+        assert_close(fused[name].numpy(), written_out[name].numpy(), name, rtol=1e-6)
+
+
+@pytest.mark.parametrize('optimizer', ['adam', 'sgd'])
+def test_optimizer_state_of_an_earlier_version_resumes_exactly(optimizer):
+    recipe = Recipe(optimizer=optimizer, lr=0.05, wd=0.01)
+    straight = _three_steps(recipe)
+    resumed = _three_steps(recipe, old_checkpoint_after=2)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name

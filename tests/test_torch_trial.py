@@ -165,3 +165,31 @@ def test_compiled_networks_train_the_same_epochs(data):
                      device=torch.device('cpu'))
     for key in ('train_loss', 'val_loss'):
         assert compiled[0][key] == pytest.approx(eager[0][key], rel=1e-3), key
+
+
+def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(data, monkeypatch,
+                                                                          capsys):
+    """On a GPU `compile: true` is torch.compile's CUDA-graph mode (a small network's step
+    is bound by kernel launches); where compiling or capturing fails, the trial says so
+    once and trains eagerly: the eager numbers, not a failed trial."""
+    from bench.trial.pytorch.trainer import TorchSession, compile_mode
+    assert compile_mode(torch.device('cuda', 0)) == 'reduce-overhead'
+    assert compile_mode(torch.device('cpu')) == 'default'
+
+    def fails_when_called(network, mode=None):
+        def compiled(*args, **kwargs):
+            raise RuntimeError('CUDA graph capture failed (a stand-in)\nmore lines')
+        return compiled
+    monkeypatch.setattr(torch, 'compile', fails_when_called)
+    eager = train(torch_spec('gct', epochs=1), data, device=torch.device('cpu'))
+    capsys.readouterr()
+    fallen_back = train(torch_spec('gct', epochs=1, compile=True), data,
+                        device=torch.device('cpu'))
+    out = capsys.readouterr().out
+    assert out.count('torch.compile (mode default) failed on cpu: RuntimeError: CUDA graph '
+                     'capture failed (a stand-in); this trial trains without compiling') == 1
+    for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
+        assert fallen_back[0][key] == eager[0][key], key
+    session = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')
+    session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+    assert session.describe()['kernels'].endswith('eager (compiling failed)')

@@ -71,7 +71,7 @@ def main(argv=None):
         parser.exit(2, ''.join(f'error: {problem}\n' for problem in problems))
 
     from bench.benchmark.rows import (attention_overhead_summary, benchmark, format_rows,
-                                      kernel_summary)
+                                      kernel_summary, reference_summary)
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
     ctx = torch_device = None
     where = []
@@ -110,6 +110,9 @@ def main(argv=None):
                      compile=args.compile)
     print(format_rows(rows), flush=True)
     print(attention_overhead_summary(rows))
+    against_reference = reference_summary(rows)
+    if against_reference:
+        print(against_reference)
     if ctx is not None:
         print(kernel_summary(rows))
     peak = cpu_peak_gflops() if on_cpu else None

@@ -37,6 +37,8 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
             from bench.benchmark import torch_steps
             steppers[('torch',) + key] = torch_steps.trial_stepper(spec, images, labels,
                                                                     torch_device)
+            steppers[('torch-reference',) + key] = torch_steps.reference_stepper(
+                spec, images, labels, torch_device)
             continue
         from bench.benchmark import gluon_steps, original
         steppers[('trial',) + key] = gluon_steps.trial_stepper(spec, images, labels, ctx)
@@ -72,8 +74,14 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
                 plain = rates[('mxnet-ops', model, attention)]
                 row['mxnet_ops_img_s'] = statistics.median(plain)
                 row['mxnet_ops_vs_vanilla'] = median_ratio(plain, rates[('trial', model, 'none')])
+        if backend == 'torch':
+            reference = rates[('torch-reference', model, attention)]
+            row['reference_img_s'] = statistics.median(reference)
+            row['vs_reference'] = median_ratio(trial_rates, reference)
         if backend == 'torch' and gluon:
             row['vs_gluon'] = median_ratio(trial_rates, rates[('trial', model, attention)])
+            row['reference_vs_gluon'] = median_ratio(reference,
+                                                     rates[('trial', model, attention)])
         if baseline and backend == 'gluon':
             original_rates = rates[('original', model, attention)]
             row['original_img_s'] = statistics.median(original_rates)
@@ -122,7 +130,8 @@ def format_rows(rows):
         return '-' if value is None else format(value, fmt) + suffix
     header = (f"{'backend':<7} {'model':<20} {'attention':<9} {'data img/s':>11} "
               f"{'trial img/s':>12} {'vs vanilla':>10} {'GFLOP/s':>8} {'original img/s':>15} "
-              f"{'data/trial':>11} {'trial/original':>15} {'vs gluon':>9}")
+              f"{'data/trial':>11} {'trial/original':>15} {'vs gluon':>9} "
+              f"{'torch ref img/s':>16} {'vs torch ref':>13}")
     lines = [header, '-' * len(header)]
     for row in rows:
         lines.append(
@@ -134,7 +143,9 @@ def format_rows(rows):
             f"{number(row.get('original_img_s'), '.1f'):>15} "
             f"{number(row['data_over_trial'], '.1f', 'x'):>11} "
             f"{number(row.get('trial_over_original'), '.2f', 'x'):>15} "
-            f"{number(row.get('vs_gluon'), '.2f', 'x'):>9}")
+            f"{number(row.get('vs_gluon'), '.2f', 'x'):>9} "
+            f"{number(row.get('reference_img_s'), '.1f'):>16} "
+            f"{number(row.get('vs_reference'), '.2f', 'x'):>13}")
     epochs = [row for row in rows if 'trial_epoch_s' in row]
     if epochs:
         lines += ['', f"whole epoch ({epochs[0]['epoch_train_images']} training + "
@@ -145,6 +156,22 @@ def format_rows(rows):
                   f"{row['original_epoch_s']:>11.2f} {row['epoch_speedup']:>8.2f}x"
                   for row in epochs]
     return '\n'.join(lines)
+
+
+def reference_summary(rows):
+    """The torch backend against idiomatic PyTorch (and that against Gluon), where both ran:
+    the overhead of MXNet's semantics in PyTorch (goal: >= 0.95x)."""
+    compared = [r for r in rows if 'vs_reference' in r]
+    if not compared:
+        return None
+    line = 'torch backend against idiomatic PyTorch (nn.BatchNorm2d, torch.optim.Adam): ' + \
+        ', '.join(f"{r['model']} {r['attention']} {r['vs_reference']:.2f}x" for r in compared)
+    against_gluon = [r for r in compared if 'reference_vs_gluon' in r]
+    if against_gluon:
+        line += '\nidiomatic PyTorch against Gluon: ' + ', '.join(
+            f"{r['model']} {r['attention']} {r['reference_vs_gluon']:.2f}x"
+            for r in against_gluon)
+    return line
 
 
 def attention_overhead_summary(rows):

@@ -1,5 +1,6 @@
-"""Training steps of a PyTorch trial as the sweep runs them (its session's own step), for
-timing; each round ends with the device's queue empty."""
+"""Training steps of a PyTorch trial as the sweep runs them (its session's own step), and
+of the same network written as idiomatic PyTorch would be (the reference the backend is
+measured against), for timing; each round ends with the device's queue empty."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -35,6 +36,53 @@ def trial_stepper(spec, images, labels, device):
         session.train_step(*session.train_images.batch(*next(plans)))
     step.settle = lambda: _synchronize(device)
     step()          # the first call builds (and with compile, compiles) what later ones reuse
+    step.settle()
+    return step
+
+
+def idiomatic_network(model, attention, device, seed=0):
+    """The same network with PyTorch's own BatchNorm2d in place of MXNetBatchNorm (same
+    weights), in channels-last memory: what a PyTorch user would write."""
+    from torch import nn
+
+    from models.pytorch import MXNetBatchNorm, get_model
+    net = get_model(model, attention, seed=seed)
+
+    def plain(module):
+        for name, child in module.named_children():
+            if isinstance(child, MXNetBatchNorm):
+                bn = nn.BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
+                                    affine=child.affine)
+                bn.load_state_dict(child.state_dict())
+                setattr(module, name, bn)
+            else:
+                plain(child)
+    plain(net)
+    return net.to(device, memory_format=torch.channels_last)
+
+
+def reference_stepper(spec, images, labels, device):
+    """One training step of idiomatic PyTorch on the same batches as the trial's: the same
+    network with nn.BatchNorm2d, torch.optim.Adam (its defaults for this device), the
+    mean cross-entropy; torch.compile'd as the recipe's `compile` says."""
+    from torch.nn import functional as F
+    device = torch.device(device)
+    net = idiomatic_network(spec.model, spec.attention, device, seed=spec.seed)
+    forward = torch.compile(net) if spec.recipe.compile else net
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec.recipe.lr,
+                                 weight_decay=spec.recipe.wd)
+    pipeline = DeviceImages(images, labels, device, channels_last=True)
+    rng = np.random.default_rng(0)
+    plans = endless(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
+
+    def step():
+        x, y = pipeline.batch(*next(plans))
+        loss = F.cross_entropy(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    step.settle = lambda: _synchronize(device)
+    step()
     step.settle()
     return step
 

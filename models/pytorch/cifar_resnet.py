@@ -37,12 +37,19 @@ class MXNetBatchNorm(nn.BatchNorm2d):
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
                                 self.bias, False, 0.0, self.eps)
-        out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        if not self.frozen_statistics:
-            with torch.no_grad():
-                var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
+        if self.frozen_statistics:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        # One pass over x: the normalisation's own batch mean and inverse standard
+        # deviation give the statistics (PyTorch's running update would take the
+        # unbiased variance), so no second reduction over the activation is needed.
+        out, mean, inverse_std = torch.native_batch_norm(
+            x, self.weight, self.bias, None, None, True, 0.0, self.eps)
+        with torch.no_grad():
+            # 1 / (var + eps) back to var: exact to float rounding of var + eps (1e-12
+            # here), and never below 0.
+            variance = (inverse_std.pow(-2) - self.eps).clamp_(min=0)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(variance.to(self.running_var.dtype), self.momentum)
         return out
 
 

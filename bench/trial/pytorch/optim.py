@@ -5,8 +5,14 @@ does; AdamW decouples it). Adam puts epsilon outside the bias correction
 (lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)), where PyTorch's
 Adam corrects v before adding epsilon. MXNet's SGD momentum carries the learning
 rate inside (mom = momentum * mom - lr * grad; weight += mom), so a learning-rate
-step changes the update differently from PyTorch's SGD; NAG likewise (see MXNetNAG). A parameter's weight
-decay is wd times its `wd_mult` (GCT's beta: 0), like Gluon's Parameter.wd_mult.
+step changes the update differently from PyTorch's SGD; NAG likewise (see MXNetNAG). A
+parameter's weight decay is wd times its `wd_mult` (GCT's beta: 0), like Gluon's
+Parameter.wd_mult.
+
+Fast as PyTorch's own: Adam is one fused kernel per parameter group (PyTorch's
+`_fused_adam_`, given the epsilon that makes its arithmetic MXNet's), SGD and NAG a few
+foreach kernels over all parameters at once; each group's state lists are gathered once,
+not per parameter and step.
 """
 import math
 
@@ -14,6 +20,8 @@ import torch
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8
+# Where PyTorch has a fused Adam kernel for the parameters' device.
+FUSED_ADAM_DEVICES = ('cpu', 'cuda')
 
 
 def parameter_groups(net, wd):
@@ -29,71 +37,124 @@ def parameter_groups(net, wd):
     return [group for group in groups if group['params']]
 
 
+class _GroupState:
+    """One group's parameters and their state tensors as lists, for the foreach and fused
+    kernels; `count` is the group's update count (MXNet's per-index count, the same for
+    every parameter: each is updated at every step)."""
+
+    def __init__(self, optimizer, params, names):
+        states = [optimizer.state[p] for p in params]
+        for state, p in zip(states, params):
+            for name in names:
+                if name not in state:
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # A tensor on the parameter's device, as the fused kernels take it (older
+            # checkpoints hold a plain number).
+            step = state.get('step', 0)
+            if not torch.is_tensor(step) or step.device != p.device:
+                state['step'] = torch.tensor(float(step), dtype=torch.float32,
+                                             device=p.device)
+        self.params = list(params)
+        self.lists = {name: [s[name] for s in states] for name in names}
+        self.steps = [s['step'] for s in states]
+        self.count = int(self.steps[0].item()) if self.steps else 0
+
+    def advance(self):
+        torch._foreach_add_(self.steps, 1)
+        self.count += 1
+        return self.count
+
+
 class MXNetOptimizer(torch.optim.Optimizer):
-    """Shared by the three: one update count per parameter (MXNet's per-index count)."""
+    """Shared by the three: the groups' state lists, and the step over every group."""
+
+    STATE = ()     # the per-parameter state tensors of the update rule
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.0):
         super().__init__(params, {'lr': lr, 'weight_decay': weight_decay,
                                   'momentum': momentum})
+        self._groups = {}
 
-    def _decayed_gradients(self, group, params):
-        grads = [p.grad for p in params]
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._groups = {}       # gathered again from the loaded state
+
+    def _group_state(self, index, group):
+        cached = self._groups.get(index)
+        if cached is None or cached.params != group['params']:
+            cached = self._groups[index] = _GroupState(self, group['params'], self.STATE)
+        return cached
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for index, group in enumerate(self.param_groups):
+            params = group['params']
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):       # not every parameter took part
+                params = [p for p in params if p.grad is not None]
+                if not params:
+                    continue
+                grads = [p.grad for p in params]
+                state = _GroupState(self, params, self.STATE)
+            else:
+                state = self._group_state(index, group)
+            self._update(group, state, grads)
+
+    def _decayed_gradients(self, group, params, grads):
         if group['weight_decay']:
             grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
         return grads
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            params = [p for p in group['params'] if p.grad is not None]
-            if params:
-                self._update(group, params, self._decayed_gradients(group, params))
-
-    def _decayed_momenta(self, group, params, grads):
+    def _decayed_momenta(self, group, state, grads):
         """Without momentum, SGD and NAG are MXNet's plain sgd_update: that step is taken
         here and None returned. Otherwise the momenta, already times the momentum."""
         if not group['momentum']:
-            torch._foreach_add_(params, grads, alpha=-group['lr'])
+            torch._foreach_add_(state.params, grads, alpha=-group['lr'])
             return None
-        moms = [s['mom'] for s in self._states(params, 'mom')]
+        moms = state.lists['mom']
         torch._foreach_mul_(moms, group['momentum'])
         return moms
 
-    def _states(self, params, *names):
-        states = [self.state[p] for p in params]
-        for state, p in zip(states, params):
-            if not state:
-                state['step'] = 0
-                for name in names:
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state['step'] += 1
-        return states
-
 
 class MXNetAdam(MXNetOptimizer):
-    def _update(self, group, params, grads):
+    """MXNet's Adam. PyTorch's Adam divides by sqrt(v / (1 - beta2^t)) + eps; with eps
+    replaced by eps / sqrt(1 - beta2^t) that is MXNet's sqrt(v) + eps, scaled as MXNet
+    scales its step: so PyTorch's fused kernel computes MXNet's update."""
+
+    STATE = ('mean', 'var')
+
+    def _update(self, group, state, grads):
         beta1, beta2 = ADAM_BETAS
-        states = self._states(params, 'mean', 'var')
-        means = [s['mean'] for s in states]
-        variances = [s['var'] for s in states]
+        t = state.advance()
+        if all(p.device.type in FUSED_ADAM_DEVICES for p in state.params[:1]):
+            torch._fused_adam_(state.params, grads, state.lists['mean'], state.lists['var'],
+                               [], state.steps, lr=group['lr'], beta1=beta1, beta2=beta2,
+                               weight_decay=group['weight_decay'],
+                               eps=ADAM_EPSILON / math.sqrt(1 - beta2 ** t),
+                               amsgrad=False, maximize=False)
+            return
+        grads = self._decayed_gradients(group, state.params, grads)
+        means, variances = state.lists['mean'], state.lists['var']
         torch._foreach_mul_(means, beta1)
         torch._foreach_add_(means, grads, alpha=1 - beta1)
         torch._foreach_mul_(variances, beta2)
         torch._foreach_addcmul_(variances, grads, grads, value=1 - beta2)
         denominators = torch._foreach_sqrt(variances)
         torch._foreach_add_(denominators, ADAM_EPSILON)
-        # Every parameter is updated at every step, so their counts agree.
-        t = states[0]['step']
         step_size = group['lr'] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-        torch._foreach_addcdiv_(params, means, denominators, value=-step_size)
+        torch._foreach_addcdiv_(state.params, means, denominators, value=-step_size)
 
 
 class MXNetSGD(MXNetOptimizer):
-    def _update(self, group, params, grads):
-        moms = self._decayed_momenta(group, params, grads)
+    STATE = ('mom',)
+
+    def _update(self, group, state, grads):
+        state.advance()
+        grads = self._decayed_gradients(group, state.params, grads)
+        moms = self._decayed_momenta(group, state, grads)
         if moms is not None:
             torch._foreach_add_(moms, grads, alpha=-group['lr'])
-            torch._foreach_add_(params, moms)
+            torch._foreach_add_(state.params, moms)
 
 
 class MXNetNAG(MXNetOptimizer):
@@ -101,13 +162,17 @@ class MXNetNAG(MXNetOptimizer):
     G = grad + wd * weight, weight += momentum * M - (1 + momentum) * lr * G, and
     mom = M - lr * G (the same G, from the weight before the update)."""
 
-    def _update(self, group, params, grads):
+    STATE = ('mom',)
+
+    def _update(self, group, state, grads):
+        state.advance()
         lr, momentum = group['lr'], group['momentum']
-        moms = self._decayed_momenta(group, params, grads)
+        grads = self._decayed_gradients(group, state.params, grads)
+        moms = self._decayed_momenta(group, state, grads)
         if moms is None:
             return
-        torch._foreach_add_(params, moms, alpha=momentum)
-        torch._foreach_add_(params, grads, alpha=-(1 + momentum) * lr)
+        torch._foreach_add_(state.params, moms, alpha=momentum)
+        torch._foreach_add_(state.params, grads, alpha=-(1 + momentum) * lr)
         torch._foreach_add_(moms, grads, alpha=-lr)
 
 
