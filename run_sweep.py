@@ -315,7 +315,8 @@ def _output_problems(loaded, insert):
     return output_problems(readme=loaded.resolve(outputs.readme),
                            report=loaded.resolve(outputs.report),
                            figures_dir=loaded.resolve(outputs.figures),
-                           protected=[loaded.path], insert=insert)
+                           protected=[loaded.path], insert=insert,
+                           models=loaded.config.models)
 
 
 def _report_only(loaded, insert):

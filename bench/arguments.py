@@ -2,9 +2,13 @@
 of range or an output that cannot be written is refused before any work starts, with one
 message, as run_sweep.py refuses a bad sweep file."""
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
+
+# JSON outputs of the tools are small; a larger file at their path is not one of them.
+_MAX_JSON_BYTES = 64 << 20
 
 
 def whole_number(low, high=None):
@@ -22,12 +26,19 @@ def whole_number(low, high=None):
     return parse
 
 
-def writable_file_problem(path, what):
-    """Why a file cannot be written at `path` (None when it can): checked by creating and
-    removing a file beside it, so that hours of work do not end in a failed write."""
+def writable_json_problem(path, what):
+    """Why the tool's JSON output cannot be written at `path` (None when it can): a folder,
+    a file that is not JSON (the tool writes JSON, so anything else there is someone else's
+    and is not overwritten), or a place where writing fails, tried by creating and removing
+    a file beside it, so that hours of work do not end in a failed write."""
     path = Path(path)
     if path.is_dir():
         return f'{what} {path} is a folder; name a file'
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return f'{what} {path} is a link or a special file; name a file of its own'
+    if path.is_file() and not _holds_json(path):
+        return (f'{what} {path} exists and is not JSON, so this tool did not write it; '
+                'choose another path (it is not overwritten)')
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
@@ -51,3 +62,13 @@ def writable_folder_problem(path, what):
     except OSError as error:
         return f'{what} {path} cannot be written ({error.strerror or error})'
     return None
+
+
+def _holds_json(path):
+    try:
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            return False
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True

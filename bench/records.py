@@ -7,15 +7,43 @@ that is a string) is one problem naming the file and what is wrong, never a KeyE
 deep in a report. Keys a later version adds are allowed (`extra='allow'`); the keys
 this version reads must have the types it reads them as.
 """
-from typing import Any, Dict, List, Optional, Union
+from typing import Annotated, Any, Dict, List, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from bench.trial.recipe import MAX_EPOCHS, MAX_SEED
 from bench.validation import bounded_repr
+from models.names import parse_attention_name, parse_model_name
 
 Number = Union[int, float]
 Count = int
+
+
+def _registered_model(name):
+    parse_model_name(name)
+    return name
+
+
+def _registered_attention(name):
+    if parse_attention_name(name) != name:
+        raise ValueError(f'attention {name!r} is not spelled as registered '
+                         f'({parse_attention_name(name)!r})')
+    return name
+
+
+def _registered(check):
+    """A pydantic check that a name is registered, spelled as registered: names go into
+    every table and caption, so a stored name is never taken as it stands."""
+    def checked(name):
+        try:
+            return check(name)
+        except KeyError as error:       # the registry's own message lists the valid names
+            raise ValueError(str(error)) from None
+    return AfterValidator(checked)
+
+
+ModelName = Annotated[str, _registered(_registered_model)]
+AttentionName = Annotated[str, _registered(_registered_attention)]
 
 
 class _Record(BaseModel):
@@ -28,8 +56,8 @@ class RecipeRecord(_Record):
 
 class SpecRecord(_Record):
     """A trial's cell and recipe, as spec.json, sweep.json and state.json hold it."""
-    model: str
-    attention: str
+    model: ModelName
+    attention: AttentionName
     seed: int = Field(ge=0, le=MAX_SEED)
     recipe: RecipeRecord
     attention_kwargs: Dict[str, Any] = Field(default_factory=dict)
@@ -95,9 +123,9 @@ class ManifestTrial(_Record):
 
 class Manifest(_Record):
     """sweep.json: the trials the sweep consists of now."""
-    name: str
-    models: List[str]
-    attentions: List[str]
+    name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', max_length=100)
+    models: List[ModelName]
+    attentions: List[AttentionName]
     seeds: List[int] = Field(default_factory=list)
     report: Dict[str, Any] = Field(default_factory=dict)
     data: Dict[str, Any] = Field(default_factory=dict)

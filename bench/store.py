@@ -94,6 +94,10 @@ class ResultsStore:
         mine = {'host': socket.gethostname(), 'pid': os.getpid(),
                 'since': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
         while not _create_with(path, json.dumps(mine)):
+            if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+                raise StoreLocked(f'{path} is not a lock file of this project (a folder, a '
+                                  'link or a special file): if no sweep is running on '
+                                  f'{self.root}, delete it and run again')
             holder, problem = read_json_checked(path)
             if problem:
                 # A lock is written whole (a link of a complete file), so this one was
@@ -140,18 +144,35 @@ class ResultsStore:
     def clean_scratch(self):
         """Remove what killed runs left behind: Tune's scratch folders, half-copied
         checkpoints and temporary files. Only while holding the lock (no run is active).
-        Returns how many were removed."""
+        Links are never followed: a link where the scratch or a trial folder belongs is
+        removed as a link, whatever it points to. Returns how many were removed."""
         scratch = self.root / SCRATCH_DIR
-        leftovers = list(scratch.glob('*')) if scratch.is_dir() else []
+        if scratch.is_symlink():
+            leftovers = [scratch]
+        else:
+            leftovers = list(scratch.iterdir()) if scratch.is_dir() else []
         leftovers += list(self.root.glob('.*.tmp'))
-        for folder in (self.root / 'trials').glob('*'):
-            leftovers += list(folder.glob('.checkpoint-*')) + list(folder.glob('.*.tmp'))
-        for path in leftovers:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        trials = self.root / 'trials'
+        if trials.is_dir() and not trials.is_symlink():
+            for folder in trials.iterdir():
+                if folder.is_dir() and not folder.is_symlink():
+                    leftovers += list(folder.glob('.checkpoint-*')) + list(folder.glob('.*.tmp'))
+        _remove(leftovers)
         return len(leftovers)
+
+    def _looks_like_a_store(self):
+        """A valid sweep record, or trial folders named by trial ids holding a trial's
+        files: what this project writes, and what nothing else is likely to."""
+        manifest, _ = read_json_checked(self.root / MANIFEST_FILE)
+        if manifest is not None:
+            return True
+        trials = self.root / 'trials'
+        if not trials.is_dir() or trials.is_symlink():
+            return False
+        return any(TRIAL_ID_PATTERN.match(folder.name) and not folder.is_symlink() and
+                   any((folder / name).exists() for name in ('spec.json', 'history.csv',
+                                                             CHECKPOINT_DIR))
+                   for folder in trials.iterdir())
 
     def check_is_store(self):
         """Refuse a results folder that holds something other than a store of this project
@@ -164,12 +185,11 @@ class ResultsStore:
                             'outputs.results (or name) in the sweep file to a folder for '
                             'results')
         entries = {p.name for p in self.root.iterdir()}
-        if not entries or (self.root / MANIFEST_FILE).is_file() or \
-                (self.root / 'trials').is_dir() or entries <= {LOCK_FILE}:
+        if entries <= {LOCK_FILE} or self._looks_like_a_store():
             return
         raise NotAStore(
-            f'{self.root} is not a results store of this project (it has no {MANIFEST_FILE} '
-            f"and no trials/ folder, but {', '.join(sorted(entries)[:5])}"
+            f'{self.root} is not a results store of this project (no sweep record '
+            f"{MANIFEST_FILE} of ours and no trial folders, but {', '.join(sorted(entries)[:5])}"
             f"{', ...' if len(entries) > 5 else ''}): nothing was written or deleted there. "
             'Set outputs.results or the sweep name in the sweep file to a folder for this '
             "sweep's results")
@@ -192,11 +212,7 @@ class ResultsStore:
 
     def delete(self, targets):
         """Delete paths returned by fresh_targets (folders as a whole, links as links)."""
-        for path in targets:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+        _remove(targets)
         trials = self.root / 'trials'
         if trials.is_dir() and not any(trials.iterdir()):
             trials.rmdir()
@@ -495,9 +511,19 @@ def _short(error):
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
+def _remove(paths):
+    """Delete each path: a folder as a whole, a link or a file by itself (never what a link
+    points to)."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            path.unlink()
+
+
 def _create_with(path, text):
     """Create `path` holding `text` unless it exists, atomically (a link of a full file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'w') as handle:
             handle.write(text)

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from bench.arguments import whole_number, writable_file_problem, writable_folder_problem
+from bench.arguments import whole_number, writable_json_problem, writable_folder_problem
 from bench.fileio import write_json_atomic
 from bench.gpu import GPUError, apply_tf32, check_local_gpus
 from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
@@ -140,7 +140,7 @@ def output_problems(args):
     if args.checkpoint_dir:
         problems.append(writable_folder_problem(args.checkpoint_dir, '--checkpoint-dir'))
     if args.output:
-        problems.append(writable_file_problem(args.output, '--output'))
+        problems.append(writable_json_problem(args.output, '--output'))
     return [p for p in problems if p]
 
 

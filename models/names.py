@@ -12,7 +12,9 @@ STANDARD_DEPTHS = (20, 56, 110)
 # The deepest CIFAR ResNet of He et al. (2016) has 1202 layers (n = 200): deeper names
 # are typos, and counting one of millions of layers would hang the sweep's checks.
 MAX_DEPTH = 1202
-MODEL_NAME_PATTERN = re.compile(r'^cifar_resnet(\d+)_v([12])$')
+# ASCII digits without leading zeros, nothing after the name (a `$` would allow a
+# trailing newline): one spelling per network, so one trial id per cell.
+MODEL_NAME_PATTERN = re.compile(r'cifar_resnet([1-9][0-9]{0,3})_v([12])', re.ASCII)
 MODELS = tuple(f'cifar_resnet{depth}_v{version}'
                for depth in STANDARD_DEPTHS for version in (1, 2))
 
@@ -108,7 +110,7 @@ class UnknownNameError(KeyError):
 
 def parse_model_name(name):
     """(version, depth) of a `cifar_resnet{depth}_v{version}` name with depth = 6n + 2."""
-    match = MODEL_NAME_PATTERN.match(str(name))
+    match = MODEL_NAME_PATTERN.fullmatch(str(name))
     depth = int(match.group(1)) if match else 0
     if not match or depth < 8 or depth > MAX_DEPTH or (depth - 2) % 6:
         raise UnknownNameError(
@@ -141,5 +143,5 @@ def attention_label(name):
 def model_sort_key(name):
     """cifar_resnet20_v2 < cifar_resnet56_v1 < cifar_resnet110_v1: by depth, then version;
     other names after them, alphabetically."""
-    match = MODEL_NAME_PATTERN.match(str(name))
+    match = MODEL_NAME_PATTERN.fullmatch(str(name))
     return (int(match.group(1)), int(match.group(2)), '') if match else (10 ** 9, 0, str(name))

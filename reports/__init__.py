@@ -14,8 +14,7 @@ from bench.fileio import write_text_atomic
 from bench.trial.recipe import RecipeError, describe_recipe
 from models.names import parse_model_name
 
-from .escape import markdown_text, markdown_url
-from .figures import write_figures
+from .escape import html_text, markdown_text, markdown_url
 from .outputs import REPORT_MARK, check_outputs
 from .reference import load_reference
 from .spread import REFERENCE_RULE, RULE
@@ -31,7 +30,8 @@ __all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_
 # the .html.j2 templates, Markdown backslash escapes in the .md.j2 ones (reports.escape);
 # only Markup made by our own templates passes as it is.
 _ENV = Environment(loader=PackageLoader('reports', 'templates'), undefined=StrictUndefined,
-                   autoescape=select_autoescape(['html.j2']), keep_trailing_newline=True)
+                   autoescape=select_autoescape(['html.j2']), keep_trailing_newline=True,
+                   finalize=html_text)
 _MARKDOWN_ENV = Environment(loader=PackageLoader('reports', 'templates'),
                             undefined=StrictUndefined, autoescape=False,
                             keep_trailing_newline=True, finalize=markdown_text)
@@ -133,9 +133,10 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
     """
     store_dir = Path(store_dir)
     figures_dir = Path(figures_dir) if figures_dir else store_dir / 'figures'
-    check_outputs(readme=readme, report=report_path, figures_dir=figures_dir, insert=insert,
-                  protected=protected)
     manifest = manifest or load_manifest(store_dir)
+    check_outputs(readme=readme, report=report_path, figures_dir=figures_dir, insert=insert,
+                  protected=protected, models=(layout or {}).get('models') or
+                  manifest.get('models'))
     options = dict(manifest.get('report') or {}, **(options or {}))
     layout = {'models': manifest['models'], 'attentions': manifest['attentions'],
               **(layout or {})}
@@ -152,6 +153,7 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
     # Rendered by our own template with every value escaped, so it is markup to keep.
     table_html = Markup(render('readme_table.html.j2', **context).strip())
     written = []
+    from .figures import write_figures     # matplotlib: only where figures are drawn
     figures = write_figures(trials, histories, figures_dir,
                             layout.get('models'), layout.get('attentions'))
     written += [path for _, path in figures]

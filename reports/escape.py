@@ -29,6 +29,12 @@ def markdown_text(value):
     return _MARKDOWN_SPECIAL.sub(r'\\\1', one_line(value))
 
 
+def html_text(value):
+    """`value` for Jinja's HTML autoescape (which then makes it entities): on one line, so
+    that no stored text can end the README's HTML block with a blank line."""
+    return value if isinstance(value, Markup) else one_line(value)
+
+
 def markdown_url(path):
     """A relative path as a Markdown link destination: percent-encoded, so no character of
     it can end the link or start markup."""

@@ -12,7 +12,7 @@ from bench.fileio import write_bytes_atomic  # noqa: E402
 from bench.store import DONE  # noqa: E402
 from models.names import attention_label, model_sort_key  # noqa: E402
 
-from .outputs import GENERATOR, is_our_figure  # noqa: E402
+from .outputs import ACCURACY_FIGURE, CURVES_PREFIX, GENERATOR, is_our_figure  # noqa: E402
 from .table import default_order  # noqa: E402
 
 
@@ -109,7 +109,6 @@ def save_figure(fig, path):
     return write_bytes_atomic(Path(path), buffer.getvalue())
 
 
-CURVES_PREFIX, ACCURACY_FIGURE = 'curves_', 'final_accuracy.png'
 
 
 def write_figures(trials, histories, figures_dir, models=None, attentions=None):

@@ -5,6 +5,7 @@ The README is ours between its two markers (reports.readme); report.html and the
 figures carry a mark of this project (a generator meta tag; a PNG text chunk), and a
 file at their path without it is refused rather than overwritten.
 """
+import os
 from pathlib import Path
 
 from .readme import ReportError, check_readme
@@ -14,10 +15,22 @@ REPORT_MARK = f'<meta name="generator" content="{GENERATOR}">'
 # report.html as versions before the mark wrote it.
 LEGACY_REPORT_MARK = ': channel attention on CIFAR ResNets</title>'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-# The figures' names (reports.figures): stale ones are deleted, present ones replaced.
-FIGURE_PATTERNS = ('curves_*.png', 'final_accuracy.png')
-# The README's own kinds of file: --insert appends a Markdown block to nothing else.
-README_SUFFIXES = ('.md', '.markdown', '')
+# Figures of versions before the mark: matplotlib's Software chunk and the 110 dpi they
+# were saved at (pHYs: 4331 pixels per metre), which a user's default savefig lacks.
+LEGACY_FIGURE_MARKS = (b'Software\x00Matplotlib', b'pHYs\x00\x00\x10\xeb\x00\x00\x10\xeb\x01')
+# The figures' names: a curves figure per model, one bar chart. Those of ours that a
+# report no longer shows are deleted; present ones are replaced.
+CURVES_PREFIX, ACCURACY_FIGURE = 'curves_', 'final_accuracy.png'
+FIGURE_PATTERNS = (f'{CURVES_PREFIX}*.png', ACCURACY_FIGURE)
+
+
+def figure_names(models):
+    """The files the figures of a report on these models are written to."""
+    return [f'{CURVES_PREFIX}{model}.png' for model in models] + [ACCURACY_FIGURE]
+# What each output may be: the reports write HTML and Markdown, and nothing else is
+# written over or created (a sweep file that names ~/.ssh/authorized_keys is refused).
+README_SUFFIXES = ('.md', '.markdown')
+REPORT_SUFFIXES = ('.html', '.htm')
 
 
 def _head(path, size=4096):
@@ -41,25 +54,38 @@ def is_our_figure(path):
     except OSError:
         return False
     return head.startswith(PNG_SIGNATURE) and (
-        GENERATOR.encode() in head or b'Software\x00Matplotlib' in head)
+        GENERATOR.encode() in head or all(mark in head for mark in LEGACY_FIGURE_MARKS))
 
 
-def output_problems(readme=None, report=None, figures_dir=None, protected=(), insert=False):
+def output_problems(readme=None, report=None, figures_dir=None, protected=(), insert=False,
+                    models=None):
     """What keeps the reports from being written where the outputs point, each with what to
-    do; [] when nothing does. `protected`: files no output may be (the sweep file)."""
+    do; [] when nothing does. `protected`: files no output may be (the sweep file);
+    `models`: those the figures show (None: any figure name of ours counts)."""
     named = {'outputs.readme': readme, 'outputs.report': report,
              'outputs.figures': figures_dir}
-    named = {key: Path(path).resolve() for key, path in named.items() if path is not None}
+    named = {key: Path(path) for key, path in named.items() if path is not None}
     problems = []
     for key, path in named.items():
-        if any(path == Path(p).resolve() for p in protected):
+        if any(path.resolve() == Path(p).resolve() for p in protected):
             problems.append(f'{key} is {path}, the sweep file itself; point it at a file '
                             'of its own')
     seen = {}
     for key, path in named.items():
-        if path in seen:
-            problems.append(f'{key} and {seen[path]} are both {path}; give each its own path')
-        seen.setdefault(path, key)
+        if path.resolve() in seen:
+            problems.append(f'{key} and {seen[path.resolve()]} are both {path}; give each its '
+                            'own path')
+        seen.setdefault(path.resolve(), key)
+    for key, suffixes, kind in (('outputs.readme', README_SUFFIXES, 'Markdown README'),
+                                ('outputs.report', REPORT_SUFFIXES, 'HTML report')):
+        path = named.get(key)
+        if path is None:
+            continue
+        if path.suffix.lower() not in suffixes:
+            problems.append(f"{key} is {path}: the {kind} is written only to a file ending in "
+                            f"{' or '.join(suffixes)}; name such a file")
+        elif path.is_symlink():
+            problems.append(f'{key} is {path}, a link; name a file of its own')
     if problems:
         return problems
     report = named.get('outputs.report')
@@ -78,29 +104,21 @@ def output_problems(readme=None, report=None, figures_dir=None, protected=(), in
         except (OSError, UnicodeDecodeError) as error:
             problems.append(f'outputs.readme {readme} cannot be read as text ({error}); name '
                             'a Markdown file')
-        else:
-            if insert and readme.suffix.lower() not in README_SUFFIXES and \
-                    not _has_markers(readme):
-                problems.append(f'--insert would append the results block to {readme}, which '
-                                'is not a Markdown file; name a README (.md) in outputs.readme')
     figures = named.get('outputs.figures')
     if figures is not None and figures.exists():
         if not figures.is_dir():
             problems.append(f'outputs.figures is {figures}, a file; name a folder for the '
                             'figures')
         else:
-            for pattern in FIGURE_PATTERNS:
-                for path in sorted(figures.glob(pattern)):
-                    if not is_our_figure(path):
-                        problems.append(f'{path} is not a figure this project wrote, and the '
-                                        'reports would replace it; move it away, or set '
-                                        'outputs.figures to a folder of its own')
+            present = (sorted(p for pattern in FIGURE_PATTERNS for p in figures.glob(pattern))
+                       if models is None else
+                       [figures / name for name in figure_names(models)])
+            for path in present:
+                if os.path.lexists(path) and not is_our_figure(path):
+                    problems.append(f'{path} is not a figure this project wrote, and the '
+                                    'reports would replace it; move it away, or set '
+                                    'outputs.figures to a folder of its own')
     return problems
-
-
-def _has_markers(path):
-    from .readme import BEGIN_PREFIX
-    return BEGIN_PREFIX in path.read_text(encoding='utf-8', errors='replace')
 
 
 def check_outputs(**outputs):

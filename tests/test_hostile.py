@@ -115,7 +115,7 @@ def test_fresh_deletes_only_a_store_and_only_its_own_files(tmp_path, capsys):
     # In a store, --fresh leaves what is not the store's own.
     store = ResultsStore(tmp_path / 'store')
     (store.root / 'trials' / '0123456789ab').mkdir(parents=True)
-    (store.root / 'sweep.json').write_text('{}')
+    (store.root / 'trials' / '0123456789ab' / 'history.csv').write_text('epoch\n')
     (store.root / 'trials' / 'mine').mkdir()
     (store.root / 'keep.txt').write_text('mine')
     store.delete(store.fresh_targets())
@@ -147,10 +147,19 @@ def test_outputs_never_overwrite_a_file_this_project_did_not_write(sweep, tmp_pa
     notes = tmp_path / 'notes.html'
     notes.write_text('<html>my notes</html>')
     bad = tmp_path / 'bad.yaml'
+    (tmp_path / 'notes.md').write_text('# my notes\n')
+    (tmp_path / 'Makefile').write_text('all:\n')
+    (tmp_path / 'home' / '.ssh').mkdir(parents=True)
+    (tmp_path / 'linked.html').symlink_to(tmp_path / 'elsewhere.html')
     cases = {
         ('report: report.html', f'report: {notes}'): 'which this project did not write',
+        ('report: report.html', 'report: home/.ssh/authorized_keys'):
+            'the HTML report is written only to a file ending in .html or .htm',
+        ('report: report.html', 'report: linked.html'): 'a link; name a file of its own',
         ('readme: null', 'readme: bad.yaml'): 'the sweep file itself',
-        ('readme: null', f'readme: {path.name}'): 'has no results markers',
+        ('readme: null', f'readme: {path.name}'): 'written only to a file ending in .md',
+        ('readme: null', 'readme: Makefile'): 'written only to a file ending in .md',
+        ('readme: null', 'readme: notes.md'): 'has no results markers',
         ('figures: figures', 'figures: bad.yaml'): 'the sweep file itself',
         ('figures: figures', f'figures: {path.name}'): 'a file; name a folder',
     }
@@ -161,9 +170,12 @@ def test_outputs_never_overwrite_a_file_this_project_did_not_write(sweep, tmp_pa
             code, out, err = run(['--config', str(bad), *args], capsys)
             assert code == 2 and expected in err, (new, args, err)
             assert snapshot(tmp_path) == before, (new, args)
-    bad.write_text(text.replace('readme: null', f'readme: {path.name}'))
+    bad.write_text(text.replace('readme: null', 'readme: Makefile'))
     code, out, err = run(['--config', str(bad), '--report-only', '--insert'], capsys)
-    assert code == 2 and 'is not a Markdown file' in err
+    assert code == 2 and 'written only to a file ending in .md' in err
+    assert (tmp_path / 'Makefile').read_text() == 'all:\n'
+    assert not (tmp_path / 'home' / '.ssh' / 'authorized_keys').exists()
+    assert not (tmp_path / 'elsewhere.html').exists()
     bad.write_text(text.replace('report: report.html', 'report: bad.yaml'))
     assert 'the sweep file itself' in run(['--config', str(bad), '--report-only'], capsys)[2]
     figures = tmp_path / 'figures'
@@ -417,3 +429,178 @@ def test_bench_benchmark_checks_its_json_before_measuring(tmp_path, capsys):
         err = capsys.readouterr()
         assert exit_info.value.code == 2 and expected in err.err
         assert 'img/s' not in err.out
+
+
+# ------------------------------------------------- found by trying to break the first fixes
+
+def test_a_link_where_the_scratch_belongs_is_removed_as_a_link_not_followed(sweep):
+    path, loaded, store, ids = sweep
+    precious = store.root.parent.parent / 'precious'
+    (precious / 'code').mkdir(parents=True)
+    (precious / 'thesis.tex').write_text('years of work')
+    (store.root / 'ray').symlink_to(precious)
+    linked_trial = store.root / 'trials' / 'abcdefabcdef'
+    linked_trial.symlink_to(precious)
+    (precious / '.checkpoint-x').mkdir()
+    with store.lock():
+        store.clean_scratch()
+    assert (precious / 'thesis.tex').read_text() == 'years of work'
+    assert (precious / 'code').is_dir() and (precious / '.checkpoint-x').is_dir()
+    assert not (store.root / 'ray').exists()
+
+
+@pytest.mark.parametrize('layout', ['a sweep.json of another tool', 'trials of another tool'])
+def test_a_folder_of_another_tool_is_not_taken_for_a_store(tmp_path, capsys, layout):
+    data_root = write_tiny_data(tmp_path / 'cifar', train=32, test=8)
+    other = tmp_path / 'results' / 'shared'
+    if layout == 'a sweep.json of another tool':
+        other.mkdir(parents=True)
+        (other / 'sweep.json').write_text('{"method": "bayes"}')
+        (other / 'results.csv').write_text('theirs')
+    else:
+        (other / 'trials' / 'run-2024-01').mkdir(parents=True)
+        (other / 'trials' / 'run-2024-01' / 'history.csv').write_text('theirs')
+    (other / 'ray' / 'important').mkdir(parents=True)
+    (other / 'ray' / 'important' / 'notes.txt').write_text('theirs')
+    path = write_sweep(tmp_path, data_root, name='shared')
+    before = snapshot(other)
+    for args in (['--dry-run', '--fresh'], ['--fresh', '--yes'], []):
+        code, out, err = run(['--config', str(path), *args], capsys)
+        assert code == 2 and 'is not a results store of this project' in err, (args, err)
+        assert snapshot(other) == before
+
+
+def test_stored_names_are_registered_ones_and_never_markup_in_the_readme(sweep, tmp_path,
+                                                                          capsys):
+    from reports.__main__ import main as reports_main
+    path, loaded, store, ids = sweep
+    manifest = json.loads((store.root / 'sweep.json').read_text())
+    manifest['models'].append('cifar_resnet8_v1 \n\n[Click](https://evil.example/phish)\n\n')
+    (store.root / 'sweep.json').write_text(json.dumps(manifest))
+    readme = tmp_path / 'README.md'
+    readme.write_text('<!-- results:begin -->\n<!-- results:end -->\n')
+    capsys.readouterr()
+    assert reports_main([str(store.root), '--readme', str(readme)]) == 2
+    assert "unknown model 'cifar_resnet8_v1" in capsys.readouterr().err
+    assert 'evil' not in readme.read_text()
+    # A trial's spec.json naming a model that does not exist is damaged, not a crash.
+    spec_file = store.trial_dir(ids['finished']) / 'spec.json'
+    spec = json.loads(spec_file.read_text())
+    spec['spec']['model'] = 'cifar_resnet9_v1'
+    spec_file.write_text(json.dumps(spec))
+    code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    assert code == 0, err
+    import html
+    assert "unknown model 'cifar_resnet9_v1'" in html.unescape(
+        (tmp_path / 'report.html').read_text())
+
+
+def test_one_line_per_stored_text_in_html_too():
+    from markupsafe import Markup
+
+    from reports import render
+    html = render('readme_table.html.j2', groups=[], rows=[
+        {'model': 'a\n\n[x](y)', 'cells': [{'text': 'b\r\n\nc', 'bold': False}]}])
+    assert '\n\n' not in html and '[x](y)' in html
+    assert str(Markup('<b>kept</b>')) in render('readme_block.md.j2', title='t', caption='c',
+                                                table_html=Markup('<b>kept</b>'), figures=[])
+
+
+@pytest.mark.parametrize('kind', ['folder', 'dangling link', 'fifo'])
+def test_a_lock_that_is_no_file_is_one_message_not_a_spin(tmp_path, kind):
+    import time
+    from bench.store import StoreLocked
+    store = ResultsStore(tmp_path / 'store')
+    store.root.mkdir()
+    lock = store.root / 'sweep.lock'
+    if kind == 'folder':
+        lock.mkdir()
+    elif kind == 'dangling link':
+        lock.symlink_to(tmp_path / 'nowhere')
+    else:
+        os.mkfifo(lock)
+    started = time.monotonic()
+    with pytest.raises(StoreLocked, match='is not a lock file of this project'):
+        with store.lock():
+            pass
+    assert time.monotonic() - started < 5
+    assert not list(store.root.glob('.sweep.lock.*'))
+
+
+def test_names_have_one_spelling(capsys):
+    from models.names import parse_model_name
+    for name in ('cifar_resnet020_v1', 'cifar_resnet\u0662\u0660_v1', 'cifar_resnet\uff12\uff10_v1',
+                 'cifar_resnet20_v1\n', ' cifar_resnet20_v1', 'cifar_resnet' + '2' * 5000 + '_v1'):
+        with pytest.raises(KeyError, match='unknown model'):
+            parse_model_name(name)
+    assert parse_model_name('cifar_resnet1202_v2') == (2, 1202)
+
+
+def test_our_own_json_outputs_never_replace_someone_elses_file(tmp_path, capsys):
+    from bench.benchmark.cli import main as benchmark_main
+    from bench.train import main as train_main
+    sweep_file = tmp_path / 'tiny.yaml'
+    sweep_file.write_text('name: t\n')
+    with pytest.raises(SystemExit):
+        benchmark_main(['--num-gpus', '0', '--json', str(sweep_file)])
+    assert 'exists and is not JSON, so this tool did not write it' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(['--num-gpus', '0', '--data-root', str(tmp_path), '--no-download',
+                    '--output', str(sweep_file)])
+    assert 'exists and is not JSON' in capsys.readouterr().err
+    assert sweep_file.read_text() == 'name: t\n'
+
+
+def test_figures_of_the_user_are_neither_deleted_nor_replaced(sweep, tmp_path, capsys):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    path, loaded, store, ids = sweep
+    figures = tmp_path / 'figures'
+    figures.mkdir()
+    plt.plot([1, 2])
+    plt.savefig(figures / 'curves_my_experiment.png')      # the user's, matplotlib's defaults
+    assert run(['--config', str(path), '--report-only'], capsys)[0] == 0
+    assert (figures / 'curves_my_experiment.png').is_file()
+    plt.savefig(figures / 'final_accuracy.png')
+    code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    assert code == 2 and 'final_accuracy.png is not a figure this project wrote' in err
+    plt.close('all')
+
+
+def test_a_sweep_file_that_is_a_device_is_refused(capsys):
+    code, out, err = run(['--config', '/dev/zero', '--dry-run'], capsys)
+    assert code == 2 and '/dev/zero: not a regular file' in err
+
+
+def test_a_dry_run_writes_nothing_in_home_either(sweep, tmp_path):
+    import subprocess
+    import sys
+    path, loaded, store, ids = sweep
+    home = tmp_path / 'home'
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ('MPLCONFIGDIR', 'XDG_CACHE_HOME',
+                                                              'XDG_CONFIG_HOME')}
+    env['HOME'] = str(home)
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / 'run_sweep.py'),
+                           '--config', str(path), '--dry-run'], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(home.rglob('*')) == []
+
+
+def test_crafted_optimizer_state_that_amplifies_or_resets_is_refused(tmp_path):
+    import pickle
+    import mxnet as mx
+    from bench.trial.gluon.optimizer_state import read_legacy_states
+    adam = mx.optimizer.Adam()
+    shared = mx.nd.zeros((64, 64))
+    many = pickle.dumps(({i: (shared, shared) for i in range(50)}, adam))
+    with pytest.raises(ValueError, match='one array stands for several states'):
+        read_legacy_states(many, 'adam')
+    big = pickle.dumps(({0: (mx.nd.zeros((512, 512)), mx.nd.zeros((512, 512)))}, adam))
+    with pytest.raises(ValueError, match='more array data'):
+        read_legacy_states(big, 'adam', max_array_bytes=1 << 20)
+    adam.num_update = b'not a count'
+    with pytest.raises(ValueError, match='counters are not plain numbers'):
+        read_legacy_states(pickle.dumps(({0: (mx.nd.zeros(2), mx.nd.zeros(2))}, adam)), 'adam')

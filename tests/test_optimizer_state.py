@@ -125,7 +125,7 @@ def test_the_pickle_reader_builds_inert_records_only():
 
 
 @pytest.mark.parametrize('damage', ['drop an array', 'wrong shape', 'other optimizer',
-                                    'bad count', 'json garbage'])
+                                    'bad count', 'json garbage', 'no states', 'empty states'])
 def test_a_damaged_optimizer_state_is_one_message(tiny_cifar_root, tmp_path, damage):
     import json
     data = load_cifar10(tiny_cifar_root, download=False)
@@ -142,6 +142,10 @@ def test_a_damaged_optimizer_state_is_one_message(tiny_cifar_root, tmp_path, dam
         record['optimizer'] = 'sgd'
     elif damage == 'bad count':
         record['num_update'] = -3
+    elif damage == 'no states':          # each parameter's moments replaced by nothing
+        record['states'] = dict.fromkeys(record['states'], 'none')
+    elif damage == 'empty states':       # the moments silently reset
+        record['states'] = {}
     mx.nd.save(str(checkpoint / STATE_ARRAYS), arrays)
     (checkpoint / STATE_RECORD).write_text('{' if damage == 'json garbage'
                                            else json.dumps(record))

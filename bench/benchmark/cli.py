@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.arguments import whole_number, writable_file_problem
+from bench.arguments import whole_number, writable_json_problem
 from bench.benchmark import __doc__ as BENCHMARK_HELP
 from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
 from bench.fileio import write_json_atomic
@@ -154,7 +154,7 @@ def argument_problems(args):
         problems.append(f'--images {args.images} holds no batch of --batch-size '
                         f'{args.batch_size}; give at least as many images as a batch')
     if args.json and not args.epoch_child:
-        problems.append(writable_file_problem(args.json, '--json'))
+        problems.append(writable_json_problem(args.json, '--json'))
     return [p for p in problems if p]
 
 

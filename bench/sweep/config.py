@@ -19,6 +19,7 @@ Relative output paths are relative to the YAML file's folder.
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
@@ -164,7 +165,10 @@ class LoadedSweep:
         return self.path.parent
 
     def resolve(self, relative):
-        return None if relative is None else (self.base_dir / relative).resolve()
+        """`relative` (to the sweep file's folder) as an absolute path, its links left as
+        links: an output that is a link is refused, not written through."""
+        return None if relative is None else \
+            Path(os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(relative))))
 
     @property
     def store_dir(self):
@@ -269,10 +273,15 @@ def load_config(path):
     """Read and validate a sweep YAML file."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(f'{path}: {path.stat().st_size:,} bytes; a sweep file is a few '
-                              f'hundred (at most {MAX_FILE_BYTES:,}): is this a sweep file?')
-        text = path.read_text(encoding='utf-8')
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise ConfigError(f'{path}: not a regular file (a device or a pipe); pass --config '
+                              'with a sweep YAML file')
+        with open(path, 'rb') as handle:
+            blob = handle.read(MAX_FILE_BYTES + 1)
+        if len(blob) > MAX_FILE_BYTES:
+            raise ConfigError(f'{path}: more than {MAX_FILE_BYTES:,} bytes; a sweep file is a '
+                              'few hundred: is this a sweep file?')
+        text = blob.decode('utf-8')
     except FileNotFoundError:
         raise ConfigError(f'{path}: no such file; pass --config with a sweep YAML file') \
             from None

@@ -215,7 +215,8 @@ def missing_data_message(root, cause=None):
     if cause:
         lines.append(f'Downloading it failed: {cause}.')
     lines.append(f'Fetch {DOWNLOAD_URL} and put it in {root} (no need to unpack it), '
-                 f'or point the data root (sweep.yaml data.root, or --data-root) at your copy.')
+                 'or point the data root at your copy (data.root in the sweep file; '
+                 '--data-root for python -m bench.train).')
     return '\n'.join(lines)
 
 

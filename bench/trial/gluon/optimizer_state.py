@@ -23,6 +23,7 @@ import pickletools
 from pathlib import Path
 
 import mxnet as mx
+import numpy as np
 
 from bench.fileio import read_json, write_json_atomic
 
@@ -58,6 +59,15 @@ def _updaters(trainer):
         raise ValueError('optimizer state is saved from the trainer\'s own updaters: build '
                          'the trainer with update_on_kvstore=False')
     return trainer._updaters
+
+
+def _layout(state):
+    """The shape of a state without its arrays: 'none', 'array', or a tuple/list of those."""
+    if state is None:
+        return 'none'
+    if isinstance(state, mx.nd.NDArray):
+        return 'array'
+    return {'tuple' if isinstance(state, tuple) else 'list': [_layout(s) for s in state]}
 
 
 def _flatten(state, name, arrays):
@@ -149,9 +159,19 @@ def _copy(state):
     return state
 
 
+def _expected_layouts(trainer):
+    """The state layout the trainer's optimizer makes for each parameter it updates (what a
+    resumed trial needs: Adam's two moments, SGD's momentum, ...), by asking it for fresh
+    ones; BatchNorm's running statistics have none."""
+    optimizer = _updaters(trainer)[0].optimizer
+    return {str(index): _layout(optimizer.create_state_multi_precision(index, param.data()))
+            for index, param in enumerate(trainer._params) if param.grad_req != 'null'}
+
+
 def _checked(trainer, optimizer_name, record, arrays, source):
     """(states, num_update, counts) of a record read from `source`, each part checked
-    against the trainer (ValueError says what does not fit)."""
+    against the trainer (ValueError says what does not fit): every parameter's state
+    present, of the layout its optimizer makes, its arrays shaped as the parameter."""
     if record.get('optimizer') != optimizer_name:
         raise ValueError(f"holds the state of optimizer {record.get('optimizer')!r:.40}, the "
                          f'trial trains with {optimizer_name}')
@@ -160,8 +180,16 @@ def _checked(trainer, optimizer_name, record, arrays, source):
     layouts = record.get('states')
     if not isinstance(layouts, dict):
         raise ValueError('has no state layouts')
+    expected = _expected_layouts(trainer)
+    missing = sorted(set(expected) - set(layouts), key=int)
+    if missing:
+        raise ValueError(f"has no state for parameter(s) {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''}")
     for key, layout in layouts.items():
         index = _index(key, len(shapes))
+        if layout != expected.get(key):
+            raise ValueError(f'the state of parameter {key} is {layout!r:.60}, its optimizer '
+                             f'keeps {expected.get(key, "none")!r:.60}')
         states[index] = _unflatten(layout, key, arrays, shapes[index])
     counts_record = record.get('index_update_counts')
     if not isinstance(counts_record, dict):
@@ -202,7 +230,15 @@ def load_optimizer_state(trainer, optimizer_name, folder):
         raise UnreadableOptimizerState(f'{folder}: holds no optimizer state ({STATE_RECORD} '
                                        f'or {LEGACY_STATES}); ' + _retrain_hint(folder))
     try:
-        record, arrays = read_legacy_states(legacy.read_bytes(), optimizer_name)
+        # No more array bytes than the parameters' optimizer state can take (Adam: two
+        # float32 moments a weight), so a crafted file cannot make it allocate more.
+        budget = 1 << 20
+        for param in trainer._params:
+            budget += 4 * 8 * int(np.prod(param.shape))
+        if legacy.stat().st_size > budget:
+            raise ValueError(f'{legacy.stat().st_size:,} bytes, more than the state of these '
+                             'parameters takes')
+        record, arrays = read_legacy_states(legacy.read_bytes(), optimizer_name, budget)
         _apply(trainer, optimizer_name, *_checked(trainer, optimizer_name, record, arrays,
                                                   legacy))
     except (ValueError, OSError, mx.base.MXNetError) as error:
@@ -362,24 +398,43 @@ def _raw_array_bytes(call):
     return bytes(handle)
 
 
-def _legacy_layout(value, name, arrays, depth=0):
+class _Budget:
+    """The array bytes a legacy file may still decode, and the arrays already decoded: a
+    pickle can name one array many times (its memo), MXNet's never does."""
+
+    def __init__(self, limit):
+        self.left, self.seen = limit, set()
+
+    def take(self, call, raw):
+        if id(call) in self.seen:
+            raise ValueError('one array stands for several states: not what MXNet writes')
+        self.seen.add(id(call))
+        self.left -= len(raw)
+        if self.left < 0:
+            raise ValueError("more array data than the parameters' state takes")
+
+
+def _legacy_layout(value, name, arrays, budget, depth=0):
     if depth > _MAX_NESTING:
         raise ValueError('state nested too deeply')
     if value is None:
         return 'none'
     if isinstance(value, (tuple, list)):
         kind = 'tuple' if isinstance(value, tuple) else 'list'
-        return {kind: [_legacy_layout(v, f'{name}/{i}', arrays, depth + 1)
+        return {kind: [_legacy_layout(v, f'{name}/{i}', arrays, budget, depth + 1)
                        for i, v in enumerate(value)]}
+    raw = _raw_array_bytes(value)
+    budget.take(value, raw)
     array = mx.nd.NDArray(None)
     # MXNet's own parser of its array format: the one that reads every weight file.
-    array.__setstate__({'handle': bytearray(_raw_array_bytes(value))})
+    array.__setstate__({'handle': bytearray(raw)})
     arrays[name] = array
     return 'array'
 
 
-def read_legacy_states(blob, optimizer_name):
-    """(record, arrays) in the new format from the bytes of a legacy trainer.states."""
+def read_legacy_states(blob, optimizer_name, max_array_bytes=1 << 30):
+    """(record, arrays) in the new format from the bytes of a legacy trainer.states, decoding
+    at most `max_array_bytes` of arrays; ValueError for anything MXNet would not write."""
     parsed = parse_pickle(blob)
     if isinstance(parsed, tuple) and len(parsed) == 2:
         states, optimizer = parsed
@@ -392,11 +447,11 @@ def read_legacy_states(blob, optimizer_name):
                          f'MXNet\'s {expected}')
     if not isinstance(states, dict):
         raise ValueError('the states are not a mapping')
-    arrays, layouts = {}, {}
+    arrays, layouts, budget = {}, {}, _Budget(max_array_bytes)
     for index, state in states.items():
         if isinstance(index, bool) or not isinstance(index, int):
             raise ValueError(f'a state is keyed by {type(index).__name__}, not a parameter index')
-        layouts[str(index)] = _legacy_layout(state, str(index), arrays)
+        layouts[str(index)] = _legacy_layout(state, str(index), arrays, budget)
     counts = optimizer.state.get('_all_index_update_counts')
     if not isinstance(counts, dict) or not all(isinstance(c, dict) for c in counts.values()):
         raise ValueError('the optimizer has no update counts')
@@ -405,5 +460,8 @@ def read_legacy_states(blob, optimizer_name):
               'index_update_counts': {str(d): {str(i): c for i, c in per.items()}
                                       for d, per in counts.items()},
               'states': layouts}
-    json.dumps(record)       # plain data only, or this raises
+    try:
+        json.dumps(record)       # plain data only
+    except (TypeError, ValueError):
+        raise ValueError('the optimizer\'s counters are not plain numbers') from None
     return record, arrays
