@@ -3,6 +3,7 @@
 Framework-free: --dry-run and --report-only run here without MXNet or PyTorch.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.progress import print_line
 from bench.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, ResultsStore
@@ -57,8 +58,7 @@ def planned_data_identity(loaded):
     if loaded.config.data.dataset == 'demo':
         root = _data_root(loaded)
         identity = demo_digits_identity(root)
-        written = (root / 'cifar-10-batches-bin').is_dir()
-        return identity.to_dict(), None if written else (
+        return identity.to_dict(), None if Path(identity.source).exists() else (
             f'the demo data is not written yet: a run writes it to {root}')
     try:
         return load_cifar10(_data_root(loaded), download=False).identity.to_dict(), None
