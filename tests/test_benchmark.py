@@ -6,7 +6,7 @@ import pytest
 
 from bench.trial import threads
 from bench.benchmark.cli import main
-from bench.benchmark.rows import attention_overhead_summary, format_rows
+from bench.benchmark.rows import attention_overhead_summary, format_rows, reference_summary
 
 
 @pytest.mark.slow
@@ -60,6 +60,7 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
         assert row['trial_img_s'] > 0 and row['gflop_s'] > 0 and row['data_img_s'] > 0
         assert row['vs_vanilla'] > 0
         assert ('vs_gluon' in row) == (row['backend'] == 'torch')
+        assert ('vs_reference' in row) == (row['backend'] == 'torch')
     with pytest.raises(SystemExit):
         main(['--backend', 'torch', '--precision', 'amp_bfloat16', '--num-gpus', '0'])
     assert 'amp_bfloat16 needs a GPU' in capsys.readouterr().err
@@ -73,8 +74,15 @@ def test_table_formatting_and_summary():
              'gflop_s': 23.3}]
     lines = format_rows(rows).splitlines()
     assert lines[2].split()[:3] == ['gluon', 'm', 'none']     # rows without one are Gluon's
-    assert lines[2].split()[-5:] == ['24.5', '-', '10.0x', '-', '-']
-    assert lines[3].split()[-5:] == ['23.3', '50.0', '10.5x', '1.90x', '-']
+    assert lines[2].split()[-7:] == ['24.5', '-', '10.0x', '-', '-', '-', '-']
+    assert lines[3].split()[-7:] == ['23.3', '50.0', '10.5x', '1.90x', '-', '-', '-']
+    assert reference_summary(rows) is None
+    torch_row = dict(rows[0], backend='torch', reference_img_s=105.0, vs_reference=0.95,
+                     vs_gluon=0.9, reference_vs_gluon=0.94)
+    assert format_rows([torch_row]).splitlines()[2].split()[-3:] == ['0.90x', '105.0', '0.95x']
+    assert reference_summary([torch_row]) == (
+        'torch backend against idiomatic PyTorch (nn.BatchNorm2d, torch.optim.Adam): m none '
+        '0.95x\nidiomatic PyTorch against Gluon: m none 0.94x')
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
     rows[1]['vs_vanilla'] = 0.91         # measured round by round, it takes precedence
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 91%'
@@ -82,7 +90,7 @@ def test_table_formatting_and_summary():
     rows += [dict(rows[0], backend='torch', trial_img_s=50.0, vs_gluon=0.5),
              dict(rows[1], backend='torch', trial_img_s=45.0, vs_vanilla=0.9, vs_gluon=0.49)]
     lines = format_rows(rows).splitlines()
-    assert lines[4].split()[0] == 'torch' and lines[4].split()[-1] == '0.50x'
+    assert lines[4].split()[0] == 'torch' and lines[4].split()[-3] == '0.50x'
     assert attention_overhead_summary(rows) == \
         'speed against vanilla: gluon m se 91%, torch m se 90%'
 
