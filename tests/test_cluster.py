@@ -1,48 +1,205 @@
-"""A sweep on a two-node Ray cluster (both nodes on this machine): trials run on both
-nodes, results come back through Tune's reports, the store is complete."""
+"""Sweeps on a two-node Ray cluster whose nodes share no disk (both nodes on this
+machine): the second node runs in a mount namespace of its own where the results folder
+is hidden (an empty tmpfs over it) or read-only. Trials on either node end up in the
+driver's store; a node that dies mid-trial costs at most the epoch in progress.
+
+Every address is a loopback one, and every Ray process a test starts it ends."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from bench.store import ResultsStore
-from bench.sweep.driver import run_sweep
-from bench.sweep.plan import load_sweep_data, plan
 
-from .sweep_helpers import loaded, write_sweep, write_tiny_data
+from .sweep_helpers import write_sweep, write_tiny_data
 
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / 'ray')
 pytestmark = pytest.mark.slow
+SECOND_NODE_IP = '127.0.0.2'
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def _can_hide_folders():
+    if os.geteuid() != 0 or not shutil.which('unshare'):
+        return False
+    done = subprocess.run(['unshare', '--mount', '--propagation', 'private', 'true'],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def _environment():
+    env = dict(os.environ, PYTHONUNBUFFERED='1',
+               # A cluster of this test alone, on loopback: no token to share between
+               # its nodes, and a node's death told within seconds.
+               RAY_AUTH_MODE='disabled', RAY_health_check_initial_delay_ms='1000',
+               RAY_health_check_period_ms='1000', RAY_health_check_timeout_ms='1000',
+               RAY_health_check_failure_threshold='3')
+    env.pop('RAY_ADDRESS', None)
+    return env
+
+
+class TwoNodes:
+    """A head (1 CPU) and a second node (1 CPU, at 127.0.0.2) in its own session each, the
+    second in a mount namespace where `view` ('hidden' or 'read-only') applies to the
+    results folder."""
+
+    def __init__(self, folder, results, view):
+        self.folder, self.env = folder, _environment()
+        self.port = _free_port()
+        self.address = f'127.0.0.1:{self.port}'
+        results.mkdir(parents=True, exist_ok=True)
+        self.head = self._start('head', [RAY, 'start', '--head', '--node-ip-address',
+                                         '127.0.0.1', '--port', str(self.port), '--num-cpus',
+                                         '1', '--include-dashboard', 'false', '--block'])
+        self._wait_for_nodes(1)
+        view_of = {'hidden': f'mount -t tmpfs tmpfs {results}',
+                   'read-only': f'mount --bind {results} {results} && '
+                                f'mount -o remount,bind,ro {results}'}[view]
+        second = (f'{view_of} && exec {RAY} start --address {self.address} --node-ip-address '
+                  f'{SECOND_NODE_IP} --num-cpus 1 --block')
+        self.second = self._start('second', ['unshare', '--mount', '--propagation', 'private',
+                                             'sh', '-c', second])
+        self._wait_for_nodes(2)
+
+    def _start(self, name, command):
+        log = open(self.folder / f'{name}.log', 'w')
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+
+    def _wait_for_nodes(self, count, seconds=90):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done = subprocess.run([RAY, 'status', '--address', self.address],
+                                  capture_output=True, text=True, env=self.env)
+            if done.returncode == 0 and len(re.findall(r'^ 1 node_', done.stdout,
+                                                       flags=re.M)) >= count:
+                return
+            time.sleep(1)
+        pytest.fail(f'the cluster did not reach {count} node(s): '
+                    + (self.folder / 'second.log').read_text()[-2000:])
+
+    def kill_second(self):
+        os.killpg(self.second.pid, signal.SIGKILL)
+
+    def stop(self):
+        for process in (self.second, self.head):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(30)
 
 
 @pytest.fixture
-def two_node_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={'num_cpus': 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+def cluster(tmp_path, request):
+    if not _can_hide_folders():
+        pytest.skip('hiding the results folder from a node needs root and unshare')
+    nodes = TwoNodes(tmp_path, tmp_path / 'results', request.param)
+    yield nodes
+    nodes.stop()
 
 
-def test_trials_run_on_both_nodes_and_the_store_is_complete(tmp_path, two_node_cluster):
-    import ray
-    assert sum(1 for node in ray.nodes() if node['Alive']) == 2
-    data_root = write_tiny_data(tmp_path / 'cifar')
-    sweep = loaded(write_sweep(tmp_path, data_root, epochs=2))
-    data = load_sweep_data(sweep)
-    lines = []
-    outcome = run_sweep(sweep, data, plan(sweep, data.identity.to_dict()),
-                        progress=lines.append)
-    assert set(outcome.statuses.values()) == {'done'}
-    store = ResultsStore(sweep.store_dir)
+def _sweep(tmp_path, epochs, max_failures=0):
+    data_root = write_tiny_data(tmp_path / 'cifar', train=64, test=16)
+    return write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
+                       attentions=['none', 'eca'], epochs=epochs,
+                       extra={'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0,
+                                            'max_failures': max_failures}})
+
+
+def _run(path, cluster, tmp_path):
+    return subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
+                           '--address', cluster.address, '--no-report'], cwd=tmp_path,
+                          capture_output=True, text=True, env=cluster.env, timeout=400)
+
+
+def _histories(store_dir):
+    store = ResultsStore(store_dir)
+    return {store.read_spec(t)['name']: [r['epoch'] for r in store.read_history(t)]
+            for t in store.trial_ids()}
+
+
+@pytest.mark.parametrize('cluster', ['hidden', 'read-only'], indirect=True)
+def test_a_cluster_without_a_shared_disk_fills_the_drivers_store(tmp_path, cluster):
+    path = _sweep(tmp_path, epochs=2)
+    done = _run(path, cluster, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f'starts on node {SECOND_NODE_IP}' in done.stdout      # one trial ran there
+    store_dir = tmp_path / 'results' / 'tiny'
+    store = ResultsStore(store_dir)
     nodes = set()
     for trial_id in store.trial_ids():
         final = store.read_final(trial_id)
-        assert final['epochs'] == 2
-        assert [row['epoch'] for row in store.read_history(trial_id)] == [1, 2]
-        assert store.checkpoint_epoch(trial_id) == 2
-        nodes.add(final['node_id'])
-    assert len(nodes) == 2, f'all trials ran on {nodes}'
-    assert '2 node(s)' in (sweep.store_dir / 'environment.json').read_text()
+        assert final['epochs'] == 2 and store.checkpoint_epoch(trial_id) == 2
+        assert sorted(p.name for p in store.checkpoint_path(trial_id).iterdir()) == \
+            ['model.params', 'optimizer.json', 'optimizer.params', 'state.json']
+        nodes.add(final['node_ip'])
+    assert SECOND_NODE_IP in nodes and len(nodes) == 2
+    assert _histories(store_dir) == {'cifar_resnet8_v1-none-s0': [1, 2],
+                                     'cifar_resnet8_v1-eca-s0': [1, 2]}
+    again = _run(path, cluster, tmp_path)
+    assert again.returncode == 0 and ' epoch ' not in again.stdout     # nothing retrained
+
+
+@pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
+def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path, cluster):
+    epochs = 40
+    path = _sweep(tmp_path, epochs=epochs, max_failures=1)
+    log = open(tmp_path / 'sweep.log', 'w')
+    sweep = subprocess.Popen([sys.executable, str(ROOT / 'run_sweep.py'), '--config',
+                              str(path), '--address', cluster.address, '--no-report'],
+                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                             env=cluster.env, start_new_session=True)
+    store_dir = tmp_path / 'results' / 'tiny'
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            text = (tmp_path / 'sweep.log').read_text()
+            there = re.search(rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text,
+                              flags=re.M)
+            if there and len(re.findall(rf'^{re.escape(there.group(1))} epoch ', text,
+                                        flags=re.M)) >= 3:
+                break
+            assert sweep.poll() is None, text[-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail('no trial trained on the second node: '
+                        + (tmp_path / 'sweep.log').read_text()[-3000:])
+        cluster.kill_second()
+        assert sweep.wait(400) == 0, (tmp_path / 'sweep.log').read_text()[-3000:]
+    finally:
+        try:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+    output = (tmp_path / 'sweep.log').read_text()
+    name = there.group(1)
+    retried = re.search(rf'^{re.escape(name)}: node {re.escape(SECOND_NODE_IP)} died while '
+                        r'the trial trained there; Tune retries it \(retry 1 of 1\) from the '
+                        r'last epoch the store holds \((\d+)\)', output, flags=re.M)
+    assert retried, output[-3000:]
+    held = int(retried.group(1))
+    resumed = re.search(rf'^{re.escape(name)} resumes at epoch (\d+) on node (\S+)', output,
+                        flags=re.M)
+    assert resumed and int(resumed.group(1)) == held and resumed.group(2) != SECOND_NODE_IP
+    # Every epoch once, and after the death only the epochs the store did not hold.
+    assert _histories(store_dir)[name] == list(range(1, epochs + 1))
+    after = output[retried.end():]
+    assert min(int(e) for e in re.findall(rf'^{re.escape(name)} epoch (\d+)/', after,
+                                          flags=re.M)) == held + 1
+    store = ResultsStore(store_dir)
+    assert all(store.status(t) == ('done', epochs) for t in store.trial_ids())

@@ -1,11 +1,11 @@
 """The machines a sweep runs on: this one for --dry-run, or the Ray cluster it joins.
 
 Each check refuses, before any trial starts, what would otherwise fail late or wait
-forever: results folders a node cannot see, GPUs a node cannot use, trials no node holds.
+forever: GPUs a node cannot use, trials no node holds. The nodes need no disk in common
+(checkpoints travel through Ray: bench.sweep.tune_trial).
 """
 import logging
 import os
-from pathlib import Path
 
 from bench.progress import print_line
 from bench.sweep.plan import SweepError
@@ -55,33 +55,6 @@ def start_ray(address=None, num_cpus=None, num_gpus=None):
                          'leave --address and RAY_ADDRESS unset to train on this machine '
                          'alone') from None
     return ray
-
-
-def check_shared_storage(ray, folder):
-    """Every alive node must see `folder`: trials resume from checkpoints kept there."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    nodes = [n for n in ray.nodes() if n.get('Alive')]
-    if len(nodes) < 2:
-        return
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f'.storage-probe-{os.getpid()}'
-    probe.write_text('probe')
-
-    @ray.remote(num_cpus=0)
-    def sees(path):
-        return os.path.isfile(path)
-    try:
-        answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n['NodeID'], soft=False)).remote(str(probe)) for n in nodes], timeout=60)
-    finally:
-        probe.unlink()
-    blind = [n.get('NodeManagerAddress', n['NodeID']) for n, ok in zip(nodes, answers) if not ok]
-    if blind:
-        raise SweepError(
-            f"the results folder {folder} is not visible on node(s) {', '.join(blind)}; "
-            'on a cluster, outputs.results in sweep.yaml must be on storage every node '
-            'mounts at the same path (e.g. NFS)')
 
 
 def cluster_devices(ray):

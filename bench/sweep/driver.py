@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 
 from bench.progress import print_line
-from bench.store import CHECKPOINT_DIR, DAMAGED, DONE, FAILED, ResultsStore
-from bench.sweep.cluster import (check_cluster_gpus, check_shared_storage, check_trials_fit,
-                                 cluster_devices, cpu_fallback, start_ray)
+from bench.store import DAMAGED, DONE, FAILED, ResultsStore
+from bench.sweep.cluster import (check_cluster_gpus, check_trials_fit, cluster_devices,
+                                 cpu_fallback, start_ray)
 from bench.sweep.plan import record_sweep
 from bench.sweep.watchdog import RayWatchdog
 from bench.trial.recipe import TrialRun
@@ -44,7 +44,6 @@ def trial_run(planned, store, resources):
     # The trial resumes from the store's checkpoint whenever one is there, also when
     # Tune restarts it after a crash; the folder is on storage every node reaches.
     return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
-                    store_checkpoint=str(store.trial_dir(planned.trial_id) / CHECKPOINT_DIR),
                     cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial,
                     scratch=str(store.scratch_dir))
 
@@ -78,11 +77,10 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
         return _outcome(store, planned, [], manifest)
 
     ray = ray_init() if ray_init else start_ray(address)
-    check_shared_storage(ray, store.root)
     from ray import tune
 
     from bench.environment import describe_environment
-    from bench.sweep.tune_trial import StoreCallback, run_trial
+    from bench.sweep.tune_trial import StoreCallback, run_trial, start_store_reader
     store.write_environment(describe_environment(loaded.base_dir, data.identity,
                                                  cluster_devices(ray)))
     resources = cpu_fallback(config.resources, ray, progress)
@@ -91,13 +89,18 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
         backends = sorted({p.spec.recipe.backend for p in to_train})
         for description in check_cluster_gpus(ray, resources.gpus_per_trial, backends):
             progress(description)
+    # Checkpoints come to the driver in the trials' reports and go back to them through
+    # the store reader, on this node: the nodes need no disk in common.
+    store_reader = start_store_reader(store.root)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data),
+        tune.with_parameters(run_trial, data=data, store_reader=store_reader),
         {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial})
     watchdog = RayWatchdog(ray, lambda message: on_ray_lost(message, watchdog.end_started)) \
         if on_ray_lost else None
     callback = StoreCallback(store, planned, progress,
-                             ray_lost=watchdog.lost if watchdog else None)
+                             ray_lost=watchdog.lost if watchdog else None,
+                             max_failures=resources.max_failures,
+                             nodes=lambda: {n['NodeID']: n for n in ray.nodes()})
     run_name = f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}'
     tuner = tune.Tuner(
         trainable,
@@ -116,7 +119,6 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
             storage_path=str(store.root / 'ray'),
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0))
     started = time.monotonic()
     # Failed trials are reported from the store, with their errors; Tune's own
@@ -134,6 +136,8 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
             # The store could not be written (a full disk, a read-only folder): the same
             # error as a failed write anywhere else, for the command line to explain.
             raise failed_write from None
+        finally:
+            ray.kill(store_reader)
     # Everything worth keeping is in the store by now; Tune's copies of it are not.
     shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
     outcome = _outcome(store, planned, to_train, manifest)

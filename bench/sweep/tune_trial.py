@@ -1,36 +1,72 @@
-"""The two halves of a trial under Ray Tune.
+"""The two halves of a trial under Ray Tune, and what passes between them.
 
-`run_trial` runs in a Ray worker: it trains one spec and reports every epoch
-with its checkpoint. `StoreCallback` runs in the driver: it turns those reports
-into the results store, so the store is written in one place even when trials
-run on other nodes.
+`run_trial` runs in a Ray worker, on any node of the cluster: it trains one spec and
+reports every epoch with its checkpoint's bytes, and receives the checkpoint it resumes
+from from a `StoreReader` on the driver's node. `StoreCallback` runs in the driver and
+turns the reports into the results store. So the driver is the store's only writer,
+the nodes need no disk in common, and no path of the store is used on another node.
 """
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from bench.progress import print_line
 from bench.trial.recipe import TrialRun
 
 DIVERGED_KEY = 'diverged'
+# The packed checkpoint of the epoch a report is about (bench.trial.checkpoint).
+CHECKPOINT_KEY = 'checkpoint_blob'
+# A trial's first report: where it runs and the epoch it starts from.
+STARTED_KEY = 'started_at_epoch'
+# Ray's words when a trial's worker stops answering (its node died, or the network
+# dropped it), and how long to wait for Ray to tell which (its health checks).
+UNREACHABLE_SIGNS = ('is unavailable', 'Socket closed', 'actor died', 'owner has died',
+                     'ActorDiedError', 'ActorUnavailableError', 'node')
+NODE_DEATH_WAIT_SECONDS = 15.0
 # What each trial reports about where and how it ran; kept in its final record.
-PLACEMENT_KEYS = ('node_id', 'omp_threads', 'devices', 'kernels', 'kernel_isa', 'fusion', 'cuda',
-                  'cudnn', 'tf32')
+PLACEMENT_KEYS = ('node_id', 'node_ip', 'omp_threads', 'devices', 'kernels', 'kernel_isa',
+                  'fusion', 'cuda', 'cudnn', 'tf32')
 
 
-def run_trial(param_space, data=None):
+@ray.remote(num_cpus=0)
+class StoreReader:
+    """On the driver's node: the newest checkpoint the store holds for a trial, packed, for
+    a trial to resume from wherever it runs (also when Tune restarts it after a failure
+    on another node). It only reads: the driver alone writes the store."""
+
+    def __init__(self, store_root):
+        from bench.store import ResultsStore
+        self.store = ResultsStore(store_root)
+
+    def checkpoint(self, trial_id):
+        from bench.trial.checkpoint import pack_checkpoint
+        folder = self.store.checkpoint_path(trial_id)
+        return pack_checkpoint(folder) if folder is not None else None
+
+
+def start_store_reader(store_root):
+    """A StoreReader pinned to this (the driver's) node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    here = ray.get_runtime_context().get_node_id()
+    return StoreReader.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        here, soft=False)).remote(str(store_root))
+
+
+def run_trial(param_space, data=None, store_reader=None):
     """Ray Tune function trainable for one TrialRun (built by bench.sweep): the trial's
     backend opens a session on the devices Ray assigned, and bench.trial.loop drives it."""
     run = TrialRun.from_config(param_space['trial'])
     from bench.trial.threads import pin_cpus
     threads = pin_cpus(run.cpus)   # before the framework is imported in this worker
-    import ray
 
     from bench.gpu import (apply_tf32, check_gpus, driver_cuda_version, gluon_fusion_setting,
                            physical_gpus, share_card, visible_gpus)
+    from bench.trial.checkpoint import pack_checkpoint, read_state, unpack_checkpoint
     from bench.trial.loop import TrainingDiverged, get_backend, run_epochs
 
     fusion = None
@@ -45,21 +81,19 @@ def run_trial(param_space, data=None):
     backend = get_backend(run.spec.recipe.backend)
     session = backend.open_session(run.spec, data,
                                    backend.trial_devices(run.gpus, ray.get_gpu_ids()))
-    restored = tune.get_checkpoint()
+    context = ray.get_runtime_context()
+    placement = {'node_id': context.get_node_id(), 'omp_threads': threads, 'pid': os.getpid(),
+                 'fusion': fusion, **session.describe()}
     with tempfile.TemporaryDirectory(prefix=f'{run.trial_id}-',
                                      dir=scratch_root(run.scratch)) as scratch:
-        candidates = [run.store_checkpoint]
-        if restored is not None:         # Tune restarting this trial after a failure
-            candidates.append(restored.to_directory(str(Path(scratch) / 'restored')))
-        resume_from = newest_checkpoint(candidates)
-
-        placement = {'node_id': ray.get_runtime_context().get_node_id(),
-                     'omp_threads': threads, 'pid': os.getpid(),
-                     'fusion': fusion, **session.describe()}
+        packed = ray.get(store_reader.checkpoint.remote(run.trial_id)) if store_reader else None
+        resume_from = unpack_checkpoint(packed, Path(scratch) / 'resume') if packed else None
+        start = read_state(resume_from)['epoch'] if resume_from else 0
+        tune.report({STARTED_KEY: start, **placement})
 
         def report(metrics, checkpoint_path):
-            tune.report(dict(metrics, **placement),
-                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint_path)))
+            tune.report(dict(metrics, **placement,
+                             **{CHECKPOINT_KEY: pack_checkpoint(checkpoint_path)}))
         try:
             run_epochs(session, run.spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
                        resume_from=resume_from, on_epoch=report)
@@ -71,33 +105,28 @@ def run_trial(param_space, data=None):
 
 def scratch_root(folder):
     """The store's scratch folder for a trial's temporary files, created where missing;
-    the system's temporary folder where this node cannot write there."""
+    the system's temporary folder where this node cannot write there (another node)."""
     if folder:
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
+            probe = tempfile.TemporaryDirectory(dir=folder)
+            probe.cleanup()
             return folder
         except OSError:
             pass
     return None
 
 
-def newest_checkpoint(folders):
-    """The checkpoint folder with the most epochs among `folders` (None if none is complete).
-
-    Tune's restored checkpoint and the store's copy are both considered: a crash
-    can leave either one behind the other.
-    """
-    from bench.trial.checkpoint import STATE_FILE, read_state
-    found = [(read_state(f)['epoch'], str(f)) for f in folders
-             if f and (Path(f) / STATE_FILE).is_file()]
-    return max(found)[1] if found else None
-
-
 class StoreCallback(tune.Callback):
     """Driver-side: epoch rows, checkpoints, final metrics and errors into the store."""
 
-    def __init__(self, store, planned, progress=print_line, ray_lost=None):
+    def __init__(self, store, planned, progress=print_line, ray_lost=None, max_failures=0,
+                 nodes=None):
         self.store = store
+        self.max_failures = max_failures
+        # node id -> whether it is alive and its address (Ray's ray.nodes()), to tell a
+        # trial that failed from a node that died under it.
+        self.nodes = nodes or (lambda: {})
         # Why Ray's head is gone, if it is: trials that end with it did not fail, and
         # resume at the next run.
         self.ray_lost = ray_lost
@@ -120,6 +149,19 @@ class StoreCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trial_id = self._trial_id(trial)
         planned = self.planned[trial_id]
+        # Out of the result before Tune keeps it (callbacks may change it in place): Tune
+        # need not hold, or write into its own records, megabytes per epoch.
+        packed = result.pop(CHECKPOINT_KEY, None)
+        if STARTED_KEY in result:
+            node = self.nodes().get(result.get('node_id'), {})
+            self.placement[trial_id] = dict(
+                {key: result.get(key) for key in PLACEMENT_KEYS},
+                node_ip=node.get('NodeManagerAddress'))
+            start = result[STARTED_KEY]
+            self.progress(f"{planned.name} {'resumes at epoch ' + str(start) if start else 'starts'}"
+                          f" on node {node.get('NodeManagerAddress')} "
+                          f"({str(result.get('node_id'))[:8]}), {result.get('devices')}")
+            return
         if DIVERGED_KEY in result:
             self.diverged.add(trial_id)
             self.store.write_error(trial_id, result[DIVERGED_KEY],
@@ -127,7 +169,11 @@ class StoreCallback(tune.Callback):
             self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
-        self.placement[trial_id] = {key: result.get(key) for key in PLACEMENT_KEYS}
+        if packed is not None:
+            self._record_checkpoint(trial_id, packed)
+        self.placement[trial_id] = dict(self.placement.get(trial_id, {}),
+                                        **{key: result.get(key) for key in PLACEMENT_KEYS
+                                           if key in result})
         self.epoch_seconds.append(result['epoch_seconds'])
         self.progress(
             f"{planned.name} epoch {result['epoch']}/{planned.spec.recipe.epochs}: "
@@ -151,9 +197,15 @@ class StoreCallback(tune.Callback):
         seconds = remaining * (sum(self.epoch_seconds) / len(self.epoch_seconds)) / running
         return f'; about {format_duration(seconds)} left' if remaining else ''
 
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        with checkpoint.as_directory() as folder:
-            self.store.record_checkpoint(self._trial_id(trial), folder)
+    def _record_checkpoint(self, trial_id, packed):
+        from bench.trial.checkpoint import unpack_checkpoint
+        # In the store's root, where the next run's clean-up finds it after a crash.
+        staging = Path(tempfile.mkdtemp(prefix='.incoming-', suffix='.tmp',
+                                        dir=self.store.root))
+        try:
+            self.store.record_checkpoint(trial_id, unpack_checkpoint(packed, staging / 'c'))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         trial_id = self._trial_id(trial)
@@ -173,10 +225,57 @@ class StoreCallback(tune.Callback):
         self.store.write_final(trial_id, final)
         self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
 
+    def _node_address(self, trial_id):
+        placement = self.placement.get(trial_id, {})
+        return placement.get('node_ip') or str(placement.get('node_id'))[:8]
+
+    def _lost_node(self, trial_id, wait=0.0):
+        """The address of the node the trial last ran on if Ray marks it dead within `wait`
+        seconds (Ray's health checks take several to tell a dead node from a slow one)."""
+        node_id = self.placement.get(trial_id, {}).get('node_id')
+        deadline = time.monotonic() + wait
+        while node_id:
+            node = self.nodes().get(node_id)
+            if node is not None and not node.get('Alive', True):
+                return node.get('NodeManagerAddress') or str(node_id)[:8]
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        return None
+
+    def _why(self, trial_id, trial, wait=NODE_DEATH_WAIT_SECONDS):
+        """Why the trial failed: a node that died under it said as such, not as Ray's
+        actor errors."""
+        text = _error_text(trial).strip()
+        unreachable = any(sign in text for sign in UNREACHABLE_SIGNS)
+        lost = self._lost_node(trial_id, wait=wait if unreachable else 0.0)
+        if lost:
+            return f'node {lost} died while the trial trained there'
+        if unreachable:
+            return (f"the trial's worker on node {self._node_address(trial_id)} stopped "
+                    f'answering (its node died, or lost its connection)')
+        return text.splitlines()[-1][:300] if text else 'the trial failed'
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune retries a failed trial: say why, and from which epoch it goes on."""
+        trial_id = self._trial_id(trial)
+        self.progress(f'{self.planned[trial_id].name}: {self._why(trial_id, trial)}; Tune '
+                      f'retries it (retry {trial.num_failures} of {self.max_failures}) from '
+                      f'the last epoch the store holds ({self.store.checkpoint_epoch(trial_id)})')
+
     def on_trial_error(self, iteration, trials, trial, **info):
         trial_id = self._trial_id(trial)
         self.finished.add(trial_id)
         if self.ray_lost and self.ray_lost():
+            return
+        why = self._why(trial_id, trial)
+        if why.startswith(('node ', "the trial's worker on node")):
+            epochs = self.store.checkpoint_epoch(trial_id)
+            message = (f'{why} (epoch {epochs} is in the store); run again with '
+                       '--retry-failed to resume it from that epoch, or raise '
+                       'resources.max_failures so that Tune retries it on another node')
+            self.store.write_error(trial_id, message, epochs)
+            self.progress(f'{self.planned[trial_id].name} failed: {message}')
             return
         message = _error_text(trial)
         self.store.write_error(trial_id, message, self.store.checkpoint_epoch(trial_id))

@@ -6,8 +6,10 @@ is written under a temporary name and renamed into place, so a crash never leave
 half-written checkpoint under a real name. Framework-free: the backend writes and reads its
 files through the functions it is handed.
 """
+import io
 import re
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -95,3 +97,44 @@ def same_run(saved_spec, spec):
         return s
     return without_epochs(saved_spec) == without_epochs(spec)
 
+
+
+# A checkpoint crosses from a trial to the driver (and back, to resume) as the bytes of
+# an uncompressed tar of its files: the trial's node and the store's need share no disk.
+MAX_CHECKPOINT_FILES = 64
+MAX_CHECKPOINT_BYTES = 4 << 30
+
+
+def pack_checkpoint(folder):
+    """The bytes of the checkpoint folder: a tar of its files (sorted, no folders)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_file() and not path.is_symlink():
+                tar.add(path, arcname=path.name, recursive=False)
+    return buffer.getvalue()
+
+
+def unpack_checkpoint(blob, folder):
+    """Write the files of a packed checkpoint into `folder` (which must not exist yet);
+    ValueError for anything but plain files with plain names, within the size bounds.
+    Returns folder."""
+    folder = Path(folder)
+    if len(blob) > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f'a checkpoint of {len(blob):,} bytes is larger than any trial writes')
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode='r:') as tar:
+            members = tar.getmembers()
+            if len(members) > MAX_CHECKPOINT_FILES:
+                raise ValueError(f'{len(members)} files: more than a checkpoint holds')
+            folder.mkdir(parents=True)
+            for member in members:
+                name = member.name
+                if not member.isfile() or '/' in name or name.startswith('.') or \
+                        name in ('', '..') or '\0' in name:
+                    raise ValueError(f'{name!r:.80} is not a plain file of a checkpoint')
+                with tar.extractfile(member) as source, open(folder / name, 'xb') as target:
+                    shutil.copyfileobj(source, target)
+    except tarfile.TarError as error:
+        raise ValueError(f'not a packed checkpoint ({error})') from None
+    return folder

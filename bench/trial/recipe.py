@@ -164,14 +164,12 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class TrialRun:
-    """What one scheduled trial is handed: which trial, what it trains, where the store
-    keeps its checkpoint (on storage every node reaches), its share of a node, and the
-    store's scratch folder for its temporary files (cleaned by the next run, so a killed
-    trial leaves nothing behind for good)."""
+    """What one scheduled trial is handed: which trial, what it trains, its share of a
+    node, and the store's scratch folder for its temporary files where its node can write
+    there (cleaned by the next run, so a killed trial leaves nothing behind for good)."""
     trial_id: str
     name: str
     spec: TrialSpec
-    store_checkpoint: str
     cpus: float
     gpus: float
     scratch: str = None
@@ -180,8 +178,7 @@ class TrialRun:
     # crosses into Tune as a dict and is rebuilt on the other side.
     def to_config(self):
         return {'trial_id': self.trial_id, 'name': self.name, 'spec': self.spec.to_dict(),
-                'store_checkpoint': self.store_checkpoint, 'cpus': self.cpus,
-                'gpus': self.gpus, 'scratch': self.scratch}
+                'cpus': self.cpus, 'gpus': self.gpus, 'scratch': self.scratch}
 
     @classmethod
     def from_config(cls, values):
