@@ -604,3 +604,20 @@ def test_crafted_optimizer_state_that_amplifies_or_resets_is_refused(tmp_path):
     adam.num_update = b'not a count'
     with pytest.raises(ValueError, match='counters are not plain numbers'):
         read_legacy_states(pickle.dumps(({0: (mx.nd.zeros(2), mx.nd.zeros(2))}, adam)), 'adam')
+
+
+@pytest.mark.parametrize('address,expected', [
+    ('ray://127.0.0.1:10001', 'Ray Client addresses (ray://) are not supported'),
+    ('127.0.0.1:{free}', 'nothing answers there (Connection refused)'),
+    ('not-an-address', 'cannot join the Ray cluster at not-an-address (Invalid address'),
+])
+def test_an_address_that_cannot_be_joined_is_one_message(sweep, capsys, address, expected):
+    import socket
+    path, loaded, store, ids = sweep
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        free = probe.getsockname()[1]
+    code, out, err = run(['--config', str(path), '--address', address.format(free=free),
+                          '--no-report'], capsys)
+    assert code == 2 and expected in err and 'Traceback' not in err
+    assert store.trial_state(ids['partial']).status == PARTIAL

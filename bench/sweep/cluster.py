@@ -6,6 +6,7 @@ forever: GPUs a node cannot use, trials no node holds. The nodes need no disk in
 """
 import logging
 import os
+import socket
 
 from bench.progress import print_line
 from bench.sweep.plan import SweepError
@@ -46,6 +47,12 @@ def start_ray(address=None, num_cpus=None, num_gpus=None):
         raise SweepError(f'--address {address}: Ray Client addresses (ray://) are not '
                          'supported; run run_sweep.py on a node of the cluster with --address '
                          'auto, or give the head\'s GCS address (host:6379)')
+    unreachable = _unreachable(address)
+    if unreachable:
+        raise SweepError(f'cannot join the Ray cluster at {address}: {unreachable}; start one '
+                         'with `ray start --head`, check the address (host:port of its head, '
+                         'or auto), or leave --address and RAY_ADDRESS unset to train on this '
+                         'machine alone')
     try:
         ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as error:
@@ -62,6 +69,20 @@ def cluster_devices(ray):
     nodes = sum(1 for n in ray.nodes() if n.get('Alive'))
     return (f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, "
             f"{resources.get('GPU', 0):g} GPUs")
+
+
+def _unreachable(address, seconds=5.0):
+    """Why nothing answers at a host:port address (None when something does, or when the
+    address is not host:port, which Ray parses and judges itself): Ray would otherwise
+    retry for minutes before it says so."""
+    host, _, port = str(address).rpartition(':')
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=seconds):
+            return None
+    except OSError as error:
+        return f'nothing answers there ({error.strerror or error})'
 
 
 def check_cluster_gpus(ray, gpus_per_trial, backends=('gluon',)):
