@@ -41,8 +41,8 @@ class SweepOutcome:
 
 
 def trial_run(planned, store, resources):
-    # The trial resumes from the store's checkpoint whenever one is there, also when
-    # Tune restarts it after a crash; the folder is on storage every node reaches.
+    # The trial resumes from the store's checkpoint, which the store reader hands it
+    # wherever it runs (tune_trial): nothing here is a path another node must see.
     return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
                     cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial,
                     scratch=str(store.scratch_dir))
