@@ -101,6 +101,11 @@ class TwoNodes:
             except ProcessLookupError:
                 pass
             process.wait(30)
+        # `ray start --head` names its cluster here, where a later ray.init() without an
+        # address would look for one to join.
+        current = Path('/tmp/ray/ray_current_cluster')
+        if current.is_file() and f':{self.port}' in current.read_text():
+            current.unlink()
 
 
 @pytest.fixture
@@ -203,3 +208,49 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
                                           flags=re.M)) == held + 1
     store = ResultsStore(store_dir)
     assert all(store.status(t) == ('done', epochs) for t in store.trial_ids())
+
+
+@pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
+def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(tmp_path,
+                                                                                 cluster):
+    epochs = 40
+    path = _sweep(tmp_path, epochs=epochs, max_failures=0)
+    log = open(tmp_path / 'sweep.log', 'w')
+    sweep = subprocess.Popen([sys.executable, str(ROOT / 'run_sweep.py'), '--config',
+                              str(path), '--address', cluster.address, '--no-report'],
+                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                             env=cluster.env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            text = (tmp_path / 'sweep.log').read_text()
+            there = re.search(rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text,
+                              flags=re.M)
+            if there and re.search(rf'^{re.escape(there.group(1))} epoch 2/', text, flags=re.M):
+                break
+            assert sweep.poll() is None, text[-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail((tmp_path / 'sweep.log').read_text()[-3000:])
+        cluster.kill_second()
+        assert sweep.wait(400) == 1, (tmp_path / 'sweep.log').read_text()[-3000:]
+    finally:
+        try:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+    name = there.group(1)
+    store = ResultsStore(tmp_path / 'results' / 'tiny')
+    (trial_id,) = [t for t in store.trial_ids() if store.read_spec(t)['name'] == name]
+    error = store.read_error(trial_id)
+    held = store.checkpoint_epoch(trial_id)
+    assert error.startswith(f'node {SECOND_NODE_IP} died while the trial trained there (epoch '
+                            f'{held} is in the store); run again with --retry-failed'), error
+    again = subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
+                            '--address', cluster.address, '--no-report', '--retry-failed'],
+                           cwd=tmp_path, capture_output=True, text=True, env=cluster.env,
+                           timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f'{name} resumes at epoch {held} on node' in again.stdout
+    assert _histories(tmp_path / 'results' / 'tiny')[name] == list(range(1, epochs + 1))

@@ -152,7 +152,7 @@ def test_ray_pins_fake_gpus_and_packs_fractional_trials(tmp_path):
     import ray
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address='local', num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         whole = _run_fake_gpu_trials(tmp_path / 'whole', trials=2, gpus_per_trial=1, hold=3)
         assert sorted(r['visible'] for r in whole) == ['0', '1']
@@ -180,7 +180,7 @@ def test_a_sweep_asking_for_gpus_is_stopped_before_any_trial_without_a_driver(tm
     from .sweep_helpers import loaded, write_sweep, write_tiny_data
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address='local', num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         path = write_sweep(tmp_path, write_tiny_data(tmp_path / 'cifar'), extra={
             'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0.5, 'max_failures': 0}})
