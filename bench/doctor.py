@@ -122,6 +122,7 @@ def check_gpus(gpus, mxnet_gpu_build, torch_arches):
 def _torch_pass(attention, device, state=None):
     """(output, input gradient, state_dict) of one torch network's forward and backward."""
     import torch
+
     from models.pytorch import get_model
     torch.manual_seed(0)
     net = get_model(CHECK_MODEL, attention, seed=0)
@@ -202,6 +203,7 @@ def check_gluon_against_torch():
     import mxnet as mx
     import numpy as np
     import torch
+
     from models import get_model
     from models.pytorch import get_model as torch_model
     from models.pytorch import load_gluon_parameters

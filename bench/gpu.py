@@ -16,13 +16,17 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from bench.errors import DOCTOR_HINT, BenchError
+
 SUPPORTED = ((5, 0), (8, 9))
 SUPPORTED_TEXT = ('compute capability 5.0 to 8.9 (Maxwell, Pascal, Volta, Turing, Ampere, '
                   'Ada: e.g. V100, T4, A100, A10, RTX 30xx/40xx, L4, L40)')
 
 
-class GPUError(RuntimeError):
+class GPUError(BenchError, RuntimeError):
     """A GPU setup that cannot train; the message says why and what to do."""
+
+    hint = DOCTOR_HINT
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class GPU:
 
 
 class NVMLUnavailable(RuntimeError):
-    pass
+    """NVML cannot answer here; callers fall back to nvidia-smi or to no GPUs."""
 
 
 # NVML's return codes that a user can act on; the rest are named by number.

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.errors import BenchError
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
 from bench.records import check_record
 from bench.trial.checkpoint import LEGACY_PICKLE_FILE, STATE_FILE, read_state
@@ -73,11 +74,11 @@ SCRATCH_DIR = 'ray'
 TRIAL_ID_PATTERN = re.compile(r'^[0-9a-f]{12}$')
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(BenchError, RuntimeError):
     """Another sweep is running on this store; the message says who and what to do."""
 
 
-class NotAStore(RuntimeError):
+class NotAStore(BenchError, RuntimeError):
     """The results folder holds something that is not a results store of this project."""
 
 

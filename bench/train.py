@@ -18,13 +18,12 @@ import json
 import os
 import sys
 
-from bench.arguments import whole_number, writable_json_problem, writable_folder_problem
+from bench.arguments import whole_number, writable_folder_problem, writable_json_problem
 from bench.fileio import write_json_atomic
 from bench.gpu import GPUError, apply_tf32, check_local_gpus
 from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
 from bench.trial.loop import TrainingDiverged, missing_framework
-from bench.trial.recipe import (BACKENDS, MAX_SEED, OPTIMIZERS, PRECISIONS, Recipe,
-                                TrialSpec)
+from bench.trial.recipe import BACKENDS, MAX_SEED, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import available_cpus, pin_cpus
 from models.names import parse_attention_name, parse_model_name
 

@@ -16,11 +16,10 @@ from models.names import parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
 from .outputs import REPORT_MARK, check_outputs
+from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
 from .reference import load_reference
 from .spread import REFERENCE_RULE, RULE
-from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
-from .store import (load_environment, load_histories, load_manifest, load_trials,
-                    split_by_sweep)
+from .store import load_environment, load_histories, load_manifest, load_trials, split_by_sweep
 from .table import table_context
 
 __all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_histories',
@@ -153,7 +152,7 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
     # Rendered by our own template with every value escaped, so it is markup to keep.
     table_html = Markup(render('readme_table.html.j2', **context).strip())
     written = []
-    from .figures import write_figures     # matplotlib: only where figures are drawn
+    from .figures import write_figures  # matplotlib: only where figures are drawn
     figures = write_figures(trials, histories, figures_dir,
                             layout.get('models'), layout.get('attentions'))
     written += [path for _, path in figures]

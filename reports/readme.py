@@ -1,6 +1,7 @@
 """Put the results block into a README between two marker comments, touching nothing else."""
 from pathlib import Path
 
+from bench.errors import BenchError
 from bench.fileio import write_bytes_atomic
 
 BEGIN = '<!-- results:begin (written by run_sweep.py; edits inside are overwritten) -->'
@@ -8,7 +9,7 @@ END = '<!-- results:end -->'
 BEGIN_PREFIX = '<!-- results:begin'
 
 
-class ReportError(RuntimeError):
+class ReportError(BenchError, RuntimeError):
     """The reports cannot be written; the message says why and what to do."""
 
 

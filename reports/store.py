@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.store import (MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked,
-                         trial_record)
+from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked, trial_record
 from bench.trial.recipe import LATER_OPTIONS
 
 from .readme import ReportError
-
 
 
 def load_trials(store_dir, manifest=None):

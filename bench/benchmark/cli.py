@@ -70,8 +70,13 @@ def main(argv=None):
     if problems:
         parser.exit(2, ''.join(f'error: {problem}\n' for problem in problems))
 
-    from bench.benchmark.rows import (attention_overhead_summary, benchmark, format_rows,
-                                      kernel_summary, reference_summary)
+    from bench.benchmark.rows import (
+        attention_overhead_summary,
+        benchmark,
+        format_rows,
+        kernel_summary,
+        reference_summary,
+    )
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
     ctx = torch_device = None
     where = []

@@ -11,8 +11,13 @@ from mxnet.gluon.block import HybridBlock
 from bench.benchmark.timing import endless
 from bench.trial.batches import epoch_plan
 from bench.trial.gluon.augment import DeviceImages
-from bench.trial.gluon.trainer import (GluonSession, build_parts, initialize_network,
-                                      make_loss, make_trainer)
+from bench.trial.gluon.trainer import (
+    GluonSession,
+    build_parts,
+    initialize_network,
+    make_loss,
+    make_trainer,
+)
 from bench.trial.loop import train_epoch
 from models.cifar_resnet import CIFARResNet
 from models.kernels import mxnet_operators_only

@@ -5,13 +5,13 @@ RandomCrop, then flip, ToTensor and Normalize) and updated an accuracy metric
 every batch.
 """
 import mxnet as mx
-from models.gluoncv_compat import import_gluoncv
 from mxnet import autograd, gluon
 from mxnet.gluon.data.vision import transforms
 
 from bench.benchmark.gluon_steps import train_step_fn
 from bench.trial.data import CIFAR_MEAN, CIFAR_STD
 from bench.trial.gluon.trainer import build_parts
+from models.gluoncv_compat import import_gluoncv
 
 
 class _EndlessLoader:

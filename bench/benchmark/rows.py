@@ -2,8 +2,7 @@
 printed table."""
 import statistics
 
-from bench.benchmark.timing import (TRAIN_FLOPS_PER_MAC, epoch_data, interleaved_rates,
-                                    median_ratio)
+from bench.benchmark.timing import TRAIN_FLOPS_PER_MAC, epoch_data, interleaved_rates, median_ratio
 from bench.trial.recipe import Recipe, TrialSpec
 from models.architecture import network_counts
 

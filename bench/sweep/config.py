@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.names import attention_option_problems, parse_attention_name, parse_model_name
-
+from bench.errors import BenchError
 from bench.store import REPORT_METRICS
 from bench.trial.recipe import Recipe, Seed, TrialSpec, recipe_problems
 from bench.validation import describe_error
+from models.names import attention_option_problems, parse_attention_name, parse_model_name
 
 # A sweep file is a few hundred bytes; these bounds only stop a file that is not one
 # (or a YAML alias bomb, a few hundred bytes that expand to billions of values) before
@@ -40,7 +39,7 @@ MAX_FILE_BYTES = 1 << 20
 MAX_VALUES = 100_000
 
 
-class ConfigError(ValueError):
+class ConfigError(BenchError, ValueError):
     """sweep.yaml is wrong; the message names the file, the key, what was expected and found."""
 
 

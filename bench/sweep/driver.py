@@ -12,8 +12,13 @@ from dataclasses import dataclass
 
 from bench.progress import print_line
 from bench.store import DAMAGED, DONE, FAILED, ResultsStore
-from bench.sweep.cluster import (check_cluster_gpus, check_trials_fit, cluster_devices,
-                                 cpu_fallback, start_ray)
+from bench.sweep.cluster import (
+    check_cluster_gpus,
+    check_trials_fit,
+    cluster_devices,
+    cpu_fallback,
+    start_ray,
+)
 from bench.sweep.plan import record_sweep
 from bench.sweep.watchdog import RayWatchdog
 from bench.trial.recipe import TrialRun

@@ -5,15 +5,23 @@ Framework-free: --dry-run and --report-only run here without MXNet or PyTorch.
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.errors import BenchError
 from bench.progress import print_line
 from bench.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, ResultsStore
 from bench.sweep.config import expand, matches_only, trial_id
-from bench.trial.data import (DEMO_FOLDER, DataError, DataMissing, demo_digits_identity,
-                              load_cifar10, load_demo_digits, official_identity)
+from bench.trial.data import (
+    DEMO_FOLDER,
+    DataError,
+    DataMissing,
+    demo_digits_identity,
+    load_cifar10,
+    load_demo_digits,
+    official_identity,
+)
 from models.names import network_revision
 
 
-class SweepError(RuntimeError):
+class SweepError(BenchError, RuntimeError):
     """The sweep cannot start; the message says what to change."""
 
 

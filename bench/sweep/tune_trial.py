@@ -64,8 +64,15 @@ def run_trial(param_space, data=None, store_reader=None):
     from bench.trial.threads import pin_cpus
     threads = pin_cpus(run.cpus)   # before the framework is imported in this worker
 
-    from bench.gpu import (apply_tf32, check_gpus, driver_cuda_version, gluon_fusion_setting,
-                           physical_gpus, share_card, visible_gpus)
+    from bench.gpu import (
+        apply_tf32,
+        check_gpus,
+        driver_cuda_version,
+        gluon_fusion_setting,
+        physical_gpus,
+        share_card,
+        visible_gpus,
+    )
     from bench.trial.checkpoint import pack_checkpoint, read_state, unpack_checkpoint
     from bench.trial.loop import TrainingDiverged, get_backend, run_epochs
 

@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from bench.errors import BenchError
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic
 
 STATE_FILE = 'state.json'
@@ -24,7 +25,7 @@ FORMAT_VERSION = 1
 _EPOCH_DIR = re.compile(r'^epoch-(\d{4,})$')
 
 
-class CheckpointMismatch(RuntimeError):
+class CheckpointMismatch(BenchError, RuntimeError):
     """A checkpoint that belongs to another trial."""
 
 

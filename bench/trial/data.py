@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.errors import BenchError
 from bench.fileio import write_bytes_atomic
 
 IMAGE_SHAPE = (3, 32, 32)
@@ -69,7 +70,7 @@ OFFICIAL_DIGEST = hashlib.sha1(
 TRAIN_IMAGES, TEST_IMAGES = 50000, 10000
 
 
-class DataError(RuntimeError):
+class DataError(BenchError, RuntimeError):
     """Data that is missing or malformed; the message says what to do."""
 
 

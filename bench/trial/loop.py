@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from bench.errors import DOCTOR_HINT, FAILED, BenchError
 from bench.trial.batches import epoch_plan
 from bench.trial.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -41,8 +42,10 @@ BACKEND_FRAMEWORKS = {
 }
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(BenchError, RuntimeError):
     """The loss became NaN or infinite."""
+
+    exit_code = FAILED
 
     def __init__(self, epoch, batch, value):
         self.epoch, self.batch, self.value = epoch, batch, value
@@ -62,9 +65,11 @@ def missing_framework(name):
             '`make install`, whose default (EXTRAS=cpu,torch) installs both backends')
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(BenchError, RuntimeError):
     """The backend's framework is installed but cannot be loaded here; the message says why
     and what to do."""
+
+    hint = DOCTOR_HINT
 
 
 def get_backend(name='gluon'):

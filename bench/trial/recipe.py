@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bench.errors import BenchError
 from bench.validation import describe_error
 
 OPTIMIZERS = ('adam', 'sgd', 'nag')
@@ -35,7 +36,7 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 _FINITE = {'allow_inf_nan': False}
 
 
-class RecipeError(ValueError):
+class RecipeError(BenchError, ValueError):
     """A recipe that fails its rules; one line per problem, each naming the option."""
 
 

@@ -5,10 +5,10 @@ only needs the class. Adding an attention is one file here, one line in
 ATTENTIONS, and its name, label and options in models/names.py (which checks
 sweep files without importing MXNet).
 """
+from ..names import UnknownNameError, parse_attention_name
 from .eca import ECA, eca_kernel_size
 from .gct import GCT
 from .se import SE, se_hidden_units
-from ..names import UnknownNameError, parse_attention_name
 
 ATTENTIONS = {
     'none': None,

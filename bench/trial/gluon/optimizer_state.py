@@ -29,14 +29,16 @@ from bench.fileio import read_json, write_json_atomic
 
 STATE_ARRAYS = 'optimizer.params'
 STATE_RECORD = 'optimizer.json'
+from bench.errors import BenchError
 from bench.trial.checkpoint import LEGACY_PICKLE_FILE as LEGACY_STATES  # noqa: E402
+
 FORMAT = 1
 # MXNet's optimizer classes by the recipe's names (the only ones a recipe can name).
 OPTIMIZER_CLASSES = {'adam': 'Adam', 'sgd': 'SGD', 'nag': 'NAG'}
 _MAX_NESTING = 4
 
 
-class UnreadableOptimizerState(RuntimeError):
+class UnreadableOptimizerState(BenchError, RuntimeError):
     """The optimizer state of a checkpoint cannot be read safely; the message says how to
     go on."""
 

@@ -10,14 +10,13 @@ import os
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from models import get_model, load_parameters
-
-from bench.trial.gluon.augment import DeviceImages
-from bench.trial.gluon.optimizer_state import load_optimizer_state, save_optimizer_state
-from bench.trial.batches import eval_batches
-from bench.trial.gluon.devices import describe, trial_contexts, trial_device_plan
-from bench.trial.loop import run_epochs
 from bench.store import HISTORY_FIELDS
+from bench.trial.batches import eval_batches
+from bench.trial.gluon.augment import DeviceImages
+from bench.trial.gluon.devices import describe, trial_contexts, trial_device_plan
+from bench.trial.gluon.optimizer_state import load_optimizer_state, save_optimizer_state
+from bench.trial.loop import run_epochs
+from models import get_model, load_parameters
 
 # Each epoch's metrics are one row of the store's history.
 METRICS = HISTORY_FIELDS

@@ -19,6 +19,7 @@ import os
 import torch
 from torch.nn import functional as F
 
+from bench.errors import DOCTOR_HINT, BenchError
 from bench.trial.batches import eval_batches
 from bench.trial.loop import run_epochs
 from bench.trial.pytorch.augment import DeviceImages
@@ -37,8 +38,10 @@ def compile_mode(device):
     return COMPILE_MODES.get(torch.device(device).type, 'default')
 
 
-class DeviceError(RuntimeError):
+class DeviceError(BenchError, RuntimeError):
     """The trial's device cannot be used as asked; the message says what to change."""
+
+    hint = DOCTOR_HINT
 
 
 def trial_devices(gpus_per_trial, gpu_ids):

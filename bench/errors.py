@@ -1,0 +1,50 @@
+"""The one base of every failure a user of this project can act on.
+
+A `BenchError` says what is wrong (its message), what to do about it when that is not
+already in the message (`hint`), and what the command exits with (`exit_code`). Each
+command-line entry point catches `BenchError` once and hands it to `report`; anything
+else that escapes is a bug and keeps its traceback.
+
+The specific errors (a bad sweep file, missing data, a store held by another run, a GPU
+that cannot train, ...) subclass it where they are defined; several also subclass the
+built-in exception they always were (ValueError, KeyError, RuntimeError), so code that
+catches those keeps working.
+"""
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+# Exit codes of the command-line tools: 2 for input or environment the user must fix
+# before anything runs (argparse's own code), 1 for a run that ran and failed, 130 for
+# an interrupt (the shell's code for SIGINT).
+USAGE = 2
+FAILED = 1
+INTERRUPTED = 130
+# What to run when a failure is this machine's (frameworks, driver, GPUs).
+DOCTOR_HINT = ('python -m bench.doctor checks this machine in under a minute (frameworks, '
+               'driver, each GPU and which backend can use it) and says what to fix')
+
+
+class BenchError(Exception):
+    """A failure with a message for the user, an optional hint and an exit code."""
+
+    exit_code: int = USAGE
+    hint: str | None = None      # a class may give every instance the same hint
+
+    def __init__(self, *args: object, hint: str | None = None,
+                 exit_code: int | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+def report(error: BenchError, stream: TextIO | None = None) -> int:
+    """Print `error` (and its hint) as the command's last word; its exit code."""
+    stream = stream or sys.stderr
+    print(f'error: {error}', file=stream)
+    if error.hint:
+        print(error.hint, file=stream)
+    return error.exit_code
