@@ -6,7 +6,10 @@ Importing the package itself does not import MXNet (names load on first use):
 the CUDA libraries of the GPU build must be loaded first, and callers may still
 need to set MXNet's thread count, which MXNet reads once at import.
 """
+from __future__ import annotations
+
 import importlib
+from typing import Any
 
 from .cuda_runtime import preload_cuda_libraries
 
@@ -25,7 +28,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:  # noqa: ANN401 (the exports are of every kind)
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -3,14 +3,17 @@
 MACs count the convolutions and dense layers, plus each attention's passes over its
 C x H x W input (pooling or GCT's sum of squares, and the channel scaling), one MAC
 per element each.
-"""
+"""  # noqa: E501
+from __future__ import annotations
+
 import argparse
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 
 from . import ATTENTIONS, MODELS, stats_table
 
 
-def format_stats_table(rows):
+def format_stats_table(rows: Iterable[Mapping[str, str | int | float]]) -> str:
     header = (f"{'model':<20} {'attention':<9} {'params':>10} {'+params':>9} "
               f"{'MACs':>13} {'+MACs':>9} {'+params %':>9} {'+MACs %':>8}")
     lines = [header, '-' * len(header)]
@@ -22,7 +25,7 @@ def format_stats_table(rows):
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m models', description=__doc__)
     parser.add_argument('--models', nargs='+', default=list(MODELS), metavar='MODEL')
     parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')

@@ -5,8 +5,12 @@ Both builders (Gluon in `models.cifar_resnet`, PyTorch in `models.pytorch`) lay 
 networks out from here, and the sweep driver records each trial's size from here
 without importing either framework; tests hold both builders' measured counts to it.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .names import parse_attention_name, parse_model_name
 
@@ -14,13 +18,13 @@ STAGE_CHANNELS = (16, 16, 32, 64)   # the stem's width, then each stage's
 IMAGE_SIZE = 32
 
 
-def se_hidden_units(channels, reduction=16):
+def se_hidden_units(channels: int, reduction: int = 16) -> int:
     """Width of SE's bottleneck: channels // reduction, but never zero (16-channel
     stages with r=16 would otherwise have no hidden unit at all)."""
     return max(1, channels // reduction)
 
 
-def eca_kernel_size(channels, gamma=2, b=1):
+def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
     """ECA's adaptive kernel size: the odd number nearest above |log2(C)/gamma + b/gamma|."""
     t = int(abs((math.log2(channels) + b) / gamma))
     return t if t % 2 else t + 1
@@ -36,7 +40,7 @@ class BlockPlan:
     downsample: bool
 
 
-def stage_plans(model):
+def stage_plans(model: str) -> list[list[BlockPlan]]:
     """The blocks of each of the three stages of `model`, e.g. 'cifar_resnet20_v1'."""
     _, depth = parse_model_name(model)
     blocks_per_stage = (depth - 2) // 6
@@ -50,7 +54,8 @@ def stage_plans(model):
     return stages
 
 
-def attention_options(attention, attention_kwargs=None):
+def attention_options(attention: str,
+                      attention_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The attention's options with None values dropped (unset options keep the
     module's defaults); ValueError names each option that does not fit its rule
     (models.names.ATTENTION_OPTION_RULES)."""
@@ -63,7 +68,8 @@ def attention_options(attention, attention_kwargs=None):
     return options
 
 
-def eca_checked_kernel_size(channels, kernel_size=None, gamma=2, b=1):
+def eca_checked_kernel_size(channels: int, kernel_size: int | None = None, gamma: float = 2,
+                            b: float = 1) -> int:
     """The kernel size an ECA module on `channels` channels uses (None: the paper's)."""
     if kernel_size is None:
         kernel_size = eca_kernel_size(channels, gamma, b)
@@ -72,7 +78,8 @@ def eca_checked_kernel_size(channels, kernel_size=None, gamma=2, b=1):
     return kernel_size
 
 
-def attention_counts(attention, channels, size, options):
+def attention_counts(attention: str, channels: int, size: int,
+                     options: Mapping[str, Any]) -> tuple[int, int]:
     """(trainable parameters, MACs per image) of one attention module on a
     channels x size x size activation.
 
@@ -96,7 +103,9 @@ def attention_counts(attention, channels, size, options):
     raise KeyError(attention)
 
 
-def network_counts(model, attention='none', attention_kwargs=None, classes=10):
+def network_counts(model: str, attention: str = 'none',
+                   attention_kwargs: Mapping[str, Any] | None = None,
+                   classes: int = 10) -> tuple[int, int]:
     """(trainable parameters, MACs of one forward pass of one 32x32 image) of `model`
     with `attention`, as models.stats measures them on a built network."""
     version, _ = parse_model_name(model)
@@ -104,12 +113,12 @@ def network_counts(model, attention='none', attention_kwargs=None, classes=10):
     options = attention_options(attention, attention_kwargs)
     params = macs = 0
 
-    def conv(in_c, out_c, kernel, out_size):
+    def conv(in_c: int, out_c: int, kernel: int, out_size: int) -> None:
         nonlocal params, macs
         params += out_c * in_c * kernel * kernel
         macs += out_c * out_size * out_size * in_c * kernel * kernel
 
-    def batch_norm(channels):
+    def batch_norm(channels: int) -> None:
         nonlocal params
         params += 2 * channels       # gamma and beta; running statistics are not trained
 

@@ -16,30 +16,39 @@ trained with it; with the same weights the two v2 networks give different output
 The attention sits on the residual branch, after the block body and before the
 addition to the shortcut.
 """
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
 from mxnet import nd
+from mxnet.context import Context
 from mxnet.gluon import nn
-from mxnet.gluon.block import HybridBlock
+from mxnet.gluon.block import Block, HybridBlock
 
 from .architecture import STAGE_CHANNELS, attention_options, stage_plans
 from .attention import get_attention
-from .attention._spatial import spatial_mean
+from .attention._spatial import NDArrayOrSymbol, spatial_mean
 from .kernels import use_fused_kernels
 from .names import RETIRED_PARAMETERS, parse_model_name
 
 
-def _conv3x3(channels, stride, in_channels):
+def _conv3x3(channels: int, stride: int, in_channels: int) -> nn.Conv2D:
     return nn.Conv2D(channels, kernel_size=3, strides=stride, padding=1,
                      use_bias=False, in_channels=in_channels)
 
 
-def _relu(F, x):
+def _relu(F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
     # Activation is oneDNN's ReLU and keeps its blocked layout; F.relu is MXNet's
     # generic element-wise kernel, which converts the layout on the way in and out.
     # ResNet-20 trains 7 % (v1) to 19 % (v2) faster with it on the CPU.
     return F.Activation(x, act_type='relu')
 
 
-def _attention_or_none(attention_class, channels, attention_kwargs):
+def _attention_or_none(attention_class: type[HybridBlock] | None, channels: int,
+                       attention_kwargs: Mapping[str, Any] | None) -> HybridBlock | None:
     if attention_class is None:
         return None
     return attention_class(channels, **(attention_kwargs or {}))
@@ -48,8 +57,9 @@ def _attention_or_none(attention_class, channels, attention_kwargs):
 class BasicBlockV1(HybridBlock):
     """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
 
-    def __init__(self, channels, stride, downsample, in_channels,
-                 attention_class=None, attention_kwargs=None, **kwargs):
+    def __init__(self, channels: int, stride: int, downsample: bool, in_channels: int,
+                 attention_class: type[HybridBlock] | None = None,
+                 attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.body = nn.HybridSequential(prefix='')
         self.body.add(_conv3x3(channels, stride, in_channels), nn.BatchNorm(),
@@ -62,7 +72,7 @@ class BasicBlockV1(HybridBlock):
                                           use_bias=False, in_channels=in_channels),
                                 nn.BatchNorm())
 
-    def hybrid_forward(self, F, x):
+    def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         residual = self.body(x)
         if self.attention is not None:
             residual = self.attention(residual)
@@ -74,8 +84,9 @@ class BasicBlockV2(HybridBlock):
     """Pre-activation: BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut (the raw input,
     or its 1x1 projection when the block downsamples)."""
 
-    def __init__(self, channels, stride, downsample, in_channels,
-                 attention_class=None, attention_kwargs=None, **kwargs):
+    def __init__(self, channels: int, stride: int, downsample: bool, in_channels: int,
+                 attention_class: type[HybridBlock] | None = None,
+                 attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.bn1 = nn.BatchNorm()
         self.conv1 = _conv3x3(channels, stride, in_channels)
@@ -87,7 +98,7 @@ class BasicBlockV2(HybridBlock):
             self.downsample = nn.Conv2D(channels, 1, stride, use_bias=False,
                                         in_channels=in_channels)
 
-    def hybrid_forward(self, F, x):
+    def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         # The original's projection reads the raw input (gluoncv's reads the
         # pre-activated one): the table's v2 rows were trained this way.
         shortcut = self.downsample(x) if self.downsample is not None else x
@@ -100,8 +111,9 @@ class BasicBlockV2(HybridBlock):
 class CIFARResNet(HybridBlock):
     """A CIFAR ResNet: a 3x3 stem, three stages of `blocks_per_stage` basic blocks, pool, dense."""
 
-    def __init__(self, version, blocks_per_stage, classes=10,
-                 attention_class=None, attention_kwargs=None, **kwargs):
+    def __init__(self, version: int, blocks_per_stage: int, classes: int = 10,
+                 attention_class: type[HybridBlock] | None = None,
+                 attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
         with self.name_scope():
@@ -127,13 +139,14 @@ class CIFARResNet(HybridBlock):
             self.output = nn.Dense(classes, in_units=in_channels)
         self.out_channels = in_channels
 
-    def hybrid_forward(self, F, x):
+    def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         # The attentions' spatial mean instead of GlobalAvgPool2D, whose CPU kernel is slow.
         features = self.features(x)
         return self.output(spatial_mean(F, features, self.out_channels, use_fused_kernels(self)))
 
 
-def get_model(name, attention='none', classes=10, attention_kwargs=None, **kwargs):
+def get_model(name: str, attention: str = 'none', classes: int = 10,
+              attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> CIFARResNet:
     """Build `name` (e.g. 'cifar_resnet20_v1') with attention `attention` ('none', 'se', ...).
 
     `attention_kwargs` go to every attention module (e.g. {'reduction': 8} for SE);
@@ -147,7 +160,8 @@ def get_model(name, attention='none', classes=10, attention_kwargs=None, **kwarg
                        attention_kwargs=attention_kwargs, **kwargs)
 
 
-def load_parameters(net, path, ctx=None):
+def load_parameters(net: Block, path: str | os.PathLike[str],
+                    ctx: Context | list[Context] | None = None) -> None:
     """`net.load_parameters(path, ctx)`, also for files of earlier versions that hold
     parameters the networks have since dropped (models.names.RETIRED_PARAMETERS, e.g.
     ECA's constant `shifts` in a checkpoint of an unfinished trial): those are skipped.

@@ -9,11 +9,14 @@ order, lets `import mxnet` resolve its links against them.
 Standard library only, so it runs before anything imports MXNet. On a CPU
 install (no mxnet-cu112) it does nothing.
 """
+from __future__ import annotations
+
 import ctypes
 import glob
 import os
 import site
 import sys
+from collections.abc import Callable, Iterable
 from importlib import metadata
 
 GPU_DISTRIBUTION = 'mxnet-cu112'
@@ -35,7 +38,7 @@ LOAD_ORDER = (
 _loaded = []
 
 
-def gpu_build_installed():
+def gpu_build_installed() -> bool:
     """Whether the installed MXNet is the CUDA build (mxnet-cu112)."""
     try:
         metadata.distribution(GPU_DISTRIBUTION)
@@ -44,7 +47,8 @@ def gpu_build_installed():
         return False
 
 
-def nvidia_library_dirs(search_paths=None):
+def nvidia_library_dirs(search_paths: Iterable[str | os.PathLike[str]] | None = None
+                        ) -> dict[str, str]:
     """{'cudnn': '.../site-packages/nvidia/cudnn/lib', ...} for every nvidia wheel found."""
     if search_paths is None:
         search_paths = list(sys.path) + site.getsitepackages() + [site.getusersitepackages()]
@@ -55,7 +59,9 @@ def nvidia_library_dirs(search_paths=None):
     return found
 
 
-def preload_cuda_libraries(search_paths=None, load=None, force=False):
+def preload_cuda_libraries(search_paths: Iterable[str | os.PathLike[str]] | None = None,
+                           load: Callable[[str], object] | None = None,
+                           force: bool = False) -> list[str]:
     """Load the nvidia-*-cu11 libraries in dependency order; return the paths loaded.
 
     Does nothing (returns []) when MXNet is the CPU build, unless `force`; a library
@@ -79,7 +85,7 @@ def preload_cuda_libraries(search_paths=None, load=None, force=False):
     return loaded
 
 
-def loaded_library_versions():
+def loaded_library_versions() -> dict[str, str]:
     """{'cuda': ..., 'cudnn': ...}: the versions of the CUDA runtime and cuDNN loaded for
     MXNet, read from their file names (libcudnn.so.8.9.6 -> 8.9.6); {} where none."""
     found = {}

@@ -5,8 +5,11 @@ Checking a sweep file, planning trials, computing trial ids and labelling tables
 need these facts but nothing of the networks themselves, so they live apart from
 the builders (a test holds the attention registry to them).
 """
+from __future__ import annotations
+
 import re
 import reprlib
+from collections.abc import Callable
 
 STANDARD_DEPTHS = (20, 56, 110)
 # The deepest CIFAR ResNet of He et al. (2016) has 1202 layers (n = 200): deeper names
@@ -43,8 +46,8 @@ ATTENTION_OPTIONS = {'none': (), 'se': ('reduction',), 'eca': ('kernel_size', 'g
                      'gct': ('epsilon',)}
 
 
-def _whole(low, high, odd=False):
-    def check(value):
+def _whole(low: int, high: int, odd: bool = False) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int):
             return 'expected a whole number'
         if not low <= value <= high:
@@ -55,16 +58,23 @@ def _whole(low, high, odd=False):
     return check
 
 
-def _real(low=None, high=None, above=None):
-    def check(value):
+def _real(low: float | None = None, high: float | None = None,
+          above: float | None = None) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return 'expected a number'
         if value != value or value in (float('inf'), float('-inf')):
             return 'expected a finite number'
         if above is not None and not value > above:
             return f'expected a number above {above:g}'
-        if (low is not None and value < low) or (high is not None and value > high):
-            return f'expected {low:g} to {high:g}'
+        if low is not None and value < low:
+            return (f'expected {low:g} to {high:g}' if high is not None else
+                    f'expected at least {low:g}')
+        if high is not None and value > high:
+            if low is not None:
+                return f'expected {low:g} to {high:g}'
+            return (f'expected a number above {above:g} and at most {high:g}'
+                    if above is not None else f'expected at most {high:g}')
         return None
     return check
 
@@ -80,7 +90,7 @@ ATTENTION_OPTION_RULES = {
 }
 
 
-def attention_option_problems(attention, options):
+def attention_option_problems(attention: str, options: object) -> list[str]:
     """What is wrong with `options` for attention `attention` (registered spelling): each
     problem names the option, what it takes and what was found; [] when they fit."""
     valid = ATTENTION_OPTIONS[attention]
@@ -104,11 +114,11 @@ def attention_option_problems(attention, options):
 class UnknownNameError(KeyError):
     """A model or attention name that is not registered; the message lists the valid ones."""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return str(self.args[0])
 
 
-def parse_model_name(name):
+def parse_model_name(name: str) -> tuple[int, int]:
     """(version, depth) of a `cifar_resnet{depth}_v{version}` name with depth = 6n + 2."""
     match = MODEL_NAME_PATTERN.fullmatch(str(name))
     depth = int(match.group(1)) if match else 0
@@ -120,14 +130,14 @@ def parse_model_name(name):
     return int(match.group(2)), depth
 
 
-def network_revision(name):
+def network_revision(name: str) -> int:
     """The revision of the network definition that `name` is built with."""
     version, _ = parse_model_name(name)
     return NETWORK_REVISIONS[version]
 
 
 
-def parse_attention_name(name):
+def parse_attention_name(name: str) -> str:
     """The registered spelling of attention `name` (names ignore case)."""
     key = str(name).lower()
     if key not in ATTENTION_NAMES:
@@ -136,11 +146,11 @@ def parse_attention_name(name):
     return key
 
 
-def attention_label(name):
+def attention_label(name: str) -> str:
     return ATTENTION_LABELS.get(name, str(name).upper())
 
 
-def model_sort_key(name):
+def model_sort_key(name: str) -> tuple[int, int, str]:
     """cifar_resnet20_v2 < cifar_resnet56_v1 < cifar_resnet110_v1: by depth, then version;
     other names after them, alphabetically."""
     match = MODEL_NAME_PATTERN.fullmatch(str(name))

@@ -1,5 +1,9 @@
 """Model statistics: trainable parameters and multiply-accumulates of a forward pass."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import mxnet as mx
 from mxnet.gluon import nn
@@ -27,12 +31,12 @@ class ModelStats:
     macs: int
 
 
-def count_parameters(net):
+def count_parameters(net: nn.Block) -> int:
     """Trainable parameters (BN running statistics excluded) of a network whose shapes are known."""
     return sum(int(p.data().size) for p in net.collect_params().values() if p.grad_req != 'null')
 
 
-def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
+def count_macs(net: nn.Block, input_shape: tuple[int, ...] = CIFAR_INPUT_SHAPE) -> int:
     """Multiply-accumulates of one forward pass for one image of `input_shape`.
 
     Every weighted layer computes, per output element, a dot product as long as
@@ -42,11 +46,13 @@ def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
     """
     counts = []
 
-    def hook(block, _inputs, output):
+    def hook(block: nn.Block, _inputs: tuple[mx.nd.NDArray, ...],
+             output: mx.nd.NDArray) -> None:
         filter_size = int(block.weight.data().size // block.weight.shape[0])
         counts.append(int(output[0].size) * filter_size)
 
-    def declared(block, inputs, _output):
+    def declared(block: nn.Block, inputs: tuple[mx.nd.NDArray, ...],
+                 _output: mx.nd.NDArray) -> None:
         counts.append(int(block.macs_per_image(inputs[0].shape)))
 
     handles = [block.register_forward_hook(hook) for block in _iter_blocks(net)
@@ -65,13 +71,14 @@ def count_macs(net, input_shape=CIFAR_INPUT_SHAPE):
     return sum(counts)
 
 
-def _iter_blocks(block):
+def _iter_blocks(block: nn.Block) -> Iterator[nn.Block]:
     yield block
     for child in block._children.values():
         yield from _iter_blocks(child)
 
 
-def model_stats(model, attention='none', attention_kwargs=None, classes=10):
+def model_stats(model: str, attention: str = 'none',
+                attention_kwargs: Mapping[str, Any] | None = None, classes: int = 10) -> ModelStats:
     """ModelStats for one model x attention, computed on a freshly initialised CPU copy."""
     net = get_model(model, attention, classes=classes, attention_kwargs=attention_kwargs)
     net.initialize(ctx=mx.cpu())
@@ -79,7 +86,8 @@ def model_stats(model, attention='none', attention_kwargs=None, classes=10):
     return ModelStats(model, attention, count_parameters(net), macs)
 
 
-def stats_table(models=MODELS, attentions=tuple(ATTENTIONS)):
+def stats_table(models: Iterable[str] = MODELS, attentions: Sequence[str] = tuple(ATTENTIONS)
+                ) -> list[dict[str, str | int | float]]:
     """Rows of model, attention, params, MACs and the overhead of each against vanilla."""
     rows = []
     for model in models:

@@ -3,8 +3,15 @@ import textwrap
 
 import pytest
 
-from bench.sweep.config import (ConfigError, expand, load_config, matches_only, parse_config,
-                          parse_only, trial_id)
+from bench.sweep.config import (
+    ConfigError,
+    expand,
+    load_config,
+    matches_only,
+    parse_config,
+    parse_only,
+    trial_id,
+)
 from bench.trial.recipe import Recipe
 
 IDENTITY = {'digest': 'abc', 'official': False}
@@ -308,3 +315,11 @@ def test_an_empty_only_is_an_error_not_the_whole_sweep():
         with pytest.raises(ConfigError, match='--only'):
             parse_only(text)
     assert parse_only('attention=ECA') == {'attention': ['eca']}
+
+
+def test_an_attention_option_above_its_bound_is_a_message_not_a_crash():
+    from models.names import attention_option_problems
+    assert attention_option_problems('eca', {'gamma': 2e6}) == [
+        'eca option gamma: expected a number above 0 and at most 1e+06, found 2000000.0']
+    assert attention_option_problems('gct', {'epsilon': 5.0}) == [
+        'gct option epsilon: expected a number above 0 and at most 1, found 5.0']

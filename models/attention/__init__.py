@@ -5,6 +5,12 @@ only needs the class. Adding an attention is one file here, one line in
 ATTENTIONS, and its name, label and options in models/names.py (which checks
 sweep files without importing MXNet).
 """
+from __future__ import annotations
+
+from typing import Any
+
+from mxnet.gluon.block import HybridBlock
+
 from ..names import UnknownNameError, parse_attention_name
 from .eca import ECA, eca_kernel_size
 from .gct import GCT
@@ -18,12 +24,12 @@ ATTENTIONS = {
 }
 
 
-def get_attention(name):
+def get_attention(name: str) -> type[HybridBlock] | None:
     """The attention class registered as `name` (None for 'none')."""
     return ATTENTIONS[parse_attention_name(name)]
 
 
-def create_attention(name, channels, **kwargs):
+def create_attention(name: str, channels: int, **kwargs: Any) -> HybridBlock | None:
     """An instance of attention `name` for `channels` channels, or None for 'none'."""
     attention_class = get_attention(name)
     if attention_class is None:

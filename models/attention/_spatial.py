@@ -9,22 +9,36 @@ times slower than these GEMMs (docs/performance.md). On the CPU each attention i
 otherwise one fused operator of models/kernels (`cab_se`, `cab_eca`, `cab_gct`), which
 computes the same numbers; modules choose with `models.kernels.use_fused_kernels(self)`.
 """
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Union
+
 from mxnet import symbol
+from mxnet.gluon import Parameter
+from mxnet.ndarray import NDArray
+from mxnet.symbol import Symbol
+
+# What hybrid_forward computes with: NDArrays where F is mxnet.ndarray (imperative
+# calls), Symbols where F is mxnet.symbol (building a hybridized graph).
+NDArrayOrSymbol = Union[NDArray, Symbol]
 
 
-def _flat_and_ones(F, x):
+def _flat_and_ones(F: ModuleType, x: NDArrayOrSymbol
+                   ) -> tuple[NDArrayOrSymbol, NDArrayOrSymbol]:
     flat = F.reshape(x, shape=(-3, -1))                                    # (N*C, H*W)
     ones = F.ones_like(F.slice_axis(flat, axis=0, begin=0, end=1))        # (1, H*W)
     return flat, ones
 
 
-def spatial_sum_of_squares(F, x, channels):
+def spatial_sum_of_squares(F: ModuleType, x: NDArrayOrSymbol, channels: int) -> NDArrayOrSymbol:
     """sum over H, W of x**2, for x (N, C, H, W) -> (N, C)."""
     flat, ones = _flat_and_ones(F, F.square(x))
     return F.reshape(F.dot(flat, ones, transpose_b=True), shape=(-1, channels))
 
 
-def spatial_mean(F, x, channels, fused):
+def spatial_mean(F: ModuleType, x: NDArrayOrSymbol, channels: int,
+                 fused: bool) -> NDArrayOrSymbol:
     """mean over H, W of x (N, C, H, W) -> (N, C); the global average pool (fused: the
     kernels' `cab_channel_mean`, one pass forward and one backward)."""
     if fused:
@@ -34,14 +48,15 @@ def spatial_mean(F, x, channels, fused):
     return F.reshape(F.broadcast_div(sums, F.sum(ones)), shape=(-1, channels))
 
 
-def scale_channels(F, x, weights):
+def scale_channels(F: ModuleType, x: NDArrayOrSymbol,
+                   weights: NDArrayOrSymbol) -> NDArrayOrSymbol:
     """x (N, C, H, W) with channel c of image n multiplied by weights[n, c]."""
     flat, ones = _flat_and_ones(F, x)
     per_position = F.dot(F.reshape(weights, shape=(-1, 1)), ones)         # (N*C, H*W)
     return F.reshape_like(flat * per_position, x)
 
 
-def per_element_macs(input_shape, passes):
+def per_element_macs(input_shape: tuple[int, ...], passes: int) -> int:
     """Multiply-accumulates of `passes` passes over one image's C x H x W activation
     (input_shape is (N, C, H, W)): the convention for the attentions' pooling, GCT's sum
     of squares and the channel scaling, one MAC per element each."""
@@ -49,7 +64,8 @@ def per_element_macs(input_shape, passes):
     return passes * channels * height * width
 
 
-def parameter_of(F, parameter, like):
+def parameter_of(F: ModuleType, parameter: Parameter,
+                 like: NDArrayOrSymbol) -> NDArrayOrSymbol:
     """`parameter` (a child block's, which hybrid_forward is not handed) as an input of
     the graph being built: its symbol when hybridizing, else its value on `like`'s device."""
     return parameter.var() if F is symbol else parameter.data(like.context)

@@ -3,12 +3,17 @@
 Wang, Wu, Zhu, Li, Zuo, Hu: "ECA-Net: Efficient Channel Attention for Deep
 Convolutional Neural Networks", CVPR 2020. https://arxiv.org/abs/1910.03151
 """
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
 from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
 from ..architecture import eca_checked_kernel_size, eca_kernel_size  # noqa: F401 (exported)
 from ..kernels import use_fused_kernels
-from ._spatial import per_element_macs, scale_channels, spatial_mean
+from ._spatial import NDArrayOrSymbol, per_element_macs, scale_channels, spatial_mean
 
 
 class ECA(HybridBlock):
@@ -26,7 +31,8 @@ class ECA(HybridBlock):
     (models.cifar_resnet.load_parameters).
     """
 
-    def __init__(self, channels, kernel_size=None, gamma=2, b=1, **kwargs):
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2,
+                 b: float = 1, **kwargs: Any):
         super().__init__(**kwargs)
         kernel_size = eca_checked_kernel_size(channels, kernel_size, gamma, b)
         self.channels = channels
@@ -36,12 +42,13 @@ class ECA(HybridBlock):
             self.weight = self.params.get('weight', shape=(1, 1, kernel_size),
                                           init=init.Xavier())
 
-    def macs_per_image(self, input_shape):
+    def macs_per_image(self, input_shape: tuple[int, ...]) -> int:
         """The convolution as the paper counts it, k multiply-adds per channel, plus the
         pooling and the scaling, one MAC per element each."""
         return self.channels * self.kernel_size + per_element_macs(input_shape, passes=2)
 
-    def _across_channels(self, F, pooled, weight):
+    def _across_channels(self, F: ModuleType, pooled: NDArrayOrSymbol,
+                         weight: NDArrayOrSymbol) -> NDArrayOrSymbol:
         """The k-tap cross-correlation of each image's C pooled values, zero-padded:
         out[:, c] = sum over j of weight[j] * pooled[:, c + j - k//2]."""
         pad = self.kernel_size // 2
@@ -54,7 +61,8 @@ class ECA(HybridBlock):
                                          F.slice_axis(taps, axis=1, begin=j, end=j + 1))
                          for j in range(self.kernel_size)])
 
-    def hybrid_forward(self, F, x, weight):
+    def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol,
+                       weight: NDArrayOrSymbol) -> NDArrayOrSymbol:
         if use_fused_kernels(self):
             return F.cab_eca(x, weight)
         pooled = spatial_mean(F, x, self.channels, fused=False)                 # (N, C)

@@ -3,11 +3,16 @@
 Yang, Zhu, Wu, Yang: "Gated Channel Transformation for Visual Recognition",
 CVPR 2020. https://arxiv.org/abs/1909.11519
 """
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
 from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
 from ..kernels import use_fused_kernels
-from ._spatial import per_element_macs, scale_channels, spatial_sum_of_squares
+from ._spatial import NDArrayOrSymbol, per_element_macs, scale_channels, spatial_sum_of_squares
 
 
 class GCT(HybridBlock):
@@ -16,9 +21,9 @@ class GCT(HybridBlock):
     alpha=1, beta=0, gamma=0 at initialisation, so the gate starts as the identity.
     beta takes no weight decay, as in the paper's training recipe. Adds 3 * C parameters.
     On the CPU the whole module is one fused operator (`cab_gct`, models/kernels).
-    """
+    """  # noqa: E501
 
-    def __init__(self, channels, epsilon=1e-5, **kwargs):
+    def __init__(self, channels: int, epsilon: float = 1e-5, **kwargs: Any):
         super().__init__(**kwargs)
         self.channels = channels
         self.epsilon = epsilon
@@ -28,12 +33,13 @@ class GCT(HybridBlock):
             self.gamma = self.params.get('gamma', shape=shape, init=init.Zero())
             self.beta = self.params.get('beta', shape=shape, init=init.Zero(), wd_mult=0.0)
 
-    def macs_per_image(self, input_shape):
+    def macs_per_image(self, input_shape: tuple[int, ...]) -> int:
         """The sum of squares and the gating, one MAC per element each (the per-channel
         arithmetic on C values is left out, as for the other attentions' gates)."""
         return per_element_macs(input_shape, passes=2)
 
-    def hybrid_forward(self, F, x, alpha, gamma, beta):
+    def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol, alpha: NDArrayOrSymbol,
+                       gamma: NDArrayOrSymbol, beta: NDArrayOrSymbol) -> NDArrayOrSymbol:
         if use_fused_kernels(self):
             return F.cab_gct(x, alpha, gamma, beta, epsilon=self.epsilon)
         # The per-channel parameters are (1, C, 1, 1) as in the paper's code; the

@@ -3,12 +3,17 @@
 Hu, Shen, Sun: "Squeeze-and-Excitation Networks", CVPR 2018.
 https://arxiv.org/abs/1709.01507
 """
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
 from ..architecture import se_hidden_units
 from ..kernels import use_fused_kernels
-from ._spatial import parameter_of, per_element_macs, scale_channels, spatial_mean
+from ._spatial import NDArrayOrSymbol, parameter_of, per_element_macs, scale_channels, spatial_mean
 
 
 class SE(HybridBlock):
@@ -20,7 +25,7 @@ class SE(HybridBlock):
     hold its weights.
     """
 
-    def __init__(self, channels, reduction=16, **kwargs):
+    def __init__(self, channels: int, reduction: int = 16, **kwargs: Any):
         super().__init__(**kwargs)
         self.channels = channels
         hidden = se_hidden_units(channels, reduction)
@@ -28,12 +33,12 @@ class SE(HybridBlock):
             self.squeeze = nn.Dense(hidden, in_units=channels, use_bias=False)
             self.excite = nn.Dense(channels, in_units=hidden, use_bias=False)
 
-    def macs_per_image(self, input_shape):
+    def macs_per_image(self, input_shape: tuple[int, ...]) -> int:
         """The pooling and the scaling, one MAC per element each (the dense layers are
         counted as weighted layers)."""
         return per_element_macs(input_shape, passes=2)
 
-    def hybrid_forward(self, F, x):
+    def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         if use_fused_kernels(self):
             return F.cab_se(x, parameter_of(F, self.squeeze.weight, x),
                             parameter_of(F, self.excite.weight, x))

@@ -24,6 +24,8 @@ the same numbers with MXNet's own operators (models/attention/_spatial.py),
 only slower on the CPU; a warning says why once. The kernels have no GPU code:
 modules whose parameters live on a GPU always take MXNet's operators.
 """
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import os
@@ -33,7 +35,12 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mxnet.gluon import Block
 
 FUSED_ENV = 'CHANNEL_ATTENTION_FUSED'
 CACHE_ENV = 'CHANNEL_ATTENTION_KERNEL_CACHE'
@@ -60,7 +67,7 @@ class UnsafeKernelCache(KernelBuildError):
     """The kernel cache could be written by someone else: nothing in it is loaded."""
 
 
-def _unsafe_because(path, what):
+def _unsafe_because(path: str | os.PathLike[str], what: str) -> str | None:
     """Why `path` may not hold code this process loads (None when it may): a link, another
     owner, or write access for others."""
     info = os.lstat(path)
@@ -73,7 +80,7 @@ def _unsafe_because(path, what):
     return None
 
 
-def _check_private_folder(folder):
+def _check_private_folder(folder: str | os.PathLike[str]) -> None:
     """Refuse a cache folder that another user could change: it and its key folders must
     be ours and writable by us alone, and no folder above it may let others rename it
     away (writable by others without the sticky bit, or owned by another user than us
@@ -96,7 +103,7 @@ def _check_private_folder(folder):
             f'one yours alone (chmod go-w)')
 
 
-def _private_folder(folder):
+def _private_folder(folder: str | os.PathLike[str]) -> Path:
     """`folder`, created (mode 700) where missing, and checked to be the user's alone."""
     folder = Path(folder)
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -106,15 +113,15 @@ def _private_folder(folder):
     return folder
 
 
-def _record_of(library):
+def _record_of(library: Path) -> Path:
     return library.with_name(library.name + '.sha256')
 
 
-def _sha256(path):
+def _sha256(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def verified_library(library):
+def verified_library(library: Path) -> bool:
     """Whether `library` is one this machine built: ours alone, and its content's SHA-256
     the one recorded when it was built."""
     record = _record_of(library)
@@ -128,25 +135,25 @@ def verified_library(library):
     return record.read_text().strip() == _sha256(library)
 
 
-def default_cache_dir():
+def default_cache_dir() -> Path:
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return Path(os.environ.get(CACHE_ENV) or Path(base) / 'channel-attention-bench' / 'kernels')
 
 
-def _mxnet_sources():
+def _mxnet_sources() -> tuple[Path, Path]:
     import mxnet
     root = Path(mxnet.__file__).parent
     return root / 'include', root / 'src' / 'lib_api.cc'
 
 
-def _compiler():
+def _compiler() -> str:
     compiler = os.environ.get('CXX', 'g++')
     if shutil.which(compiler) is None:
         raise KernelBuildError(f'no C++ compiler {compiler!r} on PATH (install g++ or set CXX)')
     return compiler
 
 
-def cpu_isa(cpuinfo='/proc/cpuinfo'):
+def cpu_isa(cpuinfo: str | os.PathLike[str] = '/proc/cpuinfo') -> str:
     """The widest of ISA_LEVELS this CPU has ('baseline' where its flags cannot be read)."""
     try:
         text = Path(cpuinfo).read_text()
@@ -157,11 +164,11 @@ def cpu_isa(cpuinfo='/proc/cpuinfo'):
     return next(name for name, _, needed in ISA_LEVELS if needed <= flags)
 
 
-def isa_flags(isa):
+def isa_flags(isa: str) -> list[str]:
     return next(flags for name, flags, _ in ISA_LEVELS if name == isa)
 
 
-def _build_key(compiler, include_dir, lib_api_source, isa):
+def _build_key(compiler: str, include_dir: Path, lib_api_source: Path, isa: str) -> str:
     import mxnet
     digest = hashlib.sha256(isa.encode())
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
@@ -172,7 +179,7 @@ def _build_key(compiler, include_dir, lib_api_source, isa):
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path):
+def _exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
     """Serialise builds across processes (Ray starts several trials at once on a machine)."""
     import fcntl
     with open(lock_path, 'w') as handle:
@@ -183,7 +190,8 @@ def _exclusive(lock_path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_library(cache_dir=None, isa=None):
+def build_library(cache_dir: str | os.PathLike[str] | None = None,
+                  isa: str | None = None) -> Path:
     """Path of the compiled library for instruction set `isa` (default: this CPU's widest),
     compiling it first if this key has no verified build yet (see verified_library).
     UnsafeKernelCache where the cache could be written by someone else."""
@@ -222,7 +230,7 @@ def build_library(cache_dir=None, isa=None):
     return target
 
 
-def _load():
+def _load() -> tuple[bool, str]:
     if os.environ.get(FUSED_ENV, '1') == '0':
         return False, f'turned off by {FUSED_ENV}=0'
     try:
@@ -241,7 +249,7 @@ def _load():
     return True, str(path)
 
 
-def kernel_status():
+def kernel_status() -> tuple[bool, str]:
     """(loaded, detail): whether the fused kernels are in MXNet, and their path or why not."""
     global _status
     with _lock:
@@ -250,7 +258,7 @@ def kernel_status():
         return _status
 
 
-def kernel_isa():
+def kernel_isa() -> str | None:
     """The instruction set of the loaded kernels (None where MXNet's operators run)."""
     loaded, detail = kernel_status()
     if not loaded:
@@ -259,12 +267,12 @@ def kernel_isa():
                  if Path(detail).name == LIBRARY_NAME.format(isa=name)), None)
 
 
-def fused_kernels_available():
+def fused_kernels_available() -> bool:
     return kernel_status()[0] and not getattr(_switched_off, 'active', False)
 
 
 @contextlib.contextmanager
-def mxnet_operators_only():
+def mxnet_operators_only() -> Iterator[None]:
     """Graphs built inside this block use MXNet's operators even where the kernels are
     loaded (a hybridized block keeps the graph of its first call): for comparisons."""
     before = getattr(_switched_off, 'active', False)
@@ -275,7 +283,7 @@ def mxnet_operators_only():
         _switched_off.active = before
 
 
-def fused_kernels_for(device_types):
+def fused_kernels_for(device_types: Iterable[str]) -> bool:
     """Whether graphs on these device types ('cpu', 'gpu', ...) call the fused kernels:
     they are loaded, and none of the devices is a GPU (the kernels have no GPU code).
     No device at all gets MXNet's operators, which run anywhere."""
@@ -283,7 +291,7 @@ def fused_kernels_for(device_types):
     return bool(device_types) and 'gpu' not in device_types and fused_kernels_available()
 
 
-def use_fused_kernels(block):
+def use_fused_kernels(block: Block) -> bool:
     """Whether `block`'s graph should call the fused kernels, from where its parameters live."""
     devices = set()
     for param in block.collect_params().values():

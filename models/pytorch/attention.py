@@ -1,5 +1,7 @@
 """SE, ECA and GCT in PyTorch, with the Gluon modules' parameters (names, shapes) and
 functions (models/attention/)."""
+from __future__ import annotations
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -7,7 +9,7 @@ from torch.nn import functional as F
 from ..architecture import eca_checked_kernel_size, se_hidden_units
 
 
-def _scale_channels(x, weights):
+def _scale_channels(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return x * weights[:, :, None, None]
 
 
@@ -15,13 +17,13 @@ class SE(nn.Module):
     """Global average pool, FC (C -> C/r) + ReLU, FC (C/r -> C) + sigmoid, channel-wise
     scale; no biases (2 * C * hidden parameters)."""
 
-    def __init__(self, channels, reduction=16):
+    def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         hidden = se_hidden_units(channels, reduction)
         self.squeeze = nn.Linear(channels, hidden, bias=False)
         self.excite = nn.Linear(hidden, channels, bias=False)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean(dim=(2, 3))))))
         return _scale_channels(x, weights)
 
@@ -31,12 +33,13 @@ class ECA(nn.Module):
     sigmoid, scale. The weight is shaped (1, 1, k) like the Gluon module's, so its
     Xavier fans are the same; Gluon's constant shift matrices are not needed here."""
 
-    def __init__(self, channels, kernel_size=None, gamma=2, b=1):
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2,
+                 b: float = 1):
         super().__init__()
         self.kernel_size = eca_checked_kernel_size(channels, kernel_size, gamma, b)
         self.weight = nn.Parameter(torch.empty(1, 1, self.kernel_size))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(2, 3))                                            # (N, C)
         across = F.conv1d(pooled[:, None, :], self.weight, padding=self.kernel_size // 2)
         return _scale_channels(x, torch.sigmoid(across[:, 0, :]))
@@ -48,14 +51,14 @@ class GCT(nn.Module):
 
     no_weight_decay = ('beta',)
 
-    def __init__(self, channels, epsilon=1e-5):
+    def __init__(self, channels: int, epsilon: float = 1e-5):
         super().__init__()
         self.epsilon = epsilon
         self.alpha = nn.Parameter(torch.ones(1, channels, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, gamma, beta = (p.reshape(1, -1) for p in (self.alpha, self.gamma, self.beta))
         # The norm of each channel without a squared copy of x (a pass less each way).
         squares = torch.linalg.vector_norm(x, dim=(2, 3)).square()

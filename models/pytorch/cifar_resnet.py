@@ -12,28 +12,35 @@ MXNet 1.9's semantics, where PyTorch's defaults differ:
   weight, which is PyTorch's xavier_uniform_ with gain 1; zero biases, BN gamma 1 and
   beta 0; GCT's alpha 1, gamma 0, beta 0.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..architecture import STAGE_CHANNELS, attention_options, stage_plans
+from ..architecture import STAGE_CHANNELS, BlockPlan, attention_options, stage_plans
 from ..names import parse_model_name
 from .attention import ECA, TORCH_ATTENTIONS
 
 MXNET_BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
+_Module = TypeVar('_Module', bound=nn.Module)
+
 
 class MXNetBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with MXNet 1.9's running statistics (see the module docstring).
     frozen_statistics: the statistics never change (MXNet's input BN of v2)."""
 
-    def __init__(self, channels, affine=True, frozen_statistics=False):
+    def __init__(self, channels: int, affine: bool = True, frozen_statistics: bool = False):
         super().__init__(channels, eps=BN_EPSILON, momentum=1 - MXNET_BN_MOMENTUM,
                          affine=affine)
         self.frozen_statistics = frozen_statistics
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
                                 self.bias, False, 0.0, self.eps)
@@ -53,18 +60,20 @@ class MXNetBatchNorm(nn.BatchNorm2d):
         return out
 
 
-def _conv3x3(in_channels, channels, stride):
+def _conv3x3(in_channels: int, channels: int, stride: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
 
 
-def _attention(attention_class, channels, options):
+def _attention(attention_class: type[nn.Module] | None, channels: int,
+               options: Mapping[str, Any]) -> nn.Module | None:
     return attention_class(channels, **options) if attention_class is not None else None
 
 
 class BasicBlockV1(nn.Module):
     """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
 
-    def __init__(self, plan, attention_class=None, options=None):
+    def __init__(self, plan: BlockPlan, attention_class: type[nn.Module] | None = None,
+                 options: Mapping[str, Any] | None = None):
         super().__init__()
         self.body = nn.Sequential(
             _conv3x3(plan.in_channels, plan.channels, plan.stride),
@@ -77,7 +86,7 @@ class BasicBlockV1(nn.Module):
                 nn.Conv2d(plan.in_channels, plan.channels, 1, stride=plan.stride, bias=False),
                 MXNetBatchNorm(plan.channels))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.body(x)
         if self.attention is not None:
             residual = self.attention(residual)
@@ -89,7 +98,8 @@ class BasicBlockV2(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut: the raw input, or its 1x1
     projection taken from the raw input (the original's v2, not gluoncv's)."""
 
-    def __init__(self, plan, attention_class=None, options=None):
+    def __init__(self, plan: BlockPlan, attention_class: type[nn.Module] | None = None,
+                 options: Mapping[str, Any] | None = None):
         super().__init__()
         self.bn1 = MXNetBatchNorm(plan.in_channels)
         self.conv1 = _conv3x3(plan.in_channels, plan.channels, plan.stride)
@@ -101,7 +111,7 @@ class BasicBlockV2(nn.Module):
             self.downsample = nn.Conv2d(plan.in_channels, plan.channels, 1, stride=plan.stride,
                                         bias=False)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x) if self.downsample is not None else x
         residual = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
         if self.attention is not None:
@@ -112,7 +122,8 @@ class BasicBlockV2(nn.Module):
 class CIFARResNet(nn.Module):
     """A 3x3 stem, three stages of basic blocks, global average pool, dense."""
 
-    def __init__(self, model, attention='none', classes=10, attention_kwargs=None):
+    def __init__(self, model: str, attention: str = 'none', classes: int = 10,
+                 attention_kwargs: Mapping[str, Any] | None = None):
         super().__init__()
         version, _ = parse_model_name(model)
         options = attention_options(attention, attention_kwargs)
@@ -132,12 +143,12 @@ class CIFARResNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.output = nn.Linear(STAGE_CHANNELS[-1], classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.features(x).mean(dim=(2, 3)))
 
 
 @torch.no_grad()
-def initialize_like_mxnet(net, generator=None):
+def initialize_like_mxnet(net: _Module, generator: torch.Generator | None = None) -> _Module:
     """MXNet's Xavier() on every conv and dense weight (ECA's included), zero biases; the
     BN and GCT parameters keep their constructors' values. Returns net."""
     for module in net.modules():
@@ -148,7 +159,9 @@ def initialize_like_mxnet(net, generator=None):
     return net
 
 
-def get_model(name, attention='none', classes=10, attention_kwargs=None, seed=None):
+def get_model(name: str, attention: str = 'none', classes: int = 10,
+              attention_kwargs: Mapping[str, Any] | None = None,
+              seed: int | None = None) -> CIFARResNet:
     """The network `name` with `attention`, initialised as MXNet's Xavier() would (from
     `seed` where given)."""
     net = CIFARResNet(name, attention, classes=classes, attention_kwargs=attention_kwargs)

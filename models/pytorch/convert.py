@@ -1,16 +1,26 @@
 """Gluon weights into the PyTorch networks: each parameter and BN statistic by its
 structural name (Gluon's `save_parameters` names, e.g. features.2.0.body.1.gamma)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeVar
+
 import numpy as np
 import torch
 
 from ..names import RETIRED_PARAMETERS
 from .cifar_resnet import MXNetBatchNorm
 
+if TYPE_CHECKING:
+    from mxnet.gluon import Block
+
 # Gluon's BatchNorm calls its scale and shift gamma and beta.
 _BN_NAMES = {'weight': 'gamma', 'bias': 'beta'}
 
+_Module = TypeVar('_Module', bound=torch.nn.Module)
 
-def gluon_names(net):
+
+def gluon_names(net: torch.nn.Module) -> dict[str, str]:
     """{PyTorch state_dict key: Gluon structural parameter name} of `net`."""
     bn_modules = {name for name, module in net.named_modules()
                   if isinstance(module, MXNetBatchNorm)}
@@ -23,7 +33,8 @@ def gluon_names(net):
     return names
 
 
-def torch_state_from_gluon(net, gluon_params):
+def torch_state_from_gluon(net: torch.nn.Module,
+                           gluon_params: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """A state_dict for `net` from {Gluon structural name: array}; refuses a missing,
     unexpected or misshapen parameter, naming it."""
     names = gluon_names(net)
@@ -56,7 +67,7 @@ def torch_state_from_gluon(net, gluon_params):
     return state
 
 
-def load_gluon_parameters(net, gluon_net):
+def load_gluon_parameters(net: _Module, gluon_net: Block) -> _Module:
     """Load a built Gluon network's parameters and BN statistics into `net`; returns net."""
     params = {name: p.data().asnumpy()
               for name, p in gluon_net._collect_params_with_prefix().items()}
