@@ -12,20 +12,30 @@
 A dry run writes nothing, whatever else is on the line: with --fresh it lists what
 would be deleted.
 """
+from __future__ import annotations
+
 import argparse
 import errno
 import os
 import sys
+from typing import TYPE_CHECKING, Callable
 
-DOCTOR_HINT = ('python -m bench.doctor checks this machine in under a minute (frameworks, '
-               'driver, each GPU and which backend can use it) and says what to fix')
+if TYPE_CHECKING:
+    from bench.errors import ProblemsFound
+    from bench.sweep.config import LoadedSweep
+    from bench.sweep.driver import SweepOutcome
+    from bench.sweep.plan import PlannedTrial
+    from bench.trial.data import Dataset
+
 INTERRUPTED = ('interrupted: every finished epoch is in the store; run the same command '
                'again to resume')
+INTERRUPTED_EXIT = 130
 # Flags that make no sense beside --report-only (which trains nothing and starts no Ray).
 TRAINING_ONLY_FLAGS = ('fresh', 'only', 'retry_failed', 'no_report', 'address')
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None
+               ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='sweep.yaml', help='sweep file (default: sweep.yaml)')
@@ -52,7 +62,7 @@ def parse_args(argv=None):
     return parser, parser.parse_args(argv)
 
 
-def _conflicts(args):
+def _conflicts(args: argparse.Namespace) -> str | None:
     """Flags that contradict each other: one message, before anything is read."""
     if args.report_only:
         given = [f"--{name.replace('_', '-')}" for name in TRAINING_ONLY_FLAGS
@@ -63,7 +73,8 @@ def _conflicts(args):
     return None
 
 
-def render_reports(loaded, insert=False, manifest=None):
+def render_reports(loaded: LoadedSweep, insert: bool = False, manifest: dict | None = None
+                   ) -> None:
     from reports import render_all
     outputs = loaded.config.outputs
     written = render_all(loaded.store_dir,
@@ -78,20 +89,30 @@ def render_reports(loaded, insert=False, manifest=None):
         print(f'wrote {path}')
 
 
-def main(argv=None):
-    parser, args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """The command: its exit code. Every failure a user can act on is a BenchError,
+    reported here and nowhere else."""
+    from bench.errors import BenchError, report
+    _, args = parse_args(argv)
+    try:
+        return run(args)
+    except BenchError as error:
+        return report(error)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+def run(args: argparse.Namespace) -> int:
+    """What the command line asks for; BenchError for what stops it."""
+    from bench.errors import BenchError
+    from bench.store import ResultsStore
+    from bench.sweep.config import load_config, parse_only
     conflict = _conflicts(args)
     if conflict:
-        print(f'error: {conflict}', file=sys.stderr)
-        return 2
-    from bench.store import NotAStore, ResultsStore, StoreLocked
-    from bench.sweep.config import ConfigError, load_config, parse_only
-    try:
-        loaded = load_config(args.config)
-        only = parse_only(args.only) if args.only is not None else None
-    except ConfigError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+        raise BenchError(conflict)
+    loaded = load_config(args.config)
+    only = parse_only(args.only) if args.only is not None else None
     store = ResultsStore(loaded.store_dir)
     try:
         store.check_is_store()
@@ -102,25 +123,17 @@ def main(argv=None):
         try:
             store.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            print(f'error: cannot create the results folder {store.root}: '
-                  f'{error.strerror or error}; set outputs.results in {loaded.path} to a '
-                  'folder you can write', file=sys.stderr)
-            return 2
+            raise BenchError(f'cannot create the results folder {store.root}: '
+                             f'{error.strerror or error}; set outputs.results in '
+                             f'{loaded.path} to a folder you can write') from error
         with store.lock():
             store.clean_scratch()
             return _plan_and_train(loaded, args, only)
-    except (NotAStore, StoreLocked) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
     except OSError as error:
-        print(f'error: {io_failure(error, loaded)}', file=sys.stderr)
-        return 2
+        raise BenchError(io_failure(error, loaded)) from error
 
 
-def io_failure(error, loaded):
+def io_failure(error: OSError, loaded: LoadedSweep) -> str:
     """One line for a failed read or write of the store or an output: which path, why, and
     what to do; what was finished stays in the store."""
     path = error.filename or loaded.store_dir
@@ -139,17 +152,12 @@ def io_failure(error, loaded):
             'lost: every finished epoch in the store stays there')
 
 
-def _dry_run(loaded, args, only):
+def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -> int:
     """The plan, and what --fresh would delete; writes, deletes and downloads nothing."""
     from bench.store import ResultsStore
     from bench.sweep.cluster import local_devices
     from bench.sweep.plan import format_plan, plan, planned_data_identity
-    from bench.trial.data import DataError
-    try:
-        identity, note = planned_data_identity(loaded)
-    except DataError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+    identity, note = planned_data_identity(loaded)
     _print_header(loaded, identity['name'] if identity['official'] else
                   f"{identity['name']} (not CIFAR-10)")
     if note:
@@ -164,19 +172,12 @@ def _dry_run(loaded, args, only):
               + ''.join(f'\n  {path}' for path in targets))
     problems = _problems_before_training(loaded, args, only, planned, identity)
     print('dry run: nothing was written, deleted or downloaded')
-    return _refuse(problems) if problems else 0
+    if problems:
+        raise problems
+    return 0
 
 
-def _refuse(problems):
-    """Print the problems found before training; the exit code (2)."""
-    for problem in problems:
-        print(f'error: {problem}', file=sys.stderr)
-    if problems.backend:
-        print(DOCTOR_HINT, file=sys.stderr)
-    return 2
-
-
-def _print_header(loaded, data_label):
+def _print_header(loaded: LoadedSweep, data_label: str) -> None:
     from bench.trial.recipe import describe_recipe
     config = loaded.config
     print(f'sweep {config.name}: data {data_label}, store {loaded.store_dir}')
@@ -185,73 +186,69 @@ def _print_header(loaded, data_label):
           + (f' ({changed} override(s) change it for some cells)' if changed else ''))
 
 
-def _fresh(loaded, planned, only, yes):
-    """Delete what --fresh deletes (asking first unless `yes`); None when done, else the
-    exit code."""
+def _fresh(loaded: LoadedSweep, planned: list[PlannedTrial], only: dict | None,
+           yes: bool) -> bool:
+    """Delete what --fresh deletes, asking first unless `yes`: False when the user said no."""
+    from bench.errors import BenchError
     from bench.store import ResultsStore
     store = ResultsStore(loaded.store_dir)
     targets = store.fresh_targets([p.trial_id for p in planned] if only else None)
     if not targets:
-        return None
+        return True
     what = (f'{len(targets)} stored trial(s) of the cells --only selects' if only else
             f'every stored result ({len(targets)} path(s))')
     if not yes:
         try:
             answer = input(f'delete {what} in {loaded.store_dir}? [y/N] ')
         except EOFError:
-            print('\nerror: --fresh deletes stored results and asks first; with no one to '
-                  'answer (no terminal), add --yes', file=sys.stderr)
-            return 2
+            print(file=sys.stderr)     # end the prompt's line
+            raise BenchError('--fresh deletes stored results and asks first; with no one '
+                             'to answer (no terminal), add --yes') from None
         if answer.strip().lower() not in ('y', 'yes'):
             print('nothing deleted')
-            return 1
+            return False
     store.delete(targets)
     print(f'deleted {what}')
-    return None
+    return True
 
 
-def _plan_and_train(loaded, args, only):
-    from bench.gpu import GPUError
-    from bench.sweep.driver import run_sweep
-    from bench.sweep.plan import SweepError, format_plan, load_sweep_data, plan
-    from bench.trial.data import DataError
-    try:
-        data = load_sweep_data(loaded)
-    except DataError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -> int:
+    """Load the data, plan, check, delete what --fresh asks for, train, then report."""
+    from bench.errors import FAILED
+    from bench.sweep.plan import load_sweep_data, plan
+    data = load_sweep_data(loaded)
     identity = data.identity.to_dict()
     _print_header(loaded, data.identity.label)
     planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
     problems = _problems_before_training(loaded, args, only, planned, identity)
     if problems:
-        return _refuse(problems)
+        raise problems
     if args.fresh:
-        code = _fresh(loaded, planned, only, args.yes)
-        if code is not None:
-            return code
+        if not _fresh(loaded, planned, only, args.yes):
+            return FAILED
         planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
-    try:
-        outcome = run_sweep(loaded, data, planned, address=args.address,
-                            on_ray_lost=lambda message, end_started: _ray_lost(
-                                loaded, message, end_started))
-    except (SweepError, GPUError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        if isinstance(error, GPUError):
-            print(DOCTOR_HINT, file=sys.stderr)
-        return 2
+    outcome = _train(loaded, args, data, planned)
     # The plan again, from the store: statuses and epochs as the run left them.
+    from bench.sweep.plan import format_plan
     print(format_plan(plan(loaded, identity, only=only), loaded.config.resources))
     if outcome.interrupted:
         print(INTERRUPTED, file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
     code = _summary(outcome)
     if not args.no_report:
-        code = max(code, _report_or_fail(loaded, args.insert))
+        render_reports(loaded, insert=args.insert)
     return code
 
 
-def _ray_lost(loaded, message, end_started):
+def _train(loaded: LoadedSweep, args: argparse.Namespace, data: Dataset,
+           planned: list[PlannedTrial]) -> SweepOutcome:
+    from bench.sweep.driver import run_sweep
+    return run_sweep(loaded, data, planned, address=args.address,
+                     on_ray_lost=lambda message, end_started: _ray_lost(
+                         loaded, message, end_started))
+
+
+def _ray_lost(loaded: LoadedSweep, message: str, end_started: Callable[[], None]) -> None:
     """Ray's head died mid-run (called from the watchdog's thread): Ray's driver cannot go
     on, and exits from C++ after a minute without any cleanup. End here instead: one
     message, every Ray process this run started ended, the lock released."""
@@ -265,7 +262,7 @@ def _ray_lost(loaded, message, end_started):
     os._exit(1)
 
 
-def _summary(outcome):
+def _summary(outcome: SweepOutcome) -> int:
     """The failed and damaged trials of a run, on stderr; the exit code they make."""
     code = 0
     names = {p.trial_id: p.name for p in outcome.planned}
@@ -285,18 +282,15 @@ def _summary(outcome):
     return code
 
 
-class Problems(list):
-    """What would stop a sweep part way; `backend`: some are the backends' (the doctor
-    helps with those)."""
-    backend = False
-
-
-def _problems_before_training(loaded, args, only, planned, identity):
-    """What would stop the sweep part way, found before anything trains (Problems)."""
+def _problems_before_training(loaded: LoadedSweep, args: argparse.Namespace,
+                              only: dict | None, planned: list[PlannedTrial],
+                              identity: dict) -> ProblemsFound | None:
+    """What would stop the sweep part way, found before anything trains: one error listing
+    them all (with the doctor's hint where the backends are the cause), or None."""
+    from bench.errors import DOCTOR_HINT, ProblemsFound
     from bench.sweep.plan import backend_problems, data_problems
-    problems = Problems(data_problems(planned, identity))
+    problems = data_problems(planned, identity)
     backend = backend_problems(planned, loaded.config.resources)
-    problems.backend = bool(backend)
     problems += backend
     if only and not planned:
         config = loaded.config
@@ -306,10 +300,12 @@ def _problems_before_training(loaded, args, only, planned, identity):
                         f"{', '.join(map(str, config.seeds))})")
     if not args.no_report:
         problems += _output_problems(loaded, args.insert)
-    return problems
+    if not problems:
+        return None
+    return ProblemsFound(problems, hint=DOCTOR_HINT if backend else None)
 
 
-def _output_problems(loaded, insert):
+def _output_problems(loaded: LoadedSweep, insert: bool) -> list[str]:
     from reports.outputs import output_problems
     outputs = loaded.config.outputs
     return output_problems(readme=loaded.resolve(outputs.readme),
@@ -319,39 +315,29 @@ def _output_problems(loaded, insert):
                            models=loaded.config.models)
 
 
-def _report_only(loaded, insert):
+def _report_only(loaded: LoadedSweep, insert: bool) -> int:
     """Reports of the sweep as sweep.yaml declares it now, from stored results alone."""
+    from bench.errors import ProblemsFound
     from bench.sweep.plan import record_sweep, report_data_identity, sweep_manifest
     from bench.trial.data import DataError, official_identity
     problems = _output_problems(loaded, insert)
     if problems:
-        for problem in problems:
-            print(f'error: {problem}', file=sys.stderr)
-        return 2
+        raise ProblemsFound(problems)
     try:
         identity = report_data_identity(loaded)
     except DataError as error:
         if not loaded.config.report.reference:
-            print(f'error: {error}', file=sys.stderr)
-            return 2
+            raise
         # Nothing has trained here, so the published table is all there is to show:
         # rendered from the shipped data beside the official CIFAR-10's cells (none
         # trained), with nothing recorded in the store.
         print(f"data not found ({str(error).splitlines()[0]}); showing the published "
               f"{loaded.config.report.reference} table beside cells not trained yet")
-        return _report_or_fail(loaded, insert, sweep_manifest(
+        render_reports(loaded, insert=insert, manifest=sweep_manifest(
             loaded.config, official_identity().to_dict()))
+        return 0
     record_sweep(loaded, identity)
-    return _report_or_fail(loaded, insert)
-
-
-def _report_or_fail(loaded, insert, manifest=None):
-    from reports import ReportError
-    try:
-        render_reports(loaded, insert=insert, manifest=manifest)
-    except ReportError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+    render_reports(loaded, insert=insert)
     return 0
 
 

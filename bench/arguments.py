@@ -1,19 +1,22 @@
 """Checks shared by the command-line tools (`bench.train`, `bench.benchmark`): a number out
 of range or an output that cannot be written is refused before any work starts, with one
 message, as run_sweep.py refuses a bad sweep file."""
+from __future__ import annotations
+
 import argparse
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # JSON outputs of the tools are small; a larger file at their path is not one of them.
 _MAX_JSON_BYTES = 64 << 20
 
 
-def whole_number(low, high=None):
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer from `low` to `high` (inclusive)."""
-    def parse(text):
+    def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
@@ -26,7 +29,7 @@ def whole_number(low, high=None):
     return parse
 
 
-def writable_json_problem(path, what):
+def writable_json_problem(path: str | Path, what: str) -> str | None:
     """Why the tool's JSON output cannot be written at `path` (None when it can): a folder,
     a file that is not JSON (the tool writes JSON, so anything else there is someone else's
     and is not overwritten), or a place where writing fails, tried by creating and removing
@@ -49,7 +52,7 @@ def writable_json_problem(path, what):
     return None
 
 
-def writable_folder_problem(path, what):
+def writable_folder_problem(path: str | Path, what: str) -> str | None:
     """Why files cannot be written in the folder `path` (None when they can)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -64,7 +67,7 @@ def writable_folder_problem(path, what):
     return None
 
 
-def _holds_json(path):
+def _holds_json(path: Path) -> bool:
     try:
         if path.stat().st_size > _MAX_JSON_BYTES:
             return False

@@ -9,11 +9,22 @@ PyTorch on the same weights); a mixed-precision step on each usable GPU; the fus
 CPU kernels; the threads a trial gets; what Ray sees. On a machine without a GPU it
 checks the CPU path.
 """
+from __future__ import annotations
+
 import argparse
 import importlib.util
 import platform
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import mxnet as mx
+    import numpy as np
+    import torch
+
+    from bench.gpu import GPU
 
 OK, WARN, FAIL = 'ok', 'warn', 'FAIL'
 ATTENTIONS = ('none', 'se', 'eca', 'gct')
@@ -31,7 +42,7 @@ class Check:
     fix: str = ''
 
 
-def check_python():
+def check_python() -> Check:
     version = platform.python_version()
     if sys.version_info < (3, 9):
         return Check('python', FAIL, version, 'use Python 3.9 or newer')
@@ -39,11 +50,11 @@ def check_python():
     return Check('python', OK, version + note)
 
 
-def installed(module):
+def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def check_mxnet():
+def check_mxnet() -> Check:
     if not installed('mxnet'):
         return Check('gluon backend', WARN, 'MXNet not installed',
                      "pip install -c constraints.txt -e '.[cpu]' (or '.[gpu]') for the "
@@ -59,7 +70,7 @@ def check_mxnet():
     return Check('gluon backend', OK, f'MXNet {mxnet.__version__}, {build}')
 
 
-def check_torch():
+def check_torch() -> Check:
     if not installed('torch'):
         return Check('torch backend', WARN, 'PyTorch not installed',
                      "pip install -e '.[torch]' for the backend that runs on Hopper/Blackwell")
@@ -68,7 +79,7 @@ def check_torch():
     return Check('torch backend', OK, f'PyTorch {torch.__version__}, {cuda}')
 
 
-def check_driver(gpus, driver_cuda):
+def check_driver(gpus: Sequence[GPU], driver_cuda: tuple[int, int] | None) -> Check:
     from bench.gpu import gluon_fusion_setting
     if not gpus:
         return Check('NVIDIA driver', OK, 'no NVIDIA GPU or driver: trials run on CPUs')
@@ -84,7 +95,7 @@ def check_driver(gpus, driver_cuda):
                  '' if fusion == 'on' else 'a driver R520 or newer lets MXNet fuse operators')
 
 
-def check_cuda_libraries():
+def check_cuda_libraries() -> Check:
     from models import cuda_runtime
     loaded = list(cuda_runtime._loaded)
     if not cuda_runtime.gpu_build_installed():
@@ -96,7 +107,8 @@ def check_cuda_libraries():
     return Check('CUDA libraries', OK, ', '.join(names))
 
 
-def check_gpus(gpus, mxnet_gpu_build, torch_arches):
+def check_gpus(gpus: Sequence[GPU], mxnet_gpu_build: bool,
+               torch_arches: Sequence[str] | None) -> list[Check]:
     """One Check per GPU: which backend can use it."""
     from bench.gpu import torch_supports
     checks = []
@@ -119,7 +131,9 @@ def check_gpus(gpus, mxnet_gpu_build, torch_arches):
     return checks
 
 
-def _torch_pass(attention, device, state=None):
+def _torch_pass(attention: str, device: str | torch.device,
+                state: dict[str, torch.Tensor] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
     """(output, input gradient, state_dict) of one torch network's forward and backward."""
     import torch
 
@@ -137,12 +151,12 @@ def _torch_pass(attention, device, state=None):
     return out.detach().cpu().numpy(), x.grad.cpu().numpy(), state
 
 
-def _relative(a, b):
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
     import numpy as np
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
-def check_torch_devices(devices):
+def check_torch_devices(devices: Sequence[str | torch.device]) -> list[Check]:
     """Every attention's forward and backward on each torch GPU against the CPU; with no
     GPU, on the CPU alone (finite numbers)."""
     import numpy as np
@@ -160,7 +174,8 @@ def check_torch_devices(devices):
     return checks
 
 
-def _against_cpu(name, results, reference):
+def _against_cpu(name: str, results: Sequence[np.ndarray],
+                 reference: Sequence[np.ndarray]) -> Check:
     """A device's (output, input gradient) against the CPU's, as one Check."""
     worst = max(_relative(ours, cpu) for ours, cpu in zip(results, reference))
     status = OK if worst <= DEVICE_RTOL else FAIL
@@ -168,7 +183,8 @@ def _against_cpu(name, results, reference):
                  '' if status == OK else "report this with bench.doctor's output")
 
 
-def _gluon_pass(net, x, ctx):
+def _gluon_pass(net: mx.gluon.Block, x: np.ndarray, ctx: mx.Context
+                ) -> tuple[np.ndarray, np.ndarray]:
     import mxnet as mx
     from mxnet import autograd
     data = mx.nd.array(x, ctx=ctx)
@@ -180,7 +196,7 @@ def _gluon_pass(net, x, ctx):
     return out.asnumpy(), data.grad.asnumpy()
 
 
-def check_gluon_devices(contexts):
+def check_gluon_devices(contexts: Sequence[mx.Context]) -> list[Check]:
     """Every attention's forward and backward on each MXNet GPU context against the CPU."""
     import mxnet as mx
     import numpy as np
@@ -198,7 +214,7 @@ def check_gluon_devices(contexts):
     return checks
 
 
-def check_gluon_against_torch():
+def check_gluon_against_torch() -> Check:
     """On the CPU, with both frameworks: the same weights give the same outputs."""
     import mxnet as mx
     import numpy as np
@@ -222,7 +238,7 @@ def check_gluon_against_torch():
                  '' if status == OK else "report this with bench.doctor's output")
 
 
-def check_torch_amp(devices):
+def check_torch_amp(devices: Sequence[str | torch.device]) -> list[Check]:
     import torch
     checks = []
     for device in devices:
@@ -239,7 +255,7 @@ def check_torch_amp(devices):
     return checks
 
 
-def check_kernels():
+def check_kernels() -> Check:
     if not installed('mxnet'):
         return Check('fused CPU kernels', OK, 'not needed (no MXNet)')
     from models.kernels import kernel_status
@@ -249,7 +265,7 @@ def check_kernels():
                  '' if loaded else 'install g++ so the kernels compile')
 
 
-def check_threads():
+def check_threads() -> Check:
     import os
 
     from bench.trial.threads import available_cpus
@@ -259,7 +275,7 @@ def check_threads():
                  f'cpus_per_trial threads (OMP_NUM_THREADS here: {chosen or "unset"})')
 
 
-def ray_resources():
+def ray_resources() -> dict[str, float]:
     import ray
 
     from bench.sweep.cluster import start_ray
@@ -270,7 +286,7 @@ def ray_resources():
         ray.shutdown()
 
 
-def check_ray(resources, gpus):
+def check_ray(resources: Mapping[str, float], gpus: Sequence[GPU]) -> Check:
     text = f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
     if gpus and not resources.get('GPU'):
         return Check('ray', WARN, text + ' (NVML lists GPUs that Ray does not see)',
@@ -278,8 +294,10 @@ def check_ray(resources, gpus):
     return Check('ray', OK, text)
 
 
-def run_checks(with_ray=True, gpus=None, driver_cuda=False, resources=None,
-               gluon_contexts=None):
+def run_checks(with_ray: bool = True, gpus: Sequence[GPU] | None = None,
+               driver_cuda: tuple[int, int] | None | Literal[False] = False,
+               resources: Mapping[str, float] | None = None,
+               gluon_contexts: Sequence[mx.Context] | None = None) -> list[Check]:
     """Every check, in order; `gpus`, `driver_cuda`, `resources` and `gluon_contexts` fake
     what NVML, Ray and MXNet would report (tests)."""
     from bench.gpu import driver_cuda_version, physical_gpus, torch_arch_list
@@ -311,7 +329,7 @@ def run_checks(with_ray=True, gpus=None, driver_cuda=False, resources=None,
     return checks
 
 
-def format_checks(checks):
+def format_checks(checks: Sequence[Check]) -> str:
     width = max(len(c.name) for c in checks)
     lines = []
     for check in checks:
@@ -324,7 +342,7 @@ def format_checks(checks):
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     from bench.trial.threads import use_cpus
     use_cpus()     # before MXNet is imported, as a trial does
     parser = argparse.ArgumentParser(prog='python -m bench.doctor', description=__doc__,

@@ -1,14 +1,22 @@
 """What a run happened on: package versions, git commit, devices, data. Kept with the results."""
+from __future__ import annotations
+
 import platform
 import subprocess
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-PACKAGES = ('mxnet', 'mxnet-cu112', 'gluoncv', 'torch', 'numpy', 'ray', 'pandas', 'matplotlib', 'jinja2')
+if TYPE_CHECKING:
+    from bench.trial.data import DataIdentity
+
+PACKAGES = ('mxnet', 'mxnet-cu112', 'gluoncv', 'torch', 'numpy', 'ray', 'pandas', 'matplotlib',
+            'jinja2')
 
 
-def package_versions():
+def package_versions() -> dict[str, str]:
     versions = {}
     for name in PACKAGES:
         try:
@@ -18,7 +26,7 @@ def package_versions():
     return versions
 
 
-def git_commit(folder):
+def git_commit(folder: str | Path) -> str | None:
     try:
         out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True,
                              text=True, timeout=10)
@@ -31,7 +39,7 @@ def git_commit(folder):
     return out.stdout.strip() + ('-dirty' if dirty.stdout.strip() else '')
 
 
-def describe_gpus_and_driver():
+def describe_gpus_and_driver() -> dict[str, str | None]:
     """This machine's GPUs (through NVML: no CUDA context) and the driver's CUDA version."""
     from bench.gpu import describe_gpus, driver_cuda_version, physical_gpus
     driver = driver_cuda_version()
@@ -39,7 +47,8 @@ def describe_gpus_and_driver():
             'driver_cuda': '.'.join(map(str, driver)) if driver else None}
 
 
-def describe_environment(folder, data_identity, devices):
+def describe_environment(folder: str | Path, data_identity: DataIdentity,
+                         devices: str) -> dict[str, Any]:
     return {
         **describe_gpus_and_driver(),
         'recorded_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),

@@ -41,10 +41,23 @@ class BenchError(Exception):
             self.exit_code = exit_code
 
 
+class BadArguments(BenchError, ValueError):
+    """A command-line value that fails its rules; the message names the option."""
+
+
+class ProblemsFound(BenchError):
+    """Several independent problems found before anything ran, each its own error line."""
+
+    def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
+        self.problems = tuple(problems)
+        super().__init__('\n'.join(self.problems), hint=hint)
+
+
 def report(error: BenchError, stream: TextIO | None = None) -> int:
     """Print `error` (and its hint) as the command's last word; its exit code."""
     stream = stream or sys.stderr
-    print(f'error: {error}', file=stream)
+    for line in getattr(error, 'problems', None) or (str(error),):
+        print(f'error: {line}', file=stream)
     if error.hint:
         print(error.hint, file=stream)
     return error.exit_code

@@ -1,19 +1,22 @@
 """Atomic writes: a reader sees the old file or the new one, never half of one."""
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
-def _umask():
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _fsync_dir(path):
+def _fsync_dir(path: str | Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -26,7 +29,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def write_bytes_atomic(path, data):
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,20 +51,20 @@ def write_bytes_atomic(path, data):
     return path
 
 
-def write_text_atomic(path, text):
+def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode('utf-8'))
 
 
-def write_json_atomic(path, obj):
+def write_json_atomic(path: str | Path, obj: object) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
 
 
-def read_json(path):
+def read_json(path: str | Path) -> dict[str, Any] | list[Any] | str | int | float | bool | None:
     with open(path, encoding='utf-8') as handle:
         return json.load(handle)
 
 
-def publish_dir_atomic(staging, final):
+def publish_dir_atomic(staging: str | Path, final: str | Path) -> Path:
     """Move a fully written folder `staging` to `final`, replacing any old `final`.
 
     Folders cannot be swapped in one rename, so the old one is first renamed out of

@@ -10,13 +10,20 @@ fails with "no kernel image is available". So cards are checked before any
 training, through NVML, which creates no CUDA context (CUDA does not survive the
 fork that starts Ray's workers, so the driver must never create one).
 """
+from __future__ import annotations
+
 import ctypes
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from bench.errors import DOCTOR_HINT, BenchError
+
+if TYPE_CHECKING:
+    from bench.trial.recipe import Recipe
 
 SUPPORTED = ((5, 0), (8, 9))
 SUPPORTED_TEXT = ('compute capability 5.0 to 8.9 (Maxwell, Pascal, Volta, Turing, Ampere, '
@@ -39,14 +46,14 @@ class GPU:
     problem: str = ''            # why NVML could not read the card (e.g. no permission)
 
     @property
-    def sm(self):
+    def sm(self) -> str:
         return f'sm_{self.capability[0]}{self.capability[1]}' if self.capability else 'sm_?'
 
     @property
-    def supported(self):
+    def supported(self) -> bool:
         return bool(self.capability) and SUPPORTED[0] <= tuple(self.capability) <= SUPPORTED[1]
 
-    def describe(self):
+    def describe(self) -> str:
         if self.problem:
             return f'GPU {self.index}: unreadable ({self.problem})'
         return (f'GPU {self.index}: {self.name} ({self.sm}, '
@@ -63,18 +70,18 @@ NVML_ERRORS = {1: 'NVML not initialised', 2: 'invalid argument', 3: 'not support
                15: 'GPU is lost', 999: 'unknown error'}
 
 
-def _nvml_error(code):
+def _nvml_error(code: int) -> str:
     return NVML_ERRORS.get(code, f'NVML error {code}')
 
 
-def _load_nvml(library='libnvidia-ml.so.1'):
+def _load_nvml(library: str = 'libnvidia-ml.so.1') -> ctypes.CDLL:
     try:
         return ctypes.CDLL(library)
     except OSError as error:
         raise NVMLUnavailable(f'{library} cannot be loaded ({error})') from error
 
 
-def _nvml_gpus(nvml=None):
+def _nvml_gpus(nvml: ctypes.CDLL | None = None) -> list[GPU]:
     """Every GPU NVML lists, each read as far as this process may: a card it may not
     query (NVML_ERROR_NO_PERMISSION under SLURM or cgroups) keeps its problem."""
     nvml = nvml or _load_nvml()
@@ -90,7 +97,7 @@ def _nvml_gpus(nvml=None):
         nvml.nvmlShutdown()
 
 
-def driver_cuda_version(nvml=None):
+def driver_cuda_version(nvml: ctypes.CDLL | None = None) -> tuple[int, int] | None:
     """(major, minor) of the CUDA version the NVIDIA driver supports (NVML's
     nvmlSystemGetCudaDriverVersion_v2, e.g. 11040 -> (11, 4)); None without a driver."""
     try:
@@ -116,7 +123,9 @@ FUSION_MIN_DRIVER_CUDA = (11, 8)
 FUSION_ENV = 'MXNET_USE_FUSION'
 
 
-def gluon_fusion_setting(driver_cuda, environ=None):
+def gluon_fusion_setting(driver_cuda: tuple[int, int] | None,
+                         environ: MutableMapping[str, str] | None = None
+                         ) -> tuple[bool, str]:
     """(whether MXNet's runtime fusion stays on, why) for a driver supporting CUDA
     `driver_cuda`; sets MXNET_USE_FUSION=0 in `environ` (os.environ) when the driver is
     too old for the PTX it would be given. Must run before MXNet is imported."""
@@ -134,7 +143,8 @@ def gluon_fusion_setting(driver_cuda, environ=None):
 TF32_ENV = 'NVIDIA_TF32_OVERRIDE'
 
 
-def share_card(gpus_per_trial, backend, environ=None):
+def share_card(gpus_per_trial: float, backend: str,
+               environ: MutableMapping[str, str] | None = None) -> str | None:
     """Settings that keep a trial holding a fraction of a card within its share, made
     before the framework starts CUDA; returns what was set, as recorded with the trial.
 
@@ -152,7 +162,7 @@ def share_card(gpus_per_trial, backend, environ=None):
     return f'{gpus_per_trial:g} of the card\'s memory, kernels loaded lazily'
 
 
-def apply_tf32(recipe, environ=None):
+def apply_tf32(recipe: Recipe, environ: MutableMapping[str, str] | None = None) -> str:
     """For a gluon trial: the recipe's tf32 off means NVIDIA_TF32_OVERRIDE=0, which cuDNN
     and cuBLAS read when CUDA starts (so before MXNet is imported). Returns the setting as
     recorded with the trial."""
@@ -166,7 +176,7 @@ def apply_tf32(recipe, environ=None):
     return 'on where the card has it (compute capability 8.0+)'
 
 
-def _nvml_gpu(nvml, index):
+def _nvml_gpu(nvml: ctypes.CDLL, index: int) -> GPU:
     handle = ctypes.c_void_p()
     code = nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
     if code:
@@ -184,7 +194,7 @@ def _nvml_gpu(nvml, index):
                _mig_uuids(nvml, handle))
 
 
-def _mig_uuids(nvml, handle):
+def _mig_uuids(nvml: ctypes.CDLL, handle: ctypes.c_void_p) -> tuple[str, ...]:
     """UUIDs of the MIG instances of a card (none where MIG is off or unsupported)."""
     slots = ctypes.c_uint()
     if nvml.nvmlDeviceGetMaxMigDeviceCount(handle, ctypes.byref(slots)):
@@ -198,7 +208,7 @@ def _mig_uuids(nvml, handle):
     return tuple(found)
 
 
-def _nvidia_smi_gpus():
+def _nvidia_smi_gpus() -> list[GPU]:
     if shutil.which('nvidia-smi') is None:
         raise NVMLUnavailable('nvidia-smi not found')
     out = subprocess.run(['nvidia-smi', '--query-gpu=index,name,compute_cap',
@@ -213,7 +223,7 @@ def _nvidia_smi_gpus():
     return gpus
 
 
-def physical_gpus():
+def physical_gpus() -> list[GPU]:
     """Every NVIDIA GPU of this machine (NVML, else nvidia-smi); [] with no driver."""
     for query in (_nvml_gpus, _nvidia_smi_gpus):
         try:
@@ -223,7 +233,8 @@ def physical_gpus():
     return []
 
 
-def visible_gpus(all_gpus, cuda_visible_devices=None):
+def visible_gpus(all_gpus: Sequence[GPU], cuda_visible_devices: str | None = None
+                 ) -> list[GPU]:
     """The GPUs this process may use, in CUDA's order, as CUDA_VISIBLE_DEVICES lists them:
     by index, by GPU UUID (GPU-..., or a unique start of one), or by MIG UUID (MIG-...,
     which stands for its card here)."""
@@ -240,7 +251,7 @@ def visible_gpus(all_gpus, cuda_visible_devices=None):
     return chosen
 
 
-def _card_named(all_gpus, item):
+def _card_named(all_gpus: Sequence[GPU], item: str) -> GPU | None:
     if item.isdigit():
         return next((gpu for gpu in all_gpus if gpu.index == int(item)), None)
     if item.startswith('MIG-'):
@@ -250,7 +261,7 @@ def _card_named(all_gpus, item):
     return matches[0] if len(matches) == 1 else None
 
 
-def unsupported_message(gpu):
+def unsupported_message(gpu: GPU) -> str:
     return (f'{gpu.name} (GPU {gpu.index}) has compute capability '
             f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}). mxnet-cu112 1.9.1, the last '
             f'MXNet GPU release, runs on {SUPPORTED_TEXT}; it has no code for {gpu.sm} and '
@@ -259,7 +270,7 @@ def unsupported_message(gpu):
             '(resources.gpus_per_trial: 0), or on a supported card.')
 
 
-def torch_arch_list():
+def torch_arch_list() -> list[str] | None:
     """The GPU architectures the installed PyTorch build carries code for ('sm_90',
     'compute_90', ...), or None for a build without CUDA. Imports torch: call it in a
     trial's or a node check's process, never in the sweep's driver."""
@@ -270,7 +281,7 @@ def torch_arch_list():
     return flags.split() if flags else torch.cuda.get_arch_list()
 
 
-def torch_supports(capability, arches):
+def torch_supports(capability: tuple[int, int], arches: Iterable[str]) -> bool:
     """Whether a card of `capability` runs a build for `arches`: machine code for its
     major version at or below its minor (sm_80 runs on 8.6), or PTX at or below it."""
     major, minor = capability
@@ -288,7 +299,7 @@ def torch_supports(capability, arches):
     return False
 
 
-def _torch_unsupported_message(gpu, arches):
+def _torch_unsupported_message(gpu: GPU, arches: Iterable[str]) -> str:
     return (f'{gpu.name} (GPU {gpu.index}) has compute capability '
             f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}), and the installed PyTorch '
             f"build carries code for {' '.join(arches)} only. Install a PyTorch build for "
@@ -296,7 +307,9 @@ def _torch_unsupported_message(gpu, arches):
             '(resources.gpus_per_trial: 0).')
 
 
-def check_gpus(gpus_per_trial, gpus=None, gpu_build=None, backend='gluon', torch_arches=False):
+def check_gpus(gpus_per_trial: float, gpus: Sequence[GPU] | None = None,
+               gpu_build: bool | None = None, backend: str = 'gluon',
+               torch_arches: Sequence[str] | None | Literal[False] = False) -> list[GPU]:
     """Raise GPUError unless trials of `backend` asking for `gpus_per_trial` GPUs can run here.
 
     gpus: the cards to check (default: this machine's, through NVML);
@@ -350,7 +363,9 @@ def check_gpus(gpus_per_trial, gpus=None, gpu_build=None, backend='gluon', torch
     return readable
 
 
-def check_local_gpus(num_gpus, backend, gpu_build=None, torch_arches=False):
+def check_local_gpus(num_gpus: int | None, backend: str, gpu_build: bool | None = None,
+                     torch_arches: Sequence[str] | None | Literal[False] = False
+                     ) -> str | None:
     """For a tool training on this machine (bench.train, bench.benchmark) with `num_gpus`
     GPUs (None: every visible one the framework's build can use): GPUError where the
     cards cannot run the backend, before the framework touches one; for gluon, the
@@ -370,5 +385,5 @@ def check_local_gpus(num_gpus, backend, gpu_build=None, torch_arches=False):
     return gluon_fusion_setting(driver_cuda_version())[1] if backend == 'gluon' else None
 
 
-def describe_gpus(gpus):
+def describe_gpus(gpus: Sequence[GPU]) -> str:
     return '; '.join(gpu.describe() for gpu in gpus) if gpus else 'no GPU'

@@ -1,4 +1,11 @@
-"""The shape of every JSON file in a results store, checked whenever one is read.
+"""What the store knows of a trial, as one record, and the shape of every file it holds.
+
+`TrialRecord` is the one form of a stored (or planned) trial: the planner, the driver,
+results.csv and the reports all read trials as these. It is built from spec.json (or
+the sweep's manifest entry) of any version this project ever wrote by one function,
+`upgrade_trial_file`, which is the only place that knows what earlier versions left out.
+
+The shape of every JSON file in a results store is checked whenever one is read.
 
 The store's files are written by this project, but a crash, a disk, a hand edit or
 another program can leave anything in them. Every reader goes through `check_record`,
@@ -7,34 +14,60 @@ that is a string) is one problem naming the file and what is wrong, never a KeyE
 deep in a report. Keys a later version adds are allowed (`extra='allow'`); the keys
 this version reads must have the types it reads them as.
 """
-from typing import Annotated, Any, Dict, List, Optional, Union
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Dict, List, Mapping, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from bench.trial.recipe import MAX_EPOCHS, MAX_SEED
+from bench.trial.recipe import MAX_EPOCHS, MAX_SEED, Recipe, TrialSpec
 from bench.validation import bounded_repr
 from models.names import parse_attention_name, parse_model_name
 
 Number = Union[int, float]
 Count = int
 
+DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
+# Files that contradict each other or cannot be read: not trained, not reported as
+# results, until the user acts on the problem the state names.
+DAMAGED = 'damaged'
+STATUSES = (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
 
-def _registered_model(name):
+# One flat row of a trial, as results.csv and the reports' tables hold it.
+TRIAL_COLUMNS = ('trial_id', 'name', 'model', 'attention', 'seed', 'backend', 'status',
+                 'epochs_done', 'epochs', 'recipe', 'attention_kwargs', 'network_revision',
+                 'data_name', 'data_official', 'data_digest', 'error', 'train_loss',
+                 'train_acc', 'val_loss', 'val_acc', 'total_seconds', 'params', 'macs',
+                 'problems')
+FINAL_METRICS = ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'total_seconds')
+
+# The layouts of spec.json (and of the manifest's trial entries) this project has
+# written, by the commit that introduced each; `upgrade_trial_file` reads them all.
+TRIAL_FILE_VERSIONS = {
+    1: '92d0b5d: trial_id, name, spec (recipe without options added later), data',
+    2: "f018924: and model_stats (the network's parameters and MACs)",
+    3: '6ad0f4c: and network_revision (the network definition the trial trained)',
+}
+
+
+def _registered_model(name: str) -> str:
     parse_model_name(name)
     return name
 
 
-def _registered_attention(name):
+def _registered_attention(name: str) -> str:
     if parse_attention_name(name) != name:
         raise ValueError(f'attention {name!r} is not spelled as registered '
                          f'({parse_attention_name(name)!r})')
     return name
 
 
-def _registered(check):
+def _registered(check: Callable[[str], str]) -> AfterValidator:
     """A pydantic check that a name is registered, spelled as registered: names go into
     every table and caption, so a stored name is never taken as it stands."""
-    def checked(name):
+    def checked(name: str) -> str:
         try:
             return check(name)
         except KeyError as error:       # the registry's own message lists the valid names
@@ -50,8 +83,14 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra='allow', strict=True)
 
 
-class RecipeRecord(_Record):
-    epochs: int = Field(ge=1, le=MAX_EPOCHS)
+def _a_recipe(values: Any) -> Any:
+    """A stored recipe must be one this code can train and compare: its rules are the
+    sweep file's (bench.trial.recipe), so one that breaks them is a damaged file."""
+    Recipe.from_dict(values)
+    return values
+
+
+RecipeRecord = Annotated[Dict[str, Any], AfterValidator(_a_recipe)]
 
 
 class SpecRecord(_Record):
@@ -156,7 +195,82 @@ RECORDS = {
 }
 
 
-def shape_problem(value, record):
+def trial_file_version(value: Mapping[str, Any]) -> int:
+    """Which layout of TRIAL_FILE_VERSIONS a spec.json (or manifest entry) has."""
+    if 'network_revision' in value:
+        return 3
+    return 2 if 'model_stats' in value else 1
+
+
+def upgrade_trial_file(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec.json or manifest entry of any version, in the current layout with every
+    value an earlier version left out at the value it meant: network revision 1 (the
+    only one before revisions were recorded), no model statistics, no data identity
+    (a manifest entry has the sweep's), and the recipe with every option, those at
+    their defaults included (stored recipes leave out options added later while they
+    are at their defaults, so that earlier trial ids stay valid)."""
+    upgraded = dict(value)
+    # Absent before version 2 (and in manifest entries, which hold no statistics).
+    upgraded.setdefault('model_stats', None)
+    # Absent before version 3, when revision 1 was the only one.
+    upgraded.setdefault('network_revision', 1)
+    # Absent in manifest entries: the sweep's data identity is theirs.
+    upgraded.setdefault('data', None)
+    upgraded['spec'] = TrialSpec.from_dict(value['spec'])
+    return upgraded
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything known of one trial: what it trains (its spec, network revision and
+    data), where it stands in the store (status, epochs done, final metrics, error) and
+    the problems found in its files, each with what to do."""
+    trial_id: str
+    name: str
+    spec: TrialSpec
+    status: str = PENDING
+    epochs_done: int = 0
+    error: Optional[str] = None
+    problems: tuple = ()
+    network_revision: int = 1
+    data: Mapping[str, Any] = field(default_factory=dict)
+    model_stats: Optional[Mapping[str, int]] = None
+    final: Optional[Mapping[str, Any]] = None
+
+    @classmethod
+    def from_trial_file(cls, value: Mapping[str, Any], data: Mapping[str, Any] | None = None,
+                        **state: Any) -> TrialRecord:
+        """The record of a spec.json or manifest entry of any version (upgraded), with the
+        data identity `data` where the file holds none, and the store's `state`."""
+        upgraded = upgrade_trial_file(value)
+        return cls(trial_id=upgraded['trial_id'], name=upgraded['name'],
+                   spec=upgraded['spec'], network_revision=upgraded['network_revision'],
+                   data=upgraded['data'] or data or {},
+                   model_stats=upgraded['model_stats'], **state)
+
+    @property
+    def will_train(self) -> bool:
+        return self.status in (PENDING, PARTIAL)
+
+    def row(self) -> dict[str, Any]:
+        """The flat row of the trial (TRIAL_COLUMNS), as results.csv holds it."""
+        spec, final, stats = self.spec, self.final or {}, self.model_stats or {}
+        recipe = spec.recipe
+        return {'trial_id': self.trial_id, 'name': self.name, 'model': spec.model,
+                'attention': spec.attention, 'seed': spec.seed, 'backend': recipe.backend,
+                'status': self.status, 'epochs_done': self.epochs_done,
+                'epochs': recipe.epochs, 'recipe': json.dumps(recipe.to_dict(), sort_keys=True),
+                'attention_kwargs': json.dumps(spec.attention_kwargs, sort_keys=True),
+                'network_revision': self.network_revision,
+                'data_name': self.data.get('name'),
+                'data_official': bool(self.data.get('official')),
+                'data_digest': self.data.get('digest'), 'error': self.error,
+                **{k: final.get(k) for k in FINAL_METRICS},
+                **{k: stats.get(k) for k in ('params', 'macs')},
+                'problems': list(self.problems)}
+
+
+def shape_problem(value: Any, record: type[BaseModel]) -> str | None:
     """Why `value` (parsed JSON) is not a `record`, in one line; None when it is."""
     try:
         record.model_validate(value)
@@ -171,7 +285,7 @@ def shape_problem(value, record):
     return None
 
 
-def check_record(value, name):
+def check_record(value: Any, name: str) -> Any:
     """`value` if it has the shape of the store file called `name`, else ValueError naming
     what is wrong. Files this module does not know are taken as they are."""
     record = RECORDS.get(name)

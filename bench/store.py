@@ -24,6 +24,8 @@ state.json holds the whole history too, so a cut history.csv is read from it and
 rewritten by the next run, and a checkpoint left as `.checkpoint.retired` by a
 crash in the middle of its swap is used and put back.
 """
+from __future__ import annotations
+
 import csv
 import io
 import json
@@ -36,17 +38,26 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from bench.errors import BenchError
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
-from bench.records import check_record
+from bench.records import (  # noqa: F401
+    DAMAGED,
+    DONE,
+    FAILED,
+    PARTIAL,
+    PENDING,
+    STATUSES,
+    TRIAL_COLUMNS,
+    TrialRecord,
+    check_record,
+)
 from bench.trial.checkpoint import LEGACY_PICKLE_FILE, STATE_FILE, read_state
 
-DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
-# Files that contradict each other or cannot be read: not trained, not reported as
-# results, until the user acts on the problem the state names.
-DAMAGED = 'damaged'
-STATUSES = (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
+if TYPE_CHECKING:
+    import pandas as pd
+
 CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR = 'checkpoint', '.checkpoint.retired'
 LOCK_FILE = 'sweep.lock'
 MANIFEST_FILE = 'sweep.json'
@@ -58,13 +69,6 @@ METRIC_LABELS = {'val_loss': 'val loss', 'val_acc': 'val acc',
                  'train_loss': 'train loss', 'train_acc': 'train acc'}
 REPORT_METRICS = tuple(METRIC_LABELS)
 LOWER_IS_BETTER = {'val_loss', 'train_loss'}
-
-
-# One flat record of a trial, as results.csv and the reports' tables hold it.
-TRIAL_COLUMNS = ('trial_id', 'name', 'model', 'attention', 'seed', 'backend', 'status',
-                 'epochs_done', 'epochs', 'recipe', 'attention_kwargs', 'network_revision', 'data_name',
-                 'data_official', 'data_digest', 'error', 'train_loss', 'train_acc',
-                 'val_loss', 'val_acc', 'total_seconds', 'params', 'macs', 'problems')
 
 
 # What a store holds at its top, beside trial folders named by their ids: --fresh
@@ -83,11 +87,11 @@ class NotAStore(BenchError, RuntimeError):
 
 
 class ResultsStore:
-    def __init__(self, root):
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     @contextmanager
-    def lock(self, progress=print):
+    def lock(self, progress: Callable[[str], object] = print) -> Iterator[None]:
         """Hold the store for one sweep. A second run is refused with who holds it (host,
         process id, since when); a lock whose process is gone from this host is taken over."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -128,7 +132,7 @@ class ResultsStore:
         finally:
             self.release_lock()
 
-    def release_lock(self):
+    def release_lock(self) -> None:
         """Remove the store's lock if this process holds it (also from a thread that must
         end the process before the lock's block can)."""
         path = self.root / LOCK_FILE
@@ -138,11 +142,11 @@ class ResultsStore:
             path.unlink(missing_ok=True)
 
     @property
-    def scratch_dir(self):
+    def scratch_dir(self) -> Path:
         """Where trials keep temporary files: inside the scratch that clean_scratch empties."""
         return self.root / SCRATCH_DIR / 'trials'
 
-    def clean_scratch(self):
+    def clean_scratch(self) -> int:
         """Remove what killed runs left behind: Tune's scratch folders, half-copied
         checkpoints and temporary files. Only while holding the lock (no run is active).
         Links are never followed: a link where the scratch or a trial folder belongs is
@@ -161,7 +165,7 @@ class ResultsStore:
         _remove(leftovers)
         return len(leftovers)
 
-    def _looks_like_a_store(self):
+    def _looks_like_a_store(self) -> bool:
         """A valid sweep record, or trial folders named by trial ids holding a trial's
         files: what this project writes, and what nothing else is likely to."""
         manifest, _ = read_json_checked(self.root / MANIFEST_FILE)
@@ -175,7 +179,7 @@ class ResultsStore:
                                                              CHECKPOINT_DIR))
                    for folder in trials.iterdir())
 
-    def check_is_store(self):
+    def check_is_store(self) -> None:
         """Refuse a results folder that holds something other than a store of this project
         (a sweep `name` that is also the name of an unrelated folder): before anything
         is written, cleaned or deleted there. A missing or empty folder is a new store."""
@@ -195,7 +199,7 @@ class ResultsStore:
             'Set outputs.results or the sweep name in the sweep file to a folder for this '
             "sweep's results")
 
-    def fresh_targets(self, trial_ids=None):
+    def fresh_targets(self, trial_ids: Iterable[str] | None = None) -> list[Path]:
         """What --fresh deletes: the trial folders of `trial_ids` (every stored trial when
         None, with the store's own files and scratch); only what this project writes,
         nothing else in the folder. NotAStore when the folder is not a store."""
@@ -211,49 +215,48 @@ class ResultsStore:
             targets += sorted(self.root.glob('.*.tmp'))
         return targets
 
-    def delete(self, targets):
+    def delete(self, targets: Iterable[Path]) -> None:
         """Delete paths returned by fresh_targets (folders as a whole, links as links)."""
         _remove(targets)
         trials = self.root / 'trials'
         if trials.is_dir() and not any(trials.iterdir()):
             trials.rmdir()
 
-    def trial_dir(self, trial_id):
+    def trial_dir(self, trial_id: str) -> Path:
         return self.root / 'trials' / trial_id
 
-    def trial_ids(self):
+    def trial_ids(self) -> list[str]:
         folder = self.root / 'trials'
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # ------------------------------------------------------------ writing
-    def write_spec(self, trial_id, name, spec, data_identity, network_revision,
-                   model_stats=None):
+    def write_spec(self, trial_id: str, name: str, spec: dict[str, Any],
+                   data_identity: dict[str, Any], network_revision: int,
+                   model_stats: dict[str, int] | None = None) -> None:
         write_json_atomic(self.trial_dir(trial_id) / 'spec.json',
                           {'trial_id': trial_id, 'name': name, 'spec': spec,
                            'network_revision': network_revision,
                            'data': data_identity, 'model_stats': model_stats})
 
-    def write_manifest(self, manifest):
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.root / MANIFEST_FILE, manifest)
 
-    def read_manifest(self):
+    def read_manifest(self) -> dict | None:
         """The sweep's manifest; None when it is absent or damaged (the next run or
         --report-only rewrites it)."""
-        return read_json_checked(self.root / MANIFEST_FILE)[0]
+        return read_json_checked(self.root / MANIFEST_FILE).value
 
-    def read_history(self, trial_id):
+    def read_history(self, trial_id: str) -> list[dict]:
         """The trial's epoch rows: history.csv, or the checkpoint's copy where that holds
         more (a cut or missing history.csv)."""
-        return self.history(trial_id)[0]
+        return self.history(trial_id).rows
 
-    def history(self, trial_id):
-        """(rows, problems) of the trial's history; see read_history."""
-        rows, problems, _ = self._history(trial_id, self.checkpoint_state(trial_id)[0])
-        return rows, problems
+    def history(self, trial_id: str) -> HistoryRead:
+        """The trial's history and the problems found reading it; see read_history."""
+        return self._history(trial_id, self.checkpoint_state(trial_id).state)
 
-    def _history(self, trial_id, checkpoint_state):
-        """(rows, problems, intact rows of history.csv itself), given the checkpoint's
-        state already read."""
+    def _history(self, trial_id: str, checkpoint_state: dict | None) -> HistoryRead:
+        """The trial's history, given the checkpoint's state already read."""
         path = self.trial_dir(trial_id) / 'history.csv'
         rows, problem = read_history_csv(path)
         recorded = len(rows)
@@ -265,15 +268,15 @@ class ResultsStore:
                             f"{len(saved)}; the checkpoint's copy is used, and the next run "
                             'rewrites the file')
             rows = saved + [row for row in rows if row['epoch'] > len(saved)]
-        return rows, problems, recorded
+        return HistoryRead(rows, problems, recorded)
 
-    def record_epoch(self, trial_id, metrics):
+    def record_epoch(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
         """Add (or replace, when an epoch is trained again after a crash) one history row."""
         rows = {row['epoch']: row for row in self.read_history(trial_id)}
         rows[int(metrics['epoch'])] = {k: metrics[k] for k in HISTORY_FIELDS}
         self._write_history(trial_id, [rows[epoch] for epoch in sorted(rows)])
 
-    def _write_history(self, trial_id, rows):
+    def _write_history(self, trial_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator='\n')
         writer.writeheader()
@@ -282,7 +285,7 @@ class ResultsStore:
                              for k in HISTORY_FIELDS})
         write_text_atomic(self.trial_dir(trial_id) / 'history.csv', buffer.getvalue())
 
-    def record_checkpoint(self, trial_id, source_dir):
+    def record_checkpoint(self, trial_id: str, source_dir: str | Path) -> Path:
         """Copy a checkpoint folder into the store, replacing the previous one atomically."""
         target = self.trial_dir(trial_id) / CHECKPOINT_DIR
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -292,27 +295,27 @@ class ResultsStore:
         publish_dir_atomic(staging, target)
         return target
 
-    def write_final(self, trial_id, final):
+    def write_final(self, trial_id: str, final: dict[str, Any]) -> None:
         write_json_atomic(self.trial_dir(trial_id) / 'final.json', final)
         error = self.trial_dir(trial_id) / 'error.json'
         if error.exists():
             error.unlink()
 
-    def write_error(self, trial_id, message, epochs_done):
+    def write_error(self, trial_id: str, message: str, epochs_done: int) -> None:
         write_json_atomic(self.trial_dir(trial_id) / 'error.json',
                           {'error': message, 'epochs_done': epochs_done})
 
-    def clear_error(self, trial_id):
+    def clear_error(self, trial_id: str) -> None:
         path = self.trial_dir(trial_id) / 'error.json'
         if path.exists():
             retired = path.with_name('error-previous.json')
             path.replace(retired)
 
     # ------------------------------------------------------------ reading
-    def checkpoint_state(self, trial_id):
-        """(state, folder, problems) of the trial's newest intact checkpoint in the store:
-        `checkpoint/`, or `.checkpoint.retired/` where a crash in the middle of the swap
-        left only that one. (None, None, problems) when there is none."""
+    def checkpoint_state(self, trial_id: str) -> CheckpointFound:
+        """The trial's newest intact checkpoint in the store: `checkpoint/`, or
+        `.checkpoint.retired/` where a crash in the middle of the swap left only that one
+        (state and folder None when there is none)."""
         folder, problems = self.trial_dir(trial_id), []
         for name in (CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR):
             path = folder / name
@@ -324,31 +327,32 @@ class ResultsStore:
             except (OSError, ValueError, KeyError, TypeError) as error:
                 problems.append(f'{path / STATE_FILE}: unreadable ({_short(error)})')
                 continue
-            return dict(state, epoch=epoch), path, problems
-        return None, None, problems
+            return CheckpointFound(dict(state, epoch=epoch), path, problems)
+        return CheckpointFound(None, None, problems)
 
-    def checkpoint_path(self, trial_id):
-        return self.checkpoint_state(trial_id)[1]
+    def checkpoint_path(self, trial_id: str) -> Path | None:
+        return self.checkpoint_state(trial_id).folder
 
-    def legacy_checkpoint_file(self, trial_id):
+    def legacy_checkpoint_file(self, trial_id: str) -> Path | None:
         """The pickle an earlier version left in the trial's checkpoint (None if none)."""
         folder = self.checkpoint_path(trial_id)
         legacy = folder / LEGACY_PICKLE_FILE if folder else None
         return legacy if legacy and legacy.is_file() else None
 
-    def checkpoint_epoch(self, trial_id):
-        state = self.checkpoint_state(trial_id)[0]
+    def checkpoint_epoch(self, trial_id: str) -> int:
+        state = self.checkpoint_state(trial_id).state
         return state['epoch'] if state else 0
 
-    def trial_state(self, trial_id):
+    def trial_state(self, trial_id: str) -> TrialState:
         """The one rule for a trial's status: a TrialState (status, epochs done, problems)."""
         folder = self.trial_dir(trial_id)
         final, final_problem = read_json_checked(folder / 'final.json')
         error, error_problem = read_json_checked(folder / 'error.json')
         state, checkpoint, problems = self.checkpoint_state(trial_id)
         epochs = state['epoch'] if state else 0
-        _, history_problems, recorded = self._history(trial_id, state)
-        problems += history_problems
+        history = self._history(trial_id, state)
+        recorded = history.recorded
+        problems += history.problems
         if checkpoint is not None and checkpoint.name == RETIRED_CHECKPOINT_DIR:
             problems.append(f'{folder / CHECKPOINT_DIR}: missing after an interrupted swap; '
                             f'{checkpoint} (epoch {epochs}) is used, and the next run puts '
@@ -375,12 +379,12 @@ class ResultsStore:
                 'or delete the folder to train the trial from scratch']))
         return TrialState(PARTIAL if epochs else PENDING, epochs, tuple(problems))
 
-    def status(self, trial_id):
+    def status(self, trial_id: str) -> tuple[str, int]:
         """(status, epochs done) of a trial: done / failed / partial / pending / damaged."""
         state = self.trial_state(trial_id)
         return state.status, state.epochs_done
 
-    def repair(self, trial_id):
+    def repair(self, trial_id: str) -> list[str]:
         """Before a run trains or reports the trial: put a retired checkpoint back and
         rewrite a cut history.csv from the checkpoint. Returns what was repaired."""
         folder, done = self.trial_dir(trial_id), []
@@ -391,64 +395,69 @@ class ResultsStore:
                 shutil.rmtree(folder / CHECKPOINT_DIR)
             retired.replace(folder / CHECKPOINT_DIR)
             done.append(f'{folder / CHECKPOINT_DIR}: put back from {RETIRED_CHECKPOINT_DIR}')
-        rows, problems = self.history(trial_id)
-        if problems and rows:
-            self._write_history(trial_id, rows)
+        history = self.history(trial_id)
+        if history.problems and history.rows:
+            self._write_history(trial_id, history.rows)
             done.append(f'{folder / "history.csv"}: rewritten from the checkpoint '
-                        f'({len(rows)} epochs)')
+                        f'({len(history.rows)} epochs)')
         return done
 
-    def read_final(self, trial_id):
-        return read_json_checked(self.trial_dir(trial_id) / 'final.json')[0]
+    def read_final(self, trial_id: str) -> dict | None:
+        return read_json_checked(self.trial_dir(trial_id) / 'final.json').value
 
-    def read_error(self, trial_id):
+    def read_error(self, trial_id: str) -> str | None:
         path = self.trial_dir(trial_id) / 'error.json'
         error, problem = read_json_checked(path)
         if problem:
             return problem
         return None if error is None else str(error.get('error', ''))
 
-    def read_spec(self, trial_id):
-        return read_json_checked(self.trial_dir(trial_id) / 'spec.json')[0]
+    def read_spec(self, trial_id: str) -> dict | None:
+        return read_json_checked(self.trial_dir(trial_id) / 'spec.json').value
 
-    def trial_records(self, manifest=None):
-        """One flat dict per stored trial (TRIAL_COLUMNS): identity, recipe, status, final
-        metrics, error, model stats, and the problems found in its files. A trial whose
-        spec.json is lost takes its spec from the sweep's manifest, where it is listed."""
+    def read_trial(self, trial_id: str, listed: Mapping[str, Any] | None = None,
+                   data: Mapping[str, Any] | None = None) -> TrialRecord | None:
+        """The record of a stored trial: its spec.json (of any version) and its state in
+        the store. A trial whose spec.json is lost is described by `listed`, the sweep's
+        record of it (with the sweep's `data`), where the sweep lists it; None when
+        neither says what the trial is."""
+        stored, spec_problem = read_json_checked(self.trial_dir(trial_id) / 'spec.json')
+        state = self.trial_state(trial_id)
+        problems = list(state.problems) + ([spec_problem] if spec_problem else [])
+        if stored is None:
+            if listed is None:
+                return None
+            stored = listed
+            problems.append(f"{self.trial_dir(trial_id) / 'spec.json'}: missing; the "
+                            "sweep's record of the trial is used, and the next run "
+                            'rewrites it')
+        return TrialRecord.from_trial_file(
+            {**stored, 'trial_id': trial_id}, data=data, status=state.status,
+            epochs_done=state.epochs_done,
+            final=self.read_final(trial_id) if state.status == DONE else None,
+            error=self.read_error(trial_id) if state.status == FAILED else None,
+            problems=tuple(problems))
+
+    def trial_records(self, manifest: Mapping[str, Any] | None = None) -> list[TrialRecord]:
+        """The record of every stored trial (see read_trial); `manifest`, the sweep's,
+        describes those whose spec.json is lost."""
         listed = {entry['trial_id']: entry for entry in (manifest or {}).get('trials', [])}
-        records = []
-        for trial_id in self.trial_ids():
-            stored, spec_problem = read_json_checked(self.trial_dir(trial_id) / 'spec.json')
-            state = self.trial_state(trial_id)
-            problems = list(state.problems) + ([spec_problem] if spec_problem else [])
-            if stored is None:
-                entry = listed.get(trial_id)
-                if entry is None:
-                    continue     # neither the trial nor the sweep says what it is
-                stored = {'name': entry['name'], 'spec': entry['spec'],
-                          'network_revision': entry.get('network_revision', 1),
-                          'data': manifest.get('data') or {}}
-                problems.append(f"{self.trial_dir(trial_id) / 'spec.json'}: missing; the "
-                                "sweep's record of the trial is used, and the next run "
-                                'rewrites it')
-            records.append(trial_record(
-                trial_id, stored['name'], stored['spec'], stored.get('network_revision', 1),
-                stored.get('data') or {}, state.status, state.epochs_done,
-                self.read_final(trial_id) if state.status == DONE else None,
-                self.read_error(trial_id) if state.status == FAILED else None,
-                stored.get('model_stats'), problems))
-        return records
+        data = (manifest or {}).get('data') or {}
+        records = (self.read_trial(trial_id, listed.get(trial_id), data)
+                   for trial_id in self.trial_ids())
+        return [record for record in records if record is not None]
 
-    def write_results_csv(self, manifest=None):
+    def write_results_csv(self, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """results.csv: every stored trial, and whether the sweep asks for it now."""
         import pandas as pd
         current = {entry['trial_id'] for entry in (manifest or {}).get('trials', [])}
-        frame = pd.DataFrame(self.trial_records(manifest), columns=TRIAL_COLUMNS)
+        frame = pd.DataFrame([r.row() for r in self.trial_records(manifest)],
+                             columns=TRIAL_COLUMNS)
         frame.insert(1, 'in_sweep', frame['trial_id'].isin(current))
         write_text_atomic(self.root / 'results.csv', frame.to_csv(index=False))
         return frame
 
-    def write_environment(self, environment):
+    def write_environment(self, environment: dict[str, Any]) -> None:
         write_json_atomic(self.root / 'environment.json', environment)
 
 
@@ -459,28 +468,51 @@ class TrialState:
     problems: tuple = ()    # each names a file, what is wrong with it and what to do
 
 
-def read_json_checked(path):
-    """(value, None), (None, None) when the file is absent, or (None, problem) naming the
-    file and what is wrong with it: not JSON, or not of the shape its name says
+class JsonRead(NamedTuple):
+    """A store file read: its value (None when absent or unusable) and, when it is
+    unusable, the problem naming the file and what is wrong with it."""
+    value: dict | None
+    problem: str | None
+
+
+class CheckpointFound(NamedTuple):
+    """The newest intact checkpoint of a trial: its state.json (with `epoch` an int) and
+    its folder, None when there is none; the problems found on the way."""
+    state: dict | None
+    folder: Path | None
+    problems: list[str]
+
+
+class HistoryRead(NamedTuple):
+    """A trial's epoch rows (history.csv, or the checkpoint's copy where that holds more),
+    the problems found, and how many intact rows history.csv itself held."""
+    rows: list[dict]
+    problems: list[str]
+    recorded: int
+
+
+def read_json_checked(path: str | os.PathLike) -> JsonRead:
+    """A store file's value, None when the file is absent; or the problem naming the file
+    and what is wrong with it: not JSON, or not of the shape its name says
     (bench.records)."""
     path = Path(path)
     if not path.is_file():
-        return None, None
+        return JsonRead(None, None)
     try:
         value = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         # ValueError: JSONDecodeError, and numbers too long to convert
-        return None, f'{path}: not valid JSON ({_short(error)})'
+        return JsonRead(None, f'{path}: not valid JSON ({_short(error)})')
     if not isinstance(value, dict):
-        return None, f'{path}: expected a JSON object, found {type(value).__name__}'
+        return JsonRead(None, f'{path}: expected a JSON object, found {type(value).__name__}')
     try:
         check_record(value, path.name)
     except ValueError as error:
-        return None, f'{path}: {error}'
-    return value, None
+        return JsonRead(None, f'{path}: {error}')
+    return JsonRead(value, None)
 
 
-def read_history_csv(path):
+def read_history_csv(path: str | Path) -> tuple[list[dict[str, int | float]], str | None]:
     """(rows, problem): the intact rows of a history.csv, in order, up to the first row
     that is cut or garbled (named in `problem`)."""
     path = Path(path)
@@ -508,11 +540,11 @@ def read_history_csv(path):
     return rows, None
 
 
-def _short(error):
+def _short(error: BaseException) -> str:
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
-def _remove(paths):
+def _remove(paths: Iterable[Path]) -> None:
     """Delete each path: a folder as a whole, a link or a file by itself (never what a link
     points to)."""
     for path in paths:
@@ -522,7 +554,7 @@ def _remove(paths):
             path.unlink()
 
 
-def _create_with(path, text):
+def _create_with(path: Path, text: str) -> bool:
     """Create `path` holding `text` unless it exists, atomically (a link of a full file)."""
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
@@ -536,7 +568,7 @@ def _create_with(path, text):
         os.unlink(tmp)
 
 
-def _process_alive(pid):
+def _process_alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
     except (TypeError, ValueError, ProcessLookupError):
@@ -544,24 +576,3 @@ def _process_alive(pid):
     except PermissionError:
         return True
     return True
-
-
-def trial_record(trial_id, name, spec, network_revision, data, status, epochs_done,
-                 final=None, error=None, model_stats=None, problems=()):
-    """The flat record (TRIAL_COLUMNS) of one trial."""
-    record = {'trial_id': trial_id, 'name': name, 'model': spec['model'],
-              'attention': spec['attention'], 'seed': spec['seed'],
-              # A recipe without a backend predates the torch backend: Gluon trained it.
-              'backend': spec['recipe'].get('backend', 'gluon'), 'status': status,
-              'epochs_done': epochs_done, 'epochs': spec['recipe']['epochs'],
-              'recipe': json.dumps(spec['recipe'], sort_keys=True),
-              'attention_kwargs': json.dumps(spec.get('attention_kwargs') or {},
-                                             sort_keys=True),
-              'network_revision': network_revision,
-              'data_name': data.get('name'), 'data_official': bool(data.get('official')),
-              'data_digest': data.get('digest'), 'error': error}
-    record.update({k: (final or {}).get(k) for k in
-                   ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'total_seconds')})
-    record.update({k: (model_stats or {}).get(k) for k in ('params', 'macs')})
-    record['problems'] = list(problems)
-    return record

@@ -13,24 +13,34 @@ threads: the sweep file's resources.cpus_per_trial (sweep.yaml, or --config), as
 sweep's trial had. Results depend on the thread count and the hardware (float sums in
 another order), so other threads (--threads) give other last digits.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from bench.arguments import whole_number, writable_folder_problem, writable_json_problem
+from bench.errors import BadArguments, BenchError, ProblemsFound, report
 from bench.fileio import write_json_atomic
-from bench.gpu import GPUError, apply_tf32, check_local_gpus
-from bench.trial.data import DEMO_FOLDER, DataError, load_cifar10, load_demo_digits
-from bench.trial.loop import TrainingDiverged, missing_framework
+from bench.gpu import apply_tf32, check_local_gpus
+from bench.trial.data import DEMO_FOLDER, Dataset, load_cifar10, load_demo_digits
+from bench.trial.loop import DeviceError, missing_framework
 from bench.trial.recipe import BACKENDS, MAX_SEED, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import available_cpus, pin_cpus
-from models.names import parse_attention_name, parse_model_name
+from models.names import UnknownNameError, parse_attention_name, parse_model_name
+
+if TYPE_CHECKING:
+    import mxnet as mx
+    import torch
 
 # The original README wrote the attention as a flag of its own (`--eca`).
 ATTENTION_FLAGS = ('se', 'eca', 'gct')
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None
+               ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     defaults = Recipe()
     parser = argparse.ArgumentParser(prog='python -m bench.train', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,14 +104,14 @@ def parse_args(argv=None):
     return parser, parser.parse_args(argv)
 
 
-def spec_from_args(args):
-    """The trial's spec; ValueError names an option out of the recipe's rules, as the sweep
-    file's checks name it."""
+def spec_from_args(args: argparse.Namespace) -> TrialSpec:
+    """The trial's spec; BadArguments (or RecipeError) names an option out of the recipe's
+    rules, as the sweep file's checks name it."""
     try:
         decay_epochs = [int(e) for e in str(args.lr_decay_epoch).split(',') if e.strip()]
     except ValueError:
-        raise ValueError(f'--lr-decay-epoch takes comma-separated whole numbers, got '
-                         f'{args.lr_decay_epoch!r}') from None
+        raise BadArguments(f'--lr-decay-epoch takes comma-separated whole numbers, got '
+                           f'{args.lr_decay_epoch!r}') from None
     recipe = Recipe.from_dict(dict(
         epochs=args.num_epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, lr_decay=args.lr_decay, lr_decay_epochs=decay_epochs,
@@ -109,12 +119,15 @@ def spec_from_args(args):
         random_flip=not args.no_random_flip, hybridize=args.mode == 'hybrid',
         precision=args.precision, backend=args.backend, compile=args.compile,
         tf32=args.tf32))
-    parse_model_name(args.model)       # UnknownNameError (a KeyError) lists the valid ones
-    return TrialSpec(model=args.model, attention=parse_attention_name(args.attention),
-                     seed=args.seed, recipe=recipe)
+    try:
+        parse_model_name(args.model)
+        attention = parse_attention_name(args.attention)
+    except UnknownNameError as error:      # its message lists the valid names
+        raise BadArguments(str(error)) from None
+    return TrialSpec(model=args.model, attention=attention, seed=args.seed, recipe=recipe)
 
 
-def thread_count(args):
+def thread_count(args: argparse.Namespace) -> tuple[int, str]:
     """(threads, where the number comes from): --threads; else the sweep file's
     cpus_per_trial, the count the sweep's trial of this cell had; else OMP_NUM_THREADS;
     else every core."""
@@ -133,7 +146,7 @@ def thread_count(args):
     return available_cpus(), 'every core'
 
 
-def output_problems(args):
+def output_problems(args: argparse.Namespace) -> list[str]:
     """Why the outputs asked for cannot be written: found before training, not after."""
     problems = []
     if args.checkpoint_dir:
@@ -143,13 +156,14 @@ def output_problems(args):
     return [p for p in problems if p]
 
 
-def load_data(args):
+def load_data(args: argparse.Namespace) -> Dataset:
     if args.demo_data:
         return load_demo_digits(DEMO_FOLDER)
     return load_cifar10(args.data_root, download=not args.no_download)
 
 
-def _backend_trainer(spec, num_gpus):
+def _backend_trainer(spec: TrialSpec, num_gpus: int | None
+                     ) -> tuple[Callable[..., list[dict]], torch.device | list[mx.Context], str]:
     """(train function, devices, their description) of the spec's backend; RuntimeError or
     ValueError says why the devices asked for cannot be used."""
     # The cards first, before the framework touches one (a Hopper card would otherwise
@@ -164,7 +178,8 @@ def _backend_trainer(spec, num_gpus):
         device = trainer.device_for(num_gpus)
         trainer.check_precision(spec.recipe, device)
 
-        def train_torch(spec, data, checkpoint_dir, device, **callbacks):
+        def train_torch(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None,
+                        device: torch.device, **callbacks: Callable[..., None]) -> list[dict]:
             return trainer.train(spec, data, checkpoint_dir=checkpoint_dir, device=device,
                                  **callbacks)
         return train_torch, device, trainer.describe(device)
@@ -172,48 +187,75 @@ def _backend_trainer(spec, num_gpus):
     from bench.trial.gluon.trainer import check_precision, train
     try:
         contexts = trial_contexts(num_gpus)
-    except RuntimeError as error:
-        raise RuntimeError(f'{error}; ask for fewer, or --num-gpus 0 to train on the CPU') \
+    except DeviceError as error:
+        raise DeviceError(f'{error}; ask for fewer, or --num-gpus 0 to train on the CPU') \
             from None
     check_precision(spec.recipe, contexts)
 
-    def train_gluon(spec, data, checkpoint_dir, contexts, **callbacks):
+    def train_gluon(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None,
+                    contexts: list[mx.Context], **callbacks: Callable[..., None]) -> list[dict]:
         return train(spec, data, checkpoint_dir=checkpoint_dir, contexts=contexts, **callbacks)
     return train_gluon, contexts, describe(contexts)
 
 
-def main(argv=None):
-    parser, args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """The command: its exit code. Every failure a user can act on is a BenchError,
+    reported here and nowhere else: one found before training exits as argparse does
+    for a bad flag (SystemExit), one during training is the exit code."""
+    _, args = parse_args(argv)
+    prepared = None
+    try:
+        prepared = prepare(args)
+        return train_prepared(args, prepared)
+    except BenchError as error:
+        code = report(error)
+        if prepared is None:
+            raise SystemExit(code) from None
+        return code
+
+
+class Prepared(NamedTuple):
+    """A trial ready to train: its spec, data, train function, devices and where it runs."""
+    spec: TrialSpec
+    data: Dataset
+    train: Callable[..., list[dict]]
+    devices: Any
+    where: str
+    threads: str
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Everything the command line asks for, checked before any training: BenchError for
+    what is wrong."""
     threads, threads_from = thread_count(args)
     pin_cpus(threads)    # before anything imports MXNet
-    try:
-        spec = spec_from_args(args)
-        problems = output_problems(args)
-        if problems:
-            raise ValueError('\n'.join(problems))
-        data = load_data(args)
-    except (ValueError, KeyError, DataError) as error:
-        parser.exit(2, f'error: {error}\n')
+    spec = spec_from_args(args)
+    problems = output_problems(args)
+    if problems:
+        raise ProblemsFound(problems)
+    data = load_data(args)
     missing = missing_framework(spec.recipe.backend)
     if missing:
-        parser.exit(2, f'error: {missing}\n')
-    try:
-        train, devices, where = _backend_trainer(spec, args.num_gpus)
-    except (GPUError, RuntimeError, ValueError) as error:
-        parser.exit(2, f'error: {error}\n')
+        raise BadArguments(missing)
+    train, devices, where = _backend_trainer(spec, args.num_gpus)
+    return Prepared(spec, data, train, devices, where, f'{threads} CPU thread(s) ({threads_from})')
 
+
+def train_prepared(args: argparse.Namespace, prepared: Prepared) -> int:
+    """Train the prepared trial with a progress bar; write --output; the exit code."""
+    spec, data, train, devices, where, threads = prepared
     from tqdm import tqdm
     print(f'{spec.name} on {where} ({spec.recipe.backend}), data: {data.identity.label} '
           f'({data.identity.train_images} train / {data.identity.test_images} test images), '
-          f'{threads} CPU thread(s) ({threads_from})')
+          f'{threads}')
     bar = None if args.quiet else tqdm(unit='batch', leave=False, dynamic_ncols=True)
 
-    def on_batch(done, total):
+    def on_batch(done: int, total: int) -> None:
         if bar is not None:
             bar.total = total
             bar.update(1)
 
-    def on_epoch(metrics, _checkpoint):
+    def on_epoch(metrics: dict[str, Any], _checkpoint: Path | None) -> None:
         if bar is not None:
             bar.reset()
         print(f"[epoch {metrics['epoch']:>3}/{spec.recipe.epochs}] lr {metrics['lr']:.2e}  "
@@ -225,12 +267,6 @@ def main(argv=None):
     try:
         history = train(spec, data, args.checkpoint_dir, devices, on_epoch=on_epoch,
                         on_batch=on_batch)
-    except TrainingDiverged as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
-    except ValueError as error:    # e.g. a batch larger than the training set
-        print(f'error: {error}', file=sys.stderr)
-        return 2
     finally:
         if bar is not None:
             bar.close()

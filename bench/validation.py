@@ -5,7 +5,14 @@ recipe given on a command line), so the same mistake reads the same wherever it 
 made. Whatever a message quotes is bounded: a YAML alias bomb expands to gigabytes
 when printed in full.
 """
+from __future__ import annotations
+
 import reprlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 # The most characters of a found value that a message quotes.
 QUOTE_LIMIT = 120
@@ -16,13 +23,15 @@ _quote.maxdict = _quote.maxlist = _quote.maxtuple = _quote.maxset = 6
 _quote.maxstring = _quote.maxother = 60
 
 
-def bounded_repr(value, limit=QUOTE_LIMIT):
+def bounded_repr(value: object, limit: int = QUOTE_LIMIT) -> str:
     """repr(value), cut to at most `limit` characters whatever the value's size."""
     text = _quote.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
-def describe_error(error, source, prefix=(), valid_keys=None):
+def describe_error(error: ErrorDetails, source: str, prefix: Sequence[str | int] = (),
+                   valid_keys: Callable[[list[str]], Iterable[str] | None] | None = None
+                   ) -> str:
     """One pydantic error (an item of ValidationError.errors()) as `source: where: what
     (found ...)`. `prefix` is where the validated value sits in the file;
     `valid_keys(parent_location)` lists the keys an unknown key could have meant."""

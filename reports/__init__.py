@@ -2,10 +2,13 @@
 
 Reads only the store's files (pandas); never imports Ray or MXNet.
 """
+from __future__ import annotations
+
 import base64
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -21,6 +24,9 @@ from .reference import load_reference
 from .spread import REFERENCE_RULE, RULE
 from .store import load_environment, load_histories, load_manifest, load_trials, split_by_sweep
 from .table import table_context
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_histories',
            'load_manifest', 'load_trials', 'render_all', 'split_by_sweep', 'table_context']
@@ -41,12 +47,12 @@ ORIGINAL_LOSS_NOTE = ("\"train loss\" is the last epoch's mean training loss: wh
                       "original table called loss.")
 
 
-def render(template, **context):
+def render(template: str, **context: Any) -> str:
     env = _MARKDOWN_ENV if template.endswith('.md.j2') else _ENV
     return env.get_template(template).render(**context)
 
 
-def _title_and_caption(context, trials):
+def _title_and_caption(context: Mapping[str, Any], trials: pd.DataFrame) -> tuple[str, str]:
     data = ', '.join(context['data_names']) or 'unknown data'
     title = ('loss and accuracy on the CIFAR-10 test set' if context['official']
              else f'loss and accuracy on {data} (not CIFAR-10)')
@@ -78,7 +84,7 @@ def _title_and_caption(context, trials):
     return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
 
 
-def _recipe_part(recipe):
+def _recipe_part(recipe: dict[str, Any]) -> str:
     """The recipe as the caption states it: only the decay points its run reaches."""
     try:
         return describe_recipe(recipe)
@@ -86,7 +92,7 @@ def _recipe_part(recipe):
         return 'recipe ' + json.dumps(recipe, sort_keys=True)
 
 
-def _reference_and_marks_parts(context):
+def _reference_and_marks_parts(context: Mapping[str, Any]) -> list[str]:
     """The caption's account of the reference line under each cell and of the marks."""
     parts = []
     if context['reference']:
@@ -106,11 +112,11 @@ BACKEND_LABELS = {'gluon': 'MXNet Gluon (backend gluon, the reference)',
                   'torch': 'PyTorch (backend torch)'}
 
 
-def _backends_part(trials, trained=True):
+def _backends_part(trials: pd.DataFrame, trained: bool = True) -> str:
     """Which framework trained the table (or will): one for all, or which cells each."""
-    backends = trials['backend'].fillna('gluon') if 'backend' in trials else None
-    if backends is None or backends.nunique() <= 1:
-        name = 'gluon' if backends is None or backends.empty else backends.iloc[0]
+    backends = trials['backend']
+    if backends.nunique() <= 1:
+        name = 'gluon' if backends.empty else backends.iloc[0]
         return f"{'Trained' if trained else 'To be trained'} with {BACKEND_LABELS.get(name, name)}"
     cells = {}
     for (model, attention), backend in zip(zip(trials['model'], trials['attention']), backends):
@@ -119,8 +125,12 @@ def _backends_part(trials, trained=True):
         f"{BACKEND_LABELS.get(b, b)}: {', '.join(sorted(c))}" for b, c in sorted(cells.items()))
 
 
-def render_all(store_dir, readme=None, figures_dir=None, report_path=None, options=None,
-               layout=None, insert=False, manifest=None, protected=()):
+def render_all(store_dir: str | Path, readme: str | Path | None = None,
+               figures_dir: str | Path | None = None, report_path: str | Path | None = None,
+               options: Mapping[str, Any] | None = None,
+               layout: Mapping[str, Sequence[str]] | None = None, insert: bool = False,
+               manifest: Mapping[str, Any] | None = None,
+               protected: Collection[str | Path] = ()) -> list[Path]:
     """Every report of the store at `store_dir`; returns the paths written.
 
     Only the trials the sweep consists of now (its sweep.json) enter the tables and
@@ -189,8 +199,8 @@ def render_all(store_dir, readme=None, figures_dir=None, report_path=None, optio
     return written
 
 
-def _trial_rows(trials):
-    def number(value):
+def _trial_rows(trials: pd.DataFrame) -> list[dict[str, Any]]:
+    def number(value: float | None) -> str:
         return '' if value is None or value != value else f'{value:.4f}'
     rows = []
     for trial in trials.sort_values(['model', 'attention', 'seed']).to_dict('records'):
@@ -207,7 +217,7 @@ def _trial_rows(trials):
     return rows
 
 
-def _flatten(mapping, prefix=''):
+def _flatten(mapping: Mapping[str, Any], prefix: str = '') -> list[tuple[str, Any]]:
     items = []
     for key, value in mapping.items():
         if isinstance(value, dict):
@@ -217,7 +227,7 @@ def _flatten(mapping, prefix=''):
     return items
 
 
-def _write_text(path, text):
+def _write_text(path: Path, text: str) -> Path:
     try:
         return write_text_atomic(path, text)
     except OSError as error:

@@ -4,16 +4,20 @@ from a sweep's results store, without training and without Ray.
 Shows the trials the sweep consisted of when it was last run or reported
 (RESULTS_DIR/sweep.json); after editing the sweep file, use
 `python run_sweep.py --report-only` instead, which records the sweep as it is now."""
+from __future__ import annotations
+
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from bench.errors import BenchError, report
 from bench.store import REPORT_METRICS
 
-from . import ReportError, render_all
+from . import render_all
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m reports', description=__doc__)
     parser.add_argument('results_dir', help='a sweep folder of the store, e.g. results/demo')
     parser.add_argument('--readme', default=None, help='README to write the table into')
@@ -33,9 +37,8 @@ def main(argv=None):
                              options={**({'metrics': args.metrics} if args.metrics else {}),
                                       **({'overhead': False} if args.no_overhead else {})},
                              insert=args.insert)
-    except ReportError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+    except BenchError as error:
+        return report(error)
     for path in written:
         print(f'wrote {path}')
     return 0

@@ -5,10 +5,14 @@ Reads only the two stores (their sweep.json and finished trials): no training, n
 framework. Each metric's means, their difference and its standard error per cell,
 and whether the difference exceeds the spread by reports.spread's rule.
 """
+from __future__ import annotations
+
 import argparse
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bench.store import DONE, METRIC_LABELS
 
@@ -16,17 +20,21 @@ from .readme import ReportError
 from .spread import RULE, difference
 from .store import load_manifest, load_trials, split_by_sweep
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 DEFAULT_METRICS = ('val_acc', 'val_loss', 'train_loss')
 
 
-def finished_trials(store_dir):
+def finished_trials(store_dir: str | Path) -> pd.DataFrame:
     """The finished trials the store's sweep consists of (pandas rows)."""
     manifest = load_manifest(store_dir)
     current, _ = split_by_sweep(load_trials(store_dir, manifest), manifest)
     return current[current['status'] == DONE]
 
 
-def compare_stores(store_a, store_b, metrics=DEFAULT_METRICS):
+def compare_stores(store_a: str | Path, store_b: str | Path,
+                   metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict[str, Any]]:
     """One dict per cell present in both stores and metric: n, mean and std of each side,
     the difference (b - a), its standard error, and whether it exceeds the spread."""
     a, b = finished_trials(store_a), finished_trials(store_b)
@@ -50,12 +58,12 @@ def compare_stores(store_a, store_b, metrics=DEFAULT_METRICS):
     return rows
 
 
-def _std(values):
+def _std(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
-def format_comparison(rows, label_a, label_b):
-    def number(value):
+def format_comparison(rows: Sequence[dict[str, Any]], label_a: str, label_b: str) -> str:
+    def number(value: float | None) -> str:
         return '-' if value is None else f'{value:.4f}'
     header = (f"{'model':<20} {'attention':<9} {'metric':<10} {label_a[:22]:>22} "
               f"{label_b[:22]:>22} {'b - a':>8} {'2 SE':>7}  verdict")
@@ -75,7 +83,7 @@ def format_comparison(rows, label_a, label_b):
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m reports.compare', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('store_a', help='a sweep folder of a store, e.g. results/backends-gluon')

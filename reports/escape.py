@@ -9,6 +9,8 @@ raw HTML and GFM's tables and strikethrough), so `x<img src=x onerror=...>` or a
 Line breaks and other control characters become spaces: a blank line would end the
 README's HTML block, and text of ours is one line.
 """
+from __future__ import annotations
+
 import re
 from urllib.parse import quote
 
@@ -18,24 +20,24 @@ _CONTROL = re.compile(r'[\x00-\x1f\x7f\u2028\u2029]+')
 _MARKDOWN_SPECIAL = re.compile(r'([\\`*_\[\]<>|~&!#])')
 
 
-def one_line(value):
+def one_line(value: object) -> str:
     return _CONTROL.sub(' ', str(value))
 
 
-def markdown_text(value):
+def markdown_text(value: object) -> str:
     """`value` as literal text in Markdown (and in GFM table cells)."""
     if isinstance(value, Markup):     # made by our own templates, escaped already
         return str(value)
     return _MARKDOWN_SPECIAL.sub(r'\\\1', one_line(value))
 
 
-def html_text(value):
+def html_text(value: object) -> str:
     """`value` for Jinja's HTML autoescape (which then makes it entities): on one line, so
     that no stored text can end the README's HTML block with a blank line."""
     return value if isinstance(value, Markup) else one_line(value)
 
 
-def markdown_url(path):
+def markdown_url(path: str) -> Markup:
     """A relative path as a Markdown link destination: percent-encoded, so no character of
     it can end the link or start markup."""
     return Markup(quote(one_line(path), safe='/'))

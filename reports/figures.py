@@ -1,6 +1,10 @@
 """Training curves and the final-accuracy bar chart (matplotlib, PNG)."""
+from __future__ import annotations
+
 import io
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,18 +19,23 @@ from models.names import attention_label, model_sort_key  # noqa: E402
 from .outputs import ACCURACY_FIGURE, CURVES_PREFIX, GENERATOR, is_our_figure  # noqa: E402
 from .table import default_order  # noqa: E402
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
-def _attention_order(frame, attentions):
+
+def _attention_order(frame: pd.DataFrame, attentions: Sequence[str] | None) -> list[str]:
     present = set(frame['attention'])
     return [a for a in (attentions or default_order(frame['attention'])) if a in present]
 
 
-def _model_order(frame, models):
+def _model_order(frame: pd.DataFrame, models: Sequence[str] | None) -> list[str]:
     present = set(frame['model'])
     return [m for m in (models or sorted(present, key=model_sort_key)) if m in present]
 
 
-def curves_figure(histories, model, attentions=None):
+def curves_figure(histories: pd.DataFrame, model: str,
+                  attentions: Sequence[str] | None = None) -> Figure:
     """Validation accuracy and loss against epoch for one model: a line per attention,
     the mean over seeds with a band from the lowest to the highest seed."""
     frame = histories[histories['model'] == model]
@@ -51,7 +60,8 @@ def curves_figure(histories, model, attentions=None):
     return fig
 
 
-def accuracy_bars_figure(trials, models=None, attentions=None):
+def accuracy_bars_figure(trials: pd.DataFrame, models: Sequence[str] | None = None,
+                         attentions: Sequence[str] | None = None) -> Figure:
     """Final validation accuracy per model x attention: the mean over seeds, with the
     sample std as error bars where a cell has two or more seeds."""
     done = trials[trials['status'] == DONE]
@@ -93,7 +103,7 @@ def accuracy_bars_figure(trials, models=None, attentions=None):
     return fig
 
 
-def _seed_note(seed_counts):
+def _seed_note(seed_counts: set[int]) -> str:
     if seed_counts == {1}:
         return 'n=1 seed per cell: no error bars'
     counts = '/'.join(str(n) for n in sorted(seed_counts))
@@ -101,7 +111,7 @@ def _seed_note(seed_counts):
     return note + (' (none where n=1)' if 1 in seed_counts else '')
 
 
-def save_figure(fig, path):
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save as PNG, atomically, marked as ours (reports.outputs.is_our_figure)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=110, metadata={'Software': GENERATOR})
@@ -111,7 +121,9 @@ def save_figure(fig, path):
 
 
 
-def write_figures(trials, histories, figures_dir, models=None, attentions=None):
+def write_figures(trials: pd.DataFrame, histories: pd.DataFrame, figures_dir: str | Path,
+                  models: Sequence[str] | None = None, attentions: Sequence[str] | None = None
+                  ) -> list[tuple[str, Path]]:
     """Every figure under figures_dir; returns [(title, path)].
 
     Figures of ours that this call did not write (a model that left the sweep, bars

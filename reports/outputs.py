@@ -5,8 +5,12 @@ The README is ours between its two markers (reports.readme); report.html and the
 figures carry a mark of this project (a generator meta tag; a PNG text chunk), and a
 file at their path without it is refused rather than overwritten.
 """
+from __future__ import annotations
+
 import os
+from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import Any
 
 from .readme import ReportError, check_readme
 
@@ -24,7 +28,7 @@ CURVES_PREFIX, ACCURACY_FIGURE = 'curves_', 'final_accuracy.png'
 FIGURE_PATTERNS = (f'{CURVES_PREFIX}*.png', ACCURACY_FIGURE)
 
 
-def figure_names(models):
+def figure_names(models: Iterable[str]) -> list[str]:
     """The files the figures of a report on these models are written to."""
     return [f'{CURVES_PREFIX}{model}.png' for model in models] + [ACCURACY_FIGURE]
 # What each output may be: the reports write HTML and Markdown, and nothing else is
@@ -33,12 +37,12 @@ README_SUFFIXES = ('.md', '.markdown')
 REPORT_SUFFIXES = ('.html', '.htm')
 
 
-def _head(path, size=4096):
+def _head(path: str | Path, size: int = 4096) -> bytes:
     with open(path, 'rb') as handle:
         return handle.read(size)
 
 
-def is_our_report(path):
+def is_our_report(path: str | Path) -> bool:
     try:
         head = _head(path).decode('utf-8', errors='replace')
     except OSError:
@@ -46,7 +50,7 @@ def is_our_report(path):
     return REPORT_MARK in head or LEGACY_REPORT_MARK in head
 
 
-def is_our_figure(path):
+def is_our_figure(path: str | Path) -> bool:
     """A PNG this project wrote: marked with the generator (older versions: matplotlib's
     own Software chunk, the only writer of PNGs by these names here)."""
     try:
@@ -57,8 +61,10 @@ def is_our_figure(path):
         GENERATOR.encode() in head or all(mark in head for mark in LEGACY_FIGURE_MARKS))
 
 
-def output_problems(readme=None, report=None, figures_dir=None, protected=(), insert=False,
-                    models=None):
+def output_problems(readme: str | Path | None = None, report: str | Path | None = None,
+                    figures_dir: str | Path | None = None,
+                    protected: Collection[str | Path] = (), insert: bool = False,
+                    models: Iterable[str] | None = None) -> list[str]:
     """What keeps the reports from being written where the outputs point, each with what to
     do; [] when nothing does. `protected`: files no output may be (the sweep file);
     `models`: those the figures show (None: any figure name of ours counts)."""
@@ -121,7 +127,7 @@ def output_problems(readme=None, report=None, figures_dir=None, protected=(), in
     return problems
 
 
-def check_outputs(**outputs):
+def check_outputs(**outputs: Any) -> None:
     """Raise ReportError listing output_problems(**outputs), if any."""
     problems = output_problems(**outputs)
     if problems:

@@ -1,4 +1,6 @@
 """Put the results block into a README between two marker comments, touching nothing else."""
+from __future__ import annotations
+
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -13,7 +15,8 @@ class ReportError(BenchError, RuntimeError):
     """The reports cannot be written; the message says why and what to do."""
 
 
-def inject_block(text, block, insert=False, source='README.md'):
+def inject_block(text: str, block: str, insert: bool = False, source: str = 'README.md'
+                 ) -> str:
     """`text` with the block between the markers replaced by `block`.
 
     Without markers: a ReportError, or with `insert` the block appended at the end.
@@ -48,7 +51,7 @@ def inject_block(text, block, insert=False, source='README.md'):
     return text[:begin_line_end] + body + newline + text[end:]
 
 
-def check_readme(path, insert=False):
+def check_readme(path: str | Path, insert: bool = False) -> None:
     """Raise the ReportError that writing the block into `path` would raise, before a
     sweep spends hours training for a table it cannot place."""
     path = Path(path)
@@ -56,7 +59,7 @@ def check_readme(path, insert=False):
         inject_block(path.read_text(encoding='utf-8'), '', insert=insert, source=str(path))
 
 
-def write_readme(path, block, insert=False):
+def write_readme(path: str | Path, block: str, insert: bool = False) -> Path:
     """Inject into the README at `path` (created if missing); rewrite only on change."""
     path = Path(path)
     if not path.is_file():

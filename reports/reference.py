@@ -4,9 +4,12 @@ A reference is a CSV in reports/published/ (`NAME.csv`): comment lines naming it
 then model, attention and one column per metric it published. Cells it left TBA
 are absent.
 """
+from __future__ import annotations
+
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 from .readme import ReportError
 
@@ -14,7 +17,7 @@ DATA = Path(__file__).resolve().parent / 'published'
 REFERENCES = ('original',)
 
 
-def load_reference(name):
+def load_reference(name: str) -> dict[str, Any]:
     """{'name', 'source', 'metrics', 'values': {(model, attention): {metric: value}}}."""
     path = DATA / f'{name}.csv'
     if name not in REFERENCES or not path.is_file():

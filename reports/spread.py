@@ -5,8 +5,11 @@ means are more than two standard errors of the difference apart (Welch's standar
 error, sqrt(s_a^2 / n_a + s_b^2 / n_b), with each cell's sample standard deviation).
 With fewer than two seeds in a cell nothing can be judged.
 """
+from __future__ import annotations
+
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 STANDARD_ERRORS = 2
@@ -21,7 +24,7 @@ class Difference:
     judged: bool               # whether the seeds allow a judgement at all
 
     @property
-    def exceeds_spread(self):
+    def exceeds_spread(self) -> bool:
         return self.judged and abs(self.difference) > STANDARD_ERRORS * self.standard_error
 
 
@@ -29,7 +32,7 @@ REFERENCE_RULE = (f'more than {STANDARD_ERRORS} standard errors of our mean from
                   'published value (a single run: only our seeds give a spread)')
 
 
-def difference_from_value(values, value):
+def difference_from_value(values: Iterable[float], value: float) -> Difference:
     """The Difference of the mean of `values` (our seeds) from one published `value`."""
     values = [float(v) for v in values]
     if not values:
@@ -40,7 +43,7 @@ def difference_from_value(values, value):
     return Difference(gap, statistics.stdev(values) / math.sqrt(len(values)), True)
 
 
-def difference(a, b):
+def difference(a: Iterable[float], b: Iterable[float]) -> Difference:
     """The Difference of b's mean from a's, for two lists of per-seed values."""
     a, b = [float(v) for v in a], [float(v) for v in b]
     if not a or not b:

@@ -3,23 +3,28 @@
 The store's files are read through bench.store (plain Python), whose one rule
 decides each trial's status for the sweep and the reports alike.
 """
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
-from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked, trial_record
-from bench.trial.recipe import LATER_OPTIONS
+from bench.records import PENDING, TrialRecord, upgrade_trial_file
+from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
+from bench.trial.recipe import Recipe
 
 from .readme import ReportError
 
 
-def load_trials(store_dir, manifest=None):
+def load_trials(store_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """One row per stored trial (see bench.store.ResultsStore.trial_records)."""
-    return pd.DataFrame(ResultsStore(store_dir).trial_records(manifest), columns=TRIAL_COLUMNS)
+    records = ResultsStore(store_dir).trial_records(manifest)
+    return pd.DataFrame([record.row() for record in records], columns=TRIAL_COLUMNS)
 
 
-def load_manifest(store_dir):
+def load_manifest(store_dir: str | Path) -> dict[str, Any]:
     """The sweep's record of which trials it consists of now (written by run_sweep.py)."""
     path = Path(store_dir) / MANIFEST_FILE
     if not path.is_file():
@@ -34,7 +39,8 @@ def load_manifest(store_dir):
     return manifest
 
 
-def split_by_sweep(trials, manifest):
+def split_by_sweep(trials: pd.DataFrame, manifest: Mapping[str, Any]
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(current, other): the sweep's trials, one row each in table order (trials not
     stored yet as pending), and the stored trials it no longer asks for, with why."""
     stored = trials.set_index('trial_id', drop=False)
@@ -44,44 +50,48 @@ def split_by_sweep(trials, manifest):
         if entry['trial_id'] in stored.index:
             rows.append(stored.loc[entry['trial_id']].to_dict())
             continue
-        rows.append(trial_record(entry['trial_id'], entry['name'], entry['spec'],
-                                 entry.get('network_revision', 1), data, 'pending', 0))
+        rows.append(TrialRecord.from_trial_file(entry, data=data, status=PENDING).row())
     current = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     wanted = {entry['trial_id'] for entry in manifest['trials']}
     other = trials[~trials['trial_id'].isin(wanted)].copy()
-    by_name = {entry['name']: entry for entry in manifest['trials']}
+    by_name = {entry['name']: upgrade_trial_file(entry) for entry in manifest['trials']}
     other['reason'] = [_why_not_current(row, by_name.get(row['name']), data)
                        for row in other.to_dict('records')]
     return current, other
 
 
-def _why_not_current(row, entry, data):
+def _why_not_current(row: Mapping[str, Any], entry: Mapping[str, Any] | None,
+                     data: Mapping[str, Any]) -> str:
     """What separates a stored trial from the sweep's trial of the same cell."""
     if entry is None:
         return 'its model, attention or seed is not in the sweep'
     reasons = []
-    # Options at their default are left out of stored recipes (bench.trial.recipe).
-    recipe = {**LATER_OPTIONS, **json.loads(row['recipe'])}
-    wanted = {**LATER_OPTIONS, **entry['spec']['recipe']}
-    changed = sorted(k for k in set(recipe) | set(wanted) if recipe.get(k) != wanted.get(k))
+    recipe = _full_recipe(Recipe.from_dict(json.loads(row['recipe'])))
+    wanted = _full_recipe(entry['spec'].recipe)
+    changed = sorted(k for k in recipe if recipe[k] != wanted[k])
     if changed:
         reasons.append('recipe differs: ' + ', '.join(
-            f'{k} {_shown(recipe.get(k))} (sweep: {_shown(wanted.get(k))})' for k in changed))
-    if json.loads(row['attention_kwargs']) != (entry['spec'].get('attention_kwargs') or {}):
+            f'{k} {_shown(recipe[k])} (sweep: {_shown(wanted[k])})' for k in changed))
+    if json.loads(row['attention_kwargs']) != entry['spec'].attention_kwargs:
         reasons.append(f"attention options {row['attention_kwargs']} differ from the sweep's")
-    if int(row['network_revision']) != int(entry.get('network_revision', 1)):
+    if int(row['network_revision']) != entry['network_revision']:
         reasons.append(f"trained by network definition revision {row['network_revision']} "
-                       f"(now {entry.get('network_revision', 1)})")
+                       f"(now {entry['network_revision']})")
     if row['data_digest'] != data.get('digest'):
         reasons.append(f"trained on other data ({row['data_name']})")
     return '; '.join(reasons) or 'trained by another version of this code'
 
 
-def _shown(value):
-    return 'default' if value is None else json.dumps(value)
+def _full_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Every option of a recipe, as JSON values (the decay epochs a list)."""
+    return json.loads(json.dumps(recipe.model_dump()))
 
 
-def load_histories(store_dir, trials=None):
+def _shown(value: object) -> str:
+    return json.dumps(value)
+
+
+def load_histories(store_dir: str | Path, trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per trial x epoch, with the trial's model, attention and seed, for the
     rows of `trials` (default: every stored trial)."""
     store = ResultsStore(store_dir)
@@ -104,7 +114,7 @@ def load_histories(store_dir, trials=None):
     return pd.concat(frames, ignore_index=True)
 
 
-def load_environment(store_dir):
+def load_environment(store_dir: str | Path) -> dict[str, Any]:
     """What the last run recorded of its machine and packages ({} before any run; a
     damaged file is shown as such rather than stopping the reports)."""
     environment, problem = read_json_checked(Path(store_dir) / 'environment.json')

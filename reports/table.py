@@ -1,6 +1,10 @@
 """The results table as plain data (a context for the Jinja templates)."""
+from __future__ import annotations
+
 import json
 import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
 from models.architecture import network_counts
@@ -8,19 +12,22 @@ from models.names import ATTENTION_NAMES, attention_label, model_sort_key
 
 from .spread import difference, difference_from_value
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 # Metrics whose differences read best in percentage points.
 PROPORTIONS = {'val_acc', 'train_acc'}
 # Size columns shown with `overhead`: store field -> column label.
 OVERHEAD_COLUMNS = {'params': 'params', 'macs': 'MACs'}
 
 
-def default_order(names, known=ATTENTION_NAMES):
+def default_order(names: Iterable[str], known: Sequence[str] = ATTENTION_NAMES) -> list[str]:
     """Known names in their usual order (vanilla first), then the rest sorted."""
     names = list(dict.fromkeys(names))
     return [n for n in known if n in names] + sorted(n for n in names if n not in known)
 
 
-def summarise(values):
+def summarise(values: Iterable[float | None]) -> tuple[float, float, int] | None:
     """(mean, std, n) of the finished values; std is the sample std (0 for one seed)."""
     values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not values:
@@ -31,7 +38,7 @@ def summarise(values):
     return mean, std, n
 
 
-def format_cell(summary, digits=4):
+def format_cell(summary: tuple[float, float, int] | None, digits: int = 4) -> str:
     if summary is None:
         return 'TBA'
     mean, std, n = summary
@@ -40,7 +47,7 @@ def format_cell(summary, digits=4):
     return f'{mean:.{digits}f} ± {std:.{digits}f} (n={n})'
 
 
-def format_count(value):
+def format_count(value: float) -> str:
     value = float(value)
     for unit, size in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
         if abs(value) >= size:
@@ -48,8 +55,10 @@ def format_count(value):
     return f'{value:.0f}'
 
 
-def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'val_acc'),
-                  overhead=False, reference=None):
+def table_context(trials: pd.DataFrame, models: Sequence[str] | None = None,
+                  attentions: Sequence[str] | None = None,
+                  metrics: Sequence[str] = ('val_loss', 'val_acc'), overhead: bool = False,
+                  reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Header groups and rows of the README table from the trials DataFrame.
 
     Rows are models and column groups attentions, in the given order (default:
@@ -114,11 +123,12 @@ def table_context(trials, models=None, attentions=None, metrics=('val_loss', 'va
             'reference_rows': reference_rows, 'most_seeds': most_seeds}
 
 
-def _finished(values):
+def _finished(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(float(v))]
 
 
-def _reference_cell(values, published, metric):
+def _reference_cell(values: list[float], published: float | None, metric: str
+                    ) -> dict[str, str | float | bool | None]:
     """What a cell shows of the published value: 'orig 0.9171' and our difference to it
     (accuracy in points), or 'orig TBA' where the reference left the cell out."""
     if published is None:
@@ -138,11 +148,11 @@ def _reference_cell(values, published, metric):
     return found
 
 
-def _overhead_text(trials, model, attention, column):
+def _overhead_text(trials: pd.DataFrame, model: str, attention: str, column: str) -> str:
     """Vanilla: its count of `column` (params or macs); an attention: what it adds, and %.
     Counts come from the store, else from the architecture (models.architecture), so
     cells not trained yet show them too."""
-    def count_of(name):
+    def count_of(name: str) -> float | None:
         rows = trials[(trials['model'] == model) & (trials['attention'] == name)]
         found = rows[column].dropna()
         if len(found):

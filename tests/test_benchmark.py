@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from bench.trial import threads
 from bench.benchmark.cli import main
 from bench.benchmark.rows import attention_overhead_summary, format_rows, reference_summary
+from bench.trial import threads
 
 
 @pytest.mark.slow

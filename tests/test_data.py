@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 
 from bench.trial import data as data_module
-from bench.trial.gluon.augment import DeviceImages
 from bench.trial.batches import epoch_plan, eval_batches
-from bench.trial.data import (CIFAR_MEAN, CIFAR_STD, DataError, load_cifar10, make_digits_dataset,
-                        record_bytes, write_cifar10)
+from bench.trial.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DataError,
+    load_cifar10,
+    make_digits_dataset,
+    record_bytes,
+    write_cifar10,
+)
+from bench.trial.gluon.augment import DeviceImages
 
 from .conftest import make_images
 

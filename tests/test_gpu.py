@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from bench.trial.gluon.devices import trial_device_plan
 from bench.gpu import GPU, GPUError, check_gpus, unsupported_message, visible_gpus
+from bench.trial.gluon.devices import trial_device_plan
 from models import cuda_runtime
 
 

@@ -61,10 +61,12 @@ def test_the_users_gpu_selfcheck_writes_a_valid_half_gpu_demo_sweep(tmp_path):
     done = subprocess.run(['sed', *sum((['-e', e] for e in expressions), []),
                            str(ROOT / 'sweeps' / 'demo.yaml')], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    from bench.sweep.config import parse_config
     import yaml
+
+    from bench.sweep.config import parse_config
     config = parse_config(yaml.safe_load(done.stdout))
     assert config.name == 'gpu-selfcheck' and config.resources.gpus_per_trial == 0.5
     assert config.recipe.epochs == 1 and config.seeds == [0]
     assert config.outputs.results == '../out/results'
-    assert subprocess.run(['bash', '-n', str(ROOT / 'scripts' / 'gpu_selfcheck.sh')]).returncode == 0
+    selfcheck = ROOT / 'scripts' / 'gpu_selfcheck.sh'
+    assert subprocess.run(['bash', '-n', str(selfcheck)]).returncode == 0

@@ -339,13 +339,14 @@ def test_a_full_or_read_only_store_is_one_message_and_loses_nothing(sweep, capsy
 
 def test_tunes_wrapping_of_a_failed_write_is_unwrapped_for_the_message():
     import errno
+
     from bench.sweep.driver import _os_error_in
     full = OSError(errno.ENOSPC, 'No space left on device', '/store/x')
     try:
         try:
             raise full
         except OSError:
-            raise RuntimeError('TuneError: ...')
+            raise RuntimeError('TuneError: ...')  # noqa: B904 (as Tune does: context only)
     except RuntimeError as wrapped:
         assert _os_error_in(wrapped) is full
     assert _os_error_in(ValueError('no')) is None
@@ -509,6 +510,7 @@ def test_one_line_per_stored_text_in_html_too():
 @pytest.mark.parametrize('kind', ['folder', 'dangling link', 'fifo'])
 def test_a_lock_that_is_no_file_is_one_message_not_a_spin(tmp_path, kind):
     import time
+
     from bench.store import StoreLocked
     store = ResultsStore(tmp_path / 'store')
     store.root.mkdir()
@@ -591,7 +593,9 @@ def test_a_dry_run_writes_nothing_in_home_either(sweep, tmp_path):
 
 def test_crafted_optimizer_state_that_amplifies_or_resets_is_refused(tmp_path):
     import pickle
+
     import mxnet as mx
+
     from bench.trial.gluon.optimizer_state import read_legacy_states
     adam = mx.optimizer.Adam()
     shared = mx.nd.zeros((64, 64))

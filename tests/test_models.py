@@ -7,9 +7,18 @@ import pytest
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from models import (ATTENTIONS, MODELS, UnknownNameError, count_macs, count_parameters,
-                    create_attention, get_attention, get_model, load_parameters,
-                    model_stats)
+from models import (
+    ATTENTIONS,
+    MODELS,
+    UnknownNameError,
+    count_macs,
+    count_parameters,
+    create_attention,
+    get_attention,
+    get_model,
+    load_parameters,
+    model_stats,
+)
 from models.__main__ import main as models_main
 from models.architecture import network_counts
 from models.attention import ECA, GCT, SE, eca_kernel_size, se_hidden_units
@@ -80,7 +89,7 @@ def _revive_dead_se_units(net, x, passes=5):
         # The module's input, not its squeeze layer's: on the CPU the fused operator
         # computes the whole module and never calls the layer.
         handles = [se.register_forward_pre_hook(
-            lambda block, inputs: seen.append((block, inputs[0].asnumpy())))
+            lambda block, inputs: seen.append((block, inputs[0].asnumpy())))  # noqa: B023
             for se in modules]
         with autograd.train_mode():  # BN on batch statistics, as in the backward pass
             net(x)

@@ -11,9 +11,14 @@ import pytest
 from bench.trial.checkpoint import latest_checkpoint
 from bench.trial.data import load_cifar10
 from bench.trial.gluon import trainer as gluon_trainer
-from bench.trial.gluon.optimizer_state import (LEGACY_STATES, STATE_ARRAYS, STATE_RECORD,
-                                               UnreadableOptimizerState, parse_pickle,
-                                               read_legacy_states)
+from bench.trial.gluon.optimizer_state import (
+    LEGACY_STATES,
+    STATE_ARRAYS,
+    STATE_RECORD,
+    UnreadableOptimizerState,
+    parse_pickle,
+    read_legacy_states,
+)
 from bench.trial.gluon.trainer import GluonSession, train
 
 from .test_trainer import _kill_after_epoch, _Killed, parameters, tiny_spec

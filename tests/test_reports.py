@@ -244,7 +244,8 @@ def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
     # sweep.yaml (names from models.names, no MXNet) and starts no Ray.
     code = ('import sys\n'
             'import reports.__main__ as cli\n'
-            f'code = cli.main([{str(original_store)!r}, "--report", {str(tmp_path / "r2.html")!r}])\n'
+            f'code = cli.main([{str(original_store)!r}, "--report", '
+            f'{str(tmp_path / "r2.html")!r}])\n'
             'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "reports import"\n'
             'import run_sweep\n'
             f'code += run_sweep.main(["--config", {str(sweep)!r}, "--report-only"])\n'

@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 import run_sweep
-from bench.sweep.config import expand, trial_id
 from bench.fileio import write_json_atomic
 from bench.store import DAMAGED, DONE, PARTIAL, PENDING, ResultsStore
+from bench.sweep.config import expand, trial_id
 from bench.sweep.plan import load_sweep_data, plan, record_sweep
 from reports import load_manifest, load_trials, render_all, split_by_sweep
 
@@ -192,6 +192,7 @@ def test_a_lock_of_a_dead_process_is_taken_over_and_a_live_one_refuses(tmp_path)
     import socket
     import subprocess
     import sys
+
     from bench.store import StoreLocked
     store = ResultsStore(tmp_path / 'store')
     store.root.mkdir()
@@ -268,8 +269,8 @@ def test_problems_that_would_stop_a_sweep_part_way_are_found_before_it_starts(
 
 
 def test_a_trial_no_node_can_hold_is_refused_and_the_dry_run_says_so(sweep, capsys):
-    from bench.sweep.config import Resources
     from bench.sweep.cluster import check_trials_fit, local_devices
+    from bench.sweep.config import Resources
     from bench.sweep.plan import SweepError
 
     class OneSmallNode:
@@ -290,6 +291,7 @@ def test_a_read_only_readme_stays_read_only_and_a_failed_write_leaves_no_tempora
         tmp_path):
     import os
     import stat
+
     from reports import BEGIN, END, ReportError
     from reports.readme import write_readme
     readme = tmp_path / 'README.md'
@@ -345,7 +347,8 @@ def test_the_sweep_store_planner_and_reports_run_with_no_deep_learning_framework
             'builtins.__import__ = refuse\n'
             'import bench.environment, bench.gpu, bench.store, reports, run_sweep\n'
             'import bench.sweep.cluster, bench.sweep.config, bench.sweep.driver, bench.sweep.plan\n'
-            'import bench.trial.checkpoint, bench.trial.data, bench.trial.loop, bench.trial.recipe\n'
+            'import bench.trial.checkpoint, bench.trial.data, bench.trial.loop\n'
+            'import bench.trial.recipe\n'
             f'assert run_sweep.main(["--config", {str(path)!r}, "--dry-run"]) == 0\n'
             f'assert run_sweep.main(["--config", {str(path)!r}, "--report-only"]) == 0\n'
             'assert "ray" not in sys.modules\n'

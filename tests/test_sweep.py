@@ -120,7 +120,8 @@ def test_both_backends_sweeps_compared_against_their_seed_spread(tmp_path, data_
     """The small version of docs/backends.md's comparison: the same cells, two seeds,
     trained by each backend through run_sweep, then reports.compare on the two stores."""
     pytest.importorskip('torch', reason='the torch extra is not installed')
-    from reports.compare import compare_stores, main as compare_main
+    from reports.compare import compare_stores
+    from reports.compare import main as compare_main
     stores = {}
     for backend in ('gluon', 'torch'):
         values = {'seeds': [0, 1], 'recipe': {'epochs': 2, 'batch_size': 16, 'lr': 0.01,
@@ -197,6 +198,7 @@ def _plant_a_broken_checkpoint(sweep, attention):
     """The cell's trial as a crash could leave it: one epoch checkpointed, but its weights
     file garbage, so that it fails when it resumes."""
     import numpy as np
+
     from bench.fileio import write_json_atomic
     data = load_sweep_data(sweep)
     (planned,) = [p for p in plan(sweep, data.identity.to_dict())

@@ -20,7 +20,6 @@ from bench.trial.pytorch.trainer import CHECKPOINT_FILE, TorchSession, train  # 
 from bench.trial.recipe import Recipe, TrialSpec  # noqa: E402
 from models.pytorch import load_gluon_parameters  # noqa: E402
 
-
 REAL_DEVICE_FOR = torch_trainer.device_for
 
 

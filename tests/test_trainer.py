@@ -5,14 +5,18 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bench.trial.gluon import trainer as trainer_module
-from bench.trial.checkpoint import (CheckpointMismatch, latest_checkpoint, list_checkpoints,
-                              read_state)
-from bench.trial.data import load_cifar10
-from bench.trial.recipe import Recipe, TrialSpec
 from bench.train import main as train_main
+from bench.trial.checkpoint import (
+    CheckpointMismatch,
+    latest_checkpoint,
+    list_checkpoints,
+    read_state,
+)
+from bench.trial.data import load_cifar10
+from bench.trial.gluon import trainer as trainer_module
 from bench.trial.gluon.trainer import METRICS, train
 from bench.trial.loop import TrainingDiverged
+from bench.trial.recipe import Recipe, TrialSpec
 
 TINY_RECIPE = Recipe(epochs=2, batch_size=16, lr_decay_epochs=(1,))
 

@@ -3,6 +3,8 @@
 MXNet fixes its thread count when it is imported, so --threads-compare times
 other thread counts in fresh processes of this same command.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -10,19 +12,36 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import TYPE_CHECKING, Any
 
 from bench.arguments import whole_number, writable_json_problem
 from bench.benchmark import __doc__ as BENCHMARK_HELP
 from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
+from bench.errors import BenchError, ProblemsFound, report
 from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
 from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
 from models.names import parse_attention_name, parse_model_name
 
+if TYPE_CHECKING:
+    import mxnet as mx
+    import numpy as np
 
-def main(argv=None):
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: its exit code. Every failure a user can act on is a BenchError,
+    reported here and nowhere else; all are found before anything is measured, so they
+    end the command as argparse ends it for a bad flag (SystemExit)."""
     threads = use_cpus()   # before anything imports MXNet
+    args = parse_args(argv)
+    try:
+        return run(args, threads)
+    except BenchError as error:
+        raise SystemExit(report(error)) from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from models import ATTENTIONS, MODELS
     parser = argparse.ArgumentParser(prog='python -m bench.benchmark', description=BENCHMARK_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,10 +84,14 @@ def main(argv=None):
     parser.add_argument('--json', default=None, help='write the rows as JSON here')
     # A child process of --threads-compare: time whole epochs of one kind only.
     parser.add_argument('--epoch-child', choices=('trial', 'original'), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, threads: int) -> int:
+    """Measure what the command line asks for; BenchError for what stops it."""
     problems = argument_problems(args)
     if problems:
-        parser.exit(2, ''.join(f'error: {problem}\n' for problem in problems))
+        raise ProblemsFound(problems)
 
     from bench.benchmark.rows import (
         attention_overhead_summary,
@@ -80,25 +103,22 @@ def main(argv=None):
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
     ctx = torch_device = None
     where = []
-    try:
-        for backend in backends:
-            check_local_gpus(min(args.num_gpus, 1) if args.num_gpus is not None else None,
-                             backend)
-        if 'gluon' in backends:
-            from bench.trial.gluon.devices import describe, trial_contexts
-            from bench.trial.gluon.trainer import check_precision
-            ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None
-                                 else None)[0]
-            check_precision(Recipe(precision=args.precision), [ctx])
-            where.append(f'gluon on {describe([ctx])}')
-        if 'torch' in backends:
-            from bench.trial.pytorch import trainer as torch_trainer
-            torch_device = torch_trainer.device_for(args.num_gpus)
-            torch_trainer.check_precision(Recipe(precision=args.precision, backend='torch'),
-                                          torch_device)
-            where.append(f'torch on {torch_trainer.describe(torch_device)}')
-    except (RuntimeError, ValueError) as error:
-        parser.exit(2, f'error: {error}\n')
+    for backend in backends:
+        check_local_gpus(min(args.num_gpus, 1) if args.num_gpus is not None else None,
+                         backend)
+    if 'gluon' in backends:
+        from bench.trial.gluon.devices import describe, trial_contexts
+        from bench.trial.gluon.trainer import check_precision
+        ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None
+                             else None)[0]
+        check_precision(Recipe.from_dict({'precision': args.precision}), [ctx])
+        where.append(f'gluon on {describe([ctx])}')
+    if 'torch' in backends:
+        from bench.trial.pytorch import trainer as torch_trainer
+        torch_device = torch_trainer.device_for(args.num_gpus)
+        torch_trainer.check_precision(
+            Recipe.from_dict({'precision': args.precision, 'backend': 'torch'}), torch_device)
+        where.append(f'torch on {torch_trainer.describe(torch_device)}')
     on_cpu = (ctx is None or ctx.device_type == 'cpu') and \
         (torch_device is None or torch_device.type == 'cpu')
     images, labels = synthetic_images(args.images)
@@ -141,7 +161,7 @@ def main(argv=None):
     return 0
 
 
-def argument_problems(args):
+def argument_problems(args: argparse.Namespace) -> list[str]:
     """What keeps the benchmark from running or from saving what it measured, found before
     any measurement: unknown names, too few images for a batch, an unwritable --json."""
     problems = []
@@ -163,7 +183,8 @@ def argument_problems(args):
     return [p for p in problems if p]
 
 
-def _epoch_child(args, ctx, images, labels):
+def _epoch_child(args: argparse.Namespace, ctx: mx.Context | None, images: np.ndarray,
+                 labels: np.ndarray) -> int:
     from bench.benchmark.rows import epoch_seconds
     spec = TrialSpec(args.models[0], 'none', seed=0, recipe=Recipe(batch_size=args.batch_size))
     train, test = epoch_data(images, labels, min(args.epoch_images, args.images))
@@ -173,7 +194,7 @@ def _epoch_child(args, ctx, images, labels):
     return 0
 
 
-def _run_child(arguments, threads):
+def _run_child(arguments: list[str], threads: int | None) -> list[dict[str, Any]] | float:
     """Run this benchmark in a fresh process with OMP_NUM_THREADS=threads (None: MXNet's
     default, as a script that never set it ran); returns what the child wrote as JSON."""
     env = dict(os.environ)
@@ -190,7 +211,7 @@ def _run_child(arguments, threads):
             return json.load(handle)
 
 
-def epochs_as_run_summary(args, threads):
+def epochs_as_run_summary(args: argparse.Namespace, threads: int | None) -> str:
     """A trial's whole epoch against the original script's as it ran: MXNet's default
     threads, DataLoader workers. Alternating child processes, two of each kind."""
     common = ['--models', args.models[0], '--batch-size', str(args.batch_size),
@@ -207,7 +228,8 @@ def epochs_as_run_summary(args, threads):
             f'faster (medians of two child processes each)')
 
 
-def vanilla_rate_in_child(model, batch_size, batches, threads):
+def vanilla_rate_in_child(model: str, batch_size: int, batches: int,
+                          threads: int | None) -> float:
     """Vanilla trial img/s in a fresh process, with OMP_NUM_THREADS=threads (None: unset)."""
     rows = _run_child(['--models', model, '--attentions', 'none', '--no-original',
                        '--batch-size', str(batch_size), '--batches', str(batches)], threads)

@@ -4,6 +4,11 @@ Its script fed Gluon DataLoader workers with per-image transforms (gluoncv's
 RandomCrop, then flip, ToTensor and Normalize) and updated an accuracy metric
 every batch.
 """
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon.data.vision import transforms
@@ -13,16 +18,21 @@ from bench.trial.data import CIFAR_MEAN, CIFAR_STD
 from bench.trial.gluon.trainer import build_parts
 from models.gluoncv_compat import import_gluoncv
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bench.trial.recipe import TrialSpec
+
 
 class _EndlessLoader:
     """Batches of a DataLoader pass after pass, from its one worker pool (as the original
     script used one loader for all epochs), with a way to wait for its prefetching."""
 
-    def __init__(self, loader):
+    def __init__(self, loader: gluon.data.DataLoader) -> None:
         self.loader = loader
         self.batches = None
 
-    def next(self):
+    def next(self) -> list[mx.nd.NDArray]:
         if self.batches is None:
             # What `iter(loader)` wraps; kept at hand so that settle() can see its
             # prefetched batches (MXNet 1.9's _MultiWorkerIter keeps them in _data_buffer).
@@ -33,13 +43,14 @@ class _EndlessLoader:
             self.batches = None
             return self.next()
 
-    def settle(self):
+    def settle(self) -> None:
         """Wait until the workers have finished every batch they were asked to prefetch."""
         for pending in list(getattr(self.batches, '_data_buffer', {}).values()):
             pending.wait()
 
 
-def original_loader(images, labels, batch_size, workers):
+def original_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, workers: int
+                    ) -> gluon.data.DataLoader:
     """The original script's input path: per-image transforms in DataLoader workers."""
     transform = transforms.Compose([
         import_gluoncv('gluoncv.data.transforms').RandomCrop(32, pad=4),
@@ -54,23 +65,25 @@ def original_loader(images, labels, batch_size, workers):
                                  shuffle=True, last_batch='discard', num_workers=workers)
 
 
-def original_stepper(spec, images, labels, ctx, workers):
+def original_stepper(spec: TrialSpec, images: np.ndarray, labels: np.ndarray,
+                     ctx: mx.Context, workers: int) -> Callable[[], None]:
     """One step of the same model fed through the original input path."""
     train_step = train_step_fn(spec, ctx)
     batches = _EndlessLoader(original_loader(images, labels, spec.recipe.batch_size, workers))
 
-    def step():
+    def step() -> None:
         x, y = batches.next()
         train_step(x.as_in_context(ctx), y.as_in_context(ctx))
 
-    def settle():
+    def settle() -> None:
         batches.settle()
         mx.nd.waitall()
     step.settle = settle
     return step
 
 
-def original_test_loader(images, labels, batch_size, workers):
+def original_test_loader(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                         workers: int) -> gluon.data.DataLoader:
     """The original script's evaluation input: ToTensor and Normalize per image in workers."""
     transform = transforms.Compose([transforms.ToTensor(),
                                     transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
@@ -80,14 +93,16 @@ def original_test_loader(images, labels, batch_size, workers):
                                  shuffle=False, num_workers=workers)
 
 
-def original_epoch_fn(spec, train, test, ctx, workers):
+def original_epoch_fn(spec: TrialSpec, train: tuple[np.ndarray, np.ndarray],
+                      test: tuple[np.ndarray, np.ndarray], ctx: mx.Context, workers: int
+                      ) -> Callable[[], tuple[float, float, float]]:
     """One epoch as the original script ran it: train from the DataLoader, summing the loss
     and updating an accuracy metric every batch, then evaluate on the test loader."""
     net, trainer, loss_fn = build_parts(spec, [ctx])
     train_loader = original_loader(*train, spec.recipe.batch_size, workers)
     test_loader = original_test_loader(*test, spec.recipe.batch_size, workers)
 
-    def epoch():
+    def epoch() -> tuple[float, float, float]:
         train_metric, test_metric = mx.metric.Accuracy(), mx.metric.Accuracy()
         train_loss = 0.0
         for x, y in train_loader:

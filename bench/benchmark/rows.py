@@ -1,18 +1,31 @@
 """The benchmark's rows: every rate of one model x attention on each backend, and the
 printed table."""
+from __future__ import annotations
+
 import statistics
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bench.benchmark.timing import TRAIN_FLOPS_PER_MAC, epoch_data, interleaved_rates, median_ratio
 from bench.trial.recipe import Recipe, TrialSpec
 from models.architecture import network_counts
 
+if TYPE_CHECKING:
+    import mxnet as mx
+    import numpy as np
+    import torch
+
 # The steppers' kind per backend: 'trial' is the Gluon trial (the reference).
 BACKEND_KINDS = {'gluon': 'trial', 'torch': 'torch'}
 
 
-def benchmark(models, attentions, images, labels, ctx, batch_size, batches, workers,
-              baseline=True, rounds=5, epoch_images=0, epoch_rounds=2, kernels_compare=False,
-              precision='float32', backends=('gluon',), torch_device=None, compile=False):
+def benchmark(models: Sequence[str], attentions: Sequence[str], images: np.ndarray,
+              labels: np.ndarray, ctx: mx.Context | None, batch_size: int, batches: int,
+              workers: int, baseline: bool = True, rounds: int = 5, epoch_images: int = 0,
+              epoch_rounds: int = 2, kernels_compare: bool = False,
+              precision: str = 'float32', backends: Sequence[str] = ('gluon',),
+              torch_device: torch.device | None = None, compile: bool = False
+              ) -> list[dict[str, Any]]:
     """One row of numbers per backend x model x attention; every training rate from one
     interleaved run, so rows of the two backends are measured alike.
 
@@ -96,12 +109,13 @@ def benchmark(models, attentions, images, labels, ctx, batch_size, batches, work
     return rows
 
 
-def _fused_kernels_run(ctx):
+def _fused_kernels_run(ctx: mx.Context) -> bool:
     from models.kernels import fused_kernels_for
     return fused_kernels_for([ctx.device_type])
 
 
-def _data_rate(backend, images, labels, ctx, torch_device, batch_size, batches):
+def _data_rate(backend: str, images: np.ndarray, labels: np.ndarray, ctx: mx.Context | None,
+               torch_device: torch.device | None, batch_size: int, batches: int) -> float:
     if backend == 'torch':
         from bench.benchmark.torch_steps import measure_data_pipeline
         return measure_data_pipeline(images, labels, torch_device, batch_size, batches)
@@ -109,7 +123,10 @@ def _data_rate(backend, images, labels, ctx, torch_device, batch_size, batches):
     return measure_data_pipeline(images, labels, ctx, batch_size, batches)
 
 
-def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'original')):
+def epoch_seconds(spec: TrialSpec, train: tuple[np.ndarray, np.ndarray],
+                  test: tuple[np.ndarray, np.ndarray], ctx: mx.Context, workers: int,
+                  rounds: int, kinds: Sequence[str] = ('trial', 'original')
+                  ) -> dict[str, list[float]]:
     """Seconds of whole epochs (training pass and evaluation), the trial's against the
     original script's, timed in alternating rounds after one untimed warm-up epoch each.
     Returns {kind: [seconds in round 1, round 2, ...]}."""
@@ -124,8 +141,8 @@ def epoch_seconds(spec, train, test, ctx, workers, rounds, kinds=('trial', 'orig
     return {kind: [1.0 / rate for rate in per_round] for kind, per_round in rates.items()}
 
 
-def format_rows(rows):
-    def number(value, fmt, suffix=''):
+def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+    def number(value: float | None, fmt: str, suffix: str = '') -> str:
         return '-' if value is None else format(value, fmt) + suffix
     header = (f"{'backend':<7} {'model':<20} {'attention':<9} {'data img/s':>11} "
               f"{'trial img/s':>12} {'vs vanilla':>10} {'GFLOP/s':>8} {'original img/s':>15} "
@@ -148,16 +165,17 @@ def format_rows(rows):
     epochs = [row for row in rows if 'trial_epoch_s' in row]
     if epochs:
         lines += ['', f"whole epoch ({epochs[0]['epoch_train_images']} training + "
-                      f"{epochs[0]['epoch_test_images']} test images; training pass and evaluation, "
-                      f"median seconds; speed-up: median of per-round ratios):",
-                  f"{'model':<20} {'attention':<9} {'trial s':>8} {'original s':>11} {'speed-up':>9}"]
+                      f"{epochs[0]['epoch_test_images']} test images; training pass and "
+                      f"evaluation, median seconds; speed-up: median of per-round ratios):",
+                  f"{'model':<20} {'attention':<9} {'trial s':>8} {'original s':>11} "
+                  f"{'speed-up':>9}"]
         lines += [f"{row['model']:<20} {row['attention']:<9} {row['trial_epoch_s']:>8.2f} "
                   f"{row['original_epoch_s']:>11.2f} {row['epoch_speedup']:>8.2f}x"
                   for row in epochs]
     return '\n'.join(lines)
 
 
-def reference_summary(rows):
+def reference_summary(rows: Sequence[Mapping[str, Any]]) -> str | None:
     """The torch backend against idiomatic PyTorch (and that against Gluon), where both ran:
     the overhead of MXNet's semantics in PyTorch (goal: >= 0.95x)."""
     compared = [r for r in rows if 'vs_reference' in r]
@@ -173,9 +191,9 @@ def reference_summary(rows):
     return line
 
 
-def attention_overhead_summary(rows):
+def attention_overhead_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     """Each attention's speed as a share of its model's vanilla speed (target: >= 90%)."""
-    def key(row):
+    def key(row: Mapping[str, Any]) -> tuple[str, str]:
         return row.get('backend', 'gluon'), row['model']
     vanilla = {key(r): r['trial_img_s'] for r in rows if r['attention'] == 'none'}
     several = len({r.get('backend', 'gluon') for r in rows}) > 1
@@ -186,7 +204,7 @@ def attention_overhead_summary(rows):
     return 'speed against vanilla: ' + (', '.join(parts) if parts else 'no vanilla row')
 
 
-def kernel_summary(rows):
+def kernel_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     """Where the attention kernels came from, and what they gain where that was measured."""
     from models.kernels import kernel_isa, kernel_status
     loaded, detail = kernel_status()

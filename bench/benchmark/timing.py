@@ -3,21 +3,27 @@
 Framework-free: the steppers it times come from bench.benchmark.gluon_steps and
 bench.benchmark.original.
 """
+from __future__ import annotations
+
 import statistics
 import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from bench.trial.threads import available_cpus
 
 
-def synthetic_images(count, seed=0):
+def synthetic_images(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return (rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8),
             rng.integers(0, 10, size=count).astype(np.int32))
 
 
-def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3):
+def interleaved_rates(steppers: Mapping[Hashable, Callable[[], object]], batch_size: int,
+                      rounds: int, batches_per_round: int, warmup: int = 3
+                      ) -> dict[Hashable, list[float]]:
     """Images/s of each step function in each round, timed in alternating rounds.
 
     The steppers take turns (round 1: a, b, c; round 2: a, b, c; ...), so a slow
@@ -30,7 +36,7 @@ def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3)
     own work is), and each stepper is charged exactly the work of its own batches.
     Returns {name: [images/s in round 1, round 2, ...]}.
     """
-    def settle(step):
+    def settle(step: Callable[[], object]) -> None:
         if hasattr(step, 'settle'):
             step.settle()
 
@@ -51,7 +57,7 @@ def interleaved_rates(steppers, batch_size, rounds, batches_per_round, warmup=3)
     return rates
 
 
-def median_ratio(numerator_rates, denominator_rates):
+def median_ratio(numerator_rates: Iterable[float], denominator_rates: Iterable[float]) -> float:
     """Median over rounds of the ratio of two steppers' rates in the same round.
 
     Neighbours in time share the machine's state, so per-round ratios cancel
@@ -60,12 +66,13 @@ def median_ratio(numerator_rates, denominator_rates):
     return statistics.median(a / b for a, b in zip(numerator_rates, denominator_rates))
 
 
-def endless(make_iterable):
+def endless(make_iterable: Callable[[], Iterable[Any]]) -> Iterator[Any]:
     while True:
         yield from make_iterable()
 
 
-def epoch_data(images, labels, count):
+def epoch_data(images: np.ndarray, labels: np.ndarray, count: int
+               ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The whole-epoch comparison's (train, test) sets: `count` of the training images, and
     a fifth as many other images for evaluation (CIFAR-10's 50000 : 10000)."""
     return (images[:count], labels[:count]), synthetic_images(max(1, count // 5), seed=1)
@@ -76,7 +83,7 @@ def epoch_data(images, labels, count):
 TRAIN_FLOPS_PER_MAC = 6
 
 
-def cpu_peak_gflops(cpuinfo='/proc/cpuinfo', cores=None):
+def cpu_peak_gflops(cpuinfo: str = '/proc/cpuinfo', cores: int | None = None) -> float | None:
     """Estimated FP32 peak of the cores this process may use, from /proc/cpuinfo.
 
     cores x clock x FLOPs per cycle (two FMA units: AVX-512 64, AVX2+FMA 32, else 16).

@@ -1,7 +1,11 @@
 """Training steps of a PyTorch trial as the sweep runs them (its session's own step), and
 of the same network written as idiomatic PyTorch would be (the reference the backend is
 measured against), for timing; each round ends with the device's queue empty."""
+from __future__ import annotations
+
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,20 +15,25 @@ from bench.trial.batches import epoch_plan
 from bench.trial.pytorch.augment import DeviceImages
 from bench.trial.pytorch.trainer import TorchSession
 
+if TYPE_CHECKING:
+    from bench.trial.recipe import TrialSpec
 
-def _synchronize(device):
+
+def _synchronize(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
-def _session(spec, images, labels, device):
+def _session(spec: TrialSpec, images: np.ndarray, labels: np.ndarray,
+             device: torch.device) -> TorchSession:
     # The benchmark's images serve as both splits: only training steps are timed.
     data = SimpleNamespace(train_images=images, train_labels=labels, test_images=images[:1],
                            test_labels=labels[:1], classes=10)
     return TorchSession(spec, data, device)
 
 
-def trial_stepper(spec, images, labels, device):
+def trial_stepper(spec: TrialSpec, images: np.ndarray, labels: np.ndarray,
+                  device: str | torch.device) -> Callable[[], None]:
     """One training step of a TorchSession on its on-device batches; `settle` waits for
     the GPU, so each timed round holds all of its own work."""
     device = torch.device(device)
@@ -32,7 +41,7 @@ def trial_stepper(spec, images, labels, device):
     rng = np.random.default_rng(0)
     plans = endless(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
 
-    def step():
+    def step() -> None:
         session.train_step(*session.train_images.batch(*next(plans)))
     step.settle = lambda: _synchronize(device)
     step()          # the first call builds (and with compile, compiles) what later ones reuse
@@ -40,7 +49,8 @@ def trial_stepper(spec, images, labels, device):
     return step
 
 
-def idiomatic_network(model, attention, device, seed=0):
+def idiomatic_network(model: str, attention: str, device: torch.device, seed: int = 0
+                      ) -> torch.nn.Module:
     """The same network with PyTorch's own BatchNorm2d in place of MXNetBatchNorm (same
     weights), in channels-last memory: what a PyTorch user would write."""
     from torch import nn
@@ -48,7 +58,7 @@ def idiomatic_network(model, attention, device, seed=0):
     from models.pytorch import MXNetBatchNorm, get_model
     net = get_model(model, attention, seed=seed)
 
-    def plain(module):
+    def plain(module: torch.nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, MXNetBatchNorm):
                 bn = nn.BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
@@ -61,7 +71,8 @@ def idiomatic_network(model, attention, device, seed=0):
     return net.to(device, memory_format=torch.channels_last)
 
 
-def reference_stepper(spec, images, labels, device):
+def reference_stepper(spec: TrialSpec, images: np.ndarray, labels: np.ndarray,
+                      device: str | torch.device) -> Callable[[], None]:
     """One training step of idiomatic PyTorch on the same batches as the trial's: the same
     network with nn.BatchNorm2d, torch.optim.Adam (its defaults for this device), the
     mean cross-entropy; torch.compile'd as the recipe's `compile` says."""
@@ -75,7 +86,7 @@ def reference_stepper(spec, images, labels, device):
     rng = np.random.default_rng(0)
     plans = endless(lambda: epoch_plan(rng, len(images), spec.recipe.batch_size))
 
-    def step():
+    def step() -> None:
         x, y = pipeline.batch(*next(plans))
         loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -87,7 +98,8 @@ def reference_stepper(spec, images, labels, device):
     return step
 
 
-def measure_data_pipeline(images, labels, device, batch_size, batches):
+def measure_data_pipeline(images: np.ndarray, labels: np.ndarray, device: str | torch.device,
+                          batch_size: int, batches: int) -> float:
     """Images/s of the torch DeviceImages batches alone, the device's queue emptied."""
     import time
     device = torch.device(device)

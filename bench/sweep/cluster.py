@@ -4,15 +4,23 @@ Each check refuses, before any trial starts, what would otherwise fail late or w
 forever: GPUs a node cannot use, trials no node holds. The nodes need no disk in common
 (checkpoints travel through Ray: bench.sweep.tune_trial).
 """
+from __future__ import annotations
+
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from bench.progress import print_line
 from bench.sweep.plan import SweepError
 
+if TYPE_CHECKING:
+    from bench.sweep.config import Resources
 
-def local_devices(resources):
+
+def local_devices(resources: Resources) -> str:
     """What --dry-run says about this machine's devices and what trials will get."""
     from bench.gpu import describe_gpus, physical_gpus
     from bench.trial.threads import available_cpus
@@ -27,7 +35,8 @@ def local_devices(resources):
     return text
 
 
-def start_ray(address=None, num_cpus=None, num_gpus=None):
+def start_ray(address: str | None = None, num_cpus: int | None = None,
+              num_gpus: int | None = None) -> ModuleType:
     """Join the cluster at `address` (or RAY_ADDRESS; 'auto': the one `ray start` began on
     this machine), else start a private Ray instance for this run alone: never a cluster
     that another job or user started here (Ray's own default would join it, and its end
@@ -64,14 +73,14 @@ def start_ray(address=None, num_cpus=None, num_gpus=None):
     return ray
 
 
-def cluster_devices(ray):
+def cluster_devices(ray: ModuleType) -> str:
     resources = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get('Alive'))
     return (f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, "
             f"{resources.get('GPU', 0):g} GPUs")
 
 
-def _unreachable(address, seconds=5.0):
+def _unreachable(address: str, seconds: float = 5.0) -> str | None:
     """Why nothing answers at a host:port address (None when something does, or when the
     address is not host:port, which Ray parses and judges itself): Ray would otherwise
     retry for minutes before it says so."""
@@ -85,7 +94,8 @@ def _unreachable(address, seconds=5.0):
         return f'nothing answers there ({error.strerror or error})'
 
 
-def check_cluster_gpus(ray, gpus_per_trial, backends=('gluon',)):
+def check_cluster_gpus(ray: ModuleType, gpus_per_trial: float,
+                       backends: Sequence[str] = ('gluon',)) -> list[str]:
     """On every node that offers GPUs: cards that the trials' backends can use, and a CUDA
     build of each backend's framework.
 
@@ -97,7 +107,7 @@ def check_cluster_gpus(ray, gpus_per_trial, backends=('gluon',)):
     from bench.gpu import GPUError
 
     @ray.remote(num_cpus=0)
-    def node_check():
+    def node_check() -> tuple[bool, str]:
         from bench.gpu import GPUError as RemoteGPUError
         from bench.gpu import check_gpus, describe_gpus
         try:
@@ -115,7 +125,7 @@ def check_cluster_gpus(ray, gpus_per_trial, backends=('gluon',)):
     return [text for _, text in answers]
 
 
-def check_trials_fit(ray, resources):
+def check_trials_fit(ray: ModuleType, resources: Resources) -> None:
     """Refuse a trial that no node of the cluster can hold (Tune would wait forever)."""
     nodes = [n.get('Resources', {}) for n in ray.nodes() if n.get('Alive')]
     for kind, asked in (('CPU', resources.cpus_per_trial), ('GPU', resources.gpus_per_trial)):
@@ -127,7 +137,8 @@ def check_trials_fit(ray, resources):
                 'sweep file (a cluster that scales up must offer such a node first)')
 
 
-def cpu_fallback(resources, ray, progress=print_line):
+def cpu_fallback(resources: Resources, ray: ModuleType,
+                 progress: Callable[[str], object] = print_line) -> Resources:
     """Resources to ask for: on a cluster without GPUs, GPU trials run on CPUs instead."""
     if resources.gpus_per_trial and not ray.cluster_resources().get('GPU', 0):
         progress(f'no GPU in the Ray cluster: gpus_per_trial {resources.gpus_per_trial:g} '

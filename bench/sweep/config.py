@@ -16,12 +16,12 @@
 
 Relative output paths are relative to the YAML file's folder.
 """
+from __future__ import annotations
+
 import dataclasses
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,9 @@ from bench.store import REPORT_METRICS
 from bench.trial.recipe import Recipe, Seed, TrialSpec, recipe_problems
 from bench.validation import describe_error
 from models.names import attention_option_problems, parse_attention_name, parse_model_name
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 # A sweep file is a few hundred bytes; these bounds only stop a file that is not one
 # (or a YAML alias bomb, a few hundred bytes that expand to billions of values) before
@@ -76,7 +79,7 @@ class Resources(_Strict):
 
     @field_validator('gpus_per_trial')
     @classmethod
-    def _whole_above_one(cls, value):
+    def _whole_above_one(cls, value: float) -> float:
         if value > 1 and value != int(value):
             raise ValueError('above 1, gpus_per_trial must be a whole number')
         return value
@@ -111,23 +114,23 @@ class SweepConfig(_Strict):
 
     @field_validator('models')
     @classmethod
-    def _known_models(cls, names):
+    def _known_models(cls, names: list[str]) -> list[str]:
         return _registered(names, parse_model_name, 'model')
 
     @field_validator('attentions')
     @classmethod
-    def _known_attentions(cls, names):
+    def _known_attentions(cls, names: list[str]) -> list[str]:
         # The registry ignores case; so must the trial ids and the duplicate check.
         return _registered([str(name).lower() for name in names], parse_attention_name,
                            'attention')
 
     @field_validator('seeds')
     @classmethod
-    def _unique_seeds(cls, seeds):
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
         return _unique(seeds, 'seed')
 
     @model_validator(mode='after')
-    def _mixed_precision_needs_gpus(self):
+    def _mixed_precision_needs_gpus(self) -> SweepConfig:
         precisions = [self.recipe.precision] + [o.recipe.get('precision') for o in self.overrides]
         mixed = sorted({p for p in precisions if p and p != 'float32'})
         if mixed and not self.resources.gpus_per_trial:
@@ -137,7 +140,7 @@ class SweepConfig(_Strict):
         return self
 
 
-def _registered(names, lookup, what):
+def _registered(names: list[str], lookup: Callable[[str], object], what: str) -> list[str]:
     """`names` if `lookup` knows each (its KeyError lists the valid names) and none repeats."""
     for name in names:
         try:
@@ -147,7 +150,7 @@ def _registered(names, lookup, what):
     return _unique(names, what)
 
 
-def _unique(values, what):
+def _unique(values: list[Any], what: str) -> list[Any]:
     repeated = sorted({str(v) for v in values if values.count(v) > 1})
     if repeated:
         raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
@@ -160,21 +163,21 @@ class LoadedSweep:
     path: Path
 
     @property
-    def base_dir(self):
+    def base_dir(self) -> Path:
         return self.path.parent
 
-    def resolve(self, relative):
+    def resolve(self, relative: str | None) -> Path | None:
         """`relative` (to the sweep file's folder) as an absolute path, its links left as
         links: an output that is a link is refused, not written through."""
         return None if relative is None else \
             Path(os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(relative))))
 
     @property
-    def store_dir(self):
+    def store_dir(self) -> Path:
         return self.resolve(self.config.outputs.results) / self.config.name
 
 
-def _valid_keys(parent):
+def _valid_keys(parent: list[str]) -> list[str] | None:
     """The keys valid where an unknown key was found (`parent`: its location)."""
     model = SweepConfig
     for part in parent:
@@ -190,16 +193,16 @@ def _valid_keys(parent):
     return list(model.model_fields)
 
 
-def _describe_error(error, source, prefix=()):
+def _describe_error(error: ErrorDetails, source: str, prefix: Sequence[str | int] = ()) -> str:
     return describe_error(error, source, prefix, valid_keys=_valid_keys)
 
 
-def check_size(values, source):
+def check_size(values: object, source: str) -> None:
     """Refuse a document of more than MAX_VALUES values once its aliases are expanded,
     counted without expanding them (each shared node is counted once per use)."""
     sizes = {}
 
-    def size(value, depth=0):
+    def size(value: object, depth: int = 0) -> int:
         if depth > 50:
             raise ConfigError(f'{source}: nested more than 50 levels deep; a sweep file '
                               'is a few levels of keys and lists')
@@ -216,7 +219,7 @@ def check_size(values, source):
     size(values)
 
 
-def parse_config(values, source='sweep.yaml'):
+def parse_config(values: object, source: str = 'sweep.yaml') -> SweepConfig:
     """A validated SweepConfig from a dict; ConfigError lists every problem."""
     if not isinstance(values, dict):
         raise ConfigError(f'{source}: expected a mapping of keys (name, models, ...), '
@@ -256,7 +259,7 @@ def parse_config(values, source='sweep.yaml'):
     return config
 
 
-def _cells_with_two_backends(config):
+def _cells_with_two_backends(config: SweepConfig) -> list[str]:
     """A table cell averages its seeds, so all of them must come from one framework."""
     backends = {}
     for spec in expand(config):
@@ -268,7 +271,7 @@ def _cells_with_two_backends(config):
             for (model, attention), seeds in backends.items() if len(set(seeds.values())) > 1]
 
 
-def load_config(path):
+def load_config(path: str | Path) -> LoadedSweep:
     """Read and validate a sweep YAML file."""
     path = Path(path)
     try:
@@ -300,7 +303,7 @@ def load_config(path):
 
 # ---------------------------------------------------------------- expansion
 
-def trial_spec(config, model, attention, seed):
+def trial_spec(config: SweepConfig, model: str, attention: str, seed: int) -> TrialSpec:
     recipe = config.recipe.model_dump()
     attention_kwargs = {}
     for override in config.overrides:
@@ -313,31 +316,18 @@ def trial_spec(config, model, attention, seed):
                      recipe=Recipe.from_dict(recipe), attention_kwargs=attention_kwargs)
 
 
-def expand(config):
+def expand(config: SweepConfig) -> list[TrialSpec]:
     """Every TrialSpec of the matrix, in table order (models x attentions x seeds)."""
     return [trial_spec(config, m, a, s)
             for m in config.models for a in config.attentions for s in config.seeds]
 
 
-def trial_id(spec, data_identity):
-    """A stable id: hash of everything that changes the result, independent of YAML order.
-
-    That includes the revision of the network definition, so a trial trained by an
-    older definition is never taken for a current one; revision 1 is left out, which
-    keeps the ids computed before revisions existed.
-    """
-    from models.names import network_revision
-    payload = {'spec': spec.to_dict(),
-               'data': {'digest': data_identity['digest'],
-                        'official': data_identity['official']}}
-    revision = network_revision(spec.model)
-    if revision != 1:
-        payload['network_revision'] = revision
-    blob = json.dumps(payload, sort_keys=True, separators=(',', ':')).encode()
-    return hashlib.sha1(blob).hexdigest()[:12]
+def trial_id(spec: TrialSpec, data_identity: Mapping[str, Any]) -> str:
+    """The trial id of `spec` on the data of `data_identity` (TrialSpec.trial_id)."""
+    return spec.trial_id(data_identity)
 
 
-def parse_only(text):
+def parse_only(text: str) -> dict[str, list[str]]:
     """'model=a,attention=b' -> {'model': ['a'], 'attention': ['b']} for --only."""
     selected = {}
     for part in filter(None, (p.strip() for p in str(text).split(','))):
@@ -352,7 +342,7 @@ def parse_only(text):
     return selected
 
 
-def matches_only(spec, selected):
+def matches_only(spec: TrialSpec, selected: Mapping[str, Sequence[str]]) -> bool:
     return all(str(getattr(spec, key)) in values for key, values in selected.items())
 
 

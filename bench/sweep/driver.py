@@ -4,11 +4,15 @@ Ray's experiment folder is scratch space: Tune cannot add trials to a restored
 experiment, so every run starts a fresh Tuner over what the store lacks, each
 trial resuming from its own latest checkpoint in the store.
 """
+from __future__ import annotations
+
 import contextlib
 import logging
 import shutil
 import time
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from bench.progress import print_line
 from bench.store import DAMAGED, DONE, FAILED, ResultsStore
@@ -25,6 +29,12 @@ from bench.trial.recipe import TrialRun
 from models.architecture import network_counts
 from models.names import network_revision
 
+if TYPE_CHECKING:
+    from bench.records import TrialRecord
+    from bench.sweep.config import LoadedSweep, Resources
+    from bench.trial.data import Dataset
+    from bench.trial.recipe import TrialSpec
+
 
 @dataclass
 class SweepOutcome:
@@ -36,16 +46,16 @@ class SweepOutcome:
     interrupted: bool = False  # the run stopped (Ctrl-C) before every trial ended
 
     @property
-    def failed(self):
+    def failed(self) -> dict[str, str | None]:
         return {tid: err for tid, err in self.errors.items() if self.statuses[tid] == FAILED}
 
     @property
-    def damaged(self):
+    def damaged(self) -> dict[str, tuple[str, ...]]:
         return {tid: p for tid, p in (self.problems or {}).items()
                 if self.statuses[tid] == DAMAGED}
 
 
-def trial_run(planned, store, resources):
+def trial_run(planned: TrialRecord, store: ResultsStore, resources: Resources) -> TrialRun:
     # The trial resumes from the store's checkpoint, which the store reader hands it
     # wherever it runs (tune_trial): nothing here is a path another node must see.
     return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
@@ -53,8 +63,11 @@ def trial_run(planned, store, resources):
                     scratch=str(store.scratch_dir))
 
 
-def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init=None,
-              on_ray_lost=None):
+def run_sweep(loaded: LoadedSweep, data: Dataset, planned: list[TrialRecord],
+              address: str | None = None, progress: Callable[[str], object] = print_line,
+              ray_init: Callable[[], ModuleType] | None = None,
+              on_ray_lost: Callable[[str, Callable[[], None]], object] | None = None
+              ) -> SweepOutcome:
     """Train every planned trial that needs it; returns a SweepOutcome.
 
     `ray_init` (tests) starts Ray its own way; by default Ray starts privately or
@@ -156,7 +169,7 @@ def run_sweep(loaded, data, planned, address=None, progress=print_line, ray_init
     return outcome
 
 
-def _os_error_in(error):
+def _os_error_in(error: BaseException | None) -> OSError | None:
     """The OSError among an exception's causes and contexts, if any."""
     seen = set()
     while error is not None and id(error) not in seen:
@@ -167,7 +180,7 @@ def _os_error_in(error):
     return None
 
 
-def _stats_of(spec):
+def _stats_of(spec: TrialSpec) -> dict[str, int] | None:
     """Params and MACs of the trial's network, for the reports (computed from the
     architecture: no framework is imported here)."""
     try:
@@ -179,7 +192,8 @@ def _stats_of(spec):
     return {'params': params, 'macs': macs}
 
 
-def _outcome(store, planned, trained, manifest):
+def _outcome(store: ResultsStore, planned: list[TrialRecord], trained: list[TrialRecord],
+             manifest: Mapping[str, Any] | None) -> SweepOutcome:
     store.write_results_csv(manifest)
     statuses, errors, problems = {}, {}, {}
     for p in planned:

@@ -2,11 +2,14 @@
 
 Framework-free: --dry-run and --report-only run here without MXNet or PyTorch.
 """
-from dataclasses import dataclass
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from bench.errors import BenchError
 from bench.progress import print_line
+from bench.records import TrialRecord
 from bench.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, ResultsStore
 from bench.sweep.config import expand, matches_only, trial_id
 from bench.trial.data import (
@@ -20,34 +23,28 @@ from bench.trial.data import (
 )
 from models.names import network_revision
 
+if TYPE_CHECKING:
+    from bench.sweep.config import LoadedSweep, Resources, SweepConfig
+    from bench.trial.data import Dataset
+    from bench.trial.recipe import TrialSpec
+
 
 class SweepError(BenchError, RuntimeError):
     """The sweep cannot start; the message says what to change."""
 
 
-@dataclass
-class PlannedTrial:
-    trial_id: str
-    name: str
-    spec: object
-    status: str
-    epochs_done: int
-    error: str = None
-    problems: tuple = ()     # damaged or repairable files, each with what to do
-
-    @property
-    def will_train(self):
-        return self.status in (PENDING, PARTIAL)
+# A planned trial is the trial's record as the sweep declares it and the store holds it.
+PlannedTrial = TrialRecord
 
 
-def _data_root(loaded):
+def _data_root(loaded: LoadedSweep) -> Path | None:
     data = loaded.config.data
     if data.dataset == 'demo':
         return loaded.resolve(data.root) if data.root else loaded.base_dir / DEMO_FOLDER
     return loaded.resolve(data.root) if data.root else None
 
 
-def load_sweep_data(loaded, download=None):
+def load_sweep_data(loaded: LoadedSweep, download: bool | None = None) -> Dataset:
     """The data set the sweep declares (CIFAR-10 or the demo digits) with its identity.
 
     `download` overrides the sweep's data.download (reports never download)."""
@@ -58,7 +55,7 @@ def load_sweep_data(loaded, download=None):
                         download=data.download if download is None else download)
 
 
-def planned_data_identity(loaded):
+def planned_data_identity(loaded: LoadedSweep) -> tuple[dict[str, Any], str | None]:
     """(identity dict, note) of the sweep's data for a plan, writing and fetching nothing:
     read from the files where they are; the demo digits computed in memory; the official
     CIFAR-10 from its published checksums when its files are not here yet (the note says
@@ -80,13 +77,14 @@ def planned_data_identity(loaded):
             + str(error).splitlines()[-1])
 
 
-def sweep_trials(config, data_identity):
+def sweep_trials(config: SweepConfig, data_identity: Mapping[str, Any]
+                 ) -> list[tuple[str, TrialSpec]]:
     """(trial id, spec) of every trial of the matrix, in table order, under this code
     and this data: the trials the sweep consists of now."""
     return [(trial_id(spec, data_identity), spec) for spec in expand(config)]
 
 
-def sweep_manifest(config, data_identity):
+def sweep_manifest(config: SweepConfig, data_identity: dict[str, Any]) -> dict[str, Any]:
     """The record of what the sweep consists of now, for the store's sweep.json.
 
     Reports read it to show these trials and no others: a stored trial of another
@@ -101,14 +99,15 @@ def sweep_manifest(config, data_identity):
                        for tid, spec in sweep_trials(config, data_identity)]}
 
 
-def record_sweep(loaded, data_identity):
+def record_sweep(loaded: LoadedSweep, data_identity: dict[str, Any]) -> dict[str, Any]:
     """Write the sweep's manifest into its store, and return it."""
     manifest = sweep_manifest(loaded.config, data_identity)
     ResultsStore(loaded.store_dir).write_manifest(manifest)
     return manifest
 
 
-def report_data_identity(loaded, progress=print_line):
+def report_data_identity(loaded: LoadedSweep, progress: Callable[[str], object] = print_line
+                         ) -> dict[str, Any]:
     """The data identity that decides which stored trials are current, for a report.
 
     Read from the data files when they are there (never downloaded for a report);
@@ -130,7 +129,9 @@ def report_data_identity(loaded, progress=print_line):
         return manifest['data']
 
 
-def plan(loaded, data_identity, only=None, retry_failed=False):
+def plan(loaded: LoadedSweep, data_identity: Mapping[str, Any],
+         only: Mapping[str, Sequence[str]] | None = None, retry_failed: bool = False
+         ) -> list[TrialRecord]:
     """Every trial of the matrix with its status in the store (and what will train)."""
     store = ResultsStore(loaded.store_dir)
     planned = []
@@ -142,12 +143,13 @@ def plan(loaded, data_identity, only=None, retry_failed=False):
         error = store.read_error(tid) if status == FAILED else None
         if status == FAILED and retry_failed:
             status = PARTIAL if epochs else PENDING
-        planned.append(PlannedTrial(tid, spec.name, spec, status, epochs, error,
-                                    state.problems))
+        planned.append(TrialRecord(tid, spec.name, spec, status, epochs, error,
+                                   state.problems, network_revision=spec.network_revision,
+                                   data=data_identity))
     return planned
 
 
-def data_problems(planned, data_identity):
+def data_problems(planned: Sequence[TrialRecord], data_identity: Mapping[str, Any]) -> list[str]:
     """What keeps planned trials from training on this data, each with what to change."""
     images = data_identity['train_images']
     return [f'{p.name}: batch_size {p.spec.recipe.batch_size} is larger than the {images} '
@@ -155,7 +157,7 @@ def data_problems(planned, data_identity):
             for p in planned if p.will_train and p.spec.recipe.batch_size > images]
 
 
-def backend_problems(planned, resources):
+def backend_problems(planned: Sequence[TrialRecord], resources: Resources) -> list[str]:
     """What keeps planned trials from training on their backends here, each with the fix."""
     from bench.trial.loop import missing_framework
     problems = []
@@ -172,7 +174,8 @@ def backend_problems(planned, resources):
     return problems
 
 
-def format_plan(planned, resources, devices=None):
+def format_plan(planned: Sequence[TrialRecord], resources: Resources, devices: str | None = None
+                ) -> str:
     lines = []
     if devices:
         lines.append(f'devices: {devices}')

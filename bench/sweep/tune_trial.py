@@ -6,17 +6,28 @@ from from a `StoreReader` on the driver's node. `StoreCallback` runs in the driv
 turns the reports into the results store. So the driver is the store's only writer,
 the nodes need no disk in common, and no path of the store is used on another node.
 """
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import ray
 from ray import tune
 
 from bench.progress import print_line
 from bench.trial.recipe import TrialRun
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+    from ray.tune.experiment import Trial
+
+    from bench.records import TrialRecord
+    from bench.store import ResultsStore
+    from bench.trial.data import Dataset
 
 DIVERGED_KEY = 'diverged'
 # The packed checkpoint of the epoch a report is about (bench.trial.checkpoint).
@@ -39,17 +50,17 @@ class StoreReader:
     a trial to resume from wherever it runs (also when Tune restarts it after a failure
     on another node). It only reads: the driver alone writes the store."""
 
-    def __init__(self, store_root):
+    def __init__(self, store_root: str | Path) -> None:
         from bench.store import ResultsStore
         self.store = ResultsStore(store_root)
 
-    def checkpoint(self, trial_id):
+    def checkpoint(self, trial_id: str) -> bytes | None:
         from bench.trial.checkpoint import pack_checkpoint
         folder = self.store.checkpoint_path(trial_id)
         return pack_checkpoint(folder) if folder is not None else None
 
 
-def start_store_reader(store_root):
+def start_store_reader(store_root: str | Path) -> ActorHandle:
     """A StoreReader pinned to this (the driver's) node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     here = ray.get_runtime_context().get_node_id()
@@ -57,7 +68,8 @@ def start_store_reader(store_root):
         here, soft=False)).remote(str(store_root))
 
 
-def run_trial(param_space, data=None, store_reader=None):
+def run_trial(param_space: dict[str, Any], data: Dataset | None = None,
+              store_reader: ActorHandle | None = None) -> None:
     """Ray Tune function trainable for one TrialRun (built by bench.sweep): the trial's
     backend opens a session on the devices Ray assigned, and bench.trial.loop drives it."""
     run = TrialRun.from_config(param_space['trial'])
@@ -98,7 +110,7 @@ def run_trial(param_space, data=None, store_reader=None):
         start = read_state(resume_from)['epoch'] if resume_from else 0
         tune.report({STARTED_KEY: start, **placement})
 
-        def report(metrics, checkpoint_path):
+        def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
             tune.report(dict(metrics, **placement,
                              **{CHECKPOINT_KEY: pack_checkpoint(checkpoint_path)}))
         try:
@@ -110,7 +122,7 @@ def run_trial(param_space, data=None, store_reader=None):
             tune.report({DIVERGED_KEY: str(error), 'epoch': error.epoch + 1})
 
 
-def scratch_root(folder):
+def scratch_root(folder: str | None) -> str | None:
     """The store's scratch folder for a trial's temporary files, created where missing;
     the system's temporary folder where this node cannot write there (another node)."""
     if folder:
@@ -127,8 +139,10 @@ def scratch_root(folder):
 class StoreCallback(tune.Callback):
     """Driver-side: epoch rows, checkpoints, final metrics and errors into the store."""
 
-    def __init__(self, store, planned, progress=print_line, ray_lost=None, max_failures=0,
-                 nodes=None):
+    def __init__(self, store: ResultsStore, planned: Iterable[TrialRecord],
+                 progress: Callable[[str], object] = print_line,
+                 ray_lost: Callable[[], str | None] | None = None, max_failures: int = 0,
+                 nodes: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
         self.store = store
         self.max_failures = max_failures
         # node id -> whether it is alive and its address (Ray's ray.nodes()), to tell a
@@ -145,15 +159,16 @@ class StoreCallback(tune.Callback):
         self.finished = set()
         self.placement = {}   # trial id -> {PLACEMENT_KEYS: what it reported}
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (for a restore this project never
         # does); the watchdog's threads and processes are not data.
         return dict(self.__dict__, ray_lost=None)
 
-    def _trial_id(self, trial):
+    def _trial_id(self, trial: Trial) -> str:
         return TrialRun.from_config(trial.config['trial']).trial_id
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
         trial_id = self._trial_id(trial)
         planned = self.planned[trial_id]
         # Out of the result before Tune keeps it (callbacks may change it in place): Tune
@@ -165,7 +180,8 @@ class StoreCallback(tune.Callback):
                 {key: result.get(key) for key in PLACEMENT_KEYS},
                 node_ip=node.get('NodeManagerAddress'))
             start = result[STARTED_KEY]
-            self.progress(f"{planned.name} {'resumes at epoch ' + str(start) if start else 'starts'}"
+            starts = f'resumes at epoch {start}' if start else 'starts'
+            self.progress(f"{planned.name} {starts}"
                           f" on node {node.get('NodeManagerAddress')} "
                           f"({str(result.get('node_id'))[:8]}), {result.get('devices')}")
             return
@@ -188,7 +204,7 @@ class StoreCallback(tune.Callback):
             f"val acc {result['val_acc']:.4f} ({result['epoch_seconds']:.1f}s)"
             f"{self._time_left(trials)}")
 
-    def _time_left(self, trials):
+    def _time_left(self, trials: list[Trial]) -> str:
         """Remaining epochs x mean epoch time / trials running at once."""
         if not self.epoch_seconds:
             return ''
@@ -204,7 +220,7 @@ class StoreCallback(tune.Callback):
         seconds = remaining * (sum(self.epoch_seconds) / len(self.epoch_seconds)) / running
         return f'; about {format_duration(seconds)} left' if remaining else ''
 
-    def _record_checkpoint(self, trial_id, packed):
+    def _record_checkpoint(self, trial_id: str, packed: bytes) -> None:
         from bench.trial.checkpoint import unpack_checkpoint
         # In the store's root, where the next run's clean-up finds it after a crash.
         staging = Path(tempfile.mkdtemp(prefix='.incoming-', suffix='.tmp',
@@ -214,7 +230,8 @@ class StoreCallback(tune.Callback):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info: Any) -> None:
         trial_id = self._trial_id(trial)
         self.finished.add(trial_id)
         if trial_id in self.diverged:
@@ -232,11 +249,11 @@ class StoreCallback(tune.Callback):
         self.store.write_final(trial_id, final)
         self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
 
-    def _node_address(self, trial_id):
+    def _node_address(self, trial_id: str) -> str:
         placement = self.placement.get(trial_id, {})
         return placement.get('node_ip') or str(placement.get('node_id'))[:8]
 
-    def _lost_node(self, trial_id, wait=0.0):
+    def _lost_node(self, trial_id: str, wait: float = 0.0) -> str | None:
         """The address of the node the trial last ran on if Ray marks it dead within `wait`
         seconds (Ray's health checks take several to tell a dead node from a slow one)."""
         node_id = self.placement.get(trial_id, {}).get('node_id')
@@ -250,7 +267,7 @@ class StoreCallback(tune.Callback):
             time.sleep(0.5)
         return None
 
-    def _why(self, trial_id, trial, wait=NODE_DEATH_WAIT_SECONDS):
+    def _why(self, trial_id: str, trial: Trial, wait: float = NODE_DEATH_WAIT_SECONDS) -> str:
         """Why the trial failed: a node that died under it said as such, not as Ray's
         actor errors."""
         text = _error_text(trial).strip()
@@ -263,14 +280,16 @@ class StoreCallback(tune.Callback):
                     f'answering (its node died, or lost its connection)')
         return text.splitlines()[-1][:300] if text else 'the trial failed'
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,
+                         **info: Any) -> None:
         """Tune retries a failed trial: say why, and from which epoch it goes on."""
         trial_id = self._trial_id(trial)
         self.progress(f'{self.planned[trial_id].name}: {self._why(trial_id, trial)}; Tune '
                       f'retries it (retry {trial.num_failures} of {self.max_failures}) from '
                       f'the last epoch the store holds ({self.store.checkpoint_epoch(trial_id)})')
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
+                       **info: Any) -> None:
         trial_id = self._trial_id(trial)
         self.finished.add(trial_id)
         if self.ray_lost and self.ray_lost():
@@ -289,14 +308,14 @@ class StoreCallback(tune.Callback):
         self.progress(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')
 
 
-def _error_text(trial):
+def _error_text(trial: Trial) -> str:
     path = getattr(trial, 'error_file', None)
     if path and Path(path).is_file():
         return Path(path).read_text(errors='replace').strip()
     return str(getattr(trial, 'error_msg', None) or 'the trial failed (no error text from Ray)')
 
 
-def format_duration(seconds):
+def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)

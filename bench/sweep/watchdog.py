@@ -7,12 +7,16 @@ the death within a second, and hands the run one message and a way to end every
 process the run started (recorded as they appear: after the head's death they are
 reparented and no longer found under the driver).
 """
+from __future__ import annotations
+
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 # Ray's process types whose death ends a run, as Ray's node records them.
 HEAD_PROCESSES = {'gcs_server': "Ray's head process (the GCS server)",
@@ -21,7 +25,7 @@ HEAD_PROCESSES = {'gcs_server': "Ray's head process (the GCS server)",
 REMOTE_GRACE_SECONDS = 15.0
 
 
-def _stat(pid):
+def _stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, start time in clock ticks) of a running process; None when it is gone
     (or a zombie: ended, waiting for its parent to read its exit)."""
     try:
@@ -34,7 +38,7 @@ def _stat(pid):
     return int(fields[1]), int(fields[19])
 
 
-def descendants(pid):
+def descendants(pid: int) -> dict[int, int]:
     """{pid: start time} of every process below `pid` (Linux /proc)."""
     parents = {}
     for entry in os.listdir('/proc'):
@@ -51,7 +55,7 @@ def descendants(pid):
     return below
 
 
-def end_processes(processes):
+def end_processes(processes: Mapping[int, int]) -> None:
     """SIGKILL each of {pid: start time} that is still that same process."""
     for pid, started in processes.items():
         found = _stat(pid)
@@ -62,7 +66,7 @@ def end_processes(processes):
                 pass
 
 
-def _exit_description(code):
+def _exit_description(code: int) -> str:
     return f'was killed by signal {-code}' if code < 0 else f'exited with code {code}'
 
 
@@ -72,7 +76,8 @@ class RayWatchdog:
     `on_lost(message)` is called once, from the watchdog's thread, when the head died;
     `end_started()` then ends every process this run started."""
 
-    def __init__(self, ray, on_lost, interval=0.5):
+    def __init__(self, ray: ModuleType, on_lost: Callable[[str], object],
+                 interval: float = 0.5) -> None:
         from ray._private import worker
         node = worker._global_node
         self.head = [(HEAD_PROCESSES[kind], info.process)
@@ -85,7 +90,7 @@ class RayWatchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name='ray-watchdog', daemon=True)
 
-    def lost(self):
+    def lost(self) -> str | None:
         """Why the run's Ray head is gone (None while it lives)."""
         for what, process in self.head:
             code = process.poll()
@@ -101,7 +106,7 @@ class RayWatchdog:
             self._unreachable_since = None
         return None
 
-    def _reachable(self):
+    def _reachable(self) -> bool:
         host, _, port = self.remote.rpartition(':')
         try:
             with socket.create_connection((host, int(port)), timeout=2):
@@ -109,12 +114,12 @@ class RayWatchdog:
         except (OSError, ValueError):
             return False
 
-    def end_started(self):
+    def end_started(self) -> None:
         """End every process this run started that is still running."""
         self.started.update(descendants(os.getpid()))
         end_processes(self.started)
 
-    def _watch(self):
+    def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             self.started.update(descendants(os.getpid()))
             message = self.lost()
@@ -122,11 +127,11 @@ class RayWatchdog:
                 self.on_lost(message)
                 return
 
-    def __enter__(self):
+    def __enter__(self) -> RayWatchdog:
         self.started.update(descendants(os.getpid()))
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

@@ -3,10 +3,14 @@
 Every trial backend draws its epochs from here, so two backends given the same
 seed see the same batches, crops and flips.
 """
+from __future__ import annotations
+
 import numpy as np
 
 
-def epoch_plan(rng, count, batch_size, pad=4, random_crop=True, random_flip=True):
+def epoch_plan(rng: np.random.Generator, count: int, batch_size: int, pad: int = 4,
+               random_crop: bool = True, random_flip: bool = True
+               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per-batch (indices, row offsets, col offsets, flips) for one shuffled training epoch.
 
     All randomness of an epoch is drawn here, from `rng`, at the epoch's start, so a
@@ -25,7 +29,7 @@ def epoch_plan(rng, count, batch_size, pad=4, random_crop=True, random_flip=True
     return batches
 
 
-def eval_batches(count, batch_size):
+def eval_batches(count: int, batch_size: int) -> list[np.ndarray]:
     """Index arrays covering a split in order, the last batch possibly short."""
     return [np.arange(start, min(start + batch_size, count))
             for start in range(0, count, batch_size)]

@@ -6,12 +6,15 @@ is written under a temporary name and renamed into place, so a crash never leave
 half-written checkpoint under a real name. Framework-free: the backend writes and reads its
 files through the functions it is handed.
 """
+from __future__ import annotations
+
 import io
 import re
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from bench.errors import BenchError
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic
@@ -29,7 +32,8 @@ class CheckpointMismatch(BenchError, RuntimeError):
     """A checkpoint that belongs to another trial."""
 
 
-def write_checkpoint(folder, save_weights, state):
+def write_checkpoint(folder: str | Path, save_weights: Callable[[Path], None],
+                     state: Mapping[str, Any]) -> Path:
     """Write a complete checkpoint into `folder` (which must not exist yet); the
     backend's `save_weights(folder)` writes its own files."""
     folder = Path(folder)
@@ -39,7 +43,8 @@ def write_checkpoint(folder, save_weights, state):
     return folder
 
 
-def save_checkpoint(root, save_weights, state, keep=1):
+def save_checkpoint(root: str | Path, save_weights: Callable[[Path], None],
+                    state: Mapping[str, Any], keep: int = 1) -> Path:
     """Checkpoint of the epoch state['epoch'] under root, keeping the newest `keep` of them."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -52,7 +57,7 @@ def save_checkpoint(root, save_weights, state, keep=1):
     return final
 
 
-def list_checkpoints(root):
+def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoint folders under root, oldest first."""
     root = Path(root)
     if not root.is_dir():
@@ -62,19 +67,20 @@ def list_checkpoints(root):
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(root):
+def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
 
 
-def read_state(folder):
+def read_state(folder: str | Path) -> dict[str, Any]:
     """The checkpoint's state.json; ValueError when it is not of the shape this project
     writes (bench.records), OSError when it cannot be read."""
     from bench.records import check_record
     return check_record(read_json(Path(folder) / STATE_FILE), STATE_FILE)
 
 
-def load_checkpoint(folder, load_weights, expected_spec=None):
+def load_checkpoint(folder: str | Path, load_weights: Callable[[Path], None],
+                    expected_spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Restore the backend's files through `load_weights(folder)`; return the state dict."""
     folder = Path(folder)
     state = read_state(folder)
@@ -86,13 +92,13 @@ def load_checkpoint(folder, load_weights, expected_spec=None):
     return state
 
 
-def same_run(saved_spec, spec):
+def same_run(saved_spec: Mapping[str, Any] | None, spec: Mapping[str, Any] | None) -> bool:
     """Whether a checkpoint of `saved_spec` is a prefix of a run of `spec`.
 
     The number of epochs is left out: the schedule does not depend on it, so a
     run may be extended from its last checkpoint.
     """
-    def without_epochs(s):
+    def without_epochs(s: Mapping[str, Any] | None) -> dict[str, Any]:
         s = dict(s or {})
         s['recipe'] = {k: v for k, v in dict(s.get('recipe') or {}).items() if k != 'epochs'}
         return s
@@ -106,7 +112,7 @@ MAX_CHECKPOINT_FILES = 64
 MAX_CHECKPOINT_BYTES = 4 << 30
 
 
-def pack_checkpoint(folder):
+def pack_checkpoint(folder: str | Path) -> bytes:
     """The bytes of the checkpoint folder: a tar of its files (sorted, no folders)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode='w', format=tarfile.PAX_FORMAT) as tar:
@@ -116,7 +122,7 @@ def pack_checkpoint(folder):
     return buffer.getvalue()
 
 
-def unpack_checkpoint(blob, folder):
+def unpack_checkpoint(blob: bytes, folder: str | Path) -> Path:
     """Write the files of a packed checkpoint into `folder` (which must not exist yet);
     ValueError for anything but plain files with plain names, within the size bounds.
     Returns folder."""

@@ -10,6 +10,8 @@ Gluon's own CIFAR10 dataset re-downloads every file whose SHA-1 is not the
 official one, so it cannot load anything else (tests, the demo); this module
 reads the files itself and records whether they are the official CIFAR-10.
 """
+from __future__ import annotations
+
 import hashlib
 import io
 import os
@@ -17,13 +19,18 @@ import pickle
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.errors import BenchError
 from bench.fileio import write_bytes_atomic
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_PIXELS = 3 * 32 * 32
@@ -89,11 +96,11 @@ class DataIdentity:
     train_images: int
     test_images: int
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
-    def label(self):
+    def label(self) -> str:
         return 'CIFAR-10' if self.official else f'{self.name} (not CIFAR-10)'
 
 
@@ -106,11 +113,11 @@ class Dataset:
     identity: DataIdentity
 
     @property
-    def classes(self):
+    def classes(self) -> int:
         return int(max(self.train_labels.max(), self.test_labels.max())) + 1
 
 
-def default_root():
+def default_root() -> str:
     """MXNet's usual data folder, without importing MXNet: $MXNET_HOME/datasets/cifar10."""
     home = os.environ.get('MXNET_HOME', os.path.join('~', '.mxnet'))
     return os.path.expanduser(os.path.join(home, 'datasets', 'cifar10'))
@@ -118,7 +125,7 @@ def default_root():
 
 # ---------------------------------------------------------------- decoding
 
-def decode_bin(blob, name):
+def decode_bin(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     if len(blob) == 0 or len(blob) % (RECORD_PIXELS + 1):
         raise DataError(f'{name}: {len(blob)} bytes is not a whole number of CIFAR records '
                         f'({RECORD_PIXELS + 1} bytes each); the file is truncated or not CIFAR')
@@ -132,13 +139,13 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
                 ('_codecs', 'encode')}
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Callable[..., Any]:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a CIFAR batch')
 
 
-def decode_py(blob, name):
+def decode_py(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _NumpyOnlyUnpickler(io.BytesIO(blob), encoding='bytes').load()
         batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
@@ -152,7 +159,7 @@ def decode_py(blob, name):
     return data.reshape((-1,) + IMAGE_SHAPE), labels
 
 
-def record_bytes(images, labels):
+def record_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
     """The binary layout's records for these images: what the identity digest is computed on."""
     records = np.empty((len(images), RECORD_PIXELS + 1), dtype=np.uint8)
     records[:, 0] = labels
@@ -162,14 +169,15 @@ def record_bytes(images, labels):
 
 # ---------------------------------------------------------------- finding files
 
-def _folder_reader(folder, suffix):
+def _folder_reader(folder: Path, suffix: str) -> tuple[str, Callable[[str], bytes]] | None:
     paths = {name: folder / f'{name}{suffix}' for name in TRAIN_BATCHES + (TEST_BATCH,)}
     if not all(path.is_file() for path in paths.values()):
         return None
     return str(folder), lambda name: paths[name].read_bytes()
 
 
-def _archive_reader(archive, suffix):
+def _archive_reader(archive: Path, suffix: str
+                    ) -> tuple[str, Callable[[str], bytes]] | None:
     if not archive.is_file():
         return None
     try:
@@ -187,7 +195,7 @@ def _archive_reader(archive, suffix):
     return str(archive), blobs.__getitem__
 
 
-def _locate(root):
+def _locate(root: str | Path) -> tuple[str, str, Callable[[str], bytes]] | None:
     """(layout, source, read(name) -> bytes) for the first CIFAR-10 copy found under root."""
     root = Path(root)
     candidates = [
@@ -205,7 +213,7 @@ def _locate(root):
     return None
 
 
-def missing_data_message(root, cause=None):
+def missing_data_message(root: str | Path, cause: Exception | None = None) -> str:
     root = Path(root)
     lines = [
         f'CIFAR-10 was not found under {root}.',
@@ -221,7 +229,7 @@ def missing_data_message(root, cause=None):
     return '\n'.join(lines)
 
 
-def download_cifar10(root, url=DOWNLOAD_URL, timeout=30):
+def download_cifar10(root: str | Path, url: str = DOWNLOAD_URL, timeout: float = 30) -> Path:
     """Fetch the official binary archive into root; raise DataError when the network says no."""
     target = Path(root) / BIN_ARCHIVE
     try:
@@ -235,7 +243,8 @@ def download_cifar10(root, url=DOWNLOAD_URL, timeout=30):
 
 # ---------------------------------------------------------------- loading
 
-def load_cifar10(root=None, download=True, name=None):
+def load_cifar10(root: str | Path | None = None, download: bool = True,
+                 name: str | None = None) -> Dataset:
     """The CIFAR-10 copy under `root` (default: MXNet's data folder), with its identity.
 
     `name` labels data that is not the official CIFAR-10 (e.g. 'sklearn-digits');
@@ -282,7 +291,7 @@ def load_cifar10(root=None, download=True, name=None):
 
 # ---------------------------------------------------------------- writing
 
-def _as_chw(images):
+def _as_chw(images: npt.ArrayLike) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise ValueError(f'images must be uint8, got {images.dtype}')
@@ -293,8 +302,9 @@ def _as_chw(images):
     return images
 
 
-def write_cifar10(root, train_images, train_labels, test_images, test_labels,
-                  layout='bin', archive=False):
+def write_cifar10(root: str | Path, train_images: npt.ArrayLike, train_labels: npt.ArrayLike,
+                  test_images: npt.ArrayLike, test_labels: npt.ArrayLike,
+                  layout: str = 'bin', archive: bool = False) -> Path:
     """Write CIFAR-format files under root, the way the official copy is laid out.
 
     The training images are spread over the five data_batch files. Returns the
@@ -310,7 +320,7 @@ def write_cifar10(root, train_images, train_labels, test_images, test_labels,
     parts = [(name, train_images[idx], np.asarray(train_labels)[idx]) for name, idx in chunks]
     parts.append((TEST_BATCH, test_images, np.asarray(test_labels)))
 
-    def encode(images, labels):
+    def encode(images: np.ndarray, labels: np.ndarray) -> bytes:
         if layout == 'bin':
             return record_bytes(images, labels)
         return pickle.dumps({'batch_label': 'written by bench.trial.data.write_cifar10',
@@ -333,7 +343,7 @@ def write_cifar10(root, train_images, train_labels, test_images, test_labels,
     return root / folder_name
 
 
-def official_identity(root=None):
+def official_identity(root: str | Path | None = None) -> DataIdentity:
     """The identity the official CIFAR-10 gets when its files are loaded, known without
     them: what the plan of a sweep on CIFAR-10 is computed with before they are there."""
     root = Path(root) if root is not None else Path(default_root())
@@ -342,7 +352,8 @@ def official_identity(root=None):
                         test_images=TEST_IMAGES)
 
 
-def digits_arrays(test_fraction=0.2, seed=0):
+def digits_arrays(test_fraction: float = 0.2, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's handwritten digits (8x8, 1797 images) as 32x32 RGB uint8 images:
     (train images, train labels, test images, test labels), the demo data set's content.
 
@@ -367,7 +378,7 @@ def digits_arrays(test_fraction=0.2, seed=0):
     return images[train], labels[train], images[test], labels[test]
 
 
-def make_digits_dataset(root, test_fraction=0.2, seed=0):
+def make_digits_dataset(root: str | Path, test_fraction: float = 0.2, seed: int = 0) -> Path:
     """The digits (digits_arrays) written as CIFAR-format files under root, once: a small
     real data set that ships inside a package, so the demo shows real learning with no
     download. Later calls reuse the files."""
@@ -383,12 +394,12 @@ DEMO_NAME = 'sklearn-digits'
 DEMO_FOLDER = Path('data') / 'demo-digits-cifar-stats'    # relative to the sweep file or cwd
 
 
-def load_demo_digits(root):
+def load_demo_digits(root: str | Path) -> Dataset:
     """The demo data set: the digits written (once) under root, loaded like CIFAR-10."""
     return load_cifar10(make_digits_dataset(root), download=False, name=DEMO_NAME)
 
 
-def demo_digits_identity(root):
+def demo_digits_identity(root: str | Path) -> DataIdentity:
     """The identity load_demo_digits(root) gives, without writing anything: from the files
     where they are there, else computed from the digits in memory."""
     root = Path(root)

@@ -8,25 +8,26 @@ learning-rate schedule, the batches and augmentation of each epoch (drawn from
 the spec's seed), the metrics of an epoch, divergence, and the checkpoint's
 state (epoch, history, RNG state).
 
-A session provides:
-    set_learning_rate(lr)
-    train_batch(indices, rows, cols, flips) -> (summed loss, correct count), both left
-        on the device (waiting for them would stall a GPU's queue)
-    values(scalars) -> numpy array of such device scalars (this waits)
-    evaluate() -> (mean loss, accuracy) on the test split
-    save_weights(folder), load_weights(folder)   the framework's own files
-    describe() -> {'devices': ..., 'kernels': ...}   where and how it ran
+A session is a `Session` (below); a backend's module is a `Backend`.
 """
+from __future__ import annotations
+
 import importlib
 import importlib.util
 import math
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from bench.errors import DOCTOR_HINT, FAILED, BenchError
 from bench.trial.batches import epoch_plan
 from bench.trial.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from bench.trial.data import Dataset
+    from bench.trial.recipe import TrialSpec
 
 # How many batches may pass between checks for a non-finite loss: each check waits
 # for the device, so checking every batch would stall a GPU's queue.
@@ -42,12 +43,56 @@ BACKEND_FRAMEWORKS = {
 }
 
 
+@runtime_checkable
+class Session(Protocol):
+    """One trial's network, optimizer and data on its devices, as the loop drives it.
+
+    Scalars are the framework's device values (an MXNet NDArray, a torch Tensor): the
+    loop never waits for one except through `values`, since waiting would stall a
+    GPU's queue."""
+
+    def set_learning_rate(self, lr: float) -> None:
+        """The learning rate of the next steps."""
+
+    def train_batch(self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    flips: np.ndarray) -> tuple[Any, Any]:
+        """One step on the training images `indices`, cropped at (`rows`, `cols`) and
+        flipped where `flips`: the batch's summed loss and correct count, as scalars."""
+
+    def values(self, scalars: Sequence[Any]) -> np.ndarray:
+        """The host values of scalars of train_batch (waits for them)."""
+
+    def evaluate(self) -> tuple[float, float]:
+        """(mean loss, accuracy) on the test split."""
+
+    def save_weights(self, folder: Path) -> None:
+        """Write the weights and the optimizer's state into `folder`, in the framework's
+        own files."""
+
+    def load_weights(self, folder: Path) -> None:
+        """Read back what save_weights wrote into `folder`."""
+
+    def describe(self) -> dict[str, Any]:
+        """Where and how the trial ran ({'devices': ..., 'kernels': ...}, library versions
+        on GPUs), recorded with its results."""
+
+
+class Backend(Protocol):
+    """A backend's module (BACKENDS): the devices of a scheduled trial and its session."""
+
+    def trial_devices(self, gpus_per_trial: float, gpu_ids: list[str]) -> list[Any]:
+        """The devices of a trial that Ray gave `gpu_ids` (its share: gpus_per_trial)."""
+
+    def open_session(self, spec: TrialSpec, data: Dataset, devices: list[Any]) -> Session:
+        """The session of `spec` on `data` and `devices`."""
+
+
 class TrainingDiverged(BenchError, RuntimeError):
     """The loss became NaN or infinite."""
 
     exit_code = FAILED
 
-    def __init__(self, epoch, batch, value):
+    def __init__(self, epoch: int, batch: int | None, value: float) -> None:
         self.epoch, self.batch, self.value = epoch, batch, value
         where = f'batch {batch + 1}' if batch is not None else 'validation'
         super().__init__(
@@ -55,7 +100,7 @@ class TrainingDiverged(BenchError, RuntimeError):
             'lower the learning rate or check the data')
 
 
-def missing_framework(name):
+def missing_framework(name: str) -> str | None:
     """Why backend `name` cannot run in this environment (None when it can), found without
     importing the framework."""
     module, install = BACKEND_FRAMEWORKS[name]
@@ -65,6 +110,17 @@ def missing_framework(name):
             '`make install`, whose default (EXTRAS=cpu,torch) installs both backends')
 
 
+class DeviceError(BenchError, RuntimeError):
+    """The trial's device cannot be used as asked; the message says what to change."""
+
+    hint = DOCTOR_HINT
+
+
+class UnsupportedRecipe(BenchError, ValueError):
+    """A recipe this trial cannot train here (mixed precision off the GPU, a batch larger
+    than the training set); the message says what to change."""
+
+
 class BackendUnavailable(BenchError, RuntimeError):
     """The backend's framework is installed but cannot be loaded here; the message says why
     and what to do."""
@@ -72,7 +128,7 @@ class BackendUnavailable(BenchError, RuntimeError):
     hint = DOCTOR_HINT
 
 
-def get_backend(name='gluon'):
+def get_backend(name: str = 'gluon') -> Backend:
     """The module of backend `name`: it has `trial_devices(gpus_per_trial, gpu_ids)` and
     `open_session(spec, data, devices)`. BackendUnavailable where its framework fails to
     load (MXNet's GPU build on a machine without the NVIDIA driver dies on libcuda.so.1)."""
@@ -90,7 +146,9 @@ def get_backend(name='gluon'):
                                  f'loaded here ({error}).{hint}') from None
 
 
-def train_epoch(session, plan, epoch, on_batch=None):
+def train_epoch(session: Session, plan: list[tuple[np.ndarray, ...]], epoch: int,
+                on_batch: Callable[[int, int], None] | None = None
+                ) -> tuple[float, float, int]:
     """One pass over `plan` through `session.train_batch`; returns (mean loss, accuracy,
     images seen). The losses since the last look are brought to the host every
     DIVERGENCE_CHECK_EVERY batches and at the end; a non-finite one stops the trial
@@ -116,8 +174,10 @@ def train_epoch(session, plan, epoch, on_batch=None):
             float(np.sum(session.values(correct_sums), dtype=np.float64)) / seen, seen)
 
 
-def run_epochs(session, spec, data, checkpoint_dir=None, resume_from=None, on_epoch=None,
-               on_batch=None):
+def run_epochs(session: Session, spec: TrialSpec, data: Dataset,
+               checkpoint_dir: str | Path | None = None, resume_from: Path | None = None,
+               on_epoch: Callable[[dict, Path | None], None] | None = None,
+               on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train `session` through the spec's remaining epochs; the per-epoch metrics.
 
     checkpoint_dir: a checkpoint is written there after every epoch, and training
@@ -128,8 +188,8 @@ def run_epochs(session, spec, data, checkpoint_dir=None, resume_from=None, on_ep
     """
     recipe = spec.recipe
     if len(data.train_images) < recipe.batch_size:
-        raise ValueError(f'batch_size {recipe.batch_size} is larger than the '
-                         f'{len(data.train_images)} training images')
+        raise UnsupportedRecipe(f'batch_size {recipe.batch_size} is larger than the '
+                                f'{len(data.train_images)} training images')
     rng = np.random.default_rng(spec.seed)
     history = []
     spec_dict = spec.to_dict()

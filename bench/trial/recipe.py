@@ -8,8 +8,12 @@ The recipe's defaults are the original table's: batch 128, 186 epochs, Adam at
 string is taken for a number, no truth value for a count), wherever a recipe comes
 from: the sweep file's `recipe`, an override, a stored spec or a command line.
 """
+from __future__ import annotations
+
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Tuple
+from typing import Annotated, Any, Literal, Mapping, Sequence, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -69,7 +73,7 @@ class Recipe(BaseModel):
     tf32: bool = True
 
     @model_validator(mode='after')
-    def _options_fit_the_backend(self):
+    def _options_fit_the_backend(self) -> Recipe:
         problems = []
         if self.precision not in BACKEND_PRECISIONS[self.backend]:
             problems.append(f"precision must be one of "
@@ -84,15 +88,15 @@ class Recipe(BaseModel):
             raise ValueError('; '.join(problems))
         return self
 
-    def lr_at(self, epoch):
+    def lr_at(self, epoch: int) -> float:
         """Learning rate of (0-based) `epoch`: lr times lr_decay for every decay epoch passed."""
         return self.lr * self.lr_decay ** sum(1 for e in self.lr_decay_epochs if epoch >= e)
 
-    def decays_reached(self):
+    def decays_reached(self) -> list[int]:
         """The decay epochs this recipe's run reaches, in order (the rest never apply)."""
         return sorted(e for e in self.lr_decay_epochs if e < self.epochs)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         out = self.model_dump()
         out['lr_decay_epochs'] = list(self.lr_decay_epochs)
         for name, default in LATER_OPTIONS.items():
@@ -101,7 +105,7 @@ class Recipe(BaseModel):
         return out
 
     @classmethod
-    def from_dict(cls, values, where='recipe'):
+    def from_dict(cls, values: object, where: str = 'recipe') -> Recipe:
         """A Recipe from plain values; RecipeError names each problem as
         `where.option: what (found ...)`."""
         if not isinstance(values, dict):
@@ -113,7 +117,8 @@ class Recipe(BaseModel):
             raise RecipeError('\n'.join(recipe_problems(error, '', (where,)))) from None
 
 
-def recipe_problems(error, source, prefix=()):
+def recipe_problems(error: ValidationError, source: str, prefix: Sequence[str | int] = ()
+                    ) -> list[str]:
     """The lines of a Recipe ValidationError, each naming its option."""
     return [describe_error(e, source, prefix, valid_keys=lambda _: RECIPE_OPTIONS)
             for e in error.errors()]
@@ -122,7 +127,7 @@ def recipe_problems(error, source, prefix=()):
 RECIPE_OPTIONS = tuple(Recipe.model_fields)
 
 
-def describe_recipe(recipe):
+def describe_recipe(recipe: Recipe | Mapping[str, Any]) -> str:
     """The recipe in a few words, as a caption or a plan states it: only the decay points
     its run reaches ('x0.1 at epochs 81, 122'; 'no decay within 1 epoch')."""
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(dict(recipe))
@@ -147,16 +152,36 @@ class TrialSpec:
     attention_kwargs: dict = field(default_factory=dict)
 
     @property
-    def name(self):
+    def name(self) -> str:
         return f'{self.model}-{self.attention}-s{self.seed}'
 
-    def to_dict(self):
+    @property
+    def network_revision(self) -> int:
+        """The revision of the model's network definition this code builds."""
+        from models.names import network_revision
+        return network_revision(self.model)
+
+    def trial_id(self, data_identity: Mapping[str, Any]) -> str:
+        """A stable id: hash of everything that changes the result, independent of YAML
+        order: this spec, the data (`data_identity`'s digest and whether it is the
+        official set) and the revision of the network definition, so a trial trained by
+        an older definition is never taken for a current one; revision 1 is left out,
+        which keeps the ids computed before revisions existed."""
+        payload = {'spec': self.to_dict(),
+                   'data': {'digest': data_identity['digest'],
+                            'official': data_identity['official']}}
+        if self.network_revision != 1:
+            payload['network_revision'] = self.network_revision
+        blob = json.dumps(payload, sort_keys=True, separators=(',', ':')).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
         return {'model': self.model, 'attention': self.attention, 'seed': self.seed,
                 'attention_kwargs': dict(sorted(self.attention_kwargs.items())),
                 'recipe': self.recipe.to_dict()}
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: Mapping[str, Any]) -> TrialSpec:
         values = dict(values)
         values['recipe'] = Recipe.from_dict(values.get('recipe', {}))
         values['attention_kwargs'] = dict(values.get('attention_kwargs') or {})
@@ -177,10 +202,10 @@ class TrialRun:
 
     # Tune's configs hold plain values (it takes dataclasses apart), so a TrialRun
     # crosses into Tune as a dict and is rebuilt on the other side.
-    def to_config(self):
+    def to_config(self) -> dict[str, Any]:
         return {'trial_id': self.trial_id, 'name': self.name, 'spec': self.spec.to_dict(),
                 'cpus': self.cpus, 'gpus': self.gpus, 'scratch': self.scratch}
 
     @classmethod
-    def from_config(cls, values):
+    def from_config(cls, values: Mapping[str, Any]) -> TrialRun:
         return cls(**{**values, 'spec': TrialSpec.from_dict(values['spec'])})

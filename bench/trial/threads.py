@@ -5,6 +5,8 @@ ignores later changes (MXSetNumOMPThreads does not reach the engine's workers).
 Unset, it leaves cores idle: on a 2-core machine ResNet-20 trains at 190 img/s
 instead of 350. So every entry point calls `use_cpus` before importing MXNet.
 """
+from __future__ import annotations
+
 import os
 import sys
 
@@ -12,7 +14,7 @@ import sys
 KEEP_DEFAULT_ENV = 'BENCH_MXNET_DEFAULT_THREADS'
 
 
-def available_cpus():
+def available_cpus() -> int:
     """Cores this process may run on (its affinity mask, not the machine's total)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -20,7 +22,7 @@ def available_cpus():
         return os.cpu_count() or 1
 
 
-def pin_cpus(cpus):
+def pin_cpus(cpus: float) -> int | None:
     """Set OMP_NUM_THREADS to exactly `cpus`, whatever the environment says (Ray trials:
     the thread count follows cpus_per_trial, not what the driver's environment held).
     Must run before `import mxnet`; returns the count, or None if MXNet was already loaded."""
@@ -31,7 +33,7 @@ def pin_cpus(cpus):
     return count
 
 
-def use_cpus(cpus=None):
+def use_cpus(cpus: float | None = None) -> int | None:
     """Set OMP_NUM_THREADS to `cpus` (default: all available) unless the user already chose.
 
     Returns the thread count in force. Must run before `import mxnet`; afterwards

@@ -5,6 +5,10 @@ A batch is one gather from it: the gather index encodes, per image, which image,
 which 32x32 window of the padded 40x40 (the random crop) and whether columns run
 backwards (the horizontal flip). No per-image Python, no worker processes.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import mxnet as mx
 import numpy as np
 
@@ -14,7 +18,9 @@ from bench.trial.data import CIFAR_MEAN, CIFAR_STD
 class DeviceImages:
     """One split (train or test) on one device, ready to be cut into batches."""
 
-    def __init__(self, images, labels, ctx, pad=4, mean=CIFAR_MEAN, std=CIFAR_STD):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ctx: mx.Context, pad: int = 4,
+                 mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD
+                 ) -> None:
         images = np.asarray(images, dtype=np.uint8)
         count, channels, height, width = images.shape
         self.count, self.pad, self.ctx = count, pad, ctx
@@ -41,7 +47,8 @@ class DeviceImages:
         self._shift = mx.nd.array((-np.asarray(mean, np.float32) / std).reshape(1, -1, 1, 1),
                                   ctx=ctx)
 
-    def batch(self, indices, row_offsets, col_offsets, flips):
+    def batch(self, indices: np.ndarray, row_offsets: np.ndarray, col_offsets: np.ndarray,
+              flips: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Normalised float32 images (n, C, H, W) and their labels.
 
         row_offsets/col_offsets are each image's window corner in the padded image
@@ -61,7 +68,7 @@ class DeviceImages:
         labels = mx.nd.take(self.labels, mx.nd.array(indices, ctx=self.ctx, dtype='int32'))
         return images, labels
 
-    def plain_batch(self, indices):
+    def plain_batch(self, indices: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Images without augmentation (for evaluation): the centre window, unflipped."""
         centred = np.full(len(indices), self.pad)
         return self.batch(indices, centred, centred, np.zeros(len(indices), dtype=bool))

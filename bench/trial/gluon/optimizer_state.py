@@ -18,18 +18,21 @@ executing any (no class is looked up, no function is called), accepts only the
 shapes MXNet writes for its Adam, SGD and NAG states, and refuses anything else with
 one message saying how to retrain. The next checkpoint is written in the new format.
 """
+from __future__ import annotations
+
 import json
 import pickletools
 from pathlib import Path
+from typing import Any
 
 import mxnet as mx
 import numpy as np
 
+from bench.errors import BenchError
 from bench.fileio import read_json, write_json_atomic
 
 STATE_ARRAYS = 'optimizer.params'
 STATE_RECORD = 'optimizer.json'
-from bench.errors import BenchError
 from bench.trial.checkpoint import LEGACY_PICKLE_FILE as LEGACY_STATES  # noqa: E402
 
 FORMAT = 1
@@ -43,7 +46,7 @@ class UnreadableOptimizerState(BenchError, RuntimeError):
     go on."""
 
 
-def _retrain_hint(folder):
+def _retrain_hint(folder: str | Path) -> str:
     return (f'it is never unpickled or executed. To train the trial again from its start, '
             f'delete the checkpoint folder {folder} (or run run_sweep.py with --fresh and '
             "--only naming the trial's cell); to resume it, restore the file from a backup")
@@ -51,7 +54,7 @@ def _retrain_hint(folder):
 
 # ---------------------------------------------------------------- the trainer's state
 
-def _updaters(trainer):
+def _updaters(trainer: mx.gluon.Trainer) -> list[mx.optimizer.Updater]:
     """The trainer's updaters, its kvstore and parameters set up as save/load_states do."""
     if not trainer._kv_initialized:
         trainer._init_kvstore()
@@ -63,7 +66,8 @@ def _updaters(trainer):
     return trainer._updaters
 
 
-def _layout(state):
+def _layout(state: mx.nd.NDArray | tuple[Any, ...] | list[Any] | None
+            ) -> str | dict[str, list[Any]]:
     """The shape of a state without its arrays: 'none', 'array', or a tuple/list of those."""
     if state is None:
         return 'none'
@@ -72,7 +76,8 @@ def _layout(state):
     return {'tuple' if isinstance(state, tuple) else 'list': [_layout(s) for s in state]}
 
 
-def _flatten(state, name, arrays):
+def _flatten(state: object, name: str, arrays: dict[str, mx.nd.NDArray]
+             ) -> str | dict[str, list[Any]]:
     """The layout of one parameter's state; its arrays go into `arrays` under `name`."""
     if state is None:
         return 'none'
@@ -85,7 +90,8 @@ def _flatten(state, name, arrays):
     raise TypeError(f'optimizer state of type {type(state).__name__} cannot be saved')
 
 
-def save_optimizer_state(trainer, optimizer_name, folder):
+def save_optimizer_state(trainer: mx.gluon.Trainer, optimizer_name: str,
+                         folder: str | Path) -> None:
     """Write the trainer's optimizer state into `folder` (optimizer.params, .json)."""
     updater = _updaters(trainer)[0]
     optimizer = updater.optimizer
@@ -102,20 +108,21 @@ def save_optimizer_state(trainer, optimizer_name, folder):
         'states': layouts})
 
 
-def _count(value, what):
+def _count(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 62:
         raise ValueError(f'{what} must be a count, found {value!r:.60}')
     return value
 
 
-def _index(key, parameters):
+def _index(key: object, parameters: int) -> int:
     if not (isinstance(key, str) and key.isdigit()) or int(key) >= parameters:
         raise ValueError(f'parameter index {key!r:.60} is not one of the '
                          f'{parameters} parameters')
     return int(key)
 
 
-def _unflatten(layout, name, arrays, shape, depth=0):
+def _unflatten(layout: object, name: str, arrays: dict[str, mx.nd.NDArray], shape: tuple[int, ...],
+               depth: int = 0) -> mx.nd.NDArray | tuple[Any, ...] | list[Any] | None:
     """A parameter's state from its layout, each array checked against the parameter."""
     if depth > _MAX_NESTING:
         raise ValueError('state nested too deeply')
@@ -137,7 +144,9 @@ def _unflatten(layout, name, arrays, shape, depth=0):
     raise ValueError(f'state layout {layout!r:.60} is not one this project writes')
 
 
-def _apply(trainer, optimizer_name, states, num_update, counts):
+def _apply(trainer: mx.gluon.Trainer, optimizer_name: str,
+           states: dict[int, mx.nd.NDArray | tuple[Any, ...] | list[Any] | None], num_update: int,
+           counts: dict[int, dict[int, int]]) -> None:
     """Give every updater of the trainer these states and counters."""
     updaters = _updaters(trainer)
     for updater in updaters:
@@ -153,7 +162,8 @@ def _apply(trainer, optimizer_name, states, num_update, counts):
     optimizer._index_update_count = optimizer._all_index_update_counts.setdefault(0, {})
 
 
-def _copy(state):
+def _copy(state: mx.nd.NDArray | tuple[Any, ...] | list[Any] | None
+          ) -> mx.nd.NDArray | tuple[Any, ...] | list[Any] | None:
     if isinstance(state, mx.nd.NDArray):
         return state.copy()
     if isinstance(state, (tuple, list)):
@@ -161,7 +171,7 @@ def _copy(state):
     return state
 
 
-def _expected_layouts(trainer):
+def _expected_layouts(trainer: mx.gluon.Trainer) -> dict[str, str | dict[str, list[Any]]]:
     """The state layout the trainer's optimizer makes for each parameter it updates (what a
     resumed trial needs: Adam's two moments, SGD's momentum, ...), by asking it for fresh
     ones; BatchNorm's running statistics have none."""
@@ -170,7 +180,10 @@ def _expected_layouts(trainer):
             for index, param in enumerate(trainer._params) if param.grad_req != 'null'}
 
 
-def _checked(trainer, optimizer_name, record, arrays, source):
+def _checked(trainer: mx.gluon.Trainer, optimizer_name: str, record: dict[str, Any],
+             arrays: dict[str, mx.nd.NDArray], source: Path
+             ) -> tuple[dict[int, mx.nd.NDArray | tuple[Any, ...] | list[Any] | None], int,
+                        dict[int, dict[int, int]]]:
     """(states, num_update, counts) of a record read from `source`, each part checked
     against the trainer (ValueError says what does not fit): every parameter's state
     present, of the layout its optimizer makes, its arrays shaped as the parameter."""
@@ -205,7 +218,8 @@ def _checked(trainer, optimizer_name, record, arrays, source):
     return states, _count(record.get('num_update'), 'num_update'), counts
 
 
-def load_optimizer_state(trainer, optimizer_name, folder):
+def load_optimizer_state(trainer: mx.gluon.Trainer, optimizer_name: str,
+                         folder: str | Path) -> str | None:
     """Restore the trainer's optimizer state from `folder`: the new format, or a legacy
     trainer.states read as data (see the module's docstring). Returns a note to show
     when a legacy file was converted, else None; UnreadableOptimizerState otherwise."""
@@ -255,17 +269,17 @@ def load_optimizer_state(trainer, optimizer_name, folder):
 # ---------------------------------------------------------------- the legacy pickle, as data
 
 class _Global:
-    def __init__(self, module, name):
+    def __init__(self, module: str, name: str) -> None:
         self.module, self.name = module, name
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'{self.module}.{self.name}'
 
 
 class _Call:
     """What a REDUCE or NEWOBJ would have made: never made, only recorded."""
 
-    def __init__(self, function, args):
+    def __init__(self, function: _Global, args: tuple[Any, ...]) -> None:
         self.function, self.args, self.state = function, args, None
 
 
@@ -278,7 +292,7 @@ _VALUES = {'BININT', 'BININT1', 'BININT2', 'LONG1', 'LONG4', 'INT', 'LONG', 'BIN
 _MAX_OPCODES = 10_000_000
 
 
-def _pop_to_mark(stack):
+def _pop_to_mark(stack: list[Any]) -> list[Any]:
     for position in range(len(stack) - 1, -1, -1):
         if stack[position] is _MARK:
             items = stack[position + 1:]
@@ -287,7 +301,7 @@ def _pop_to_mark(stack):
     raise ValueError('pickle has no mark where one belongs')
 
 
-def parse_pickle(blob):
+def parse_pickle(blob: bytes) -> object:
     """The object a pickle describes, built from its opcodes as inert data: globals are
     names, calls are records of what would have been called. Nothing is imported, looked
     up or executed; an opcode outside plain data and object records is refused
@@ -298,7 +312,7 @@ def parse_pickle(blob):
         raise ValueError(f'malformed pickle ({type(error).__name__}: {error})') from None
 
 
-def _parse_pickle(blob):
+def _parse_pickle(blob: bytes) -> object:
     stack, memo = [], {}
     for count, (opcode, arg, _) in enumerate(pickletools.genops(blob)):
         if count > _MAX_OPCODES:
@@ -379,17 +393,18 @@ def _parse_pickle(blob):
     raise ValueError('pickle has no end')
 
 
-def _is(call, module, name):
+def _is(call: object, module: str, name: str) -> bool:
     return isinstance(call, _Call) and isinstance(call.function, _Global) and \
         (call.function.module, call.function.name) == (module, name)
 
 
-def _raw_array_bytes(call):
+def _raw_array_bytes(call: object) -> bytes:
     """The bytes of an NDArray as MXNet pickles it: NDArray(None) with state
     {'handle': bytearray(raw bytes)}."""
     if not (_is(call, 'mxnet.ndarray.ndarray', 'NDArray') and call.args == (None,)
             and isinstance(call.state, dict) and set(call.state) == {'handle'}):
-        raise ValueError(f'a state value is {call.function if isinstance(call, _Call) else type(call).__name__}, '
+        raise ValueError('a state value is '
+                         f'{call.function if isinstance(call, _Call) else type(call).__name__}, '
                          'not an MXNet array')
     handle = call.state['handle']
     if _is(handle, 'builtins', 'bytearray') and len(handle.args) == 1 and \
@@ -404,10 +419,10 @@ class _Budget:
     """The array bytes a legacy file may still decode, and the arrays already decoded: a
     pickle can name one array many times (its memo), MXNet's never does."""
 
-    def __init__(self, limit):
+    def __init__(self, limit: int) -> None:
         self.left, self.seen = limit, set()
 
-    def take(self, call, raw):
+    def take(self, call: _Call, raw: bytes) -> None:
         if id(call) in self.seen:
             raise ValueError('one array stands for several states: not what MXNet writes')
         self.seen.add(id(call))
@@ -416,7 +431,8 @@ class _Budget:
             raise ValueError("more array data than the parameters' state takes")
 
 
-def _legacy_layout(value, name, arrays, budget, depth=0):
+def _legacy_layout(value: object, name: str, arrays: dict[str, mx.nd.NDArray], budget: _Budget,
+                   depth: int = 0) -> str | dict[str, list[Any]]:
     if depth > _MAX_NESTING:
         raise ValueError('state nested too deeply')
     if value is None:
@@ -434,7 +450,8 @@ def _legacy_layout(value, name, arrays, budget, depth=0):
     return 'array'
 
 
-def read_legacy_states(blob, optimizer_name, max_array_bytes=1 << 30):
+def read_legacy_states(blob: bytes, optimizer_name: str, max_array_bytes: int = 1 << 30
+                       ) -> tuple[dict[str, Any], dict[str, mx.nd.NDArray]]:
     """(record, arrays) in the new format from the bytes of a legacy trainer.states, decoding
     at most `max_array_bytes` of arrays; ValueError for anything MXNet would not write."""
     parsed = parse_pickle(blob)

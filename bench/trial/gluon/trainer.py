@@ -5,17 +5,25 @@ by the recipe on MXNet devices.
 seam); `train` is both together, a library function that takes the spec and the
 data, returns the per-epoch metrics and reports each epoch to a callback.
 """
+from __future__ import annotations
+
 import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Sequence
 
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon
 
 from bench.store import HISTORY_FIELDS
 from bench.trial.batches import eval_batches
+from bench.trial.data import Dataset
 from bench.trial.gluon.augment import DeviceImages
 from bench.trial.gluon.devices import describe, trial_contexts, trial_device_plan
 from bench.trial.gluon.optimizer_state import load_optimizer_state, save_optimizer_state
-from bench.trial.loop import run_epochs
+from bench.trial.loop import UnsupportedRecipe, run_epochs
+from bench.trial.recipe import Recipe, TrialSpec
 from models import get_model, load_parameters
 
 # Each epoch's metrics are one row of the store's history.
@@ -27,25 +35,27 @@ METRICS = HISTORY_FIELDS
 PARAMS_FILE = 'model.params'
 
 
-def make_loss():
+def make_loss() -> gluon.loss.SoftmaxCrossEntropyLoss:
     return gluon.loss.SoftmaxCrossEntropyLoss()
 
 
-def check_precision(recipe, contexts):
+def check_precision(recipe: Recipe, contexts: list[mx.Context]) -> None:
     """Refuse mixed precision off the GPU before anything is built."""
     if recipe.precision == 'amp_float16' and any(c.device_type != 'gpu' for c in contexts):
-        raise ValueError(
+        raise UnsupportedRecipe(
             f"precision amp_float16 needs GPUs, but this trial runs on "
             f"{', '.join(str(c) for c in contexts)}: MXNet's float16 AMP has no CPU kernels. "
             f"Use precision float32, or give the trial a GPU (gpus_per_trial).")
 
 
-def _amp():
+def _amp() -> ModuleType:
+    # mxnet.contrib.amp is imported only where mixed precision is asked for.
     from mxnet.contrib import amp
     return amp
 
 
-def build_network(spec, contexts, classes=10):
+def build_network(spec: TrialSpec, contexts: list[mx.Context], classes: int = 10
+                  ) -> gluon.HybridBlock:
     """The spec's network, Xavier-initialised from the spec's seed, on `contexts`."""
     check_precision(spec.recipe, contexts)
     if spec.recipe.precision == 'amp_float16':
@@ -57,7 +67,8 @@ def build_network(spec, contexts, classes=10):
     return initialize_network(net, spec, contexts)
 
 
-def initialize_network(net, spec, contexts):
+def initialize_network(net: gluon.HybridBlock, spec: TrialSpec,
+                       contexts: list[mx.Context]) -> gluon.HybridBlock:
     """`net` Xavier-initialised from the spec's seed on `contexts`, hybridized as the
     recipe says; returns net."""
     mx.random.seed(spec.seed)
@@ -67,13 +78,14 @@ def initialize_network(net, spec, contexts):
     return net
 
 
-def build_parts(spec, contexts, classes=10):
+def build_parts(spec: TrialSpec, contexts: list[mx.Context], classes: int = 10
+                ) -> tuple[gluon.HybridBlock, gluon.Trainer, gluon.loss.Loss]:
     """(network, gluon.Trainer, loss) of a trial: what every Gluon training loop needs."""
     net = build_network(spec, contexts, classes=classes)
     return net, make_trainer(net, spec.recipe), make_loss()
 
 
-def make_trainer(net, recipe):
+def make_trainer(net: gluon.HybridBlock, recipe: Recipe) -> gluon.Trainer:
     options = {'learning_rate': recipe.lr, 'wd': recipe.wd}
     if recipe.optimizer in ('sgd', 'nag'):
         options['momentum'] = recipe.momentum
@@ -86,97 +98,72 @@ def make_trainer(net, recipe):
     return trainer
 
 
-def backward(losses, trainer, recipe):
-    if recipe.precision == 'amp_float16':
-        with _amp().scale_loss(losses, trainer) as scaled:
-            autograd.backward(scaled)
-    else:
-        autograd.backward(losses)
-
-
-def _sum_on_devices(parts):
-    """Sum of per-device scalars, on the first device, without waiting for any of them."""
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part.as_in_context(total.context)
-    return total
-
-
-def train_batch(net, trainer, loss_fn, x, y, contexts, recipe):
-    """One update on the batch (x, y), split over `contexts`; its summed loss and correct
-    count, left on the first device."""
-    xs = gluon.utils.split_and_load(x, contexts, even_split=False)
-    ys = gluon.utils.split_and_load(y, contexts, even_split=False)
-    with autograd.record():
-        outputs = [net(part) for part in xs]
-        losses = [loss_fn(out, label) for out, label in zip(outputs, ys)]
-    backward(losses, trainer, recipe)
-    trainer.step(x.shape[0])
-    return (_sum_on_devices([loss.sum() for loss in losses]),
-            _sum_on_devices([(out.argmax(axis=1) == label).sum()
-                             for out, label in zip(outputs, ys)]))
-
-
-def values_of(scalars):
-    """Host values of MXNet scalars (waits for them)."""
-    return mx.nd.stack(*scalars).asnumpy() if len(scalars) > 1 \
-        else scalars[0].asnumpy().reshape(1)
-
-
-def _total(scalars):
-    return float(mx.nd.add_n(*scalars).asscalar()) if len(scalars) > 1 \
-        else float(scalars[0].asscalar())
-
-
-def evaluate(net, loss_fn, images, contexts, batch_size):
-    """(mean cross-entropy, accuracy) of `net` on every image of `images`, unaugmented."""
-    loss_total, correct_total = [], []
-    for indices in eval_batches(images.count, batch_size):
-        x, y = images.plain_batch(indices)
-        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
-        ys = gluon.utils.split_and_load(y, contexts, even_split=False)
-        for part, label in zip(xs, ys):
-            out = net(part)
-            loss_total.append(loss_fn(out, label).sum().as_in_context(mx.cpu()))
-            correct_total.append((out.argmax(axis=1) == label).sum().as_in_context(mx.cpu()))
-    return _total(loss_total) / images.count, _total(correct_total) / images.count
-
-
 class GluonSession:
-    """One trial's network, optimizer, loss and data on its MXNet devices."""
+    """One trial's network, optimizer, loss and data on its MXNet devices
+    (a bench.trial.loop.Session)."""
 
-    def __init__(self, spec, data, contexts):
+    def __init__(self, spec: TrialSpec, data: Dataset, contexts: list[mx.Context]) -> None:
         self.recipe, self.contexts = spec.recipe, contexts
         self.net, self.trainer, self.loss_fn = build_parts(spec, contexts, data.classes)
         self.train_images = DeviceImages(data.train_images, data.train_labels, contexts[0])
         self.test_images = DeviceImages(data.test_images, data.test_labels, contexts[0])
 
-    def set_learning_rate(self, lr):
+    def set_learning_rate(self, lr: float) -> None:
         self.trainer.set_learning_rate(lr)
 
-    def train_batch(self, indices, rows, cols, flips):
+    def train_batch(self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    flips: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
+        """One update on the batch, split over the trial's devices; its summed loss and
+        correct count, left on the first device."""
         x, y = self.train_images.batch(indices, rows, cols, flips)
-        return train_batch(self.net, self.trainer, self.loss_fn, x, y, self.contexts,
-                           self.recipe)
+        xs = gluon.utils.split_and_load(x, self.contexts, even_split=False)
+        ys = gluon.utils.split_and_load(y, self.contexts, even_split=False)
+        with autograd.record():
+            outputs = [self.net(part) for part in xs]
+            losses = [self.loss_fn(out, label) for out, label in zip(outputs, ys)]
+        self._backward(losses)
+        self.trainer.step(x.shape[0])
+        return (_sum_on_devices([loss.sum() for loss in losses]),
+                _sum_on_devices([(out.argmax(axis=1) == label).sum()
+                                 for out, label in zip(outputs, ys)]))
 
-    def values(self, scalars):
-        return values_of(scalars)
+    def _backward(self, losses: list[mx.nd.NDArray]) -> None:
+        if self.recipe.precision == 'amp_float16':
+            with _amp().scale_loss(losses, self.trainer) as scaled:
+                autograd.backward(scaled)
+        else:
+            autograd.backward(losses)
 
-    def evaluate(self):
-        return evaluate(self.net, self.loss_fn, self.test_images, self.contexts,
-                        self.recipe.batch_size)
+    def values(self, scalars: Sequence[mx.nd.NDArray]) -> np.ndarray:
+        """Host values of MXNet scalars (waits for them)."""
+        return mx.nd.stack(*scalars).asnumpy() if len(scalars) > 1 \
+            else scalars[0].asnumpy().reshape(1)
 
-    def save_weights(self, folder):
+    def evaluate(self) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) on every test image, unaugmented."""
+        images, loss_total, correct_total = self.test_images, [], []
+        for indices in eval_batches(images.count, self.recipe.batch_size):
+            x, y = images.plain_batch(indices)
+            xs = gluon.utils.split_and_load(x, self.contexts, even_split=False)
+            ys = gluon.utils.split_and_load(y, self.contexts, even_split=False)
+            for part, label in zip(xs, ys):
+                out = self.net(part)
+                loss_total.append(self.loss_fn(out, label).sum().as_in_context(mx.cpu()))
+                correct_total.append(
+                    (out.argmax(axis=1) == label).sum().as_in_context(mx.cpu()))
+        return _total(loss_total) / images.count, _total(correct_total) / images.count
+
+    def save_weights(self, folder: Path) -> None:
         self.net.save_parameters(str(folder / PARAMS_FILE))
         save_optimizer_state(self.trainer, self.recipe.optimizer, folder)
 
-    def load_weights(self, folder):
+    def load_weights(self, folder: Path) -> None:
         load_parameters(self.net, folder / PARAMS_FILE, ctx=self.contexts)
         note = load_optimizer_state(self.trainer, self.recipe.optimizer, folder)
         if note:
             print(note, flush=True)
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         """Where and with what the trial ran, recorded with its results."""
         found = {'devices': describe(self.contexts), 'kernels': kernels_used(self.contexts)}
         if found['kernels'] == 'fused':
@@ -190,23 +177,38 @@ class GluonSession:
         return found
 
 
-def trial_devices(gpus_per_trial, gpu_ids):
+def _sum_on_devices(parts: list[mx.nd.NDArray]) -> mx.nd.NDArray:
+    """Sum of per-device scalars, on the first device, without waiting for any of them."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part.as_in_context(total.context)
+    return total
+
+
+def _total(scalars: list[mx.nd.NDArray]) -> float:
+    return float(mx.nd.add_n(*scalars).asscalar()) if len(scalars) > 1 \
+        else float(scalars[0].asscalar())
+
+
+def trial_devices(gpus_per_trial: float, gpu_ids: list[str]) -> list[mx.Context]:
     """The MXNet contexts of a scheduled trial (see devices.trial_device_plan)."""
     return trial_device_plan(gpus_per_trial, gpu_ids)
 
 
-def open_session(spec, data, devices):
+def open_session(spec: TrialSpec, data: Dataset, devices: list[mx.Context]) -> GluonSession:
     return GluonSession(spec, data, devices)
 
 
-def kernels_used(contexts):
+def kernels_used(contexts: list[mx.Context]) -> str:
     """Which implementation of the attentions' pooling and gating ran: it sets their speed."""
     from models.kernels import fused_kernels_for
     return 'fused' if fused_kernels_for(ctx.device_type for ctx in contexts) else 'mxnet'
 
 
-def train(spec, data, checkpoint_dir=None, resume_from=None, contexts=None,
-          on_epoch=None, on_batch=None):
+def train(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None = None,
+          resume_from: Path | None = None, contexts: list[mx.Context] | None = None,
+          on_epoch: Callable[[dict, Path | None], None] | None = None,
+          on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train `spec` on `data` with Gluon; the list of per-epoch metric dicts (METRICS).
     The arguments are bench.trial.loop.run_epochs's; `contexts` default to every visible GPU,
     else the CPU."""

@@ -6,6 +6,10 @@ which image, which 32x32 window (the random crop) and whether columns run backwa
 (the flip); then (x / 255 - mean) / std as one multiply and one add. Given the same
 plan, both backends see the same float32 pixels.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -15,8 +19,9 @@ from bench.trial.data import CIFAR_MEAN, CIFAR_STD
 class DeviceImages:
     """One split (train or test) on one torch device, ready to be cut into batches."""
 
-    def __init__(self, images, labels, device, pad=4, mean=CIFAR_MEAN, std=CIFAR_STD,
-                 channels_last=False):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: str | torch.device,
+                 pad: int = 4, mean: Sequence[float] = CIFAR_MEAN,
+                 std: Sequence[float] = CIFAR_STD, channels_last: bool = False) -> None:
         images = np.asarray(images, dtype=np.uint8)
         count, channels, height, width = images.shape
         self.count, self.pad, self.device = count, pad, torch.device(device)
@@ -39,10 +44,11 @@ class DeviceImages:
         self._shift = torch.from_numpy(
             (-np.asarray(mean, np.float32) / std).reshape(1, -1, 1, 1)).to(self.device)
 
-    def _on_device(self, array):
+    def _on_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self.device)
 
-    def batch(self, indices, row_offsets, col_offsets, flips):
+    def batch(self, indices: np.ndarray, row_offsets: np.ndarray, col_offsets: np.ndarray,
+              flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float32 images (n, C, H, W) and their int64 labels on the device."""
         indices = np.asarray(indices)
         n = len(indices)
@@ -58,7 +64,7 @@ class DeviceImages:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, self.labels[picked]
 
-    def plain_batch(self, indices):
+    def plain_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Images without augmentation (for evaluation): the centre window, unflipped."""
         centred = np.full(len(indices), self.pad)
         return self.batch(indices, centred, centred, np.zeros(len(indices), dtype=bool))

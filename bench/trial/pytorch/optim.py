@@ -14,9 +14,16 @@ Fast as PyTorch's own: Adam is one fused kernel per parameter group (PyTorch's
 foreach kernels over all parameters at once; each group's state lists are gathered once,
 not per parameter and step.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from bench.trial.recipe import Recipe
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8
@@ -24,7 +31,7 @@ ADAM_EPSILON = 1e-8
 FUSED_ADAM_DEVICES = ('cpu', 'cuda')
 
 
-def parameter_groups(net, wd):
+def parameter_groups(net: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
     """Two groups: parameters with weight decay wd, and those a module exempts from it
     (a module's `no_weight_decay` names its own, e.g. GCT's beta)."""
     exempt = set()
@@ -42,7 +49,8 @@ class _GroupState:
     kernels; `count` is the group's update count (MXNet's per-index count, the same for
     every parameter: each is updated at every step)."""
 
-    def __init__(self, optimizer, params, names):
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                 names: Sequence[str]) -> None:
         states = [optimizer.state[p] for p in params]
         for state, p in zip(states, params):
             for name in names:
@@ -59,7 +67,7 @@ class _GroupState:
         self.steps = [s['step'] for s in states]
         self.count = int(self.steps[0].item()) if self.steps else 0
 
-    def advance(self):
+    def advance(self) -> int:
         torch._foreach_add_(self.steps, 1)
         self.count += 1
         return self.count
@@ -70,23 +78,24 @@ class MXNetOptimizer(torch.optim.Optimizer):
 
     STATE = ()     # the per-parameter state tensors of the update rule
 
-    def __init__(self, params, lr, weight_decay=0.0, momentum=0.0):
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float,
+                 weight_decay: float = 0.0, momentum: float = 0.0) -> None:
         super().__init__(params, {'lr': lr, 'weight_decay': weight_decay,
                                   'momentum': momentum})
         self._groups = {}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._groups = {}       # gathered again from the loaded state
 
-    def _group_state(self, index, group):
+    def _group_state(self, index: int, group: dict[str, Any]) -> _GroupState:
         cached = self._groups.get(index)
         if cached is None or cached.params != group['params']:
             cached = self._groups[index] = _GroupState(self, group['params'], self.STATE)
         return cached
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> None:
         for index, group in enumerate(self.param_groups):
             params = group['params']
             grads = [p.grad for p in params]
@@ -100,12 +109,14 @@ class MXNetOptimizer(torch.optim.Optimizer):
                 state = self._group_state(index, group)
             self._update(group, state, grads)
 
-    def _decayed_gradients(self, group, params, grads):
+    def _decayed_gradients(self, group: dict[str, Any], params: list[torch.Tensor],
+                           grads: list[torch.Tensor]) -> list[torch.Tensor]:
         if group['weight_decay']:
             grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
         return grads
 
-    def _decayed_momenta(self, group, state, grads):
+    def _decayed_momenta(self, group: dict[str, Any], state: _GroupState,
+                         grads: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """Without momentum, SGD and NAG are MXNet's plain sgd_update: that step is taken
         here and None returned. Otherwise the momenta, already times the momentum."""
         if not group['momentum']:
@@ -123,7 +134,8 @@ class MXNetAdam(MXNetOptimizer):
 
     STATE = ('mean', 'var')
 
-    def _update(self, group, state, grads):
+    def _update(self, group: dict[str, Any], state: _GroupState,
+                grads: list[torch.Tensor]) -> None:
         beta1, beta2 = ADAM_BETAS
         t = state.advance()
         if all(p.device.type in FUSED_ADAM_DEVICES for p in state.params[:1]):
@@ -148,7 +160,8 @@ class MXNetAdam(MXNetOptimizer):
 class MXNetSGD(MXNetOptimizer):
     STATE = ('mom',)
 
-    def _update(self, group, state, grads):
+    def _update(self, group: dict[str, Any], state: _GroupState,
+                grads: list[torch.Tensor]) -> None:
         state.advance()
         grads = self._decayed_gradients(group, state.params, grads)
         moms = self._decayed_momenta(group, state, grads)
@@ -164,7 +177,8 @@ class MXNetNAG(MXNetOptimizer):
 
     STATE = ('mom',)
 
-    def _update(self, group, state, grads):
+    def _update(self, group: dict[str, Any], state: _GroupState,
+                grads: list[torch.Tensor]) -> None:
         state.advance()
         lr, momentum = group['lr'], group['momentum']
         grads = self._decayed_gradients(group, state.params, grads)
@@ -179,12 +193,12 @@ class MXNetNAG(MXNetOptimizer):
 OPTIMIZER_CLASSES = {'adam': MXNetAdam, 'sgd': MXNetSGD, 'nag': MXNetNAG}
 
 
-def make_optimizer(net, recipe):
+def make_optimizer(net: torch.nn.Module, recipe: Recipe) -> MXNetOptimizer:
     momentum = recipe.momentum if recipe.optimizer in ('sgd', 'nag') else 0.0
     return OPTIMIZER_CLASSES[recipe.optimizer](parameter_groups(net, recipe.wd), lr=recipe.lr,
                                                weight_decay=recipe.wd, momentum=momentum)
 
 
-def set_learning_rate(optimizer, lr):
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group['lr'] = lr

@@ -14,18 +14,27 @@ message where compiling or capturing fails; mixed precision as the recipe's
 `precision` (bfloat16 autocast, or float16 autocast with a gradient scaler), refused on
 the CPU.
 """
+from __future__ import annotations
+
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch.nn import functional as F
 
-from bench.errors import DOCTOR_HINT, BenchError
 from bench.trial.batches import eval_batches
-from bench.trial.loop import run_epochs
+from bench.trial.loop import DeviceError, UnsupportedRecipe, run_epochs
 from bench.trial.pytorch.augment import DeviceImages
 from bench.trial.pytorch.optim import make_optimizer, set_learning_rate
 from bench.trial.threads import available_cpus
 from models.pytorch import get_model
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bench.trial.data import Dataset
+    from bench.trial.recipe import Recipe, TrialSpec
 
 # The checkpoint file of this backend (beside the loop's state.json).
 CHECKPOINT_FILE = 'torch.pt'
@@ -34,17 +43,11 @@ AUTOCAST_DTYPES = {'amp_bfloat16': torch.bfloat16, 'amp_float16': torch.float16}
 COMPILE_MODES = {'cuda': 'reduce-overhead'}
 
 
-def compile_mode(device):
+def compile_mode(device: str | torch.device) -> str:
     return COMPILE_MODES.get(torch.device(device).type, 'default')
 
 
-class DeviceError(BenchError, RuntimeError):
-    """The trial's device cannot be used as asked; the message says what to change."""
-
-    hint = DOCTOR_HINT
-
-
-def trial_devices(gpus_per_trial, gpu_ids):
+def trial_devices(gpus_per_trial: float, gpu_ids: list[str]) -> list[torch.device]:
     """The device of a Ray trial: cuda:0 when Ray assigned a GPU (Ray exports it as
     CUDA_VISIBLE_DEVICES, so a fractional share too sees its card as cuda:0), else the CPU."""
     if not gpus_per_trial or not gpu_ids:
@@ -58,7 +61,7 @@ def trial_devices(gpus_per_trial, gpu_ids):
     return [torch.device('cuda', 0)]
 
 
-def device_for(num_gpus=None):
+def device_for(num_gpus: int | None = None) -> torch.device:
     """cuda:0 when a GPU is visible and num_gpus is not 0, else the CPU (bench.train)."""
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     wanted = min(available, 1) if num_gpus is None else int(num_gpus)
@@ -71,28 +74,28 @@ def device_for(num_gpus=None):
     return torch.device('cuda', 0) if wanted else torch.device('cpu')
 
 
-def describe(device):
+def describe(device: torch.device) -> str:
     if device.type == 'cuda':
         return f'{device} ({torch.cuda.get_device_name(device)})'
     return str(device)
 
 
-def check_precision(recipe, device):
+def check_precision(recipe: Recipe, device: torch.device) -> None:
     """Refuse mixed precision off the GPU, and bfloat16 on a GPU without it, before
     anything is built."""
     if recipe.precision == 'float32':
         return
     if device.type != 'cuda':
-        raise ValueError(f'precision {recipe.precision} needs a GPU, but this trial runs on '
-                         f'{device}: mixed precision is refused on CPUs. Use precision '
-                         'float32, or give the trial a GPU (gpus_per_trial).')
+        raise UnsupportedRecipe(f'precision {recipe.precision} needs a GPU, but this trial '
+                                f'runs on {device}: mixed precision is refused on CPUs. Use '
+                                'precision float32, or give the trial a GPU (gpus_per_trial).')
     if recipe.precision == 'amp_bfloat16' and not torch.cuda.is_bf16_supported():
-        raise ValueError(f'precision amp_bfloat16 needs a GPU with bfloat16 (compute '
-                         f'capability 8.0 or newer); {describe(device)} has none. Use '
-                         'amp_float16 or float32.')
+        raise UnsupportedRecipe(f'precision amp_bfloat16 needs a GPU with bfloat16 (compute '
+                                f'capability 8.0 or newer); {describe(device)} has none. '
+                                'Use amp_float16 or float32.')
 
 
-def use_trial_threads():
+def use_trial_threads() -> int:
     """PyTorch's intra-op threads = the trial's OMP_NUM_THREADS (cpus_per_trial), else
     every core this process may use."""
     threads = int(os.environ.get('OMP_NUM_THREADS') or available_cpus())
@@ -103,7 +106,7 @@ def use_trial_threads():
 class TorchSession:
     """One trial's network, optimizer and data on one torch device."""
 
-    def __init__(self, spec, data, device):
+    def __init__(self, spec: TrialSpec, data: Dataset, device: str | torch.device) -> None:
         device = torch.device(device)
         self.recipe, self.device = spec.recipe, device
         check_precision(self.recipe, device)
@@ -133,14 +136,14 @@ class TorchSession:
         self.test_images = DeviceImages(data.test_images, data.test_labels, device,
                                          channels_last=True)
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
 
-    def set_learning_rate(self, lr):
+    def set_learning_rate(self, lr: float) -> None:
         set_learning_rate(self.optimizer, lr)
 
-    def train_step(self, x, y):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One update on (x, y); the batch's summed loss and correct count, on the device."""
         if not self._compiled_unproven:
             return self._train_step(x, y)
@@ -157,7 +160,8 @@ class TorchSession:
         self._compiled_unproven = False
         return result
 
-    def _train_step(self, x, y):
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.compile_mode == 'reduce-overhead':
             # A new iteration of the CUDA graphs: last step's outputs may be overwritten.
             torch.compiler.cudagraph_mark_step_begin()
@@ -178,14 +182,15 @@ class TorchSession:
             self.optimizer.step()
         return loss_sum.detach(), (out.argmax(dim=1) == y).sum()
 
-    def train_batch(self, indices, rows, cols, flips):
+    def train_batch(self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train_step(*self.train_images.batch(indices, rows, cols, flips))
 
-    def values(self, scalars):
+    def values(self, scalars: Sequence[torch.Tensor]) -> np.ndarray:
         """Host values of device scalars (waits for them)."""
         return torch.stack(scalars).double().cpu().numpy()
 
-    def evaluate(self):
+    def evaluate(self) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) on every test image, unaugmented, in inference mode."""
         self.net.eval()
         loss_total = torch.zeros((), device=self.device)
@@ -200,12 +205,12 @@ class TorchSession:
         count = self.test_images.count
         return float(loss_total) / count, float(correct_total) / count
 
-    def save_weights(self, folder):
+    def save_weights(self, folder: Path) -> None:
         torch.save({'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),
                     'scaler': self.scaler.state_dict() if self.scaler is not None else None},
                    folder / CHECKPOINT_FILE)
 
-    def load_weights(self, folder):
+    def load_weights(self, folder: Path) -> None:
         # map_location: a checkpoint taken on a GPU resumes on the CPU and vice versa.
         saved = torch.load(folder / CHECKPOINT_FILE, map_location=self.device,
                            weights_only=True)
@@ -214,7 +219,7 @@ class TorchSession:
         if self.scaler is not None and saved.get('scaler'):
             self.scaler.load_state_dict(saved['scaler'])
 
-    def describe(self):
+    def describe(self) -> dict[str, str | int | None]:
         """Where and with what the trial ran, recorded with its results."""
         kernels = f'torch {torch.__version__}' + (
             f' compiled ({self.compile_mode})' if self.compile_mode else
@@ -227,12 +232,14 @@ class TorchSession:
         return found
 
 
-def open_session(spec, data, devices):
+def open_session(spec: TrialSpec, data: Dataset, devices: list[torch.device]) -> TorchSession:
     return TorchSession(spec, data, devices[0])
 
 
-def train(spec, data, checkpoint_dir=None, resume_from=None, device=None, on_epoch=None,
-          on_batch=None):
+def train(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None = None,
+          resume_from: Path | None = None, device: str | torch.device | None = None,
+          on_epoch: Callable[[dict, Path | None], None] | None = None,
+          on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train `spec` on `data` with PyTorch; the per-epoch metrics (bench.trial.loop.run_epochs's
     arguments); `device` defaults to cuda:0 where a GPU is visible, else the CPU."""
     session = TorchSession(spec, data, device or device_for())

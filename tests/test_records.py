@@ -1,0 +1,116 @@
+"""Stores written by earlier versions read through the one trial record.
+
+The fixtures under tests/fixtures/stores/v<N> were written by the store and sweep code of
+the commit that introduced layout N of spec.json (tests/fixtures/stores/make.py wrote
+them with that commit's own code): a finished, a failed and a partial trial each.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.records import (
+    DONE,
+    FAILED,
+    PENDING,
+    TRIAL_FILE_VERSIONS,
+    TrialRecord,
+    trial_file_version,
+    upgrade_trial_file,
+)
+from bench.store import ResultsStore, read_json_checked
+from bench.sweep.config import load_config
+from bench.sweep.plan import sweep_manifest
+from bench.trial.recipe import Recipe, TrialSpec
+from reports.store import load_trials, split_by_sweep
+
+FIXTURES = Path(__file__).parent / 'fixtures' / 'stores'
+IDENTITY = {'name': 'sklearn-digits', 'official': False, 'digest': 'f' * 64,
+            'train_images': 1437, 'test_images': 360}
+SWEEP = """
+name: fixture
+models: [cifar_resnet20_v1, cifar_resnet20_v2]
+attentions: [none, se]
+seeds: [0]
+recipe: {epochs: 2, batch_size: 32, lr_decay_epochs: [1]}
+resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+data: {dataset: demo}
+outputs: {results: results}
+"""
+
+
+@pytest.fixture(params=sorted(TRIAL_FILE_VERSIONS))
+def stored(request, tmp_path):
+    """(layout version, a copy of the store that version's code wrote)."""
+    store = tmp_path / f'v{request.param}'
+    shutil.copytree(FIXTURES / f'v{request.param}', store)
+    return request.param, store
+
+
+def test_every_layout_has_a_fixture_written_by_its_commit():
+    for version in TRIAL_FILE_VERSIONS:
+        commit = (FIXTURES / f'v{version}' / 'COMMIT').read_text().strip()
+        assert TRIAL_FILE_VERSIONS[version].startswith(commit)
+        for spec_file in (FIXTURES / f'v{version}' / 'trials').glob('*/spec.json'):
+            assert trial_file_version(json.loads(spec_file.read_text())) == version
+
+
+def test_an_earlier_layout_reads_as_one_record_with_every_default(stored):
+    version, root = stored
+    records = {r.name: r for r in ResultsStore(root).trial_records()}
+    finished = records['cifar_resnet20_v1-none-s0']
+    assert finished.status == DONE and finished.epochs_done == 2
+    assert finished.final['val_acc'] == 0.7 and finished.final['total_seconds'] == 20.0
+    # What the layout left out, at the value it meant.
+    assert finished.network_revision == 1
+    assert finished.spec.recipe == Recipe(epochs=2, batch_size=32, lr_decay_epochs=(1,))
+    assert finished.spec.recipe.backend == 'gluon' and finished.spec.recipe.tf32
+    assert finished.model_stats == (None if version < 2 else
+                                    {'params': 272474, 'macs': 40810000})
+    assert finished.data['digest'] == 'f' * 64
+    failed = records['cifar_resnet20_v1-se-s0']
+    assert failed.status == FAILED and 'training diverged' in failed.error
+    partial = records['cifar_resnet20_v2-none-s0']
+    assert partial.status == PENDING and not partial.problems
+    assert partial.network_revision == (2 if version >= 3 else 1)
+
+
+def test_an_earlier_layout_keeps_its_trial_ids_and_its_results_row(stored):
+    """Trial ids of the v1 networks are those the old code computed; the row of
+    results.csv holds the recipe as stored (options at their defaults left out)."""
+    _, root = stored
+    for record in ResultsStore(root).trial_records():
+        if record.spec.model.endswith('_v1'):
+            assert record.spec.trial_id(IDENTITY) == record.trial_id
+        stored_spec = read_json_checked(root / 'trials' / record.trial_id / 'spec.json').value
+        row = record.row()
+        assert json.loads(row['recipe']) == stored_spec['spec']['recipe']
+        assert row['backend'] == 'gluon' and row['epochs'] == 2
+
+
+def test_a_v2_trial_of_an_earlier_definition_is_listed_apart_with_why(stored, tmp_path):
+    version, root = stored
+    sweep = tmp_path / 'sweep.yaml'
+    sweep.write_text(SWEEP)
+    manifest = sweep_manifest(load_config(sweep).config, IDENTITY)
+    current, other = split_by_sweep(load_trials(root, manifest), manifest)
+    by_name = current.set_index('name')
+    assert by_name.loc['cifar_resnet20_v1-none-s0', 'status'] == DONE
+    if version < 3:     # the v2 network changed in revision 2: its old trial is not current
+        assert by_name.loc['cifar_resnet20_v2-none-s0', 'status'] == PENDING
+        assert list(other['reason']) == [
+            'trained by network definition revision 1 (now 2)']
+    else:
+        assert other.empty
+
+
+def test_the_upgrade_fills_a_manifest_entry_and_refuses_nothing_it_reads():
+    spec = TrialSpec(model='cifar_resnet20_v2', recipe=Recipe(epochs=3))
+    entry = {'trial_id': 'a' * 12, 'name': spec.name, 'spec': spec.to_dict(),
+             'network_revision': 2}
+    upgraded = upgrade_trial_file(entry)
+    assert upgraded['spec'] == spec and upgraded['model_stats'] is None
+    assert upgraded['data'] is None and upgraded['network_revision'] == 2
+    record = TrialRecord.from_trial_file(entry, data=IDENTITY)
+    assert record.data == IDENTITY and record.status == PENDING and record.will_train
