@@ -11,13 +11,18 @@ CONSTRAINTS ?= $(if $(filter cpu gpu,$(subst $(comma), ,$(EXTRAS))),constraints.
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test lint install clean-venv
 
 demo: $(STAMP)
 	$(PY) run_sweep.py --config sweeps/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff's rules (pyproject.toml) and its formatting; `ruff format .` fixes the latter.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 install: $(STAMP)
 

@@ -12,6 +12,7 @@
 A dry run writes nothing, whatever else is on the line: with --fresh it lists what
 would be deleted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,69 +23,98 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from bench.errors import ProblemsFound
+    from bench.records import TrialRecord
     from bench.sweep.config import LoadedSweep
     from bench.sweep.driver import SweepOutcome
-    from bench.sweep.plan import PlannedTrial
     from bench.trial.data import Dataset
 
-INTERRUPTED = ('interrupted: every finished epoch is in the store; run the same command '
-               'again to resume')
+INTERRUPTED = (
+    'interrupted: every finished epoch is in the store; run the same command again to resume'
+)
 INTERRUPTED_EXIT = 130
 # Flags that make no sense beside --report-only (which trains nothing and starts no Ray).
 TRAINING_ONLY_FLAGS = ('fresh', 'only', 'retry_failed', 'no_report', 'address')
 
 
-def parse_args(argv: list[str] | None = None
-               ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument('--config', default='sweep.yaml', help='sweep file (default: sweep.yaml)')
-    parser.add_argument('--dry-run', action='store_true',
-                        help='print the plan and stop; writes, deletes and downloads nothing')
-    parser.add_argument('--only', default=None, metavar='KEY=VALUE,...',
-                        help='run a subset, e.g. model=cifar_resnet20_v1,attention=eca')
-    parser.add_argument('--retry-failed', action='store_true',
-                        help='train failed trials again (from their last checkpoint)')
-    parser.add_argument('--fresh', action='store_true',
-                        help="delete this sweep's stored results first (with --only: those "
-                             'cells\' trials only); asks unless --yes')
+    parser.add_argument(
+        '--dry-run',
+        action='store_true',
+        help='print the plan and stop; writes, deletes and downloads nothing',
+    )
+    parser.add_argument(
+        '--only',
+        default=None,
+        metavar='KEY=VALUE,...',
+        help='run a subset, e.g. model=cifar_resnet20_v1,attention=eca',
+    )
+    parser.add_argument(
+        '--retry-failed',
+        action='store_true',
+        help='train failed trials again (from their last checkpoint)',
+    )
+    parser.add_argument(
+        '--fresh',
+        action='store_true',
+        help="delete this sweep's stored results first (with --only: those "
+        "cells' trials only); asks unless --yes",
+    )
     parser.add_argument('--yes', action='store_true', help='do not ask before --fresh')
-    parser.add_argument('--address', default=None,
-                        help="Ray cluster to join: 'auto' (the one started on this machine "
-                             "with `ray start`) or host:port (default: RAY_ADDRESS, else a "
-                             'private Ray instance of this run)')
+    parser.add_argument(
+        '--address',
+        default=None,
+        help="Ray cluster to join: 'auto' (the one started on this machine "
+        'with `ray start`) or host:port (default: RAY_ADDRESS, else a '
+        'private Ray instance of this run)',
+    )
     parser.add_argument('--no-report', action='store_true', help='do not render the reports')
-    parser.add_argument('--report-only', action='store_true',
-                        help='render the reports of the trials sweep.yaml declares now, from '
-                             'the store; no training, no Ray')
-    parser.add_argument('--insert', action='store_true',
-                        help='append the results block to a README that has no markers')
+    parser.add_argument(
+        '--report-only',
+        action='store_true',
+        help='render the reports of the trials sweep.yaml declares now, from '
+        'the store; no training, no Ray',
+    )
+    parser.add_argument(
+        '--insert',
+        action='store_true',
+        help='append the results block to a README that has no markers',
+    )
     return parser, parser.parse_args(argv)
 
 
 def _conflicts(args: argparse.Namespace) -> str | None:
     """Flags that contradict each other: one message, before anything is read."""
     if args.report_only:
-        given = [f"--{name.replace('_', '-')}" for name in TRAINING_ONLY_FLAGS
-                 if getattr(args, name)]
+        given = [
+            f'--{name.replace("_", "-")}' for name in TRAINING_ONLY_FLAGS if getattr(args, name)
+        ]
         if given:
-            return (f"--report-only renders the reports from the store and trains nothing; "
-                    f"it does not take {', '.join(given)} (run without --report-only)")
+            return (
+                f'--report-only renders the reports from the store and trains nothing; '
+                f'it does not take {", ".join(given)} (run without --report-only)'
+            )
     return None
 
 
-def render_reports(loaded: LoadedSweep, insert: bool = False, manifest: dict | None = None
-                   ) -> None:
+def render_reports(loaded: LoadedSweep, insert: bool = False, manifest: dict | None = None) -> None:
     from reports import render_all
+
     outputs = loaded.config.outputs
-    written = render_all(loaded.store_dir,
-                         readme=loaded.resolve(outputs.readme),
-                         figures_dir=loaded.resolve(outputs.figures),
-                         report_path=loaded.resolve(outputs.report),
-                         options=loaded.config.report.model_dump(),
-                         layout={'models': loaded.config.models,
-                                 'attentions': loaded.config.attentions},
-                         insert=insert, manifest=manifest, protected=[loaded.path])
+    written = render_all(
+        loaded.store_dir,
+        readme=loaded.resolve(outputs.readme),
+        figures_dir=loaded.resolve(outputs.figures),
+        report_path=loaded.resolve(outputs.report),
+        options=loaded.config.report.model_dump(),
+        layout={'models': loaded.config.models, 'attentions': loaded.config.attentions},
+        insert=insert,
+        manifest=manifest,
+        protected=[loaded.path],
+    )
     for path in written:
         print(f'wrote {path}')
 
@@ -93,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command: its exit code. Every failure a user can act on is a BenchError,
     reported here and nowhere else."""
     from bench.errors import BenchError, report
+
     _, args = parse_args(argv)
     try:
         return run(args)
@@ -108,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.errors import BenchError
     from bench.store import ResultsStore
     from bench.sweep.config import load_config, parse_only
+
     conflict = _conflicts(args)
     if conflict:
         raise BenchError(conflict)
@@ -123,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             store.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise BenchError(f'cannot create the results folder {store.root}: '
-                             f'{error.strerror or error}; set outputs.results in '
-                             f'{loaded.path} to a folder you can write') from error
+            raise BenchError(
+                f'cannot create the results folder {store.root}: '
+                f'{error.strerror or error}; set outputs.results in '
+                f'{loaded.path} to a folder you can write'
+            ) from error
         with store.lock():
             store.clean_scratch()
             return _plan_and_train(loaded, args, only)
@@ -140,16 +174,22 @@ def io_failure(error: OSError, loaded: LoadedSweep) -> str:
     cause = error.strerror or str(error)
     name = errno.errorcode.get(error.errno, '')
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = ('free space on that disk, or point outputs.results in the sweep file '
-               'elsewhere, and run the same command again')
+        fix = (
+            'free space on that disk, or point outputs.results in the sweep file '
+            'elsewhere, and run the same command again'
+        )
     elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        fix = ('the results folder and the outputs must be writable by you (not read-only '
-               'or immutable); fix that, or point outputs in the sweep file elsewhere, and '
-               'run the same command again')
+        fix = (
+            'the results folder and the outputs must be writable by you (not read-only '
+            'or immutable); fix that, or point outputs in the sweep file elsewhere, and '
+            'run the same command again'
+        )
     else:
         fix = 'fix the cause and run the same command again'
-    return (f'{path}: {cause}{f" ({name})" if name else ""}; {fix}. Nothing finished was '
-            'lost: every finished epoch in the store stays there')
+    return (
+        f'{path}: {cause}{f" ({name})" if name else ""}; {fix}. Nothing finished was '
+        'lost: every finished epoch in the store stays there'
+    )
 
 
 def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -> int:
@@ -157,19 +197,28 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
     from bench.store import ResultsStore
     from bench.sweep.cluster import local_devices
     from bench.sweep.plan import format_plan, plan, planned_data_identity
+
     identity, note = planned_data_identity(loaded)
-    _print_header(loaded, identity['name'] if identity['official'] else
-                  f"{identity['name']} (not CIFAR-10)")
+    _print_header(
+        loaded, identity['name'] if identity['official'] else f'{identity["name"]} (not CIFAR-10)'
+    )
     if note:
         print(f'data: {note}')
     planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
-    print(format_plan(planned, loaded.config.resources,
-                      devices=local_devices(loaded.config.resources)))
+    print(
+        format_plan(
+            planned, loaded.config.resources, devices=local_devices(loaded.config.resources)
+        )
+    )
     if args.fresh:
         targets = ResultsStore(loaded.store_dir).fresh_targets(
-            [p.trial_id for p in planned] if only else None)
-        print(f'--fresh would delete {len(targets)} path(s)' + (':' if targets else '')
-              + ''.join(f'\n  {path}' for path in targets))
+            [p.trial_id for p in planned] if only else None
+        )
+        print(
+            f'--fresh would delete {len(targets)} path(s)'
+            + (':' if targets else '')
+            + ''.join(f'\n  {path}' for path in targets)
+        )
     problems = _problems_before_training(loaded, args, only, planned, identity)
     print('dry run: nothing was written, deleted or downloaded')
     if problems:
@@ -179,31 +228,39 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
 
 def _print_header(loaded: LoadedSweep, data_label: str) -> None:
     from bench.trial.recipe import describe_recipe
+
     config = loaded.config
     print(f'sweep {config.name}: data {data_label}, store {loaded.store_dir}')
     changed = sum(1 for o in config.overrides if o.recipe)
-    print(f'recipe: {describe_recipe(config.recipe)}'
-          + (f' ({changed} override(s) change it for some cells)' if changed else ''))
+    print(
+        f'recipe: {describe_recipe(config.recipe)}'
+        + (f' ({changed} override(s) change it for some cells)' if changed else '')
+    )
 
 
-def _fresh(loaded: LoadedSweep, planned: list[PlannedTrial], only: dict | None,
-           yes: bool) -> bool:
+def _fresh(loaded: LoadedSweep, planned: list[TrialRecord], only: dict | None, yes: bool) -> bool:
     """Delete what --fresh deletes, asking first unless `yes`: False when the user said no."""
     from bench.errors import BenchError
     from bench.store import ResultsStore
+
     store = ResultsStore(loaded.store_dir)
     targets = store.fresh_targets([p.trial_id for p in planned] if only else None)
     if not targets:
         return True
-    what = (f'{len(targets)} stored trial(s) of the cells --only selects' if only else
-            f'every stored result ({len(targets)} path(s))')
+    what = (
+        f'{len(targets)} stored trial(s) of the cells --only selects'
+        if only
+        else f'every stored result ({len(targets)} path(s))'
+    )
     if not yes:
         try:
             answer = input(f'delete {what} in {loaded.store_dir}? [y/N] ')
         except EOFError:
-            print(file=sys.stderr)     # end the prompt's line
-            raise BenchError('--fresh deletes stored results and asks first; with no one '
-                             'to answer (no terminal), add --yes') from None
+            print(file=sys.stderr)  # end the prompt's line
+            raise BenchError(
+                '--fresh deletes stored results and asks first; with no one '
+                'to answer (no terminal), add --yes'
+            ) from None
         if answer.strip().lower() not in ('y', 'yes'):
             print('nothing deleted')
             return False
@@ -216,6 +273,7 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
     """Load the data, plan, check, delete what --fresh asks for, train, then report."""
     from bench.errors import FAILED
     from bench.sweep.plan import load_sweep_data, plan
+
     data = load_sweep_data(loaded)
     identity = data.identity.to_dict()
     _print_header(loaded, data.identity.label)
@@ -230,6 +288,7 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
     outcome = _train(loaded, args, data, planned)
     # The plan again, from the store: statuses and epochs as the run left them.
     from bench.sweep.plan import format_plan
+
     print(format_plan(plan(loaded, identity, only=only), loaded.config.resources))
     if outcome.interrupted:
         print(INTERRUPTED, file=sys.stderr)
@@ -240,12 +299,18 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
     return code
 
 
-def _train(loaded: LoadedSweep, args: argparse.Namespace, data: Dataset,
-           planned: list[PlannedTrial]) -> SweepOutcome:
+def _train(
+    loaded: LoadedSweep, args: argparse.Namespace, data: Dataset, planned: list[TrialRecord]
+) -> SweepOutcome:
     from bench.sweep.driver import run_sweep
-    return run_sweep(loaded, data, planned, address=args.address,
-                     on_ray_lost=lambda message, end_started: _ray_lost(
-                         loaded, message, end_started))
+
+    return run_sweep(
+        loaded,
+        data,
+        planned,
+        address=args.address,
+        on_ray_lost=lambda message, end_started: _ray_lost(loaded, message, end_started),
+    )
 
 
 def _ray_lost(loaded: LoadedSweep, message: str, end_started: Callable[[], None]) -> None:
@@ -253,9 +318,14 @@ def _ray_lost(loaded: LoadedSweep, message: str, end_started: Callable[[], None]
     on, and exits from C++ after a minute without any cleanup. End here instead: one
     message, every Ray process this run started ended, the lock released."""
     from bench.store import ResultsStore
-    print(f"error: {message}, so the sweep stopped. Every finished epoch is in the store; "
-          'run the same command again to resume (trials in progress continue from their '
-          'last checkpoint)', file=sys.stderr, flush=True)
+
+    print(
+        f'error: {message}, so the sweep stopped. Every finished epoch is in the store; '
+        'run the same command again to resume (trials in progress continue from their '
+        'last checkpoint)',
+        file=sys.stderr,
+        flush=True,
+    )
     end_started()
     ResultsStore(loaded.store_dir).release_lock()
     sys.stdout.flush()
@@ -273,8 +343,10 @@ def _summary(outcome: SweepOutcome) -> int:
         print('fix the cause, then run again with --retry-failed', file=sys.stderr)
         code = 1
     if outcome.damaged:
-        print(f'{len(outcome.damaged)} trial(s) not trained because their stored files are '
-              'damaged:', file=sys.stderr)
+        print(
+            f'{len(outcome.damaged)} trial(s) not trained because their stored files are damaged:',
+            file=sys.stderr,
+        )
         for tid, problems in outcome.damaged.items():
             for problem in problems:
                 print(f'  {names[tid]} ({tid}): {problem}', file=sys.stderr)
@@ -282,22 +354,29 @@ def _summary(outcome: SweepOutcome) -> int:
     return code
 
 
-def _problems_before_training(loaded: LoadedSweep, args: argparse.Namespace,
-                              only: dict | None, planned: list[PlannedTrial],
-                              identity: dict) -> ProblemsFound | None:
+def _problems_before_training(
+    loaded: LoadedSweep,
+    args: argparse.Namespace,
+    only: dict | None,
+    planned: list[TrialRecord],
+    identity: dict,
+) -> ProblemsFound | None:
     """What would stop the sweep part way, found before anything trains: one error listing
     them all (with the doctor's hint where the backends are the cause), or None."""
     from bench.errors import DOCTOR_HINT, ProblemsFound
     from bench.sweep.plan import backend_problems, data_problems
+
     problems = data_problems(planned, identity)
     backend = backend_problems(planned, loaded.config.resources)
     problems += backend
     if only and not planned:
         config = loaded.config
-        problems.append(f"--only {args.only} matches no trial of the sweep (models: "
-                        f"{', '.join(config.models)}; attentions: "
-                        f"{', '.join(config.attentions)}; seeds: "
-                        f"{', '.join(map(str, config.seeds))})")
+        problems.append(
+            f'--only {args.only} matches no trial of the sweep (models: '
+            f'{", ".join(config.models)}; attentions: '
+            f'{", ".join(config.attentions)}; seeds: '
+            f'{", ".join(map(str, config.seeds))})'
+        )
     if not args.no_report:
         problems += _output_problems(loaded, args.insert)
     if not problems:
@@ -307,12 +386,16 @@ def _problems_before_training(loaded: LoadedSweep, args: argparse.Namespace,
 
 def _output_problems(loaded: LoadedSweep, insert: bool) -> list[str]:
     from reports.outputs import output_problems
+
     outputs = loaded.config.outputs
-    return output_problems(readme=loaded.resolve(outputs.readme),
-                           report=loaded.resolve(outputs.report),
-                           figures_dir=loaded.resolve(outputs.figures),
-                           protected=[loaded.path], insert=insert,
-                           models=loaded.config.models)
+    return output_problems(
+        readme=loaded.resolve(outputs.readme),
+        report=loaded.resolve(outputs.report),
+        figures_dir=loaded.resolve(outputs.figures),
+        protected=[loaded.path],
+        insert=insert,
+        models=loaded.config.models,
+    )
 
 
 def _report_only(loaded: LoadedSweep, insert: bool) -> int:
@@ -320,6 +403,7 @@ def _report_only(loaded: LoadedSweep, insert: bool) -> int:
     from bench.errors import ProblemsFound
     from bench.sweep.plan import record_sweep, report_data_identity, sweep_manifest
     from bench.trial.data import DataError, official_identity
+
     problems = _output_problems(loaded, insert)
     if problems:
         raise ProblemsFound(problems)
@@ -331,10 +415,15 @@ def _report_only(loaded: LoadedSweep, insert: bool) -> int:
         # Nothing has trained here, so the published table is all there is to show:
         # rendered from the shipped data beside the official CIFAR-10's cells (none
         # trained), with nothing recorded in the store.
-        print(f"data not found ({str(error).splitlines()[0]}); showing the published "
-              f"{loaded.config.report.reference} table beside cells not trained yet")
-        render_reports(loaded, insert=insert, manifest=sweep_manifest(
-            loaded.config, official_identity().to_dict()))
+        print(
+            f'data not found ({str(error).splitlines()[0]}); showing the published '
+            f'{loaded.config.report.reference} table beside cells not trained yet'
+        )
+        render_reports(
+            loaded,
+            insert=insert,
+            manifest=sweep_manifest(loaded.config, official_identity().to_dict()),
+        )
         return 0
     record_sweep(loaded, identity)
     render_reports(loaded, insert=insert)

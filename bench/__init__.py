@@ -10,6 +10,7 @@ Knows nothing of HTML: it produces metrics and stores them.
 - `bench.gpu`, `bench.environment`: what this machine has and what a run records of it.
 - Tools: `python -m bench.train` (one trial), `python -m bench.benchmark` (speed).
 """
+
 # Loads the CUDA libraries of the GPU build (a no-op on CPU) before any bench
 # module imports MXNet; importing `models` does not import MXNet itself.
 import models  # noqa: F401

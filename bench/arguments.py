@@ -1,6 +1,7 @@
 """Checks shared by the command-line tools (`bench.train`, `bench.benchmark`): a number out
 of range or an output that cannot be written is refused before any work starts, with one
 message, as run_sweep.py refuses a bad sweep file."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ _MAX_JSON_BYTES = 64 << 20
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer from `low` to `high` (inclusive)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -25,6 +27,7 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
             span = f'{low} to {high}' if high is not None else f'at least {low}'
             raise argparse.ArgumentTypeError(f'expected {span}, got {value}')
         return value
+
     parse.__name__ = 'whole number'
     return parse
 
@@ -40,8 +43,10 @@ def writable_json_problem(path: str | Path, what: str) -> str | None:
     if path.is_symlink() or (path.exists() and not path.is_file()):
         return f'{what} {path} is a link or a special file; name a file of its own'
     if path.is_file() and not _holds_json(path):
-        return (f'{what} {path} exists and is not JSON, so this tool did not write it; '
-                'choose another path (it is not overwritten)')
+        return (
+            f'{what} {path} exists and is not JSON, so this tool did not write it; '
+            'choose another path (it is not overwritten)'
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)

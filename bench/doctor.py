@@ -9,6 +9,7 @@ PyTorch on the same weights); a mixed-precision step on each usable GPU; the fus
 CPU kernels; the threads a trial gets; what Ray sees. On a machine without a GPU it
 checks the CPU path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,66 +57,105 @@ def installed(module: str) -> bool:
 
 def check_mxnet() -> Check:
     if not installed('mxnet'):
-        return Check('gluon backend', WARN, 'MXNet not installed',
-                     "pip install -c constraints.txt -e '.[cpu]' (or '.[gpu]') for the "
-                     'reference backend')
+        return Check(
+            'gluon backend',
+            WARN,
+            'MXNet not installed',
+            "pip install -c constraints.txt -e '.[cpu]' (or '.[gpu]') for the reference backend",
+        )
     from models.cuda_runtime import gpu_build_installed
+
     build = 'GPU build (mxnet-cu112)' if gpu_build_installed() else 'CPU build (mxnet)'
     try:
         import mxnet
     except (ImportError, OSError) as error:
-        return Check('gluon backend', FAIL, f'{build} does not load: {error}',
-                     'on a machine without the NVIDIA driver, install the CPU build: pip '
-                     "uninstall mxnet-cu112; pip install -c constraints.txt -e '.[cpu]'")
+        return Check(
+            'gluon backend',
+            FAIL,
+            f'{build} does not load: {error}',
+            'on a machine without the NVIDIA driver, install the CPU build: pip '
+            "uninstall mxnet-cu112; pip install -c constraints.txt -e '.[cpu]'",
+        )
     return Check('gluon backend', OK, f'MXNet {mxnet.__version__}, {build}')
 
 
 def check_torch() -> Check:
     if not installed('torch'):
-        return Check('torch backend', WARN, 'PyTorch not installed',
-                     "pip install -e '.[torch]' for the backend that runs on Hopper/Blackwell")
+        return Check(
+            'torch backend',
+            WARN,
+            'PyTorch not installed',
+            "pip install -e '.[torch]' for the backend that runs on Hopper/Blackwell",
+        )
     import torch
+
     cuda = f'CUDA {torch.version.cuda}' if torch.version.cuda else 'CPU build'
     return Check('torch backend', OK, f'PyTorch {torch.__version__}, {cuda}')
 
 
 def check_driver(gpus: Sequence[GPU], driver_cuda: tuple[int, int] | None) -> Check:
     from bench.gpu import gluon_fusion_setting
+
     if not gpus:
         return Check('NVIDIA driver', OK, 'no NVIDIA GPU or driver: trials run on CPUs')
     if driver_cuda is None:
-        return Check('NVIDIA driver', WARN, 'GPUs listed but the driver CUDA version unread',
-                     'check nvidia-smi')
+        return Check(
+            'NVIDIA driver',
+            WARN,
+            'GPUs listed but the driver CUDA version unread',
+            'check nvidia-smi',
+        )
     _, fusion = gluon_fusion_setting(driver_cuda, environ={})
     text = f'supports CUDA {driver_cuda[0]}.{driver_cuda[1]}; gluon operator fusion {fusion}'
     if driver_cuda < (11, 0):
-        return Check('NVIDIA driver', FAIL, text, 'install a driver for CUDA 11 or newer '
-                                                 '(R520+ for the gluon backend at full speed)')
-    return Check('NVIDIA driver', OK if fusion == 'on' else WARN, text,
-                 '' if fusion == 'on' else 'a driver R520 or newer lets MXNet fuse operators')
+        return Check(
+            'NVIDIA driver',
+            FAIL,
+            text,
+            'install a driver for CUDA 11 or newer (R520+ for the gluon backend at full speed)',
+        )
+    return Check(
+        'NVIDIA driver',
+        OK if fusion == 'on' else WARN,
+        text,
+        '' if fusion == 'on' else 'a driver R520 or newer lets MXNet fuse operators',
+    )
 
 
 def check_cuda_libraries() -> Check:
     from models import cuda_runtime
+
     loaded = list(cuda_runtime._loaded)
     if not cuda_runtime.gpu_build_installed():
         return Check('CUDA libraries', OK, 'none needed (no MXNet GPU build)')
     if not loaded:
-        return Check('CUDA libraries', WARN, 'none of the nvidia-*-cu11 libraries loaded',
-                     "pip install -c constraints.txt -e '.[gpu]', or a system CUDA 11 toolkit")
+        return Check(
+            'CUDA libraries',
+            WARN,
+            'none of the nvidia-*-cu11 libraries loaded',
+            "pip install -c constraints.txt -e '.[gpu]', or a system CUDA 11 toolkit",
+        )
     names = sorted({path.rsplit('/', 1)[-1] for path in loaded})
     return Check('CUDA libraries', OK, ', '.join(names))
 
 
-def check_gpus(gpus: Sequence[GPU], mxnet_gpu_build: bool,
-               torch_arches: Sequence[str] | None) -> list[Check]:
+def check_gpus(
+    gpus: Sequence[GPU], mxnet_gpu_build: bool, torch_arches: Sequence[str] | None
+) -> list[Check]:
     """One Check per GPU: which backend can use it."""
     from bench.gpu import torch_supports
+
     checks = []
     for gpu in gpus:
         if gpu.problem:
-            checks.append(Check(f'GPU {gpu.index}', WARN, f'unreadable ({gpu.problem})',
-                                'another job holds it (SLURM, cgroups), or check permissions'))
+            checks.append(
+                Check(
+                    f'GPU {gpu.index}',
+                    WARN,
+                    f'unreadable ({gpu.problem})',
+                    'another job holds it (SLURM, cgroups), or check permissions',
+                )
+            )
             continue
         users = []
         if gpu.supported and mxnet_gpu_build:
@@ -123,21 +163,29 @@ def check_gpus(gpus: Sequence[GPU], mxnet_gpu_build: bool,
         if torch_arches and torch_supports(gpu.capability, torch_arches):
             users.append('torch')
         text = f'{gpu.name}, compute capability {gpu.capability[0]}.{gpu.capability[1]}: ' + (
-            f"used by {' and '.join(users)}" if users else 'no installed backend can use it')
-        fix = '' if users else ('install a CUDA build of PyTorch (the torch extra)'
-                                if not gpu.supported else
-                                "install the gluon GPU build ('.[gpu]') or a CUDA PyTorch")
+            f'used by {" and ".join(users)}' if users else 'no installed backend can use it'
+        )
+        fix = (
+            ''
+            if users
+            else (
+                'install a CUDA build of PyTorch (the torch extra)'
+                if not gpu.supported
+                else "install the gluon GPU build ('.[gpu]') or a CUDA PyTorch"
+            )
+        )
         checks.append(Check(f'GPU {gpu.index}', OK if users else FAIL, text, fix))
     return checks
 
 
-def _torch_pass(attention: str, device: str | torch.device,
-                state: dict[str, torch.Tensor] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
+def _torch_pass(
+    attention: str, device: str | torch.device, state: dict[str, torch.Tensor] | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
     """(output, input gradient, state_dict) of one torch network's forward and backward."""
     import torch
 
     from models.pytorch import get_model
+
     torch.manual_seed(0)
     net = get_model(CHECK_MODEL, attention, seed=0)
     if state is not None:
@@ -153,6 +201,7 @@ def _torch_pass(attention: str, device: str | torch.device,
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
     import numpy as np
+
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
@@ -160,33 +209,47 @@ def check_torch_devices(devices: Sequence[str | torch.device]) -> list[Check]:
     """Every attention's forward and backward on each torch GPU against the CPU; with no
     GPU, on the CPU alone (finite numbers)."""
     import numpy as np
+
     checks = []
     for attention in ATTENTIONS:
         reference = _torch_pass(attention, 'cpu')
         if not devices:
             finite = all(np.isfinite(a).all() for a in reference[:2])
-            checks.append(Check(f'torch {attention} on cpu', OK if finite else FAIL,
-                                'forward+backward ' + ('finite' if finite else 'NOT finite')))
+            checks.append(
+                Check(
+                    f'torch {attention} on cpu',
+                    OK if finite else FAIL,
+                    'forward+backward ' + ('finite' if finite else 'NOT finite'),
+                )
+            )
         for device in devices:
             out, grad, _ = _torch_pass(attention, device, reference[2])
-            checks.append(_against_cpu(f'torch {attention} on {device}', (out, grad),
-                                       reference[:2]))
+            checks.append(
+                _against_cpu(f'torch {attention} on {device}', (out, grad), reference[:2])
+            )
     return checks
 
 
-def _against_cpu(name: str, results: Sequence[np.ndarray],
-                 reference: Sequence[np.ndarray]) -> Check:
+def _against_cpu(
+    name: str, results: Sequence[np.ndarray], reference: Sequence[np.ndarray]
+) -> Check:
     """A device's (output, input gradient) against the CPU's, as one Check."""
     worst = max(_relative(ours, cpu) for ours, cpu in zip(results, reference))
     status = OK if worst <= DEVICE_RTOL else FAIL
-    return Check(name, status, f'forward+backward within {worst:.1e} of the CPU',
-                 '' if status == OK else "report this with bench.doctor's output")
+    return Check(
+        name,
+        status,
+        f'forward+backward within {worst:.1e} of the CPU',
+        '' if status == OK else "report this with bench.doctor's output",
+    )
 
 
-def _gluon_pass(net: mx.gluon.Block, x: np.ndarray, ctx: mx.Context
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _gluon_pass(
+    net: mx.gluon.Block, x: np.ndarray, ctx: mx.Context
+) -> tuple[np.ndarray, np.ndarray]:
     import mxnet as mx
     from mxnet import autograd
+
     data = mx.nd.array(x, ctx=ctx)
     data.attach_grad()
     with autograd.record():
@@ -202,6 +265,7 @@ def check_gluon_devices(contexts: Sequence[mx.Context]) -> list[Check]:
     import numpy as np
 
     from models import get_model
+
     x = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
     checks = []
     for attention in ATTENTIONS:
@@ -209,8 +273,9 @@ def check_gluon_devices(contexts: Sequence[mx.Context]) -> list[Check]:
         net.initialize(mx.init.Xavier(), ctx=[mx.cpu()] + list(contexts))
         reference = _gluon_pass(net, x, mx.cpu())
         for ctx in contexts:
-            checks.append(_against_cpu(f'gluon {attention} on {ctx}', _gluon_pass(net, x, ctx),
-                                       reference))
+            checks.append(
+                _against_cpu(f'gluon {attention} on {ctx}', _gluon_pass(net, x, ctx), reference)
+            )
     return checks
 
 
@@ -223,6 +288,7 @@ def check_gluon_against_torch() -> Check:
     from models import get_model
     from models.pytorch import get_model as torch_model
     from models.pytorch import load_gluon_parameters
+
     worst = 0.0
     x = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
     for attention in ATTENTIONS:
@@ -233,25 +299,34 @@ def check_gluon_against_torch() -> Check:
         with torch.no_grad():
             worst = max(worst, _relative(twin(torch.from_numpy(x)).numpy(), reference))
     status = OK if worst <= 1e-4 else FAIL
-    return Check('gluon = torch (CPU)', status,
-                 f'every attention, same weights: outputs within {worst:.1e}',
-                 '' if status == OK else "report this with bench.doctor's output")
+    return Check(
+        'gluon = torch (CPU)',
+        status,
+        f'every attention, same weights: outputs within {worst:.1e}',
+        '' if status == OK else "report this with bench.doctor's output",
+    )
 
 
 def check_torch_amp(devices: Sequence[str | torch.device]) -> list[Check]:
     import torch
+
     checks = []
     for device in devices:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         from models.pytorch import get_model
+
         net = get_model(CHECK_MODEL, 'se', seed=0).to(device)
         with torch.autocast('cuda', dtype=dtype):
             loss = net(torch.randn(8, 3, 32, 32, device=device)).float().square().mean()
         loss.backward()
         finite = all(torch.isfinite(p.grad).all() for p in net.parameters())
-        checks.append(Check(f'torch AMP on {device}', OK if finite else FAIL,
-                            f'one {dtype} autocast step, gradients '
-                            f"{'finite' if finite else 'not finite'}"))
+        checks.append(
+            Check(
+                f'torch AMP on {device}',
+                OK if finite else FAIL,
+                f'one {dtype} autocast step, gradients {"finite" if finite else "not finite"}',
+            )
+        )
     return checks
 
 
@@ -259,26 +334,36 @@ def check_kernels() -> Check:
     if not installed('mxnet'):
         return Check('fused CPU kernels', OK, 'not needed (no MXNet)')
     from models.kernels import kernel_status
+
     loaded, detail = kernel_status()
-    return Check('fused CPU kernels', OK if loaded else WARN,
-                 detail if loaded else f"not used ({detail}): MXNet's slower operators",
-                 '' if loaded else 'install g++ so the kernels compile')
+    return Check(
+        'fused CPU kernels',
+        OK if loaded else WARN,
+        detail if loaded else f"not used ({detail}): MXNet's slower operators",
+        '' if loaded else 'install g++ so the kernels compile',
+    )
 
 
 def check_threads() -> Check:
     import os
 
     from bench.trial.threads import available_cpus
+
     cpus = available_cpus()
     chosen = os.environ.get('OMP_NUM_THREADS')
-    return Check('threads', OK, f'{cpus} cores for this process; a trial gets '
-                 f'cpus_per_trial threads (OMP_NUM_THREADS here: {chosen or "unset"})')
+    return Check(
+        'threads',
+        OK,
+        f'{cpus} cores for this process; a trial gets '
+        f'cpus_per_trial threads (OMP_NUM_THREADS here: {chosen or "unset"})',
+    )
 
 
 def ray_resources() -> dict[str, float]:
     import ray
 
     from bench.sweep.cluster import start_ray
+
     start_ray(num_cpus=None)
     try:
         return dict(ray.cluster_resources())
@@ -287,36 +372,54 @@ def ray_resources() -> dict[str, float]:
 
 
 def check_ray(resources: Mapping[str, float], gpus: Sequence[GPU]) -> Check:
-    text = f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    text = f'{resources.get("CPU", 0):g} CPUs, {resources.get("GPU", 0):g} GPUs'
     if gpus and not resources.get('GPU'):
-        return Check('ray', WARN, text + ' (NVML lists GPUs that Ray does not see)',
-                     'check CUDA_VISIBLE_DEVICES and the driver')
+        return Check(
+            'ray',
+            WARN,
+            text + ' (NVML lists GPUs that Ray does not see)',
+            'check CUDA_VISIBLE_DEVICES and the driver',
+        )
     return Check('ray', OK, text)
 
 
-def run_checks(with_ray: bool = True, gpus: Sequence[GPU] | None = None,
-               driver_cuda: tuple[int, int] | None | Literal[False] = False,
-               resources: Mapping[str, float] | None = None,
-               gluon_contexts: Sequence[mx.Context] | None = None) -> list[Check]:
+def run_checks(
+    with_ray: bool = True,
+    gpus: Sequence[GPU] | None = None,
+    driver_cuda: tuple[int, int] | None | Literal[False] = False,
+    resources: Mapping[str, float] | None = None,
+    gluon_contexts: Sequence[mx.Context] | None = None,
+) -> list[Check]:
     """Every check, in order; `gpus`, `driver_cuda`, `resources` and `gluon_contexts` fake
     what NVML, Ray and MXNet would report (tests)."""
     from bench.gpu import driver_cuda_version, physical_gpus, torch_arch_list
     from models.cuda_runtime import gpu_build_installed
+
     gpus = physical_gpus() if gpus is None else gpus
     driver_cuda = driver_cuda_version() if driver_cuda is False else driver_cuda
-    checks = [check_python(), check_mxnet(), check_torch(), check_driver(gpus, driver_cuda),
-              check_cuda_libraries()]
+    checks = [
+        check_python(),
+        check_mxnet(),
+        check_torch(),
+        check_driver(gpus, driver_cuda),
+        check_cuda_libraries(),
+    ]
     mxnet_gpu = installed('mxnet') and gpu_build_installed()
     torch_arches = torch_arch_list() if installed('torch') else None
     checks += check_gpus(gpus, mxnet_gpu, torch_arches)
     if mxnet_gpu and checks[1].status == OK:
         import mxnet as mx
+
         usable = [gpu for gpu in gpus if gpu.supported and not gpu.problem]
-        contexts = gluon_contexts if gluon_contexts is not None else \
-            [mx.gpu(i) for i in range(min(len(usable), mx.context.num_gpus()))]
+        contexts = (
+            gluon_contexts
+            if gluon_contexts is not None
+            else [mx.gpu(i) for i in range(min(len(usable), mx.context.num_gpus()))]
+        )
         checks += check_gluon_devices(contexts)
     if installed('torch'):
         import torch
+
         devices = ['cuda:0'] if torch_arches and torch.cuda.is_available() and gpus else []
         checks += check_torch_devices(devices)
         checks += check_torch_amp(devices)
@@ -324,8 +427,7 @@ def run_checks(with_ray: bool = True, gpus: Sequence[GPU] | None = None,
             checks.append(check_gluon_against_torch())
     checks += [check_kernels(), check_threads()]
     if with_ray:
-        checks.append(check_ray(resources if resources is not None else ray_resources(),
-                                gpus))
+        checks.append(check_ray(resources if resources is not None else ray_resources(), gpus))
     return checks
 
 
@@ -335,18 +437,24 @@ def format_checks(checks: Sequence[Check]) -> str:
     for check in checks:
         lines.append(f'{check.status:<4}  {check.name:<{width}}  {check.found}')
         if check.fix:
-            lines.append(f"{'':<4}  {'':<{width}}  fix: {check.fix}")
+            lines.append(f'{"":<4}  {"":<{width}}  fix: {check.fix}')
     failed = sum(1 for c in checks if c.status == FAIL)
-    lines.append(f'{len(checks)} checks: {failed} failed, '
-                 f'{sum(1 for c in checks if c.status == WARN)} warnings')
+    lines.append(
+        f'{len(checks)} checks: {failed} failed, '
+        f'{sum(1 for c in checks if c.status == WARN)} warnings'
+    )
     return '\n'.join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     from bench.trial.threads import use_cpus
-    use_cpus()     # before MXNet is imported, as a trial does
-    parser = argparse.ArgumentParser(prog='python -m bench.doctor', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    use_cpus()  # before MXNet is imported, as a trial does
+    parser = argparse.ArgumentParser(
+        prog='python -m bench.doctor',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument('--no-ray', action='store_true', help='skip starting Ray')
     args = parser.parse_args(argv)
     checks = run_checks(with_ray=not args.no_ray)

@@ -1,4 +1,5 @@
 """What a run happened on: package versions, git commit, devices, data. Kept with the results."""
+
 from __future__ import annotations
 
 import platform
@@ -12,8 +13,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.trial.data import DataIdentity
 
-PACKAGES = ('mxnet', 'mxnet-cu112', 'gluoncv', 'torch', 'numpy', 'ray', 'pandas', 'matplotlib',
-            'jinja2')
+PACKAGES = (
+    'mxnet',
+    'mxnet-cu112',
+    'gluoncv',
+    'torch',
+    'numpy',
+    'ray',
+    'pandas',
+    'matplotlib',
+    'jinja2',
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -28,10 +38,12 @@ def package_versions() -> dict[str, str]:
 
 def git_commit(folder: str | Path) -> str | None:
     try:
-        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(['git', 'status', '--porcelain'], cwd=folder,
-                               capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ['git', 'status', '--porcelain'], cwd=folder, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode:
@@ -42,13 +54,17 @@ def git_commit(folder: str | Path) -> str | None:
 def describe_gpus_and_driver() -> dict[str, str | None]:
     """This machine's GPUs (through NVML: no CUDA context) and the driver's CUDA version."""
     from bench.gpu import describe_gpus, driver_cuda_version, physical_gpus
+
     driver = driver_cuda_version()
-    return {'gpus': describe_gpus(physical_gpus()),
-            'driver_cuda': '.'.join(map(str, driver)) if driver else None}
+    return {
+        'gpus': describe_gpus(physical_gpus()),
+        'driver_cuda': '.'.join(map(str, driver)) if driver else None,
+    }
 
 
-def describe_environment(folder: str | Path, data_identity: DataIdentity,
-                         devices: str) -> dict[str, Any]:
+def describe_environment(
+    folder: str | Path, data_identity: DataIdentity, devices: str
+) -> dict[str, Any]:
     return {
         **describe_gpus_and_driver(),
         'recorded_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),

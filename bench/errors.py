@@ -10,6 +10,7 @@ that cannot train, ...) subclass it where they are defined; several also subclas
 built-in exception they always were (ValueError, KeyError, RuntimeError), so code that
 catches those keeps working.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,18 +23,21 @@ USAGE = 2
 FAILED = 1
 INTERRUPTED = 130
 # What to run when a failure is this machine's (frameworks, driver, GPUs).
-DOCTOR_HINT = ('python -m bench.doctor checks this machine in under a minute (frameworks, '
-               'driver, each GPU and which backend can use it) and says what to fix')
+DOCTOR_HINT = (
+    'python -m bench.doctor checks this machine in under a minute (frameworks, '
+    'driver, each GPU and which backend can use it) and says what to fix'
+)
 
 
 class BenchError(Exception):
     """A failure with a message for the user, an optional hint and an exit code."""
 
     exit_code: int = USAGE
-    hint: str | None = None      # a class may give every instance the same hint
+    hint: str | None = None  # a class may give every instance the same hint
 
-    def __init__(self, *args: object, hint: str | None = None,
-                 exit_code: int | None = None) -> None:
+    def __init__(
+        self, *args: object, hint: str | None = None, exit_code: int | None = None
+    ) -> None:
         super().__init__(*args)
         if hint is not None:
             self.hint = hint

@@ -1,4 +1,5 @@
 """Atomic writes: a reader sees the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         # The new file keeps the old one's permissions (mkstemp makes it 0600).
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else
-                 0o666 & ~_umask())
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -10,6 +10,7 @@ fails with "no kernel image is available". So cards are checked before any
 training, through NVML, which creates no CUDA context (CUDA does not survive the
 fork that starts Ray's workers, so the driver must never create one).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
     from bench.trial.recipe import Recipe
 
 SUPPORTED = ((5, 0), (8, 9))
-SUPPORTED_TEXT = ('compute capability 5.0 to 8.9 (Maxwell, Pascal, Volta, Turing, Ampere, '
-                  'Ada: e.g. V100, T4, A100, A10, RTX 30xx/40xx, L4, L40)')
+SUPPORTED_TEXT = (
+    'compute capability 5.0 to 8.9 (Maxwell, Pascal, Volta, Turing, Ampere, '
+    'Ada: e.g. V100, T4, A100, A10, RTX 30xx/40xx, L4, L40)'
+)
 
 
 class GPUError(BenchError, RuntimeError):
@@ -40,10 +43,10 @@ class GPUError(BenchError, RuntimeError):
 class GPU:
     index: int
     name: str
-    capability: tuple            # (major, minor); None where NVML could not read it
-    uuid: str = ''               # GPU-..., as CUDA_VISIBLE_DEVICES may name the card
-    migs: tuple = ()             # MIG-... UUIDs of the card's MIG instances
-    problem: str = ''            # why NVML could not read the card (e.g. no permission)
+    capability: tuple  # (major, minor); None where NVML could not read it
+    uuid: str = ''  # GPU-..., as CUDA_VISIBLE_DEVICES may name the card
+    migs: tuple = ()  # MIG-... UUIDs of the card's MIG instances
+    problem: str = ''  # why NVML could not read the card (e.g. no permission)
 
     @property
     def sm(self) -> str:
@@ -56,8 +59,10 @@ class GPU:
     def describe(self) -> str:
         if self.problem:
             return f'GPU {self.index}: unreadable ({self.problem})'
-        return (f'GPU {self.index}: {self.name} ({self.sm}, '
-                f"{'supported' if self.supported else 'not supported by mxnet-cu112'})")
+        return (
+            f'GPU {self.index}: {self.name} ({self.sm}, '
+            f'{"supported" if self.supported else "not supported by mxnet-cu112"})'
+        )
 
 
 class NVMLUnavailable(RuntimeError):
@@ -65,9 +70,16 @@ class NVMLUnavailable(RuntimeError):
 
 
 # NVML's return codes that a user can act on; the rest are named by number.
-NVML_ERRORS = {1: 'NVML not initialised', 2: 'invalid argument', 3: 'not supported',
-               4: 'no permission', 6: 'not found', 9: 'driver not loaded',
-               15: 'GPU is lost', 999: 'unknown error'}
+NVML_ERRORS = {
+    1: 'NVML not initialised',
+    2: 'invalid argument',
+    3: 'not supported',
+    4: 'no permission',
+    6: 'not found',
+    9: 'driver not loaded',
+    15: 'GPU is lost',
+    999: 'unknown error',
+}
 
 
 def _nvml_error(code: int) -> str:
@@ -123,9 +135,9 @@ FUSION_MIN_DRIVER_CUDA = (11, 8)
 FUSION_ENV = 'MXNET_USE_FUSION'
 
 
-def gluon_fusion_setting(driver_cuda: tuple[int, int] | None,
-                         environ: MutableMapping[str, str] | None = None
-                         ) -> tuple[bool, str]:
+def gluon_fusion_setting(
+    driver_cuda: tuple[int, int] | None, environ: MutableMapping[str, str] | None = None
+) -> tuple[bool, str]:
     """(whether MXNet's runtime fusion stays on, why) for a driver supporting CUDA
     `driver_cuda`; sets MXNET_USE_FUSION=0 in `environ` (os.environ) when the driver is
     too old for the PTX it would be given. Must run before MXNet is imported."""
@@ -135,16 +147,19 @@ def gluon_fusion_setting(driver_cuda: tuple[int, int] | None,
     if driver_cuda is None or driver_cuda >= FUSION_MIN_DRIVER_CUDA:
         return True, 'on'
     environ[FUSION_ENV] = '0'
-    return False, (f'off: the driver supports CUDA {driver_cuda[0]}.{driver_cuda[1]}, older '
-                   f'than the {FUSION_MIN_DRIVER_CUDA[0]}.{FUSION_MIN_DRIVER_CUDA[1]} (R520) '
-                   "that the PTX of MXNet's fused operators needs")
+    return False, (
+        f'off: the driver supports CUDA {driver_cuda[0]}.{driver_cuda[1]}, older '
+        f'than the {FUSION_MIN_DRIVER_CUDA[0]}.{FUSION_MIN_DRIVER_CUDA[1]} (R520) '
+        "that the PTX of MXNet's fused operators needs"
+    )
 
 
 TF32_ENV = 'NVIDIA_TF32_OVERRIDE'
 
 
-def share_card(gpus_per_trial: float, backend: str,
-               environ: MutableMapping[str, str] | None = None) -> str | None:
+def share_card(
+    gpus_per_trial: float, backend: str, environ: MutableMapping[str, str] | None = None
+) -> str | None:
     """Settings that keep a trial holding a fraction of a card within its share, made
     before the framework starts CUDA; returns what was set, as recorded with the trial.
 
@@ -159,7 +174,7 @@ def share_card(gpus_per_trial: float, backend: str,
     environ.setdefault('CUDA_MODULE_LOADING', 'LAZY')
     if backend == 'gluon':
         environ['MXNET_GPU_MEM_POOL_RESERVE'] = str(int(round(100 * (1 - gpus_per_trial))))
-    return f'{gpus_per_trial:g} of the card\'s memory, kernels loaded lazily'
+    return f"{gpus_per_trial:g} of the card's memory, kernels loaded lazily"
 
 
 def apply_tf32(recipe: Recipe, environ: MutableMapping[str, str] | None = None) -> str:
@@ -171,8 +186,10 @@ def apply_tf32(recipe: Recipe, environ: MutableMapping[str, str] | None = None) 
         environ[TF32_ENV] = '0'
         return 'off (NVIDIA_TF32_OVERRIDE=0)'
     if environ.get(TF32_ENV) == '0':
-        raise GPUError(f'{TF32_ENV}=0 is set in the environment but the recipe has tf32 on; '
-                       f'unset it, or set recipe tf32: false so the results say so')
+        raise GPUError(
+            f'{TF32_ENV}=0 is set in the environment but the recipe has tf32 on; '
+            f'unset it, or set recipe tf32: false so the results say so'
+        )
     return 'on where the card has it (compute capability 8.0+)'
 
 
@@ -185,13 +202,13 @@ def _nvml_gpu(nvml: ctypes.CDLL, index: int) -> GPU:
     major, minor = ctypes.c_int(), ctypes.c_int()
     name_code = nvml.nvmlDeviceGetName(handle, name, 96)
     nvml.nvmlDeviceGetUUID(handle, uuid, 96)
-    code = nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major),
-                                                   ctypes.byref(minor))
+    code = nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor))
     card = name.value.decode(errors='replace') if not name_code else '?'
     if code:
         return GPU(index, card, None, uuid.value.decode(), problem=_nvml_error(code))
-    return GPU(index, card, (major.value, minor.value), uuid.value.decode(),
-               _mig_uuids(nvml, handle))
+    return GPU(
+        index, card, (major.value, minor.value), uuid.value.decode(), _mig_uuids(nvml, handle)
+    )
 
 
 def _mig_uuids(nvml: ctypes.CDLL, handle: ctypes.c_void_p) -> tuple[str, ...]:
@@ -202,8 +219,10 @@ def _mig_uuids(nvml: ctypes.CDLL, handle: ctypes.c_void_p) -> tuple[str, ...]:
     found = []
     for slot in range(slots.value):
         mig, uuid = ctypes.c_void_p(), ctypes.create_string_buffer(96)
-        if nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot, ctypes.byref(mig)) == 0 \
-                and nvml.nvmlDeviceGetUUID(mig, uuid, 96) == 0:
+        if (
+            nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot, ctypes.byref(mig)) == 0
+            and nvml.nvmlDeviceGetUUID(mig, uuid, 96) == 0
+        ):
             found.append(uuid.value.decode())
     return tuple(found)
 
@@ -211,8 +230,12 @@ def _mig_uuids(nvml: ctypes.CDLL, handle: ctypes.c_void_p) -> tuple[str, ...]:
 def _nvidia_smi_gpus() -> list[GPU]:
     if shutil.which('nvidia-smi') is None:
         raise NVMLUnavailable('nvidia-smi not found')
-    out = subprocess.run(['nvidia-smi', '--query-gpu=index,name,compute_cap',
-                          '--format=csv,noheader'], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ['nvidia-smi', '--query-gpu=index,name,compute_cap', '--format=csv,noheader'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if out.returncode:
         raise NVMLUnavailable(f'nvidia-smi failed: {out.stderr.strip()}')
     gpus = []
@@ -233,8 +256,7 @@ def physical_gpus() -> list[GPU]:
     return []
 
 
-def visible_gpus(all_gpus: Sequence[GPU], cuda_visible_devices: str | None = None
-                 ) -> list[GPU]:
+def visible_gpus(all_gpus: Sequence[GPU], cuda_visible_devices: str | None = None) -> list[GPU]:
     """The GPUs this process may use, in CUDA's order, as CUDA_VISIBLE_DEVICES lists them:
     by index, by GPU UUID (GPU-..., or a unique start of one), or by MIG UUID (MIG-...,
     which stands for its card here)."""
@@ -246,7 +268,7 @@ def visible_gpus(all_gpus: Sequence[GPU], cuda_visible_devices: str | None = Non
     for item in filter(None, (p.strip() for p in cuda_visible_devices.split(','))):
         card = _card_named(all_gpus, item)
         if card is None:
-            break    # CUDA stops at the first entry it cannot use
+            break  # CUDA stops at the first entry it cannot use
         chosen.append(card)
     return chosen
 
@@ -262,12 +284,14 @@ def _card_named(all_gpus: Sequence[GPU], item: str) -> GPU | None:
 
 
 def unsupported_message(gpu: GPU) -> str:
-    return (f'{gpu.name} (GPU {gpu.index}) has compute capability '
-            f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}). mxnet-cu112 1.9.1, the last '
-            f'MXNet GPU release, runs on {SUPPORTED_TEXT}; it has no code for {gpu.sm} and '
-            'fails there with "no kernel image is available". Train with the torch backend '
-            '(recipe: {backend: torch}), which runs on it, or on CPU '
-            '(resources.gpus_per_trial: 0), or on a supported card.')
+    return (
+        f'{gpu.name} (GPU {gpu.index}) has compute capability '
+        f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}). mxnet-cu112 1.9.1, the last '
+        f'MXNet GPU release, runs on {SUPPORTED_TEXT}; it has no code for {gpu.sm} and '
+        'fails there with "no kernel image is available". Train with the torch backend '
+        '(recipe: {backend: torch}), which runs on it, or on CPU '
+        '(resources.gpus_per_trial: 0), or on a supported card.'
+    )
 
 
 def torch_arch_list() -> list[str] | None:
@@ -275,6 +299,7 @@ def torch_arch_list() -> list[str] | None:
     'compute_90', ...), or None for a build without CUDA. Imports torch: call it in a
     trial's or a node check's process, never in the sweep's driver."""
     import torch
+
     if torch.version.cuda is None:
         return None
     flags = getattr(torch._C, '_cuda_getArchFlags', lambda: '')()
@@ -291,8 +316,12 @@ def torch_supports(capability: tuple[int, int], arches: Iterable[str]) -> bool:
         if len(digits) < 2:
             continue
         arch_major, arch_minor = int(digits[:-1]), int(digits[-1])
-        if kind == 'sm' and arch_major == major and arch_minor <= minor \
-                and not number.endswith('a'):
+        if (
+            kind == 'sm'
+            and arch_major == major
+            and arch_minor <= minor
+            and not number.endswith('a')
+        ):
             return True
         if kind == 'compute' and (arch_major, arch_minor) <= (major, minor):
             return True
@@ -300,16 +329,22 @@ def torch_supports(capability: tuple[int, int], arches: Iterable[str]) -> bool:
 
 
 def _torch_unsupported_message(gpu: GPU, arches: Iterable[str]) -> str:
-    return (f'{gpu.name} (GPU {gpu.index}) has compute capability '
-            f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}), and the installed PyTorch '
-            f"build carries code for {' '.join(arches)} only. Install a PyTorch build for "
-            'this card (see pytorch.org for the CUDA builds), or run on CPU '
-            '(resources.gpus_per_trial: 0).')
+    return (
+        f'{gpu.name} (GPU {gpu.index}) has compute capability '
+        f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}), and the installed PyTorch '
+        f'build carries code for {" ".join(arches)} only. Install a PyTorch build for '
+        'this card (see pytorch.org for the CUDA builds), or run on CPU '
+        '(resources.gpus_per_trial: 0).'
+    )
 
 
-def check_gpus(gpus_per_trial: float, gpus: Sequence[GPU] | None = None,
-               gpu_build: bool | None = None, backend: str = 'gluon',
-               torch_arches: Sequence[str] | None | Literal[False] = False) -> list[GPU]:
+def check_gpus(
+    gpus_per_trial: float,
+    gpus: Sequence[GPU] | None = None,
+    gpu_build: bool | None = None,
+    backend: str = 'gluon',
+    torch_arches: Sequence[str] | None | Literal[False] = False,
+) -> list[GPU]:
     """Raise GPUError unless trials of `backend` asking for `gpus_per_trial` GPUs can run here.
 
     gpus: the cards to check (default: this machine's, through NVML);
@@ -322,34 +357,40 @@ def check_gpus(gpus_per_trial: float, gpus: Sequence[GPU] | None = None,
         return []
     if backend == 'gluon' and gpu_build is None:
         from models.cuda_runtime import gpu_build_installed
+
         gpu_build = gpu_build_installed()
     if backend == 'torch' and torch_arches is False:
         torch_arches = torch_arch_list()
     if gpus is None:
         gpus = physical_gpus()
     if not gpus:
-        raise GPUError('gpus_per_trial is set but no NVIDIA driver or GPU was found '
-                       '(NVML and nvidia-smi did not answer). Install the NVIDIA driver '
-                       '(gluon: R450.80 or newer, R520 or newer for fused operators; torch: '
-                       "what the PyTorch build's CUDA needs), or set resources.gpus_per_trial: 0.")
+        raise GPUError(
+            'gpus_per_trial is set but no NVIDIA driver or GPU was found '
+            '(NVML and nvidia-smi did not answer). Install the NVIDIA driver '
+            '(gluon: R450.80 or newer, R520 or newer for fused operators; torch: '
+            "what the PyTorch build's CUDA needs), or set resources.gpus_per_trial: 0."
+        )
     readable = [gpu for gpu in gpus if not gpu.problem]
     if not readable:
         raise GPUError(
             'gpus_per_trial is set but NVML could not read any GPU of this machine ('
-            + '; '.join(f'GPU {gpu.index}: {gpu.problem}' for gpu in gpus) + '). Under '
+            + '; '.join(f'GPU {gpu.index}: {gpu.problem}' for gpu in gpus)
+            + '). Under '
             'SLURM or cgroups, run inside the job that holds the GPUs; otherwise check '
-            'the permissions of /dev/nvidia*, or set resources.gpus_per_trial: 0.')
+            'the permissions of /dev/nvidia*, or set resources.gpus_per_trial: 0.'
+        )
     # Cards this process may not read are another job's (SLURM, cgroups): not ours.
     if backend == 'torch':
         if torch_arches is None:
-            raise GPUError('gpus_per_trial is set but the installed PyTorch is a build '
-                           'without CUDA. Install a CUDA build of PyTorch (pip install '
-                           'torch, or the index URL pytorch.org gives for your CUDA), or '
-                           'set resources.gpus_per_trial: 0.')
+            raise GPUError(
+                'gpus_per_trial is set but the installed PyTorch is a build '
+                'without CUDA. Install a CUDA build of PyTorch (pip install '
+                'torch, or the index URL pytorch.org gives for your CUDA), or '
+                'set resources.gpus_per_trial: 0.'
+            )
         bad = [gpu for gpu in readable if not torch_supports(gpu.capability, torch_arches)]
         if bad:
-            raise GPUError('\n'.join(_torch_unsupported_message(gpu, torch_arches)
-                                     for gpu in bad))
+            raise GPUError('\n'.join(_torch_unsupported_message(gpu, torch_arches) for gpu in bad))
         return readable
     # The capability comes first: on a card no MXNet build supports, installing the
     # GPU build would not help; the torch backend would.
@@ -357,15 +398,20 @@ def check_gpus(gpus_per_trial: float, gpus: Sequence[GPU] | None = None,
     if bad:
         raise GPUError('\n'.join(unsupported_message(gpu) for gpu in bad))
     if not gpu_build:
-        raise GPUError('gpus_per_trial is set but the installed MXNet is the CPU build '
-                       '(`mxnet`). Install the GPU build instead: pip uninstall mxnet, then '
-                       "pip install -c constraints.txt -e '.[gpu]' (or make MXNET_EXTRA=gpu).")
+        raise GPUError(
+            'gpus_per_trial is set but the installed MXNet is the CPU build '
+            '(`mxnet`). Install the GPU build instead: pip uninstall mxnet, then '
+            "pip install -c constraints.txt -e '.[gpu]' (or make MXNET_EXTRA=gpu)."
+        )
     return readable
 
 
-def check_local_gpus(num_gpus: int | None, backend: str, gpu_build: bool | None = None,
-                     torch_arches: Sequence[str] | None | Literal[False] = False
-                     ) -> str | None:
+def check_local_gpus(
+    num_gpus: int | None,
+    backend: str,
+    gpu_build: bool | None = None,
+    torch_arches: Sequence[str] | None | Literal[False] = False,
+) -> str | None:
     """For a tool training on this machine (bench.train, bench.benchmark) with `num_gpus`
     GPUs (None: every visible one the framework's build can use): GPUError where the
     cards cannot run the backend, before the framework touches one; for gluon, the
@@ -374,14 +420,16 @@ def check_local_gpus(num_gpus: int | None, backend: str, gpu_build: bool | None 
     if num_gpus is None:
         if backend == 'gluon':
             from models.cuda_runtime import gpu_build_installed
+
             usable = gpu_build if gpu_build is not None else gpu_build_installed()
         else:
             usable = (torch_arch_list() if torch_arches is False else torch_arches) is not None
         num_gpus = len(cards) if usable else 0
     if not num_gpus or not cards:
-        return None     # the framework's own count tells the user what is missing
-    check_gpus(num_gpus, gpus=cards, gpu_build=gpu_build, backend=backend,
-               torch_arches=torch_arches)
+        return None  # the framework's own count tells the user what is missing
+    check_gpus(
+        num_gpus, gpus=cards, gpu_build=gpu_build, backend=backend, torch_arches=torch_arches
+    )
     return gluon_fusion_setting(driver_cuda_version())[1] if backend == 'gluon' else None
 
 

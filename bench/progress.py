@@ -1,4 +1,5 @@
 """Progress output of the sweep and its Tune callback."""
+
 from __future__ import annotations
 
 

@@ -14,6 +14,7 @@ that is a string) is one problem naming the file and what is wrong, never a KeyE
 deep in a report. Keys a later version adds are allowed (`extra='allow'`); the keys
 this version reads must have the types it reads them as.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,32 @@ DAMAGED = 'damaged'
 STATUSES = (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
 
 # One flat row of a trial, as results.csv and the reports' tables hold it.
-TRIAL_COLUMNS = ('trial_id', 'name', 'model', 'attention', 'seed', 'backend', 'status',
-                 'epochs_done', 'epochs', 'recipe', 'attention_kwargs', 'network_revision',
-                 'data_name', 'data_official', 'data_digest', 'error', 'train_loss',
-                 'train_acc', 'val_loss', 'val_acc', 'total_seconds', 'params', 'macs',
-                 'problems')
+TRIAL_COLUMNS = (
+    'trial_id',
+    'name',
+    'model',
+    'attention',
+    'seed',
+    'backend',
+    'status',
+    'epochs_done',
+    'epochs',
+    'recipe',
+    'attention_kwargs',
+    'network_revision',
+    'data_name',
+    'data_official',
+    'data_digest',
+    'error',
+    'train_loss',
+    'train_acc',
+    'val_loss',
+    'val_acc',
+    'total_seconds',
+    'params',
+    'macs',
+    'problems',
+)
 FINAL_METRICS = ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'total_seconds')
 
 # The layouts of spec.json (and of the manifest's trial entries) this project has
@@ -59,19 +81,22 @@ def _registered_model(name: str) -> str:
 
 def _registered_attention(name: str) -> str:
     if parse_attention_name(name) != name:
-        raise ValueError(f'attention {name!r} is not spelled as registered '
-                         f'({parse_attention_name(name)!r})')
+        raise ValueError(
+            f'attention {name!r} is not spelled as registered ({parse_attention_name(name)!r})'
+        )
     return name
 
 
 def _registered(check: Callable[[str], str]) -> AfterValidator:
     """A pydantic check that a name is registered, spelled as registered: names go into
     every table and caption, so a stored name is never taken as it stands."""
+
     def checked(name: str) -> str:
         try:
             return check(name)
-        except KeyError as error:       # the registry's own message lists the valid names
+        except KeyError as error:  # the registry's own message lists the valid names
             raise ValueError(str(error)) from None
+
     return AfterValidator(checked)
 
 
@@ -95,6 +120,7 @@ RecipeRecord = Annotated[Dict[str, Any], AfterValidator(_a_recipe)]
 
 class SpecRecord(_Record):
     """A trial's cell and recipe, as spec.json, sweep.json and state.json hold it."""
+
     model: ModelName
     attention: AttentionName
     seed: int = Field(ge=0, le=MAX_SEED)
@@ -116,6 +142,7 @@ class HistoryRow(_Record):
 
 class CheckpointState(_Record):
     """checkpoint/state.json: the loop's state after `epoch` epochs."""
+
     epoch: int = Field(ge=0, le=MAX_EPOCHS)
     history: List[HistoryRow]
     spec: Optional[SpecRecord] = None
@@ -129,6 +156,7 @@ class ModelStats(_Record):
 
 class TrialSpecFile(_Record):
     """trials/<id>/spec.json."""
+
     trial_id: str
     name: str
     spec: SpecRecord
@@ -139,6 +167,7 @@ class TrialSpecFile(_Record):
 
 class FinalRecord(_Record):
     """trials/<id>/final.json: the last epoch's metrics and where the trial ran."""
+
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
     train_loss: Optional[Number] = None
     train_acc: Optional[Number] = None
@@ -149,6 +178,7 @@ class FinalRecord(_Record):
 
 class ErrorRecord(_Record):
     """trials/<id>/error.json."""
+
     error: str
     epochs_done: Optional[int] = Field(None, ge=0, le=MAX_EPOCHS)
 
@@ -162,6 +192,7 @@ class ManifestTrial(_Record):
 
 class Manifest(_Record):
     """sweep.json: the trials the sweep consists of now."""
+
     name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', max_length=100)
     models: List[ModelName]
     attentions: List[AttentionName]
@@ -173,6 +204,7 @@ class Manifest(_Record):
 
 class LockRecord(_Record):
     """sweep.lock: who holds the store."""
+
     host: str
     pid: int = Field(ge=1)
     since: str
@@ -225,6 +257,7 @@ class TrialRecord:
     """Everything known of one trial: what it trains (its spec, network revision and
     data), where it stands in the store (status, epochs done, final metrics, error) and
     the problems found in its files, each with what to do."""
+
     trial_id: str
     name: str
     spec: TrialSpec
@@ -238,15 +271,21 @@ class TrialRecord:
     final: Optional[Mapping[str, Any]] = None
 
     @classmethod
-    def from_trial_file(cls, value: Mapping[str, Any], data: Mapping[str, Any] | None = None,
-                        **state: Any) -> TrialRecord:
+    def from_trial_file(
+        cls, value: Mapping[str, Any], data: Mapping[str, Any] | None = None, **state: Any
+    ) -> TrialRecord:
         """The record of a spec.json or manifest entry of any version (upgraded), with the
         data identity `data` where the file holds none, and the store's `state`."""
         upgraded = upgrade_trial_file(value)
-        return cls(trial_id=upgraded['trial_id'], name=upgraded['name'],
-                   spec=upgraded['spec'], network_revision=upgraded['network_revision'],
-                   data=upgraded['data'] or data or {},
-                   model_stats=upgraded['model_stats'], **state)
+        return cls(
+            trial_id=upgraded['trial_id'],
+            name=upgraded['name'],
+            spec=upgraded['spec'],
+            network_revision=upgraded['network_revision'],
+            data=upgraded['data'] or data or {},
+            model_stats=upgraded['model_stats'],
+            **state,
+        )
 
     @property
     def will_train(self) -> bool:
@@ -256,18 +295,27 @@ class TrialRecord:
         """The flat row of the trial (TRIAL_COLUMNS), as results.csv holds it."""
         spec, final, stats = self.spec, self.final or {}, self.model_stats or {}
         recipe = spec.recipe
-        return {'trial_id': self.trial_id, 'name': self.name, 'model': spec.model,
-                'attention': spec.attention, 'seed': spec.seed, 'backend': recipe.backend,
-                'status': self.status, 'epochs_done': self.epochs_done,
-                'epochs': recipe.epochs, 'recipe': json.dumps(recipe.to_dict(), sort_keys=True),
-                'attention_kwargs': json.dumps(spec.attention_kwargs, sort_keys=True),
-                'network_revision': self.network_revision,
-                'data_name': self.data.get('name'),
-                'data_official': bool(self.data.get('official')),
-                'data_digest': self.data.get('digest'), 'error': self.error,
-                **{k: final.get(k) for k in FINAL_METRICS},
-                **{k: stats.get(k) for k in ('params', 'macs')},
-                'problems': list(self.problems)}
+        return {
+            'trial_id': self.trial_id,
+            'name': self.name,
+            'model': spec.model,
+            'attention': spec.attention,
+            'seed': spec.seed,
+            'backend': recipe.backend,
+            'status': self.status,
+            'epochs_done': self.epochs_done,
+            'epochs': recipe.epochs,
+            'recipe': json.dumps(recipe.to_dict(), sort_keys=True),
+            'attention_kwargs': json.dumps(spec.attention_kwargs, sort_keys=True),
+            'network_revision': self.network_revision,
+            'data_name': self.data.get('name'),
+            'data_official': bool(self.data.get('official')),
+            'data_digest': self.data.get('digest'),
+            'error': self.error,
+            **{k: final.get(k) for k in FINAL_METRICS},
+            **{k: stats.get(k) for k in ('params', 'macs')},
+            'problems': list(self.problems),
+        }
 
 
 def shape_problem(value: Any, record: type[BaseModel]) -> str | None:
@@ -278,8 +326,7 @@ def shape_problem(value: Any, record: type[BaseModel]) -> str | None:
         first = error.errors()[0]
         where = '.'.join(str(part) for part in first['loc']) or 'the file'
         more = f' (and {error.error_count() - 1} more)' if error.error_count() > 1 else ''
-        return (f"{where}: {first['msg']} (found {bounded_repr(first.get('input'), 60)})"
-                f'{more}')
+        return f'{where}: {first["msg"]} (found {bounded_repr(first.get("input"), 60)}){more}'
     except RecursionError:
         return 'nested too deeply'
     return None

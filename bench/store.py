@@ -24,6 +24,7 @@ state.json holds the whole history too, so a cut history.csv is read from it and
 rewritten by the next run, and a checkpoint left as `.checkpoint.retired` by a
 crash in the middle of its swap is used and put back.
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,11 +63,24 @@ CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR = 'checkpoint', '.checkpoint.retired'
 LOCK_FILE = 'sweep.lock'
 MANIFEST_FILE = 'sweep.json'
 # What a trial reports after every epoch: one row of history.csv.
-HISTORY_FIELDS = ('epoch', 'lr', 'train_loss', 'train_acc', 'val_loss', 'val_acc',
-                  'epoch_seconds', 'train_seconds', 'images_per_second')
+HISTORY_FIELDS = (
+    'epoch',
+    'lr',
+    'train_loss',
+    'train_acc',
+    'val_loss',
+    'val_acc',
+    'epoch_seconds',
+    'train_seconds',
+    'images_per_second',
+)
 # The metrics a results table may show, as its columns are labelled.
-METRIC_LABELS = {'val_loss': 'val loss', 'val_acc': 'val acc',
-                 'train_loss': 'train loss', 'train_acc': 'train acc'}
+METRIC_LABELS = {
+    'val_loss': 'val loss',
+    'val_acc': 'val acc',
+    'train_loss': 'train loss',
+    'train_acc': 'train acc',
+}
 REPORT_METRICS = tuple(METRIC_LABELS)
 LOWER_IS_BETTER = {'val_loss', 'train_loss'}
 
@@ -96,13 +110,18 @@ class ResultsStore:
         process id, since when); a lock whose process is gone from this host is taken over."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK_FILE
-        mine = {'host': socket.gethostname(), 'pid': os.getpid(),
-                'since': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+        mine = {
+            'host': socket.gethostname(),
+            'pid': os.getpid(),
+            'since': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+        }
         while not _create_with(path, json.dumps(mine)):
             if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
-                raise StoreLocked(f'{path} is not a lock file of this project (a folder, a '
-                                  'link or a special file): if no sweep is running on '
-                                  f'{self.root}, delete it and run again')
+                raise StoreLocked(
+                    f'{path} is not a lock file of this project (a folder, a '
+                    'link or a special file): if no sweep is running on '
+                    f'{self.root}, delete it and run again'
+                )
             holder, problem = read_json_checked(path)
             if problem:
                 # A lock is written whole (a link of a complete file), so this one was
@@ -110,23 +129,27 @@ class ResultsStore:
                 raise StoreLocked(
                     f'{problem}. The lock cannot tell whether a sweep is running on '
                     f'{self.root}: if none is (no run_sweep.py on any machine using this '
-                    f'folder), delete {path} and run again')
-            if holder is None:       # released while we looked
+                    f'folder), delete {path} and run again'
+                )
+            if holder is None:  # released while we looked
                 continue
             if holder.get('host') == mine['host'] and not _process_alive(holder.get('pid')):
                 stale = path.with_name(f'.{LOCK_FILE}.stale-{os.getpid()}')
                 try:
-                    path.rename(stale)   # only one of several takers wins this rename
+                    path.rename(stale)  # only one of several takers wins this rename
                 except FileNotFoundError:
                     continue
                 stale.unlink()
-                progress(f"took over the lock of {self.root}: process {holder.get('pid')} "
-                         f"(since {holder.get('since')}) is no longer running")
+                progress(
+                    f'took over the lock of {self.root}: process {holder.get("pid")} '
+                    f'(since {holder.get("since")}) is no longer running'
+                )
                 continue
             raise StoreLocked(
-                f"another sweep is running on {self.root}: process {holder.get('pid')} on "
-                f"host {holder.get('host')}, since {holder.get('since')}. Wait for it to "
-                f"finish; if it is gone (a crashed machine), delete {path}")
+                f'another sweep is running on {self.root}: process {holder.get("pid")} on '
+                f'host {holder.get("host")}, since {holder.get("since")}. Wait for it to '
+                f'finish; if it is gone (a crashed machine), delete {path}'
+            )
         try:
             yield
         finally:
@@ -137,8 +160,11 @@ class ResultsStore:
         end the process before the lock's block can)."""
         path = self.root / LOCK_FILE
         current, _ = read_json_checked(path)
-        if current and current.get('pid') == os.getpid() and \
-                current.get('host') == socket.gethostname():
+        if (
+            current
+            and current.get('pid') == os.getpid()
+            and current.get('host') == socket.gethostname()
+        ):
             path.unlink(missing_ok=True)
 
     @property
@@ -174,10 +200,14 @@ class ResultsStore:
         trials = self.root / 'trials'
         if not trials.is_dir() or trials.is_symlink():
             return False
-        return any(TRIAL_ID_PATTERN.match(folder.name) and not folder.is_symlink() and
-                   any((folder / name).exists() for name in ('spec.json', 'history.csv',
-                                                             CHECKPOINT_DIR))
-                   for folder in trials.iterdir())
+        return any(
+            TRIAL_ID_PATTERN.match(folder.name)
+            and not folder.is_symlink()
+            and any(
+                (folder / name).exists() for name in ('spec.json', 'history.csv', CHECKPOINT_DIR)
+            )
+            for folder in trials.iterdir()
+        )
 
     def check_is_store(self) -> None:
         """Refuse a results folder that holds something other than a store of this project
@@ -186,18 +216,21 @@ class ResultsStore:
         if not self.root.exists():
             return
         if not self.root.is_dir():
-            raise NotAStore(f'the results folder {self.root} is a file, not a folder; set '
-                            'outputs.results (or name) in the sweep file to a folder for '
-                            'results')
+            raise NotAStore(
+                f'the results folder {self.root} is a file, not a folder; set '
+                'outputs.results (or name) in the sweep file to a folder for '
+                'results'
+            )
         entries = {p.name for p in self.root.iterdir()}
         if entries <= {LOCK_FILE} or self._looks_like_a_store():
             return
         raise NotAStore(
             f'{self.root} is not a results store of this project (no sweep record '
-            f"{MANIFEST_FILE} of ours and no trial folders, but {', '.join(sorted(entries)[:5])}"
-            f"{', ...' if len(entries) > 5 else ''}): nothing was written or deleted there. "
+            f'{MANIFEST_FILE} of ours and no trial folders, but {", ".join(sorted(entries)[:5])}'
+            f'{", ..." if len(entries) > 5 else ""}): nothing was written or deleted there. '
             'Set outputs.results or the sweep name in the sweep file to a folder for this '
-            "sweep's results")
+            "sweep's results"
+        )
 
     def fresh_targets(self, trial_ids: Iterable[str] | None = None) -> list[Path]:
         """What --fresh deletes: the trial folders of `trial_ids` (every stored trial when
@@ -206,12 +239,18 @@ class ResultsStore:
         self.check_is_store()
         if not self.root.is_dir():
             return []
-        ids = self.trial_ids() if trial_ids is None else \
-            [t for t in trial_ids if t in set(self.trial_ids())]
+        ids = (
+            self.trial_ids()
+            if trial_ids is None
+            else [t for t in trial_ids if t in set(self.trial_ids())]
+        )
         targets = [self.trial_dir(t) for t in ids if TRIAL_ID_PATTERN.match(t)]
         if trial_ids is None:
-            targets += [self.root / name for name in (*STORE_FILES, SCRATCH_DIR)
-                        if (self.root / name).exists()]
+            targets += [
+                self.root / name
+                for name in (*STORE_FILES, SCRATCH_DIR)
+                if (self.root / name).exists()
+            ]
             targets += sorted(self.root.glob('.*.tmp'))
         return targets
 
@@ -230,13 +269,26 @@ class ResultsStore:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # ------------------------------------------------------------ writing
-    def write_spec(self, trial_id: str, name: str, spec: dict[str, Any],
-                   data_identity: dict[str, Any], network_revision: int,
-                   model_stats: dict[str, int] | None = None) -> None:
-        write_json_atomic(self.trial_dir(trial_id) / 'spec.json',
-                          {'trial_id': trial_id, 'name': name, 'spec': spec,
-                           'network_revision': network_revision,
-                           'data': data_identity, 'model_stats': model_stats})
+    def write_spec(
+        self,
+        trial_id: str,
+        name: str,
+        spec: dict[str, Any],
+        data_identity: dict[str, Any],
+        network_revision: int,
+        model_stats: dict[str, int] | None = None,
+    ) -> None:
+        write_json_atomic(
+            self.trial_dir(trial_id) / 'spec.json',
+            {
+                'trial_id': trial_id,
+                'name': name,
+                'spec': spec,
+                'network_revision': network_revision,
+                'data': data_identity,
+                'model_stats': model_stats,
+            },
+        )
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.root / MANIFEST_FILE, manifest)
@@ -261,12 +313,16 @@ class ResultsStore:
         rows, problem = read_history_csv(path)
         recorded = len(rows)
         problems = [problem] if problem else []
-        saved = [{k: row[k] for k in HISTORY_FIELDS}
-                 for row in (checkpoint_state or {}).get('history', [])]
+        saved = [
+            {k: row[k] for k in HISTORY_FIELDS}
+            for row in (checkpoint_state or {}).get('history', [])
+        ]
         if len(saved) > len(rows) or (problem and saved):
-            problems.append(f'{path}: holds {len(rows)} intact epoch row(s), the checkpoint '
-                            f"{len(saved)}; the checkpoint's copy is used, and the next run "
-                            'rewrites the file')
+            problems.append(
+                f'{path}: holds {len(rows)} intact epoch row(s), the checkpoint '
+                f"{len(saved)}; the checkpoint's copy is used, and the next run "
+                'rewrites the file'
+            )
             rows = saved + [row for row in rows if row['epoch'] > len(saved)]
         return HistoryRead(rows, problems, recorded)
 
@@ -281,8 +337,9 @@ class ResultsStore:
         writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator='\n')
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: repr(float(row[k])) if k != 'epoch' else int(row[k])
-                             for k in HISTORY_FIELDS})
+            writer.writerow(
+                {k: repr(float(row[k])) if k != 'epoch' else int(row[k]) for k in HISTORY_FIELDS}
+            )
         write_text_atomic(self.trial_dir(trial_id) / 'history.csv', buffer.getvalue())
 
     def record_checkpoint(self, trial_id: str, source_dir: str | Path) -> Path:
@@ -302,8 +359,9 @@ class ResultsStore:
             error.unlink()
 
     def write_error(self, trial_id: str, message: str, epochs_done: int) -> None:
-        write_json_atomic(self.trial_dir(trial_id) / 'error.json',
-                          {'error': message, 'epochs_done': epochs_done})
+        write_json_atomic(
+            self.trial_dir(trial_id) / 'error.json', {'error': message, 'epochs_done': epochs_done}
+        )
 
     def clear_error(self, trial_id: str) -> None:
         path = self.trial_dir(trial_id) / 'error.json'
@@ -354,16 +412,20 @@ class ResultsStore:
         recorded = history.recorded
         problems += history.problems
         if checkpoint is not None and checkpoint.name == RETIRED_CHECKPOINT_DIR:
-            problems.append(f'{folder / CHECKPOINT_DIR}: missing after an interrupted swap; '
-                            f'{checkpoint} (epoch {epochs}) is used, and the next run puts '
-                            'it back')
+            problems.append(
+                f'{folder / CHECKPOINT_DIR}: missing after an interrupted swap; '
+                f'{checkpoint} (epoch {epochs}) is used, and the next run puts '
+                'it back'
+            )
         if final is not None and isinstance(final.get('epochs'), int):
             return TrialState(DONE, final['epochs'], tuple(problems))
         if final_problem or final is not None:
             what = final_problem or f'{folder / "final.json"}: has no epoch count'
-            fix = (f'the checkpoint holds epoch {epochs}: delete the file and run again to '
-                   'rewrite it' if epochs else 'restore it from a backup, or delete the '
-                   "trial's folder to train it again")
+            fix = (
+                f'the checkpoint holds epoch {epochs}: delete the file and run again to rewrite it'
+                if epochs
+                else "restore it from a backup, or delete the trial's folder to train it again"
+            )
             return TrialState(DAMAGED, epochs, tuple(problems + [f'{what}; {fix}']))
         if error is not None or error_problem:
             if error_problem:
@@ -373,10 +435,18 @@ class ResultsStore:
         # its checkpoint; more means checkpoints were lost and epochs would be retrained.
         if recorded > epochs + 1:
             where = f'is at epoch {epochs}' if epochs else 'is missing'
-            return TrialState(DAMAGED, epochs, tuple(problems + [
-                f'{folder}: history.csv records {recorded} epochs but the checkpoint '
-                f'{where}, so resuming would train epochs again; restore the checkpoint, '
-                'or delete the folder to train the trial from scratch']))
+            return TrialState(
+                DAMAGED,
+                epochs,
+                tuple(
+                    problems
+                    + [
+                        f'{folder}: history.csv records {recorded} epochs but the checkpoint '
+                        f'{where}, so resuming would train epochs again; restore the checkpoint, '
+                        'or delete the folder to train the trial from scratch'
+                    ]
+                ),
+            )
         return TrialState(PARTIAL if epochs else PENDING, epochs, tuple(problems))
 
     def status(self, trial_id: str) -> tuple[str, int]:
@@ -389,8 +459,10 @@ class ResultsStore:
         rewrite a cut history.csv from the checkpoint. Returns what was repaired."""
         folder, done = self.trial_dir(trial_id), []
         retired = folder / RETIRED_CHECKPOINT_DIR
-        if not (folder / CHECKPOINT_DIR / STATE_FILE).is_file() and \
-                (retired / STATE_FILE).is_file():
+        if (
+            not (folder / CHECKPOINT_DIR / STATE_FILE).is_file()
+            and (retired / STATE_FILE).is_file()
+        ):
             if (folder / CHECKPOINT_DIR).exists():
                 shutil.rmtree(folder / CHECKPOINT_DIR)
             retired.replace(folder / CHECKPOINT_DIR)
@@ -398,8 +470,10 @@ class ResultsStore:
         history = self.history(trial_id)
         if history.problems and history.rows:
             self._write_history(trial_id, history.rows)
-            done.append(f'{folder / "history.csv"}: rewritten from the checkpoint '
-                        f'({len(history.rows)} epochs)')
+            done.append(
+                f'{folder / "history.csv"}: rewritten from the checkpoint '
+                f'({len(history.rows)} epochs)'
+            )
         return done
 
     def read_final(self, trial_id: str) -> dict | None:
@@ -415,8 +489,12 @@ class ResultsStore:
     def read_spec(self, trial_id: str) -> dict | None:
         return read_json_checked(self.trial_dir(trial_id) / 'spec.json').value
 
-    def read_trial(self, trial_id: str, listed: Mapping[str, Any] | None = None,
-                   data: Mapping[str, Any] | None = None) -> TrialRecord | None:
+    def read_trial(
+        self,
+        trial_id: str,
+        listed: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> TrialRecord | None:
         """The record of a stored trial: its spec.json (of any version) and its state in
         the store. A trial whose spec.json is lost is described by `listed`, the sweep's
         record of it (with the sweep's `data`), where the sweep lists it; None when
@@ -428,31 +506,37 @@ class ResultsStore:
             if listed is None:
                 return None
             stored = listed
-            problems.append(f"{self.trial_dir(trial_id) / 'spec.json'}: missing; the "
-                            "sweep's record of the trial is used, and the next run "
-                            'rewrites it')
+            problems.append(
+                f'{self.trial_dir(trial_id) / "spec.json"}: missing; the '
+                "sweep's record of the trial is used, and the next run "
+                'rewrites it'
+            )
         return TrialRecord.from_trial_file(
-            {**stored, 'trial_id': trial_id}, data=data, status=state.status,
+            {**stored, 'trial_id': trial_id},
+            data=data,
+            status=state.status,
             epochs_done=state.epochs_done,
             final=self.read_final(trial_id) if state.status == DONE else None,
             error=self.read_error(trial_id) if state.status == FAILED else None,
-            problems=tuple(problems))
+            problems=tuple(problems),
+        )
 
     def trial_records(self, manifest: Mapping[str, Any] | None = None) -> list[TrialRecord]:
         """The record of every stored trial (see read_trial); `manifest`, the sweep's,
         describes those whose spec.json is lost."""
         listed = {entry['trial_id']: entry for entry in (manifest or {}).get('trials', [])}
         data = (manifest or {}).get('data') or {}
-        records = (self.read_trial(trial_id, listed.get(trial_id), data)
-                   for trial_id in self.trial_ids())
+        records = (
+            self.read_trial(trial_id, listed.get(trial_id), data) for trial_id in self.trial_ids()
+        )
         return [record for record in records if record is not None]
 
     def write_results_csv(self, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """results.csv: every stored trial, and whether the sweep asks for it now."""
         import pandas as pd
+
         current = {entry['trial_id'] for entry in (manifest or {}).get('trials', [])}
-        frame = pd.DataFrame([r.row() for r in self.trial_records(manifest)],
-                             columns=TRIAL_COLUMNS)
+        frame = pd.DataFrame([r.row() for r in self.trial_records(manifest)], columns=TRIAL_COLUMNS)
         frame.insert(1, 'in_sweep', frame['trial_id'].isin(current))
         write_text_atomic(self.root / 'results.csv', frame.to_csv(index=False))
         return frame
@@ -463,14 +547,15 @@ class ResultsStore:
 
 @dataclass(frozen=True)
 class TrialState:
-    status: str             # one of STATUSES
+    status: str  # one of STATUSES
     epochs_done: int
-    problems: tuple = ()    # each names a file, what is wrong with it and what to do
+    problems: tuple = ()  # each names a file, what is wrong with it and what to do
 
 
 class JsonRead(NamedTuple):
     """A store file read: its value (None when absent or unusable) and, when it is
     unusable, the problem naming the file and what is wrong with it."""
+
     value: dict | None
     problem: str | None
 
@@ -478,6 +563,7 @@ class JsonRead(NamedTuple):
 class CheckpointFound(NamedTuple):
     """The newest intact checkpoint of a trial: its state.json (with `epoch` an int) and
     its folder, None when there is none; the problems found on the way."""
+
     state: dict | None
     folder: Path | None
     problems: list[str]
@@ -486,6 +572,7 @@ class CheckpointFound(NamedTuple):
 class HistoryRead(NamedTuple):
     """A trial's epoch rows (history.csv, or the checkpoint's copy where that holds more),
     the problems found, and how many intact rows history.csv itself held."""
+
     rows: list[dict]
     problems: list[str]
     recorded: int
@@ -526,14 +613,20 @@ def read_history_csv(path: str | Path) -> tuple[list[dict[str, int | float]], st
                 return [], f'{path}: unexpected header {reader.fieldnames}'
             for line, row in enumerate(reader, start=2):
                 try:
-                    parsed = {k: (int(row[k]) if k == 'epoch' else float(row[k]))
-                              for k in HISTORY_FIELDS}
+                    parsed = {
+                        k: (int(row[k]) if k == 'epoch' else float(row[k])) for k in HISTORY_FIELDS
+                    }
                 except (TypeError, ValueError):
-                    return rows, f'{path}: line {line} is cut or garbled; rows from it on ' \
-                                 'are not used'
+                    return (
+                        rows,
+                        f'{path}: line {line} is cut or garbled; rows from it on are not used',
+                    )
                 if parsed['epoch'] != len(rows) + 1:
-                    return rows, f'{path}: line {line} holds epoch {parsed["epoch"]} where ' \
-                                 f'epoch {len(rows) + 1} belongs'
+                    return (
+                        rows,
+                        f'{path}: line {line} holds epoch {parsed["epoch"]} where '
+                        f'epoch {len(rows) + 1} belongs',
+                    )
                 rows.append(parsed)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         return rows, f'{path}: unreadable ({_short(error)})'

@@ -13,6 +13,7 @@ threads: the sweep file's resources.cpus_per_trial (sweep.yaml, or --config), as
 sweep's trial had. Results depend on the thread count and the hardware (float sums in
 another order), so other threads (--threads) give other last digits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,66 +40,116 @@ if TYPE_CHECKING:
 # The original README wrote the attention as a flag of its own (`--eca`).
 ATTENTION_FLAGS = ('se', 'eca', 'gct')
 
-def parse_args(argv: list[str] | None = None
-               ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     defaults = Recipe()
-    parser = argparse.ArgumentParser(prog='python -m bench.train', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog='python -m bench.train',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument('--model', default='cifar_resnet20_v1')
     attention = parser.add_mutually_exclusive_group()
     attention.add_argument('--attention', default='none', help='none, se, eca, gct, ...')
     for name in ATTENTION_FLAGS:
-        attention.add_argument(f'--{name}', dest='attention', action='store_const', const=name,
-                               help=f'same as --attention {name}')
+        attention.add_argument(
+            f'--{name}',
+            dest='attention',
+            action='store_const',
+            const=name,
+            help=f'same as --attention {name}',
+        )
     parser.add_argument('--seed', type=whole_number(0, MAX_SEED), default=0)
     parser.add_argument('--num-epochs', type=whole_number(1), default=defaults.epochs)
     parser.add_argument('--batch-size', type=whole_number(1), default=defaults.batch_size)
     parser.add_argument('--optimizer', choices=OPTIMIZERS, default=defaults.optimizer)
     parser.add_argument('--lr', type=float, default=defaults.lr)
     parser.add_argument('--lr-decay', type=float, default=defaults.lr_decay)
-    parser.add_argument('--lr-decay-epoch', default=','.join(map(str, defaults.lr_decay_epochs)),
-                        help='comma-separated epochs at which lr is multiplied by --lr-decay')
+    parser.add_argument(
+        '--lr-decay-epoch',
+        default=','.join(map(str, defaults.lr_decay_epochs)),
+        help='comma-separated epochs at which lr is multiplied by --lr-decay',
+    )
     parser.add_argument('--momentum', type=float, default=defaults.momentum)
     parser.add_argument('--wd', type=float, default=defaults.wd)
     crop = parser.add_mutually_exclusive_group()
-    crop.add_argument('--random-crop', dest='random_crop', action='store_true',
-                      default=defaults.random_crop,
-                      help='4-pixel padding and a random 32x32 window (the recipe default)')
+    crop.add_argument(
+        '--random-crop',
+        dest='random_crop',
+        action='store_true',
+        default=defaults.random_crop,
+        help='4-pixel padding and a random 32x32 window (the recipe default)',
+    )
     crop.add_argument('--no-random-crop', dest='random_crop', action='store_false')
     parser.add_argument('--no-random-flip', action='store_true')
-    parser.add_argument('--backend', choices=BACKENDS, default=defaults.backend,
-                        help='gluon: MXNet Gluon, the reference; torch: PyTorch, the same '
-                             'networks and semantics (GPUs MXNet cannot use)')
-    parser.add_argument('--mode', choices=('hybrid', 'imperative'), default='hybrid',
-                        help='gluon: hybridize the network or not')
-    parser.add_argument('--compile', action='store_true',
-                        help='torch: torch.compile the network')
-    parser.add_argument('--no-tf32', dest='tf32', action='store_false',
-                        help='strict float32 on GPUs that have TF32 (Ampere and newer); '
-                             "TF32 on is MXNet's default")
-    parser.add_argument('--precision', choices=PRECISIONS, default=defaults.precision,
-                        help='amp_float16 (both backends) or amp_bfloat16 (torch): mixed '
-                             'precision, GPUs only')
-    parser.add_argument('--num-gpus', type=whole_number(0, 64), default=None,
-                        help='GPUs to split each batch over (default: all visible; 0: CPU). '
-                             '--batch-size counts the images of all of them together; the '
-                             "original's counted per GPU (the same with one GPU)")
-    parser.add_argument('--threads', type=whole_number(1, 4096), default=None,
-                        help="CPU threads (default: the sweep file's cpus_per_trial, the "
-                             "sweep's trial's count; else OMP_NUM_THREADS, else every core)")
-    parser.add_argument('--config', default='sweep.yaml',
-                        help='the sweep file whose cpus_per_trial sets the default --threads')
-    parser.add_argument('-j', '--num-data-workers', type=int, default=None, metavar='N',
-                        help="accepted for the original's command line and ignored: "
-                             'augmentation runs on the device, with no loader workers')
+    parser.add_argument(
+        '--backend',
+        choices=BACKENDS,
+        default=defaults.backend,
+        help='gluon: MXNet Gluon, the reference; torch: PyTorch, the same '
+        'networks and semantics (GPUs MXNet cannot use)',
+    )
+    parser.add_argument(
+        '--mode',
+        choices=('hybrid', 'imperative'),
+        default='hybrid',
+        help='gluon: hybridize the network or not',
+    )
+    parser.add_argument('--compile', action='store_true', help='torch: torch.compile the network')
+    parser.add_argument(
+        '--no-tf32',
+        dest='tf32',
+        action='store_false',
+        help="strict float32 on GPUs that have TF32 (Ampere and newer); TF32 on is MXNet's default",
+    )
+    parser.add_argument(
+        '--precision',
+        choices=PRECISIONS,
+        default=defaults.precision,
+        help='amp_float16 (both backends) or amp_bfloat16 (torch): mixed precision, GPUs only',
+    )
+    parser.add_argument(
+        '--num-gpus',
+        type=whole_number(0, 64),
+        default=None,
+        help='GPUs to split each batch over (default: all visible; 0: CPU). '
+        '--batch-size counts the images of all of them together; the '
+        "original's counted per GPU (the same with one GPU)",
+    )
+    parser.add_argument(
+        '--threads',
+        type=whole_number(1, 4096),
+        default=None,
+        help="CPU threads (default: the sweep file's cpus_per_trial, the "
+        "sweep's trial's count; else OMP_NUM_THREADS, else every core)",
+    )
+    parser.add_argument(
+        '--config',
+        default='sweep.yaml',
+        help='the sweep file whose cpus_per_trial sets the default --threads',
+    )
+    parser.add_argument(
+        '-j',
+        '--num-data-workers',
+        type=int,
+        default=None,
+        metavar='N',
+        help="accepted for the original's command line and ignored: "
+        'augmentation runs on the device, with no loader workers',
+    )
     data = parser.add_mutually_exclusive_group()
-    data.add_argument('--data-root', default=None,
-                      help='folder with CIFAR-10 (default: MXNet data folder)')
-    data.add_argument('--demo-data', action='store_true',
-                      help="scikit-learn's digits as CIFAR-format files (no download)")
+    data.add_argument(
+        '--data-root', default=None, help='folder with CIFAR-10 (default: MXNet data folder)'
+    )
+    data.add_argument(
+        '--demo-data',
+        action='store_true',
+        help="scikit-learn's digits as CIFAR-format files (no download)",
+    )
     parser.add_argument('--no-download', action='store_true')
-    parser.add_argument('--checkpoint-dir', default=None,
-                        help='checkpoint every epoch here and resume from it')
+    parser.add_argument(
+        '--checkpoint-dir', default=None, help='checkpoint every epoch here and resume from it'
+    )
     parser.add_argument('--output', default=None, help='write the metrics history as JSON here')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser, parser.parse_args(argv)
@@ -110,19 +161,32 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
     try:
         decay_epochs = [int(e) for e in str(args.lr_decay_epoch).split(',') if e.strip()]
     except ValueError:
-        raise BadArguments(f'--lr-decay-epoch takes comma-separated whole numbers, got '
-                           f'{args.lr_decay_epoch!r}') from None
-    recipe = Recipe.from_dict(dict(
-        epochs=args.num_epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, lr_decay=args.lr_decay, lr_decay_epochs=decay_epochs,
-        momentum=args.momentum, wd=args.wd, random_crop=args.random_crop,
-        random_flip=not args.no_random_flip, hybridize=args.mode == 'hybrid',
-        precision=args.precision, backend=args.backend, compile=args.compile,
-        tf32=args.tf32))
+        raise BadArguments(
+            f'--lr-decay-epoch takes comma-separated whole numbers, got {args.lr_decay_epoch!r}'
+        ) from None
+    recipe = Recipe.from_dict(
+        dict(
+            epochs=args.num_epochs,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            lr_decay=args.lr_decay,
+            lr_decay_epochs=decay_epochs,
+            momentum=args.momentum,
+            wd=args.wd,
+            random_crop=args.random_crop,
+            random_flip=not args.no_random_flip,
+            hybridize=args.mode == 'hybrid',
+            precision=args.precision,
+            backend=args.backend,
+            compile=args.compile,
+            tf32=args.tf32,
+        )
+    )
     try:
         parse_model_name(args.model)
         attention = parse_attention_name(args.attention)
-    except UnknownNameError as error:      # its message lists the valid names
+    except UnknownNameError as error:  # its message lists the valid names
         raise BadArguments(str(error)) from None
     return TrialSpec(model=args.model, attention=attention, seed=args.seed, recipe=recipe)
 
@@ -135,10 +199,12 @@ def thread_count(args: argparse.Namespace) -> tuple[int, str]:
         return args.threads, '--threads'
     if os.path.isfile(args.config):
         from bench.sweep.config import ConfigError, load_config
+
         try:
             cpus = load_config(args.config).config.resources.cpus_per_trial
-            return max(1, int(cpus)), (f"{args.config}'s cpus_per_trial, as the sweep's "
-                                       'trial of the cell')
+            return max(1, int(cpus)), (
+                f"{args.config}'s cpus_per_trial, as the sweep's trial of the cell"
+            )
         except ConfigError:
             pass
     if os.environ.get('OMP_NUM_THREADS', '').isdigit():
@@ -162,8 +228,9 @@ def load_data(args: argparse.Namespace) -> Dataset:
     return load_cifar10(args.data_root, download=not args.no_download)
 
 
-def _backend_trainer(spec: TrialSpec, num_gpus: int | None
-                     ) -> tuple[Callable[..., list[dict]], torch.device | list[mx.Context], str]:
+def _backend_trainer(
+    spec: TrialSpec, num_gpus: int | None
+) -> tuple[Callable[..., list[dict]], torch.device | list[mx.Context], str]:
     """(train function, devices, their description) of the spec's backend; RuntimeError or
     ValueError says why the devices asked for cannot be used."""
     # The cards first, before the framework touches one (a Hopper card would otherwise
@@ -172,29 +239,43 @@ def _backend_trainer(spec: TrialSpec, num_gpus: int | None
     if fusion and fusion != 'on':
         print(f"MXNet's operator fusion {fusion}")
     if spec.recipe.backend == 'gluon':
-        apply_tf32(spec.recipe)     # read when CUDA starts: before MXNet is imported
+        apply_tf32(spec.recipe)  # read when CUDA starts: before MXNet is imported
     if spec.recipe.backend == 'torch':
         from bench.trial.pytorch import trainer
+
         device = trainer.device_for(num_gpus)
         trainer.check_precision(spec.recipe, device)
 
-        def train_torch(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None,
-                        device: torch.device, **callbacks: Callable[..., None]) -> list[dict]:
-            return trainer.train(spec, data, checkpoint_dir=checkpoint_dir, device=device,
-                                 **callbacks)
+        def train_torch(
+            spec: TrialSpec,
+            data: Dataset,
+            checkpoint_dir: str | Path | None,
+            device: torch.device,
+            **callbacks: Callable[..., None],
+        ) -> list[dict]:
+            return trainer.train(
+                spec, data, checkpoint_dir=checkpoint_dir, device=device, **callbacks
+            )
+
         return train_torch, device, trainer.describe(device)
     from bench.trial.gluon.devices import describe, trial_contexts
     from bench.trial.gluon.trainer import check_precision, train
+
     try:
         contexts = trial_contexts(num_gpus)
     except DeviceError as error:
-        raise DeviceError(f'{error}; ask for fewer, or --num-gpus 0 to train on the CPU') \
-            from None
+        raise DeviceError(f'{error}; ask for fewer, or --num-gpus 0 to train on the CPU') from None
     check_precision(spec.recipe, contexts)
 
-    def train_gluon(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None,
-                    contexts: list[mx.Context], **callbacks: Callable[..., None]) -> list[dict]:
+    def train_gluon(
+        spec: TrialSpec,
+        data: Dataset,
+        checkpoint_dir: str | Path | None,
+        contexts: list[mx.Context],
+        **callbacks: Callable[..., None],
+    ) -> list[dict]:
         return train(spec, data, checkpoint_dir=checkpoint_dir, contexts=contexts, **callbacks)
+
     return train_gluon, contexts, describe(contexts)
 
 
@@ -216,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
 class Prepared(NamedTuple):
     """A trial ready to train: its spec, data, train function, devices and where it runs."""
+
     spec: TrialSpec
     data: Dataset
     train: Callable[..., list[dict]]
@@ -228,7 +310,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     """Everything the command line asks for, checked before any training: BenchError for
     what is wrong."""
     threads, threads_from = thread_count(args)
-    pin_cpus(threads)    # before anything imports MXNet
+    pin_cpus(threads)  # before anything imports MXNet
     spec = spec_from_args(args)
     problems = output_problems(args)
     if problems:
@@ -245,9 +327,12 @@ def train_prepared(args: argparse.Namespace, prepared: Prepared) -> int:
     """Train the prepared trial with a progress bar; write --output; the exit code."""
     spec, data, train, devices, where, threads = prepared
     from tqdm import tqdm
-    print(f'{spec.name} on {where} ({spec.recipe.backend}), data: {data.identity.label} '
-          f'({data.identity.train_images} train / {data.identity.test_images} test images), '
-          f'{threads}')
+
+    print(
+        f'{spec.name} on {where} ({spec.recipe.backend}), data: {data.identity.label} '
+        f'({data.identity.train_images} train / {data.identity.test_images} test images), '
+        f'{threads}'
+    )
     bar = None if args.quiet else tqdm(unit='batch', leave=False, dynamic_ncols=True)
 
     def on_batch(done: int, total: int) -> None:
@@ -258,21 +343,26 @@ def train_prepared(args: argparse.Namespace, prepared: Prepared) -> int:
     def on_epoch(metrics: dict[str, Any], _checkpoint: Path | None) -> None:
         if bar is not None:
             bar.reset()
-        print(f"[epoch {metrics['epoch']:>3}/{spec.recipe.epochs}] lr {metrics['lr']:.2e}  "
-              f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}  "
-              f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}  "
-              f"{metrics['images_per_second']:.0f} img/s  {metrics['epoch_seconds']:.1f}s",
-              flush=True)
+        print(
+            f'[epoch {metrics["epoch"]:>3}/{spec.recipe.epochs}] lr {metrics["lr"]:.2e}  '
+            f'train loss {metrics["train_loss"]:.4f} acc {metrics["train_acc"]:.4f}  '
+            f'val loss {metrics["val_loss"]:.4f} acc {metrics["val_acc"]:.4f}  '
+            f'{metrics["images_per_second"]:.0f} img/s  {metrics["epoch_seconds"]:.1f}s',
+            flush=True,
+        )
 
     try:
-        history = train(spec, data, args.checkpoint_dir, devices, on_epoch=on_epoch,
-                        on_batch=on_batch)
+        history = train(
+            spec, data, args.checkpoint_dir, devices, on_epoch=on_epoch, on_batch=on_batch
+        )
     finally:
         if bar is not None:
             bar.close()
     if args.output:
-        write_json_atomic(args.output, {'spec': spec.to_dict(), 'data': data.identity.to_dict(),
-                                        'history': history})
+        write_json_atomic(
+            args.output,
+            {'spec': spec.to_dict(), 'data': data.identity.to_dict(), 'history': history},
+        )
     if history:
         print(json.dumps({k: history[-1][k] for k in ('train_loss', 'val_loss', 'val_acc')}))
     return 0

@@ -5,6 +5,7 @@ recipe given on a command line), so the same mistake reads the same wherever it 
 made. Whatever a message quotes is bounded: a YAML alias bomb expands to gigabytes
 when printed in full.
 """
+
 from __future__ import annotations
 
 import reprlib
@@ -26,12 +27,15 @@ _quote.maxstring = _quote.maxother = 60
 def bounded_repr(value: object, limit: int = QUOTE_LIMIT) -> str:
     """repr(value), cut to at most `limit` characters whatever the value's size."""
     text = _quote.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + '...'
+    return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
-def describe_error(error: ErrorDetails, source: str, prefix: Sequence[str | int] = (),
-                   valid_keys: Callable[[list[str]], Iterable[str] | None] | None = None
-                   ) -> str:
+def describe_error(
+    error: ErrorDetails,
+    source: str,
+    prefix: Sequence[str | int] = (),
+    valid_keys: Callable[[list[str]], Iterable[str] | None] | None = None,
+) -> str:
     """One pydantic error (an item of ValidationError.errors()) as `source: where: what
     (found ...)`. `prefix` is where the validated value sits in the file;
     `valid_keys(parent_location)` lists the keys an unknown key could have meant."""
@@ -41,11 +45,10 @@ def describe_error(error: ErrorDetails, source: str, prefix: Sequence[str | int]
     where = '.'.join(loc) or '(top level)'
     if kind in ('extra_forbidden', 'unexpected_keyword_argument'):
         hint = valid_keys(loc[:-1]) if valid_keys else None
-        return f'{head}{where}: unknown key' + (f"; valid keys: {', '.join(hint)}"
-                                                if hint else '')
+        return f'{head}{where}: unknown key' + (f'; valid keys: {", ".join(hint)}' if hint else '')
     if kind == 'missing':
         return f'{head}{where}: required key is missing'
     message = error['msg'].removeprefix('Value error, ')
-    if not error['loc']:       # a check across keys: the whole value is its input
+    if not error['loc']:  # a check across keys: the whole value is its input
         return f'{head}{where}: {message}' if prefix else f'{head}{message}'
-    return f"{head}{where}: {message} (found {bounded_repr(error.get('input'))})"
+    return f'{head}{where}: {message} (found {bounded_repr(error.get("input"))})'

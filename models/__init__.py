@@ -6,6 +6,7 @@ Importing the package itself does not import MXNet (names load on first use):
 the CUDA libraries of the GPU build must be loaded first, and callers may still
 need to set MXNet's thread count, which MXNet reads once at import.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,14 +17,23 @@ from .cuda_runtime import preload_cuda_libraries
 preload_cuda_libraries()
 
 _EXPORTS = {
-    'ATTENTIONS': '.attention', 'UnknownNameError': '.names',
-    'create_attention': '.attention', 'get_attention': '.attention',
-    'MODELS': '.names', 'get_model': '.cifar_resnet', 'load_parameters': '.cifar_resnet',
-    'NETWORK_REVISIONS': '.names', 'network_revision': '.names',
-    'ATTENTION_NAMES': '.names', 'parse_attention_name': '.names',
+    'ATTENTIONS': '.attention',
+    'UnknownNameError': '.names',
+    'create_attention': '.attention',
+    'get_attention': '.attention',
+    'MODELS': '.names',
+    'get_model': '.cifar_resnet',
+    'load_parameters': '.cifar_resnet',
+    'NETWORK_REVISIONS': '.names',
+    'network_revision': '.names',
+    'ATTENTION_NAMES': '.names',
+    'parse_attention_name': '.names',
     'parse_model_name': '.names',
-    'ModelStats': '.stats', 'count_macs': '.stats', 'count_parameters': '.stats',
-    'model_stats': '.stats', 'stats_table': '.stats',
+    'ModelStats': '.stats',
+    'count_macs': '.stats',
+    'count_parameters': '.stats',
+    'model_stats': '.stats',
+    'stats_table': '.stats',
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,9 +1,11 @@
-"""`python -m models`: params and MACs of every model x attention, with the overhead against vanilla.
+"""`python -m models`: params and MACs of every model x attention, with the overhead
+against vanilla.
 
 MACs count the convolutions and dense layers, plus each attention's passes over its
 C x H x W input (pooling or GCT's sum of squares, and the channel scaling), one MAC
 per element each.
-"""  # noqa: E501
+"""
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +16,17 @@ from . import ATTENTIONS, MODELS, stats_table
 
 
 def format_stats_table(rows: Iterable[Mapping[str, str | int | float]]) -> str:
-    header = (f"{'model':<20} {'attention':<9} {'params':>10} {'+params':>9} "
-              f"{'MACs':>13} {'+MACs':>9} {'+params %':>9} {'+MACs %':>8}")
+    header = (
+        f'{"model":<20} {"attention":<9} {"params":>10} {"+params":>9} '
+        f'{"MACs":>13} {"+MACs":>9} {"+params %":>9} {"+MACs %":>8}'
+    )
     lines = [header, '-' * len(header)]
     for row in rows:
         lines.append(
-            f"{row['model']:<20} {row['attention']:<9} {row['params']:>10,} "
-            f"{row['extra_params']:>9,} {row['macs']:>13,} {row['extra_macs']:>9,} "
-            f"{row['params_overhead_pct']:>8.3f}% {row['macs_overhead_pct']:>7.4f}%")
+            f'{row["model"]:<20} {row["attention"]:<9} {row["params"]:>10,} '
+            f'{row["extra_params"]:>9,} {row["macs"]:>13,} {row["extra_macs"]:>9,} '
+            f'{row["params_overhead_pct"]:>8.3f}% {row["macs_overhead_pct"]:>7.4f}%'
+        )
     return '\n'.join(lines)
 
 

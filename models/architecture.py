@@ -5,6 +5,7 @@ Both builders (Gluon in `models.cifar_resnet`, PyTorch in `models.pytorch`) lay 
 networks out from here, and the sweep driver records each trial's size from here
 without importing either framework; tests hold both builders' measured counts to it.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ from typing import Any
 
 from .names import parse_attention_name, parse_model_name
 
-STAGE_CHANNELS = (16, 16, 32, 64)   # the stem's width, then each stage's
+STAGE_CHANNELS = (16, 16, 32, 64)  # the stem's width, then each stage's
 IMAGE_SIZE = 32
 
 
@@ -34,6 +35,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
 class BlockPlan:
     """One basic block: its input and output channels, stride, and whether its shortcut
     is a 1x1 projection (the first block of a stage that widens)."""
+
     in_channels: int
     channels: int
     stride: int
@@ -47,19 +49,29 @@ def stage_plans(model: str) -> list[list[BlockPlan]]:
     stages, in_channels = [], STAGE_CHANNELS[0]
     for stage_index, channels in enumerate(STAGE_CHANNELS[1:], start=1):
         stride = 1 if stage_index == 1 else 2
-        stages.append([BlockPlan(in_channels if b == 0 else channels, channels,
-                                 stride if b == 0 else 1, b == 0 and channels != in_channels)
-                       for b in range(blocks_per_stage)])
+        stages.append(
+            [
+                BlockPlan(
+                    in_channels if b == 0 else channels,
+                    channels,
+                    stride if b == 0 else 1,
+                    b == 0 and channels != in_channels,
+                )
+                for b in range(blocks_per_stage)
+            ]
+        )
         in_channels = channels
     return stages
 
 
-def attention_options(attention: str,
-                      attention_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def attention_options(
+    attention: str, attention_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The attention's options with None values dropped (unset options keep the
     module's defaults); ValueError names each option that does not fit its rule
     (models.names.ATTENTION_OPTION_RULES)."""
     from .names import attention_option_problems
+
     attention = parse_attention_name(attention)
     options = {k: v for k, v in (attention_kwargs or {}).items() if v is not None}
     problems = attention_option_problems(attention, options)
@@ -68,18 +80,20 @@ def attention_options(attention: str,
     return options
 
 
-def eca_checked_kernel_size(channels: int, kernel_size: int | None = None, gamma: float = 2,
-                            b: float = 1) -> int:
+def eca_checked_kernel_size(
+    channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1
+) -> int:
     """The kernel size an ECA module on `channels` channels uses (None: the paper's)."""
     if kernel_size is None:
         kernel_size = eca_kernel_size(channels, gamma, b)
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"ECA kernel_size must be a positive odd integer, got {kernel_size}")
+        raise ValueError(f'ECA kernel_size must be a positive odd integer, got {kernel_size}')
     return kernel_size
 
 
-def attention_counts(attention: str, channels: int, size: int,
-                     options: Mapping[str, Any]) -> tuple[int, int]:
+def attention_counts(
+    attention: str, channels: int, size: int, options: Mapping[str, Any]
+) -> tuple[int, int]:
     """(trainable parameters, MACs per image) of one attention module on a
     channels x size x size activation.
 
@@ -95,17 +109,21 @@ def attention_counts(attention: str, channels: int, size: int,
         hidden = se_hidden_units(channels, options.get('reduction', 16))
         return 2 * channels * hidden, 2 * channels * hidden + passes
     if attention == 'eca':
-        k = eca_checked_kernel_size(channels, options.get('kernel_size'),
-                                    options.get('gamma', 2), options.get('b', 1))
+        k = eca_checked_kernel_size(
+            channels, options.get('kernel_size'), options.get('gamma', 2), options.get('b', 1)
+        )
         return k, channels * k + passes
     if attention == 'gct':
         return 3 * channels, passes
     raise KeyError(attention)
 
 
-def network_counts(model: str, attention: str = 'none',
-                   attention_kwargs: Mapping[str, Any] | None = None,
-                   classes: int = 10) -> tuple[int, int]:
+def network_counts(
+    model: str,
+    attention: str = 'none',
+    attention_kwargs: Mapping[str, Any] | None = None,
+    classes: int = 10,
+) -> tuple[int, int]:
     """(trainable parameters, MACs of one forward pass of one 32x32 image) of `model`
     with `attention`, as models.stats measures them on a built network."""
     version, _ = parse_model_name(model)
@@ -120,11 +138,11 @@ def network_counts(model: str, attention: str = 'none',
 
     def batch_norm(channels: int) -> None:
         nonlocal params
-        params += 2 * channels       # gamma and beta; running statistics are not trained
+        params += 2 * channels  # gamma and beta; running statistics are not trained
 
     size = IMAGE_SIZE
-    conv(3, STAGE_CHANNELS[0], 3, size)                 # the stem (v2's input BN has no
-    if version == 1:                                    # trainable parameters)
+    conv(3, STAGE_CHANNELS[0], 3, size)  # the stem (v2's input BN has no
+    if version == 1:  # trainable parameters)
         batch_norm(STAGE_CHANNELS[0])
     for stage in stage_plans(model):
         for block in stage:
@@ -145,6 +163,6 @@ def network_counts(model: str, attention: str = 'none',
     channels = STAGE_CHANNELS[-1]
     if version == 2:
         batch_norm(channels)
-    params += classes * channels + classes               # the dense output layer
+    params += classes * channels + classes  # the dense output layer
     macs += classes * channels
     return params, macs

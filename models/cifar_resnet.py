@@ -16,6 +16,7 @@ trained with it; with the same weights the two v2 networks give different output
 The attention sits on the residual branch, after the block body and before the
 addition to the shortcut.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ from .names import RETIRED_PARAMETERS, parse_model_name
 
 
 def _conv3x3(channels: int, stride: int, in_channels: int) -> nn.Conv2D:
-    return nn.Conv2D(channels, kernel_size=3, strides=stride, padding=1,
-                     use_bias=False, in_channels=in_channels)
+    return nn.Conv2D(
+        channels, kernel_size=3, strides=stride, padding=1, use_bias=False, in_channels=in_channels
+    )
 
 
 def _relu(F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
@@ -47,8 +49,11 @@ def _relu(F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
     return F.Activation(x, act_type='relu')
 
 
-def _attention_or_none(attention_class: type[HybridBlock] | None, channels: int,
-                       attention_kwargs: Mapping[str, Any] | None) -> HybridBlock | None:
+def _attention_or_none(
+    attention_class: type[HybridBlock] | None,
+    channels: int,
+    attention_kwargs: Mapping[str, Any] | None,
+) -> HybridBlock | None:
     if attention_class is None:
         return None
     return attention_class(channels, **(attention_kwargs or {}))
@@ -57,20 +62,35 @@ def _attention_or_none(attention_class: type[HybridBlock] | None, channels: int,
 class BasicBlockV1(HybridBlock):
     """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
 
-    def __init__(self, channels: int, stride: int, downsample: bool, in_channels: int,
-                 attention_class: type[HybridBlock] | None = None,
-                 attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        channels: int,
+        stride: int,
+        downsample: bool,
+        in_channels: int,
+        attention_class: type[HybridBlock] | None = None,
+        attention_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.body = nn.HybridSequential(prefix='')
-        self.body.add(_conv3x3(channels, stride, in_channels), nn.BatchNorm(),
-                      nn.Activation('relu'), _conv3x3(channels, 1, channels), nn.BatchNorm())
+        self.body.add(
+            _conv3x3(channels, stride, in_channels),
+            nn.BatchNorm(),
+            nn.Activation('relu'),
+            _conv3x3(channels, 1, channels),
+            nn.BatchNorm(),
+        )
         self.attention = _attention_or_none(attention_class, channels, attention_kwargs)
         self.downsample = None
         if downsample:
             self.downsample = nn.HybridSequential(prefix='')
-            self.downsample.add(nn.Conv2D(channels, kernel_size=1, strides=stride,
-                                          use_bias=False, in_channels=in_channels),
-                                nn.BatchNorm())
+            self.downsample.add(
+                nn.Conv2D(
+                    channels, kernel_size=1, strides=stride, use_bias=False, in_channels=in_channels
+                ),
+                nn.BatchNorm(),
+            )
 
     def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         residual = self.body(x)
@@ -84,9 +104,16 @@ class BasicBlockV2(HybridBlock):
     """Pre-activation: BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut (the raw input,
     or its 1x1 projection when the block downsamples)."""
 
-    def __init__(self, channels: int, stride: int, downsample: bool, in_channels: int,
-                 attention_class: type[HybridBlock] | None = None,
-                 attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        channels: int,
+        stride: int,
+        downsample: bool,
+        in_channels: int,
+        attention_class: type[HybridBlock] | None = None,
+        attention_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.bn1 = nn.BatchNorm()
         self.conv1 = _conv3x3(channels, stride, in_channels)
@@ -95,8 +122,9 @@ class BasicBlockV2(HybridBlock):
         self.attention = _attention_or_none(attention_class, channels, attention_kwargs)
         self.downsample = None
         if downsample:
-            self.downsample = nn.Conv2D(channels, 1, stride, use_bias=False,
-                                        in_channels=in_channels)
+            self.downsample = nn.Conv2D(
+                channels, 1, stride, use_bias=False, in_channels=in_channels
+            )
 
     def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         # The original's projection reads the raw input (gluoncv's reads the
@@ -111,9 +139,15 @@ class BasicBlockV2(HybridBlock):
 class CIFARResNet(HybridBlock):
     """A CIFAR ResNet: a 3x3 stem, three stages of `blocks_per_stage` basic blocks, pool, dense."""
 
-    def __init__(self, version: int, blocks_per_stage: int, classes: int = 10,
-                 attention_class: type[HybridBlock] | None = None,
-                 attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        version: int,
+        blocks_per_stage: int,
+        classes: int = 10,
+        attention_class: type[HybridBlock] | None = None,
+        attention_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
         with self.name_scope():
@@ -128,10 +162,17 @@ class CIFARResNet(HybridBlock):
                 stage = nn.HybridSequential(prefix=f'stage{stage_index}_')
                 with stage.name_scope():
                     for block in blocks:
-                        stage.add(block_class(
-                            block.channels, block.stride, downsample=block.downsample,
-                            in_channels=block.in_channels, attention_class=attention_class,
-                            attention_kwargs=attention_kwargs, prefix=''))
+                        stage.add(
+                            block_class(
+                                block.channels,
+                                block.stride,
+                                downsample=block.downsample,
+                                in_channels=block.in_channels,
+                                attention_class=attention_class,
+                                attention_kwargs=attention_kwargs,
+                                prefix='',
+                            )
+                        )
                 self.features.add(stage)
             in_channels = STAGE_CHANNELS[-1]
             if version == 2:
@@ -145,8 +186,13 @@ class CIFARResNet(HybridBlock):
         return self.output(spatial_mean(F, features, self.out_channels, use_fused_kernels(self)))
 
 
-def get_model(name: str, attention: str = 'none', classes: int = 10,
-              attention_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> CIFARResNet:
+def get_model(
+    name: str,
+    attention: str = 'none',
+    classes: int = 10,
+    attention_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> CIFARResNet:
     """Build `name` (e.g. 'cifar_resnet20_v1') with attention `attention` ('none', 'se', ...).
 
     `attention_kwargs` go to every attention module (e.g. {'reduction': 8} for SE);
@@ -155,13 +201,19 @@ def get_model(name: str, attention: str = 'none', classes: int = 10,
     version, depth = parse_model_name(name)
     attention_class = get_attention(attention)
     attention_kwargs = attention_options(attention, attention_kwargs)
-    return CIFARResNet(version, (depth - 2) // 6, classes=classes,
-                       attention_class=attention_class,
-                       attention_kwargs=attention_kwargs, **kwargs)
+    return CIFARResNet(
+        version,
+        (depth - 2) // 6,
+        classes=classes,
+        attention_class=attention_class,
+        attention_kwargs=attention_kwargs,
+        **kwargs,
+    )
 
 
-def load_parameters(net: Block, path: str | os.PathLike[str],
-                    ctx: Context | list[Context] | None = None) -> None:
+def load_parameters(
+    net: Block, path: str | os.PathLike[str], ctx: Context | list[Context] | None = None
+) -> None:
     """`net.load_parameters(path, ctx)`, also for files of earlier versions that hold
     parameters the networks have since dropped (models.names.RETIRED_PARAMETERS, e.g.
     ECA's constant `shifts` in a checkpoint of an unfinished trial): those are skipped.
@@ -171,8 +223,11 @@ def load_parameters(net: Block, path: str | os.PathLike[str],
     unknown = stored - set(net._collect_params_with_prefix())
     strangers = sorted(n for n in unknown if n.rpartition('.')[2] not in RETIRED_PARAMETERS)
     if strangers:
-        shown = ', '.join(strangers[:5]) + (f' and {len(strangers) - 5} more'
-                                            if len(strangers) > 5 else '')
-        raise ValueError(f'{path} holds parameters this network does not have ({shown}): '
-                         f'it was saved from another model or attention')
+        shown = ', '.join(strangers[:5]) + (
+            f' and {len(strangers) - 5} more' if len(strangers) > 5 else ''
+        )
+        raise ValueError(
+            f'{path} holds parameters this network does not have ({shown}): '
+            f'it was saved from another model or attention'
+        )
     net.load_parameters(str(path), ctx=ctx, ignore_extra=bool(unknown))

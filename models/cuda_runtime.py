@@ -9,6 +9,7 @@ order, lets `import mxnet` resolve its links against them.
 Standard library only, so it runs before anything imports MXNet. On a CPU
 install (no mxnet-cu112) it does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -29,9 +30,18 @@ LOAD_ORDER = (
     ('curand', ('libcurand.so.10',)),
     ('cusolver', ('libcusolver.so.11',)),
     ('cuda_nvrtc', ('libnvrtc-builtins.so.11.*', 'libnvrtc.so.11.2')),
-    ('cudnn', ('libcudnn_ops_infer.so.8', 'libcudnn_ops_train.so.8',
-               'libcudnn_cnn_infer.so.8', 'libcudnn_cnn_train.so.8',
-               'libcudnn_adv_infer.so.8', 'libcudnn_adv_train.so.8', 'libcudnn.so.8')),
+    (
+        'cudnn',
+        (
+            'libcudnn_ops_infer.so.8',
+            'libcudnn_ops_train.so.8',
+            'libcudnn_cnn_infer.so.8',
+            'libcudnn_cnn_train.so.8',
+            'libcudnn_adv_infer.so.8',
+            'libcudnn_adv_train.so.8',
+            'libcudnn.so.8',
+        ),
+    ),
     ('nccl', ('libnccl.so.2',)),
     ('nvtx', ('libnvToolsExt.so.1',)),
 )
@@ -47,8 +57,9 @@ def gpu_build_installed() -> bool:
         return False
 
 
-def nvidia_library_dirs(search_paths: Iterable[str | os.PathLike[str]] | None = None
-                        ) -> dict[str, str]:
+def nvidia_library_dirs(
+    search_paths: Iterable[str | os.PathLike[str]] | None = None,
+) -> dict[str, str]:
     """{'cudnn': '.../site-packages/nvidia/cudnn/lib', ...} for every nvidia wheel found."""
     if search_paths is None:
         search_paths = list(sys.path) + site.getsitepackages() + [site.getusersitepackages()]
@@ -59,9 +70,11 @@ def nvidia_library_dirs(search_paths: Iterable[str | os.PathLike[str]] | None = 
     return found
 
 
-def preload_cuda_libraries(search_paths: Iterable[str | os.PathLike[str]] | None = None,
-                           load: Callable[[str], object] | None = None,
-                           force: bool = False) -> list[str]:
+def preload_cuda_libraries(
+    search_paths: Iterable[str | os.PathLike[str]] | None = None,
+    load: Callable[[str], object] | None = None,
+    force: bool = False,
+) -> list[str]:
     """Load the nvidia-*-cu11 libraries in dependency order; return the paths loaded.
 
     Does nothing (returns []) when MXNet is the CPU build, unless `force`; a library
@@ -90,8 +103,11 @@ def loaded_library_versions() -> dict[str, str]:
     MXNet, read from their file names (libcudnn.so.8.9.6 -> 8.9.6); {} where none."""
     found = {}
     for key, stem in (('cuda', 'libcudart.so.'), ('cudnn', 'libcudnn.so.')):
-        versions = [os.path.basename(path)[len(stem):] for path in _loaded
-                    if os.path.basename(path).startswith(stem)]
+        versions = [
+            os.path.basename(path)[len(stem) :]
+            for path in _loaded
+            if os.path.basename(path).startswith(stem)
+        ]
         if versions:
             found[key] = max(versions, key=len)
     return found

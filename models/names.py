@@ -5,6 +5,7 @@ Checking a sweep file, planning trials, computing trial ids and labelling tables
 need these facts but nothing of the networks themselves, so they live apart from
 the builders (a test holds the attention registry to them).
 """
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,7 @@ MAX_DEPTH = 1202
 # ASCII digits without leading zeros, nothing after the name (a `$` would allow a
 # trailing newline): one spelling per network, so one trial id per cell.
 MODEL_NAME_PATTERN = re.compile(r'cifar_resnet([1-9][0-9]{0,3})_v([12])', re.ASCII)
-MODELS = tuple(f'cifar_resnet{depth}_v{version}'
-               for depth in STANDARD_DEPTHS for version in (1, 2))
+MODELS = tuple(f'cifar_resnet{depth}_v{version}' for depth in STANDARD_DEPTHS for version in (1, 2))
 
 # The revision of each ResNet version's network definition. A revision is bumped
 # whenever the function a version computes changes, and it is part of every trial's
@@ -42,8 +42,12 @@ RETIRED_PARAMETERS = ('shifts',)
 # each module's constructor takes after the channel count.
 ATTENTION_NAMES = ('none', 'se', 'eca', 'gct')
 ATTENTION_LABELS = {'none': 'Vanilla', 'se': 'SE', 'eca': 'ECA', 'gct': 'GCT'}
-ATTENTION_OPTIONS = {'none': (), 'se': ('reduction',), 'eca': ('kernel_size', 'gamma', 'b'),
-                     'gct': ('epsilon',)}
+ATTENTION_OPTIONS = {
+    'none': (),
+    'se': ('reduction',),
+    'eca': ('kernel_size', 'gamma', 'b'),
+    'gct': ('epsilon',),
+}
 
 
 def _whole(low: int, high: int, odd: bool = False) -> Callable[[object], str | None]:
@@ -55,11 +59,13 @@ def _whole(low: int, high: int, odd: bool = False) -> Callable[[object], str | N
         if odd and value % 2 == 0:
             return 'expected an odd number'
         return None
+
     return check
 
 
-def _real(low: float | None = None, high: float | None = None,
-          above: float | None = None) -> Callable[[object], str | None]:
+def _real(
+    low: float | None = None, high: float | None = None, above: float | None = None
+) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return 'expected a number'
@@ -68,14 +74,21 @@ def _real(low: float | None = None, high: float | None = None,
         if above is not None and not value > above:
             return f'expected a number above {above:g}'
         if low is not None and value < low:
-            return (f'expected {low:g} to {high:g}' if high is not None else
-                    f'expected at least {low:g}')
+            return (
+                f'expected {low:g} to {high:g}'
+                if high is not None
+                else f'expected at least {low:g}'
+            )
         if high is not None and value > high:
             if low is not None:
                 return f'expected {low:g} to {high:g}'
-            return (f'expected a number above {above:g} and at most {high:g}'
-                    if above is not None else f'expected at most {high:g}')
+            return (
+                f'expected a number above {above:g} and at most {high:g}'
+                if above is not None
+                else f'expected at most {high:g}'
+            )
         return None
+
     return check
 
 
@@ -98,16 +111,16 @@ def attention_option_problems(attention: str, options: object) -> list[str]:
         return [f'options of {attention} must be a mapping, found {type(options).__name__}']
     unknown = sorted(set(map(str, options)) - set(valid))
     if unknown and not valid:
-        return [f"attention {attention!r} takes no options, got {', '.join(unknown)}"]
+        return [f'attention {attention!r} takes no options, got {", ".join(unknown)}']
     if unknown:
-        return [f"{attention} takes no option {', '.join(unknown)}; its options: "
-                f"{', '.join(valid)}"]
+        return [
+            f'{attention} takes no option {", ".join(unknown)}; its options: {", ".join(valid)}'
+        ]
     problems = []
     for name, value in options.items():
         problem = None if value is None else ATTENTION_OPTION_RULES[(attention, name)](value)
         if problem:
-            problems.append(f'{attention} option {name}: {problem}, found '
-                            f'{reprlib.repr(value)}')
+            problems.append(f'{attention} option {name}: {problem}, found {reprlib.repr(value)}')
     return problems
 
 
@@ -124,9 +137,10 @@ def parse_model_name(name: str) -> tuple[int, int]:
     depth = int(match.group(1)) if match else 0
     if not match or depth < 8 or depth > MAX_DEPTH or (depth - 2) % 6:
         raise UnknownNameError(
-            f"unknown model {name!r}; valid models: {', '.join(MODELS)} "
-            f"(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, 8 <= depth <= "
-            f"{MAX_DEPTH})")
+            f'unknown model {name!r}; valid models: {", ".join(MODELS)} '
+            f'(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, 8 <= depth <= '
+            f'{MAX_DEPTH})'
+        )
     return int(match.group(2)), depth
 
 
@@ -136,13 +150,13 @@ def network_revision(name: str) -> int:
     return NETWORK_REVISIONS[version]
 
 
-
 def parse_attention_name(name: str) -> str:
     """The registered spelling of attention `name` (names ignore case)."""
     key = str(name).lower()
     if key not in ATTENTION_NAMES:
         raise UnknownNameError(
-            f"unknown attention {name!r}; valid attentions: {', '.join(ATTENTION_NAMES)}")
+            f'unknown attention {name!r}; valid attentions: {", ".join(ATTENTION_NAMES)}'
+        )
     return key
 
 
@@ -154,4 +168,4 @@ def model_sort_key(name: str) -> tuple[int, int, str]:
     """cifar_resnet20_v2 < cifar_resnet56_v1 < cifar_resnet110_v1: by depth, then version;
     other names after them, alphabetically."""
     match = MODEL_NAME_PATTERN.fullmatch(str(name))
-    return (int(match.group(1)), int(match.group(2)), '') if match else (10 ** 9, 0, str(name))
+    return (int(match.group(1)), int(match.group(2)), '') if match else (10**9, 0, str(name))

@@ -1,4 +1,5 @@
 """Model statistics: trainable parameters and multiply-accumulates of a forward pass."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,20 +47,26 @@ def count_macs(net: nn.Block, input_shape: tuple[int, ...] = CIFAR_INPUT_SHAPE) 
     """
     counts = []
 
-    def hook(block: nn.Block, _inputs: tuple[mx.nd.NDArray, ...],
-             output: mx.nd.NDArray) -> None:
+    def hook(block: nn.Block, _inputs: tuple[mx.nd.NDArray, ...], output: mx.nd.NDArray) -> None:
         filter_size = int(block.weight.data().size // block.weight.shape[0])
         counts.append(int(output[0].size) * filter_size)
 
-    def declared(block: nn.Block, inputs: tuple[mx.nd.NDArray, ...],
-                 _output: mx.nd.NDArray) -> None:
+    def declared(
+        block: nn.Block, inputs: tuple[mx.nd.NDArray, ...], _output: mx.nd.NDArray
+    ) -> None:
         counts.append(int(block.macs_per_image(inputs[0].shape)))
 
-    handles = [block.register_forward_hook(hook) for block in _iter_blocks(net)
-               if isinstance(block, _WEIGHTED_LAYERS)]
+    handles = [
+        block.register_forward_hook(hook)
+        for block in _iter_blocks(net)
+        if isinstance(block, _WEIGHTED_LAYERS)
+    ]
     # Modules whose arithmetic is not in weighted layers declare their own count.
-    handles += [block.register_forward_hook(declared) for block in _iter_blocks(net)
-                if hasattr(block, 'macs_per_image')]
+    handles += [
+        block.register_forward_hook(declared)
+        for block in _iter_blocks(net)
+        if hasattr(block, 'macs_per_image')
+    ]
     try:
         # MXNet's operators call every weighted layer; the fused attention kernels
         # compute a whole module in one operator, past the layers' hooks.
@@ -77,8 +84,12 @@ def _iter_blocks(block: nn.Block) -> Iterator[nn.Block]:
         yield from _iter_blocks(child)
 
 
-def model_stats(model: str, attention: str = 'none',
-                attention_kwargs: Mapping[str, Any] | None = None, classes: int = 10) -> ModelStats:
+def model_stats(
+    model: str,
+    attention: str = 'none',
+    attention_kwargs: Mapping[str, Any] | None = None,
+    classes: int = 10,
+) -> ModelStats:
     """ModelStats for one model x attention, computed on a freshly initialised CPU copy."""
     net = get_model(model, attention, classes=classes, attention_kwargs=attention_kwargs)
     net.initialize(ctx=mx.cpu())
@@ -86,20 +97,25 @@ def model_stats(model: str, attention: str = 'none',
     return ModelStats(model, attention, count_parameters(net), macs)
 
 
-def stats_table(models: Iterable[str] = MODELS, attentions: Sequence[str] = tuple(ATTENTIONS)
-                ) -> list[dict[str, str | int | float]]:
+def stats_table(
+    models: Iterable[str] = MODELS, attentions: Sequence[str] = tuple(ATTENTIONS)
+) -> list[dict[str, str | int | float]]:
     """Rows of model, attention, params, MACs and the overhead of each against vanilla."""
     rows = []
     for model in models:
         vanilla = model_stats(model, 'none')
         for attention in attentions:
             stats = vanilla if attention == 'none' else model_stats(model, attention)
-            rows.append({
-                'model': model, 'attention': attention,
-                'params': stats.params, 'macs': stats.macs,
-                'extra_params': stats.params - vanilla.params,
-                'extra_macs': stats.macs - vanilla.macs,
-                'params_overhead_pct': 100.0 * (stats.params - vanilla.params) / vanilla.params,
-                'macs_overhead_pct': 100.0 * (stats.macs - vanilla.macs) / vanilla.macs,
-            })
+            rows.append(
+                {
+                    'model': model,
+                    'attention': attention,
+                    'params': stats.params,
+                    'macs': stats.macs,
+                    'extra_params': stats.params - vanilla.params,
+                    'extra_macs': stats.macs - vanilla.macs,
+                    'params_overhead_pct': 100.0 * (stats.params - vanilla.params) / vanilla.params,
+                    'macs_overhead_pct': 100.0 * (stats.macs - vanilla.macs) / vanilla.macs,
+                }
+            )
     return rows

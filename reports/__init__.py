@@ -2,6 +2,7 @@
 
 Reads only the store's files (pandas); never imports Ray or MXNet.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,23 +29,45 @@ from .table import table_context
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ['BEGIN', 'END', 'ReportError', 'check_readme', 'inject_block', 'load_histories',
-           'load_manifest', 'load_trials', 'render_all', 'split_by_sweep', 'table_context']
+__all__ = [
+    'BEGIN',
+    'END',
+    'ReportError',
+    'check_readme',
+    'inject_block',
+    'load_histories',
+    'load_manifest',
+    'load_trials',
+    'render_all',
+    'split_by_sweep',
+    'table_context',
+]
 
 # Every value a template prints is escaped for the template's format: HTML entities in
 # the .html.j2 templates, Markdown backslash escapes in the .md.j2 ones (reports.escape);
 # only Markup made by our own templates passes as it is.
-_ENV = Environment(loader=PackageLoader('reports', 'templates'), undefined=StrictUndefined,
-                   autoescape=select_autoescape(['html.j2']), keep_trailing_newline=True,
-                   finalize=html_text)
-_MARKDOWN_ENV = Environment(loader=PackageLoader('reports', 'templates'),
-                            undefined=StrictUndefined, autoescape=False,
-                            keep_trailing_newline=True, finalize=markdown_text)
-MACS_NOTE = ("MACs: convolutions and dense layers, plus each attention's passes over its "
-             "C×H×W input (pooling or GCT's sum of squares, and the channel scaling), one MAC "
-             "per element each; BN and ReLU are not counted.")
-ORIGINAL_LOSS_NOTE = ("\"train loss\" is the last epoch's mean training loss: what the "
-                      "original table called loss.")
+_ENV = Environment(
+    loader=PackageLoader('reports', 'templates'),
+    undefined=StrictUndefined,
+    autoescape=select_autoescape(['html.j2']),
+    keep_trailing_newline=True,
+    finalize=html_text,
+)
+_MARKDOWN_ENV = Environment(
+    loader=PackageLoader('reports', 'templates'),
+    undefined=StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+    finalize=markdown_text,
+)
+MACS_NOTE = (
+    "MACs: convolutions and dense layers, plus each attention's passes over its "
+    "C×H×W input (pooling or GCT's sum of squares, and the channel scaling), one MAC "
+    'per element each; BN and ReLU are not counted.'
+)
+ORIGINAL_LOSS_NOTE = (
+    '"train loss" is the last epoch\'s mean training loss: what the original table called loss.'
+)
 
 
 def render(template: str, **context: Any) -> str:
@@ -54,27 +77,41 @@ def render(template: str, **context: Any) -> str:
 
 def _title_and_caption(context: Mapping[str, Any], trials: pd.DataFrame) -> tuple[str, str]:
     data = ', '.join(context['data_names']) or 'unknown data'
-    title = ('loss and accuracy on the CIFAR-10 test set' if context['official']
-             else f'loss and accuracy on {data} (not CIFAR-10)')
+    title = (
+        'loss and accuracy on the CIFAR-10 test set'
+        if context['official']
+        else f'loss and accuracy on {data} (not CIFAR-10)'
+    )
     recipes = sorted(set(trials['recipe']))
     recipe = json.loads(recipes[0]) if len(recipes) == 1 else None
-    parts = [f"{context['finished']} of {context['total']} trials finished"]
+    parts = [f'{context["finished"]} of {context["total"]} trials finished']
     if context['reference'] and not context['finished']:
-        parts.insert(0, 'Not reproduced yet: the original\'s published numbers stand under '
-                        'the cells, which are not trained here yet (TBA)')
+        parts.insert(
+            0,
+            "Not reproduced yet: the original's published numbers stand under "
+            'the cells, which are not trained here yet (TBA)',
+        )
     if not context['official']:
         parts.append('Trained on data that is not the official CIFAR-10')
     if context['seeds']:
-        parts.append(f"Seeds {', '.join(map(str, context['seeds']))}; cells with several seeds "
-                     'show mean ± std (n)')
+        parts.append(
+            f'Seeds {", ".join(map(str, context["seeds"]))}; cells with several seeds '
+            'show mean ± std (n)'
+        )
     if recipe:
         parts.append(_recipe_part(recipe))
     parts.append(_backends_part(trials, trained=bool(context['finished'])))
-    revisions = sorted({(parse_model_name(m)[0], int(r)) for m, r in
-                        zip(trials['model'], trials['network_revision'])})
-    parts.append('Network definitions: ' + ', '.join(
-        f'v{version} revision {revision}' for version, revision in revisions)
-        + ' (the original repository\'s networks)')
+    revisions = sorted(
+        {
+            (parse_model_name(m)[0], int(r))
+            for m, r in zip(trials['model'], trials['network_revision'])
+        }
+    )
+    parts.append(
+        'Network definitions: '
+        + ', '.join(f'v{version} revision {revision}' for version, revision in revisions)
+        + " (the original repository's networks)"
+    )
     parts += _reference_and_marks_parts(context)
     if 'train_loss' in context['metrics']:
         parts.append(ORIGINAL_LOSS_NOTE)
@@ -88,7 +125,7 @@ def _recipe_part(recipe: dict[str, Any]) -> str:
     """The recipe as the caption states it: only the decay points its run reaches."""
     try:
         return describe_recipe(recipe)
-    except RecipeError:     # stored by a version with other rules: said as it is stored
+    except RecipeError:  # stored by a version with other rules: said as it is stored
         return 'recipe ' + json.dumps(recipe, sort_keys=True)
 
 
@@ -96,20 +133,28 @@ def _reference_and_marks_parts(context: Mapping[str, Any]) -> list[str]:
     """The caption's account of the reference line under each cell and of the marks."""
     parts = []
     if context['reference']:
-        parts.append('Under each cell: orig, the value the original published, and our '
-                     'difference to it (accuracy in points); orig TBA where the original left '
-                     f"the cell out. Source: {context['reference']['source']}")
+        parts.append(
+            'Under each cell: orig, the value the original published, and our '
+            'difference to it (accuracy in points); orig TBA where the original left '
+            f'the cell out. Source: {context["reference"]["source"]}'
+        )
     if context['most_seeds'] >= 2:
-        parts.append(f"†: this attention's mean and vanilla's are {RULE}"
-                     + (f'; *: our mean is {REFERENCE_RULE}' if context['reference'] else ''))
+        parts.append(
+            f"†: this attention's mean and vanilla's are {RULE}"
+            + (f'; *: our mean is {REFERENCE_RULE}' if context['reference'] else '')
+        )
     elif context['finished']:
-        parts.append('One seed per cell: no difference between cells, or from the published '
-                     'values, can be judged against seed spread (train several seeds to judge)')
+        parts.append(
+            'One seed per cell: no difference between cells, or from the published '
+            'values, can be judged against seed spread (train several seeds to judge)'
+        )
     return parts
 
 
-BACKEND_LABELS = {'gluon': 'MXNet Gluon (backend gluon, the reference)',
-                  'torch': 'PyTorch (backend torch)'}
+BACKEND_LABELS = {
+    'gluon': 'MXNet Gluon (backend gluon, the reference)',
+    'torch': 'PyTorch (backend torch)',
+}
 
 
 def _backends_part(trials: pd.DataFrame, trained: bool = True) -> str:
@@ -117,20 +162,26 @@ def _backends_part(trials: pd.DataFrame, trained: bool = True) -> str:
     backends = trials['backend']
     if backends.nunique() <= 1:
         name = 'gluon' if backends.empty else backends.iloc[0]
-        return f"{'Trained' if trained else 'To be trained'} with {BACKEND_LABELS.get(name, name)}"
+        return f'{"Trained" if trained else "To be trained"} with {BACKEND_LABELS.get(name, name)}'
     cells = {}
     for (model, attention), backend in zip(zip(trials['model'], trials['attention']), backends):
         cells.setdefault(backend, set()).add(f'{model} {attention}')
-    return f"{'Trained' if trained else 'To be trained'} with " + '; '.join(
-        f"{BACKEND_LABELS.get(b, b)}: {', '.join(sorted(c))}" for b, c in sorted(cells.items()))
+    return f'{"Trained" if trained else "To be trained"} with ' + '; '.join(
+        f'{BACKEND_LABELS.get(b, b)}: {", ".join(sorted(c))}' for b, c in sorted(cells.items())
+    )
 
 
-def render_all(store_dir: str | Path, readme: str | Path | None = None,
-               figures_dir: str | Path | None = None, report_path: str | Path | None = None,
-               options: Mapping[str, Any] | None = None,
-               layout: Mapping[str, Sequence[str]] | None = None, insert: bool = False,
-               manifest: Mapping[str, Any] | None = None,
-               protected: Collection[str | Path] = ()) -> list[Path]:
+def render_all(
+    store_dir: str | Path,
+    readme: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    report_path: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    layout: Mapping[str, Sequence[str]] | None = None,
+    insert: bool = False,
+    manifest: Mapping[str, Any] | None = None,
+    protected: Collection[str | Path] = (),
+) -> list[Path]:
     """Every report of the store at `store_dir`; returns the paths written.
 
     Only the trials the sweep consists of now (its sweep.json) enter the tables and
@@ -143,58 +194,89 @@ def render_all(store_dir: str | Path, readme: str | Path | None = None,
     store_dir = Path(store_dir)
     figures_dir = Path(figures_dir) if figures_dir else store_dir / 'figures'
     manifest = manifest or load_manifest(store_dir)
-    check_outputs(readme=readme, report=report_path, figures_dir=figures_dir, insert=insert,
-                  protected=protected, models=(layout or {}).get('models') or
-                  manifest.get('models'))
+    check_outputs(
+        readme=readme,
+        report=report_path,
+        figures_dir=figures_dir,
+        insert=insert,
+        protected=protected,
+        models=(layout or {}).get('models') or manifest.get('models'),
+    )
     options = dict(manifest.get('report') or {}, **(options or {}))
-    layout = {'models': manifest['models'], 'attentions': manifest['attentions'],
-              **(layout or {})}
+    layout = {'models': manifest['models'], 'attentions': manifest['attentions'], **(layout or {})}
     trials, others = split_by_sweep(load_trials(store_dir, manifest), manifest)
     if trials.empty:
         raise ReportError(f'the sweep recorded in {store_dir} has no trials')
     histories = load_histories(store_dir, trials)
-    context = table_context(trials, layout.get('models'), layout.get('attentions'),
-                            metrics=options.get('metrics', ('val_loss', 'val_acc')),
-                            overhead=options.get('overhead', False),
-                            reference=options.get('reference') and load_reference(
-                                options['reference']))
+    context = table_context(
+        trials,
+        layout.get('models'),
+        layout.get('attentions'),
+        metrics=options.get('metrics', ('val_loss', 'val_acc')),
+        overhead=options.get('overhead', False),
+        reference=options.get('reference') and load_reference(options['reference']),
+    )
     title, caption = _title_and_caption(context, trials)
     # Rendered by our own template with every value escaped, so it is markup to keep.
     table_html = Markup(render('readme_table.html.j2', **context).strip())
     written = []
     from .figures import write_figures  # matplotlib: only where figures are drawn
-    figures = write_figures(trials, histories, figures_dir,
-                            layout.get('models'), layout.get('attentions'))
+
+    figures = write_figures(
+        trials, histories, figures_dir, layout.get('models'), layout.get('attentions')
+    )
     written += [path for _, path in figures]
 
     markdown_path = store_dir / 'table.md'
-    _write_text(markdown_path, f'Results: {markdown_text(title)}. {markdown_text(caption)}\n\n'
-                + render('table.md.j2', **context))
+    _write_text(
+        markdown_path,
+        f'Results: {markdown_text(title)}. {markdown_text(caption)}\n\n'
+        + render('table.md.j2', **context),
+    )
     written.append(markdown_path)
 
     if readme is not None:
         readme = Path(readme)
-        block = render('readme_block.md.j2', title=title, caption=caption,
-                       table_html=table_html,
-                       figures=[{'title': t, 'path': markdown_url(
-                           Path(os.path.relpath(p, readme.parent)).as_posix())}
-                                for t, p in figures])
+        block = render(
+            'readme_block.md.j2',
+            title=title,
+            caption=caption,
+            table_html=table_html,
+            figures=[
+                {
+                    'title': t,
+                    'path': markdown_url(Path(os.path.relpath(p, readme.parent)).as_posix()),
+                }
+                for t, p in figures
+            ],
+        )
         written.append(write_readme(readme, block, insert=insert))
 
     if report_path is not None:
         environment = load_environment(store_dir)
-        html = render('report.html.j2', name=store_dir.name, title=title, caption=caption,
-                      generator=Markup(REPORT_MARK),
-                      table_html=table_html,
-                      figures=[{'title': t, 'base64': base64.b64encode(Path(p).read_bytes())
-                                .decode('ascii')} for t, p in figures],
-                      trials=_trial_rows(trials), others=_trial_rows(others),
-                      problems=[(row['name'], problem) for row in trials.to_dict('records')
-                                for problem in row['problems']],
-                      environment=_flatten(environment),
-                      reference=context['reference'],
-                      reference_rows=context['reference_rows'],
-                      recipes=sorted(set(trials['recipe'])))
+        html = render(
+            'report.html.j2',
+            name=store_dir.name,
+            title=title,
+            caption=caption,
+            generator=Markup(REPORT_MARK),
+            table_html=table_html,
+            figures=[
+                {'title': t, 'base64': base64.b64encode(Path(p).read_bytes()).decode('ascii')}
+                for t, p in figures
+            ],
+            trials=_trial_rows(trials),
+            others=_trial_rows(others),
+            problems=[
+                (row['name'], problem)
+                for row in trials.to_dict('records')
+                for problem in row['problems']
+            ],
+            environment=_flatten(environment),
+            reference=context['reference'],
+            reference_rows=context['reference_rows'],
+            recipes=sorted(set(trials['recipe'])),
+        )
         written.append(_write_text(Path(report_path), html))
     return written
 
@@ -202,18 +284,25 @@ def render_all(store_dir: str | Path, readme: str | Path | None = None,
 def _trial_rows(trials: pd.DataFrame) -> list[dict[str, Any]]:
     def number(value: float | None) -> str:
         return '' if value is None or value != value else f'{value:.4f}'
+
     rows = []
     for trial in trials.sort_values(['model', 'attention', 'seed']).to_dict('records'):
         seconds = trial['total_seconds']
-        rows.append({**trial, 'val_loss': number(trial['val_loss']),
-                     'val_acc': number(trial['val_acc']),
-                     'train_loss': number(trial['train_loss']),
-                     'time': '' if seconds is None or seconds != seconds else f'{seconds:.0f}s',
-                     # A missing error is None, or NaN where pandas 3 makes the
-                     # column strings: only text is an error.
-                     'error': trial['error'].strip().splitlines()[-1]
-                     if isinstance(trial['error'], str) and trial['error'].strip() else '',
-                     'reason': trial.get('reason', '')})
+        rows.append(
+            {
+                **trial,
+                'val_loss': number(trial['val_loss']),
+                'val_acc': number(trial['val_acc']),
+                'train_loss': number(trial['train_loss']),
+                'time': '' if seconds is None or seconds != seconds else f'{seconds:.0f}s',
+                # A missing error is None, or NaN where pandas 3 makes the
+                # column strings: only text is an error.
+                'error': trial['error'].strip().splitlines()[-1]
+                if isinstance(trial['error'], str) and trial['error'].strip()
+                else '',
+                'reason': trial.get('reason', ''),
+            }
+        )
     return rows
 
 
@@ -231,5 +320,7 @@ def _write_text(path: Path, text: str) -> Path:
     try:
         return write_text_atomic(path, text)
     except OSError as error:
-        raise ReportError(f'cannot write {path}: {error.strerror or error}; check the '
-                          "outputs of the sweep file and the folder's permissions") from None
+        raise ReportError(
+            f'cannot write {path}: {error.strerror or error}; check the '
+            "outputs of the sweep file and the folder's permissions"
+        ) from None

@@ -5,6 +5,7 @@ Reads only the two stores (their sweep.json and finished trials): no training, n
 framework. Each metric's means, their difference and its standard error per cell,
 and whether the difference exceeds the spread by reports.spread's rule.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,28 +34,43 @@ def finished_trials(store_dir: str | Path) -> pd.DataFrame:
     return current[current['status'] == DONE]
 
 
-def compare_stores(store_a: str | Path, store_b: str | Path,
-                   metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict[str, Any]]:
+def compare_stores(
+    store_a: str | Path, store_b: str | Path, metrics: Sequence[str] = DEFAULT_METRICS
+) -> list[dict[str, Any]]:
     """One dict per cell present in both stores and metric: n, mean and std of each side,
     the difference (b - a), its standard error, and whether it exceeds the spread."""
     a, b = finished_trials(store_a), finished_trials(store_b)
     rows = []
-    cells = [cell for cell in dict.fromkeys(zip(a['model'], a['attention']))
-             if cell in set(zip(b['model'], b['attention']))]
+    cells = [
+        cell
+        for cell in dict.fromkeys(zip(a['model'], a['attention']))
+        if cell in set(zip(b['model'], b['attention']))
+    ]
     for model, attention in cells:
         side_a = a[(a['model'] == model) & (a['attention'] == attention)]
         side_b = b[(b['model'] == model) & (b['attention'] == attention)]
         for metric in metrics:
             values_a, values_b = list(side_a[metric]), list(side_b[metric])
             gap = difference(values_a, values_b)
-            rows.append({'model': model, 'attention': attention, 'metric': metric,
-                         'backend_a': ','.join(sorted(set(side_a['backend']))),
-                         'backend_b': ','.join(sorted(set(side_b['backend']))),
-                         'n_a': len(values_a), 'mean_a': statistics.fmean(values_a),
-                         'std_a': _std(values_a), 'n_b': len(values_b),
-                         'mean_b': statistics.fmean(values_b), 'std_b': _std(values_b),
-                         'difference': gap.difference, 'standard_error': gap.standard_error,
-                         'judged': gap.judged, 'exceeds_spread': gap.exceeds_spread})
+            rows.append(
+                {
+                    'model': model,
+                    'attention': attention,
+                    'metric': metric,
+                    'backend_a': ','.join(sorted(set(side_a['backend']))),
+                    'backend_b': ','.join(sorted(set(side_b['backend']))),
+                    'n_a': len(values_a),
+                    'mean_a': statistics.fmean(values_a),
+                    'std_a': _std(values_a),
+                    'n_b': len(values_b),
+                    'mean_b': statistics.fmean(values_b),
+                    'std_b': _std(values_b),
+                    'difference': gap.difference,
+                    'standard_error': gap.standard_error,
+                    'judged': gap.judged,
+                    'exceeds_spread': gap.exceeds_spread,
+                }
+            )
     return rows
 
 
@@ -65,18 +81,25 @@ def _std(values: Sequence[float]) -> float | None:
 def format_comparison(rows: Sequence[dict[str, Any]], label_a: str, label_b: str) -> str:
     def number(value: float | None) -> str:
         return '-' if value is None else f'{value:.4f}'
-    header = (f"{'model':<20} {'attention':<9} {'metric':<10} {label_a[:22]:>22} "
-              f"{label_b[:22]:>22} {'b - a':>8} {'2 SE':>7}  verdict")
+
+    header = (
+        f'{"model":<20} {"attention":<9} {"metric":<10} {label_a[:22]:>22} '
+        f'{label_b[:22]:>22} {"b - a":>8} {"2 SE":>7}  verdict'
+    )
     lines = [header, '-' * len(header)]
     for row in rows:
-        verdict = ('differ' if row['exceeds_spread'] else 'within spread') if row['judged'] \
+        verdict = (
+            ('differ' if row['exceeds_spread'] else 'within spread')
+            if row['judged']
             else 'one seed: not judged'
+        )
         lines.append(
-            f"{row['model']:<20} {row['attention']:<9} {METRIC_LABELS[row['metric']]:<10} "
-            f"{number(row['mean_a']):>10} ± {number(row['std_a']):<7} (n={row['n_a']}) "
-            f"{number(row['mean_b']):>10} ± {number(row['std_b']):<7} (n={row['n_b']}) "
-            f"{row['difference']:>+8.4f} "
-            f"{number(row['standard_error'] and 2 * row['standard_error']):>7}  {verdict}")
+            f'{row["model"]:<20} {row["attention"]:<9} {METRIC_LABELS[row["metric"]]:<10} '
+            f'{number(row["mean_a"]):>10} ± {number(row["std_a"]):<7} (n={row["n_a"]}) '
+            f'{number(row["mean_b"]):>10} ± {number(row["std_b"]):<7} (n={row["n_b"]}) '
+            f'{row["difference"]:>+8.4f} '
+            f'{number(row["standard_error"] and 2 * row["standard_error"]):>7}  {verdict}'
+        )
     differ = sum(1 for row in rows if row['exceeds_spread'])
     judged = sum(1 for row in rows if row['judged'])
     lines.append(f'{differ} of {judged} judged comparisons have means {RULE}')
@@ -84,12 +107,16 @@ def format_comparison(rows: Sequence[dict[str, Any]], label_a: str, label_b: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m reports.compare', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog='python -m reports.compare',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument('store_a', help='a sweep folder of a store, e.g. results/backends-gluon')
     parser.add_argument('store_b', help='another, e.g. results/backends-torch')
-    parser.add_argument('--metrics', nargs='+', default=list(DEFAULT_METRICS),
-                        choices=list(METRIC_LABELS))
+    parser.add_argument(
+        '--metrics', nargs='+', default=list(DEFAULT_METRICS), choices=list(METRIC_LABELS)
+    )
     args = parser.parse_args(argv)
     try:
         rows = compare_stores(args.store_a, args.store_b, args.metrics)

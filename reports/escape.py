@@ -9,6 +9,7 @@ raw HTML and GFM's tables and strikethrough), so `x<img src=x onerror=...>` or a
 Line breaks and other control characters become spaces: a blank line would end the
 README's HTML block, and text of ours is one line.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,7 @@ def one_line(value: object) -> str:
 
 def markdown_text(value: object) -> str:
     """`value` as literal text in Markdown (and in GFM table cells)."""
-    if isinstance(value, Markup):     # made by our own templates, escaped already
+    if isinstance(value, Markup):  # made by our own templates, escaped already
         return str(value)
     return _MARKDOWN_SPECIAL.sub(r'\\\1', one_line(value))
 

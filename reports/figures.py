@@ -1,4 +1,5 @@
 """Training curves and the final-accuracy bar chart (matplotlib, PNG)."""
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,9 @@ def _model_order(frame: pd.DataFrame, models: Sequence[str] | None) -> list[str]
     return [m for m in (models or sorted(present, key=model_sort_key)) if m in present]
 
 
-def curves_figure(histories: pd.DataFrame, model: str,
-                  attentions: Sequence[str] | None = None) -> Figure:
+def curves_figure(
+    histories: pd.DataFrame, model: str, attentions: Sequence[str] | None = None
+) -> Figure:
     """Validation accuracy and loss against epoch for one model: a line per attention,
     the mean over seeds with a band from the lowest to the highest seed."""
     frame = histories[histories['model'] == model]
@@ -44,11 +46,22 @@ def curves_figure(histories: pd.DataFrame, model: str,
         per_epoch = frame[frame['attention'] == attention].groupby('epoch')
         for axis, metric in zip(axes, ('val_acc', 'val_loss')):
             stats = per_epoch[metric].agg(['mean', 'min', 'max'])
-            line, = axis.plot(stats.index, stats['mean'], marker='o' if len(stats) < 15 else None,
-                              markersize=3, label=attention_label(attention))
+            (line,) = axis.plot(
+                stats.index,
+                stats['mean'],
+                marker='o' if len(stats) < 15 else None,
+                markersize=3,
+                label=attention_label(attention),
+            )
             if (stats['max'] > stats['min']).any():
-                axis.fill_between(stats.index, stats['min'], stats['max'],
-                                  color=line.get_color(), alpha=0.2, linewidth=0)
+                axis.fill_between(
+                    stats.index,
+                    stats['min'],
+                    stats['max'],
+                    color=line.get_color(),
+                    alpha=0.2,
+                    linewidth=0,
+                )
     for axis, label in zip(axes, ('validation accuracy', 'validation loss (cross-entropy)')):
         axis.set_xlabel('epoch')
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -60,15 +73,17 @@ def curves_figure(histories: pd.DataFrame, model: str,
     return fig
 
 
-def accuracy_bars_figure(trials: pd.DataFrame, models: Sequence[str] | None = None,
-                         attentions: Sequence[str] | None = None) -> Figure:
+def accuracy_bars_figure(
+    trials: pd.DataFrame,
+    models: Sequence[str] | None = None,
+    attentions: Sequence[str] | None = None,
+) -> Figure:
     """Final validation accuracy per model x attention: the mean over seeds, with the
     sample std as error bars where a cell has two or more seeds."""
     done = trials[trials['status'] == DONE]
     models = _model_order(done, models)
     attentions = _attention_order(done, attentions)
-    fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(models) + 2), 4.2),
-                             constrained_layout=True)
+    fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(models) + 2), 4.2), constrained_layout=True)
     width = 0.8 / max(1, len(attentions))
     seed_counts = set()
     for index, attention in enumerate(attentions):
@@ -82,8 +97,14 @@ def accuracy_bars_figure(trials: pd.DataFrame, models: Sequence[str] | None = No
                 positions.append(model_index + (index - (len(attentions) - 1) / 2) * width)
                 seed_counts.add(len(values))
         has_spread = any(e == e for e in errors)
-        axis.bar(positions, means, width * 0.95, yerr=errors if has_spread else None,
-                 capsize=3, label=attention_label(attention))
+        axis.bar(
+            positions,
+            means,
+            width * 0.95,
+            yerr=errors if has_spread else None,
+            capsize=3,
+            label=attention_label(attention),
+        )
     axis.set_xticks(range(len(models)))
     axis.set_xticklabels(models, rotation=15, ha='right')
     axis.set_ylabel('final validation accuracy')
@@ -91,14 +112,22 @@ def accuracy_bars_figure(trials: pd.DataFrame, models: Sequence[str] | None = No
     lows = [patch.get_height() for patch in axis.patches]
     for container in axis.containers:
         if type(container).__name__ == 'ErrorbarContainer':
-            lows += [segment[:, 1].min() for line in container.lines[2]
-                     for segment in line.get_segments()]
+            lows += [
+                segment[:, 1].min()
+                for line in container.lines[2]
+                for segment in line.get_segments()
+            ]
     low = min(lows) if lows else 0.0
     axis.set_ylim(max(0.0, low - 0.05), 1.0)
     axis.grid(axis='y', alpha=0.3)
     # Below the axes, so it never hides a bar.
-    axis.legend(title='attention', fontsize='small', ncol=max(1, min(6, len(attentions))),
-                loc='upper center', bbox_to_anchor=(0.5, -0.22))
+    axis.legend(
+        title='attention',
+        fontsize='small',
+        ncol=max(1, min(6, len(attentions))),
+        loc='upper center',
+        bbox_to_anchor=(0.5, -0.22),
+    )
     axis.set_title(f'Final validation accuracy\n{_seed_note(seed_counts)}', fontsize='medium')
     return fig
 
@@ -119,11 +148,13 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return write_bytes_atomic(Path(path), buffer.getvalue())
 
 
-
-
-def write_figures(trials: pd.DataFrame, histories: pd.DataFrame, figures_dir: str | Path,
-                  models: Sequence[str] | None = None, attentions: Sequence[str] | None = None
-                  ) -> list[tuple[str, Path]]:
+def write_figures(
+    trials: pd.DataFrame,
+    histories: pd.DataFrame,
+    figures_dir: str | Path,
+    models: Sequence[str] | None = None,
+    attentions: Sequence[str] | None = None,
+) -> list[tuple[str, Path]]:
     """Every figure under figures_dir; returns [(title, path)].
 
     Figures of ours that this call did not write (a model that left the sweep, bars
@@ -131,12 +162,14 @@ def write_figures(trials: pd.DataFrame, histories: pd.DataFrame, figures_dir: st
     figures_dir = Path(figures_dir)
     written = []
     for model in _model_order(histories, models):
-        path = save_figure(curves_figure(histories, model, attentions),
-                           figures_dir / f'{CURVES_PREFIX}{model}.png')
+        path = save_figure(
+            curves_figure(histories, model, attentions), figures_dir / f'{CURVES_PREFIX}{model}.png'
+        )
         written.append((f'{model}: validation accuracy and loss per epoch', path))
     if (trials['status'] == DONE).any():
-        path = save_figure(accuracy_bars_figure(trials, models, attentions),
-                           figures_dir / ACCURACY_FIGURE)
+        path = save_figure(
+            accuracy_bars_figure(trials, models, attentions), figures_dir / ACCURACY_FIGURE
+        )
         written.append(('Final validation accuracy per model and attention', path))
     kept = {path for _, path in written}
     stale = list(figures_dir.glob(f'{CURVES_PREFIX}*.png')) + [figures_dir / ACCURACY_FIGURE]

@@ -5,6 +5,7 @@ The README is ours between its two markers (reports.readme); report.html and the
 figures carry a mark of this project (a generator meta tag; a PNG text chunk), and a
 file at their path without it is refused rather than overwritten.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,6 +32,8 @@ FIGURE_PATTERNS = (f'{CURVES_PREFIX}*.png', ACCURACY_FIGURE)
 def figure_names(models: Iterable[str]) -> list[str]:
     """The files the figures of a report on these models are written to."""
     return [f'{CURVES_PREFIX}{model}.png' for model in models] + [ACCURACY_FIGURE]
+
+
 # What each output may be: the reports write HTML and Markdown, and nothing else is
 # written over or created (a sweep file that names ~/.ssh/authorized_keys is refused).
 README_SUFFIXES = ('.md', '.markdown')
@@ -58,47 +61,59 @@ def is_our_figure(path: str | Path) -> bool:
     except OSError:
         return False
     return head.startswith(PNG_SIGNATURE) and (
-        GENERATOR.encode() in head or all(mark in head for mark in LEGACY_FIGURE_MARKS))
+        GENERATOR.encode() in head or all(mark in head for mark in LEGACY_FIGURE_MARKS)
+    )
 
 
-def output_problems(readme: str | Path | None = None, report: str | Path | None = None,
-                    figures_dir: str | Path | None = None,
-                    protected: Collection[str | Path] = (), insert: bool = False,
-                    models: Iterable[str] | None = None) -> list[str]:
+def output_problems(
+    readme: str | Path | None = None,
+    report: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    protected: Collection[str | Path] = (),
+    insert: bool = False,
+    models: Iterable[str] | None = None,
+) -> list[str]:
     """What keeps the reports from being written where the outputs point, each with what to
     do; [] when nothing does. `protected`: files no output may be (the sweep file);
     `models`: those the figures show (None: any figure name of ours counts)."""
-    named = {'outputs.readme': readme, 'outputs.report': report,
-             'outputs.figures': figures_dir}
+    named = {'outputs.readme': readme, 'outputs.report': report, 'outputs.figures': figures_dir}
     named = {key: Path(path) for key, path in named.items() if path is not None}
     problems = []
     for key, path in named.items():
         if any(path.resolve() == Path(p).resolve() for p in protected):
-            problems.append(f'{key} is {path}, the sweep file itself; point it at a file '
-                            'of its own')
+            problems.append(
+                f'{key} is {path}, the sweep file itself; point it at a file of its own'
+            )
     seen = {}
     for key, path in named.items():
         if path.resolve() in seen:
-            problems.append(f'{key} and {seen[path.resolve()]} are both {path}; give each its '
-                            'own path')
+            problems.append(
+                f'{key} and {seen[path.resolve()]} are both {path}; give each its own path'
+            )
         seen.setdefault(path.resolve(), key)
-    for key, suffixes, kind in (('outputs.readme', README_SUFFIXES, 'Markdown README'),
-                                ('outputs.report', REPORT_SUFFIXES, 'HTML report')):
+    for key, suffixes, kind in (
+        ('outputs.readme', README_SUFFIXES, 'Markdown README'),
+        ('outputs.report', REPORT_SUFFIXES, 'HTML report'),
+    ):
         path = named.get(key)
         if path is None:
             continue
         if path.suffix.lower() not in suffixes:
-            problems.append(f"{key} is {path}: the {kind} is written only to a file ending in "
-                            f"{' or '.join(suffixes)}; name such a file")
+            problems.append(
+                f'{key} is {path}: the {kind} is written only to a file ending in '
+                f'{" or ".join(suffixes)}; name such a file'
+            )
         elif path.is_symlink():
             problems.append(f'{key} is {path}, a link; name a file of its own')
     if problems:
         return problems
     report = named.get('outputs.report')
     if report is not None and report.exists() and (report.is_dir() or not is_our_report(report)):
-        problems.append(f'outputs.report is {report}, which this project did not write (no '
-                        'report of ours is there); choose another path for the report, or '
-                        'move that file away')
+        problems.append(
+            f'outputs.report is {report}, which this project did not write (no '
+            'report of ours is there); choose another path for the report, or '
+            'move that file away'
+        )
     readme = named.get('outputs.readme')
     if readme is not None and readme.is_dir():
         problems.append(f'outputs.readme is {readme}, a folder; name a Markdown file')
@@ -108,22 +123,26 @@ def output_problems(readme: str | Path | None = None, report: str | Path | None 
         except ReportError as error:
             problems.append(str(error))
         except (OSError, UnicodeDecodeError) as error:
-            problems.append(f'outputs.readme {readme} cannot be read as text ({error}); name '
-                            'a Markdown file')
+            problems.append(
+                f'outputs.readme {readme} cannot be read as text ({error}); name a Markdown file'
+            )
     figures = named.get('outputs.figures')
     if figures is not None and figures.exists():
         if not figures.is_dir():
-            problems.append(f'outputs.figures is {figures}, a file; name a folder for the '
-                            'figures')
+            problems.append(f'outputs.figures is {figures}, a file; name a folder for the figures')
         else:
-            present = (sorted(p for pattern in FIGURE_PATTERNS for p in figures.glob(pattern))
-                       if models is None else
-                       [figures / name for name in figure_names(models)])
+            present = (
+                sorted(p for pattern in FIGURE_PATTERNS for p in figures.glob(pattern))
+                if models is None
+                else [figures / name for name in figure_names(models)]
+            )
             for path in present:
                 if os.path.lexists(path) and not is_our_figure(path):
-                    problems.append(f'{path} is not a figure this project wrote, and the '
-                                    'reports would replace it; move it away, or set '
-                                    'outputs.figures to a folder of its own')
+                    problems.append(
+                        f'{path} is not a figure this project wrote, and the '
+                        'reports would replace it; move it away, or set '
+                        'outputs.figures to a folder of its own'
+                    )
     return problems
 
 

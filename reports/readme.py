@@ -1,4 +1,5 @@
 """Put the results block into a README between two marker comments, touching nothing else."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,35 +16,41 @@ class ReportError(BenchError, RuntimeError):
     """The reports cannot be written; the message says why and what to do."""
 
 
-def inject_block(text: str, block: str, insert: bool = False, source: str = 'README.md'
-                 ) -> str:
+def inject_block(text: str, block: str, insert: bool = False, source: str = 'README.md') -> str:
     """`text` with the block between the markers replaced by `block`.
 
     Without markers: a ReportError, or with `insert` the block appended at the end.
     """
     begins, ends = text.count(BEGIN_PREFIX), text.count(END)
     if begins > 1 or ends > 1:
-        raise ReportError(f'{source} holds {begins} result begin markers and {ends} end markers; '
-                          'it needs exactly one pair (a block was duplicated by hand or by an '
-                          'older version): delete the extra blocks, keeping one pair of '
-                          f'{BEGIN!r} and {END!r}')
+        raise ReportError(
+            f'{source} holds {begins} result begin markers and {ends} end markers; '
+            'it needs exactly one pair (a block was duplicated by hand or by an '
+            'older version): delete the extra blocks, keeping one pair of '
+            f'{BEGIN!r} and {END!r}'
+        )
     if BEGIN_PREFIX in block or END in block:
         # The block is escaped text of ours: marker text in it is a bug, and writing it
         # would make the README grow by a block on every run.
-        raise ReportError(f'the results block for {source} contains result marker text; '
-                          'nothing was written (please report this)')
+        raise ReportError(
+            f'the results block for {source} contains result marker text; '
+            'nothing was written (please report this)'
+        )
     start = text.find(BEGIN_PREFIX)
     end = text.find(END, start + 1) if start >= 0 else -1
     newline = '\r\n' if '\r\n' in text else '\n'
     body = block.strip('\n').replace('\n', newline)
     if start < 0 or end < 0:
         if start >= 0 or END in text:
-            raise ReportError(f'{source}: only one of the two result markers is present; '
-                              f'it needs both {BEGIN!r} and {END!r} on lines of their own')
+            raise ReportError(
+                f'{source}: only one of the two result markers is present; '
+                f'it needs both {BEGIN!r} and {END!r} on lines of their own'
+            )
         if not insert:
             raise ReportError(
                 f'{source} has no results markers. Add the two lines\n  {BEGIN}\n  {END}\n'
-                'where the table should go, or run again with --insert to append it')
+                'where the table should go, or run again with --insert to append it'
+            )
         separator = '' if text.endswith(newline) or not text else newline
         return f'{text}{separator}{newline}{BEGIN}{newline}{body}{newline}{END}{newline}'
     line_end = text.find('\n', start)
@@ -63,7 +70,7 @@ def write_readme(path: str | Path, block: str, insert: bool = False) -> Path:
     """Inject into the README at `path` (created if missing); rewrite only on change."""
     path = Path(path)
     if not path.is_file():
-        insert = True   # a new file holds nothing that could be lost
+        insert = True  # a new file holds nothing that could be lost
         original = ''
     else:
         with open(path, encoding='utf-8', newline='') as handle:
@@ -73,7 +80,9 @@ def write_readme(path: str | Path, block: str, insert: bool = False) -> Path:
         try:
             write_bytes_atomic(path, updated.encode('utf-8'))
         except OSError as error:
-            raise ReportError(f'cannot write {path}: {error.strerror or error}; make it '
-                              'writable, or set outputs.readme in the sweep file to '
-                              'another file (null: none)') from None
+            raise ReportError(
+                f'cannot write {path}: {error.strerror or error}; make it '
+                'writable, or set outputs.readme in the sweep file to '
+                'another file (null: none)'
+            ) from None
     return path

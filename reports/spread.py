@@ -5,6 +5,7 @@ means are more than two standard errors of the difference apart (Welch's standar
 error, sqrt(s_a^2 / n_a + s_b^2 / n_b), with each cell's sample standard deviation).
 With fewer than two seeds in a cell nothing can be judged.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,23 +14,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 STANDARD_ERRORS = 2
-RULE = (f'more than {STANDARD_ERRORS} standard errors of the difference apart '
-        "(Welch's, from each cell's seeds)")
+RULE = (
+    f'more than {STANDARD_ERRORS} standard errors of the difference apart '
+    "(Welch's, from each cell's seeds)"
+)
 
 
 @dataclass(frozen=True)
 class Difference:
-    difference: float          # mean of b minus mean of a
-    standard_error: float      # None with fewer than two values on a side
-    judged: bool               # whether the seeds allow a judgement at all
+    difference: float  # mean of b minus mean of a
+    standard_error: float  # None with fewer than two values on a side
+    judged: bool  # whether the seeds allow a judgement at all
 
     @property
     def exceeds_spread(self) -> bool:
         return self.judged and abs(self.difference) > STANDARD_ERRORS * self.standard_error
 
 
-REFERENCE_RULE = (f'more than {STANDARD_ERRORS} standard errors of our mean from the '
-                  'published value (a single run: only our seeds give a spread)')
+REFERENCE_RULE = (
+    f'more than {STANDARD_ERRORS} standard errors of our mean from the '
+    'published value (a single run: only our seeds give a spread)'
+)
 
 
 def difference_from_value(values: Iterable[float], value: float) -> Difference:

@@ -3,6 +3,7 @@
 The store's files are read through bench.store (plain Python), whose one rule
 decides each trial's status for the sweep and the reports alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,16 +32,20 @@ def load_manifest(store_dir: str | Path) -> dict[str, Any]:
         raise ReportError(
             f'{path} is missing, so which stored trials belong to the sweep cannot be told. '
             'Run `python run_sweep.py --config <sweep file> --report-only` once: it records '
-            'the trials the sweep declares and renders the reports')
+            'the trials the sweep declares and renders the reports'
+        )
     manifest, problem = read_json_checked(path)
     if problem:
-        raise ReportError(f'{problem}. It is rewritten by `python run_sweep.py --config '
-                          '<sweep file> --report-only`')
+        raise ReportError(
+            f'{problem}. It is rewritten by `python run_sweep.py --config '
+            '<sweep file> --report-only`'
+        )
     return manifest
 
 
-def split_by_sweep(trials: pd.DataFrame, manifest: Mapping[str, Any]
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_sweep(
+    trials: pd.DataFrame, manifest: Mapping[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(current, other): the sweep's trials, one row each in table order (trials not
     stored yet as pending), and the stored trials it no longer asks for, with why."""
     stored = trials.set_index('trial_id', drop=False)
@@ -55,13 +60,15 @@ def split_by_sweep(trials: pd.DataFrame, manifest: Mapping[str, Any]
     wanted = {entry['trial_id'] for entry in manifest['trials']}
     other = trials[~trials['trial_id'].isin(wanted)].copy()
     by_name = {entry['name']: upgrade_trial_file(entry) for entry in manifest['trials']}
-    other['reason'] = [_why_not_current(row, by_name.get(row['name']), data)
-                       for row in other.to_dict('records')]
+    other['reason'] = [
+        _why_not_current(row, by_name.get(row['name']), data) for row in other.to_dict('records')
+    ]
     return current, other
 
 
-def _why_not_current(row: Mapping[str, Any], entry: Mapping[str, Any] | None,
-                     data: Mapping[str, Any]) -> str:
+def _why_not_current(
+    row: Mapping[str, Any], entry: Mapping[str, Any] | None, data: Mapping[str, Any]
+) -> str:
     """What separates a stored trial from the sweep's trial of the same cell."""
     if entry is None:
         return 'its model, attention or seed is not in the sweep'
@@ -70,15 +77,19 @@ def _why_not_current(row: Mapping[str, Any], entry: Mapping[str, Any] | None,
     wanted = _full_recipe(entry['spec'].recipe)
     changed = sorted(k for k in recipe if recipe[k] != wanted[k])
     if changed:
-        reasons.append('recipe differs: ' + ', '.join(
-            f'{k} {_shown(recipe[k])} (sweep: {_shown(wanted[k])})' for k in changed))
+        reasons.append(
+            'recipe differs: '
+            + ', '.join(f'{k} {_shown(recipe[k])} (sweep: {_shown(wanted[k])})' for k in changed)
+        )
     if json.loads(row['attention_kwargs']) != entry['spec'].attention_kwargs:
         reasons.append(f"attention options {row['attention_kwargs']} differ from the sweep's")
     if int(row['network_revision']) != entry['network_revision']:
-        reasons.append(f"trained by network definition revision {row['network_revision']} "
-                       f"(now {entry['network_revision']})")
+        reasons.append(
+            f'trained by network definition revision {row["network_revision"]} '
+            f'(now {entry["network_revision"]})'
+        )
     if row['data_digest'] != data.get('digest'):
-        reasons.append(f"trained on other data ({row['data_name']})")
+        reasons.append(f'trained on other data ({row["data_name"]})')
     return '; '.join(reasons) or 'trained by another version of this code'
 
 
@@ -109,8 +120,19 @@ def load_histories(store_dir: str | Path, trials: pd.DataFrame | None = None) ->
         frame.insert(3, 'seed', trial['seed'])
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=['trial_id', 'model', 'attention', 'seed', 'epoch',
-                                     'val_loss', 'val_acc', 'train_loss', 'train_acc'])
+        return pd.DataFrame(
+            columns=[
+                'trial_id',
+                'model',
+                'attention',
+                'seed',
+                'epoch',
+                'val_loss',
+                'val_acc',
+                'train_loss',
+                'train_acc',
+            ]
+        )
     return pd.concat(frames, ignore_index=True)
 
 

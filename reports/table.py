@@ -1,4 +1,5 @@
 """The results table as plain data (a context for the Jinja templates)."""
+
 from __future__ import annotations
 
 import json
@@ -55,10 +56,14 @@ def format_count(value: float) -> str:
     return f'{value:.0f}'
 
 
-def table_context(trials: pd.DataFrame, models: Sequence[str] | None = None,
-                  attentions: Sequence[str] | None = None,
-                  metrics: Sequence[str] = ('val_loss', 'val_acc'), overhead: bool = False,
-                  reference: dict[str, Any] | None = None) -> dict[str, Any]:
+def table_context(
+    trials: pd.DataFrame,
+    models: Sequence[str] | None = None,
+    attentions: Sequence[str] | None = None,
+    metrics: Sequence[str] = ('val_loss', 'val_acc'),
+    overhead: bool = False,
+    reference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Header groups and rows of the README table from the trials DataFrame.
 
     Rows are models and column groups attentions, in the given order (default:
@@ -72,20 +77,30 @@ def table_context(trials: pd.DataFrame, models: Sequence[str] | None = None,
     done = trials[trials['status'] == DONE]
     models = list(models) if models else sorted(set(trials['model']), key=model_sort_key)
     attentions = list(attentions) if attentions else default_order(trials['attention'])
-    groups = [{'name': a, 'label': attention_label(a),
-               'columns': [METRIC_LABELS[m] for m in metrics]
-               + (list(OVERHEAD_COLUMNS.values()) if overhead else [])}
-              for a in attentions]
+    groups = [
+        {
+            'name': a,
+            'label': attention_label(a),
+            'columns': [METRIC_LABELS[m] for m in metrics]
+            + (list(OVERHEAD_COLUMNS.values()) if overhead else []),
+        }
+        for a in attentions
+    ]
     rows, reference_rows = [], []
     for model in models:
-        seeds = {(a, m): _finished(done[(done['model'] == model) &
-                                        (done['attention'] == a)][m].tolist())
-                 for a in attentions for m in metrics}
+        seeds = {
+            (a, m): _finished(done[(done['model'] == model) & (done['attention'] == a)][m].tolist())
+            for a in attentions
+            for m in metrics
+        }
         summaries = {key: summarise(values) for key, values in seeds.items()}
         best = {}
         for metric in metrics:
-            present = [(summaries[(a, metric)][0], a) for a in attentions
-                       if summaries[(a, metric)] is not None]
+            present = [
+                (summaries[(a, metric)][0], a)
+                for a in attentions
+                if summaries[(a, metric)] is not None
+            ]
             if len(present) > 1:
                 pick = min if metric in LOWER_IS_BETTER else max
                 best[metric] = pick(present)[1]
@@ -93,58 +108,91 @@ def table_context(trials: pd.DataFrame, models: Sequence[str] | None = None,
         for attention in attentions:
             for metric in metrics:
                 summary = summaries[(attention, metric)]
-                cell = {'text': format_cell(summary),
-                        'bold': best.get(metric) == attention and summary is not None,
-                        'n': summary[2] if summary else 0,
-                        'beyond_vanilla': attention != 'none' and bool(
-                            seeds[(attention, metric)]) and bool(seeds.get(('none', metric)))
-                        and difference(seeds[('none', metric)],
-                                       seeds[(attention, metric)]).exceeds_spread}
-                if reference and metric in reference['metrics'] \
-                        and model in reference['models']:
+                cell = {
+                    'text': format_cell(summary),
+                    'bold': best.get(metric) == attention and summary is not None,
+                    'n': summary[2] if summary else 0,
+                    'beyond_vanilla': attention != 'none'
+                    and bool(seeds[(attention, metric)])
+                    and bool(seeds.get(('none', metric)))
+                    and difference(
+                        seeds[('none', metric)], seeds[(attention, metric)]
+                    ).exceeds_spread,
+                }
+                if reference and metric in reference['metrics'] and model in reference['models']:
                     published = reference['values'].get((model, attention), {}).get(metric)
                     cell.update(_reference_cell(seeds[(attention, metric)], published, metric))
-                    reference_rows.append(dict(cell, model=model, attention=attention,
-                                               metric=METRIC_LABELS[metric]))
+                    reference_rows.append(
+                        dict(cell, model=model, attention=attention, metric=METRIC_LABELS[metric])
+                    )
                 cells.append(cell)
             if overhead:
-                cells += [{'text': _overhead_text(trials, model, attention, column),
-                           'bold': False, 'n': 0} for column in OVERHEAD_COLUMNS]
+                cells += [
+                    {
+                        'text': _overhead_text(trials, model, attention, column),
+                        'bold': False,
+                        'n': 0,
+                    }
+                    for column in OVERHEAD_COLUMNS
+                ]
         rows.append({'model': model, 'cells': cells})
     data_names = sorted({str(n) for n in trials['data_name'].dropna()})
     official = bool(len(trials)) and bool(trials['data_official'].all())
     seeds = sorted({int(s) for s in done['seed']}) if len(done) else []
     most_seeds = max((cell['n'] for row in rows for cell in row['cells']), default=0)
-    return {'groups': groups, 'rows': rows, 'metrics': list(metrics), 'overhead': overhead,
-            'official': official, 'data_names': data_names, 'seeds': seeds,
-            'finished': int(len(done)), 'total': int(len(trials)),
-            'reference': reference and {'name': reference['name'],
-                                        'source': reference['source']},
-            'reference_rows': reference_rows, 'most_seeds': most_seeds}
+    return {
+        'groups': groups,
+        'rows': rows,
+        'metrics': list(metrics),
+        'overhead': overhead,
+        'official': official,
+        'data_names': data_names,
+        'seeds': seeds,
+        'finished': int(len(done)),
+        'total': int(len(trials)),
+        'reference': reference and {'name': reference['name'], 'source': reference['source']},
+        'reference_rows': reference_rows,
+        'most_seeds': most_seeds,
+    }
 
 
 def _finished(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(float(v))]
 
 
-def _reference_cell(values: list[float], published: float | None, metric: str
-                    ) -> dict[str, str | float | bool | None]:
+def _reference_cell(
+    values: list[float], published: float | None, metric: str
+) -> dict[str, str | float | bool | None]:
     """What a cell shows of the published value: 'orig 0.9171' and our difference to it
     (accuracy in points), or 'orig TBA' where the reference left the cell out."""
     if published is None:
-        return {'reference': 'orig TBA', 'delta': None, 'beyond_reference': False,
-                'published': None, 'two_se': None}
-    found = {'reference': f'orig {published:.4f}', 'published': published, 'delta': None,
-             'beyond_reference': False, 'two_se': None}
+        return {
+            'reference': 'orig TBA',
+            'delta': None,
+            'beyond_reference': False,
+            'published': None,
+            'two_se': None,
+        }
+    found = {
+        'reference': f'orig {published:.4f}',
+        'published': published,
+        'delta': None,
+        'beyond_reference': False,
+        'two_se': None,
+    }
     if values:
         gap = difference_from_value(values, published)
-        found['delta'] = (f'{100 * gap.difference:+.2f} pt' if metric in PROPORTIONS
-                          else f'{gap.difference:+.4f}')
+        found['delta'] = (
+            f'{100 * gap.difference:+.2f} pt' if metric in PROPORTIONS else f'{gap.difference:+.4f}'
+        )
         found['beyond_reference'] = gap.exceeds_spread
         if gap.judged:
             scale = 100 if metric in PROPORTIONS else 1
-            found['two_se'] = (f'{2 * scale * gap.standard_error:.2f} pt'
-                               if metric in PROPORTIONS else f'{2 * gap.standard_error:.4f}')
+            found['two_se'] = (
+                f'{2 * scale * gap.standard_error:.2f} pt'
+                if metric in PROPORTIONS
+                else f'{2 * gap.standard_error:.4f}'
+            )
     return found
 
 
@@ -152,6 +200,7 @@ def _overhead_text(trials: pd.DataFrame, model: str, attention: str, column: str
     """Vanilla: its count of `column` (params or macs); an attention: what it adds, and %.
     Counts come from the store, else from the architecture (models.architecture), so
     cells not trained yet show them too."""
+
     def count_of(name: str) -> float | None:
         rows = trials[(trials['model'] == model) & (trials['attention'] == name)]
         found = rows[column].dropna()
@@ -160,11 +209,13 @@ def _overhead_text(trials: pd.DataFrame, model: str, attention: str, column: str
         if not len(rows):
             return None
         try:
-            params, macs = network_counts(model, name, json.loads(rows['attention_kwargs']
-                                                                  .iloc[0] or '{}'))
+            params, macs = network_counts(
+                model, name, json.loads(rows['attention_kwargs'].iloc[0] or '{}')
+            )
         except (KeyError, TypeError, ValueError):
             return None
         return float(params if column == 'params' else macs)
+
     own, vanilla = count_of(attention), count_of('none')
     if own is None:
         return '-'

@@ -15,6 +15,7 @@ Measures, on synthetic CIFAR-sized data held on the card:
 Prints a table and writes everything as JSON (--out). `--device cpu` with small
 settings checks the script itself where there is no GPU (the tests do that).
 """
+
 import argparse
 import json
 import multiprocessing
@@ -31,44 +32,70 @@ sys.path.insert(0, str(ROOT))
 EPOCHS, TRAIN_IMAGES, TEST_IMAGES, BATCH = 186, 50_000, 10_000, 128
 TRAIN_IMAGES_PER_TRIAL = EPOCHS * (TRAIN_IMAGES // BATCH) * BATCH
 EVAL_COST_IN_TRAIN_IMAGES = EPOCHS * TEST_IMAGES / 3
-TABLE = [(m, a) for m in ('cifar_resnet20_v1', 'cifar_resnet20_v2', 'cifar_resnet56_v1',
-                          'cifar_resnet56_v2') for a in ('none', 'se', 'eca', 'gct')]
+TABLE = [
+    (m, a)
+    for m in ('cifar_resnet20_v1', 'cifar_resnet20_v2', 'cifar_resnet56_v1', 'cifar_resnet56_v2')
+    for a in ('none', 'se', 'eca', 'gct')
+]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument('--device', default='cuda', help='cuda (default) or cpu')
     parser.add_argument('--models', nargs='+', default=['cifar_resnet20_v1', 'cifar_resnet56_v1'])
     parser.add_argument('--attentions', nargs='+', default=['none', 'se', 'eca', 'gct'])
     parser.add_argument('--precisions', nargs='+', default=['float32', 'amp_bfloat16'])
     parser.add_argument('--batch-size', type=int, default=BATCH)
     parser.add_argument('--steps', type=int, default=60, help='timed steps per configuration')
-    parser.add_argument('--sharing', nargs='+', type=int, default=[1, 2, 4, 8],
-                        help='trials sharing the card at once')
-    parser.add_argument('--sharing-seconds', type=float, default=25.0,
-                        help='how long each sharing configuration trains, timed')
+    parser.add_argument(
+        '--sharing',
+        nargs='+',
+        type=int,
+        default=[1, 2, 4, 8],
+        help='trials sharing the card at once',
+    )
+    parser.add_argument(
+        '--sharing-seconds',
+        type=float,
+        default=25.0,
+        help='how long each sharing configuration trains, timed',
+    )
     parser.add_argument('--no-compile', action='store_true')
-    parser.add_argument('--budget-s', type=float, default=540.0,
-                        help='stop starting compiled measurements after this many seconds')
+    parser.add_argument(
+        '--budget-s',
+        type=float,
+        default=540.0,
+        help='stop starting compiled measurements after this many seconds',
+    )
     parser.add_argument('--out', default=None, help='write the results as JSON here')
     return parser.parse_args(argv)
 
 
 def _spec(model, attention, precision, compile_network, batch_size):
     from bench.trial.recipe import Recipe, TrialSpec
-    return TrialSpec(model, attention, seed=0, recipe=Recipe(
-        batch_size=batch_size, backend='torch', precision=precision, compile=compile_network))
+
+    return TrialSpec(
+        model,
+        attention,
+        seed=0,
+        recipe=Recipe(
+            batch_size=batch_size, backend='torch', precision=precision, compile=compile_network
+        ),
+    )
 
 
 def training_rate(model, attention, precision, compile_network, device, batch_size, steps):
     """(images/s, seconds to build and warm up) of one configuration's training steps."""
     from bench.benchmark.timing import synthetic_images
     from bench.benchmark.torch_steps import trial_stepper
+
     images, labels = synthetic_images(max(2048, 4 * batch_size))
     started = time.perf_counter()
-    step = trial_stepper(_spec(model, attention, precision, compile_network, batch_size),
-                         images, labels, device)
+    step = trial_stepper(
+        _spec(model, attention, precision, compile_network, batch_size), images, labels, device
+    )
     for _ in range(2):
         step()
     step.settle()
@@ -83,9 +110,11 @@ def _shared_trial(device, batch_size, seconds, barrier, results):
     """One of several processes training at once on the same card."""
     from bench.benchmark.timing import synthetic_images
     from bench.benchmark.torch_steps import trial_stepper
+
     images, labels = synthetic_images(2048)
-    step = trial_stepper(_spec('cifar_resnet20_v1', 'se', 'float32', False, batch_size),
-                         images, labels, device)
+    step = trial_stepper(
+        _spec('cifar_resnet20_v1', 'se', 'float32', False, batch_size), images, labels, device
+    )
     for _ in range(3):
         step()
     step.settle()
@@ -102,9 +131,10 @@ def sharing_rates(count, device, batch_size, seconds):
     """Total images/s of `count` processes training together on one card."""
     context = multiprocessing.get_context('spawn')
     barrier, results = context.Barrier(count), context.Queue()
-    workers = [context.Process(target=_shared_trial,
-                               args=(device, batch_size, seconds, barrier, results))
-               for _ in range(count)]
+    workers = [
+        context.Process(target=_shared_trial, args=(device, batch_size, seconds, barrier, results))
+        for _ in range(count)
+    ]
     for worker in workers:
         worker.start()
     rates = [results.get(timeout=300 + 2 * seconds) for _ in workers]
@@ -137,61 +167,97 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault('OMP_NUM_THREADS', str(os.cpu_count() or 1))
     import torch
+
     started = time.perf_counter()
     device = torch.device(args.device)
     if device.type == 'cuda':
         if not torch.cuda.is_available():
-            print('error: no CUDA device visible to PyTorch '
-                  f'{torch.__version__}; use --device cpu to check the script', file=sys.stderr)
+            print(
+                'error: no CUDA device visible to PyTorch '
+                f'{torch.__version__}; use --device cpu to check the script',
+                file=sys.stderr,
+            )
             return 2
         card = torch.cuda.get_device_name(device)
         capability = '.'.join(map(str, torch.cuda.get_device_capability(device)))
     else:
         card, capability = 'cpu', None
     precisions = [p for p in args.precisions if p == 'float32' or device.type == 'cuda']
-    print(f'{card} (compute capability {capability}), PyTorch {torch.__version__}, '
-          f'CUDA {torch.version.cuda}, batch {args.batch_size}, {args.steps} timed steps',
-          flush=True)
+    print(
+        f'{card} (compute capability {capability}), PyTorch {torch.__version__}, '
+        f'CUDA {torch.version.cuda}, batch {args.batch_size}, {args.steps} timed steps',
+        flush=True,
+    )
     rates, rows, skipped = {}, [], []
-    for compile_network in ([False] if args.no_compile else [False, True]):
+    for compile_network in [False] if args.no_compile else [False, True]:
         for model in args.models:
             for attention in args.attentions:
                 for precision in precisions:
                     if compile_network and time.perf_counter() - started > args.budget_s:
                         skipped.append(f'{model} {attention} {precision} compiled')
                         continue
-                    rate, warmup = training_rate(model, attention, precision, compile_network,
-                                                 device, args.batch_size, args.steps)
+                    rate, warmup = training_rate(
+                        model,
+                        attention,
+                        precision,
+                        compile_network,
+                        device,
+                        args.batch_size,
+                        args.steps,
+                    )
                     rates[(model, attention, precision, compile_network)] = rate
-                    rows.append({'model': model, 'attention': attention,
-                                 'precision': precision, 'compile': compile_network,
-                                 'img_s': rate, 'build_seconds': warmup})
-                    print(f"{model:<18} {attention:<5} {precision:<13} "
-                          f"{'compiled' if compile_network else 'eager':<8} {rate:>9.0f} img/s "
-                          f"(built in {warmup:.0f} s)", flush=True)
+                    rows.append(
+                        {
+                            'model': model,
+                            'attention': attention,
+                            'precision': precision,
+                            'compile': compile_network,
+                            'img_s': rate,
+                            'build_seconds': warmup,
+                        }
+                    )
+                    print(
+                        f'{model:<18} {attention:<5} {precision:<13} '
+                        f'{"compiled" if compile_network else "eager":<8} {rate:>9.0f} img/s '
+                        f'(built in {warmup:.0f} s)',
+                        flush=True,
+                    )
     for row in rows:
         vanilla = rates.get((row['model'], 'none', row['precision'], row['compile']))
         row['vs_vanilla'] = row['img_s'] / vanilla if vanilla else None
     sharing = {}
     for count in args.sharing:
-        sharing[count] = sharing_rates(count, args.device, args.batch_size,
-                                       args.sharing_seconds)
+        sharing[count] = sharing_rates(count, args.device, args.batch_size, args.sharing_seconds)
         per_hour = sharing[count] * 3600 / trial_images()
-        print(f'{count} trial(s) sharing the card: {sharing[count]:.0f} img/s in total, '
-              f'{per_hour:.2f} full-recipe ResNet-20 SE trials per hour', flush=True)
+        print(
+            f'{count} trial(s) sharing the card: {sharing[count]:.0f} img/s in total, '
+            f'{per_hour:.2f} full-recipe ResNet-20 SE trials per hour',
+            flush=True,
+        )
     projection = projected_table_hours(rates, sharing)
     if projection:
         hours, gain = projection
-        print(f'projected full table (16 trials, float32 eager, {gain:.2f}x from sharing): '
-              f'{hours:.1f} hours on this card', flush=True)
+        print(
+            f'projected full table (16 trials, float32 eager, {gain:.2f}x from sharing): '
+            f'{hours:.1f} hours on this card',
+            flush=True,
+        )
     if skipped:
         print(f'skipped for time: {len(skipped)} compiled configurations', flush=True)
-    result = {'card': card, 'compute_capability': capability, 'torch': torch.__version__,
-              'cuda': torch.version.cuda, 'batch_size': args.batch_size, 'rows': rows,
-              'sharing_img_s': sharing, 'trial_images': trial_images(),
-              'projected_table_hours': projection and projection[0], 'skipped': skipped,
-              'seconds': time.perf_counter() - started,
-              'command': ' '.join([Path(sys.argv[0]).name] + (argv or sys.argv[1:]))}
+    result = {
+        'card': card,
+        'compute_capability': capability,
+        'torch': torch.__version__,
+        'cuda': torch.version.cuda,
+        'batch_size': args.batch_size,
+        'rows': rows,
+        'sharing_img_s': sharing,
+        'trial_images': trial_images(),
+        'projected_table_hours': projection and projection[0],
+        'skipped': skipped,
+        'seconds': time.perf_counter() - started,
+        'command': ' '.join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return 0

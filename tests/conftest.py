@@ -1,4 +1,5 @@
 """Shared fixtures: small CIFAR-format data written by the tests themselves."""
+
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ def make_images(count, seed=0, classes=10):
     labels = rng.integers(0, classes, size=count).astype(np.int32)
     images = rng.integers(0, 64, size=(count, 3, 32, 32)).astype(np.uint8)
     for index, label in enumerate(labels):
-        images[index, :, 3 * label:3 * label + 3, :] = 255
+        images[index, :, 3 * label : 3 * label + 3, :] = 255
     return images, labels
 
 

@@ -1,4 +1,5 @@
 """Helpers for the end-to-end sweep tests: tiny sweeps over tiny CIFAR-format data."""
+
 import textwrap
 
 import yaml
@@ -16,16 +17,26 @@ def write_tiny_data(root, train=128, test=40):
     return root
 
 
-def write_sweep(folder, data_root, name='tiny', models=('cifar_resnet8_v1', 'cifar_resnet8_v2'),
-                attentions=('none', 'eca'), epochs=1, overrides=(), extra=None):
+def write_sweep(
+    folder,
+    data_root,
+    name='tiny',
+    models=('cifar_resnet8_v1', 'cifar_resnet8_v2'),
+    attentions=('none', 'eca'),
+    epochs=1,
+    overrides=(),
+    extra=None,
+):
     values = {
-        'name': name, 'models': list(models), 'attentions': list(attentions), 'seeds': [0],
+        'name': name,
+        'models': list(models),
+        'attentions': list(attentions),
+        'seeds': [0],
         'recipe': {'epochs': epochs, 'batch_size': 16, 'lr_decay_epochs': [100]},
         'overrides': list(overrides),
         'data': {'dataset': 'cifar10', 'root': str(data_root), 'download': False},
         'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0, 'max_failures': 0},
-        'outputs': {'results': 'results', 'readme': None, 'figures': 'figures',
-                    'report': None},
+        'outputs': {'results': 'results', 'readme': None, 'figures': 'figures', 'report': None},
     }
     values.update(extra or {})
     path = folder / f'{name}.yaml'

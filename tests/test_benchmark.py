@@ -1,4 +1,5 @@
 """The benchmark command runs and prints its table; it asserts no times."""
+
 import os
 import time
 
@@ -11,18 +12,43 @@ from bench.trial import threads
 
 @pytest.mark.slow
 def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv('OMP_NUM_THREADS', '2')   # main() would set it for the whole session
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')  # main() would set it for the whole session
     out = tmp_path / 'rows.json'
-    assert main(['--num-gpus', '0',
-                 '--models', 'cifar_resnet8_v1', '--attentions', 'none', 'eca', '--batches', '2',
-                 '--images', '256', '--batch-size', '32', '--workers', '1',
-                 '--epoch-images', '96', '--epoch-rounds', '1', '--kernels-compare',
-                 '--json', str(out)]) == 0
+    assert (
+        main(
+            [
+                '--num-gpus',
+                '0',
+                '--models',
+                'cifar_resnet8_v1',
+                '--attentions',
+                'none',
+                'eca',
+                '--batches',
+                '2',
+                '--images',
+                '256',
+                '--batch-size',
+                '32',
+                '--workers',
+                '1',
+                '--epoch-images',
+                '96',
+                '--epoch-rounds',
+                '1',
+                '--kernels-compare',
+                '--json',
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert 'trial img/s' in text and 'original img/s' in text
     assert 'whole epoch (96 training + 19 test images' in text
     assert 'speed against vanilla: cifar_resnet8_v1 eca' in text
     import json
+
     rows = json.loads(out.read_text())
     assert [r['attention'] for r in rows] == ['none', 'eca']
     assert rows[0]['vs_vanilla'] == 1.0 and rows[1]['vs_vanilla'] > 0
@@ -32,30 +58,58 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
     assert rows[0]['extension_floor_vs_vanilla'] > 0
     assert 'extension_floor_vs_vanilla' not in rows[1]
     assert 'no fused attention can beat it): cifar_resnet8_v1 ' in text
-    assert 'fused attention kernels (' in text          # with the instruction set in use
+    assert 'fused attention kernels (' in text  # with the instruction set in use
     for row in rows:
         for key in ('data_img_s', 'trial_img_s', 'original_img_s'):
             assert row[key] > 0
-        assert row['trial_over_original'] > 0      # a median of per-round ratios
+        assert row['trial_over_original'] > 0  # a median of per-round ratios
         assert row['gflop_s'] > 0
         assert row['trial_epoch_s'] > 0 and row['original_epoch_s'] > 0
-        assert row['epoch_speedup'] > 0            # a median of per-round ratios
+        assert row['epoch_speedup'] > 0  # a median of per-round ratios
 
 
 def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     pytest.importorskip('torch', reason='the torch extra is not installed')
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
     out = tmp_path / 'rows.json'
-    assert main(['--num-gpus', '0',
-                 '--backend', 'both', '--models', 'cifar_resnet8_v1', '--attentions', 'none',
-                 'gct', '--batches', '2', '--rounds', '2', '--images', '128', '--batch-size',
-                 '32', '--no-original', '--json', str(out)]) == 0
+    assert (
+        main(
+            [
+                '--num-gpus',
+                '0',
+                '--backend',
+                'both',
+                '--models',
+                'cifar_resnet8_v1',
+                '--attentions',
+                'none',
+                'gct',
+                '--batches',
+                '2',
+                '--rounds',
+                '2',
+                '--images',
+                '128',
+                '--batch-size',
+                '32',
+                '--no-original',
+                '--json',
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert 'device: gluon on cpu(0); torch on cpu' in text and 'vs gluon' in text
     import json
+
     rows = json.loads(out.read_text())
     assert [(r['backend'], r['attention']) for r in rows] == [
-        ('gluon', 'none'), ('gluon', 'gct'), ('torch', 'none'), ('torch', 'gct')]
+        ('gluon', 'none'),
+        ('gluon', 'gct'),
+        ('torch', 'none'),
+        ('torch', 'gct'),
+    ]
     for row in rows:
         assert row['trial_img_s'] > 0 and row['gflop_s'] > 0 and row['data_img_s'] > 0
         assert row['vs_vanilla'] > 0
@@ -67,36 +121,62 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
 
 
 def test_table_formatting_and_summary():
-    rows = [{'model': 'm', 'attention': 'none', 'data_img_s': 1000.0, 'trial_img_s': 100.0,
-             'data_over_trial': 10.0, 'gflop_s': 24.5},
-            {'model': 'm', 'attention': 'se', 'data_img_s': 1000.0, 'trial_img_s': 95.0,
-             'data_over_trial': 10.5, 'original_img_s': 50.0, 'trial_over_original': 1.9,
-             'gflop_s': 23.3}]
+    rows = [
+        {
+            'model': 'm',
+            'attention': 'none',
+            'data_img_s': 1000.0,
+            'trial_img_s': 100.0,
+            'data_over_trial': 10.0,
+            'gflop_s': 24.5,
+        },
+        {
+            'model': 'm',
+            'attention': 'se',
+            'data_img_s': 1000.0,
+            'trial_img_s': 95.0,
+            'data_over_trial': 10.5,
+            'original_img_s': 50.0,
+            'trial_over_original': 1.9,
+            'gflop_s': 23.3,
+        },
+    ]
     lines = format_rows(rows).splitlines()
-    assert lines[2].split()[:3] == ['gluon', 'm', 'none']     # rows without one are Gluon's
+    assert lines[2].split()[:3] == ['gluon', 'm', 'none']  # rows without one are Gluon's
     assert lines[2].split()[-7:] == ['24.5', '-', '10.0x', '-', '-', '-', '-']
     assert lines[3].split()[-7:] == ['23.3', '50.0', '10.5x', '1.90x', '-', '-', '-']
     assert reference_summary(rows) is None
-    torch_row = dict(rows[0], backend='torch', reference_img_s=105.0, vs_reference=0.95,
-                     vs_gluon=0.9, reference_vs_gluon=0.94)
+    torch_row = dict(
+        rows[0],
+        backend='torch',
+        reference_img_s=105.0,
+        vs_reference=0.95,
+        vs_gluon=0.9,
+        reference_vs_gluon=0.94,
+    )
     assert format_rows([torch_row]).splitlines()[2].split()[-3:] == ['0.90x', '105.0', '0.95x']
     assert reference_summary([torch_row]) == (
         'torch backend against idiomatic PyTorch (nn.BatchNorm2d, torch.optim.Adam): m none '
-        '0.95x\nidiomatic PyTorch against Gluon: m none 0.94x')
+        '0.95x\nidiomatic PyTorch against Gluon: m none 0.94x'
+    )
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
-    rows[1]['vs_vanilla'] = 0.91         # measured round by round, it takes precedence
+    rows[1]['vs_vanilla'] = 0.91  # measured round by round, it takes precedence
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 91%'
     # Both backends in one run: each attention against its own backend's vanilla.
-    rows += [dict(rows[0], backend='torch', trial_img_s=50.0, vs_gluon=0.5),
-             dict(rows[1], backend='torch', trial_img_s=45.0, vs_vanilla=0.9, vs_gluon=0.49)]
+    rows += [
+        dict(rows[0], backend='torch', trial_img_s=50.0, vs_gluon=0.5),
+        dict(rows[1], backend='torch', trial_img_s=45.0, vs_vanilla=0.9, vs_gluon=0.49),
+    ]
     lines = format_rows(rows).splitlines()
     assert lines[4].split()[0] == 'torch' and lines[4].split()[-3] == '0.50x'
-    assert attention_overhead_summary(rows) == \
-        'speed against vanilla: gluon m se 91%, torch m se 90%'
+    assert (
+        attention_overhead_summary(rows) == 'speed against vanilla: gluon m se 91%, torch m se 90%'
+    )
 
 
 def test_ratios_are_taken_round_by_round():
     from bench.benchmark.timing import median_ratio
+
     # The machine slows down 2x in round 2; per round, a is always 0.9 of b.
     assert median_ratio([90, 45, 90], [100, 50, 100]) == pytest.approx(0.9)
 
@@ -109,7 +189,7 @@ def test_use_cpus_sets_threads_before_mxnet_only(monkeypatch):
     monkeypatch.setitem(threads.sys.modules, 'mxnet', None)
     monkeypatch.delitem(threads.sys.modules, 'mxnet')
     assert threads.use_cpus(3) == 3 and os.environ['OMP_NUM_THREADS'] == '3'
-    assert threads.use_cpus(5) == 3          # the user's (or an earlier) choice wins
+    assert threads.use_cpus(5) == 3  # the user's (or an earlier) choice wins
     monkeypatch.delenv('OMP_NUM_THREADS')
     monkeypatch.setenv(threads.KEEP_DEFAULT_ENV, '1')
     assert threads.use_cpus() is None and 'OMP_NUM_THREADS' not in os.environ
@@ -121,6 +201,7 @@ def test_use_cpus_sets_threads_before_mxnet_only(monkeypatch):
 
 def test_cpu_peak_estimate_reads_clock_and_vector_units(tmp_path):
     from bench.benchmark.timing import cpu_peak_gflops
+
     info = tmp_path / 'cpuinfo'
     info.write_text('processor\t: 0\ncpu MHz\t\t: 2500.000\nflags\t\t: fpu avx2 fma\n')
     assert cpu_peak_gflops(str(info), cores=2) == pytest.approx(2 * 2.5 * 32)
@@ -130,13 +211,37 @@ def test_cpu_peak_estimate_reads_clock_and_vector_units(tmp_path):
 
 
 @pytest.mark.slow
-def test_threads_compare_runs_child_processes_with_and_without_thread_setting(capsys, tmp_path,
-                                                                              monkeypatch):
+def test_threads_compare_runs_child_processes_with_and_without_thread_setting(
+    capsys, tmp_path, monkeypatch
+):
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
-    assert main(['--num-gpus', '0',
-                 '--models', 'cifar_resnet8_v1', '--attentions', 'none', '--batches', '2',
-                 '--images', '96', '--batch-size', '32', '--workers', '1', '--no-original',
-                 '--epoch-images', '64', '--epoch-rounds', '1', '--threads-compare']) == 0
+    assert (
+        main(
+            [
+                '--num-gpus',
+                '0',
+                '--models',
+                'cifar_resnet8_v1',
+                '--attentions',
+                'none',
+                '--batches',
+                '2',
+                '--images',
+                '96',
+                '--batch-size',
+                '32',
+                '--workers',
+                '1',
+                '--no-original',
+                '--epoch-images',
+                '64',
+                '--epoch-rounds',
+                '1',
+                '--threads-compare',
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert 'threads: cifar_resnet8_v1 vanilla at MXNet default threads' in text
     assert 'whole epoch against the original script as it ran (cifar_resnet8_v1 vanilla' in text
@@ -144,17 +249,40 @@ def test_threads_compare_runs_child_processes_with_and_without_thread_setting(ca
 
 def test_epoch_child_times_one_kind_only(tmp_path, monkeypatch):
     import json
+
     monkeypatch.setenv('OMP_NUM_THREADS', '2')
     out = tmp_path / 'seconds.json'
-    assert main(['--num-gpus', '0',
-                 '--models', 'cifar_resnet8_v1', '--images', '64', '--batch-size', '32',
-                 '--workers', '0', '--epoch-images', '64', '--epoch-rounds', '2',
-                 '--epoch-child', 'original', '--json', str(out)]) == 0
-    assert json.loads(out.read_text()) > 0     # the median of two timed epochs
+    assert (
+        main(
+            [
+                '--num-gpus',
+                '0',
+                '--models',
+                'cifar_resnet8_v1',
+                '--images',
+                '64',
+                '--batch-size',
+                '32',
+                '--workers',
+                '0',
+                '--epoch-images',
+                '64',
+                '--epoch-rounds',
+                '2',
+                '--epoch-child',
+                'original',
+                '--json',
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text()) > 0  # the median of two timed epochs
 
 
 def test_background_work_is_settled_inside_its_own_rounds():
     from bench.benchmark.timing import interleaved_rates
+
     calls = []
 
     def plain():
@@ -162,12 +290,28 @@ def test_background_work_is_settled_inside_its_own_rounds():
 
     def loader():
         calls.append('loader')
+
     loader.settle = lambda: calls.append('settle')
-    rates = interleaved_rates({'a': plain, 'b': loader}, batch_size=1, rounds=2,
-                              batches_per_round=2, warmup=1)
-    assert calls == ['plain', 'loader', 'settle',                                # warm-up
-                     'plain', 'plain', 'settle', 'loader', 'loader', 'settle',   # round 1
-                     'plain', 'plain', 'settle', 'loader', 'loader', 'settle']   # round 2
+    rates = interleaved_rates(
+        {'a': plain, 'b': loader}, batch_size=1, rounds=2, batches_per_round=2, warmup=1
+    )
+    assert calls == [
+        'plain',
+        'loader',
+        'settle',  # warm-up
+        'plain',
+        'plain',
+        'settle',
+        'loader',
+        'loader',
+        'settle',  # round 1
+        'plain',
+        'plain',
+        'settle',
+        'loader',
+        'loader',
+        'settle',
+    ]  # round 2
     assert [len(r) for r in rates.values()] == [2, 2]
 
 
@@ -178,6 +322,7 @@ class FakeEngine:
     def __init__(self):
         import queue
         import threading
+
         self.work = queue.Queue()
         threading.Thread(target=self._run, daemon=True).start()
 
@@ -189,6 +334,7 @@ class FakeEngine:
 
     def push(self, seconds):
         import threading
+
         done = threading.Event()
         self.work.put((seconds, done))
         return done
@@ -202,19 +348,22 @@ def test_a_slow_asynchronous_backward_is_charged_to_its_own_row():
     per step is charged all of it; the cheap stepper timed after it none of it. (Bounds
     that a slow machine only widens: sleeping overshoots, never undershoots.)"""
     from bench.benchmark.timing import interleaved_rates
+
     engine = FakeEngine()
 
-    def slow():                  # forward waited for, backward left running
+    def slow():  # forward waited for, backward left running
         engine.push(0).wait()
         engine.push(0.05)
 
     def fast():
         engine.push(0).wait()
+
     for step in (slow, fast):
         step.settle = engine.waitall
-    rates = interleaved_rates({'slow': slow, 'fast': fast}, batch_size=1, rounds=3,
-                              batches_per_round=4, warmup=1)
-    assert max(rates['slow']) <= 1 / 0.05                # all of its 50 ms a step
+    rates = interleaved_rates(
+        {'slow': slow, 'fast': fast}, batch_size=1, rounds=3, batches_per_round=4, warmup=1
+    )
+    assert max(rates['slow']) <= 1 / 0.05  # all of its 50 ms a step
     # Charged slow's backlog, fast would run at slow's pace.
     assert min(rates['fast']) > 5 * max(rates['slow'])
 

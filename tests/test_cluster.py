@@ -4,6 +4,7 @@ is hidden (an empty tmpfs over it) or read-only. Trials on either node end up in
 driver's store; a node that dies mid-trial costs at most the epoch in progress.
 
 Every address is a loopback one, and every Ray process a test starts it ends."""
+
 import os
 import re
 import shutil
@@ -35,18 +36,24 @@ def _free_port():
 def _can_hide_folders():
     if os.geteuid() != 0 or not shutil.which('unshare'):
         return False
-    done = subprocess.run(['unshare', '--mount', '--propagation', 'private', 'true'],
-                          capture_output=True)
+    done = subprocess.run(
+        ['unshare', '--mount', '--propagation', 'private', 'true'], capture_output=True
+    )
     return done.returncode == 0
 
 
 def _environment():
-    env = dict(os.environ, PYTHONUNBUFFERED='1',
-               # A cluster of this test alone, on loopback: no token to share between
-               # its nodes, and a node's death told within seconds.
-               RAY_AUTH_MODE='disabled', RAY_health_check_initial_delay_ms='1000',
-               RAY_health_check_period_ms='1000', RAY_health_check_timeout_ms='1000',
-               RAY_health_check_failure_threshold='3')
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED='1',
+        # A cluster of this test alone, on loopback: no token to share between
+        # its nodes, and a node's death told within seconds.
+        RAY_AUTH_MODE='disabled',
+        RAY_health_check_initial_delay_ms='1000',
+        RAY_health_check_period_ms='1000',
+        RAY_health_check_timeout_ms='1000',
+        RAY_health_check_failure_threshold='3',
+    )
     env.pop('RAY_ADDRESS', None)
     return env
 
@@ -61,35 +68,62 @@ class TwoNodes:
         self.port = _free_port()
         self.address = f'127.0.0.1:{self.port}'
         results.mkdir(parents=True, exist_ok=True)
-        self.head = self._start('head', [RAY, 'start', '--head', '--node-ip-address',
-                                         '127.0.0.1', '--port', str(self.port), '--num-cpus',
-                                         '1', '--include-dashboard', 'false', '--block'])
+        self.head = self._start(
+            'head',
+            [
+                RAY,
+                'start',
+                '--head',
+                '--node-ip-address',
+                '127.0.0.1',
+                '--port',
+                str(self.port),
+                '--num-cpus',
+                '1',
+                '--include-dashboard',
+                'false',
+                '--block',
+            ],
+        )
         self._wait_for_nodes(1)
-        view_of = {'hidden': f'mount -t tmpfs tmpfs {results}',
-                   'read-only': f'mount --bind {results} {results} && '
-                                f'mount -o remount,bind,ro {results}'}[view]
-        second = (f'{view_of} && exec {RAY} start --address {self.address} --node-ip-address '
-                  f'{SECOND_NODE_IP} --num-cpus 1 --block')
-        self.second = self._start('second', ['unshare', '--mount', '--propagation', 'private',
-                                             'sh', '-c', second])
+        view_of = {
+            'hidden': f'mount -t tmpfs tmpfs {results}',
+            'read-only': f'mount --bind {results} {results} && mount -o remount,bind,ro {results}',
+        }[view]
+        second = (
+            f'{view_of} && exec {RAY} start --address {self.address} --node-ip-address '
+            f'{SECOND_NODE_IP} --num-cpus 1 --block'
+        )
+        self.second = self._start(
+            'second', ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', second]
+        )
         self._wait_for_nodes(2)
 
     def _start(self, name, command):
         log = open(self.folder / f'{name}.log', 'w')
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
 
     def _wait_for_nodes(self, count, seconds=90):
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            done = subprocess.run([RAY, 'status', '--address', self.address],
-                                  capture_output=True, text=True, env=self.env)
-            if done.returncode == 0 and len(re.findall(r'^ 1 node_', done.stdout,
-                                                       flags=re.M)) >= count:
+            done = subprocess.run(
+                [RAY, 'status', '--address', self.address],
+                capture_output=True,
+                text=True,
+                env=self.env,
+            )
+            if (
+                done.returncode == 0
+                and len(re.findall(r'^ 1 node_', done.stdout, flags=re.M)) >= count
+            ):
                 return
             time.sleep(1)
-        pytest.fail(f'the cluster did not reach {count} node(s): '
-                    + (self.folder / 'second.log').read_text()[-2000:])
+        pytest.fail(
+            f'the cluster did not reach {count} node(s): '
+            + (self.folder / 'second.log').read_text()[-2000:]
+        )
 
     def kill_second(self):
         os.killpg(self.second.pid, signal.SIGKILL)
@@ -119,22 +153,43 @@ def cluster(tmp_path, request):
 
 def _sweep(tmp_path, epochs, max_failures=0):
     data_root = write_tiny_data(tmp_path / 'cifar', train=64, test=16)
-    return write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
-                       attentions=['none', 'eca'], epochs=epochs,
-                       extra={'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0,
-                                            'max_failures': max_failures}})
+    return write_sweep(
+        tmp_path,
+        data_root,
+        models=['cifar_resnet8_v1'],
+        attentions=['none', 'eca'],
+        epochs=epochs,
+        extra={
+            'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0, 'max_failures': max_failures}
+        },
+    )
 
 
 def _run(path, cluster, tmp_path):
-    return subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
-                           '--address', cluster.address, '--no-report'], cwd=tmp_path,
-                          capture_output=True, text=True, env=cluster.env, timeout=400)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'run_sweep.py'),
+            '--config',
+            str(path),
+            '--address',
+            cluster.address,
+            '--no-report',
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=400,
+    )
 
 
 def _histories(store_dir):
     store = ResultsStore(store_dir)
-    return {store.read_spec(t)['name']: [r['epoch'] for r in store.read_history(t)]
-            for t in store.trial_ids()}
+    return {
+        store.read_spec(t)['name']: [r['epoch'] for r in store.read_history(t)]
+        for t in store.trial_ids()
+    }
 
 
 @pytest.mark.parametrize('cluster', ['hidden', 'read-only'], indirect=True)
@@ -142,21 +197,27 @@ def test_a_cluster_without_a_shared_disk_fills_the_drivers_store(tmp_path, clust
     path = _sweep(tmp_path, epochs=2)
     done = _run(path, cluster, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f'starts on node {SECOND_NODE_IP}' in done.stdout      # one trial ran there
+    assert f'starts on node {SECOND_NODE_IP}' in done.stdout  # one trial ran there
     store_dir = tmp_path / 'results' / 'tiny'
     store = ResultsStore(store_dir)
     nodes = set()
     for trial_id in store.trial_ids():
         final = store.read_final(trial_id)
         assert final['epochs'] == 2 and store.checkpoint_epoch(trial_id) == 2
-        assert sorted(p.name for p in store.checkpoint_path(trial_id).iterdir()) == \
-            ['model.params', 'optimizer.json', 'optimizer.params', 'state.json']
+        assert sorted(p.name for p in store.checkpoint_path(trial_id).iterdir()) == [
+            'model.params',
+            'optimizer.json',
+            'optimizer.params',
+            'state.json',
+        ]
         nodes.add(final['node_ip'])
     assert SECOND_NODE_IP in nodes and len(nodes) == 2
-    assert _histories(store_dir) == {'cifar_resnet8_v1-none-s0': [1, 2],
-                                     'cifar_resnet8_v1-eca-s0': [1, 2]}
+    assert _histories(store_dir) == {
+        'cifar_resnet8_v1-none-s0': [1, 2],
+        'cifar_resnet8_v1-eca-s0': [1, 2],
+    }
     again = _run(path, cluster, tmp_path)
-    assert again.returncode == 0 and ' epoch ' not in again.stdout     # nothing retrained
+    assert again.returncode == 0 and ' epoch ' not in again.stdout  # nothing retrained
 
 
 @pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
@@ -164,25 +225,42 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
     epochs = 40
     path = _sweep(tmp_path, epochs=epochs, max_failures=1)
     log = open(tmp_path / 'sweep.log', 'w')
-    sweep = subprocess.Popen([sys.executable, str(ROOT / 'run_sweep.py'), '--config',
-                              str(path), '--address', cluster.address, '--no-report'],
-                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                             env=cluster.env, start_new_session=True)
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / 'run_sweep.py'),
+            '--config',
+            str(path),
+            '--address',
+            cluster.address,
+            '--no-report',
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=cluster.env,
+        start_new_session=True,
+    )
     store_dir = tmp_path / 'results' / 'tiny'
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             text = (tmp_path / 'sweep.log').read_text()
-            there = re.search(rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text,
-                              flags=re.M)
-            if there and len(re.findall(rf'^{re.escape(there.group(1))} epoch ', text,
-                                        flags=re.M)) >= 3:
+            there = re.search(
+                rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text, flags=re.M
+            )
+            if (
+                there
+                and len(re.findall(rf'^{re.escape(there.group(1))} epoch ', text, flags=re.M)) >= 3
+            ):
                 break
             assert sweep.poll() is None, text[-3000:]
             time.sleep(0.2)
         else:
-            pytest.fail('no trial trained on the second node: '
-                        + (tmp_path / 'sweep.log').read_text()[-3000:])
+            pytest.fail(
+                'no trial trained on the second node: '
+                + (tmp_path / 'sweep.log').read_text()[-3000:]
+            )
         cluster.kill_second()
         assert sweep.wait(400) == 0, (tmp_path / 'sweep.log').read_text()[-3000:]
     finally:
@@ -193,39 +271,58 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
         log.close()
     output = (tmp_path / 'sweep.log').read_text()
     name = there.group(1)
-    retried = re.search(rf'^{re.escape(name)}: node {re.escape(SECOND_NODE_IP)} died while '
-                        r'the trial trained there; Tune retries it \(retry 1 of 1\) from the '
-                        r'last epoch the store holds \((\d+)\)', output, flags=re.M)
+    retried = re.search(
+        rf'^{re.escape(name)}: node {re.escape(SECOND_NODE_IP)} died while '
+        r'the trial trained there; Tune retries it \(retry 1 of 1\) from the '
+        r'last epoch the store holds \((\d+)\)',
+        output,
+        flags=re.M,
+    )
     assert retried, output[-3000:]
     held = int(retried.group(1))
-    resumed = re.search(rf'^{re.escape(name)} resumes at epoch (\d+) on node (\S+)', output,
-                        flags=re.M)
+    resumed = re.search(
+        rf'^{re.escape(name)} resumes at epoch (\d+) on node (\S+)', output, flags=re.M
+    )
     assert resumed and int(resumed.group(1)) == held and resumed.group(2) != SECOND_NODE_IP
     # Every epoch once, and after the death only the epochs the store did not hold.
     assert _histories(store_dir)[name] == list(range(1, epochs + 1))
-    after = output[retried.end():]
-    assert min(int(e) for e in re.findall(rf'^{re.escape(name)} epoch (\d+)/', after,
-                                          flags=re.M)) == held + 1
+    after = output[retried.end() :]
+    assert (
+        min(int(e) for e in re.findall(rf'^{re.escape(name)} epoch (\d+)/', after, flags=re.M))
+        == held + 1
+    )
     store = ResultsStore(store_dir)
     assert all(store.status(t) == ('done', epochs) for t in store.trial_ids())
 
 
 @pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
-def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(tmp_path,
-                                                                                 cluster):
+def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(tmp_path, cluster):
     epochs = 40
     path = _sweep(tmp_path, epochs=epochs, max_failures=0)
     log = open(tmp_path / 'sweep.log', 'w')
-    sweep = subprocess.Popen([sys.executable, str(ROOT / 'run_sweep.py'), '--config',
-                              str(path), '--address', cluster.address, '--no-report'],
-                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                             env=cluster.env, start_new_session=True)
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / 'run_sweep.py'),
+            '--config',
+            str(path),
+            '--address',
+            cluster.address,
+            '--no-report',
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=cluster.env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             text = (tmp_path / 'sweep.log').read_text()
-            there = re.search(rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text,
-                              flags=re.M)
+            there = re.search(
+                rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text, flags=re.M
+            )
             if there and re.search(rf'^{re.escape(there.group(1))} epoch 2/', text, flags=re.M):
                 break
             assert sweep.poll() is None, text[-3000:]
@@ -245,12 +342,27 @@ def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(
     (trial_id,) = [t for t in store.trial_ids() if store.read_spec(t)['name'] == name]
     error = store.read_error(trial_id)
     held = store.checkpoint_epoch(trial_id)
-    assert error.startswith(f'node {SECOND_NODE_IP} died while the trial trained there (epoch '
-                            f'{held} is in the store); run again with --retry-failed'), error
-    again = subprocess.run([sys.executable, str(ROOT / 'run_sweep.py'), '--config', str(path),
-                            '--address', cluster.address, '--no-report', '--retry-failed'],
-                           cwd=tmp_path, capture_output=True, text=True, env=cluster.env,
-                           timeout=400)
+    assert error.startswith(
+        f'node {SECOND_NODE_IP} died while the trial trained there (epoch '
+        f'{held} is in the store); run again with --retry-failed'
+    ), error
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'run_sweep.py'),
+            '--config',
+            str(path),
+            '--address',
+            cluster.address,
+            '--no-report',
+            '--retry-failed',
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=400,
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f'{name} resumes at epoch {held} on node' in again.stdout
     assert _histories(tmp_path / 'results' / 'tiny')[name] == list(range(1, epochs + 1))

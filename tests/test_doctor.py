@@ -1,5 +1,6 @@
 """bench.doctor: every check on this CPU machine, and the GPU side with NVML, MXNet's GPU
 context and Ray's resources faked."""
+
 import pytest
 
 import bench.gpu
@@ -15,8 +16,15 @@ def by_name(checks):
 def test_on_this_cpu_machine_every_check_passes(capsys):
     assert doctor.main(['--no-ray']) == 0
     out = capsys.readouterr().out
-    for line in ('gluon backend', 'torch backend', 'NVIDIA driver', 'torch gct on cpu',
-                 'gluon = torch (CPU)', 'fused CPU kernels', 'threads'):
+    for line in (
+        'gluon backend',
+        'torch backend',
+        'NVIDIA driver',
+        'torch gct on cpu',
+        'gluon = torch (CPU)',
+        'fused CPU kernels',
+        'threads',
+    ):
         assert line in out
     assert 'checks: 0 failed' in out
 
@@ -25,12 +33,22 @@ def test_a_hopper_card_is_the_torch_backends_and_an_old_driver_a_warning(monkeyp
     pytest.importorskip('torch')
     monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: True)
     monkeypatch.setattr(bench.gpu, 'torch_arch_list', lambda: ['sm_80', 'sm_90'])
-    cards = [GPU(0, 'NVIDIA H100 80GB HBM3', (9, 0)), GPU(1, 'NVIDIA A100', (8, 0)),
-             GPU(2, '?', None, problem='no permission')]
+    cards = [
+        GPU(0, 'NVIDIA H100 80GB HBM3', (9, 0)),
+        GPU(1, 'NVIDIA A100', (8, 0)),
+        GPU(2, '?', None, problem='no permission'),
+    ]
     import mxnet as mx
-    checks = by_name(doctor.run_checks(with_ray=True, gpus=cards, driver_cuda=(11, 4),
-                                       resources={'CPU': 16, 'GPU': 0},
-                                       gluon_contexts=[mx.cpu(0)]))
+
+    checks = by_name(
+        doctor.run_checks(
+            with_ray=True,
+            gpus=cards,
+            driver_cuda=(11, 4),
+            resources={'CPU': 16, 'GPU': 0},
+            gluon_contexts=[mx.cpu(0)],
+        )
+    )
     assert checks['GPU 0'].status == doctor.OK and 'used by torch' in checks['GPU 0'].found
     assert 'used by gluon and torch' in checks['GPU 1'].found
     assert checks['GPU 2'].status == doctor.WARN and 'no permission' in checks['GPU 2'].found
@@ -44,9 +62,10 @@ def test_a_hopper_card_is_the_torch_backends_and_an_old_driver_a_warning(monkeyp
 
 def test_a_card_no_installed_backend_can_use_fails_with_the_fix(monkeypatch, capsys):
     monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: False)
-    monkeypatch.setattr(bench.gpu, 'torch_arch_list', lambda: None)       # CPU PyTorch
-    checks = doctor.run_checks(with_ray=False, gpus=[GPU(0, 'NVIDIA H100', (9, 0))],
-                               driver_cuda=(12, 4))
+    monkeypatch.setattr(bench.gpu, 'torch_arch_list', lambda: None)  # CPU PyTorch
+    checks = doctor.run_checks(
+        with_ray=False, gpus=[GPU(0, 'NVIDIA H100', (9, 0))], driver_cuda=(12, 4)
+    )
     card = by_name(checks)['GPU 0']
     assert card.status == doctor.FAIL and 'no installed backend can use it' in card.found
     assert card.fix == 'install a CUDA build of PyTorch (the torch extra)'

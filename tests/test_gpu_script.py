@@ -1,5 +1,6 @@
 """scripts/gpu_torch_benchmark.py: its arithmetic, and one small run on the CPU so that the
 script a GPU user runs is known to work."""
+
 import importlib.util
 import json
 import subprocess
@@ -21,9 +22,11 @@ def load_script():
 
 def test_the_table_projection_adds_every_trial_and_divides_by_the_sharing_gain():
     script = load_script()
-    rates = {(m, a, 'float32', False): rate
-             for m, rate in (('cifar_resnet20_v1', 10_000.0), ('cifar_resnet56_v1', 4_000.0))
-             for a in ('none', 'se', 'eca', 'gct')}
+    rates = {
+        (m, a, 'float32', False): rate
+        for m, rate in (('cifar_resnet20_v1', 10_000.0), ('cifar_resnet56_v1', 4_000.0))
+        for a in ('none', 'se', 'eca', 'gct')
+    }
     images = script.trial_images()
     assert images == 186 * 390 * 128 + 186 * 10_000 / 3
     hours, gain = script.projected_table_hours(rates, {1: 1000.0, 2: 1500.0, 4: 1400.0})
@@ -37,14 +40,40 @@ def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
     pytest.importorskip('torch', reason='the torch extra is not installed')
     out = tmp_path / 'gpu.json'
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), '--device', 'cpu', '--models', 'cifar_resnet8_v1',
-         '--attentions', 'none', 'eca', '--steps', '2', '--batch-size', '16', '--sharing', '1',
-         '2', '--sharing-seconds', '1', '--no-compile', '--out', str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+        [
+            sys.executable,
+            str(SCRIPT),
+            '--device',
+            'cpu',
+            '--models',
+            'cifar_resnet8_v1',
+            '--attentions',
+            'none',
+            'eca',
+            '--steps',
+            '2',
+            '--batch-size',
+            '16',
+            '--sharing',
+            '1',
+            '2',
+            '--sharing-seconds',
+            '1',
+            '--no-compile',
+            '--out',
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [(r['attention'], r['precision']) for r in result['rows']] == [
-        ('none', 'float32'), ('eca', 'float32')]   # bfloat16 only on a GPU
+        ('none', 'float32'),
+        ('eca', 'float32'),
+    ]  # bfloat16 only on a GPU
     assert all(r['img_s'] > 0 for r in result['rows'])
     assert set(result['sharing_img_s']) == {'1', '2'}
     assert '2 trial(s) sharing the card' in done.stdout
@@ -55,15 +84,20 @@ def test_the_users_gpu_selfcheck_writes_a_valid_half_gpu_demo_sweep(tmp_path):
     the result must stay a valid sweep of one epoch and two trials per card."""
     script = (ROOT / 'scripts' / 'gpu_selfcheck.sh').read_text().replace('\\\n', ' ')
     line = next(line for line in script.splitlines() if line.startswith('sed -e'))
-    expressions = [part.split("'")[1] if "'" in part else part.split('"')[1]
-                   for part in line.split(' -e ')[1:]]
+    expressions = [
+        part.split("'")[1] if "'" in part else part.split('"')[1] for part in line.split(' -e ')[1:]
+    ]
     expressions = [e.replace('$OUT', 'out') for e in expressions]
-    done = subprocess.run(['sed', *sum((['-e', e] for e in expressions), []),
-                           str(ROOT / 'sweeps' / 'demo.yaml')], capture_output=True, text=True)
+    done = subprocess.run(
+        ['sed', *sum((['-e', e] for e in expressions), []), str(ROOT / 'sweeps' / 'demo.yaml')],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     import yaml
 
     from bench.sweep.config import parse_config
+
     config = parse_config(yaml.safe_load(done.stdout))
     assert config.name == 'gpu-selfcheck' and config.resources.gpus_per_trial == 0.5
     assert config.recipe.epochs == 1 and config.seeds == [0]

@@ -1,6 +1,7 @@
 """A careless or hostile user (issue #23): flags that contradict each other, outputs that
 point at files that are not ours, crafted files in the store, markup in names. Nothing is
 lost, nothing is executed, every case ends in one clear message. No training."""
+
 import hashlib
 import json
 import os
@@ -23,9 +24,12 @@ MARKUP = 'x<img src=x onerror=alert(1)>'
 def snapshot(root):
     """Every file and folder under root with its content's hash: what a run changed."""
     root = Path(root)
-    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest()
-                                       if p.is_file() else 'dir')
-            for p in sorted(root.rglob('*'))}
+    return {
+        str(p.relative_to(root)): (
+            hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else 'dir'
+        )
+        for p in sorted(root.rglob('*'))
+    }
 
 
 def run(args, capsys):
@@ -36,62 +40,74 @@ def run(args, capsys):
 
 
 def test_a_dry_run_writes_deletes_and_downloads_nothing_whatever_else_is_on_the_line(
-        sweep, tmp_path, capsys, monkeypatch):
+    sweep, tmp_path, capsys, monkeypatch
+):
     path, loaded, store, ids = sweep
 
     def no_network(*args, **kwargs):
         raise AssertionError('a dry run tried to download')
+
     monkeypatch.setattr('urllib.request.urlopen', no_network)
     monkeypatch.setattr('builtins.input', lambda prompt: 'y')
     before = snapshot(tmp_path)
-    for extra in (['--fresh', '--yes'], ['--fresh'], ['--fresh', '--yes', '--only',
-                                                      'attention=eca'],
-                  ['--retry-failed', '--insert'], ['--report-only'], ['--no-report'],
-                  ['--fresh', '--yes', '--report-only', '--insert']):
+    for extra in (
+        ['--fresh', '--yes'],
+        ['--fresh'],
+        ['--fresh', '--yes', '--only', 'attention=eca'],
+        ['--retry-failed', '--insert'],
+        ['--report-only'],
+        ['--no-report'],
+        ['--fresh', '--yes', '--report-only', '--insert'],
+    ):
         code, out, err = run(['--config', str(path), '--dry-run', *extra], capsys)
         assert code in (0, 2), (extra, err)
         assert snapshot(tmp_path) == before, extra
     code, out, err = run(['--config', str(path), '--dry-run', '--fresh', '--yes'], capsys)
     assert code == 0 and 'dry run: nothing was written, deleted or downloaded' in out
-    assert f"--fresh would delete 3 path(s):\n  {store.trial_dir(ids['finished'])}" in out
-    code, out, err = run(['--config', str(path), '--dry-run', '--fresh', '--only',
-                          'attention=eca'], capsys)
-    assert f"--fresh would delete 1 path(s):\n  {store.trial_dir(ids['partial'])}\n" in out
+    assert f'--fresh would delete 3 path(s):\n  {store.trial_dir(ids["finished"])}' in out
+    code, out, err = run(
+        ['--config', str(path), '--dry-run', '--fresh', '--only', 'attention=eca'], capsys
+    )
+    assert f'--fresh would delete 1 path(s):\n  {store.trial_dir(ids["partial"])}\n' in out
 
 
 def test_a_dry_run_of_demo_data_that_is_not_written_yet_writes_none_and_plans_the_same(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     sweep_file = tmp_path / 'demo.yaml'
-    sweep_file.write_text('name: d\nmodels: [cifar_resnet8_v1]\nattentions: [none]\n'
-                          'recipe: {epochs: 1, batch_size: 16}\n'
-                          'data: {dataset: demo, root: digits}\n'
-                          'outputs: {readme: null, report: null}\n')
+    sweep_file.write_text(
+        'name: d\nmodels: [cifar_resnet8_v1]\nattentions: [none]\n'
+        'recipe: {epochs: 1, batch_size: 16}\n'
+        'data: {dataset: demo, root: digits}\n'
+        'outputs: {readme: null, report: null}\n'
+    )
     code, out, err = run(['--config', str(sweep_file), '--dry-run'], capsys)
     assert code == 0, err
-    assert f"the demo data is not written yet: a run writes it to {tmp_path / 'digits'}" in out
+    assert f'the demo data is not written yet: a run writes it to {tmp_path / "digits"}' in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ['demo.yaml']
     planned_id = re.search(r'cifar_resnet8_v1-none-s0 +(\w{12})', out).group(1)
     loaded = load_config(sweep_file)
-    data = load_sweep_data(loaded)               # a run writes the files, then reads them
+    data = load_sweep_data(loaded)  # a run writes the files, then reads them
     assert plan(loaded, data.identity.to_dict())[0].trial_id == planned_id
 
 
-def test_the_plan_of_official_cifar10_is_shown_without_its_files(tmp_path, capsys,
-                                                                 monkeypatch):
+def test_the_plan_of_official_cifar10_is_shown_without_its_files(tmp_path, capsys, monkeypatch):
     from bench.trial.data import OFFICIAL_DIGEST, official_identity
+
     monkeypatch.setattr('urllib.request.urlopen', lambda *a, **k: 1 / 0)
-    text = Path('sweep.yaml').read_text().replace('root: null', f"root: {tmp_path / 'none'}")
+    text = Path('sweep.yaml').read_text().replace('root: null', f'root: {tmp_path / "none"}')
     shipped = tmp_path / 'sweep.yaml'
-    shipped.write_text(text.replace('results: results', f"results: {tmp_path / 'results'}"))
+    shipped.write_text(text.replace('results: results', f'results: {tmp_path / "results"}'))
     code, out, err = run(['--config', str(shipped), '--dry-run'], capsys)
     assert code == 0, err
-    assert f"data: CIFAR-10 was not found under {tmp_path / 'none'}." in out
+    assert f'data: CIFAR-10 was not found under {tmp_path / "none"}.' in out
     assert 'The plan below is for the official CIFAR-10' in out and 'a run downloads it' in out
     assert '16 trials: 0 done, 0 partial, 16 pending, 0 failed' in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ['sweep.yaml']
     # The ids are those the official files get once loaded (any layout).
     assert official_identity().digest == OFFICIAL_DIGEST
     from bench.sweep.config import expand, trial_id
+
     first = expand(load_config(shipped).config)[0]
     assert trial_id(first, official_identity().to_dict()) in out
 
@@ -104,8 +120,12 @@ def test_fresh_deletes_only_a_store_and_only_its_own_files(tmp_path, capsys):
     (unrelated / '.notes.tmp').write_text('mine')
     (unrelated / 'ray').mkdir()
     (unrelated / 'ray' / 'experiment').write_text('mine')
-    path = write_sweep(tmp_path, data_root, name='photos', extra={
-        'outputs': {'results': '.', 'readme': None, 'figures': 'figs', 'report': None}})
+    path = write_sweep(
+        tmp_path,
+        data_root,
+        name='photos',
+        extra={'outputs': {'results': '.', 'readme': None, 'figures': 'figs', 'report': None}},
+    )
     before = snapshot(unrelated)
     for args in (['--fresh', '--yes'], ['--fresh', '--yes', '--dry-run'], [], ['--dry-run']):
         code, out, err = run(['--config', str(path), *args], capsys)
@@ -128,11 +148,15 @@ def test_fresh_with_only_deletes_only_the_selected_cells_trials(sweep, capsys, m
 
     def no_training(loaded, data, planned, **options):
         from bench.sweep.driver import SweepOutcome
+
         trained.extend(p.name for p in planned if p.will_train)
         return SweepOutcome(planned, [], {p.trial_id: p.status for p in planned}, {})
+
     monkeypatch.setattr('bench.sweep.driver.run_sweep', no_training)
-    code, out, err = run(['--config', str(path), '--fresh', '--yes', '--no-report',
-                          '--only', 'attention=eca'], capsys)
+    code, out, err = run(
+        ['--config', str(path), '--fresh', '--yes', '--no-report', '--only', 'attention=eca'],
+        capsys,
+    )
     assert code == 0, err
     assert 'deleted 1 stored trial(s) of the cells --only selects' in out
     assert trained == ['cifar_resnet8_v1-eca-s0']
@@ -153,8 +177,10 @@ def test_outputs_never_overwrite_a_file_this_project_did_not_write(sweep, tmp_pa
     (tmp_path / 'linked.html').symlink_to(tmp_path / 'elsewhere.html')
     cases = {
         ('report: report.html', f'report: {notes}'): 'which this project did not write',
-        ('report: report.html', 'report: home/.ssh/authorized_keys'):
-            'the HTML report is written only to a file ending in .html or .htm',
+        (
+            'report: report.html',
+            'report: home/.ssh/authorized_keys',
+        ): 'the HTML report is written only to a file ending in .html or .htm',
         ('report: report.html', 'report: linked.html'): 'a link; name a file of its own',
         ('readme: null', 'readme: bad.yaml'): 'the sweep file itself',
         ('readme: null', f'readme: {path.name}'): 'written only to a file ending in .md',
@@ -188,21 +214,33 @@ def test_outputs_never_overwrite_a_file_this_project_did_not_write(sweep, tmp_pa
     # Its own report is rewritten, of course, also one an earlier version wrote.
     assert run(['--config', str(path), '--report-only'], capsys)[0] == 0
     report = tmp_path / 'report.html'
-    report.write_text(report.read_text().replace(
-        '<meta name="generator" content="channel-attention-bench">', ''))
+    report.write_text(
+        report.read_text().replace('<meta name="generator" content="channel-attention-bench">', '')
+    )
     assert run(['--config', str(path), '--report-only'], capsys)[0] == 0
 
 
 def test_markup_in_a_data_folder_name_is_text_in_every_output(tmp_path, capsys):
     data_root = write_tiny_data(tmp_path / f'{MARKUP}<!-- results:end -->', train=32, test=8)
-    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'], attentions=['none'],
-                       extra={'outputs': {'results': 'results', 'readme': 'README.md',
-                                          'figures': 'figures', 'report': 'report.html'}})
+    path = write_sweep(
+        tmp_path,
+        data_root,
+        models=['cifar_resnet8_v1'],
+        attentions=['none'],
+        extra={
+            'outputs': {
+                'results': 'results',
+                'readme': 'README.md',
+                'figures': 'figures',
+                'report': 'report.html',
+            }
+        },
+    )
     readme = tmp_path / 'README.md'
     readme.write_text('# mine\n<!-- results:begin -->\n<!-- results:end -->\n')
     loaded = load_config(path)
     identity = load_sweep_data(loaded).identity.to_dict()
-    (tid, spec), = [(p.trial_id, p.spec) for p in plan(loaded, identity)]
+    ((tid, spec),) = [(p.trial_id, p.spec) for p in plan(loaded, identity)]
     fake_trial(ResultsStore(loaded.store_dir), tid, spec, identity, 1, finished=True)
     for _ in range(2):
         code, out, err = run(['--config', str(path), '--report-only'], capsys)
@@ -211,30 +249,38 @@ def test_markup_in_a_data_folder_name_is_text_in_every_output(tmp_path, capsys):
     assert text.count('<!-- results:begin') == 1 and text.count('<!-- results:end -->') == 1
     for output in (readme, loaded.store_dir / 'table.md', tmp_path / 'report.html'):
         written = output.read_text()
-        assert not re.search(r'(?<!\\)<img src=x', written), output     # never a tag
-        assert 'img src' in written, output           # shown, as text
+        assert not re.search(r'(?<!\\)<img src=x', written), output  # never a tag
+        assert 'img src' in written, output  # shown, as text
     assert r'x\<img src=x onerror=alert(1)\>' in text
     assert '&lt;img src=x onerror=alert(1)&gt;' in (tmp_path / 'report.html').read_text()
 
 
 def test_a_readme_with_two_marker_pairs_is_refused(sweep, tmp_path, capsys):
     from reports import BEGIN, END, ReportError, inject_block
+
     with pytest.raises(ReportError, match='2 result begin markers and 2 end markers'):
         inject_block(f'{BEGIN}\n{END}\n{BEGIN}\n{END}\n', 'block')
     with pytest.raises(ReportError, match='contains result marker text'):
         inject_block(f'{BEGIN}\n{END}\n', f'a {END} in it')
 
 
-@pytest.mark.parametrize('damage', [
-    {'history': None}, {'history': [{'epoch': 1}]}, {'epoch': '1e400'}, {'epoch': 'NaN'},
-    {'history': 'x'}, {'spec': {'model': 3}}])
+@pytest.mark.parametrize(
+    'damage',
+    [
+        {'history': None},
+        {'history': [{'epoch': 1}]},
+        {'epoch': '1e400'},
+        {'epoch': 'NaN'},
+        {'history': 'x'},
+        {'spec': {'model': 3}},
+    ],
+)
 def test_a_checkpoint_state_of_the_wrong_shape_is_named_not_a_crash(sweep, capsys, damage):
     path, loaded, store, ids = sweep
     state_file = store.trial_dir(ids['partial']) / 'checkpoint' / 'state.json'
     state = json.loads(state_file.read_text())
     state.update(damage)
-    state_file.write_text(json.dumps(state).replace('"1e400"', '1e400')
-                          .replace('"NaN"', 'NaN'))
+    state_file.write_text(json.dumps(state).replace('"1e400"', '1e400').replace('"NaN"', 'NaN'))
     out = dry_run_allowing_problems(path, capsys)
     assert f'problem: {state_file}: ' in out
     assert 'cifar_resnet8_v1-none-s0' in out
@@ -249,16 +295,24 @@ def dry_run_allowing_problems(path, capsys):
     return out
 
 
-@pytest.mark.parametrize('manifest', ['{"trials": "x"}', '[]', '{"name": "t", "models": [], '
-                                      '"attentions": [], "trials": [{"trial_id": 5}]}', 'nul'])
+@pytest.mark.parametrize(
+    'manifest',
+    [
+        '{"trials": "x"}',
+        '[]',
+        '{"name": "t", "models": [], "attentions": [], "trials": [{"trial_id": 5}]}',
+        'nul',
+    ],
+)
 def test_a_sweep_record_of_the_wrong_shape_is_named_and_rewritten(sweep, capsys, manifest):
     from reports.__main__ import main as reports_main
+
     path, loaded, store, ids = sweep
     (store.root / 'sweep.json').write_text(manifest)
     capsys.readouterr()
     assert reports_main([str(store.root)]) == 2
     err = capsys.readouterr().err
-    assert f"{store.root / 'sweep.json'}: " in err and '--report-only' in err
+    assert f'{store.root / "sweep.json"}: ' in err and '--report-only' in err
     assert dry_run_allowing_problems(path, capsys)
     code, out, err = run(['--config', str(path), '--report-only'], capsys)
     assert code == 0, err
@@ -268,6 +322,7 @@ def test_a_sweep_record_of_the_wrong_shape_is_named_and_rewritten(sweep, capsys,
 @pytest.mark.parametrize('content', ['', 'garbage', '{"host": null}', '[1]'])
 def test_an_unreadable_lock_says_so_and_what_to_do(tmp_path, content):
     from bench.store import StoreLocked
+
     store = ResultsStore(tmp_path / 'store')
     store.root.mkdir()
     (store.root / 'sweep.lock').write_text(content)
@@ -282,10 +337,12 @@ def test_an_unreadable_lock_says_so_and_what_to_do(tmp_path, content):
 
 def test_contradicting_flags_and_an_empty_only_are_one_message(sweep, capsys):
     path, loaded, store, ids = sweep
-    for args, expected in ((['--report-only', '--fresh'], 'does not take --fresh'),
-                           (['--report-only', '--only', 'seed=0'], 'does not take --only'),
-                           (['--only', ',,,'], "--only ',,,' selects nothing"),
-                           (['--only', 'model='], 'key=value pairs')):
+    for args, expected in (
+        (['--report-only', '--fresh'], 'does not take --fresh'),
+        (['--report-only', '--only', 'seed=0'], 'does not take --only'),
+        (['--only', ',,,'], "--only ',,,' selects nothing"),
+        (['--only', 'model='], 'key=value pairs'),
+    ):
         code, out, err = run(['--config', str(path), *args], capsys)
         assert code == 2 and expected in err, (args, err)
     assert store.trial_state(ids['partial']).status == PARTIAL
@@ -295,6 +352,7 @@ def _failing_writes(monkeypatch, code, after=0):
     """Every atomic write fails with OSError `code` (after `after` that succeed), as on a
     full disk or a read-only folder."""
     import bench.fileio
+
     real, calls = bench.fileio.write_bytes_atomic, []
 
     def write(path, data):
@@ -302,6 +360,7 @@ def _failing_writes(monkeypatch, code, after=0):
         if len(calls) > after:
             raise OSError(code, os.strerror(code), str(path))
         return real(path, data)
+
     monkeypatch.setattr(bench.fileio, 'write_bytes_atomic', write)
     for module in ('bench.store', 'reports', 'reports.figures', 'reports.readme'):
         module_object = __import__(module, fromlist=['_'])
@@ -309,11 +368,12 @@ def _failing_writes(monkeypatch, code, after=0):
             monkeypatch.setattr(module_object, 'write_bytes_atomic', write)
 
 
-
 @pytest.mark.parametrize('code', ['ENOSPC', 'EROFS', 'EACCES'])
-def test_a_full_or_read_only_store_is_one_message_and_loses_nothing(sweep, capsys,
-                                                                     monkeypatch, code):
+def test_a_full_or_read_only_store_is_one_message_and_loses_nothing(
+    sweep, capsys, monkeypatch, code
+):
     import errno
+
     path, loaded, store, ids = sweep
     before = snapshot(store.root)
     number = getattr(errno, code)
@@ -322,11 +382,16 @@ def test_a_full_or_read_only_store_is_one_message_and_loses_nothing(sweep, capsy
 
     def no_lock(path, text):
         raise OSError(number, os.strerror(number), str(path))
+
     with monkeypatch.context() as patch:
         patch.setattr(bench.store, '_create_with', no_lock)
         exit_code, out, err = run(['--config', str(path)], capsys)
-    assert exit_code == 2 and f'{store.root / "sweep.lock"}: {os.strerror(number)} ({code})' \
-        in err and 'Nothing finished was lost' in err and 'Traceback' not in err
+    assert (
+        exit_code == 2
+        and f'{store.root / "sweep.lock"}: {os.strerror(number)} ({code})' in err
+        and 'Nothing finished was lost' in err
+        and 'Traceback' not in err
+    )
     # The reports, with nothing trained: --report-only.
     with monkeypatch.context() as patch:
         _failing_writes(patch, number)
@@ -341,6 +406,7 @@ def test_tunes_wrapping_of_a_failed_write_is_unwrapped_for_the_message():
     import errno
 
     from bench.sweep.driver import _os_error_in
+
     full = OSError(errno.ENOSPC, 'No space left on device', '/store/x')
     try:
         try:
@@ -352,66 +418,97 @@ def test_tunes_wrapping_of_a_failed_write_is_unwrapped_for_the_message():
     assert _os_error_in(ValueError('no')) is None
 
 
-@pytest.mark.parametrize('args,expected', [
-    (['--num-gpus', '-1'], 'argument --num-gpus: expected 0 to 64, got -1'),
-    (['--num-epochs', '1e23'], "argument --num-epochs: expected a whole number, got '1e23'"),
-    (['--num-epochs', str(10 ** 23)], 'recipe.epochs: Input should be less than or equal to'),
-    (['--lr', 'inf'], 'recipe.lr: Input should be a finite number'),
-    (['--seed', '-1'], 'argument --seed: expected 0 to 2147483647, got -1'),
-    (['--model', 'cifar_resnet60000002_v1'], '8 <= depth <= 1202'),
-    (['--lr-decay-epoch', '8,x'], '--lr-decay-epoch takes comma-separated whole numbers'),
-])
+@pytest.mark.parametrize(
+    'args,expected',
+    [
+        (['--num-gpus', '-1'], 'argument --num-gpus: expected 0 to 64, got -1'),
+        (['--num-epochs', '1e23'], "argument --num-epochs: expected a whole number, got '1e23'"),
+        (['--num-epochs', str(10**23)], 'recipe.epochs: Input should be less than or equal to'),
+        (['--lr', 'inf'], 'recipe.lr: Input should be a finite number'),
+        (['--seed', '-1'], 'argument --seed: expected 0 to 2147483647, got -1'),
+        (['--model', 'cifar_resnet60000002_v1'], '8 <= depth <= 1202'),
+        (['--lr-decay-epoch', '8,x'], '--lr-decay-epoch takes comma-separated whole numbers'),
+    ],
+)
 def test_bench_train_refuses_nonsense_before_training(args, expected, tmp_path, capsys):
     from bench.train import main as train_main
+
     with pytest.raises(SystemExit) as exit_info:
-        train_main(args + ['--data-root', str(tmp_path), '--no-download', '--num-gpus', '0']
-                   if '--num-gpus' not in args else args)
+        train_main(
+            args + ['--data-root', str(tmp_path), '--no-download', '--num-gpus', '0']
+            if '--num-gpus' not in args
+            else args
+        )
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
 
 
 def test_bench_train_checks_its_outputs_before_training(tiny_cifar_root, tmp_path, capsys):
     from bench.train import main as train_main
+
     a_file = tmp_path / 'a-file'
     a_file.write_text('mine')
-    common = ['--model', 'cifar_resnet8_v1', '--num-epochs', '1', '--batch-size', '16',
-              '--data-root', str(tiny_cifar_root), '--no-download', '--num-gpus', '0',
-              '--quiet']
-    for extra, expected in ((['--checkpoint-dir', str(a_file)], '--checkpoint-dir'),
-                            (['--checkpoint-dir', str(a_file / 'below')], 'cannot be written'),
-                            (['--output', str(tmp_path)], '--output')):
+    common = [
+        '--model',
+        'cifar_resnet8_v1',
+        '--num-epochs',
+        '1',
+        '--batch-size',
+        '16',
+        '--data-root',
+        str(tiny_cifar_root),
+        '--no-download',
+        '--num-gpus',
+        '0',
+        '--quiet',
+    ]
+    for extra, expected in (
+        (['--checkpoint-dir', str(a_file)], '--checkpoint-dir'),
+        (['--checkpoint-dir', str(a_file / 'below')], 'cannot be written'),
+        (['--output', str(tmp_path)], '--output'),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             train_main(common + extra)
         err = capsys.readouterr()
         assert exit_info.value.code == 2 and expected in err.err, err
-        assert '[epoch' not in err.out          # nothing trained
+        assert '[epoch' not in err.out  # nothing trained
     assert a_file.read_text() == 'mine'
 
 
 def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypatch):
     from bench.train import parse_args, thread_count
+
     sweep_file = tmp_path / 'sweep.yaml'
-    sweep_file.write_text('name: s\nmodels: [cifar_resnet20_v1]\nattentions: [none]\n'
-                          'resources: {cpus_per_trial: 3}\n')
+    sweep_file.write_text(
+        'name: s\nmodels: [cifar_resnet20_v1]\nattentions: [none]\nresources: {cpus_per_trial: 3}\n'
+    )
     monkeypatch.setenv('OMP_NUM_THREADS', '7')
-    assert thread_count(parse_args(['--config', str(sweep_file)])[1]) == \
-        (3, f"{sweep_file}'s cpus_per_trial, as the sweep's trial of the cell")
+    assert thread_count(parse_args(['--config', str(sweep_file)])[1]) == (
+        3,
+        f"{sweep_file}'s cpus_per_trial, as the sweep's trial of the cell",
+    )
     assert thread_count(parse_args(['--config', str(sweep_file), '--threads', '5'])[1])[0] == 5
-    assert thread_count(parse_args(['--config', str(tmp_path / 'none.yaml')])[1]) == \
-        (7, 'OMP_NUM_THREADS')
+    assert thread_count(parse_args(['--config', str(tmp_path / 'none.yaml')])[1]) == (
+        7,
+        'OMP_NUM_THREADS',
+    )
 
 
-@pytest.mark.parametrize('args,expected', [
-    (['--batch-size', '0'], 'argument --batch-size: expected 1 to'),
-    (['--rounds', '-1'], 'argument --rounds: expected 1 to 1000, got -1'),
-    (['--batches', '0'], 'argument --batches: expected 1 to'),
-    (['--images', '0'], 'argument --images: expected 1 to'),
-    (['--images', '10'], '--images 10 holds no batch of --batch-size 128'),
-    (['--models', 'resnet50'], "unknown model 'resnet50'"),
-    (['--attentions', 'cbam'], "unknown attention 'cbam'"),
-])
+@pytest.mark.parametrize(
+    'args,expected',
+    [
+        (['--batch-size', '0'], 'argument --batch-size: expected 1 to'),
+        (['--rounds', '-1'], 'argument --rounds: expected 1 to 1000, got -1'),
+        (['--batches', '0'], 'argument --batches: expected 1 to'),
+        (['--images', '0'], 'argument --images: expected 1 to'),
+        (['--images', '10'], '--images 10 holds no batch of --batch-size 128'),
+        (['--models', 'resnet50'], "unknown model 'resnet50'"),
+        (['--attentions', 'cbam'], "unknown attention 'cbam'"),
+    ],
+)
 def test_bench_benchmark_refuses_nonsense_before_measuring(args, expected, capsys):
     from bench.benchmark.cli import main as benchmark_main
+
     with pytest.raises(SystemExit) as exit_info:
         benchmark_main(args + ['--num-gpus', '0', '--no-original', '--epoch-images', '0'])
     assert exit_info.value.code == 2
@@ -421,10 +518,13 @@ def test_bench_benchmark_refuses_nonsense_before_measuring(args, expected, capsy
 
 def test_bench_benchmark_checks_its_json_before_measuring(tmp_path, capsys):
     from bench.benchmark.cli import main as benchmark_main
+
     a_file = tmp_path / 'a-file'
     a_file.write_text('mine')
-    for target, expected in ((tmp_path, 'is a folder'), (a_file / 'rows.json', 'cannot be '
-                                                                                'written')):
+    for target, expected in (
+        (tmp_path, 'is a folder'),
+        (a_file / 'rows.json', 'cannot be written'),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             benchmark_main(['--num-gpus', '0', '--json', str(target)])
         err = capsys.readouterr()
@@ -433,6 +533,7 @@ def test_bench_benchmark_checks_its_json_before_measuring(tmp_path, capsys):
 
 
 # ------------------------------------------------- found by trying to break the first fixes
+
 
 def test_a_link_where_the_scratch_belongs_is_removed_as_a_link_not_followed(sweep):
     path, loaded, store, ids = sweep
@@ -471,9 +572,9 @@ def test_a_folder_of_another_tool_is_not_taken_for_a_store(tmp_path, capsys, lay
         assert snapshot(other) == before
 
 
-def test_stored_names_are_registered_ones_and_never_markup_in_the_readme(sweep, tmp_path,
-                                                                          capsys):
+def test_stored_names_are_registered_ones_and_never_markup_in_the_readme(sweep, tmp_path, capsys):
     from reports.__main__ import main as reports_main
+
     path, loaded, store, ids = sweep
     manifest = json.loads((store.root / 'sweep.json').read_text())
     manifest['models'].append('cifar_resnet8_v1 \n\n[Click](https://evil.example/phish)\n\n')
@@ -492,19 +593,26 @@ def test_stored_names_are_registered_ones_and_never_markup_in_the_readme(sweep, 
     code, out, err = run(['--config', str(path), '--report-only'], capsys)
     assert code == 0, err
     import html
+
     assert "unknown model 'cifar_resnet9_v1'" in html.unescape(
-        (tmp_path / 'report.html').read_text())
+        (tmp_path / 'report.html').read_text()
+    )
 
 
 def test_one_line_per_stored_text_in_html_too():
     from markupsafe import Markup
 
     from reports import render
-    html = render('readme_table.html.j2', groups=[], rows=[
-        {'model': 'a\n\n[x](y)', 'cells': [{'text': 'b\r\n\nc', 'bold': False}]}])
+
+    html = render(
+        'readme_table.html.j2',
+        groups=[],
+        rows=[{'model': 'a\n\n[x](y)', 'cells': [{'text': 'b\r\n\nc', 'bold': False}]}],
+    )
     assert '\n\n' not in html and '[x](y)' in html
-    assert str(Markup('<b>kept</b>')) in render('readme_block.md.j2', title='t', caption='c',
-                                                table_html=Markup('<b>kept</b>'), figures=[])
+    assert str(Markup('<b>kept</b>')) in render(
+        'readme_block.md.j2', title='t', caption='c', table_html=Markup('<b>kept</b>'), figures=[]
+    )
 
 
 @pytest.mark.parametrize('kind', ['folder', 'dangling link', 'fifo'])
@@ -512,6 +620,7 @@ def test_a_lock_that_is_no_file_is_one_message_not_a_spin(tmp_path, kind):
     import time
 
     from bench.store import StoreLocked
+
     store = ResultsStore(tmp_path / 'store')
     store.root.mkdir()
     lock = store.root / 'sweep.lock'
@@ -531,8 +640,15 @@ def test_a_lock_that_is_no_file_is_one_message_not_a_spin(tmp_path, kind):
 
 def test_names_have_one_spelling(capsys):
     from models.names import parse_model_name
-    for name in ('cifar_resnet020_v1', 'cifar_resnet\u0662\u0660_v1', 'cifar_resnet\uff12\uff10_v1',
-                 'cifar_resnet20_v1\n', ' cifar_resnet20_v1', 'cifar_resnet' + '2' * 5000 + '_v1'):
+
+    for name in (
+        'cifar_resnet020_v1',
+        'cifar_resnet\u0662\u0660_v1',
+        'cifar_resnet\uff12\uff10_v1',
+        'cifar_resnet20_v1\n',
+        ' cifar_resnet20_v1',
+        'cifar_resnet' + '2' * 5000 + '_v1',
+    ):
         with pytest.raises(KeyError, match='unknown model'):
             parse_model_name(name)
     assert parse_model_name('cifar_resnet1202_v2') == (2, 1202)
@@ -541,27 +657,39 @@ def test_names_have_one_spelling(capsys):
 def test_our_own_json_outputs_never_replace_someone_elses_file(tmp_path, capsys):
     from bench.benchmark.cli import main as benchmark_main
     from bench.train import main as train_main
+
     sweep_file = tmp_path / 'tiny.yaml'
     sweep_file.write_text('name: t\n')
     with pytest.raises(SystemExit):
         benchmark_main(['--num-gpus', '0', '--json', str(sweep_file)])
     assert 'exists and is not JSON, so this tool did not write it' in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_main(['--num-gpus', '0', '--data-root', str(tmp_path), '--no-download',
-                    '--output', str(sweep_file)])
+        train_main(
+            [
+                '--num-gpus',
+                '0',
+                '--data-root',
+                str(tmp_path),
+                '--no-download',
+                '--output',
+                str(sweep_file),
+            ]
+        )
     assert 'exists and is not JSON' in capsys.readouterr().err
     assert sweep_file.read_text() == 'name: t\n'
 
 
 def test_figures_of_the_user_are_neither_deleted_nor_replaced(sweep, tmp_path, capsys):
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     path, loaded, store, ids = sweep
     figures = tmp_path / 'figures'
     figures.mkdir()
     plt.plot([1, 2])
-    plt.savefig(figures / 'curves_my_experiment.png')      # the user's, matplotlib's defaults
+    plt.savefig(figures / 'curves_my_experiment.png')  # the user's, matplotlib's defaults
     assert run(['--config', str(path), '--report-only'], capsys)[0] == 0
     assert (figures / 'curves_my_experiment.png').is_file()
     plt.savefig(figures / 'final_accuracy.png')
@@ -578,15 +706,29 @@ def test_a_sweep_file_that_is_a_device_is_refused(capsys):
 def test_a_dry_run_writes_nothing_in_home_either(sweep, tmp_path):
     import subprocess
     import sys
+
     path, loaded, store, ids = sweep
     home = tmp_path / 'home'
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ('MPLCONFIGDIR', 'XDG_CACHE_HOME',
-                                                              'XDG_CONFIG_HOME')}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ('MPLCONFIGDIR', 'XDG_CACHE_HOME', 'XDG_CONFIG_HOME')
+    }
     env['HOME'] = str(home)
-    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / 'run_sweep.py'),
-                           '--config', str(path), '--dry-run'], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / 'run_sweep.py'),
+            '--config',
+            str(path),
+            '--dry-run',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert list(home.rglob('*')) == []
 
@@ -597,6 +739,7 @@ def test_crafted_optimizer_state_that_amplifies_or_resets_is_refused(tmp_path):
     import mxnet as mx
 
     from bench.trial.gluon.optimizer_state import read_legacy_states
+
     adam = mx.optimizer.Adam()
     shared = mx.nd.zeros((64, 64))
     many = pickle.dumps(({i: (shared, shared) for i in range(50)}, adam))
@@ -610,18 +753,23 @@ def test_crafted_optimizer_state_that_amplifies_or_resets_is_refused(tmp_path):
         read_legacy_states(pickle.dumps(({0: (mx.nd.zeros(2), mx.nd.zeros(2))}, adam)), 'adam')
 
 
-@pytest.mark.parametrize('address,expected', [
-    ('ray://127.0.0.1:10001', 'Ray Client addresses (ray://) are not supported'),
-    ('127.0.0.1:{free}', 'nothing answers there (Connection refused)'),
-    ('not-an-address', 'cannot join the Ray cluster at not-an-address (Invalid address'),
-])
+@pytest.mark.parametrize(
+    'address,expected',
+    [
+        ('ray://127.0.0.1:10001', 'Ray Client addresses (ray://) are not supported'),
+        ('127.0.0.1:{free}', 'nothing answers there (Connection refused)'),
+        ('not-an-address', 'cannot join the Ray cluster at not-an-address (Invalid address'),
+    ],
+)
 def test_an_address_that_cannot_be_joined_is_one_message(sweep, capsys, address, expected):
     import socket
+
     path, loaded, store, ids = sweep
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         free = probe.getsockname()[1]
-    code, out, err = run(['--config', str(path), '--address', address.format(free=free),
-                          '--no-report'], capsys)
+    code, out, err = run(
+        ['--config', str(path), '--address', address.format(free=free), '--no-report'], capsys
+    )
     assert code == 2 and expected in err and 'Traceback' not in err
     assert store.trial_state(ids['partial']).status == PARTIAL

@@ -1,4 +1,5 @@
 """The fused C++ attention kernels: built, loaded, equal to numpy and to MXNet's own operators."""
+
 import warnings
 
 import mxnet as mx
@@ -46,8 +47,14 @@ def test_the_heads_pooling_kernel_matches_numpy_forward_and_backward(shape):
     np.testing.assert_allclose(dx, np.broadcast_to(head[expand] / spatial, shape), rtol=1e-6)
 
 
-ATTENTION_CASES = [(SE, {'reduction': 4}), (SE, {'reduction': 16}), (ECA, {'kernel_size': 1}),
-                   (ECA, {'kernel_size': 3}), (ECA, {'kernel_size': 5}), (GCT, {})]
+ATTENTION_CASES = [
+    (SE, {'reduction': 4}),
+    (SE, {'reduction': 16}),
+    (ECA, {'kernel_size': 1}),
+    (ECA, {'kernel_size': 3}),
+    (ECA, {'kernel_size': 5}),
+    (GCT, {}),
+]
 SHAPES = [(4, 16, 8, 8), (3, 5, 4, 6), (2, 16, 1, 1), (1, 7, 3), (2, 64, 2, 3)]
 
 
@@ -73,10 +80,12 @@ def _module_step(attention_class, kwargs, shape, hybridize):
 
 @pytest.mark.parametrize('hybridize', [True, False])
 @pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('attention_class,kwargs', ATTENTION_CASES,
-                         ids=lambda case: getattr(case, '__name__', str(case)))
+@pytest.mark.parametrize(
+    'attention_class,kwargs', ATTENTION_CASES, ids=lambda case: getattr(case, '__name__', str(case))
+)
 def test_each_fused_attention_computes_what_the_mxnet_operators_compute(
-        attention_class, kwargs, shape, hybridize):
+    attention_class, kwargs, shape, hybridize
+):
     """The whole module as one operator (pooling, core, scaling; forward and backward)
     against the same module built from MXNet's operators: the output, the input's
     gradient and every parameter's gradient."""
@@ -100,8 +109,7 @@ def test_fused_gct_does_not_overflow_before_its_result_does():
     rng = np.random.default_rng(3)
     data = rng.standard_normal((2, 16, 8, 8)) * 1e19
     head = rng.standard_normal((2, 16, 8, 8))
-    values = {name: rng.normal(0.5, 0.3, size=(1, 16, 1, 1)) for name in
-              ('alpha', 'gamma', 'beta')}
+    values = {name: rng.normal(0.5, 0.3, size=(1, 16, 1, 1)) for name in ('alpha', 'gamma', 'beta')}
     results = {}
     for dtype in ('float32', 'float64'):
         module = GCT(16)
@@ -111,21 +119,28 @@ def test_fused_gct_does_not_overflow_before_its_result_does():
             param.set_data(mx.nd.array(values[name.split('_')[-1]], dtype=dtype))
         x = mx.nd.array(data, dtype=dtype)
         x.attach_grad()
-        operators = kernels.mxnet_operators_only() if dtype == 'float64' else \
-            __import__('contextlib').nullcontext()
+        operators = (
+            kernels.mxnet_operators_only()
+            if dtype == 'float64'
+            else __import__('contextlib').nullcontext()
+        )
         with operators, autograd.record():
             out = module(x)
         out.backward(mx.nd.array(head, dtype=dtype))
-        results[dtype] = [out.asnumpy(), x.grad.asnumpy()] + \
-            [p.grad().asnumpy() for p in module.collect_params().values()]
+        results[dtype] = [out.asnumpy(), x.grad.asnumpy()] + [
+            p.grad().asnumpy() for p in module.collect_params().values()
+        ]
     for ours, exact in zip(results['float32'], results['float64']):
         assert np.isfinite(ours).all()
         scale = max(float(np.abs(exact).max()), 1e-30)
         np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize('attention_class,kwargs', ATTENTION_CASES[1::2],
-                         ids=lambda case: getattr(case, '__name__', str(case)))
+@pytest.mark.parametrize(
+    'attention_class,kwargs',
+    ATTENTION_CASES[1::2],
+    ids=lambda case: getattr(case, '__name__', str(case)),
+)
 def test_fused_gradients_are_the_same_on_every_run(attention_class, kwargs):
     """The per-image parameter gradients are summed in image order, not per thread."""
     first, _ = _module_step(attention_class, kwargs, (16, 32, 4, 4), hybridize=True)
@@ -153,8 +168,8 @@ def _train_step_outputs(model, attention):
     net.initialize(mx.init.Xavier())
     rng = np.random.default_rng(3)
     x = mx.nd.array(rng.normal(size=(4, 3, 32, 32)))
-    net(x)   # settle deferred shapes
-    for name, param in net.collect_params().items():   # GCT starts as the identity; move it
+    net(x)  # settle deferred shapes
+    for name, param in net.collect_params().items():  # GCT starts as the identity; move it
         if '_gct' in name:
             param.set_data(mx.nd.array(rng.normal(0.0, 0.5, size=param.shape)))
     net.hybridize(static_alloc=True, static_shape=True)
@@ -163,8 +178,11 @@ def _train_step_outputs(model, attention):
         out = net(x)
         loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(out, labels).mean()
     loss.backward()
-    grads = {name.split('_', 1)[1]: p.grad().asnumpy()
-             for name, p in net.collect_params().items() if p.grad_req != 'null'}
+    grads = {
+        name.split('_', 1)[1]: p.grad().asnumpy()
+        for name, p in net.collect_params().items()
+        if p.grad_req != 'null'
+    }
     return out.asnumpy(), grads
 
 
@@ -180,8 +198,13 @@ GRADIENT_RELATIVE_TOLERANCE = 5e-2
 
 
 def _gradient_relative_errors(grads, reference):
-    return {name: float(np.linalg.norm(grads[name] - reference[name])
-                        / max(np.linalg.norm(reference[name]), 1e-30)) for name in reference}
+    return {
+        name: float(
+            np.linalg.norm(grads[name] - reference[name])
+            / max(np.linalg.norm(reference[name]), 1e-30)
+        )
+        for name in reference
+    }
 
 
 @pytest.mark.parametrize('attention', [a for a in ATTENTIONS if a != 'none'])
@@ -202,11 +225,15 @@ def test_the_network_comparison_catches_a_wrong_scaling_gradient(monkeypatch, at
     """A backward-only bug: the scaling passes no gradient to the attention's weights
     (the forward pass is unchanged). The criterion above must reject it."""
     import importlib
+
     module = importlib.import_module(f'models.attention.{attention}')
     with kernels.mxnet_operators_only():
         _, reference = _train_step_outputs('cifar_resnet20_v1', attention)
-        monkeypatch.setattr(module, 'scale_channels',
-                            lambda F, x, weights: scale_channels(F, x, F.BlockGrad(weights)))
+        monkeypatch.setattr(
+            module,
+            'scale_channels',
+            lambda F, x, weights: scale_channels(F, x, F.BlockGrad(weights)),
+        )
         _, broken = _train_step_outputs('cifar_resnet20_v1', attention)
     errors = _gradient_relative_errors(broken, reference)
     assert max(errors.values()) > 10 * GRADIENT_RELATIVE_TOLERANCE
@@ -259,23 +286,26 @@ def test_library_is_built_once_per_key_and_reused(tmp_path):
     built_at = first.stat().st_mtime_ns
     again = kernels.build_library(cache_dir=tmp_path)
     assert again == first and again.stat().st_mtime_ns == built_at
-    assert sorted(p.name for p in first.parent.iterdir() if p.name != '.lock') == \
-        [first.name, first.name + '.sha256']
+    assert sorted(p.name for p in first.parent.iterdir() if p.name != '.lock') == [
+        first.name,
+        first.name + '.sha256',
+    ]
 
 
-PLANTED = r'''
+PLANTED = r"""
 #include <stdio.h>
 __attribute__((constructor)) static void planted(void) {
   FILE* f = fopen(MARKER, "w");
   if (f) fclose(f);
 }
-'''
+"""
 
 
 def _plant(library, marker, tmp_path):
     """A library whose constructor writes `marker` when it is loaded, where the kernels'
     library belongs."""
     import subprocess
+
     source = tmp_path / 'planted.c'
     source.write_text(PLANTED.replace('MARKER', f'"{marker}"'))
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -284,8 +314,9 @@ def _plant(library, marker, tmp_path):
 
 def _key_dir(cache):
     include_dir, lib_api_source = kernels._mxnet_sources()
-    return cache / kernels._build_key(kernels._compiler(), include_dir, lib_api_source,
-                                      kernels.cpu_isa())
+    return cache / kernels._build_key(
+        kernels._compiler(), include_dir, lib_api_source, kernels.cpu_isa()
+    )
 
 
 def _load_fresh(monkeypatch, cache):
@@ -296,11 +327,20 @@ def _load_fresh(monkeypatch, cache):
     return loaded, detail, ' '.join(str(w.message) for w in warned)
 
 
-@pytest.mark.parametrize('unsafe', ['cache writable by others', 'library writable by others',
-                                    'above it writable by others', 'another owner'])
-def test_a_library_planted_in_a_cache_others_can_write_is_never_loaded(tmp_path, monkeypatch,
-                                                                       unsafe):
+@pytest.mark.parametrize(
+    'unsafe',
+    [
+        'cache writable by others',
+        'library writable by others',
+        'above it writable by others',
+        'another owner',
+    ],
+)
+def test_a_library_planted_in_a_cache_others_can_write_is_never_loaded(
+    tmp_path, monkeypatch, unsafe
+):
     import os
+
     if unsafe == 'another owner' and os.geteuid() != 0:
         pytest.skip('giving a folder to another user needs root')
     cache = tmp_path / 'shared' / 'cache'
@@ -321,17 +361,18 @@ def test_a_library_planted_in_a_cache_others_can_write_is_never_loaded(tmp_path,
         os.chown(cache, 4321, 4321)
     loaded, detail, warning = _load_fresh(monkeypatch, cache)
     assert not loaded and not marker.exists()
-    assert ('writable by others' in detail or 'another user' in detail), detail
+    assert 'writable by others' in detail or 'another user' in detail, detail
     assert "MXNet's operators instead" in warning and 'nothing is loaded' in warning
 
 
 def test_a_library_whose_content_is_not_the_one_built_here_is_rebuilt_not_loaded(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     cache = tmp_path / 'cache'
     marker = tmp_path / 'the-planted-library-ran'
     library = _key_dir(cache) / kernels.LIBRARY_NAME.format(isa=kernels.cpu_isa())
     _plant(library, marker, tmp_path)
-    library.with_name(library.name + '.sha256').write_text('0' * 64)   # not its hash
+    library.with_name(library.name + '.sha256').write_text('0' * 64)  # not its hash
     assert not kernels.verified_library(library)
     built = kernels.build_library(cache_dir=cache)
     assert built == library and kernels.verified_library(built) and not marker.exists()
@@ -344,7 +385,7 @@ def test_each_cpu_loads_the_widest_instruction_set_it_has_from_a_shared_cache(tm
     info = tmp_path / 'cpuinfo'
     info.write_text('flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512dq\n')
     assert kernels.cpu_isa(str(info)) == 'avx512'
-    info.write_text('flags\t\t: fpu sse2 avx avx2 fma avx512f\n')    # AVX-512 foundation only
+    info.write_text('flags\t\t: fpu sse2 avx avx2 fma avx512f\n')  # AVX-512 foundation only
     assert kernels.cpu_isa(str(info)) == 'avx2'
     info.write_text('flags\t\t: fpu sse2\n')
     assert kernels.cpu_isa(str(info)) == 'baseline'
@@ -355,7 +396,7 @@ def test_each_cpu_loads_the_widest_instruction_set_it_has_from_a_shared_cache(tm
     assert baseline.name == 'libcab_channel_ops-baseline.so'
     here = kernels.build_library(cache_dir=tmp_path / 'cache')
     assert here.name == f'libcab_channel_ops-{kernels.cpu_isa()}.so'
-    assert kernels.kernel_isa() == kernels.cpu_isa()    # what this process loaded
+    assert kernels.kernel_isa() == kernels.cpu_isa()  # what this process loaded
 
 
 def test_missing_compiler_is_reported_and_falls_back(tmp_path, monkeypatch):
@@ -372,8 +413,10 @@ def test_missing_compiler_is_reported_and_falls_back(tmp_path, monkeypatch):
 
 def test_a_failed_compile_names_the_command_and_keeps_no_partial_file(tmp_path, monkeypatch):
     compiler = tmp_path / 'failing-cxx'
-    compiler.write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\n'
-                        'echo "channel_ops.cc:1: error: boom" >&2; exit 1\n')
+    compiler.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && exit 0\n'
+        'echo "channel_ops.cc:1: error: boom" >&2; exit 1\n'
+    )
     compiler.chmod(0o755)
     monkeypatch.setenv('CXX', str(compiler))
     with pytest.raises(kernels.KernelBuildError, match='boom'):

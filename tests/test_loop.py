@@ -1,4 +1,5 @@
 """The trial seam: bench.trial.loop drives any backend's session through one interface."""
+
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ class RecordingSession:
     def train_batch(self, indices, rows, cols, flips):
         self.calls[-1][2].append(indices.tolist())
         self.weight += self.lr * len(indices)
-        return 1.0 * len(indices), 0.5 * len(indices)     # loss 1, half of them right
+        return 1.0 * len(indices), 0.5 * len(indices)  # loss 1, half of them right
 
     def values(self, scalars):
         return scalars
@@ -48,13 +49,18 @@ class RecordingSession:
 class Data:
     def __init__(self, count=24):
         from bench.trial.data import DataIdentity
+
         self.train_images, _ = make_images(count, seed=1)
         self.identity = DataIdentity('fake', False, 'd' * 40, 'bin', 'x', count, 0)
 
 
 def spec(epochs):
-    return TrialSpec('cifar_resnet8_v1', 'none', 5,
-                     Recipe(epochs=epochs, batch_size=8, lr=0.5, lr_decay_epochs=(1,)))
+    return TrialSpec(
+        'cifar_resnet8_v1',
+        'none',
+        5,
+        Recipe(epochs=epochs, batch_size=8, lr=0.5, lr_decay_epochs=(1,)),
+    )
 
 
 def test_the_loop_owns_schedule_batches_and_resume_for_every_backend(tmp_path):
@@ -62,7 +68,7 @@ def test_the_loop_owns_schedule_batches_and_resume_for_every_backend(tmp_path):
     history = run_epochs(straight, spec(3), Data(), checkpoint_dir=tmp_path / 'a')
     assert [h['lr'] for h in history] == [0.5, 0.05, 0.05]
     assert [c[1] for c in straight.calls] == [0.5, 0.05, 0.05]
-    assert all(len(c[2]) == 3 for c in straight.calls)      # 24 images, batches of 8
+    assert all(len(c[2]) == 3 for c in straight.calls)  # 24 images, batches of 8
     assert [(h['train_loss'], h['train_acc']) for h in history] == [(1.0, 0.5)] * 3
 
     class Killed(Exception):
@@ -70,13 +76,19 @@ def test_the_loop_owns_schedule_batches_and_resume_for_every_backend(tmp_path):
 
     def kill_after_first_epoch(metrics, checkpoint_path):
         raise Killed
+
     with pytest.raises(Killed):
-        run_epochs(RecordingSession(), spec(3), Data(), checkpoint_dir=tmp_path / 'c',
-                   on_epoch=kill_after_first_epoch)
+        run_epochs(
+            RecordingSession(),
+            spec(3),
+            Data(),
+            checkpoint_dir=tmp_path / 'c',
+            on_epoch=kill_after_first_epoch,
+        )
     resumed = RecordingSession()
     history = run_epochs(resumed, spec(3), Data(), checkpoint_dir=tmp_path / 'c')
     # Resumed from epoch 1's checkpoint: the same batches, the same weight as straight.
-    assert len(resumed.calls) == 2                          # epochs 2 and 3
+    assert len(resumed.calls) == 2  # epochs 2 and 3
     assert resumed.calls == straight.calls[1:]
     assert resumed.weight == pytest.approx(straight.weight)
     assert [h['epoch'] for h in history] == [1, 2, 3]
@@ -95,11 +107,18 @@ def test_backends_are_found_by_name_and_the_loop_needs_no_framework():
     with pytest.raises(KeyError, match="unknown trial backend 'caffe'; valid: gluon, torch"):
         get_backend('caffe')
     assert set(BACKENDS) == {'gluon', 'torch'}
-    code = ('import sys\n'
-            'sys.modules["mxnet"] = sys.modules["torch"] = None\n'
-            'import bench.trial.loop, bench.trial.batches, bench.trial.checkpoint\n')
-    done = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        'import sys\n'
+        'sys.modules["mxnet"] = sys.modules["torch"] = None\n'
+        'import bench.trial.loop, bench.trial.batches, bench.trial.checkpoint\n'
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -111,19 +130,28 @@ def test_a_backend_whose_framework_is_missing_is_found_before_training(monkeypat
     from bench.sweep.config import Resources
     from bench.sweep.plan import PlannedTrial, backend_problems
     from bench.trial import loop
+
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec',
-                        lambda name, *args: None if name == 'torch'
-                        else real_find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        'find_spec',
+        lambda name, *args: None if name == 'torch' else real_find_spec(name, *args),
+    )
     assert loop.missing_framework('gluon') is None
     message = loop.missing_framework('torch')
-    assert message.startswith("backend torch needs torch, which is not installed here: pip "
-                              "install -c constraints-torch.txt -e '.[torch]'")
+    assert message.startswith(
+        'backend torch needs torch, which is not installed here: pip '
+        "install -c constraints-torch.txt -e '.[torch]'"
+    )
     torch_spec = TrialSpec('cifar_resnet8_v1', 'se', 0, Recipe(backend='torch'))
-    planned = [PlannedTrial(f'id{i}', f'{torch_spec.name}-{i}', torch_spec, status, 0)
-               for i, status in enumerate(('pending', 'pending', 'done'))]
+    planned = [
+        PlannedTrial(f'id{i}', f'{torch_spec.name}-{i}', torch_spec, status, 0)
+        for i, status in enumerate(('pending', 'pending', 'done'))
+    ]
     problems = backend_problems(planned, Resources(gpus_per_trial=2))
     assert problems[0] == f'{torch_spec.name}-0 and 1 more: {message}'
-    assert 'backend torch trains a trial on one GPU; set resources.gpus_per_trial to 1 ' \
-           'or less (it is 2)' in problems[1]
-    assert backend_problems(planned[2:], Resources(gpus_per_trial=2)) == []   # nothing trains
+    assert (
+        'backend torch trains a trial on one GPU; set resources.gpus_per_trial to 1 '
+        'or less (it is 2)' in problems[1]
+    )
+    assert backend_problems(planned[2:], Resources(gpus_per_trial=2)) == []  # nothing trains

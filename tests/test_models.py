@@ -1,4 +1,5 @@
 """The attention zoo and the CIFAR ResNets, parametrised over both registries."""
+
 import itertools
 
 import mxnet as mx
@@ -43,8 +44,11 @@ def _built(model, attention, batch=2, seed=0):
 
 def _attention_params(net):
     """Trainable attention parameters."""
-    return {name: p for name, p in net.collect_params().items()
-            if any(f'_{kind}' in name for kind in WITH_PARAMETERS) and p.grad_req != 'null'}
+    return {
+        name: p
+        for name, p in net.collect_params().items()
+        if any(f'_{kind}' in name for kind in WITH_PARAMETERS) and p.grad_req != 'null'
+    }
 
 
 def _trainable(block):
@@ -88,9 +92,12 @@ def _revive_dead_se_units(net, x, passes=5):
         seen = []
         # The module's input, not its squeeze layer's: on the CPU the fused operator
         # computes the whole module and never calls the layer.
-        handles = [se.register_forward_pre_hook(
-            lambda block, inputs: seen.append((block, inputs[0].asnumpy())))  # noqa: B023
-            for se in modules]
+        handles = [
+            se.register_forward_pre_hook(
+                lambda block, inputs: seen.append((block, inputs[0].asnumpy()))  # noqa: B023
+            )
+            for se in modules
+        ]
         with autograd.train_mode():  # BN on batch statistics, as in the backward pass
             net(x)
         for handle in handles:
@@ -142,8 +149,9 @@ def test_vanilla_parameters_equal_gluoncv(model):
     all_ours = sum(p.data().size for p in ours.collect_params().values())
     all_theirs = sum(p.data().size for p in theirs.collect_params().values())
     assert all_ours == all_theirs
-    assert sorted(p.shape for p in ours.collect_params().values()) == \
-        sorted(p.shape for p in theirs.collect_params().values())
+    assert sorted(p.shape for p in ours.collect_params().values()) == sorted(
+        p.shape for p in theirs.collect_params().values()
+    )
 
 
 @pytest.mark.parametrize('model', MODELS)
@@ -172,8 +180,10 @@ def test_se_parameter_count(channels, reduction):
     hidden = max(1, channels // reduction)
     assert count_parameters(_module(SE, channels, reduction=reduction)) == 2 * channels * hidden
     if channels >= reduction:
-        assert count_parameters(_module(SE, channels, reduction=reduction)) == \
-            2 * channels * channels // reduction
+        assert (
+            count_parameters(_module(SE, channels, reduction=reduction))
+            == 2 * channels * channels // reduction
+        )
 
 
 @pytest.mark.parametrize('channels,kernel', [(16, 3), (32, 3), (64, 3), (128, 5), (512, 5)])
@@ -218,19 +228,20 @@ def _reference_eca(x, kernel):
     pooled = x.mean(axis=(2, 3))
     k = kernel.size
     padded = np.pad(pooled, ((0, 0), (k // 2, k // 2)))
-    mixed = np.stack([padded[:, i:i + k] @ kernel for i in range(pooled.shape[1])], axis=1)
+    mixed = np.stack([padded[:, i : i + k] @ kernel for i in range(pooled.shape[1])], axis=1)
     return x * _sigmoid(mixed)[:, :, None, None]
 
 
 def _reference_gct(x, alpha, gamma, beta, eps=1e-5):
-    embedding = np.sqrt((x ** 2).sum(axis=(2, 3), keepdims=True) + eps) * alpha
-    norm = gamma / np.sqrt((embedding ** 2).mean(axis=1, keepdims=True) + eps)
+    embedding = np.sqrt((x**2).sum(axis=(2, 3), keepdims=True) + eps) * alpha
+    norm = gamma / np.sqrt((embedding**2).mean(axis=1, keepdims=True) + eps)
     return x * (1.0 + np.tanh(embedding * norm + beta))
 
 
 @pytest.mark.parametrize('implementation', ['fused kernels', 'mxnet operators'])
 def test_modules_compute_their_papers_formulas(implementation, monkeypatch):
     import models.kernels
+
     if implementation == 'mxnet operators':
         monkeypatch.setattr(models.kernels, '_status', (False, 'turned off by the test'))
     else:
@@ -242,26 +253,33 @@ def test_modules_compute_their_papers_formulas(implementation, monkeypatch):
     _randomise(_trainable(se))
     w_squeeze, w_excite = (p.data().asnumpy() for p in _trainable(se).values())
     assert len(_trainable(se)) == 2
-    np.testing.assert_allclose(se(mx.nd.array(x)).asnumpy(),
-                               _reference_se(x, w_squeeze, w_excite), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        se(mx.nd.array(x)).asnumpy(), _reference_se(x, w_squeeze, w_excite), rtol=1e-5, atol=1e-6
+    )
 
     eca = _module(ECA, 32, kernel_size=5)
     _randomise(_trainable(eca))
     kernel = eca.weight.data().asnumpy().reshape(-1)
-    np.testing.assert_allclose(eca(mx.nd.array(x)).asnumpy(), _reference_eca(x, kernel),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        eca(mx.nd.array(x)).asnumpy(), _reference_eca(x, kernel), rtol=1e-5, atol=1e-6
+    )
 
     gct = _module(GCT, 32)
     _randomise(_trainable(gct))
-    values = {name.rsplit('_', 1)[-1]: p.data().asnumpy()
-              for name, p in gct.collect_params().items()}
-    np.testing.assert_allclose(gct(mx.nd.array(x)).asnumpy(),
-                               _reference_gct(x, values['alpha'], values['gamma'],
-                                              values['beta']), rtol=1e-4, atol=1e-5)
+    values = {
+        name.rsplit('_', 1)[-1]: p.data().asnumpy() for name, p in gct.collect_params().items()
+    }
+    np.testing.assert_allclose(
+        gct(mx.nd.array(x)).asnumpy(),
+        _reference_gct(x, values['alpha'], values['gamma'], values['beta']),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_attention_sits_on_the_residual_branch_before_the_addition():
     """With an attention that zeroes its input, a v1 block reduces to relu(shortcut)."""
+
     class Zero(nn.HybridBlock):
         def __init__(self, channels, **kwargs):
             super().__init__(**kwargs)
@@ -270,6 +288,7 @@ def test_attention_sits_on_the_residual_branch_before_the_addition():
             return x * 0
 
     from models.cifar_resnet import BasicBlockV1, BasicBlockV2
+
     x = mx.nd.random.normal(shape=(2, 16, 8, 8))
     for block_class, expected in ((BasicBlockV1, mx.nd.relu(x)), (BasicBlockV2, x)):
         block = block_class(16, 1, downsample=False, in_channels=16, attention_class=Zero)
@@ -301,8 +320,9 @@ def test_registry_factory_and_options():
     net = get_model('cifar_resnet20_v1', 'se', attention_kwargs={'reduction': 4, 'unused': None})
     net.initialize()
     net(mx.nd.zeros((1, 3, 32, 32)))
-    assert count_parameters(net) - model_stats('cifar_resnet20_v1').params == \
-        3 * sum(2 * c * (c // 4) for c in (16, 32, 64))
+    assert count_parameters(net) - model_stats('cifar_resnet20_v1').params == 3 * sum(
+        2 * c * (c // 4) for c in (16, 32, 64)
+    )
     with pytest.raises(ValueError, match='none'):
         get_model('cifar_resnet20_v1', 'none', attention_kwargs={'reduction': 4})
 
@@ -325,18 +345,25 @@ def test_resnet20_macs_match_the_known_figure():
 def test_attention_macs_count_their_weights_and_their_passes_over_the_activation(attention):
     """One convention for all three: weighted work as the papers count it, plus two passes
     (pooling or sum of squares, and the scaling) over each block's C x H x W output."""
-    extra = model_stats('cifar_resnet20_v1', attention).macs - \
-        model_stats('cifar_resnet20_v1').macs
-    stages = ((16, 32), (32, 16), (64, 8))        # channels, side of the block's output
-    weights = {'se': lambda c: 2 * c * se_hidden_units(c, 16),
-               'eca': lambda c: c * eca_kernel_size(c),
-               'gct': lambda c: 0}[attention]
+    extra = model_stats('cifar_resnet20_v1', attention).macs - model_stats('cifar_resnet20_v1').macs
+    stages = ((16, 32), (32, 16), (64, 8))  # channels, side of the block's output
+    weights = {
+        'se': lambda c: 2 * c * se_hidden_units(c, 16),
+        'eca': lambda c: c * eca_kernel_size(c),
+        'gct': lambda c: 0,
+    }[attention]
     assert extra == 3 * sum(weights(c) + 2 * c * side * side for c, side in stages)
 
 
-@pytest.mark.parametrize('model,attention,options', [
-    *[(m, a, {}) for m, a in CELLS], ('cifar_resnet8_v2', 'se', {'reduction': 4}),
-    ('cifar_resnet8_v1', 'eca', {'kernel_size': 5}), ('cifar_resnet14_v2', 'gct', {})])
+@pytest.mark.parametrize(
+    'model,attention,options',
+    [
+        *[(m, a, {}) for m, a in CELLS],
+        ('cifar_resnet8_v2', 'se', {'reduction': 4}),
+        ('cifar_resnet8_v1', 'eca', {'kernel_size': 5}),
+        ('cifar_resnet14_v2', 'gct', {}),
+    ],
+)
 def test_counts_from_the_architecture_equal_the_built_networks(model, attention, options):
     """What the sweep records without a framework is what the built network measures."""
     stats = model_stats(model, attention, attention_kwargs=options)
@@ -347,8 +374,9 @@ def test_models_command_prints_every_cell(capsys):
     assert models_main(['--models', 'cifar_resnet20_v1', 'cifar_resnet20_v2']) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines[2:]]
-    assert [(r[0], r[1]) for r in rows] == list(itertools.product(
-        ['cifar_resnet20_v1', 'cifar_resnet20_v2'], ATTENTION_NAMES))
+    assert [(r[0], r[1]) for r in rows] == list(
+        itertools.product(['cifar_resnet20_v1', 'cifar_resnet20_v2'], ATTENTION_NAMES)
+    )
     assert rows[0][2] == '272,474'
 
 
@@ -357,14 +385,18 @@ def test_the_names_module_holds_the_attention_registry_without_mxnet():
     import inspect
 
     from models.names import ATTENTION_LABELS, ATTENTION_NAMES, ATTENTION_OPTIONS
+
     assert tuple(ATTENTIONS) == ATTENTION_NAMES
     assert set(ATTENTION_LABELS) == set(ATTENTION_OPTIONS) == set(ATTENTION_NAMES)
     for name, attention_class in ATTENTIONS.items():
         if attention_class is None:
             assert ATTENTION_OPTIONS[name] == ()
             continue
-        parameters = [p for p in inspect.signature(attention_class.__init__).parameters
-                      if p not in ('self', 'channels', 'kwargs')]
+        parameters = [
+            p
+            for p in inspect.signature(attention_class.__init__).parameters
+            if p not in ('self', 'channels', 'kwargs')
+        ]
         assert tuple(parameters) == ATTENTION_OPTIONS[name], name
 
 
@@ -372,8 +404,9 @@ def test_eca_holds_its_kernel_and_nothing_else():
     """No constant parameter: ResNet-20 once carried 48,411 floats of shift matrices in
     every checkpoint, counted by any tool that walks collect_params()."""
     net, _ = _built('cifar_resnet20_v1', 'eca')
-    attention = {name: p for name, p in net._collect_params_with_prefix().items()
-                 if '.attention.' in name}
+    attention = {
+        name: p for name, p in net._collect_params_with_prefix().items() if '.attention.' in name
+    }
     assert {name.rpartition('.')[2] for name in attention} == {'weight'}
     assert all(p.grad_req == 'write' for p in attention.values())
 

@@ -1,6 +1,7 @@
 """A Gluon trial's optimizer state is stored and read without pickle (#23 point 1):
 checkpoints of earlier versions (MXNet's pickled trainer.states) resume exactly, read
 as data; a crafted pickle is refused with one message and runs nothing."""
+
 import os
 import pickle
 
@@ -47,7 +48,8 @@ def as_an_earlier_version_wrote_it(spec, data, checkpoint):
 
 @pytest.mark.parametrize('optimizer', ['adam', 'nag'])
 def test_a_checkpoint_of_an_earlier_version_resumes_exactly_read_as_data(
-        tiny_cifar_root, tmp_path, optimizer, capsys):
+    tiny_cifar_root, tmp_path, optimizer, capsys
+):
     data = load_cifar10(tiny_cifar_root, download=False)
     spec = tiny_spec('se', optimizer=optimizer, lr=0.01)
     straight = train(spec, data, checkpoint_dir=tmp_path / 'straight')
@@ -55,10 +57,13 @@ def test_a_checkpoint_of_an_earlier_version_resumes_exactly_read_as_data(
     as_an_earlier_version_wrote_it(spec, data, checkpoint)
     capsys.readouterr()
     resumed = train(spec, data, checkpoint_dir=tmp_path / 'old')
-    assert 'read as data, never unpickled; the next checkpoint is written without pickle' in \
-        capsys.readouterr().out
-    assert resumed[1]['val_loss'] == pytest.approx(straight[1]['val_loss'],
-                                                   rel=0 if optimizer == 'adam' else 1e-5)
+    assert (
+        'read as data, never unpickled; the next checkpoint is written without pickle'
+        in capsys.readouterr().out
+    )
+    assert resumed[1]['val_loss'] == pytest.approx(
+        straight[1]['val_loss'], rel=0 if optimizer == 'adam' else 1e-5
+    )
     now = latest_checkpoint(tmp_path / 'old')
     assert (now / STATE_RECORD).is_file() and not (now / LEGACY_STATES).exists()
     a, b = parameters(latest_checkpoint(tmp_path / 'straight')), parameters(now)
@@ -75,11 +80,12 @@ def test_the_legacy_reader_gives_what_mxnet_pickled(tiny_cifar_root, tmp_path):
     session.trainer.save_states(str(tmp_path / 'mxnet.states'))
     blob = (tmp_path / 'mxnet.states').read_bytes()
     record, arrays = read_legacy_states(blob, 'adam')
-    states, optimizer = pickle.loads(blob)      # our own file, in a test: to compare with
+    states, optimizer = pickle.loads(blob)  # our own file, in a test: to compare with
     assert record['num_update'] == optimizer.num_update > 0
     assert record['index_update_counts'] == {
         str(d): {str(i): c for i, c in counts.items()}
-        for d, counts in optimizer._all_index_update_counts.items()}
+        for d, counts in optimizer._all_index_update_counts.items()
+    }
     assert set(record['states']) == {str(i) for i in states}
     for index, (mean, variance) in states.items():
         np.testing.assert_array_equal(arrays[f'{index}/0'].asnumpy(), mean.asnumpy())
@@ -96,8 +102,9 @@ class _RunsACommand:
 
 CRAFTED = {
     'a command': lambda marker: pickle.dumps(_RunsACommand(marker)),
-    'a command as a state': lambda marker: pickle.dumps(({0: _RunsACommand(marker)},
-                                                         _RunsACommand(marker))),
+    'a command as a state': lambda marker: pickle.dumps(
+        ({0: _RunsACommand(marker)}, _RunsACommand(marker))
+    ),
     'a command as the optimizer': lambda marker: pickle.dumps(({}, _RunsACommand(marker))),
     'garbage': lambda marker: b'\x80\x04garbage',
     'an unknown opcode': lambda marker: b'\x80\x02cos\nsystem\n(S"touch x"\ntR.',
@@ -105,8 +112,7 @@ CRAFTED = {
 
 
 @pytest.mark.parametrize('kind', sorted(CRAFTED))
-def test_a_crafted_pickle_runs_nothing_and_says_how_to_retrain(tiny_cifar_root, tmp_path,
-                                                               kind):
+def test_a_crafted_pickle_runs_nothing_and_says_how_to_retrain(tiny_cifar_root, tmp_path, kind):
     data = load_cifar10(tiny_cifar_root, download=False)
     spec = tiny_spec('eca')
     checkpoint = interrupted_after_one_epoch(spec, data, tmp_path / 'ckpt')
@@ -129,10 +135,21 @@ def test_the_pickle_reader_builds_inert_records_only():
     assert repr(call.function) == 'posix.system' and call.args == ('touch /nonexistent/x',)
 
 
-@pytest.mark.parametrize('damage', ['drop an array', 'wrong shape', 'other optimizer',
-                                    'bad count', 'json garbage', 'no states', 'empty states'])
+@pytest.mark.parametrize(
+    'damage',
+    [
+        'drop an array',
+        'wrong shape',
+        'other optimizer',
+        'bad count',
+        'json garbage',
+        'no states',
+        'empty states',
+    ],
+)
 def test_a_damaged_optimizer_state_is_one_message(tiny_cifar_root, tmp_path, damage):
     import json
+
     data = load_cifar10(tiny_cifar_root, download=False)
     spec = tiny_spec('none')
     checkpoint = interrupted_after_one_epoch(spec, data, tmp_path / 'ckpt')
@@ -147,12 +164,11 @@ def test_a_damaged_optimizer_state_is_one_message(tiny_cifar_root, tmp_path, dam
         record['optimizer'] = 'sgd'
     elif damage == 'bad count':
         record['num_update'] = -3
-    elif damage == 'no states':          # each parameter's moments replaced by nothing
+    elif damage == 'no states':  # each parameter's moments replaced by nothing
         record['states'] = dict.fromkeys(record['states'], 'none')
-    elif damage == 'empty states':       # the moments silently reset
+    elif damage == 'empty states':  # the moments silently reset
         record['states'] = {}
     mx.nd.save(str(checkpoint / STATE_ARRAYS), arrays)
-    (checkpoint / STATE_RECORD).write_text('{' if damage == 'json garbage'
-                                           else json.dumps(record))
+    (checkpoint / STATE_RECORD).write_text('{' if damage == 'json garbage' else json.dumps(record))
     with pytest.raises(UnreadableOptimizerState, match='cannot be restored'):
         train(spec, data, checkpoint_dir=tmp_path / 'ckpt')

@@ -6,6 +6,7 @@ blocks. Its point is the v2 downsampling block: the original takes the 1x1
 projection shortcut from the block's raw input, gluoncv from the pre-activated
 input, and the table's v2 rows were trained with the original's.
 """
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def np_conv2d(x, weight, stride, padding):
     out = np.zeros((n, out_channels, out_h, out_w), dtype=np.float64)
     for i in range(kh):
         for j in range(kw):
-            window = x[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+            window = x[:, :, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
             out += np.einsum('nchw,oc->nohw', window, weight[:, :, i, j])
     return out
 
@@ -36,8 +37,9 @@ def np_conv2d(x, weight, stride, padding):
 def np_batchnorm(x, gamma, beta, mean, var):
     """Inference-mode BatchNorm over the channel axis."""
     shape = (1, -1, 1, 1)
-    return (gamma.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + BN_EPS)
-            + beta.reshape(shape))
+    return gamma.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(
+        var.reshape(shape) + BN_EPS
+    ) + beta.reshape(shape)
 
 
 def relu(x):
@@ -51,8 +53,9 @@ class Layers:
     BN, conv, BN, conv, then the 1x1 projection when the block downsamples."""
 
     def __init__(self, block):
-        self.arrays = [p.data().asnumpy().astype(np.float64)
-                       for p in block.collect_params().values()]
+        self.arrays = [
+            p.data().asnumpy().astype(np.float64) for p in block.collect_params().values()
+        ]
 
     def batchnorm(self, x):
         gamma, beta, mean, var = self.arrays[:4]
@@ -81,14 +84,15 @@ def original_v2_block(layers, x, stride, downsample):
 
 def original_v2_network(layers, x, blocks_per_stage):
     """The original's CIFARResNetV2 forward pass (inference mode)."""
-    x = layers.batchnorm(x)    # scale=False, center=False: gamma 1 and beta 0 fixed
+    x = layers.batchnorm(x)  # scale=False, center=False: gamma 1 and beta 0 fixed
     x = layers.conv(x, 1, 1)
     in_channels = 16
     for stage, channels in enumerate((16, 32, 64)):
         for index in range(blocks_per_stage):
             first = index == 0
-            x = original_v2_block(layers, x, 2 if first and stage else 1,
-                                  downsample=first and channels != in_channels)
+            x = original_v2_block(
+                layers, x, 2 if first and stage else 1, downsample=first and channels != in_channels
+            )
         in_channels = channels
     x = relu(layers.batchnorm(x))
     out = layers.dense(x.mean(axis=(2, 3)))
@@ -127,8 +131,9 @@ def test_downsampling_v2_block_takes_its_projection_from_the_raw_input(hybridize
     layers = Layers(block)
     preactivated = relu(layers.batchnorm(x))
     projection = layers.arrays[-1]
-    gluoncv_style = expected - np_conv2d(x, projection, 2, 0) \
-        + np_conv2d(preactivated, projection, 2, 0)
+    gluoncv_style = (
+        expected - np_conv2d(x, projection, 2, 0) + np_conv2d(preactivated, projection, 2, 0)
+    )
     assert np.abs(gluoncv_style - expected).max() > 0.1 * scale
 
 
@@ -148,8 +153,7 @@ def test_whole_v2_network_is_the_original_function():
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize('model', ['cifar_resnet20_v1', 'cifar_resnet20_v2',
-                                   'cifar_resnet56_v2'])
+@pytest.mark.parametrize('model', ['cifar_resnet20_v1', 'cifar_resnet20_v2', 'cifar_resnet56_v2'])
 def test_parameter_layout_is_the_original_one(model):
     """Names (below the network's prefix) and shapes in order equal gluoncv's, whose
     layout the original repository shares, so saved parameters load either way."""
@@ -158,8 +162,10 @@ def test_parameter_layout_is_the_original_one(model):
     for net in (ours, theirs):
         net.initialize()
         net(mx.nd.zeros((1, 3, 32, 32)))
-    layout = [[(name[len(net.prefix):], p.shape) for name, p in net.collect_params().items()]
-              for net in (ours, theirs)]
+    layout = [
+        [(name[len(net.prefix) :], p.shape) for name, p in net.collect_params().items()]
+        for net in (ours, theirs)
+    ]
     assert layout[0] == layout[1]
 
 
@@ -170,6 +176,7 @@ def test_the_v2_stem_batchnorm_keeps_its_initial_statistics_under_mxnet():
     were trained so; the demo data are scaled to CIFAR-10's statistics because of it,
     and a port to another framework has to reproduce it."""
     from mxnet import autograd
+
     net = get_model('cifar_resnet8_v2')
     net.initialize(mx.init.Xavier())
     net.hybridize(static_alloc=True, static_shape=True)
@@ -183,4 +190,4 @@ def test_the_v2_stem_batchnorm_keeps_its_initial_statistics_under_mxnet():
     stem_var = params[f'{net.prefix}batchnorm0_running_var'].data().asnumpy()
     assert (stem_mean == 0).all() and (stem_var == 1).all()
     block_mean = params[f'{net.prefix}stage1_batchnorm0_running_mean'].data().asnumpy()
-    assert np.abs(block_mean).max() > 0     # a BN inside the network does update
+    assert np.abs(block_mean).max() > 0  # a BN inside the network does update

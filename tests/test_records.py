@@ -4,6 +4,7 @@ The fixtures under tests/fixtures/stores/v<N> were written by the store and swee
 the commit that introduced layout N of spec.json (tests/fixtures/stores/make.py wrote
 them with that commit's own code): a finished, a failed and a partial trial each.
 """
+
 import json
 import shutil
 from pathlib import Path
@@ -26,8 +27,13 @@ from bench.trial.recipe import Recipe, TrialSpec
 from reports.store import load_trials, split_by_sweep
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'stores'
-IDENTITY = {'name': 'sklearn-digits', 'official': False, 'digest': 'f' * 64,
-            'train_images': 1437, 'test_images': 360}
+IDENTITY = {
+    'name': 'sklearn-digits',
+    'official': False,
+    'digest': 'f' * 64,
+    'train_images': 1437,
+    'test_images': 360,
+}
 SWEEP = """
 name: fixture
 models: [cifar_resnet20_v1, cifar_resnet20_v2]
@@ -66,8 +72,7 @@ def test_an_earlier_layout_reads_as_one_record_with_every_default(stored):
     assert finished.network_revision == 1
     assert finished.spec.recipe == Recipe(epochs=2, batch_size=32, lr_decay_epochs=(1,))
     assert finished.spec.recipe.backend == 'gluon' and finished.spec.recipe.tf32
-    assert finished.model_stats == (None if version < 2 else
-                                    {'params': 272474, 'macs': 40810000})
+    assert finished.model_stats == (None if version < 2 else {'params': 272474, 'macs': 40810000})
     assert finished.data['digest'] == 'f' * 64
     failed = records['cifar_resnet20_v1-se-s0']
     assert failed.status == FAILED and 'training diverged' in failed.error
@@ -97,18 +102,16 @@ def test_a_v2_trial_of_an_earlier_definition_is_listed_apart_with_why(stored, tm
     current, other = split_by_sweep(load_trials(root, manifest), manifest)
     by_name = current.set_index('name')
     assert by_name.loc['cifar_resnet20_v1-none-s0', 'status'] == DONE
-    if version < 3:     # the v2 network changed in revision 2: its old trial is not current
+    if version < 3:  # the v2 network changed in revision 2: its old trial is not current
         assert by_name.loc['cifar_resnet20_v2-none-s0', 'status'] == PENDING
-        assert list(other['reason']) == [
-            'trained by network definition revision 1 (now 2)']
+        assert list(other['reason']) == ['trained by network definition revision 1 (now 2)']
     else:
         assert other.empty
 
 
 def test_the_upgrade_fills_a_manifest_entry_and_refuses_nothing_it_reads():
     spec = TrialSpec(model='cifar_resnet20_v2', recipe=Recipe(epochs=3))
-    entry = {'trial_id': 'a' * 12, 'name': spec.name, 'spec': spec.to_dict(),
-             'network_revision': 2}
+    entry = {'trial_id': 'a' * 12, 'name': spec.name, 'spec': spec.to_dict(), 'network_revision': 2}
     upgraded = upgrade_trial_file(entry)
     assert upgraded['spec'] == spec and upgraded['model_stats'] is None
     assert upgraded['data'] is None and upgraded['network_revision'] == 2

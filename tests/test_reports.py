@@ -1,4 +1,5 @@
 """Reports from a fixture store holding the original table's published numbers."""
+
 import json
 import subprocess
 import sys
@@ -20,17 +21,23 @@ ATTENTIONS = ['none', 'se', 'eca', 'gct']
 # The original README's table: (loss, acc) per model for Vanilla and ECA; SE and GCT were TBA.
 # Its "loss" was the last epoch's training loss, its "acc" the test accuracy.
 ORIGINAL = {
-    ('cifar_resnet20_v1', 'none'): (0.0344, 0.9171), ('cifar_resnet20_v1', 'eca'): (0.0302, 0.9189),
-    ('cifar_resnet20_v2', 'none'): (0.1088, 0.9133), ('cifar_resnet20_v2', 'eca'): (0.0328, 0.9194),
-    ('cifar_resnet56_v1', 'none'): (0.0431, 0.9154), ('cifar_resnet56_v1', 'eca'): (0.0170, 0.9243),
-    ('cifar_resnet56_v2', 'none'): (0.0629, 0.9165), ('cifar_resnet56_v2', 'eca'): (0.0235, 0.9218),
+    ('cifar_resnet20_v1', 'none'): (0.0344, 0.9171),
+    ('cifar_resnet20_v1', 'eca'): (0.0302, 0.9189),
+    ('cifar_resnet20_v2', 'none'): (0.1088, 0.9133),
+    ('cifar_resnet20_v2', 'eca'): (0.0328, 0.9194),
+    ('cifar_resnet56_v1', 'none'): (0.0431, 0.9154),
+    ('cifar_resnet56_v1', 'eca'): (0.0170, 0.9243),
+    ('cifar_resnet56_v2', 'none'): (0.0629, 0.9165),
+    ('cifar_resnet56_v2', 'eca'): (0.0235, 0.9218),
 }
+
+
 @pytest.fixture
 def original_store(tmp_path):
     store = ResultsStore(tmp_path / 'results' / 'original-table')
     for (model, attention), (loss, acc) in ORIGINAL.items():
         add_trial(store, model, attention, 0, loss, acc)
-    for model in MODELS:   # SE and GCT planned but never trained: TBA
+    for model in MODELS:  # SE and GCT planned but never trained: TBA
         add_trial(store, model, 'se', 0)
         add_trial(store, model, 'gct', 0)
     record_sweep(store, MODELS, ATTENTIONS)
@@ -39,12 +46,13 @@ def original_store(tmp_path):
 
 class TableGrid(HTMLParser):
     """Cells of every <tr> as text, and whether the tags balance."""
+
     VOID = {'br', 'img', 'meta', 'link', 'hr', 'input'}
 
     def __init__(self, text):
         super().__init__()
         self.rows, self.stack, self.errors, self.text = [], [], [], []
-        self.tables = []     # each table's rows, in document order
+        self.tables = []  # each table's rows, in document order
         self._cell = None
         self.feed(text)
 
@@ -81,15 +89,19 @@ class TableGrid(HTMLParser):
 def render_table(store_dir, tmp_path, metrics=('train_loss', 'val_acc'), overhead=False):
     readme = tmp_path / 'README.md'
     readme.write_text(f'# title\n\n{BEGIN}\n{END}\n\ntail\n')
-    render_all(store_dir, readme=readme, figures_dir=tmp_path / 'figures',
-               options={'metrics': list(metrics), 'overhead': overhead},
-               layout={'models': MODELS, 'attentions': ATTENTIONS})
+    render_all(
+        store_dir,
+        readme=readme,
+        figures_dir=tmp_path / 'figures',
+        options={'metrics': list(metrics), 'overhead': overhead},
+        layout={'models': MODELS, 'attentions': ATTENTIONS},
+    )
     return readme.read_text()
 
 
 def test_readme_table_has_the_original_cells_in_the_original_places(original_store, tmp_path):
     text = render_table(original_store, tmp_path)
-    grid = TableGrid(text[text.index('<table>'):text.index('</table>') + 8])
+    grid = TableGrid(text[text.index('<table>') : text.index('</table>') + 8])
     assert grid.errors == [] and grid.stack == []
     assert grid.rows[0] == ['Model', 'Vanilla', 'SE', 'ECA', 'GCT']
     assert grid.rows[1] == ['train loss', 'val acc'] * 4
@@ -119,7 +131,7 @@ def test_multi_seed_cells_show_mean_std_and_n(tmp_path):
     for seed, acc in enumerate((0.90, 0.92, 0.94)):
         add_trial(store, 'cifar_resnet20_v1', 'eca', seed, 0.03, acc)
     add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
-    add_trial(store, 'cifar_resnet20_v1', 'none', 1, 0.05, 0.5, finished=False)   # partial
+    add_trial(store, 'cifar_resnet20_v1', 'none', 1, 0.05, 0.5, finished=False)  # partial
     trials = load_trials(store.root)
     context = table_context(trials, metrics=('val_acc',))
     cells = [c['text'] for c in context['rows'][0]['cells']]
@@ -130,14 +142,13 @@ def test_multi_seed_cells_show_mean_std_and_n(tmp_path):
 
 def test_params_and_macs_overhead_columns(original_store, tmp_path):
     text = render_table(original_store, tmp_path, metrics=('val_acc',), overhead=True)
-    grid = TableGrid(text[text.index('<table>'):text.index('</table>') + 8])
+    grid = TableGrid(text[text.index('<table>') : text.index('</table>') + 8])
     assert grid.rows[1] == ['val acc', 'params', 'MACs'] * 4
     vanilla, se, eca = grid.rows[2][1:4], grid.rows[2][4:7], grid.rows[2][7:10]
     assert vanilla[1:] == ['272.47K', '40.81M']
     assert se[1:] == ['+2.02K (0.74%)', '+174.05K (0.43%)']
     assert eca[1:] == ['+27 (0.01%)', '+173.04K (0.42%)']
-    assert grid.rows[2][10:] == ['TBA', '+1.01K (0.37%)',
-                                 '+172.03K (0.42%)']
+    assert grid.rows[2][10:] == ['TBA', '+1.01K (0.37%)', '+172.03K (0.42%)']
     assert 'MACs: convolutions and dense layers, plus each attention' in text
 
 
@@ -152,11 +163,10 @@ def test_injection_is_idempotent_and_preserves_the_rest_byte_for_byte(original_s
     assert b'old table' not in once and b'<table>' in once
     render_all(original_store, readme=readme, figures_dir=tmp_path / 'f')
     assert readme.read_bytes() == once
-    assert b'\n' not in once.replace(b'\r\n', b'')   # line endings kept
+    assert b'\n' not in once.replace(b'\r\n', b'')  # line endings kept
 
 
-def test_readme_without_markers_gets_a_clear_message_or_an_appended_block(original_store,
-                                                                         tmp_path):
+def test_readme_without_markers_gets_a_clear_message_or_an_appended_block(original_store, tmp_path):
     readme = tmp_path / 'README.md'
     readme.write_text('# Project\n')
     with pytest.raises(ReportError, match='(?s)no results markers.*--insert'):
@@ -175,6 +185,7 @@ def test_figures_exist_with_one_line_per_attention(original_store, tmp_path):
     assert names == sorted([f'curves_{m}.png' for m in MODELS] + ['final_accuracy.png'])
     assert all(p.stat().st_size > 10_000 for p in written if p.suffix == '.png')
     from reports import load_histories
+
     figure = curves_figure(load_histories(original_store), 'cifar_resnet20_v1')
     accuracy_axis, loss_axis = figure.axes[:2]
     assert [line.get_label() for line in accuracy_axis.lines] == ['Vanilla', 'ECA']
@@ -184,8 +195,9 @@ def test_figures_exist_with_one_line_per_attention(original_store, tmp_path):
 
 
 def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
-    (original_store / 'environment.json').write_text(json.dumps(
-        {'packages': {'mxnet': '1.9.1'}, 'git_commit': 'abc123', 'devices': 'cpu'}))
+    (original_store / 'environment.json').write_text(
+        json.dumps({'packages': {'mxnet': '1.9.1'}, 'git_commit': 'abc123', 'devices': 'cpu'})
+    )
     report = tmp_path / 'report.html'
     render_all(original_store, figures_dir=tmp_path / 'f', report_path=report)
     html = report.read_text()
@@ -198,7 +210,7 @@ def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
     results = grid.tables[0]
     assert results[0] == ['Model', 'Vanilla', 'SE', 'ECA', 'GCT']
     assert [row[0] for row in results[2:]] == MODELS
-    assert results[2][2] == f"{ORIGINAL[('cifar_resnet20_v1', 'none')][1]:.4f}"
+    assert results[2][2] == f'{ORIGINAL[("cifar_resnet20_v1", "none")][1]:.4f}'
     text = ''.join(grid.text)
     assert '<table' not in text and '<td' not in text and '</' not in text
     trials = grid.tables[1]
@@ -211,8 +223,15 @@ def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
 def test_failed_trials_show_their_error_in_the_report(tmp_path):
     store = ResultsStore(tmp_path / 'store')
     add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
-    add_trial(store, 'cifar_resnet20_v1', 'se', 0, 0.04, 0.91,
-              error='Traceback...\nTrainingDiverged: loss was nan at epoch 2, batch 7')
+    add_trial(
+        store,
+        'cifar_resnet20_v1',
+        'se',
+        0,
+        0.04,
+        0.91,
+        error='Traceback...\nTrainingDiverged: loss was nan at epoch 2, batch 7',
+    )
     record_sweep(store, ['cifar_resnet20_v1'], ['none', 'se'])
     trials = load_trials(store.root)
     assert trials.set_index('attention').loc['se', 'status'] == 'failed'
@@ -221,6 +240,7 @@ def test_failed_trials_show_their_error_in_the_report(tmp_path):
     assert 'loss was nan at epoch 2, batch 7' in report.read_text()
     # pandas 3 reads a text column's missing values as NaN, not None: still no error.
     from reports import _trial_rows
+
     trials['error'] = [float('nan') if e is None else e for e in trials['error']]
     errors = {row['attention']: row['error'] for row in _trial_rows(trials)}
     assert errors == {'none': '', 'se': 'TrainingDiverged: loss was nan at epoch 2, batch 7'}
@@ -237,22 +257,26 @@ def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
         'name: original-table\nmodels: [cifar_resnet20_v1, cifar_resnet56_v1]\n'
         'attentions: [none, se, eca, gct]\nrecipe: {epochs: 3}\n'
         f'outputs: {{results: {original_store.parent}, readme: README.md, figures: figs, '
-        'report: report.html}\n')
+        'report: report.html}\n'
+    )
     (tmp_path / 'README.md').write_text(f'intro\n{BEGIN}\n{END}\n')
     root = Path(__file__).resolve().parents[1]
     # `python -m reports` reads files only; run_sweep.py --report-only also validates
     # sweep.yaml (names from models.names, no MXNet) and starts no Ray.
-    code = ('import sys\n'
-            'import reports.__main__ as cli\n'
-            f'code = cli.main([{str(original_store)!r}, "--report", '
-            f'{str(tmp_path / "r2.html")!r}])\n'
-            'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "reports import"\n'
-            'import run_sweep\n'
-            f'code += run_sweep.main(["--config", {str(sweep)!r}, "--report-only"])\n'
-            'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "run_sweep"\n'
-            'sys.exit(code)\n')
-    done = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
-                          text=True, timeout=120)
+    code = (
+        'import sys\n'
+        'import reports.__main__ as cli\n'
+        f'code = cli.main([{str(original_store)!r}, "--report", '
+        f'{str(tmp_path / "r2.html")!r}])\n'
+        'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "reports import"\n'
+        'import run_sweep\n'
+        f'code += run_sweep.main(["--config", {str(sweep)!r}, "--report-only"])\n'
+        'assert "ray" not in sys.modules and "mxnet" not in sys.modules, "run_sweep"\n'
+        'sys.exit(code)\n'
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert '<table>' in (tmp_path / 'README.md').read_text()
     assert (tmp_path / 'figs' / 'final_accuracy.png').is_file()
@@ -268,8 +292,9 @@ def test_only_the_sweeps_trials_enter_the_table_and_figures(tmp_path):
     for attention, acc in (('none', 0.50), ('se', 0.60)):
         add_trial(store, 'cifar_resnet20_v1', attention, 0, 0.3, acc, epochs=3)
     add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.4, 0.80, epochs=2)
-    record_sweep(store, ['cifar_resnet20_v1'], ['none', 'se'], epochs=2,
-                 metrics=['val_acc'], overhead=False)
+    record_sweep(
+        store, ['cifar_resnet20_v1'], ['none', 'se'], epochs=2, metrics=['val_acc'], overhead=False
+    )
     readme, report = tmp_path / 'README.md', tmp_path / 'report.html'
     figures = tmp_path / 'figures'
     render_all(store.root, readme=readme, figures_dir=figures, report_path=report)
@@ -279,15 +304,17 @@ def test_only_the_sweeps_trials_enter_the_table_and_figures(tmp_path):
     grid = TableGrid(report.read_text())
     others = grid.tables[2]
     assert others[0][-1] == 'why it is not current'
-    assert sorted(row[0] for row in others[1:]) == ['cifar_resnet20_v1-none-s0',
-                                                    'cifar_resnet20_v1-se-s0']
+    assert sorted(row[0] for row in others[1:]) == [
+        'cifar_resnet20_v1-none-s0',
+        'cifar_resnet20_v1-se-s0',
+    ]
     assert all(row[-1] == 'recipe differs: epochs 3 (sweep: 2)' for row in others[1:])
     from reports import load_histories, load_manifest, split_by_sweep
+
     current, _ = split_by_sweep(load_trials(store.root), load_manifest(store.root))
-    curves = curves_figure(load_histories(store.root, current),
-                           'cifar_resnet20_v1')
+    curves = curves_figure(load_histories(store.root, current), 'cifar_resnet20_v1')
     vanilla_line = curves.axes[0].lines[0]
-    assert list(vanilla_line.get_xdata()) == [1, 2]     # the 2-epoch trial alone
+    assert list(vanilla_line.get_xdata()) == [1, 2]  # the 2-epoch trial alone
 
 
 def test_a_trial_of_an_older_network_definition_is_not_current(tmp_path):
@@ -295,19 +322,34 @@ def test_a_trial_of_an_older_network_definition_is_not_current(tmp_path):
     spec = TrialSpec('cifar_resnet20_v2', 'none', 0, Recipe(epochs=3))
     # What the previous definition of v2 stored: no revision in its id or its spec.
     store.write_spec('68128bc50c3e', spec.name, spec.to_dict(), IDENTITY, 1)
-    rows = [{'epoch': 1, 'lr': 0.003, 'train_loss': 0.1, 'train_acc': 0.9, 'val_loss': 0.2,
-             'val_acc': 0.95, 'epoch_seconds': 1.0, 'train_seconds': 1.0,
-             'images_per_second': 1.0}]
+    rows = [
+        {
+            'epoch': 1,
+            'lr': 0.003,
+            'train_loss': 0.1,
+            'train_acc': 0.9,
+            'val_loss': 0.2,
+            'val_acc': 0.95,
+            'epoch_seconds': 1.0,
+            'train_seconds': 1.0,
+            'images_per_second': 1.0,
+        }
+    ]
     store.record_epoch('68128bc50c3e', rows[0])
     store.write_final('68128bc50c3e', dict(rows[0], epochs=3, total_seconds=1.0))
-    record_sweep(store, ['cifar_resnet20_v2'], ['none'],
-                 metrics=['val_loss', 'val_acc', 'train_loss'], overhead=False)
+    record_sweep(
+        store,
+        ['cifar_resnet20_v2'],
+        ['none'],
+        metrics=['val_loss', 'val_acc', 'train_loss'],
+        overhead=False,
+    )
     readme, report = tmp_path / 'README.md', tmp_path / 'report.html'
     render_all(store.root, readme=readme, figures_dir=tmp_path / 'f', report_path=report)
     assert TableGrid(readme.read_text()).rows[2][1:] == ['TBA', 'TBA', 'TBA']
     assert '0 of 1 trials finished' in readme.read_text()
     assert 'Network definitions: v2 revision 2' in readme.read_text()
-    other, = TableGrid(report.read_text()).tables[2][1:]
+    (other,) = TableGrid(report.read_text()).tables[2][1:]
     assert other[1] == '68128bc50c3e'
     assert other[-1] == 'trained by network definition revision 1 (now 2)'
     assert not (tmp_path / 'f' / 'curves_cifar_resnet20_v2.png').exists()
@@ -316,6 +358,7 @@ def test_a_trial_of_an_older_network_definition_is_not_current(tmp_path):
 def test_one_seed_draws_no_error_bars_and_says_n_1(original_store, tmp_path):
     from reports import load_manifest, split_by_sweep
     from reports.figures import accuracy_bars_figure
+
     trials, _ = split_by_sweep(load_trials(original_store), load_manifest(original_store))
     figure = accuracy_bars_figure(trials)
     axis = figure.axes[0]
@@ -327,7 +370,7 @@ def test_one_seed_draws_no_error_bars_and_says_n_1(original_store, tmp_path):
     record_sweep(store, ['cifar_resnet20_v1'], ['none'], seeds=(0, 1))
     trials, _ = split_by_sweep(load_trials(store.root), load_manifest(store.root))
     axis = accuracy_bars_figure(trials).axes[0]
-    bars, = [c for c in axis.containers if type(c).__name__ == 'ErrorbarContainer']
+    (bars,) = [c for c in axis.containers if type(c).__name__ == 'ErrorbarContainer']
     assert 'error bars: std over seeds' in axis.get_title() and 'n=2' in axis.get_title()
 
 
@@ -340,4 +383,7 @@ def test_figures_of_trials_no_longer_in_the_sweep_are_removed(original_store, tm
     record_sweep(store, ['cifar_resnet20_v1'], ATTENTIONS)
     render_all(original_store, figures_dir=figures)
     assert sorted(p.name for p in figures.iterdir()) == [
-        'curves_cifar_resnet20_v1.png', 'final_accuracy.png', 'notes.png']
+        'curves_cifar_resnet20_v1.png',
+        'final_accuracy.png',
+        'notes.png',
+    ]

@@ -1,5 +1,6 @@
 """A damaged results store: every damage is reported with its file and what to do, no
 finished trial is lost or retrained, and the sweep and the reports read one status."""
+
 import re
 import shutil
 
@@ -18,9 +19,17 @@ EPOCHS = 3
 
 
 def metrics(epoch):
-    return {'epoch': epoch, 'lr': 0.003, 'train_loss': 1.0 / epoch, 'train_acc': 0.5,
-            'val_loss': 2.0 / epoch, 'val_acc': 0.3 + 0.1 * epoch, 'epoch_seconds': 1.0,
-            'train_seconds': 0.9, 'images_per_second': 100.0}
+    return {
+        'epoch': epoch,
+        'lr': 0.003,
+        'train_loss': 1.0 / epoch,
+        'train_acc': 0.5,
+        'val_loss': 2.0 / epoch,
+        'val_acc': 0.3 + 0.1 * epoch,
+        'epoch_seconds': 1.0,
+        'train_seconds': 0.9,
+        'images_per_second': 100.0,
+    }
 
 
 def fake_trial(store, tid, spec, identity, epochs_trained, finished=False):
@@ -30,9 +39,10 @@ def fake_trial(store, tid, spec, identity, epochs_trained, finished=False):
     for row in history:
         store.record_epoch(tid, row)
     if epochs_trained:
-        write_json_atomic(store.trial_dir(tid) / 'checkpoint' / 'state.json',
-                          {'epoch': epochs_trained, 'history': history,
-                           'spec': spec.to_dict()})
+        write_json_atomic(
+            store.trial_dir(tid) / 'checkpoint' / 'state.json',
+            {'epoch': epochs_trained, 'history': history, 'spec': spec.to_dict()},
+        )
     if finished:
         store.write_final(tid, dict(history[-1], epochs=epochs_trained, total_seconds=3.0))
 
@@ -41,10 +51,21 @@ def fake_trial(store, tid, spec, identity, epochs_trained, finished=False):
 def sweep(tmp_path):
     """A 2-trial sweep on tiny data: one finished trial, one partial (2 of 3 epochs)."""
     data_root = write_tiny_data(tmp_path / 'cifar', train=32, test=8)
-    path = write_sweep(tmp_path, data_root, models=['cifar_resnet8_v1'],
-                       attentions=['none', 'eca'], epochs=EPOCHS,
-                       extra={'outputs': {'results': 'results', 'readme': None,
-                                          'figures': 'figures', 'report': 'report.html'}})
+    path = write_sweep(
+        tmp_path,
+        data_root,
+        models=['cifar_resnet8_v1'],
+        attentions=['none', 'eca'],
+        epochs=EPOCHS,
+        extra={
+            'outputs': {
+                'results': 'results',
+                'readme': None,
+                'figures': 'figures',
+                'report': 'report.html',
+            }
+        },
+    )
     sweep = loaded(path)
     identity = load_sweep_data(sweep).identity.to_dict()
     store = ResultsStore(sweep.store_dir)
@@ -71,10 +92,14 @@ def dry_run(path, capsys):
 
 
 def report_rows(sweep):
-    render_all(sweep.store_dir, figures_dir=sweep.base_dir / 'figures',
-               report_path=sweep.base_dir / 'report.html')
-    trials, _ = split_by_sweep(load_trials(sweep.store_dir, load_manifest(sweep.store_dir)),
-                               load_manifest(sweep.store_dir))
+    render_all(
+        sweep.store_dir,
+        figures_dir=sweep.base_dir / 'figures',
+        report_path=sweep.base_dir / 'report.html',
+    )
+    trials, _ = split_by_sweep(
+        load_trials(sweep.store_dir, load_manifest(sweep.store_dir)), load_manifest(sweep.store_dir)
+    )
     return {row['attention']: row for row in trials.to_dict('records')}
 
 
@@ -87,16 +112,18 @@ def test_an_intact_store_reads_the_same_everywhere(sweep):
     path, sweep, store, ids = sweep
     assert statuses(sweep) == {'none': (DONE, 3), 'eca': (PARTIAL, 2)}
     rows = report_rows(sweep)
-    assert (rows['none']['status'], rows['eca']['status'], rows['eca']['epochs_done']) == \
-        (DONE, PARTIAL, 2)
+    assert (rows['none']['status'], rows['eca']['status'], rows['eca']['epochs_done']) == (
+        DONE,
+        PARTIAL,
+        2,
+    )
     assert all(not row['problems'] for row in rows.values())
 
 
-def test_a_cut_history_of_a_partial_trial_is_read_from_the_checkpoint_and_rewritten(
-        sweep, capsys):
+def test_a_cut_history_of_a_partial_trial_is_read_from_the_checkpoint_and_rewritten(sweep, capsys):
     path, sweep, store, ids = sweep
     history = store.trial_dir(ids['partial']) / 'history.csv'
-    cut(history, 20)                                  # the last row loses its tail
+    cut(history, 20)  # the last row loses its tail
     state = store.trial_state(ids['partial'])
     assert (state.status, state.epochs_done) == (PARTIAL, 2)
     assert any('line 3 is cut or garbled' in p and str(history) in p for p in state.problems)
@@ -118,6 +145,7 @@ def test_a_cut_history_of_a_finished_trial_keeps_every_point_of_its_curves(sweep
     rows = report_rows(sweep)
     assert rows['none']['status'] == DONE and rows['none']['problems']
     from reports import load_histories
+
     histories = load_histories(sweep.store_dir)
     assert sorted(histories[histories['attention'] == 'none']['epoch']) == [1, 2, 3]
     assert 'Problems found in the store' in (sweep.base_dir / 'report.html').read_text()
@@ -129,9 +157,11 @@ def test_garbage_in_final_json_is_named_and_nothing_is_retrained(sweep, capsys):
     final.write_text('{"epochs": 3, "val_a')
     state = store.trial_state(ids['finished'])
     assert state.status == DAMAGED and state.epochs_done == 3
-    problem, = state.problems
-    assert problem.startswith(f'{final}: not valid JSON') and \
-        'the checkpoint holds epoch 3: delete the file and run again' in problem
+    (problem,) = state.problems
+    assert (
+        problem.startswith(f'{final}: not valid JSON')
+        and 'the checkpoint holds epoch 3: delete the file and run again' in problem
+    )
     out = dry_run(path, capsys)
     assert 'damaged' in out and f'problem: {final}: not valid JSON' in out
     assert '2 trials: 0 done, 1 partial, 0 pending, 0 failed, 1 damaged' in out
@@ -153,11 +183,11 @@ def test_a_missing_spec_json_does_not_hide_a_finished_trial(sweep):
 def test_a_checkpoint_left_retired_by_a_crash_is_used_and_put_back(sweep, capsys):
     path, sweep, store, ids = sweep
     folder = store.trial_dir(ids['partial'])
-    (folder / 'checkpoint').rename(folder / '.checkpoint.retired')   # crash mid-swap
+    (folder / 'checkpoint').rename(folder / '.checkpoint.retired')  # crash mid-swap
     state = store.trial_state(ids['partial'])
     assert (state.status, state.epochs_done) == (PARTIAL, 2)
     assert 'partial (epoch 2 of 3)' in dry_run(path, capsys)
-    assert report_rows(sweep)['eca']['epochs_done'] == 2    # the report agrees
+    assert report_rows(sweep)['eca']['epochs_done'] == 2  # the report agrees
     assert store.repair(ids['partial'])[0].endswith('put back from .checkpoint.retired')
     assert (folder / 'checkpoint' / 'state.json').is_file()
     assert store.trial_state(ids['partial']).problems == ()
@@ -177,14 +207,13 @@ def test_a_lost_checkpoint_is_reported_instead_of_retraining_from_epoch_0(sweep,
 
 def test_one_epoch_ahead_of_the_checkpoint_is_the_normal_crash_window(sweep):
     path, sweep, store, ids = sweep
-    store.record_epoch(ids['partial'], metrics(3))      # reported, not yet checkpointed
+    store.record_epoch(ids['partial'], metrics(3))  # reported, not yet checkpointed
     state = store.trial_state(ids['partial'])
     assert (state.status, state.epochs_done, state.problems) == (PARTIAL, 2, ())
     fresh = store.trial_dir('0123456789ab')
-    store.record_epoch('0123456789ab', metrics(1))      # killed before the first checkpoint
+    store.record_epoch('0123456789ab', metrics(1))  # killed before the first checkpoint
     assert store.trial_state('0123456789ab').status == PENDING
     assert fresh.is_dir()
-
 
 
 def test_a_lock_of_a_dead_process_is_taken_over_and_a_live_one_refuses(tmp_path):
@@ -194,20 +223,28 @@ def test_a_lock_of_a_dead_process_is_taken_over_and_a_live_one_refuses(tmp_path)
     import sys
 
     from bench.store import StoreLocked
+
     store = ResultsStore(tmp_path / 'store')
     store.root.mkdir()
     lock = store.root / 'sweep.lock'
-    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
-                          capture_output=True, text=True).stdout.strip()
-    lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': int(gone),
-                                'since': 'yesterday'}))
+    gone = subprocess.run(
+        [sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True
+    ).stdout.strip()
+    lock.write_text(
+        json.dumps({'host': socket.gethostname(), 'pid': int(gone), 'since': 'yesterday'})
+    )
     said = []
     with store.lock(progress=said.append):
         assert json.loads(lock.read_text())['pid'] == __import__('os').getpid()
-        assert said == [f'took over the lock of {store.root}: process {gone} (since '
-                        'yesterday) is no longer running']
-        with pytest.raises(StoreLocked, match=r'another sweep is running on .*: process \d+ '
-                                              r'on host .*, since .*delete .*sweep\.lock'):
+        assert said == [
+            f'took over the lock of {store.root}: process {gone} (since '
+            'yesterday) is no longer running'
+        ]
+        with pytest.raises(
+            StoreLocked,
+            match=r'another sweep is running on .*: process \d+ '
+            r'on host .*, since .*delete .*sweep\.lock',
+        ):
             with store.lock():
                 pass
     assert not lock.exists()
@@ -224,6 +261,7 @@ def test_fresh_without_a_terminal_says_to_add_yes(sweep, monkeypatch, capsys):
 
     def no_terminal(prompt):
         raise EOFError
+
     monkeypatch.setattr('builtins.input', no_terminal)
     assert run_sweep.main(['--config', str(path), '--fresh']) == 2
     assert 'with no one to answer (no terminal), add --yes' in capsys.readouterr().err
@@ -232,8 +270,10 @@ def test_fresh_without_a_terminal_says_to_add_yes(sweep, monkeypatch, capsys):
 
 # ------------------------------------------------- problems found before anything trains
 
+
 def test_problems_that_would_stop_a_sweep_part_way_are_found_before_it_starts(
-        sweep, tmp_path, capsys):
+    sweep, tmp_path, capsys
+):
     path, sweep, store, ids = sweep
 
     def run(*extra, config=path):
@@ -242,8 +282,12 @@ def test_problems_that_would_stop_a_sweep_part_way_are_found_before_it_starts(
         return code, capsys.readouterr().err
 
     code, err = run('--only', 'model=resnet50')
-    assert code == 2 and "--only model=resnet50 matches no trial of the sweep (models: " \
-        'cifar_resnet8_v1; attentions: none, eca; seeds: 0)' in err
+    assert (
+        code == 2
+        and '--only model=resnet50 matches no trial of the sweep (models: '
+        'cifar_resnet8_v1; attentions: none, eca; seeds: 0)'
+        in err
+    )
 
     readme = tmp_path / 'README.md'
     readme.write_text('# no markers here\n')
@@ -260,11 +304,13 @@ def test_problems_that_would_stop_a_sweep_part_way_are_found_before_it_starts(
 
     blocked = tmp_path / 'blocked.yaml'
     (tmp_path / 'a-file').write_text('x')
-    blocked.write_text(path.read_text().replace('results: results',
-                                                f"results: {tmp_path / 'a-file' / 'results'}"))
+    blocked.write_text(
+        path.read_text().replace('results: results', f'results: {tmp_path / "a-file" / "results"}')
+    )
     code, err = run(config=blocked)
-    assert code == 2 and 'cannot create the results folder' in err and \
-        'set outputs.results in' in err
+    assert (
+        code == 2 and 'cannot create the results folder' in err and 'set outputs.results in' in err
+    )
     assert store.trial_state(ids['finished']).status == DONE
 
 
@@ -276,24 +322,31 @@ def test_a_trial_no_node_can_hold_is_refused_and_the_dry_run_says_so(sweep, caps
     class OneSmallNode:
         @staticmethod
         def nodes():
-            return [{'Alive': True, 'Resources': {'CPU': 2.0}},
-                    {'Alive': False, 'Resources': {'CPU': 128.0}}]
-    with pytest.raises(SweepError, match='each trial asks for 64 CPUs, but the largest node '
-                                         'of the Ray cluster has 2; lower '
-                                         'resources.cpus_per_trial'):
+            return [
+                {'Alive': True, 'Resources': {'CPU': 2.0}},
+                {'Alive': False, 'Resources': {'CPU': 128.0}},
+            ]
+
+    with pytest.raises(
+        SweepError,
+        match='each trial asks for 64 CPUs, but the largest node '
+        'of the Ray cluster has 2; lower '
+        'resources.cpus_per_trial',
+    ):
         check_trials_fit(OneSmallNode, Resources(cpus_per_trial=64))
     check_trials_fit(OneSmallNode, Resources(cpus_per_trial=2))
-    assert 'cpus_per_trial 64 is more than this machine has' in \
-        local_devices(Resources(cpus_per_trial=64))
+    assert 'cpus_per_trial 64 is more than this machine has' in local_devices(
+        Resources(cpus_per_trial=64)
+    )
 
 
-def test_a_read_only_readme_stays_read_only_and_a_failed_write_leaves_no_temporary_file(
-        tmp_path):
+def test_a_read_only_readme_stays_read_only_and_a_failed_write_leaves_no_temporary_file(tmp_path):
     import os
     import stat
 
     from reports import BEGIN, END, ReportError
     from reports.readme import write_readme
+
     readme = tmp_path / 'README.md'
     readme.write_text(f'intro\n{BEGIN}\n{END}\n')
     readme.chmod(0o444)
@@ -313,11 +366,12 @@ def test_what_killed_runs_left_behind_is_cleaned_under_the_lock(sweep):
     (folder / '.checkpoint-abc123').mkdir()
     (folder / '.history.csv.x1y2.tmp').write_text('half')
     (store.root / 'ray' / 'tiny-20260101-000000').mkdir(parents=True)
-    (folder / '.checkpoint.retired').mkdir()      # a recovery copy: kept
+    (folder / '.checkpoint.retired').mkdir()  # a recovery copy: kept
     with store.lock():
         assert store.clean_scratch() == 3
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith('.')) == \
-        ['.checkpoint.retired']
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith('.')) == [
+        '.checkpoint.retired'
+    ]
     assert list((store.root / 'ray').iterdir()) == []
 
 
@@ -334,27 +388,31 @@ def test_the_sweep_store_planner_and_reports_run_with_no_deep_learning_framework
     import subprocess
     import sys
     from pathlib import Path
+
     path, sweep, store, ids = sweep
     root = Path(__file__).resolve().parents[1]
     # Installed but unimportable (found by importlib.util.find_spec, as the backend
     # check before training looks for them, yet any import of them raises).
-    code = ('import builtins, sys\n'
-            'real_import = builtins.__import__\n'
-            'def refuse(name, *args, **kwargs):\n'
-            '    if name.split(".")[0] in ("mxnet", "torch", "gluoncv"):\n'
-            '        raise ImportError(f"{name} may not be imported here")\n'
-            '    return real_import(name, *args, **kwargs)\n'
-            'builtins.__import__ = refuse\n'
-            'import bench.environment, bench.gpu, bench.store, reports, run_sweep\n'
-            'import bench.sweep.cluster, bench.sweep.config, bench.sweep.driver, bench.sweep.plan\n'
-            'import bench.trial.checkpoint, bench.trial.data, bench.trial.loop\n'
-            'import bench.trial.recipe\n'
-            f'assert run_sweep.main(["--config", {str(path)!r}, "--dry-run"]) == 0\n'
-            f'assert run_sweep.main(["--config", {str(path)!r}, "--report-only"]) == 0\n'
-            'assert "ray" not in sys.modules\n'
-            'assert not {"mxnet", "torch", "gluoncv"} & set(sys.modules)\n')
-    done = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
-                          text=True, timeout=120)
+    code = (
+        'import builtins, sys\n'
+        'real_import = builtins.__import__\n'
+        'def refuse(name, *args, **kwargs):\n'
+        '    if name.split(".")[0] in ("mxnet", "torch", "gluoncv"):\n'
+        '        raise ImportError(f"{name} may not be imported here")\n'
+        '    return real_import(name, *args, **kwargs)\n'
+        'builtins.__import__ = refuse\n'
+        'import bench.environment, bench.gpu, bench.store, reports, run_sweep\n'
+        'import bench.sweep.cluster, bench.sweep.config, bench.sweep.driver, bench.sweep.plan\n'
+        'import bench.trial.checkpoint, bench.trial.data, bench.trial.loop\n'
+        'import bench.trial.recipe\n'
+        f'assert run_sweep.main(["--config", {str(path)!r}, "--dry-run"]) == 0\n'
+        f'assert run_sweep.main(["--config", {str(path)!r}, "--report-only"]) == 0\n'
+        'assert "ray" not in sys.modules\n'
+        'assert not {"mxnet", "torch", "gluoncv"} & set(sys.modules)\n'
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert '2 trials: 1 done, 1 partial, 0 pending, 0 failed' in done.stdout
     assert (sweep.base_dir / 'report.html').is_file()

@@ -4,6 +4,7 @@ Gluon (MXNet 1.9) is the reference: a Gluon network's weights and BN statistics
 are loaded into the PyTorch network (models.pytorch.convert), and both must give
 the same outputs, loss, gradients, BN statistics and updates, in float32 on the CPU.
 """
+
 import itertools
 
 import mxnet as mx
@@ -20,8 +21,7 @@ from models.architecture import network_counts  # noqa: E402
 from models.pytorch import get_model as torch_model  # noqa: E402
 from models.pytorch import gluon_names, load_gluon_parameters  # noqa: E402
 
-TABLE_MODELS = ('cifar_resnet20_v1', 'cifar_resnet20_v2', 'cifar_resnet56_v1',
-                'cifar_resnet56_v2')
+TABLE_MODELS = ('cifar_resnet20_v1', 'cifar_resnet20_v2', 'cifar_resnet56_v1', 'cifar_resnet56_v2')
 ATTENTIONS = ('none', 'se', 'eca', 'gct')
 CELLS = list(itertools.product(TABLE_MODELS, ATTENTIONS))
 RTOL = 1e-4
@@ -83,31 +83,36 @@ def test_same_parameters_and_the_converter_uses_every_one(model, attention):
 
 
 @pytest.mark.parametrize('model,attention', CELLS)
-def test_converted_networks_give_the_same_outputs_in_inference_and_training(
-        model, attention):
+def test_converted_networks_give_the_same_outputs_in_inference_and_training(model, attention):
     gluon_net, x = randomised_gluon(model, attention)
     net = converted(model, attention, gluon_net)
     net.eval()
     with torch.no_grad():
-        assert_close(net(torch.from_numpy(x)).numpy(), gluon_net(mx.nd.array(x)).asnumpy(),
-                     'inference output')
+        assert_close(
+            net(torch.from_numpy(x)).numpy(),
+            gluon_net(mx.nd.array(x)).asnumpy(),
+            'inference output',
+        )
     net.train()
     with autograd.record():
         reference = gluon_net(mx.nd.array(x))
-    assert_close(net(torch.from_numpy(x)).detach().numpy(), reference.asnumpy(),
-                 'training-mode output')
+    assert_close(
+        net(torch.from_numpy(x)).detach().numpy(), reference.asnumpy(), 'training-mode output'
+    )
 
 
 @pytest.fixture
 def mxnet_operators(monkeypatch):
     """The Gluon attentions built from MXNet's operators (the fused kernels are float32-only)."""
     from models import kernels
+
     monkeypatch.setattr(kernels, '_status', (False, 'turned off by the test'))
 
 
 @pytest.mark.parametrize('model,attention', CELLS)
 def test_one_training_step_gives_the_same_loss_gradients_statistics_and_update(
-        model, attention, mxnet_operators):
+    model, attention, mxnet_operators
+):
     """The loss in float32; the gradients, BN statistics and Adam's update in float64.
 
     In float32 the two frameworks' first-layer gradients of these deep networks differ
@@ -120,44 +125,61 @@ def test_one_training_step_gives_the_same_loss_gradients_statistics_and_update(
     labels = np.arange(len(x)) % 10
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     net.train()
-    with autograd.train_mode():        # batch statistics, as in training
+    with autograd.train_mode():  # batch statistics, as in training
         gluon_loss = loss_fn(gluon_net(mx.nd.array(x)), mx.nd.array(labels)).sum()
-    assert_close(torch.nn.functional.cross_entropy(
-        net(torch.from_numpy(x)), torch.from_numpy(labels), reduction='sum').item(),
-        gluon_loss.asscalar(), 'float32 loss')
+    assert_close(
+        torch.nn.functional.cross_entropy(
+            net(torch.from_numpy(x)), torch.from_numpy(labels), reduction='sum'
+        ).item(),
+        gluon_loss.asscalar(),
+        'float32 loss',
+    )
 
     gluon_net.cast('float64')
     net = converted(model, attention, gluon_net).double()
-    trainer = gluon.Trainer(gluon_net.collect_params(), 'adam',
-                            {'learning_rate': 0.003, 'wd': 1e-4}, update_on_kvstore=False)
+    trainer = gluon.Trainer(
+        gluon_net.collect_params(),
+        'adam',
+        {'learning_rate': 0.003, 'wd': 1e-4},
+        update_on_kvstore=False,
+    )
     optimizer = make_optimizer(net, Recipe(lr=0.003, wd=1e-4))
     with autograd.record():
-        gluon_loss = loss_fn(gluon_net(mx.nd.array(x, dtype='float64')),
-                             mx.nd.array(labels, dtype='float64')).sum()
+        gluon_loss = loss_fn(
+            gluon_net(mx.nd.array(x, dtype='float64')), mx.nd.array(labels, dtype='float64')
+        ).sum()
     gluon_loss.backward()
-    loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x).double()),
-                                             torch.from_numpy(labels), reduction='sum')
-    (loss / len(x)).backward()          # Trainer.step(batch) divides the sum's gradient
+    loss = torch.nn.functional.cross_entropy(
+        net(torch.from_numpy(x).double()), torch.from_numpy(labels), reduction='sum'
+    )
+    (loss / len(x)).backward()  # Trainer.step(batch) divides the sum's gradient
     gluon_params = gluon_net._collect_params_with_prefix()
     state = dict(net.named_parameters())
     names = gluon_names(net)
     for key, gluon_name in names.items():
         reference = gluon_params[gluon_name]
         if key in state:
-            assert_close(state[key].grad.numpy() * len(x), reference.grad().asnumpy(),
-                         f'{key} gradient', rtol=1e-10)
+            assert_close(
+                state[key].grad.numpy() * len(x),
+                reference.grad().asnumpy(),
+                f'{key} gradient',
+                rtol=1e-10,
+            )
         else:
             # BN statistics, which MXNet updates in the backward pass; it holds its
             # momentum 0.9 as a float32 (0.899999976), hence 1e-6 here.
-            assert_close(net.state_dict()[key].numpy(), reference.data().asnumpy(), key,
-                         rtol=1e-6)
+            assert_close(net.state_dict()[key].numpy(), reference.data().asnumpy(), key, rtol=1e-6)
     trainer.step(len(x))
     optimizer.step()
     for key, param in state.items():
         # MXNet's Adam kernel takes its betas as float32: 1 - beta2 is then 0.000999988,
         # 1.2e-5 off, which moves a first step by 6e-6 of itself.
-        assert_close(param.detach().numpy(), gluon_params[names[key]].data().asnumpy(),
-                     f'{key} after the update', rtol=1e-5)
+        assert_close(
+            param.detach().numpy(),
+            gluon_params[names[key]].data().asnumpy(),
+            f'{key} after the update',
+            rtol=1e-5,
+        )
 
 
 def test_v2_input_batchnorm_keeps_its_statistics_as_mxnet_does():
@@ -173,7 +195,7 @@ def test_v2_input_batchnorm_keeps_its_statistics_as_mxnet_does():
     stem = net.features[0]
     assert torch.equal(stem.running_mean, torch.zeros(3))
     assert torch.equal(stem.running_var, torch.ones(3))
-    assert not torch.equal(net.features[5].running_var, torch.ones(64))   # the last BN
+    assert not torch.equal(net.features[5].running_var, torch.ones(64))  # the last BN
 
 
 def test_batchnorm_statistics_use_mxnet_momentum_and_the_biased_variance():
@@ -186,6 +208,7 @@ def test_batchnorm_statistics_use_mxnet_momentum_and_the_biased_variance():
         out = reference(data)
     out.backward()
     from models.pytorch import MXNetBatchNorm
+
     bn = MXNetBatchNorm(2)
     bn(torch.from_numpy(x))
     assert_close(bn.running_mean.numpy(), reference.running_mean.data().asnumpy(), 'mean')
@@ -215,8 +238,7 @@ def test_optimizers_update_as_mxnet_does(optimizer):
     options = {'learning_rate': recipe.lr, 'wd': recipe.wd}
     if optimizer != 'adam':
         options['momentum'] = recipe.momentum
-    trainer = gluon.Trainer(gluon_net.collect_params(), optimizer, options,
-                            update_on_kvstore=False)
+    trainer = gluon.Trainer(gluon_net.collect_params(), optimizer, options, update_on_kvstore=False)
     ours = make_optimizer(net, recipe)
     gluon_params = gluon_net._collect_params_with_prefix()
     names = gluon_names(net)
@@ -225,20 +247,29 @@ def test_optimizers_update_as_mxnet_does(optimizer):
     for step, lr in enumerate((0.05, 0.05, 0.005)):
         trainer.set_learning_rate(lr)
         set_learning_rate(ours, lr)
-        grads = {key: rng.normal(0, 1, size=param.shape).astype(np.float32)
-                 for key, param in trained.items()}
+        grads = {
+            key: rng.normal(0, 1, size=param.shape).astype(np.float32)
+            for key, param in trained.items()
+        }
         for key, param in trained.items():
-            param.grad = torch.from_numpy(grads[key] / batch)   # the mean loss's gradient
-        with autograd.record():        # sum(w * G) has gradient G: the summed loss's
-            total = mx.nd.add_n(*[(gluon_params[names[key]].data() * mx.nd.array(grad)).sum()
-                                  for key, grad in grads.items()])
+            param.grad = torch.from_numpy(grads[key] / batch)  # the mean loss's gradient
+        with autograd.record():  # sum(w * G) has gradient G: the summed loss's
+            total = mx.nd.add_n(
+                *[
+                    (gluon_params[names[key]].data() * mx.nd.array(grad)).sum()
+                    for key, grad in grads.items()
+                ]
+            )
         total.backward()
         trainer.step(batch)
         ours.step()
         for key, param in trained.items():
-            assert_close(param.detach().numpy(), gluon_params[names[key]].data().asnumpy(),
-                         f'{optimizer} step {step + 1}: {key}', rtol=NAG_RTOL
-                         if optimizer == 'nag' else RTOL)
+            assert_close(
+                param.detach().numpy(),
+                gluon_params[names[key]].data().asnumpy(),
+                f'{optimizer} step {step + 1}: {key}',
+                rtol=NAG_RTOL if optimizer == 'nag' else RTOL,
+            )
 
 
 def _three_steps(recipe, monkeypatch=None, fused=True, old_checkpoint_after=None):
@@ -246,6 +277,7 @@ def _three_steps(recipe, monkeypatch=None, fused=True, old_checkpoint_after=None
     change before the third); optionally through a state dict whose step counts are plain
     numbers, as checkpoints of earlier versions hold them."""
     import bench.trial.pytorch.optim as optim
+
     net = torch_model('cifar_resnet8_v1', 'gct', seed=0)
     optimizer = make_optimizer(net, recipe)
     rng = np.random.default_rng(1)
@@ -262,8 +294,7 @@ def _three_steps(recipe, monkeypatch=None, fused=True, old_checkpoint_after=None
                 optimizer.load_state_dict(saved)
             set_learning_rate(optimizer, lr)
             for param in net.parameters():
-                param.grad = torch.from_numpy(
-                    rng.normal(0, 1, size=param.shape).astype(np.float32))
+                param.grad = torch.from_numpy(rng.normal(0, 1, size=param.shape).astype(np.float32))
             optimizer.step()
     finally:
         optim.FUSED_ADAM_DEVICES = devices

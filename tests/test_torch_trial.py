@@ -1,4 +1,5 @@
 """The PyTorch trial backend: the same data, loop, checkpoints and records as Gluon's."""
+
 import json
 
 import mxnet as mx
@@ -51,24 +52,31 @@ def test_both_backends_cut_the_same_float32_pixels_from_a_plan(data):
         np.testing.assert_array_equal(x.numpy(), gx.asnumpy())
         np.testing.assert_array_equal(y.numpy(), gy.asnumpy().astype(np.int64))
     indices = np.arange(5)
-    np.testing.assert_array_equal(ours.plain_batch(indices)[0].numpy(),
-                                  reference.plain_batch(indices)[0].asnumpy())
-    channels_last = DeviceImages(data.train_images, data.train_labels, 'cpu',
-                                 channels_last=True).batch(*plan[0])[0]
+    np.testing.assert_array_equal(
+        ours.plain_batch(indices)[0].numpy(), reference.plain_batch(indices)[0].asnumpy()
+    )
+    channels_last = DeviceImages(
+        data.train_images, data.train_labels, 'cpu', channels_last=True
+    ).batch(*plan[0])[0]
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(channels_last.numpy(), ours.batch(*plan[0])[0].numpy())
 
 
-@pytest.mark.parametrize('model,attention', [('cifar_resnet8_v1', 'se'),
-                                             ('cifar_resnet8_v2', 'gct')])
+@pytest.mark.parametrize(
+    'model,attention', [('cifar_resnet8_v1', 'se'), ('cifar_resnet8_v2', 'gct')]
+)
 def test_a_session_on_gluon_weights_evaluates_and_trains_its_first_batch_as_gluon(
-        data, model, attention):
+    data, model, attention
+):
     """Same weights, same batch: the same evaluation and the same first training loss.
     (Later steps drift apart at float32 rounding, which training amplifies: see
     docs/backends.md for how the two are compared over whole runs.)"""
     spec = torch_spec(attention, model)
-    gluon_session = GluonSession(TrialSpec(model, attention, seed=3, recipe=Recipe(
-        epochs=2, batch_size=16)), data, [mx.cpu()])
+    gluon_session = GluonSession(
+        TrialSpec(model, attention, seed=3, recipe=Recipe(epochs=2, batch_size=16)),
+        data,
+        [mx.cpu()],
+    )
     gluon_session.net(mx.nd.zeros((1, 3, 32, 32)))
     session = TorchSession(spec, data, 'cpu')
     load_gluon_parameters(session.net, gluon_session.net)
@@ -89,10 +97,10 @@ def test_training_records_every_metric_and_what_ran(data, tmp_path):
     assert session.threads == torch.get_num_threads()
 
 
-@pytest.mark.parametrize('attention,optimizer', [('gct', 'adam'), ('se', 'nag'),
-                                                 ('none', 'sgd')])
-def test_two_epochs_equal_one_plus_resume_plus_one_bit_for_bit(data, tmp_path, attention,
-                                                                optimizer):
+@pytest.mark.parametrize('attention,optimizer', [('gct', 'adam'), ('se', 'nag'), ('none', 'sgd')])
+def test_two_epochs_equal_one_plus_resume_plus_one_bit_for_bit(
+    data, tmp_path, attention, optimizer
+):
     spec = torch_spec(attention, optimizer=optimizer, lr=0.01)
     straight = train(spec, data, checkpoint_dir=tmp_path / 'straight')
 
@@ -102,6 +110,7 @@ def test_two_epochs_equal_one_plus_resume_plus_one_bit_for_bit(data, tmp_path, a
     def kill_after_first(metrics, _path):
         if metrics['epoch'] == 1:
             raise Killed
+
     with pytest.raises(Killed):
         train(spec, data, checkpoint_dir=tmp_path / 'cut', on_epoch=kill_after_first)
     resumed = train(spec, data, checkpoint_dir=tmp_path / 'cut')
@@ -122,13 +131,17 @@ def test_mixed_precision_and_bad_devices_are_refused_with_what_to_change(data, m
     with pytest.raises(ValueError, match='amp_bfloat16 needs a GPU, but this trial runs on cpu'):
         TorchSession(torch_spec(precision='amp_bfloat16'), data, 'cpu')
     with pytest.raises(ValueError, match='amp_float16 needs a GPU'):
-        torch_trainer.check_precision(Recipe(backend='torch', precision='amp_float16'),
-                                      torch.device('cpu'))
+        torch_trainer.check_precision(
+            Recipe(backend='torch', precision='amp_float16'), torch.device('cpu')
+        )
     capped = []
-    monkeypatch.setattr(torch.cuda, 'set_per_process_memory_fraction',
-                        lambda fraction, device: capped.append((fraction, device)))
+    monkeypatch.setattr(
+        torch.cuda,
+        'set_per_process_memory_fraction',
+        lambda fraction, device: capped.append((fraction, device)),
+    )
     assert torch_trainer.trial_devices(0.5, ['3']) == [torch.device('cuda', 0)]
-    assert capped == [(0.5, 0)]          # half a card: half its memory
+    assert capped == [(0.5, 0)]  # half a card: half its memory
     assert torch_trainer.trial_devices(1, ['3']) == [torch.device('cuda', 0)]
     assert capped == [(0.5, 0)]
     assert torch_trainer.trial_devices(0, []) == [torch.device('cpu')]
@@ -141,16 +154,46 @@ def test_mixed_precision_and_bad_devices_are_refused_with_what_to_change(data, m
 
 def test_command_line_trains_with_the_torch_backend(tiny_cifar_root, tmp_path, capsys):
     output = tmp_path / 'history.json'
-    assert train_main(['--backend', 'torch', '--model', 'cifar_resnet8_v2', '--gct',
-                       '--data-root', str(tiny_cifar_root), '--num-epochs', '1',
-                       '--batch-size', '16', '--num-gpus', '0', '--quiet',
-                       '--output', str(output)]) == 0
+    assert (
+        train_main(
+            [
+                '--backend',
+                'torch',
+                '--model',
+                'cifar_resnet8_v2',
+                '--gct',
+                '--data-root',
+                str(tiny_cifar_root),
+                '--num-epochs',
+                '1',
+                '--batch-size',
+                '16',
+                '--num-gpus',
+                '0',
+                '--quiet',
+                '--output',
+                str(output),
+            ]
+        )
+        == 0
+    )
     saved = json.loads(output.read_text())
     assert saved['spec']['recipe']['backend'] == 'torch'
     assert 'on cpu (torch)' in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_code:
-        train_main(['--backend', 'torch', '--precision', 'amp_bfloat16', '--num-gpus', '0',
-                    '--data-root', str(tiny_cifar_root), '--quiet'])
+        train_main(
+            [
+                '--backend',
+                'torch',
+                '--precision',
+                'amp_bfloat16',
+                '--num-gpus',
+                '0',
+                '--data-root',
+                str(tiny_cifar_root),
+                '--quiet',
+            ]
+        )
     assert exit_code.value.code == 2
     assert 'amp_bfloat16 needs a GPU' in capsys.readouterr().err
 
@@ -160,33 +203,40 @@ def test_compiled_networks_train_the_same_epochs(data):
     """torch.compile is a switch: the same numbers to float32 rounding, on the CPU too."""
     spec = torch_spec('se', epochs=1)
     eager = train(spec, data, device=torch.device('cpu'))
-    compiled = train(torch_spec('se', epochs=1, compile=True), data,
-                     device=torch.device('cpu'))
+    compiled = train(torch_spec('se', epochs=1, compile=True), data, device=torch.device('cpu'))
     for key in ('train_loss', 'val_loss'):
         assert compiled[0][key] == pytest.approx(eager[0][key], rel=1e-3), key
 
 
-def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(data, monkeypatch,
-                                                                          capsys):
+def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
+    data, monkeypatch, capsys
+):
     """On a GPU `compile: true` is torch.compile's CUDA-graph mode (a small network's step
     is bound by kernel launches); where compiling or capturing fails, the trial says so
     once and trains eagerly: the eager numbers, not a failed trial."""
     from bench.trial.pytorch.trainer import TorchSession, compile_mode
+
     assert compile_mode(torch.device('cuda', 0)) == 'reduce-overhead'
     assert compile_mode(torch.device('cpu')) == 'default'
 
     def fails_when_called(network, mode=None):
         def compiled(*args, **kwargs):
             raise RuntimeError('CUDA graph capture failed (a stand-in)\nmore lines')
+
         return compiled
+
     monkeypatch.setattr(torch, 'compile', fails_when_called)
     eager = train(torch_spec('gct', epochs=1), data, device=torch.device('cpu'))
     capsys.readouterr()
-    fallen_back = train(torch_spec('gct', epochs=1, compile=True), data,
-                        device=torch.device('cpu'))
+    fallen_back = train(torch_spec('gct', epochs=1, compile=True), data, device=torch.device('cpu'))
     out = capsys.readouterr().out
-    assert out.count('torch.compile (mode default) failed on cpu: RuntimeError: CUDA graph '
-                     'capture failed (a stand-in); this trial trains without compiling') == 1
+    assert (
+        out.count(
+            'torch.compile (mode default) failed on cpu: RuntimeError: CUDA graph '
+            'capture failed (a stand-in); this trial trains without compiling'
+        )
+        == 1
+    )
     for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
         assert fallen_back[0][key] == eager[0][key], key
     session = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')

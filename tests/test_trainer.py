@@ -1,4 +1,5 @@
 """One training trial: metrics, schedule, checkpoints and exact resume, divergence, the CLI."""
+
 import json
 
 import mxnet as mx
@@ -26,6 +27,7 @@ def on_the_cpu(monkeypatch):
     """Every training here runs on the CPU, also on a machine with GPUs: results there
     are bit-exact (cuDNN's autotuning and TF32 are not)."""
     from bench.trial.gluon import trainer as gluon_trainer
+
     monkeypatch.setattr(gluon_trainer, 'trial_contexts', lambda num_gpus=None: [mx.cpu()])
 
 
@@ -41,8 +43,12 @@ def parameters(net_or_folder):
 
 def test_learning_rate_schedule_is_the_original_recipe():
     recipe = Recipe()
-    assert (recipe.epochs, recipe.batch_size, recipe.optimizer, recipe.wd) == \
-        (186, 128, 'adam', 1e-4)
+    assert (recipe.epochs, recipe.batch_size, recipe.optimizer, recipe.wd) == (
+        186,
+        128,
+        'adam',
+        1e-4,
+    )
     assert recipe.lr_at(0) == pytest.approx(0.003)
     assert recipe.lr_at(80) == pytest.approx(0.003)
     assert recipe.lr_at(81) == pytest.approx(0.0003)
@@ -51,13 +57,16 @@ def test_learning_rate_schedule_is_the_original_recipe():
 
 
 def test_bad_recipe_values_are_named():
-    with pytest.raises(ValueError, match="recipe.optimizer: Input should be 'adam', 'sgd' or "
-                                         "'nag' \\(found 'adamw'\\)"):
+    with pytest.raises(
+        ValueError,
+        match="recipe.optimizer: Input should be 'adam', 'sgd' or 'nag' \\(found 'adamw'\\)",
+    ):
         Recipe.from_dict({'optimizer': 'adamw'})
     with pytest.raises(ValueError):
         Recipe(optimizer='adamw')
-    with pytest.raises(ValueError, match='recipe.lr_decay_epoch: unknown key; valid keys: '
-                                         'epochs, batch_size'):
+    with pytest.raises(
+        ValueError, match='recipe.lr_decay_epoch: unknown key; valid keys: epochs, batch_size'
+    ):
         Recipe.from_dict({'lr_decay_epoch': [81]})
     assert TrialSpec.from_dict(tiny_spec().to_dict()) == tiny_spec()
 
@@ -65,8 +74,12 @@ def test_bad_recipe_values_are_named():
 def test_train_returns_every_metric_of_every_epoch(tiny_cifar_root, tmp_path):
     data = load_cifar10(tiny_cifar_root, download=False)
     seen = []
-    history = train(tiny_spec(), data, checkpoint_dir=tmp_path / 'ckpt',
-                    on_epoch=lambda metrics, path: seen.append((metrics, path)))
+    history = train(
+        tiny_spec(),
+        data,
+        checkpoint_dir=tmp_path / 'ckpt',
+        on_epoch=lambda metrics, path: seen.append((metrics, path)),
+    )
     assert [m['epoch'] for m in history] == [1, 2]
     assert all(set(m) == set(METRICS) for m in history)
     assert [m['lr'] for m in history] == pytest.approx([0.003, 0.0003])
@@ -95,6 +108,7 @@ def _kill_after_epoch(last):
     def on_epoch(metrics, _checkpoint):
         if metrics['epoch'] == last:
             raise _Killed()
+
     return on_epoch
 
 
@@ -104,10 +118,8 @@ def _kill_after_epoch(last):
 EXACT = {'adam': 0, 'sgd': 0, 'nag': 1e-5}
 
 
-@pytest.mark.parametrize('attention,optimizer', [('gct', 'adam'), ('se', 'nag'),
-                                                 ('none', 'sgd')])
-def test_two_epochs_equal_one_plus_resume_plus_one(tiny_cifar_root, tmp_path, attention,
-                                                   optimizer):
+@pytest.mark.parametrize('attention,optimizer', [('gct', 'adam'), ('se', 'nag'), ('none', 'sgd')])
+def test_two_epochs_equal_one_plus_resume_plus_one(tiny_cifar_root, tmp_path, attention, optimizer):
     data = load_cifar10(tiny_cifar_root, download=False)
     spec = tiny_spec(attention, optimizer=optimizer, lr=0.01)
     straight = train(spec, data, checkpoint_dir=tmp_path / 'straight')
@@ -117,8 +129,12 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tiny_cifar_root, tmp_path, at
         train(spec, data, checkpoint_dir=interrupted, on_epoch=_kill_after_epoch(1))
     assert latest_checkpoint(interrupted).name == 'epoch-0001'
     trained = []
-    resumed = train(spec, data, checkpoint_dir=interrupted,
-                    on_epoch=lambda metrics, _path: trained.append(metrics['epoch']))
+    resumed = train(
+        spec,
+        data,
+        checkpoint_dir=interrupted,
+        on_epoch=lambda metrics, _path: trained.append(metrics['epoch']),
+    )
 
     assert trained == [2]
     assert [m['epoch'] for m in resumed] == [1, 2]
@@ -128,16 +144,21 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tiny_cifar_root, tmp_path, at
     b = parameters(latest_checkpoint(interrupted))
     assert a.keys() == b.keys()
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=EXACT[optimizer],
-                                   atol=EXACT[optimizer], err_msg=name)
+        np.testing.assert_allclose(
+            a[name], b[name], rtol=EXACT[optimizer], atol=EXACT[optimizer], err_msg=name
+        )
 
 
 def test_more_epochs_continue_a_finished_shorter_run(tiny_cifar_root, tmp_path):
     data = load_cifar10(tiny_cifar_root, download=False)
     train(tiny_spec(epochs=1), data, checkpoint_dir=tmp_path)
     trained = []
-    history = train(tiny_spec(epochs=2), data, checkpoint_dir=tmp_path,
-                    on_epoch=lambda metrics, _path: trained.append(metrics['epoch']))
+    history = train(
+        tiny_spec(epochs=2),
+        data,
+        checkpoint_dir=tmp_path,
+        on_epoch=lambda metrics, _path: trained.append(metrics['epoch']),
+    )
     assert trained == [2] and len(history) == 2
 
 
@@ -145,8 +166,12 @@ def test_a_finished_trial_resumed_trains_nothing(tiny_cifar_root, tmp_path):
     data = load_cifar10(tiny_cifar_root, download=False)
     first = train(tiny_spec(epochs=1), data, checkpoint_dir=tmp_path)
     batches = []
-    again = train(tiny_spec(epochs=1), data, checkpoint_dir=tmp_path,
-                  on_batch=lambda done, total: batches.append(done))
+    again = train(
+        tiny_spec(epochs=1),
+        data,
+        checkpoint_dir=tmp_path,
+        on_batch=lambda done, total: batches.append(done),
+    )
     assert again == first and batches == []
 
 
@@ -171,10 +196,10 @@ def test_half_written_checkpoints_are_never_resumed_from(tiny_cifar_root, tmp_pa
 
 
 @pytest.mark.parametrize('check_every', [20, 2])
-def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypatch,
-                                                      check_every):
+def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypatch, check_every):
     # Every 2 batches: the bad batch is found by a later check than the first one.
     from bench.trial import loop
+
     monkeypatch.setattr(loop, 'DIVERGENCE_CHECK_EVERY', check_every)
     data = load_cifar10(tiny_cifar_root, download=False)
     real_loss = trainer_module.make_loss
@@ -186,7 +211,9 @@ def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypat
             calls.append(1)
             value = inner(out, label)
             return value * float('nan') if len(calls) == 3 else value
+
         return loss
+
     monkeypatch.setattr(trainer_module, 'make_loss', loss_that_explodes_at_the_third_call)
     with pytest.raises(TrainingDiverged) as error:
         train(tiny_spec(epochs=2), data)
@@ -196,11 +223,30 @@ def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypat
 
 def test_command_line_trains_one_cell(tiny_cifar_root, tmp_path, capsys):
     output = tmp_path / 'history.json'
-    code = train_main(['--model', 'cifar_resnet8_v2', '--attention', 'se', '--num-epochs', '1',
-                       '--batch-size', '16', '--lr-decay-epoch', '81,122', '--quiet',
-                       '--num-gpus', '0',
-                       '--data-root', str(tiny_cifar_root), '--no-download',
-                       '--checkpoint-dir', str(tmp_path / 'ckpt'), '--output', str(output)])
+    code = train_main(
+        [
+            '--model',
+            'cifar_resnet8_v2',
+            '--attention',
+            'se',
+            '--num-epochs',
+            '1',
+            '--batch-size',
+            '16',
+            '--lr-decay-epoch',
+            '81,122',
+            '--quiet',
+            '--num-gpus',
+            '0',
+            '--data-root',
+            str(tiny_cifar_root),
+            '--no-download',
+            '--checkpoint-dir',
+            str(tmp_path / 'ckpt'),
+            '--output',
+            str(output),
+        ]
+    )
     assert code == 0
     saved = json.loads(output.read_text())
     assert saved['spec']['attention'] == 'se'
@@ -223,9 +269,14 @@ def test_command_line_reports_bad_input_clearly(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_small_real_data_set_is_learned(tmp_path):
     from bench.trial.data import make_digits_dataset
+
     data = load_cifar10(make_digits_dataset(tmp_path), download=False, name='sklearn-digits')
-    spec = TrialSpec('cifar_resnet8_v1', 'eca', seed=0,
-                     recipe=Recipe(epochs=4, batch_size=64, lr_decay_epochs=(3,)))
+    spec = TrialSpec(
+        'cifar_resnet8_v1',
+        'eca',
+        seed=0,
+        recipe=Recipe(epochs=4, batch_size=64, lr_decay_epochs=(3,)),
+    )
     history = train(spec, data)
     assert history[-1]['val_acc'] > 0.6
     assert history[-1]['train_loss'] < history[0]['train_loss']
@@ -233,40 +284,61 @@ def test_a_small_real_data_set_is_learned(tmp_path):
 
 def test_mixed_precision_is_a_recipe_option_refused_off_the_gpu(tiny_cifar_root, capsys):
     from bench.trial.gluon.trainer import check_precision
-    with pytest.raises(ValueError, match="recipe.precision: Input should be 'float32', "
-                                         "'amp_float16' or 'amp_bfloat16'"):
+
+    with pytest.raises(
+        ValueError,
+        match="recipe.precision: Input should be 'float32', 'amp_float16' or 'amp_bfloat16'",
+    ):
         Recipe.from_dict({'precision': 'bfloat16'})
-    with pytest.raises(ValueError, match='precision must be one of float32, amp_float16 with '
-                                         'backend gluon'):
+    with pytest.raises(
+        ValueError, match='precision must be one of float32, amp_float16 with backend gluon'
+    ):
         Recipe.from_dict({'precision': 'amp_bfloat16'})
     amp = Recipe(precision='amp_float16')
     assert Recipe.from_dict(amp.to_dict()) == amp
-    check_precision(amp, [mx.gpu(0)])               # accepted where it can run
+    check_precision(amp, [mx.gpu(0)])  # accepted where it can run
     with pytest.raises(ValueError, match='amp_float16 needs GPUs, but this trial runs on cpu'):
         check_precision(amp, [mx.cpu()])
     data = load_cifar10(tiny_cifar_root, download=False)
     with pytest.raises(ValueError, match='Use precision float32'):
         train(tiny_spec(precision='amp_float16'), data, contexts=[mx.cpu()])
     with pytest.raises(SystemExit) as exit_code:
-        train_main(['--model', 'cifar_resnet8_v1', '--data-root', str(tiny_cifar_root),
-                    '--precision', 'amp_float16', '--num-gpus', '0', '--quiet'])
+        train_main(
+            [
+                '--model',
+                'cifar_resnet8_v1',
+                '--data-root',
+                str(tiny_cifar_root),
+                '--precision',
+                'amp_float16',
+                '--num-gpus',
+                '0',
+                '--quiet',
+            ]
+        )
     assert exit_code.value.code == 2
     assert 'amp_float16 needs GPUs' in capsys.readouterr().err
 
 
-ORIGINAL_COMMAND = ('--mode hybrid --num-gpus 1 -j 8 --batch-size 128 --num-epochs 186 --lr 0.003 '
-                    '--lr-decay 0.1 --lr-decay-epoch 81,122 --wd 0.0001 --optimizer adam '
-                    '--random-crop --model cifar_resnet20_v1 --eca').split()
+ORIGINAL_COMMAND = (
+    '--mode hybrid --num-gpus 1 -j 8 --batch-size 128 --num-epochs 186 --lr 0.003 '
+    '--lr-decay 0.1 --lr-decay-epoch 81,122 --wd 0.0001 --optimizer adam '
+    '--random-crop --model cifar_resnet20_v1 --eca'
+).split()
 
 
 def test_the_original_readme_command_line_is_accepted_as_written():
     from bench.sweep.config import expand, load_config
     from bench.train import parse_args, spec_from_args
+
     _, args = parse_args(ORIGINAL_COMMAND)
     spec = spec_from_args(args)
-    table_cell, = [s for s in expand(load_config('sweep.yaml').config)
-                   if s.model == 'cifar_resnet20_v1' and s.attention == 'eca']
-    assert spec == table_cell     # the very trial the sweep trains for that cell
+    (table_cell,) = [
+        s
+        for s in expand(load_config('sweep.yaml').config)
+        if s.model == 'cifar_resnet20_v1' and s.attention == 'eca'
+    ]
+    assert spec == table_cell  # the very trial the sweep trains for that cell
     assert args.num_gpus == 1 and args.num_data_workers == 8
     for flag in ('--se', '--gct'):
         assert spec_from_args(parse_args([flag])[1]).attention == flag[2:]
@@ -277,6 +349,7 @@ def test_the_original_readme_command_line_is_accepted_as_written():
 
 def test_the_original_command_line_says_what_to_do_without_a_gpu(tiny_cifar_root, capsys):
     from bench.train import parse_args
+
     with pytest.raises(SystemExit) as exit_info:
         parse_args(['--se', '--eca'])
     assert exit_info.value.code == 2
@@ -284,8 +357,10 @@ def test_the_original_command_line_says_what_to_do_without_a_gpu(tiny_cifar_root
     with pytest.raises(SystemExit) as exit_info:
         train_main(ORIGINAL_COMMAND + ['--data-root', str(tiny_cifar_root), '--no-download'])
     assert exit_info.value.code == 2
-    assert ('1 GPU(s) asked for but 0 visible to this process (a CPU build of MXNet sees none); '
-            'ask for fewer, or --num-gpus 0 to train on the CPU') in capsys.readouterr().err
+    assert (
+        '1 GPU(s) asked for but 0 visible to this process (a CPU build of MXNet sees none); '
+        'ask for fewer, or --num-gpus 0 to train on the CPU'
+    ) in capsys.readouterr().err
 
 
 def test_the_original_command_line_trains_on_the_cpu(tiny_cifar_root, tmp_path):
@@ -294,14 +369,38 @@ def test_the_original_command_line_trains_on_the_cpu(tiny_cifar_root, tmp_path):
     command[command.index('--num-gpus') + 1] = '0'
     command[command.index('--batch-size') + 1] = '16'
     command[command.index('--model') + 1] = 'cifar_resnet8_v1'
-    assert train_main(command + ['--data-root', str(tiny_cifar_root), '--no-download',
-                                 '--quiet', '--output', str(output)]) == 0
+    assert (
+        train_main(
+            command
+            + [
+                '--data-root',
+                str(tiny_cifar_root),
+                '--no-download',
+                '--quiet',
+                '--output',
+                str(output),
+            ]
+        )
+        == 0
+    )
     saved = json.loads(output.read_text())
     assert saved['spec']['attention'] == 'eca' and len(saved['history']) == 1
 
 
 def test_a_batch_larger_than_the_training_set_is_one_message(tiny_cifar_root, capsys):
-    code = train_main(['--model', 'cifar_resnet8_v1', '--data-root', str(tiny_cifar_root),
-                       '--no-download', '--num-gpus', '0', '--batch-size', '5000', '--quiet'])
+    code = train_main(
+        [
+            '--model',
+            'cifar_resnet8_v1',
+            '--data-root',
+            str(tiny_cifar_root),
+            '--no-download',
+            '--num-gpus',
+            '0',
+            '--batch-size',
+            '5000',
+            '--quiet',
+        ]
+    )
     assert code == 2
     assert 'error: batch_size 5000 is larger than the' in capsys.readouterr().err

@@ -3,6 +3,7 @@
 MXNet fixes its thread count when it is imported, so --threads-compare times
 other thread counts in fresh processes of this same command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command: its exit code. Every failure a user can act on is a BenchError,
     reported here and nowhere else; all are found before anything is measured, so they
     end the command as argparse ends it for a bad flag (SystemExit)."""
-    threads = use_cpus()   # before anything imports MXNet
+    threads = use_cpus()  # before anything imports MXNet
     args = parse_args(argv)
     try:
         return run(args, threads)
@@ -43,44 +44,92 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from models import ATTENTIONS, MODELS
-    parser = argparse.ArgumentParser(prog='python -m bench.benchmark', description=BENCHMARK_HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--models', nargs='+', default=['cifar_resnet20_v1'], metavar='MODEL',
-                        help=f"default: cifar_resnet20_v1; any of {', '.join(MODELS)}")
+
+    parser = argparse.ArgumentParser(
+        prog='python -m bench.benchmark',
+        description=BENCHMARK_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        default=['cifar_resnet20_v1'],
+        metavar='MODEL',
+        help=f'default: cifar_resnet20_v1; any of {", ".join(MODELS)}',
+    )
     parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')
     parser.add_argument('--batch-size', type=whole_number(1, MAX_BATCH_SIZE), default=128)
-    parser.add_argument('--batches', type=whole_number(1, 100_000), default=20,
-                        help='timed batches per model x attention (and per pipeline)')
-    parser.add_argument('--rounds', type=whole_number(1, 1000), default=5,
-                        help='the timed batches are split into this many alternating rounds')
-    parser.add_argument('--images', type=whole_number(1, 1_000_000), default=4096,
-                        help='synthetic training images held in memory (at least a batch)')
-    parser.add_argument('--workers', type=whole_number(0, 1024), default=os.cpu_count(),
-                        help='DataLoader workers of the original pipeline')
-    parser.add_argument('--no-original', action='store_true',
-                        help='skip the original DataLoader pipeline')
-    parser.add_argument('--epoch-images', type=whole_number(0, 1_000_000), default=2560,
-                        help='training images of the whole-epoch comparison with the original '
-                             'script (its evaluation takes a fifth as many); 0 skips it')
-    parser.add_argument('--epoch-rounds', type=whole_number(1, 100), default=2,
-                        help='timed epochs of each kind in the whole-epoch comparison')
-    parser.add_argument('--num-gpus', type=whole_number(0, 64), default=None,
-                        help='0 forces the CPU')
-    parser.add_argument('--threads-compare', action='store_true',
-                        help="also train vanilla in a child process with MXNet's default "
-                             'threads, to show the gain of using every core')
-    parser.add_argument('--kernels-compare', action='store_true',
-                        help="also train each attention with MXNet's operators instead of "
-                             'the fused CPU kernels, to show what they gain')
-    parser.add_argument('--backend', choices=BACKENDS + ('both',), default='gluon',
-                        help='gluon (MXNet, the reference), torch (PyTorch), or both in one '
-                             'interleaved run (their rows side by side, torch/gluon ratios)')
-    parser.add_argument('--compile', action='store_true',
-                        help='torch: torch.compile the networks')
-    parser.add_argument('--precision', choices=PRECISIONS, default='float32',
-                        help="amp_float16 / amp_bfloat16 (torch): mixed precision, GPUs "
-                             "only. MXNet's AMP changes its operators for the whole process: "
-                             'compare precisions in two runs')
+    parser.add_argument(
+        '--batches',
+        type=whole_number(1, 100_000),
+        default=20,
+        help='timed batches per model x attention (and per pipeline)',
+    )
+    parser.add_argument(
+        '--rounds',
+        type=whole_number(1, 1000),
+        default=5,
+        help='the timed batches are split into this many alternating rounds',
+    )
+    parser.add_argument(
+        '--images',
+        type=whole_number(1, 1_000_000),
+        default=4096,
+        help='synthetic training images held in memory (at least a batch)',
+    )
+    parser.add_argument(
+        '--workers',
+        type=whole_number(0, 1024),
+        default=os.cpu_count(),
+        help='DataLoader workers of the original pipeline',
+    )
+    parser.add_argument(
+        '--no-original', action='store_true', help='skip the original DataLoader pipeline'
+    )
+    parser.add_argument(
+        '--epoch-images',
+        type=whole_number(0, 1_000_000),
+        default=2560,
+        help='training images of the whole-epoch comparison with the original '
+        'script (its evaluation takes a fifth as many); 0 skips it',
+    )
+    parser.add_argument(
+        '--epoch-rounds',
+        type=whole_number(1, 100),
+        default=2,
+        help='timed epochs of each kind in the whole-epoch comparison',
+    )
+    parser.add_argument(
+        '--num-gpus', type=whole_number(0, 64), default=None, help='0 forces the CPU'
+    )
+    parser.add_argument(
+        '--threads-compare',
+        action='store_true',
+        help="also train vanilla in a child process with MXNet's default "
+        'threads, to show the gain of using every core',
+    )
+    parser.add_argument(
+        '--kernels-compare',
+        action='store_true',
+        help="also train each attention with MXNet's operators instead of "
+        'the fused CPU kernels, to show what they gain',
+    )
+    parser.add_argument(
+        '--backend',
+        choices=BACKENDS + ('both',),
+        default='gluon',
+        help='gluon (MXNet, the reference), torch (PyTorch), or both in one '
+        'interleaved run (their rows side by side, torch/gluon ratios)',
+    )
+    parser.add_argument('--compile', action='store_true', help='torch: torch.compile the networks')
+    parser.add_argument(
+        '--precision',
+        choices=PRECISIONS,
+        default='float32',
+        help='amp_float16 / amp_bfloat16 (torch): mixed precision, GPUs '
+        "only. MXNet's AMP changes its operators for the whole process: "
+        'compare precisions in two runs',
+    )
     parser.add_argument('--json', default=None, help='write the rows as JSON here')
     # A child process of --threads-compare: time whole epochs of one kind only.
     parser.add_argument('--epoch-child', choices=('trial', 'original'), help=argparse.SUPPRESS)
@@ -100,39 +149,58 @@ def run(args: argparse.Namespace, threads: int) -> int:
         kernel_summary,
         reference_summary,
     )
+
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
     ctx = torch_device = None
     where = []
     for backend in backends:
-        check_local_gpus(min(args.num_gpus, 1) if args.num_gpus is not None else None,
-                         backend)
+        check_local_gpus(min(args.num_gpus, 1) if args.num_gpus is not None else None, backend)
     if 'gluon' in backends:
         from bench.trial.gluon.devices import describe, trial_contexts
         from bench.trial.gluon.trainer import check_precision
-        ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None
-                             else None)[0]
+
+        ctx = trial_contexts(min(args.num_gpus, 1) if args.num_gpus is not None else None)[0]
         check_precision(Recipe.from_dict({'precision': args.precision}), [ctx])
         where.append(f'gluon on {describe([ctx])}')
     if 'torch' in backends:
         from bench.trial.pytorch import trainer as torch_trainer
+
         torch_device = torch_trainer.device_for(args.num_gpus)
         torch_trainer.check_precision(
-            Recipe.from_dict({'precision': args.precision, 'backend': 'torch'}), torch_device)
+            Recipe.from_dict({'precision': args.precision, 'backend': 'torch'}), torch_device
+        )
         where.append(f'torch on {torch_trainer.describe(torch_device)}')
-    on_cpu = (ctx is None or ctx.device_type == 'cpu') and \
-        (torch_device is None or torch_device.type == 'cpu')
+    on_cpu = (ctx is None or ctx.device_type == 'cpu') and (
+        torch_device is None or torch_device.type == 'cpu'
+    )
     images, labels = synthetic_images(args.images)
     if args.epoch_child:
         return _epoch_child(args, ctx, images, labels)
-    print(f"device: {'; '.join(where)}, batch {args.batch_size}, {args.batches} timed "
-          f'batches, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
-          f'{args.workers} DataLoader workers', flush=True)
-    rows = benchmark(args.models, args.attentions, images, labels, ctx, args.batch_size,
-                     args.batches, args.workers, baseline=not args.no_original and ctx is not None,
-                     rounds=args.rounds, epoch_images=min(args.epoch_images, args.images),
-                     epoch_rounds=args.epoch_rounds, kernels_compare=args.kernels_compare,
-                     precision=args.precision, backends=backends, torch_device=torch_device,
-                     compile=args.compile)
+    print(
+        f'device: {"; ".join(where)}, batch {args.batch_size}, {args.batches} timed '
+        f'batches, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
+        f'{args.workers} DataLoader workers',
+        flush=True,
+    )
+    rows = benchmark(
+        args.models,
+        args.attentions,
+        images,
+        labels,
+        ctx,
+        args.batch_size,
+        args.batches,
+        args.workers,
+        baseline=not args.no_original and ctx is not None,
+        rounds=args.rounds,
+        epoch_images=min(args.epoch_images, args.images),
+        epoch_rounds=args.epoch_rounds,
+        kernels_compare=args.kernels_compare,
+        precision=args.precision,
+        backends=backends,
+        torch_device=torch_device,
+        compile=args.compile,
+    )
     print(format_rows(rows), flush=True)
     print(attention_overhead_summary(rows))
     against_reference = reference_summary(rows)
@@ -143,17 +211,23 @@ def run(args: argparse.Namespace, threads: int) -> int:
     peak = cpu_peak_gflops() if on_cpu else None
     if peak:
         best = max(r['gflop_s'] for r in rows)
-        print(f'compute: best {best:.1f} GFLOP/s of an estimated FP32 peak of {peak:.0f} GFLOP/s '
-              f'for these cores ({100 * best / peak:.1f}%; training FLOPs = 6 x forward MACs)')
+        print(
+            f'compute: best {best:.1f} GFLOP/s of an estimated FP32 peak of {peak:.0f} GFLOP/s '
+            f'for these cores ({100 * best / peak:.1f}%; training FLOPs = 6 x forward MACs)'
+        )
     if args.threads_compare and ctx is not None:
         # Two fresh processes, since MXNet fixes its thread count at import.
-        rates = [vanilla_rate_in_child(args.models[0], args.batch_size, args.batches, t)
-                 for t in (None, threads, None, threads)]
+        rates = [
+            vanilla_rate_in_child(args.models[0], args.batch_size, args.batches, t)
+            for t in (None, threads, None, threads)
+        ]
         default_rate = statistics.mean(rates[0::2])
         ours = statistics.mean(rates[1::2])
-        print(f'threads: {args.models[0]} vanilla at MXNet default threads '
-              f'{default_rate:.1f} img/s; with OMP_NUM_THREADS={threads} {ours:.1f} img/s '
-              f'({ours / default_rate:.2f}x; mean of two child processes each)')
+        print(
+            f'threads: {args.models[0]} vanilla at MXNet default threads '
+            f'{default_rate:.1f} img/s; with OMP_NUM_THREADS={threads} {ours:.1f} img/s '
+            f'({ours / default_rate:.2f}x; mean of two child processes each)'
+        )
         if args.epoch_images:
             print(epochs_as_run_summary(args, threads), flush=True)
     if args.json:
@@ -176,20 +250,25 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
         except KeyError as error:
             problems.append(str(error))
     if args.images < args.batch_size:
-        problems.append(f'--images {args.images} holds no batch of --batch-size '
-                        f'{args.batch_size}; give at least as many images as a batch')
+        problems.append(
+            f'--images {args.images} holds no batch of --batch-size '
+            f'{args.batch_size}; give at least as many images as a batch'
+        )
     if args.json and not args.epoch_child:
         problems.append(writable_json_problem(args.json, '--json'))
     return [p for p in problems if p]
 
 
-def _epoch_child(args: argparse.Namespace, ctx: mx.Context | None, images: np.ndarray,
-                 labels: np.ndarray) -> int:
+def _epoch_child(
+    args: argparse.Namespace, ctx: mx.Context | None, images: np.ndarray, labels: np.ndarray
+) -> int:
     from bench.benchmark.rows import epoch_seconds
+
     spec = TrialSpec(args.models[0], 'none', seed=0, recipe=Recipe(batch_size=args.batch_size))
     train, test = epoch_data(images, labels, min(args.epoch_images, args.images))
-    seconds = epoch_seconds(spec, train, test, ctx, args.workers, args.epoch_rounds,
-                            kinds=(args.epoch_child,))
+    seconds = epoch_seconds(
+        spec, train, test, ctx, args.workers, args.epoch_rounds, kinds=(args.epoch_child,)
+    )
     write_json_atomic(args.json, statistics.median(seconds[args.epoch_child]))
     return 0
 
@@ -205,8 +284,12 @@ def _run_child(arguments: list[str], threads: int | None) -> list[dict[str, Any]
         env[KEEP_DEFAULT_ENV] = '1'
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, 'out.json')
-        subprocess.run([sys.executable, '-m', 'bench.benchmark', *arguments, '--json', out],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, '-m', 'bench.benchmark', *arguments, '--json', out],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         with open(out) as handle:
             return json.load(handle)
 
@@ -214,23 +297,47 @@ def _run_child(arguments: list[str], threads: int | None) -> list[dict[str, Any]
 def epochs_as_run_summary(args: argparse.Namespace, threads: int | None) -> str:
     """A trial's whole epoch against the original script's as it ran: MXNet's default
     threads, DataLoader workers. Alternating child processes, two of each kind."""
-    common = ['--models', args.models[0], '--batch-size', str(args.batch_size),
-              '--images', str(args.images), '--epoch-images', str(args.epoch_images),
-              '--epoch-rounds', str(args.epoch_rounds), '--workers', str(args.workers)]
+    common = [
+        '--models',
+        args.models[0],
+        '--batch-size',
+        str(args.batch_size),
+        '--images',
+        str(args.images),
+        '--epoch-images',
+        str(args.epoch_images),
+        '--epoch-rounds',
+        str(args.epoch_rounds),
+        '--workers',
+        str(args.workers),
+    ]
     seconds = {'trial': [], 'original': []}
     for _ in range(2):
         seconds['original'].append(_run_child(common + ['--epoch-child', 'original'], None))
         seconds['trial'].append(_run_child(common + ['--epoch-child', 'trial'], threads))
     trial, original = statistics.median(seconds['trial']), statistics.median(seconds['original'])
-    return (f'whole epoch against the original script as it ran ({args.models[0]} vanilla; '
-            f"MXNet's default threads, {args.workers} DataLoader workers): trial {trial:.2f} s "
-            f'with OMP_NUM_THREADS={threads}, original {original:.2f} s, {original / trial:.2f}x '
-            f'faster (medians of two child processes each)')
+    return (
+        f'whole epoch against the original script as it ran ({args.models[0]} vanilla; '
+        f"MXNet's default threads, {args.workers} DataLoader workers): trial {trial:.2f} s "
+        f'with OMP_NUM_THREADS={threads}, original {original:.2f} s, {original / trial:.2f}x '
+        f'faster (medians of two child processes each)'
+    )
 
 
-def vanilla_rate_in_child(model: str, batch_size: int, batches: int,
-                          threads: int | None) -> float:
+def vanilla_rate_in_child(model: str, batch_size: int, batches: int, threads: int | None) -> float:
     """Vanilla trial img/s in a fresh process, with OMP_NUM_THREADS=threads (None: unset)."""
-    rows = _run_child(['--models', model, '--attentions', 'none', '--no-original',
-                       '--batch-size', str(batch_size), '--batches', str(batches)], threads)
+    rows = _run_child(
+        [
+            '--models',
+            model,
+            '--attentions',
+            'none',
+            '--no-original',
+            '--batch-size',
+            str(batch_size),
+            '--batches',
+            str(batches),
+        ],
+        threads,
+    )
     return rows[0]['trial_img_s']

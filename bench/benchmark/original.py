@@ -4,6 +4,7 @@ Its script fed Gluon DataLoader workers with per-image transforms (gluoncv's
 RandomCrop, then flip, ToTensor and Normalize) and updated an accuracy metric
 every batch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -49,24 +50,34 @@ class _EndlessLoader:
             pending.wait()
 
 
-def original_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, workers: int
-                    ) -> gluon.data.DataLoader:
+def original_loader(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, workers: int
+) -> gluon.data.DataLoader:
     """The original script's input path: per-image transforms in DataLoader workers."""
-    transform = transforms.Compose([
-        import_gluoncv('gluoncv.data.transforms').RandomCrop(32, pad=4),
-        transforms.RandomFlipLeftRight(),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
-    ])
+    transform = transforms.Compose(
+        [
+            import_gluoncv('gluoncv.data.transforms').RandomCrop(32, pad=4),
+            transforms.RandomFlipLeftRight(),
+            transforms.ToTensor(),
+            transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+        ]
+    )
     # NDArray images in HWC layout, what Gluon's CIFAR10 dataset hands the transforms.
     dataset = gluon.data.ArrayDataset(
-        mx.nd.array(images.transpose(0, 2, 3, 1), dtype='uint8'), labels)
-    return gluon.data.DataLoader(dataset.transform_first(transform), batch_size=batch_size,
-                                 shuffle=True, last_batch='discard', num_workers=workers)
+        mx.nd.array(images.transpose(0, 2, 3, 1), dtype='uint8'), labels
+    )
+    return gluon.data.DataLoader(
+        dataset.transform_first(transform),
+        batch_size=batch_size,
+        shuffle=True,
+        last_batch='discard',
+        num_workers=workers,
+    )
 
 
-def original_stepper(spec: TrialSpec, images: np.ndarray, labels: np.ndarray,
-                     ctx: mx.Context, workers: int) -> Callable[[], None]:
+def original_stepper(
+    spec: TrialSpec, images: np.ndarray, labels: np.ndarray, ctx: mx.Context, workers: int
+) -> Callable[[], None]:
     """One step of the same model fed through the original input path."""
     train_step = train_step_fn(spec, ctx)
     batches = _EndlessLoader(original_loader(images, labels, spec.recipe.batch_size, workers))
@@ -78,24 +89,36 @@ def original_stepper(spec: TrialSpec, images: np.ndarray, labels: np.ndarray,
     def settle() -> None:
         batches.settle()
         mx.nd.waitall()
+
     step.settle = settle
     return step
 
 
-def original_test_loader(images: np.ndarray, labels: np.ndarray, batch_size: int,
-                         workers: int) -> gluon.data.DataLoader:
+def original_test_loader(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, workers: int
+) -> gluon.data.DataLoader:
     """The original script's evaluation input: ToTensor and Normalize per image in workers."""
-    transform = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)]
+    )
     dataset = gluon.data.ArrayDataset(
-        mx.nd.array(images.transpose(0, 2, 3, 1), dtype='uint8'), labels)
-    return gluon.data.DataLoader(dataset.transform_first(transform), batch_size=batch_size,
-                                 shuffle=False, num_workers=workers)
+        mx.nd.array(images.transpose(0, 2, 3, 1), dtype='uint8'), labels
+    )
+    return gluon.data.DataLoader(
+        dataset.transform_first(transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+    )
 
 
-def original_epoch_fn(spec: TrialSpec, train: tuple[np.ndarray, np.ndarray],
-                      test: tuple[np.ndarray, np.ndarray], ctx: mx.Context, workers: int
-                      ) -> Callable[[], tuple[float, float, float]]:
+def original_epoch_fn(
+    spec: TrialSpec,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    ctx: mx.Context,
+    workers: int,
+) -> Callable[[], tuple[float, float, float]]:
     """One epoch as the original script ran it: train from the DataLoader, summing the loss
     and updating an accuracy metric every batch, then evaluate on the test loader."""
     net, trainer, loss_fn = build_parts(spec, [ctx])
@@ -117,4 +140,5 @@ def original_epoch_fn(spec: TrialSpec, train: tuple[np.ndarray, np.ndarray],
         for x, y in test_loader:
             test_metric.update(y.as_in_context(ctx), net(x.as_in_context(ctx)))
         return train_loss, train_metric.get()[1], test_metric.get()[1]
+
     return epoch

@@ -3,6 +3,7 @@
 Framework-free: the steppers it times come from bench.benchmark.gluon_steps and
 bench.benchmark.original.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -17,13 +18,19 @@ from bench.trial.threads import available_cpus
 
 def synthetic_images(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8),
-            rng.integers(0, 10, size=count).astype(np.int32))
+    return (
+        rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, size=count).astype(np.int32),
+    )
 
 
-def interleaved_rates(steppers: Mapping[Hashable, Callable[[], object]], batch_size: int,
-                      rounds: int, batches_per_round: int, warmup: int = 3
-                      ) -> dict[Hashable, list[float]]:
+def interleaved_rates(
+    steppers: Mapping[Hashable, Callable[[], object]],
+    batch_size: int,
+    rounds: int,
+    batches_per_round: int,
+    warmup: int = 3,
+) -> dict[Hashable, list[float]]:
     """Images/s of each step function in each round, timed in alternating rounds.
 
     The steppers take turns (round 1: a, b, c; round 2: a, b, c; ...), so a slow
@@ -36,12 +43,13 @@ def interleaved_rates(steppers: Mapping[Hashable, Callable[[], object]], batch_s
     own work is), and each stepper is charged exactly the work of its own batches.
     Returns {name: [images/s in round 1, round 2, ...]}.
     """
+
     def settle(step: Callable[[], object]) -> None:
         if hasattr(step, 'settle'):
             step.settle()
 
     for step in steppers.values():
-        for _ in range(warmup):        # graph building, allocation, oneDNN primitives
+        for _ in range(warmup):  # graph building, allocation, oneDNN primitives
             step()
         settle(step)
     rates = {name: [] for name in steppers}
@@ -52,8 +60,7 @@ def interleaved_rates(steppers: Mapping[Hashable, Callable[[], object]], batch_s
             for _ in range(batches_per_round):
                 step()
             settle(step)
-            rates[name].append(batches_per_round * batch_size /
-                               (time.perf_counter() - started))
+            rates[name].append(batches_per_round * batch_size / (time.perf_counter() - started))
     return rates
 
 
@@ -71,8 +78,9 @@ def endless(make_iterable: Callable[[], Iterable[Any]]) -> Iterator[Any]:
         yield from make_iterable()
 
 
-def epoch_data(images: np.ndarray, labels: np.ndarray, count: int
-               ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def epoch_data(
+    images: np.ndarray, labels: np.ndarray, count: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The whole-epoch comparison's (train, test) sets: `count` of the training images, and
     a fifth as many other images for evaluation (CIFAR-10's 50000 : 10000)."""
     return (images[:count], labels[:count]), synthetic_images(max(1, count // 5), seed=1)
@@ -93,10 +101,14 @@ def cpu_peak_gflops(cpuinfo: str = '/proc/cpuinfo', cores: int | None = None) ->
         text = open(cpuinfo).read()
     except OSError:
         return None
-    mhz = [float(line.split(':')[1]) for line in text.splitlines()
-           if line.lower().startswith('cpu mhz')]
-    flags = next((line.split(':')[1].split() for line in text.splitlines()
-                  if line.startswith('flags')), [])
+    mhz = [
+        float(line.split(':')[1])
+        for line in text.splitlines()
+        if line.lower().startswith('cpu mhz')
+    ]
+    flags = next(
+        (line.split(':')[1].split() for line in text.splitlines() if line.startswith('flags')), []
+    )
     if not mhz or not flags:
         return None
     per_cycle = 64 if 'avx512f' in flags else 32 if {'avx2', 'fma'} <= set(flags) else 16

@@ -16,6 +16,7 @@
 
 Relative output paths are relative to the YAML file's folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -121,8 +122,7 @@ class SweepConfig(_Strict):
     @classmethod
     def _known_attentions(cls, names: list[str]) -> list[str]:
         # The registry ignores case; so must the trial ids and the duplicate check.
-        return _registered([str(name).lower() for name in names], parse_attention_name,
-                           'attention')
+        return _registered([str(name).lower() for name in names], parse_attention_name, 'attention')
 
     @field_validator('seeds')
     @classmethod
@@ -135,8 +135,9 @@ class SweepConfig(_Strict):
         mixed = sorted({p for p in precisions if p and p != 'float32'})
         if mixed and not self.resources.gpus_per_trial:
             raise ValueError(
-                f"recipe precision {', '.join(mixed)} runs on GPUs only (mixed precision "
-                'is refused on CPUs): set resources.gpus_per_trial, or use precision float32')
+                f'recipe precision {", ".join(mixed)} runs on GPUs only (mixed precision '
+                'is refused on CPUs): set resources.gpus_per_trial, or use precision float32'
+            )
         return self
 
 
@@ -153,7 +154,7 @@ def _registered(names: list[str], lookup: Callable[[str], object], what: str) ->
 def _unique(values: list[Any], what: str) -> list[Any]:
     repeated = sorted({str(v) for v in values if values.count(v) > 1})
     if repeated:
-        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+        raise ValueError(f'{what} listed more than once: {", ".join(repeated)}')
     return values
 
 
@@ -169,8 +170,11 @@ class LoadedSweep:
     def resolve(self, relative: str | None) -> Path | None:
         """`relative` (to the sweep file's folder) as an absolute path, its links left as
         links: an output that is a link is refused, not written through."""
-        return None if relative is None else \
-            Path(os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(relative))))
+        return (
+            None
+            if relative is None
+            else Path(os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(relative))))
+        )
 
     @property
     def store_dir(self) -> Path:
@@ -181,7 +185,7 @@ def _valid_keys(parent: list[str]) -> list[str] | None:
     """The keys valid where an unknown key was found (`parent`: its location)."""
     model = SweepConfig
     for part in parent:
-        if part.isdigit():            # an item of a list: its model is the list's
+        if part.isdigit():  # an item of a list: its model is the list's
             continue
         field = getattr(model, 'model_fields', {}).get(part)
         annotation = field.annotation if field else None
@@ -204,54 +208,74 @@ def check_size(values: object, source: str) -> None:
 
     def size(value: object, depth: int = 0) -> int:
         if depth > 50:
-            raise ConfigError(f'{source}: nested more than 50 levels deep; a sweep file '
-                              'is a few levels of keys and lists')
+            raise ConfigError(
+                f'{source}: nested more than 50 levels deep; a sweep file '
+                'is a few levels of keys and lists'
+            )
         key = id(value)
         if key not in sizes:
-            children = (list(value.keys()) + list(value.values()) if isinstance(value, dict)
-                        else value if isinstance(value, list) else ())
+            children = (
+                list(value.keys()) + list(value.values())
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, list)
+                else ()
+            )
             sizes[key] = 1 + sum(size(child, depth + 1) for child in children)
             if sizes[key] > MAX_VALUES:
                 raise ConfigError(
                     f'{source}: holds more than {MAX_VALUES:,} values once its YAML aliases '
-                    'are expanded; a sweep file is a few dozen (is this a sweep file?)')
+                    'are expanded; a sweep file is a few dozen (is this a sweep file?)'
+                )
         return sizes[key]
+
     size(values)
 
 
 def parse_config(values: object, source: str = 'sweep.yaml') -> SweepConfig:
     """A validated SweepConfig from a dict; ConfigError lists every problem."""
     if not isinstance(values, dict):
-        raise ConfigError(f'{source}: expected a mapping of keys (name, models, ...), '
-                          f'found {type(values).__name__}')
+        raise ConfigError(
+            f'{source}: expected a mapping of keys (name, models, ...), '
+            f'found {type(values).__name__}'
+        )
     check_size(values, source)
     try:
         config = SweepConfig.model_validate(values)
     except ValidationError as error:
-        raise ConfigError('\n'.join(_describe_error(e, source) for e in error.errors())) \
-            from None
+        raise ConfigError('\n'.join(_describe_error(e, source) for e in error.errors())) from None
     problems = []
     for index, override in enumerate(config.overrides):
         where = ('overrides', index)
-        for key, listed in (('model', config.models), ('attention', config.attentions),
-                            ('seed', config.seeds)):
+        for key, listed in (
+            ('model', config.models),
+            ('attention', config.attentions),
+            ('seed', config.seeds),
+        ):
             value = getattr(override.match, key)
             if value is not None and value not in listed:
-                problems.append(f'{source}: overrides.{index}.match.{key}: {value!r} is not in '
-                                f'{key}s ({", ".join(map(str, listed))})')
+                problems.append(
+                    f'{source}: overrides.{index}.match.{key}: {value!r} is not in '
+                    f'{key}s ({", ".join(map(str, listed))})'
+                )
         # The same rules as the sweep's own recipe, on the recipe this override makes.
         try:
             Recipe.model_validate({**config.recipe.model_dump(), **override.recipe})
         except ValidationError as error:
             problems += recipe_problems(error, source, (*where, 'recipe'))
-        attentions = [override.match.attention] if override.match.attention \
-            else config.attentions
+        attentions = [override.match.attention] if override.match.attention else config.attentions
         for attention in attentions:
-            for problem in attention_option_problems(parse_attention_name(attention),
-                                                     override.attention_kwargs):
-                problems.append(f'{source}: overrides.{index}.attention_kwargs: {problem}'
-                                + ('' if override.match.attention else
-                                   ' (narrow the override with match.attention)'))
+            for problem in attention_option_problems(
+                parse_attention_name(attention), override.attention_kwargs
+            ):
+                problems.append(
+                    f'{source}: overrides.{index}.attention_kwargs: {problem}'
+                    + (
+                        ''
+                        if override.match.attention
+                        else ' (narrow the override with match.attention)'
+                    )
+                )
     if not problems:
         problems += [f'{source}: {problem}' for problem in _cells_with_two_backends(config)]
     if problems:
@@ -264,11 +288,14 @@ def _cells_with_two_backends(config: SweepConfig) -> list[str]:
     backends = {}
     for spec in expand(config):
         backends.setdefault((spec.model, spec.attention), {})[spec.seed] = spec.recipe.backend
-    return [f"overrides give the cell {model} {attention} two backends ("
-            + ', '.join(f'seed {s}: {b}' for s, b in sorted(seeds.items()))
-            + '); a cell averages its seeds, so set the backend for the whole cell '
-            '(match on model and attention, not seed)'
-            for (model, attention), seeds in backends.items() if len(set(seeds.values())) > 1]
+    return [
+        f'overrides give the cell {model} {attention} two backends ('
+        + ', '.join(f'seed {s}: {b}' for s, b in sorted(seeds.items()))
+        + '); a cell averages its seeds, so set the backend for the whole cell '
+        '(match on model and attention, not seed)'
+        for (model, attention), seeds in backends.items()
+        if len(set(seeds.values())) > 1
+    ]
 
 
 def load_config(path: str | Path) -> LoadedSweep:
@@ -276,20 +303,22 @@ def load_config(path: str | Path) -> LoadedSweep:
     path = Path(path)
     try:
         if path.exists() and not path.is_dir() and not path.is_file():
-            raise ConfigError(f'{path}: not a regular file (a device or a pipe); pass --config '
-                              'with a sweep YAML file')
+            raise ConfigError(
+                f'{path}: not a regular file (a device or a pipe); pass --config '
+                'with a sweep YAML file'
+            )
         with open(path, 'rb') as handle:
             blob = handle.read(MAX_FILE_BYTES + 1)
         if len(blob) > MAX_FILE_BYTES:
-            raise ConfigError(f'{path}: more than {MAX_FILE_BYTES:,} bytes; a sweep file is a '
-                              'few hundred: is this a sweep file?')
+            raise ConfigError(
+                f'{path}: more than {MAX_FILE_BYTES:,} bytes; a sweep file is a '
+                'few hundred: is this a sweep file?'
+            )
         text = blob.decode('utf-8')
     except FileNotFoundError:
-        raise ConfigError(f'{path}: no such file; pass --config with a sweep YAML file') \
-            from None
+        raise ConfigError(f'{path}: no such file; pass --config with a sweep YAML file') from None
     except IsADirectoryError:
-        raise ConfigError(f'{path}: is a folder; pass --config with a sweep YAML file') \
-            from None
+        raise ConfigError(f'{path}: is a folder; pass --config with a sweep YAML file') from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f'{path}: cannot be read ({error})') from None
     try:
@@ -303,23 +332,35 @@ def load_config(path: str | Path) -> LoadedSweep:
 
 # ---------------------------------------------------------------- expansion
 
+
 def trial_spec(config: SweepConfig, model: str, attention: str, seed: int) -> TrialSpec:
     recipe = config.recipe.model_dump()
     attention_kwargs = {}
     for override in config.overrides:
         match = override.match
-        if all(getattr(match, k) in (None, v) for k, v in
-               (('model', model), ('attention', attention), ('seed', seed))):
+        if all(
+            getattr(match, k) in (None, v)
+            for k, v in (('model', model), ('attention', attention), ('seed', seed))
+        ):
             recipe.update(override.recipe)
             attention_kwargs.update(override.attention_kwargs)
-    return TrialSpec(model=model, attention=attention, seed=seed,
-                     recipe=Recipe.from_dict(recipe), attention_kwargs=attention_kwargs)
+    return TrialSpec(
+        model=model,
+        attention=attention,
+        seed=seed,
+        recipe=Recipe.from_dict(recipe),
+        attention_kwargs=attention_kwargs,
+    )
 
 
 def expand(config: SweepConfig) -> list[TrialSpec]:
     """Every TrialSpec of the matrix, in table order (models x attentions x seeds)."""
-    return [trial_spec(config, m, a, s)
-            for m in config.models for a in config.attentions for s in config.seeds]
+    return [
+        trial_spec(config, m, a, s)
+        for m in config.models
+        for a in config.attentions
+        for s in config.seeds
+    ]
 
 
 def trial_id(spec: TrialSpec, data_identity: Mapping[str, Any]) -> str:
@@ -333,16 +374,17 @@ def parse_only(text: str) -> dict[str, list[str]]:
     for part in filter(None, (p.strip() for p in str(text).split(','))):
         key, sep, value = (p.strip() for p in part.partition('='))
         if not sep or key not in ('model', 'attention', 'seed') or not value:
-            raise ConfigError(f"--only takes key=value pairs with keys model, attention, seed; "
-                              f"got {part!r}")
+            raise ConfigError(
+                f'--only takes key=value pairs with keys model, attention, seed; got {part!r}'
+            )
         selected.setdefault(key, []).append(value.lower() if key == 'attention' else value)
     if not selected:
-        raise ConfigError(f'--only {text!r} selects nothing; give key=value pairs, e.g. '
-                          '--only model=cifar_resnet20_v1,attention=eca')
+        raise ConfigError(
+            f'--only {text!r} selects nothing; give key=value pairs, e.g. '
+            '--only model=cifar_resnet20_v1,attention=eca'
+        )
     return selected
 
 
 def matches_only(spec: TrialSpec, selected: Mapping[str, Sequence[str]]) -> bool:
     return all(str(getattr(spec, key)) in values for key, values in selected.items())
-
-

@@ -4,6 +4,7 @@ Ray's experiment folder is scratch space: Tune cannot add trials to a restored
 experiment, so every run starts a fresh Tuner over what the store lacks, each
 trial resuming from its own latest checkpoint in the store.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,7 +43,7 @@ class SweepOutcome:
     trained: list
     statuses: dict
     errors: dict
-    problems: dict = None     # trial id -> problems of the trials left damaged
+    problems: dict = None  # trial id -> problems of the trials left damaged
     interrupted: bool = False  # the run stopped (Ctrl-C) before every trial ended
 
     @property
@@ -51,23 +52,31 @@ class SweepOutcome:
 
     @property
     def damaged(self) -> dict[str, tuple[str, ...]]:
-        return {tid: p for tid, p in (self.problems or {}).items()
-                if self.statuses[tid] == DAMAGED}
+        return {tid: p for tid, p in (self.problems or {}).items() if self.statuses[tid] == DAMAGED}
 
 
 def trial_run(planned: TrialRecord, store: ResultsStore, resources: Resources) -> TrialRun:
     # The trial resumes from the store's checkpoint, which the store reader hands it
     # wherever it runs (tune_trial): nothing here is a path another node must see.
-    return TrialRun(trial_id=planned.trial_id, name=planned.name, spec=planned.spec,
-                    cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial,
-                    scratch=str(store.scratch_dir))
+    return TrialRun(
+        trial_id=planned.trial_id,
+        name=planned.name,
+        spec=planned.spec,
+        cpus=resources.cpus_per_trial,
+        gpus=resources.gpus_per_trial,
+        scratch=str(store.scratch_dir),
+    )
 
 
-def run_sweep(loaded: LoadedSweep, data: Dataset, planned: list[TrialRecord],
-              address: str | None = None, progress: Callable[[str], object] = print_line,
-              ray_init: Callable[[], ModuleType] | None = None,
-              on_ray_lost: Callable[[str, Callable[[], None]], object] | None = None
-              ) -> SweepOutcome:
+def run_sweep(
+    loaded: LoadedSweep,
+    data: Dataset,
+    planned: list[TrialRecord],
+    address: str | None = None,
+    progress: Callable[[str], object] = print_line,
+    ray_init: Callable[[], ModuleType] | None = None,
+    on_ray_lost: Callable[[str, Callable[[], None]], object] | None = None,
+) -> SweepOutcome:
     """Train every planned trial that needs it; returns a SweepOutcome.
 
     `ray_init` (tests) starts Ray its own way; by default Ray starts privately or
@@ -81,15 +90,23 @@ def run_sweep(loaded: LoadedSweep, data: Dataset, planned: list[TrialRecord],
     for p in planned:
         for repaired in store.repair(p.trial_id):
             progress(f'{p.name}: {repaired}')
-        store.write_spec(p.trial_id, p.name, p.spec.to_dict(), data.identity.to_dict(),
-                         network_revision(p.spec.model), model_stats=_stats_of(p.spec))
+        store.write_spec(
+            p.trial_id,
+            p.name,
+            p.spec.to_dict(),
+            data.identity.to_dict(),
+            network_revision(p.spec.model),
+            model_stats=_stats_of(p.spec),
+        )
         if p.will_train:
             store.clear_error(p.trial_id)
             legacy = store.legacy_checkpoint_file(p.trial_id)
             if legacy:
-                progress(f'{p.name}: {legacy} holds optimizer state as an earlier version '
-                         "wrote it (MXNet's pickle): the trial reads it as data, never "
-                         'unpickled, and its next checkpoint is written without pickle')
+                progress(
+                    f'{p.name}: {legacy} holds optimizer state as an earlier version '
+                    "wrote it (MXNet's pickle): the trial reads it as data, never "
+                    'unpickled, and its next checkpoint is written without pickle'
+                )
     to_train = [p for p in planned if p.will_train]
     if not to_train:
         return _outcome(store, planned, [], manifest)
@@ -99,8 +116,10 @@ def run_sweep(loaded: LoadedSweep, data: Dataset, planned: list[TrialRecord],
 
     from bench.environment import describe_environment
     from bench.sweep.tune_trial import StoreCallback, run_trial, start_store_reader
-    store.write_environment(describe_environment(loaded.base_dir, data.identity,
-                                                 cluster_devices(ray)))
+
+    store.write_environment(
+        describe_environment(loaded.base_dir, data.identity, cluster_devices(ray))
+    )
     resources = cpu_fallback(config.resources, ray, progress)
     check_trials_fit(ray, resources)
     if resources.gpus_per_trial:
@@ -112,32 +131,46 @@ def run_sweep(loaded: LoadedSweep, data: Dataset, planned: list[TrialRecord],
     store_reader = start_store_reader(store.root)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, store_reader=store_reader),
-        {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial})
-    watchdog = RayWatchdog(ray, lambda message: on_ray_lost(message, watchdog.end_started)) \
-        if on_ray_lost else None
-    callback = StoreCallback(store, planned, progress,
-                             ray_lost=watchdog.lost if watchdog else None,
-                             max_failures=resources.max_failures,
-                             nodes=lambda: {n['NodeID']: n for n in ray.nodes()})
+        {'cpu': resources.cpus_per_trial, 'gpu': resources.gpus_per_trial},
+    )
+    watchdog = (
+        RayWatchdog(ray, lambda message: on_ray_lost(message, watchdog.end_started))
+        if on_ray_lost
+        else None
+    )
+    callback = StoreCallback(
+        store,
+        planned,
+        progress,
+        ray_lost=watchdog.lost if watchdog else None,
+        max_failures=resources.max_failures,
+        nodes=lambda: {n['NodeID']: n for n in ray.nodes()},
+    )
     run_name = f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}'
     tuner = tune.Tuner(
         trainable,
-        param_space={'trial': tune.grid_search(
-            [trial_run(p, store, resources).to_config() for p in to_train])},
+        param_space={
+            'trial': tune.grid_search(
+                [trial_run(p, store, resources).to_config() for p in to_train]
+            )
+        },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=resources.max_concurrent_trials,
             # A fresh process per trial: MXNet fixes its threads at import and AMP
             # rewrites its operators for the whole process.
             reuse_actors=False,
             trial_name_creator=lambda t: t.config['trial']['name'],
-            trial_dirname_creator=lambda t: f"{t.config['trial']['name']}-"
-                                            f"{t.config['trial']['trial_id']}"),
+            trial_dirname_creator=lambda t: f'{t.config["trial"]["name"]}-'
+            f'{t.config["trial"]["trial_id"]}',
+        ),
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=str(store.root / 'ray'),
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            verbose=0))
+            verbose=0,
+        ),
+    )
     started = time.monotonic()
     # Failed trials are reported from the store, with their errors; Tune's own
     # end-of-run complaints about them would only repeat that, less clearly.
@@ -147,7 +180,7 @@ def run_sweep(loaded: LoadedSweep, data: Dataset, planned: list[TrialRecord],
     with watchdog or contextlib.nullcontext():
         try:
             tuner.fit()
-        except Exception as error:   # Tune wraps what our callbacks raise in a TuneError
+        except Exception as error:  # Tune wraps what our callbacks raise in a TuneError
             failed_write = _os_error_in(error)
             if failed_write is None:
                 raise
@@ -159,13 +192,19 @@ def run_sweep(loaded: LoadedSweep, data: Dataset, planned: list[TrialRecord],
     # Everything worth keeping is in the store by now; Tune's copies of it are not.
     shutil.rmtree(store.root / 'ray' / run_name, ignore_errors=True)
     outcome = _outcome(store, planned, to_train, manifest)
-    ended = {s: sum(1 for p in to_train if outcome.statuses[p.trial_id] == s)
-             for s in (DONE, FAILED)}
+    ended = {
+        s: sum(1 for p in to_train if outcome.statuses[p.trial_id] == s) for s in (DONE, FAILED)
+    }
     outcome.interrupted = ended[DONE] + ended[FAILED] < len(to_train)
-    progress(f'ran {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s: '
-             f'{ended[DONE]} finished, {ended[FAILED]} failed'
-             + (f', {len(to_train) - ended[DONE] - ended[FAILED]} unfinished'
-                if outcome.interrupted else ''))
+    progress(
+        f'ran {len(to_train)} trial(s) in {time.monotonic() - started:.0f}s: '
+        f'{ended[DONE]} finished, {ended[FAILED]} failed'
+        + (
+            f', {len(to_train) - ended[DONE] - ended[FAILED]} unfinished'
+            if outcome.interrupted
+            else ''
+        )
+    )
     return outcome
 
 
@@ -192,8 +231,12 @@ def _stats_of(spec: TrialSpec) -> dict[str, int] | None:
     return {'params': params, 'macs': macs}
 
 
-def _outcome(store: ResultsStore, planned: list[TrialRecord], trained: list[TrialRecord],
-             manifest: Mapping[str, Any] | None) -> SweepOutcome:
+def _outcome(
+    store: ResultsStore,
+    planned: list[TrialRecord],
+    trained: list[TrialRecord],
+    manifest: Mapping[str, Any] | None,
+) -> SweepOutcome:
     store.write_results_csv(manifest)
     statuses, errors, problems = {}, {}, {}
     for p in planned:

@@ -2,6 +2,7 @@
 
 Framework-free: --dry-run and --report-only run here without MXNet or PyTorch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,8 +52,9 @@ def load_sweep_data(loaded: LoadedSweep, download: bool | None = None) -> Datase
     data = loaded.config.data
     if data.dataset == 'demo':
         return load_demo_digits(_data_root(loaded))
-    return load_cifar10(_data_root(loaded),
-                        download=data.download if download is None else download)
+    return load_cifar10(
+        _data_root(loaded), download=data.download if download is None else download
+    )
 
 
 def planned_data_identity(loaded: LoadedSweep) -> tuple[dict[str, Any], str | None]:
@@ -64,21 +66,26 @@ def planned_data_identity(loaded: LoadedSweep) -> tuple[dict[str, Any], str | No
         root = _data_root(loaded)
         identity = demo_digits_identity(root)
         return identity.to_dict(), None if Path(identity.source).exists() else (
-            f'the demo data is not written yet: a run writes it to {root}')
+            f'the demo data is not written yet: a run writes it to {root}'
+        )
     try:
         return load_cifar10(_data_root(loaded), download=False).identity.to_dict(), None
     except DataMissing as error:
         first = str(error).splitlines()[0]
-        how = ('a run downloads it (data.download is true)' if loaded.config.data.download
-               else 'data.download is false, so fetch it first')
+        how = (
+            'a run downloads it (data.download is true)'
+            if loaded.config.data.download
+            else 'data.download is false, so fetch it first'
+        )
         return official_identity(_data_root(loaded)).to_dict(), (
             f'{first} The plan below is for the official CIFAR-10, whose trial ids are '
-            f'known from its published checksums; {how}: '
-            + str(error).splitlines()[-1])
+            f'known from its published checksums; {how}: ' + str(error).splitlines()[-1]
+        )
 
 
-def sweep_trials(config: SweepConfig, data_identity: Mapping[str, Any]
-                 ) -> list[tuple[str, TrialSpec]]:
+def sweep_trials(
+    config: SweepConfig, data_identity: Mapping[str, Any]
+) -> list[tuple[str, TrialSpec]]:
     """(trial id, spec) of every trial of the matrix, in table order, under this code
     and this data: the trials the sweep consists of now."""
     return [(trial_id(spec, data_identity), spec) for spec in expand(config)]
@@ -90,13 +97,26 @@ def sweep_manifest(config: SweepConfig, data_identity: dict[str, Any]) -> dict[s
     Reports read it to show these trials and no others: a stored trial of another
     recipe, data set or network definition is never taken for a current one.
     """
-    return {'name': config.name, 'models': list(config.models),
-            'attentions': list(config.attentions), 'seeds': list(config.seeds),
-            'report': config.report.model_dump(), 'data': data_identity,
-            'trials': [{'trial_id': tid, 'name': spec.name, 'model': spec.model,
-                        'attention': spec.attention, 'seed': spec.seed, 'spec': spec.to_dict(),
-                        'network_revision': network_revision(spec.model)}
-                       for tid, spec in sweep_trials(config, data_identity)]}
+    return {
+        'name': config.name,
+        'models': list(config.models),
+        'attentions': list(config.attentions),
+        'seeds': list(config.seeds),
+        'report': config.report.model_dump(),
+        'data': data_identity,
+        'trials': [
+            {
+                'trial_id': tid,
+                'name': spec.name,
+                'model': spec.model,
+                'attention': spec.attention,
+                'seed': spec.seed,
+                'spec': spec.to_dict(),
+                'network_revision': network_revision(spec.model),
+            }
+            for tid, spec in sweep_trials(config, data_identity)
+        ],
+    }
 
 
 def record_sweep(loaded: LoadedSweep, data_identity: dict[str, Any]) -> dict[str, Any]:
@@ -106,8 +126,9 @@ def record_sweep(loaded: LoadedSweep, data_identity: dict[str, Any]) -> dict[str
     return manifest
 
 
-def report_data_identity(loaded: LoadedSweep, progress: Callable[[str], object] = print_line
-                         ) -> dict[str, Any]:
+def report_data_identity(
+    loaded: LoadedSweep, progress: Callable[[str], object] = print_line
+) -> dict[str, Any]:
     """The data identity that decides which stored trials are current, for a report.
 
     Read from the data files when they are there (never downloaded for a report);
@@ -120,18 +141,24 @@ def report_data_identity(loaded: LoadedSweep, progress: Callable[[str], object] 
     except DataError as error:
         manifest = ResultsStore(loaded.store_dir).read_manifest()
         if manifest is None:
-            raise DataError(f'{error}\n(the report needs the data only to tell which stored '
-                            'trials belong to this sweep, and no run has recorded that yet)') \
-                from None
-        progress(f"data not found ({str(error).splitlines()[0]}); reporting the trials of "
-                 f"the data the last run used: {manifest['data'].get('name')}, "
-                 f"digest {str(manifest['data'].get('digest'))[:12]}")
+            raise DataError(
+                f'{error}\n(the report needs the data only to tell which stored '
+                'trials belong to this sweep, and no run has recorded that yet)'
+            ) from None
+        progress(
+            f'data not found ({str(error).splitlines()[0]}); reporting the trials of '
+            f'the data the last run used: {manifest["data"].get("name")}, '
+            f'digest {str(manifest["data"].get("digest"))[:12]}'
+        )
         return manifest['data']
 
 
-def plan(loaded: LoadedSweep, data_identity: Mapping[str, Any],
-         only: Mapping[str, Sequence[str]] | None = None, retry_failed: bool = False
-         ) -> list[TrialRecord]:
+def plan(
+    loaded: LoadedSweep,
+    data_identity: Mapping[str, Any],
+    only: Mapping[str, Sequence[str]] | None = None,
+    retry_failed: bool = False,
+) -> list[TrialRecord]:
     """Every trial of the matrix with its status in the store (and what will train)."""
     store = ResultsStore(loaded.store_dir)
     planned = []
@@ -143,23 +170,37 @@ def plan(loaded: LoadedSweep, data_identity: Mapping[str, Any],
         error = store.read_error(tid) if status == FAILED else None
         if status == FAILED and retry_failed:
             status = PARTIAL if epochs else PENDING
-        planned.append(TrialRecord(tid, spec.name, spec, status, epochs, error,
-                                   state.problems, network_revision=spec.network_revision,
-                                   data=data_identity))
+        planned.append(
+            TrialRecord(
+                tid,
+                spec.name,
+                spec,
+                status,
+                epochs,
+                error,
+                state.problems,
+                network_revision=spec.network_revision,
+                data=data_identity,
+            )
+        )
     return planned
 
 
 def data_problems(planned: Sequence[TrialRecord], data_identity: Mapping[str, Any]) -> list[str]:
     """What keeps planned trials from training on this data, each with what to change."""
     images = data_identity['train_images']
-    return [f'{p.name}: batch_size {p.spec.recipe.batch_size} is larger than the {images} '
-            f"training images of {data_identity['name']}; lower recipe.batch_size"
-            for p in planned if p.will_train and p.spec.recipe.batch_size > images]
+    return [
+        f'{p.name}: batch_size {p.spec.recipe.batch_size} is larger than the {images} '
+        f'training images of {data_identity["name"]}; lower recipe.batch_size'
+        for p in planned
+        if p.will_train and p.spec.recipe.batch_size > images
+    ]
 
 
 def backend_problems(planned: Sequence[TrialRecord], resources: Resources) -> list[str]:
     """What keeps planned trials from training on their backends here, each with the fix."""
     from bench.trial.loop import missing_framework
+
     problems = []
     for backend in sorted({p.spec.recipe.backend for p in planned if p.will_train}):
         names = [p.name for p in planned if p.will_train and p.spec.recipe.backend == backend]
@@ -168,34 +209,47 @@ def backend_problems(planned: Sequence[TrialRecord], resources: Resources) -> li
         if missing:
             problems.append(f'{which}: {missing}')
         if backend == 'torch' and resources.gpus_per_trial > 1:
-            problems.append(f'{which}: backend torch trains a trial on one GPU; set '
-                            f'resources.gpus_per_trial to 1 or less (it is '
-                            f'{resources.gpus_per_trial:g}), several trials then share a card')
+            problems.append(
+                f'{which}: backend torch trains a trial on one GPU; set '
+                f'resources.gpus_per_trial to 1 or less (it is '
+                f'{resources.gpus_per_trial:g}), several trials then share a card'
+            )
     return problems
 
 
-def format_plan(planned: Sequence[TrialRecord], resources: Resources, devices: str | None = None
-                ) -> str:
+def format_plan(
+    planned: Sequence[TrialRecord], resources: Resources, devices: str | None = None
+) -> str:
     lines = []
     if devices:
         lines.append(f'devices: {devices}')
-    ask = f"{resources.cpus_per_trial:g} CPU" + (
-        f" + {resources.gpus_per_trial:g} GPU" if resources.gpus_per_trial else '')
+    ask = f'{resources.cpus_per_trial:g} CPU' + (
+        f' + {resources.gpus_per_trial:g} GPU' if resources.gpus_per_trial else ''
+    )
     width = max([len(p.name) for p in planned] + [5])
     for p in planned:
-        state = {DONE: 'done', PENDING: 'pending', FAILED: 'failed', DAMAGED: 'damaged',
-                 PARTIAL: f'partial (epoch {p.epochs_done} of {p.spec.recipe.epochs})'}[p.status]
-        lines.append(f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
-                     + (f'  asks {ask}' if p.will_train else ''))
+        state = {
+            DONE: 'done',
+            PENDING: 'pending',
+            FAILED: 'failed',
+            DAMAGED: 'damaged',
+            PARTIAL: f'partial (epoch {p.epochs_done} of {p.spec.recipe.epochs})',
+        }[p.status]
+        lines.append(
+            f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
+            + (f'  asks {ask}' if p.will_train else '')
+        )
         if p.error:
             lines.append(f'{"":<{width}}  error: {p.error.strip().splitlines()[-1]}')
         for problem in p.problems:
             lines.append(f'{"":<{width}}  problem: {problem}')
-    counts = {s: sum(1 for p in planned if p.status == s) for s in (DONE, PARTIAL, PENDING,
-                                                                    FAILED, DAMAGED)}
-    lines.append(f'{len(planned)} trials: {counts[DONE]} done, {counts[PARTIAL]} partial, '
-                 f'{counts[PENDING]} pending, {counts[FAILED]} failed'
-                 + (f', {counts[DAMAGED]} damaged' if counts[DAMAGED] else ''))
+    counts = {
+        s: sum(1 for p in planned if p.status == s)
+        for s in (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
+    }
+    lines.append(
+        f'{len(planned)} trials: {counts[DONE]} done, {counts[PARTIAL]} partial, '
+        f'{counts[PENDING]} pending, {counts[FAILED]} failed'
+        + (f', {counts[DAMAGED]} damaged' if counts[DAMAGED] else '')
+    )
     return '\n'.join(lines)
-
-

@@ -6,6 +6,7 @@ from from a `StoreReader` on the driver's node. `StoreCallback` runs in the driv
 turns the reports into the results store. So the driver is the store's only writer,
 the nodes need no disk in common, and no path of the store is used on another node.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,12 +37,29 @@ CHECKPOINT_KEY = 'checkpoint_blob'
 STARTED_KEY = 'started_at_epoch'
 # Ray's words when a trial's worker stops answering (its node died, or the network
 # dropped it), and how long to wait for Ray to tell which (its health checks).
-UNREACHABLE_SIGNS = ('is unavailable', 'Socket closed', 'actor died', 'owner has died',
-                     'ActorDiedError', 'ActorUnavailableError', 'node')
+UNREACHABLE_SIGNS = (
+    'is unavailable',
+    'Socket closed',
+    'actor died',
+    'owner has died',
+    'ActorDiedError',
+    'ActorUnavailableError',
+    'node',
+)
 NODE_DEATH_WAIT_SECONDS = 15.0
 # What each trial reports about where and how it ran; kept in its final record.
-PLACEMENT_KEYS = ('node_id', 'node_ip', 'omp_threads', 'devices', 'kernels', 'kernel_isa',
-                  'fusion', 'cuda', 'cudnn', 'tf32')
+PLACEMENT_KEYS = (
+    'node_id',
+    'node_ip',
+    'omp_threads',
+    'devices',
+    'kernels',
+    'kernel_isa',
+    'fusion',
+    'cuda',
+    'cudnn',
+    'tf32',
+)
 
 
 @ray.remote(num_cpus=0)
@@ -52,10 +70,12 @@ class StoreReader:
 
     def __init__(self, store_root: str | Path) -> None:
         from bench.store import ResultsStore
+
         self.store = ResultsStore(store_root)
 
     def checkpoint(self, trial_id: str) -> bytes | None:
         from bench.trial.checkpoint import pack_checkpoint
+
         folder = self.store.checkpoint_path(trial_id)
         return pack_checkpoint(folder) if folder is not None else None
 
@@ -63,18 +83,24 @@ class StoreReader:
 def start_store_reader(store_root: str | Path) -> ActorHandle:
     """A StoreReader pinned to this (the driver's) node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     here = ray.get_runtime_context().get_node_id()
-    return StoreReader.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        here, soft=False)).remote(str(store_root))
+    return StoreReader.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+    ).remote(str(store_root))
 
 
-def run_trial(param_space: dict[str, Any], data: Dataset | None = None,
-              store_reader: ActorHandle | None = None) -> None:
+def run_trial(
+    param_space: dict[str, Any],
+    data: Dataset | None = None,
+    store_reader: ActorHandle | None = None,
+) -> None:
     """Ray Tune function trainable for one TrialRun (built by bench.sweep): the trial's
     backend opens a session on the devices Ray assigned, and bench.trial.loop drives it."""
     run = TrialRun.from_config(param_space['trial'])
     from bench.trial.threads import pin_cpus
-    threads = pin_cpus(run.cpus)   # before the framework is imported in this worker
+
+    threads = pin_cpus(run.cpus)  # before the framework is imported in this worker
 
     from bench.gpu import (
         apply_tf32,
@@ -91,31 +117,45 @@ def run_trial(param_space: dict[str, Any], data: Dataset | None = None,
     fusion = None
     if run.gpus:
         # Before the framework touches the device: an unsupported card gets one clear error.
-        check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()),
-                   backend=run.spec.recipe.backend)
+        check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()), backend=run.spec.recipe.backend)
         share_card(run.gpus, run.spec.recipe.backend)
         if run.spec.recipe.backend == 'gluon':
             fusion = gluon_fusion_setting(driver_cuda_version())[1]
             apply_tf32(run.spec.recipe)
     backend = get_backend(run.spec.recipe.backend)
-    session = backend.open_session(run.spec, data,
-                                   backend.trial_devices(run.gpus, ray.get_gpu_ids()))
+    session = backend.open_session(
+        run.spec, data, backend.trial_devices(run.gpus, ray.get_gpu_ids())
+    )
     context = ray.get_runtime_context()
-    placement = {'node_id': context.get_node_id(), 'omp_threads': threads, 'pid': os.getpid(),
-                 'fusion': fusion, **session.describe()}
-    with tempfile.TemporaryDirectory(prefix=f'{run.trial_id}-',
-                                     dir=scratch_root(run.scratch)) as scratch:
+    placement = {
+        'node_id': context.get_node_id(),
+        'omp_threads': threads,
+        'pid': os.getpid(),
+        'fusion': fusion,
+        **session.describe(),
+    }
+    with tempfile.TemporaryDirectory(
+        prefix=f'{run.trial_id}-', dir=scratch_root(run.scratch)
+    ) as scratch:
         packed = ray.get(store_reader.checkpoint.remote(run.trial_id)) if store_reader else None
         resume_from = unpack_checkpoint(packed, Path(scratch) / 'resume') if packed else None
         start = read_state(resume_from)['epoch'] if resume_from else 0
         tune.report({STARTED_KEY: start, **placement})
 
         def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
-            tune.report(dict(metrics, **placement,
-                             **{CHECKPOINT_KEY: pack_checkpoint(checkpoint_path)}))
+            tune.report(
+                dict(metrics, **placement, **{CHECKPOINT_KEY: pack_checkpoint(checkpoint_path)})
+            )
+
         try:
-            run_epochs(session, run.spec, data, checkpoint_dir=Path(scratch) / 'checkpoints',
-                       resume_from=resume_from, on_epoch=report)
+            run_epochs(
+                session,
+                run.spec,
+                data,
+                checkpoint_dir=Path(scratch) / 'checkpoints',
+                resume_from=resume_from,
+                on_epoch=report,
+            )
         except TrainingDiverged as error:
             # Deterministic: retrying would diverge again, so it is reported as a
             # result (stored as the trial's error) rather than raised to Tune.
@@ -139,10 +179,15 @@ def scratch_root(folder: str | None) -> str | None:
 class StoreCallback(tune.Callback):
     """Driver-side: epoch rows, checkpoints, final metrics and errors into the store."""
 
-    def __init__(self, store: ResultsStore, planned: Iterable[TrialRecord],
-                 progress: Callable[[str], object] = print_line,
-                 ray_lost: Callable[[], str | None] | None = None, max_failures: int = 0,
-                 nodes: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        store: ResultsStore,
+        planned: Iterable[TrialRecord],
+        progress: Callable[[str], object] = print_line,
+        ray_lost: Callable[[], str | None] | None = None,
+        max_failures: int = 0,
+        nodes: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
         self.store = store
         self.max_failures = max_failures
         # node id -> whether it is alive and its address (Ray's ray.nodes()), to tell a
@@ -157,7 +202,7 @@ class StoreCallback(tune.Callback):
         self.diverged = set()
         self.epoch_seconds = []
         self.finished = set()
-        self.placement = {}   # trial id -> {PLACEMENT_KEYS: what it reported}
+        self.placement = {}  # trial id -> {PLACEMENT_KEYS: what it reported}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (for a restore this project never
@@ -167,8 +212,9 @@ class StoreCallback(tune.Callback):
     def _trial_id(self, trial: Trial) -> str:
         return TrialRun.from_config(trial.config['trial']).trial_id
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
-                        result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         trial_id = self._trial_id(trial)
         planned = self.planned[trial_id]
         # Out of the result before Tune keeps it (callbacks may change it in place): Tune
@@ -178,31 +224,37 @@ class StoreCallback(tune.Callback):
             node = self.nodes().get(result.get('node_id'), {})
             self.placement[trial_id] = dict(
                 {key: result.get(key) for key in PLACEMENT_KEYS},
-                node_ip=node.get('NodeManagerAddress'))
+                node_ip=node.get('NodeManagerAddress'),
+            )
             start = result[STARTED_KEY]
             starts = f'resumes at epoch {start}' if start else 'starts'
-            self.progress(f"{planned.name} {starts}"
-                          f" on node {node.get('NodeManagerAddress')} "
-                          f"({str(result.get('node_id'))[:8]}), {result.get('devices')}")
+            self.progress(
+                f'{planned.name} {starts}'
+                f' on node {node.get("NodeManagerAddress")} '
+                f'({str(result.get("node_id"))[:8]}), {result.get("devices")}'
+            )
             return
         if DIVERGED_KEY in result:
             self.diverged.add(trial_id)
-            self.store.write_error(trial_id, result[DIVERGED_KEY],
-                                   self.store.checkpoint_epoch(trial_id))
+            self.store.write_error(
+                trial_id, result[DIVERGED_KEY], self.store.checkpoint_epoch(trial_id)
+            )
             self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
         if packed is not None:
             self._record_checkpoint(trial_id, packed)
-        self.placement[trial_id] = dict(self.placement.get(trial_id, {}),
-                                        **{key: result.get(key) for key in PLACEMENT_KEYS
-                                           if key in result})
+        self.placement[trial_id] = dict(
+            self.placement.get(trial_id, {}),
+            **{key: result.get(key) for key in PLACEMENT_KEYS if key in result},
+        )
         self.epoch_seconds.append(result['epoch_seconds'])
         self.progress(
-            f"{planned.name} epoch {result['epoch']}/{planned.spec.recipe.epochs}: "
-            f"train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}, "
-            f"val acc {result['val_acc']:.4f} ({result['epoch_seconds']:.1f}s)"
-            f"{self._time_left(trials)}")
+            f'{planned.name} epoch {result["epoch"]}/{planned.spec.recipe.epochs}: '
+            f'train loss {result["train_loss"]:.4f}, val loss {result["val_loss"]:.4f}, '
+            f'val acc {result["val_acc"]:.4f} ({result["epoch_seconds"]:.1f}s)'
+            f'{self._time_left(trials)}'
+        )
 
     def _time_left(self, trials: list[Trial]) -> str:
         """Remaining epochs x mean epoch time / trials running at once."""
@@ -213,8 +265,11 @@ class StoreCallback(tune.Callback):
             planned = self.planned[self._trial_id(trial)]
             if planned.trial_id in self.finished or planned.trial_id in self.diverged:
                 continue
-            done = trial.last_result.get('epoch', planned.epochs_done) if trial.last_result \
+            done = (
+                trial.last_result.get('epoch', planned.epochs_done)
+                if trial.last_result
                 else planned.epochs_done
+            )
             remaining += max(0, planned.spec.recipe.epochs - int(done))
         running = max(1, sum(1 for t in trials if t.status == 'RUNNING'))
         seconds = remaining * (sum(self.epoch_seconds) / len(self.epoch_seconds)) / running
@@ -222,16 +277,17 @@ class StoreCallback(tune.Callback):
 
     def _record_checkpoint(self, trial_id: str, packed: bytes) -> None:
         from bench.trial.checkpoint import unpack_checkpoint
+
         # In the store's root, where the next run's clean-up finds it after a crash.
-        staging = Path(tempfile.mkdtemp(prefix='.incoming-', suffix='.tmp',
-                                        dir=self.store.root))
+        staging = Path(tempfile.mkdtemp(prefix='.incoming-', suffix='.tmp', dir=self.store.root))
         try:
             self.store.record_checkpoint(trial_id, unpack_checkpoint(packed, staging / 'c'))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
-                          **info: Any) -> None:
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         trial_id = self._trial_id(trial)
         self.finished.add(trial_id)
         if trial_id in self.diverged:
@@ -239,13 +295,19 @@ class StoreCallback(tune.Callback):
         planned = self.planned[trial_id]
         history = self.store.read_history(trial_id)
         if len(history) < planned.spec.recipe.epochs:
-            self.store.write_error(trial_id, f'the trial ended after {len(history)} of '
-                                   f'{planned.spec.recipe.epochs} epochs', len(history))
+            self.store.write_error(
+                trial_id,
+                f'the trial ended after {len(history)} of {planned.spec.recipe.epochs} epochs',
+                len(history),
+            )
             return
         final = dict(history[-1])
-        final.update(epochs=len(history), total_seconds=sum(r['epoch_seconds'] for r in history),
-                     finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-                     **self.placement.get(trial_id, dict.fromkeys(PLACEMENT_KEYS)))
+        final.update(
+            epochs=len(history),
+            total_seconds=sum(r['epoch_seconds'] for r in history),
+            finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+            **self.placement.get(trial_id, dict.fromkeys(PLACEMENT_KEYS)),
+        )
         self.store.write_final(trial_id, final)
         self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
 
@@ -276,20 +338,26 @@ class StoreCallback(tune.Callback):
         if lost:
             return f'node {lost} died while the trial trained there'
         if unreachable:
-            return (f"the trial's worker on node {self._node_address(trial_id)} stopped "
-                    f'answering (its node died, or lost its connection)')
+            return (
+                f"the trial's worker on node {self._node_address(trial_id)} stopped "
+                f'answering (its node died, or lost its connection)'
+            )
         return text.splitlines()[-1][:300] if text else 'the trial failed'
 
-    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,
-                         **info: Any) -> None:
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         """Tune retries a failed trial: say why, and from which epoch it goes on."""
         trial_id = self._trial_id(trial)
-        self.progress(f'{self.planned[trial_id].name}: {self._why(trial_id, trial)}; Tune '
-                      f'retries it (retry {trial.num_failures} of {self.max_failures}) from '
-                      f'the last epoch the store holds ({self.store.checkpoint_epoch(trial_id)})')
+        self.progress(
+            f'{self.planned[trial_id].name}: {self._why(trial_id, trial)}; Tune '
+            f'retries it (retry {trial.num_failures} of {self.max_failures}) from '
+            f'the last epoch the store holds ({self.store.checkpoint_epoch(trial_id)})'
+        )
 
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
-                       **info: Any) -> None:
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         trial_id = self._trial_id(trial)
         self.finished.add(trial_id)
         if self.ray_lost and self.ray_lost():
@@ -297,9 +365,11 @@ class StoreCallback(tune.Callback):
         why = self._why(trial_id, trial)
         if why.startswith(('node ', "the trial's worker on node")):
             epochs = self.store.checkpoint_epoch(trial_id)
-            message = (f'{why} (epoch {epochs} is in the store); run again with '
-                       '--retry-failed to resume it from that epoch, or raise '
-                       'resources.max_failures so that Tune retries it on another node')
+            message = (
+                f'{why} (epoch {epochs} is in the store); run again with '
+                '--retry-failed to resume it from that epoch, or raise '
+                'resources.max_failures so that Tune retries it on another node'
+            )
             self.store.write_error(trial_id, message, epochs)
             self.progress(f'{self.planned[trial_id].name} failed: {message}')
             return
@@ -319,5 +389,8 @@ def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
-    return f'{hours}h{minutes:02d}m' if hours else (f'{minutes}m{seconds:02d}s' if minutes
-                                                     else f'{seconds}s')
+    return (
+        f'{hours}h{minutes:02d}m'
+        if hours
+        else (f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s')
+    )

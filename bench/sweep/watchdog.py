@@ -7,6 +7,7 @@ the death within a second, and hands the run one message and a way to end every
 process the run started (recorded as they appear: after the head's death they are
 reparented and no longer found under the driver).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,10 @@ from pathlib import Path
 from types import ModuleType
 
 # Ray's process types whose death ends a run, as Ray's node records them.
-HEAD_PROCESSES = {'gcs_server': "Ray's head process (the GCS server)",
-                  'raylet': "Ray's node process (the raylet)"}
+HEAD_PROCESSES = {
+    'gcs_server': "Ray's head process (the GCS server)",
+    'raylet': "Ray's node process (the raylet)",
+}
 # A joined cluster's head is another machine's: lost when unreachable this long.
 REMOTE_GRACE_SECONDS = 15.0
 
@@ -32,7 +35,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
         text = Path(f'/proc/{pid}/stat').read_text()
     except OSError:
         return None
-    fields = text[text.rindex(')') + 2:].split()   # after the command, which may hold spaces
+    fields = text[text.rindex(')') + 2 :].split()  # after the command, which may hold spaces
     if fields[0] in ('Z', 'X'):
         return None
     return int(fields[1]), int(fields[19])
@@ -76,13 +79,17 @@ class RayWatchdog:
     `on_lost(message)` is called once, from the watchdog's thread, when the head died;
     `end_started()` then ends every process this run started."""
 
-    def __init__(self, ray: ModuleType, on_lost: Callable[[str], object],
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self, ray: ModuleType, on_lost: Callable[[str], object], interval: float = 0.5
+    ) -> None:
         from ray._private import worker
+
         node = worker._global_node
-        self.head = [(HEAD_PROCESSES[kind], info.process)
-                     for kind in HEAD_PROCESSES
-                     for info in (node.all_processes.get(kind, []) if node else [])]
+        self.head = [
+            (HEAD_PROCESSES[kind], info.process)
+            for kind in HEAD_PROCESSES
+            for info in (node.all_processes.get(kind, []) if node else [])
+        ]
         self.remote = None if self.head else ray.get_runtime_context().gcs_address
         self.on_lost, self.interval = on_lost, interval
         self.started = {}
@@ -100,8 +107,9 @@ class RayWatchdog:
             now = time.monotonic()
             self._unreachable_since = self._unreachable_since or now
             if now - self._unreachable_since >= REMOTE_GRACE_SECONDS:
-                return (f"Ray's head at {self.remote} has not answered for "
-                        f'{REMOTE_GRACE_SECONDS:.0f}s')
+                return (
+                    f"Ray's head at {self.remote} has not answered for {REMOTE_GRACE_SECONDS:.0f}s"
+                )
         elif self.remote:
             self._unreachable_since = None
         return None

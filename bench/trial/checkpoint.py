@@ -6,6 +6,7 @@ is written under a temporary name and renamed into place, so a crash never leave
 half-written checkpoint under a real name. Framework-free: the backend writes and reads its
 files through the functions it is handed.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,9 @@ class CheckpointMismatch(BenchError, RuntimeError):
     """A checkpoint that belongs to another trial."""
 
 
-def write_checkpoint(folder: str | Path, save_weights: Callable[[Path], None],
-                     state: Mapping[str, Any]) -> Path:
+def write_checkpoint(
+    folder: str | Path, save_weights: Callable[[Path], None], state: Mapping[str, Any]
+) -> Path:
     """Write a complete checkpoint into `folder` (which must not exist yet); the
     backend's `save_weights(folder)` writes its own files."""
     folder = Path(folder)
@@ -43,15 +45,16 @@ def write_checkpoint(folder: str | Path, save_weights: Callable[[Path], None],
     return folder
 
 
-def save_checkpoint(root: str | Path, save_weights: Callable[[Path], None],
-                    state: Mapping[str, Any], keep: int = 1) -> Path:
+def save_checkpoint(
+    root: str | Path, save_weights: Callable[[Path], None], state: Mapping[str, Any], keep: int = 1
+) -> Path:
     """Checkpoint of the epoch state['epoch'] under root, keeping the newest `keep` of them."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix='.staging-', dir=root))
     shutil.rmtree(staging)
     write_checkpoint(staging, save_weights, state)
-    final = publish_dir_atomic(staging, root / f"epoch-{state['epoch']:04d}")
+    final = publish_dir_atomic(staging, root / f'epoch-{state["epoch"]:04d}')
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -62,8 +65,11 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _EPOCH_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _EPOCH_DIR.match(p.name)) and (p / STATE_FILE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -76,18 +82,23 @@ def read_state(folder: str | Path) -> dict[str, Any]:
     """The checkpoint's state.json; ValueError when it is not of the shape this project
     writes (bench.records), OSError when it cannot be read."""
     from bench.records import check_record
+
     return check_record(read_json(Path(folder) / STATE_FILE), STATE_FILE)
 
 
-def load_checkpoint(folder: str | Path, load_weights: Callable[[Path], None],
-                    expected_spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    folder: str | Path,
+    load_weights: Callable[[Path], None],
+    expected_spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Restore the backend's files through `load_weights(folder)`; return the state dict."""
     folder = Path(folder)
     state = read_state(folder)
     if expected_spec is not None and not same_run(state.get('spec'), expected_spec):
         raise CheckpointMismatch(
             f'the checkpoint in {folder} was made for another trial '
-            f"({state.get('spec')}); move it away or point the trial at its own folder")
+            f'({state.get("spec")}); move it away or point the trial at its own folder'
+        )
     load_weights(folder)
     return state
 
@@ -98,12 +109,13 @@ def same_run(saved_spec: Mapping[str, Any] | None, spec: Mapping[str, Any] | Non
     The number of epochs is left out: the schedule does not depend on it, so a
     run may be extended from its last checkpoint.
     """
+
     def without_epochs(s: Mapping[str, Any] | None) -> dict[str, Any]:
         s = dict(s or {})
         s['recipe'] = {k: v for k, v in dict(s.get('recipe') or {}).items() if k != 'epochs'}
         return s
-    return without_epochs(saved_spec) == without_epochs(spec)
 
+    return without_epochs(saved_spec) == without_epochs(spec)
 
 
 # A checkpoint crosses from a trial to the driver (and back, to resume) as the bytes of
@@ -137,8 +149,13 @@ def unpack_checkpoint(blob: bytes, folder: str | Path) -> Path:
             folder.mkdir(parents=True)
             for member in members:
                 name = member.name
-                if not member.isfile() or '/' in name or name.startswith('.') or \
-                        name in ('', '..') or '\0' in name:
+                if (
+                    not member.isfile()
+                    or '/' in name
+                    or name.startswith('.')
+                    or name in ('', '..')
+                    or '\0' in name
+                ):
                     raise ValueError(f'{name!r:.80} is not a plain file of a checkpoint')
                 with tar.extractfile(member) as source, open(folder / name, 'xb') as target:
                     shutil.copyfileobj(source, target)

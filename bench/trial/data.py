@@ -10,6 +10,7 @@ Gluon's own CIFAR10 dataset re-downloads every file whose SHA-1 is not the
 official one, so it cannot load anything else (tests, the demo); this module
 reads the files itself and records whether they are the official CIFAR-10.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,11 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 # is known before the files are on the machine. Only files whose every checksum
 # matches get it; any other data is identified by a digest of its records.
 OFFICIAL_DIGEST = hashlib.sha1(
-    ('cifar10-official:' + ','.join(OFFICIAL_BIN_SHA1[name] for name in sorted(OFFICIAL_BIN_SHA1)))
-    .encode()).hexdigest()
+    (
+        'cifar10-official:'
+        + ','.join(OFFICIAL_BIN_SHA1[name] for name in sorted(OFFICIAL_BIN_SHA1))
+    ).encode()
+).hexdigest()
 TRAIN_IMAGES, TEST_IMAGES = 50000, 10000
 
 
@@ -88,11 +92,12 @@ class DataMissing(DataError):
 @dataclass(frozen=True)
 class DataIdentity:
     """What a result was trained on. `official` is True only for the published CIFAR-10 files."""
+
     name: str
     official: bool
-    digest: str          # SHA-1 over every record in the binary layout; layout-independent
-    layout: str          # 'bin' or 'py'
-    source: str          # folder or archive the records came from
+    digest: str  # SHA-1 over every record in the binary layout; layout-independent
+    layout: str  # 'bin' or 'py'
+    source: str  # folder or archive the records came from
     train_images: int
     test_images: int
 
@@ -106,8 +111,8 @@ class DataIdentity:
 
 @dataclass
 class Dataset:
-    train_images: np.ndarray   # uint8 (n, 3, 32, 32)
-    train_labels: np.ndarray   # int32 (n,)
+    train_images: np.ndarray  # uint8 (n, 3, 32, 32)
+    train_labels: np.ndarray  # int32 (n,)
     test_images: np.ndarray
     test_labels: np.ndarray
     identity: DataIdentity
@@ -125,19 +130,27 @@ def default_root() -> str:
 
 # ---------------------------------------------------------------- decoding
 
+
 def decode_bin(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     if len(blob) == 0 or len(blob) % (RECORD_PIXELS + 1):
-        raise DataError(f'{name}: {len(blob)} bytes is not a whole number of CIFAR records '
-                        f'({RECORD_PIXELS + 1} bytes each); the file is truncated or not CIFAR')
+        raise DataError(
+            f'{name}: {len(blob)} bytes is not a whole number of CIFAR records '
+            f'({RECORD_PIXELS + 1} bytes each); the file is truncated or not CIFAR'
+        )
     records = np.frombuffer(blob, dtype=np.uint8).reshape(-1, RECORD_PIXELS + 1)
     return records[:, 1:].reshape((-1,) + IMAGE_SHAPE), records[:, 0].astype(np.int32)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """The python layout is a pickle: allow the numpy classes it needs and nothing else."""
-    _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
-                ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
-                ('_codecs', 'encode')}
+
+    _ALLOWED = {
+        ('numpy.core.multiarray', '_reconstruct'),
+        ('numpy', 'ndarray'),
+        ('numpy', 'dtype'),
+        ('numpy.core.multiarray', 'scalar'),
+        ('_codecs', 'encode'),
+    }
 
     def find_class(self, module: str, name: str) -> Callable[..., Any]:
         if (module, name) in self._ALLOWED:
@@ -154,8 +167,10 @@ def decode_py(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     except Exception as error:  # any failure here means the file is not a CIFAR batch
         raise DataError(f'{name}: not a CIFAR python batch ({error})') from error
     if data.ndim != 2 or data.shape[1] != RECORD_PIXELS or len(labels) != len(data):
-        raise DataError(f'{name}: expected data of shape (n, {RECORD_PIXELS}) and n labels, '
-                        f'found {data.shape} and {len(labels)}')
+        raise DataError(
+            f'{name}: expected data of shape (n, {RECORD_PIXELS}) and n labels, '
+            f'found {data.shape} and {len(labels)}'
+        )
     return data.reshape((-1,) + IMAGE_SHAPE), labels
 
 
@@ -169,6 +184,7 @@ def record_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
 
 # ---------------------------------------------------------------- finding files
 
+
 def _folder_reader(folder: Path, suffix: str) -> tuple[str, Callable[[str], bytes]] | None:
     paths = {name: folder / f'{name}{suffix}' for name in TRAIN_BATCHES + (TEST_BATCH,)}
     if not all(path.is_file() for path in paths.values()):
@@ -176,8 +192,7 @@ def _folder_reader(folder: Path, suffix: str) -> tuple[str, Callable[[str], byte
     return str(folder), lambda name: paths[name].read_bytes()
 
 
-def _archive_reader(archive: Path, suffix: str
-                    ) -> tuple[str, Callable[[str], bytes]] | None:
+def _archive_reader(archive: Path, suffix: str) -> tuple[str, Callable[[str], bytes]] | None:
     if not archive.is_file():
         return None
     try:
@@ -187,11 +202,14 @@ def _archive_reader(archive: Path, suffix: str
             missing = [name for name in wanted if name not in members]
             if missing:
                 raise DataError(f'{archive} lacks {", ".join(missing)}: not a CIFAR-10 archive')
-            blobs = {name: tar.extractfile(members[f'{name}{suffix}']).read()
-                     for name in TRAIN_BATCHES + (TEST_BATCH,)}
+            blobs = {
+                name: tar.extractfile(members[f'{name}{suffix}']).read()
+                for name in TRAIN_BATCHES + (TEST_BATCH,)
+            }
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise DataError(f'{archive} cannot be read ({error}); delete it and fetch it again') \
-            from error
+        raise DataError(
+            f'{archive} cannot be read ({error}); delete it and fetch it again'
+        ) from error
     return str(archive), blobs.__getitem__
 
 
@@ -223,9 +241,11 @@ def missing_data_message(root: str | Path, cause: Exception | None = None) -> st
     ]
     if cause:
         lines.append(f'Downloading it failed: {cause}.')
-    lines.append(f'Fetch {DOWNLOAD_URL} and put it in {root} (no need to unpack it), '
-                 'or point the data root at your copy (data.root in the sweep file; '
-                 '--data-root for python -m bench.train).')
+    lines.append(
+        f'Fetch {DOWNLOAD_URL} and put it in {root} (no need to unpack it), '
+        'or point the data root at your copy (data.root in the sweep file; '
+        '--data-root for python -m bench.train).'
+    )
     return '\n'.join(lines)
 
 
@@ -243,8 +263,10 @@ def download_cifar10(root: str | Path, url: str = DOWNLOAD_URL, timeout: float =
 
 # ---------------------------------------------------------------- loading
 
-def load_cifar10(root: str | Path | None = None, download: bool = True,
-                 name: str | None = None) -> Dataset:
+
+def load_cifar10(
+    root: str | Path | None = None, download: bool = True, name: str | None = None
+) -> Dataset:
     """The CIFAR-10 copy under `root` (default: MXNet's data folder), with its identity.
 
     `name` labels data that is not the official CIFAR-10 (e.g. 'sklearn-digits');
@@ -262,8 +284,9 @@ def load_cifar10(root: str | Path | None = None, download: bool = True,
         raise DataMissing(missing_data_message(root))
     layout, source, read = located
     decode = decode_bin if layout == 'bin' else decode_py
-    published, digest_of = ((OFFICIAL_BIN_SHA1, hashlib.sha1) if layout == 'bin'
-                            else (OFFICIAL_PY_MD5, hashlib.md5))
+    published, digest_of = (
+        (OFFICIAL_BIN_SHA1, hashlib.sha1) if layout == 'bin' else (OFFICIAL_PY_MD5, hashlib.md5)
+    )
 
     batches, official = {}, True
     records_digest = hashlib.sha1()
@@ -272,8 +295,10 @@ def load_cifar10(root: str | Path | None = None, download: bool = True,
         official = official and digest_of(blob).hexdigest() == published[batch_name]
         images, labels = decode(blob, f'{source}/{batch_name}')
         if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise DataError(f'{source}/{batch_name}: labels must be 0..255, found '
-                            f'{labels.min()}..{labels.max()}')
+            raise DataError(
+                f'{source}/{batch_name}: labels must be 0..255, found '
+                f'{labels.min()}..{labels.max()}'
+            )
         records_digest.update(record_bytes(images, labels))
         batches[batch_name] = (images, labels)
 
@@ -282,14 +307,24 @@ def load_cifar10(root: str | Path | None = None, download: bool = True,
     test_images, test_labels = batches[TEST_BATCH]
     identity = DataIdentity(
         name='cifar10' if official else (name or f'cifar-format data at {source}'),
-        official=official, digest=OFFICIAL_DIGEST if official else records_digest.hexdigest(),
-        layout=layout, source=source,
-        train_images=len(train_images), test_images=len(test_images))
-    return Dataset(np.ascontiguousarray(train_images), train_labels,
-                   np.ascontiguousarray(test_images), test_labels, identity)
+        official=official,
+        digest=OFFICIAL_DIGEST if official else records_digest.hexdigest(),
+        layout=layout,
+        source=source,
+        train_images=len(train_images),
+        test_images=len(test_images),
+    )
+    return Dataset(
+        np.ascontiguousarray(train_images),
+        train_labels,
+        np.ascontiguousarray(test_images),
+        test_labels,
+        identity,
+    )
 
 
 # ---------------------------------------------------------------- writing
+
 
 def _as_chw(images: npt.ArrayLike) -> np.ndarray:
     images = np.asarray(images)
@@ -302,9 +337,15 @@ def _as_chw(images: npt.ArrayLike) -> np.ndarray:
     return images
 
 
-def write_cifar10(root: str | Path, train_images: npt.ArrayLike, train_labels: npt.ArrayLike,
-                  test_images: npt.ArrayLike, test_labels: npt.ArrayLike,
-                  layout: str = 'bin', archive: bool = False) -> Path:
+def write_cifar10(
+    root: str | Path,
+    train_images: npt.ArrayLike,
+    train_labels: npt.ArrayLike,
+    test_images: npt.ArrayLike,
+    test_labels: npt.ArrayLike,
+    layout: str = 'bin',
+    archive: bool = False,
+) -> Path:
     """Write CIFAR-format files under root, the way the official copy is laid out.
 
     The training images are spread over the five data_batch files. Returns the
@@ -323,12 +364,18 @@ def write_cifar10(root: str | Path, train_images: npt.ArrayLike, train_labels: n
     def encode(images: np.ndarray, labels: np.ndarray) -> bytes:
         if layout == 'bin':
             return record_bytes(images, labels)
-        return pickle.dumps({'batch_label': 'written by bench.trial.data.write_cifar10',
-                             'labels': [int(x) for x in labels],
-                             'data': images.reshape(len(images), RECORD_PIXELS)}, protocol=2)
+        return pickle.dumps(
+            {
+                'batch_label': 'written by bench.trial.data.write_cifar10',
+                'labels': [int(x) for x in labels],
+                'data': images.reshape(len(images), RECORD_PIXELS),
+            },
+            protocol=2,
+        )
 
-    files = {f'{folder_name}/{name}{suffix}': encode(images, labels)
-             for name, images, labels in parts}
+    files = {
+        f'{folder_name}/{name}{suffix}': encode(images, labels) for name, images, labels in parts
+    }
     if archive:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
@@ -336,8 +383,9 @@ def write_cifar10(root: str | Path, train_images: npt.ArrayLike, train_labels: n
                 info = tarfile.TarInfo(member)
                 info.size = len(blob)
                 tar.addfile(info, io.BytesIO(blob))
-        return write_bytes_atomic(root / (BIN_ARCHIVE if layout == 'bin' else PY_ARCHIVE),
-                                  buffer.getvalue())
+        return write_bytes_atomic(
+            root / (BIN_ARCHIVE if layout == 'bin' else PY_ARCHIVE), buffer.getvalue()
+        )
     for member, blob in files.items():
         write_bytes_atomic(root / member, blob)
     return root / folder_name
@@ -347,13 +395,20 @@ def official_identity(root: str | Path | None = None) -> DataIdentity:
     """The identity the official CIFAR-10 gets when its files are loaded, known without
     them: what the plan of a sweep on CIFAR-10 is computed with before they are there."""
     root = Path(root) if root is not None else Path(default_root())
-    return DataIdentity(name='cifar10', official=True, digest=OFFICIAL_DIGEST, layout='bin',
-                        source=f'{root} (not there yet)', train_images=TRAIN_IMAGES,
-                        test_images=TEST_IMAGES)
+    return DataIdentity(
+        name='cifar10',
+        official=True,
+        digest=OFFICIAL_DIGEST,
+        layout='bin',
+        source=f'{root} (not there yet)',
+        train_images=TRAIN_IMAGES,
+        test_images=TEST_IMAGES,
+    )
 
 
-def digits_arrays(test_fraction: float = 0.2, seed: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def digits_arrays(
+    test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's handwritten digits (8x8, 1797 images) as 32x32 RGB uint8 images:
     (train images, train labels, test images, test labels), the demo data set's content.
 
@@ -366,11 +421,17 @@ def digits_arrays(test_fraction: float = 0.2, seed: int = 0
     below how it trained.
     """
     from sklearn.datasets import load_digits
+
     digits = load_digits()
-    gray = digits.images.repeat(4, axis=1).repeat(4, axis=2)            # 8x8 -> 32x32
+    gray = digits.images.repeat(4, axis=1).repeat(4, axis=2)  # 8x8 -> 32x32
     standardised = (gray - gray.mean()) / gray.std()
-    images = np.stack([np.clip(np.round(255.0 * (mean + std * standardised)), 0, 255)
-                       for mean, std in zip(CIFAR_MEAN, CIFAR_STD)], axis=1).astype(np.uint8)
+    images = np.stack(
+        [
+            np.clip(np.round(255.0 * (mean + std * standardised)), 0, 255)
+            for mean, std in zip(CIFAR_MEAN, CIFAR_STD)
+        ],
+        axis=1,
+    ).astype(np.uint8)
     labels = digits.target.astype(np.int32)
     order = np.random.default_rng(seed).permutation(len(images))
     n_test = int(len(images) * test_fraction)
@@ -391,7 +452,7 @@ def make_digits_dataset(root: str | Path, test_fraction: float = 0.2, seed: int 
 
 DEMO_NAME = 'sklearn-digits'
 # Named for its pixel statistics: folders written by earlier versions hold raw digits.
-DEMO_FOLDER = Path('data') / 'demo-digits-cifar-stats'    # relative to the sweep file or cwd
+DEMO_FOLDER = Path('data') / 'demo-digits-cifar-stats'  # relative to the sweep file or cwd
 
 
 def load_demo_digits(root: str | Path) -> Dataset:
@@ -408,8 +469,15 @@ def demo_digits_identity(root: str | Path) -> DataIdentity:
     train_images, train_labels, test_images, test_labels = digits_arrays()
     # The files hold the training records in order over five batches, then the test
     # batch: the digest load_cifar10 computes over them is this one.
-    digest = hashlib.sha1(record_bytes(train_images, train_labels)
-                          + record_bytes(test_images, test_labels)).hexdigest()
-    return DataIdentity(name=DEMO_NAME, official=False, digest=digest, layout='bin',
-                        source=str(root / BIN_FOLDER), train_images=len(train_images),
-                        test_images=len(test_images))
+    digest = hashlib.sha1(
+        record_bytes(train_images, train_labels) + record_bytes(test_images, test_labels)
+    ).hexdigest()
+    return DataIdentity(
+        name=DEMO_NAME,
+        official=False,
+        digest=digest,
+        layout='bin',
+        source=str(root / BIN_FOLDER),
+        train_images=len(train_images),
+        test_images=len(test_images),
+    )

@@ -10,6 +10,7 @@ state (epoch, history, RNG state).
 
 A session is a `Session` (below); a backend's module is a `Backend`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -36,10 +37,14 @@ DIVERGENCE_CHECK_EVERY = 20
 BACKENDS = {'gluon': 'bench.trial.gluon.trainer', 'torch': 'bench.trial.pytorch.trainer'}
 # Backend name -> (the framework's module, how to install it).
 BACKEND_FRAMEWORKS = {
-    'gluon': ('mxnet', "pip install -c constraints.txt -e '.[cpu]' ('.[gpu]' for MXNet's "
-                       'CUDA build)'),
-    'torch': ('torch', "pip install -c constraints-torch.txt -e '.[torch]' (beside MXNet: "
-                       '-c constraints.txt)'),
+    'gluon': (
+        'mxnet',
+        "pip install -c constraints.txt -e '.[cpu]' ('.[gpu]' for MXNet's CUDA build)",
+    ),
+    'torch': (
+        'torch',
+        "pip install -c constraints-torch.txt -e '.[torch]' (beside MXNet: -c constraints.txt)",
+    ),
 }
 
 
@@ -54,8 +59,9 @@ class Session(Protocol):
     def set_learning_rate(self, lr: float) -> None:
         """The learning rate of the next steps."""
 
-    def train_batch(self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                    flips: np.ndarray) -> tuple[Any, Any]:
+    def train_batch(
+        self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray, flips: np.ndarray
+    ) -> tuple[Any, Any]:
         """One step on the training images `indices`, cropped at (`rows`, `cols`) and
         flipped where `flips`: the batch's summed loss and correct count, as scalars."""
 
@@ -97,7 +103,8 @@ class TrainingDiverged(BenchError, RuntimeError):
         where = f'batch {batch + 1}' if batch is not None else 'validation'
         super().__init__(
             f'training diverged: loss was {value} at epoch {epoch + 1}, {where}; '
-            'lower the learning rate or check the data')
+            'lower the learning rate or check the data'
+        )
 
 
 def missing_framework(name: str) -> str | None:
@@ -106,8 +113,10 @@ def missing_framework(name: str) -> str | None:
     module, install = BACKEND_FRAMEWORKS[name]
     if importlib.util.find_spec(module) is not None:
         return None
-    return (f'backend {name} needs {module}, which is not installed here: {install}, or '
-            '`make install`, whose default (EXTRAS=cpu,torch) installs both backends')
+    return (
+        f'backend {name} needs {module}, which is not installed here: {install}, or '
+        '`make install`, whose default (EXTRAS=cpu,torch) installs both backends'
+    )
 
 
 class DeviceError(BenchError, RuntimeError):
@@ -133,22 +142,29 @@ def get_backend(name: str = 'gluon') -> Backend:
     `open_session(spec, data, devices)`. BackendUnavailable where its framework fails to
     load (MXNet's GPU build on a machine without the NVIDIA driver dies on libcuda.so.1)."""
     if name not in BACKENDS:
-        raise KeyError(f"unknown trial backend {name!r}; valid: {', '.join(BACKENDS)}")
+        raise KeyError(f'unknown trial backend {name!r}; valid: {", ".join(BACKENDS)}')
     try:
         return importlib.import_module(BACKENDS[name])
     except OSError as error:
         module, _ = BACKEND_FRAMEWORKS[name]
-        hint = (' This is the GPU build on a machine without the NVIDIA driver: install the '
-                "driver, or on a CPU-only machine the CPU build (pip uninstall mxnet-cu112, "
-                "then pip install -c constraints.txt -e '.[cpu]')"
-                if 'libcuda' in str(error) else '')
-        raise BackendUnavailable(f'backend {name}: {module} is installed but cannot be '
-                                 f'loaded here ({error}).{hint}') from None
+        hint = (
+            ' This is the GPU build on a machine without the NVIDIA driver: install the '
+            'driver, or on a CPU-only machine the CPU build (pip uninstall mxnet-cu112, '
+            "then pip install -c constraints.txt -e '.[cpu]')"
+            if 'libcuda' in str(error)
+            else ''
+        )
+        raise BackendUnavailable(
+            f'backend {name}: {module} is installed but cannot be loaded here ({error}).{hint}'
+        ) from None
 
 
-def train_epoch(session: Session, plan: list[tuple[np.ndarray, ...]], epoch: int,
-                on_batch: Callable[[int, int], None] | None = None
-                ) -> tuple[float, float, int]:
+def train_epoch(
+    session: Session,
+    plan: list[tuple[np.ndarray, ...]],
+    epoch: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[float, float, int]:
     """One pass over `plan` through `session.train_batch`; returns (mean loss, accuracy,
     images seen). The losses since the last look are brought to the host every
     DIVERGENCE_CHECK_EVERY batches and at the end; a non-finite one stops the trial
@@ -170,14 +186,22 @@ def train_epoch(session: Session, plan: list[tuple[np.ndarray, ...]], epoch: int
             on_batch(batch_index + 1, len(plan))
     if not seen:
         return float('nan'), float('nan'), 0
-    return (float(np.sum(session.values(loss_sums), dtype=np.float64)) / seen,
-            float(np.sum(session.values(correct_sums), dtype=np.float64)) / seen, seen)
+    return (
+        float(np.sum(session.values(loss_sums), dtype=np.float64)) / seen,
+        float(np.sum(session.values(correct_sums), dtype=np.float64)) / seen,
+        seen,
+    )
 
 
-def run_epochs(session: Session, spec: TrialSpec, data: Dataset,
-               checkpoint_dir: str | Path | None = None, resume_from: Path | None = None,
-               on_epoch: Callable[[dict, Path | None], None] | None = None,
-               on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+def run_epochs(
+    session: Session,
+    spec: TrialSpec,
+    data: Dataset,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: Path | None = None,
+    on_epoch: Callable[[dict, Path | None], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     """Train `session` through the spec's remaining epochs; the per-epoch metrics.
 
     checkpoint_dir: a checkpoint is written there after every epoch, and training
@@ -188,8 +212,10 @@ def run_epochs(session: Session, spec: TrialSpec, data: Dataset,
     """
     recipe = spec.recipe
     if len(data.train_images) < recipe.batch_size:
-        raise UnsupportedRecipe(f'batch_size {recipe.batch_size} is larger than the '
-                                f'{len(data.train_images)} training images')
+        raise UnsupportedRecipe(
+            f'batch_size {recipe.batch_size} is larger than the '
+            f'{len(data.train_images)} training images'
+        )
     rng = np.random.default_rng(spec.seed)
     history = []
     spec_dict = spec.to_dict()
@@ -204,17 +230,25 @@ def run_epochs(session: Session, spec: TrialSpec, data: Dataset,
         started = time.perf_counter()
         lr = recipe.lr_at(epoch)
         session.set_learning_rate(lr)
-        plan = epoch_plan(rng, len(data.train_images), recipe.batch_size,
-                          random_crop=recipe.random_crop, random_flip=recipe.random_flip)
+        plan = epoch_plan(
+            rng,
+            len(data.train_images),
+            recipe.batch_size,
+            random_crop=recipe.random_crop,
+            random_flip=recipe.random_flip,
+        )
         train_loss, train_acc, seen = train_epoch(session, plan, epoch, on_batch)
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = session.evaluate()
         if not math.isfinite(val_loss):
             raise TrainingDiverged(epoch, None, val_loss)
         metrics = {
-            'epoch': epoch + 1, 'lr': lr,
-            'train_loss': train_loss, 'train_acc': train_acc,
-            'val_loss': val_loss, 'val_acc': val_acc,
+            'epoch': epoch + 1,
+            'lr': lr,
+            'train_loss': train_loss,
+            'train_acc': train_acc,
+            'val_loss': val_loss,
+            'val_acc': val_acc,
             'epoch_seconds': time.perf_counter() - started,
             'train_seconds': train_seconds,
             'images_per_second': seen / train_seconds,
@@ -222,9 +256,17 @@ def run_epochs(session: Session, spec: TrialSpec, data: Dataset,
         history.append(metrics)
         checkpoint_path = None
         if checkpoint_dir is not None:
-            checkpoint_path = save_checkpoint(checkpoint_dir, session.save_weights, {
-                'epoch': epoch + 1, 'spec': spec_dict, 'history': history,
-                'rng': rng.bit_generator.state, 'data': data.identity.to_dict()})
+            checkpoint_path = save_checkpoint(
+                checkpoint_dir,
+                session.save_weights,
+                {
+                    'epoch': epoch + 1,
+                    'spec': spec_dict,
+                    'history': history,
+                    'rng': rng.bit_generator.state,
+                    'data': data.identity.to_dict(),
+                },
+            )
         if on_epoch is not None:
             on_epoch(metrics, checkpoint_path)
     return history

@@ -8,6 +8,7 @@ The recipe's defaults are the original table's: batch 128, 186 epochs, Adam at
 string is taken for a number, no truth value for a count), wherever a recipe comes
 from: the sweep file's `recipe`, an override, a stored spec or a command line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,7 @@ LATER_OPTIONS = {'precision': 'float32', 'backend': 'gluon', 'compile': False, '
 MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 1 << 20
 # Seeds seed numpy, MXNet and PyTorch; MXNet's takes a C int.
-MAX_SEED = 2 ** 31 - 1
+MAX_SEED = 2**31 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 _FINITE = {'allow_inf_nan': False}
 
@@ -48,7 +49,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra='forbid')
 
     epochs: int = Field(186, ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)   # images per step, all devices
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)  # images per step, all devices
     optimizer: Literal[OPTIMIZERS] = 'adam'
     lr: float = Field(0.003, gt=0, **_FINITE)
     # The factor applied at each of lr_decay_epochs (1: no decay).
@@ -56,16 +57,17 @@ class Recipe(BaseModel):
     # Epochs (counted from 1) after which the decay applies. Beyond `epochs` is legal, so
     # that a short smoke test of a long recipe runs; such points are simply not reached.
     # A list in the sweep file, a tuple here (strict=False only for the container).
-    lr_decay_epochs: Annotated[Tuple[Annotated[int, Field(ge=1, le=MAX_EPOCHS)], ...],
-                               Field(strict=False)] = (81, 122)
-    momentum: float = Field(0.9, ge=0, lt=1, **_FINITE)     # sgd and nag only
+    lr_decay_epochs: Annotated[
+        Tuple[Annotated[int, Field(ge=1, le=MAX_EPOCHS)], ...], Field(strict=False)
+    ] = (81, 122)
+    momentum: float = Field(0.9, ge=0, lt=1, **_FINITE)  # sgd and nag only
     wd: float = Field(1e-4, ge=0, **_FINITE)
-    random_crop: bool = True          # 4-pixel zero padding, random 32x32 window
+    random_crop: bool = True  # 4-pixel zero padding, random 32x32 window
     random_flip: bool = True
-    hybridize: bool = True            # gluon: static_alloc + static_shape
-    precision: Literal[PRECISIONS] = 'float32'   # amp_*: GPUs only
+    hybridize: bool = True  # gluon: static_alloc + static_shape
+    precision: Literal[PRECISIONS] = 'float32'  # amp_*: GPUs only
     backend: Literal[BACKENDS] = 'gluon'
-    compile: bool = False             # torch: torch.compile the network
+    compile: bool = False  # torch: torch.compile the network
     # TF32 for float32 convolutions and matrix products on GPUs that have it (Ampere and
     # newer): on is MXNet's default (cuDNN uses it unless NVIDIA_TF32_OVERRIDE=0), so
     # cells from such cards differ from older cards' in the last digits; off makes them
@@ -76,14 +78,17 @@ class Recipe(BaseModel):
     def _options_fit_the_backend(self) -> Recipe:
         problems = []
         if self.precision not in BACKEND_PRECISIONS[self.backend]:
-            problems.append(f"precision must be one of "
-                            f"{', '.join(BACKEND_PRECISIONS[self.backend])} with backend "
-                            f"{self.backend}, got {self.precision!r}"
-                            + ('; amp_bfloat16 needs backend torch'
-                               if self.precision == 'amp_bfloat16' else ''))
+            problems.append(
+                f'precision must be one of '
+                f'{", ".join(BACKEND_PRECISIONS[self.backend])} with backend '
+                f'{self.backend}, got {self.precision!r}'
+                + ('; amp_bfloat16 needs backend torch' if self.precision == 'amp_bfloat16' else '')
+            )
         if self.compile and self.backend != 'torch':
-            problems.append('compile is an option of backend torch (torch.compile); '
-                            'the gluon backend compiles its graph through hybridize')
+            problems.append(
+                'compile is an option of backend torch (torch.compile); '
+                'the gluon backend compiles its graph through hybridize'
+            )
         if problems:
             raise ValueError('; '.join(problems))
         return self
@@ -109,19 +114,23 @@ class Recipe(BaseModel):
         """A Recipe from plain values; RecipeError names each problem as
         `where.option: what (found ...)`."""
         if not isinstance(values, dict):
-            raise RecipeError(f'{where}: expected a mapping of recipe options, found '
-                              f'{type(values).__name__}')
+            raise RecipeError(
+                f'{where}: expected a mapping of recipe options, found {type(values).__name__}'
+            )
         try:
             return cls.model_validate(values)
         except ValidationError as error:
             raise RecipeError('\n'.join(recipe_problems(error, '', (where,)))) from None
 
 
-def recipe_problems(error: ValidationError, source: str, prefix: Sequence[str | int] = ()
-                    ) -> list[str]:
+def recipe_problems(
+    error: ValidationError, source: str, prefix: Sequence[str | int] = ()
+) -> list[str]:
     """The lines of a Recipe ValidationError, each naming its option."""
-    return [describe_error(e, source, prefix, valid_keys=lambda _: RECIPE_OPTIONS)
-            for e in error.errors()]
+    return [
+        describe_error(e, source, prefix, valid_keys=lambda _: RECIPE_OPTIONS)
+        for e in error.errors()
+    ]
 
 
 RECIPE_OPTIONS = tuple(Recipe.model_fields)
@@ -133,18 +142,23 @@ def describe_recipe(recipe: Recipe | Mapping[str, Any]) -> str:
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(dict(recipe))
     reached = recipe.decays_reached()
     if reached and recipe.lr_decay != 1:
-        schedule = (f"x{recipe.lr_decay:g} at epoch{'s' if len(reached) > 1 else ''} "
-                    f"{', '.join(map(str, reached))}")
+        schedule = (
+            f'x{recipe.lr_decay:g} at epoch{"s" if len(reached) > 1 else ""} '
+            f'{", ".join(map(str, reached))}'
+        )
     else:
-        schedule = f"no decay within {recipe.epochs} epoch{'s' if recipe.epochs > 1 else ''}"
-    return (f"{recipe.epochs} epoch{'s' if recipe.epochs > 1 else ''}, batch "
-            f"{recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} {schedule}, "
-            f"wd {recipe.wd:g}")
+        schedule = f'no decay within {recipe.epochs} epoch{"s" if recipe.epochs > 1 else ""}'
+    return (
+        f'{recipe.epochs} epoch{"s" if recipe.epochs > 1 else ""}, batch '
+        f'{recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} {schedule}, '
+        f'wd {recipe.wd:g}'
+    )
 
 
 @dataclass(frozen=True)
 class TrialSpec:
     """One cell of the table with one seed: everything that changes its result but the data."""
+
     model: str = 'cifar_resnet20_v1'
     attention: str = 'none'
     seed: int = 0
@@ -159,6 +173,7 @@ class TrialSpec:
     def network_revision(self) -> int:
         """The revision of the model's network definition this code builds."""
         from models.names import network_revision
+
         return network_revision(self.model)
 
     def trial_id(self, data_identity: Mapping[str, Any]) -> str:
@@ -167,18 +182,23 @@ class TrialSpec:
         official set) and the revision of the network definition, so a trial trained by
         an older definition is never taken for a current one; revision 1 is left out,
         which keeps the ids computed before revisions existed."""
-        payload = {'spec': self.to_dict(),
-                   'data': {'digest': data_identity['digest'],
-                            'official': data_identity['official']}}
+        payload = {
+            'spec': self.to_dict(),
+            'data': {'digest': data_identity['digest'], 'official': data_identity['official']},
+        }
         if self.network_revision != 1:
             payload['network_revision'] = self.network_revision
         blob = json.dumps(payload, sort_keys=True, separators=(',', ':')).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
-        return {'model': self.model, 'attention': self.attention, 'seed': self.seed,
-                'attention_kwargs': dict(sorted(self.attention_kwargs.items())),
-                'recipe': self.recipe.to_dict()}
+        return {
+            'model': self.model,
+            'attention': self.attention,
+            'seed': self.seed,
+            'attention_kwargs': dict(sorted(self.attention_kwargs.items())),
+            'recipe': self.recipe.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialSpec:
@@ -193,6 +213,7 @@ class TrialRun:
     """What one scheduled trial is handed: which trial, what it trains, its share of a
     node, and the store's scratch folder for its temporary files where its node can write
     there (cleaned by the next run, so a killed trial leaves nothing behind for good)."""
+
     trial_id: str
     name: str
     spec: TrialSpec
@@ -203,8 +224,14 @@ class TrialRun:
     # Tune's configs hold plain values (it takes dataclasses apart), so a TrialRun
     # crosses into Tune as a dict and is rebuilt on the other side.
     def to_config(self) -> dict[str, Any]:
-        return {'trial_id': self.trial_id, 'name': self.name, 'spec': self.spec.to_dict(),
-                'cpus': self.cpus, 'gpus': self.gpus, 'scratch': self.scratch}
+        return {
+            'trial_id': self.trial_id,
+            'name': self.name,
+            'spec': self.spec.to_dict(),
+            'cpus': self.cpus,
+            'gpus': self.gpus,
+            'scratch': self.scratch,
+        }
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any]) -> TrialRun:

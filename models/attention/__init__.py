@@ -5,6 +5,7 @@ only needs the class. Adding an attention is one file here, one line in
 ATTENTIONS, and its name, label and options in models/names.py (which checks
 sweep files without importing MXNet).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,5 +38,14 @@ def create_attention(name: str, channels: int, **kwargs: Any) -> HybridBlock | N
     return attention_class(channels, **kwargs)
 
 
-__all__ = ['ATTENTIONS', 'ECA', 'GCT', 'SE', 'UnknownNameError', 'create_attention',
-           'eca_kernel_size', 'get_attention', 'se_hidden_units']
+__all__ = [
+    'ATTENTIONS',
+    'ECA',
+    'GCT',
+    'SE',
+    'UnknownNameError',
+    'create_attention',
+    'eca_kernel_size',
+    'get_attention',
+    'se_hidden_units',
+]

@@ -9,6 +9,7 @@ times slower than these GEMMs (docs/performance.md). On the CPU each attention i
 otherwise one fused operator of models/kernels (`cab_se`, `cab_eca`, `cab_gct`), which
 computes the same numbers; modules choose with `models.kernels.use_fused_kernels(self)`.
 """
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -24,10 +25,9 @@ from mxnet.symbol import Symbol
 NDArrayOrSymbol = Union[NDArray, Symbol]
 
 
-def _flat_and_ones(F: ModuleType, x: NDArrayOrSymbol
-                   ) -> tuple[NDArrayOrSymbol, NDArrayOrSymbol]:
-    flat = F.reshape(x, shape=(-3, -1))                                    # (N*C, H*W)
-    ones = F.ones_like(F.slice_axis(flat, axis=0, begin=0, end=1))        # (1, H*W)
+def _flat_and_ones(F: ModuleType, x: NDArrayOrSymbol) -> tuple[NDArrayOrSymbol, NDArrayOrSymbol]:
+    flat = F.reshape(x, shape=(-3, -1))  # (N*C, H*W)
+    ones = F.ones_like(F.slice_axis(flat, axis=0, begin=0, end=1))  # (1, H*W)
     return flat, ones
 
 
@@ -37,22 +37,20 @@ def spatial_sum_of_squares(F: ModuleType, x: NDArrayOrSymbol, channels: int) -> 
     return F.reshape(F.dot(flat, ones, transpose_b=True), shape=(-1, channels))
 
 
-def spatial_mean(F: ModuleType, x: NDArrayOrSymbol, channels: int,
-                 fused: bool) -> NDArrayOrSymbol:
+def spatial_mean(F: ModuleType, x: NDArrayOrSymbol, channels: int, fused: bool) -> NDArrayOrSymbol:
     """mean over H, W of x (N, C, H, W) -> (N, C); the global average pool (fused: the
     kernels' `cab_channel_mean`, one pass forward and one backward)."""
     if fused:
         return F.cab_channel_mean(x)
     flat, ones = _flat_and_ones(F, x)
-    sums = F.dot(flat, ones, transpose_b=True)                             # (N*C, 1)
+    sums = F.dot(flat, ones, transpose_b=True)  # (N*C, 1)
     return F.reshape(F.broadcast_div(sums, F.sum(ones)), shape=(-1, channels))
 
 
-def scale_channels(F: ModuleType, x: NDArrayOrSymbol,
-                   weights: NDArrayOrSymbol) -> NDArrayOrSymbol:
+def scale_channels(F: ModuleType, x: NDArrayOrSymbol, weights: NDArrayOrSymbol) -> NDArrayOrSymbol:
     """x (N, C, H, W) with channel c of image n multiplied by weights[n, c]."""
     flat, ones = _flat_and_ones(F, x)
-    per_position = F.dot(F.reshape(weights, shape=(-1, 1)), ones)         # (N*C, H*W)
+    per_position = F.dot(F.reshape(weights, shape=(-1, 1)), ones)  # (N*C, H*W)
     return F.reshape_like(flat * per_position, x)
 
 
@@ -64,8 +62,7 @@ def per_element_macs(input_shape: tuple[int, ...], passes: int) -> int:
     return passes * channels * height * width
 
 
-def parameter_of(F: ModuleType, parameter: Parameter,
-                 like: NDArrayOrSymbol) -> NDArrayOrSymbol:
+def parameter_of(F: ModuleType, parameter: Parameter, like: NDArrayOrSymbol) -> NDArrayOrSymbol:
     """`parameter` (a child block's, which hybrid_forward is not handed) as an input of
     the graph being built: its symbol when hybridizing, else its value on `like`'s device."""
     return parameter.var() if F is symbol else parameter.data(like.context)

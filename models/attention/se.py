@@ -3,6 +3,7 @@
 Hu, Shen, Sun: "Squeeze-and-Excitation Networks", CVPR 2018.
 https://arxiv.org/abs/1709.01507
 """
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -40,8 +41,9 @@ class SE(HybridBlock):
 
     def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         if use_fused_kernels(self):
-            return F.cab_se(x, parameter_of(F, self.squeeze.weight, x),
-                            parameter_of(F, self.excite.weight, x))
+            return F.cab_se(
+                x, parameter_of(F, self.squeeze.weight, x), parameter_of(F, self.excite.weight, x)
+            )
         pooled = spatial_mean(F, x, self.channels, fused=False)
         weights = F.sigmoid(self.excite(F.relu(self.squeeze(pooled))))
         return scale_channels(F, x, weights)

@@ -24,6 +24,7 @@ the same numbers with MXNet's own operators (models/attention/_spatial.py),
 only slower on the CPU; a warning says why once. The kernels have no GPU code:
 modules whose parameters live on a GPU always take MXNet's operators.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,14 +49,17 @@ SOURCE = Path(__file__).with_name('channel_ops.cc')
 LIBRARY_NAME = 'libcab_channel_ops-{isa}.so'
 # Instruction-set levels, widest first: (name, compiler flags, /proc/cpuinfo flags needed).
 ISA_LEVELS = (
-    ('avx512', ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma'],
-     {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq', 'avx2', 'fma'}),
+    (
+        'avx512',
+        ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma'],
+        {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq', 'avx2', 'fma'},
+    ),
     ('avx2', ['-mavx2', '-mfma'], {'avx2', 'fma'}),
     ('baseline', [], set()),
 )
 
 _lock = threading.Lock()
-_status = None     # (loaded, detail): detail is the library path, or why it is not loaded
+_status = None  # (loaded, detail): detail is the library path, or why it is not loaded
 _switched_off = threading.local()
 
 
@@ -91,16 +95,21 @@ def _check_private_folder(folder: str | os.PathLike[str]) -> None:
             break
         info = os.stat(parent)
         if info.st_uid not in (0, os.geteuid()):
-            problem = (f'the folder {parent} above the kernel cache belongs to another user '
-                       f'(uid {info.st_uid})')
+            problem = (
+                f'the folder {parent} above the kernel cache belongs to another user '
+                f'(uid {info.st_uid})'
+            )
         elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
-            problem = (f'the folder {parent} above the kernel cache is writable by others '
-                       f'(mode {stat.S_IMODE(info.st_mode):o})')
+            problem = (
+                f'the folder {parent} above the kernel cache is writable by others '
+                f'(mode {stat.S_IMODE(info.st_mode):o})'
+            )
     if problem:
         raise UnsafeKernelCache(
-            f'{problem}, so a library there could be another user\'s code; nothing is loaded '
+            f"{problem}, so a library there could be another user's code; nothing is loaded "
             f'from it. Use a cache folder of your own: set {CACHE_ENV} to one, or make this '
-            f'one yours alone (chmod go-w)')
+            f'one yours alone (chmod go-w)'
+        )
 
 
 def _private_folder(folder: str | os.PathLike[str]) -> Path:
@@ -130,8 +139,9 @@ def verified_library(library: Path) -> bool:
     for path, what in ((library, 'the kernel library'), (record, 'its hash record')):
         problem = _unsafe_because(path, what)
         if problem:
-            raise UnsafeKernelCache(f'{problem}; nothing is loaded from it. Delete it, and it '
-                                    'is built again')
+            raise UnsafeKernelCache(
+                f'{problem}; nothing is loaded from it. Delete it, and it is built again'
+            )
     return record.read_text().strip() == _sha256(library)
 
 
@@ -142,6 +152,7 @@ def default_cache_dir() -> Path:
 
 def _mxnet_sources() -> tuple[Path, Path]:
     import mxnet
+
     root = Path(mxnet.__file__).parent
     return root / 'include', root / 'src' / 'lib_api.cc'
 
@@ -159,8 +170,16 @@ def cpu_isa(cpuinfo: str | os.PathLike[str] = '/proc/cpuinfo') -> str:
         text = Path(cpuinfo).read_text()
     except OSError:
         return 'baseline'
-    flags = set(next((line.split(':', 1)[1].split() for line in text.splitlines()
-                      if line.startswith('flags')), []))
+    flags = set(
+        next(
+            (
+                line.split(':', 1)[1].split()
+                for line in text.splitlines()
+                if line.startswith('flags')
+            ),
+            [],
+        )
+    )
     return next(name for name, _, needed in ISA_LEVELS if needed <= flags)
 
 
@@ -170,10 +189,16 @@ def isa_flags(isa: str) -> list[str]:
 
 def _build_key(compiler: str, include_dir: Path, lib_api_source: Path, isa: str) -> str:
     import mxnet
+
     digest = hashlib.sha256(isa.encode())
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
-    for part in (SOURCE.read_bytes(), (include_dir / 'mxnet' / 'lib_api.h').read_bytes(),
-                 lib_api_source.read_bytes(), mxnet.__version__.encode(), version.encode()):
+    for part in (
+        SOURCE.read_bytes(),
+        (include_dir / 'mxnet' / 'lib_api.h').read_bytes(),
+        lib_api_source.read_bytes(),
+        mxnet.__version__.encode(),
+        version.encode(),
+    ):
         digest.update(part)
     return digest.hexdigest()[:16]
 
@@ -182,6 +207,7 @@ def _build_key(compiler: str, include_dir: Path, lib_api_source: Path, isa: str)
 def _exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
     """Serialise builds across processes (Ray starts several trials at once on a machine)."""
     import fcntl
+
     with open(lock_path, 'w') as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -190,8 +216,7 @@ def _exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_library(cache_dir: str | os.PathLike[str] | None = None,
-                  isa: str | None = None) -> Path:
+def build_library(cache_dir: str | os.PathLike[str] | None = None, isa: str | None = None) -> Path:
     """Path of the compiled library for instruction set `isa` (default: this CPU's widest),
     compiling it first if this key has no verified build yet (see verified_library).
     UnsafeKernelCache where the cache could be written by someone else."""
@@ -206,19 +231,31 @@ def build_library(cache_dir: str | os.PathLike[str] | None = None,
     if verified_library(target):
         return target
     with _exclusive(target_dir / '.lock'):
-        if verified_library(target):        # another process built it while we waited
+        if verified_library(target):  # another process built it while we waited
             return target
         handle, partial = tempfile.mkstemp(dir=target_dir, suffix='.so.partial')
         os.close(handle)
         # Exactly this level's instructions (no -march=native, which would tie the
         # build to this CPU model): any CPU with the level runs it.
-        command = [compiler, '-shared', '-fPIC', '-std=c++17', '-O3', '-fopenmp',
-                   *isa_flags(isa), '-I', str(include_dir), str(SOURCE),
-                   str(lib_api_source), '-o', partial]
+        command = [
+            compiler,
+            '-shared',
+            '-fPIC',
+            '-std=c++17',
+            '-O3',
+            '-fopenmp',
+            *isa_flags(isa),
+            '-I',
+            str(include_dir),
+            str(SOURCE),
+            str(lib_api_source),
+            '-o',
+            partial,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)
-            raise KernelBuildError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+            raise KernelBuildError(f'{" ".join(command)} failed:\n{result.stderr[-2000:]}')
         os.chmod(partial, 0o755)
         # The record first: a library never stands in the cache without its hash.
         record = _record_of(target)
@@ -236,15 +273,17 @@ def _load() -> tuple[bool, str]:
     try:
         path = build_library()
         import mxnet as mx
+
         mx.library.load(str(path), verbose=False)
-    except Exception as error:     # any failure leaves MXNet's own operators, which always work
-        fix = ('' if isinstance(error, UnsafeKernelCache) else
-               ' Install a C++ compiler to get them,')
+    except Exception as error:  # any failure leaves MXNet's own operators, which always work
+        fix = '' if isinstance(error, UnsafeKernelCache) else ' Install a C++ compiler to get them,'
         # stacklevel 5: the attention module whose graph asked for the kernels.
         warnings.warn(
             f'fused channel-attention kernels unavailable ({error}); the attentions use '
             f"MXNet's operators instead: same results, slower on the CPU.{fix} Set "
-            f'{FUSED_ENV}=0 to silence this.', stacklevel=5)
+            f'{FUSED_ENV}=0 to silence this.',
+            stacklevel=5,
+        )
         return False, str(error)
     return True, str(path)
 
@@ -263,8 +302,10 @@ def kernel_isa() -> str | None:
     loaded, detail = kernel_status()
     if not loaded:
         return None
-    return next((name for name, _, _ in ISA_LEVELS
-                 if Path(detail).name == LIBRARY_NAME.format(isa=name)), None)
+    return next(
+        (name for name, _, _ in ISA_LEVELS if Path(detail).name == LIBRARY_NAME.format(isa=name)),
+        None,
+    )
 
 
 def fused_kernels_available() -> bool:
@@ -297,6 +338,6 @@ def use_fused_kernels(block: Block) -> bool:
     for param in block.collect_params().values():
         try:
             devices.update(ctx.device_type for ctx in param.list_ctx())
-        except RuntimeError:           # not initialised: no device chosen yet
+        except RuntimeError:  # not initialised: no device chosen yet
             continue
     return fused_kernels_for(devices)

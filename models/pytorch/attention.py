@@ -1,5 +1,6 @@
 """SE, ECA and GCT in PyTorch, with the Gluon modules' parameters (names, shapes) and
 functions (models/attention/)."""
+
 from __future__ import annotations
 
 import torch
@@ -33,14 +34,15 @@ class ECA(nn.Module):
     sigmoid, scale. The weight is shaped (1, 1, k) like the Gluon module's, so its
     Xavier fans are the same; Gluon's constant shift matrices are not needed here."""
 
-    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2,
-                 b: float = 1):
+    def __init__(
+        self, channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1
+    ):
         super().__init__()
         self.kernel_size = eca_checked_kernel_size(channels, kernel_size, gamma, b)
         self.weight = nn.Parameter(torch.empty(1, 1, self.kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean(dim=(2, 3))                                            # (N, C)
+        pooled = x.mean(dim=(2, 3))  # (N, C)
         across = F.conv1d(pooled[:, None, :], self.weight, padding=self.kernel_size // 2)
         return _scale_channels(x, torch.sigmoid(across[:, 0, :]))
 

@@ -12,6 +12,7 @@ MXNet 1.9's semantics, where PyTorch's defaults differ:
   weight, which is PyTorch's xavier_uniform_ with gain 1; zero biases, BN gamma 1 and
   beta 0; GCT's alpha 1, gamma 0, beta 0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -36,21 +37,22 @@ class MXNetBatchNorm(nn.BatchNorm2d):
     frozen_statistics: the statistics never change (MXNet's input BN of v2)."""
 
     def __init__(self, channels: int, affine: bool = True, frozen_statistics: bool = False):
-        super().__init__(channels, eps=BN_EPSILON, momentum=1 - MXNET_BN_MOMENTUM,
-                         affine=affine)
+        super().__init__(channels, eps=BN_EPSILON, momentum=1 - MXNET_BN_MOMENTUM, affine=affine)
         self.frozen_statistics = frozen_statistics
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
-                                self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         if self.frozen_statistics:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         # One pass over x: the normalisation's own batch mean and inverse standard
         # deviation give the statistics (PyTorch's running update would take the
         # unbiased variance), so no second reduction over the activation is needed.
         out, mean, inverse_std = torch.native_batch_norm(
-            x, self.weight, self.bias, None, None, True, 0.0, self.eps)
+            x, self.weight, self.bias, None, None, True, 0.0, self.eps
+        )
         with torch.no_grad():
             # 1 / (var + eps) back to var: exact to float rounding of var + eps (1e-12
             # here), and never below 0.
@@ -64,27 +66,36 @@ def _conv3x3(in_channels: int, channels: int, stride: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
 
 
-def _attention(attention_class: type[nn.Module] | None, channels: int,
-               options: Mapping[str, Any]) -> nn.Module | None:
+def _attention(
+    attention_class: type[nn.Module] | None, channels: int, options: Mapping[str, Any]
+) -> nn.Module | None:
     return attention_class(channels, **options) if attention_class is not None else None
 
 
 class BasicBlockV1(nn.Module):
     """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
 
-    def __init__(self, plan: BlockPlan, attention_class: type[nn.Module] | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        plan: BlockPlan,
+        attention_class: type[nn.Module] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         self.body = nn.Sequential(
             _conv3x3(plan.in_channels, plan.channels, plan.stride),
-            MXNetBatchNorm(plan.channels), nn.ReLU(inplace=True),
-            _conv3x3(plan.channels, plan.channels, 1), MXNetBatchNorm(plan.channels))
+            MXNetBatchNorm(plan.channels),
+            nn.ReLU(inplace=True),
+            _conv3x3(plan.channels, plan.channels, 1),
+            MXNetBatchNorm(plan.channels),
+        )
         self.attention = _attention(attention_class, plan.channels, options or {})
         self.downsample = None
         if plan.downsample:
             self.downsample = nn.Sequential(
                 nn.Conv2d(plan.in_channels, plan.channels, 1, stride=plan.stride, bias=False),
-                MXNetBatchNorm(plan.channels))
+                MXNetBatchNorm(plan.channels),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.body(x)
@@ -98,8 +109,12 @@ class BasicBlockV2(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv, attention, + shortcut: the raw input, or its 1x1
     projection taken from the raw input (the original's v2, not gluoncv's)."""
 
-    def __init__(self, plan: BlockPlan, attention_class: type[nn.Module] | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        plan: BlockPlan,
+        attention_class: type[nn.Module] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         self.bn1 = MXNetBatchNorm(plan.in_channels)
         self.conv1 = _conv3x3(plan.in_channels, plan.channels, plan.stride)
@@ -108,8 +123,9 @@ class BasicBlockV2(nn.Module):
         self.attention = _attention(attention_class, plan.channels, options or {})
         self.downsample = None
         if plan.downsample:
-            self.downsample = nn.Conv2d(plan.in_channels, plan.channels, 1, stride=plan.stride,
-                                        bias=False)
+            self.downsample = nn.Conv2d(
+                plan.in_channels, plan.channels, 1, stride=plan.stride, bias=False
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x) if self.downsample is not None else x
@@ -122,8 +138,13 @@ class BasicBlockV2(nn.Module):
 class CIFARResNet(nn.Module):
     """A 3x3 stem, three stages of basic blocks, global average pool, dense."""
 
-    def __init__(self, model: str, attention: str = 'none', classes: int = 10,
-                 attention_kwargs: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        model: str,
+        attention: str = 'none',
+        classes: int = 10,
+        attention_kwargs: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         version, _ = parse_model_name(model)
         options = attention_options(attention, attention_kwargs)
@@ -136,8 +157,9 @@ class CIFARResNet(nn.Module):
         if version == 1:
             layers.append(MXNetBatchNorm(STAGE_CHANNELS[0]))
         for blocks in stage_plans(model):
-            layers.append(nn.Sequential(*(block_class(plan, attention_class, options)
-                                          for plan in blocks)))
+            layers.append(
+                nn.Sequential(*(block_class(plan, attention_class, options) for plan in blocks))
+            )
         if version == 2:
             layers += [MXNetBatchNorm(STAGE_CHANNELS[-1]), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
@@ -159,9 +181,13 @@ def initialize_like_mxnet(net: _Module, generator: torch.Generator | None = None
     return net
 
 
-def get_model(name: str, attention: str = 'none', classes: int = 10,
-              attention_kwargs: Mapping[str, Any] | None = None,
-              seed: int | None = None) -> CIFARResNet:
+def get_model(
+    name: str,
+    attention: str = 'none',
+    classes: int = 10,
+    attention_kwargs: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+) -> CIFARResNet:
     """The network `name` with `attention`, initialised as MXNet's Xavier() would (from
     `seed` where given)."""
     net = CIFARResNet(name, attention, classes=classes, attention_kwargs=attention_kwargs)

@@ -3,6 +3,7 @@
 Ray hands a trial its GPUs through CUDA_VISIBLE_DEVICES, so a trial uses
 mx.gpu(0..k-1) of what it sees; with no GPU it uses the CPU.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +28,8 @@ def trial_contexts(num_gpus: int | None = None) -> list[mx.Context]:
     if wanted > available:
         raise DeviceError(
             f'{wanted} GPU(s) asked for but {available} visible to this process '
-            '(a CPU build of MXNet sees none)')
+            '(a CPU build of MXNet sees none)'
+        )
     if wanted <= 0:
         return [mx.cpu()]
     return [mx.gpu(i) for i in range(wanted)]
@@ -37,17 +39,20 @@ def describe(contexts: Iterable[mx.Context]) -> str:
     return ', '.join(str(ctx) for ctx in contexts)
 
 
-def trial_device_plan(gpus_per_trial: float, gpu_ids: Sequence[int | str],
-                      make_context: Callable[[str, int], mx.Context] | None = None
-                      ) -> list[mx.Context]:
+def trial_device_plan(
+    gpus_per_trial: float,
+    gpu_ids: Sequence[int | str],
+    make_context: Callable[[str, int], mx.Context] | None = None,
+) -> list[mx.Context]:
     """The contexts of a Ray trial: mx.gpu(0..k-1) for the k GPUs Ray assigned, else CPU.
 
     Ray exports the assigned cards as CUDA_VISIBLE_DEVICES, so inside the trial
     they are numbered from 0 whatever their physical ids; a fractional share still
     shows one whole card. `make_context(kind, index)` builds a context (tests fake it).
     """
-    make_context = make_context or (lambda kind, index: mx.gpu(index) if kind == 'gpu'
-                                    else mx.cpu())
+    make_context = make_context or (
+        lambda kind, index: mx.gpu(index) if kind == 'gpu' else mx.cpu()
+    )
     if not gpus_per_trial or not gpu_ids:
         return [make_context('cpu', 0)]
     return [make_context('gpu', index) for index in range(len(gpu_ids))]

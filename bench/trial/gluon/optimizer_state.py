@@ -18,6 +18,7 @@ executing any (no class is looked up, no function is called), accepts only the
 shapes MXNet writes for its Adam, SGD and NAG states, and refuses anything else with
 one message saying how to retrain. The next checkpoint is written in the new format.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,12 +48,15 @@ class UnreadableOptimizerState(BenchError, RuntimeError):
 
 
 def _retrain_hint(folder: str | Path) -> str:
-    return (f'it is never unpickled or executed. To train the trial again from its start, '
-            f'delete the checkpoint folder {folder} (or run run_sweep.py with --fresh and '
-            "--only naming the trial's cell); to resume it, restore the file from a backup")
+    return (
+        f'it is never unpickled or executed. To train the trial again from its start, '
+        f'delete the checkpoint folder {folder} (or run run_sweep.py with --fresh and '
+        "--only naming the trial's cell); to resume it, restore the file from a backup"
+    )
 
 
 # ---------------------------------------------------------------- the trainer's state
+
 
 def _updaters(trainer: mx.gluon.Trainer) -> list[mx.optimizer.Updater]:
     """The trainer's updaters, its kvstore and parameters set up as save/load_states do."""
@@ -61,13 +65,16 @@ def _updaters(trainer: mx.gluon.Trainer) -> list[mx.optimizer.Updater]:
     if trainer._params_to_init:
         trainer._init_params()
     if trainer._update_on_kvstore:
-        raise ValueError('optimizer state is saved from the trainer\'s own updaters: build '
-                         'the trainer with update_on_kvstore=False')
+        raise ValueError(
+            "optimizer state is saved from the trainer's own updaters: build "
+            'the trainer with update_on_kvstore=False'
+        )
     return trainer._updaters
 
 
-def _layout(state: mx.nd.NDArray | tuple[Any, ...] | list[Any] | None
-            ) -> str | dict[str, list[Any]]:
+def _layout(
+    state: mx.nd.NDArray | tuple[Any, ...] | list[Any] | None,
+) -> str | dict[str, list[Any]]:
     """The shape of a state without its arrays: 'none', 'array', or a tuple/list of those."""
     if state is None:
         return 'none'
@@ -76,8 +83,9 @@ def _layout(state: mx.nd.NDArray | tuple[Any, ...] | list[Any] | None
     return {'tuple' if isinstance(state, tuple) else 'list': [_layout(s) for s in state]}
 
 
-def _flatten(state: object, name: str, arrays: dict[str, mx.nd.NDArray]
-             ) -> str | dict[str, list[Any]]:
+def _flatten(
+    state: object, name: str, arrays: dict[str, mx.nd.NDArray]
+) -> str | dict[str, list[Any]]:
     """The layout of one parameter's state; its arrays go into `arrays` under `name`."""
     if state is None:
         return 'none'
@@ -90,8 +98,9 @@ def _flatten(state: object, name: str, arrays: dict[str, mx.nd.NDArray]
     raise TypeError(f'optimizer state of type {type(state).__name__} cannot be saved')
 
 
-def save_optimizer_state(trainer: mx.gluon.Trainer, optimizer_name: str,
-                         folder: str | Path) -> None:
+def save_optimizer_state(
+    trainer: mx.gluon.Trainer, optimizer_name: str, folder: str | Path
+) -> None:
     """Write the trainer's optimizer state into `folder` (optimizer.params, .json)."""
     updater = _updaters(trainer)[0]
     optimizer = updater.optimizer
@@ -100,29 +109,40 @@ def save_optimizer_state(trainer: mx.gluon.Trainer, optimizer_name: str,
         layouts[str(index)] = _flatten(state, str(index), arrays)
     folder = Path(folder)
     mx.nd.save(str(folder / STATE_ARRAYS), arrays)
-    write_json_atomic(folder / STATE_RECORD, {
-        'format': FORMAT, 'optimizer': optimizer_name,
-        'num_update': int(optimizer.num_update),
-        'index_update_counts': {str(device): {str(i): int(c) for i, c in counts.items()}
-                                for device, counts in optimizer._all_index_update_counts.items()},
-        'states': layouts})
+    write_json_atomic(
+        folder / STATE_RECORD,
+        {
+            'format': FORMAT,
+            'optimizer': optimizer_name,
+            'num_update': int(optimizer.num_update),
+            'index_update_counts': {
+                str(device): {str(i): int(c) for i, c in counts.items()}
+                for device, counts in optimizer._all_index_update_counts.items()
+            },
+            'states': layouts,
+        },
+    )
 
 
 def _count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 62:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
         raise ValueError(f'{what} must be a count, found {value!r:.60}')
     return value
 
 
 def _index(key: object, parameters: int) -> int:
     if not (isinstance(key, str) and key.isdigit()) or int(key) >= parameters:
-        raise ValueError(f'parameter index {key!r:.60} is not one of the '
-                         f'{parameters} parameters')
+        raise ValueError(f'parameter index {key!r:.60} is not one of the {parameters} parameters')
     return int(key)
 
 
-def _unflatten(layout: object, name: str, arrays: dict[str, mx.nd.NDArray], shape: tuple[int, ...],
-               depth: int = 0) -> mx.nd.NDArray | tuple[Any, ...] | list[Any] | None:
+def _unflatten(
+    layout: object,
+    name: str,
+    arrays: dict[str, mx.nd.NDArray],
+    shape: tuple[int, ...],
+    depth: int = 0,
+) -> mx.nd.NDArray | tuple[Any, ...] | list[Any] | None:
     """A parameter's state from its layout, each array checked against the parameter."""
     if depth > _MAX_NESTING:
         raise ValueError('state nested too deeply')
@@ -135,18 +155,28 @@ def _unflatten(layout: object, name: str, arrays: dict[str, mx.nd.NDArray], shap
         if array.shape != shape:
             raise ValueError(f'array {name} has shape {array.shape}, its parameter {shape}')
         return array
-    if isinstance(layout, dict) and len(layout) == 1 and set(layout) <= {'tuple', 'list'} \
-            and isinstance(next(iter(layout.values())), list):
+    if (
+        isinstance(layout, dict)
+        and len(layout) == 1
+        and set(layout) <= {'tuple', 'list'}
+        and isinstance(next(iter(layout.values())), list)
+    ):
         kind, parts = next(iter(layout.items()))
-        items = [_unflatten(part, f'{name}/{i}', arrays, shape, depth + 1)
-                 for i, part in enumerate(parts)]
+        items = [
+            _unflatten(part, f'{name}/{i}', arrays, shape, depth + 1)
+            for i, part in enumerate(parts)
+        ]
         return tuple(items) if kind == 'tuple' else items
     raise ValueError(f'state layout {layout!r:.60} is not one this project writes')
 
 
-def _apply(trainer: mx.gluon.Trainer, optimizer_name: str,
-           states: dict[int, mx.nd.NDArray | tuple[Any, ...] | list[Any] | None], num_update: int,
-           counts: dict[int, dict[int, int]]) -> None:
+def _apply(
+    trainer: mx.gluon.Trainer,
+    optimizer_name: str,
+    states: dict[int, mx.nd.NDArray | tuple[Any, ...] | list[Any] | None],
+    num_update: int,
+    counts: dict[int, dict[int, int]],
+) -> None:
     """Give every updater of the trainer these states and counters."""
     updaters = _updaters(trainer)
     for updater in updaters:
@@ -162,8 +192,9 @@ def _apply(trainer: mx.gluon.Trainer, optimizer_name: str,
     optimizer._index_update_count = optimizer._all_index_update_counts.setdefault(0, {})
 
 
-def _copy(state: mx.nd.NDArray | tuple[Any, ...] | list[Any] | None
-          ) -> mx.nd.NDArray | tuple[Any, ...] | list[Any] | None:
+def _copy(
+    state: mx.nd.NDArray | tuple[Any, ...] | list[Any] | None,
+) -> mx.nd.NDArray | tuple[Any, ...] | list[Any] | None:
     if isinstance(state, mx.nd.NDArray):
         return state.copy()
     if isinstance(state, (tuple, list)):
@@ -176,20 +207,30 @@ def _expected_layouts(trainer: mx.gluon.Trainer) -> dict[str, str | dict[str, li
     resumed trial needs: Adam's two moments, SGD's momentum, ...), by asking it for fresh
     ones; BatchNorm's running statistics have none."""
     optimizer = _updaters(trainer)[0].optimizer
-    return {str(index): _layout(optimizer.create_state_multi_precision(index, param.data()))
-            for index, param in enumerate(trainer._params) if param.grad_req != 'null'}
+    return {
+        str(index): _layout(optimizer.create_state_multi_precision(index, param.data()))
+        for index, param in enumerate(trainer._params)
+        if param.grad_req != 'null'
+    }
 
 
-def _checked(trainer: mx.gluon.Trainer, optimizer_name: str, record: dict[str, Any],
-             arrays: dict[str, mx.nd.NDArray], source: Path
-             ) -> tuple[dict[int, mx.nd.NDArray | tuple[Any, ...] | list[Any] | None], int,
-                        dict[int, dict[int, int]]]:
+def _checked(
+    trainer: mx.gluon.Trainer,
+    optimizer_name: str,
+    record: dict[str, Any],
+    arrays: dict[str, mx.nd.NDArray],
+    source: Path,
+) -> tuple[
+    dict[int, mx.nd.NDArray | tuple[Any, ...] | list[Any] | None], int, dict[int, dict[int, int]]
+]:
     """(states, num_update, counts) of a record read from `source`, each part checked
     against the trainer (ValueError says what does not fit): every parameter's state
     present, of the layout its optimizer makes, its arrays shaped as the parameter."""
     if record.get('optimizer') != optimizer_name:
-        raise ValueError(f"holds the state of optimizer {record.get('optimizer')!r:.40}, the "
-                         f'trial trains with {optimizer_name}')
+        raise ValueError(
+            f'holds the state of optimizer {record.get("optimizer")!r:.40}, the '
+            f'trial trains with {optimizer_name}'
+        )
     shapes = [param.shape for param in trainer._params]
     states = {}
     layouts = record.get('states')
@@ -198,13 +239,17 @@ def _checked(trainer: mx.gluon.Trainer, optimizer_name: str, record: dict[str, A
     expected = _expected_layouts(trainer)
     missing = sorted(set(expected) - set(layouts), key=int)
     if missing:
-        raise ValueError(f"has no state for parameter(s) {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''}")
+        raise ValueError(
+            f'has no state for parameter(s) {", ".join(missing[:5])}'
+            f'{" ..." if len(missing) > 5 else ""}'
+        )
     for key, layout in layouts.items():
         index = _index(key, len(shapes))
         if layout != expected.get(key):
-            raise ValueError(f'the state of parameter {key} is {layout!r:.60}, its optimizer '
-                             f'keeps {expected.get(key, "none")!r:.60}')
+            raise ValueError(
+                f'the state of parameter {key} is {layout!r:.60}, its optimizer '
+                f'keeps {expected.get(key, "none")!r:.60}'
+            )
         states[index] = _unflatten(layout, key, arrays, shapes[index])
     counts_record = record.get('index_update_counts')
     if not isinstance(counts_record, dict):
@@ -214,12 +259,14 @@ def _checked(trainer: mx.gluon.Trainer, optimizer_name: str, record: dict[str, A
         if not isinstance(per_index, dict):
             raise ValueError('update counts are not a mapping')
         counts[_index(device, 1 << 16)] = {
-            _index(i, len(shapes)): _count(c, 'an update count') for i, c in per_index.items()}
+            _index(i, len(shapes)): _count(c, 'an update count') for i, c in per_index.items()
+        }
     return states, _count(record.get('num_update'), 'num_update'), counts
 
 
-def load_optimizer_state(trainer: mx.gluon.Trainer, optimizer_name: str,
-                         folder: str | Path) -> str | None:
+def load_optimizer_state(
+    trainer: mx.gluon.Trainer, optimizer_name: str, folder: str | Path
+) -> str | None:
     """Restore the trainer's optimizer state from `folder`: the new format, or a legacy
     trainer.states read as data (see the module's docstring). Returns a note to show
     when a legacy file was converted, else None; UnreadableOptimizerState otherwise."""
@@ -230,21 +277,26 @@ def load_optimizer_state(trainer: mx.gluon.Trainer, optimizer_name: str,
             record = read_json(source)
             if not isinstance(record, dict) or record.get('format') != FORMAT:
                 raise ValueError(f'is not format {FORMAT} of this project')
-            arrays = mx.nd.load(str(folder / STATE_ARRAYS)) if \
-                (folder / STATE_ARRAYS).is_file() else {}
+            arrays = (
+                mx.nd.load(str(folder / STATE_ARRAYS)) if (folder / STATE_ARRAYS).is_file() else {}
+            )
             if not isinstance(arrays, dict):
                 raise ValueError(f'{STATE_ARRAYS} holds no named arrays')
-            _apply(trainer, optimizer_name, *_checked(trainer, optimizer_name, record, arrays,
-                                                      source))
+            _apply(
+                trainer, optimizer_name, *_checked(trainer, optimizer_name, record, arrays, source)
+            )
         except (ValueError, OSError, mx.base.MXNetError) as error:
             raise UnreadableOptimizerState(
                 f'{source}: cannot be restored ({str(error).splitlines()[0][:200]}); '
-                + _retrain_hint(folder)) from None
+                + _retrain_hint(folder)
+            ) from None
         return None
     legacy = folder / LEGACY_STATES
     if not legacy.is_file():
-        raise UnreadableOptimizerState(f'{folder}: holds no optimizer state ({STATE_RECORD} '
-                                       f'or {LEGACY_STATES}); ' + _retrain_hint(folder))
+        raise UnreadableOptimizerState(
+            f'{folder}: holds no optimizer state ({STATE_RECORD} '
+            f'or {LEGACY_STATES}); ' + _retrain_hint(folder)
+        )
     try:
         # No more array bytes than the parameters' optimizer state can take (Adam: two
         # float32 moments a weight), so a crafted file cannot make it allocate more.
@@ -252,21 +304,25 @@ def load_optimizer_state(trainer: mx.gluon.Trainer, optimizer_name: str,
         for param in trainer._params:
             budget += 4 * 8 * int(np.prod(param.shape))
         if legacy.stat().st_size > budget:
-            raise ValueError(f'{legacy.stat().st_size:,} bytes, more than the state of these '
-                             'parameters takes')
+            raise ValueError(
+                f'{legacy.stat().st_size:,} bytes, more than the state of these parameters takes'
+            )
         record, arrays = read_legacy_states(legacy.read_bytes(), optimizer_name, budget)
-        _apply(trainer, optimizer_name, *_checked(trainer, optimizer_name, record, arrays,
-                                                  legacy))
+        _apply(trainer, optimizer_name, *_checked(trainer, optimizer_name, record, arrays, legacy))
     except (ValueError, OSError, mx.base.MXNetError) as error:
         raise UnreadableOptimizerState(
-            f'{legacy}: optimizer state in MXNet\'s pickle format that is not the plain data '
+            f"{legacy}: optimizer state in MXNet's pickle format that is not the plain data "
             f'an earlier version wrote ({str(error).splitlines()[0][:200]}); '
-            + _retrain_hint(folder)) from None
-    return (f'{legacy}: optimizer state of an earlier version (MXNet\'s pickle) read as data, '
-            'never unpickled; the next checkpoint is written without pickle')
+            + _retrain_hint(folder)
+        ) from None
+    return (
+        f"{legacy}: optimizer state of an earlier version (MXNet's pickle) read as data, "
+        'never unpickled; the next checkpoint is written without pickle'
+    )
 
 
 # ---------------------------------------------------------------- the legacy pickle, as data
+
 
 class _Global:
     def __init__(self, module: str, name: str) -> None:
@@ -284,18 +340,40 @@ class _Call:
 
 
 _MARK = object()
-_CONSTANTS = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False, 'EMPTY_DICT': dict,
-              'EMPTY_LIST': list, 'EMPTY_TUPLE': tuple}
-_VALUES = {'BININT', 'BININT1', 'BININT2', 'LONG1', 'LONG4', 'INT', 'LONG', 'BINFLOAT', 'FLOAT',
-           'SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'UNICODE', 'SHORT_BINBYTES',
-           'BINBYTES', 'BINBYTES8', 'BYTEARRAY8'}
+_CONSTANTS = {
+    'NONE': None,
+    'NEWTRUE': True,
+    'NEWFALSE': False,
+    'EMPTY_DICT': dict,
+    'EMPTY_LIST': list,
+    'EMPTY_TUPLE': tuple,
+}
+_VALUES = {
+    'BININT',
+    'BININT1',
+    'BININT2',
+    'LONG1',
+    'LONG4',
+    'INT',
+    'LONG',
+    'BINFLOAT',
+    'FLOAT',
+    'SHORT_BINUNICODE',
+    'BINUNICODE',
+    'BINUNICODE8',
+    'UNICODE',
+    'SHORT_BINBYTES',
+    'BINBYTES',
+    'BINBYTES8',
+    'BYTEARRAY8',
+}
 _MAX_OPCODES = 10_000_000
 
 
 def _pop_to_mark(stack: list[Any]) -> list[Any]:
     for position in range(len(stack) - 1, -1, -1):
         if stack[position] is _MARK:
-            items = stack[position + 1:]
+            items = stack[position + 1 :]
             del stack[position:]
             return items
     raise ValueError('pickle has no mark where one belongs')
@@ -308,7 +386,7 @@ def parse_pickle(blob: bytes) -> object:
     (ValueError)."""
     try:
         return _parse_pickle(blob)
-    except (TypeError, IndexError, KeyError) as error:   # unhashable keys, empty stacks
+    except (TypeError, IndexError, KeyError) as error:  # unhashable keys, empty stacks
         raise ValueError(f'malformed pickle ({type(error).__name__}: {error})') from None
 
 
@@ -394,21 +472,34 @@ def _parse_pickle(blob: bytes) -> object:
 
 
 def _is(call: object, module: str, name: str) -> bool:
-    return isinstance(call, _Call) and isinstance(call.function, _Global) and \
-        (call.function.module, call.function.name) == (module, name)
+    return (
+        isinstance(call, _Call)
+        and isinstance(call.function, _Global)
+        and (call.function.module, call.function.name) == (module, name)
+    )
 
 
 def _raw_array_bytes(call: object) -> bytes:
     """The bytes of an NDArray as MXNet pickles it: NDArray(None) with state
     {'handle': bytearray(raw bytes)}."""
-    if not (_is(call, 'mxnet.ndarray.ndarray', 'NDArray') and call.args == (None,)
-            and isinstance(call.state, dict) and set(call.state) == {'handle'}):
-        raise ValueError('a state value is '
-                         f'{call.function if isinstance(call, _Call) else type(call).__name__}, '
-                         'not an MXNet array')
+    if not (
+        _is(call, 'mxnet.ndarray.ndarray', 'NDArray')
+        and call.args == (None,)
+        and isinstance(call.state, dict)
+        and set(call.state) == {'handle'}
+    ):
+        raise ValueError(
+            'a state value is '
+            f'{call.function if isinstance(call, _Call) else type(call).__name__}, '
+            'not an MXNet array'
+        )
     handle = call.state['handle']
-    if _is(handle, 'builtins', 'bytearray') and len(handle.args) == 1 and \
-            isinstance(handle.args[0], bytes) and handle.state is None:
+    if (
+        _is(handle, 'builtins', 'bytearray')
+        and len(handle.args) == 1
+        and isinstance(handle.args[0], bytes)
+        and handle.state is None
+    ):
         handle = handle.args[0]
     if not isinstance(handle, (bytes, bytearray)):
         raise ValueError('an array holds something other than bytes')
@@ -431,16 +522,21 @@ class _Budget:
             raise ValueError("more array data than the parameters' state takes")
 
 
-def _legacy_layout(value: object, name: str, arrays: dict[str, mx.nd.NDArray], budget: _Budget,
-                   depth: int = 0) -> str | dict[str, list[Any]]:
+def _legacy_layout(
+    value: object, name: str, arrays: dict[str, mx.nd.NDArray], budget: _Budget, depth: int = 0
+) -> str | dict[str, list[Any]]:
     if depth > _MAX_NESTING:
         raise ValueError('state nested too deeply')
     if value is None:
         return 'none'
     if isinstance(value, (tuple, list)):
         kind = 'tuple' if isinstance(value, tuple) else 'list'
-        return {kind: [_legacy_layout(v, f'{name}/{i}', arrays, budget, depth + 1)
-                       for i, v in enumerate(value)]}
+        return {
+            kind: [
+                _legacy_layout(v, f'{name}/{i}', arrays, budget, depth + 1)
+                for i, v in enumerate(value)
+            ]
+        }
     raw = _raw_array_bytes(value)
     budget.take(value, raw)
     array = mx.nd.NDArray(None)
@@ -450,20 +546,23 @@ def _legacy_layout(value: object, name: str, arrays: dict[str, mx.nd.NDArray], b
     return 'array'
 
 
-def read_legacy_states(blob: bytes, optimizer_name: str, max_array_bytes: int = 1 << 30
-                       ) -> tuple[dict[str, Any], dict[str, mx.nd.NDArray]]:
+def read_legacy_states(
+    blob: bytes, optimizer_name: str, max_array_bytes: int = 1 << 30
+) -> tuple[dict[str, Any], dict[str, mx.nd.NDArray]]:
     """(record, arrays) in the new format from the bytes of a legacy trainer.states, decoding
     at most `max_array_bytes` of arrays; ValueError for anything MXNet would not write."""
     parsed = parse_pickle(blob)
     if isinstance(parsed, tuple) and len(parsed) == 2:
         states, optimizer = parsed
     else:
-        raise ValueError('not the (states, optimizer) pair Gluon\'s Trainer saves')
+        raise ValueError("not the (states, optimizer) pair Gluon's Trainer saves")
     expected = OPTIMIZER_CLASSES.get(optimizer_name)
-    if not _is(optimizer, 'mxnet.optimizer.optimizer', expected or '?') or \
-            not isinstance(optimizer.state, dict):
-        raise ValueError(f"the optimizer saved is {getattr(optimizer, 'function', '?')}, not "
-                         f'MXNet\'s {expected}')
+    if not _is(optimizer, 'mxnet.optimizer.optimizer', expected or '?') or not isinstance(
+        optimizer.state, dict
+    ):
+        raise ValueError(
+            f"the optimizer saved is {getattr(optimizer, 'function', '?')}, not MXNet's {expected}"
+        )
     if not isinstance(states, dict):
         raise ValueError('the states are not a mapping')
     arrays, layouts, budget = {}, {}, _Budget(max_array_bytes)
@@ -474,13 +573,17 @@ def read_legacy_states(blob: bytes, optimizer_name: str, max_array_bytes: int = 
     counts = optimizer.state.get('_all_index_update_counts')
     if not isinstance(counts, dict) or not all(isinstance(c, dict) for c in counts.values()):
         raise ValueError('the optimizer has no update counts')
-    record = {'format': FORMAT, 'optimizer': optimizer_name,
-              'num_update': optimizer.state.get('num_update'),
-              'index_update_counts': {str(d): {str(i): c for i, c in per.items()}
-                                      for d, per in counts.items()},
-              'states': layouts}
+    record = {
+        'format': FORMAT,
+        'optimizer': optimizer_name,
+        'num_update': optimizer.state.get('num_update'),
+        'index_update_counts': {
+            str(d): {str(i): c for i, c in per.items()} for d, per in counts.items()
+        },
+        'states': layouts,
+    }
     try:
-        json.dumps(record)       # plain data only
+        json.dumps(record)  # plain data only
     except (TypeError, ValueError):
-        raise ValueError('the optimizer\'s counters are not plain numbers') from None
+        raise ValueError("the optimizer's counters are not plain numbers") from None
     return record, arrays

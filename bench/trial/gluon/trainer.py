@@ -5,6 +5,7 @@ by the recipe on MXNet devices.
 seam); `train` is both together, a library function that takes the spec and the
 data, returns the per-epoch metrics and reports each epoch to a callback.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,32 +44,37 @@ def check_precision(recipe: Recipe, contexts: list[mx.Context]) -> None:
     """Refuse mixed precision off the GPU before anything is built."""
     if recipe.precision == 'amp_float16' and any(c.device_type != 'gpu' for c in contexts):
         raise UnsupportedRecipe(
-            f"precision amp_float16 needs GPUs, but this trial runs on "
+            f'precision amp_float16 needs GPUs, but this trial runs on '
             f"{', '.join(str(c) for c in contexts)}: MXNet's float16 AMP has no CPU kernels. "
-            f"Use precision float32, or give the trial a GPU (gpus_per_trial).")
+            f'Use precision float32, or give the trial a GPU (gpus_per_trial).'
+        )
 
 
 def _amp() -> ModuleType:
     # mxnet.contrib.amp is imported only where mixed precision is asked for.
     from mxnet.contrib import amp
+
     return amp
 
 
-def build_network(spec: TrialSpec, contexts: list[mx.Context], classes: int = 10
-                  ) -> gluon.HybridBlock:
+def build_network(
+    spec: TrialSpec, contexts: list[mx.Context], classes: int = 10
+) -> gluon.HybridBlock:
     """The spec's network, Xavier-initialised from the spec's seed, on `contexts`."""
     check_precision(spec.recipe, contexts)
     if spec.recipe.precision == 'amp_float16':
         # AMP rewrites MXNet's operators for the whole process, so it must come before
         # the network is built (Ray gives every trial a fresh process: reuse_actors=False).
         _amp().init(target_dtype='float16')
-    net = get_model(spec.model, spec.attention, classes=classes,
-                    attention_kwargs=spec.attention_kwargs)
+    net = get_model(
+        spec.model, spec.attention, classes=classes, attention_kwargs=spec.attention_kwargs
+    )
     return initialize_network(net, spec, contexts)
 
 
-def initialize_network(net: gluon.HybridBlock, spec: TrialSpec,
-                       contexts: list[mx.Context]) -> gluon.HybridBlock:
+def initialize_network(
+    net: gluon.HybridBlock, spec: TrialSpec, contexts: list[mx.Context]
+) -> gluon.HybridBlock:
     """`net` Xavier-initialised from the spec's seed on `contexts`, hybridized as the
     recipe says; returns net."""
     mx.random.seed(spec.seed)
@@ -78,8 +84,9 @@ def initialize_network(net: gluon.HybridBlock, spec: TrialSpec,
     return net
 
 
-def build_parts(spec: TrialSpec, contexts: list[mx.Context], classes: int = 10
-                ) -> tuple[gluon.HybridBlock, gluon.Trainer, gluon.loss.Loss]:
+def build_parts(
+    spec: TrialSpec, contexts: list[mx.Context], classes: int = 10
+) -> tuple[gluon.HybridBlock, gluon.Trainer, gluon.loss.Loss]:
     """(network, gluon.Trainer, loss) of a trial: what every Gluon training loop needs."""
     net = build_network(spec, contexts, classes=classes)
     return net, make_trainer(net, spec.recipe), make_loss()
@@ -91,10 +98,11 @@ def make_trainer(net: gluon.HybridBlock, recipe: Recipe) -> gluon.Trainer:
         options['momentum'] = recipe.momentum
     # update_on_kvstore=False keeps the optimizer in the Trainer, so its updater
     # stores its state (Adam's moments and step counts) for an exact resume.
-    trainer = gluon.Trainer(net.collect_params(), recipe.optimizer, options,
-                            update_on_kvstore=False)
+    trainer = gluon.Trainer(
+        net.collect_params(), recipe.optimizer, options, update_on_kvstore=False
+    )
     if recipe.precision == 'amp_float16':
-        _amp().init_trainer(trainer)   # dynamic loss scaling; steps that overflow are skipped
+        _amp().init_trainer(trainer)  # dynamic loss scaling; steps that overflow are skipped
     return trainer
 
 
@@ -111,8 +119,9 @@ class GluonSession:
     def set_learning_rate(self, lr: float) -> None:
         self.trainer.set_learning_rate(lr)
 
-    def train_batch(self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                    flips: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
+    def train_batch(
+        self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray, flips: np.ndarray
+    ) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """One update on the batch, split over the trial's devices; its summed loss and
         correct count, left on the first device."""
         x, y = self.train_images.batch(indices, rows, cols, flips)
@@ -123,9 +132,12 @@ class GluonSession:
             losses = [self.loss_fn(out, label) for out, label in zip(outputs, ys)]
         self._backward(losses)
         self.trainer.step(x.shape[0])
-        return (_sum_on_devices([loss.sum() for loss in losses]),
-                _sum_on_devices([(out.argmax(axis=1) == label).sum()
-                                 for out, label in zip(outputs, ys)]))
+        return (
+            _sum_on_devices([loss.sum() for loss in losses]),
+            _sum_on_devices(
+                [(out.argmax(axis=1) == label).sum() for out, label in zip(outputs, ys)]
+            ),
+        )
 
     def _backward(self, losses: list[mx.nd.NDArray]) -> None:
         if self.recipe.precision == 'amp_float16':
@@ -136,8 +148,9 @@ class GluonSession:
 
     def values(self, scalars: Sequence[mx.nd.NDArray]) -> np.ndarray:
         """Host values of MXNet scalars (waits for them)."""
-        return mx.nd.stack(*scalars).asnumpy() if len(scalars) > 1 \
-            else scalars[0].asnumpy().reshape(1)
+        return (
+            mx.nd.stack(*scalars).asnumpy() if len(scalars) > 1 else scalars[0].asnumpy().reshape(1)
+        )
 
     def evaluate(self) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) on every test image, unaugmented."""
@@ -149,8 +162,7 @@ class GluonSession:
             for part, label in zip(xs, ys):
                 out = self.net(part)
                 loss_total.append(self.loss_fn(out, label).sum().as_in_context(mx.cpu()))
-                correct_total.append(
-                    (out.argmax(axis=1) == label).sum().as_in_context(mx.cpu()))
+                correct_total.append((out.argmax(axis=1) == label).sum().as_in_context(mx.cpu()))
         return _total(loss_total) / images.count, _total(correct_total) / images.count
 
     def save_weights(self, folder: Path) -> None:
@@ -168,12 +180,17 @@ class GluonSession:
         found = {'devices': describe(self.contexts), 'kernels': kernels_used(self.contexts)}
         if found['kernels'] == 'fused':
             from models.kernels import kernel_isa
+
             found['kernel_isa'] = kernel_isa()
         if any(ctx.device_type == 'gpu' for ctx in self.contexts):
             from models.cuda_runtime import loaded_library_versions
+
             found.update(loaded_library_versions())
-            found['tf32'] = 'off' if os.environ.get('NVIDIA_TF32_OVERRIDE') == '0' else \
-                'on where the card has it'
+            found['tf32'] = (
+                'off'
+                if os.environ.get('NVIDIA_TF32_OVERRIDE') == '0'
+                else 'on where the card has it'
+            )
         return found
 
 
@@ -186,8 +203,11 @@ def _sum_on_devices(parts: list[mx.nd.NDArray]) -> mx.nd.NDArray:
 
 
 def _total(scalars: list[mx.nd.NDArray]) -> float:
-    return float(mx.nd.add_n(*scalars).asscalar()) if len(scalars) > 1 \
+    return (
+        float(mx.nd.add_n(*scalars).asscalar())
+        if len(scalars) > 1
         else float(scalars[0].asscalar())
+    )
 
 
 def trial_devices(gpus_per_trial: float, gpu_ids: list[str]) -> list[mx.Context]:
@@ -202,16 +222,29 @@ def open_session(spec: TrialSpec, data: Dataset, devices: list[mx.Context]) -> G
 def kernels_used(contexts: list[mx.Context]) -> str:
     """Which implementation of the attentions' pooling and gating ran: it sets their speed."""
     from models.kernels import fused_kernels_for
+
     return 'fused' if fused_kernels_for(ctx.device_type for ctx in contexts) else 'mxnet'
 
 
-def train(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None = None,
-          resume_from: Path | None = None, contexts: list[mx.Context] | None = None,
-          on_epoch: Callable[[dict, Path | None], None] | None = None,
-          on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+def train(
+    spec: TrialSpec,
+    data: Dataset,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: Path | None = None,
+    contexts: list[mx.Context] | None = None,
+    on_epoch: Callable[[dict, Path | None], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     """Train `spec` on `data` with Gluon; the list of per-epoch metric dicts (METRICS).
     The arguments are bench.trial.loop.run_epochs's; `contexts` default to every visible GPU,
     else the CPU."""
     session = GluonSession(spec, data, contexts or trial_contexts())
-    return run_epochs(session, spec, data, checkpoint_dir=checkpoint_dir,
-                      resume_from=resume_from, on_epoch=on_epoch, on_batch=on_batch)
+    return run_epochs(
+        session,
+        spec,
+        data,
+        checkpoint_dir=checkpoint_dir,
+        resume_from=resume_from,
+        on_epoch=on_epoch,
+        on_batch=on_batch,
+    )

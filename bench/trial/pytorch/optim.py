@@ -14,6 +14,7 @@ Fast as PyTorch's own: Adam is one fused kernel per parameter group (PyTorch's
 foreach kernels over all parameters at once; each group's state lists are gathered once,
 not per parameter and step.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,10 @@ def parameter_groups(net: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
         for name in getattr(module, 'no_weight_decay', ()):
             exempt.add(id(getattr(module, name)))
     params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{'params': [p for p in params if id(p) not in exempt], 'weight_decay': wd},
-              {'params': [p for p in params if id(p) in exempt], 'weight_decay': 0.0}]
+    groups = [
+        {'params': [p for p in params if id(p) not in exempt], 'weight_decay': wd},
+        {'params': [p for p in params if id(p) in exempt], 'weight_decay': 0.0},
+    ]
     return [group for group in groups if group['params']]
 
 
@@ -49,8 +52,9 @@ class _GroupState:
     kernels; `count` is the group's update count (MXNet's per-index count, the same for
     every parameter: each is updated at every step)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
-                 names: Sequence[str]) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], names: Sequence[str]
+    ) -> None:
         states = [optimizer.state[p] for p in params]
         for state, p in zip(states, params):
             for name in names:
@@ -60,8 +64,7 @@ class _GroupState:
             # checkpoints hold a plain number).
             step = state.get('step', 0)
             if not torch.is_tensor(step) or step.device != p.device:
-                state['step'] = torch.tensor(float(step), dtype=torch.float32,
-                                             device=p.device)
+                state['step'] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
         self.params = list(params)
         self.lists = {name: [s[name] for s in states] for name in names}
         self.steps = [s['step'] for s in states]
@@ -76,17 +79,21 @@ class _GroupState:
 class MXNetOptimizer(torch.optim.Optimizer):
     """Shared by the three: the groups' state lists, and the step over every group."""
 
-    STATE = ()     # the per-parameter state tensors of the update rule
+    STATE = ()  # the per-parameter state tensors of the update rule
 
-    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float,
-                 weight_decay: float = 0.0, momentum: float = 0.0) -> None:
-        super().__init__(params, {'lr': lr, 'weight_decay': weight_decay,
-                                  'momentum': momentum})
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+    ) -> None:
+        super().__init__(params, {'lr': lr, 'weight_decay': weight_decay, 'momentum': momentum})
         self._groups = {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._groups = {}       # gathered again from the loaded state
+        self._groups = {}  # gathered again from the loaded state
 
     def _group_state(self, index: int, group: dict[str, Any]) -> _GroupState:
         cached = self._groups.get(index)
@@ -99,7 +106,7 @@ class MXNetOptimizer(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             params = group['params']
             grads = [p.grad for p in params]
-            if any(g is None for g in grads):       # not every parameter took part
+            if any(g is None for g in grads):  # not every parameter took part
                 params = [p for p in params if p.grad is not None]
                 if not params:
                     continue
@@ -109,14 +116,16 @@ class MXNetOptimizer(torch.optim.Optimizer):
                 state = self._group_state(index, group)
             self._update(group, state, grads)
 
-    def _decayed_gradients(self, group: dict[str, Any], params: list[torch.Tensor],
-                           grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _decayed_gradients(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         if group['weight_decay']:
             grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
         return grads
 
-    def _decayed_momenta(self, group: dict[str, Any], state: _GroupState,
-                         grads: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    def _decayed_momenta(
+        self, group: dict[str, Any], state: _GroupState, grads: list[torch.Tensor]
+    ) -> list[torch.Tensor] | None:
         """Without momentum, SGD and NAG are MXNet's plain sgd_update: that step is taken
         here and None returned. Otherwise the momenta, already times the momentum."""
         if not group['momentum']:
@@ -134,16 +143,25 @@ class MXNetAdam(MXNetOptimizer):
 
     STATE = ('mean', 'var')
 
-    def _update(self, group: dict[str, Any], state: _GroupState,
-                grads: list[torch.Tensor]) -> None:
+    def _update(self, group: dict[str, Any], state: _GroupState, grads: list[torch.Tensor]) -> None:
         beta1, beta2 = ADAM_BETAS
         t = state.advance()
         if all(p.device.type in FUSED_ADAM_DEVICES for p in state.params[:1]):
-            torch._fused_adam_(state.params, grads, state.lists['mean'], state.lists['var'],
-                               [], state.steps, lr=group['lr'], beta1=beta1, beta2=beta2,
-                               weight_decay=group['weight_decay'],
-                               eps=ADAM_EPSILON / math.sqrt(1 - beta2 ** t),
-                               amsgrad=False, maximize=False)
+            torch._fused_adam_(
+                state.params,
+                grads,
+                state.lists['mean'],
+                state.lists['var'],
+                [],
+                state.steps,
+                lr=group['lr'],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group['weight_decay'],
+                eps=ADAM_EPSILON / math.sqrt(1 - beta2**t),
+                amsgrad=False,
+                maximize=False,
+            )
             return
         grads = self._decayed_gradients(group, state.params, grads)
         means, variances = state.lists['mean'], state.lists['var']
@@ -153,15 +171,14 @@ class MXNetAdam(MXNetOptimizer):
         torch._foreach_addcmul_(variances, grads, grads, value=1 - beta2)
         denominators = torch._foreach_sqrt(variances)
         torch._foreach_add_(denominators, ADAM_EPSILON)
-        step_size = group['lr'] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        step_size = group['lr'] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
         torch._foreach_addcdiv_(state.params, means, denominators, value=-step_size)
 
 
 class MXNetSGD(MXNetOptimizer):
     STATE = ('mom',)
 
-    def _update(self, group: dict[str, Any], state: _GroupState,
-                grads: list[torch.Tensor]) -> None:
+    def _update(self, group: dict[str, Any], state: _GroupState, grads: list[torch.Tensor]) -> None:
         state.advance()
         grads = self._decayed_gradients(group, state.params, grads)
         moms = self._decayed_momenta(group, state, grads)
@@ -177,8 +194,7 @@ class MXNetNAG(MXNetOptimizer):
 
     STATE = ('mom',)
 
-    def _update(self, group: dict[str, Any], state: _GroupState,
-                grads: list[torch.Tensor]) -> None:
+    def _update(self, group: dict[str, Any], state: _GroupState, grads: list[torch.Tensor]) -> None:
         state.advance()
         lr, momentum = group['lr'], group['momentum']
         grads = self._decayed_gradients(group, state.params, grads)
@@ -195,8 +211,9 @@ OPTIMIZER_CLASSES = {'adam': MXNetAdam, 'sgd': MXNetSGD, 'nag': MXNetNAG}
 
 def make_optimizer(net: torch.nn.Module, recipe: Recipe) -> MXNetOptimizer:
     momentum = recipe.momentum if recipe.optimizer in ('sgd', 'nag') else 0.0
-    return OPTIMIZER_CLASSES[recipe.optimizer](parameter_groups(net, recipe.wd), lr=recipe.lr,
-                                               weight_decay=recipe.wd, momentum=momentum)
+    return OPTIMIZER_CLASSES[recipe.optimizer](
+        parameter_groups(net, recipe.wd), lr=recipe.lr, weight_decay=recipe.wd, momentum=momentum
+    )
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -14,6 +14,7 @@ message where compiling or capturing fails; mixed precision as the recipe's
 `precision` (bfloat16 autocast, or float16 autocast with a gradient scaler), refused on
 the CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,10 @@ def trial_devices(gpus_per_trial: float, gpu_ids: list[str]) -> list[torch.devic
     if not gpus_per_trial or not gpu_ids:
         return [torch.device('cpu')]
     if len(gpu_ids) > 1:
-        raise DeviceError(f'the torch backend trains a trial on one GPU, but Ray assigned '
-                          f'{len(gpu_ids)}; set resources.gpus_per_trial to 1 or less')
+        raise DeviceError(
+            f'the torch backend trains a trial on one GPU, but Ray assigned '
+            f'{len(gpu_ids)}; set resources.gpus_per_trial to 1 or less'
+        )
     if gpus_per_trial < 1:
         # Within its share of the card's memory, beside the trials that share it.
         torch.cuda.set_per_process_memory_fraction(float(gpus_per_trial), 0)
@@ -68,9 +71,11 @@ def device_for(num_gpus: int | None = None) -> torch.device:
     if wanted > 1:
         raise DeviceError(f'the torch backend trains on one GPU; got --num-gpus {wanted}')
     if wanted > available:
-        raise DeviceError(f'{wanted} GPU asked for but {available} visible to this process '
-                          f'(PyTorch {torch.__version__}, CUDA '
-                          f'{torch.version.cuda or "not built in"})')
+        raise DeviceError(
+            f'{wanted} GPU asked for but {available} visible to this process '
+            f'(PyTorch {torch.__version__}, CUDA '
+            f'{torch.version.cuda or "not built in"})'
+        )
     return torch.device('cuda', 0) if wanted else torch.device('cpu')
 
 
@@ -86,13 +91,17 @@ def check_precision(recipe: Recipe, device: torch.device) -> None:
     if recipe.precision == 'float32':
         return
     if device.type != 'cuda':
-        raise UnsupportedRecipe(f'precision {recipe.precision} needs a GPU, but this trial '
-                                f'runs on {device}: mixed precision is refused on CPUs. Use '
-                                'precision float32, or give the trial a GPU (gpus_per_trial).')
+        raise UnsupportedRecipe(
+            f'precision {recipe.precision} needs a GPU, but this trial '
+            f'runs on {device}: mixed precision is refused on CPUs. Use '
+            'precision float32, or give the trial a GPU (gpus_per_trial).'
+        )
     if recipe.precision == 'amp_bfloat16' and not torch.cuda.is_bf16_supported():
-        raise UnsupportedRecipe(f'precision amp_bfloat16 needs a GPU with bfloat16 (compute '
-                                f'capability 8.0 or newer); {describe(device)} has none. '
-                                'Use amp_float16 or float32.')
+        raise UnsupportedRecipe(
+            f'precision amp_bfloat16 needs a GPU with bfloat16 (compute '
+            f'capability 8.0 or newer); {describe(device)} has none. '
+            'Use amp_float16 or float32.'
+        )
 
 
 def use_trial_threads() -> int:
@@ -116,29 +125,37 @@ class TorchSession:
             # PyTorch's own default leaves matrix products in full float32.
             torch.backends.cuda.matmul.allow_tf32 = self.recipe.tf32
             torch.backends.cudnn.allow_tf32 = self.recipe.tf32
-        net = get_model(spec.model, spec.attention, classes=data.classes,
-                        attention_kwargs=spec.attention_kwargs, seed=spec.seed)
+        net = get_model(
+            spec.model,
+            spec.attention,
+            classes=data.classes,
+            attention_kwargs=spec.attention_kwargs,
+            seed=spec.seed,
+        )
         # Channels-last suits oneDNN's and cuDNN's convolutions alike: ResNet-20 trained
         # 1.3x faster on 2 CPU cores with it (docs/backends.md).
         net = net.to(device, memory_format=torch.channels_last)
-        self.net = net                                  # what checkpoints hold
+        self.net = net  # what checkpoints hold
         self.compile_mode = compile_mode(device) if self.recipe.compile else None
-        self.forward = torch.compile(net, mode=self.compile_mode) if self.compile_mode \
-            else net
+        self.forward = torch.compile(net, mode=self.compile_mode) if self.compile_mode else net
         # Until the first compiled step has run, a failure there falls back to eager.
         self._compiled_unproven = bool(self.compile_mode)
         self.optimizer = make_optimizer(net, self.recipe)
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.recipe.precision)
-        self.scaler = (torch.amp.GradScaler('cuda') if self.recipe.precision == 'amp_float16'
-                       else None)
-        self.train_images = DeviceImages(data.train_images, data.train_labels, device,
-                                         channels_last=True)
-        self.test_images = DeviceImages(data.test_images, data.test_labels, device,
-                                         channels_last=True)
+        self.scaler = (
+            torch.amp.GradScaler('cuda') if self.recipe.precision == 'amp_float16' else None
+        )
+        self.train_images = DeviceImages(
+            data.train_images, data.train_labels, device, channels_last=True
+        )
+        self.test_images = DeviceImages(
+            data.test_images, data.test_labels, device, channels_last=True
+        )
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                              enabled=self.autocast_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
 
     def set_learning_rate(self, lr: float) -> None:
         set_learning_rate(self.optimizer, lr)
@@ -149,19 +166,21 @@ class TorchSession:
             return self._train_step(x, y)
         try:
             result = self._train_step(x, y)
-        except Exception as error:     # compiling or capturing: any failure, one message
+        except Exception as error:  # compiling or capturing: any failure, one message
             cause = (str(error).splitlines() or [''])[0][:300]
-            print(f'torch.compile (mode {self.compile_mode}) failed on {self.device}: '
-                  f'{type(error).__name__}: {cause}; this trial trains without compiling '
-                  '(same network, slower)', flush=True)
+            print(
+                f'torch.compile (mode {self.compile_mode}) failed on {self.device}: '
+                f'{type(error).__name__}: {cause}; this trial trains without compiling '
+                '(same network, slower)',
+                flush=True,
+            )
             self.forward = self.net
             self.compile_mode = None
             result = self._train_step(x, y)
         self._compiled_unproven = False
         return result
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.compile_mode == 'reduce-overhead':
             # A new iteration of the CUDA graphs: last step's outputs may be overwritten.
             torch.compiler.cudagraph_mark_step_begin()
@@ -175,15 +194,16 @@ class TorchSession:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(mean).backward()
-            self.scaler.step(self.optimizer)   # skips a step whose gradients overflowed
+            self.scaler.step(self.optimizer)  # skips a step whose gradients overflowed
             self.scaler.update()
         else:
             mean.backward()
             self.optimizer.step()
         return loss_sum.detach(), (out.argmax(dim=1) == y).sum()
 
-    def train_batch(self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                    flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray, flips: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train_step(*self.train_images.batch(indices, rows, cols, flips))
 
     def values(self, scalars: Sequence[torch.Tensor]) -> np.ndarray:
@@ -206,14 +226,18 @@ class TorchSession:
         return float(loss_total) / count, float(correct_total) / count
 
     def save_weights(self, folder: Path) -> None:
-        torch.save({'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),
-                    'scaler': self.scaler.state_dict() if self.scaler is not None else None},
-                   folder / CHECKPOINT_FILE)
+        torch.save(
+            {
+                'model': self.net.state_dict(),
+                'optimizer': self.optimizer.state_dict(),
+                'scaler': self.scaler.state_dict() if self.scaler is not None else None,
+            },
+            folder / CHECKPOINT_FILE,
+        )
 
     def load_weights(self, folder: Path) -> None:
         # map_location: a checkpoint taken on a GPU resumes on the CPU and vice versa.
-        saved = torch.load(folder / CHECKPOINT_FILE, map_location=self.device,
-                           weights_only=True)
+        saved = torch.load(folder / CHECKPOINT_FILE, map_location=self.device, weights_only=True)
         self.net.load_state_dict(saved['model'])
         self.optimizer.load_state_dict(saved['optimizer'])
         if self.scaler is not None and saved.get('scaler'):
@@ -222,13 +246,20 @@ class TorchSession:
     def describe(self) -> dict[str, str | int | None]:
         """Where and with what the trial ran, recorded with its results."""
         kernels = f'torch {torch.__version__}' + (
-            f' compiled ({self.compile_mode})' if self.compile_mode else
-            ' eager (compiling failed)' if self.recipe.compile else '')
+            f' compiled ({self.compile_mode})'
+            if self.compile_mode
+            else ' eager (compiling failed)'
+            if self.recipe.compile
+            else ''
+        )
         found = {'devices': describe(self.device), 'kernels': kernels}
         if self.device.type == 'cuda':
             capability = torch.cuda.get_device_capability(self.device)
-            found.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                         tf32=('on' if self.recipe.tf32 and capability >= (8, 0) else 'off'))
+            found.update(
+                cuda=torch.version.cuda,
+                cudnn=torch.backends.cudnn.version(),
+                tf32=('on' if self.recipe.tf32 and capability >= (8, 0) else 'off'),
+            )
         return found
 
 
@@ -236,12 +267,24 @@ def open_session(spec: TrialSpec, data: Dataset, devices: list[torch.device]) ->
     return TorchSession(spec, data, devices[0])
 
 
-def train(spec: TrialSpec, data: Dataset, checkpoint_dir: str | Path | None = None,
-          resume_from: Path | None = None, device: str | torch.device | None = None,
-          on_epoch: Callable[[dict, Path | None], None] | None = None,
-          on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+def train(
+    spec: TrialSpec,
+    data: Dataset,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: Path | None = None,
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[dict, Path | None], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     """Train `spec` on `data` with PyTorch; the per-epoch metrics (bench.trial.loop.run_epochs's
     arguments); `device` defaults to cuda:0 where a GPU is visible, else the CPU."""
     session = TorchSession(spec, data, device or device_for())
-    return run_epochs(session, spec, data, checkpoint_dir=checkpoint_dir,
-                      resume_from=resume_from, on_epoch=on_epoch, on_batch=on_batch)
+    return run_epochs(
+        session,
+        spec,
+        data,
+        checkpoint_dir=checkpoint_dir,
+        resume_from=resume_from,
+        on_epoch=on_epoch,
+        on_batch=on_batch,
+    )
