@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from bench.errors import DOCTOR_HINT, BenchError
 
@@ -135,22 +135,30 @@ FUSION_MIN_DRIVER_CUDA = (11, 8)
 FUSION_ENV = 'MXNET_USE_FUSION'
 
 
+class FusionSetting(NamedTuple):
+    """Whether MXNet's runtime fusion stays on, and why."""
+
+    on: bool
+    why: str
+
+
 def gluon_fusion_setting(
     driver_cuda: tuple[int, int] | None, environ: MutableMapping[str, str] | None = None
-) -> tuple[bool, str]:
+) -> FusionSetting:
     """(whether MXNet's runtime fusion stays on, why) for a driver supporting CUDA
     `driver_cuda`; sets MXNET_USE_FUSION=0 in `environ` (os.environ) when the driver is
     too old for the PTX it would be given. Must run before MXNet is imported."""
     environ = os.environ if environ is None else environ
     if environ.get(FUSION_ENV) == '0':
-        return False, f'{FUSION_ENV}=0 set by the user'
+        return FusionSetting(False, f'{FUSION_ENV}=0 set by the user')
     if driver_cuda is None or driver_cuda >= FUSION_MIN_DRIVER_CUDA:
-        return True, 'on'
+        return FusionSetting(True, 'on')
     environ[FUSION_ENV] = '0'
-    return False, (
+    return FusionSetting(
+        False,
         f'off: the driver supports CUDA {driver_cuda[0]}.{driver_cuda[1]}, older '
         f'than the {FUSION_MIN_DRIVER_CUDA[0]}.{FUSION_MIN_DRIVER_CUDA[1]} (R520) '
-        "that the PTX of MXNet's fused operators needs"
+        "that the PTX of MXNet's fused operators needs",
     )
 
 
@@ -430,7 +438,7 @@ def check_local_gpus(
     check_gpus(
         num_gpus, gpus=cards, gpu_build=gpu_build, backend=backend, torch_arches=torch_arches
     )
-    return gluon_fusion_setting(driver_cuda_version())[1] if backend == 'gluon' else None
+    return gluon_fusion_setting(driver_cuda_version()).why if backend == 'gluon' else None
 
 
 def describe_gpus(gpus: Sequence[GPU]) -> str:

@@ -23,7 +23,8 @@ from typing import Annotated, Any, Callable, Dict, List, Mapping, Optional, Unio
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from bench.trial.recipe import MAX_EPOCHS, MAX_SEED, Recipe, TrialSpec
+from bench.errors import BenchError
+from bench.trial.recipe import MAX_EPOCHS, MAX_SEED, Recipe, RecipeError, TrialSpec
 from bench.validation import bounded_repr
 from models.names import parse_attention_name, parse_model_name
 
@@ -108,14 +109,8 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra='allow', strict=True)
 
 
-def _a_recipe(values: Any) -> Any:
-    """A stored recipe must be one this code can train and compare: its rules are the
-    sweep file's (bench.trial.recipe), so one that breaks them is a damaged file."""
-    Recipe.from_dict(values)
-    return values
-
-
-RecipeRecord = Annotated[Dict[str, Any], AfterValidator(_a_recipe)]
+class RecipeRecord(_Record):
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
 
 
 class SpecRecord(_Record):
@@ -248,8 +243,26 @@ def upgrade_trial_file(value: Mapping[str, Any]) -> dict[str, Any]:
     upgraded.setdefault('network_revision', 1)
     # Absent in manifest entries: the sweep's data identity is theirs.
     upgraded.setdefault('data', None)
-    upgraded['spec'] = TrialSpec.from_dict(value['spec'])
+    upgraded['spec'], upgraded['problems'] = _stored_spec(value['spec'])
     return upgraded
+
+
+def _stored_spec(values: Mapping[str, Any]) -> tuple[TrialSpec, list[str]]:
+    """The spec of a stored trial, and why its recipe breaks this version's rules (a
+    hand edit, another version): such a recipe is taken as stored, said as such, so
+    that the trial is still listed, never silently dropped."""
+    try:
+        return TrialSpec.from_dict(values), []
+    except RecipeError as error:
+        stored = dict(values.get('recipe') or {})
+        if isinstance(stored.get('lr_decay_epochs'), list):
+            stored['lr_decay_epochs'] = tuple(stored['lr_decay_epochs'])
+        recipe = Recipe.model_construct(**stored)
+        problem = (
+            f"its recipe breaks this version's rules ({'; '.join(str(error).splitlines())}); "
+            'it is shown as stored'
+        )
+        return TrialSpec.from_parts(values, recipe), [problem]
 
 
 @dataclass(frozen=True)
@@ -272,18 +285,27 @@ class TrialRecord:
 
     @classmethod
     def from_trial_file(
-        cls, value: Mapping[str, Any], data: Mapping[str, Any] | None = None, **state: Any
+        cls,
+        value: Mapping[str, Any],
+        data: Mapping[str, Any] | None = None,
+        source: str = 'the trial file',
+        **state: Any,
     ) -> TrialRecord:
         """The record of a spec.json or manifest entry of any version (upgraded), with the
-        data identity `data` where the file holds none, and the store's `state`."""
+        store's `state`. `data` is the data identity of a manifest entry (the sweep's),
+        which holds none of its own; `source` names the file in problems."""
         upgraded = upgrade_trial_file(value)
+        problems = tuple(state.pop('problems', ())) + tuple(
+            f'{source}: {problem}' for problem in upgraded['problems']
+        )
         return cls(
             trial_id=upgraded['trial_id'],
             name=upgraded['name'],
             spec=upgraded['spec'],
             network_revision=upgraded['network_revision'],
-            data=upgraded['data'] or data or {},
+            data=(upgraded['data'] if upgraded['data'] is not None else data) or {},
             model_stats=upgraded['model_stats'],
+            problems=problems,
             **state,
         )
 
@@ -332,11 +354,16 @@ def shape_problem(value: Any, record: type[BaseModel]) -> str | None:
     return None
 
 
+class DamagedFile(BenchError, ValueError):
+    """A file of the store or a checkpoint that is not what this project writes; the
+    message names what is wrong."""
+
+
 def check_record(value: Any, name: str) -> Any:
-    """`value` if it has the shape of the store file called `name`, else ValueError naming
+    """`value` if it has the shape of the store file called `name`, else DamagedFile naming
     what is wrong. Files this module does not know are taken as they are."""
     record = RECORDS.get(name)
     problem = record and shape_problem(value, record)
     if problem:
-        raise ValueError(f'not the {name} this project writes: {problem}')
+        raise DamagedFile(f'not the {name} this project writes: {problem}')
     return value

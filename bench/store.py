@@ -499,13 +499,15 @@ class ResultsStore:
         the store. A trial whose spec.json is lost is described by `listed`, the sweep's
         record of it (with the sweep's `data`), where the sweep lists it; None when
         neither says what the trial is."""
-        stored, spec_problem = read_json_checked(self.trial_dir(trial_id) / 'spec.json')
+        spec_file = self.trial_dir(trial_id) / 'spec.json'
+        stored, spec_problem = read_json_checked(spec_file)
         state = self.trial_state(trial_id)
         problems = list(state.problems) + ([spec_problem] if spec_problem else [])
+        source, sweep_data = spec_file, None
         if stored is None:
             if listed is None:
                 return None
-            stored = listed
+            stored, source, sweep_data = listed, "the sweep's record of it", data
             problems.append(
                 f'{self.trial_dir(trial_id) / "spec.json"}: missing; the '
                 "sweep's record of the trial is used, and the next run "
@@ -513,7 +515,8 @@ class ResultsStore:
             )
         return TrialRecord.from_trial_file(
             {**stored, 'trial_id': trial_id},
-            data=data,
+            data=sweep_data,
+            source=str(source),
             status=state.status,
             epochs_done=state.epochs_done,
             final=self.read_final(trial_id) if state.status == DONE else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .names import parse_attention_name, parse_model_name
 
@@ -118,12 +118,20 @@ def attention_counts(
     raise KeyError(attention)
 
 
+class NetworkCounts(NamedTuple):
+    """A network's trainable parameters and the MACs of one forward pass of one 32x32
+    image."""
+
+    params: int
+    macs: int
+
+
 def network_counts(
     model: str,
     attention: str = 'none',
     attention_kwargs: Mapping[str, Any] | None = None,
     classes: int = 10,
-) -> tuple[int, int]:
+) -> NetworkCounts:
     """(trainable parameters, MACs of one forward pass of one 32x32 image) of `model`
     with `attention`, as models.stats measures them on a built network."""
     version, _ = parse_model_name(model)
@@ -165,4 +173,4 @@ def network_counts(
         batch_norm(channels)
     params += classes * channels + classes  # the dense output layer
     macs += classes * channels
-    return params, macs
+    return NetworkCounts(params, macs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import reprlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 STANDARD_DEPTHS = (20, 56, 110)
 # The deepest CIFAR ResNet of He et al. (2016) has 1202 layers (n = 200): deeper names
@@ -131,7 +132,14 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-def parse_model_name(name: str) -> tuple[int, int]:
+class ModelNameParts(NamedTuple):
+    """A CIFAR ResNet's version (1 or 2) and depth (6n + 2)."""
+
+    version: int
+    depth: int
+
+
+def parse_model_name(name: str) -> ModelNameParts:
     """(version, depth) of a `cifar_resnet{depth}_v{version}` name with depth = 6n + 2."""
     match = MODEL_NAME_PATTERN.fullmatch(str(name))
     depth = int(match.group(1)) if match else 0
@@ -141,7 +149,7 @@ def parse_model_name(name: str) -> tuple[int, int]:
             f'(or any cifar_resnet<depth>_v1/_v2 with depth = 6n+2, 8 <= depth <= '
             f'{MAX_DEPTH})'
         )
-    return int(match.group(2)), depth
+    return ModelNameParts(int(match.group(2)), depth)
 
 
 def network_revision(name: str) -> int:

@@ -103,7 +103,7 @@ def _title_and_caption(context: Mapping[str, Any], trials: pd.DataFrame) -> tupl
     parts.append(_backends_part(trials, trained=bool(context['finished'])))
     revisions = sorted(
         {
-            (parse_model_name(m)[0], int(r))
+            (parse_model_name(m).version, int(r))
             for m, r in zip(trials['model'], trials['network_revision'])
         }
     )

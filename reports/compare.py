@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.errors import BenchError, report
 from bench.store import DONE, METRIC_LABELS
 
 from .readme import ReportError
@@ -120,12 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = compare_stores(args.store_a, args.store_b, args.metrics)
-    except ReportError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    if not rows:
-        print('error: the two stores have no finished cell in common', file=sys.stderr)
-        return 2
+        if not rows:
+            raise ReportError('the two stores have no finished cell in common')
+    except BenchError as error:
+        return report(error)
     print(format_comparison(rows, Path(args.store_a).name, Path(args.store_b).name))
     return 0
 

@@ -73,13 +73,17 @@ def _why_not_current(
     if entry is None:
         return 'its model, attention or seed is not in the sweep'
     reasons = []
-    recipe = _full_recipe(Recipe.from_dict(json.loads(row['recipe'])))
+    # The stored recipe leaves out options at their defaults; it is read as stored (it
+    # may break this version's rules, or hold another version's options).
+    recipe = {**_full_recipe(Recipe()), **json.loads(row['recipe'])}
     wanted = _full_recipe(entry['spec'].recipe)
-    changed = sorted(k for k in recipe if recipe[k] != wanted[k])
+    changed = sorted(k for k in set(recipe) | set(wanted) if recipe.get(k) != wanted.get(k))
     if changed:
         reasons.append(
             'recipe differs: '
-            + ', '.join(f'{k} {_shown(recipe[k])} (sweep: {_shown(wanted[k])})' for k in changed)
+            + ', '.join(
+                f'{k} {_shown(recipe.get(k))} (sweep: {_shown(wanted.get(k))})' for k in changed
+            )
         )
     if json.loads(row['attention_kwargs']) != entry['spec'].attention_kwargs:
         reasons.append(f"attention options {row['attention_kwargs']} differ from the sweep's")
@@ -99,7 +103,7 @@ def _full_recipe(recipe: Recipe) -> dict[str, Any]:
 
 
 def _shown(value: object) -> str:
-    return json.dumps(value)
+    return 'default' if value is None else json.dumps(value)
 
 
 def load_histories(store_dir: str | Path, trials: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
 from models.architecture import network_counts
@@ -28,7 +28,15 @@ def default_order(names: Iterable[str], known: Sequence[str] = ATTENTION_NAMES) 
     return [n for n in known if n in names] + sorted(n for n in names if n not in known)
 
 
-def summarise(values: Iterable[float | None]) -> tuple[float, float, int] | None:
+class Summary(NamedTuple):
+    """The finished values of a cell: their mean, sample std (0 for one seed) and count."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def summarise(values: Iterable[float | None]) -> Summary | None:
     """(mean, std, n) of the finished values; std is the sample std (0 for one seed)."""
     values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not values:
@@ -36,10 +44,10 @@ def summarise(values: Iterable[float | None]) -> tuple[float, float, int] | None
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std, n
+    return Summary(mean, std, n)
 
 
-def format_cell(summary: tuple[float, float, int] | None, digits: int = 4) -> str:
+def format_cell(summary: Summary | None, digits: int = 4) -> str:
     if summary is None:
         return 'TBA'
     mean, std, n = summary
@@ -96,14 +104,14 @@ def table_context(
         summaries = {key: summarise(values) for key, values in seeds.items()}
         best = {}
         for metric in metrics:
-            present = [
-                (summaries[(a, metric)][0], a)
-                for a in attentions
-                if summaries[(a, metric)] is not None
-            ]
+            present = [a for a in attentions if summaries[(a, metric)] is not None]
             if len(present) > 1:
                 pick = min if metric in LOWER_IS_BETTER else max
-                best[metric] = pick(present)[1]
+                # Ties go to the later name, as ever.
+                best[metric] = pick(
+                    present,
+                    key=lambda a: (summaries[(a, metric)].mean, a),  # noqa: B023
+                )
         cells = []
         for attention in attentions:
             for metric in metrics:
@@ -111,7 +119,7 @@ def table_context(
                 cell = {
                     'text': format_cell(summary),
                     'bold': best.get(metric) == attention and summary is not None,
-                    'n': summary[2] if summary else 0,
+                    'n': summary.n if summary else 0,
                     'beyond_vanilla': attention != 'none'
                     and bool(seeds[(attention, metric)])
                     and bool(seeds.get(('none', metric)))

@@ -117,3 +117,76 @@ def test_the_upgrade_fills_a_manifest_entry_and_refuses_nothing_it_reads():
     assert upgraded['data'] is None and upgraded['network_revision'] == 2
     record = TrialRecord.from_trial_file(entry, data=IDENTITY)
     assert record.data == IDENTITY and record.status == PENDING and record.will_train
+
+
+def _edit_spec(root, name, change):
+    """Apply `change` to the spec.json of the stored trial called `name`."""
+    for spec_file in (root / 'trials').glob('*/spec.json'):
+        value = json.loads(spec_file.read_text())
+        if value['name'] == name:
+            change(value)
+            spec_file.write_text(json.dumps(value))
+            return spec_file
+    raise AssertionError(name)
+
+
+def test_a_later_versions_keys_in_a_stored_spec_are_read_past(tmp_path):
+    root = tmp_path / 'store'
+    shutil.copytree(FIXTURES / 'v3', root)
+    _edit_spec(root, 'cifar_resnet20_v1-none-s0', lambda v: v['spec'].update(future=1))
+    records = {r.name: r for r in ResultsStore(root).trial_records()}
+    assert records['cifar_resnet20_v1-none-s0'].status == DONE
+
+
+def test_a_stored_recipe_that_breaks_todays_rules_is_listed_with_why(tmp_path):
+    """A hand-edited (or other version's) recipe never makes its trial vanish: it is
+    listed as stored, with the problem."""
+    root = tmp_path / 'store'
+    shutil.copytree(FIXTURES / 'v3', root)
+    spec_file = _edit_spec(
+        root, 'cifar_resnet20_v1-none-s0', lambda v: v['spec']['recipe'].update(lr=-1)
+    )
+    record = {r.name: r for r in ResultsStore(root).trial_records()}['cifar_resnet20_v1-none-s0']
+    assert record.status == DONE and record.spec.recipe.lr == -1
+    assert record.problems == (
+        f"{spec_file}: its recipe breaks this version's rules (recipe.lr: Input should be "
+        'greater than 0 (found -1)); it is shown as stored',
+    )
+    assert json.loads(record.row()['recipe'])['lr'] == -1
+    sweep = tmp_path / 'sweep.yaml'
+    sweep.write_text(SWEEP)
+    manifest = sweep_manifest(load_config(sweep).config, IDENTITY)
+    current, _ = split_by_sweep(load_trials(root, manifest), manifest)
+    shown = current.set_index('name').loc['cifar_resnet20_v1-none-s0']
+    assert json.loads(shown['recipe'])['lr'] == -1 and shown['problems'] == list(record.problems)
+
+
+def test_a_trial_without_its_own_data_identity_does_not_borrow_the_sweeps(tmp_path):
+    root = tmp_path / 'store'
+    shutil.copytree(FIXTURES / 'v3', root)
+    _edit_spec(root, 'cifar_resnet20_v1-none-s0', lambda v: v.update(data=None))
+    sweep = tmp_path / 'sweep.yaml'
+    sweep.write_text(SWEEP)
+    manifest = sweep_manifest(load_config(sweep).config, IDENTITY)
+    records = {r.name: r for r in ResultsStore(root).trial_records(manifest)}
+    assert records['cifar_resnet20_v1-none-s0'].data == {}
+    assert records['cifar_resnet20_v1-se-s0'].data['digest'] == 'f' * 64
+
+
+def test_bench_train_on_a_damaged_checkpoint_is_one_message(tiny_cifar_root, tmp_path, capsys):
+    from bench.train import main as train_main
+
+    checkpoint = tmp_path / 'checkpoints' / 'epoch-0001'
+    checkpoint.mkdir(parents=True)
+    for text, expected in (
+        ('{"epoch": "x"}', 'not the state.json this project writes: epoch'),
+        ('{"epoch": ', 'Expecting value'),
+    ):
+        (checkpoint / 'state.json').write_text(text)
+        code = train_main(
+            ['--model', 'cifar_resnet8_v1', '--data-root', str(tiny_cifar_root),
+             '--no-download', '--num-gpus', '0', '--quiet', '--num-epochs', '2',
+             '--batch-size', '16', '--checkpoint-dir', str(tmp_path / 'checkpoints')]
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and 'Traceback' not in err, err

@@ -108,7 +108,7 @@ def benchmark(
             'data_img_s': _data_rate(
                 backend, images, labels, ctx, torch_device, batch_size, batches * 4
             ),
-            'gflop_s': trial * TRAIN_FLOPS_PER_MAC * network_counts(model, attention)[1] / 1e9,
+            'gflop_s': trial * TRAIN_FLOPS_PER_MAC * network_counts(model, attention).macs / 1e9,
         }
         row['data_over_trial'] = row['data_img_s'] / trial
         if (kind, model, 'none') in rates:

@@ -120,7 +120,7 @@ def run_trial(
         check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()), backend=run.spec.recipe.backend)
         share_card(run.gpus, run.spec.recipe.backend)
         if run.spec.recipe.backend == 'gluon':
-            fusion = gluon_fusion_setting(driver_cuda_version())[1]
+            fusion = gluon_fusion_setting(driver_cuda_version()).why
             apply_tf32(run.spec.recipe)
     backend = get_backend(run.spec.recipe.backend)
     session = backend.open_session(

@@ -79,11 +79,15 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def read_state(folder: str | Path) -> dict[str, Any]:
-    """The checkpoint's state.json; ValueError when it is not of the shape this project
-    writes (bench.records), OSError when it cannot be read."""
-    from bench.records import check_record
+    """The checkpoint's state.json; DamagedFile (a ValueError) when it is not JSON or not
+    of the shape this project writes (bench.records), OSError when it cannot be read."""
+    from bench.records import DamagedFile, check_record
 
-    return check_record(read_json(Path(folder) / STATE_FILE), STATE_FILE)
+    try:
+        value = read_json(Path(folder) / STATE_FILE)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, or nested too deeply
+        raise DamagedFile(str(error)) from None
+    return check_record(value, STATE_FILE)
 
 
 def load_checkpoint(

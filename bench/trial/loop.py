@@ -122,8 +122,6 @@ def missing_framework(name: str) -> str | None:
 class DeviceError(BenchError, RuntimeError):
     """The trial's device cannot be used as asked; the message says what to change."""
 
-    hint = DOCTOR_HINT
-
 
 class UnsupportedRecipe(BenchError, ValueError):
     """A recipe this trial cannot train here (mixed precision off the GPU, a batch larger

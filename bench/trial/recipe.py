@@ -102,7 +102,7 @@ class Recipe(BaseModel):
         return sorted(e for e in self.lr_decay_epochs if e < self.epochs)
 
     def to_dict(self) -> dict[str, Any]:
-        out = self.model_dump()
+        out = self.model_dump(warnings=False)  # a stored recipe may break the rules
         out['lr_decay_epochs'] = list(self.lr_decay_epochs)
         for name, default in LATER_OPTIONS.items():
             if out[name] == default:
@@ -202,10 +202,16 @@ class TrialSpec:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialSpec:
-        values = dict(values)
-        values['recipe'] = Recipe.from_dict(values.get('recipe', {}))
-        values['attention_kwargs'] = dict(values.get('attention_kwargs') or {})
-        return cls(**values)
+        """The spec of its plain values (as to_dict gives them); keys that are not a
+        spec's own (a later version's) are left out."""
+        return cls.from_parts(values, Recipe.from_dict(values.get('recipe', {})))
+
+    @classmethod
+    def from_parts(cls, values: Mapping[str, Any], recipe: Recipe) -> TrialSpec:
+        cell = {key: values[key] for key in ('model', 'attention', 'seed') if key in values}
+        return cls(
+            **cell, recipe=recipe, attention_kwargs=dict(values.get('attention_kwargs') or {})
+        )
 
 
 @dataclass(frozen=True)

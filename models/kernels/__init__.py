@@ -38,7 +38,7 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from mxnet.gluon import Block
@@ -59,7 +59,7 @@ ISA_LEVELS = (
 )
 
 _lock = threading.Lock()
-_status = None  # (loaded, detail): detail is the library path, or why it is not loaded
+_status: KernelStatus | None = None  # loaded once, on first use
 _switched_off = threading.local()
 
 
@@ -267,9 +267,16 @@ def build_library(cache_dir: str | os.PathLike[str] | None = None, isa: str | No
     return target
 
 
-def _load() -> tuple[bool, str]:
+class KernelStatus(NamedTuple):
+    """Whether the fused kernels are in MXNet, and their library's path or why not."""
+
+    loaded: bool
+    detail: str
+
+
+def _load() -> KernelStatus:
     if os.environ.get(FUSED_ENV, '1') == '0':
-        return False, f'turned off by {FUSED_ENV}=0'
+        return KernelStatus(False, f'turned off by {FUSED_ENV}=0')
     try:
         path = build_library()
         import mxnet as mx
@@ -284,11 +291,11 @@ def _load() -> tuple[bool, str]:
             f'{FUSED_ENV}=0 to silence this.',
             stacklevel=5,
         )
-        return False, str(error)
-    return True, str(path)
+        return KernelStatus(False, str(error))
+    return KernelStatus(True, str(path))
 
 
-def kernel_status() -> tuple[bool, str]:
+def kernel_status() -> KernelStatus:
     """(loaded, detail): whether the fused kernels are in MXNet, and their path or why not."""
     global _status
     with _lock:
@@ -309,7 +316,8 @@ def kernel_isa() -> str | None:
 
 
 def fused_kernels_available() -> bool:
-    return kernel_status()[0] and not getattr(_switched_off, 'active', False)
+    loaded, _ = kernel_status()
+    return loaded and not getattr(_switched_off, 'active', False)
 
 
 @contextlib.contextmanager
