@@ -190,3 +190,13 @@ def test_bench_train_on_a_damaged_checkpoint_is_one_message(tiny_cifar_root, tmp
         )  # fmt: skip
         err = capsys.readouterr().err
         assert code == 2 and expected in err and 'Traceback' not in err, err
+
+
+def test_results_csv_is_what_the_code_before_the_one_record_wrote(stored):
+    """The record changed how trials are read, not what is read: the results.csv of
+    every fixture equals the one the previous code (f70d0e6) made of it."""
+    version, root = stored
+    expected = (FIXTURES / f'v{version}' / 'results-f70d0e6.csv').read_text()
+    store = ResultsStore(root)
+    store.write_results_csv(store.read_manifest())
+    assert (root / 'results.csv').read_text() == expected
