@@ -24,7 +24,7 @@ from bench.store import ResultsStore, read_json_checked
 from bench.sweep.config import load_config
 from bench.sweep.plan import sweep_manifest
 from bench.trial.recipe import Recipe, TrialSpec
-from reports.store import load_trials, split_by_sweep
+from reports.store import load_manifest, load_trials, split_by_sweep
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'stores'
 IDENTITY = {
@@ -200,3 +200,20 @@ def test_results_csv_is_what_the_code_before_the_one_record_wrote(stored):
     store = ResultsStore(root)
     store.write_results_csv(store.read_manifest())
     assert (root / 'results.csv').read_text() == expected
+
+
+def test_the_sweep_record_of_layout_3_reads_as_todays(tmp_path):
+    """sweep.json as the code of 6ad0f4c wrote it: its entries upgrade to the records of
+    today's manifest for the same sweep."""
+    root = tmp_path / 'store'
+    shutil.copytree(FIXTURES / 'v3', root)
+    stored = load_manifest(root)
+    sweep = tmp_path / 'sweep.yaml'
+    sweep.write_text(SWEEP)
+    today = sweep_manifest(load_config(sweep).config, IDENTITY)
+    assert [e['trial_id'] for e in stored['trials']] == [e['trial_id'] for e in today['trials']]
+    for old, new in zip(stored['trials'], today['trials']):
+        assert upgrade_trial_file(old) == upgrade_trial_file(new)
+    current, other = split_by_sweep(load_trials(root, stored), stored)
+    expected, _ = split_by_sweep(load_trials(root, today), today)
+    assert current.equals(expected) and other.empty
