@@ -9,6 +9,15 @@
     python run_sweep.py --address auto        # join the Ray cluster on this machine
     python run_sweep.py --address 10.0.0.5:6379   # or RAY_ADDRESS: join a cluster
 
+Overrides, KEY=VALUE after the flags: a dotted key into the sweep file's structure and a
+value in YAML, checked as the file is. One that changes what trains makes a variant of
+the sweep, with its own store and reports (README block, figures, report.html) in
+results/<name>-<digest>/, never over the file's own; resources.*, outputs.*, report.*
+and data.download keep the sweep as it is. A one-epoch smoke test of the table:
+
+    python run_sweep.py recipe.epochs=1 'seeds=[0]' 'models=[cifar_resnet20_v1]'
+    python run_sweep.py --config sweeps/demo.yaml recipe.epochs=1 name=demo-smoke
+
 A dry run writes nothing, whatever else is on the line: with --fresh it lists what
 would be deleted.
 """
@@ -41,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument('--config', default='sweep.yaml', help='sweep file (default: sweep.yaml)')
+    parser.add_argument(
+        'overrides',
+        nargs='*',
+        metavar='KEY=VALUE',
+        help="set a key of the sweep file, e.g. recipe.epochs=1 'seeds=[0,1]' "
+        'resources.gpus_per_trial=0 (see above)',
+    )
     parser.add_argument(
         '--dry-run',
         action='store_true',
@@ -143,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     conflict = _conflicts(args)
     if conflict:
         raise BenchError(conflict)
-    loaded = load_config(args.config)
+    loaded = load_config(args.config, args.overrides)
     only = parse_only(args.only) if args.only is not None else None
     store = ResultsStore(loaded.store_dir)
     try:
@@ -230,6 +246,13 @@ def _print_header(loaded: LoadedSweep, data_label: str) -> None:
     from bench.trial.recipe import describe_recipe
 
     config = loaded.config
+    if loaded.variant_of is not None:
+        print(
+            f'{loaded.described}: the variant {config.name} of the sweep {loaded.variant_of}, '
+            f'with its own store and reports in {loaded.store_dir}'
+        )
+    elif loaded.overrides:
+        print(loaded.described)
     print(f'sweep {config.name}: data {data_label}, store {loaded.store_dir}')
     changed = sum(1 for o in config.overrides if o.recipe)
     print(
@@ -422,7 +445,9 @@ def _report_only(loaded: LoadedSweep, insert: bool) -> int:
         render_reports(
             loaded,
             insert=insert,
-            manifest=sweep_manifest(loaded.config, official_identity().to_dict()),
+            manifest=sweep_manifest(
+                loaded.config, official_identity().to_dict(), loaded.overrides, loaded.path.name
+            ),
         )
         return 0
     record_sweep(loaded, identity)

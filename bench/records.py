@@ -195,6 +195,9 @@ class Manifest(_Record):
     report: Dict[str, Any] = Field(default_factory=dict)
     data: Dict[str, Any] = Field(default_factory=dict)
     trials: List[ManifestTrial]
+    # The sweep file and its command-line overrides, where a run was given some.
+    sweep_file: Optional[str] = Field(None, max_length=1000)
+    overrides: List[str] = Field(default_factory=list)
 
 
 class LockRecord(_Record):

@@ -75,7 +75,9 @@ def render(template: str, **context: Any) -> str:
     return env.get_template(template).render(**context)
 
 
-def _title_and_caption(context: Mapping[str, Any], trials: pd.DataFrame) -> tuple[str, str]:
+def _title_and_caption(
+    context: Mapping[str, Any], trials: pd.DataFrame, manifest: Mapping[str, Any] | None = None
+) -> tuple[str, str]:
     data = ', '.join(context['data_names']) or 'unknown data'
     title = (
         'loss and accuracy on the CIFAR-10 test set'
@@ -85,6 +87,12 @@ def _title_and_caption(context: Mapping[str, Any], trials: pd.DataFrame) -> tupl
     recipes = sorted(set(trials['recipe']))
     recipe = json.loads(recipes[0]) if len(recipes) == 1 else None
     parts = [f'{context["finished"]} of {context["total"]} trials finished']
+    if (manifest or {}).get('overrides'):
+        # A sweep given overrides on the command line is not its file's sweep: say so.
+        parts.append(
+            f'Sweep {manifest.get("sweep_file") or "file"} with '
+            + ', '.join(str(o) for o in manifest['overrides'])
+        )
     if context['reference'] and not context['finished']:
         parts.insert(
             0,
@@ -216,7 +224,7 @@ def render_all(
         overhead=options.get('overhead', False),
         reference=options.get('reference') and load_reference(options['reference']),
     )
-    title, caption = _title_and_caption(context, trials)
+    title, caption = _title_and_caption(context, trials, manifest)
     # Rendered by our own template with every value escaped, so it is markup to keep.
     table_html = Markup(render('readme_table.html.j2', **context).strip())
     written = []

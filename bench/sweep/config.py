@@ -19,8 +19,12 @@ Relative output paths are relative to the YAML file's folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
+import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence
 
@@ -30,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bench.errors import BenchError
 from bench.store import REPORT_METRICS
 from bench.trial.recipe import Recipe, Seed, TrialSpec, recipe_problems
-from bench.validation import describe_error
+from bench.validation import bounded_repr, describe_error
 from models.names import attention_option_problems, parse_attention_name, parse_model_name
 
 if TYPE_CHECKING:
@@ -162,6 +166,15 @@ def _unique(values: list[Any], what: str) -> list[Any]:
 class LoadedSweep:
     config: SweepConfig
     path: Path
+    # The command line's key=value overrides, as given, and the name of the sweep file's
+    # own sweep where they make a variant of it (None: no override changes what trains).
+    overrides: tuple[str, ...] = ()
+    variant_of: str | None = None
+
+    @property
+    def described(self) -> str:
+        """The sweep file and its overrides, as a caption says it."""
+        return self.path.name + (f' with {", ".join(self.overrides)}' if self.overrides else '')
 
     @property
     def base_dir(self) -> Path:
@@ -298,8 +311,9 @@ def _cells_with_two_backends(config: SweepConfig) -> list[str]:
     ]
 
 
-def load_config(path: str | Path) -> LoadedSweep:
-    """Read and validate a sweep YAML file."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSweep:
+    """Read and validate a sweep YAML file, with the command line's key=value `overrides`
+    applied first (see apply_overrides)."""
     path = Path(path)
     try:
         if path.exists() and not path.is_dir() and not path.is_file():
@@ -327,7 +341,141 @@ def load_config(path: str | Path) -> LoadedSweep:
         raise ConfigError(f'{path}: not valid YAML: {str(error)[:500]}') from None
     except RecursionError:
         raise ConfigError(f'{path}: nested too deeply to be a sweep file') from None
-    return LoadedSweep(parse_config(values, str(path)), path.resolve())
+    if not overrides:
+        return LoadedSweep(parse_config(values, str(path)), path.resolve())
+    parsed = parse_overrides(overrides)
+    values, variant_of = apply_overrides(values, parsed, str(path))
+    source = f'{path} with {", ".join(o.text for o in parsed)}'
+    return LoadedSweep(
+        parse_config(values, source),
+        path.resolve(),
+        overrides=tuple(o.text for o in parsed),
+        variant_of=variant_of,
+    )
+
+
+# ---------------------------------------------------------------- command-line overrides
+
+# `recipe.epochs=1`, `models=[cifar_resnet20_v1]`, `overrides.0.recipe.lr=0.01`: a dotted
+# key into the sweep file's structure (list items by index), a value in YAML.
+OVERRIDE_PATTERN = re.compile(
+    r'(?P<key>[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*)=(?P<value>.*)', re.S
+)
+MAX_OVERRIDE_BYTES = 10_000
+# Keys that say how and where to run a sweep, not what it trains: overriding them keeps
+# the sweep itself (its name, store and outputs). Any other override makes a variant.
+RUN_OPTIONS = ('resources', 'outputs', 'report', 'data.download')
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyOverride:
+    """One key=value of the command line."""
+
+    text: str
+    path: tuple[str, ...]
+    value: Any
+
+    @property
+    def key(self) -> str:
+        return '.'.join(self.path)
+
+    @property
+    def changes_the_sweep(self) -> bool:
+        return not any(self.key == o or self.key.startswith(o + '.') for o in RUN_OPTIONS)
+
+
+def parse_overrides(texts: Sequence[str]) -> list[KeyOverride]:
+    """The command line's key=value overrides; ConfigError for one that is not of that
+    form or whose value is not YAML."""
+    parsed, problems = [], []
+    for text in texts:
+        match = OVERRIDE_PATTERN.fullmatch(text)
+        if not match or len(text) > MAX_OVERRIDE_BYTES:
+            problems.append(
+                f'{text[:200]!r}: an override is key=value, the key dotted into the sweep '
+                "file's structure and the value in YAML, e.g. recipe.epochs=1 or "
+                "'models=[cifar_resnet20_v1]'"
+            )
+            continue
+        try:
+            value = yaml.safe_load(match['value']) if match['value'].strip() else None
+        except (yaml.YAMLError, RecursionError) as error:
+            problems.append(f'{text!r}: the value is not valid YAML ({str(error)[:200]})')
+            continue
+        check_size(value, f'override {match["key"]}')
+        parsed.append(KeyOverride(text, tuple(match['key'].split('.')), value))
+    if problems:
+        raise ConfigError('\n'.join(problems))
+    return parsed
+
+
+def apply_overrides(
+    values: object, overrides: Sequence[KeyOverride], source: str
+) -> tuple[dict[str, Any], str | None]:
+    """The sweep file's values with `overrides` set, and the file's sweep name where they
+    make a variant of it (None otherwise).
+
+    A variant (any override but of RUN_OPTIONS) is another sweep: unless `name` is set
+    too, it is named after the file's sweep and a digest of its overrides (the same
+    overrides name the same store, so a variant resumes), and unless they are set too its
+    README block, figures and report go into its own store folder, never over the file's.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f'{source}: expected a mapping of keys (name, models, ...)')
+    values = copy.deepcopy(values)
+    file_name = values.get('name')
+    for override in overrides:
+        _set(values, override)
+    changes = [o for o in overrides if o.changes_the_sweep]
+    if not changes:
+        return values, None
+    given = {o.key for o in overrides}
+    if 'name' not in given:
+        digest = hashlib.sha1(
+            json.dumps([[o.key, o.value] for o in changes], sort_keys=True, default=str).encode()
+        ).hexdigest()[:6]
+        values['name'] = f'{str(file_name)[:90]}-{digest}'
+    outputs = values.get('outputs')
+    if outputs is None:
+        outputs = values['outputs'] = {}
+    if isinstance(outputs, dict):  # else the validation names what is wrong with it
+        folder = f'{outputs.get("results", "results")}/{values["name"]}'
+        for key, where in (
+            ('readme', 'README.md'),
+            ('figures', 'figures'),
+            ('report', 'report.html'),
+        ):
+            if f'outputs.{key}' not in given:
+                outputs[key] = f'{folder}/{where}'
+    return values, str(file_name)
+
+
+def _set(values: dict[str, Any], override: KeyOverride) -> None:
+    """Set one override's value in `values`, making the mappings on its way."""
+    node: Any = values
+    for depth, part in enumerate(override.path):
+        where = '.'.join(override.path[: depth + 1])
+        last = depth == len(override.path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f'{override.text!r}: {where} is not an item of the list above it '
+                    f'({len(node)} item(s), counted from 0)'
+                )
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
+            if not last and node.get(part) is None:  # absent or null: a mapping to fill
+                node[part] = {}
+        else:
+            raise ConfigError(
+                f'{override.text!r}: {".".join(override.path[:depth])} holds a value '
+                f'({bounded_repr(node, 60)}), not keys'
+            )
+        if last:
+            node[index] = override.value
+        else:
+            node = node[index]
 
 
 # ---------------------------------------------------------------- expansion

@@ -91,13 +91,22 @@ def sweep_trials(
     return [(trial_id(spec, data_identity), spec) for spec in expand(config)]
 
 
-def sweep_manifest(config: SweepConfig, data_identity: dict[str, Any]) -> dict[str, Any]:
+def sweep_manifest(
+    config: SweepConfig,
+    data_identity: dict[str, Any],
+    overrides: Sequence[str] = (),
+    sweep_file: str | None = None,
+) -> dict[str, Any]:
     """The record of what the sweep consists of now, for the store's sweep.json.
 
     Reports read it to show these trials and no others: a stored trial of another
-    recipe, data set or network definition is never taken for a current one.
+    recipe, data set or network definition is never taken for a current one. A sweep
+    given overrides on the command line records them and its sweep file (captions say
+    "sweep.yaml with recipe.epochs=1").
     """
+    given = {'sweep_file': sweep_file, 'overrides': list(overrides)} if overrides else {}
     return {
+        **given,
         'name': config.name,
         'models': list(config.models),
         'attentions': list(config.attentions),
@@ -121,7 +130,7 @@ def sweep_manifest(config: SweepConfig, data_identity: dict[str, Any]) -> dict[s
 
 def record_sweep(loaded: LoadedSweep, data_identity: dict[str, Any]) -> dict[str, Any]:
     """Write the sweep's manifest into its store, and return it."""
-    manifest = sweep_manifest(loaded.config, data_identity)
+    manifest = sweep_manifest(loaded.config, data_identity, loaded.overrides, loaded.path.name)
     ResultsStore(loaded.store_dir).write_manifest(manifest)
     return manifest
 

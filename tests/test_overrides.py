@@ -1,0 +1,120 @@
+"""Command-line overrides of a sweep file: key=value, validated as the file is."""
+
+import json
+
+import pytest
+import yaml
+
+from bench.sweep.config import ConfigError, expand, load_config, trial_id
+from run_sweep import main as run_sweep
+
+from .sweep_helpers import write_sweep, write_tiny_data
+
+IDENTITY = {'digest': 'd' * 40, 'official': False}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    return write_sweep(
+        tmp_path,
+        tmp_path / 'data',
+        overrides=[{'match': {'attention': 'eca'}, 'recipe': {'lr': 0.01}}],
+    )
+
+
+def _ids(loaded):
+    return [trial_id(spec, IDENTITY) for spec in expand(loaded.config)]
+
+
+def test_every_kind_of_value_is_set_as_the_file_would_set_it(sweep, tmp_path):
+    overrides = [
+        'recipe.epochs=3',  # a whole number
+        'recipe.lr=0.02',  # a real number
+        'recipe.random_flip=false',  # a truth value
+        'recipe.optimizer=sgd',  # a word
+        'seeds=[0, 1]',  # a list
+        "models=['cifar_resnet8_v1']",
+        'overrides.0.recipe.lr=0.5',  # into a list item, by index
+        'outputs.report=null',  # null
+        'resources.cpus_per_trial=2',
+    ]
+    loaded = load_config(sweep, overrides)
+    config = loaded.config
+    assert (config.recipe.epochs, config.recipe.lr, config.recipe.random_flip) == (3, 0.02, False)
+    assert config.recipe.optimizer == 'sgd' and config.seeds == [0, 1]
+    assert config.models == ['cifar_resnet8_v1'] and config.overrides[0].recipe == {'lr': 0.5}
+    assert config.resources.cpus_per_trial == 2 and config.outputs.report is None
+    assert loaded.overrides == tuple(overrides) and loaded.variant_of == 'tiny'
+    # The same sweep written in a file has the same trials.
+    values = yaml.safe_load(sweep.read_text())
+    values['recipe'].update(epochs=3, lr=0.02, random_flip=False, optimizer='sgd')
+    values.update(seeds=[0, 1], models=['cifar_resnet8_v1'], name=config.name)
+    values['overrides'][0]['recipe']['lr'] = 0.5
+    written = tmp_path / 'written.yaml'
+    written.write_text(yaml.safe_dump(values))
+    assert _ids(load_config(written)) == _ids(loaded)
+
+
+def test_a_variant_has_its_own_store_and_reports_and_resumes_under_the_same_name(sweep):
+    plain = load_config(sweep)
+    variant = load_config(sweep, ['recipe.epochs=2'])
+    assert variant.config.name.startswith('tiny-') and variant.store_dir != plain.store_dir
+    assert variant.config.outputs.figures == f'results/{variant.config.name}/figures'
+    assert load_config(sweep, ['recipe.epochs=2']).config.name == variant.config.name
+    assert load_config(sweep, ['recipe.epochs=3']).config.name != variant.config.name
+    named = load_config(sweep, ['recipe.epochs=2', 'name=smoke', 'outputs.figures=f'])
+    assert named.config.name == 'smoke' and named.config.outputs.figures == 'f'
+    assert named.config.outputs.readme == 'results/smoke/README.md'
+    # Options of the run keep the sweep itself: same name, store, outputs and trials.
+    run_options = load_config(sweep, ['resources.cpus_per_trial=2', 'report.overhead=false'])
+    assert run_options.variant_of is None and run_options.store_dir == plain.store_dir
+    assert run_options.config.outputs == plain.config.outputs
+    assert _ids(run_options) == _ids(plain)
+
+
+def test_an_unknown_key_lists_the_valid_ones_and_a_bad_value_reads_as_in_the_file(sweep, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_config(sweep, ['recipe.epoch=1'])
+    assert 'recipe.epoch: unknown key; valid keys: epochs, batch_size' in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        load_config(sweep, ['typo=1'])
+    assert 'typo: unknown key; valid keys: name, models' in str(error.value)
+    with pytest.raises(ConfigError) as from_line:
+        load_config(sweep, ['recipe.epochs=0'])
+    values = yaml.safe_load(sweep.read_text())
+    values['recipe']['epochs'] = 0
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError) as from_file:
+        load_config(bad)
+    assert str(from_line.value) == str(from_file.value).replace(
+        str(bad), f'{sweep} with recipe.epochs=0'
+    )
+    for wrong, expected in (
+        ('epochs', 'an override is key=value'),
+        ('recipe..epochs=1', 'an override is key=value'),
+        ('seeds=[0', 'the value is not valid YAML'),
+        ('overrides.3.recipe.lr=1', 'overrides.3 is not an item of the list'),
+        ('name.first=x', "name holds a value \\('tiny'\\), not keys"),
+        ('seeds=1', 'seeds: Input should be a valid list'),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(sweep, [wrong])
+
+
+def test_sweep_json_and_the_caption_record_the_overrides(sweep, tmp_path, capsys):
+    write_tiny_data(tmp_path / 'data')
+    args = ['--config', str(sweep), '--report-only', 'recipe.epochs=2', 'outputs.report=r.html']
+    assert run_sweep(args) == 0
+    variant = load_config(sweep, args[3:])
+    manifest = json.loads((variant.store_dir / 'sweep.json').read_text())
+    assert manifest['sweep_file'] == 'tiny.yaml'
+    assert manifest['overrides'] == ['recipe.epochs=2', 'outputs.report=r.html']
+    assert 'Sweep tiny.yaml with recipe.epochs=2, outputs.report=r.html.' in (
+        (variant.store_dir / 'table.md').read_text()
+    )
+    assert (tmp_path / 'r.html').is_file()
+    # Without overrides nothing of the kind is recorded.
+    assert run_sweep(['--config', str(sweep), '--report-only']) == 0
+    plain = json.loads((load_config(sweep).store_dir / 'sweep.json').read_text())
+    assert 'overrides' not in plain and 'sweep_file' not in plain
