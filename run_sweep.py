@@ -28,6 +28,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from bench.records import TrialRecord
     from bench.sweep.config import LoadedSweep
     from bench.sweep.driver import SweepOutcome
+    from bench.sweep.estimate import SweepEstimate
     from bench.trial.data import Dataset
 
 INTERRUPTED = (
@@ -42,7 +44,7 @@ INTERRUPTED = (
 )
 INTERRUPTED_EXIT = 130
 # Flags that make no sense beside --report-only (which trains nothing and starts no Ray).
-TRAINING_ONLY_FLAGS = ('fresh', 'only', 'retry_failed', 'no_report', 'address')
+TRAINING_ONLY_FLAGS = ('fresh', 'only', 'retry_failed', 'no_report', 'address', 'estimate')
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -88,6 +90,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         'private Ray instance of this run)',
     )
     parser.add_argument('--no-report', action='store_true', help='do not render the reports')
+    parser.add_argument(
+        '--estimate',
+        action='store_true',
+        help='time a few training steps of each network still to train on this machine '
+        '(about a minute; cached per machine and code revision) for the time estimate '
+        'of --dry-run and of a run; without it, the estimate rests on epochs the store '
+        'holds and earlier calibrations',
+    )
     parser.add_argument(
         '--report-only',
         action='store_true',
@@ -212,6 +222,7 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
     """The plan, and what --fresh would delete; writes, deletes and downloads nothing."""
     from bench.store import ResultsStore
     from bench.sweep.cluster import local_devices
+    from bench.sweep.estimate import format_estimate
     from bench.sweep.plan import format_plan, plan, planned_data_identity
 
     identity, note = planned_data_identity(loaded)
@@ -236,7 +247,12 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
             + ''.join(f'\n  {path}' for path in targets)
         )
     problems = _problems_before_training(loaded, args, only, planned, identity)
-    print('dry run: nothing was written, deleted or downloaded')
+    if not problems:
+        print(format_estimate(_estimate(loaded, args, planned, identity)))
+    print(
+        'dry run: nothing was written, deleted or downloaded'
+        + (' (but the calibration cache, outside the store)' if args.estimate else '')
+    )
     if problems:
         raise problems
     return 0
@@ -295,6 +311,7 @@ def _fresh(loaded: LoadedSweep, planned: list[TrialRecord], only: dict | None, y
 def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -> int:
     """Load the data, plan, check, delete what --fresh asks for, train, then report."""
     from bench.errors import FAILED
+    from bench.sweep.estimate import format_estimate
     from bench.sweep.plan import load_sweep_data, plan
 
     data = load_sweep_data(loaded)
@@ -308,11 +325,15 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
         if not _fresh(loaded, planned, only, args.yes):
             return FAILED
         planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
+    estimate = _estimate(loaded, args, planned, identity)
+    print(format_estimate(estimate))
+    started = time.monotonic()
     outcome = _train(loaded, args, data, planned)
     # The plan again, from the store: statuses and epochs as the run left them.
     from bench.sweep.plan import format_plan
 
     print(format_plan(plan(loaded, identity, only=only), loaded.config.resources))
+    print(took_against_estimate(time.monotonic() - started, estimate))
     if outcome.interrupted:
         print(INTERRUPTED, file=sys.stderr)
         return INTERRUPTED_EXIT
@@ -320,6 +341,50 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
     if not args.no_report:
         render_reports(loaded, insert=args.insert)
     return code
+
+
+def _estimate(
+    loaded: LoadedSweep, args: argparse.Namespace, planned: list[TrialRecord], identity: dict
+) -> SweepEstimate:
+    """The time estimate of the trials still to train: from the store's epochs and this
+    machine's cached calibrations, and with --estimate a calibration of the rest."""
+    from bench.sweep.estimate import (
+        cached_calibration,
+        calibrate,
+        cluster_slots,
+        estimate_sweep,
+        local_trial_device,
+        neighbour_stores,
+        network_key,
+    )
+
+    resources = loaded.config.resources
+    device = local_trial_device(resources)
+    address = args.address or os.environ.get('RAY_ADDRESS')
+    # On a cluster, as many trials at once as its nodes hold; each at this machine's
+    # pace (the nodes' devices are not known before their trials start).
+    slots = cluster_slots(address, resources) if address else None
+    specs = [p.spec for p in planned if p.will_train]
+    calibration = (
+        calibrate(specs, resources, device)
+        if args.estimate and specs
+        else cached_calibration(device, {network_key(s) for s in specs})
+    )
+    stores = neighbour_stores(loaded.resolve(loaded.config.outputs.results), loaded.store_dir)
+    return estimate_sweep(planned, stores, resources, identity, calibration, device, slots)
+
+
+def took_against_estimate(seconds: float, estimate: SweepEstimate) -> str:
+    """A run's closing line: how long it took, beside what was estimated."""
+    from bench.sweep.estimate import duration
+
+    if not estimate.known:
+        return f'took {duration(seconds)} (no estimate)'
+    return (
+        f'took {duration(seconds)}; estimated {duration(estimate.wall())} '
+        f'({duration(estimate.wall("low"))}-{duration(estimate.wall("high"))}) for '
+        f'{len(estimate.known)} of {len(estimate.trials)} trial(s)'
+    )
 
 
 def _train(

@@ -297,7 +297,8 @@ def unsupported_message(gpu: GPU) -> str:
         f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}). mxnet-cu112 1.9.1, the last '
         f'MXNet GPU release, runs on {SUPPORTED_TEXT}; it has no code for {gpu.sm} and '
         'fails there with "no kernel image is available". Train with the torch backend '
-        '(recipe: {backend: torch}), which runs on it, or on CPU '
+        '(recipe: {backend: torch}), which runs on it: sweeps/original-table-torch.yaml is '
+        'the original table so, or the override recipe.backend=torch; or on CPU '
         '(resources.gpus_per_trial: 0), or on a supported card.'
     )
 

@@ -118,3 +118,25 @@ def test_sweep_json_and_the_caption_record_the_overrides(sweep, tmp_path, capsys
     assert run_sweep(['--config', str(sweep), '--report-only']) == 0
     plain = json.loads((load_config(sweep).store_dir / 'sweep.json').read_text())
     assert 'overrides' not in plain and 'sweep_file' not in plain
+
+
+def test_the_gpu_sweep_is_the_original_table_on_the_torch_backend():
+    """What a Hopper card runs, and what the refusal of gluon there points to."""
+    from bench.gpu import GPU, GPUError, check_gpus
+
+    root = __import__('pathlib').Path(__file__).resolve().parents[1]
+    torch_sweep = load_config(root / 'sweeps' / 'original-table-torch.yaml')
+    gluon_sweep = load_config(root / 'sweep.yaml')
+    torch_specs, gluon_specs = expand(torch_sweep.config), expand(gluon_sweep.config)
+    assert [s.name for s in torch_specs] == [s.name for s in gluon_specs]
+    for torch_spec, gluon_spec in zip(torch_specs, gluon_specs):
+        assert torch_spec.recipe.backend == 'torch'
+        assert torch_spec.recipe.precision == 'amp_bfloat16'
+        same = {'backend': 'torch', 'precision': 'amp_bfloat16'}
+        assert torch_spec.recipe == gluon_spec.recipe.model_copy(update=same)
+    assert torch_sweep.resolve(torch_sweep.config.outputs.readme) != gluon_sweep.resolve(
+        gluon_sweep.config.outputs.readme
+    )
+    hopper = GPU(0, 'NVIDIA H100 80GB HBM3', (9, 0))
+    with pytest.raises(GPUError, match='sweeps/original-table-torch.yaml'):
+        check_gpus(1, gpus=[hopper], gpu_build=True)

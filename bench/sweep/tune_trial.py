@@ -59,6 +59,7 @@ PLACEMENT_KEYS = (
     'cuda',
     'cudnn',
     'tf32',
+    'device_kind',
 )
 
 
@@ -111,14 +112,17 @@ def run_trial(
         share_card,
         visible_gpus,
     )
+    from bench.sweep.estimate import trial_device
     from bench.trial.checkpoint import pack_checkpoint, read_state, unpack_checkpoint
     from bench.trial.loop import TrainingDiverged, get_backend, run_epochs
 
-    fusion = None
+    fusion = gpu_name = None
     if run.gpus:
         # Before the framework touches the device: an unsupported card gets one clear error.
         check_gpus(run.gpus, gpus=visible_gpus(physical_gpus()), backend=run.spec.recipe.backend)
         share_card(run.gpus, run.spec.recipe.backend)
+        gpu_name = next(iter(visible_gpus(physical_gpus())), None)
+        gpu_name = gpu_name.name if gpu_name else None
         if run.spec.recipe.backend == 'gluon':
             fusion = gluon_fusion_setting(driver_cuda_version()).why
             apply_tf32(run.spec.recipe)
@@ -132,6 +136,8 @@ def run_trial(
         'omp_threads': threads,
         'pid': os.getpid(),
         'fusion': fusion,
+        # What the estimate of later sweeps matches stored epochs by (bench.sweep.estimate).
+        'device_kind': trial_device(run.cpus, gpu_name),
         **session.describe(),
     }
     with tempfile.TemporaryDirectory(
