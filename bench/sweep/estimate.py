@@ -570,4 +570,8 @@ def _calibration_child(request_path: str, answer_path: str) -> None:
 
 
 if __name__ == '__main__':
-    _calibration_child(sys.argv[1], sys.argv[2])
+    try:
+        _calibration_child(sys.argv[1], sys.argv[2])
+    except BenchError as error:  # said as the parent's one line, without a traceback
+        print(str(error).replace('\n', ' '), file=sys.stderr)
+        sys.exit(error.exit_code)
