@@ -194,3 +194,19 @@ def test_on_a_cluster_as_many_trials_run_at_once_as_its_nodes_hold(monkeypatch):
     assert slots == 8 and FakeRay.shut
     assert why == 'the cluster at 10.0.0.5:6379 has 64 CPUs and 4 GPUs now'
     assert est.cluster_slots('a:1', Resources(cpus_per_trial=2, gpus_per_trial=0))[0] == 32
+
+
+def test_stored_epochs_that_are_not_figures_are_left_out(tmp_path):
+    """A hand-edited or damaged store never makes the estimate crash or say nonsense."""
+    store = ResultsStore(tmp_path / 'store')
+    stored_trial(store, 'a' * 12, spec(epochs=3), [10.0, float('nan'), -5.0])
+    stored_trial(store, 'b' * 12, spec(seed=1, epochs=2), [1e300, 12.0])
+    stored_trial(store, 'c' * 12, spec(seed=2, epochs=2), [11.0, 11.0], device={'x': 1})
+    estimate = est.estimate_sweep(
+        planned(spec(seed=5)), [store], RESOURCES, IDENTITY, device=DEVICE, slots=(1, 'one')
+    )
+    epoch = estimate.trials[0].epoch
+    # Trial a's later epochs are no figures (its first, building the network, is not
+    # used where it has others), trial c's device is no name: trial b's 12 s remains.
+    assert epoch.detail == '1 stored epoch(s) of 1 trial(s)'
+    assert (epoch.seconds, epoch.low, epoch.high) == pytest.approx((12.0, 9.6, 15.0))

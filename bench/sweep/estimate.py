@@ -57,6 +57,8 @@ DERIVED_SPREAD = (0.7, 1.6)
 FEW_EPOCHS = 3
 FEW_SPREAD = (0.8, 1.25)
 CACHE_NAME = 'estimates.json'
+# A stored epoch time beyond this (a month) is a damaged or hand-edited file, not a figure.
+MAX_EPOCH_SECONDS = 30 * 86400
 
 
 class EstimateError(BenchError, RuntimeError):
@@ -223,11 +225,15 @@ def stored_epoch_times(
     found: dict[tuple[str, str, int], tuple[list[float], int]] = {}
     for store, record in ((s, r) for s in stores for r in s.trial_records()):
         device = (record.final or {}).get('device_kind')
-        if record.status != DONE or not device:
-            continue
+        images = record.data.get('train_images')
+        if record.status != DONE or not isinstance(device, str) or not isinstance(images, int):
+            continue  # not finished, or from before devices were recorded (or a hand edit)
         history = store.read_history(record.trial_id)
         times = [row['epoch_seconds'] for row in history[1:] or history]
-        key = (network_key(record.spec), device, int(record.data.get('train_images') or 0))
+        times = [t for t in times if math.isfinite(t) and 0 < t < MAX_EPOCH_SECONDS]
+        if not times:
+            continue
+        key = (network_key(record.spec), device, images)
         known, trials = found.get(key, ([], 0))
         found[key] = (known + times, trials + 1)
     return found
