@@ -209,6 +209,19 @@ class ResultsStore:
             for folder in trials.iterdir()
         )
 
+    def _only_reports(self, entries: set[str]) -> bool:
+        """Only the reports of a sweep that has not trained yet (--report-only without
+        data renders the published table and records nothing): our table.md, and where
+        the sweep file puts them there, the report, README and figures."""
+        table = self.root / 'table.md'
+        if not entries <= {'table.md', 'report.html', 'README.md', 'figures', LOCK_FILE}:
+            return False
+        try:
+            with open(table, 'rb') as handle:
+                return not table.is_symlink() and handle.read(9) == b'Results: '
+        except OSError:
+            return False
+
     def check_is_store(self) -> None:
         """Refuse a results folder that holds something other than a store of this project
         (a sweep `name` that is also the name of an unrelated folder): before anything
@@ -222,7 +235,7 @@ class ResultsStore:
                 'results'
             )
         entries = {p.name for p in self.root.iterdir()}
-        if entries <= {LOCK_FILE} or self._looks_like_a_store():
+        if entries <= {LOCK_FILE} or self._looks_like_a_store() or self._only_reports(entries):
             return
         raise NotAStore(
             f'{self.root} is not a results store of this project (no sweep record '

@@ -187,3 +187,8 @@ def test_the_published_table_renders_before_anything_is_trained(tmp_path, capsys
     assert not (tmp_path / 'results' / 'original-table' / 'sweep.json').exists()
     report = (tmp_path / 'report.html').read_text()
     assert 'Against the published table (original)' in report and 'not trained yet' in report
+    # The folder it leaves is this sweep's store to a later run (found on a fresh clone:
+    # the next dry run refused it as not a store).
+    capsys.readouterr()
+    assert run_sweep.main(['--config', str(tmp_path / 'sweep.yaml'), '--dry-run']) == 0
+    assert '6 trials: 0 done' in capsys.readouterr().out

@@ -773,3 +773,15 @@ def test_an_address_that_cannot_be_joined_is_one_message(sweep, capsys, address,
     )
     assert code == 2 and expected in err and 'Traceback' not in err
     assert store.trial_state(ids['partial']).status == PARTIAL
+
+
+def test_a_folder_with_a_table_md_of_someone_else_is_not_taken_for_a_store(tmp_path, capsys):
+    data_root = write_tiny_data(tmp_path / 'cifar', train=32, test=8)
+    other = tmp_path / 'results' / 'notes'
+    other.mkdir(parents=True)
+    (other / 'table.md').write_text('| my | table |\n')
+    path = write_sweep(tmp_path, data_root, name='notes')
+    for args in (['--dry-run', '--fresh'], ['--fresh', '--yes']):
+        code, out, err = run(['--config', str(path), *args], capsys)
+        assert code == 2 and 'is not a results store of this project' in err, (args, err)
+        assert (other / 'table.md').read_text() == '| my | table |\n'
