@@ -356,6 +356,7 @@ def _estimate(
         local_trial_device,
         neighbour_stores,
         network_key,
+        unmeasured,
     )
 
     resources = loaded.config.resources
@@ -365,12 +366,14 @@ def _estimate(
     # pace (the nodes' devices are not known before their trials start).
     slots = cluster_slots(address, resources) if address else None
     specs = [p.spec for p in planned if p.will_train]
+    stores = neighbour_stores(loaded.resolve(loaded.config.outputs.results), loaded.store_dir)
+    # Only networks the stores hold no epochs of on this device are worth timing.
+    to_time = unmeasured(specs, stores, device, int(identity.get('train_images') or 0))
     calibration = (
-        calibrate(specs, resources, device)
-        if args.estimate and specs
+        calibrate(to_time, resources, device)
+        if args.estimate and to_time
         else cached_calibration(device, {network_key(s) for s in specs})
     )
-    stores = neighbour_stores(loaded.resolve(loaded.config.outputs.results), loaded.store_dir)
     return estimate_sweep(planned, stores, resources, identity, calibration, device, slots)
 
 
@@ -381,9 +384,10 @@ def took_against_estimate(seconds: float, estimate: SweepEstimate) -> str:
     if not estimate.known:
         return f'took {duration(seconds)} (no estimate)'
     return (
-        f'took {duration(seconds)}; estimated {duration(estimate.wall())} '
-        f'({duration(estimate.wall("low"))}-{duration(estimate.wall("high"))}) for '
-        f'{len(estimate.known)} of {len(estimate.trials)} trial(s)'
+        f'took {duration(seconds)}; the estimate was {duration(estimate.wall())} '
+        f'({duration(estimate.wall("low"))}-{duration(estimate.wall("high"))}) for the '
+        f'training of {len(estimate.known)} of {len(estimate.trials)} trial(s), without '
+        'the start of Ray and of each trial'
     )
 
 
@@ -452,10 +456,14 @@ def _problems_before_training(
     """What would stop the sweep part way, found before anything trains: one error listing
     them all (with the doctor's hint where the backends are the cause), or None."""
     from bench.errors import DOCTOR_HINT, ProblemsFound
-    from bench.sweep.plan import backend_problems, data_problems
+    from bench.sweep.plan import backend_problems, data_problems, precision_problems
 
     problems = data_problems(planned, identity)
     backend = backend_problems(planned, loaded.config.resources)
+    if not (args.address or os.environ.get('RAY_ADDRESS')):
+        from bench.gpu import physical_gpus
+
+        backend += precision_problems(planned, len(physical_gpus()))
     problems += backend
     if only and not planned:
         config = loaded.config
@@ -511,7 +519,7 @@ def _report_only(loaded: LoadedSweep, insert: bool) -> int:
             loaded,
             insert=insert,
             manifest=sweep_manifest(
-                loaded.config, official_identity().to_dict(), loaded.overrides, loaded.path.name
+                loaded.config, official_identity().to_dict(), loaded.changes, loaded.path.name
             ),
         )
         return 0

@@ -109,10 +109,9 @@ def test_sweep_json_and_the_caption_record_the_overrides(sweep, tmp_path, capsys
     variant = load_config(sweep, args[3:])
     manifest = json.loads((variant.store_dir / 'sweep.json').read_text())
     assert manifest['sweep_file'] == 'tiny.yaml'
-    assert manifest['overrides'] == ['recipe.epochs=2', 'outputs.report=r.html']
-    assert 'Sweep tiny.yaml with recipe.epochs=2, outputs.report=r.html.' in (
-        (variant.store_dir / 'table.md').read_text()
-    )
+    # Only what changes what trains is the sweep's: where the report goes is not.
+    assert manifest['overrides'] == ['recipe.epochs=2']
+    assert 'Sweep tiny.yaml with recipe.epochs=2.' in (variant.store_dir / 'table.md').read_text()
     assert (tmp_path / 'r.html').is_file()
     # Without overrides nothing of the kind is recorded.
     assert run_sweep(['--config', str(sweep), '--report-only']) == 0
@@ -140,3 +139,46 @@ def test_the_gpu_sweep_is_the_original_table_on_the_torch_backend():
     hopper = GPU(0, 'NVIDIA H100 80GB HBM3', (9, 0))
     with pytest.raises(GPUError, match='sweeps/original-table-torch.yaml'):
         check_gpus(1, gpus=[hopper], gpu_build=True)
+
+
+def test_a_variant_is_named_by_what_it_changes_in_any_order_and_never_shares_the_store(sweep):
+    one = load_config(sweep, ['recipe.epochs=2', 'seeds=[0, 1]'])
+    assert load_config(sweep, ['seeds=[0, 1]', 'recipe.epochs=2']).config.name == one.config.name
+    # Setting a value to what the file holds changes nothing.
+    unchanged = load_config(sweep, ['recipe.epochs=1', 'resources.cpus_per_trial=2'])
+    assert unchanged.variant_of is None and unchanged.changes == ()
+    assert unchanged.config.name == 'tiny'
+    with pytest.raises(ConfigError, match="name=tiny is the sweep file's own name"):
+        load_config(sweep, ['recipe.epochs=2', 'name=tiny'])
+    for wrong, expected in (
+        ('recipe={1: 2, a: 3}', 'Keys should be strings'),
+        ('recipe.epochs=' + '9' * 5000, 'the value is not valid YAML'),
+        ('outputs.report="/tmp/a\\0b.html"', 'a path cannot hold a NUL character'),
+        ('data.root="/tmp/x\\0"', 'a path cannot hold a NUL character'),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(sweep, [wrong])
+
+
+def test_a_sweep_file_with_a_number_too_long_to_read_is_one_message(tmp_path):
+    path = tmp_path / 'long.yaml'
+    path.write_text(
+        'name: x\nmodels: [cifar_resnet8_v1]\nattentions: [none]\nseeds: [' + '9' * 5000 + ']\n'
+    )
+    with pytest.raises(ConfigError, match='a value cannot be read'):
+        load_config(path)
+
+
+def test_mixed_precision_with_no_gpu_here_is_named_before_anything_trains(monkeypatch, capsys):
+    from bench import gpu
+
+    monkeypatch.setattr(gpu, 'physical_gpus', lambda: [])
+    monkeypatch.delenv('RAY_ADDRESS', raising=False)
+    root = __import__('pathlib').Path(__file__).resolve().parents[1]
+    args = ['--config', str(root / 'sweeps' / 'original-table-torch.yaml'), '--dry-run']
+    assert run_sweep(args) == 2
+    err = capsys.readouterr().err
+    assert 'precision amp_bfloat16 runs on GPUs only and this machine has none' in err
+    assert 'recipe.precision=float32' in err
+    # As the message says: in float32 it plans (a variant of the sweep).
+    assert run_sweep([*args, 'recipe.precision=float32']) == 0

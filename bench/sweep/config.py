@@ -22,14 +22,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+)
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bench.errors import BenchError
 from bench.store import REPORT_METRICS
@@ -69,10 +87,20 @@ class Override(_Strict):
     attention_kwargs: Dict[str, Any] = Field(default_factory=dict)
 
 
+def _a_path(text: str) -> str:
+    if '\0' in text:
+        raise ValueError('a path cannot hold a NUL character')
+    return text
+
+
+# A file or folder name as the sweep file gives it.
+PathText = Annotated[str, AfterValidator(_a_path)]
+
+
 class DataConfig(_Strict):
     dataset: Literal['cifar10', 'demo'] = 'cifar10'
     # default: MXNet's data folder (cifar10), data/demo-digits-cifar-stats (demo)
-    root: Optional[str] = None
+    root: Optional[PathText] = None
     download: bool = True
 
 
@@ -91,10 +119,10 @@ class Resources(_Strict):
 
 
 class Outputs(_Strict):
-    results: str = 'results'
-    readme: Optional[str] = 'README.md'
-    figures: str = 'figures'
-    report: Optional[str] = 'report.html'
+    results: PathText = 'results'
+    readme: Optional[PathText] = 'README.md'
+    figures: PathText = 'figures'
+    report: Optional[PathText] = 'report.html'
 
 
 class ReportOptions(_Strict):
@@ -166,10 +194,12 @@ def _unique(values: list[Any], what: str) -> list[Any]:
 class LoadedSweep:
     config: SweepConfig
     path: Path
-    # The command line's key=value overrides, as given, and the name of the sweep file's
-    # own sweep where they make a variant of it (None: no override changes what trains).
+    # The command line's key=value overrides, as given; the name of the sweep file's own
+    # sweep where they make a variant of it (None: no override changes what trains); and
+    # those that change what trains (recorded with the sweep, said in its caption).
     overrides: tuple[str, ...] = ()
     variant_of: str | None = None
+    changes: tuple[str, ...] = ()
 
     @property
     def described(self) -> str:
@@ -341,16 +371,19 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSweep:
         raise ConfigError(f'{path}: not valid YAML: {str(error)[:500]}') from None
     except RecursionError:
         raise ConfigError(f'{path}: nested too deeply to be a sweep file') from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f'{path}: a value cannot be read ({str(error)[:200]})') from None
     if not overrides:
         return LoadedSweep(parse_config(values, str(path)), path.resolve())
     parsed = parse_overrides(overrides)
-    values, variant_of = apply_overrides(values, parsed, str(path))
+    values, variant_of, changes = apply_overrides(values, parsed, str(path))
     source = f'{path} with {", ".join(o.text for o in parsed)}'
     return LoadedSweep(
         parse_config(values, source),
         path.resolve(),
         overrides=tuple(o.text for o in parsed),
         variant_of=variant_of,
+        changes=changes,
     )
 
 
@@ -399,8 +432,9 @@ def parse_overrides(texts: Sequence[str]) -> list[KeyOverride]:
             continue
         try:
             value = yaml.safe_load(match['value']) if match['value'].strip() else None
-        except (yaml.YAMLError, RecursionError) as error:
-            problems.append(f'{text!r}: the value is not valid YAML ({str(error)[:200]})')
+        except (yaml.YAMLError, RecursionError, ValueError) as error:
+            why = ' '.join(str(error).split())[:200]
+            problems.append(f'{text[:200]!r}: the value is not valid YAML ({why})')
             continue
         check_size(value, f'override {match["key"]}')
         parsed.append(KeyOverride(text, tuple(match['key'].split('.')), value))
@@ -411,30 +445,40 @@ def parse_overrides(texts: Sequence[str]) -> list[KeyOverride]:
 
 def apply_overrides(
     values: object, overrides: Sequence[KeyOverride], source: str
-) -> tuple[dict[str, Any], str | None]:
-    """The sweep file's values with `overrides` set, and the file's sweep name where they
-    make a variant of it (None otherwise).
+) -> tuple[dict[str, Any], str | None, tuple[str, ...]]:
+    """The sweep file's values with `overrides` set; the file's sweep name where they make
+    a variant of it (None otherwise); and the overrides that change what trains.
 
-    A variant (any override but of RUN_OPTIONS) is another sweep: unless `name` is set
-    too, it is named after the file's sweep and a digest of its overrides (the same
-    overrides name the same store, so a variant resumes), and unless they are set too its
-    README block, figures and report go into its own store folder, never over the file's.
+    A variant (an override of anything but RUN_OPTIONS that changes its value) is another
+    sweep: unless `name` is set too, it is named after the file's sweep and a digest of
+    those overrides, in any order (the same overrides name the same store, so a variant
+    resumes), and unless they are set too its README block, figures and report go into
+    its own store folder, never over the file's. A name of its own must differ from the
+    file's sweep name: a variant never shares the file's store.
     """
     if not isinstance(values, dict):
         raise ConfigError(f'{source}: expected a mapping of keys (name, models, ...)')
     values = copy.deepcopy(values)
     file_name = values.get('name')
+    changes = []
     for override in overrides:
+        if override.changes_the_sweep and _value_at(values, override.path) != override.value:
+            changes.append(override)
         _set(values, override)
-    changes = [o for o in overrides if o.changes_the_sweep]
     if not changes:
-        return values, None
+        return values, None, ()
     given = {o.key for o in overrides}
     if 'name' not in given:
-        digest = hashlib.sha1(
-            json.dumps([[o.key, o.value] for o in changes], sort_keys=True, default=str).encode()
-        ).hexdigest()[:6]
+        canonical = sorted(f'{o.key}={o.text.partition("=")[2].strip()}' for o in changes)
+        digest = hashlib.sha1('\n'.join(canonical).encode()).hexdigest()[:6]
         values['name'] = f'{str(file_name)[:90]}-{digest}'
+    elif values.get('name') == file_name and 'outputs.results' not in given:
+        raise ConfigError(
+            f"name={file_name} is the sweep file's own name, but the other overrides change "
+            'what trains: such a variant needs a store of its own (another name=, or none '
+            "for one made from the overrides), or the file's store would hold, report and "
+            '(with --fresh) delete both'
+        )
     outputs = values.get('outputs')
     if outputs is None:
         outputs = values['outputs'] = {}
@@ -447,7 +491,23 @@ def apply_overrides(
         ):
             if f'outputs.{key}' not in given:
                 outputs[key] = f'{folder}/{where}'
-    return values, str(file_name)
+    return values, str(file_name), tuple(o.text for o in changes)
+
+
+_MISSING = object()
+
+
+def _value_at(values: object, path: Sequence[str]) -> Any:
+    """The value at `path` in the sweep file's values, _MISSING where there is none."""
+    node = values
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
 
 
 def _set(values: dict[str, Any], override: KeyOverride) -> None:

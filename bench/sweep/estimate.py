@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import stat
 import statistics
 import subprocess
 import sys
@@ -57,8 +58,13 @@ DERIVED_SPREAD = (0.7, 1.6)
 FEW_EPOCHS = 3
 FEW_SPREAD = (0.8, 1.25)
 CACHE_NAME = 'estimates.json'
-# A stored epoch time beyond this (a month) is a damaged or hand-edited file, not a figure.
+# The folder that holds the bench package (the checkout, or site-packages).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# A stored epoch time beyond a month, or a step or epoch under 0.1 ms, is a damaged or
+# hand-edited file, not a figure.
 MAX_EPOCH_SECONDS = 30 * 86400
+MIN_SECONDS = 1e-4
+MAX_CACHE_BYTES = 1 << 20
 
 
 class EstimateError(BenchError, RuntimeError):
@@ -203,12 +209,14 @@ def measured_epoch(times: Sequence[float], trials: int) -> EpochTime:
 def calibrated_epoch(
     calibration: Mapping[str, Any], train_images: int, test_images: int, batch_size: int
 ) -> EpochTime:
-    """An epoch's time from a calibration's timed steps and evaluation."""
+    """An epoch's time from a calibration's timed steps and evaluation. A busy moment of
+    the machine only ever slows a step, so the typical step is a low one (the first
+    quartile), the range from the fastest to the slowest."""
     steps = math.ceil(train_images / batch_size)
-    timed = calibration['step_seconds']
+    timed = sorted(calibration['step_seconds'])
     evaluation = test_images * calibration['eval_seconds_per_image']
     return EpochTime(
-        steps * statistics.median(timed) + evaluation,
+        steps * timed[len(timed) // 4] + evaluation,
         (steps * min(timed) + evaluation) * CALIBRATION_SPREAD[0],
         (steps * max(timed) + evaluation) * CALIBRATION_SPREAD[1],
         'calibrated',
@@ -230,7 +238,7 @@ def stored_epoch_times(
             continue  # not finished, or from before devices were recorded (or a hand edit)
         history = store.read_history(record.trial_id)
         times = [row['epoch_seconds'] for row in history[1:] or history]
-        times = [t for t in times if math.isfinite(t) and 0 < t < MAX_EPOCH_SECONDS]
+        times = [t for t in times if math.isfinite(t) and MIN_SECONDS < t < MAX_EPOCH_SECONDS]
         if not times:
             continue
         key = (network_key(record.spec), device, images)
@@ -374,6 +382,11 @@ def duration(seconds: float) -> str:
     return f'{seconds / 86400:.1f} days'
 
 
+def _number(value: float) -> str:
+    """3 significant digits, without an exponent: 0.0767, 12.3, 1,080."""
+    return f'{value:,.0f}' if value >= 100 else f'{value:.3g}'
+
+
 def format_estimate(estimate: SweepEstimate) -> str:
     """The estimate's lines: each trial still to train, then the sweep."""
     if not estimate.trials:
@@ -402,11 +415,11 @@ def format_estimate(estimate: SweepEstimate) -> str:
         if estimate.gpus_per_trial and estimate.device.startswith('gpu')
         else ('CPU', estimate.cpus_per_trial)
     )
-    hours = [estimate.total(which) * share / 3600 for which in ('seconds', 'low', 'high')]
+    hours = [_number(estimate.total(which) * share / 3600) for which in ('seconds', 'low', 'high')]
     walls = [estimate.wall(which) for which in ('seconds', 'low', 'high')]
     lines.append(
-        f'{len(known)} trial(s) to train: {hours[0]:.3g} {unit}-hours ({hours[1]:.3g}-'
-        f'{hours[2]:.3g}); wall time about {duration(walls[0])} ({duration(walls[1])}-'
+        f'{len(known)} trial(s) to train: {hours[0]} {unit}-hours ({hours[1]}-'
+        f'{hours[2]}); wall time about {duration(walls[0])} ({duration(walls[1])}-'
         f'{duration(walls[2])}) with {estimate.slots} trial(s) at a time '
         f'({estimate.slots_why})'
     )
@@ -426,7 +439,7 @@ def cache_path() -> Path:
 def code_revision() -> str:
     """A digest of the code that trains a trial (bench/trial, models): a calibration of
     other code is not used."""
-    root = Path(__file__).resolve().parents[2]
+    root = PROJECT_ROOT
     digest = hashlib.sha256()
     for folder in ('bench/trial', 'models'):
         for path in sorted((root / folder).rglob('*')):
@@ -440,15 +453,32 @@ def _cache_key(device: str, network: str) -> str:
     return hashlib.sha256(f'{code_revision()}|{device}|{network}'.encode()).hexdigest()[:24]
 
 
+def _read_cache() -> dict[str, Any]:
+    """The calibration cache; empty where it is missing, damaged, or not a regular file
+    of a sane size (a pipe would hang the read, a link to /dev/zero fill the memory)."""
+    try:
+        fd = os.open(cache_path(), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        with os.fdopen(fd, 'rb', closefd=False) as handle:
+            blob = handle.read(MAX_CACHE_BYTES + 1)
+        if len(blob) > MAX_CACHE_BYTES:
+            return {}
+        cache = json.loads(blob)
+    except (OSError, ValueError, RecursionError, MemoryError):
+        return {}
+    finally:
+        os.close(fd)
+    return cache if isinstance(cache, dict) else {}
+
+
 def cached_calibration(device: str, networks: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The calibrations of `networks` on `device` that this machine has cached for this
     code (an unreadable cache counts as empty)."""
-    try:
-        cache = read_json(cache_path())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(cache, dict):
-        return {}
+    cache = _read_cache()
     found = {}
     for network in networks:
         entry = cache.get(_cache_key(device, network))
@@ -464,10 +494,23 @@ def _valid_entry(entry: object) -> bool:
     return (
         isinstance(steps, list)
         and bool(steps)
-        and all(isinstance(s, (int, float)) and 0 < s < 1e4 for s in steps)
+        and all(isinstance(s, (int, float)) and MIN_SECONDS < s < 1e4 for s in steps)
         and isinstance(evaluation, (int, float))
         and 0 <= evaluation < 1e2
     )
+
+
+def unmeasured(
+    specs: Iterable[TrialSpec], stores: Sequence[ResultsStore], device: str, train_images: int
+) -> list[TrialSpec]:
+    """The specs whose network the stores hold no epochs of on `device`: what a
+    calibration still has to time."""
+    measured = {
+        network
+        for network, kind, images in stored_epoch_times(stores)
+        if kind == device and images == train_images
+    }
+    return [spec for spec in specs if network_key(spec) not in measured]
 
 
 def calibrate(
@@ -501,6 +544,9 @@ def calibrate(
             [sys.executable, '-m', 'bench.sweep.estimate', str(request), str(answer)],
             capture_output=True,
             text=True,
+            # `-m` puts the working folder first on the import path: run from the project's
+            # own root, so that this code is timed, never a bench/ of the user's folder.
+            cwd=PROJECT_ROOT,
         )
         if child.returncode != 0:
             why = (child.stderr.strip().splitlines() or ['no message'])[-1]
@@ -512,11 +558,7 @@ def calibrate(
 
 def _store_calibration(device: str, measured: Mapping[str, Any]) -> None:
     path = cache_path()
-    try:
-        cache = read_json(path)
-        cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = _read_cache()
     cache.update({_cache_key(device, network): entry for network, entry in measured.items()})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

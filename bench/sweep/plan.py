@@ -130,7 +130,7 @@ def sweep_manifest(
 
 def record_sweep(loaded: LoadedSweep, data_identity: dict[str, Any]) -> dict[str, Any]:
     """Write the sweep's manifest into its store, and return it."""
-    manifest = sweep_manifest(loaded.config, data_identity, loaded.overrides, loaded.path.name)
+    manifest = sweep_manifest(loaded.config, data_identity, loaded.changes, loaded.path.name)
     ResultsStore(loaded.store_dir).write_manifest(manifest)
     return manifest
 
@@ -224,6 +224,19 @@ def backend_problems(planned: Sequence[TrialRecord], resources: Resources) -> li
                 f'{resources.gpus_per_trial:g}), several trials then share a card'
             )
     return problems
+
+
+def precision_problems(planned: Sequence[TrialRecord], gpus_here: int) -> list[str]:
+    """Mixed precision runs on GPUs only: what cannot train on this machine without one
+    (on a cluster, its nodes' GPUs decide)."""
+    mixed = sorted({p.spec.recipe.precision for p in planned if p.will_train} - {'float32'})
+    if gpus_here or not mixed:
+        return []
+    return [
+        f'precision {", ".join(mixed)} runs on GPUs only and this machine has none: run it '
+        'on a machine with one, or on a cluster with GPUs (--address), or add the override '
+        'recipe.precision=float32 to train in float32 here'
+    ]
 
 
 def format_plan(
