@@ -34,16 +34,7 @@ IDENTITY = {
     'train_images': 1437,
     'test_images': 360,
 }
-SWEEP = """
-name: fixture
-models: [cifar_resnet20_v1, cifar_resnet20_v2]
-attentions: [none, se]
-seeds: [0]
-recipe: {epochs: 2, batch_size: 32, lr_decay_epochs: [1]}
-resources: {cpus_per_trial: 1, gpus_per_trial: 0}
-data: {dataset: demo}
-outputs: {results: results}
-"""
+SWEEP = (FIXTURES / 'sweep.yaml').read_text()
 
 
 @pytest.fixture(params=sorted(TRIAL_FILE_VERSIONS))
