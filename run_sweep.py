@@ -44,7 +44,16 @@ INTERRUPTED = (
 )
 INTERRUPTED_EXIT = 130
 # Flags that make no sense beside --report-only (which trains nothing and starts no Ray).
-TRAINING_ONLY_FLAGS = ('fresh', 'only', 'retry_failed', 'no_report', 'address', 'estimate')
+TRAINING_ONLY_FLAGS = (
+    'fresh',
+    'only',
+    'retry_failed',
+    'no_report',
+    'address',
+    'estimate',
+    'quiet',
+    'verbose',
+)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -90,6 +99,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         'private Ray instance of this run)',
     )
     parser.add_argument('--no-report', action='store_true', help='do not render the reports')
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        '--quiet',
+        action='store_true',
+        help="only each trial's start and end, failures and the summary (no epoch lines)",
+    )
+    talk.add_argument(
+        '--verbose',
+        action='store_true',
+        help="Ray Tune's own progress output and Ray's warnings besides ours",
+    )
     parser.add_argument(
         '--estimate',
         action='store_true',
@@ -401,6 +421,8 @@ def _train(
         data,
         planned,
         address=args.address,
+        quiet=args.quiet,
+        verbose=args.verbose,
         on_ray_lost=lambda message, end_started: _ray_lost(loaded, message, end_started),
     )
 

@@ -247,11 +247,18 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
         while time.monotonic() < deadline:
             text = (tmp_path / 'sweep.log').read_text()
             there = re.search(
-                rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text, flags=re.M
+                rf'^\d\d:\d\d:\d\d (\S+) starts on node {re.escape(SECOND_NODE_IP)}',
+                text,
+                flags=re.M,
             )
             if (
                 there
-                and len(re.findall(rf'^{re.escape(there.group(1))} epoch ', text, flags=re.M)) >= 3
+                and len(
+                    re.findall(
+                        rf'^\d\d:\d\d:\d\d {re.escape(there.group(1))} epoch ', text, flags=re.M
+                    )
+                )
+                >= 3
             ):
                 break
             assert sweep.poll() is None, text[-3000:]
@@ -272,7 +279,7 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
     output = (tmp_path / 'sweep.log').read_text()
     name = there.group(1)
     retried = re.search(
-        rf'^{re.escape(name)}: node {re.escape(SECOND_NODE_IP)} died while '
+        rf'^\d\d:\d\d:\d\d {re.escape(name)}: node {re.escape(SECOND_NODE_IP)} died while '
         r'the trial trained there; Tune retries it \(retry 1 of 1\) from the '
         r'last epoch the store holds \((\d+)\)',
         output,
@@ -281,14 +288,21 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
     assert retried, output[-3000:]
     held = int(retried.group(1))
     resumed = re.search(
-        rf'^{re.escape(name)} resumes at epoch (\d+) on node (\S+)', output, flags=re.M
+        rf'^\d\d:\d\d:\d\d {re.escape(name)} resumes at epoch (\d+) on node (\S+)',
+        output,
+        flags=re.M,
     )
     assert resumed and int(resumed.group(1)) == held and resumed.group(2) != SECOND_NODE_IP
     # Every epoch once, and after the death only the epochs the store did not hold.
     assert _histories(store_dir)[name] == list(range(1, epochs + 1))
     after = output[retried.end() :]
     assert (
-        min(int(e) for e in re.findall(rf'^{re.escape(name)} epoch (\d+)/', after, flags=re.M))
+        min(
+            int(e)
+            for e in re.findall(
+                rf'^\d\d:\d\d:\d\d {re.escape(name)} epoch (\d+)/', after, flags=re.M
+            )
+        )
         == held + 1
     )
     store = ResultsStore(store_dir)
@@ -321,9 +335,13 @@ def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(
         while time.monotonic() < deadline:
             text = (tmp_path / 'sweep.log').read_text()
             there = re.search(
-                rf'^(\S+) starts on node {re.escape(SECOND_NODE_IP)}', text, flags=re.M
+                rf'^\d\d:\d\d:\d\d (\S+) starts on node {re.escape(SECOND_NODE_IP)}',
+                text,
+                flags=re.M,
             )
-            if there and re.search(rf'^{re.escape(there.group(1))} epoch 2/', text, flags=re.M):
+            if there and re.search(
+                rf'^\d\d:\d\d:\d\d {re.escape(there.group(1))} epoch 2/', text, flags=re.M
+            ):
                 break
             assert sweep.poll() is None, text[-3000:]
             time.sleep(0.2)

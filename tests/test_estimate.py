@@ -61,7 +61,7 @@ def test_stored_epochs_of_the_same_network_and_device_are_the_estimate(tmp_path)
     # Two lanes in the sweep's order: 115 | 115, then 46 on the first to free.
     assert estimate.wall() == pytest.approx(115 + 46)
     text = est.format_estimate(estimate)
-    assert 'cifar_resnet20_v1-none-s2  10 epochs x 12 s = 1m55s (1m30s-2m20s; measured' in text
+    assert 'cifar_resnet20_v1-none-s2  10 epochs x 12s = 1m55s (1m30s-2m20s; measured' in text
     assert '24 trial' not in text and '3 trial(s) to train: 0.0767 CPU-hours' in text
     assert 'with 2 trial(s) at a time (two lanes)' in text
 

@@ -339,7 +339,8 @@ def test_tune_restarts_a_crashed_trial_from_its_last_checkpoint(tmp_path, data_r
         for line in lines
     ), lines
     assert any(
-        line.startswith('cifar_resnet8_v1-gct-s0 resumes at epoch 1 on node ') for line in lines
+        re.match(r'\d\d:\d\d:\d\d cifar_resnet8_v1-gct-s0 resumes at epoch 1 on node ', line)
+        for line in lines
     ), lines
     store = ResultsStore(sweep.store_dir)
     (trial_id,) = store.trial_ids()
@@ -385,7 +386,9 @@ def test_dry_run_only_and_fresh(tmp_path, data_root, local_ray, capsys, monkeypa
     )
     out = capsys.readouterr().out
     assert 'deleted 1 stored trial(s) of the cells --only selects' in out
-    assert re.findall(r'^(\S+) epoch 1/1:', out, flags=re.M) == ['cifar_resnet8_v2-eca-s0']
+    assert re.findall(r'^\d\d:\d\d:\d\d (\S+) epoch 1/1:', out, flags=re.M) == [
+        'cifar_resnet8_v2-eca-s0'
+    ]
 
 
 def test_plan_and_reports_agree_after_the_recipe_changes(tmp_path, data_root, local_ray, capsys):
@@ -518,7 +521,7 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
         timeout=400,
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    trained = re.findall(r'^(\S+) epoch (\d+)/\d+:', second.stdout, flags=re.M)
+    trained = re.findall(r'^\d\d:\d\d:\d\d (\S+) epoch (\d+)/\d+:', second.stdout, flags=re.M)
     assert len(trained) == expected_epochs, second.stdout
     names = {ResultsStore(store_dir).read_spec(t)['name']: t for t in before}
     for name, epoch in trained:
@@ -630,7 +633,7 @@ def test_one_sweep_per_store_and_ctrl_c_ends_with_130_and_resumes(tmp_path, data
         timeout=400,
     )
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    trained = re.findall(r'^(\S+) epoch (\d+)/\d+:', third.stdout, flags=re.M)
+    trained = re.findall(r'^\d\d:\d\d:\d\d (\S+) epoch (\d+)/\d+:', third.stdout, flags=re.M)
     assert len(trained) == sum(epochs - e for s, e in before.values() if s != 'done')
     store = ResultsStore(store_dir)
     for trial_id in store.trial_ids():

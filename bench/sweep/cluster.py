@@ -39,6 +39,21 @@ def local_devices(resources: Resources) -> str:
     return text
 
 
+# Ray's warnings that say nothing a user of this project acts on: kept out of the
+# terminal (Ray's own logs in its session folder still hold them); --verbose shows them.
+QUIETED_RAY_LOGGERS = (
+    # "Token authentication is enabled for this Ray cluster": on every local start.
+    'ray._private.authentication.authentication_token_setup',
+)
+
+
+def quiet_ray_warnings() -> None:
+    import logging
+
+    for name in QUIETED_RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def start_ray(
     address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
 ) -> ModuleType:

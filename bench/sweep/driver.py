@@ -22,6 +22,7 @@ from bench.sweep.cluster import (
     check_trials_fit,
     cluster_devices,
     cpu_fallback,
+    quiet_ray_warnings,
     start_ray,
 )
 from bench.sweep.plan import record_sweep
@@ -76,13 +77,16 @@ def run_sweep(
     progress: Callable[[str], object] = print_line,
     ray_init: Callable[[], ModuleType] | None = None,
     on_ray_lost: Callable[[str, Callable[[], None]], object] | None = None,
+    quiet: bool = False,
+    verbose: bool = False,
 ) -> SweepOutcome:
     """Train every planned trial that needs it; returns a SweepOutcome.
 
     `ray_init` (tests) starts Ray its own way; by default Ray starts privately or
     joins `address`. `on_ray_lost(message, end_started)`, when given, is called from a
     watchdog thread if Ray's head dies mid-run (see bench.sweep.watchdog); it should end
-    the process, since Ray's driver cannot go on.
+    the process, since Ray's driver cannot go on. `quiet`: no epoch lines; `verbose`:
+    Ray Tune's own progress output and Ray's warnings besides ours.
     """
     config = loaded.config
     store = ResultsStore(loaded.store_dir)
@@ -111,6 +115,8 @@ def run_sweep(
     if not to_train:
         return _outcome(store, planned, [], manifest)
 
+    if not verbose:
+        quiet_ray_warnings()
     ray = ray_init() if ray_init else start_ray(address)
     from ray import tune
 
@@ -143,6 +149,7 @@ def run_sweep(
         planned,
         progress,
         ray_lost=watchdog.lost if watchdog else None,
+        quiet=quiet,
         max_failures=resources.max_failures,
         nodes=lambda: {n['NodeID']: n for n in ray.nodes()},
     )
@@ -168,7 +175,7 @@ def run_sweep(
             storage_path=str(store.root / 'ray'),
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            verbose=0,
+            verbose=1 if verbose else 0,
         ),
     )
     started = time.monotonic()

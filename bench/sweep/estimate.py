@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from bench.errors import BenchError
 from bench.fileio import read_json, write_json_atomic
+from bench.progress import format_duration
 from bench.records import DONE
 from bench.store import ResultsStore
 from bench.trial.recipe import TrialSpec
@@ -370,16 +371,8 @@ def _derived(
     return None
 
 
-def duration(seconds: float) -> str:
-    """Seconds as a person reads them: 45 s, 12m05s, 3.4 h, 2.1 days."""
-    if seconds < 59.5:
-        return f'{seconds:.0f} s'
-    if seconds < 3600:
-        minutes, rest = divmod(round(seconds), 60)
-        return f'{minutes}m{rest:02d}s'
-    if seconds < 48 * 3600:
-        return f'{seconds / 3600:.1f} h'
-    return f'{seconds / 86400:.1f} days'
+# One way to say a duration, in the estimate as in the progress lines.
+duration = format_duration
 
 
 def _number(value: float) -> str:

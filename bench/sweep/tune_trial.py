@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import ray
 from ray import tune
 
-from bench.progress import print_line
+from bench.progress import SweepProgress, print_line, stamped
 from bench.trial.recipe import TrialRun
 
 if TYPE_CHECKING:
@@ -191,6 +191,7 @@ class StoreCallback(tune.Callback):
         planned: Iterable[TrialRecord],
         progress: Callable[[str], object] = print_line,
         ray_lost: Callable[[], str | None] | None = None,
+        quiet: bool = False,
         max_failures: int = 0,
         nodes: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
@@ -206,7 +207,8 @@ class StoreCallback(tune.Callback):
         self.progress = progress
         self.started = time.monotonic()
         self.diverged = set()
-        self.epoch_seconds = []
+        self.follow = SweepProgress(planned)
+        self.quiet = quiet
         self.finished = set()
         self.placement = {}  # trial id -> {PLACEMENT_KEYS: what it reported}
 
@@ -233,8 +235,9 @@ class StoreCallback(tune.Callback):
                 node_ip=node.get('NodeManagerAddress'),
             )
             start = result[STARTED_KEY]
+            self.follow.started(trial_id, start)
             starts = f'resumes at epoch {start}' if start else 'starts'
-            self.progress(
+            self._say(
                 f'{planned.name} {starts}'
                 f' on node {node.get("NodeManagerAddress")} '
                 f'({str(result.get("node_id"))[:8]}), {result.get("devices")}'
@@ -245,7 +248,8 @@ class StoreCallback(tune.Callback):
             self.store.write_error(
                 trial_id, result[DIVERGED_KEY], self.store.checkpoint_epoch(trial_id)
             )
-            self.progress(f'{planned.name}: {result[DIVERGED_KEY]}')
+            self.follow.finished(trial_id, failed=True)
+            self._say(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
         if packed is not None:
@@ -254,32 +258,18 @@ class StoreCallback(tune.Callback):
             self.placement.get(trial_id, {}),
             **{key: result.get(key) for key in PLACEMENT_KEYS if key in result},
         )
-        self.epoch_seconds.append(result['epoch_seconds'])
-        self.progress(
-            f'{planned.name} epoch {result["epoch"]}/{planned.spec.recipe.epochs}: '
-            f'train loss {result["train_loss"]:.4f}, val loss {result["val_loss"]:.4f}, '
-            f'val acc {result["val_acc"]:.4f} ({result["epoch_seconds"]:.1f}s)'
-            f'{self._time_left(trials)}'
-        )
-
-    def _time_left(self, trials: list[Trial]) -> str:
-        """Remaining epochs x mean epoch time / trials running at once."""
-        if not self.epoch_seconds:
-            return ''
-        remaining = 0
-        for trial in trials:
-            planned = self.planned[self._trial_id(trial)]
-            if planned.trial_id in self.finished or planned.trial_id in self.diverged:
-                continue
-            done = (
-                trial.last_result.get('epoch', planned.epochs_done)
-                if trial.last_result
-                else planned.epochs_done
+        self.follow.epoch(trial_id, int(result['epoch']), float(result['epoch_seconds']))
+        if not self.quiet:
+            self._say(
+                f'{planned.name} epoch {result["epoch"]}/{planned.spec.recipe.epochs}: '
+                f'train loss {result["train_loss"]:.4f}, val loss {result["val_loss"]:.4f}, '
+                f'val acc {result["val_acc"]:.4f} ({result["epoch_seconds"]:.1f}s); '
+                f'{self.follow.status()}'
             )
-            remaining += max(0, planned.spec.recipe.epochs - int(done))
-        running = max(1, sum(1 for t in trials if t.status == 'RUNNING'))
-        seconds = remaining * (sum(self.epoch_seconds) / len(self.epoch_seconds)) / running
-        return f'; about {format_duration(seconds)} left' if remaining else ''
+
+    def _say(self, text: str) -> None:
+        """One progress line, after the time of day."""
+        self.progress(stamped(text))
 
     def _record_checkpoint(self, trial_id: str, packed: bytes) -> None:
         from bench.trial.checkpoint import unpack_checkpoint
@@ -301,6 +291,7 @@ class StoreCallback(tune.Callback):
         planned = self.planned[trial_id]
         history = self.store.read_history(trial_id)
         if len(history) < planned.spec.recipe.epochs:
+            self.follow.finished(trial_id, failed=True)
             self.store.write_error(
                 trial_id,
                 f'the trial ended after {len(history)} of {planned.spec.recipe.epochs} epochs',
@@ -315,7 +306,8 @@ class StoreCallback(tune.Callback):
             **self.placement.get(trial_id, dict.fromkeys(PLACEMENT_KEYS)),
         )
         self.store.write_final(trial_id, final)
-        self.progress(f'{planned.name} done: val acc {final["val_acc"]:.4f}')
+        self.follow.finished(trial_id)
+        self._say(f'{planned.name} done: val acc {final["val_acc"]:.4f}; {self.follow.status()}')
 
     def _node_address(self, trial_id: str) -> str:
         placement = self.placement.get(trial_id, {})
@@ -355,7 +347,7 @@ class StoreCallback(tune.Callback):
     ) -> None:
         """Tune retries a failed trial: say why, and from which epoch it goes on."""
         trial_id = self._trial_id(trial)
-        self.progress(
+        self._say(
             f'{self.planned[trial_id].name}: {self._why(trial_id, trial)}; Tune '
             f'retries it (retry {trial.num_failures} of {self.max_failures}) from '
             f'the last epoch the store holds ({self.store.checkpoint_epoch(trial_id)})'
@@ -366,6 +358,7 @@ class StoreCallback(tune.Callback):
     ) -> None:
         trial_id = self._trial_id(trial)
         self.finished.add(trial_id)
+        self.follow.finished(trial_id, failed=True)
         if self.ray_lost and self.ray_lost():
             return
         why = self._why(trial_id, trial)
@@ -377,11 +370,11 @@ class StoreCallback(tune.Callback):
                 'resources.max_failures so that Tune retries it on another node'
             )
             self.store.write_error(trial_id, message, epochs)
-            self.progress(f'{self.planned[trial_id].name} failed: {message}')
+            self._say(f'{self.planned[trial_id].name} failed: {message}')
             return
         message = _error_text(trial)
         self.store.write_error(trial_id, message, self.store.checkpoint_epoch(trial_id))
-        self.progress(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')
+        self._say(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')
 
 
 def _error_text(trial: Trial) -> str:
@@ -389,14 +382,3 @@ def _error_text(trial: Trial) -> str:
     if path and Path(path).is_file():
         return Path(path).read_text(errors='replace').strip()
     return str(getattr(trial, 'error_msg', None) or 'the trial failed (no error text from Ray)')
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return (
-        f'{hours}h{minutes:02d}m'
-        if hours
-        else (f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s')
-    )
