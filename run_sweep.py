@@ -376,6 +376,7 @@ def _estimate(
         local_trial_device,
         neighbour_stores,
         network_key,
+        stored_epoch_times,
         unmeasured,
     )
 
@@ -386,15 +387,17 @@ def _estimate(
     # pace (the nodes' devices are not known before their trials start).
     slots = cluster_slots(address, resources) if address else None
     specs = [p.spec for p in planned if p.will_train]
-    stores = neighbour_stores(loaded.resolve(loaded.config.outputs.results), loaded.store_dir)
+    stored = stored_epoch_times(
+        neighbour_stores(loaded.resolve(loaded.config.outputs.results), loaded.store_dir)
+    )
     # Only networks the stores hold no epochs of on this device are worth timing.
-    to_time = unmeasured(specs, stores, device, int(identity.get('train_images') or 0))
+    to_time = unmeasured(specs, stored, device, int(identity.get('train_images') or 0))
     calibration = (
         calibrate(to_time, resources, device)
         if args.estimate and to_time
         else cached_calibration(device, {network_key(s) for s in specs})
     )
-    return estimate_sweep(planned, stores, resources, identity, calibration, device, slots)
+    return estimate_sweep(planned, stored, resources, identity, calibration, device, slots)
 
 
 def took_against_estimate(seconds: float, estimate: SweepEstimate) -> str:

@@ -30,7 +30,7 @@ from bench.gpu import apply_tf32, check_local_gpus
 from bench.trial.data import DEMO_FOLDER, Dataset, load_cifar10, load_demo_digits
 from bench.trial.loop import DeviceError, missing_framework
 from bench.trial.recipe import BACKENDS, MAX_SEED, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
-from bench.trial.threads import available_cpus, pin_cpus
+from bench.trial.threads import available_cpus, pin_cpus, trial_threads
 from models.names import UnknownNameError, parse_attention_name, parse_model_name
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def thread_count(args: argparse.Namespace) -> tuple[int, str]:
 
         try:
             cpus = load_config(args.config).config.resources.cpus_per_trial
-            return max(1, int(cpus)), (
+            return trial_threads(cpus), (
                 f"{args.config}'s cpus_per_trial, as the sweep's trial of the cell"
             )
         except ConfigError:

@@ -51,7 +51,12 @@ def test_stored_epochs_of_the_same_network_and_device_are_the_estimate(tmp_path)
     to_train = planned(spec(seed=2), spec(seed=3), spec(seed=4), done=0)
     to_train[2] = TrialRecord('f' * 12, 'partial', spec(seed=4), 'partial', 6)
     estimate = est.estimate_sweep(
-        to_train, [store], RESOURCES, IDENTITY, device=DEVICE, slots=(2, 'two lanes')
+        to_train,
+        est.stored_epoch_times([store]),
+        RESOURCES,
+        IDENTITY,
+        device=DEVICE,
+        slots=(2, 'two lanes'),
     )
     epoch = estimate.trials[0].epoch
     assert (epoch.source, epoch.seconds, epoch.low, epoch.high) == ('measured', 11.5, 9.0, 14.0)
@@ -80,7 +85,7 @@ def test_a_calibration_and_a_derivation_by_macs(tmp_path):
     assert epoch.high == pytest.approx((10 * 0.3 + 0.2) * est.CALIBRATION_SPREAD[1])
     small, large = spec(), spec(model='cifar_resnet56_v1')
     estimate = est.estimate_sweep(
-        planned(small, large), [ResultsStore(tmp_path / 'store')], RESOURCES, IDENTITY,
+        planned(small, large), {}, RESOURCES, IDENTITY,
         calibration={est.network_key(small): calibration}, device=DEVICE, slots=(1, 'one'),
     )  # fmt: skip
     derived = estimate.trials[1].epoch
@@ -94,7 +99,7 @@ def test_a_calibration_and_a_derivation_by_macs(tmp_path):
 
 def test_without_measurements_the_estimate_says_how_to_get_one(tmp_path):
     estimate = est.estimate_sweep(
-        planned(spec()), [ResultsStore(tmp_path / 'store')], RESOURCES, IDENTITY,
+        planned(spec()), {}, RESOURCES, IDENTITY,
         device=DEVICE, slots=(1, 'one'),
     )  # fmt: skip
     assert est.format_estimate(estimate) == (
@@ -204,7 +209,12 @@ def test_stored_epochs_that_are_not_figures_are_left_out(tmp_path):
     stored_trial(store, 'b' * 12, spec(seed=1, epochs=2), [1e300, 12.0])
     stored_trial(store, 'c' * 12, spec(seed=2, epochs=2), [11.0, 11.0], device={'x': 1})
     estimate = est.estimate_sweep(
-        planned(spec(seed=5)), [store], RESOURCES, IDENTITY, device=DEVICE, slots=(1, 'one')
+        planned(spec(seed=5)),
+        est.stored_epoch_times([store]),
+        RESOURCES,
+        IDENTITY,
+        device=DEVICE,
+        slots=(1, 'one'),
     )
     epoch = estimate.trials[0].epoch
     # Trial a's later epochs are no figures (its first, building the network, is not
@@ -258,6 +268,8 @@ def test_a_calibration_runs_the_projects_own_code_whatever_the_working_folder(
 def test_networks_the_store_measured_are_not_calibrated_again(tmp_path):
     store = ResultsStore(tmp_path / 'store')
     stored_trial(store, 'a' * 12, spec(epochs=2), [10.0, 11.0])
-    todo = est.unmeasured([spec(seed=3), spec(attention='se')], [store], DEVICE, 1000)
+    todo = est.unmeasured(
+        [spec(seed=3), spec(attention='se')], est.stored_epoch_times([store]), DEVICE, 1000
+    )
     assert [s.attention for s in todo] == ['se']
-    assert len(est.unmeasured([spec()], [store], 'gpu: Other', 1000)) == 1
+    assert len(est.unmeasured([spec()], est.stored_epoch_times([store]), 'gpu: Other', 1000)) == 1

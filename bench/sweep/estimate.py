@@ -110,7 +110,9 @@ def trial_device(cpus_per_trial: float, gpu_name: str | None) -> str:
     trial's thread count (a trial's speed on a CPU depends on both)."""
     if gpu_name:
         return f'gpu: {gpu_name}'
-    return f'cpu: {cpu_model()} x {max(1, int(cpus_per_trial))} threads'
+    from bench.trial.threads import trial_threads
+
+    return f'cpu: {cpu_model()} x {trial_threads(cpus_per_trial)} threads'
 
 
 def local_trial_device(resources: Resources) -> str:
@@ -141,14 +143,20 @@ def local_slots(resources: Resources) -> tuple[int, str]:
     from bench.trial.threads import available_cpus
 
     cpus = available_cpus()
-    slots = max(1, int(cpus // resources.cpus_per_trial)) if resources.cpus_per_trial else 1
+    gpus = len(physical_gpus()) if resources.gpus_per_trial else 0
     why = f'{cpus} CPUs, {resources.cpus_per_trial:g} per trial'
-    if resources.gpus_per_trial:
-        gpus = len(physical_gpus())
-        if gpus:
-            slots = min(slots, max(1, int(gpus // resources.gpus_per_trial)))
-            why += f'; {gpus} GPU(s), {resources.gpus_per_trial:g} per trial'
-    return slots, why
+    if gpus:
+        why += f'; {gpus} GPU(s), {resources.gpus_per_trial:g} per trial'
+    return trials_at_once(cpus, gpus, resources), why
+
+
+def trials_at_once(cpus: float, gpus: float, resources: Resources) -> int:
+    """How many trials of `resources` fit on `cpus` and `gpus` at once (at least one;
+    without GPUs, trials run on CPUs and gpus_per_trial does not count)."""
+    slots = int(cpus // resources.cpus_per_trial) if resources.cpus_per_trial else 1
+    if resources.gpus_per_trial and gpus:
+        slots = min(slots, int(gpus // resources.gpus_per_trial))
+    return max(1, slots)
 
 
 def cluster_slots(address: str, resources: Resources) -> tuple[int, str]:
@@ -162,10 +170,8 @@ def cluster_slots(address: str, resources: Resources) -> tuple[int, str]:
     finally:
         ray.shutdown()
     cpus, gpus = float(total.get('CPU', 0)), float(total.get('GPU', 0))
-    slots = int(cpus // resources.cpus_per_trial) if resources.cpus_per_trial else 1
-    if resources.gpus_per_trial and gpus:
-        slots = min(slots, int(gpus // resources.gpus_per_trial))
-    return max(1, slots), f'the cluster at {address} has {cpus:g} CPUs and {gpus:g} GPUs now'
+    why = f'the cluster at {address} has {cpus:g} CPUs and {gpus:g} GPUs now'
+    return trials_at_once(cpus, gpus, resources), why
 
 
 # ---------------------------------------------------------------- one epoch
@@ -295,23 +301,23 @@ def makespan(durations: Sequence[float], slots: int) -> float:
 
 def estimate_sweep(
     planned: Sequence[TrialRecord],
-    stores: Sequence[ResultsStore],
+    stored: Mapping[tuple[str, str, int], tuple[list[float], int]],
     resources: Resources,
     data_identity: Mapping[str, Any],
     calibration: Mapping[str, Mapping[str, Any]] | None = None,
     device: str | None = None,
     slots: tuple[int, str] | None = None,
 ) -> SweepEstimate:
-    """The estimate of the trials of `planned` still to train, from the epochs `stores`
-    hold (the sweep's and its neighbours': the same network on the same device is the
-    same measurement), on `device` (default: a trial's device on this machine) with
-    `slots` trials at a time (default: what this machine's resources allow)."""
+    """The estimate of the trials of `planned` still to train, from the `stored` epoch
+    times (stored_epoch_times of the sweep's store and its neighbours': the same network
+    on the same device is the same measurement), on `device` (default: a trial's device
+    on this machine) with `slots` trials at a time (default: what this machine's
+    resources allow)."""
     device = device or local_trial_device(resources)
     slots = slots or local_slots(resources)
     calibration = calibration or {}
     train_images = int(data_identity.get('train_images') or 0)
     test_images = int(data_identity.get('test_images') or 0)
-    stored = stored_epoch_times(stores)
     epochs: dict[str, EpochTime] = {}
     for record in planned:
         key = network_key(record.spec)
@@ -494,14 +500,15 @@ def _valid_entry(entry: object) -> bool:
 
 
 def unmeasured(
-    specs: Iterable[TrialSpec], stores: Sequence[ResultsStore], device: str, train_images: int
+    specs: Iterable[TrialSpec],
+    stored: Mapping[tuple[str, str, int], tuple[list[float], int]],
+    device: str,
+    train_images: int,
 ) -> list[TrialSpec]:
-    """The specs whose network the stores hold no epochs of on `device`: what a
-    calibration still has to time."""
+    """The specs whose network the `stored` epoch times hold nothing of on `device`: what
+    a calibration still has to time."""
     measured = {
-        network
-        for network, kind, images in stored_epoch_times(stores)
-        if kind == device and images == train_images
+        network for network, kind, images in stored if kind == device and images == train_images
     }
     return [spec for spec in specs if network_key(spec) not in measured]
 

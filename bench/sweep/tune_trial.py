@@ -209,7 +209,6 @@ class StoreCallback(tune.Callback):
         self.diverged = set()
         self.follow = SweepProgress(planned)
         self.quiet = quiet
-        self.finished = set()
         self.placement = {}  # trial id -> {PLACEMENT_KEYS: what it reported}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -285,7 +284,6 @@ class StoreCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         trial_id = self._trial_id(trial)
-        self.finished.add(trial_id)
         if trial_id in self.diverged:
             return
         planned = self.planned[trial_id]
@@ -357,7 +355,6 @@ class StoreCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         trial_id = self._trial_id(trial)
-        self.finished.add(trial_id)
         self.follow.finished(trial_id, failed=True)
         if self.ray_lost and self.ray_lost():
             return

@@ -23,13 +23,19 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def trial_threads(cpus: float) -> int:
+    """The CPU threads of a trial given `cpus` (resources.cpus_per_trial): a whole count,
+    at least one."""
+    return max(1, int(cpus))
+
+
 def pin_cpus(cpus: float) -> int | None:
     """Set OMP_NUM_THREADS to exactly `cpus`, whatever the environment says (Ray trials:
     the thread count follows cpus_per_trial, not what the driver's environment held).
     Must run before `import mxnet`; returns the count, or None if MXNet was already loaded."""
     if 'mxnet' in sys.modules:
         return None
-    count = max(1, int(cpus))
+    count = trial_threads(cpus)
     os.environ['OMP_NUM_THREADS'] = str(count)
     return count
 
