@@ -33,7 +33,10 @@ class SweepProgress:
     The time left counts, for every trial not ended, the epochs it has still to train
     (an epoch just reported is done, never counted again), each at the recent epoch
     time of its network (model and attention; of all networks where its own has none
-    yet), spread over the trials running at once. It is 0 when every trial has ended.
+    yet), spread over as many trials at once as have run at once so far (not over those
+    running at this moment, which drop for an instant whenever one trial ends before the
+    next starts), and never over more trials than are left. It is 0 when every trial has
+    ended.
     """
 
     def __init__(self, planned: list[TrialRecord]) -> None:
@@ -45,14 +48,19 @@ class SweepProgress:
         self.running: set[str] = set()
         self.ended: set[str] = set()
         self.failed: set[str] = set()
+        self.lanes = 0  # the most trials seen running at once
 
     def started(self, trial_id: str, epochs_done: int) -> None:
-        self.running.add(trial_id)
+        self._running(trial_id)
         self.done[trial_id] = epochs_done
+
+    def _running(self, trial_id: str) -> None:
+        self.running.add(trial_id)
+        self.lanes = max(self.lanes, len(self.running))
 
     def epoch(self, trial_id: str, epoch: int, seconds: float) -> None:
         """Trial `trial_id` finished its epoch `epoch` (counted from 1) in `seconds`."""
-        self.running.add(trial_id)
+        self._running(trial_id)
         self.done[trial_id] = max(self.done.get(trial_id, 0), epoch)
         recent = self.times.setdefault(self.network[trial_id], [])
         recent.append(seconds)
@@ -82,7 +90,8 @@ class SweepProgress:
             if seconds is None:
                 return None
             work += max(0, epochs - self.done.get(trial_id, 0)) * seconds
-        return work / max(1, len(self.running))
+        left = len(self.epochs) - len(self.ended)
+        return work / max(1, min(self.lanes, left))
 
     def status(self) -> str:
         """'k of n trials done, m running; about T left' (and how many failed)."""

@@ -67,3 +67,22 @@ def test_a_failed_trial_leaves_nothing_to_train_and_is_counted_apart():
 def test_progress_lines_start_with_the_time_of_day():
     assert re.fullmatch(r'\d\d:\d\d:\d\d x', stamped('x'))
     assert [format_duration(s) for s in (5, 75, 3725)] == ['5s', '1m15s', '1h02m']
+
+
+def test_the_time_left_does_not_jump_when_one_trial_ends_before_the_next_starts():
+    """Two at a time: between one trial's end and the next one's start only one runs,
+    but the work left is still shared by two lanes (found in the demo: 3m44s, then 7m28s)."""
+    a, b, c = trial(0), trial(1), trial(2)
+    follow = SweepProgress([a, b, c])
+    follow.started(a.trial_id, 0)
+    follow.started(b.trial_id, 0)
+    for epoch in (1, 2, 3):
+        follow.epoch(a.trial_id, epoch, 10.0)
+    before = follow.seconds_left()
+    follow.finished(a.trial_id)
+    assert follow.seconds_left() == before == pytest.approx((3 + 3) * 10.0 / 2)
+    for epoch in (1, 2, 3):
+        follow.epoch(b.trial_id, epoch, 10.0)
+    follow.finished(b.trial_id)
+    # One trial left: it runs alone, whatever the lanes.
+    assert follow.seconds_left() == pytest.approx(3 * 10.0)
