@@ -2,9 +2,10 @@
 # only when setup.cfg, pyproject.toml or the constraints file change.
 PYTHON ?= python3
 VENV ?= .venv
-# Trial backends to install: cpu or gpu (MXNet Gluon, the reference), torch (PyTorch).
+# Trial backends to install: cpu or gpu (MXNet Gluon, the reference), torch (PyTorch);
+# tracking: TensorBoard and MLflow, to watch a sweep live.
 MXNET_EXTRA ?= cpu
-EXTRAS ?= $(MXNET_EXTRA),torch
+EXTRAS ?= $(MXNET_EXTRA),torch,tracking
 comma := ,
 # numpy < 1.24 and the rest of MXNet's stack only where MXNet is installed.
 CONSTRAINTS ?= $(if $(filter cpu gpu,$(subst $(comma), ,$(EXTRAS))),constraints.txt,constraints-torch.txt)

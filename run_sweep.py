@@ -29,6 +29,7 @@ import errno
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from bench.sweep.config import LoadedSweep
     from bench.sweep.driver import SweepOutcome
     from bench.sweep.estimate import SweepEstimate
+    from bench.tracking import Trackers
     from bench.trial.data import Dataset
 
 INTERRUPTED = (
@@ -146,7 +148,9 @@ def _conflicts(args: argparse.Namespace) -> str | None:
     return None
 
 
-def render_reports(loaded: LoadedSweep, insert: bool = False, manifest: dict | None = None) -> None:
+def render_reports(
+    loaded: LoadedSweep, insert: bool = False, manifest: dict | None = None
+) -> list[Path]:
     from reports import render_all
 
     outputs = loaded.config.outputs
@@ -163,6 +167,7 @@ def render_reports(loaded: LoadedSweep, insert: bool = False, manifest: dict | N
     )
     for path in written:
         print(f'wrote {path}')
+    return [Path(p) for p in written]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +249,7 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
     from bench.sweep.cluster import local_devices
     from bench.sweep.estimate import format_estimate
     from bench.sweep.plan import format_plan, plan, planned_data_identity
+    from bench.tracking import describe_tracking
 
     identity, note = planned_data_identity(loaded)
     _print_header(
@@ -269,6 +275,8 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
     problems = _problems_before_training(loaded, args, only, planned, identity)
     if not problems:
         print(format_estimate(_estimate(loaded, args, planned, identity)))
+    for line in describe_tracking(loaded):
+        print(line)
     print(
         'dry run: nothing was written, deleted or downloaded'
         + (' (but the calibration cache, outside the store)' if args.estimate else '')
@@ -330,6 +338,7 @@ def _fresh(loaded: LoadedSweep, planned: list[TrialRecord], only: dict | None, y
 
 def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -> int:
     """Load the data, plan, check, delete what --fresh asks for, train, then report."""
+    from bench import tracking
     from bench.errors import FAILED
     from bench.sweep.estimate import format_estimate
     from bench.sweep.plan import load_sweep_data, plan
@@ -347,20 +356,44 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
         planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
     estimate = _estimate(loaded, args, planned, identity)
     print(format_estimate(estimate))
-    started = time.monotonic()
-    outcome = _train(loaded, args, data, planned)
-    # The plan again, from the store: statuses and epochs as the run left them.
-    from bench.sweep.plan import format_plan
+    trackers = _open_trackers(loaded, args)
+    try:
+        started = time.monotonic()
+        outcome = _train(loaded, args, data, planned, trackers)
+        # The plan again, from the store: statuses and epochs as the run left them.
+        from bench.sweep.plan import format_plan
 
-    print(format_plan(plan(loaded, identity, only=only), loaded.config.resources))
-    print(took_against_estimate(time.monotonic() - started, estimate))
-    if outcome.interrupted:
-        print(INTERRUPTED, file=sys.stderr)
-        return INTERRUPTED_EXIT
-    code = _summary(outcome)
-    if not args.no_report:
-        render_reports(loaded, insert=args.insert)
-    return code
+        print(format_plan(plan(loaded, identity, only=only), loaded.config.resources))
+        print(took_against_estimate(time.monotonic() - started, estimate))
+        if outcome.interrupted:
+            trackers.sweep_ended(tracking.KILLED)
+            print(INTERRUPTED, file=sys.stderr)
+            return INTERRUPTED_EXIT
+        code = _summary(outcome)
+        written = [] if args.no_report else render_reports(loaded, insert=args.insert)
+        readme = loaded.resolve(loaded.config.outputs.readme)
+        trackers.sweep_ended(
+            tracking.FAILED if outcome.failed or outcome.damaged else tracking.FINISHED,
+            [p for p in written if p != readme] + [loaded.store_dir / 'results.csv'],
+        )
+        return code
+    except BaseException:
+        trackers.sweep_ended(tracking.KILLED)
+        raise
+    finally:
+        trackers.close()
+
+
+def _open_trackers(loaded: LoadedSweep, args: argparse.Namespace) -> Trackers:
+    """The live views the sweep file turns on, said where to watch."""
+    from bench.progress import stamped
+    from bench.tracking import describe_tracking, open_trackers
+
+    for line in describe_tracking(loaded):
+        print(line)
+    return open_trackers(
+        loaded, warn=lambda text: print(stamped(text), flush=True), verbose=args.verbose
+    )
 
 
 def _estimate(
@@ -415,7 +448,11 @@ def took_against_estimate(seconds: float, estimate: SweepEstimate) -> str:
 
 
 def _train(
-    loaded: LoadedSweep, args: argparse.Namespace, data: Dataset, planned: list[TrialRecord]
+    loaded: LoadedSweep,
+    args: argparse.Namespace,
+    data: Dataset,
+    planned: list[TrialRecord],
+    trackers: Trackers | None = None,
 ) -> SweepOutcome:
     from bench.sweep.driver import run_sweep
 
@@ -426,6 +463,7 @@ def _train(
         address=args.address,
         quiet=args.quiet,
         verbose=args.verbose,
+        trackers=trackers,
         on_ray_lost=lambda message, end_started: _ray_lost(loaded, message, end_started),
     )
 
@@ -482,6 +520,7 @@ def _problems_before_training(
     them all (with the doctor's hint where the backends are the cause), or None."""
     from bench.errors import DOCTOR_HINT, ProblemsFound
     from bench.sweep.plan import backend_problems, data_problems, precision_problems
+    from bench.tracking import tracking_problems
 
     problems = data_problems(planned, identity)
     backend = backend_problems(planned, loaded.config.resources)
@@ -490,6 +529,7 @@ def _problems_before_training(
 
         backend += precision_problems(planned, len(physical_gpus()))
     problems += backend
+    problems += tracking_problems(loaded)
     if only and not planned:
         config = loaded.config
         problems.append(

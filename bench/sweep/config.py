@@ -13,6 +13,7 @@
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.5, max_failures: 1}
     outputs: {results: results, readme: README.md, figures: figures, report: report.html}
     report: {metrics: [val_loss, val_acc, train_loss], overhead: true, reference: original}
+    tracking: {tensorboard: true, mlflow: true}   # live views; mlflow: true or a tracking URI
 
 Relative output paths are relative to the YAML file's folder.
 """
@@ -36,6 +37,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Union,
 )
 
 import yaml
@@ -133,6 +135,38 @@ class ReportOptions(_Strict):
     reference: Optional[Literal['original']] = None
 
 
+# A tracking URI as MLflow takes one (http://host:5000, sqlite:///path, file:///path,
+# databricks): a scheme is required, so that a typo (`mlflow: ture`) is an error rather
+# than a folder MLflow would create under that name.
+MLFLOW_URI_PATTERN = r'^(databricks(-uc)?(://.*)?|[A-Za-z][A-Za-z0-9+.-]*:.+)$'
+
+
+class Tracking(_Strict):
+    """Live views of the sweep, off by default; the store stays the record."""
+
+    # Event files under the store (results/<sweep>/tensorboard/<trial name>).
+    tensorboard: bool = False
+    # true: an embedded SQLite store under the results folder (results/mlflow); or the
+    # tracking URI of an MLflow server or store.
+    mlflow: Union[bool, str] = False
+
+    @field_validator('mlflow', mode='before')
+    @classmethod
+    def _tracking_uri(cls, value: object) -> object:
+        if isinstance(value, bool) or (
+            isinstance(value, str)
+            and len(value) <= 2000
+            and '\0' not in value
+            and re.match(MLFLOW_URI_PATTERN, value)
+        ):
+            return value
+        raise ValueError(
+            'expected true (an embedded MLflow store under the results folder), false, or '
+            'a tracking URI with its scheme, such as http://127.0.0.1:5000 or '
+            'sqlite:///path/mlflow.db'
+        )
+
+
 class SweepConfig(_Strict):
     name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', max_length=100)
     models: List[str] = Field(min_length=1)
@@ -144,6 +178,7 @@ class SweepConfig(_Strict):
     resources: Resources = Field(default_factory=Resources)
     outputs: Outputs = Field(default_factory=Outputs)
     report: ReportOptions = Field(default_factory=ReportOptions)
+    tracking: Tracking = Field(default_factory=Tracking)
 
     @field_validator('models')
     @classmethod
@@ -397,7 +432,7 @@ OVERRIDE_PATTERN = re.compile(
 MAX_OVERRIDE_BYTES = 10_000
 # Keys that say how and where to run a sweep, not what it trains: overriding them keeps
 # the sweep itself (its name, store and outputs). Any other override makes a variant.
-RUN_OPTIONS = ('resources', 'outputs', 'report', 'data.download')
+RUN_OPTIONS = ('resources', 'outputs', 'report', 'tracking', 'data.download')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from models.names import network_revision
 if TYPE_CHECKING:
     from bench.records import TrialRecord
     from bench.sweep.config import LoadedSweep, Resources
+    from bench.tracking import Trackers
     from bench.trial.data import Dataset
     from bench.trial.recipe import TrialSpec
 
@@ -79,6 +80,7 @@ def run_sweep(
     on_ray_lost: Callable[[str, Callable[[], None]], object] | None = None,
     quiet: bool = False,
     verbose: bool = False,
+    trackers: Trackers | None = None,
 ) -> SweepOutcome:
     """Train every planned trial that needs it; returns a SweepOutcome.
 
@@ -86,7 +88,8 @@ def run_sweep(
     joins `address`. `on_ray_lost(message, end_started)`, when given, is called from a
     watchdog thread if Ray's head dies mid-run (see bench.sweep.watchdog); it should end
     the process, since Ray's driver cannot go on. `quiet`: no epoch lines; `verbose`:
-    Ray Tune's own progress output and Ray's warnings besides ours.
+    Ray Tune's own progress output and Ray's warnings besides ours. `trackers`: the live
+    views (bench.tracking) to feed, brought up to date with the finished trials first.
     """
     config = loaded.config
     store = ResultsStore(loaded.store_dir)
@@ -112,6 +115,8 @@ def run_sweep(
                     'unpickled, and its next checkpoint is written without pickle'
                 )
     to_train = [p for p in planned if p.will_train]
+    if trackers:
+        trackers.catch_up([p for p in planned if not p.will_train], store)
     if not to_train:
         return _outcome(store, planned, [], manifest)
 
@@ -152,6 +157,7 @@ def run_sweep(
         quiet=quiet,
         max_failures=resources.max_failures,
         nodes=lambda: {n['NodeID']: n for n in ray.nodes()},
+        trackers=trackers,
     )
     run_name = f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}'
     tuner = tune.Tuner(

@@ -20,6 +20,8 @@ import ray
 from ray import tune
 
 from bench.progress import SweepProgress, print_line, stamped
+from bench.store import HISTORY_FIELDS
+from bench.tracking import FAILED, FINISHED, Trackers
 from bench.trial.recipe import TrialRun
 
 if TYPE_CHECKING:
@@ -194,8 +196,11 @@ class StoreCallback(tune.Callback):
         quiet: bool = False,
         max_failures: int = 0,
         nodes: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self.store = store
+        # Live views (TensorBoard, MLflow), fed what the store has just recorded.
+        self.trackers = trackers if trackers is not None else Trackers([])
         self.max_failures = max_failures
         # node id -> whether it is alive and its address (Ray's ray.nodes()), to tell a
         # trial that failed from a node that died under it.
@@ -214,7 +219,7 @@ class StoreCallback(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (for a restore this project never
         # does); the watchdog's threads and processes are not data.
-        return dict(self.__dict__, ray_lost=None)
+        return dict(self.__dict__, ray_lost=None, trackers=Trackers([]))
 
     def _trial_id(self, trial: Trial) -> str:
         return TrialRun.from_config(trial.config['trial']).trial_id
@@ -235,6 +240,10 @@ class StoreCallback(tune.Callback):
             )
             start = result[STARTED_KEY]
             self.follow.started(trial_id, start)
+            stored = self.store.read_history(trial_id)
+            self.trackers.trial_started(
+                planned, [r for r in stored if r['epoch'] <= start], self.placement[trial_id]
+            )
             starts = f'resumes at epoch {start}' if start else 'starts'
             self._say(
                 f'{planned.name} {starts}'
@@ -248,6 +257,7 @@ class StoreCallback(tune.Callback):
                 trial_id, result[DIVERGED_KEY], self.store.checkpoint_epoch(trial_id)
             )
             self.follow.finished(trial_id, failed=True)
+            self.trackers.trial_ended(planned, FAILED, result[DIVERGED_KEY])
             self._say(f'{planned.name}: {result[DIVERGED_KEY]}')
             return
         self.store.record_epoch(trial_id, result)
@@ -258,6 +268,7 @@ class StoreCallback(tune.Callback):
             **{key: result.get(key) for key in PLACEMENT_KEYS if key in result},
         )
         self.follow.epoch(trial_id, int(result['epoch']), float(result['epoch_seconds']))
+        self.trackers.epoch(planned, {key: result[key] for key in HISTORY_FIELDS})
         if not self.quiet:
             self._say(
                 f'{planned.name} epoch {result["epoch"]}/{planned.spec.recipe.epochs}: '
@@ -290,11 +301,9 @@ class StoreCallback(tune.Callback):
         history = self.store.read_history(trial_id)
         if len(history) < planned.spec.recipe.epochs:
             self.follow.finished(trial_id, failed=True)
-            self.store.write_error(
-                trial_id,
-                f'the trial ended after {len(history)} of {planned.spec.recipe.epochs} epochs',
-                len(history),
-            )
+            message = f'the trial ended after {len(history)} of {planned.spec.recipe.epochs} epochs'
+            self.store.write_error(trial_id, message, len(history))
+            self.trackers.trial_ended(planned, FAILED, message)
             return
         final = dict(history[-1])
         final.update(
@@ -305,6 +314,7 @@ class StoreCallback(tune.Callback):
         )
         self.store.write_final(trial_id, final)
         self.follow.finished(trial_id)
+        self.trackers.trial_ended(planned, FINISHED)
         self._say(f'{planned.name} done: val acc {final["val_acc"]:.4f}; {self.follow.status()}')
 
     def _node_address(self, trial_id: str) -> str:
@@ -367,10 +377,12 @@ class StoreCallback(tune.Callback):
                 'resources.max_failures so that Tune retries it on another node'
             )
             self.store.write_error(trial_id, message, epochs)
+            self.trackers.trial_ended(self.planned[trial_id], FAILED, message)
             self._say(f'{self.planned[trial_id].name} failed: {message}')
             return
         message = _error_text(trial)
         self.store.write_error(trial_id, message, self.store.checkpoint_epoch(trial_id))
+        self.trackers.trial_ended(self.planned[trial_id], FAILED, message)
         self._say(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')
 
 

@@ -1,0 +1,192 @@
+"""MLflow runs of a sweep: one experiment per sweep, one run per trial named by its cell
+under a parent run of the sweep, which holds the reports as artifacts.
+
+A trial's run is found again by its trial id (a tag), so a resumed trial continues its
+run; a run whose metrics are not a prefix of the store's history (a trial deleted with
+--fresh and trained again, a history the store rolled back) is deleted (MLflow keeps it
+in its trash) and written again from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from urllib.parse import urlparse
+
+from bench.tracking import FAILED, FINISHED, KILLED, trial_params, trial_tags
+
+if TYPE_CHECKING:
+    from bench.records import TrialRecord
+
+TRIAL_TAG, ROLE_TAG = 'bench_trial_id', 'bench_role'
+STATUSES = {FINISHED: 'FINISHED', FAILED: 'FAILED', KILLED: 'KILLED'}
+# The metric a run's epochs are compared with the store's by.
+CHECKED_METRIC = 'val_loss'
+# MLflow's tag values hold at most 8000 characters (5000 in older servers).
+MAX_TAG = 5000
+# A server that is down must not hold the sweep for minutes: MLflow's default is 7
+# retries with exponential backoff. A user's own settings win.
+HTTP_DEFAULTS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '2', 'MLFLOW_HTTP_REQUEST_TIMEOUT': '20'}
+# MLflow prints a link to stdout whenever a run ends; the sweep says its link once.
+QUIET_DEFAULTS = {'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT': 'true'}
+
+
+class MlflowTracker:
+    def __init__(
+        self, uri: str, experiment: str, sweep_tags: Mapping[str, str], quiet: bool = True
+    ) -> None:
+        for key, value in {**HTTP_DEFAULTS, **(QUIET_DEFAULTS if quiet else {})}.items():
+            os.environ.setdefault(key, value)
+        from mlflow.tracking import MlflowClient
+
+        # MLflow's and its database migrations' INFO lines are not ours to show (after the
+        # import: MLflow sets its loggers' levels as it is imported).
+        if quiet:
+            for name in ('mlflow', 'alembic'):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+        self.label = f'MLflow at {uri}'
+        database = sqlite_file(uri)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = self._experiment(experiment, database)
+        self.parent = self._parent_run(experiment, sweep_tags)
+        self.runs: dict[str, str] = {}  # trial id -> run id
+        scheme = urlparse(uri).scheme
+        # Where a person opens the experiment (a server's UI; None for a local store).
+        self.view = (
+            f'{uri.rstrip("/")}/#/experiments/{self.experiment_id}'
+            if scheme in ('http', 'https')
+            else None
+        )
+        self.logged: dict[str, int] = {}  # trial id -> the last epoch its run holds
+
+    def _experiment(self, name: str, database: Path | None) -> str:
+        """The sweep's experiment (reaching the tracking server: the first request)."""
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            # A SQLite store's runs would put their artifacts in ./mlruns of whatever
+            # folder the sweep runs from: they go beside the database instead.
+            location = (database.parent / 'artifacts' / name).as_uri() if database else None
+            return self.client.create_experiment(name, artifact_location=location)
+        if found.lifecycle_stage == 'deleted':
+            self.client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+
+    def _find_run(self, key: str, value: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{key} = '{value}'",
+            max_results=1,
+            order_by=['attributes.start_time DESC'],
+        )
+        return runs[0].info.run_id if runs else None
+
+    def _parent_run(self, sweep: str, sweep_tags: Mapping[str, str]) -> str:
+        run_id = self._find_run(ROLE_TAG, 'sweep')
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=sweep, tags={ROLE_TAG: 'sweep'}
+            )
+            run_id = run.info.run_id
+        else:
+            self.client.update_run(run_id, status='RUNNING')
+        self._tag(run_id, sweep_tags)
+        return run_id
+
+    def _tag(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[-MAX_TAG:]) for k, v in tags.items()])
+
+    def trial_started(
+        self, record: TrialRecord, history: Sequence[Mapping[str, Any]], where: Mapping[str, Any]
+    ) -> None:
+        from mlflow.entities import Param
+
+        run_id, logged = self._run_agreeing_with(record.trial_id, history)
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=record.name,
+                tags={'mlflow.parentRunId': self.parent, TRIAL_TAG: record.trial_id},
+            )
+            run_id = run.info.run_id
+            params = [Param(k, str(v)) for k, v in trial_params(record).items()]
+            self.client.log_batch(run_id, params=params)
+        else:
+            self.client.update_run(run_id, status='RUNNING')
+        self.runs[record.trial_id], self.logged[record.trial_id] = run_id, logged
+        self._tag(run_id, trial_tags(record, where))
+        self._log_rows(record.trial_id, [r for r in history if int(r['epoch']) > logged])
+
+    def _run_agreeing_with(
+        self, trial_id: str, history: Sequence[Mapping[str, Any]]
+    ) -> tuple[str | None, int]:
+        """The trial's run and the last epoch it holds, if its epochs are the store's first;
+        (None, 0) when there is none or it disagrees (then it is deleted)."""
+        run_id = self.runs.get(trial_id) or self._find_run(TRIAL_TAG, trial_id)
+        if run_id is None:
+            return None, 0
+        logged = {m.step: m.value for m in self.client.get_metric_history(run_id, CHECKED_METRIC)}
+        stored = {int(r['epoch']): float(r[CHECKED_METRIC]) for r in history}
+        agrees = all(
+            step in stored and math.isclose(value, stored[step], rel_tol=1e-9, abs_tol=1e-12)
+            for step, value in logged.items()
+        )
+        if agrees:
+            return run_id, max(logged, default=0)
+        self.client.delete_run(run_id)
+        self.runs.pop(trial_id, None)
+        return None, 0
+
+    def epoch(self, record: TrialRecord, row: Mapping[str, Any]) -> None:
+        self._log_rows(record.trial_id, [row])
+
+    def _log_rows(self, trial_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, int(row['epoch']))
+            for row in rows
+            for key, value in row.items()
+            if key != 'epoch' and value is not None
+        ]
+        # log_batch takes at most 1000 metrics a call.
+        for start in range(0, len(metrics), 900):
+            self.client.log_batch(self.runs[trial_id], metrics=metrics[start : start + 900])
+        if rows:
+            self.logged[trial_id] = max(int(r['epoch']) for r in rows)
+
+    def trial_ended(self, record: TrialRecord, status: str, error: str | None) -> None:
+        run_id = self.runs.get(record.trial_id)
+        if run_id is None:
+            return
+        if error:
+            self._tag(run_id, {'error': error.strip().splitlines()[-1] if error.strip() else ''})
+            self.client.log_text(run_id, error, 'error.txt')
+        self.client.set_terminated(run_id, STATUSES[status])
+
+    def sweep_ended(self, status: str, artifacts: Sequence[Path]) -> None:
+        for path in artifacts:
+            self.client.log_artifact(self.parent, str(path))
+        self.client.set_terminated(self.parent, STATUSES[status])
+
+    def close(self) -> None:
+        pass  # the client holds nothing to release
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an sqlite:/// tracking URI (None for any other kind)."""
+    parsed = urlparse(uri)
+    # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db
+    path = parsed.path[1:]
+    if parsed.scheme != 'sqlite' or not path or path == ':memory:':
+        return None
+    return Path(path)
