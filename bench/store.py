@@ -89,6 +89,8 @@ LOWER_IS_BETTER = {'val_loss', 'train_loss'}
 # deletes these and nothing else, so a results folder that is not a store loses nothing.
 STORE_FILES = (MANIFEST_FILE, 'results.csv', 'environment.json', 'table.md')
 SCRATCH_DIR = 'ray'
+# bench.tracking's TensorBoard event files: a view of the store, written again from it.
+TENSORBOARD_DIR = 'tensorboard'
 TRIAL_ID_PATTERN = re.compile(r'^[0-9a-f]{12}$')
 
 
@@ -261,7 +263,7 @@ class ResultsStore:
         if trial_ids is None:
             targets += [
                 self.root / name
-                for name in (*STORE_FILES, SCRATCH_DIR)
+                for name in (*STORE_FILES, SCRATCH_DIR, TENSORBOARD_DIR)
                 if (self.root / name).exists()
             ]
             targets += sorted(self.root.glob('.*.tmp'))

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import run_sweep
@@ -116,23 +117,30 @@ def metric_rows(uri, run_id):
 def tensorboard_rows(folder):
     """A trial's TensorBoard scalars, read by TensorBoard's own reader, as history rows."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
 
     from bench.tracking.tensorboard_events import SCALAR_TAGS
 
-    events = EventAccumulator(str(folder), size_guidance={'tensors': 0})
+    events = EventAccumulator(str(folder), size_guidance={'scalars': 0})
     events.Reload()
     rows = {}
     for key, tag in SCALAR_TAGS.items():
-        for event in events.Tensors(tag):
+        for event in events.Scalars(tag):
             assert key not in rows.get(event.step, {}), f'{tag} of epoch {event.step} twice'
-            value = tensor_util.make_ndarray(event.tensor_proto).item()
-            rows.setdefault(event.step, {})[key] = value
+            rows.setdefault(event.step, {})[key] = event.value
     return rows, events
 
 
-def stored_rows(store, trial_id):
-    return {row['epoch']: {k: row[k] for k in METRICS} for row in store.read_history(trial_id)}
+def stored_rows(store, trial_id, precision=float):
+    """The store's history.csv as rows (`precision`: np.float32 for TensorBoard's values,
+    which are float32)."""
+    return {
+        row['epoch']: {k: float(precision(row[k])) for k in METRICS}
+        for row in store.read_history(trial_id)
+    }
+
+
+def stored_in_float32(store, trial_id):
+    return stored_rows(store, trial_id, np.float32)
 
 
 # --------------------------------------------------------------- the sweep file's section
@@ -158,6 +166,17 @@ def test_a_dry_run_says_where_to_watch_and_writes_nothing(tmp_path, capsys):
     assert f'tensorboard --logdir {results / "tiny" / "tensorboard"}' in out
     assert f'mlflow ui --backend-store-uri sqlite:///{results / "mlflow" / "mlflow.db"}' in out
     assert not results.exists()
+
+
+def test_a_password_in_a_tracking_uri_is_never_printed(tmp_path):
+    from bench.tracking import describe_tracking, shown_uri
+
+    uri = 'https://researcher:s3cret@mlflow.example.org:5000/base'
+    assert shown_uri(uri) == 'https://researcher:***@mlflow.example.org:5000/base'
+    assert shown_uri('http://127.0.0.1:5000') == 'http://127.0.0.1:5000'
+    path = write_sweep(tmp_path, tmp_path / 'data', extra={'tracking': {'mlflow': uri}})
+    (line,) = describe_tracking(load_config(path))
+    assert 's3cret' not in line and 'researcher:***@mlflow.example.org' in line
 
 
 def test_a_tracker_without_its_package_is_named_before_anything_trains(tmp_path, monkeypatch):
@@ -322,12 +341,14 @@ def check_resume_failure_and_fresh(tmp_path, mlflow, name):
     assert [a.path for a in client(uri).list_artifacts(parent.info.run_id)] == ['table.md']
     assert metric_rows(uri, failed.info.run_id) == stored_rows(store, ids['eca'])
 
-    # TensorBoard: the store's numbers exactly, each epoch once, across the resume.
+    # TensorBoard: the store's numbers (in its float32), each epoch once, across the resume.
     board = sweep.store_dir / 'tensorboard'
     rows, events = tensorboard_rows(board / 'cifar_resnet8_v1-none-s0')
-    assert rows == stored_rows(store, ids['none'])
+    assert rows == stored_in_float32(store, ids['none'])
     assert '_hparams_/session_start_info' in events.PluginTagToContent('hparams')
-    assert tensorboard_rows(board / 'cifar_resnet8_v1-eca-s0')[0] == stored_rows(store, ids['eca'])
+    assert tensorboard_rows(board / 'cifar_resnet8_v1-eca-s0')[0] == stored_in_float32(
+        store, ids['eca']
+    )
 
     # --fresh deletes the trial and it trains from scratch: its old run goes (to MLflow's
     # trash) rather than mixing two trainings in one curve.
@@ -378,7 +399,9 @@ def test_finished_trials_reach_a_tracker_turned_on_later(tmp_path):
         stored_rows(store, ids['none'])
     )
     board = sweep.store_dir / 'tensorboard' / 'cifar_resnet8_v1-none-s0'
-    assert tensorboard_rows(board)[0] == stored_rows(store, ids['none'])
+    assert tensorboard_rows(board)[0] == stored_in_float32(store, ids['none'])
+    # --fresh starts the whole store over, its views with it.
+    assert sweep.store_dir / 'tensorboard' in store.fresh_targets()
 
 
 def test_a_tracker_that_fails_mid_run_is_one_warning(tmp_path):
@@ -410,7 +433,7 @@ def test_a_tracker_that_fails_mid_run_is_one_warning(tmp_path):
     assert len(store.read_history(ids['none'])) == 3
     # The other view went on.
     rows, _ = tensorboard_rows(sweep.store_dir / 'tensorboard' / 'cifar_resnet8_v1-none-s0')
-    assert rows == stored_rows(store, ids['none'])
+    assert rows == stored_in_float32(store, ids['none'])
 
 
 # ------------------------------------------------------------------ real sweeps, with Ray
@@ -453,7 +476,7 @@ def test_a_tracked_sweep_equals_its_store_in_mlflow_and_tensorboard(
         assert metric_rows(mlflow_server, run.info.run_id) == stored_rows(store, trial_id)
         assert sorted(stored_rows(store, trial_id)) == [1, 2]
         rows, _ = tensorboard_rows(store.root / 'tensorboard' / name)
-        assert rows == stored_rows(store, trial_id)
+        assert rows == stored_in_float32(store, trial_id)
     parent = parent_run(mlflow_server, 'tracked')
     artifacts = {a.path for a in client(mlflow_server).list_artifacts(parent.info.run_id)}
     assert {'report.html', 'table.md', 'results.csv'} <= artifacts, artifacts
@@ -475,7 +498,7 @@ def test_an_unreachable_mlflow_is_one_warning_and_the_sweep_finishes(tmp_path, c
     warnings = [line for line in out.splitlines() if 'warning' in line]
     assert len(warnings) == 1, out
     assert re.fullmatch(
-        r'\d\d:\d\d:\d\d warning: MLflow at http://127\.0\.0\.1:\d+ cannot be reached '
+        r'\d\d:\d\d:\d\d warning: MLflow at http://127\.0\.0\.1:\d+ cannot be used '
         r'\(connection refused: is the server running\?\); the sweep goes on without it .*',
         warnings[0],
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from bench.progress import print_line
 from bench.records import DONE
+from bench.store import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
     from bench.records import TrialRecord
@@ -28,7 +29,6 @@ FINISHED, FAILED, KILLED = 'finished', 'failed', 'killed'
 # The embedded MLflow store of `mlflow: true`, in the results folder: one database for
 # every sweep there, an experiment each.
 EMBEDDED_MLFLOW_DIR = 'mlflow'
-TENSORBOARD_DIR = 'tensorboard'
 
 
 class Tracker(Protocol):
@@ -181,6 +181,17 @@ def embedded_mlflow_uri(loaded: LoadedSweep) -> str:
     return f'sqlite:///{folder / "mlflow.db"}'
 
 
+def shown_uri(uri: str) -> str:
+    """A tracking URI as printed: a password in it (https://user:secret@host) left out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition('@')[2]
+    return urlunsplit(parts._replace(netloc=f'{parts.username}:***@{host}'))
+
+
 def mlflow_uri(loaded: LoadedSweep) -> str | None:
     setting = loaded.config.tracking.mlflow
     if setting is True:
@@ -205,9 +216,10 @@ def describe_tracking(loaded: LoadedSweep) -> list[str]:
         how = (
             f'mlflow ui --backend-store-uri {uri}'
             if loaded.config.tracking.mlflow is True
-            else f'its UI ({uri})'
+            else 'its UI'
         )
-        lines.append(f'tracking: MLflow experiment {loaded.config.name} at {uri}; watch with {how}')
+        where = f'{loaded.config.name} at {shown_uri(uri)}'
+        lines.append(f'tracking: MLflow experiment {where}; watch with {how}')
     return lines
 
 
@@ -245,7 +257,7 @@ def open_trackers(
 
         openers.append(
             (
-                f'MLflow at {uri}',
+                f'MLflow at {shown_uri(uri)}',
                 lambda: MlflowTracker(
                     uri, loaded.config.name, _sweep_tags(loaded), quiet=not verbose
                 ),
@@ -257,7 +269,7 @@ def open_trackers(
             tracker = opener()
         except Exception as error:  # a view that cannot be reached must not stop the sweep
             warn(
-                f'warning: {label} cannot be reached ({short_reason(error)}); the sweep '
+                f'warning: {label} cannot be used ({short_reason(error)}); the sweep '
                 'goes on without it and the store keeps every result (the next run brings '
                 'it up to date)'
             )

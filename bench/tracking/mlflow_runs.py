@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from urllib.parse import urlparse
 
-from bench.tracking import FAILED, FINISHED, KILLED, trial_params, trial_tags
+from bench.tracking import FAILED, FINISHED, KILLED, shown_uri, trial_params, trial_tags
 
 if TYPE_CHECKING:
     from bench.records import TrialRecord
 
 TRIAL_TAG, ROLE_TAG = 'bench_trial_id', 'bench_role'
+# MLflow 3's UI opens an experiment of unknown kind as a GenAI one (traces, no runs); a
+# sweep is model training.
+KIND_TAG, KIND = 'mlflow.experimentKind', 'custom_model_development'
 STATUSES = {FINISHED: 'FINISHED', FAILED: 'FAILED', KILLED: 'KILLED'}
 # The metric a run's epochs are compared with the store's by.
 CHECKED_METRIC = 'val_loss'
@@ -49,7 +52,7 @@ class MlflowTracker:
             for name in ('mlflow', 'alembic'):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
-        self.label = f'MLflow at {uri}'
+        self.label = f'MLflow at {shown_uri(uri)}'
         database = sqlite_file(uri)
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +63,7 @@ class MlflowTracker:
         scheme = urlparse(uri).scheme
         # Where a person opens the experiment (a server's UI; None for a local store).
         self.view = (
-            f'{uri.rstrip("/")}/#/experiments/{self.experiment_id}'
+            f'{shown_uri(uri).rstrip("/")}/#/experiments/{self.experiment_id}'
             if scheme in ('http', 'https')
             else None
         )
@@ -73,9 +76,13 @@ class MlflowTracker:
             # A SQLite store's runs would put their artifacts in ./mlruns of whatever
             # folder the sweep runs from: they go beside the database instead.
             location = (database.parent / 'artifacts' / name).as_uri() if database else None
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={KIND_TAG: KIND}
+            )
         if found.lifecycle_stage == 'deleted':
             self.client.restore_experiment(found.experiment_id)
+        if KIND_TAG not in found.tags:
+            self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         return found.experiment_id
 
     def _find_run(self, key: str, value: str) -> str | None:

@@ -1,9 +1,10 @@
 """TensorBoard event files of a sweep's trials, one folder per trial under the store
 (results/<sweep>/tensorboard/<trial name>), written with tensorboardX (no framework).
 
-Scalars are written as double-precision tensors of TensorBoard's scalars plugin, so what
-TensorBoard shows is history.csv's numbers, not float32 roundings of them. The recipe and
-the cell are the trial's HParams, so TensorBoard's HParams table compares the cells.
+Scalars are TensorBoard's float32 values (history.csv's numbers rounded to float32:
+TensorBoard's fast loader ignores double-precision scalars, so the exact numbers stay in the
+store and MLflow). The recipe and the cell are the trial's HParams, so TensorBoard's
+HParams table compares the cells.
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ class TensorBoardTracker:
         writer.flush()  # watched live: every epoch on disk as soon as it is stored
 
     def _write_row(self, writer: FileWriter, row: Mapping[str, Any]) -> None:
+        from tensorboardX.summary import scalar
+
         for key, tag in SCALAR_TAGS.items():
             if row.get(key) is not None:
-                writer.add_summary(double_scalar(tag, float(row[key])), int(row['epoch']))
+                writer.add_summary(scalar(tag, float(row[key])), int(row['epoch']))
 
     def trial_ended(self, record: TrialRecord, status: str, error: str | None) -> None:
         writer = self.writers.get(record.trial_id)
@@ -105,18 +108,6 @@ def _refuse_link(path: Path) -> None:
     # Event files are deleted and written here: never through a link out of the store.
     if path.is_symlink():
         raise OSError(f'{path} is a symbolic link; TensorBoard files are written only in the store')
-
-
-def double_scalar(tag: str, value: float) -> Any:
-    """A Summary of one scalar of TensorBoard's scalars plugin, in double precision."""
-    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboardX.proto.tensor_pb2 import TensorProto
-    from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
-    from tensorboardX.proto.types_pb2 import DT_DOUBLE
-
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name='scalars'))
-    tensor = TensorProto(dtype=DT_DOUBLE, double_val=[value], tensor_shape=TensorShapeProto())
-    return Summary(value=[Summary.Value(tag=tag, tensor=tensor, metadata=metadata)])
 
 
 def session_end(status: str) -> Any:
