@@ -86,3 +86,30 @@ def test_the_time_left_does_not_jump_when_one_trial_ends_before_the_next_starts(
     follow.finished(b.trial_id)
     # One trial left: it runs alone, whatever the lanes.
     assert follow.seconds_left() == pytest.approx(3 * 10.0)
+
+
+def test_trials_not_started_yet_cost_their_start_as_the_started_ones_took_it():
+    """Two lanes, four trials: a trial takes 4 s from its lane's freeing to training
+    (worker, import, data), which the time left counts for each trial still to start."""
+    now = [0.0]
+    a, b, c, d = (trial(n, epochs=2) for n in range(4))
+    follow = SweepProgress([a, b, c, d], clock=lambda: now[0])
+    follow.started(a.trial_id, 0)
+    follow.started(b.trial_id, 0)
+    now[0] = 14.0  # 4 s of start, then a 10 s epoch
+    follow.epoch(a.trial_id, 1, 10.0)
+    follow.epoch(b.trial_id, 1, 10.0)
+    # a and b: one epoch each left; c and d: two each, plus their start.
+    assert follow.seconds_left() == pytest.approx((1 + 1 + 2 * (2 + 0.4)) * 10.0 / 2)
+    now[0] = 24.0
+    follow.epoch(a.trial_id, 2, 10.0)
+    follow.finished(a.trial_id)
+    now[0] = 27.0
+    follow.started(c.trial_id, 0)  # c's lane was freed at 24 s
+    now[0] = 38.0
+    follow.epoch(c.trial_id, 1, 10.0)  # 14 s after its lane freed: a 4 s start again
+    assert follow.start_costs == [4.0, 4.0, 4.0]
+    follow.epoch(b.trial_id, 2, 10.0)
+    follow.finished(b.trial_id)
+    # c: one epoch; d: two and its start; two lanes while two trials are left.
+    assert follow.seconds_left() == pytest.approx((10.0 + 24.0) / 2)
