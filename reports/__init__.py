@@ -22,7 +22,7 @@ from .escape import html_text, markdown_text, markdown_url
 from .outputs import REPORT_MARK, check_outputs
 from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
 from .reference import load_reference
-from .spread import REFERENCE_RULE, RULE
+from .significance import MIN_SEEDS, REFERENCE_RULE, RULE
 from .store import load_environment, load_histories, load_manifest, load_trials, split_by_sweep
 from .table import table_context
 
@@ -125,7 +125,7 @@ def _title_and_caption(
         parts.append(ORIGINAL_LOSS_NOTE)
     if context['overhead']:
         parts.append(MACS_NOTE)
-    parts.append('bold: best of the row; TBA: not trained yet')
+    parts.append('TBA: not trained yet')
     return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
 
 
@@ -146,15 +146,21 @@ def _reference_and_marks_parts(context: Mapping[str, Any]) -> list[str]:
             'difference to it (accuracy in points); orig TBA where the original left '
             f'the cell out. Source: {context["reference"]["source"]}'
         )
-    if context['most_seeds'] >= 2:
+    if context['most_seeds'] >= MIN_SEEDS:
         parts.append(
-            f"†: this attention's mean and vanilla's are {RULE}"
-            + (f'; *: our mean is {REFERENCE_RULE}' if context['reference'] else '')
+            f'†: differs from vanilla and bold: better than every other cell of the row, '
+            f'by {RULE}'
+            + (
+                f'; *: differs from the published value by {REFERENCE_RULE}'
+                if context['reference']
+                else ''
+            )
         )
     elif context['finished']:
         parts.append(
-            'One seed per cell: no difference between cells, or from the published '
-            'values, can be judged against seed spread (train several seeds to judge)'
+            f'Fewer than {MIN_SEEDS} seeds per cell: no difference between cells, or from '
+            f'the published values, is judged (train {MIN_SEEDS} seeds or more to judge), '
+            'so nothing is marked'
         )
     return parts
 

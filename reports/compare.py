@@ -1,9 +1,9 @@
 """`python -m reports.compare STORE_A STORE_B`: the same cells trained twice (e.g. by the
-gluon and the torch backend), compared cell by cell against their seed spread.
+gluon and the torch backend), compared cell by cell.
 
 Reads only the two stores (their sweep.json and finished trials): no training, no
-framework. Each metric's means, their difference and its standard error per cell,
-and whether the difference exceeds the spread by reports.spread's rule.
+framework. Each metric's means, their difference with its 95 % confidence interval and
+Welch's p per cell, and whether the difference is significant (reports.significance).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from bench.errors import BenchError, report
 from bench.store import DONE, METRIC_LABELS
 
 from .readme import ReportError
-from .spread import RULE, difference
+from .significance import MIN_SEEDS, RULE, difference
 from .store import load_manifest, load_trials, split_by_sweep
+from .table import format_p
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +40,8 @@ def compare_stores(
     store_a: str | Path, store_b: str | Path, metrics: Sequence[str] = DEFAULT_METRICS
 ) -> list[dict[str, Any]]:
     """One dict per cell present in both stores and metric: n, mean and std of each side,
-    the difference (b - a), its standard error, and whether it exceeds the spread."""
+    the difference (b - a), its standard error, confidence interval and p, and whether it
+    is significant."""
     a, b = finished_trials(store_a), finished_trials(store_b)
     rows = []
     cells = [
@@ -68,8 +70,11 @@ def compare_stores(
                     'std_b': _std(values_b),
                     'difference': gap.difference,
                     'standard_error': gap.standard_error,
+                    'ci': gap.ci,
+                    'p': gap.p,
+                    'dof': gap.dof,
                     'judged': gap.judged,
-                    'exceeds_spread': gap.exceeds_spread,
+                    'significant': gap.significant,
                 }
             )
     return rows
@@ -85,25 +90,26 @@ def format_comparison(rows: Sequence[dict[str, Any]], label_a: str, label_b: str
 
     header = (
         f'{"model":<20} {"attention":<9} {"metric":<10} {label_a[:22]:>22} '
-        f'{label_b[:22]:>22} {"b - a":>8} {"2 SE":>7}  verdict'
+        f'{label_b[:22]:>22} {"b - a":>8} {"95% CI of b - a":>19} {"p":>11}  verdict'
     )
     lines = [header, '-' * len(header)]
     for row in rows:
         verdict = (
-            ('differ' if row['exceeds_spread'] else 'within spread')
+            ('differ' if row['significant'] else 'no significant difference')
             if row['judged']
-            else 'one seed: not judged'
+            else f'n < {MIN_SEEDS}: not judged'
         )
+        interval = '-' if row['ci'] is None else f'[{row["ci"][0]:+.4f}, {row["ci"][1]:+.4f}]'
         lines.append(
             f'{row["model"]:<20} {row["attention"]:<9} {METRIC_LABELS[row["metric"]]:<10} '
             f'{number(row["mean_a"]):>10} ± {number(row["std_a"]):<7} (n={row["n_a"]}) '
             f'{number(row["mean_b"]):>10} ± {number(row["std_b"]):<7} (n={row["n_b"]}) '
-            f'{row["difference"]:>+8.4f} '
-            f'{number(row["standard_error"] and 2 * row["standard_error"]):>7}  {verdict}'
+            f'{row["difference"]:>+8.4f} {interval:>19} '
+            f'{"-" if row["p"] is None else format_p(row["p"]):>11}  {verdict}'
         )
-    differ = sum(1 for row in rows if row['exceeds_spread'])
+    differ = sum(1 for row in rows if row['significant'])
     judged = sum(1 for row in rows if row['judged'])
-    lines.append(f'{differ} of {judged} judged comparisons have means {RULE}')
+    lines.append(f'{differ} of {judged} judged comparisons differ; the rule: {RULE}')
     return '\n'.join(lines)
 
 

@@ -11,7 +11,7 @@ from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
 from models.architecture import network_counts
 from models.names import ATTENTION_NAMES, attention_label, model_sort_key
 
-from .spread import difference, difference_from_value
+from .significance import difference, difference_from_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,11 +76,12 @@ def table_context(
 
     Rows are models and column groups attentions, in the given order (default:
     the order they appear in the store). A cell is mean ± std over finished
-    seeds, or TBA; the best value of each metric in a row is marked bold. An
-    attention's cell is marked (`beyond_vanilla`) where it differs from vanilla by
-    reports.spread's rule. With a `reference` (reports.reference.load_reference), a
-    cell of a metric and model it published carries the published value, our
-    difference to it, and `beyond_reference` by the same rule.
+    seeds, or TBA; the best value of each metric in a row is marked bold where it is
+    significantly better than every other cell of the row (reports.significance). An
+    attention's cell is marked (`beyond_vanilla`) where it differs significantly from
+    vanilla. With a `reference` (reports.reference.load_reference), a cell of a metric
+    and model it published carries the published value, our difference to it, and
+    `beyond_reference` by the one-sample test.
     """
     done = trials[trials['status'] == DONE]
     models = list(models) if models else sorted(set(trials['model']), key=model_sort_key)
@@ -107,11 +108,14 @@ def table_context(
             present = [a for a in attentions if summaries[(a, metric)] is not None]
             if len(present) > 1:
                 pick = min if metric in LOWER_IS_BETTER else max
-                # Ties go to the later name, as ever.
-                best[metric] = pick(
-                    present,
-                    key=lambda a: (summaries[(a, metric)].mean, a),  # noqa: B023
-                )
+                leader = pick(present, key=lambda a: (summaries[(a, metric)].mean, a))  # noqa: B023
+                # Best only where the seeds say so: apart from every other cell.
+                if all(
+                    difference(seeds[(other, metric)], seeds[(leader, metric)]).significant
+                    for other in present
+                    if other != leader
+                ):
+                    best[metric] = leader
         cells = []
         for attention in attentions:
             for metric in metrics:
@@ -123,9 +127,7 @@ def table_context(
                     'beyond_vanilla': attention != 'none'
                     and bool(seeds[(attention, metric)])
                     and bool(seeds.get(('none', metric)))
-                    and difference(
-                        seeds[('none', metric)], seeds[(attention, metric)]
-                    ).exceeds_spread,
+                    and difference(seeds[('none', metric)], seeds[(attention, metric)]).significant,
                 }
                 if reference and metric in reference['metrics'] and model in reference['models']:
                     published = reference['values'].get((model, attention), {}).get(metric)
@@ -172,36 +174,44 @@ def _reference_cell(
     values: list[float], published: float | None, metric: str
 ) -> dict[str, str | float | bool | None]:
     """What a cell shows of the published value: 'orig 0.9171' and our difference to it
-    (accuracy in points), or 'orig TBA' where the reference left the cell out."""
-    if published is None:
-        return {
-            'reference': 'orig TBA',
-            'delta': None,
-            'beyond_reference': False,
-            'published': None,
-            'two_se': None,
-        }
+    (accuracy in points), or 'orig TBA' where the reference left the cell out; for the
+    report, the difference's confidence interval and p."""
     found = {
-        'reference': f'orig {published:.4f}',
+        'reference': 'orig TBA' if published is None else f'orig {published:.4f}',
         'published': published,
         'delta': None,
         'beyond_reference': False,
-        'two_se': None,
+        'ci': None,
+        'p': None,
+        'judged': False,
     }
-    if values:
-        gap = difference_from_value(values, published)
-        found['delta'] = (
-            f'{100 * gap.difference:+.2f} pt' if metric in PROPORTIONS else f'{gap.difference:+.4f}'
-        )
-        found['beyond_reference'] = gap.exceeds_spread
-        if gap.judged:
-            scale = 100 if metric in PROPORTIONS else 1
-            found['two_se'] = (
-                f'{2 * scale * gap.standard_error:.2f} pt'
-                if metric in PROPORTIONS
-                else f'{2 * gap.standard_error:.4f}'
-            )
+    if published is None or not values:
+        return found
+    gap = difference_from_value(values, published)
+    found.update(
+        delta=format_difference(gap.difference, metric),
+        beyond_reference=gap.significant,
+        judged=gap.judged,
+        ci=gap.ci and format_interval(gap.ci, metric),
+        p=None if gap.p is None else format_p(gap.p),
+    )
     return found
+
+
+def format_difference(value: float, metric: str) -> str:
+    """A difference as the table says it: accuracy in points, losses as they are."""
+    return f'{100 * value:+.2f} pt' if metric in PROPORTIONS else f'{value:+.4f}'
+
+
+def format_interval(interval: tuple[float, float], metric: str) -> str:
+    low, high = interval
+    if metric in PROPORTIONS:
+        return f'[{100 * low:+.2f}, {100 * high:+.2f}] pt'
+    return f'[{low:+.4f}, {high:+.4f}]'
+
+
+def format_p(p: float) -> str:
+    return 'p < 0.001' if p < 0.001 else f'p = {p:.3f}'
 
 
 def _overhead_text(trials: pd.DataFrame, model: str, attention: str, column: str) -> str:

@@ -1,27 +1,63 @@
-"""Comparing two stores' cells against their seed spread (reports.spread, reports.compare)."""
+"""Differences between cells judged by Welch's t-test (reports.significance), in the table's
+marks and between two stores (reports.compare)."""
 
 import math
 
+import numpy as np
 import pytest
 
 from bench.store import ResultsStore
 from reports.compare import compare_stores, format_comparison, main
-from reports.spread import difference
+from reports.significance import ALPHA, MIN_SEEDS, difference, difference_from_value
 
 from .store_helpers import add_trial, record_sweep
 
 
-def test_the_rule_is_two_welch_standard_errors():
-    same = difference([0.90, 0.92, 0.91], [0.91, 0.93, 0.90])
-    assert same.judged and not same.exceeds_spread
-    assert same.difference == pytest.approx(0.0033333, abs=1e-6)
-    assert same.standard_error == pytest.approx(math.sqrt(0.0001 / 3 + 0.00023333 / 3), rel=1e-3)
+def welch_by_hand(a, b):
+    """Welch's t, degrees of freedom, two-sided p and 95 % interval of mean(b) - mean(a),
+    from the textbook formulas (scipy only for the t distribution's quantiles)."""
+    from scipy.stats import t as student
+
+    var_a, var_b = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    gap, error = np.mean(b) - np.mean(a), math.sqrt(var_a + var_b)
+    dof = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    p = 2 * student.sf(abs(gap / error), dof)
+    half = student.ppf(0.975, dof) * error
+    return dof, p, (gap - half, gap + half)
+
+
+def test_differences_are_judged_by_welchs_t_test_with_three_seeds_or_more():
+    a, b = [0.90, 0.92, 0.91, 0.905], [0.91, 0.93, 0.90]
+    same = difference(a, b)
+    dof, p, interval = welch_by_hand(a, b)
+    assert same.dof == pytest.approx(dof) and same.p == pytest.approx(p)
+    assert same.ci == pytest.approx(interval)
+    assert same.judged and not same.significant and same.p > ALPHA
+    assert same.difference == pytest.approx(np.mean(b) - np.mean(a))
     apart = difference([0.90, 0.91, 0.90], [0.95, 0.96, 0.95])
-    assert apart.exceeds_spread and apart.difference == pytest.approx(0.05)
+    assert apart.significant and apart.p < ALPHA and apart.difference == pytest.approx(0.05)
+    assert apart.ci[0] > 0
+    # Two seeds: the test is computed (one degree of freedom or so), but never judged.
+    two = difference([0.90, 0.91], [0.95, 0.96])
+    assert two.p is not None and not two.judged and not two.significant and MIN_SEEDS == 3
     single = difference([0.90], [0.99])
-    assert not single.judged and not single.exceeds_spread and single.standard_error is None
+    assert not single.judged and single.p is None and single.ci is None
+    flat = difference([0.9, 0.9, 0.9], [0.95, 0.95, 0.95])  # no spread: no test
+    assert flat.p is None and not flat.significant
     with pytest.raises(ValueError):
         difference([], [0.5])
+
+
+def test_a_difference_from_a_published_value_is_the_one_sample_t_test():
+    from scipy import stats
+
+    ours = [0.9176, 0.9181, 0.9171, 0.9190]
+    gap = difference_from_value(ours, 0.9171)
+    expected = stats.ttest_1samp(ours, 0.9171)
+    assert gap.p == pytest.approx(expected.pvalue) and gap.dof == len(ours) - 1
+    low, high = expected.confidence_interval(0.95)
+    assert gap.ci == pytest.approx((low - 0.9171, high - 0.9171))
+    assert gap.judged and gap.n == (4,)
 
 
 def store_of(root, backend, accuracies):
@@ -44,13 +80,16 @@ def test_two_backends_stores_compared_cell_by_cell(tmp_path, capsys):
         'gluon',
         'torch',
     )
-    assert not rows['none', 'val_acc']['exceeds_spread']
-    assert rows['se', 'val_acc']['exceeds_spread']
+    assert not rows['none', 'val_acc']['significant']
+    assert rows['se', 'val_acc']['significant']
+    assert rows['se', 'val_acc']['p'] == pytest.approx(
+        welch_by_hand([0.90, 0.91, 0.90], [0.95, 0.96, 0.95])[1]
+    )
     text = format_comparison(list(rows.values()), 'gluon', 'torch')
-    assert '1 of 2 judged comparisons have means more than 2 standard errors' in text
+    assert "1 of 2 judged comparisons differ; the rule: Welch's t-test" in text
     assert main([str(gluon), str(torch), '--metrics', 'val_acc']) == 0
     out = capsys.readouterr().out
-    assert 'within spread' in out and 'differ' in out
+    assert 'no significant difference' in out and ' differ' in out and 'p = 0.' in out
     assert main([str(gluon), str(tmp_path / 'nothing')]) == 2
     assert 'sweep.json is missing' in capsys.readouterr().err
 
@@ -112,47 +151,73 @@ def test_differences_to_the_published_values_and_their_marks(tmp_path):
     context, cells = cell_texts(root)
     assert cells['none val_acc']['reference'] == 'orig 0.9171'
     assert cells['none val_acc']['delta'] == '+0.05 pt'  # 0.9176 - 0.9171
-    assert not cells['none val_acc']['beyond_reference']  # 0.05 pt < 2 SE (0.058 pt)
+    assert not cells['none val_acc']['beyond_reference']  # p = 0.23
     assert cells['eca val_acc']['delta'] == '-1.84 pt'  # 0.9005 - 0.9189
     assert cells['eca val_acc']['beyond_reference']
     assert cells['none train_loss']['delta'] == '-0.0034'  # 0.031 - 0.0344
-    assert cells['none train_loss']['beyond_reference']  # 2 SE = 0.0012
+    assert cells['none train_loss']['beyond_reference']  # p = 0.028
     assert cells['eca train_loss']['delta'] == '+0.0000'  # 0.0302 - 0.0302
     assert not cells['eca train_loss']['beyond_reference']
     assert cells['se val_acc']['reference'] == 'orig TBA' and cells['se val_acc']['delta'] is None
-    # Against vanilla: SE (+1.3 pt, spread 0.05) and ECA (-1.7 pt) differ; vanilla is the base.
+    # Against vanilla: SE (+1.3 pt) and ECA (-1.7 pt) differ; vanilla is the base.
     assert cells['se val_acc']['beyond_vanilla'] and cells['eca val_acc']['beyond_vanilla']
     assert not cells['none val_acc']['beyond_vanilla']
     assert not cells['se train_loss']['beyond_vanilla']  # identical losses
+    # Bold only where the best is apart from every other cell: SE's accuracy is; no loss is.
+    assert cells['se val_acc']['bold'] and not cells['none val_acc']['bold']
+    assert not any(cells[f'{a} train_loss']['bold'] for a in ('none', 'se', 'eca'))
     verdicts = {(r['attention'], r['metric']): r for r in context['reference_rows']}
-    assert verdicts[('eca', 'val acc')]['two_se'] == '0.06 pt'
+    from scipy import stats
+
+    expected = stats.ttest_1samp([0.9000, 0.9010, 0.9005], 0.9189)
+    low, high = (100 * (x - 0.9189) for x in expected.confidence_interval(0.95))
+    assert verdicts[('eca', 'val acc')]['ci'] == f'[{low:+.2f}, {high:+.2f}] pt'
+    assert verdicts[('eca', 'val acc')]['p'] == 'p < 0.001'
+    assert (
+        verdicts[('none', 'val acc')]['p']
+        == f'p = {stats.ttest_1samp([0.9171, 0.9181, 0.9176], 0.9171).pvalue:.3f}'
+    )
 
 
-def test_marks_follow_the_rule_and_one_seed_judges_nothing(tmp_path, capsys):
+def test_marks_follow_the_rule_and_fewer_than_three_seeds_judge_nothing(tmp_path, capsys):
     from reports import render_all
 
     close = reference_store(
-        tmp_path / 'close', {'none': [0.91, 0.93], 'se': [0.92, 0.94], 'eca': [0.90, 0.94]}
+        tmp_path / 'close',
+        {'none': [0.91, 0.93, 0.92], 'se': [0.92, 0.94, 0.925], 'eca': [0.90, 0.94, 0.93]},
     )
     _, cells = cell_texts(close)
-    assert not any(cell['beyond_vanilla'] for cell in cells.values())  # within spread
+    assert not any(cell['beyond_vanilla'] or cell['bold'] for cell in cells.values())
+    # Two seeds, far apart: still not judged (about one degree of freedom).
+    two = reference_store(
+        tmp_path / 'two', {'none': [0.91, 0.92], 'se': [0.99, 0.995], 'eca': [0.5, 0.51]}
+    )
+    _, cells = cell_texts(two)
+    assert not any(
+        c['beyond_vanilla'] or c['bold'] or c['beyond_reference'] for c in cells.values()
+    )
     single = reference_store(tmp_path / 'single', {'none': [0.91], 'se': [0.99], 'eca': [0.80]})
     context, cells = cell_texts(single)
     assert not any(cell['beyond_vanilla'] or cell['beyond_reference'] for cell in cells.values())
-    assert cells['eca val_acc']['delta'] == '-11.89 pt' and cells['eca val_acc']['two_se'] is None
+    assert cells['eca val_acc']['delta'] == '-11.89 pt' and cells['eca val_acc']['ci'] is None
     readme = tmp_path / 'README.md'
     readme.write_text('x\n')
     render_all(single, readme=readme, insert=True)
     text = readme.read_text()
     assert (
-        'One seed per cell: no difference between cells, or from the published values, '
-        'can be judged against seed spread' in text
+        'Fewer than 3 seeds per cell: no difference between cells, or from the published '
+        'values, is judged (train 3 seeds or more to judge), so nothing is marked' in text
     )
     assert '<sub>orig 0.9189 (-11.89 pt)</sub>' in text
     render_all(close, readme=readme)
     text = readme.read_text()
-    assert "†: this attention's mean and vanilla's are more than 2 standard errors" in text
-    assert '*: our mean is more than 2 standard errors of our mean from the published' in text
+    # (Markdown-escaped: \\< and \\*)
+    assert (
+        '†: differs from vanilla and bold: better than every other cell of the row, by '
+        "Welch's t-test on the cells' seeds, p \\< 0.05 (two-sided); cells with fewer than "
+        '3 seeds are not judged' in text
+    )
+    assert '\\*: differs from the published value by the one-sample t-test of our seeds' in text
 
 
 def test_the_published_table_renders_before_anything_is_trained(tmp_path, capsys):
