@@ -8,6 +8,7 @@ when printed in full.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -24,9 +25,19 @@ _quote.maxdict = _quote.maxlist = _quote.maxtuple = _quote.maxset = 6
 _quote.maxstring = _quote.maxother = 60
 
 
+# A password in a URL (https://user:secret@host, also a mistyped one: http//user:secret@host):
+# never printed, stored or sent on.
+_PASSWORD_IN_URL = re.compile(r'((?:^|[/\s\'"=])[^/\s:@\'"=]*):[^@\s/\'"]+@')
+
+
+def without_secrets(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return _PASSWORD_IN_URL.sub(r'\1:***@', text)
+
+
 def bounded_repr(value: object, limit: int = QUOTE_LIMIT) -> str:
     """repr(value), cut to at most `limit` characters whatever the value's size."""
-    text = _quote.repr(value)
+    text = without_secrets(_quote.repr(value))
     return text if len(text) <= limit else text[: limit - 3] + '...'
 
 

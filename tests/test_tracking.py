@@ -24,7 +24,7 @@ from bench.sweep.config import ConfigError, load_config
 from bench.sweep.driver import trial_run
 from bench.sweep.plan import load_sweep_data, plan
 from bench.sweep.tune_trial import CHECKPOINT_KEY, STARTED_KEY, StoreCallback
-from bench.tracking import FINISHED, KILLED, open_trackers, tracking_problems
+from bench.tracking import FAILED, FINISHED, KILLED, open_trackers, tracking_problems
 from bench.trial.checkpoint import pack_checkpoint
 
 from .sweep_helpers import write_sweep, write_tiny_data
@@ -179,6 +179,33 @@ def test_a_password_in_a_tracking_uri_is_never_printed(tmp_path):
     assert 's3cret' not in line and 'researcher:***@mlflow.example.org' in line
 
 
+def test_a_password_never_reaches_the_output_or_the_tracker(tmp_path, capsys):
+    from bench.tracking import short_reason
+
+    path = write_sweep(tmp_path, tmp_path / 'data')
+    secret = 'tracking.mlflow=https://u:s3cr3t@mlflow.example.org:5000/'
+    # The overrides as the header and the sweep's tags say them; a bad override beside it.
+    assert 's3cr3t' not in load_config(path, [secret]).described
+    with pytest.raises(ConfigError) as error:
+        load_config(path, [secret, 'recipe.epochs=abc'])
+    assert 's3cr3t' not in str(error.value) and 'u:***@mlflow.example.org' in str(error.value)
+    with pytest.raises(ConfigError) as error:  # a typo: the value is quoted, the password not
+        load_config(path, ['tracking.mlflow=http//u:s3cr3t@127.0.0.1:9'])
+    assert 's3cr3t' not in str(error.value)
+    # MLflow's own error texts quote the URL with its password.
+    failure = RuntimeError('Invalid url: http://u:s3cr3t@127.0.0.1:99999/api/2.0/mlflow/x')
+    assert short_reason(failure) == 'Invalid url: http://u:***@127.0.0.1:99999/api/2.0/mlflow/x'
+    assert run_sweep.main(['--config', str(path), '--dry-run', secret]) != 1
+    assert 's3cr3t' not in capsys.readouterr().out
+
+
+def test_a_tracking_uri_that_is_no_url_is_a_config_error(tmp_path):
+    path = write_sweep(tmp_path, tmp_path / 'data')
+    for wrong in ('http://[::1:5000', 'http://host:port99', 'ture', ''):
+        with pytest.raises(ConfigError, match='tracking.mlflow: expected true'):
+            load_config(path, [f'tracking.mlflow={wrong}'])
+
+
 def test_a_tracker_without_its_package_is_named_before_anything_trains(tmp_path, monkeypatch):
     import importlib.util
 
@@ -257,9 +284,9 @@ class FakeRun:
         self.callback.on_trial_error(0, [], self.trial)
 
 
-def a_run_of_the_driver(sweep, identity, store, lines, tmp_path):
+def a_run_of_the_driver(sweep, identity, store, lines, tmp_path, retry_failed=False):
     """What one run_sweep.py run sets up: the plan, the trackers, the Tune callback."""
-    planned = plan(sweep, identity)
+    planned = plan(sweep, identity, retry_failed=retry_failed)
     for p in planned:
         store.write_spec(p.trial_id, p.name, p.spec.to_dict(), identity, p.network_revision)
     trackers = open_trackers(sweep, warn=lines.append)
@@ -372,6 +399,71 @@ def test_a_resumed_trial_continues_its_run_in_the_embedded_store(tmp_path, monke
     # Artifacts beside the database, not in ./mlruns of wherever the sweep ran.
     assert (tmp_path / 'results' / 'mlflow' / 'artifacts' / 'tiny').is_dir()
     assert not Path('mlruns').exists()
+
+
+def test_stores_of_one_sweep_name_share_an_experiment_never_their_runs(tmp_path):
+    """Two machines (here: folders) run the sweep 'tiny' into one MLflow: each store keeps
+    its own runs; one starting over (--fresh) deletes none of the other's."""
+    uri = f'sqlite:///{tmp_path / "shared" / "mlflow.db"}'
+    ids, lines = {}, []
+    for side in ('a', 'b'):
+        sweep, identity, store = tracked_sweep(tmp_path / side, uri)
+        store.root.mkdir(parents=True)
+        trackers, trials, ids[side] = a_run_of_the_driver(sweep, identity, store, lines, tmp_path)
+        trials['none'].start(0)
+        trials['none'].epochs(1, 2, 3)
+        trials['none'].complete()
+        trackers.sweep_ended(FINISHED)
+    assert ids['a'] == ids['b']  # the same data and recipe: the same trial ids
+    # b starts over: a's run stays.
+    store.delete(store.fresh_targets())
+    trackers, trials, _ = a_run_of_the_driver(sweep, identity, store, lines, tmp_path)
+    trials['none'].start(0)
+    trials['none'].epochs(1)
+    trackers.sweep_ended(KILLED)
+    mlflow = client(uri)
+    experiment = mlflow.get_experiment_by_name('tiny')
+    runs = mlflow.search_runs([experiment.experiment_id])
+    trial_runs_ = [r for r in runs if r.info.run_name == 'cifar_resnet8_v1-none-s0']
+    assert sorted(r.info.status for r in trial_runs_) == ['FINISHED', 'KILLED']
+    assert len([r for r in runs if r.data.tags.get('bench_role') == 'sweep']) == 2
+    assert not [line for line in lines if 'warning' in line], lines
+
+
+def test_finished_trials_are_left_alone_by_later_runs_and_a_retry_clears_the_error(tmp_path):
+    sweep, identity, store = tracked_sweep(tmp_path, True)
+    store.root.mkdir(parents=True)
+    lines = []
+    trackers, trials, ids = a_run_of_the_driver(sweep, identity, store, lines, tmp_path)
+    uri = trackers.trackers[1].client.tracking_uri
+    trials['none'].start(0)
+    trials['none'].epochs(1, 2, 3)
+    trials['none'].complete()
+    trials['eca'].start(0)
+    trials['eca'].epochs(1)
+    trials['eca'].fail('RuntimeError: <b>out of memory</b>')
+    trackers.sweep_ended(FAILED)
+    before, _ = trial_runs(uri, 'tiny')
+    board = sweep.store_dir / 'tensorboard' / 'cifar_resnet8_v1-none-s0'
+    events = {p: p.stat().st_mtime_ns for p in board.iterdir()}
+    # A later run trains only the failed trial again (--retry-failed); the finished one is
+    # as the store holds it in both views: untouched.
+    trackers, trials, _ = a_run_of_the_driver(
+        sweep, identity, store, lines, tmp_path, retry_failed=True
+    )
+    trackers.catch_up(plan(sweep, identity), store)
+    trials['eca'].start(1)
+    trials['eca'].epochs(2, 3)
+    trials['eca'].complete()
+    trackers.sweep_ended(FINISHED)
+    after, _ = trial_runs(uri, 'tiny')
+    name = 'cifar_resnet8_v1-none-s0'
+    assert after[name].info.end_time == before[name].info.end_time
+    assert {p: p.stat().st_mtime_ns for p in board.iterdir()} == events
+    retried = after['cifar_resnet8_v1-eca-s0']
+    assert retried.info.run_id == before['cifar_resnet8_v1-eca-s0'].info.run_id
+    assert retried.info.status == 'FINISHED' and 'error' not in retried.data.tags
+    assert metric_rows(uri, retried.info.run_id) == stored_rows(store, ids['eca'])
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ from pydantic import (
 from bench.errors import BenchError
 from bench.store import REPORT_METRICS
 from bench.trial.recipe import Recipe, Seed, TrialSpec, recipe_problems
-from bench.validation import bounded_repr, describe_error
+from bench.validation import bounded_repr, describe_error, without_secrets
 from models.names import attention_option_problems, parse_attention_name, parse_model_name
 
 if TYPE_CHECKING:
@@ -135,9 +135,9 @@ class ReportOptions(_Strict):
     reference: Optional[Literal['original']] = None
 
 
-# A tracking URI as MLflow takes one (http://host:5000, sqlite:///path, file:///path,
-# databricks): a scheme is required, so that a typo (`mlflow: ture`) is an error rather
-# than a folder MLflow would create under that name.
+# A tracking URI as MLflow takes one (http://host:5000, sqlite:///path, databricks): a
+# scheme is required, so that a typo (`mlflow: ture`) is an error rather than a folder
+# MLflow would create under that name.
 MLFLOW_URI_PATTERN = r'^(databricks(-uc)?(://.*)?|[A-Za-z][A-Za-z0-9+.-]*:.+)$'
 
 
@@ -158,6 +158,7 @@ class Tracking(_Strict):
             and len(value) <= 2000
             and '\0' not in value
             and re.match(MLFLOW_URI_PATTERN, value)
+            and _parses_as_url(value)
         ):
             return value
         raise ValueError(
@@ -165,6 +166,16 @@ class Tracking(_Strict):
             'a tracking URI with its scheme, such as http://127.0.0.1:5000 or '
             'sqlite:///path/mlflow.db'
         )
+
+
+def _parses_as_url(text: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        urlsplit(text).port  # noqa: B018 (a bad IPv6 host or port raises here)
+    except ValueError:
+        return False
+    return True
 
 
 class SweepConfig(_Strict):
@@ -239,7 +250,8 @@ class LoadedSweep:
     @property
     def described(self) -> str:
         """The sweep file and its overrides, as a caption says it."""
-        return self.path.name + (f' with {", ".join(self.overrides)}' if self.overrides else '')
+        overrides = f' with {", ".join(self.overrides)}' if self.overrides else ''
+        return self.path.name + without_secrets(overrides)
 
     @property
     def base_dir(self) -> Path:
@@ -412,7 +424,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSweep:
         return LoadedSweep(parse_config(values, str(path)), path.resolve())
     parsed = parse_overrides(overrides)
     values, variant_of, changes = apply_overrides(values, parsed, str(path))
-    source = f'{path} with {", ".join(o.text for o in parsed)}'
+    source = without_secrets(f'{path} with {", ".join(o.text for o in parsed)}')
     return LoadedSweep(
         parse_config(values, source),
         path.resolve(),
@@ -460,8 +472,8 @@ def parse_overrides(texts: Sequence[str]) -> list[KeyOverride]:
         match = OVERRIDE_PATTERN.fullmatch(text)
         if not match or len(text) > MAX_OVERRIDE_BYTES:
             problems.append(
-                f'{text[:200]!r}: an override is key=value, the key dotted into the sweep '
-                "file's structure and the value in YAML, e.g. recipe.epochs=1 or "
+                f'{without_secrets(text[:200])!r}: an override is key=value, the key dotted '
+                "into the sweep file's structure and the value in YAML, e.g. recipe.epochs=1 or "
                 "'models=[cifar_resnet20_v1]'"
             )
             continue
@@ -469,7 +481,7 @@ def parse_overrides(texts: Sequence[str]) -> list[KeyOverride]:
             value = yaml.safe_load(match['value']) if match['value'].strip() else None
         except (yaml.YAMLError, RecursionError, ValueError) as error:
             why = ' '.join(str(error).split())[:200]
-            problems.append(f'{text[:200]!r}: the value is not valid YAML ({why})')
+            problems.append(f'{without_secrets(text[:200])!r}: the value is not valid YAML ({why})')
             continue
         check_size(value, f'override {match["key"]}')
         parsed.append(KeyOverride(text, tuple(match['key'].split('.')), value))

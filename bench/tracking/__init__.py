@@ -11,6 +11,8 @@ left out; the sweep goes on, and the next run brings it up to date.
 
 from __future__ import annotations
 
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 from bench.progress import print_line
 from bench.records import DONE
 from bench.store import TENSORBOARD_DIR
+from bench.validation import without_secrets
 
 if TYPE_CHECKING:
     from bench.records import TrialRecord
@@ -46,6 +49,12 @@ class Tracker(Protocol):
         """One epoch row, as the store has just recorded it."""
 
     def trial_ended(self, record: TrialRecord, status: str, error: str | None) -> None: ...
+
+    def catch_up(
+        self, record: TrialRecord, history: Sequence[Mapping[str, Any]], where: Mapping[str, Any]
+    ) -> None:
+        """A finished trial this run does not train: written whole unless the view holds
+        it as the store does."""
 
     def sweep_ended(self, status: str, artifacts: Sequence[Path]) -> None:
         """The run ended (`status` of the sweep as a whole); `artifacts`: the reports."""
@@ -105,7 +114,10 @@ class Trackers:
         return bool(self.trackers)
 
     def _each(self, method: str, *args: Any) -> None:
-        for tracker in list(self.trackers):
+        self._each_of(list(self.trackers), method, *args)
+
+    def _each_of(self, trackers: list, method: str, *args: Any) -> None:
+        for tracker in trackers:
             try:
                 getattr(tracker, method)(*args)
             except Exception as error:  # any failure of a view must leave the sweep running
@@ -131,12 +143,14 @@ class Trackers:
 
     def catch_up(self, records: Sequence[TrialRecord], store: ResultsStore) -> None:
         """Trials the store holds as finished, which this run does not train: each view
-        gets them whole (a view opened after they trained, or one that was down)."""
+        gets those it lacks, whole (a view opened after they trained, or one that was
+        down); one that holds a trial as the store does is left as it is."""
         for record in records:
-            if self.trackers and record.status == DONE:
-                history = store.read_history(record.trial_id)
-                self.trial_started(record, history, record.final or {})
-                self.trial_ended(record, FINISHED)
+            if record.status != DONE:
+                continue
+            history = store.read_history(record.trial_id)
+            for tracker in list(self.trackers):
+                self._each_of([tracker], 'catch_up', record, history, dict(record.final or {}))
 
     def sweep_ended(self, status: str, artifacts: Sequence[Path] = ()) -> None:
         """Trials still open did not end (an interrupted run): they are killed, to resume."""
@@ -162,17 +176,20 @@ REASONS = (
     ('Temporary failure in name resolution', 'unknown host'),
     ('timed out', 'no answer in time'),
     ('CERTIFICATE_VERIFY_FAILED', "the server's TLS certificate is not trusted"),
+    ('SSL', 'no TLS at that address (is it http://, not https://?)'),
+    ('404 != 200', 'no MLflow API at that address (HTTP 404): is it an MLflow server?'),
+    ('MLFLOW_ALLOW_FILE_STORE', 'MLflow 3 refuses file:// stores: use sqlite:///path/mlflow.db'),
 )
 
 
 def short_reason(error: BaseException) -> str:
     """Why a tracker failed, in a line."""
-    text = str(error).strip()
+    text = without_secrets(str(error).strip())
     for sign, reason in REASONS:
         if sign in text:
             return reason
     line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) <= 200 else line[:200] + '...'
+    return line if len(line) <= 300 else line[:300] + '...'
 
 
 def embedded_mlflow_uri(loaded: LoadedSweep) -> str:
@@ -183,13 +200,7 @@ def embedded_mlflow_uri(loaded: LoadedSweep) -> str:
 
 def shown_uri(uri: str) -> str:
     """A tracking URI as printed: a password in it (https://user:secret@host) left out."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rpartition('@')[2]
-    return urlunsplit(parts._replace(netloc=f'{parts.username}:***@{host}'))
+    return without_secrets(uri)
 
 
 def mlflow_uri(loaded: LoadedSweep) -> str | None:
@@ -207,20 +218,29 @@ def describe_tracking(loaded: LoadedSweep) -> list[str]:
     """Where to watch the sweep, one line per tracker the sweep file turns on."""
     lines = []
     if loaded.config.tracking.tensorboard:
+        folder = tensorboard_dir(loaded)
         lines.append(
-            f'tracking: TensorBoard event files in {tensorboard_dir(loaded)}; watch with '
-            f'tensorboard --logdir {tensorboard_dir(loaded)}'
+            f'tracking: TensorBoard event files in {folder}; watch with '
+            f'{_command("tensorboard")} --logdir {shlex.quote(str(folder))}'
         )
     uri = mlflow_uri(loaded)
     if uri:
+        local = not uri.startswith(('http://', 'https://', 'databricks'))
         how = (
-            f'mlflow ui --backend-store-uri {uri}'
-            if loaded.config.tracking.mlflow is True
+            f'{_command("mlflow")} ui --backend-store-uri {shlex.quote(shown_uri(uri))}'
+            if local
             else 'its UI'
         )
         where = f'{loaded.config.name} at {shown_uri(uri)}'
         lines.append(f'tracking: MLflow experiment {where}; watch with {how}')
     return lines
+
+
+def _command(name: str) -> str:
+    """A tool as a person runs it from here: the one beside this Python (a virtual
+    environment's bin folder) where it is there."""
+    beside = Path(sys.executable).parent / name
+    return shlex.quote(str(beside)) if beside.is_file() else name
 
 
 def tracking_problems(loaded: LoadedSweep) -> list[str]:
@@ -259,7 +279,11 @@ def open_trackers(
             (
                 f'MLflow at {shown_uri(uri)}',
                 lambda: MlflowTracker(
-                    uri, loaded.config.name, _sweep_tags(loaded), quiet=not verbose
+                    uri,
+                    loaded.config.name,
+                    _sweep_tags(loaded),
+                    store=store_key(loaded),
+                    quiet=not verbose,
                 ),
             )
         )
@@ -287,5 +311,13 @@ def _sweep_tags(loaded: LoadedSweep) -> dict[str, str]:
         'models': ', '.join(config.models),
         'attentions': ', '.join(config.attentions),
         'seeds': ', '.join(map(str, config.seeds)),
-        'store': str(loaded.store_dir),
+        'store': store_key(loaded),
     }
+
+
+def store_key(loaded: LoadedSweep) -> str:
+    """Which store a tracker's runs belong to (host and folder): stores of one sweep name
+    on several machines share an experiment, never each other's runs."""
+    import socket
+
+    return f'{socket.gethostname()}:{loaded.store_dir}'

@@ -9,6 +9,7 @@ in its trash) and written again from the store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -20,9 +21,11 @@ from urllib.parse import urlparse
 from bench.tracking import FAILED, FINISHED, KILLED, shown_uri, trial_params, trial_tags
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
+
     from bench.records import TrialRecord
 
-TRIAL_TAG, ROLE_TAG = 'bench_trial_id', 'bench_role'
+TRIAL_TAG, ROLE_TAG, STORE_TAG = 'bench_trial_id', 'bench_role', 'bench_store'
 # MLflow 3's UI opens an experiment of unknown kind as a GenAI one (traces, no runs); a
 # sweep is model training.
 KIND_TAG, KIND = 'mlflow.experimentKind', 'custom_model_development'
@@ -33,14 +36,19 @@ CHECKED_METRIC = 'val_loss'
 MAX_TAG = 5000
 # A server that is down must not hold the sweep for minutes: MLflow's default is 7
 # retries with exponential backoff. A user's own settings win.
-HTTP_DEFAULTS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '2', 'MLFLOW_HTTP_REQUEST_TIMEOUT': '20'}
+HTTP_DEFAULTS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '2', 'MLFLOW_HTTP_REQUEST_TIMEOUT': '10'}
 # MLflow prints a link to stdout whenever a run ends; the sweep says its link once.
 QUIET_DEFAULTS = {'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT': 'true'}
 
 
 class MlflowTracker:
     def __init__(
-        self, uri: str, experiment: str, sweep_tags: Mapping[str, str], quiet: bool = True
+        self,
+        uri: str,
+        experiment: str,
+        sweep_tags: Mapping[str, str],
+        store: str = '',
+        quiet: bool = True,
     ) -> None:
         for key, value in {**HTTP_DEFAULTS, **(QUIET_DEFAULTS if quiet else {})}.items():
             os.environ.setdefault(key, value)
@@ -57,6 +65,8 @@ class MlflowTracker:
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri)
+        # Runs are this store's only: one sweep name on two machines shares an experiment.
+        self.store = hashlib.sha1(store.encode()).hexdigest()[:16]
         self.experiment_id = self._experiment(experiment, database)
         self.parent = self._parent_run(experiment, sweep_tags)
         self.runs: dict[str, str] = {}  # trial id -> run id
@@ -85,23 +95,25 @@ class MlflowTracker:
             self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         return found.experiment_id
 
-    def _find_run(self, key: str, value: str) -> str | None:
+    def _find_run(self, key: str, value: str) -> Run | None:
+        """This store's newest active run whose tag `key` is `value` (a hex id or a word)."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.{key} = '{value}'",
+            filter_string=f"tags.{key} = '{value}' and tags.{STORE_TAG} = '{self.store}'",
             max_results=1,
             order_by=['attributes.start_time DESC'],
         )
-        return runs[0].info.run_id if runs else None
+        return runs[0] if runs else None
 
     def _parent_run(self, sweep: str, sweep_tags: Mapping[str, str]) -> str:
-        run_id = self._find_run(ROLE_TAG, 'sweep')
-        if run_id is None:
+        found = self._find_run(ROLE_TAG, 'sweep')
+        if found is None:
             run = self.client.create_run(
-                self.experiment_id, run_name=sweep, tags={ROLE_TAG: 'sweep'}
+                self.experiment_id, run_name=sweep, tags={ROLE_TAG: 'sweep', STORE_TAG: self.store}
             )
             run_id = run.info.run_id
         else:
+            run_id = found.info.run_id
             self.client.update_run(run_id, status='RUNNING')
         self._tag(run_id, sweep_tags)
         return run_id
@@ -116,30 +128,38 @@ class MlflowTracker:
     ) -> None:
         from mlflow.entities import Param
 
-        run_id, logged = self._run_agreeing_with(record.trial_id, history)
-        if run_id is None:
+        found, logged = self._run_agreeing_with(record.trial_id, history)
+        if found is None:
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=record.name,
-                tags={'mlflow.parentRunId': self.parent, TRIAL_TAG: record.trial_id},
+                tags={
+                    'mlflow.parentRunId': self.parent,
+                    TRIAL_TAG: record.trial_id,
+                    STORE_TAG: self.store,
+                },
             )
             run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in trial_params(record).items()]
             self.client.log_batch(run_id, params=params)
         else:
+            run_id = found.info.run_id
             self.client.update_run(run_id, status='RUNNING')
+            if 'error' in found.data.tags:  # an earlier attempt's; this one trains again
+                self.client.delete_tag(run_id, 'error')
         self.runs[record.trial_id], self.logged[record.trial_id] = run_id, logged
         self._tag(run_id, trial_tags(record, where))
         self._log_rows(record.trial_id, [r for r in history if int(r['epoch']) > logged])
 
     def _run_agreeing_with(
         self, trial_id: str, history: Sequence[Mapping[str, Any]]
-    ) -> tuple[str | None, int]:
+    ) -> tuple[Run | None, int]:
         """The trial's run and the last epoch it holds, if its epochs are the store's first;
         (None, 0) when there is none or it disagrees (then it is deleted)."""
-        run_id = self.runs.get(trial_id) or self._find_run(TRIAL_TAG, trial_id)
-        if run_id is None:
+        found = self._find_run(TRIAL_TAG, trial_id)
+        if found is None:
             return None, 0
+        run_id = found.info.run_id
         logged = {m.step: m.value for m in self.client.get_metric_history(run_id, CHECKED_METRIC)}
         stored = {int(r['epoch']): float(r[CHECKED_METRIC]) for r in history}
         agrees = all(
@@ -147,10 +167,19 @@ class MlflowTracker:
             for step, value in logged.items()
         )
         if agrees:
-            return run_id, max(logged, default=0)
+            return found, max(logged, default=0)
         self.client.delete_run(run_id)
         self.runs.pop(trial_id, None)
         return None, 0
+
+    def catch_up(
+        self, record: TrialRecord, history: Sequence[Mapping[str, Any]], where: Mapping[str, Any]
+    ) -> None:
+        found, logged = self._run_agreeing_with(record.trial_id, history)
+        if found is not None and found.info.status == 'FINISHED' and logged == len(history):
+            return  # as the store holds it: left alone (its times stay the training's)
+        self.trial_started(record, history, where)
+        self.trial_ended(record, FINISHED, None)
 
     def epoch(self, record: TrialRecord, row: Mapping[str, Any]) -> None:
         self._log_rows(record.trial_id, [row])

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from bench.fileio import write_json_atomic
+from bench.store import read_json_checked
 from bench.tracking import FAILED, FINISHED, trial_params
 
 if TYPE_CHECKING:
@@ -35,6 +37,9 @@ SCALAR_TAGS = {
 # The metrics of the HParams table: the last value of each.
 HPARAM_METRICS = ('accuracy/val', 'loss/val', 'loss/train')
 EVENT_FILES = 'events.out.tfevents.*'
+# Beside a trial's event files: what they hold (its epochs and how it ended), so that a
+# finished trial written whole is not written again by each later run.
+WRITTEN_FILE = 'written.json'
 
 
 class TensorBoardTracker:
@@ -45,6 +50,7 @@ class TensorBoardTracker:
         _refuse_link(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.writers: dict[str, FileWriter] = {}
+        self.epochs: dict[str, int] = {}  # trial id -> the epochs its events hold
 
     def folder(self, record: TrialRecord) -> Path:
         return self.root / re.sub(r'[^A-Za-z0-9_.=-]', '_', record.name)
@@ -60,8 +66,8 @@ class TensorBoardTracker:
         _refuse_link(folder)
         # The trial's events are written again from the store, whole: a resumed trial's
         # curve is the store's, with no epoch twice and none that the store rolled back.
-        for old in folder.glob(EVENT_FILES):
-            old.unlink()
+        for old in [*folder.glob(EVENT_FILES), folder / WRITTEN_FILE]:
+            old.unlink(missing_ok=True)
         writer = FileWriter(str(folder), flush_secs=30)
         self.writers[record.trial_id] = writer
         experiment, session_start, _ = hparams(
@@ -71,11 +77,13 @@ class TensorBoardTracker:
             writer.add_summary(summary)
         for row in history:
             self._write_row(writer, row)
+        self.epochs[record.trial_id] = len(history)
         writer.flush()
 
     def epoch(self, record: TrialRecord, row: Mapping[str, Any]) -> None:
         writer = self.writers[record.trial_id]
         self._write_row(writer, row)
+        self.epochs[record.trial_id] = int(row['epoch'])
         writer.flush()  # watched live: every epoch on disk as soon as it is stored
 
     def _write_row(self, writer: FileWriter, row: Mapping[str, Any]) -> None:
@@ -90,6 +98,24 @@ class TensorBoardTracker:
         if writer is not None:
             writer.add_summary(session_end(status))
             self._close(record.trial_id)
+            written = {
+                'trial_id': record.trial_id,
+                'epochs': self.epochs.get(record.trial_id, 0),
+                'status': status,
+            }
+            write_json_atomic(self.folder(record) / WRITTEN_FILE, written)
+
+    def catch_up(
+        self, record: TrialRecord, history: Sequence[Mapping[str, Any]], where: Mapping[str, Any]
+    ) -> None:
+        folder = self.folder(record)
+        _refuse_link(folder)
+        written, _ = read_json_checked(folder / WRITTEN_FILE)
+        holds = {'trial_id': record.trial_id, 'epochs': len(history), 'status': FINISHED}
+        if written == holds and any(folder.glob(EVENT_FILES)):
+            return  # as the store holds it: left alone
+        self.trial_started(record, history, where)
+        self.trial_ended(record, FINISHED, None)
 
     def sweep_ended(self, status: str, artifacts: Sequence[Path]) -> None:
         self.close()
