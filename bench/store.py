@@ -87,7 +87,14 @@ LOWER_IS_BETTER = {'val_loss', 'train_loss'}
 
 # What a store holds at its top, beside trial folders named by their ids: --fresh
 # deletes these and nothing else, so a results folder that is not a store loses nothing.
-STORE_FILES = (MANIFEST_FILE, 'results.csv', 'environment.json', 'table.md')
+STORE_FILES = (
+    MANIFEST_FILE,
+    'results.csv',
+    'environment.json',
+    'table.md',
+    'cells.csv',
+    'table.tex',
+)
 SCRATCH_DIR = 'ray'
 # bench.tracking's TensorBoard event files: a view of the store, written again from it.
 TENSORBOARD_DIR = 'tensorboard'
@@ -216,7 +223,8 @@ class ResultsStore:
         data renders the published table and records nothing): our table.md, and where
         the sweep file puts them there, the report, README and figures."""
         table = self.root / 'table.md'
-        if not entries <= {'table.md', 'report.html', 'README.md', 'figures', LOCK_FILE}:
+        reports = {'table.md', 'cells.csv', 'table.tex', 'report.html', 'README.md', 'figures'}
+        if not entries <= reports | {LOCK_FILE}:
             return False
         try:
             with open(table, 'rb') as handle:

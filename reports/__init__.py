@@ -19,12 +19,13 @@ from bench.trial.recipe import RecipeError, describe_recipe
 from models.names import parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
+from .exports import CELLS_NOTE, cells_frame, latex_table
 from .outputs import REPORT_MARK, check_outputs
 from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
 from .reference import load_reference
 from .significance import MIN_SEEDS, REFERENCE_RULE, RULE
 from .store import load_environment, load_histories, load_manifest, load_trials, split_by_sweep
-from .table import table_context
+from .table import PROPORTIONS, cell_speeds, table_context
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,6 +66,11 @@ MACS_NOTE = (
     "C×H×W input (pooling or GCT's sum of squares, and the channel scaling), one MAC "
     'per element each; BN and ReLU are not counted.'
 )
+SPEED_NOTE = (
+    'Speed: training images/s, the median over the epochs and seeds of the cell as its '
+    'trials recorded them, and its ratio to vanilla where both trained on the same kind of '
+    'device ("other device" where not: never compared)'
+)
 ORIGINAL_LOSS_NOTE = (
     '"train loss" is the last epoch\'s mean training loss: what the original table called loss.'
 )
@@ -77,7 +83,9 @@ def render(template: str, **context: Any) -> str:
 
 def _title_and_caption(
     context: Mapping[str, Any], trials: pd.DataFrame, manifest: Mapping[str, Any] | None = None
-) -> tuple[str, str]:
+) -> tuple[str, str, list[str]]:
+    """The table's title, its short caption (what trained what, on which data, over how
+    many seeds) and the notes of 'How to read this' (method, marks, definitions)."""
     data = ', '.join(context['data_names']) or 'unknown data'
     title = (
         'loss and accuracy on the CIFAR-10 test set'
@@ -102,31 +110,45 @@ def _title_and_caption(
     if not context['official']:
         parts.append('Trained on data that is not the official CIFAR-10')
     if context['seeds']:
+        seeds = ', '.join(map(str, context['seeds']))
+        n = context['common_n']
         parts.append(
-            f'Seeds {", ".join(map(str, context["seeds"]))}; cells with several seeds '
-            'show mean ± std (n)'
+            (f'Mean ± std over {n} seeds ({seeds})' if n > 1 else f'One seed per cell ({seeds})')
+            + ('; a cell with another count says it (n=k)' if context['uneven_seeds'] else '')
+            + '; accuracy in percent'
         )
     if recipe:
         parts.append(_recipe_part(recipe))
     parts.append(_backends_part(trials, trained=bool(context['finished'])))
+    notes = []
     revisions = sorted(
         {
             (parse_model_name(m).version, int(r))
             for m, r in zip(trials['model'], trials['network_revision'])
         }
     )
-    parts.append(
+    notes.append(
         'Network definitions: '
         + ', '.join(f'v{version} revision {revision}' for version, revision in revisions)
         + " (the original repository's networks)"
     )
-    parts += _reference_and_marks_parts(context)
+    notes += _reference_and_marks_parts(context)
+    if any(m in PROPORTIONS for m in context['metrics']):
+        notes.append(
+            "Under an attention's accuracy: its difference to vanilla's, in percentage points"
+        )
     if 'train_loss' in context['metrics']:
-        parts.append(ORIGINAL_LOSS_NOTE)
+        notes.append(ORIGINAL_LOSS_NOTE)
     if context['overhead']:
-        parts.append(MACS_NOTE)
-    parts.append('TBA: not trained yet')
-    return title, ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
+        notes.append(MACS_NOTE)
+        if context['cost'] and context['cost']['speed']:
+            notes.append(SPEED_NOTE)
+    notes.append('TBA: not trained yet')
+    return title, _sentences(parts), [_sentences([note]) for note in notes]
+
+
+def _sentences(parts: Sequence[str]) -> str:
+    return ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
 
 
 def _recipe_part(recipe: dict[str, Any]) -> str:
@@ -222,18 +244,28 @@ def render_all(
     if trials.empty:
         raise ReportError(f'the sweep recorded in {store_dir} has no trials')
     histories = load_histories(store_dir, trials)
+    metrics = options.get('metrics', ('val_loss', 'val_acc'))
     context = table_context(
         trials,
         layout.get('models'),
         layout.get('attentions'),
-        metrics=options.get('metrics', ('val_loss', 'val_acc')),
+        metrics=metrics,
         overhead=options.get('overhead', False),
         reference=options.get('reference') and load_reference(options['reference']),
+        speeds=_speeds(store_dir, trials, histories),
     )
-    title, caption = _title_and_caption(context, trials, manifest)
+    title, caption, notes = _title_and_caption(context, trials, manifest)
     # Rendered by our own template with every value escaped, so it is markup to keep.
     table_html = Markup(render('readme_table.html.j2', **context).strip())
+    cost_html = (
+        Markup(render('cost_table.html.j2', **context['cost']).strip()) if context['cost'] else None
+    )
     written = []
+    models = layout.get('models') or sorted(set(trials['model']))
+    attentions = layout.get('attentions') or sorted(set(trials['attention']))
+    cells = cells_frame(trials, models, attentions, metrics)
+    written.append(_write_text(store_dir / 'cells.csv', CELLS_NOTE + cells.to_csv(index=False)))
+    written.append(_write_text(store_dir / 'table.tex', latex_table(context, title, caption)))
     from .figures import write_figures  # matplotlib: only where figures are drawn
 
     figures = write_figures(
@@ -245,7 +277,7 @@ def render_all(
     _write_text(
         markdown_path,
         f'Results: {markdown_text(title)}. {markdown_text(caption)}\n\n'
-        + render('table.md.j2', **context),
+        + render('table.md.j2', **context, notes=notes),
     )
     written.append(markdown_path)
 
@@ -255,7 +287,9 @@ def render_all(
             'readme_block.md.j2',
             title=title,
             caption=caption,
+            notes=notes,
             table_html=table_html,
+            cost_html=cost_html,
             figures=[
                 {
                     'title': t,
@@ -273,13 +307,15 @@ def render_all(
             name=store_dir.name,
             title=title,
             caption=caption,
+            notes=notes,
             generator=Markup(REPORT_MARK),
             table_html=table_html,
+            cost_html=cost_html,
             figures=[
                 {'title': t, 'base64': base64.b64encode(Path(p).read_bytes()).decode('ascii')}
                 for t, p in figures
             ],
-            trials=_trial_rows(trials),
+            trials=_trial_rows(trials, in_order=True),
             others=_trial_rows(others),
             problems=[
                 (row['name'], problem)
@@ -295,12 +331,29 @@ def render_all(
     return written
 
 
-def _trial_rows(trials: pd.DataFrame) -> list[dict[str, Any]]:
+def _speeds(
+    store_dir: Path, trials: pd.DataFrame, histories: pd.DataFrame
+) -> dict[tuple[str, str], Any]:
+    """Each cell's training speed from its finished trials' epochs, with the kind of
+    device each trial recorded (final.json)."""
+    from bench.store import DONE, ResultsStore
+
+    done = set(trials[trials['status'] == DONE]['trial_id'])
+    store = ResultsStore(store_dir)
+    devices = {t: (store.read_final(t) or {}).get('device_kind') for t in done}
+    return cell_speeds(histories[histories['trial_id'].isin(done)], devices)
+
+
+def _trial_rows(trials: pd.DataFrame, in_order: bool = False) -> list[dict[str, Any]]:
+    """The trials as report.html lists them: `in_order` as given (the sweep's matrix
+    order), else by model, attention and seed."""
+
     def number(value: float | None) -> str:
         return '' if value is None or value != value else f'{value:.4f}'
 
     rows = []
-    for trial in trials.sort_values(['model', 'attention', 'seed']).to_dict('records'):
+    ordered = trials if in_order else trials.sort_values(['model', 'attention', 'seed'])
+    for trial in ordered.to_dict('records'):
         seconds = trial['total_seconds']
         rows.append(
             {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
@@ -47,13 +48,24 @@ def summarise(values: Iterable[float | None]) -> Summary | None:
     return Summary(mean, std, n)
 
 
-def format_cell(summary: Summary | None, digits: int = 4) -> str:
+def format_value(value: float, metric: str) -> str:
+    """A metric as the tables show it: accuracies in percent, losses as they are."""
+    return f'{100 * value:.2f}' if metric in PROPORTIONS else f'{value:.4f}'
+
+
+def format_cell(summary: Summary | None, metric: str = 'val_loss', common_n: int = 1) -> str:
+    """mean ± std; the seed count only where it is not the table's (`common_n`)."""
     if summary is None:
         return 'TBA'
     mean, std, n = summary
-    if n == 1:
-        return f'{mean:.{digits}f}'
-    return f'{mean:.{digits}f} ± {std:.{digits}f} (n={n})'
+    text = format_value(mean, metric)
+    if n > 1:
+        text += f' ± {format_value(std, metric)}'
+    return text + (f' (n={n})' if n != common_n else '')
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS[metric] + (' (%)' if metric in PROPORTIONS else '')
 
 
 def format_count(value: float) -> str:
@@ -64,6 +76,44 @@ def format_count(value: float) -> str:
     return f'{value:.0f}'
 
 
+class Speed(NamedTuple):
+    """A cell's measured training pace: images/s (median over its epochs and seeds), and
+    the kinds of device its trials ran on."""
+
+    images_per_second: float
+    devices: frozenset
+
+
+def cell_speeds(
+    histories: pd.DataFrame, devices: Mapping[str, str | None]
+) -> dict[tuple[str, str], Speed]:
+    """Each cell's Speed from the finished trials' epochs (`histories`, one row per trial
+    and epoch) and each trial's device kind (`devices`: trial id -> kind)."""
+    speeds = {}
+    if histories.empty:
+        return speeds
+    for (model, attention), rows in histories.groupby(['model', 'attention'], sort=False):
+        values = [float(v) for v in rows['images_per_second'] if v == v and v is not None]
+        if values:
+            kinds = frozenset(str(devices.get(t) or 'unknown device') for t in rows['trial_id'])
+            speeds[(model, attention)] = Speed(statistics.median(values), kinds)
+    return speeds
+
+
+def _speed_text(speeds: Mapping[tuple[str, str], Speed], model: str, attention: str) -> str:
+    """'2,310 img/s (0.93x)': against vanilla's on the same kind of device only."""
+    own = speeds.get((model, attention))
+    if own is None:
+        return '-'
+    text = f'{own.images_per_second:,.0f} img/s'
+    vanilla = speeds.get((model, 'none'))
+    if attention == 'none' or vanilla is None:
+        return text
+    if own.devices != vanilla.devices or len(own.devices) != 1:
+        return text + ' (other device)'
+    return text + f' ({own.images_per_second / vanilla.images_per_second:.2f}x)'
+
+
 def table_context(
     trials: pd.DataFrame,
     models: Sequence[str] | None = None,
@@ -71,98 +121,135 @@ def table_context(
     metrics: Sequence[str] = ('val_loss', 'val_acc'),
     overhead: bool = False,
     reference: dict[str, Any] | None = None,
+    speeds: Mapping[tuple[str, str], Speed] | None = None,
 ) -> dict[str, Any]:
-    """Header groups and rows of the README table from the trials DataFrame.
+    """The results table and the cost table of the README block, table.md and report.html.
 
-    Rows are models and column groups attentions, in the given order (default:
-    the order they appear in the store). A cell is mean ± std over finished
-    seeds, or TBA; the best value of each metric in a row is marked bold where it is
-    significantly better than every other cell of the row (reports.significance). An
-    attention's cell is marked (`beyond_vanilla`) where it differs significantly from
-    vanilla. With a `reference` (reports.reference.load_reference), a cell of a metric
-    and model it published carries the published value, our difference to it, and
-    `beyond_reference` by the one-sample test.
+    Results: rows are models and column groups attentions, in the given order (default:
+    the order they appear in the store), a column per metric. A cell is mean ± std over
+    its finished seeds (accuracies in percent), or TBA; the seed count is said in a cell
+    only where it differs from the table's (`common_n`). An attention's accuracy cell
+    carries its difference to vanilla in points (`vs_vanilla`), and is marked
+    (`beyond_vanilla`) where that difference is significant (reports.significance); the
+    best value of a row is bold only where it is significantly better than every other.
+    With a `reference` (reports.reference.load_reference), a cell of a metric and model
+    it published carries the published value, our difference to it, its confidence
+    interval and p, and `beyond_reference` by the one-sample test.
+
+    Cost (with `overhead`): per model and attention the parameters and MACs (an
+    attention: what it adds to vanilla), and with `speeds` the measured images/s and
+    its ratio to vanilla's on the same kind of device.
     """
     done = trials[trials['status'] == DONE]
     models = list(models) if models else sorted(set(trials['model']), key=model_sort_key)
     attentions = list(attentions) if attentions else default_order(trials['attention'])
     groups = [
-        {
-            'name': a,
-            'label': attention_label(a),
-            'columns': [METRIC_LABELS[m] for m in metrics]
-            + (list(OVERHEAD_COLUMNS.values()) if overhead else []),
-        }
+        {'name': a, 'label': attention_label(a), 'columns': [metric_label(m) for m in metrics]}
         for a in attentions
     ]
+    seeds = {
+        (model, a, m): _finished(
+            done[(done['model'] == model) & (done['attention'] == a)][m].tolist()
+        )
+        for model in models
+        for a in attentions
+        for m in metrics
+    }
+    counts = [len(values) for values in seeds.values() if values]
+    common_n = max(set(counts), key=lambda n: (counts.count(n), n)) if counts else 0
     rows, reference_rows = [], []
     for model in models:
-        seeds = {
-            (a, m): _finished(done[(done['model'] == model) & (done['attention'] == a)][m].tolist())
-            for a in attentions
-            for m in metrics
-        }
-        summaries = {key: summarise(values) for key, values in seeds.items()}
-        best = {}
-        for metric in metrics:
-            present = [a for a in attentions if summaries[(a, metric)] is not None]
-            if len(present) > 1:
-                pick = min if metric in LOWER_IS_BETTER else max
-                leader = pick(present, key=lambda a: (summaries[(a, metric)].mean, a))  # noqa: B023
-                # Best only where the seeds say so: apart from every other cell.
-                if all(
-                    difference(seeds[(other, metric)], seeds[(leader, metric)]).significant
-                    for other in present
-                    if other != leader
-                ):
-                    best[metric] = leader
+        summaries = {(a, m): summarise(seeds[(model, a, m)]) for a in attentions for m in metrics}
+        best = {metric: _significant_best(seeds, model, attentions, metric) for metric in metrics}
         cells = []
         for attention in attentions:
             for metric in metrics:
-                summary = summaries[(attention, metric)]
+                values, vanilla = seeds[(model, attention, metric)], seeds[(model, 'none', metric)]
+                gap = (
+                    difference(vanilla, values)
+                    if attention != 'none' and values and vanilla
+                    else None
+                )
                 cell = {
-                    'text': format_cell(summary),
-                    'bold': best.get(metric) == attention and summary is not None,
-                    'n': summary.n if summary else 0,
-                    'beyond_vanilla': attention != 'none'
-                    and bool(seeds[(attention, metric)])
-                    and bool(seeds.get(('none', metric)))
-                    and difference(seeds[('none', metric)], seeds[(attention, metric)]).significant,
+                    'text': format_cell(summaries[(attention, metric)], metric, common_n),
+                    'bold': best[metric] == attention,
+                    'n': len(values),
+                    'beyond_vanilla': bool(gap and gap.significant),
+                    'vs_vanilla': (
+                        f'Δ {format_difference(gap.difference, metric)}'
+                        if gap and metric in PROPORTIONS
+                        else None
+                    ),
                 }
                 if reference and metric in reference['metrics'] and model in reference['models']:
                     published = reference['values'].get((model, attention), {}).get(metric)
-                    cell.update(_reference_cell(seeds[(attention, metric)], published, metric))
+                    cell.update(_reference_cell(values, published, metric))
                     reference_rows.append(
                         dict(cell, model=model, attention=attention, metric=METRIC_LABELS[metric])
                     )
                 cells.append(cell)
-            if overhead:
-                cells += [
-                    {
-                        'text': _overhead_text(trials, model, attention, column),
-                        'bold': False,
-                        'n': 0,
-                    }
-                    for column in OVERHEAD_COLUMNS
-                ]
         rows.append({'model': model, 'cells': cells})
     data_names = sorted({str(n) for n in trials['data_name'].dropna()})
     official = bool(len(trials)) and bool(trials['data_official'].all())
-    seeds = sorted({int(s) for s in done['seed']}) if len(done) else []
-    most_seeds = max((cell['n'] for row in rows for cell in row['cells']), default=0)
+    seed_list = sorted({int(s) for s in done['seed']}) if len(done) else []
     return {
         'groups': groups,
         'rows': rows,
         'metrics': list(metrics),
         'overhead': overhead,
+        'cost': _cost_context(trials, models, attentions, speeds) if overhead else None,
         'official': official,
         'data_names': data_names,
-        'seeds': seeds,
+        'seeds': seed_list,
+        'common_n': common_n,
+        'uneven_seeds': len(set(counts)) > 1,
         'finished': int(len(done)),
         'total': int(len(trials)),
         'reference': reference and {'name': reference['name'], 'source': reference['source']},
         'reference_rows': reference_rows,
-        'most_seeds': most_seeds,
+        'most_seeds': max(counts, default=0),
+    }
+
+
+def _significant_best(
+    seeds: Mapping[tuple[str, str, str], list[float]],
+    model: str,
+    attentions: Sequence[str],
+    metric: str,
+) -> str | None:
+    """The attention whose cell is significantly better than every other of the row."""
+    present = [a for a in attentions if seeds[(model, a, metric)]]
+    if len(present) < 2:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    leader = pick(present, key=lambda a: (statistics.fmean(seeds[(model, a, metric)]), a))
+    apart = all(
+        difference(seeds[(model, other, metric)], seeds[(model, leader, metric)]).significant
+        for other in present
+        if other != leader
+    )
+    return leader if apart else None
+
+
+def _cost_context(
+    trials: pd.DataFrame,
+    models: Sequence[str],
+    attentions: Sequence[str],
+    speeds: Mapping[tuple[str, str], Speed] | None,
+) -> dict[str, Any]:
+    columns = list(OVERHEAD_COLUMNS.values()) + (['speed'] if speeds is not None else [])
+    rows = []
+    for model in models:
+        cells = []
+        for attention in attentions:
+            cells += [_overhead_text(trials, model, attention, c) for c in OVERHEAD_COLUMNS]
+            if speeds is not None:
+                cells.append(_speed_text(speeds, model, attention))
+        rows.append({'model': model, 'cells': cells})
+    return {
+        'groups': [{'label': attention_label(a), 'columns': columns} for a in attentions],
+        'rows': rows,
+        'speed': speeds is not None,
     }
 
 
@@ -177,7 +264,7 @@ def _reference_cell(
     (accuracy in points), or 'orig TBA' where the reference left the cell out; for the
     report, the difference's confidence interval and p."""
     found = {
-        'reference': 'orig TBA' if published is None else f'orig {published:.4f}',
+        'reference': 'orig TBA' if published is None else f'orig {format_value(published, metric)}',
         'published': published,
         'delta': None,
         'beyond_reference': False,

@@ -149,7 +149,7 @@ def test_differences_to_the_published_values_and_their_marks(tmp_path):
         {'none': [0.030, 0.031, 0.032], 'se': [0.030, 0.031, 0.032], 'eca': [0.029, 0.031, 0.0306]},
     )
     context, cells = cell_texts(root)
-    assert cells['none val_acc']['reference'] == 'orig 0.9171'
+    assert cells['none val_acc']['reference'] == 'orig 91.71'
     assert cells['none val_acc']['delta'] == '+0.05 pt'  # 0.9176 - 0.9171
     assert not cells['none val_acc']['beyond_reference']  # p = 0.23
     assert cells['eca val_acc']['delta'] == '-1.84 pt'  # 0.9005 - 0.9189
@@ -208,7 +208,7 @@ def test_marks_follow_the_rule_and_fewer_than_three_seeds_judge_nothing(tmp_path
         'Fewer than 3 seeds per cell: no difference between cells, or from the published '
         'values, is judged (train 3 seeds or more to judge), so nothing is marked' in text
     )
-    assert '<sub>orig 0.9189 (-11.89 pt)</sub>' in text
+    assert '<sub>orig 91.89 (-11.89 pt)</sub>' in text
     render_all(close, readme=readme)
     text = readme.read_text()
     # (Markdown-escaped: \\< and \\*)
@@ -246,7 +246,7 @@ def test_the_published_table_renders_before_anything_is_trained(tmp_path, capsys
     assert 'showing the published original table' in capsys.readouterr().out
     text = readme.read_text()
     assert 'Not reproduced yet' in text and '0 of 6 trials finished' in text
-    assert 'TBA<br><sub>orig 0.9165</sub>' in text  # ResNet-56 v2 vanilla accuracy
+    assert 'TBA<br><sub>orig 91.65</sub>' in text  # ResNet-56 v2 vanilla accuracy
     assert 'TBA<br><sub>orig TBA</sub>' in text  # SE: the original left it out
     assert 'mnikitin/channel-attention' in text
     assert not (tmp_path / 'results' / 'original-table' / 'sweep.json').exists()

@@ -611,7 +611,13 @@ def test_one_line_per_stored_text_in_html_too():
     )
     assert '\n\n' not in html and '[x](y)' in html
     assert str(Markup('<b>kept</b>')) in render(
-        'readme_block.md.j2', title='t', caption='c', table_html=Markup('<b>kept</b>'), figures=[]
+        'readme_block.md.j2',
+        title='t',
+        caption='c',
+        notes=['n'],
+        table_html=Markup('<b>kept</b>'),
+        cost_html=None,
+        figures=[],
     )
 
 

@@ -104,13 +104,21 @@ def test_readme_table_has_the_original_cells_in_the_original_places(original_sto
     grid = TableGrid(text[text.index('<table>') : text.index('</table>') + 8])
     assert grid.errors == [] and grid.stack == []
     assert grid.rows[0] == ['Model', 'Vanilla', 'SE', 'ECA', 'GCT']
-    assert grid.rows[1] == ['train loss', 'val acc'] * 4
+    assert grid.rows[1] == ['train loss', 'val acc (%)'] * 4
     for row, model in zip(grid.rows[2:], MODELS):
         assert row[0] == model
         expected = []
+        vanilla_acc = ORIGINAL[(model, 'none')][1]
         for attention in ATTENTIONS:
             loss_acc = ORIGINAL.get((model, attention))
-            expected += [f'{loss_acc[0]:.4f}', f'{loss_acc[1]:.4f}'] if loss_acc else ['TBA'] * 2
+            if not loss_acc:
+                expected += ['TBA'] * 2
+                continue
+            # Accuracy in percent; an attention's with its difference to vanilla's below.
+            accuracy = f'{100 * loss_acc[1]:.2f}'
+            if attention != 'none':
+                accuracy += f'Δ {100 * (loss_acc[1] - vanilla_acc):+.2f} pt'
+            expected += [f'{loss_acc[0]:.4f}', accuracy]
         assert row[1:] == expected
     assert len(grid.rows) == 2 + len(MODELS)
 
@@ -134,7 +142,8 @@ def test_multi_seed_cells_show_mean_std_and_n(tmp_path):
     trials = load_trials(store.root)
     context = table_context(trials, metrics=('val_acc',))
     cells = [c['text'] for c in context['rows'][0]['cells']]
-    assert cells == ['0.9100', '0.9200 ± 0.0200 (n=3)']
+    # Percent; the seed count said in a cell only where it is not the table's (3 here).
+    assert cells == ['91.00 (n=1)', '92.00 ± 2.00']
     # Vanilla has one seed: nothing is judged, nothing is bold.
     assert [c['bold'] for c in context['rows'][0]['cells']] == [False, False]
     assert context['seeds'] == [0, 1, 2] and context['finished'] == 4 and context['total'] == 5
@@ -162,13 +171,16 @@ def test_best_is_bold_only_where_it_is_significantly_best(tmp_path):
 
 def test_params_and_macs_overhead_columns(original_store, tmp_path):
     text = render_table(original_store, tmp_path, metrics=('val_acc',), overhead=True)
-    grid = TableGrid(text[text.index('<table>') : text.index('</table>') + 8])
-    assert grid.rows[1] == ['val acc', 'params', 'MACs'] * 4
-    vanilla, se, eca = grid.rows[2][1:4], grid.rows[2][4:7], grid.rows[2][7:10]
-    assert vanilla[1:] == ['272.47K', '40.81M']
-    assert se[1:] == ['+2.02K (0.74%)', '+174.05K (0.43%)']
-    assert eca[1:] == ['+27 (0.01%)', '+173.04K (0.42%)']
-    assert grid.rows[2][10:] == ['TBA', '+1.01K (0.37%)', '+172.03K (0.42%)']
+    results, cost = TableGrid(text).tables[:2]
+    assert results[1] == ['val acc (%)'] * 4  # the results table: metrics only
+    # The cost table, apart: per attention its params, MACs and measured speed.
+    assert cost[0] == ['Cost', 'Vanilla', 'SE', 'ECA', 'GCT']
+    assert cost[1] == ['params', 'MACs', 'speed'] * 4
+    vanilla, se, eca, gct = (cost[2][1 + 3 * i : 4 + 3 * i] for i in range(4))
+    assert vanilla[:2] == ['272.47K', '40.81M']
+    assert se[:2] == ['+2.02K (0.74%)', '+174.05K (0.43%)']
+    assert eca[:2] == ['+27 (0.01%)', '+173.04K (0.42%)']
+    assert gct == ['+1.01K (0.37%)', '+172.03K (0.42%)', '-']
     assert 'MACs: convolutions and dense layers, plus each attention' in text
 
 
@@ -230,12 +242,15 @@ def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
     results = grid.tables[0]
     assert results[0] == ['Model', 'Vanilla', 'SE', 'ECA', 'GCT']
     assert [row[0] for row in results[2:]] == MODELS
-    assert results[2][2] == f'{ORIGINAL[("cifar_resnet20_v1", "none")][1]:.4f}'
+    assert results[2][2] == f'{100 * ORIGINAL[("cifar_resnet20_v1", "none")][1]:.2f}'
     text = ''.join(grid.text)
     assert '<table' not in text and '<td' not in text and '</' not in text
-    trials = grid.tables[1]
-    assert trials[0][:4] == ['trial', 'id', 'network rev.', 'status']
-    statuses = [row[3] for row in trials[1:]]
+    trials = grid.tables[2]
+    assert trials[0][:5] == ['trial', 'seed', 'id', 'network rev.', 'status']
+    statuses = [row[4] for row in trials[1:]]
+    # In the sweep's matrix order (model, then attention as the sweep lists them), seeds said.
+    assert [row[0] for row in trials[1:5]] == [f'cifar_resnet20_v1-{a}-s0' for a in ATTENTIONS]
+    assert {row[1] for row in trials[1:]} == {'0'}
     assert statuses.count('done') == 8 and statuses.count('pending') == 8
     assert 'packages.mxnet' in html and '1.9.1' in html and 'abc123' in html
 
@@ -302,7 +317,7 @@ def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
     assert (tmp_path / 'figs' / 'final_accuracy.png').is_file()
     assert (tmp_path / 'report.html').is_file() and (tmp_path / 'r2.html').is_file()
     readme_rows = TableGrid((tmp_path / 'README.md').read_text()).rows
-    assert [row[0] for row in readme_rows[2:]] == ['cifar_resnet20_v1', 'cifar_resnet56_v1']
+    assert [row[0] for row in readme_rows[2:4]] == ['cifar_resnet20_v1', 'cifar_resnet56_v1']
 
 
 def test_only_the_sweeps_trials_enter_the_table_and_figures(tmp_path):
@@ -319,7 +334,7 @@ def test_only_the_sweeps_trials_enter_the_table_and_figures(tmp_path):
     figures = tmp_path / 'figures'
     render_all(store.root, readme=readme, figures_dir=figures, report_path=report)
     table = TableGrid(readme.read_text()).rows
-    assert table[2] == ['cifar_resnet20_v1', '0.8000', 'TBA']
+    assert table[2] == ['cifar_resnet20_v1', '80.00', 'TBA']
     assert '1 of 2 trials finished' in readme.read_text()
     grid = TableGrid(report.read_text())
     others = grid.tables[2]
@@ -407,3 +422,91 @@ def test_figures_of_trials_no_longer_in_the_sweep_are_removed(original_store, tm
         'final_accuracy.png',
         'notes.png',
     ]
+
+
+def three_seed_store(tmp_path, devices=None):
+    """cifar_resnet20_v1 x (none, se, eca) x 3 seeds: SE clearly above vanilla; each
+    trial's speed and device kind as given (attention -> (images/s, device))."""
+    store = ResultsStore(tmp_path / 'results' / 'three')
+    accuracies = {
+        'none': (0.900, 0.905, 0.902),
+        'se': (0.930, 0.931, 0.929),
+        'eca': (0.901, 0.899, 0.906),
+    }
+    for attention, values in accuracies.items():
+        for seed, acc in enumerate(values):
+            tid = add_trial(store, 'cifar_resnet20_v1', attention, seed, 0.05, acc)
+            speed, device = (devices or {}).get(attention, (5000.0, 'cpu: x'))
+            rows = store.read_history(tid)
+            for row in rows:
+                store.record_epoch(tid, dict(row, images_per_second=speed + row['epoch']))
+            store.write_final(tid, dict(rows[-1], epochs=3, total_seconds=30.0, device_kind=device))
+    record_sweep(store, ['cifar_resnet20_v1'], list(accuracies), seeds=[0, 1, 2])
+    return store, accuracies
+
+
+def test_cells_csv_holds_each_cells_statistics_as_scipy_computes_them(tmp_path):
+    import pandas as pd
+    from scipy import stats
+
+    store, accuracies = three_seed_store(tmp_path)
+    render_all(store.root, figures_dir=tmp_path / 'figures')
+    cells = pd.read_csv(store.root / 'cells.csv', comment='#')
+    se = cells[(cells['attention'] == 'se') & (cells['metric'] == 'val_acc')].iloc[0]
+    expected = stats.ttest_ind(accuracies['se'], accuracies['none'], equal_var=False)
+    assert se['n'] == 3 and se['p'] == pytest.approx(expected.pvalue)
+    assert (se['ci_low'], se['ci_high']) == pytest.approx(tuple(expected.confidence_interval()))
+    assert se['significant'] and se['mean'] == pytest.approx(sum(accuracies['se']) / 3)
+    eca = cells[(cells['attention'] == 'eca') & (cells['metric'] == 'val_acc')].iloc[0]
+    assert not eca['significant'] and eca['p'] > 0.05
+    vanilla = cells[(cells['attention'] == 'none') & (cells['metric'] == 'val_acc')].iloc[0]
+    assert pd.isna(vanilla['p']) and not vanilla['significant']
+
+
+def test_table_tex_is_a_booktabs_table_that_compiles(tmp_path):
+    import shutil
+
+    store, _ = three_seed_store(tmp_path)
+    render_all(store.root, figures_dir=tmp_path / 'figures')
+    latex = (store.root / 'table.tex').read_text()
+    body = latex[latex.index(r'\begin{tabular}') : latex.index(r'\end{tabular}')]
+    assert r'\toprule' in body and r'\midrule' in body and r'\bottomrule' in latex
+    assert r'cifar\_resnet20\_v1' in body and r'$\pm$' in body and '±' not in latex
+    # SE: significantly best of the row (bold) and apart from vanilla (dagger).
+    assert r'\textbf{93.00 $\pm$ 0.10$^\dagger$}' in body and r'val acc (\%)' in body
+    assert latex.count('{') == latex.count('}')
+    assert body.count(r'\\') == 2 + 1  # two header rows, one row per model
+    if not shutil.which('pdflatex'):
+        pytest.skip('pdflatex is not installed here: the table was checked as text only')
+    (tmp_path / 'doc.tex').write_text(
+        '\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n'
+        + latex
+        + '\n\\end{document}\n'
+    )
+    done = subprocess.run(
+        ['pdflatex', '-interaction=nonstopmode', '-halt-on-error', 'doc.tex'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_speed_per_cell_against_vanilla_on_the_same_device_only(tmp_path):
+    store, _ = three_seed_store(
+        tmp_path,
+        devices={
+            'none': (4000.0, 'cpu: x'),
+            'se': (3000.0, 'cpu: x'),
+            'eca': (8000.0, 'cuda: H100'),
+        },
+    )
+    report = tmp_path / 'report.html'
+    render_all(store.root, figures_dir=tmp_path / 'figures', report_path=report)
+    cost = TableGrid(report.read_text()).tables[1]
+    assert cost[1] == ['params', 'MACs', 'speed'] * 3
+    speeds = cost[2][3::3]
+    # Median over epochs (images/s + epoch: 1, 2, 3) and seeds.
+    assert speeds == ['4,002 img/s', '3,002 img/s (0.75x)', '8,002 img/s (other device)']
+    assert 'never compared' in report.read_text()
