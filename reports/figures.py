@@ -38,38 +38,47 @@ def _model_order(frame: pd.DataFrame, models: Sequence[str] | None) -> list[str]
 def curves_figure(
     histories: pd.DataFrame, model: str, attentions: Sequence[str] | None = None
 ) -> Figure:
-    """Validation accuracy and loss against epoch for one model: a line per attention,
-    the mean over seeds with a band from the lowest to the highest seed."""
+    """Accuracy and loss against epoch for one model, validation (solid) beside training
+    (dashed): a colour per attention, the mean over seeds with a band from the lowest to
+    the highest seed."""
     frame = histories[histories['model'] == model]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for attention in _attention_order(frame, attentions):
         per_epoch = frame[frame['attention'] == attention].groupby('epoch')
-        for axis, metric in zip(axes, ('val_acc', 'val_loss')):
-            stats = per_epoch[metric].agg(['mean', 'min', 'max'])
-            (line,) = axis.plot(
-                stats.index,
-                stats['mean'],
-                marker='o' if len(stats) < 15 else None,
-                markersize=3,
-                label=attention_label(attention),
-            )
-            if (stats['max'] > stats['min']).any():
-                axis.fill_between(
+        for axis, kind in zip(axes, ('acc', 'loss')):
+            color = None
+            for split, style in (('val', '-'), ('train', '--')):
+                stats = per_epoch[f'{split}_{kind}'].agg(['mean', 'min', 'max'])
+                (line,) = axis.plot(
                     stats.index,
-                    stats['min'],
-                    stats['max'],
-                    color=line.get_color(),
-                    alpha=0.2,
-                    linewidth=0,
+                    stats['mean'],
+                    linestyle=style,
+                    color=color,
+                    marker='o' if len(stats) < 15 and split == 'val' else None,
+                    markersize=3,
+                    # One legend entry per attention (its validation line).
+                    label=attention_label(attention) if split == 'val' else '_train',
                 )
-    for axis, label in zip(axes, ('validation accuracy', 'validation loss (cross-entropy)')):
+                color = line.get_color()
+                if (stats['max'] > stats['min']).any():
+                    axis.fill_between(
+                        stats.index,
+                        stats['min'],
+                        stats['max'],
+                        color=color,
+                        alpha=0.15 if split == 'val' else 0.07,
+                        linewidth=0,
+                    )
+    for axis, label in zip(axes, ('accuracy', 'loss (cross-entropy)')):
         axis.set_xlabel('epoch')
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(label)
+        axis.set_ylabel(f'{label}: validation —, training --')
         axis.grid(alpha=0.3)
         axis.legend(title='attention', fontsize='small')
     axes[1].set_yscale('log')
-    fig.suptitle(f'{model}: validation curves (mean over seeds, band: min-max)')
+    low = axes[0].get_ylim()[0]
+    axes[0].set_title(f'accuracy axis from {low:.2f}', fontsize='small')
+    fig.suptitle(f'{model}: validation and training curves (mean over seeds, band: min-max)')
     return fig
 
 
@@ -128,7 +137,13 @@ def accuracy_bars_figure(
         loc='upper center',
         bbox_to_anchor=(0.5, -0.22),
     )
-    axis.set_title(f'Final validation accuracy\n{_seed_note(seed_counts)}', fontsize='medium')
+    # The axis does not start at 0: say where it does, so no difference looks bigger
+    # than it is.
+    axis.set_title(
+        f'Final validation accuracy (axis from {axis.get_ylim()[0]:.2f})\n'
+        f'{_seed_note(seed_counts)}',
+        fontsize='medium',
+    )
     return fig
 
 
@@ -165,7 +180,7 @@ def write_figures(
         path = save_figure(
             curves_figure(histories, model, attentions), figures_dir / f'{CURVES_PREFIX}{model}.png'
         )
-        written.append((f'{model}: validation accuracy and loss per epoch', path))
+        written.append((f'{model}: validation and training accuracy and loss per epoch', path))
     if (trials['status'] == DONE).any():
         path = save_figure(
             accuracy_bars_figure(trials, models, attentions), figures_dir / ACCURACY_FIGURE

@@ -218,11 +218,23 @@ def test_figures_exist_with_one_line_per_attention(original_store, tmp_path):
     assert all(p.stat().st_size > 10_000 for p in written if p.suffix == '.png')
     from reports import load_histories
 
-    figure = curves_figure(load_histories(original_store), 'cifar_resnet20_v1')
+    histories = load_histories(original_store)
+    figure = curves_figure(histories, 'cifar_resnet20_v1')
     accuracy_axis, loss_axis = figure.axes[:2]
-    assert [line.get_label() for line in accuracy_axis.lines] == ['Vanilla', 'ECA']
-    assert len(loss_axis.lines) == 2
+    # Per attention a validation line (solid, in the legend) and a training line (dashed).
+    labels = [line.get_label() for line in accuracy_axis.lines]
+    assert labels == ['Vanilla', '_train', 'ECA', '_train']
+    assert [line.get_linestyle() for line in loss_axis.lines] == ['-', '--'] * 2
+    # The plotted data are the store's epochs.
+    vanilla = histories[
+        (histories['model'] == 'cifar_resnet20_v1') & (histories['attention'] == 'none')
+    ]
+    val, train = accuracy_axis.lines[:2]
+    assert list(val.get_ydata()) == list(vanilla['val_acc'])
+    assert list(train.get_ydata()) == list(vanilla['train_acc'])
+    assert list(loss_axis.lines[1].get_ydata()) == list(vanilla['train_loss'])
     assert accuracy_axis.get_xlabel() == 'epoch' and accuracy_axis.get_ylabel()
+    assert accuracy_axis.get_title().startswith('accuracy axis from ')
     assert 'cifar_resnet20_v1' in figure._suptitle.get_text()
 
 
