@@ -157,7 +157,7 @@ def test_both_backends_sweeps_compared_cell_by_cell(tmp_path, data_root, local_r
         values = {
             'seeds': [0, 1],
             'recipe': {
-                'epochs': 2,
+                'epochs': 1,
                 'batch_size': 16,
                 'lr': 0.01,
                 'lr_decay_epochs': [100],
