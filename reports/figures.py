@@ -17,7 +17,13 @@ from bench.fileio import write_bytes_atomic  # noqa: E402
 from bench.store import DONE  # noqa: E402
 from models.names import attention_label, model_sort_key  # noqa: E402
 
-from .outputs import ACCURACY_FIGURE, CURVES_PREFIX, GENERATOR, is_our_figure  # noqa: E402
+from .outputs import (  # noqa: E402
+    ACCURACY_FIGURE,
+    COST_FIGURE,
+    CURVES_PREFIX,
+    GENERATOR,
+    is_our_figure,
+)
 from .table import default_order  # noqa: E402
 
 if TYPE_CHECKING:
@@ -147,6 +153,50 @@ def accuracy_bars_figure(
     return fig
 
 
+def accuracy_vs_cost_figure(
+    trials: pd.DataFrame,
+    models: Sequence[str] | None = None,
+    attentions: Sequence[str] | None = None,
+) -> Figure:
+    """Per model (a row), final validation accuracy against the parameters and against
+    the MACs each attention adds to vanilla (in % of vanilla's): a point per attention,
+    the mean over seeds with the sample std as error bars where there are two or more."""
+    done = trials[trials['status'] == DONE]
+    models = _model_order(done, models)
+    attentions = _attention_order(done, attentions)
+    fig, axes = plt.subplots(
+        len(models), 2, figsize=(10, 3.2 * len(models)), squeeze=False, constrained_layout=True
+    )
+    for row, model in zip(axes, models):
+        cells = done[done['model'] == model]
+        vanilla = cells[cells['attention'] == 'none']
+        for axis, column, label in zip(row, ('params', 'macs'), ('parameters', 'MACs')):
+            base = vanilla[column].dropna()
+            for attention in attentions:
+                cell = cells[cells['attention'] == attention]
+                counts = cell[column].dropna()
+                if not len(cell) or not len(counts) or not len(base):
+                    continue
+                added = 100 * (float(counts.iloc[0]) - float(base.iloc[0])) / float(base.iloc[0])
+                values = 100 * cell['val_acc'].astype(float)
+                axis.errorbar(
+                    [added],
+                    [values.mean()],
+                    yerr=[values.std(ddof=1)] if len(values) > 1 else None,
+                    fmt='o',
+                    capsize=3,
+                    label=attention_label(attention),
+                )
+            axis.set_xlabel(f'{label} added to vanilla (%)')
+            axis.set_ylabel('final validation accuracy (%)')
+            axis.grid(alpha=0.3)
+            low = axis.get_ylim()[0]
+            axis.set_title(f'{model} (accuracy axis from {low:.1f} %)', fontsize='small')
+        row[0].legend(title='attention', fontsize='small')
+    fig.suptitle('Accuracy against what each attention adds (mean over seeds, bars: std)')
+    return fig
+
+
 def _seed_note(seed_counts: set[int]) -> str:
     if seed_counts == {1}:
         return 'n=1 seed per cell: no error bars'
@@ -186,8 +236,15 @@ def write_figures(
             accuracy_bars_figure(trials, models, attentions), figures_dir / ACCURACY_FIGURE
         )
         written.append(('Final validation accuracy per model and attention', path))
+        path = save_figure(
+            accuracy_vs_cost_figure(trials, models, attentions), figures_dir / COST_FIGURE
+        )
+        written.append(('Accuracy against the parameters and MACs each attention adds', path))
     kept = {path for _, path in written}
-    stale = list(figures_dir.glob(f'{CURVES_PREFIX}*.png')) + [figures_dir / ACCURACY_FIGURE]
+    stale = list(figures_dir.glob(f'{CURVES_PREFIX}*.png')) + [
+        figures_dir / ACCURACY_FIGURE,
+        figures_dir / COST_FIGURE,
+    ]
     for path in stale:
         if path not in kept and path.is_file() and is_our_figure(path):
             path.unlink()

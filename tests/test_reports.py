@@ -214,7 +214,9 @@ def test_readme_without_markers_gets_a_clear_message_or_an_appended_block(origin
 def test_figures_exist_with_one_line_per_attention(original_store, tmp_path):
     written = render_all(original_store, figures_dir=tmp_path / 'figures')
     names = sorted(p.name for p in written if p.suffix == '.png')
-    assert names == sorted([f'curves_{m}.png' for m in MODELS] + ['final_accuracy.png'])
+    assert names == sorted(
+        [f'curves_{m}.png' for m in MODELS] + ['final_accuracy.png', 'accuracy_vs_cost.png']
+    )
     assert all(p.stat().st_size > 10_000 for p in written if p.suffix == '.png')
     from reports import load_histories
 
@@ -247,7 +249,7 @@ def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
     html = report.read_text()
     grid = TableGrid(html)
     assert grid.errors == [] and grid.stack == []
-    assert html.count('src="data:image/png;base64,') == len(MODELS) + 1
+    assert html.count('src="data:image/png;base64,') == len(MODELS) + 2
     assert 'src="http' not in html and 'href=' not in html
     # The results table is a table element with the numbers in its cells, and no
     # markup shows as text anywhere on the page.
@@ -430,6 +432,7 @@ def test_figures_of_trials_no_longer_in_the_sweep_are_removed(original_store, tm
     record_sweep(store, ['cifar_resnet20_v1'], ATTENTIONS)
     render_all(original_store, figures_dir=figures)
     assert sorted(p.name for p in figures.iterdir()) == [
+        'accuracy_vs_cost.png',
         'curves_cifar_resnet20_v1.png',
         'final_accuracy.png',
         'notes.png',
@@ -522,3 +525,24 @@ def test_speed_per_cell_against_vanilla_on_the_same_device_only(tmp_path):
     # Median over epochs (images/s + epoch: 1, 2, 3) and seeds.
     assert speeds == ['4,002 img/s', '3,002 img/s (0.75x)', '8,002 img/s (other device)']
     assert 'never compared' in report.read_text()
+
+
+def test_accuracy_against_what_each_attention_adds(tmp_path):
+    from reports.figures import accuracy_vs_cost_figure
+    from tests.store_helpers import MACS, PARAMS
+
+    store, accuracies = three_seed_store(tmp_path)
+    trials = load_trials(store.root)
+    figure = accuracy_vs_cost_figure(trials, ['cifar_resnet20_v1'], ['none', 'se', 'eca'])
+    params_axis, macs_axis = figure.axes[:2]
+    points = {}
+    for container in params_axis.containers:
+        line = container.lines[0]
+        points[container.get_label()] = (line.get_xdata()[0], line.get_ydata()[0])
+    for attention, label in (('none', 'Vanilla'), ('se', 'SE'), ('eca', 'ECA')):
+        added = 100 * (PARAMS[attention] - PARAMS['none']) / PARAMS['none']
+        mean = 100 * sum(accuracies[attention]) / 3
+        assert points[label] == pytest.approx((added, mean))
+    assert 'MACs added to vanilla (%)' == macs_axis.get_xlabel()
+    assert MACS['se'] > MACS['none']
+    assert params_axis.get_title().startswith('cifar_resnet20_v1 (accuracy axis from ')
