@@ -169,7 +169,8 @@ def test_a_dry_run_says_where_to_watch_and_writes_nothing(tmp_path, capsys):
 
 
 def test_a_password_in_a_tracking_uri_is_never_printed(tmp_path):
-    from bench.tracking import describe_tracking, shown_uri
+    from bench.tracking import describe_tracking
+    from bench.validation import without_secrets as shown_uri
 
     uri = 'https://researcher:s3cret@mlflow.example.org:5000/base'
     assert shown_uri(uri) == 'https://researcher:***@mlflow.example.org:5000/base'

@@ -114,10 +114,7 @@ class Trackers:
         return bool(self.trackers)
 
     def _each(self, method: str, *args: Any) -> None:
-        self._each_of(list(self.trackers), method, *args)
-
-    def _each_of(self, trackers: list, method: str, *args: Any) -> None:
-        for tracker in trackers:
+        for tracker in list(self.trackers):
             try:
                 getattr(tracker, method)(*args)
             except Exception as error:  # any failure of a view must leave the sweep running
@@ -149,8 +146,7 @@ class Trackers:
             if record.status != DONE:
                 continue
             history = store.read_history(record.trial_id)
-            for tracker in list(self.trackers):
-                self._each_of([tracker], 'catch_up', record, history, dict(record.final or {}))
+            self._each('catch_up', record, history, dict(record.final or {}))
 
     def sweep_ended(self, status: str, artifacts: Sequence[Path] = ()) -> None:
         """Trials still open did not end (an interrupted run): they are killed, to resume."""
@@ -198,11 +194,6 @@ def embedded_mlflow_uri(loaded: LoadedSweep) -> str:
     return f'sqlite:///{folder / "mlflow.db"}'
 
 
-def shown_uri(uri: str) -> str:
-    """A tracking URI as printed: a password in it (https://user:secret@host) left out."""
-    return without_secrets(uri)
-
-
 def mlflow_uri(loaded: LoadedSweep) -> str | None:
     setting = loaded.config.tracking.mlflow
     if setting is True:
@@ -227,11 +218,11 @@ def describe_tracking(loaded: LoadedSweep) -> list[str]:
     if uri:
         local = not uri.startswith(('http://', 'https://', 'databricks'))
         how = (
-            f'{_command("mlflow")} ui --backend-store-uri {shlex.quote(shown_uri(uri))}'
+            f'{_command("mlflow")} ui --backend-store-uri {shlex.quote(without_secrets(uri))}'
             if local
             else 'its UI'
         )
-        where = f'{loaded.config.name} at {shown_uri(uri)}'
+        where = f'{loaded.config.name} at {without_secrets(uri)}'
         lines.append(f'tracking: MLflow experiment {where}; watch with {how}')
     return lines
 
@@ -277,7 +268,7 @@ def open_trackers(
 
         openers.append(
             (
-                f'MLflow at {shown_uri(uri)}',
+                f'MLflow at {without_secrets(uri)}',
                 lambda: MlflowTracker(
                     uri,
                     loaded.config.name,

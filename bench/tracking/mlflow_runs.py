@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from urllib.parse import urlparse
 
-from bench.tracking import FAILED, FINISHED, KILLED, shown_uri, trial_params, trial_tags
+from bench.tracking import FAILED, FINISHED, KILLED, trial_params, trial_tags
+from bench.validation import without_secrets
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -60,7 +61,7 @@ class MlflowTracker:
             for name in ('mlflow', 'alembic'):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
-        self.label = f'MLflow at {shown_uri(uri)}'
+        self.label = f'MLflow at {without_secrets(uri)}'
         database = sqlite_file(uri)
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,7 @@ class MlflowTracker:
         scheme = urlparse(uri).scheme
         # Where a person opens the experiment (a server's UI; None for a local store).
         self.view = (
-            f'{shown_uri(uri).rstrip("/")}/#/experiments/{self.experiment_id}'
+            f'{without_secrets(uri).rstrip("/")}/#/experiments/{self.experiment_id}'
             if scheme in ('http', 'https')
             else None
         )
