@@ -15,13 +15,15 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bench.fileio import write_bytes_atomic  # noqa: E402
 from bench.store import DONE  # noqa: E402
-from models.names import attention_label, model_sort_key  # noqa: E402
+from models.names import model_sort_key  # noqa: E402
+from models.registry import attention_label  # noqa: E402
 
 from .outputs import (  # noqa: E402
     ACCURACY_FIGURE,
     COST_FIGURE,
     CURVES_PREFIX,
     GENERATOR,
+    SPEED_FIGURE,
     is_our_figure,
 )
 from .table import default_order  # noqa: E402
@@ -197,6 +199,106 @@ def accuracy_vs_cost_figure(
     return fig
 
 
+def speed_figure(
+    trials: pd.DataFrame,
+    histories: pd.DataFrame,
+    models: Sequence[str] | None = None,
+    attentions: Sequence[str] | None = None,
+) -> Figure:
+    """Per model (a panel), each attention's training speed: images/s, the median over
+    its finished trials' epochs as the cost table gives it, with the range of the trials'
+    own medians as a whisker and the ratio to vanilla's speed on the same kind of device.
+    A bar per kind of device the cell trained on (a colour each): speeds of different
+    devices share an axis but are never put in a ratio."""
+    done = trials[trials['status'] == DONE]
+    devices = {
+        trial: str(kind) if isinstance(kind, str) and kind else 'unknown device'
+        for trial, kind in zip(done['trial_id'], done['device_kind'])
+    }
+    epochs = histories[histories['trial_id'].isin(devices)].copy()
+    epochs = (
+        epochs[epochs['images_per_second'].notna()]
+        if 'images_per_second' in epochs
+        else epochs.iloc[:0]
+    )
+    epochs['device'] = epochs['trial_id'].map(devices)
+    models = _model_order(epochs, models)
+    attentions = _attention_order(epochs, attentions)
+    kinds = sorted(set(epochs['device']))
+    columns = min(2, max(1, len(models)))
+    rows = max(1, -(-len(models) // columns))
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(
+            max(7.0, 5.6 * columns),
+            1.2 + 0.42 * max(1, len(attentions) * len(kinds)) * rows + 0.6,
+        ),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    height = 0.8 / max(1, len(kinds))
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for axis, model in zip(axes.flat, models):
+        cells = epochs[epochs['model'] == model]
+        for kind_index, kind in enumerate(kinds):
+            on_kind = cells[cells['device'] == kind]
+            vanilla = on_kind[on_kind['attention'] == 'none']['images_per_second']
+            base = float(vanilla.median()) if len(vanilla) else None
+            for index, attention in enumerate(attentions):
+                cell = on_kind[on_kind['attention'] == attention]
+                if cell.empty:
+                    continue
+                speed = float(cell['images_per_second'].median())
+                per_trial = cell.groupby('trial_id')['images_per_second'].median()
+                position = index + (kind_index - (len(kinds) - 1) / 2) * height
+                axis.barh(
+                    [position],
+                    [speed],
+                    height * 0.9,
+                    xerr=[[speed - per_trial.min()], [per_trial.max() - speed]]
+                    if len(per_trial) > 1
+                    else None,
+                    capsize=3,
+                    color=colors[kind_index % len(colors)],
+                    label=kind,
+                    gid=f'{attention}|{kind}',
+                )
+                ratio = '' if base is None or attention == 'none' else f'  {speed / base:.2f}x'
+                axis.annotate(
+                    f'{speed:,.0f}{ratio}',
+                    (speed, position),
+                    xytext=(4, 0),
+                    textcoords='offset points',
+                    va='center',
+                    fontsize='x-small',
+                )
+        axis.set_yticks(range(len(attentions)))
+        axis.set_yticklabels([attention_label(a) for a in attentions])
+        axis.invert_yaxis()
+        # Bars from zero, with room on the right for the numbers.
+        axis.set_xlim(0, axis.get_xlim()[1] * 1.25)
+        axis.set_xlabel('training images/s (median over epochs and seeds)')
+        axis.set_title(model, fontsize='small')
+        axis.grid(axis='x', alpha=0.3)
+    for axis in list(axes.flat)[len(models) :]:
+        axis.set_visible(False)
+    # One entry per device across the panels.
+    unique = {}
+    for axis in axes.flat:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            unique.setdefault(label, handle)
+    fig.legend(
+        unique.values(), unique.keys(), title='device', fontsize='small', loc='outside lower center'
+    )
+    fig.suptitle(
+        'Training speed per attention\n(whiskers: range over seeds; Nx: against vanilla '
+        'on the same device)',
+        fontsize='medium',
+    )
+    return fig
+
+
 def _seed_note(seed_counts: set[int]) -> str:
     if seed_counts == {1}:
         return 'n=1 seed per cell: no error bars'
@@ -240,10 +342,20 @@ def write_figures(
             accuracy_vs_cost_figure(trials, models, attentions), figures_dir / COST_FIGURE
         )
         written.append(('Accuracy against the parameters and MACs each attention adds', path))
+    if (
+        'images_per_second' in histories
+        and histories['images_per_second'].notna().any()
+        and (trials['status'] == DONE).any()
+    ):
+        path = save_figure(
+            speed_figure(trials, histories, models, attentions), figures_dir / SPEED_FIGURE
+        )
+        written.append(('Training speed per attention', path))
     kept = {path for _, path in written}
     stale = list(figures_dir.glob(f'{CURVES_PREFIX}*.png')) + [
         figures_dir / ACCURACY_FIGURE,
         figures_dir / COST_FIGURE,
+        figures_dir / SPEED_FIGURE,
     ]
     for path in stale:
         if path not in kept and path.is_file() and is_our_figure(path):

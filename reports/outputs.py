@@ -26,13 +26,17 @@ LEGACY_FIGURE_MARKS = (b'Software\x00Matplotlib', b'pHYs\x00\x00\x10\xeb\x00\x00
 # The figures' names: a curves figure per model, one bar chart. Those of ours that a
 # report no longer shows are deleted; present ones are replaced.
 CURVES_PREFIX, ACCURACY_FIGURE = 'curves_', 'final_accuracy.png'
-COST_FIGURE = 'accuracy_vs_cost.png'
-FIGURE_PATTERNS = (f'{CURVES_PREFIX}*.png', ACCURACY_FIGURE, COST_FIGURE)
+COST_FIGURE, SPEED_FIGURE = 'accuracy_vs_cost.png', 'speed.png'
+FIGURE_PATTERNS = (f'{CURVES_PREFIX}*.png', ACCURACY_FIGURE, COST_FIGURE, SPEED_FIGURE)
 
 
 def figure_names(models: Iterable[str]) -> list[str]:
     """The files the figures of a report on these models are written to."""
-    return [f'{CURVES_PREFIX}{model}.png' for model in models] + [ACCURACY_FIGURE, COST_FIGURE]
+    return [f'{CURVES_PREFIX}{model}.png' for model in models] + [
+        ACCURACY_FIGURE,
+        COST_FIGURE,
+        SPEED_FIGURE,
+    ]
 
 
 # What each output may be: the reports write HTML and Markdown, and nothing else is

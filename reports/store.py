@@ -18,11 +18,22 @@ from bench.trial.recipe import Recipe
 
 from .readme import ReportError
 
+# Beyond results.csv's columns (bench.store.TRIAL_COLUMNS): where each finished trial
+# ran, from its final.json, so speeds are compared on one kind of device only.
+REPORT_COLUMNS = (*TRIAL_COLUMNS, 'device_kind')
+
 
 def load_trials(store_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """One row per stored trial (see bench.store.ResultsStore.trial_records)."""
+    """One row per stored trial (see bench.store.ResultsStore.trial_records): results.csv's
+    columns and the kind of device a finished trial ran on (None where not recorded)."""
     records = ResultsStore(store_dir).trial_records(manifest)
-    return pd.DataFrame([record.row() for record in records], columns=TRIAL_COLUMNS)
+    return pd.DataFrame(
+        [
+            {**record.row(), 'device_kind': (record.final or {}).get('device_kind')}
+            for record in records
+        ],
+        columns=REPORT_COLUMNS,
+    )
 
 
 def load_manifest(store_dir: str | Path) -> dict[str, Any]:
@@ -56,7 +67,7 @@ def split_by_sweep(
             rows.append(stored.loc[entry['trial_id']].to_dict())
             continue
         rows.append(TrialRecord.from_trial_file(entry, data=data, status=PENDING).row())
-    current = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    current = pd.DataFrame(rows, columns=trials.columns)
     wanted = {entry['trial_id'] for entry in manifest['trials']}
     other = trials[~trials['trial_id'].isin(wanted)].copy()
     by_name = {entry['name']: upgrade_trial_file(entry) for entry in manifest['trials']}

@@ -215,7 +215,8 @@ def test_figures_exist_with_one_line_per_attention(original_store, tmp_path):
     written = render_all(original_store, figures_dir=tmp_path / 'figures')
     names = sorted(p.name for p in written if p.suffix == '.png')
     assert names == sorted(
-        [f'curves_{m}.png' for m in MODELS] + ['final_accuracy.png', 'accuracy_vs_cost.png']
+        [f'curves_{m}.png' for m in MODELS]
+        + ['final_accuracy.png', 'accuracy_vs_cost.png', 'speed.png']
     )
     assert all(p.stat().st_size > 10_000 for p in written if p.suffix == '.png')
     from reports import load_histories
@@ -436,6 +437,7 @@ def test_figures_of_trials_no_longer_in_the_sweep_are_removed(original_store, tm
         'curves_cifar_resnet20_v1.png',
         'final_accuracy.png',
         'notes.png',
+        'speed.png',
     ]
 
 
@@ -525,6 +527,38 @@ def test_speed_per_cell_against_vanilla_on_the_same_device_only(tmp_path):
     # Median over epochs (images/s + epoch: 1, 2, 3) and seeds.
     assert speeds == ['4,002 img/s', '3,002 img/s (0.75x)', '8,002 img/s (other device)']
     assert 'never compared' in report.read_text()
+
+
+def test_speed_figure_draws_the_stored_speeds_per_device(tmp_path):
+    from reports import load_histories
+    from reports.figures import speed_figure
+
+    store, _ = three_seed_store(
+        tmp_path,
+        devices={
+            'none': (4000.0, 'cpu: x'),
+            'se': (3000.0, 'cpu: x'),
+            'eca': (8000.0, 'cuda: H100'),
+        },
+    )
+    trials = load_trials(store.root)
+    figure = speed_figure(trials, load_histories(store.root, trials))
+    (axis,) = [a for a in figure.axes if a.get_visible()]
+    bars = {patch.get_gid(): patch for patch in axis.patches}
+    # Each bar: the median of the cell's epochs (images/s + epoch: 1, 2, 3), from zero,
+    # and its ratio only against vanilla on the same device.
+    assert {gid: bar.get_width() for gid, bar in bars.items()} == {
+        'none|cpu: x': 4002.0,
+        'se|cpu: x': 3002.0,
+        'eca|cuda: H100': 8002.0,
+    }
+    assert all(bar.get_x() == 0 for bar in bars.values())
+    labels = sorted(text.get_text() for text in axis.texts)
+    assert labels == ['3,002  0.75x', '4,002', '8,002']
+    assert axis.get_xlim()[0] == 0
+    legend = figure.legends[0]
+    assert sorted(t.get_text() for t in legend.get_texts()) == ['cpu: x', 'cuda: H100']
+    assert [t.get_text() for t in axis.get_yticklabels()] == ['Vanilla', 'SE', 'ECA']
 
 
 def test_accuracy_against_what_each_attention_adds(tmp_path):
