@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from bench.gpu import GPU
 
 OK, WARN, FAIL = 'ok', 'warn', 'FAIL'
-ATTENTIONS = ('none', 'se', 'eca', 'gct')
 CHECK_MODEL = 'cifar_resnet8_v1'
 # Devices agree to this relative error in float32 (TF32 and cuDNN's algorithms move
 # GPU results by more than CPU rounding does).
@@ -199,6 +198,34 @@ def _torch_pass(
     return out.detach().cpu().numpy(), x.grad.cpu().numpy(), state
 
 
+def attentions_of(*backends: str) -> list[str]:
+    """The registered attentions that have a module in every one of `backends`."""
+    from models.registry import registered
+
+    return [n for n, s in registered().items() if all(b in s.backends for b in backends)]
+
+
+def check_attentions() -> Check:
+    """The attentions this installation knows, and any installed package's that it
+    could not register (entry point group models.registry.ENTRY_POINT_GROUP)."""
+    from models.registry import ENTRY_POINT_GROUP, plugin_problems, registered
+
+    specs = registered()
+    found = ', '.join(
+        name + ('' if spec.origin == 'built-in' else f' ({spec.origin})')
+        for name, spec in specs.items()
+    )
+    problems = plugin_problems()
+    if problems:
+        return Check(
+            'attentions',
+            WARN,
+            f'{found}; left out: ' + '; '.join(problems),
+            f'fix or uninstall the package named (entry point group {ENTRY_POINT_GROUP})',
+        )
+    return Check('attentions', OK, found)
+
+
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
     import numpy as np
 
@@ -211,7 +238,7 @@ def check_torch_devices(devices: Sequence[str | torch.device]) -> list[Check]:
     import numpy as np
 
     checks = []
-    for attention in ATTENTIONS:
+    for attention in attentions_of('torch'):
         reference = _torch_pass(attention, 'cpu')
         if not devices:
             finite = all(np.isfinite(a).all() for a in reference[:2])
@@ -268,7 +295,7 @@ def check_gluon_devices(contexts: Sequence[mx.Context]) -> list[Check]:
 
     x = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
     checks = []
-    for attention in ATTENTIONS:
+    for attention in attentions_of('gluon'):
         net = get_model(CHECK_MODEL, attention)
         net.initialize(mx.init.Xavier(), ctx=[mx.cpu()] + list(contexts))
         reference = _gluon_pass(net, x, mx.cpu())
@@ -291,7 +318,7 @@ def check_gluon_against_torch() -> Check:
 
     worst = 0.0
     x = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
-    for attention in ATTENTIONS:
+    for attention in attentions_of('gluon', 'torch'):
         net = get_model(CHECK_MODEL, attention)
         net.initialize(mx.init.Xavier())
         reference = net(mx.nd.array(x)).asnumpy()
@@ -403,6 +430,7 @@ def run_checks(
         check_torch(),
         check_driver(gpus, driver_cuda),
         check_cuda_libraries(),
+        check_attentions(),
     ]
     mxnet_gpu = installed('mxnet') and gpu_build_installed()
     torch_arches = torch_arch_list() if installed('torch') else None

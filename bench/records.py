@@ -26,7 +26,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from bench.errors import BenchError
 from bench.trial.recipe import MAX_EPOCHS, MAX_SEED, Recipe, RecipeError, TrialSpec
 from bench.validation import bounded_repr
-from models.names import parse_attention_name, parse_model_name
+from models.names import parse_model_name
+from models.registry import parse_attention_name
 
 Number = Union[int, float]
 Count = int

@@ -31,14 +31,15 @@ from bench.trial.data import DEMO_FOLDER, Dataset, load_cifar10, load_demo_digit
 from bench.trial.loop import DeviceError, missing_framework
 from bench.trial.recipe import BACKENDS, MAX_SEED, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import available_cpus, pin_cpus, trial_threads
-from models.names import UnknownNameError, parse_attention_name, parse_model_name
+from models.names import UnknownNameError, parse_model_name
+from models.registry import attention_names, attention_spec, parse_attention_name
 
 if TYPE_CHECKING:
     import mxnet as mx
     import torch
 
-# The original README wrote the attention as a flag of its own (`--eca`).
-ATTENTION_FLAGS = ('se', 'eca', 'gct')
+# The original README wrote the attention as a flag of its own (`--eca`): every
+# attention but vanilla has one.
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -50,8 +51,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     )
     parser.add_argument('--model', default='cifar_resnet20_v1')
     attention = parser.add_mutually_exclusive_group()
-    attention.add_argument('--attention', default='none', help='none, se, eca, gct, ...')
-    for name in ATTENTION_FLAGS:
+    attention.add_argument(
+        '--attention', default='none', help=', '.join(attention_names()) + ' (any case)'
+    )
+    for name in attention_names()[1:]:
         attention.add_argument(
             f'--{name}',
             dest='attention',
@@ -188,6 +191,11 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
         attention = parse_attention_name(args.attention)
     except UnknownNameError as error:  # its message lists the valid names
         raise BadArguments(str(error)) from None
+    if args.backend not in attention_spec(attention).backends:
+        raise BadArguments(
+            f'attention {attention!r} has no {args.backend} module; use --backend '
+            + ' or --backend '.join(attention_spec(attention).backends)
+        )
     return TrialSpec(model=args.model, attention=attention, seed=args.seed, recipe=recipe)
 
 

@@ -17,7 +17,8 @@ from .cuda_runtime import preload_cuda_libraries
 preload_cuda_libraries()
 
 _EXPORTS = {
-    'ATTENTIONS': '.attention',
+    'attention_names': '.registry',
+    'attention_spec': '.registry',
     'UnknownNameError': '.names',
     'create_attention': '.attention',
     'get_attention': '.attention',
@@ -26,8 +27,7 @@ _EXPORTS = {
     'load_parameters': '.cifar_resnet',
     'NETWORK_REVISIONS': '.names',
     'network_revision': '.names',
-    'ATTENTION_NAMES': '.names',
-    'parse_attention_name': '.names',
+    'parse_attention_name': '.registry',
     'parse_model_name': '.names',
     'ModelStats': '.stats',
     'count_macs': '.stats',

@@ -2,8 +2,8 @@
 against vanilla.
 
 MACs count the convolutions and dense layers, plus each attention's passes over its
-C x H x W input (pooling or GCT's sum of squares, and the channel scaling), one MAC
-per element each.
+C x H x W input (its pooling or other reductions, and the scaling), one MAC per
+element each (docs/attentions.md).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
-from . import ATTENTIONS, MODELS, stats_table
+from . import MODELS, attention_names, stats_table
 
 
 def format_stats_table(rows: Iterable[Mapping[str, str | int | float]]) -> str:
@@ -33,7 +33,7 @@ def format_stats_table(rows: Iterable[Mapping[str, str | int | float]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m models', description=__doc__)
     parser.add_argument('--models', nargs='+', default=list(MODELS), metavar='MODEL')
-    parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')
+    parser.add_argument('--attentions', nargs='+', default=list(attention_names()), metavar='NAME')
     args = parser.parse_args(argv)
     try:
         rows = stats_table(args.models, args.attentions)

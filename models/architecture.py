@@ -8,27 +8,15 @@ without importing either framework; tests hold both builders' measured counts to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .names import parse_attention_name, parse_model_name
+from .names import parse_model_name
+from .registry import attention_spec
 
 STAGE_CHANNELS = (16, 16, 32, 64)  # the stem's width, then each stage's
 IMAGE_SIZE = 32
-
-
-def se_hidden_units(channels: int, reduction: int = 16) -> int:
-    """Width of SE's bottleneck: channels // reduction, but never zero (16-channel
-    stages with r=16 would otherwise have no hidden unit at all)."""
-    return max(1, channels // reduction)
-
-
-def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
-    """ECA's adaptive kernel size: the odd number nearest above |log2(C)/gamma + b/gamma|."""
-    t = int(abs((math.log2(channels) + b) / gamma))
-    return t if t % 2 else t + 1
 
 
 @dataclass(frozen=True)
@@ -68,54 +56,8 @@ def attention_options(
     attention: str, attention_kwargs: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The attention's options with None values dropped (unset options keep the
-    module's defaults); ValueError names each option that does not fit its rule
-    (models.names.ATTENTION_OPTION_RULES)."""
-    from .names import attention_option_problems
-
-    attention = parse_attention_name(attention)
-    options = {k: v for k, v in (attention_kwargs or {}).items() if v is not None}
-    problems = attention_option_problems(attention, options)
-    if problems:
-        raise ValueError('; '.join(problems))
-    return options
-
-
-def eca_checked_kernel_size(
-    channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1
-) -> int:
-    """The kernel size an ECA module on `channels` channels uses (None: the paper's)."""
-    if kernel_size is None:
-        kernel_size = eca_kernel_size(channels, gamma, b)
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f'ECA kernel_size must be a positive odd integer, got {kernel_size}')
-    return kernel_size
-
-
-def attention_counts(
-    attention: str, channels: int, size: int, options: Mapping[str, Any]
-) -> tuple[int, int]:
-    """(trainable parameters, MACs per image) of one attention module on a
-    channels x size x size activation.
-
-    MACs follow models.stats's convention: weighted layers count output elements x
-    filter size (SE's two dense layers), and each pass over the C x H x W activation
-    (pooling or GCT's sum of squares, and the channel scaling) one MAC per element;
-    ECA's channel convolution counts k per channel.
-    """
-    passes = 2 * channels * size * size
-    if attention == 'none':
-        return 0, 0
-    if attention == 'se':
-        hidden = se_hidden_units(channels, options.get('reduction', 16))
-        return 2 * channels * hidden, 2 * channels * hidden + passes
-    if attention == 'eca':
-        k = eca_checked_kernel_size(
-            channels, options.get('kernel_size'), options.get('gamma', 2), options.get('b', 1)
-        )
-        return k, channels * k + passes
-    if attention == 'gct':
-        return 3 * channels, passes
-    raise KeyError(attention)
+    module's defaults); ValueError names each option that does not fit its spec."""
+    return attention_spec(attention).checked_options(attention_kwargs)
 
 
 class NetworkCounts(NamedTuple):
@@ -135,8 +77,8 @@ def network_counts(
     """(trainable parameters, MACs of one forward pass of one 32x32 image) of `model`
     with `attention`, as models.stats measures them on a built network."""
     version, _ = parse_model_name(model)
-    attention = parse_attention_name(attention)
-    options = attention_options(attention, attention_kwargs)
+    spec = attention_spec(attention)
+    options = spec.checked_options(attention_kwargs)
     params = macs = 0
 
     def conv(in_c: int, out_c: int, kernel: int, out_size: int) -> None:
@@ -166,7 +108,7 @@ def network_counts(
                 conv(block.in_channels, block.channels, 1, size)
                 if version == 1:
                     batch_norm(block.channels)
-            extra_params, extra_macs = attention_counts(attention, block.channels, size, options)
+            extra_params, extra_macs = spec.module_counts(block.channels, size, options)
             params, macs = params + extra_params, macs + extra_macs
     channels = STAGE_CHANNELS[-1]
     if version == 2:

@@ -1,16 +1,13 @@
-"""Model and attention names, their labels and options, and network-definition
-revisions: plain Python, no MXNet.
+"""Model names and network-definition revisions: plain Python, no MXNet.
 
 Checking a sweep file, planning trials, computing trial ids and labelling tables
 need these facts but nothing of the networks themselves, so they live apart from
-the builders (a test holds the attention registry to them).
+the builders. The attentions' names, labels and options are in models.registry.
 """
 
 from __future__ import annotations
 
 import re
-import reprlib
-from collections.abc import Callable
 from typing import NamedTuple
 
 STANDARD_DEPTHS = (20, 56, 110)
@@ -37,92 +34,6 @@ NETWORK_REVISIONS = {1: 1, 2: 2}
 #   shifts: ECA's constant shift matrices (k x C x C), from which the channel
 #   convolution used to be built as a banded matrix product.
 RETIRED_PARAMETERS = ('shifts',)
-
-
-# The attention registry's names in table order, the tables' labels, and the options
-# each module's constructor takes after the channel count.
-ATTENTION_NAMES = ('none', 'se', 'eca', 'gct')
-ATTENTION_LABELS = {'none': 'Vanilla', 'se': 'SE', 'eca': 'ECA', 'gct': 'GCT'}
-ATTENTION_OPTIONS = {
-    'none': (),
-    'se': ('reduction',),
-    'eca': ('kernel_size', 'gamma', 'b'),
-    'gct': ('epsilon',),
-}
-
-
-def _whole(low: int, high: int, odd: bool = False) -> Callable[[object], str | None]:
-    def check(value: object) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return 'expected a whole number'
-        if not low <= value <= high:
-            return f'expected {low} to {high}'
-        if odd and value % 2 == 0:
-            return 'expected an odd number'
-        return None
-
-    return check
-
-
-def _real(
-    low: float | None = None, high: float | None = None, above: float | None = None
-) -> Callable[[object], str | None]:
-    def check(value: object) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return 'expected a number'
-        if value != value or value in (float('inf'), float('-inf')):
-            return 'expected a finite number'
-        if above is not None and not value > above:
-            return f'expected a number above {above:g}'
-        if low is not None and value < low:
-            return (
-                f'expected {low:g} to {high:g}'
-                if high is not None
-                else f'expected at least {low:g}'
-            )
-        if high is not None and value > high:
-            if low is not None:
-                return f'expected {low:g} to {high:g}'
-            return (
-                f'expected a number above {above:g} and at most {high:g}'
-                if above is not None
-                else f'expected at most {high:g}'
-            )
-        return None
-
-    return check
-
-
-# What each option takes (None always means the module's default): one rule per option,
-# checked wherever options are given (the sweep file, the builders of both backends).
-ATTENTION_OPTION_RULES = {
-    ('se', 'reduction'): _whole(1, 4096),
-    ('eca', 'kernel_size'): _whole(1, 255, odd=True),
-    ('eca', 'gamma'): _real(above=0, high=1e6),
-    ('eca', 'b'): _real(low=-1e6, high=1e6),
-    ('gct', 'epsilon'): _real(above=0, high=1.0),
-}
-
-
-def attention_option_problems(attention: str, options: object) -> list[str]:
-    """What is wrong with `options` for attention `attention` (registered spelling): each
-    problem names the option, what it takes and what was found; [] when they fit."""
-    valid = ATTENTION_OPTIONS[attention]
-    if not isinstance(options, dict):
-        return [f'options of {attention} must be a mapping, found {type(options).__name__}']
-    unknown = sorted(set(map(str, options)) - set(valid))
-    if unknown and not valid:
-        return [f'attention {attention!r} takes no options, got {", ".join(unknown)}']
-    if unknown:
-        return [
-            f'{attention} takes no option {", ".join(unknown)}; its options: {", ".join(valid)}'
-        ]
-    problems = []
-    for name, value in options.items():
-        problem = None if value is None else ATTENTION_OPTION_RULES[(attention, name)](value)
-        if problem:
-            problems.append(f'{attention} option {name}: {problem}, found {reprlib.repr(value)}')
-    return problems
 
 
 class UnknownNameError(KeyError):
@@ -156,20 +67,6 @@ def network_revision(name: str) -> int:
     """The revision of the network definition that `name` is built with."""
     version, _ = parse_model_name(name)
     return NETWORK_REVISIONS[version]
-
-
-def parse_attention_name(name: str) -> str:
-    """The registered spelling of attention `name` (names ignore case)."""
-    key = str(name).lower()
-    if key not in ATTENTION_NAMES:
-        raise UnknownNameError(
-            f'unknown attention {name!r}; valid attentions: {", ".join(ATTENTION_NAMES)}'
-        )
-    return key
-
-
-def attention_label(name: str) -> str:
-    return ATTENTION_LABELS.get(name, str(name).upper())
 
 
 def model_sort_key(name: str) -> tuple[int, int, str]:

@@ -9,16 +9,16 @@ from typing import Any
 import mxnet as mx
 from mxnet.gluon import nn
 
-from .attention import ATTENTIONS
 from .cifar_resnet import get_model
 from .kernels import mxnet_operators_only
 from .names import MODELS
+from .registry import attention_names
 
 CIFAR_INPUT_SHAPE = (1, 3, 32, 32)
 # Multiply-accumulates are counted for the layers that carry weights (convolutions
 # and dense layers), the convention of the ResNet, SE and ECA papers, plus each
-# channel attention's passes over its C x H x W input (pooling or GCT's sum of
-# squares, and the channel scaling: one MAC per element each), which the papers
+# channel attention's passes over its C x H x W input (its pooling or other reductions,
+# and the scaling: one MAC per element each, declared by the module), which the papers
 # leave out but which is where an attention's time goes. BN and ReLU are counted
 # for no network.
 _WEIGHTED_LAYERS = (nn.Conv1D, nn.Conv2D, nn.Dense)
@@ -98,11 +98,12 @@ def model_stats(
 
 
 def stats_table(
-    models: Iterable[str] = MODELS, attentions: Sequence[str] = tuple(ATTENTIONS)
+    models: Iterable[str] = MODELS, attentions: Sequence[str] | None = None
 ) -> list[dict[str, str | int | float]]:
     """Rows of model, attention, params, MACs and the overhead of each against vanilla."""
     rows = []
     for model in models:
+        attentions = attentions or attention_names()
         vanilla = model_stats(model, 'none')
         for attention in attentions:
             stats = vanilla if attention == 'none' else model_stats(model, attention)

@@ -63,8 +63,8 @@ _MARKDOWN_ENV = Environment(
 )
 MACS_NOTE = (
     "MACs: convolutions and dense layers, plus each attention's passes over its "
-    "C×H×W input (pooling or GCT's sum of squares, and the channel scaling), one MAC "
-    'per element each; BN and ReLU are not counted.'
+    'C×H×W input (its pooling or other reductions, and the scaling), one MAC per element '
+    'each; BN and ReLU are not counted.'
 )
 SPEED_NOTE = (
     'Speed: training images/s, the median over the epochs and seeds of the cell as its '
@@ -252,7 +252,7 @@ def render_all(
         metrics=metrics,
         overhead=options.get('overhead', False),
         reference=options.get('reference') and load_reference(options['reference']),
-        speeds=_speeds(store_dir, trials, histories),
+        speeds=_speeds(trials, histories),
     )
     title, caption, notes = _title_and_caption(context, trials, manifest)
     # Rendered by our own template with every value escaped, so it is markup to keep.
@@ -331,17 +331,14 @@ def render_all(
     return written
 
 
-def _speeds(
-    store_dir: Path, trials: pd.DataFrame, histories: pd.DataFrame
-) -> dict[tuple[str, str], Any]:
+def _speeds(trials: pd.DataFrame, histories: pd.DataFrame) -> dict[tuple[str, str], Any]:
     """Each cell's training speed from its finished trials' epochs, with the kind of
-    device each trial recorded (final.json)."""
-    from bench.store import DONE, ResultsStore
+    device each trial recorded."""
+    from bench.store import DONE
 
-    done = set(trials[trials['status'] == DONE]['trial_id'])
-    store = ResultsStore(store_dir)
-    devices = {t: (store.read_final(t) or {}).get('device_kind') for t in done}
-    return cell_speeds(histories[histories['trial_id'].isin(done)], devices)
+    done = trials[trials['status'] == DONE]
+    devices = dict(zip(done['trial_id'], done['device_kind']))
+    return cell_speeds(histories[histories['trial_id'].isin(devices)], devices)
 
 
 def _trial_rows(trials: pd.DataFrame, in_order: bool = False) -> list[dict[str, Any]]:

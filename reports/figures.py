@@ -194,7 +194,8 @@ def accuracy_vs_cost_figure(
             axis.grid(alpha=0.3)
             low = axis.get_ylim()[0]
             axis.set_title(f'{model} (accuracy axis from {low:.1f} %)', fontsize='small')
-        row[0].legend(title='attention', fontsize='small')
+        if row[0].get_legend_handles_labels()[0]:
+            row[0].legend(title='attention', fontsize='small')
     fig.suptitle('Accuracy against what each attention adds (mean over seeds, bars: std)')
     return fig
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
 from models.architecture import network_counts
-from models.names import ATTENTION_NAMES, attention_label, model_sort_key
+from models.names import model_sort_key
+from models.registry import attention_label, attention_names
 
 from .significance import difference, difference_from_value
 
@@ -23,9 +24,10 @@ PROPORTIONS = {'val_acc', 'train_acc'}
 OVERHEAD_COLUMNS = {'params': 'params', 'macs': 'MACs'}
 
 
-def default_order(names: Iterable[str], known: Sequence[str] = ATTENTION_NAMES) -> list[str]:
-    """Known names in their usual order (vanilla first), then the rest sorted."""
+def default_order(names: Iterable[str], known: Sequence[str] | None = None) -> list[str]:
+    """Registered names in the registry's order (vanilla first), then the rest sorted."""
     names = list(dict.fromkeys(names))
+    known = attention_names() if known is None else known
     return [n for n in known if n in names] + sorted(n for n in names if n not in known)
 
 

@@ -40,6 +40,13 @@ def test_shipped_sweeps_load_and_expand():
     demo = load_config('sweeps/demo.yaml')
     assert demo.config.data.dataset == 'demo' and len(expand(demo.config)) == 16
     assert demo.store_dir.name == 'demo'
+    simam = load_config('sweeps/simam-paper.yaml')
+    specs = expand(simam.config)
+    assert len(specs) == 2 * 6 * 3
+    assert simam.config.attentions == ['none', 'se', 'cbam', 'eca', 'srm', 'simam']
+    recipe = specs[0].recipe
+    assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.wd) == ('sgd', 0.1, 0.9, 5e-4)
+    assert (recipe.epochs, recipe.batch_size, recipe.lr_decay_epochs) == (164, 128, (82, 123))
 
 
 def test_unknown_key_names_file_path_and_valid_keys():
@@ -63,8 +70,9 @@ def test_wrong_type_says_expected_and_found():
 def test_unknown_model_and_attention_list_the_valid_ones():
     message = errors_of({**BASE, 'models': ['cifar_resnet20_v3']})
     assert 'my.yaml: models:' in message and 'cifar_resnet56_v2' in message
-    message = errors_of({**BASE, 'attentions': ['none', 'cbam']})
-    assert 'my.yaml: attentions:' in message and 'none, se, eca, gct' in message
+    message = errors_of({**BASE, 'attentions': ['none', 'coord']})
+    assert 'my.yaml: attentions:' in message and 'none, se, eca, gct, cbam, srm, simam' in message
+    assert 'entry point group channel_attention.attentions' in message
     assert (
         "my.yaml: recipe.optimizer: Input should be 'adam', 'sgd' or 'nag' (found 'adamw')"
         in errors_of({**BASE, 'recipe': {'optimizer': 'adamw'}})
@@ -416,11 +424,11 @@ def test_an_empty_only_is_an_error_not_the_whole_sweep():
 
 
 def test_an_attention_option_above_its_bound_is_a_message_not_a_crash():
-    from models.names import attention_option_problems
+    from models.registry import attention_spec
 
-    assert attention_option_problems('eca', {'gamma': 2e6}) == [
+    assert attention_spec('eca').option_problems({'gamma': 2e6}) == [
         'eca option gamma: expected a number above 0 and at most 1e+06, found 2000000.0'
     ]
-    assert attention_option_problems('gct', {'epsilon': 5.0}) == [
+    assert attention_spec('GCT').option_problems({'epsilon': 5.0}) == [
         'gct option epsilon: expected a number above 0 and at most 1, found 5.0'
     ]

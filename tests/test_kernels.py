@@ -8,9 +8,10 @@ import pytest
 from mxnet import autograd
 
 import models.kernels as kernels
-from models import ATTENTIONS, get_model
+from models import get_model
 from models.attention import ECA, GCT, SE
 from models.attention._spatial import scale_channels
+from models.registry import registered
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -207,7 +208,9 @@ def _gradient_relative_errors(grads, reference):
     }
 
 
-@pytest.mark.parametrize('attention', [a for a in ATTENTIONS if a != 'none'])
+@pytest.mark.parametrize(
+    'attention', [name for name, spec in registered().items() if spec.fused_cpu_kernel]
+)
 @pytest.mark.parametrize('model', ['cifar_resnet20_v1', 'cifar_resnet20_v2'])
 def test_fused_network_trains_like_the_mxnet_operator_network(model, attention):
     fused_out, fused_grads = _train_step_outputs(model, attention)

@@ -9,7 +9,6 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from models import (
-    ATTENTIONS,
     MODELS,
     UnknownNameError,
     count_macs,
@@ -22,15 +21,26 @@ from models import (
 )
 from models.__main__ import main as models_main
 from models.architecture import network_counts
-from models.attention import ECA, GCT, SE, eca_kernel_size, se_hidden_units
+from models.attention import ECA, GCT, SE
 from models.gluoncv_compat import import_gluoncv
+from models.registry import attention_names, attention_spec, eca_kernel_size, reduced_units
 
 # gluoncv's own networks, the reference for the vanilla ones.
 gluoncv_get_model = import_gluoncv('gluoncv.model_zoo').get_model
 
-ATTENTION_NAMES = list(ATTENTIONS)
+ATTENTION_NAMES = list(attention_names())
 WITH_PARAMETERS = [name for name in ATTENTION_NAMES if name != 'none']
-CELLS = list(itertools.product(MODELS, ATTENTION_NAMES))
+# The original's attentions on the table's depths; the later ones on ResNet-20, whose
+# blocks hold every stage's shape. ResNet-110 adds only more of the same blocks: its
+# counts are checked against the architecture below (the suite's time is bounded).
+ORIGINAL_ATTENTIONS = ('none', 'se', 'eca', 'gct')
+TABLE_MODELS = [m for m in MODELS if not m.startswith('cifar_resnet110')]
+CELLS = list(itertools.product(TABLE_MODELS, ORIGINAL_ATTENTIONS)) + list(
+    itertools.product(
+        ('cifar_resnet20_v1', 'cifar_resnet20_v2'),
+        [a for a in ATTENTION_NAMES if a not in ORIGINAL_ATTENTIONS],
+    )
+)
 
 
 def _built(model, attention, batch=2, seed=0):
@@ -116,6 +126,15 @@ def _revive_dead_se_units(net, x, passes=5):
     raise AssertionError('could not revive every SE unit')
 
 
+def _open_cbam_units(net):
+    """CBAM's MLP has one hidden unit at 16 channels (r = 16): a random one that is off
+    for every image passes no gradient, which would hide whether the rest is wired in. A
+    large bias keeps each unit on; every parameter still gets its gradient."""
+    for block in _iter_blocks(net):
+        if type(block).__name__ == 'CBAM':
+            block.squeeze.bias.set_data(mx.nd.full(block.squeeze.bias.shape, 10.0))
+
+
 def _iter_blocks(block):
     yield block
     for child in block._children.values():
@@ -126,9 +145,10 @@ def _iter_blocks(block):
 def test_gradients_reach_every_attention_parameter(model, attention):
     net, x = _built(model, attention, batch=8)
     params = _attention_params(net)
-    assert bool(params) == (attention != 'none')
+    assert bool(params) == (network_counts(model, attention).params > network_counts(model).params)
     _randomise(params)
     _revive_dead_se_units(net, x)
+    _open_cbam_units(net)
     labels = mx.nd.array(np.arange(x.shape[0]) % 10)
     with autograd.record():
         loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(net(x), labels).mean()
@@ -154,15 +174,19 @@ def test_vanilla_parameters_equal_gluoncv(model):
     )
 
 
-@pytest.mark.parametrize('model', MODELS)
+@pytest.mark.parametrize('model', TABLE_MODELS)
 @pytest.mark.parametrize('attention', WITH_PARAMETERS)
 def test_whole_network_overhead_is_the_module_formula_summed_over_blocks(model, attention):
     depth = int(model.split('resnet')[1].split('_')[0])
     blocks = (depth - 2) // 6
     per_module = {
-        'se': lambda c: 2 * c * se_hidden_units(c, 16),
+        'se': lambda c: 2 * c * reduced_units(c, 16),
         'eca': lambda c: eca_kernel_size(c),
         'gct': lambda c: 3 * c,
+        # CBAM's MLP has biases; SRM: its channel-wise layer and BN's scale and shift.
+        'cbam': lambda c: 2 * c * reduced_units(c, 16) + reduced_units(c, 16) + c,
+        'srm': lambda c: 4 * c,
+        'simam': lambda c: 0,
     }[attention]
     expected = sum(blocks * per_module(c) for c in (16, 32, 64))
     assert model_stats(model, attention).params - model_stats(model, 'none').params == expected
@@ -298,7 +322,7 @@ def test_attention_sits_on_the_residual_branch_before_the_addition():
 
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(UnknownNameError) as error:
-        get_attention('cbam')
+        get_attention('coord')
     assert all(name in str(error.value) for name in ATTENTION_NAMES)
     with pytest.raises(UnknownNameError) as error:
         get_model('cifar_resnet21_v1')
@@ -348,17 +372,25 @@ def test_attention_macs_count_their_weights_and_their_passes_over_the_activation
     extra = model_stats('cifar_resnet20_v1', attention).macs - model_stats('cifar_resnet20_v1').macs
     stages = ((16, 32), (32, 16), (64, 8))  # channels, side of the block's output
     weights = {
-        'se': lambda c: 2 * c * se_hidden_units(c, 16),
+        'se': lambda c: 2 * c * reduced_units(c, 16),
         'eca': lambda c: c * eca_kernel_size(c),
         'gct': lambda c: 0,
+        'cbam': lambda c: 4 * c * reduced_units(c, 16),  # the MLP on both descriptors
+        'srm': lambda c: 2 * c,
+        'simam': lambda c: 0,
     }[attention]
-    assert extra == 3 * sum(weights(c) + 2 * c * side * side for c, side in stages)
+    # Passes over C x H x W: pooling (CBAM: average and max; SRM: the mean and the
+    # squared deviations; SimAM: mean, deviations, energy) and the scaling.
+    passes = {'cbam': 3, 'srm': 3, 'simam': 4}.get(attention, 2)
+    assert extra == 3 * sum(weights(c) + passes * c * side * side for c, side in stages)
 
 
 @pytest.mark.parametrize(
     'model,attention,options',
     [
         *[(m, a, {}) for m, a in CELLS],
+        ('cifar_resnet110_v1', 'gct', {}),
+        ('cifar_resnet110_v2', 'se', {}),
         ('cifar_resnet8_v2', 'se', {'reduction': 4}),
         ('cifar_resnet8_v1', 'eca', {'kernel_size': 5}),
         ('cifar_resnet14_v2', 'gct', {}),
@@ -380,24 +412,37 @@ def test_models_command_prints_every_cell(capsys):
     assert rows[0][2] == '272,474'
 
 
-def test_the_names_module_holds_the_attention_registry_without_mxnet():
-    """models.names answers for the registry where MXNet is not imported."""
+def test_each_spec_names_the_options_its_modules_take():
+    """The registry (plain Python) lists exactly the options each backend's constructor
+    takes after the channel count, with the constructor's defaults."""
     import inspect
 
-    from models.names import ATTENTION_LABELS, ATTENTION_NAMES, ATTENTION_OPTIONS
+    for name in ATTENTION_NAMES:
+        spec = attention_spec(name)
+        for backend in ('gluon', 'torch'):
+            module_class = spec.module_class(backend)
+            if module_class is None:
+                assert name == 'none' and spec.options == ()
+                continue
+            parameters = {
+                p.name: p.default
+                for p in inspect.signature(module_class.__init__).parameters.values()
+                if p.name not in ('self', 'channels', 'kwargs')
+            }
+            assert parameters == {o.name: o.default for o in spec.options}, (name, backend)
 
-    assert tuple(ATTENTIONS) == ATTENTION_NAMES
-    assert set(ATTENTION_LABELS) == set(ATTENTION_OPTIONS) == set(ATTENTION_NAMES)
-    for name, attention_class in ATTENTIONS.items():
-        if attention_class is None:
-            assert ATTENTION_OPTIONS[name] == ()
-            continue
-        parameters = [
-            p
-            for p in inspect.signature(attention_class.__init__).parameters
-            if p not in ('self', 'channels', 'kwargs')
-        ]
-        assert tuple(parameters) == ATTENTION_OPTIONS[name], name
+
+def test_attention_names_ignore_case_in_both_backends():
+    import torch
+
+    import models.pytorch
+
+    for spelling in ('SE', 'Se', ' se', 'SimAM'):
+        assert attention_spec(spelling).name == spelling.strip().lower()
+    net = models.pytorch.get_model('cifar_resnet8_v1', attention='SE')
+    assert any(isinstance(m, models.pytorch.SE) for m in net.modules())
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert get_attention('ECA') is ECA
 
 
 def test_eca_holds_its_kernel_and_nothing_else():

@@ -250,7 +250,8 @@ def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
     html = report.read_text()
     grid = TableGrid(html)
     assert grid.errors == [] and grid.stack == []
-    assert html.count('src="data:image/png;base64,') == len(MODELS) + 2
+    # A curves figure per model; final accuracy, accuracy against cost, speed.
+    assert html.count('src="data:image/png;base64,') == len(MODELS) + 3
     assert 'src="http' not in html and 'href=' not in html
     # The results table is a table element with the numbers in its cells, and no
     # markup shows as text anywhere on the page.

@@ -23,7 +23,8 @@ from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
 from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
-from models.names import parse_attention_name, parse_model_name
+from models.names import parse_model_name
+from models.registry import attention_spec, parse_attention_name, registered
 
 if TYPE_CHECKING:
     import mxnet as mx
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from models import ATTENTIONS, MODELS
+    from models import MODELS, attention_names
 
     parser = argparse.ArgumentParser(
         prog='python -m bench.benchmark',
@@ -57,7 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar='MODEL',
         help=f'default: cifar_resnet20_v1; any of {", ".join(MODELS)}',
     )
-    parser.add_argument('--attentions', nargs='+', default=list(ATTENTIONS), metavar='NAME')
+    parser.add_argument(
+        '--attentions',
+        nargs='+',
+        metavar='NAME',
+        help=f'default: every one the backends have ({", ".join(attention_names())})',
+    )
     parser.add_argument('--batch-size', type=whole_number(1, MAX_BATCH_SIZE), default=128)
     parser.add_argument(
         '--batches',
@@ -244,11 +250,27 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
             parse_model_name(name)
         except KeyError as error:
             problems.append(str(error))
+    backends = BACKENDS if args.backend == 'both' else (args.backend,)
+    if args.attentions is None:
+        args.attentions = [
+            name
+            for name, spec in registered().items()
+            if all(backend in spec.backends for backend in backends)
+        ]
     for index, name in enumerate(args.attentions):
         try:
             args.attentions[index] = parse_attention_name(name)
         except KeyError as error:
             problems.append(str(error))
+            continue
+        spec = attention_spec(name)
+        missing = [backend for backend in backends if backend not in spec.backends]
+        if missing:
+            problems.append(
+                f'attention {spec.name} has no {" or ".join(missing)} module (it has: '
+                f'{", ".join(spec.backends)}); leave it out or choose --backend '
+                + ' or '.join(spec.backends)
+            )
     if args.images < args.batch_size:
         problems.append(
             f'--images {args.images} holds no batch of --batch-size '

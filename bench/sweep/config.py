@@ -55,7 +55,8 @@ from bench.errors import BenchError
 from bench.store import REPORT_METRICS
 from bench.trial.recipe import Recipe, Seed, TrialSpec, recipe_problems
 from bench.validation import bounded_repr, describe_error, without_secrets
-from models.names import attention_option_problems, parse_attention_name, parse_model_name
+from models.names import parse_model_name
+from models.registry import attention_spec, parse_attention_name
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -355,9 +356,7 @@ def parse_config(values: object, source: str = 'sweep.yaml') -> SweepConfig:
             problems += recipe_problems(error, source, (*where, 'recipe'))
         attentions = [override.match.attention] if override.match.attention else config.attentions
         for attention in attentions:
-            for problem in attention_option_problems(
-                parse_attention_name(attention), override.attention_kwargs
-            ):
+            for problem in attention_spec(attention).option_problems(override.attention_kwargs):
                 problems.append(
                     f'{source}: overrides.{index}.attention_kwargs: {problem}'
                     + (
@@ -368,6 +367,7 @@ def parse_config(values: object, source: str = 'sweep.yaml') -> SweepConfig:
                 )
     if not problems:
         problems += [f'{source}: {problem}' for problem in _cells_with_two_backends(config)]
+        problems += [f'{source}: {problem}' for problem in _cells_without_their_backend(config)]
     if problems:
         raise ConfigError('\n'.join(dict.fromkeys(problems)))
     return config
@@ -386,6 +386,25 @@ def _cells_with_two_backends(config: SweepConfig) -> list[str]:
         for (model, attention), seeds in backends.items()
         if len(set(seeds.values())) > 1
     ]
+
+
+def _cells_without_their_backend(config: SweepConfig) -> list[str]:
+    """A cell whose backend has no module for its attention cannot train: said before
+    any trial starts, with the backends the attention has."""
+    wanted = {}
+    for spec in expand(config):
+        wanted.setdefault((spec.attention, spec.recipe.backend), []).append(spec.model)
+    problems = []
+    for (attention, backend), models in wanted.items():
+        spec = attention_spec(attention)
+        if backend not in spec.backends:
+            problems.append(
+                f'attention {attention} ({spec.origin}) has no {backend} module, yet cells of '
+                f'{", ".join(dict.fromkeys(models))} ask for backend {backend}; set '
+                f'recipe.backend (or an override matching attention {attention}) to '
+                + ' or '.join(spec.backends)
+            )
+    return problems
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSweep:

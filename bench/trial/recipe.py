@@ -176,18 +176,31 @@ class TrialSpec:
 
         return network_revision(self.model)
 
+    @property
+    def attention_origin(self) -> str:
+        """'built-in', or the installed package (name and version) the attention is from."""
+        from models.registry import attention_spec
+
+        return attention_spec(self.attention).origin
+
     def trial_id(self, data_identity: Mapping[str, Any]) -> str:
         """A stable id: hash of everything that changes the result, independent of YAML
         order: this spec, the data (`data_identity`'s digest and whether it is the
         official set) and the revision of the network definition, so a trial trained by
         an older definition is never taken for a current one; revision 1 is left out,
-        which keeps the ids computed before revisions existed."""
+        which keeps the ids computed before revisions existed. An attention brought by
+        another package adds that package's name and version."""
         payload = {
             'spec': self.to_dict(),
             'data': {'digest': data_identity['digest'], 'official': data_identity['official']},
         }
         if self.network_revision != 1:
             payload['network_revision'] = self.network_revision
+        origin = self.attention_origin
+        if origin != 'built-in':
+            # An attention of another package: its version is part of what trained the
+            # cell (this code's revisions cover only the built-in ones).
+            payload['attention_origin'] = origin
         blob = json.dumps(payload, sort_keys=True, separators=(',', ':')).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 

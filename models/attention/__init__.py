@@ -1,9 +1,9 @@
-"""Channel-attention modules and their registry.
+"""The Gluon channel-attention modules. Each takes the channel count as its first
+argument, then its options, so a residual block only needs the class.
 
-Every module takes the channel count as its first argument, so a residual block
-only needs the class. Adding an attention is one file here, one line in
-ATTENTIONS, and its name, label and options in models/names.py (which checks
-sweep files without importing MXNet).
+What the benchmark knows of an attention (its name, options, counts, and where its
+Gluon and PyTorch modules are) is its spec in models.registry; adding one is a spec
+there (or in an installed package) and a module per backend.
 """
 
 from __future__ import annotations
@@ -12,22 +12,19 @@ from typing import Any
 
 from mxnet.gluon.block import HybridBlock
 
-from ..names import UnknownNameError, parse_attention_name
-from .eca import ECA, eca_kernel_size
+from ..names import UnknownNameError
+from ..registry import attention_spec
+from .cbam import CBAM
+from .eca import ECA
 from .gct import GCT
-from .se import SE, se_hidden_units
-
-ATTENTIONS = {
-    'none': None,
-    'se': SE,
-    'eca': ECA,
-    'gct': GCT,
-}
+from .se import SE
+from .simam import SimAM
+from .srm import SRM
 
 
 def get_attention(name: str) -> type[HybridBlock] | None:
-    """The attention class registered as `name` (None for 'none')."""
-    return ATTENTIONS[parse_attention_name(name)]
+    """The Gluon class of attention `name` (None for 'none')."""
+    return attention_spec(name).module_class('gluon')
 
 
 def create_attention(name: str, channels: int, **kwargs: Any) -> HybridBlock | None:
@@ -39,13 +36,13 @@ def create_attention(name: str, channels: int, **kwargs: Any) -> HybridBlock | N
 
 
 __all__ = [
-    'ATTENTIONS',
+    'CBAM',
     'ECA',
     'GCT',
     'SE',
+    'SRM',
+    'SimAM',
     'UnknownNameError',
     'create_attention',
-    'eca_kernel_size',
     'get_attention',
-    'se_hidden_units',
 ]

@@ -54,6 +54,13 @@ def scale_channels(F: ModuleType, x: NDArrayOrSymbol, weights: NDArrayOrSymbol) 
     return F.reshape_like(flat * per_position, x)
 
 
+def spatial_size(F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
+    """H x W of x (N, C, H, W) as a (1,) array: a hybridized graph does not know the
+    shape when it is built."""
+    _, ones = _flat_and_ones(F, x)
+    return F.sum(ones, axis=1)
+
+
 def per_element_macs(input_shape: tuple[int, ...], passes: int) -> int:
     """Multiply-accumulates of `passes` passes over one image's C x H x W activation
     (input_shape is (N, C, H, W)): the convention for the attentions' pooling, GCT's sum

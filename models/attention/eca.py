@@ -12,8 +12,8 @@ from typing import Any
 from mxnet import init
 from mxnet.gluon.block import HybridBlock
 
-from ..architecture import eca_checked_kernel_size, eca_kernel_size  # noqa: F401 (exported)
 from ..kernels import use_fused_kernels
+from ..registry import eca_checked_kernel_size
 from ._spatial import NDArrayOrSymbol, per_element_macs, scale_channels, spatial_mean
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
-from ..architecture import se_hidden_units
 from ..kernels import use_fused_kernels
+from ..registry import reduced_units
 from ._spatial import NDArrayOrSymbol, parameter_of, per_element_macs, scale_channels, spatial_mean
 
 
@@ -29,7 +29,7 @@ class SE(HybridBlock):
     def __init__(self, channels: int, reduction: int = 16, **kwargs: Any):
         super().__init__(**kwargs)
         self.channels = channels
-        hidden = se_hidden_units(channels, reduction)
+        hidden = reduced_units(channels, reduction)
         with self.name_scope():
             self.squeeze = nn.Dense(hidden, in_units=channels, use_bias=False)
             self.excite = nn.Dense(channels, in_units=hidden, use_bias=False)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..architecture import eca_checked_kernel_size, se_hidden_units
+from ..registry import eca_checked_kernel_size, reduced_units
 
 
 def _scale_channels(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -20,7 +20,7 @@ class SE(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        hidden = se_hidden_units(channels, reduction)
+        hidden = reduced_units(channels, reduction)
         self.squeeze = nn.Linear(channels, hidden, bias=False)
         self.excite = nn.Linear(hidden, channels, bias=False)
 
@@ -33,6 +33,9 @@ class ECA(nn.Module):
     """Global average pool, a 1-D convolution of kernel k across channels (no bias),
     sigmoid, scale. The weight is shaped (1, 1, k) like the Gluon module's, so its
     Xavier fans are the same; Gluon's constant shift matrices are not needed here."""
+
+    # Initialised by MXNet's Xavier() like a conv weight (initialize_like_mxnet).
+    xavier_parameters = ('weight',)
 
     def __init__(
         self, channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1
@@ -67,6 +70,3 @@ class GCT(nn.Module):
         embedding = torch.sqrt(squares + self.epsilon) * alpha
         norm = gamma / torch.sqrt(embedding.square().mean(dim=1, keepdim=True) + self.epsilon)
         return _scale_channels(x, 1.0 + torch.tanh(embedding * norm + beta))
-
-
-TORCH_ATTENTIONS = {'none': None, 'se': SE, 'eca': ECA, 'gct': GCT}

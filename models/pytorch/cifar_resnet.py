@@ -24,42 +24,10 @@ from torch.nn import functional as F
 
 from ..architecture import STAGE_CHANNELS, BlockPlan, attention_options, stage_plans
 from ..names import parse_model_name
-from .attention import ECA, TORCH_ATTENTIONS
-
-MXNET_BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
+from ..registry import attention_spec
+from .batch_norm import MXNetBatchNorm
 
 _Module = TypeVar('_Module', bound=nn.Module)
-
-
-class MXNetBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d with MXNet 1.9's running statistics (see the module docstring).
-    frozen_statistics: the statistics never change (MXNet's input BN of v2)."""
-
-    def __init__(self, channels: int, affine: bool = True, frozen_statistics: bool = False):
-        super().__init__(channels, eps=BN_EPSILON, momentum=1 - MXNET_BN_MOMENTUM, affine=affine)
-        self.frozen_statistics = frozen_statistics
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
-        if self.frozen_statistics:
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        # One pass over x: the normalisation's own batch mean and inverse standard
-        # deviation give the statistics (PyTorch's running update would take the
-        # unbiased variance), so no second reduction over the activation is needed.
-        out, mean, inverse_std = torch.native_batch_norm(
-            x, self.weight, self.bias, None, None, True, 0.0, self.eps
-        )
-        with torch.no_grad():
-            # 1 / (var + eps) back to var: exact to float rounding of var + eps (1e-12
-            # here), and never below 0.
-            variance = (inverse_std.pow(-2) - self.eps).clamp_(min=0)
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(variance.to(self.running_var.dtype), self.momentum)
-        return out
 
 
 def _conv3x3(in_channels: int, channels: int, stride: int) -> nn.Conv2d:
@@ -148,7 +116,7 @@ class CIFARResNet(nn.Module):
         super().__init__()
         version, _ = parse_model_name(model)
         options = attention_options(attention, attention_kwargs)
-        attention_class = TORCH_ATTENTIONS[attention]
+        attention_class = attention_spec(attention).module_class('torch')
         block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
         layers = []
         if version == 2:
@@ -171,11 +139,13 @@ class CIFARResNet(nn.Module):
 
 @torch.no_grad()
 def initialize_like_mxnet(net: _Module, generator: torch.Generator | None = None) -> _Module:
-    """MXNet's Xavier() on every conv and dense weight (ECA's included), zero biases; the
-    BN and GCT parameters keep their constructors' values. Returns net."""
+    """MXNet's Xavier() on every conv and dense weight and on the parameters a module
+    names in `xavier_parameters` (ECA's weight), zero biases; every other parameter
+    (BN, GCT, SRM) keeps its constructor's value. Returns net."""
     for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear, ECA)):
-            nn.init.xavier_uniform_(module.weight, generator=generator)
+        if isinstance(module, (nn.Conv2d, nn.Linear)) or hasattr(module, 'xavier_parameters'):
+            for name in getattr(module, 'xavier_parameters', ('weight',)):
+                nn.init.xavier_uniform_(getattr(module, name), generator=generator)
             if getattr(module, 'bias', None) is not None:
                 module.bias.zero_()
     return net

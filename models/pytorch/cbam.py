@@ -1,0 +1,31 @@
+"""CBAM's channel attention in PyTorch, with the Gluon module's parameters and function
+(models/attention/cbam.py).
+
+Woo, Park, Lee, Kweon: "CBAM: Convolutional Block Attention Module", ECCV 2018.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..registry import reduced_units
+
+
+class CBAM(nn.Module):
+    """Average- and max-pooled descriptors through one shared MLP with biases, summed,
+    sigmoid, channel-wise scale."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = reduced_units(channels, reduction)
+        self.squeeze = nn.Linear(channels, hidden)
+        self.excite = nn.Linear(hidden, channels)
+
+    def _mlp(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.excite(F.relu(self.squeeze(pooled)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self._mlp(x.mean(dim=(2, 3))) + self._mlp(x.amax(dim=(2, 3))))
+        return x * weights[:, :, None, None]
