@@ -217,6 +217,7 @@ def render_all(
     insert: bool = False,
     manifest: Mapping[str, Any] | None = None,
     protected: Collection[str | Path] = (),
+    figures: bool = True,
 ) -> list[Path]:
     """Every report of the store at `store_dir`; returns the paths written.
 
@@ -226,6 +227,7 @@ def render_all(
     sweep.json (--report-only passes one where nothing can be recorded yet).
     Nothing is written where an output points at a file this project did not write, or
     at one of `protected` (the sweep file): ReportError says which and what to do.
+    `figures=False`: the tables alone (no figure is drawn, linked, or removed).
     """
     store_dir = Path(store_dir)
     figures_dir = Path(figures_dir) if figures_dir else store_dir / 'figures'
@@ -266,11 +268,14 @@ def render_all(
     cells = cells_frame(trials, models, attentions, metrics)
     written.append(_write_text(store_dir / 'cells.csv', CELLS_NOTE + cells.to_csv(index=False)))
     written.append(_write_text(store_dir / 'table.tex', latex_table(context, title, caption)))
-    from .figures import write_figures  # matplotlib: only where figures are drawn
+    if figures:
+        from .figures import write_figures  # matplotlib: only where figures are drawn
 
-    figures = write_figures(
-        trials, histories, figures_dir, layout.get('models'), layout.get('attentions')
-    )
+        figures = write_figures(
+            trials, histories, figures_dir, layout.get('models'), layout.get('attentions')
+        )
+    else:
+        figures = []
     written += [path for _, path in figures]
 
     markdown_path = store_dir / 'table.md'

@@ -94,6 +94,7 @@ class TwoNodes:
             f'{view_of} && exec {RAY} start --address {self.address} --node-ip-address '
             f'{SECOND_NODE_IP} --num-cpus 1 --block'
         )
+        self.second_command = second
         self.second = self._start(
             'second', ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', second]
         )
@@ -128,6 +129,17 @@ class TwoNodes:
     def kill_second(self):
         os.killpg(self.second.pid, signal.SIGKILL)
 
+    def ensure_second(self):
+        """The second node again where a test killed it (a new node at the same address)."""
+        if self.second.poll() is None:
+            return
+        self.second.wait(30)
+        self.second = self._start(
+            'second',
+            ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', self.second_command],
+        )
+        self._wait_for_nodes(2)
+
     def stop(self):
         for process in (self.second, self.head):
             try:
@@ -142,16 +154,36 @@ class TwoNodes:
             current.unlink()
 
 
+@pytest.fixture(scope='module')
+def clusters(tmp_path_factory):
+    """One cluster per view for the module's tests (starting one takes ~20 s), ended
+    after them."""
+    started = {}
+
+    def get(view):
+        if view not in started:
+            folder = tmp_path_factory.mktemp(f'cluster-{view}')
+            started[view] = TwoNodes(folder, folder / 'results', view)
+        return started[view]
+
+    yield get
+    for nodes in started.values():
+        nodes.stop()
+
+
 @pytest.fixture
-def cluster(tmp_path, request):
+def cluster(clusters, tmp_path, request):
+    """The view's cluster with both nodes up, and `results`: this test's results folder,
+    inside the one the second node cannot write."""
     if not _can_hide_folders():
         pytest.skip('hiding the results folder from a node needs root and unshare')
-    nodes = TwoNodes(tmp_path, tmp_path / 'results', request.param)
+    nodes = clusters(request.param)
+    nodes.ensure_second()
+    nodes.results = Path(nodes.folder) / 'results' / tmp_path.name
     yield nodes
-    nodes.stop()
 
 
-def _sweep(tmp_path, epochs, max_failures=0):
+def _sweep(tmp_path, cluster, epochs, max_failures=0):
     data_root = write_tiny_data(tmp_path / 'cifar', train=64, test=16)
     return write_sweep(
         tmp_path,
@@ -160,7 +192,13 @@ def _sweep(tmp_path, epochs, max_failures=0):
         attentions=['none', 'eca'],
         epochs=epochs,
         extra={
-            'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0, 'max_failures': max_failures}
+            'resources': {'cpus_per_trial': 1, 'gpus_per_trial': 0, 'max_failures': max_failures},
+            'outputs': {
+                'results': str(cluster.results),
+                'readme': None,
+                'figures': 'figures',
+                'report': None,
+            },
         },
     )
 
@@ -194,11 +232,11 @@ def _histories(store_dir):
 
 @pytest.mark.parametrize('cluster', ['hidden', 'read-only'], indirect=True)
 def test_a_cluster_without_a_shared_disk_fills_the_drivers_store(tmp_path, cluster):
-    path = _sweep(tmp_path, epochs=2)
+    path = _sweep(tmp_path, cluster, epochs=2)
     done = _run(path, cluster, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f'starts on node {SECOND_NODE_IP}' in done.stdout  # one trial ran there
-    store_dir = tmp_path / 'results' / 'tiny'
+    store_dir = cluster.results / 'tiny'
     store = ResultsStore(store_dir)
     nodes = set()
     for trial_id in store.trial_ids():
@@ -223,7 +261,7 @@ def test_a_cluster_without_a_shared_disk_fills_the_drivers_store(tmp_path, clust
 @pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
 def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path, cluster):
     epochs = 40
-    path = _sweep(tmp_path, epochs=epochs, max_failures=1)
+    path = _sweep(tmp_path, cluster, epochs=epochs, max_failures=1)
     log = open(tmp_path / 'sweep.log', 'w')
     sweep = subprocess.Popen(
         [
@@ -241,7 +279,7 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
         env=cluster.env,
         start_new_session=True,
     )
-    store_dir = tmp_path / 'results' / 'tiny'
+    store_dir = cluster.results / 'tiny'
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -312,7 +350,7 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
 @pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
 def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(tmp_path, cluster):
     epochs = 40
-    path = _sweep(tmp_path, epochs=epochs, max_failures=0)
+    path = _sweep(tmp_path, cluster, epochs=epochs, max_failures=0)
     log = open(tmp_path / 'sweep.log', 'w')
     sweep = subprocess.Popen(
         [
@@ -356,7 +394,7 @@ def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(
             pass
         log.close()
     name = there.group(1)
-    store = ResultsStore(tmp_path / 'results' / 'tiny')
+    store = ResultsStore(cluster.results / 'tiny')
     (trial_id,) = [t for t in store.trial_ids() if store.read_spec(t)['name'] == name]
     error = store.read_error(trial_id)
     held = store.checkpoint_epoch(trial_id)
@@ -383,4 +421,4 @@ def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f'{name} resumes at epoch {held} on node' in again.stdout
-    assert _histories(tmp_path / 'results' / 'tiny')[name] == list(range(1, epochs + 1))
+    assert _histories(cluster.results / 'tiny')[name] == list(range(1, epochs + 1))

@@ -95,6 +95,7 @@ def render_table(store_dir, tmp_path, metrics=('train_loss', 'val_acc'), overhea
         figures_dir=tmp_path / 'figures',
         options={'metrics': list(metrics), 'overhead': overhead},
         layout={'models': MODELS, 'attentions': ATTENTIONS},
+        figures=False,  # the tables are under test; drawing takes seconds
     )
     return readme.read_text()
 
@@ -192,7 +193,7 @@ def test_injection_is_idempotent_and_preserves_the_rest_byte_for_byte(original_s
     render_all(original_store, readme=readme, figures_dir=tmp_path / 'f')
     once = readme.read_bytes()
     assert once.startswith(head.encode()) and once.endswith((END + tail).encode())
-    assert b'old table' not in once and b'<table>' in once
+    assert b'old table' not in once and b'<table>' in once and b'f/speed.png' in once
     render_all(original_store, readme=readme, figures_dir=tmp_path / 'f')
     assert readme.read_bytes() == once
     assert b'\n' not in once.replace(b'\r\n', b'')  # line endings kept
@@ -202,9 +203,11 @@ def test_readme_without_markers_gets_a_clear_message_or_an_appended_block(origin
     readme = tmp_path / 'README.md'
     readme.write_text('# Project\n')
     with pytest.raises(ReportError, match='(?s)no results markers.*--insert'):
-        render_all(original_store, readme=readme, figures_dir=tmp_path / 'f')
+        render_all(original_store, readme=readme, figures_dir=tmp_path / 'f', figures=False)
     assert readme.read_text() == '# Project\n'
-    render_all(original_store, readme=readme, figures_dir=tmp_path / 'f', insert=True)
+    render_all(
+        original_store, readme=readme, figures_dir=tmp_path / 'f', insert=True, figures=False
+    )
     text = readme.read_text()
     assert text.startswith('# Project\n\n' + BEGIN) and text.rstrip().endswith(END)
     with pytest.raises(ReportError, match='only one of the two'):
@@ -468,7 +471,8 @@ def test_cells_csv_holds_each_cells_statistics_as_scipy_computes_them(tmp_path):
     from scipy import stats
 
     store, accuracies = three_seed_store(tmp_path)
-    render_all(store.root, figures_dir=tmp_path / 'figures')
+    written = render_all(store.root, figures_dir=tmp_path / 'figures', figures=False)
+    assert not (tmp_path / 'figures').exists() and all(p.suffix != '.png' for p in written)
     cells = pd.read_csv(store.root / 'cells.csv', comment='#')
     se = cells[(cells['attention'] == 'se') & (cells['metric'] == 'val_acc')].iloc[0]
     expected = stats.ttest_ind(accuracies['se'], accuracies['none'], equal_var=False)
@@ -485,7 +489,7 @@ def test_table_tex_is_a_booktabs_table_that_compiles(tmp_path):
     import shutil
 
     store, _ = three_seed_store(tmp_path)
-    render_all(store.root, figures_dir=tmp_path / 'figures')
+    render_all(store.root, figures_dir=tmp_path / 'figures', figures=False)
     latex = (store.root / 'table.tex').read_text()
     body = latex[latex.index(r'\begin{tabular}') : latex.index(r'\end{tabular}')]
     assert r'\toprule' in body and r'\midrule' in body and r'\bottomrule' in latex
@@ -521,7 +525,7 @@ def test_speed_per_cell_against_vanilla_on_the_same_device_only(tmp_path):
         },
     )
     report = tmp_path / 'report.html'
-    render_all(store.root, figures_dir=tmp_path / 'figures', report_path=report)
+    render_all(store.root, figures_dir=tmp_path / 'figures', report_path=report, figures=False)
     cost = TableGrid(report.read_text()).tables[1]
     assert cost[1] == ['params', 'MACs', 'speed'] * 3
     speeds = cost[2][3::3]
