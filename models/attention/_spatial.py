@@ -54,6 +54,28 @@ def scale_channels(F: ModuleType, x: NDArrayOrSymbol, weights: NDArrayOrSymbol) 
     return F.reshape_like(flat * per_position, x)
 
 
+def channel_deviations(
+    F: ModuleType, x: NDArrayOrSymbol
+) -> tuple[NDArrayOrSymbol, NDArrayOrSymbol, NDArrayOrSymbol]:
+    """(flat, mean, squared deviations) of x (N, C, H, W): x as an (N*C, H*W) matrix, each
+    row's mean (N*C, 1), and (x - mean)^2 (N*C, H*W). The mean is spread over its row by a
+    product with a row of ones, not a broadcast (whose backward is slow, see above)."""
+    flat, ones = _flat_and_ones(F, x)
+    mean = F.broadcast_div(F.dot(flat, ones, transpose_b=True), F.sum(ones))
+    return flat, mean, F.square(flat - F.dot(mean, ones))
+
+
+def row_sums(F: ModuleType, rows: NDArrayOrSymbol) -> NDArrayOrSymbol:
+    """Each row's sum of an (M, K) matrix, as (M, 1)."""
+    ones = F.ones_like(F.slice_axis(rows, axis=0, begin=0, end=1))
+    return F.dot(rows, ones, transpose_b=True)
+
+
+def spread_rows(F: ModuleType, values: NDArrayOrSymbol, like: NDArrayOrSymbol) -> NDArrayOrSymbol:
+    """values (M, 1) repeated along each row of `like` (M, K)."""
+    return F.dot(values, F.ones_like(F.slice_axis(like, axis=0, begin=0, end=1)))
+
+
 def spatial_size(F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
     """H x W of x (N, C, H, W) as a (1,) array: a hybridized graph does not know the
     shape when it is built."""

@@ -11,7 +11,14 @@ from typing import Any
 
 from mxnet.gluon.block import HybridBlock
 
-from ._spatial import NDArrayOrSymbol, per_element_macs, spatial_size
+from ._spatial import (
+    NDArrayOrSymbol,
+    channel_deviations,
+    per_element_macs,
+    row_sums,
+    spatial_size,
+    spread_rows,
+)
 
 
 class SimAM(HybridBlock):
@@ -33,10 +40,9 @@ class SimAM(HybridBlock):
         return per_element_macs(input_shape, passes=4)
 
     def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
-        deviations = F.square(F.broadcast_sub(x, F.mean(x, axis=(2, 3), keepdims=True)))
-        variance = F.broadcast_div(
-            F.sum(deviations, axis=(2, 3), keepdims=True),
-            F.reshape(spatial_size(F, x) - 1, shape=(1, 1, 1, 1)),
-        )
-        energy = F.broadcast_div(deviations, 4 * (variance + self.e_lambda)) + 0.5
-        return x * F.sigmoid(energy)
+        # On x as an (N*C, H*W) matrix: every elementwise operation on equal shapes, the
+        # per-channel values spread by products with a row of ones (_spatial.py).
+        flat, _, deviations = channel_deviations(F, x)
+        variance = F.broadcast_div(row_sums(F, deviations), spatial_size(F, x) - 1)
+        energy = deviations / spread_rows(F, 4 * (variance + self.e_lambda), deviations) + 0.5
+        return F.reshape_like(flat * F.sigmoid(energy), x)

@@ -13,7 +13,14 @@ from mxnet import init
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
-from ._spatial import NDArrayOrSymbol, per_element_macs, scale_channels, spatial_size
+from ._spatial import (
+    NDArrayOrSymbol,
+    channel_deviations,
+    per_element_macs,
+    row_sums,
+    scale_channels,
+    spatial_size,
+)
 
 
 class SRM(HybridBlock):
@@ -40,15 +47,13 @@ class SRM(HybridBlock):
     def hybrid_forward(
         self, F: ModuleType, x: NDArrayOrSymbol, cfc: NDArrayOrSymbol
     ) -> NDArrayOrSymbol:
-        mean = F.mean(x, axis=(2, 3), keepdims=True)  # (N, C, 1, 1)
-        squares = F.sum(F.square(F.broadcast_sub(x, mean)), axis=(2, 3))  # (N, C)
-        variance = F.broadcast_div(squares, spatial_size(F, x) - 1)
-        std = F.sqrt(variance + self.epsilon)
-        style = F.broadcast_mul(
-            F.reshape(mean, shape=(0, 0)),
-            F.reshape(F.slice_axis(cfc, axis=1, begin=0, end=1), shape=(1, -1)),
-        ) + F.broadcast_mul(
-            std, F.reshape(F.slice_axis(cfc, axis=1, begin=1, end=2), shape=(1, -1))
-        )
+        _, mean, deviations = channel_deviations(F, x)  # mean: (N*C, 1)
+        variance = F.broadcast_div(row_sums(F, deviations), spatial_size(F, x) - 1)
+        mean = F.reshape(mean, shape=(-1, self.channels))  # (N, C)
+        std = F.reshape(F.sqrt(variance + self.epsilon), shape=(-1, self.channels))
+        weights = [
+            F.reshape(F.slice_axis(cfc, axis=1, begin=j, end=j + 1), shape=(1, -1)) for j in (0, 1)
+        ]
+        style = F.broadcast_mul(mean, weights[0]) + F.broadcast_mul(std, weights[1])
         normalised = self.bn(F.reshape(style, shape=(0, 0, 1, 1)))
         return scale_channels(F, x, F.sigmoid(F.reshape(normalised, shape=(0, 0))))
