@@ -18,7 +18,7 @@ import platform
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import mxnet as mx
@@ -199,10 +199,31 @@ def _torch_pass(
 
 
 def attentions_of(*backends: str) -> list[str]:
-    """The registered attentions that have a module in every one of `backends`."""
+    """The registered attentions that have a module in every one of `backends`, each of
+    which imports (check_attentions reports those that do not)."""
     from models.registry import registered
 
-    return [n for n, s in registered().items() if all(b in s.backends for b in backends)]
+    return [
+        name
+        for name, spec in registered().items()
+        if all(b in spec.backends for b in backends) and not _import_problems(spec, backends)
+    ]
+
+
+def _import_problems(spec: Any, backends: Sequence[str]) -> list[str]:
+    """Why the spec's modules of `backends` do not import (built-ins are the package's own,
+    so only an installed package's modules are tried)."""
+    from models.registry import UnsupportedBackendError
+
+    if spec.origin == 'built-in':
+        return []
+    problems = []
+    for backend in backends:
+        try:
+            spec.module_class(backend)
+        except UnsupportedBackendError as error:
+            problems.append(str(error))
+    return problems
 
 
 def check_attentions() -> Check:
@@ -215,12 +236,17 @@ def check_attentions() -> Check:
         name + ('' if spec.origin == 'built-in' else f' ({spec.origin})')
         for name, spec in specs.items()
     )
-    problems = plugin_problems()
+    frameworks = [b for b in ('gluon', 'torch') if installed('mxnet' if b == 'gluon' else b)]
+    problems = list(plugin_problems()) + [
+        problem
+        for spec in specs.values()
+        for problem in _import_problems(spec, [b for b in spec.backends if b in frameworks])
+    ]
     if problems:
         return Check(
             'attentions',
             WARN,
-            f'{found}; left out: ' + '; '.join(problems),
+            f'{found}; not usable: ' + '; '.join(problems),
             f'fix or uninstall the package named (entry point group {ENTRY_POINT_GROUP})',
         )
     return Check('attentions', OK, found)

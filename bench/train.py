@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     import mxnet as mx
     import torch
 
-# The original README wrote the attention as a flag of its own (`--eca`): every
-# attention but vanilla has one.
+# The original README wrote the attention as a flag of its own (`--eca`): every built-in
+# attention but vanilla has one (an installed package's takes --attention NAME, so its
+# name can never clash with an option).
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     attention.add_argument(
         '--attention', default='none', help=', '.join(attention_names()) + ' (any case)'
     )
-    for name in attention_names()[1:]:
+    for name in [n for n in attention_names()[1:] if attention_spec(n).origin == 'built-in']:
         attention.add_argument(
             f'--{name}',
             dest='attention',

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
-from . import MODELS, attention_names, stats_table
+from . import MODELS, attention_names, parse_attention_name, stats_table
 
 
 def format_stats_table(rows: Iterable[Mapping[str, str | int | float]]) -> str:
@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--attentions', nargs='+', default=list(attention_names()), metavar='NAME')
     args = parser.parse_args(argv)
     try:
-        rows = stats_table(args.models, args.attentions)
+        attentions = [parse_attention_name(name) for name in args.attentions]
+        rows = stats_table(args.models, attentions)
     except KeyError as error:
         parser.error(str(error))
     print(format_stats_table(rows))

@@ -376,21 +376,39 @@ def contract(
     if spec.name == 'none' or not backends:
         yield Result('modules', None, 'vanilla has none' if spec.name == 'none' else 'none here')
         return
+    checks = []
     for count in channels:
         for backend in backends:
-            for check in (check_shapes, check_parameters, check_gradients):
-                yield check(spec, backend, count, options)
+            for check, what in (
+                (check_shapes, 'shape'),
+                (check_parameters, 'parameters'),
+                (check_gradients, 'gradients'),
+            ):
+                checks.append((check, f'{backend} {what} C={count}', (backend,)))
         # MACs are counted on the Gluon module where there is one (models.stats, which
         # the sweep's records follow); a PyTorch-only module declares its own.
-        yield check_macs(spec, backends[0], count, options)
+        checks.append((check_macs, f'{backends[0]} MACs C={count}', (backends[0],)))
         if 'gluon' in backends:
-            yield check_hybridize(spec, count, options)
+            checks.append((check_hybridize, f'gluon hybridize C={count}', ()))
             if spec.fused_cpu_kernel:
-                yield check_fused_kernel(spec, count, options)
+                checks.append((check_fused_kernel, f'fused kernel C={count}', ()))
         if 'torch' in backends:
-            yield check_compile(spec, count, options)
+            checks.append((check_compile, f'torch compile C={count}', ()))
         if {'gluon', 'torch'} <= set(backends):
-            yield check_backends_agree(spec, count, options)
+            checks.append((check_backends_agree, f'gluon = torch C={count}', ()))
+        for check, label, backend in checks:
+            yield _guarded(check, label, spec, *backend, count, options)
+        checks.clear()
+
+
+def _guarded(check: Callable[..., Result], label: str, *args: Any) -> Result:
+    """The check's result; an exception in the module under test (a wrong shape, a graph
+    that does not hybridize, a class that does not import) is that check's failure."""
+    try:
+        return check(*args)
+    except Exception as error:  # noqa: BLE001 (the module's own failure is the finding)
+        text = ' '.join(str(error).split())
+        return Result(label, False, f'{type(error).__name__}: {text[:300]}')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,13 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .names import UnknownNameError
 
+    try:
+        specs = [attention_spec(name) for name in args.names or attention_names()]
+    except UnknownNameError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     failed = 0
-    for name in args.names or attention_names():
-        try:
-            spec = attention_spec(name)
-        except UnknownNameError as error:
-            print(f'error: {error}', file=sys.stderr)
-            return 2
+    for spec in specs:
         print(f'{spec.label} ({spec.name}, {spec.origin}): {spec.paper}')
         for result in contract(spec.name):
             print('  ' + result.line(), flush=True)

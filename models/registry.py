@@ -318,7 +318,9 @@ BUILTIN_SPECS = (
         paper='Lee, Kim, Nam: "SRM: A Style-based Recalibration Module for Convolutional '
         'Neural Networks", ICCV 2019. https://arxiv.org/abs/1903.10829',
         counts=_srm_counts,
-        options=(Option('epsilon', 1e-5, real(above=0, high=1.0), 'added to the variance'),),
+        # A constant channel has variance 0: an epsilon that float32 rounds to 0 makes
+        # sqrt's gradient there infinite (NaN); 1e-12 keeps it finite.
+        options=(Option('epsilon', 1e-5, real(low=1e-12, high=1.0), 'added to the variance'),),
         gluon='models.attention.srm:SRM',
         torch='models.pytorch.srm:SRM',
     ),
@@ -329,7 +331,8 @@ BUILTIN_SPECS = (
         'Convolutional Neural Networks", ICML 2021. '
         'https://proceedings.mlr.press/v139/yang21o.html',
         counts=_simam_counts,
-        options=(Option('e_lambda', 1e-4, real(above=0, high=1e3), "the energy's lambda"),),
+        # Below 1e-12 a constant channel's energy is 0/0 in float32.
+        options=(Option('e_lambda', 1e-4, real(low=1e-12, high=1e3), "the energy's lambda"),),
         gluon='models.attention.simam:SimAM',
         torch='models.pytorch.simam:SimAM',
     ),
@@ -364,9 +367,54 @@ def _spec_from_entry_point(entry_point: Any) -> AttentionSpec:
         )
     if not spec.gluon and not spec.torch:
         raise PluginProblem(f'{where} ({origin}): its spec names no gluon or torch module')
+    for backend in BACKENDS:
+        problem = _path_problem(getattr(spec, backend))
+        if problem:
+            raise PluginProblem(f'{where} ({origin}): its {backend} module {problem}')
+    problem = _counts_problem(spec)
+    if problem:
+        raise PluginProblem(f'{where} ({origin}): {problem}')
     from dataclasses import replace
 
     return replace(spec, origin=origin)
+
+
+def _path_problem(path: str | None) -> str | None:
+    """What is wrong with a 'package.module:Class' path (None: nothing, or no path).
+    The module is looked up, not imported: it may import a framework."""
+    if path is None:
+        return None
+    module_name, colon, class_name = str(path).partition(':')
+    if not colon or not module_name or not class_name.isidentifier():
+        return f'{path!r} is not of the form package.module:Class'
+    from importlib.util import find_spec
+
+    try:
+        found = find_spec(module_name)
+    except (ImportError, ValueError) as error:
+        return f'{path!r} cannot be found: {error}'
+    return None if found else f'{path!r} cannot be found: no module {module_name}'
+
+
+def _counts_problem(spec: AttentionSpec) -> str | None:
+    """Its counts on the blocks of a CIFAR ResNet (16-64 channels, 32-8 pixels) with its
+    options' defaults must be two whole numbers, at least 0: they are called for every
+    trial of a sweep, long after registration."""
+    for channels, size in ((16, 32), (32, 16), (64, 8)):
+        try:
+            counts = spec.module_counts(channels, size)
+        except Exception as error:  # noqa: BLE001 (any failure of a plugin's code is reported)
+            return f'its counts fail on {channels} channels of {size}x{size}: {error!r}'
+        if (
+            not isinstance(counts, tuple)
+            or len(counts) != 2
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+        ):
+            return (
+                f'its counts on {channels} channels of {size}x{size} are {counts!r}, not '
+                '(parameters, MACs): two whole numbers, at least 0'
+            )
+    return None
 
 
 @functools.cache

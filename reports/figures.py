@@ -268,7 +268,8 @@ def speed_figure(
                 ratio = '' if base is None or attention == 'none' else f'  {speed / base:.2f}x'
                 axis.annotate(
                     f'{speed:,.0f}{ratio}',
-                    (speed, position),
+                    # Right of the whisker, so the two never overlap.
+                    (max(speed, float(per_trial.max())), position),
                     xytext=(4, 0),
                     textcoords='offset points',
                     va='center',

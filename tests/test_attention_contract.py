@@ -58,6 +58,13 @@ def test_the_kit_catches_a_module_that_breaks_its_spec(installed_plugin, monkeyp
     assert any('MACs' in line for line in failures)
 
     monkeypatch.setitem(registry._registry()[0], 'gate', spec)
+    # A module that breaks (a wrong shape) is a failed check, never a crash of the kit.
+    monkeypatch.setattr(channel_gate.torch.ChannelGate, 'forward', lambda self, x: x[:, :1])
+    failures, results = _failures('gate')
+    assert any(line.startswith('FAIL  torch shape') for line in failures), failures
+    assert any(r.check.startswith('gluon shape') and r.passed for r in results)
+    monkeypatch.undo()
+    monkeypatch.setitem(registry._registry()[0], 'gate', spec)
     original = channel_gate.torch.ChannelGate.forward
     monkeypatch.setattr(
         channel_gate.torch.ChannelGate, 'forward', lambda self, x: original(self, x) * 1.01
@@ -78,9 +85,21 @@ def test_a_plugin_that_cannot_be_registered_is_left_out_with_its_reason(tmp_path
     """A broken package never takes a name or stops the others: the doctor says why."""
     from importlib.metadata import EntryPoint
 
+    import models.registry as module
+
+    module.FAILING = registry.AttentionSpec(
+        name='failing', label='F', paper='', counts=lambda c, s, o: 1 / 0, torch='math:Thing'
+    )
+    module.NOWHERE = registry.AttentionSpec(
+        name='nowhere', label='N', paper='', counts=lambda c, s, o: (0, 0), gluon='no_module'
+    )
+    monkeypatch.setattr(module, 'FAILING', module.FAILING, raising=False)
+    monkeypatch.setattr(module, 'NOWHERE', module.NOWHERE, raising=False)
     broken = [
         EntryPoint('bad', 'no_such_module:SPEC', registry.ENTRY_POINT_GROUP),
         EntryPoint('se', 'models.registry:BUILTIN_SPECS', registry.ENTRY_POINT_GROUP),
+        EntryPoint('failing', 'models.registry:FAILING', registry.ENTRY_POINT_GROUP),
+        EntryPoint('nowhere', 'models.registry:NOWHERE', registry.ENTRY_POINT_GROUP),
     ]
     monkeypatch.setattr('importlib.metadata.entry_points', lambda group: broken)
     registry.refresh()
@@ -91,6 +110,12 @@ def test_a_plugin_that_cannot_be_registered_is_left_out_with_its_reason(tmp_path
         assert any(
             'entry point se' in p and 'not a models.registry.AttentionSpec' in p for p in problems
         )
+        # Found when it registers, not when a sweep counts its trials.
+        assert any(
+            'its counts fail on 16 channels' in p and 'ZeroDivisionError' in p for p in problems
+        )
+        assert any("'no_module' is not of the form package.module:Class" in p for p in problems)
+        assert set(registry.registered()) == {s.name for s in registry.BUILTIN_SPECS}
         with pytest.raises(UnknownNameError, match='does not load'):
             registry.attention_spec('bad')
         from bench.doctor import WARN, check_attentions
@@ -108,7 +133,7 @@ def test_a_plugin_cannot_take_a_builtin_name_or_an_unsafe_one(monkeypatch):
     import models.registry as module
 
     module.SHADOW = registry.AttentionSpec(
-        name='se', label='SE?', paper='', counts=lambda c, s, o: (0, 0), torch='x:Y'
+        name='se', label='SE?', paper='', counts=lambda c, s, o: (0, 0), torch='json:Y'
     )
     module.MARKUP = registry.AttentionSpec(
         name='<b>x', label='X', paper='', counts=lambda c, s, o: (0, 0), torch='x:Y'
@@ -225,3 +250,73 @@ def test_a_cell_whose_backend_lacks_the_attention_is_refused_before_training(
     assert 'to torch' in str(error.value)
     # Asked for the backend it has, the same sweep is fine.
     assert load_config(path, ['recipe.backend=torch']).config.attentions == ['none', 'gate']
+
+
+def test_an_installed_attention_never_takes_an_option_of_bench_train(monkeypatch):
+    """bench.train's --se/--eca/--gct flags are the built-ins' only: a package's attention
+    named like an option (seed) is --attention seed, and the parser still builds."""
+    from bench.train import parse_args
+
+    spec = registry.AttentionSpec(
+        name='seed',
+        label='Seed',
+        paper='',
+        counts=lambda c, s, o: (0, 0),
+        gluon='math:Thing',
+        origin='seed-attention 1.0',
+    )
+    monkeypatch.setitem(registry._registry()[0], 'seed', spec)
+    _, args = parse_args(['--attention', 'seed', '--seed', '3'])
+    assert (args.attention, args.seed) == ('seed', 3)
+
+
+def test_the_doctor_names_an_installed_attention_whose_module_does_not_import(monkeypatch):
+    from bench.doctor import WARN, attentions_of, check_attentions
+
+    spec = registry.AttentionSpec(
+        name='ghost',
+        label='Ghost',
+        paper='',
+        counts=lambda c, s, o: (0, 0),
+        torch='json:NoSuchClass',
+        origin='ghost-attention 0.1',
+    )
+    monkeypatch.setitem(registry._registry()[0], 'ghost', spec)
+    assert 'ghost' not in attentions_of('torch') and 'se' in attentions_of('torch')
+    check = check_attentions()
+    assert check.status == WARN
+    assert "attention 'ghost' (ghost-attention 0.1): cannot import its torch module" in check.found
+
+
+def test_names_ignore_case_and_spaces_in_a_sweep_and_its_overrides(tmp_path):
+    import yaml
+
+    from bench.sweep.config import ConfigError, expand, load_config
+
+    base = {
+        'name': 't',
+        'models': ['cifar_resnet8_v1'],
+        'attentions': ['none', ' SE', 'CBAM'],
+        'overrides': [{'match': {'attention': 'cbam '}, 'attention_kwargs': {'reduction': 4}}],
+    }
+    path = tmp_path / 'sweep.yaml'
+    path.write_text(yaml.safe_dump(base))
+    config = load_config(path).config
+    assert config.attentions == ['none', 'se', 'cbam']
+    cbam = [s for s in expand(config) if s.attention == 'cbam']
+    assert cbam[0].attention_kwargs == {'reduction': 4}
+    path.write_text(yaml.safe_dump({**base, 'attentions': ['se', ' Se ']}))
+    with pytest.raises(ConfigError, match='attention listed more than once: se'):
+        load_config(path)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **base,
+                'overrides': [
+                    {'match': {'attention': 'simam'}, 'attention_kwargs': {'e_lambda': 1e-300}}
+                ],
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match='simam'):
+        load_config(path)

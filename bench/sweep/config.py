@@ -56,7 +56,7 @@ from bench.store import REPORT_METRICS
 from bench.trial.recipe import Recipe, Seed, TrialSpec, recipe_problems
 from bench.validation import bounded_repr, describe_error, without_secrets
 from models.names import parse_model_name
-from models.registry import attention_spec, parse_attention_name
+from models.registry import attention_key, attention_spec, parse_attention_name
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -82,6 +82,12 @@ class Match(_Strict):
     model: Optional[str] = None
     attention: Optional[str] = None
     seed: Optional[Seed] = None
+
+    @field_validator('attention')
+    @classmethod
+    def _one_spelling(cls, name: str | None) -> str | None:
+        # As the sweep's attentions are read: names ignore case and surrounding spaces.
+        return None if name is None else attention_key(name)
 
 
 class Override(_Strict):
@@ -200,8 +206,11 @@ class SweepConfig(_Strict):
     @field_validator('attentions')
     @classmethod
     def _known_attentions(cls, names: list[str]) -> list[str]:
-        # The registry ignores case; so must the trial ids and the duplicate check.
-        return _registered([str(name).lower() for name in names], parse_attention_name, 'attention')
+        # The registry's one spelling of each name (case and surrounding spaces ignored):
+        # trial ids and the duplicate check see that spelling.
+        return _registered(
+            [attention_key(name) for name in names], parse_attention_name, 'attention'
+        )
 
     @field_validator('seeds')
     @classmethod

@@ -23,8 +23,9 @@ from ._spatial import (
 
 class SimAM(HybridBlock):
     """Each element weighted by sigmoid(1 / e*), its inverse minimal energy:
-    (x - mu)^2 / (4 (sigma^2 + lambda)) + 1/2, with mu and sigma^2 the channel's mean and
-    variance over the other H x W - 1 elements (the paper's closed form and code).
+    (x - mu)^2 / (4 (sigma^2 + lambda)) + 1/2, with mu the channel's mean over its H x W
+    elements and sigma^2 their squared deviations summed and divided by H x W - 1 (the
+    paper's closed form, as its code computes it).
 
     No parameters; needs H x W > 1. `channels` is taken (and unused) so that it is built
     like every other attention."""

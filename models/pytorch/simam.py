@@ -11,8 +11,9 @@ from torch import nn
 
 
 class SimAM(nn.Module):
-    """Each element weighted by sigmoid((x - mu)^2 / (4 (sigma^2 + lambda)) + 1/2), mu
-    and sigma^2 over the channel's other H x W - 1 elements. No parameters."""
+    """Each element weighted by sigmoid((x - mu)^2 / (4 (sigma^2 + lambda)) + 1/2), mu the
+    channel's mean, sigma^2 its squared deviations summed over H x W and divided by
+    H x W - 1. No parameters."""
 
     def __init__(self, channels: int, e_lambda: float = 1e-4):
         super().__init__()
