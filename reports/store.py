@@ -15,6 +15,7 @@ import pandas as pd
 from bench.records import PENDING, TrialRecord, upgrade_trial_file
 from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
 from bench.trial.recipe import Recipe
+from models.registry import ENTRY_POINT_GROUP
 
 from .readme import ReportError
 
@@ -47,11 +48,35 @@ def load_manifest(store_dir: str | Path) -> dict[str, Any]:
         )
     manifest, problem = read_json_checked(path)
     if problem:
+        missing = _unregistered_attentions(path)
+        if missing:
+            # Not damage: the package that brings these attentions is not installed here.
+            raise ReportError(
+                f'{path} names attention(s) this installation does not know: '
+                f'{", ".join(missing)}. Install the package that brings them (entry point '
+                f'group {ENTRY_POINT_GROUP}) and run again; the stored results are untouched'
+            )
         raise ReportError(
             f'{problem}. It is rewritten by `python run_sweep.py --config '
             '<sweep file> --report-only`'
         )
     return manifest
+
+
+def _unregistered_attentions(path: Path) -> list[str]:
+    """The attentions a sweep record lists that no installed spec registers (bounded, as
+    shown); [] where the file is not even JSON of that shape."""
+    from models.registry import attention_key, attention_names
+
+    try:
+        attentions = json.loads(path.read_text(encoding='utf-8')).get('attentions')
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(attentions, list):
+        return []
+    known = set(attention_names())
+    missing = [str(a)[:40] for a in attentions if attention_key(a) not in known]
+    return list(dict.fromkeys(missing))[:10]
 
 
 def split_by_sweep(

@@ -226,6 +226,18 @@ def test_a_sweep_trains_and_reports_the_brought_attention_and_refuses_it_once_go
     assert 'Traceback' not in message
     after = sorted(p.name for p in (tmp_path / 'results' / 'brought' / 'trials').iterdir())
     assert after == stored
+    # The reports of the store say what is missing, not that the store is damaged.
+    reports = subprocess.run(
+        [sys.executable, '-m', 'reports', str(tmp_path / 'results' / 'brought')],
+        cwd=root,
+        env=without,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert reports.returncode != 0
+    assert 'names attention(s) this installation does not know: gate' in reports.stderr
+    assert 'the stored results are untouched' in reports.stderr
 
 
 def test_a_cell_whose_backend_lacks_the_attention_is_refused_before_training(
