@@ -320,11 +320,8 @@ def check_fused_kernel(spec: AttentionSpec, channels: int, options: dict[str, An
     fused = gluon_pass(module, x, 'float32')
     with mxnet_operators_only():
         plain = gluon_pass(module, x, 'float32')
-    worst = max(_relative(a, b) for a, b in zip(fused[:2], plain[:2]))
-    return Result(
-        f'fused kernel C={channels}',
-        worst <= RTOL,
-        f'fused operator within {worst:.1e} of MXNet operators (output, input gradient)',
+    return _agreement(
+        f'fused kernel C={channels}', fused, plain, 'fused operator', 'of MXNet operators'
     )
 
 
@@ -334,11 +331,16 @@ def check_hybridize(spec: AttentionSpec, channels: int, options: dict[str, Any])
     imperative = gluon_pass(module, x, 'float32')
     module.hybridize()
     hybrid = gluon_pass(module, x, 'float32')
-    worst = max(_relative(a, b) for a, b in zip(hybrid[:2], imperative[:2]))
+    return _agreement(
+        f'gluon hybridize C={channels}', hybrid, imperative, 'hybridized', 'of imperative'
+    )
+
+
+def _agreement(label: str, result: tuple, reference: tuple, what: str, against: str) -> Result:
+    """A Result of whether the output and input gradient of two passes agree to RTOL."""
+    worst = max(_relative(a, b) for a, b in zip(result[:2], reference[:2]))
     return Result(
-        f'gluon hybridize C={channels}',
-        worst <= RTOL,
-        f'hybridized within {worst:.1e} of imperative',
+        label, worst <= RTOL, f'{what} within {worst:.1e} {against} (output, input gradient)'
     )
 
 
@@ -356,11 +358,8 @@ def check_compile(spec: AttentionSpec, channels: int, options: dict[str, Any]) -
         result = torch_pass(compiled, x)
     except Exception as error:  # noqa: BLE001 (any failure to compile is the finding)
         return Result(f'torch compile C={channels}', False, f'{type(error).__name__}: {error}')
-    worst = max(_relative(a, b) for a, b in zip(result[:2], eager[:2]))
-    return Result(
-        f'torch compile C={channels}',
-        worst <= RTOL,
-        f'compiled (fullgraph, aot_eager) within {worst:.1e} of eager',
+    return _agreement(
+        f'torch compile C={channels}', result, eager, 'compiled (fullgraph, aot_eager)', 'of eager'
     )
 
 

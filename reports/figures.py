@@ -56,7 +56,9 @@ def curves_figure(
         for axis, kind in zip(axes, ('acc', 'loss')):
             color = None
             for split, style in (('val', '-'), ('train', '--')):
-                stats = per_epoch[f'{split}_{kind}'].agg(['mean', 'min', 'max'])
+                # Accuracy in percent, as the tables give it.
+                scale = 100.0 if kind == 'acc' else 1.0
+                stats = scale * per_epoch[f'{split}_{kind}'].agg(['mean', 'min', 'max'])
                 (line,) = axis.plot(
                     stats.index,
                     stats['mean'],
@@ -77,7 +79,7 @@ def curves_figure(
                         alpha=0.15 if split == 'val' else 0.07,
                         linewidth=0,
                     )
-    for axis, label in zip(axes, ('accuracy', 'loss (cross-entropy)')):
+    for axis, label in zip(axes, ('accuracy (%)', 'loss (cross-entropy)')):
         axis.set_xlabel('epoch')
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(f'{label}: validation —, training --')
@@ -85,7 +87,7 @@ def curves_figure(
         axis.legend(title='attention', fontsize='small')
     axes[1].set_yscale('log')
     low = axes[0].get_ylim()[0]
-    axes[0].set_title(f'accuracy axis from {low:.2f}', fontsize='small')
+    axes[0].set_title(f'accuracy axis from {low:.1f} %', fontsize='small')
     fig.suptitle(f'{model}: validation and training curves (mean over seeds, band: min-max)')
     return fig
 
@@ -106,7 +108,9 @@ def accuracy_bars_figure(
     for index, attention in enumerate(attentions):
         means, errors, positions = [], [], []
         for model_index, model in enumerate(models):
-            values = done[(done['model'] == model) & (done['attention'] == attention)]['val_acc']
+            values = 100 * done[(done['model'] == model) & (done['attention'] == attention)][
+                'val_acc'
+            ].astype(float)
             if len(values):
                 means.append(values.mean())
                 # One seed has no spread to show: no bar rather than one of height zero.
@@ -124,7 +128,7 @@ def accuracy_bars_figure(
         )
     axis.set_xticks(range(len(models)))
     axis.set_xticklabels(models, rotation=15, ha='right')
-    axis.set_ylabel('final validation accuracy')
+    axis.set_ylabel('final validation accuracy (%)')
     # Low enough for the lowest error bar, not only the lowest mean.
     lows = [patch.get_height() for patch in axis.patches]
     for container in axis.containers:
@@ -135,7 +139,7 @@ def accuracy_bars_figure(
                 for segment in line.get_segments()
             ]
     low = min(lows) if lows else 0.0
-    axis.set_ylim(max(0.0, low - 0.05), 1.0)
+    axis.set_ylim(max(0.0, low - 5), 100.0)
     axis.grid(axis='y', alpha=0.3)
     # Below the axes, so it never hides a bar.
     axis.legend(
@@ -148,7 +152,7 @@ def accuracy_bars_figure(
     # The axis does not start at 0: say where it does, so no difference looks bigger
     # than it is.
     axis.set_title(
-        f'Final validation accuracy (axis from {axis.get_ylim()[0]:.2f})\n'
+        f'Final validation accuracy (axis from {axis.get_ylim()[0]:.1f} %)\n'
         f'{_seed_note(seed_counts)}',
         fontsize='medium',
     )

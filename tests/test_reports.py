@@ -236,8 +236,9 @@ def test_figures_exist_with_one_line_per_attention(original_store, tmp_path):
         (histories['model'] == 'cifar_resnet20_v1') & (histories['attention'] == 'none')
     ]
     val, train = accuracy_axis.lines[:2]
-    assert list(val.get_ydata()) == list(vanilla['val_acc'])
-    assert list(train.get_ydata()) == list(vanilla['train_acc'])
+    assert list(val.get_ydata()) == pytest.approx(list(100 * vanilla['val_acc']))
+    assert list(train.get_ydata()) == pytest.approx(list(100 * vanilla['train_acc']))
+    assert accuracy_axis.get_ylabel().startswith('accuracy (%)')
     assert list(loss_axis.lines[1].get_ydata()) == list(vanilla['train_loss'])
     assert accuracy_axis.get_xlabel() == 'epoch' and accuracy_axis.get_ylabel()
     assert accuracy_axis.get_title().startswith('accuracy axis from ')
@@ -426,6 +427,9 @@ def test_one_seed_draws_no_error_bars_and_says_n_1(original_store, tmp_path):
     axis = accuracy_bars_figure(trials).axes[0]
     (bars,) = [c for c in axis.containers if type(c).__name__ == 'ErrorbarContainer']
     assert 'error bars: std over seeds' in axis.get_title() and 'n=2' in axis.get_title()
+    # In percent, as the tables: the mean of 90 % and 92 %.
+    assert [patch.get_height() for patch in axis.patches] == pytest.approx([91.0])
+    assert axis.get_ylim()[1] == 100.0 and axis.get_title().startswith('Final validation')
 
 
 def test_figures_of_trials_no_longer_in_the_sweep_are_removed(original_store, tmp_path):
