@@ -18,7 +18,7 @@ import platform
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import mxnet as mx
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from bench.gpu import GPU
+    from models.registry import AttentionSpec
 
 OK, WARN, FAIL = 'ok', 'warn', 'FAIL'
 CHECK_MODEL = 'cifar_resnet8_v1'
@@ -210,7 +211,7 @@ def attentions_of(*backends: str) -> list[str]:
     ]
 
 
-def _import_problems(spec: Any, backends: Sequence[str]) -> list[str]:
+def _import_problems(spec: AttentionSpec, backends: Sequence[str]) -> list[str]:
     """Why the spec's modules of `backends` do not import (built-ins are the package's own,
     so only an installed package's modules are tried)."""
     from models.registry import UnsupportedBackendError

@@ -38,10 +38,6 @@ if TYPE_CHECKING:
     import mxnet as mx
     import torch
 
-# The original README wrote the attention as a flag of its own (`--eca`): every built-in
-# attention but vanilla has one (an installed package's takes --attention NAME, so its
-# name can never clash with an option).
-
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     defaults = Recipe()
@@ -55,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     attention.add_argument(
         '--attention', default='none', help=', '.join(attention_names()) + ' (any case)'
     )
+    # The original README wrote the attention as a flag of its own (`--eca`): every
+    # built-in attention but vanilla has one (an installed package's takes --attention
+    # NAME, so its name can never clash with an option).
     for name in [n for n in attention_names()[1:] if attention_spec(n).origin == 'built-in']:
         attention.add_argument(
             f'--{name}',
@@ -192,11 +191,10 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
         attention = parse_attention_name(args.attention)
     except UnknownNameError as error:  # its message lists the valid names
         raise BadArguments(str(error)) from None
-    if args.backend not in attention_spec(attention).backends:
-        raise BadArguments(
-            f'attention {attention!r} has no {args.backend} module; use --backend '
-            + ' or --backend '.join(attention_spec(attention).backends)
-        )
+    spec = attention_spec(attention)
+    problem = spec.backend_problem(args.backend)
+    if problem:
+        raise BadArguments(f'{problem}; use --backend ' + ' or --backend '.join(spec.backends))
     return TrialSpec(model=args.model, attention=attention, seed=args.seed, recipe=recipe)
 
 

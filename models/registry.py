@@ -164,18 +164,26 @@ class AttentionSpec:
         given = self.checked_options(options)
         return self.counts(channels, size, {**{o.name: o.default for o in self.options}, **given})
 
+    def backend_problem(self, backend: str) -> str | None:
+        """Why a network of `backend` cannot carry this attention (None: it can)."""
+        if backend in self.backends:
+            return None
+        return (
+            f'attention {self.name} ({self.origin}) has no {backend} module (it has: '
+            f'{", ".join(self.backends) or "none"})'
+        )
+
     def module_class(self, backend: str) -> type | None:
         """The attention's module class in `backend` (None for vanilla), imported now;
         UnsupportedBackendError where the attention has none there."""
         if self.name == VANILLA:
             return None
-        path = getattr(self, backend, None) if backend in BACKENDS else None
-        if not path:
+        problem = self.backend_problem(backend)
+        if problem:
             raise UnsupportedBackendError(
-                f'attention {self.name!r} has no {backend} module (it has: '
-                f'{", ".join(self.backends) or "none"}); train it with backend '
-                + ' or '.join(self.backends)
+                f'{problem}; train it with backend ' + ' or '.join(self.backends)
             )
+        path = getattr(self, backend)
         module_name, _, class_name = path.partition(':')
         try:
             return getattr(importlib.import_module(module_name), class_name)

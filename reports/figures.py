@@ -26,7 +26,7 @@ from .outputs import (  # noqa: E402
     SPEED_FIGURE,
     is_our_figure,
 )
-from .table import default_order  # noqa: E402
+from .table import default_order, device_label  # noqa: E402
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -217,8 +217,7 @@ def speed_figure(
     devices share an axis but are never put in a ratio."""
     done = trials[trials['status'] == DONE]
     devices = {
-        trial: str(kind) if isinstance(kind, str) and kind else 'unknown device'
-        for trial, kind in zip(done['trial_id'], done['device_kind'])
+        trial: device_label(kind) for trial, kind in zip(done['trial_id'], done['device_kind'])
     }
     epochs = histories[histories['trial_id'].isin(devices)].copy()
     epochs = (

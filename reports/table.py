@@ -86,6 +86,12 @@ class Speed(NamedTuple):
     devices: frozenset
 
 
+def device_label(kind: object) -> str:
+    """The kind of device a trial recorded, as tables and figures name it (an older
+    trial's missing one, None or NaN from pandas: 'unknown device')."""
+    return kind if isinstance(kind, str) and kind else 'unknown device'
+
+
 def cell_speeds(
     histories: pd.DataFrame, devices: Mapping[str, str | None]
 ) -> dict[tuple[str, str], Speed]:
@@ -97,7 +103,7 @@ def cell_speeds(
     for (model, attention), rows in histories.groupby(['model', 'attention'], sort=False):
         values = [float(v) for v in rows['images_per_second'] if v == v and v is not None]
         if values:
-            kinds = frozenset(str(devices.get(t) or 'unknown device') for t in rows['trial_id'])
+            kinds = frozenset(device_label(devices.get(t)) for t in rows['trial_id'])
             speeds[(model, attention)] = Speed(statistics.median(values), kinds)
     return speeds
 

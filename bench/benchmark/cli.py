@@ -255,7 +255,7 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
         args.attentions = [
             name
             for name, spec in registered().items()
-            if all(backend in spec.backends for backend in backends)
+            if not any(spec.backend_problem(backend) for backend in backends)
         ]
     for index, name in enumerate(args.attentions):
         try:
@@ -264,13 +264,12 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
             problems.append(str(error))
             continue
         spec = attention_spec(name)
-        missing = [backend for backend in backends if backend not in spec.backends]
-        if missing:
-            problems.append(
-                f'attention {spec.name} has no {" or ".join(missing)} module (it has: '
-                f'{", ".join(spec.backends)}); leave it out or choose --backend '
-                + ' or '.join(spec.backends)
-            )
+        for backend in backends:
+            problem = spec.backend_problem(backend)
+            if problem:
+                problems.append(
+                    f'{problem}; leave it out or choose --backend ' + ' or '.join(spec.backends)
+                )
     if args.images < args.batch_size:
         problems.append(
             f'--images {args.images} holds no batch of --batch-size '

@@ -406,12 +406,12 @@ def _cells_without_their_backend(config: SweepConfig) -> list[str]:
     problems = []
     for (attention, backend), models in wanted.items():
         spec = attention_spec(attention)
-        if backend not in spec.backends:
+        problem = spec.backend_problem(backend)
+        if problem:
             problems.append(
-                f'attention {attention} ({spec.origin}) has no {backend} module, yet cells of '
-                f'{", ".join(dict.fromkeys(models))} ask for backend {backend}; set '
-                f'recipe.backend (or an override matching attention {attention}) to '
-                + ' or '.join(spec.backends)
+                f'{problem}, yet cells of {", ".join(dict.fromkeys(models))} ask for backend '
+                f'{backend}; set recipe.backend (or an override matching attention '
+                f'{attention}) to ' + ' or '.join(spec.backends)
             )
     return problems
 

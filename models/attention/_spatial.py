@@ -13,7 +13,7 @@ computes the same numbers; modules choose with `models.kernels.use_fused_kernels
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Union
+from typing import NamedTuple, Union
 
 from mxnet import symbol
 from mxnet.gluon import Parameter
@@ -54,33 +54,28 @@ def scale_channels(F: ModuleType, x: NDArrayOrSymbol, weights: NDArrayOrSymbol) 
     return F.reshape_like(flat * per_position, x)
 
 
-def channel_deviations(
-    F: ModuleType, x: NDArrayOrSymbol
-) -> tuple[NDArrayOrSymbol, NDArrayOrSymbol, NDArrayOrSymbol]:
-    """(flat, mean, squared deviations) of x (N, C, H, W): x as an (N*C, H*W) matrix, each
-    row's mean (N*C, 1), and (x - mean)^2 (N*C, H*W). The mean is spread over its row by a
-    product with a row of ones, not a broadcast (whose backward is slow, see above)."""
+class ChannelMoments(NamedTuple):
+    """x (N, C, H, W) as an (N*C, H*W) matrix (`flat`), a (1, H*W) row of ones, each row's
+    mean (N*C, 1), (x - mean)^2 (N*C, H*W) and the unbiased variance (N*C, 1)."""
+
+    flat: NDArrayOrSymbol
+    ones: NDArrayOrSymbol
+    mean: NDArrayOrSymbol
+    deviations: NDArrayOrSymbol
+    variance: NDArrayOrSymbol
+
+
+def channel_moments(F: ModuleType, x: NDArrayOrSymbol) -> ChannelMoments:
+    """Each channel's mean and unbiased variance over H x W (which must exceed 1), the
+    per-channel values spread over their rows by products with the row of ones, not by
+    broadcasts (whose backward is slow, see above). A hybridized graph does not know
+    H x W when it is built: it is the sum of the ones."""
     flat, ones = _flat_and_ones(F, x)
-    mean = F.broadcast_div(F.dot(flat, ones, transpose_b=True), F.sum(ones))
-    return flat, mean, F.square(flat - F.dot(mean, ones))
-
-
-def row_sums(F: ModuleType, rows: NDArrayOrSymbol) -> NDArrayOrSymbol:
-    """Each row's sum of an (M, K) matrix, as (M, 1)."""
-    ones = F.ones_like(F.slice_axis(rows, axis=0, begin=0, end=1))
-    return F.dot(rows, ones, transpose_b=True)
-
-
-def spread_rows(F: ModuleType, values: NDArrayOrSymbol, like: NDArrayOrSymbol) -> NDArrayOrSymbol:
-    """values (M, 1) repeated along each row of `like` (M, K)."""
-    return F.dot(values, F.ones_like(F.slice_axis(like, axis=0, begin=0, end=1)))
-
-
-def spatial_size(F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
-    """H x W of x (N, C, H, W) as a (1,) array: a hybridized graph does not know the
-    shape when it is built."""
-    _, ones = _flat_and_ones(F, x)
-    return F.sum(ones, axis=1)
+    size = F.sum(ones, axis=1)  # (1,)
+    mean = F.broadcast_div(F.dot(flat, ones, transpose_b=True), size)
+    deviations = F.square(flat - F.dot(mean, ones))
+    variance = F.broadcast_div(F.dot(deviations, ones, transpose_b=True), size - 1)
+    return ChannelMoments(flat, ones, mean, deviations, variance)
 
 
 def per_element_macs(input_shape: tuple[int, ...], passes: int) -> int:

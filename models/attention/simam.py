@@ -11,14 +11,7 @@ from typing import Any
 
 from mxnet.gluon.block import HybridBlock
 
-from ._spatial import (
-    NDArrayOrSymbol,
-    channel_deviations,
-    per_element_macs,
-    row_sums,
-    spatial_size,
-    spread_rows,
-)
+from ._spatial import NDArrayOrSymbol, channel_moments, per_element_macs
 
 
 class SimAM(HybridBlock):
@@ -43,7 +36,7 @@ class SimAM(HybridBlock):
     def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
         # On x as an (N*C, H*W) matrix: every elementwise operation on equal shapes, the
         # per-channel values spread by products with a row of ones (_spatial.py).
-        flat, _, deviations = channel_deviations(F, x)
-        variance = F.broadcast_div(row_sums(F, deviations), spatial_size(F, x) - 1)
-        energy = deviations / spread_rows(F, 4 * (variance + self.e_lambda), deviations) + 0.5
-        return F.reshape_like(flat * F.sigmoid(energy), x)
+        moments = channel_moments(F, x)
+        denominator = F.dot(4 * (moments.variance + self.e_lambda), moments.ones)
+        energy = moments.deviations / denominator + 0.5
+        return F.reshape_like(moments.flat * F.sigmoid(energy), x)

@@ -13,14 +13,7 @@ from mxnet import init
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
-from ._spatial import (
-    NDArrayOrSymbol,
-    channel_deviations,
-    per_element_macs,
-    row_sums,
-    scale_channels,
-    spatial_size,
-)
+from ._spatial import NDArrayOrSymbol, channel_moments, per_element_macs, scale_channels
 
 
 class SRM(HybridBlock):
@@ -47,10 +40,9 @@ class SRM(HybridBlock):
     def hybrid_forward(
         self, F: ModuleType, x: NDArrayOrSymbol, cfc: NDArrayOrSymbol
     ) -> NDArrayOrSymbol:
-        _, mean, deviations = channel_deviations(F, x)  # mean: (N*C, 1)
-        variance = F.broadcast_div(row_sums(F, deviations), spatial_size(F, x) - 1)
-        mean = F.reshape(mean, shape=(-1, self.channels))  # (N, C)
-        std = F.reshape(F.sqrt(variance + self.epsilon), shape=(-1, self.channels))
+        moments = channel_moments(F, x)
+        mean = F.reshape(moments.mean, shape=(-1, self.channels))  # (N, C)
+        std = F.reshape(F.sqrt(moments.variance + self.epsilon), shape=(-1, self.channels))
         weights = [
             F.reshape(F.slice_axis(cfc, axis=1, begin=j, end=j + 1), shape=(1, -1)) for j in (0, 1)
         ]
