@@ -32,7 +32,7 @@ class BlockPlan:
 
 def stage_plans(model: str) -> list[list[BlockPlan]]:
     """The blocks of each of the three stages of `model`, e.g. 'cifar_resnet20_v1'."""
-    _, depth = parse_model_name(model)
+    depth = parse_model_name(model).depth
     blocks_per_stage = (depth - 2) // 6
     stages, in_channels = [], STAGE_CHANNELS[0]
     for stage_index, channels in enumerate(STAGE_CHANNELS[1:], start=1):
@@ -76,7 +76,9 @@ def network_counts(
 ) -> NetworkCounts:
     """(trainable parameters, MACs of one forward pass of one 32x32 image) of `model`
     with `attention`, as models.stats measures them on a built network."""
-    version, _ = parse_model_name(model)
+    # A variant's differences (a ReLU, where an attention sits, initial values) change
+    # no count: it counts as the version it is built of.
+    version = parse_model_name(model).version
     spec = attention_spec(attention)
     options = spec.checked_options(attention_kwargs)
     params = macs = 0

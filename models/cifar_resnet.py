@@ -15,16 +15,21 @@ trained with it; with the same weights the two v2 networks give different output
 
 The attention sits on the residual branch, after the block body and before the
 addition to the shortcut.
+
+Other papers' CIFAR ResNets are declared variants of these (models.names.VARIANTS,
+e.g. cifar_resnet20_simam): the same blocks with the differences the variant names,
+so their cells train without changing ours.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from mxnet import nd
+from mxnet import init, nd
 from mxnet.context import Context
 from mxnet.gluon import nn
 from mxnet.gluon.block import Block, HybridBlock
@@ -33,7 +38,8 @@ from .architecture import STAGE_CHANNELS, attention_options, stage_plans
 from .attention import get_attention
 from .attention._spatial import NDArrayOrSymbol, spatial_mean
 from .kernels import use_fused_kernels
-from .names import RETIRED_PARAMETERS, parse_model_name
+from .names import RETIRED_PARAMETERS, NetworkVariant, network_variant, parse_model_name
+from .registry import attention_key
 
 
 def _conv3x3(channels: int, stride: int, in_channels: int) -> nn.Conv2D:
@@ -60,7 +66,8 @@ def _attention_or_none(
 
 
 class BasicBlockV1(HybridBlock):
-    """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
+    """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU; with `attention_before_last_bn`
+    conv-BN-ReLU-conv, attention, BN (a variant's placement)."""
 
     def __init__(
         self,
@@ -70,9 +77,11 @@ class BasicBlockV1(HybridBlock):
         in_channels: int,
         attention_class: type[HybridBlock] | None = None,
         attention_kwargs: Mapping[str, Any] | None = None,
+        attention_before_last_bn: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.attention_before_last_bn = attention_before_last_bn
         self.body = nn.HybridSequential(prefix='')
         self.body.add(
             _conv3x3(channels, stride, in_channels),
@@ -93,9 +102,15 @@ class BasicBlockV1(HybridBlock):
             )
 
     def hybrid_forward(self, F: ModuleType, x: NDArrayOrSymbol) -> NDArrayOrSymbol:
-        residual = self.body(x)
-        if self.attention is not None:
-            residual = self.attention(residual)
+        if self.attention is not None and self.attention_before_last_bn:
+            residual = x
+            for index in range(len(self.body) - 1):
+                residual = self.body[index](residual)
+            residual = self.body[len(self.body) - 1](self.attention(residual))
+        else:
+            residual = self.body(x)
+            if self.attention is not None:
+                residual = self.attention(residual)
         shortcut = self.downsample(x) if self.downsample is not None else x
         return _relu(F, shortcut + residual)
 
@@ -136,8 +151,28 @@ class BasicBlockV2(HybridBlock):
         return residual + shortcut
 
 
+@init.register
+class FanInUniform(init.Initializer):
+    """Weights from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = the product of every
+    axis but the first (the outputs): PyTorch's default for conv and dense layers
+    (kaiming_uniform_ with a = sqrt(5)). Biases, BN and the rest as Xavier() leaves them."""
+
+    def _init_weight(self, name: str, arr: nd.NDArray) -> None:
+        fan_in = math.prod(arr.shape[1:])
+        bound = 1 / math.sqrt(fan_in)
+        nd.random.uniform(-bound, bound, shape=arr.shape, dtype=arr.dtype, ctx=arr.context, out=arr)
+
+
+def network_initializer(name: str) -> init.Initializer:
+    """The initialiser of every parameter of network `name` without one of its own:
+    MXNet's Xavier() (the original's), or what a variant declares."""
+    variant = network_variant(name)
+    return FanInUniform() if variant and variant.fan_in_uniform_init else init.Xavier()
+
+
 class CIFARResNet(HybridBlock):
-    """A CIFAR ResNet: a 3x3 stem, three stages of `blocks_per_stage` basic blocks, pool, dense."""
+    """A CIFAR ResNet: a 3x3 stem, three stages of `blocks_per_stage` basic blocks, pool,
+    dense; `variant` where it is another paper's (models.names.VARIANTS)."""
 
     def __init__(
         self,
@@ -146,10 +181,15 @@ class CIFARResNet(HybridBlock):
         classes: int = 10,
         attention_class: type[HybridBlock] | None = None,
         attention_kwargs: Mapping[str, Any] | None = None,
+        variant: NetworkVariant | None = None,
+        attention: str = '',
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
+        block_options = {}
+        if variant is not None and attention in variant.attentions_before_last_bn:
+            block_options['attention_before_last_bn'] = True
         with self.name_scope():
             self.features = nn.HybridSequential(prefix='')
             if version == 2:
@@ -157,6 +197,8 @@ class CIFARResNet(HybridBlock):
             self.features.add(nn.Conv2D(STAGE_CHANNELS[0], 3, 1, 1, use_bias=False))
             if version == 1:
                 self.features.add(nn.BatchNorm())
+            if variant is not None and variant.stem_relu:
+                self.features.add(nn.Activation('relu'))
             model = f'cifar_resnet{6 * blocks_per_stage + 2}_v{version}'
             for stage_index, blocks in enumerate(stage_plans(model), start=1):
                 stage = nn.HybridSequential(prefix=f'stage{stage_index}_')
@@ -171,6 +213,7 @@ class CIFARResNet(HybridBlock):
                                 attention_class=attention_class,
                                 attention_kwargs=attention_kwargs,
                                 prefix='',
+                                **block_options,
                             )
                         )
                 self.features.add(stage)
@@ -198,15 +241,17 @@ def get_model(
     `attention_kwargs` go to every attention module (e.g. {'reduction': 8} for SE);
     None values in them are dropped so unset options keep the module's defaults.
     """
-    version, depth = parse_model_name(name)
+    parts = parse_model_name(name)
     attention_class = get_attention(attention)
     attention_kwargs = attention_options(attention, attention_kwargs)
     return CIFARResNet(
-        version,
-        (depth - 2) // 6,
+        parts.version,
+        (parts.depth - 2) // 6,
         classes=classes,
         attention_class=attention_class,
         attention_kwargs=attention_kwargs,
+        variant=network_variant(name),
+        attention=attention_key(attention),
         **kwargs,
     )
 

@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from bench.fileio import write_text_atomic
 from bench.trial.recipe import RecipeError, describe_recipe
-from models.names import parse_model_name
+from models.names import VARIANTS, parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
 from .exports import CELLS_NOTE, cells_frame, latex_table
@@ -121,17 +121,7 @@ def _title_and_caption(
         parts.append(_recipe_part(recipe))
     parts.append(_backends_part(trials, trained=bool(context['finished'])))
     notes = []
-    revisions = sorted(
-        {
-            (parse_model_name(m).version, int(r))
-            for m, r in zip(trials['model'], trials['network_revision'])
-        }
-    )
-    notes.append(
-        'Network definitions: '
-        + ', '.join(f'v{version} revision {revision}' for version, revision in revisions)
-        + " (the original repository's networks)"
-    )
+    notes += _networks_parts(trials)
     notes += _reference_and_marks_parts(context)
     if any(m in PROPORTIONS for m in context['metrics']):
         notes.append(
@@ -149,6 +139,30 @@ def _title_and_caption(
 
 def _sentences(parts: Sequence[str]) -> str:
     return ' '.join(part[0].upper() + part[1:].rstrip('.') + '.' for part in parts)
+
+
+def _networks_parts(trials: pd.DataFrame) -> list[str]:
+    """Which network definitions (and revisions) trained the table's trials: a note for
+    the original's networks, one for each declared variant."""
+    revisions = sorted(
+        {
+            (parse_model_name(m).family, int(r))
+            for m, r in zip(trials['model'], trials['network_revision'])
+        }
+    )
+    original = [f'{f} revision {r}' for f, r in revisions if f not in VARIANTS]
+    notes = []
+    if original:
+        notes.append(
+            f"Network definitions: {', '.join(original)} (the original repository's networks)"
+        )
+    notes += [
+        f'Network definition {family} revision {revision} (the *_{family} rows): '
+        f'{VARIANTS[family].source}'
+        for family, revision in revisions
+        if family in VARIANTS
+    ]
+    return notes
 
 
 def _recipe_part(recipe: dict[str, Any]) -> str:

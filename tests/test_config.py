@@ -43,6 +43,7 @@ def test_shipped_sweeps_load_and_expand():
     simam = load_config('sweeps/simam-paper.yaml')
     specs = expand(simam.config)
     assert len(specs) == 2 * 6 * 3
+    assert {s.model for s in specs} == {'cifar_resnet20_simam', 'cifar_resnet56_simam'}
     assert simam.config.attentions == ['none', 'se', 'cbam', 'eca', 'srm', 'simam']
     recipe = specs[0].recipe
     assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.wd) == ('sgd', 0.1, 0.9, 5e-4)

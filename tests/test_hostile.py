@@ -657,7 +657,7 @@ def test_names_have_one_spelling(capsys):
     ):
         with pytest.raises(KeyError, match='unknown model'):
             parse_model_name(name)
-    assert parse_model_name('cifar_resnet1202_v2') == (2, 1202)
+    assert parse_model_name('cifar_resnet1202_v2') == (2, 1202, '')
 
 
 def test_our_own_json_outputs_never_replace_someone_elses_file(tmp_path, capsys):

@@ -35,11 +35,16 @@ WITH_PARAMETERS = [name for name in ATTENTION_NAMES if name != 'none']
 # counts are checked against the architecture below (the suite's time is bounded).
 ORIGINAL_ATTENTIONS = ('none', 'se', 'eca', 'gct')
 TABLE_MODELS = [m for m in MODELS if not m.startswith('cifar_resnet110')]
-CELLS = list(itertools.product(TABLE_MODELS, ORIGINAL_ATTENTIONS)) + list(
-    itertools.product(
-        ('cifar_resnet20_v1', 'cifar_resnet20_v2'),
-        [a for a in ATTENTION_NAMES if a not in ORIGINAL_ATTENTIONS],
+CELLS = (
+    list(itertools.product(TABLE_MODELS, ORIGINAL_ATTENTIONS))
+    + list(
+        itertools.product(
+            ('cifar_resnet20_v1', 'cifar_resnet20_v2'),
+            [a for a in ATTENTION_NAMES if a not in ORIGINAL_ATTENTIONS],
+        )
     )
+    # The SimAM paper's network (tests/test_variants.py): SimAM before the last BN.
+    + [('cifar_resnet20_simam', 'simam'), ('cifar_resnet20_simam', 'se')]
 )
 
 

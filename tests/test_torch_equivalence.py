@@ -24,8 +24,11 @@ from models.pytorch import gluon_names, load_gluon_parameters  # noqa: E402
 TABLE_MODELS = ('cifar_resnet20_v1', 'cifar_resnet20_v2', 'cifar_resnet56_v1', 'cifar_resnet56_v2')
 ORIGINAL_ATTENTIONS = ('none', 'se', 'eca', 'gct')
 # The later attentions on ResNet-20 (every stage's shape) only: the suite's time is bounded.
-CELLS = list(itertools.product(TABLE_MODELS, ORIGINAL_ATTENTIONS)) + list(
-    itertools.product(('cifar_resnet20_v1', 'cifar_resnet20_v2'), ('cbam', 'srm', 'simam'))
+CELLS = (
+    list(itertools.product(TABLE_MODELS, ORIGINAL_ATTENTIONS))
+    + list(itertools.product(('cifar_resnet20_v1', 'cifar_resnet20_v2'), ('cbam', 'srm', 'simam')))
+    # The SimAM paper's network: SimAM sits before the last BN, SE after it.
+    + [('cifar_resnet20_simam', 'simam'), ('cifar_resnet20_simam', 'se')]
 )
 RTOL = 1e-4
 

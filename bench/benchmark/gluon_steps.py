@@ -26,7 +26,7 @@ from bench.trial.gluon.trainer import (
 from bench.trial.loop import train_epoch
 from models.cifar_resnet import CIFARResNet
 from models.kernels import mxnet_operators_only
-from models.names import parse_model_name
+from models.names import network_variant, parse_model_name
 
 if TYPE_CHECKING:
     from bench.trial.recipe import TrialSpec
@@ -122,8 +122,13 @@ def extension_floor_stepper(
     """The vanilla network of `spec.model` with an ExtensionCopy on every residual
     branch, trained like a trial: the fastest any fused attention can be, as a share
     of vanilla (`--kernels-compare`)."""
-    version, depth = parse_model_name(spec.model)
-    net = CIFARResNet(version, (depth - 2) // 6, attention_class=ExtensionCopy)
+    parts = parse_model_name(spec.model)
+    net = CIFARResNet(
+        parts.version,
+        (parts.depth - 2) // 6,
+        attention_class=ExtensionCopy,
+        variant=network_variant(spec.model),
+    )
     return trial_stepper(spec, images, labels, ctx, network=initialize_network(net, spec, [ctx]))
 
 

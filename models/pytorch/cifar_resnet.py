@@ -11,10 +11,14 @@ MXNet 1.9's semantics, where PyTorch's defaults differ:
 - Initialisation: MXNet's Xavier() (uniform, avg, magnitude 3) on every conv and dense
   weight, which is PyTorch's xavier_uniform_ with gain 1; zero biases, BN gamma 1 and
   beta 0; GCT's alpha 1, gamma 0, beta 0.
+
+Declared variants (models.names.VARIANTS, e.g. cifar_resnet20_simam) are built as in
+models/cifar_resnet.py, with the same structural names.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -23,8 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..architecture import STAGE_CHANNELS, BlockPlan, attention_options, stage_plans
-from ..names import parse_model_name
-from ..registry import attention_spec
+from ..names import network_variant, parse_model_name
+from ..registry import attention_key, attention_spec
 from .batch_norm import MXNetBatchNorm
 
 _Module = TypeVar('_Module', bound=nn.Module)
@@ -41,15 +45,18 @@ def _attention(
 
 
 class BasicBlockV1(nn.Module):
-    """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU."""
+    """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU; with `attention_before_last_bn`
+    conv-BN-ReLU-conv, attention, BN (a variant's placement)."""
 
     def __init__(
         self,
         plan: BlockPlan,
         attention_class: type[nn.Module] | None = None,
         options: Mapping[str, Any] | None = None,
+        attention_before_last_bn: bool = False,
     ):
         super().__init__()
+        self.attention_before_last_bn = attention_before_last_bn
         self.body = nn.Sequential(
             _conv3x3(plan.in_channels, plan.channels, plan.stride),
             MXNetBatchNorm(plan.channels),
@@ -66,9 +73,16 @@ class BasicBlockV1(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.body(x)
-        if self.attention is not None:
-            residual = self.attention(residual)
+        if self.attention is not None and self.attention_before_last_bn:
+            *convolutions, last_bn = self.body
+            residual = x
+            for layer in convolutions:
+                residual = layer(residual)
+            residual = last_bn(self.attention(residual))
+        else:
+            residual = self.body(x)
+            if self.attention is not None:
+                residual = self.attention(residual)
         shortcut = self.downsample(x) if self.downsample is not None else x
         return F.relu(shortcut + residual)
 
@@ -114,19 +128,30 @@ class CIFARResNet(nn.Module):
         attention_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        version, _ = parse_model_name(model)
+        version = parse_model_name(model).version
+        variant = network_variant(model)
         options = attention_options(attention, attention_kwargs)
         attention_class = attention_spec(attention).module_class('torch')
         block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
+        block_options = {}
+        if variant is not None and attention_key(attention) in variant.attentions_before_last_bn:
+            block_options['attention_before_last_bn'] = True
         layers = []
         if version == 2:
             layers.append(MXNetBatchNorm(3, affine=False, frozen_statistics=True))
         layers.append(nn.Conv2d(3, STAGE_CHANNELS[0], 3, padding=1, bias=False))
         if version == 1:
             layers.append(MXNetBatchNorm(STAGE_CHANNELS[0]))
+        if variant is not None and variant.stem_relu:
+            layers.append(nn.ReLU(inplace=True))
         for blocks in stage_plans(model):
             layers.append(
-                nn.Sequential(*(block_class(plan, attention_class, options) for plan in blocks))
+                nn.Sequential(
+                    *(
+                        block_class(plan, attention_class, options, **block_options)
+                        for plan in blocks
+                    )
+                )
             )
         if version == 2:
             layers += [MXNetBatchNorm(STAGE_CHANNELS[-1]), nn.ReLU(inplace=True)]
@@ -137,15 +162,31 @@ class CIFARResNet(nn.Module):
         return self.output(self.features(x).mean(dim=(2, 3)))
 
 
+def _fan_in_uniform_(
+    tensor: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    # PyTorch's own default for conv and linear weights (kaiming_uniform_, a = sqrt(5)).
+    bound = 1 / math.sqrt(tensor[0].numel())
+    return nn.init.uniform_(tensor, -bound, bound, generator=generator)
+
+
 @torch.no_grad()
-def initialize_like_mxnet(net: _Module, generator: torch.Generator | None = None) -> _Module:
-    """MXNet's Xavier() on every conv and dense weight and on the parameters a module
-    names in `xavier_parameters` (ECA's weight), zero biases; every other parameter
-    (BN, GCT, SRM) keeps its constructor's value. Returns net."""
+def initialize_like_mxnet(
+    net: _Module, generator: torch.Generator | None = None, fan_in_uniform: bool = False
+) -> _Module:
+    """MXNet's Xavier() on every conv and dense weight (or, with `fan_in_uniform`, what
+    models.cifar_resnet.FanInUniform draws) and on the parameters a module names in
+    `xavier_parameters` (ECA's weight, Xavier in either case as in Gluon, where it has
+    its own initialiser), zero biases; every other parameter (BN, GCT, SRM) keeps its
+    constructor's value. Returns net."""
+    weight_init = _fan_in_uniform_ if fan_in_uniform else nn.init.xavier_uniform_
     for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) or hasattr(module, 'xavier_parameters'):
-            for name in getattr(module, 'xavier_parameters', ('weight',)):
+        if hasattr(module, 'xavier_parameters'):
+            for name in module.xavier_parameters:
                 nn.init.xavier_uniform_(getattr(module, name), generator=generator)
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            weight_init(module.weight, generator=generator)
+        if isinstance(module, (nn.Conv2d, nn.Linear)) or hasattr(module, 'xavier_parameters'):
             if getattr(module, 'bias', None) is not None:
                 module.bias.zero_()
     return net
@@ -158,8 +199,11 @@ def get_model(
     attention_kwargs: Mapping[str, Any] | None = None,
     seed: int | None = None,
 ) -> CIFARResNet:
-    """The network `name` with `attention`, initialised as MXNet's Xavier() would (from
-    `seed` where given)."""
+    """The network `name` with `attention`, initialised as the Gluon network is (MXNet's
+    Xavier(), or what its variant declares; from `seed` where given)."""
     net = CIFARResNet(name, attention, classes=classes, attention_kwargs=attention_kwargs)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return initialize_like_mxnet(net, generator)
+    variant = network_variant(name)
+    return initialize_like_mxnet(
+        net, generator, fan_in_uniform=bool(variant and variant.fan_in_uniform_init)
+    )

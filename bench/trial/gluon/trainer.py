@@ -26,6 +26,7 @@ from bench.trial.gluon.optimizer_state import load_optimizer_state, save_optimiz
 from bench.trial.loop import UnsupportedRecipe, run_epochs
 from bench.trial.recipe import Recipe, TrialSpec
 from models import get_model, load_parameters
+from models.cifar_resnet import network_initializer
 
 # Each epoch's metrics are one row of the store's history.
 METRICS = HISTORY_FIELDS
@@ -60,7 +61,7 @@ def _amp() -> ModuleType:
 def build_network(
     spec: TrialSpec, contexts: list[mx.Context], classes: int = 10
 ) -> gluon.HybridBlock:
-    """The spec's network, Xavier-initialised from the spec's seed, on `contexts`."""
+    """The spec's network, initialised from the spec's seed, on `contexts`."""
     check_precision(spec.recipe, contexts)
     if spec.recipe.precision == 'amp_float16':
         # AMP rewrites MXNet's operators for the whole process, so it must come before
@@ -75,10 +76,10 @@ def build_network(
 def initialize_network(
     net: gluon.HybridBlock, spec: TrialSpec, contexts: list[mx.Context]
 ) -> gluon.HybridBlock:
-    """`net` Xavier-initialised from the spec's seed on `contexts`, hybridized as the
-    recipe says; returns net."""
+    """`net` initialised from the spec's seed on `contexts` (MXNet's Xavier(), or what
+    the network's variant declares), hybridized as the recipe says; returns net."""
     mx.random.seed(spec.seed)
-    net.initialize(mx.init.Xavier(), ctx=contexts)
+    net.initialize(network_initializer(spec.model), ctx=contexts)
     if spec.recipe.hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
     return net
