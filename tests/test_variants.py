@@ -1,7 +1,7 @@
 """Declared network variants compute their paper's networks.
 
 cifar_resnet<depth>_simam is the CIFAR ResNet of the SimAM paper's official code
-(ZjjConan/SimAM at ae98f43, networks/cifar/resnet.py and block.py, MIT licence):
+(ZjjConan/SimAM at ae98f43, networks/cifar/resnet.py and block.py):
 that code's ResNet-20 is written out below as it stands there (BasicBlock only,
 without its module registry), our weights are loaded into it, and both must give the
 same outputs and gradients. Gluon equals PyTorch for the variant in
