@@ -562,6 +562,7 @@ def _output_problems(loaded: LoadedSweep, insert: bool) -> list[str]:
 def _report_only(loaded: LoadedSweep, insert: bool) -> int:
     """Reports of the sweep as sweep.yaml declares it now, from stored results alone."""
     from bench.errors import ProblemsFound
+    from bench.store import ResultsStore
     from bench.sweep.plan import record_sweep, report_data_identity, sweep_manifest
     from bench.trial.data import DataError, official_identity
 
@@ -588,7 +589,9 @@ def _report_only(loaded: LoadedSweep, insert: bool) -> int:
             ),
         )
         return 0
-    record_sweep(loaded, identity)
+    manifest = record_sweep(loaded, identity)
+    # results.csv says which stored trials the sweep asks for: as it does now.
+    ResultsStore(loaded.store_dir).write_results_csv(manifest)
     render_reports(loaded, insert=insert)
     return 0
 

@@ -26,8 +26,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from bench.errors import BenchError
 from bench.trial.recipe import MAX_EPOCHS, MAX_SEED, Recipe, RecipeError, TrialSpec
 from bench.validation import bounded_repr
-from models.names import parse_model_name
-from models.registry import parse_attention_name
+from models.names import UnknownNameError, parse_model_name
+from models.registry import ENTRY_POINT_GROUP, NAME_PATTERN, parse_attention_name
 
 Number = Union[int, float]
 Count = int
@@ -89,6 +89,31 @@ def _registered_attention(name: str) -> str:
     return name
 
 
+def _stored_attention(name: str) -> str:
+    """A stored trial's attention: registered, or a name an installed package could
+    register (lower case, no markup) that none does here: the package that brought it is
+    gone, and its trials stay listed, with that problem, until it is back."""
+    try:
+        return _registered_attention(name)
+    except UnknownNameError:
+        if NAME_PATTERN.fullmatch(name):
+            return name
+        raise
+
+
+def unregistered_attention_problem(attention: str) -> str | None:
+    """Why a stored trial's attention cannot be used here; None when it is registered."""
+    try:
+        parse_attention_name(attention)
+    except UnknownNameError:
+        return (
+            f'attention {attention!r} is not installed here (no package registers it in '
+            f'entry point group {ENTRY_POINT_GROUP}): the trial is kept, and counts again '
+            'once the package that brings it is installed'
+        )
+    return None
+
+
 def _registered(check: Callable[[str], str]) -> AfterValidator:
     """A pydantic check that a name is registered, spelled as registered: names go into
     every table and caption, so a stored name is never taken as it stands."""
@@ -104,6 +129,7 @@ def _registered(check: Callable[[str], str]) -> AfterValidator:
 
 ModelName = Annotated[str, _registered(_registered_model)]
 AttentionName = Annotated[str, _registered(_registered_attention)]
+StoredAttentionName = Annotated[str, _registered(_stored_attention)]
 
 
 class _Record(BaseModel):
@@ -118,7 +144,7 @@ class SpecRecord(_Record):
     """A trial's cell and recipe, as spec.json, sweep.json and state.json hold it."""
 
     model: ModelName
-    attention: AttentionName
+    attention: StoredAttentionName
     seed: int = Field(ge=0, le=MAX_SEED)
     recipe: RecipeRecord
     attention_kwargs: Dict[str, Any] = Field(default_factory=dict)
@@ -299,8 +325,11 @@ class TrialRecord:
         store's `state`. `data` is the data identity of a manifest entry (the sweep's),
         which holds none of its own; `source` names the file in problems."""
         upgraded = upgrade_trial_file(value)
-        problems = tuple(state.pop('problems', ())) + tuple(
-            f'{source}: {problem}' for problem in upgraded['problems']
+        missing = unregistered_attention_problem(upgraded['spec'].attention)
+        problems = (
+            tuple(state.pop('problems', ()))
+            + tuple(f'{source}: {problem}' for problem in upgraded['problems'])
+            + ((missing,) if missing else ())
         )
         return cls(
             trial_id=upgraded['trial_id'],

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from bench.records import PENDING, TrialRecord, upgrade_trial_file
+from bench.records import PENDING, TrialRecord, unregistered_attention_problem, upgrade_trial_file
 from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
 from bench.trial.recipe import Recipe
 from models.registry import ENTRY_POINT_GROUP
@@ -106,9 +106,12 @@ def _why_not_current(
     row: Mapping[str, Any], entry: Mapping[str, Any] | None, data: Mapping[str, Any]
 ) -> str:
     """What separates a stored trial from the sweep's trial of the same cell."""
+    missing = unregistered_attention_problem(row['attention'])
     if entry is None:
-        return 'its model, attention or seed is not in the sweep'
-    reasons = []
+        return '; '.join(
+            ['its model, attention or seed is not in the sweep'] + ([missing] if missing else [])
+        )
+    reasons = [missing] if missing else []
     # The stored recipe leaves out options at their defaults; it is read as stored (it
     # may break this version's rules, or hold another version's options).
     recipe = {**_full_recipe(Recipe()), **json.loads(row['recipe'])}

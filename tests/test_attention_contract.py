@@ -239,6 +239,22 @@ def test_a_sweep_trains_and_reports_the_brought_attention_and_refuses_it_once_go
     assert 'names attention(s) this installation does not know: gate' in reports.stderr
     assert 'the stored results are untouched' in reports.stderr
 
+    # A sweep of the same store without it: its stored trial stays listed, as not
+    # current and why, in results.csv and the report; the table shows vanilla only.
+    path.write_text(path.read_text().replace('- Gate\n', ''))
+    assert 'Gate' not in path.read_text()
+    rendered = subprocess.run(
+        command + ['--report-only'], cwd=tmp_path, env=without, capture_output=True, text=True
+    )
+    assert rendered.returncode == 0, rendered.stdout[-3000:] + rendered.stderr[-3000:]
+    results = pd.read_csv(tmp_path / 'results' / 'brought' / 'results.csv')
+    (gate,) = results[results['attention'] == 'gate'].itertuples()
+    assert (gate.status, bool(gate.in_sweep)) == ('done', False)
+    assert "attention 'gate' is not installed here" in gate.problems
+    html = (tmp_path / 'report.html').read_text()
+    assert 'attention &#39;gate&#39; is not installed here' in html
+    assert '>Gate<' not in html.split('</table>')[0]
+
 
 def test_a_cell_whose_backend_lacks_the_attention_is_refused_before_training(
     installed_plugin, tmp_path, monkeypatch
