@@ -277,9 +277,7 @@ def render_all(
         Markup(render('cost_table.html.j2', **context['cost']).strip()) if context['cost'] else None
     )
     written = []
-    models = layout.get('models') or sorted(set(trials['model']))
-    attentions = layout.get('attentions') or sorted(set(trials['attention']))
-    cells = cells_frame(trials, models, attentions, metrics)
+    cells = cells_frame(trials, context['statistics'])
     written.append(_write_text(store_dir / 'cells.csv', CELLS_NOTE + cells.to_csv(index=False)))
     written.append(_write_text(store_dir / 'table.tex', latex_table(context, title, caption)))
     if figures:

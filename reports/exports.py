@@ -3,17 +3,17 @@ statistics) and table.tex (a booktabs table to paste into a paper)."""
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bench.store import DONE
 
-from .significance import ALPHA, CONFIDENCE, MIN_SEEDS, difference
+from .significance import ALPHA, CONFIDENCE, MIN_SEEDS
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .table import CellStatistics
 
 CELL_COLUMNS = (
     'model',
@@ -32,45 +32,37 @@ CELL_COLUMNS = (
 
 
 def cells_frame(
-    trials: pd.DataFrame, models: Sequence[str], attentions: Sequence[str], metrics: Sequence[str]
+    trials: pd.DataFrame, cells: Mapping[tuple[str, str, str], CellStatistics]
 ) -> pd.DataFrame:
-    """One row per model, attention and metric of the finished trials: n, mean, sample std,
-    the difference to vanilla with its CONFIDENCE interval and Welch's p, and whether it is
-    significant (reports.significance: p < ALPHA with MIN_SEEDS seeds or more a side).
-    Values are as stored (accuracy as a fraction): a file for other tools."""
+    """One row per model, attention and metric of the table (`cells`, as
+    reports.table.table_context computed them): n, mean, sample std, the difference to
+    vanilla with its CONFIDENCE interval and Welch's p, and whether it is significant
+    (reports.significance: p < ALPHA with MIN_SEEDS seeds or more a side), and the
+    backends of the cell's finished trials. Values are as stored (accuracy as a
+    fraction): a file for other tools."""
     import pandas as pd
 
     done = trials[trials['status'] == DONE]
     rows = []
-    for model in models:
-        for attention in attentions:
-            cell = done[(done['model'] == model) & (done['attention'] == attention)]
-            vanilla = done[(done['model'] == model) & (done['attention'] == 'none')]
-            for metric in metrics:
-                values = _values(cell[metric])
-                base = _values(vanilla[metric])
-                gap = difference(base, values) if attention != 'none' and values and base else None
-                rows.append(
-                    {
-                        'model': model,
-                        'attention': attention,
-                        'metric': metric,
-                        'n': len(values),
-                        'mean': statistics.fmean(values) if values else None,
-                        'std': statistics.stdev(values) if len(values) > 1 else None,
-                        'difference_to_vanilla': gap.difference if gap else None,
-                        'ci_low': gap.ci[0] if gap and gap.ci else None,
-                        'ci_high': gap.ci[1] if gap and gap.ci else None,
-                        'p': gap.p if gap else None,
-                        'significant': bool(gap and gap.significant),
-                        'backend': ','.join(sorted(set(cell['backend']))),
-                    }
-                )
+    for (model, attention, metric), (values, summary, gap) in cells.items():
+        cell = done[(done['model'] == model) & (done['attention'] == attention)]
+        rows.append(
+            {
+                'model': model,
+                'attention': attention,
+                'metric': metric,
+                'n': len(values),
+                'mean': summary.mean if summary else None,
+                'std': summary.std if summary and len(values) > 1 else None,
+                'difference_to_vanilla': gap.difference if gap else None,
+                'ci_low': gap.ci[0] if gap and gap.ci else None,
+                'ci_high': gap.ci[1] if gap and gap.ci else None,
+                'p': gap.p if gap else None,
+                'significant': bool(gap and gap.significant),
+                'backend': ','.join(sorted(set(cell['backend']))),
+            }
+        )
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
-
-
-def _values(column: pd.Series) -> list[float]:
-    return [float(v) for v in column if v is not None and not math.isnan(float(v))]
 
 
 CELLS_NOTE = (

@@ -13,7 +13,7 @@ from models.architecture import network_counts
 from models.names import model_sort_key
 from models.registry import attention_label, attention_names
 
-from .significance import difference, difference_from_value
+from .significance import Difference, difference, difference_from_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,9 +45,44 @@ def summarise(values: Iterable[float | None]) -> Summary | None:
     if not values:
         return None
     n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return Summary(mean, std, n)
+    return Summary(statistics.fmean(values), statistics.stdev(values) if n > 1 else 0.0, n)
+
+
+class CellStatistics(NamedTuple):
+    """One cell and metric of the table: its finished values (one per seed), their
+    summary, and Welch's comparison with vanilla's cell of the same model (None for
+    vanilla itself, or where either side has nothing finished)."""
+
+    values: list[float]
+    summary: Summary | None
+    vs_vanilla: Difference | None
+
+
+def cell_statistics(
+    trials: pd.DataFrame,
+    models: Sequence[str],
+    attentions: Sequence[str],
+    metrics: Sequence[str],
+) -> dict[tuple[str, str, str], CellStatistics]:
+    """{(model, attention, metric): CellStatistics} of the finished trials: what both the
+    tables and cells.csv show, computed once."""
+    done = trials[trials['status'] == DONE]
+    values = {
+        (model, a, m): _finished(
+            done[(done['model'] == model) & (done['attention'] == a)][m].tolist()
+        )
+        for model in models
+        for a in attentions
+        for m in metrics
+    }
+    found = {}
+    for (model, attention, metric), own in values.items():
+        vanilla = values.get((model, 'none', metric)) or _finished(
+            done[(done['model'] == model) & (done['attention'] == 'none')][metric].tolist()
+        )
+        gap = difference(vanilla, own) if attention != 'none' and own and vanilla else None
+        found[(model, attention, metric)] = CellStatistics(own, summarise(own), gap)
+    return found
 
 
 def format_value(value: float, metric: str) -> str:
@@ -155,31 +190,21 @@ def table_context(
         {'name': a, 'label': attention_label(a), 'columns': [metric_label(m) for m in metrics]}
         for a in attentions
     ]
-    seeds = {
-        (model, a, m): _finished(
-            done[(done['model'] == model) & (done['attention'] == a)][m].tolist()
-        )
-        for model in models
-        for a in attentions
-        for m in metrics
-    }
+    cells_of = cell_statistics(trials, models, attentions, metrics)
+    seeds = {key: cell.values for key, cell in cells_of.items()}
     counts = [len(values) for values in seeds.values() if values]
     common_n = max(set(counts), key=lambda n: (counts.count(n), n)) if counts else 0
     rows, reference_rows = [], []
     for model in models:
-        summaries = {(a, m): summarise(seeds[(model, a, m)]) for a in attentions for m in metrics}
         best = {metric: _significant_best(seeds, model, attentions, metric) for metric in metrics}
         cells = []
         for attention in attentions:
             for metric in metrics:
-                values, vanilla = seeds[(model, attention, metric)], seeds[(model, 'none', metric)]
-                gap = (
-                    difference(vanilla, values)
-                    if attention != 'none' and values and vanilla
-                    else None
-                )
+                values, _, gap = cells_of[(model, attention, metric)]
                 cell = {
-                    'text': format_cell(summaries[(attention, metric)], metric, common_n),
+                    'text': format_cell(
+                        cells_of[(model, attention, metric)].summary, metric, common_n
+                    ),
                     'bold': best[metric] == attention,
                     'n': len(values),
                     'beyond_vanilla': bool(gap and gap.significant),
@@ -216,6 +241,8 @@ def table_context(
         'reference': reference and {'name': reference['name'], 'source': reference['source']},
         'reference_rows': reference_rows,
         'most_seeds': max(counts, default=0),
+        # cells.csv is written from these (reports.exports.cells_frame).
+        'statistics': cells_of,
     }
 
 
