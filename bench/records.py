@@ -27,7 +27,12 @@ from bench.errors import BenchError
 from bench.trial.recipe import MAX_EPOCHS, MAX_SEED, Recipe, RecipeError, TrialSpec
 from bench.validation import bounded_repr
 from models.names import UnknownNameError, parse_model_name
-from models.registry import ENTRY_POINT_GROUP, NAME_PATTERN, parse_attention_name
+from models.registry import (
+    ENTRY_POINT_GROUP,
+    NAME_PATTERN,
+    parse_attention_name,
+    plugin_problems,
+)
 
 Number = Union[int, float]
 Count = int
@@ -106,10 +111,16 @@ def unregistered_attention_problem(attention: str) -> str | None:
     try:
         parse_attention_name(attention)
     except UnknownNameError:
+        left_out = [p for p in plugin_problems() if f'entry point {attention} ' in p]
+        why = (
+            f'{left_out[0]}; `python -m bench.doctor` says more'
+            if left_out
+            else f'no installed package registers it in entry point group {ENTRY_POINT_GROUP}'
+        )
         return (
-            f'attention {attention!r} is not installed here (no package registers it in '
-            f'entry point group {ENTRY_POINT_GROUP}): the trial is kept, and counts again '
-            'once the package that brings it is installed'
+            f'attention {attention!r} cannot be used here ({why}): the trial is kept, and '
+            'counts again where the package that trained it (its name and version are in '
+            'the trial id) is installed and registers it'
         )
     return None
 

@@ -557,6 +557,21 @@ class ResultsStore:
         )
         return [record for record in records if record is not None]
 
+    def unreadable_trials(self, manifest: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+        """(trial id, why) of the stored trials no record can be made of: their spec.json is
+        lost or damaged and the sweep (`manifest`) does not describe them. Their files
+        stay as they are; trial_records leaves them out."""
+        listed = {entry['trial_id'] for entry in (manifest or {}).get('trials', [])}
+        found = []
+        for trial_id in self.trial_ids():
+            if trial_id in listed:
+                continue
+            spec_file = self.trial_dir(trial_id) / 'spec.json'
+            stored, problem = read_json_checked(spec_file)
+            if stored is None:
+                found.append((trial_id, problem or f'{spec_file}: missing'))
+        return found
+
     def write_results_csv(self, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """results.csv: every stored trial, and whether the sweep asks for it now."""
         import pandas as pd

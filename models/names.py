@@ -15,9 +15,6 @@ STANDARD_DEPTHS = (20, 56, 110)
 # The deepest CIFAR ResNet of He et al. (2016) has 1202 layers (n = 200): deeper names
 # are typos, and counting one of millions of layers would hang the sweep's checks.
 MAX_DEPTH = 1202
-# ASCII digits without leading zeros, nothing after the name (a `$` would allow a
-# trailing newline): one spelling per network, so one trial id per cell.
-MODEL_NAME_PATTERN = re.compile(r'cifar_resnet([1-9][0-9]{0,3})_(v[12]|simam)', re.ASCII)
 MODELS = tuple(f'cifar_resnet{depth}_v{version}' for depth in STANDARD_DEPTHS for version in (1, 2))
 
 
@@ -53,6 +50,11 @@ VARIANTS = {
         ),
     ),
 }
+# ASCII digits without leading zeros, nothing after the name (a `$` would allow a
+# trailing newline): one spelling per network, so one trial id per cell.
+MODEL_NAME_PATTERN = re.compile(
+    rf'cifar_resnet([1-9][0-9]{{0,3}})_(v[12]|{"|".join(map(re.escape, VARIANTS))})', re.ASCII
+)
 
 # The revision of each ResNet version's network definition. A revision is bumped
 # whenever the function a version computes changes, and it is part of every trial's
@@ -62,7 +64,8 @@ VARIANTS = {
 #   v2 revision 2: the downsampling block takes its projection shortcut from the raw
 #   block input, as the original repository does (revision 1 took it after BN-ReLU).
 NETWORK_REVISIONS = {1: 1, 2: 2}
-# The same for each variant, by its suffix.
+# The same for each variant, by its suffix. A variant is built of a version's blocks:
+# a change to those that bumps the version's revision bumps the variant's too.
 VARIANT_REVISIONS = {'simam': 1}
 
 # Parameters that weight files of earlier versions hold and the networks no longer

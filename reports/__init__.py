@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from bench.fileio import write_text_atomic
+from bench.store import ResultsStore
 from bench.trial.recipe import RecipeError, describe_recipe
 from models.names import VARIANTS, parse_model_name
 
@@ -338,6 +339,14 @@ def render_all(
                 (row['name'], problem)
                 for row in trials.to_dict('records')
                 for problem in row['problems']
+            ]
+            + [
+                (
+                    trial_id,
+                    f'{problem}; the trial is in no table or results.csv until its spec.json '
+                    'is mended (or its folder removed)',
+                )
+                for trial_id, problem in ResultsStore(store_dir).unreadable_trials(manifest)
             ],
             environment=_flatten(environment),
             reference=context['reference'],

@@ -250,9 +250,11 @@ def test_a_sweep_trains_and_reports_the_brought_attention_and_refuses_it_once_go
     results = pd.read_csv(tmp_path / 'results' / 'brought' / 'results.csv')
     (gate,) = results[results['attention'] == 'gate'].itertuples()
     assert (gate.status, bool(gate.in_sweep)) == ('done', False)
-    assert "attention 'gate' is not installed here" in gate.problems
+    assert (
+        "attention 'gate' cannot be used here (no installed package registers it" in gate.problems
+    )
     html = (tmp_path / 'report.html').read_text()
-    assert 'attention &#39;gate&#39; is not installed here' in html
+    assert 'attention &#39;gate&#39; cannot be used here (no installed package' in html
     assert '>Gate<' not in html.split('</table>')[0]
 
 
@@ -348,3 +350,17 @@ def test_names_ignore_case_and_spaces_in_a_sweep_and_its_overrides(tmp_path):
     )
     with pytest.raises(ConfigError, match='simam'):
         load_config(path)
+
+
+def test_a_stored_trial_says_whether_its_attention_is_missing_or_left_out(monkeypatch):
+    from bench import records
+
+    assert records.unregistered_attention_problem('se') is None
+    missing = records.unregistered_attention_problem('gate')
+    assert "attention 'gate' cannot be used here (no installed package registers it" in missing
+    assert 'its name and version are in the trial id' in missing
+    left_out = 'entry point gate = broken:Spec (gate-broken 0.1) does not load: no module broken'
+    monkeypatch.setattr(records, 'plugin_problems', lambda: (left_out,))
+    problem = records.unregistered_attention_problem('gate')
+    assert f'({left_out}; `python -m bench.doctor` says more)' in problem
+    assert 'no installed package' not in problem

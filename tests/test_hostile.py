@@ -791,3 +791,31 @@ def test_a_folder_with_a_table_md_of_someone_else_is_not_taken_for_a_store(tmp_p
         code, out, err = run(['--config', str(path), *args], capsys)
         assert code == 2 and 'is not a results store of this project' in err, (args, err)
         assert (other / 'table.md').read_text() == '| my | table |\n'
+
+
+def test_a_trial_folder_without_a_readable_spec_is_named_in_the_report_not_dropped(tmp_path):
+    """A stored trial outside the sweep whose spec.json is damaged or crafted makes no
+    record; the report names it, escaped, among the store's problems, and leaves its files."""
+    from reports import render_all
+
+    from .store_helpers import add_trial, record_sweep
+
+    store = ResultsStore(tmp_path / 'store')
+    add_trial(store, 'cifar_resnet20_v1', 'none', 0, train_loss=0.1, val_acc=0.9)
+    crafted = add_trial(store, 'cifar_resnet20_v1', 'se', 0, train_loss=0.1, val_acc=0.9)
+    spec_file = store.trial_dir(crafted) / 'spec.json'
+    value = json.loads(spec_file.read_text())
+    value['spec']['attention'] = '<script>alert(1)</script>'
+    spec_file.write_text(json.dumps(value))
+    (store.trial_dir('0123456789ab')).mkdir()
+    (store.trial_dir('0123456789ab') / 'spec.json').write_text('{"trial_id": ')
+    record_sweep(store, ['cifar_resnet20_v1'], ['none'], overhead=False)
+    report = tmp_path / 'report.html'
+    render_all(store.root, figures_dir=tmp_path / 'f', report_path=report, figures=False)
+    html = report.read_text()
+    problems = html.split('Problems found in the store')[1]
+    assert f'{crafted}: {spec_file}: not the spec.json this project writes' in problems
+    assert '&lt;script&gt;alert(1)&lt;/script&gt;' in problems and '<script>' not in html
+    assert '0123456789ab: ' in problems
+    assert problems.count('the trial is in no table or results.csv until its spec.json') == 2
+    assert json.loads(spec_file.read_text())['spec']['attention'] == '<script>alert(1)</script>'

@@ -23,7 +23,7 @@ from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
 from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
-from models.names import parse_model_name
+from models.names import VARIANTS, parse_model_name
 from models.registry import attention_spec, parse_attention_name, registered
 
 if TYPE_CHECKING:
@@ -56,7 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs='+',
         default=['cifar_resnet20_v1'],
         metavar='MODEL',
-        help=f'default: cifar_resnet20_v1; any of {", ".join(MODELS)}',
+        help=(
+            f'default: cifar_resnet20_v1; any of {", ".join(MODELS)}, any cifar_resnet<6n+2>'
+            f'_v1/_v2, or a declared variant ({", ".join(f"_{v}" for v in VARIANTS)})'
+        ),
     )
     parser.add_argument(
         '--attentions',

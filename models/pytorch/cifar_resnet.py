@@ -13,7 +13,8 @@ MXNet 1.9's semantics, where PyTorch's defaults differ:
   beta 0; GCT's alpha 1, gamma 0, beta 0.
 
 Declared variants (models.names.VARIANTS, e.g. cifar_resnet20_simam) are built as in
-models/cifar_resnet.py, with the same structural names.
+models/cifar_resnet.py, with the same structural names and the same initialisation
+(the _simam networks' conv and dense weights from U(+-1/sqrt(fan_in)), not Xavier()).
 """
 
 from __future__ import annotations
