@@ -355,12 +355,15 @@ def test_names_ignore_case_and_spaces_in_a_sweep_and_its_overrides(tmp_path):
 def test_a_stored_trial_says_whether_its_attention_is_missing_or_left_out(monkeypatch):
     from bench import records
 
+    # 'lost_gate': no package registers it (the fixture package may be installed now).
     assert records.unregistered_attention_problem('se') is None
-    missing = records.unregistered_attention_problem('gate')
-    assert "attention 'gate' cannot be used here (no installed package registers it" in missing
+    missing = records.unregistered_attention_problem('lost_gate')
+    assert "attention 'lost_gate' cannot be used here (no installed package registers" in missing
     assert 'its name and version are in the trial id' in missing
-    left_out = 'entry point gate = broken:Spec (gate-broken 0.1) does not load: no module broken'
+    left_out = (
+        'entry point lost_gate = broken:Spec (gate-broken 0.1) does not load: no module broken'
+    )
     monkeypatch.setattr(records, 'plugin_problems', lambda: (left_out,))
-    problem = records.unregistered_attention_problem('gate')
+    problem = records.unregistered_attention_problem('lost_gate')
     assert f'({left_out}; `python -m bench.doctor` says more)' in problem
     assert 'no installed package' not in problem
