@@ -134,7 +134,8 @@ def _title_and_caption(
         notes.append(MACS_NOTE)
         if context['cost'] and context['cost']['speed']:
             notes.append(SPEED_NOTE)
-    notes.append('TBA: not trained yet')
+    if any(cell['text'] == 'TBA' for row in context['rows'] for cell in row['cells']):
+        notes.append('TBA: not trained yet')
     return title, _sentences(parts), [_sentences([note]) for note in notes]
 
 

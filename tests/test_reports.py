@@ -403,6 +403,7 @@ def test_a_trial_of_an_older_network_definition_is_not_current(tmp_path):
     render_all(store.root, readme=readme, figures_dir=tmp_path / 'f', report_path=report)
     assert TableGrid(readme.read_text()).rows[2][1:] == ['TBA', 'TBA', 'TBA']
     assert '0 of 1 trials finished' in readme.read_text()
+    assert 'TBA: not trained yet' in readme.read_text()  # said where a cell shows it
     assert 'Network definitions: v2 revision 2' in readme.read_text()
     (other,) = TableGrid(report.read_text()).tables[2][1:]
     assert other[1] == '68128bc50c3e'
