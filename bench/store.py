@@ -39,7 +39,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 from bench.errors import BenchError
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
@@ -557,19 +557,17 @@ class ResultsStore:
         )
         return [record for record in records if record is not None]
 
-    def unreadable_trials(self, manifest: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
-        """(trial id, why) of the stored trials no record can be made of: their spec.json is
-        lost or damaged and the sweep (`manifest`) does not describe them. Their files
-        stay as they are; trial_records leaves them out."""
-        listed = {entry['trial_id'] for entry in (manifest or {}).get('trials', [])}
+    def unreadable_trials(self, recorded: Collection[str]) -> list[tuple[str, str]]:
+        """(trial id, why) of the stored trials that trial_records made no record of (ids
+        not in `recorded`): their spec.json is lost or damaged and the sweep does not
+        describe them. Their files stay as they are."""
         found = []
         for trial_id in self.trial_ids():
-            if trial_id in listed:
-                continue
-            spec_file = self.trial_dir(trial_id) / 'spec.json'
-            stored, problem = read_json_checked(spec_file)
-            if stored is None:
-                found.append((trial_id, problem or f'{spec_file}: missing'))
+            if trial_id not in recorded:
+                spec_file = self.trial_dir(trial_id) / 'spec.json'
+                found.append(
+                    (trial_id, read_json_checked(spec_file).problem or f'{spec_file}: missing')
+                )
         return found
 
     def write_results_csv(self, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:

@@ -38,7 +38,14 @@ from .architecture import STAGE_CHANNELS, attention_options, stage_plans
 from .attention import get_attention
 from .attention._spatial import NDArrayOrSymbol, spatial_mean
 from .kernels import use_fused_kernels
-from .names import RETIRED_PARAMETERS, NetworkVariant, network_variant, parse_model_name
+from .names import (
+    RETIRED_PARAMETERS,
+    NetworkVariant,
+    attention_before_last_bn,
+    fan_in_uniform_init,
+    network_variant,
+    parse_model_name,
+)
 from .registry import attention_key
 
 
@@ -166,8 +173,7 @@ class FanInUniform(init.Initializer):
 def network_initializer(name: str) -> init.Initializer:
     """The initialiser of every parameter of network `name` without one of its own:
     MXNet's Xavier() (the original's), or what a variant declares."""
-    variant = network_variant(name)
-    return FanInUniform() if variant and variant.fan_in_uniform_init else init.Xavier()
+    return FanInUniform() if fan_in_uniform_init(name) else init.Xavier()
 
 
 class CIFARResNet(HybridBlock):
@@ -182,14 +188,12 @@ class CIFARResNet(HybridBlock):
         attention_class: type[HybridBlock] | None = None,
         attention_kwargs: Mapping[str, Any] | None = None,
         variant: NetworkVariant | None = None,
-        attention: str = '',
+        attention_before_last_bn: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
-        block_options = {}
-        if variant is not None and attention in variant.attentions_before_last_bn:
-            block_options['attention_before_last_bn'] = True
+        block_options = {'attention_before_last_bn': True} if attention_before_last_bn else {}
         with self.name_scope():
             self.features = nn.HybridSequential(prefix='')
             if version == 2:
@@ -251,7 +255,7 @@ def get_model(
         attention_class=attention_class,
         attention_kwargs=attention_kwargs,
         variant=network_variant(name),
-        attention=attention_key(attention),
+        attention_before_last_bn=attention_before_last_bn(name, attention_key(attention)),
         **kwargs,
     )
 

@@ -121,6 +121,20 @@ def network_variant(name: str) -> NetworkVariant | None:
     return VARIANTS[variant] if variant else None
 
 
+def attention_before_last_bn(name: str, attention: str) -> bool:
+    """Whether `attention` (its registry key) sits between the last convolution of
+    network `name`'s blocks and their BN (a variant's placement), not after that BN."""
+    variant = network_variant(name)
+    return variant is not None and attention in variant.attentions_before_last_bn
+
+
+def fan_in_uniform_init(name: str) -> bool:
+    """Whether network `name` starts its conv and dense weights from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) instead of MXNet's Xavier()."""
+    variant = network_variant(name)
+    return variant is not None and variant.fan_in_uniform_init
+
+
 def network_revision(name: str) -> int:
     """The revision of the network definition that `name` is built with."""
     parts = parse_model_name(name)

@@ -347,7 +347,9 @@ def render_all(
                     f'{problem}; the trial is in no table or results.csv until its spec.json '
                     'is mended (or its folder removed)',
                 )
-                for trial_id, problem in ResultsStore(store_dir).unreadable_trials(manifest)
+                for trial_id, problem in ResultsStore(store_dir).unreadable_trials(
+                    set(trials['trial_id']) | set(others['trial_id'])
+                )
             ],
             environment=_flatten(environment),
             reference=context['reference'],

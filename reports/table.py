@@ -72,16 +72,16 @@ def cell_statistics(
             done[(done['model'] == model) & (done['attention'] == a)][m].tolist()
         )
         for model in models
-        for a in attentions
+        for a in dict.fromkeys(['none', *attentions])  # vanilla: every difference's base
         for m in metrics
     }
     found = {}
-    for (model, attention, metric), own in values.items():
-        vanilla = values.get((model, 'none', metric)) or _finished(
-            done[(done['model'] == model) & (done['attention'] == 'none')][metric].tolist()
-        )
-        gap = difference(vanilla, own) if attention != 'none' and own and vanilla else None
-        found[(model, attention, metric)] = CellStatistics(own, summarise(own), gap)
+    for model in models:
+        for attention in attentions:
+            for metric in metrics:
+                own, vanilla = values[(model, attention, metric)], values[(model, 'none', metric)]
+                gap = difference(vanilla, own) if attention != 'none' and own and vanilla else None
+                found[(model, attention, metric)] = CellStatistics(own, summarise(own), gap)
     return found
 
 
@@ -200,11 +200,9 @@ def table_context(
         cells = []
         for attention in attentions:
             for metric in metrics:
-                values, _, gap = cells_of[(model, attention, metric)]
+                values, summary, gap = cells_of[(model, attention, metric)]
                 cell = {
-                    'text': format_cell(
-                        cells_of[(model, attention, metric)].summary, metric, common_n
-                    ),
+                    'text': format_cell(summary, metric, common_n),
                     'bold': best[metric] == attention,
                     'n': len(values),
                     'beyond_vanilla': bool(gap and gap.significant),

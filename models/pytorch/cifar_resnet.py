@@ -28,7 +28,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..architecture import STAGE_CHANNELS, BlockPlan, attention_options, stage_plans
-from ..names import network_variant, parse_model_name
+from ..names import (
+    attention_before_last_bn,
+    fan_in_uniform_init,
+    network_variant,
+    parse_model_name,
+)
 from ..registry import attention_key, attention_spec
 from .batch_norm import MXNetBatchNorm
 
@@ -134,9 +139,11 @@ class CIFARResNet(nn.Module):
         options = attention_options(attention, attention_kwargs)
         attention_class = attention_spec(attention).module_class('torch')
         block_class = {1: BasicBlockV1, 2: BasicBlockV2}[version]
-        block_options = {}
-        if variant is not None and attention_key(attention) in variant.attentions_before_last_bn:
-            block_options['attention_before_last_bn'] = True
+        block_options = (
+            {'attention_before_last_bn': True}
+            if attention_before_last_bn(model, attention_key(attention))
+            else {}
+        )
         layers = []
         if version == 2:
             layers.append(MXNetBatchNorm(3, affine=False, frozen_statistics=True))
@@ -180,16 +187,16 @@ def initialize_like_mxnet(
     `xavier_parameters` (ECA's weight, Xavier in either case as in Gluon, where it has
     its own initialiser), zero biases; every other parameter (BN, GCT, SRM) keeps its
     constructor's value. Returns net."""
-    weight_init = _fan_in_uniform_ if fan_in_uniform else nn.init.xavier_uniform_
+    layer_init = _fan_in_uniform_ if fan_in_uniform else nn.init.xavier_uniform_
     for module in net.modules():
-        if hasattr(module, 'xavier_parameters'):
-            for name in module.xavier_parameters:
-                nn.init.xavier_uniform_(getattr(module, name), generator=generator)
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            weight_init(module.weight, generator=generator)
-        if isinstance(module, (nn.Conv2d, nn.Linear)) or hasattr(module, 'xavier_parameters'):
-            if getattr(module, 'bias', None) is not None:
-                module.bias.zero_()
+        own = getattr(module, 'xavier_parameters', None)
+        if own is None and not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        draw = layer_init if own is None else nn.init.xavier_uniform_
+        for name in ('weight',) if own is None else own:
+            draw(getattr(module, name), generator=generator)
+        if getattr(module, 'bias', None) is not None:
+            module.bias.zero_()
     return net
 
 
@@ -204,7 +211,4 @@ def get_model(
     Xavier(), or what its variant declares; from `seed` where given)."""
     net = CIFARResNet(name, attention, classes=classes, attention_kwargs=attention_kwargs)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    variant = network_variant(name)
-    return initialize_like_mxnet(
-        net, generator, fan_in_uniform=bool(variant and variant.fan_in_uniform_init)
-    )
+    return initialize_like_mxnet(net, generator, fan_in_uniform=fan_in_uniform_init(name))
