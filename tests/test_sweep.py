@@ -452,13 +452,9 @@ def test_a_sweep_killed_with_sigkill_resumes_without_retraining(tmp_path, data_r
     """The driver is SIGKILLed mid-sweep; the next run skips finished trials, resumes the
     partial ones from their checkpoints and trains the rest, counted in epochs."""
     epochs = 3
-    # Three trials, two at once: one finished and one partial when killed, and (most
-    # often) one not started.
     path = write_sweep(
         tmp_path,
         data_root,
-        models=('cifar_resnet8_v1',),
-        attentions=('none', 'eca', 'gct'),
         epochs=epochs,
         extra={
             'resources': {
