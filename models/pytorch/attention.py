@@ -1,5 +1,6 @@
 """SE, ECA and GCT in PyTorch, with the Gluon modules' parameters (names, shapes) and
-functions (models/attention/)."""
+functions (models/attention/). Each scales x by a gate of per-channel statistics
+(channel_gate.py: one hand-written backward pass)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import eca_checked_kernel_size, reduced_units
-
-
-def _scale_channels(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return x * weights[:, :, None, None]
+from .channel_gate import gate_channels
 
 
 class SE(nn.Module):
@@ -24,9 +22,11 @@ class SE(nn.Module):
         self.squeeze = nn.Linear(channels, hidden, bias=False)
         self.excite = nn.Linear(hidden, channels, bias=False)
 
+    def _gate(self, mean: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.excite(F.relu(self.squeeze(mean))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean(dim=(2, 3))))))
-        return _scale_channels(x, weights)
+        return gate_channels(x, self._gate, ('mean',), self)
 
 
 class ECA(nn.Module):
@@ -44,10 +44,12 @@ class ECA(nn.Module):
         self.kernel_size = eca_checked_kernel_size(channels, kernel_size, gamma, b)
         self.weight = nn.Parameter(torch.empty(1, 1, self.kernel_size))
 
+    def _gate(self, mean: torch.Tensor) -> torch.Tensor:
+        across = F.conv1d(mean[:, None, :], self.weight, padding=self.kernel_size // 2)
+        return torch.sigmoid(across[:, 0, :])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean(dim=(2, 3))  # (N, C)
-        across = F.conv1d(pooled[:, None, :], self.weight, padding=self.kernel_size // 2)
-        return _scale_channels(x, torch.sigmoid(across[:, 0, :]))
+        return gate_channels(x, self._gate, ('mean',), self)
 
 
 class GCT(nn.Module):
@@ -63,10 +65,11 @@ class GCT(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _gate(self, sum_of_squares: torch.Tensor) -> torch.Tensor:
         alpha, gamma, beta = (p.reshape(1, -1) for p in (self.alpha, self.gamma, self.beta))
-        # The norm of each channel without a squared copy of x (a pass less each way).
-        squares = torch.linalg.vector_norm(x, dim=(2, 3)).square()
-        embedding = torch.sqrt(squares + self.epsilon) * alpha
+        embedding = torch.sqrt(sum_of_squares + self.epsilon) * alpha
         norm = gamma / torch.sqrt(embedding.square().mean(dim=1, keepdim=True) + self.epsilon)
-        return _scale_channels(x, 1.0 + torch.tanh(embedding * norm + beta))
+        return 1.0 + torch.tanh(embedding * norm + beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gate_channels(x, self._gate, ('sum_of_squares',), self)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import reduced_units
+from .channel_gate import gate_channels
 
 
 class CBAM(nn.Module):
@@ -26,6 +27,8 @@ class CBAM(nn.Module):
     def _mlp(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.excite(F.relu(self.squeeze(pooled)))
 
+    def _gate(self, mean: torch.Tensor, maximum: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self._mlp(mean) + self._mlp(maximum))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = torch.sigmoid(self._mlp(x.mean(dim=(2, 3))) + self._mlp(x.amax(dim=(2, 3))))
-        return x * weights[:, :, None, None]
+        return gate_channels(x, self._gate, ('mean', 'max'), self)

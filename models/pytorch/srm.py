@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .batch_norm import MXNetBatchNorm
+from .channel_gate import gate_channels
 
 
 class SRM(nn.Module):
@@ -23,8 +24,10 @@ class SRM(nn.Module):
         self.cfc = nn.Parameter(torch.zeros(channels, 2))
         self.bn = MXNetBatchNorm(channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance, mean = torch.var_mean(x, dim=(2, 3), correction=1)
+    def _gate(self, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         std = torch.sqrt(variance + self.epsilon)
         style = mean * self.cfc[:, 0] + std * self.cfc[:, 1]  # (N, C)
-        return x * torch.sigmoid(self.bn(style[:, :, None, None]))
+        return torch.sigmoid(self.bn(style[:, :, None, None]))[:, :, 0, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gate_channels(x, self._gate, ('mean', 'variance'), self)

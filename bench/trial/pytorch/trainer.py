@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from bench.trial.batches import eval_batches
 from bench.trial.loop import DeviceError, UnsupportedRecipe, run_epochs
 from bench.trial.pytorch.augment import DeviceImages
+from bench.trial.pytorch.host_memory import keep_freed_memory_for_reuse
 from bench.trial.pytorch.optim import make_optimizer, set_learning_rate
 from bench.trial.threads import available_cpus
 from models.pytorch import get_model
@@ -120,6 +121,8 @@ class TorchSession:
         self.recipe, self.device = spec.recipe, device
         check_precision(self.recipe, device)
         self.threads = use_trial_threads()
+        if device.type == 'cpu':
+            keep_freed_memory_for_reuse()
         if device.type == 'cuda':
             # The recipe's tf32 (on: MXNet's default) for cuDNN and cuBLAS alike;
             # PyTorch's own default leaves matrix products in full float32.

@@ -1,0 +1,197 @@
+"""x times a per-channel gate computed from per-channel statistics of x (SE, ECA, GCT,
+CBAM, SRM), differentiated with two passes over the activation instead of eager
+autograd's six or more.
+
+Eager PyTorch differentiates `x * gate(mean(x))` operation by operation: the product's
+backward writes `grad * gate` and `grad * x`, the statistic's backward writes a
+broadcast (or `2 x g`) copy, and autograd adds the gradients of x's two uses: on the
+small activations of a CIFAR ResNet these activation-sized passes, not the gate's tiny
+network, are an attention's cost. Each statistic's gradient is a per-channel affine
+function of x (mean: g / HW; sum of squares: 2 g x; unbiased variance:
+2 g (x - mean) / (HW - 1)) or a scatter to one element (max), so the whole gradient is
+
+    grad_x = grad * gate + x * A + B            (A, B of shape (N, C, 1, 1))
+
+after one reduction, sum(grad * x) over H x W, which is the gate's gradient. The gate's
+own network (a few (N, C)-sized operations with the module's parameters) is recorded
+by autograd as usual and differentiated with torch.autograd.grad inside the backward.
+
+Under torch.compile the plain differentiable formula runs instead (inductor fuses it
+itself); where x needs no gradient (evaluation), the statistics and the gate without the
+custom function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Statistic = Literal['mean', 'max', 'sum_of_squares', 'variance']
+STATISTICS: tuple[Statistic, ...] = ('mean', 'max', 'sum_of_squares', 'variance')
+# (statistic tensors of shape (N, C), in the order asked) -> gate of shape (N, C)
+GateOf = Callable[..., torch.Tensor]
+
+_SPATIAL = (2, 3)
+
+
+def channel_statistics(
+    x: torch.Tensor, statistics: Sequence[Statistic]
+) -> tuple[dict[Statistic, torch.Tensor], torch.Tensor | None]:
+    """Each asked statistic of x per sample and channel (N, C), and the flat H x W index
+    of each channel's maximum where 'max' is asked (its gradient's one element).
+
+    Formulas chosen by their speed on channels-last activations (2-core AVX2, ResNet-20's
+    shapes): torch.var_mean and torch.linalg.vector_norm reduce the strided H x W axes
+    4-10x slower than a mean of an elementwise product does, and amax slower than a
+    max pool over the whole plane, which also gives the indices."""
+    _check_statistics(statistics)
+    values: dict[Statistic, torch.Tensor] = {}
+    argmax = None
+    if 'mean' in statistics or 'variance' in statistics:
+        values['mean'] = x.mean(dim=_SPATIAL)
+    if 'variance' in statistics:
+        deviations = x - values['mean'][:, :, None, None]
+        count = x.shape[2] * x.shape[3]
+        values['variance'] = deviations.square_().sum(dim=_SPATIAL) / max(count - 1, 1)
+    if 'max' in statistics:
+        maximum, index = F.max_pool2d(x, x.shape[2:], return_indices=True)
+        values['max'], argmax = maximum.flatten(1), index.flatten(1)
+    if 'sum_of_squares' in statistics:
+        values['sum_of_squares'] = (x * x).sum(dim=_SPATIAL)
+    return values, argmax
+
+
+def _check_statistics(statistics: Sequence[str]) -> None:
+    unknown = [statistic for statistic in statistics if statistic not in STATISTICS]
+    if unknown or len(set(statistics)) != len(statistics):
+        raise ValueError(
+            f'channel statistics {tuple(statistics)!r}: each at most once, of {STATISTICS}'
+        )
+
+
+def _plain_statistics(x: torch.Tensor, statistics: Sequence[Statistic]) -> list[torch.Tensor]:
+    """The statistics as differentiable PyTorch operations (compiled and no-grad paths)."""
+    plain = {
+        'mean': lambda: x.mean(dim=_SPATIAL),
+        'max': lambda: x.amax(dim=_SPATIAL),
+        'sum_of_squares': lambda: x.square().sum(dim=_SPATIAL),
+        'variance': lambda: torch.var(x, dim=_SPATIAL, correction=1),
+    }
+    _check_statistics(statistics)
+    return [plain[statistic]() for statistic in statistics]
+
+
+class _ChannelGate(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        gate_of: GateOf,
+        statistics: tuple[Statistic, ...],
+        *parameters: torch.Tensor,
+    ) -> torch.Tensor:
+        values, argmax = channel_statistics(x, statistics)
+        leaves = tuple(values[statistic].detach().requires_grad_() for statistic in statistics)
+        with torch.enable_grad():
+            gate = gate_of(*leaves)
+        ctx.save_for_backward(x)
+        ctx.gate, ctx.leaves, ctx.parameters = gate, leaves, parameters
+        ctx.statistics, ctx.argmax = statistics, argmax
+        ctx.mean = values['mean'] if 'variance' in statistics else None
+        return x * gate.detach()[:, :, None, None]
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(
+                'second derivatives through a channel-attention gate '
+                '(models/pytorch/channel_gate.py) are not written; differentiate the '
+                'plain formula instead (inside torch.compile it is what runs)'
+            )
+        (x,) = ctx.saved_tensors
+        gate = ctx.gate
+        grad_gate = (grad * x).sum(dim=_SPATIAL, dtype=gate.dtype)
+        trained = [p for p in ctx.parameters if p.requires_grad]
+        wanted = [*ctx.leaves, *trained]
+        # Retained: the outer graph may be differentiated again (retain_graph=True), and
+        # the gate's network holds only (N, C)-sized tensors.
+        found = torch.autograd.grad(gate, wanted, grad_gate, retain_graph=True, allow_unused=True)
+        statistic_grads = dict(zip(ctx.statistics, found[: len(ctx.leaves)], strict=True))
+        trained_grads = iter(found[len(ctx.leaves) :])
+        parameter_grads = [next(trained_grads) if p.requires_grad else None for p in ctx.parameters]
+
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _input_gradient(ctx, x, grad, gate.detach(), statistic_grads)
+        return (grad_x, None, None, *parameter_grads)
+
+
+def _input_gradient(
+    ctx: torch.autograd.function.FunctionCtx,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    gate: torch.Tensor,
+    statistic_grads: dict[Statistic, torch.Tensor | None],
+) -> torch.Tensor:
+    """grad * gate + x * A + B (+ the max's gradient at its element), see the module
+    docstring; A and B collect each statistic's per-channel terms."""
+    count = x.shape[2] * x.shape[3]
+    scale: torch.Tensor | None = None  # A
+    offset: torch.Tensor | None = None  # B
+
+    def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+        return term if total is None else total + term
+
+    for statistic, g in statistic_grads.items():
+        if g is None:
+            continue
+        if statistic == 'mean':
+            offset = _add(offset, g / count)
+        elif statistic == 'sum_of_squares':
+            scale = _add(scale, 2 * g)
+        elif statistic == 'variance':
+            # d var / dx = 2 (x - mean) / (HW - 1): a scale and an offset.
+            factor = 2 * g / max(count - 1, 1)
+            scale = _add(scale, factor)
+            offset = _add(offset, -factor * ctx.mean)
+    broadcast_gate = gate[:, :, None, None].to(grad.dtype)
+    if offset is None:
+        grad_x = grad * broadcast_gate
+    else:
+        grad_x = torch.addcmul(offset[:, :, None, None].to(grad.dtype), grad, broadcast_gate)
+    if scale is not None:
+        grad_x.addcmul_(x, scale[:, :, None, None].to(grad.dtype))
+    if statistic_grads.get('max') is not None:
+        # flatten(2) is a view for contiguous and channels-last layouts alike.
+        flat = grad_x.flatten(2)
+        flat.scatter_add_(2, ctx.argmax[:, :, None], statistic_grads['max'][:, :, None].to(flat))
+    return grad_x
+
+
+def _traced_by_compiler() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def gate_channels(
+    x: torch.Tensor,
+    gate_of: GateOf,
+    statistics: Sequence[Statistic],
+    module: nn.Module,
+) -> torch.Tensor:
+    """x * gate_of(*statistics of x)[:, :, None, None], where gate_of maps the asked
+    statistics (each (N, C), in the order asked) to the gate (N, C) with the parameters
+    of `module` (their gradients flow through the gate's network)."""
+    statistics = tuple(statistics)
+    if _traced_by_compiler():
+        return x * gate_of(*_plain_statistics(x, statistics))[:, :, None, None]
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ChannelGate.apply(x, gate_of, statistics, *module.parameters())
+    # No gradient to x: autograd (where on) sees only the gate's parameters.
+    values, _ = channel_statistics(x, statistics)
+    return x * gate_of(*(values[statistic] for statistic in statistics))[:, :, None, None]
