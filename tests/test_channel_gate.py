@@ -1,6 +1,6 @@
-"""The torch attentions' hand-written backward (models/pytorch/channel_gate.py) computes
-autograd's gradients, and the CPU session's malloc setting ends the page faults that
-it exists for."""
+"""The torch attentions' hand-written backward passes (models/pytorch/channel_gate.py,
+simam.py) compute autograd's gradients, and the CPU session's malloc setting ends the
+page faults that it exists for."""
 
 import platform
 import subprocess
@@ -105,10 +105,10 @@ def test_output_and_gradients_equal_autograds_in_float32(statistics, channels_la
         assert x_grad.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize('attention', ['se', 'eca', 'gct', 'cbam', 'srm'])
-def test_each_gated_attention_trains_as_under_plain_autograd(attention, monkeypatch):
-    """The modules' own gates through the hand-written backward and through the plain
-    formula (what torch.compile traces) agree: outputs, input and parameter gradients."""
+@pytest.mark.parametrize('attention', ['se', 'eca', 'gct', 'cbam', 'srm', 'simam'])
+def test_each_attention_trains_as_under_plain_autograd(attention, monkeypatch):
+    """Each module through its hand-written backward and through the plain formula (what
+    torch.compile traces) agree: outputs, input and parameter gradients."""
     torch.manual_seed(2)
     module = attention_spec(attention).module_class('torch')(16)
     for param in module.parameters():
@@ -117,7 +117,7 @@ def test_each_gated_attention_trains_as_under_plain_autograd(attention, monkeypa
     grad = torch.randn(4, 16, 8, 8)
     results = []
     for plain in (False, True):
-        monkeypatch.setattr(channel_gate, '_traced_by_compiler', lambda plain=plain: plain)
+        monkeypatch.setattr(channel_gate, 'traced_by_compiler', lambda plain=plain: plain)
         x.grad = None
         module.zero_grad()
         out = module(x)
@@ -129,6 +129,18 @@ def test_each_gated_attention_trains_as_under_plain_autograd(attention, monkeypa
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_simams_gradient_matches_finite_differences_in_float64():
+    torch.manual_seed(6)
+    module = attention_spec('simam').module_class('torch')(CHANNELS)
+    # Small planes (the 8 x 8 of ResNet's last stage and smaller) and large values: the
+    # variance's and the mean's terms of the written-out derivative both matter there.
+    for shape in [(2, CHANNELS, 3, 2), (2, CHANNELS, 4, 4)]:
+        x = (torch.randn(*shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+        assert torch.autograd.gradcheck(module, (x,))
+    with pytest.raises(RuntimeError, match='second derivatives through SimAM'):
+        torch.autograd.grad(module(x).sum(), x, create_graph=True)
 
 
 def test_without_input_gradient_only_the_parameters_are_differentiated():

@@ -108,12 +108,7 @@ class _ChannelGate(torch.autograd.Function):
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        if torch.is_grad_enabled():  # create_graph=True
-            raise RuntimeError(
-                'second derivatives through a channel-attention gate '
-                '(models/pytorch/channel_gate.py) are not written; differentiate the '
-                'plain formula instead (inside torch.compile it is what runs)'
-            )
+        refuse_second_derivative('a channel-attention gate (models/pytorch/channel_gate.py)')
         (x,) = ctx.saved_tensors
         gate = ctx.gate
         grad_gate = (grad * x).sum(dim=_SPATIAL, dtype=gate.dtype)
@@ -174,8 +169,19 @@ def _input_gradient(
     return grad_x
 
 
-def _traced_by_compiler() -> bool:
+def traced_by_compiler() -> bool:
     return torch.compiler.is_compiling()
+
+
+def refuse_second_derivative(what: str) -> None:
+    """In a hand-written backward: grad mode is on there only with create_graph=True,
+    whose second derivatives are not written; an error, not a silently constant term
+    of, say, a gradient penalty."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f'second derivatives through {what} are not written; differentiate the '
+            'plain formula instead (inside torch.compile it is what runs)'
+        )
 
 
 def gate_channels(
@@ -188,7 +194,7 @@ def gate_channels(
     statistics (each (N, C), in the order asked) to the gate (N, C) with the parameters
     of `module` (their gradients flow through the gate's network)."""
     statistics = tuple(statistics)
-    if _traced_by_compiler():
+    if traced_by_compiler():
         return x * gate_of(*_plain_statistics(x, statistics))[:, :, None, None]
     if torch.is_grad_enabled() and x.requires_grad:
         return _ChannelGate.apply(x, gate_of, statistics, *module.parameters())

