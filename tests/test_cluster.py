@@ -260,7 +260,7 @@ def test_a_cluster_without_a_shared_disk_fills_the_drivers_store(tmp_path, clust
 
 @pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
 def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path, cluster):
-    epochs = 40
+    epochs = 20
     path = _sweep(tmp_path, cluster, epochs=epochs, max_failures=1)
     log = open(tmp_path / 'sweep.log', 'w')
     sweep = subprocess.Popen(
@@ -349,7 +349,7 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
 
 @pytest.mark.parametrize('cluster', ['hidden'], indirect=True)
 def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(tmp_path, cluster):
-    epochs = 40
+    epochs = 20
     path = _sweep(tmp_path, cluster, epochs=epochs, max_failures=0)
     log = open(tmp_path / 'sweep.log', 'w')
     sweep = subprocess.Popen(

@@ -140,16 +140,13 @@ def _fake_gpu_trial(config):
     )
 
 
-def _run_fake_gpu_trials(tmp_path, trials, gpus_per_trial, hold):
+def _run_fake_gpu_trials(tmp_path, gpus_per_trial, hold):
+    """One trial per entry of gpus_per_trial, each asking for that share of a card."""
     from ray import tune
 
     tuner = tune.Tuner(
-        tune.with_resources(_fake_gpu_trial, {'cpu': 0.5, 'gpu': gpus_per_trial}),
-        param_space={
-            'gpus': gpus_per_trial,
-            'hold': hold,
-            'i': tune.grid_search(list(range(trials))),
-        },
+        tune.with_resources(_fake_gpu_trial, lambda config: {'cpu': 0.5, 'gpu': config['gpus']}),
+        param_space={'gpus': tune.grid_search(list(gpus_per_trial)), 'hold': hold},
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     )
     return [r.metrics for r in tuner.fit()]
@@ -172,15 +169,15 @@ def test_ray_pins_fake_gpus_and_packs_fractional_trials(tmp_path):
         ray.shutdown()
     ray.init(address='local', num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        whole = _run_fake_gpu_trials(tmp_path / 'whole', trials=2, gpus_per_trial=1, hold=3)
-        assert sorted(r['visible'] for r in whole) == ['0', '1']
-        assert all(r['contexts'] == ['gpu(0)'] for r in whole)
-        assert _max_overlap(whole) == 2
-
-        half = _run_fake_gpu_trials(tmp_path / 'half', trials=4, gpus_per_trial=0.5, hold=4)
-        assert sorted(r['visible'] for r in half) == ['0', '0', '1', '1']
-        assert all(r['contexts'] == ['gpu(0)'] for r in half)
-        assert _max_overlap(half) == 4  # four trials share two cards at once
+        # One Tuner (starting one is most of this test's time): a whole card for one
+        # trial, and two halves packed onto the other card.
+        results = _run_fake_gpu_trials(tmp_path, gpus_per_trial=[1, 0.5, 0.5], hold=4)
+        whole = [r['visible'] for r in results if r['config']['gpus'] == 1]
+        halves = [r['visible'] for r in results if r['config']['gpus'] == 0.5]
+        assert len(whole) == 1 and whole[0] in ('0', '1')
+        assert halves == [{'0': '1', '1': '0'}[whole[0]]] * 2
+        assert all(r['contexts'] == ['gpu(0)'] for r in results)
+        assert _max_overlap(results) == 3  # all three at once on two cards
     finally:
         ray.shutdown()
 
