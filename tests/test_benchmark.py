@@ -3,6 +3,7 @@
 import os
 import time
 
+import numpy as np
 import pytest
 
 from bench.benchmark.cli import main
@@ -120,6 +121,27 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     assert 'amp_bfloat16 needs a GPU' in capsys.readouterr().err
 
 
+def test_the_reference_step_differentiates_its_attentions_by_autograd(monkeypatch):
+    """The idiomatic PyTorch row is what a PyTorch user's module does: no hand-written
+    backward (models/pytorch/channel_gate.py); the trial's own step takes it."""
+    pytest.importorskip('torch', reason='the torch extra is not installed')
+    from bench.benchmark.torch_steps import reference_stepper, trial_stepper
+    from bench.trial.recipe import Recipe, TrialSpec
+    from models.pytorch import channel_gate
+
+    def refuse(*args):
+        raise AssertionError('the hand-written backward ran')
+
+    monkeypatch.setattr(channel_gate._ChannelGate, 'apply', refuse)
+    spec = TrialSpec('cifar_resnet8_v1', 'se', seed=0, recipe=Recipe(batch_size=8))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(16, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=16).astype(np.int32)
+    reference_stepper(spec, images, labels, 'cpu')()  # builds, steps twice
+    with pytest.raises(AssertionError, match='hand-written backward ran'):
+        trial_stepper(spec, images, labels, 'cpu')
+
+
 def test_table_formatting_and_summary():
     rows = [
         {
@@ -156,8 +178,9 @@ def test_table_formatting_and_summary():
     )
     assert format_rows([torch_row]).splitlines()[2].split()[-3:] == ['0.90x', '105.0', '0.95x']
     assert reference_summary([torch_row]) == (
-        'torch backend against idiomatic PyTorch (nn.BatchNorm2d, torch.optim.Adam): m none '
-        '0.95x\nidiomatic PyTorch against Gluon: m none 0.94x'
+        'torch backend against idiomatic PyTorch (nn.BatchNorm2d, torch.optim.Adam, '
+        'attentions differentiated by autograd): m none 0.95x\n'
+        'idiomatic PyTorch against Gluon: m none 0.94x'
     )
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
     rows[1]['vs_vanilla'] = 0.91  # measured round by round, it takes precedence

@@ -2,6 +2,7 @@
 simam.py) compute autograd's gradients, and the CPU session's malloc setting ends the
 page faults that it exists for."""
 
+import contextlib
 import platform
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_output_and_gradients_equal_autograds_in_float32(statistics, channels_la
 
 
 @pytest.mark.parametrize('attention', ['se', 'eca', 'gct', 'cbam', 'srm', 'simam'])
-def test_each_attention_trains_as_under_plain_autograd(attention, monkeypatch):
+def test_each_attention_trains_as_under_plain_autograd(attention):
     """Each module through its hand-written backward and through the plain formula (what
     torch.compile traces) agree: outputs, input and parameter gradients."""
     torch.manual_seed(2)
@@ -116,11 +117,11 @@ def test_each_attention_trains_as_under_plain_autograd(attention, monkeypatch):
     x = _input(channels_last=True, shape=(4, 16, 8, 8))
     grad = torch.randn(4, 16, 8, 8)
     results = []
-    for plain in (False, True):
-        monkeypatch.setattr(channel_gate, 'traced_by_compiler', lambda plain=plain: plain)
+    for formulas in (contextlib.nullcontext, channel_gate.autograd_formulas):
         x.grad = None
         module.zero_grad()
-        out = module(x)
+        with formulas():
+            out = module(x)
         out.backward(grad)
         results.append((out, x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}))
     (out, x_grad, grads), (ref_out, ref_x_grad, ref_grads) = results
@@ -208,12 +209,14 @@ def test_keeping_freed_memory_ends_the_training_steps_page_faults():
         x = torch.randn(32, 3, 32, 32).contiguous(memory_format=torch.channels_last)
 
         def faults_per_step():
-            for _ in range(2):
+            # The fewest of four steps' faults after two to settle: the heap may
+            # still grow in the first steps after the setting.
+            counts = []
+            for step in range(6):
+                start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 net(x).sum().backward()
-            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            for _ in range(3):
-                net(x).sum().backward()
-            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 3
+                counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+            return min(counts[2:])
 
         before = faults_per_step()
         assert keep_freed_memory_for_reuse()
@@ -225,4 +228,4 @@ def test_keeping_freed_memory_ends_the_training_steps_page_faults():
     )
     assert result.returncode == 0, result.stderr
     before, after = map(float, result.stdout.split())
-    assert after < max(100, before / 20), (before, after)
+    assert after < 100 and after < before / 20, (before, after)

@@ -244,7 +244,8 @@ def reference_summary(rows: Sequence[Mapping[str, Any]]) -> str | None:
     if not compared:
         return None
     line = (
-        'torch backend against idiomatic PyTorch (nn.BatchNorm2d, torch.optim.Adam): '
+        'torch backend against idiomatic PyTorch (nn.BatchNorm2d, torch.optim.Adam, '
+        'attentions differentiated by autograd): '
         + ', '.join(f'{r["model"]} {r["attention"]} {r["vs_reference"]:.2f}x' for r in compared)
     )
     against_gluon = [r for r in compared if 'reference_vs_gluon' in r]

@@ -88,9 +88,12 @@ def reference_stepper(
     spec: TrialSpec, images: np.ndarray, labels: np.ndarray, device: str | torch.device
 ) -> Callable[[], None]:
     """One training step of idiomatic PyTorch on the same batches as the trial's: the same
-    network with nn.BatchNorm2d, torch.optim.Adam (its defaults for this device), the
-    mean cross-entropy; torch.compile'd as the recipe's `compile` says."""
+    network with nn.BatchNorm2d, its attentions differentiated by autograd (no
+    hand-written backward), torch.optim.Adam (its defaults for this device), the mean
+    cross-entropy; torch.compile'd as the recipe's `compile` says."""
     from torch.nn import functional as F
+
+    from models.pytorch.channel_gate import autograd_formulas
 
     device = torch.device(device)
     net = idiomatic_network(spec.model, spec.attention, device, seed=spec.seed)
@@ -102,7 +105,8 @@ def reference_stepper(
 
     def step() -> None:
         x, y = pipeline.batch(*next(plans))
-        loss = F.cross_entropy(forward(x), y)
+        with autograd_formulas():
+            loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

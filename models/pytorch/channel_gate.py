@@ -17,13 +17,15 @@ own network (a few (N, C)-sized operations with the module's parameters) is reco
 by autograd as usual and differentiated with torch.autograd.grad inside the backward.
 
 Under torch.compile the plain differentiable formula runs instead (inductor fuses it
-itself); where x needs no gradient (evaluation), the statistics and the gate without the
-custom function.
+itself), and within `autograd_formulas()`; where x needs no gradient (evaluation), the
+statistics and the gate without the custom function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -169,8 +171,24 @@ def _input_gradient(
     return grad_x
 
 
-def traced_by_compiler() -> bool:
-    return torch.compiler.is_compiling()
+_AUTOGRAD_FORMULAS = contextvars.ContextVar('autograd_formulas', default=False)
+
+
+@contextlib.contextmanager
+def autograd_formulas() -> Iterator[None]:
+    """Within it, the attentions compute their plain formulas and autograd differentiates
+    them, as an attention written in idiomatic PyTorch does (the benchmark's reference
+    row; the tests' comparison)."""
+    token = _AUTOGRAD_FORMULAS.set(True)
+    try:
+        yield
+    finally:
+        _AUTOGRAD_FORMULAS.reset(token)
+
+
+def plain_formula_wanted() -> bool:
+    """Under torch.compile (inductor fuses the plain formula itself) or autograd_formulas."""
+    return torch.compiler.is_compiling() or _AUTOGRAD_FORMULAS.get()
 
 
 def refuse_second_derivative(what: str) -> None:
@@ -194,7 +212,7 @@ def gate_channels(
     statistics (each (N, C), in the order asked) to the gate (N, C) with the parameters
     of `module` (their gradients flow through the gate's network)."""
     statistics = tuple(statistics)
-    if traced_by_compiler():
+    if plain_formula_wanted():
         return x * gate_of(*_plain_statistics(x, statistics))[:, :, None, None]
     if torch.is_grad_enabled() and x.requires_grad:
         return _ChannelGate.apply(x, gate_of, statistics, *module.parameters())
