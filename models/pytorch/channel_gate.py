@@ -57,8 +57,8 @@ def channel_statistics(
         values['mean'] = x.mean(dim=_SPATIAL)
     if 'variance' in statistics:
         deviations = x - values['mean'][:, :, None, None]
-        count = x.shape[2] * x.shape[3]
-        values['variance'] = deviations.square_().sum(dim=_SPATIAL) / max(count - 1, 1)
+        count = x.shape[2] * x.shape[3]  # above 1, as the Gluon module's moments need
+        values['variance'] = deviations.square_().sum(dim=_SPATIAL) / (count - 1)
     if 'max' in statistics:
         maximum, index = F.max_pool2d(x, x.shape[2:], return_indices=True)
         values['max'], argmax = maximum.flatten(1), index.flatten(1)
@@ -154,7 +154,7 @@ def _input_gradient(
             scale = _add(scale, 2 * g)
         elif statistic == 'variance':
             # d var / dx = 2 (x - mean) / (HW - 1): a scale and an offset.
-            factor = 2 * g / max(count - 1, 1)
+            factor = 2 * g / (count - 1)
             scale = _add(scale, factor)
             offset = _add(offset, -factor * ctx.mean)
     broadcast_gate = gate[:, :, None, None].to(grad.dtype)
