@@ -144,6 +144,21 @@ def test_simams_gradient_matches_finite_differences_in_float64():
         torch.autograd.grad(module(x).sum(), x, create_graph=True)
 
 
+def test_the_maximums_gradient_lands_whatever_the_incoming_gradients_layout():
+    """A gradient whose H axis is fastest (a transpose downstream) used to lose the max's
+    share: its flatten(2) is a copy."""
+    torch.manual_seed(7)
+    gate = _Gate(('max',)).double()
+    x = _input(torch.float64, shape=(2, CHANNELS, 5, 4))
+    weights = torch.randn(2, CHANNELS, 4, 5, dtype=torch.float64)
+    grads = []
+    for compute in (gate, lambda x: _autograd_reference(gate, x)):
+        x.grad = None
+        (compute(x).transpose(2, 3) * weights).sum().backward()
+        grads.append(x.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_without_input_gradient_only_the_parameters_are_differentiated():
     torch.manual_seed(3)
     gate = _Gate(('mean', 'variance'))

@@ -165,9 +165,11 @@ def _input_gradient(
     if scale is not None:
         grad_x.addcmul_(x, scale[:, :, None, None].to(grad.dtype))
     if statistic_grads.get('max') is not None:
-        # flatten(2) is a view for contiguous and channels-last layouts alike.
+        # flatten(2) is a view for NCHW and channels-last gradients, a copy for others
+        # (H fastest): the result is read back from it either way.
         flat = grad_x.flatten(2)
         flat.scatter_add_(2, ctx.argmax[:, :, None], statistic_grads['max'][:, :, None].to(flat))
+        grad_x = flat.view(grad_x.shape)
     return grad_x
 
 
