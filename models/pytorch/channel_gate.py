@@ -76,7 +76,8 @@ def _check_statistics(statistics: Sequence[str]) -> None:
 
 
 def _plain_statistics(x: torch.Tensor, statistics: Sequence[Statistic]) -> list[torch.Tensor]:
-    """The statistics as differentiable PyTorch operations (compiled and no-grad paths)."""
+    """The statistics as differentiable PyTorch operations (under torch.compile and
+    autograd_formulas())."""
     plain = {
         'mean': lambda: x.mean(dim=_SPATIAL),
         'max': lambda: x.amax(dim=_SPATIAL),

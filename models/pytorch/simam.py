@@ -12,7 +12,8 @@ loss through the gate's input:
     grad_x = grad s + 2 u (q k + c) - 2 k sum(q u) / HW,
     c = -k sum(q d) / ((v + lambda) (HW - 1))
 
-(the mean's own term vanishes: sum(u) = 0).
+(the mean's term through the variance vanishes: sum(u) = 0; its term through d is
+the last one).
 """
 
 from __future__ import annotations
