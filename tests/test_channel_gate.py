@@ -2,7 +2,8 @@
 simam.py) compute autograd's gradients, and the CPU session's malloc setting ends the
 page faults that it exists for."""
 
-import contextlib
+import copy
+import os
 import platform
 import subprocess
 import sys
@@ -108,28 +109,107 @@ def test_output_and_gradients_equal_autograds_in_float32(statistics, channels_la
 
 @pytest.mark.parametrize('attention', ['se', 'eca', 'gct', 'cbam', 'srm', 'simam'])
 def test_each_attention_trains_as_under_plain_autograd(attention):
-    """Each module through its hand-written backward and through the plain formula (what
-    torch.compile traces) agree: outputs, input and parameter gradients."""
+    """Each module through its hand-written backward in float32 computes what autograd
+    computes from the plain formula (what torch.compile traces) in float64: outputs,
+    input and parameter gradients."""
     torch.manual_seed(2)
-    module = attention_spec(attention).module_class('torch')(16)
+    # 64 channels: CBAM's and SE's hidden layers (C / 16) are wide enough that the ReLU
+    # leaves some units alive, so the statistics' gradients (the max's scatter among
+    # them) are not all zero.
+    module = attention_spec(attention).module_class('torch')(64)
     for param in module.parameters():
         nn.init.normal_(param, std=0.5)
-    x = _input(channels_last=True, shape=(4, 16, 8, 8))
-    grad = torch.randn(4, 16, 8, 8)
-    results = []
-    for formulas in (contextlib.nullcontext, channel_gate.autograd_formulas):
-        x.grad = None
-        module.zero_grad()
-        with formulas():
-            out = module(x)
-        out.backward(grad)
-        results.append((out, x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}))
-    (out, x_grad, grads), (ref_out, ref_x_grad, ref_grads) = results
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(x_grad, ref_x_grad, rtol=1e-4, atol=1e-6)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    reference = copy.deepcopy(module).double()
+    x = _input(channels_last=True, shape=(4, 64, 8, 8))
+    grad = torch.randn(4, 64, 8, 8)
+    out = module(x)
+    out.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    with channel_gate.autograd_formulas():
+        ref_out = reference(x64)
+    ref_out.backward(grad.double())
+    torch.testing.assert_close(out, ref_out.float())
+    # Tolerances in each gradient's own scale: SRM's BatchNorm over a batch of 4 turns
+    # float32 rounding into errors of ~5e-6 of the scale (the plain formula's own, in
+    # float32, reach 4e-5 for SRM's cfc).
+    pairs = [('x', x.grad, x64.grad)] + [
+        (name, param.grad, dict(reference.named_parameters())[name].grad)
+        for name, param in module.named_parameters()
+    ]
+    for name, ours, expected in pairs:
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(
+            ours, expected.float(), rtol=1e-4, atol=5e-5 * scale, msg=lambda m, n=name: f'{n}: {m}'
+        )
+        assert ours.abs().sum() > 0, f'{name}: no gradient reached it'
+    x_grad = x.grad
+    if module.__class__.__name__ != 'SimAM':
+        # The gate's share of x's gradient is not empty (a module whose statistics
+        # received no gradient would pass the comparison trivially).
+        with torch.no_grad():
+            gated = module(x) / x
+        assert (x_grad - grad * gated).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize('attention', ['se', 'eca', 'gct', 'cbam', 'srm', 'simam'])
+def test_torch_func_transforms_and_forward_mode_go_through_the_plain_formula(attention):
+    """torch.func.grad, vmap and jvp, and forward-mode AD: the hand-written functions
+    define no vmap rule or jvp, so these run the plain formula instead of failing."""
+    from torch.autograd import forward_ad
+
+    torch.manual_seed(8)
+    module = attention_spec(attention).module_class('torch')(32)
+    # Evaluation mode: SRM's BatchNorm updates its running statistics in place in
+    # training, which torch.func refuses for any module (nn.BatchNorm2d too).
+    module.eval()
+    x = _input(shape=(3, 32, 6, 6))
+    module(x).sum().backward()
+    torch.testing.assert_close(
+        torch.func.grad(lambda x: module(x).sum())(x), x.grad, rtol=1e-4, atol=1e-6
+    )
+    with torch.no_grad():
+        expected = module(x)
+    torch.testing.assert_close(torch.func.vmap(lambda one: module(one[None])[0])(x), expected)
+    tangent = torch.randn_like(x)
+    out, jvp = torch.func.jvp(module, (x.detach(),), (tangent,))
+    with channel_gate.autograd_formulas():
+        jacobian_product = torch.autograd.functional.jvp(module, x.detach(), tangent)[1]
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(jvp, jacobian_product, rtol=1e-4, atol=1e-6)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(x.detach(), tangent)
+        torch.testing.assert_close(forward_ad.unpack_dual(module(dual)).tangent, jvp)
+
+
+def test_a_gate_that_uses_tensors_outside_the_modules_parameters_is_refused():
+    """The backward differentiates toward the statistics and the module's parameters
+    only; a closure's weight that needs a gradient would silently get none."""
+    outside = torch.randn(CHANNELS, CHANNELS, requires_grad=True)
+    x = _input()
+    with pytest.raises(RuntimeError, match=r'uses 1 tensor\(s\).*\(6, 6\).*Register them'):
+        gate_channels(x, lambda mean: torch.sigmoid(mean @ outside), ('mean',), nn.Module())
+    # x itself, used by the gate directly rather than through a statistic: refused too.
+    with pytest.raises(RuntimeError, match='need a gradient besides its statistics'):
+        gate_channels(x, lambda mean: torch.sigmoid(mean + x[:, :, 0, 0]), ('mean',), nn.Module())
+
+    # A weight computed in forward from the module's own parameters (weight
+    # normalisation, say) is fine: its gradient reaches those parameters.
+    class _Normalised(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.direction = nn.Parameter(torch.randn(CHANNELS, CHANNELS))
+
+        def forward(self, x):
+            weight = self.direction / self.direction.norm()
+            return gate_channels(x, lambda mean: torch.sigmoid(mean @ weight), ('mean',), self)
+
+    module = _Normalised()
+    module(x).sum().backward()
+    ours = module.direction.grad.clone()
+    module.direction.grad = None
+    with channel_gate.autograd_formulas():
+        module(x).sum().backward()
+    torch.testing.assert_close(ours, module.direction.grad)
 
 
 def test_simams_gradient_matches_finite_differences_in_float64():
@@ -183,8 +263,11 @@ def test_a_second_backward_through_a_retained_graph_and_refused_double_backward(
     torch.testing.assert_close(first, second)
     # Second derivatives are not written by hand: asking for one is an error, never a
     # silently wrong (constant) term of a gradient penalty.
-    with pytest.raises(RuntimeError, match='second derivatives'):
+    with pytest.raises(RuntimeError, match='second derivatives.*autograd_formulas'):
         torch.autograd.grad(gate(x).sum(), x, create_graph=True)
+    with channel_gate.autograd_formulas():
+        (gradient,) = torch.autograd.grad(gate(x).sum(), x, create_graph=True)
+    assert gradient.requires_grad
 
 
 def test_bfloat16_autocast_on_the_cpu_trains():
@@ -216,7 +299,7 @@ def test_keeping_freed_memory_ends_the_training_steps_page_faults():
     script = textwrap.dedent(
         """
         import resource, torch
-        from bench.trial.pytorch.host_memory import keep_freed_memory_for_reuse
+        from bench.trial.host_memory import keep_freed_memory_for_reuse
         from models.pytorch import get_model
         torch.set_num_threads(1)
         torch.manual_seed(0)
@@ -238,8 +321,15 @@ def test_keeping_freed_memory_ends_the_training_steps_page_faults():
         print(before, faults_per_step())
         """
     )
+    # Without a malloc setting or preloaded allocator of the caller's: the faults before
+    # the setting are glibc's defaults'.
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(('MALLOC_', 'GLIBC_TUNABLES', 'LD_PRELOAD'))
+    }
     result = subprocess.run(
-        [sys.executable, '-c', script], capture_output=True, text=True, timeout=300
+        [sys.executable, '-c', script], capture_output=True, text=True, timeout=300, env=environment
     )
     assert result.returncode == 0, result.stderr
     before, after = map(float, result.stdout.split())

@@ -21,6 +21,7 @@ from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
 from bench.errors import BenchError, ProblemsFound, report
 from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
+from bench.trial.host_memory import keep_freed_memory_for_reuse
 from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
 from models.names import VARIANTS, parse_model_name
@@ -182,13 +183,16 @@ def run(args: argparse.Namespace, threads: int) -> int:
     on_cpu = (ctx is None or ctx.device_type == 'cpu') and (
         torch_device is None or torch_device.type == 'cpu'
     )
+    # Every row (Gluon, torch, the reference, the original) under the allocator setting
+    # that CPU trials run with.
+    malloc = 'glibc thresholds fixed' if on_cpu and keep_freed_memory_for_reuse() else 'default'
     images, labels = synthetic_images(args.images)
     if args.epoch_child:
         return _epoch_child(args, ctx, images, labels)
     print(
         f'device: {"; ".join(where)}, batch {args.batch_size}, {args.batches} timed '
         f'batches, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
-        f'{args.workers} DataLoader workers',
+        f'{args.workers} DataLoader workers, malloc {malloc}',
         flush=True,
     )
     rows = benchmark(

@@ -17,19 +17,27 @@ own network (a few (N, C)-sized operations with the module's parameters) is reco
 by autograd as usual and differentiated with torch.autograd.grad inside the backward.
 
 Under torch.compile the plain differentiable formula runs instead (inductor fuses it
-itself), and within `autograd_formulas()`; where x needs no gradient (evaluation), the
-statistics and the gate without the custom function.
+itself), under torch.func's transforms and forward-mode AD (which the custom function
+does not define), and within `autograd_formulas()`; where x needs no gradient
+(evaluation), the statistics and the gate without the custom function.
+
+A channel's tied maxima: the whole gradient goes to the first (PyTorch's and MXNet's
+max pooling do so); autograd's amax splits it evenly and MXNet's max reduction, which
+the Gluon CBAM uses, gives each the whole. Ties of a float32 activation's maximum have
+measure zero; a constant channel (all tied) is where they differ.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn import functional as F
 
 Statistic = Literal['mean', 'max', 'sum_of_squares', 'variance']
@@ -37,7 +45,8 @@ STATISTICS: tuple[Statistic, ...] = ('mean', 'max', 'sum_of_squares', 'variance'
 # (statistic tensors of shape (N, C), in the order asked) -> gate of shape (N, C)
 GateOf = Callable[..., torch.Tensor]
 
-_SPATIAL = (2, 3)
+# The H x W axes that the statistics reduce (NCHW order, whatever the memory format).
+SPATIAL = (2, 3)
 
 
 def channel_statistics(
@@ -54,16 +63,16 @@ def channel_statistics(
     values: dict[Statistic, torch.Tensor] = {}
     argmax = None
     if 'mean' in statistics or 'variance' in statistics:
-        values['mean'] = x.mean(dim=_SPATIAL)
+        values['mean'] = x.mean(dim=SPATIAL)
     if 'variance' in statistics:
         deviations = x - values['mean'][:, :, None, None]
         count = x.shape[2] * x.shape[3]  # above 1, as the Gluon module's moments need
-        values['variance'] = deviations.square_().sum(dim=_SPATIAL) / (count - 1)
+        values['variance'] = deviations.square_().sum(dim=SPATIAL) / (count - 1)
     if 'max' in statistics:
         maximum, index = F.max_pool2d(x, x.shape[2:], return_indices=True)
         values['max'], argmax = maximum.flatten(1), index.flatten(1)
     if 'sum_of_squares' in statistics:
-        values['sum_of_squares'] = (x * x).sum(dim=_SPATIAL)
+        values['sum_of_squares'] = (x * x).sum(dim=SPATIAL)
     return values, argmax
 
 
@@ -79,10 +88,10 @@ def _plain_statistics(x: torch.Tensor, statistics: Sequence[Statistic]) -> list[
     """The statistics as differentiable PyTorch operations (under torch.compile and
     autograd_formulas())."""
     plain = {
-        'mean': lambda: x.mean(dim=_SPATIAL),
-        'max': lambda: x.amax(dim=_SPATIAL),
-        'sum_of_squares': lambda: x.square().sum(dim=_SPATIAL),
-        'variance': lambda: torch.var(x, dim=_SPATIAL, correction=1),
+        'mean': lambda: x.mean(dim=SPATIAL),
+        'max': lambda: x.amax(dim=SPATIAL),
+        'sum_of_squares': lambda: x.square().sum(dim=SPATIAL),
+        'variance': lambda: torch.var(x, dim=SPATIAL, correction=1),
     }
     _check_statistics(statistics)
     return [plain[statistic]() for statistic in statistics]
@@ -101,6 +110,7 @@ class _ChannelGate(torch.autograd.Function):
         leaves = tuple(values[statistic].detach().requires_grad_() for statistic in statistics)
         with torch.enable_grad():
             gate = gate_of(*leaves)
+        _check_gate_inputs(gate, leaves, parameters, gate_of)
         ctx.save_for_backward(x)
         ctx.gate, ctx.leaves, ctx.parameters = gate, leaves, parameters
         ctx.statistics, ctx.argmax = statistics, argmax
@@ -114,7 +124,7 @@ class _ChannelGate(torch.autograd.Function):
         refuse_second_derivative('a channel-attention gate (models/pytorch/channel_gate.py)')
         (x,) = ctx.saved_tensors
         gate = ctx.gate
-        grad_gate = (grad * x).sum(dim=_SPATIAL, dtype=gate.dtype)
+        grad_gate = (grad * x).sum(dim=SPATIAL, dtype=gate.dtype)
         trained = [p for p in ctx.parameters if p.requires_grad]
         wanted = [*ctx.leaves, *trained]
         # Retained: the outer graph may be differentiated again (retain_graph=True), and
@@ -128,6 +138,51 @@ class _ChannelGate(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _input_gradient(ctx, x, grad, gate.detach(), statistic_grads)
         return (grad_x, None, None, *parameter_grads)
+
+
+_CHECKED_GATES: weakref.WeakSet = weakref.WeakSet()
+
+
+def _check_gate_inputs(
+    gate: torch.Tensor,
+    leaves: tuple[torch.Tensor, ...],
+    parameters: tuple[torch.Tensor, ...],
+    gate_of: GateOf,
+) -> None:
+    """The gate's network may use only the statistics and the module's parameters: the
+    backward differentiates toward those alone, so a gradient to any other tensor (a
+    closure's weight, x itself) would be dropped without a word. Checked on a gate
+    function's first call (its graph is a few nodes; later calls build the same)."""
+    owner = getattr(gate_of, '__self__', gate_of)
+    try:
+        if owner in _CHECKED_GATES:
+            return
+    except TypeError:  # not weakly referable: checked every call
+        owner = None
+    allowed = {id(tensor) for tensor in (*leaves, *parameters)}
+    foreign = []
+    seen, pending = set(), [gate.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, 'variable', None)  # an AccumulateGrad: a leaf tensor
+        if variable is not None:
+            if id(variable) not in allowed:
+                foreign.append(tuple(variable.shape))
+            continue
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    if foreign:
+        raise RuntimeError(
+            f'the channel gate {getattr(gate_of, "__qualname__", gate_of)!r} uses '
+            f'{len(foreign)} tensor(s) that need a gradient besides its statistics and '
+            f"the module's parameters (shapes {sorted(foreign)}); their gradients would "
+            'be lost. Register them as parameters of the module passed to gate_channels '
+            '(or of its submodules), or compute the gate from the statistics only.'
+        )
+    if owner is not None:
+        _CHECKED_GATES.add(owner)
 
 
 def _input_gradient(
@@ -190,8 +245,15 @@ def autograd_formulas() -> Iterator[None]:
 
 
 def plain_formula_wanted() -> bool:
-    """Under torch.compile (inductor fuses the plain formula itself) or autograd_formulas."""
-    return torch.compiler.is_compiling() or _AUTOGRAD_FORMULAS.get()
+    """Under torch.compile (inductor fuses the plain formula itself), autograd_formulas,
+    torch.func's transforms (vmap, grad, jacrev) and forward-mode AD: the hand-written
+    functions define neither a vmap rule nor a jvp."""
+    return (
+        torch.compiler.is_compiling()
+        or _AUTOGRAD_FORMULAS.get()
+        or torch._C._functorch.maybe_current_level() is not None
+        or getattr(forward_ad, '_current_level', -1) >= 0
+    )
 
 
 def refuse_second_derivative(what: str) -> None:
@@ -200,8 +262,9 @@ def refuse_second_derivative(what: str) -> None:
     of, say, a gradient penalty."""
     if torch.is_grad_enabled():
         raise RuntimeError(
-            f'second derivatives through {what} are not written; differentiate the '
-            'plain formula instead (inside torch.compile it is what runs)'
+            f'second derivatives through {what} are not written; run the forward inside '
+            'models.pytorch.channel_gate.autograd_formulas() (or under torch.compile) '
+            'so that autograd differentiates the plain formula'
         )
 
 

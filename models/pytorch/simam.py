@@ -22,14 +22,13 @@ import torch
 from torch import nn
 
 from . import channel_gate
-
-_SPATIAL = (2, 3)
+from .channel_gate import SPATIAL
 
 
 def _simam_plain(x: torch.Tensor, e_lambda: float) -> torch.Tensor:
-    deviations = (x - x.mean(dim=_SPATIAL, keepdim=True)).square()
+    deviations = (x - x.mean(dim=SPATIAL, keepdim=True)).square()
     count = x.shape[2] * x.shape[3] - 1
-    variance = deviations.sum(dim=_SPATIAL, keepdim=True) / count
+    variance = deviations.sum(dim=SPATIAL, keepdim=True) / count
     return x * torch.sigmoid(deviations / (4 * (variance + e_lambda)) + 0.5)
 
 
@@ -39,9 +38,9 @@ class _SimAMFunction(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, e_lambda: float
     ) -> torch.Tensor:
         count = x.shape[2] * x.shape[3]
-        mean = x.mean(dim=_SPATIAL, keepdim=True)
+        mean = x.mean(dim=SPATIAL, keepdim=True)
         squared = (x - mean).square_()
-        shifted_variance = squared.sum(dim=_SPATIAL, keepdim=True) / (count - 1) + e_lambda
+        shifted_variance = squared.sum(dim=SPATIAL, keepdim=True) / (count - 1) + e_lambda
         k = 0.25 / shifted_variance
         weight = torch.addcmul(torch.full_like(k, 0.5), squared, k).sigmoid_()
         ctx.save_for_backward(x, weight, mean, shifted_variance)
@@ -59,8 +58,8 @@ class _SimAMFunction(torch.autograd.Function):
         q = torch.addcmul(q, q, weight, value=-1)  # grad x s (1 - s)
         deviations = x - mean
         q_u = q * deviations
-        sum_q_u = q_u.sum(dim=_SPATIAL, keepdim=True)
-        sum_q_d = q_u.mul_(deviations).sum(dim=_SPATIAL, keepdim=True)
+        sum_q_u = q_u.sum(dim=SPATIAL, keepdim=True)
+        sum_q_d = q_u.mul_(deviations).sum(dim=SPATIAL, keepdim=True)
         c = -k * sum_q_d / (shifted_variance * (count - 1))
         twice_q_k_c = torch.addcmul(2 * c, q, 2 * k)
         grad_x = torch.addcmul(-2 * k * sum_q_u / count, grad, weight)

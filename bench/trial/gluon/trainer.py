@@ -23,6 +23,7 @@ from bench.trial.data import Dataset
 from bench.trial.gluon.augment import DeviceImages
 from bench.trial.gluon.devices import describe, trial_contexts, trial_device_plan
 from bench.trial.gluon.optimizer_state import load_optimizer_state, save_optimizer_state
+from bench.trial.host_memory import keep_freed_memory_for_reuse
 from bench.trial.loop import UnsupportedRecipe, run_epochs
 from bench.trial.recipe import Recipe, TrialSpec
 from models import get_model, load_parameters
@@ -113,6 +114,8 @@ class GluonSession:
 
     def __init__(self, spec: TrialSpec, data: Dataset, contexts: list[mx.Context]) -> None:
         self.recipe, self.contexts = spec.recipe, contexts
+        if all(context.device_type == 'cpu' for context in contexts):
+            keep_freed_memory_for_reuse()
         self.net, self.trainer, self.loss_fn = build_parts(spec, contexts, data.classes)
         self.train_images = DeviceImages(data.train_images, data.train_labels, contexts[0])
         self.test_images = DeviceImages(data.test_images, data.test_labels, contexts[0])

@@ -25,9 +25,9 @@ import torch
 from torch.nn import functional as F
 
 from bench.trial.batches import eval_batches
+from bench.trial.host_memory import keep_freed_memory_for_reuse
 from bench.trial.loop import DeviceError, UnsupportedRecipe, run_epochs
 from bench.trial.pytorch.augment import DeviceImages
-from bench.trial.pytorch.host_memory import keep_freed_memory_for_reuse
 from bench.trial.pytorch.optim import make_optimizer, set_learning_rate
 from bench.trial.threads import available_cpus
 from models.pytorch import get_model

@@ -1,14 +1,17 @@
-"""glibc's malloc told to keep freed memory for reuse in a process that trains with
-PyTorch on the CPU.
+"""glibc's malloc told to keep freed memory for reuse in a process that trains on the
+CPU (either backend, and the benchmark, whose rows are all timed under it).
 
 PyTorch's CPU allocator takes every tensor from malloc. glibc serves blocks above its
 mmap threshold with fresh mappings (the threshold starts at 128 KiB and rises as such
 blocks are freed) and hands memory at the heap's top back to the kernel beyond its trim
 threshold, so each step's activations arrive as new pages that the kernel zeroes on
-their first touch. A ResNet-20 step at batch 128 took about 35,000 minor page faults on
-the 2-core test machine (a fifth of its time, measured with getrusage around the step);
-with the thresholds fixed, none. PyTorch's CPU tuning guide recommends jemalloc or
-tcmalloc for the same reason; these two settings need no preloaded library.
+their first touch. A torch ResNet-20 step at batch 128 took about 35,000 minor page
+faults on the 2-core test machine (a fifth of its time, measured with getrusage around
+the step); with the thresholds fixed, none. PyTorch's CPU tuning guide recommends
+jemalloc or tcmalloc for the same reason; these two settings need no preloaded library.
+MXNet's hybridized (static_alloc) graph keeps its own memory (no faults measured either
+way); Gluon sessions take the setting too so that both backends' trials and the
+benchmark's rows run under one allocator setting.
 """
 
 from __future__ import annotations
