@@ -384,18 +384,35 @@ def check_torch_amp(devices: Sequence[str | torch.device]) -> list[Check]:
     return checks
 
 
-def check_kernels() -> Check:
-    if not installed('mxnet'):
-        return Check('fused CPU kernels', OK, 'not needed (no MXNet)')
-    from models.kernels import kernel_status
+def check_kernels() -> list[Check]:
+    """The fused CPU kernels of each installed backend: MXNet's extension (SE, ECA, GCT)
+    and the torch backend's (SimAM)."""
+    checks = []
+    if installed('mxnet'):
+        from models.kernels import kernel_status
 
-    loaded, detail = kernel_status()
-    return Check(
-        'fused CPU kernels',
-        OK if loaded else WARN,
-        detail if loaded else f"not used ({detail}): MXNet's slower operators",
-        '' if loaded else 'install g++ so the kernels compile',
-    )
+        loaded, detail = kernel_status()
+        checks.append(
+            Check(
+                'fused CPU kernels',
+                OK if loaded else WARN,
+                detail if loaded else f"not used ({detail}): MXNet's slower operators",
+                '' if loaded else 'install g++ so the kernels compile',
+            )
+        )
+    if installed('torch'):
+        from models.kernels.torch_ops import torch_kernel_status
+
+        loaded, detail = torch_kernel_status()
+        checks.append(
+            Check(
+                'fused torch CPU kernel',
+                OK if loaded else WARN,
+                detail if loaded else f"not used ({detail}): SimAM's slower PyTorch operators",
+                '' if loaded else 'install g++ so the kernel compiles',
+            )
+        )
+    return checks or [Check('fused CPU kernels', OK, 'not needed (no MXNet, no torch)')]
 
 
 def check_threads() -> Check:
@@ -480,7 +497,7 @@ def run_checks(
         checks += check_torch_amp(devices)
         if installed('mxnet') and checks[1].status == OK:
             checks.append(check_gluon_against_torch())
-    checks += [check_kernels(), check_threads()]
+    checks += [*check_kernels(), check_threads()]
     if with_ray:
         checks.append(check_ray(resources if resources is not None else ray_resources(), gpus))
     return checks

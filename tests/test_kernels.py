@@ -305,9 +305,8 @@ def _plant(library, marker, tmp_path):
 
 
 def _key_dir(cache):
-    include_dir, lib_api_source = kernels._mxnet_sources()
-    return cache / kernels._build_key(
-        kernels._compiler(), include_dir, lib_api_source, kernels.cpu_isa()
+    return cache / kernels.library_key(
+        kernels.mxnet_library(), kernels._compiler(), kernels.cpu_isa()
     )
 
 

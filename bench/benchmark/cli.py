@@ -158,6 +158,7 @@ def run(args: argparse.Namespace, threads: int) -> int:
         format_rows,
         kernel_summary,
         reference_summary,
+        torch_kernel_summary,
     )
 
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
@@ -221,6 +222,11 @@ def run(args: argparse.Namespace, threads: int) -> int:
         print(against_reference)
     if ctx is not None:
         print(kernel_summary(rows))
+    torch_kernels = torch_device is not None and torch_kernel_summary(
+        rows, torch_device, args.compile
+    )
+    if torch_kernels:
+        print(torch_kernels)
     peak = cpu_peak_gflops() if on_cpu else None
     if peak:
         best = max(r['gflop_s'] for r in rows)

@@ -187,16 +187,65 @@ def isa_flags(isa: str) -> list[str]:
     return next(flags for name, flags, _ in ISA_LEVELS if name == isa)
 
 
-def _build_key(compiler: str, include_dir: Path, lib_api_source: Path, isa: str) -> str:
+class LibrarySpec(NamedTuple):
+    """What one kernel library is built from: its file name (with `{isa}`), the sources
+    compiled, include folders, compiler flags beyond the common ones, and what else its
+    cache key covers (files it includes, versions)."""
+
+    name: str
+    sources: tuple[Path, ...]
+    include_dirs: tuple[Path, ...] = ()
+    flags: tuple[str, ...] = ()
+    key_parts: tuple[bytes, ...] = ()
+
+
+def mxnet_library() -> LibrarySpec:
+    """The MXNet extension library (channel_ops.cc against the wheel's lib_api)."""
     import mxnet
 
+    include_dir, lib_api_source = _mxnet_sources()
+    if not lib_api_source.exists():
+        raise KernelBuildError(f'this mxnet install has no {lib_api_source} to build against')
+    return LibrarySpec(
+        name=LIBRARY_NAME,
+        sources=(SOURCE, lib_api_source),
+        include_dirs=(include_dir,),
+        key_parts=(
+            (include_dir / 'mxnet' / 'lib_api.h').read_bytes(),
+            mxnet.__version__.encode(),
+        ),
+    )
+
+
+def _compile_command(spec: LibrarySpec, compiler: str, isa: str, output: str) -> list[str]:
+    # Exactly this level's instructions (no -march=native, which would tie the build to
+    # this CPU model): any CPU with the level runs it.
+    return [
+        compiler,
+        '-shared',
+        '-fPIC',
+        '-std=c++17',
+        '-O3',
+        '-fopenmp',
+        *isa_flags(isa),
+        *spec.flags,
+        *(part for folder in spec.include_dirs for part in ('-I', str(folder))),
+        *(str(source) for source in spec.sources),
+        '-o',
+        output,
+    ]
+
+
+def library_key(spec: LibrarySpec, compiler: str, isa: str) -> str:
+    """The cache folder's name for `spec` built by `compiler` for `isa`: a digest of the
+    sources, the compile command's flags, the compiler's version and the key parts."""
     digest = hashlib.sha256(isa.encode())
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
+    flags = [*isa_flags(isa), *spec.flags]
     for part in (
-        SOURCE.read_bytes(),
-        (include_dir / 'mxnet' / 'lib_api.h').read_bytes(),
-        lib_api_source.read_bytes(),
-        mxnet.__version__.encode(),
+        *(source.read_bytes() for source in spec.sources),
+        *spec.key_parts,
+        ' '.join(flags).encode(),
         version.encode(),
     ):
         digest.update(part)
@@ -216,18 +265,21 @@ def _exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_library(cache_dir: str | os.PathLike[str] | None = None, isa: str | None = None) -> Path:
-    """Path of the compiled library for instruction set `isa` (default: this CPU's widest),
-    compiling it first if this key has no verified build yet (see verified_library).
-    UnsafeKernelCache where the cache could be written by someone else."""
+def build_library(
+    cache_dir: str | os.PathLike[str] | None = None,
+    isa: str | None = None,
+    spec: LibrarySpec | None = None,
+) -> Path:
+    """Path of the compiled library `spec` (default: the MXNet extension) for instruction
+    set `isa` (default: this CPU's widest), compiling it first if its key has no verified
+    build yet (see verified_library). UnsafeKernelCache where the cache could be written
+    by someone else."""
     isa = isa or cpu_isa()
     compiler = _compiler()
-    include_dir, lib_api_source = _mxnet_sources()
-    if not lib_api_source.exists():
-        raise KernelBuildError(f'this mxnet install has no {lib_api_source} to build against')
+    spec = spec or mxnet_library()
     cache = _private_folder(cache_dir or default_cache_dir())
-    target_dir = _private_folder(cache / _build_key(compiler, include_dir, lib_api_source, isa))
-    target = target_dir / LIBRARY_NAME.format(isa=isa)
+    target_dir = _private_folder(cache / library_key(spec, compiler, isa))
+    target = target_dir / spec.name.format(isa=isa)
     if verified_library(target):
         return target
     with _exclusive(target_dir / '.lock'):
@@ -235,23 +287,7 @@ def build_library(cache_dir: str | os.PathLike[str] | None = None, isa: str | No
             return target
         handle, partial = tempfile.mkstemp(dir=target_dir, suffix='.so.partial')
         os.close(handle)
-        # Exactly this level's instructions (no -march=native, which would tie the
-        # build to this CPU model): any CPU with the level runs it.
-        command = [
-            compiler,
-            '-shared',
-            '-fPIC',
-            '-std=c++17',
-            '-O3',
-            '-fopenmp',
-            *isa_flags(isa),
-            '-I',
-            str(include_dir),
-            str(SOURCE),
-            str(lib_api_source),
-            '-o',
-            partial,
-        ]
+        command = _compile_command(spec, compiler, isa, partial)
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)

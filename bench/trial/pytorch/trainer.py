@@ -246,6 +246,16 @@ class TorchSession:
         if self.scaler is not None and saved.get('scaler'):
             self.scaler.load_state_dict(saved['scaler'])
 
+    def _fused_cpu_kernel_applies(self) -> bool:
+        """Eager on the CPU with a module that has a fused kernel (models/kernels)."""
+        from models.pytorch.simam import SimAM
+
+        return (
+            self.device.type == 'cpu'
+            and not self.compile_mode
+            and any(isinstance(module, SimAM) for module in self.net.modules())
+        )
+
     def describe(self) -> dict[str, str | int | None]:
         """Where and with what the trial ran, recorded with its results."""
         kernels = f'torch {torch.__version__}' + (
@@ -256,6 +266,12 @@ class TorchSession:
             else ''
         )
         found = {'devices': describe(self.device), 'kernels': kernels}
+        if self._fused_cpu_kernel_applies():
+            from models.kernels.torch_ops import torch_kernel_isa
+
+            isa = torch_kernel_isa()
+            found['kernels'] += ' + fused SimAM CPU kernel' if isa else ''
+            found['kernel_isa'] = isa
         if self.device.type == 'cuda':
             capability = torch.cuda.get_device_capability(self.device)
             found.update(

@@ -1,0 +1,172 @@
+"""Fused CPU kernels for the torch backend (`torch_ops.cc`), loaded through ctypes.
+
+SimAM's gate is per element, so eager PyTorch writes a dozen activation-sized tensors
+each way, where the kernel reads each image's plane three times forward and twice
+backward (4-5x faster on ResNet-20's shapes, 2-core AVX2). The library has a plain C
+ABI and no PyTorch headers: it is built like the MXNet extension (same cache, trust
+checks, one build per instruction set; see models/kernels/__init__.py) in about a
+second, and its OpenMP loops run in PyTorch's own runtime (the library is loaded after
+torch, whose libgomp then serves it), so torch.set_num_threads governs them.
+
+The kernels take float32 tensors on the CPU in channels-last layout, which the torch
+backend's networks use; anything else (CUDA, other dtypes or layouts, torch.compile,
+torch.func) takes the PyTorch formulas. Where the library cannot be built, or with
+CHANNEL_ATTENTION_FUSED=0, so does everything: same numbers, slower; a warning says
+why once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import (
+    FUSED_ENV,
+    KernelStatus,
+    LibrarySpec,
+    UnsafeKernelCache,
+    build_library,
+    cpu_isa,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+SOURCE = Path(__file__).with_name('torch_ops.cc')
+LIBRARY_NAME = 'libcab_torch_ops-{isa}.so'
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_status: KernelStatus | None = None
+
+
+def torch_library() -> LibrarySpec:
+    # Without trapping math GCC if-converts the kernels' float comparisons and so
+    # vectorises the exp (PyTorch itself is built with both flags); errno is never read.
+    return LibrarySpec(
+        name=LIBRARY_NAME,
+        sources=(SOURCE,),
+        flags=('-fno-trapping-math', '-fno-math-errno'),
+    )
+
+
+def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
+    pointer, count = ctypes.c_void_p, ctypes.c_int64
+    library.simam_forward.argtypes = [pointer] * 5 + [count] * 3 + [ctypes.c_double]
+    library.simam_forward.restype = None
+    library.simam_backward.argtypes = [pointer] * 6 + [count] * 3
+    library.simam_backward.restype = None
+    return library
+
+
+def _load() -> tuple[ctypes.CDLL | None, KernelStatus]:
+    if os.environ.get(FUSED_ENV, '1') == '0':
+        return None, KernelStatus(False, f'turned off by {FUSED_ENV}=0')
+    try:
+        import torch  # noqa: F401  (its libgomp first: the library's OpenMP joins it)
+
+        path = build_library(spec=torch_library())
+        library = _declare(ctypes.CDLL(str(path)))
+    except Exception as error:  # any failure leaves PyTorch's operators, which always work
+        fix = '' if isinstance(error, UnsafeKernelCache) else ' Install a C++ compiler to get it,'
+        warnings.warn(
+            f'fused torch CPU kernel unavailable ({error}); SimAM uses PyTorch operators '
+            f'instead: same results, slower on the CPU.{fix} Set {FUSED_ENV}=0 to silence '
+            'this.',
+            stacklevel=4,
+        )
+        return None, KernelStatus(False, str(error))
+    return library, KernelStatus(True, str(path))
+
+
+def torch_kernel_status() -> KernelStatus:
+    """(loaded, detail): whether the torch kernels are loaded, their path or why not."""
+    global _library, _status
+    with _lock:
+        if _status is None:
+            _library, _status = _load()
+        return _status
+
+
+def torch_kernel_isa() -> str | None:
+    """The instruction set of the loaded torch kernels (None where PyTorch's run)."""
+    loaded, _ = torch_kernel_status()
+    return cpu_isa() if loaded else None
+
+
+def fused_simam_applies(x: torch.Tensor) -> bool:
+    """Whether the kernels can take x: a 4-D float32 CPU tensor in channels-last layout
+    with planes of more than one element, and the library loaded."""
+    import torch
+
+    return (
+        x.device.type == 'cpu'
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[2] * x.shape[3] > 1
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and torch_kernel_status().loaded
+    )
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def simam_forward(
+    x: torch.Tensor, e_lambda: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, weight, mean, shifted variance) of SimAM on x (fused_simam_applies(x)):
+    weight = sigmoid((x - mean)^2 / (4 shifted) + 1/2), shifted = the variance over
+    H x W - 1 plus lambda; mean and shifted of shape (N, C)."""
+    import torch
+
+    images, channels, height, width = x.shape
+    out, weight = torch.empty_like(x), torch.empty_like(x)
+    mean = x.new_empty((images, channels))
+    shifted = x.new_empty((images, channels))
+    _library.simam_forward(  # type: ignore[union-attr]
+        x.data_ptr(),
+        out.data_ptr(),
+        weight.data_ptr(),
+        mean.data_ptr(),
+        shifted.data_ptr(),
+        images,
+        height * width,
+        channels,
+        float(e_lambda),
+    )
+    return out, weight, mean, shifted
+
+
+def simam_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    shifted: torch.Tensor,
+) -> torch.Tensor:
+    """x's gradient given the output's (any layout; taken in channels-last)."""
+    import torch
+
+    grad = _channels_last(grad.to(torch.float32))
+    images, channels, height, width = x.shape
+    grad_x = torch.empty_like(x)
+    _library.simam_backward(  # type: ignore[union-attr]
+        grad.data_ptr(),
+        x.data_ptr(),
+        weight.data_ptr(),
+        mean.data_ptr(),
+        shifted.data_ptr(),
+        grad_x.data_ptr(),
+        images,
+        height * width,
+        channels,
+    )
+    return grad_x

@@ -1,0 +1,213 @@
+"""The torch backend's fused CPU kernel (models/kernels/torch_ops.cc, SimAM): what the
+PyTorch formulas compute, on every instruction-set build, taken only where it applies,
+built and trusted like the MXNet extension, and in PyTorch's OpenMP runtime."""
+
+import ctypes
+import platform
+import warnings
+
+import pytest
+
+torch = pytest.importorskip('torch', reason='the torch extra is not installed')
+
+from models import kernels  # noqa: E402
+from models.kernels import torch_ops  # noqa: E402
+from models.pytorch import channel_gate, simam  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not torch_ops.torch_kernel_status().loaded,
+    reason=f'the torch kernels did not build here: {torch_ops.torch_kernel_status().detail}',
+)
+E_LAMBDA = 1e-4
+
+
+def _channels_last(*shape, scale=1.0, shift=0.0):
+    return (torch.randn(*shape) * scale + shift).contiguous(memory_format=torch.channels_last)
+
+
+def _float64_reference(x, grad):
+    """Output and input gradient of the plain formula in float64."""
+    x64 = x.detach().double().requires_grad_()
+    out = simam._simam_plain(x64, E_LAMBDA)
+    out.backward(grad.double())
+    return out, x64.grad
+
+
+def _fused(x, grad):
+    x = x.detach().requires_grad_()
+    out = simam._FusedSimAMFunction.apply(x, E_LAMBDA)
+    out.backward(grad)
+    return out, x.grad
+
+
+def _operators(x, grad):
+    x = x.detach().requires_grad_()
+    out = simam._SimAMFunction.apply(x, E_LAMBDA)
+    out.backward(grad)
+    return out, x.grad
+
+
+@pytest.mark.parametrize(
+    'shape, scale, shift',
+    [
+        ((4, 16, 32, 32), 1.0, 0.0),  # ResNet's first stage
+        ((3, 64, 8, 8), 1.0, 0.0),  # its last
+        ((2, 5, 3, 2), 3.0, 1.0),  # odd channels (the vector loops' tails), a 6-element plane
+        ((2, 8, 7, 7), 100.0, -50.0),  # large values
+        ((2, 8, 32, 32), 1.0, 0.0),  # and one outlier per channel, below
+    ],
+    ids=['stage1', 'stage3', 'odd', 'large', 'outlier'],
+)
+def test_the_kernel_computes_the_plain_formula_as_closely_as_pytorchs_operators(
+    shape, scale, shift
+):
+    torch.manual_seed(0)
+    x = _channels_last(*shape, scale=scale, shift=shift)
+    if shape[2] == 32 and shape[0] == 2:
+        # (x - mean)^2 / (4 var) reaches (HW - 1) / 4 = 256 at a lone outlier: the
+        # kernel's exp takes its clamped branch (arguments below -87).
+        x[:, :, 5, 7] = 1000.0
+    grad = torch.randn(*shape)
+    expected_out, expected_grad = _float64_reference(x, grad)
+    fused_out, fused_grad = _fused(x, grad)
+    operators_out, operators_grad = _operators(x, grad)
+    assert fused_grad.is_contiguous(memory_format=torch.channels_last)
+    for ours, theirs, expected in (
+        (fused_out, operators_out, expected_out),
+        (fused_grad, operators_grad, expected_grad),
+    ):
+        scale_of = expected.abs().max().item()
+        fused_error = (ours.double() - expected).abs().max().item()
+        operators_error = (theirs.double() - expected).abs().max().item()
+        # float32 rounding, in the result's own scale; the kernel's exp is within 2 ulp.
+        assert fused_error <= 2e-6 * scale_of, (fused_error, scale_of)
+        assert fused_error <= 4 * operators_error + 1e-7 * scale_of
+
+
+def test_every_instruction_set_build_gives_the_same_numbers(tmp_path):
+    """The baseline build (SSE2, another exp rounding path) against this CPU's widest:
+    a cluster's machines of different CPUs train the same function."""
+    torch.manual_seed(1)
+    x = _channels_last(3, 24, 9, 9)
+    grad = _channels_last(3, 24, 9, 9)
+    results = []
+    for isa in ('baseline', kernels.cpu_isa()):
+        library = torch_ops._declare(
+            ctypes.CDLL(
+                str(
+                    kernels.build_library(
+                        cache_dir=tmp_path / 'cache', isa=isa, spec=torch_ops.torch_library()
+                    )
+                )
+            )
+        )
+        out, weight = torch.empty_like(x), torch.empty_like(x)
+        mean, shifted = torch.empty(3, 24), torch.empty(3, 24)
+        library.simam_forward(
+            x.data_ptr(), out.data_ptr(), weight.data_ptr(), mean.data_ptr(),
+            shifted.data_ptr(), 3, 81, 24, E_LAMBDA,
+        )  # fmt: skip
+        grad_x = torch.empty_like(x)
+        library.simam_backward(
+            grad.data_ptr(), x.data_ptr(), weight.data_ptr(), mean.data_ptr(),
+            shifted.data_ptr(), grad_x.data_ptr(), 3, 81, 24,
+        )  # fmt: skip
+        results.append((out, grad_x))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    names = sorted(p.name for p in (tmp_path / 'cache').rglob('*.so'))
+    assert names == sorted(
+        {f'libcab_torch_ops-{isa}.so' for isa in ('baseline', kernels.cpu_isa())}
+    )
+
+
+def test_the_module_takes_the_kernel_only_where_it_applies(monkeypatch):
+    calls = []
+    real_forward = torch_ops.simam_forward
+
+    def counting_forward(*args):
+        calls.append(1)
+        return real_forward(*args)
+
+    monkeypatch.setattr(torch_ops, 'simam_forward', counting_forward)
+    module = simam.SimAM(8)
+    x = _channels_last(2, 8, 6, 6).requires_grad_()
+
+    def taken(x, context=None):
+        calls.clear()
+        if context is None:
+            module(x)
+        else:
+            with context:
+                module(x)
+        return bool(calls)
+
+    assert taken(x)
+    with torch.no_grad():
+        assert taken(x)  # evaluation too
+    assert not taken(x.detach().contiguous().requires_grad_())  # NCHW: PyTorch's operators
+    assert not taken(x.detach().double().requires_grad_())
+    assert not taken(x.detach()[:, :, :1, :1].contiguous(memory_format=torch.channels_last))
+    assert not taken(x, channel_gate.autograd_formulas())
+    assert not torch_ops.fused_simam_applies(x.bfloat16())
+
+
+def test_any_incoming_gradient_layout_and_nan_propagation():
+    torch.manual_seed(2)
+    x = _channels_last(2, 8, 5, 4)
+    weights = torch.randn(2, 8, 4, 5)
+    results = []
+    for function in (simam._FusedSimAMFunction, simam._SimAMFunction):
+        leaf = x.detach().requires_grad_()
+        # A transpose downstream: the gradient arrives with H fastest.
+        (function.apply(leaf, E_LAMBDA).transpose(2, 3) * weights).sum().backward()
+        results.append(leaf.grad)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    poisoned = x.clone()
+    poisoned[1, 3, 2, 2] = float('nan')
+    out = simam.SimAM(8)(poisoned)
+    assert out[1, 3].isnan().all() and not out[0].isnan().any() and not out[1, 2].isnan().any()
+    with pytest.raises(RuntimeError, match='second derivatives through SimAM'):
+        leaf = x.detach().requires_grad_()
+        torch.autograd.grad(simam.SimAM(8)(leaf).sum(), leaf, create_graph=True)
+
+
+@pytest.mark.skipif(platform.system() != 'Linux', reason='reads /proc/self/maps')
+def test_the_kernels_run_in_pytorchs_openmp_runtime():
+    """A second OpenMP runtime would keep its own thread pool spinning on the cores that
+    PyTorch's uses, and ignore torch.set_num_threads: the library's OpenMP entry point
+    must be the one in the libgomp that torch loaded."""
+    with open('/proc/self/maps') as maps:
+        torch_runtimes = {
+            line.split()[-1]
+            for line in maps
+            if 'libgomp' in line and '/torch' in line.split()[-1]
+        }
+    if len(torch_runtimes) != 1:
+        pytest.skip(f'this torch build brings no libgomp of its own: {torch_runtimes}')
+    (torch_runtime,) = torch_runtimes
+    library = ctypes.CDLL(torch_ops.torch_kernel_status().detail)
+
+    def address(function):
+        return ctypes.cast(function, ctypes.c_void_p).value
+
+    assert address(library.GOMP_parallel) == address(ctypes.CDLL(torch_runtime).GOMP_parallel)
+
+
+def test_without_a_compiler_simam_takes_pytorchs_operators_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / 'cache'))
+    monkeypatch.setattr(torch_ops, '_status', None)
+    monkeypatch.setattr(torch_ops, '_library', None)
+    x = _channels_last(2, 8, 6, 6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        out = simam.SimAM(8)(x)
+        simam.SimAM(8)(x)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and 'no C++ compiler' in messages[0], messages
+    assert 'SimAM uses PyTorch operators' in messages[0]
+    torch.testing.assert_close(out, simam._simam_plain(x, E_LAMBDA))
+    monkeypatch.setattr(torch_ops, '_status', None)
+    monkeypatch.setenv(kernels.FUSED_ENV, '0')
+    assert torch_ops.torch_kernel_status() == (False, f'turned off by {kernels.FUSED_ENV}=0')
