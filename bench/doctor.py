@@ -386,7 +386,7 @@ def check_torch_amp(devices: Sequence[str | torch.device]) -> list[Check]:
 
 def check_kernels() -> list[Check]:
     """The fused CPU kernels of each installed backend: MXNet's extension (SE, ECA, GCT)
-    and the torch backend's (SimAM)."""
+    and the torch backend's (every attention's statistics and backward, SimAM whole)."""
     checks = []
     if installed('mxnet'):
         from models.kernels import kernel_status
@@ -406,10 +406,12 @@ def check_kernels() -> list[Check]:
         loaded, detail = torch_kernel_status()
         checks.append(
             Check(
-                'fused torch CPU kernel',
+                'fused torch CPU kernels',
                 OK if loaded else WARN,
-                detail if loaded else f"not used ({detail}): SimAM's slower PyTorch operators",
-                '' if loaded else 'install g++ so the kernel compiles',
+                detail
+                if loaded
+                else f"not used ({detail}): the torch attentions' slower PyTorch operators",
+                '' if loaded else 'install g++ so the kernels compile',
             )
         )
     return checks or [Check('fused CPU kernels', OK, 'not needed (no MXNet, no torch)')]

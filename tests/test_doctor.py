@@ -23,7 +23,7 @@ def test_on_this_cpu_machine_every_check_passes(capsys):
         'torch gct on cpu',
         'gluon = torch (CPU)',
         'fused CPU kernels',
-        'fused torch CPU kernel',
+        'fused torch CPU kernels',
         'threads',
     ):
         assert line in out

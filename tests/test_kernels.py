@@ -13,6 +13,8 @@ from models.attention import ECA, GCT, SE
 from models.attention._spatial import scale_channels
 from models.registry import registered
 
+from .kernel_helpers import plant_library
+
 
 @pytest.fixture(scope='module', autouse=True)
 def loaded():
@@ -284,26 +286,6 @@ def test_graphs_built_inside_mxnet_operators_only_keep_mxnet_operators():
     assert not any(op.startswith('cab_') for op in ops) and 'dot' in ops
 
 
-PLANTED = r"""
-#include <stdio.h>
-__attribute__((constructor)) static void planted(void) {
-  FILE* f = fopen(MARKER, "w");
-  if (f) fclose(f);
-}
-"""
-
-
-def _plant(library, marker, tmp_path):
-    """A library whose constructor writes `marker` when it is loaded, where the kernels'
-    library belongs."""
-    import subprocess
-
-    source = tmp_path / 'planted.c'
-    source.write_text(PLANTED.replace('MARKER', f'"{marker}"'))
-    library.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(['gcc', '-shared', '-fPIC', str(source), '-o', str(library)], check=True)
-
-
 def _key_dir(cache):
     return cache / kernels.library_key(
         kernels.mxnet_library(), kernels._compiler(), kernels.cpu_isa()
@@ -337,7 +319,7 @@ def test_a_library_planted_in_a_cache_others_can_write_is_never_loaded(
     cache = tmp_path / 'shared' / 'cache'
     marker = tmp_path / 'the-planted-library-ran'
     library = _key_dir(cache) / kernels.LIBRARY_NAME.format(isa=kernels.cpu_isa())
-    _plant(library, marker, tmp_path)
+    plant_library(library, marker, tmp_path)
     # Even with a record that matches: the folder itself is not to be trusted.
     library.with_name(library.name + '.sha256').write_text(kernels._sha256(library))
     for path in (cache, library.parent, library, library.with_name(library.name + '.sha256')):
@@ -362,7 +344,7 @@ def test_a_library_whose_content_is_not_the_one_built_here_is_rebuilt_not_loaded
     cache = tmp_path / 'cache'
     marker = tmp_path / 'the-planted-library-ran'
     library = _key_dir(cache) / kernels.LIBRARY_NAME.format(isa=kernels.cpu_isa())
-    _plant(library, marker, tmp_path)
+    plant_library(library, marker, tmp_path)
     library.with_name(library.name + '.sha256').write_text('0' * 64)  # not its hash
     assert not kernels.verified_library(library)
     built = kernels.build_library(cache_dir=cache)

@@ -14,6 +14,8 @@ from models import kernels  # noqa: E402
 from models.kernels import torch_ops  # noqa: E402
 from models.pytorch import channel_gate, simam  # noqa: E402
 
+from .kernel_helpers import plant_library  # noqa: E402
+
 pytestmark = pytest.mark.skipif(
     not torch_ops.torch_kernel_status().loaded,
     reason=f'the torch kernels did not build here: {torch_ops.torch_kernel_status().detail}',
@@ -179,9 +181,7 @@ def test_the_kernels_run_in_pytorchs_openmp_runtime():
     must be the one in the libgomp that torch loaded."""
     with open('/proc/self/maps') as maps:
         torch_runtimes = {
-            line.split()[-1]
-            for line in maps
-            if 'libgomp' in line and '/torch' in line.split()[-1]
+            line.split()[-1] for line in maps if 'libgomp' in line and '/torch' in line.split()[-1]
         }
     if len(torch_runtimes) != 1:
         pytest.skip(f'this torch build brings no libgomp of its own: {torch_runtimes}')
@@ -206,8 +206,93 @@ def test_without_a_compiler_simam_takes_pytorchs_operators_with_one_warning(tmp_
         simam.SimAM(8)(x)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and 'no C++ compiler' in messages[0], messages
-    assert 'SimAM uses PyTorch operators' in messages[0]
+    assert 'the torch attentions use PyTorch operators' in messages[0]
     torch.testing.assert_close(out, simam._simam_plain(x, E_LAMBDA))
     monkeypatch.setattr(torch_ops, '_status', None)
     monkeypatch.setenv(kernels.FUSED_ENV, '0')
     assert torch_ops.torch_kernel_status() == (False, f'turned off by {kernels.FUSED_ENV}=0')
+
+
+def test_the_channel_gates_statistics_and_gradient_pieces():
+    """The channel gates' kernels against PyTorch in float64: the statistics (a large
+    mean, where a one-pass variance needs its double sums), the first of tied maxima
+    and a NaN maximum as max pooling gives them, sum(grad * x) for any gradient layout,
+    and grad * gate + x * A + B with A or B absent."""
+    torch.manual_seed(3)
+    x = _channels_last(3, 20, 7, 5, scale=2.0, shift=1000.0)
+    x[0, 0, 1, 1] = x[0, 0, 3, 2] = x[0, 0].max() + 1  # tied: the first (1 * 5 + 1) wins
+    x[1, 2, 4, 4] = float('nan')
+    values, argmax = torch_ops.channel_statistics(x, ('max', 'sum_of_squares', 'variance'))
+    assert set(values) == {'max', 'sum_of_squares', 'variance', 'mean'}  # the variance's mean
+    x64 = x.double()
+    finite = torch.ones(3, 20, dtype=torch.bool)
+    finite[1, 2] = False
+    for name, expected in (
+        ('mean', x64.mean(dim=(2, 3))),
+        ('sum_of_squares', (x64 * x64).sum(dim=(2, 3))),
+        ('variance', x64.var(dim=(2, 3))),
+    ):
+        torch.testing.assert_close(
+            values[name][finite].double(), expected[finite], rtol=2e-6, atol=0
+        )
+        assert values[name][1, 2].isnan()
+    pooled, indices = torch.nn.functional.max_pool2d(x, (7, 5), return_indices=True)
+    torch.testing.assert_close(values['max'], pooled.flatten(1), equal_nan=True)
+    assert torch.equal(argmax, indices.flatten(1)) and argmax[0, 0] == 6 and argmax[1, 2] == 24
+
+    x = _channels_last(3, 20, 7, 5)
+    grad = torch.randn(3, 20, 5, 7).transpose(2, 3)  # H fastest
+    torch.testing.assert_close(
+        torch_ops.channel_dot(grad, x).double(),
+        (grad.double() * x.double()).sum(dim=(2, 3)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    gate, scale, offset = torch.rand(3, 20), torch.randn(3, 20), torch.randn(3, 20)
+    for a, b in ((scale, offset), (scale, None), (None, offset), (None, None)):
+        expected = grad * gate[:, :, None, None]
+        if a is not None:
+            expected = expected + x * a[:, :, None, None]
+        if b is not None:
+            expected = expected + b[:, :, None, None]
+        ours = torch_ops.channel_gate_input_gradient(grad, x, gate, a, b)
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('unsafe', ['cache writable by others', 'wrong hash'])
+def test_a_planted_torch_library_is_never_loaded(tmp_path, monkeypatch, unsafe):
+    """The torch kernels' library sits in the same cache under the same rules: in a
+    folder others may write, nothing is loaded (PyTorch operators, one warning); with a
+    content other than the recorded one, it is built again."""
+    cache = tmp_path / 'cache'
+    spec = torch_ops.torch_library()
+    library = (
+        cache
+        / kernels.library_key(spec, kernels._compiler(), kernels.cpu_isa())
+        / spec.name.format(isa=kernels.cpu_isa())
+    )
+    marker = tmp_path / 'the-planted-library-ran'
+    plant_library(library, marker, tmp_path)
+    record = library.with_name(library.name + '.sha256')
+    record.write_text(kernels._sha256(library) if unsafe != 'wrong hash' else '0' * 64)
+    for path in (cache, library.parent):
+        path.chmod(0o755)
+    if unsafe == 'cache writable by others':
+        cache.chmod(0o777)
+    monkeypatch.setenv(kernels.CACHE_ENV, str(cache))
+    monkeypatch.setattr(torch_ops, '_status', None)
+    monkeypatch.setattr(torch_ops, '_library', None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        loaded, detail = torch_ops.torch_kernel_status()
+    assert not marker.exists()
+    if unsafe == 'wrong hash':
+        assert (
+            loaded
+            and kernels.verified_library(library)
+            and b'simam_forward' in library.read_bytes()
+        )
+    else:
+        assert not loaded and 'writable by others' in detail
+        assert 'nothing is loaded' in str(caught[0].message)

@@ -19,6 +19,7 @@ from bench.trial.pytorch import trainer as torch_trainer  # noqa: E402
 from bench.trial.pytorch.augment import DeviceImages  # noqa: E402
 from bench.trial.pytorch.trainer import CHECKPOINT_FILE, TorchSession, train  # noqa: E402
 from bench.trial.recipe import Recipe, TrialSpec  # noqa: E402
+from models.kernels.torch_ops import torch_kernel_status  # noqa: E402
 from models.pytorch import load_gluon_parameters  # noqa: E402
 
 REAL_DEVICE_FOR = torch_trainer.device_for
@@ -241,4 +242,9 @@ def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
         assert fallen_back[0][key] == eager[0][key], key
     session = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')
     session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
-    assert session.describe()['kernels'].endswith('eager (compiling failed)')
+    described = session.describe()
+    assert 'eager (compiling failed)' in described['kernels']
+    # Eager on the CPU, the attention took the fused kernels, and the record says which.
+    if torch_kernel_status().loaded:
+        assert described['kernels'].endswith('+ fused attention CPU kernels')
+        assert described['kernel_isa'] in ('avx512', 'avx2', 'baseline')

@@ -222,9 +222,7 @@ def run(args: argparse.Namespace, threads: int) -> int:
         print(against_reference)
     if ctx is not None:
         print(kernel_summary(rows))
-    torch_kernels = torch_device is not None and torch_kernel_summary(
-        rows, torch_device, args.compile
-    )
+    torch_kernels = torch_device is not None and torch_kernel_summary(torch_device)
     if torch_kernels:
         print(torch_kernels)
     peak = cpu_peak_gflops() if on_cpu else None

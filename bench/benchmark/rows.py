@@ -274,20 +274,19 @@ def attention_overhead_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     return 'speed against vanilla: ' + (', '.join(parts) if parts else 'no vanilla row')
 
 
-def torch_kernel_summary(
-    rows: Sequence[Mapping[str, Any]], device: torch.device, compiled: bool
-) -> str | None:
-    """Where the torch backend's fused CPU kernel (SimAM's) came from, where a torch
-    SimAM row ran on the CPU without compiling (None elsewhere)."""
-    simam_rows = any(r['backend'] == 'torch' and r['attention'] == 'simam' for r in rows)
-    if not simam_rows or device.type != 'cpu' or compiled:
-        return None
-    from models.kernels.torch_ops import torch_kernel_isa, torch_kernel_status
+def torch_kernel_summary(device: torch.device) -> str | None:
+    """Where the torch attentions' fused CPU kernels came from, where a torch row took
+    them (None where none did: a GPU, compiled rows, vanilla only)."""
+    from models.kernels.torch_ops import kernels_used, torch_kernel_isa, torch_kernel_status
 
+    if device.type != 'cpu':
+        return None
     loaded, detail = torch_kernel_status()
-    if loaded:
-        return f'fused torch SimAM kernel ({torch_kernel_isa()}): {detail}'
-    return f'fused torch SimAM kernel not used ({detail}): PyTorch operators'
+    if not loaded:
+        return f'fused torch attention kernels not used ({detail}): PyTorch operators'
+    if kernels_used():
+        return f'fused torch attention kernels ({torch_kernel_isa()}): {detail}'
+    return None
 
 
 def kernel_summary(rows: Sequence[Mapping[str, Any]]) -> str:

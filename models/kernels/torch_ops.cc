@@ -140,4 +140,101 @@ void simam_backward(const float* grad, const float* x, const float* weight, cons
   }
 }
 
+// Per image and channel, over the plane: the mean, maximum (with the first index of it;
+// NaN wins, as in max pooling), sum of squares and variance over plane - 1, each written
+// where its pointer is not null. One read of x; sums in double.
+void channel_statistics(const float* x, int64_t images, int64_t plane, int64_t channels,
+                        float* mean_out, float* max_out, int64_t* argmax_out,
+                        float* sum_of_squares_out, float* variance_out) {
+#pragma omp parallel
+  {
+    std::vector<double> sum(channels), squares(channels);
+    std::vector<float> maximum(channels);
+    std::vector<int32_t> argmax(channels);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < images; ++n) {
+      const float* xi = x + n * plane * channels;
+      std::fill(sum.begin(), sum.end(), 0.0);
+      std::fill(squares.begin(), squares.end(), 0.0);
+      for (int64_t c = 0; c < channels; ++c) maximum[c] = xi[c], argmax[c] = 0;
+      for (int64_t p = 0; p < plane; ++p) {
+        const float* row = xi + p * channels;
+        const int32_t index = static_cast<int32_t>(p);
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+          const float value = row[c];
+          sum[c] += value;
+          squares[c] += static_cast<double>(value) * value;
+          const bool larger = value > maximum[c] || value != value;
+          const bool keep_nan = maximum[c] != maximum[c];
+          maximum[c] = larger && !keep_nan ? value : maximum[c];
+          argmax[c] = larger && !keep_nan ? index : argmax[c];
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t at = n * channels + c;
+        if (mean_out) mean_out[at] = static_cast<float>(sum[c] / plane);
+        if (max_out) max_out[at] = maximum[c], argmax_out[at] = argmax[c];
+        if (sum_of_squares_out) sum_of_squares_out[at] = static_cast<float>(squares[c]);
+        if (variance_out) {
+          const double centred = squares[c] - sum[c] * sum[c] / plane;
+          variance_out[at] = static_cast<float>(centred / static_cast<double>(plane - 1));
+        }
+      }
+    }
+  }
+}
+
+// sum over the plane of grad * x, per image and channel: the gate's gradient.
+void channel_dot(const float* grad, const float* x, int64_t images, int64_t plane,
+                 int64_t channels, float* out) {
+#pragma omp parallel
+  {
+    std::vector<double> dot(channels);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < images; ++n) {
+      const int64_t start = n * plane * channels;
+      std::fill(dot.begin(), dot.end(), 0.0);
+      for (int64_t p = 0; p < plane; ++p) {
+        const int64_t r = start + p * channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) dot[c] += static_cast<double>(grad[r + c] * x[r + c]);
+      }
+      for (int64_t c = 0; c < channels; ++c) out[n * channels + c] = static_cast<float>(dot[c]);
+    }
+  }
+}
+
+// grad_x = grad * gate + x * scale + offset, gate, scale and offset per image and
+// channel (scale and offset may be null: zero).
+void channel_gate_input_gradient(const float* grad, const float* x, const float* gate,
+                                 const float* scale, const float* offset, float* grad_x,
+                                 int64_t images, int64_t plane, int64_t channels) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < images; ++n) {
+    const int64_t start = n * plane * channels;
+    const float* g = gate + n * channels;
+    const float* a = scale ? scale + n * channels : nullptr;
+    const float* b = offset ? offset + n * channels : nullptr;
+    for (int64_t p = 0; p < plane; ++p) {
+      const int64_t r = start + p * channels;
+      if (a && b) {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c)
+          grad_x[r + c] = grad[r + c] * g[c] + x[r + c] * a[c] + b[c];
+      } else if (a) {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c)
+          grad_x[r + c] = grad[r + c] * g[c] + x[r + c] * a[c];
+      } else if (b) {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) grad_x[r + c] = grad[r + c] * g[c] + b[c];
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) grad_x[r + c] = grad[r + c] * g[c];
+      }
+    }
+  }
+}
+
 }  // extern "C"

@@ -16,6 +16,10 @@ after one reduction, sum(grad * x) over H x W, which is the gate's gradient. The
 own network (a few (N, C)-sized operations with the module's parameters) is recorded
 by autograd as usual and differentiated with torch.autograd.grad inside the backward.
 
+On the CPU in float32 channels-last (the backend's layout) the statistics, the gate's
+gradient and x's gradient are fused kernels (models/kernels/torch_ops.py): one read for
+the statistics, one for sum(grad * x), one write for grad_x.
+
 Under torch.compile the plain differentiable formula runs instead (inductor fuses it
 itself), under torch.func's transforms and forward-mode AD (which the custom function
 does not define), and within `autograd_formulas()`; where x needs no gradient
@@ -40,6 +44,8 @@ from torch import nn
 from torch.autograd import forward_ad
 from torch.nn import functional as F
 
+from models.kernels import torch_ops
+
 Statistic = Literal['mean', 'max', 'sum_of_squares', 'variance']
 STATISTICS: tuple[Statistic, ...] = ('mean', 'max', 'sum_of_squares', 'variance')
 # (statistic tensors of shape (N, C), in the order asked) -> gate of shape (N, C)
@@ -58,8 +64,12 @@ def channel_statistics(
     Formulas chosen by their speed on channels-last activations (2-core AVX2, ResNet-20's
     shapes): torch.var_mean and torch.linalg.vector_norm reduce the strided H x W axes
     4-10x slower than a mean of an elementwise product does, and amax slower than a
-    max pool over the whole plane, which also gives the indices."""
+    max pool over the whole plane, which also gives the indices. Where the fused CPU
+    kernels take x (float32 channels-last), all in one read (models/kernels/torch_ops.py);
+    the variance from the sum of squares about zero in double precision there."""
     _check_statistics(statistics)
+    if torch_ops.fused_kernels_apply(x):
+        return torch_ops.channel_statistics(x, tuple(statistics))
     values: dict[Statistic, torch.Tensor] = {}
     argmax = None
     if 'mean' in statistics or 'variance' in statistics:
@@ -124,7 +134,10 @@ class _ChannelGate(torch.autograd.Function):
         refuse_second_derivative('a channel-attention gate (models/pytorch/channel_gate.py)')
         (x,) = ctx.saved_tensors
         gate = ctx.gate
-        grad_gate = (grad * x).sum(dim=SPATIAL, dtype=gate.dtype)
+        if torch_ops.fused_kernels_apply(x):
+            grad_gate = torch_ops.channel_dot(grad, x).to(gate.dtype)
+        else:
+            grad_gate = (grad * x).sum(dim=SPATIAL, dtype=gate.dtype)
         trained = [p for p in ctx.parameters if p.requires_grad]
         wanted = [*ctx.leaves, *trained]
         # Retained: the outer graph may be differentiated again (retain_graph=True), and
@@ -213,6 +226,26 @@ def _input_gradient(
             factor = 2 * g / (count - 1)
             scale = _add(scale, factor)
             offset = _add(offset, -factor * ctx.mean)
+    if torch_ops.fused_kernels_apply(x):
+        grad_x = torch_ops.channel_gate_input_gradient(grad, x, gate, scale, offset)
+    else:
+        grad_x = _input_gradient_by_operators(grad, x, gate, scale, offset)
+    if statistic_grads.get('max') is not None:
+        # flatten(2) is a view for NCHW and channels-last gradients, a copy for others
+        # (H fastest): the result is read back from it either way.
+        flat = grad_x.flatten(2)
+        flat.scatter_add_(2, ctx.argmax[:, :, None], statistic_grads['max'][:, :, None].to(flat))
+        grad_x = flat.view(grad_x.shape)
+    return grad_x
+
+
+def _input_gradient_by_operators(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    gate: torch.Tensor,
+    scale: torch.Tensor | None,
+    offset: torch.Tensor | None,
+) -> torch.Tensor:
     broadcast_gate = gate[:, :, None, None].to(grad.dtype)
     if offset is None:
         grad_x = grad * broadcast_gate
@@ -220,12 +253,6 @@ def _input_gradient(
         grad_x = torch.addcmul(offset[:, :, None, None].to(grad.dtype), grad, broadcast_gate)
     if scale is not None:
         grad_x.addcmul_(x, scale[:, :, None, None].to(grad.dtype))
-    if statistic_grads.get('max') is not None:
-        # flatten(2) is a view for NCHW and channels-last gradients, a copy for others
-        # (H fastest): the result is read back from it either way.
-        flat = grad_x.flatten(2)
-        flat.scatter_add_(2, ctx.argmax[:, :, None], statistic_grads['max'][:, :, None].to(flat))
-        grad_x = flat.view(grad_x.shape)
     return grad_x
 
 

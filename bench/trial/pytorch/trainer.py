@@ -30,6 +30,7 @@ from bench.trial.loop import DeviceError, UnsupportedRecipe, run_epochs
 from bench.trial.pytorch.augment import DeviceImages
 from bench.trial.pytorch.optim import make_optimizer, set_learning_rate
 from bench.trial.threads import available_cpus
+from models.kernels.torch_ops import kernels_used, torch_kernel_isa
 from models.pytorch import get_model
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class TorchSession:
         self.recipe, self.device = spec.recipe, device
         check_precision(self.recipe, device)
         self.threads = use_trial_threads()
+        kernels_used(reset=True)  # describe() says whether this session's attentions took them
         if device.type == 'cpu':
             keep_freed_memory_for_reuse()
         if device.type == 'cuda':
@@ -246,16 +248,6 @@ class TorchSession:
         if self.scaler is not None and saved.get('scaler'):
             self.scaler.load_state_dict(saved['scaler'])
 
-    def _fused_cpu_kernel_applies(self) -> bool:
-        """Eager on the CPU with a module that has a fused kernel (models/kernels)."""
-        from models.pytorch.simam import SimAM
-
-        return (
-            self.device.type == 'cpu'
-            and not self.compile_mode
-            and any(isinstance(module, SimAM) for module in self.net.modules())
-        )
-
     def describe(self) -> dict[str, str | int | None]:
         """Where and with what the trial ran, recorded with its results."""
         kernels = f'torch {torch.__version__}' + (
@@ -266,12 +258,9 @@ class TorchSession:
             else ''
         )
         found = {'devices': describe(self.device), 'kernels': kernels}
-        if self._fused_cpu_kernel_applies():
-            from models.kernels.torch_ops import torch_kernel_isa
-
-            isa = torch_kernel_isa()
-            found['kernels'] += ' + fused SimAM CPU kernel' if isa else ''
-            found['kernel_isa'] = isa
+        if kernels_used():
+            found['kernels'] += ' + fused attention CPU kernels'
+            found['kernel_isa'] = torch_kernel_isa()
         if self.device.type == 'cuda':
             capability = torch.cuda.get_device_capability(self.device)
             found.update(
