@@ -15,6 +15,7 @@ torch = pytest.importorskip('torch', reason='the torch extra is not installed')
 
 from torch import nn  # noqa: E402
 
+from models.kernels import torch_ops  # noqa: E402
 from models.pytorch import channel_gate  # noqa: E402
 from models.pytorch.channel_gate import gate_channels  # noqa: E402
 from models.registry import attention_spec  # noqa: E402
@@ -93,8 +94,11 @@ def test_output_and_gradients_equal_autograds_in_float32(statistics, channels_la
     reference_gate = copy.deepcopy(gate).double()
     x = _input(channels_last=channels_last, shape=(4, CHANNELS, 8, 8))
     grad = torch.randn(4, CHANNELS, 8, 8)
+    torch_ops.kernels_used(reset=True)
     out = gate(x)
     out.backward(grad)
+    # The path under test: the kernels for channels-last where they built, else operators.
+    assert torch_ops.kernels_used() == (channels_last and torch_ops.torch_kernel_status().loaded)
     x64 = x.detach().double().requires_grad_()
     ref_out = _autograd_reference(reference_gate, x64)
     ref_out.backward(grad.double())

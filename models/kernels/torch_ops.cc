@@ -1,10 +1,12 @@
-// Fused CPU kernels for the torch backend's SimAM (models/pytorch/simam.py), called
-// through ctypes on float32 channels-last tensors: each image's (H x W, C) plane is
-// read three times forward and twice backward, where eager PyTorch makes a dozen
-// activation-sized passes each way. Plain C ABI, no PyTorch headers (a build takes a
-// second); OpenMP from the process's runtime (PyTorch's libgomp, loaded first), so
-// torch.set_num_threads governs these loops too.
+// Fused CPU kernels for the torch backend's attentions (models/kernels/torch_ops.py),
+// called through ctypes on float32 channels-last tensors, each image's (H x W, C) plane
+// contiguous: SimAM whole (three reads of the plane forward, two backward, where eager
+// PyTorch makes a dozen activation-sized passes each way) and the channel gates'
+// statistics and gradients. Plain C ABI, no PyTorch headers (a build takes a second).
+// Every parallel region takes its thread count from the caller (torch.get_num_threads):
+// where the process's OpenMP runtime is PyTorch's libgomp the loops share its pool.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -16,10 +18,15 @@ namespace {
 // a degree-6 polynomial of r, times 2^n built in the exponent bits), written so that
 // GCC vectorizes it inside `omp simd` loops without -ffast-math (libm's expf is
 // scalar there) and on the x86-64 baseline (no floor instruction: n is rounded by
-// truncating toward zero, which for x <= 0 is a ceiling). Arguments below -87 are
-// taken as -87 (exp is then below 2^-125; sigmoid rounds to 1).
+// truncating toward zero, which for x <= 0 is a ceiling). Arguments are clamped to
+// [-87, 0] (exp(-87) is below 2^-125; sigmoid rounds to 1); NaN gives NaN, and no NaN
+// reaches the integer conversion. (-inf gives NaN too; SimAM's argument is never -inf
+// for finite x.)
 inline float exp_nonpositive(float x) {
-  const float clamped = x < -87.0f ? -87.0f : x;
+  const bool is_nan = x != x;
+  const float number = is_nan ? -87.0f : x;
+  const float below_zero = number > 0.0f ? 0.0f : number;
+  const float clamped = below_zero < -87.0f ? -87.0f : below_zero;
   const float n = static_cast<float>(static_cast<int32_t>(clamped * 1.44269504088896341f - 0.5f));
   float r = clamped - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -30,10 +37,12 @@ inline float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // n is in [-126, 0]: the biased exponent n + 127 in [1, 127].
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;  // NaN in, NaN out: r and so p are NaN
+  // x - x: +0, or NaN for NaN (no select here: GCC 12 would not vectorise the loop).
+  return p * scale + (x - x);
 }
 
 }  // namespace
@@ -45,8 +54,8 @@ extern "C" {
 // lambda): images x channels. weight = sigmoid((x - mean)^2 / (4 shifted) + 1/2).
 void simam_forward(const float* x, float* y, float* weight, float* mean_out,
                    float* shifted_out, int64_t images, int64_t plane, int64_t channels,
-                   double e_lambda) {
-#pragma omp parallel
+                   double e_lambda, int32_t threads) {
+#pragma omp parallel num_threads(threads)
   {
     std::vector<double> sum(channels), squares(channels);
     std::vector<float> mean(channels), quarter_inverse(channels);
@@ -95,8 +104,8 @@ void simam_forward(const float* x, float* y, float* weight, float* mean_out,
 // (the formula in models/pytorch/simam.py's docstring); all laid out as in the forward.
 void simam_backward(const float* grad, const float* x, const float* weight, const float* mean_in,
                     const float* shifted_in, float* grad_x, int64_t images, int64_t plane,
-                    int64_t channels) {
-#pragma omp parallel
+                    int64_t channels, int32_t threads) {
+#pragma omp parallel num_threads(threads)
   {
     std::vector<double> sum_qu(channels), sum_qd(channels);
     std::vector<float> two_k(channels), two_c(channels), offset(channels);
@@ -140,44 +149,51 @@ void simam_backward(const float* grad, const float* x, const float* weight, cons
   }
 }
 
-// Per image and channel, over the plane: the mean, maximum (with the first index of it;
-// NaN wins, as in max pooling), sum of squares and variance over plane - 1, each written
-// where its pointer is not null. One read of x; sums in double.
+// Per image and channel, over the plane: the mean, maximum (with its index: the first
+// of tied maxima, the last NaN, as PyTorch's max pooling gives them), sum of squares
+// and variance over plane - 1, each written where its pointer is not null. One read of
+// x; sums in double about each channel's first value (no cancellation for a large mean).
 void channel_statistics(const float* x, int64_t images, int64_t plane, int64_t channels,
                         float* mean_out, float* max_out, int64_t* argmax_out,
-                        float* sum_of_squares_out, float* variance_out) {
-#pragma omp parallel
+                        float* sum_of_squares_out, float* variance_out, int32_t threads) {
+#pragma omp parallel num_threads(threads)
   {
     std::vector<double> sum(channels), squares(channels);
-    std::vector<float> maximum(channels);
+    std::vector<float> first(channels), maximum(channels);
     std::vector<int32_t> argmax(channels);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < images; ++n) {
       const float* xi = x + n * plane * channels;
       std::fill(sum.begin(), sum.end(), 0.0);
       std::fill(squares.begin(), squares.end(), 0.0);
-      for (int64_t c = 0; c < channels; ++c) maximum[c] = xi[c], argmax[c] = 0;
+      std::copy(xi, xi + channels, first.begin());
+      std::copy(xi, xi + channels, maximum.begin());
+      std::fill(argmax.begin(), argmax.end(), 0);
       for (int64_t p = 0; p < plane; ++p) {
         const float* row = xi + p * channels;
         const int32_t index = static_cast<int32_t>(p);
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
           const float value = row[c];
-          sum[c] += value;
-          squares[c] += static_cast<double>(value) * value;
-          const bool larger = value > maximum[c] || value != value;
-          const bool keep_nan = maximum[c] != maximum[c];
-          maximum[c] = larger && !keep_nan ? value : maximum[c];
-          argmax[c] = larger && !keep_nan ? index : argmax[c];
+          const double shifted = static_cast<double>(value) - first[c];
+          sum[c] += shifted;
+          squares[c] += shifted * shifted;
+          const bool update = value > maximum[c] || value != value;
+          maximum[c] = update ? value : maximum[c];
+          argmax[c] = update ? index : argmax[c];
         }
       }
       for (int64_t c = 0; c < channels; ++c) {
         const int64_t at = n * channels + c;
-        if (mean_out) mean_out[at] = static_cast<float>(sum[c] / plane);
+        const double origin = first[c];
+        if (mean_out) mean_out[at] = static_cast<float>(origin + sum[c] / plane);
         if (max_out) max_out[at] = maximum[c], argmax_out[at] = argmax[c];
-        if (sum_of_squares_out) sum_of_squares_out[at] = static_cast<float>(squares[c]);
+        if (sum_of_squares_out) {
+          const double raw = squares[c] + 2 * origin * sum[c] + plane * origin * origin;
+          sum_of_squares_out[at] = static_cast<float>(raw);
+        }
         if (variance_out) {
-          const double centred = squares[c] - sum[c] * sum[c] / plane;
+          const double centred = std::max(squares[c] - sum[c] * sum[c] / plane, 0.0);
           variance_out[at] = static_cast<float>(centred / static_cast<double>(plane - 1));
         }
       }
@@ -187,8 +203,8 @@ void channel_statistics(const float* x, int64_t images, int64_t plane, int64_t c
 
 // sum over the plane of grad * x, per image and channel: the gate's gradient.
 void channel_dot(const float* grad, const float* x, int64_t images, int64_t plane,
-                 int64_t channels, float* out) {
-#pragma omp parallel
+                 int64_t channels, float* out, int32_t threads) {
+#pragma omp parallel num_threads(threads)
   {
     std::vector<double> dot(channels);
 #pragma omp for schedule(static)
@@ -209,8 +225,9 @@ void channel_dot(const float* grad, const float* x, int64_t images, int64_t plan
 // channel (scale and offset may be null: zero).
 void channel_gate_input_gradient(const float* grad, const float* x, const float* gate,
                                  const float* scale, const float* offset, float* grad_x,
-                                 int64_t images, int64_t plane, int64_t channels) {
-#pragma omp parallel for schedule(static)
+                                 int64_t images, int64_t plane, int64_t channels,
+                                 int32_t threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t n = 0; n < images; ++n) {
     const int64_t start = n * plane * channels;
     const float* g = gate + n * channels;

@@ -11,8 +11,8 @@ sum(grad * x) in one more, and x's gradient grad * gate + x * A + B in one write
 The library has a plain C ABI and no PyTorch headers: it is built like the MXNet
 extension (same cache, trust checks, one build per instruction set; see
 models/kernels/__init__.py) in about a second, and its OpenMP loops run in PyTorch's
-own runtime (the library is loaded after torch, whose libgomp then serves it), so
-torch.set_num_threads governs them.
+own runtime where that is PyTorch's libgomp (the library is loaded after torch), with
+torch.get_num_threads() threads in any case.
 
 The kernels take float32 tensors on the CPU in channels-last layout, which the torch
 backend's networks use; anything else (CUDA, other dtypes or layouts, torch.compile,
@@ -62,13 +62,13 @@ def torch_library() -> LibrarySpec:
 
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
-    pointer, count = ctypes.c_void_p, ctypes.c_int64
+    pointer, count, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     signatures = {
-        'simam_forward': [pointer] * 5 + [count] * 3 + [ctypes.c_double],
-        'simam_backward': [pointer] * 6 + [count] * 3,
-        'channel_statistics': [pointer] + [count] * 3 + [pointer] * 5,
-        'channel_dot': [pointer] * 2 + [count] * 3 + [pointer],
-        'channel_gate_input_gradient': [pointer] * 6 + [count] * 3,
+        'simam_forward': [pointer] * 5 + [count] * 3 + [ctypes.c_double, threads],
+        'simam_backward': [pointer] * 6 + [count] * 3 + [threads],
+        'channel_statistics': [pointer] + [count] * 3 + [pointer] * 5 + [threads],
+        'channel_dot': [pointer] * 2 + [count] * 3 + [pointer, threads],
+        'channel_gate_input_gradient': [pointer] * 6 + [count] * 3 + [threads],
     }
     for name, arguments in signatures.items():
         function = getattr(library, name)
@@ -112,15 +112,18 @@ def torch_kernel_isa() -> str | None:
 
 
 def fused_kernels_apply(x: torch.Tensor) -> bool:
-    """Whether the kernels can take x: a 4-D float32 CPU tensor in channels-last layout,
-    and the library loaded. A yes is counted (kernels_used)."""
+    """Whether the kernels can take x: a non-empty 4-D float32 CPU tensor in channels-last
+    layout, and the library loaded. A yes is counted (kernels_used)."""
     global _used
     import torch
 
     applies = (
         x.device.type == 'cpu'
+        and x.layout == torch.strided
         and x.dtype == torch.float32
         and x.dim() == 4
+        and x.numel() > 0
+        and x.shape[2] * x.shape[3] < 2**31  # the kernels' plane index is 32-bit
         and x.is_contiguous(memory_format=torch.channels_last)
         and torch_kernel_status().loaded
     )
@@ -147,6 +150,27 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _threads() -> int:
+    """The kernels' thread count: PyTorch's intra-op threads (the trial's cpus)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _check_shapes(x: torch.Tensor, grad: torch.Tensor, *per_channel: torch.Tensor | None) -> None:
+    """The kernels read grad and the (N, C) tensors at x's sizes: anything else would be
+    read out of bounds."""
+    images, channels = x.shape[:2]
+    if grad.shape != x.shape or any(
+        values is not None and values.shape != (images, channels) for values in per_channel
+    ):
+        shapes = [tuple(v.shape) for v in per_channel if v is not None]
+        raise ValueError(
+            f'fused kernel: gradient {tuple(grad.shape)} and per-channel {shapes} do not fit '
+            f'x {tuple(x.shape)}'
+        )
+
+
 def channel_statistics(
     x: torch.Tensor, statistics: tuple[str, ...]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
@@ -158,7 +182,7 @@ def channel_statistics(
     images, channels, height, width = x.shape
     wanted = set(statistics) | ({'mean'} if 'variance' in statistics else set())
     outputs = {name: x.new_empty((images, channels)) for name in wanted}
-    argmax = torch.empty((images, channels), dtype=torch.int64) if 'max' in statistics else None
+    argmax = x.new_empty((images, channels), dtype=torch.int64) if 'max' in statistics else None
     _library.channel_statistics(  # type: ignore[union-attr]
         x.data_ptr(),
         images,
@@ -169,6 +193,7 @@ def channel_statistics(
         _pointer(argmax),
         _pointer(outputs.get('sum_of_squares')),
         _pointer(outputs.get('variance')),
+        _threads(),
     )
     return outputs, argmax
 
@@ -176,11 +201,12 @@ def channel_statistics(
 def channel_dot(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum over H x W of grad * x, (N, C) (x as fused_kernels_apply takes it; grad in any
     layout)."""
+    _check_shapes(x, grad)
     grad = _channels_last(grad)
     images, channels, height, width = x.shape
     out = x.new_empty((images, channels))
     _library.channel_dot(  # type: ignore[union-attr]
-        grad.data_ptr(), x.data_ptr(), images, height * width, channels, out.data_ptr()
+        grad.data_ptr(), x.data_ptr(), images, height * width, channels, out.data_ptr(), _threads()
     )
     return out
 
@@ -198,6 +224,7 @@ def channel_gate_input_gradient(
     def per_channel(values: torch.Tensor | None) -> torch.Tensor | None:
         return None if values is None else values.to(torch.float32).contiguous()
 
+    _check_shapes(x, grad, gate, scale, offset)
     grad = _channels_last(grad)
     images, channels, height, width = x.shape
     grad_x = torch.empty_like(x)
@@ -212,6 +239,7 @@ def channel_gate_input_gradient(
         images,
         height * width,
         channels,
+        _threads(),
     )
     return grad_x
 
@@ -244,6 +272,7 @@ def simam_forward(
         height * width,
         channels,
         float(e_lambda),
+        _threads(),
     )
     return out, weight, mean, shifted
 
@@ -258,6 +287,7 @@ def simam_backward(
     """x's gradient given the output's (any layout; taken in channels-last)."""
     import torch
 
+    _check_shapes(x, grad, mean, shifted)
     grad = _channels_last(grad)
     images, channels, height, width = x.shape
     grad_x = torch.empty_like(x)
@@ -271,5 +301,6 @@ def simam_backward(
         images,
         height * width,
         channels,
+        _threads(),
     )
     return grad_x

@@ -153,7 +153,8 @@ class _ChannelGate(torch.autograd.Function):
         return (grad_x, None, None, *parameter_grads)
 
 
-_CHECKED_GATES: weakref.WeakSet = weakref.WeakSet()
+# owner (the module of a bound method, else the function) -> its gate functions checked
+_CHECKED_GATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _check_gate_inputs(
@@ -167,8 +168,9 @@ def _check_gate_inputs(
     closure's weight, x itself) would be dropped without a word. Checked on a gate
     function's first call (its graph is a few nodes; later calls build the same)."""
     owner = getattr(gate_of, '__self__', gate_of)
+    function = getattr(gate_of, '__func__', gate_of)
     try:
-        if owner in _CHECKED_GATES:
+        if function in _CHECKED_GATES.get(owner, ()):
             return
     except TypeError:  # not weakly referable: checked every call
         owner = None
@@ -195,7 +197,7 @@ def _check_gate_inputs(
             '(or of its submodules), or compute the gate from the statistics only.'
         )
     if owner is not None:
-        _CHECKED_GATES.add(owner)
+        _CHECKED_GATES.setdefault(owner, set()).add(function)
 
 
 def _input_gradient(
@@ -272,11 +274,13 @@ def autograd_formulas() -> Iterator[None]:
 
 
 def plain_formula_wanted() -> bool:
-    """Under torch.compile (inductor fuses the plain formula itself), autograd_formulas,
-    torch.func's transforms (vmap, grad, jacrev) and forward-mode AD: the hand-written
-    functions define neither a vmap rule nor a jvp."""
+    """Under torch.compile and torch.export (inductor fuses the plain formula itself),
+    torch.jit.trace, autograd_formulas, torch.func's transforms (vmap, grad, jacrev) and
+    forward-mode AD: the hand-written functions define neither a vmap rule nor a jvp,
+    and a trace would record the fused kernels' outputs as uninitialised tensors."""
     return (
         torch.compiler.is_compiling()
+        or torch.jit.is_tracing()  # a trace cannot record the fused kernels' ctypes calls
         or _AUTOGRAD_FORMULAS.get()
         or torch._C._functorch.maybe_current_level() is not None
         or getattr(forward_ad, '_current_level', -1) >= 0
