@@ -149,51 +149,153 @@ void simam_backward(const float* grad, const float* x, const float* weight, cons
   }
 }
 
+}  // extern "C"
+
+namespace {
+
+// The plane is walked in chunks of `rows` consecutive H x W positions, so that the
+// inner loops run over rows x channels floats (at least kChunkFloats) rather than
+// over one position's few channels (16 in ResNet's first stage: loop overhead would
+// dominate); per-channel values are repeated `rows` times to match.
+constexpr int64_t kChunkFloats = 128;
+
+int64_t chunk_rows(int64_t channels) {
+  return std::max<int64_t>(1, kChunkFloats / channels);
+}
+
+template <typename T>
+void repeat_channels(const T* values, int64_t channels, int64_t rows, T* repeated) {
+  for (int64_t r = 0; r < rows; ++r) std::copy(values, values + channels, repeated + r * channels);
+}
+
+// Float sums over at most kFlushRows positions are added into double totals: float
+// adds vectorise at full width, and the double totals keep a plane of any size exact
+// to float precision.
+constexpr int64_t kFlushRows = 64;
+
+template <bool kSums, bool kMax>
+void statistics_of_image(const float* __restrict x, int64_t plane, int64_t channels,
+                         int64_t rows, float* __restrict first, float* __restrict sum,
+                         float* __restrict squares, double* __restrict total,
+                         double* __restrict total_squares, float* __restrict maximum,
+                         int32_t* __restrict argmax, const int32_t* __restrict row_in_chunk) {
+  const int64_t width = rows * channels;
+  const int64_t chunks = plane / rows;
+  // Shifted by each channel's first value: no cancellation in the variance for a
+  // large mean.
+  repeat_channels(x, channels, rows, first);
+  std::fill(total, total + width, 0.0);
+  std::fill(total_squares, total_squares + width, 0.0);
+  std::fill(sum, sum + width, 0.0f);
+  std::fill(squares, squares + width, 0.0f);
+  if (kMax) {
+    repeat_channels(x, channels, rows, maximum);
+    std::copy(row_in_chunk, row_in_chunk + width, argmax);
+  }
+  for (int64_t q = 0; q < chunks; ++q) {
+    const float* __restrict chunk = x + q * width;
+    const int32_t base = static_cast<int32_t>(q * rows);
+#pragma omp simd
+    for (int64_t i = 0; i < width; ++i) {
+      const float value = chunk[i];
+      if (kSums) {
+        const float shifted = value - first[i];
+        sum[i] += shifted;
+        squares[i] += shifted * shifted;
+      }
+      if (kMax) {
+        const bool update = value > maximum[i] || value != value;
+        maximum[i] = update ? value : maximum[i];
+        argmax[i] = update ? base + row_in_chunk[i] : argmax[i];
+      }
+    }
+    if (kSums && ((q + 1) * rows) % kFlushRows < rows) {
+      for (int64_t i = 0; i < width; ++i) {
+        total[i] += sum[i], total_squares[i] += squares[i];
+        sum[i] = 0.0f, squares[i] = 0.0f;
+      }
+    }
+  }
+  for (int64_t i = 0; i < width; ++i) total[i] += sum[i], total_squares[i] += squares[i];
+  // The positions after the last whole chunk, into copy 0.
+  for (int64_t p = chunks * rows; p < plane; ++p) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const float value = x[p * channels + c];
+      if (kSums) {
+        const double shifted = static_cast<double>(value) - first[c];
+        total[c] += shifted, total_squares[c] += shifted * shifted;
+      }
+      if (kMax && (value > maximum[c] || value != value)) {
+        maximum[c] = value, argmax[c] = static_cast<int32_t>(p);
+      }
+    }
+  }
+}
+
+// Copy r of each channel holds the positions r, r + rows, ... of each chunk: fold the
+// copies into copy 0, keeping max pooling's choice (the first of tied maxima, the
+// last NaN).
+void fold_maximum(int64_t channels, int64_t rows, float* maximum, int32_t* argmax) {
+  for (int64_t r = 1; r < rows; ++r) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const float value = maximum[r * channels + c];
+      const int32_t index = argmax[r * channels + c];
+      const bool nan = value != value, kept_nan = maximum[c] != maximum[c];
+      const bool take = nan ? (!kept_nan || index > argmax[c])
+                            : (!kept_nan && (value > maximum[c] ||
+                                             (value == maximum[c] && index < argmax[c])));
+      if (take) maximum[c] = value, argmax[c] = index;
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
 // Per image and channel, over the plane: the mean, maximum (with its index: the first
 // of tied maxima, the last NaN, as PyTorch's max pooling gives them), sum of squares
 // and variance over plane - 1, each written where its pointer is not null. One read of
-// x; sums in double about each channel's first value (no cancellation for a large mean).
+// x, only the sums or the maximum where only they are asked.
 void channel_statistics(const float* x, int64_t images, int64_t plane, int64_t channels,
                         float* mean_out, float* max_out, int64_t* argmax_out,
                         float* sum_of_squares_out, float* variance_out, int32_t threads) {
+  const bool sums = mean_out || sum_of_squares_out || variance_out;
+  const bool maximum_too = max_out != nullptr;
+  const int64_t rows = chunk_rows(channels), width = rows * channels;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<double> sum(channels), squares(channels);
-    std::vector<float> first(channels), maximum(channels);
-    std::vector<int32_t> argmax(channels);
+    std::vector<float> first(width), sum(width), squares(width), maximum(width);
+    std::vector<double> total(width), total_squares(width);
+    std::vector<int32_t> argmax(width), row_in_chunk(width);
+    for (int64_t i = 0; i < width; ++i) row_in_chunk[i] = static_cast<int32_t>(i / channels);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < images; ++n) {
       const float* xi = x + n * plane * channels;
-      std::fill(sum.begin(), sum.end(), 0.0);
-      std::fill(squares.begin(), squares.end(), 0.0);
-      std::copy(xi, xi + channels, first.begin());
-      std::copy(xi, xi + channels, maximum.begin());
-      std::fill(argmax.begin(), argmax.end(), 0);
-      for (int64_t p = 0; p < plane; ++p) {
-        const float* row = xi + p * channels;
-        const int32_t index = static_cast<int32_t>(p);
-#pragma omp simd
+      auto* run = sums && maximum_too ? statistics_of_image<true, true>
+                  : sums              ? statistics_of_image<true, false>
+                                      : statistics_of_image<false, true>;
+      run(xi, plane, channels, rows, first.data(), sum.data(), squares.data(), total.data(),
+          total_squares.data(), maximum.data(), argmax.data(), row_in_chunk.data());
+      for (int64_t r = 1; r < rows; ++r) {
         for (int64_t c = 0; c < channels; ++c) {
-          const float value = row[c];
-          const double shifted = static_cast<double>(value) - first[c];
-          sum[c] += shifted;
-          squares[c] += shifted * shifted;
-          const bool update = value > maximum[c] || value != value;
-          maximum[c] = update ? value : maximum[c];
-          argmax[c] = update ? index : argmax[c];
+          // Every copy is shifted by the same first value (the image's first position).
+          total[c] += total[r * channels + c];
+          total_squares[c] += total_squares[r * channels + c];
         }
       }
+      if (maximum_too) fold_maximum(channels, rows, maximum.data(), argmax.data());
       for (int64_t c = 0; c < channels; ++c) {
         const int64_t at = n * channels + c;
-        const double origin = first[c];
-        if (mean_out) mean_out[at] = static_cast<float>(origin + sum[c] / plane);
+        const double origin = first[c], sum_c = total[c], squares_c = total_squares[c];
+        if (mean_out) mean_out[at] = static_cast<float>(origin + sum_c / plane);
         if (max_out) max_out[at] = maximum[c], argmax_out[at] = argmax[c];
         if (sum_of_squares_out) {
-          const double raw = squares[c] + 2 * origin * sum[c] + plane * origin * origin;
+          const double raw = squares_c + 2 * origin * sum_c + plane * origin * origin;
           sum_of_squares_out[at] = static_cast<float>(raw);
         }
         if (variance_out) {
-          const double centred = std::max(squares[c] - sum[c] * sum[c] / plane, 0.0);
+          const double centred = std::max(squares_c - sum_c * sum_c / plane, 0.0);
           variance_out[at] = static_cast<float>(centred / static_cast<double>(plane - 1));
         }
       }
@@ -204,19 +306,34 @@ void channel_statistics(const float* x, int64_t images, int64_t plane, int64_t c
 // sum over the plane of grad * x, per image and channel: the gate's gradient.
 void channel_dot(const float* grad, const float* x, int64_t images, int64_t plane,
                  int64_t channels, float* out, int32_t threads) {
+  const int64_t rows = chunk_rows(channels), width = rows * channels;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<double> dot(channels);
+    std::vector<float> partial(width);
+    std::vector<double> total(width);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < images; ++n) {
-      const int64_t start = n * plane * channels;
-      std::fill(dot.begin(), dot.end(), 0.0);
-      for (int64_t p = 0; p < plane; ++p) {
-        const int64_t r = start + p * channels;
+      const float* __restrict gi = grad + n * plane * channels;
+      const float* __restrict xi = x + n * plane * channels;
+      float* __restrict sum = partial.data();
+      std::fill(total.begin(), total.end(), 0.0);
+      std::fill(partial.begin(), partial.end(), 0.0f);
+      const int64_t chunks = plane / rows;
+      for (int64_t q = 0; q < chunks; ++q) {
 #pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) dot[c] += static_cast<double>(grad[r + c] * x[r + c]);
+        for (int64_t i = 0; i < width; ++i) sum[i] += gi[q * width + i] * xi[q * width + i];
+        if (((q + 1) * rows) % kFlushRows < rows) {
+          for (int64_t i = 0; i < width; ++i) total[i] += sum[i], sum[i] = 0.0f;
+        }
       }
-      for (int64_t c = 0; c < channels; ++c) out[n * channels + c] = static_cast<float>(dot[c]);
+      for (int64_t i = 0; i < width; ++i) total[i] += sum[i];
+      for (int64_t i = chunks * width; i < plane * channels; ++i) {
+        total[i % channels] += static_cast<double>(gi[i]) * xi[i];
+      }
+      for (int64_t r = 1; r < rows; ++r) {
+        for (int64_t c = 0; c < channels; ++c) total[c] += total[r * channels + c];
+      }
+      for (int64_t c = 0; c < channels; ++c) out[n * channels + c] = static_cast<float>(total[c]);
     }
   }
 }
@@ -227,28 +344,37 @@ void channel_gate_input_gradient(const float* grad, const float* x, const float*
                                  const float* scale, const float* offset, float* grad_x,
                                  int64_t images, int64_t plane, int64_t channels,
                                  int32_t threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t n = 0; n < images; ++n) {
-    const int64_t start = n * plane * channels;
-    const float* g = gate + n * channels;
-    const float* a = scale ? scale + n * channels : nullptr;
-    const float* b = offset ? offset + n * channels : nullptr;
-    for (int64_t p = 0; p < plane; ++p) {
-      const int64_t r = start + p * channels;
-      if (a && b) {
+  const int64_t rows = chunk_rows(channels), width = rows * channels;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> g(width), a(width, 0.0f), b(width, 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < images; ++n) {
+      const int64_t start = n * plane * channels;
+      const float* __restrict gi = grad + start;
+      const float* __restrict xi = x + start;
+      float* __restrict out = grad_x + start;
+      repeat_channels(gate + n * channels, channels, rows, g.data());
+      if (scale) repeat_channels(scale + n * channels, channels, rows, a.data());
+      if (offset) repeat_channels(offset + n * channels, channels, rows, b.data());
+      const float* __restrict gr = g.data();
+      const float* __restrict ar = a.data();
+      const float* __restrict br = b.data();
+      const int64_t chunks = plane / rows;
+      for (int64_t q = 0; q < chunks; ++q) {
+        const int64_t o = q * width;
+        if (scale) {
 #pragma omp simd
-        for (int64_t c = 0; c < channels; ++c)
-          grad_x[r + c] = grad[r + c] * g[c] + x[r + c] * a[c] + b[c];
-      } else if (a) {
+          for (int64_t i = 0; i < width; ++i)
+            out[o + i] = gi[o + i] * gr[i] + xi[o + i] * ar[i] + br[i];
+        } else {
 #pragma omp simd
-        for (int64_t c = 0; c < channels; ++c)
-          grad_x[r + c] = grad[r + c] * g[c] + x[r + c] * a[c];
-      } else if (b) {
-#pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) grad_x[r + c] = grad[r + c] * g[c] + b[c];
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) grad_x[r + c] = grad[r + c] * g[c];
+          for (int64_t i = 0; i < width; ++i) out[o + i] = gi[o + i] * gr[i] + br[i];
+        }
+      }
+      for (int64_t i = chunks * width; i < plane * channels; ++i) {
+        const int64_t c = i % channels;
+        out[i] = gi[i] * gr[c] + xi[i] * ar[c] + br[c];
       }
     }
   }

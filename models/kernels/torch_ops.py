@@ -146,6 +146,15 @@ def fused_simam_applies(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.shape[2] * x.shape[3] > 1 and fused_kernels_apply(x)
 
 
+def _loaded_library() -> ctypes.CDLL:
+    """The library, loading it on first use; an error (not a null call) where it is not
+    there: callers ask fused_kernels_apply first."""
+    loaded, detail = torch_kernel_status()
+    if not loaded or _library is None:
+        raise RuntimeError(f'the fused torch CPU kernels are not loaded: {detail}')
+    return _library
+
+
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
@@ -183,7 +192,7 @@ def channel_statistics(
     wanted = set(statistics) | ({'mean'} if 'variance' in statistics else set())
     outputs = {name: x.new_empty((images, channels)) for name in wanted}
     argmax = x.new_empty((images, channels), dtype=torch.int64) if 'max' in statistics else None
-    _library.channel_statistics(  # type: ignore[union-attr]
+    _loaded_library().channel_statistics(
         x.data_ptr(),
         images,
         height * width,
@@ -205,7 +214,7 @@ def channel_dot(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     grad = _channels_last(grad)
     images, channels, height, width = x.shape
     out = x.new_empty((images, channels))
-    _library.channel_dot(  # type: ignore[union-attr]
+    _loaded_library().channel_dot(
         grad.data_ptr(), x.data_ptr(), images, height * width, channels, out.data_ptr(), _threads()
     )
     return out
@@ -229,7 +238,7 @@ def channel_gate_input_gradient(
     images, channels, height, width = x.shape
     grad_x = torch.empty_like(x)
     gate, scale, offset = per_channel(gate), per_channel(scale), per_channel(offset)
-    _library.channel_gate_input_gradient(  # type: ignore[union-attr]
+    _loaded_library().channel_gate_input_gradient(
         grad.data_ptr(),
         x.data_ptr(),
         gate.data_ptr(),  # type: ignore[union-attr]
@@ -262,7 +271,7 @@ def simam_forward(
     out, weight = torch.empty_like(x), torch.empty_like(x)
     mean = x.new_empty((images, channels))
     shifted = x.new_empty((images, channels))
-    _library.simam_forward(  # type: ignore[union-attr]
+    _loaded_library().simam_forward(
         x.data_ptr(),
         out.data_ptr(),
         weight.data_ptr(),
@@ -291,7 +300,7 @@ def simam_backward(
     grad = _channels_last(grad)
     images, channels, height, width = x.shape
     grad_x = torch.empty_like(x)
-    _library.simam_backward(  # type: ignore[union-attr]
+    _loaded_library().simam_backward(
         grad.data_ptr(),
         x.data_ptr(),
         weight.data_ptr(),
