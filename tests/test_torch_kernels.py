@@ -340,3 +340,28 @@ def test_the_kernels_refuse_tensors_that_do_not_fit():
         torch_ops.channel_gate_input_gradient(
             torch.randn(2, 8, 4, 4), x, torch.rand(1, 8), None, None
         )
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 40, 40), (2, 130, 3, 3), (1, 1, 2, 1)])
+def test_statistics_and_dot_over_chunks_flushes_and_tails(shape):
+    """The kernels walk the plane in chunks of positions, flush float partial sums into
+    double ones every 64 positions and finish a tail that fills no chunk: 3 channels
+    (42 positions a chunk, many flushes, a tail), 130 (one position a chunk), one."""
+    torch.manual_seed(5)
+    x = _channels_last(*shape, scale=3.0, shift=-2.0)
+    grad = _channels_last(*shape)
+    asked = ('mean', 'max', 'variance')
+    values, argmax = torch_ops.channel_statistics(x, asked)
+    x64 = x.double()
+    expected = {'mean': x64.mean(dim=(2, 3)), 'variance': x64.var(dim=(2, 3))}
+    for name in ('mean', 'variance'):
+        torch.testing.assert_close(values[name].double(), expected[name], rtol=2e-6, atol=1e-6)
+    pooled, indices = torch.nn.functional.max_pool2d(x, shape[2:], return_indices=True)
+    assert torch.equal(values['max'], pooled.flatten(1)) and torch.equal(argmax, indices.flatten(1))
+    assert set(values) == set(asked)
+    torch.testing.assert_close(
+        torch_ops.channel_dot(grad, x).double(),
+        (grad.double() * x64).sum(dim=(2, 3)),
+        rtol=1e-6,
+        atol=1e-5,
+    )
