@@ -248,3 +248,30 @@ def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
     if torch_kernel_status().loaded:
         assert described['kernels'].endswith('+ fused attention CPU kernels')
         assert described['kernel_isa'] in ('avx512', 'avx2', 'baseline')
+
+
+def test_every_network_compiled_in_one_process_is_compiled(monkeypatch):
+    """Each network compiled in a process is another version of the same `forward` code;
+    past dynamo's recompile limit (8) the rest would run eagerly without a word, as the
+    benchmark's compiled rows did from the ninth network on."""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
+
+    class Network(torch.nn.Module):
+        def __init__(self, depth):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(depth))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    before = counters['stats']['unique_graphs']
+    networks = [torch_trainer.compile_network(Network(depth)) for depth in range(1, 13)]
+    for network in networks:
+        network(torch.randn(2, 4))
+    assert counters['stats']['unique_graphs'] - before == len(networks)

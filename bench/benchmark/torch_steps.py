@@ -93,11 +93,12 @@ def reference_stepper(
     cross-entropy; torch.compile'd as the recipe's `compile` says."""
     from torch.nn import functional as F
 
+    from bench.trial.pytorch.trainer import compile_network
     from models.pytorch.channel_gate import autograd_formulas
 
     device = torch.device(device)
     net = idiomatic_network(spec.model, spec.attention, device, seed=spec.seed)
-    forward = torch.compile(net) if spec.recipe.compile else net
+    forward = compile_network(net) if spec.recipe.compile else net
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.recipe.lr, weight_decay=spec.recipe.wd)
     pipeline = DeviceImages(images, labels, device, channels_last=True)
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -48,6 +48,24 @@ COMPILE_MODES = {'cuda': 'reduce-overhead'}
 
 def compile_mode(device: str | torch.device) -> str:
     return COMPILE_MODES.get(torch.device(device).type, 'default')
+
+
+# Versions of one code object that dynamo compiles before it runs the code eagerly for
+# good (torch._dynamo.config.recompile_limit's default): a network's training step, its
+# evaluation and a last short batch take a few.
+RECOMPILES_PER_NETWORK = 8
+
+
+def compile_network(net: torch.nn.Module, mode: str | None = None) -> Callable[..., Any]:
+    """torch.compile(net), with room for this network's own versions of the shared
+    `forward` code: every network compiled in one process (the benchmark's rows, trials
+    run one after another) is another version of the same code object, and past
+    dynamo's limit the rest would silently train eagerly while recorded as compiled."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit += RECOMPILES_PER_NETWORK
+    torch._dynamo.config.accumulated_recompile_limit += RECOMPILES_PER_NETWORK
+    return torch.compile(net, mode=mode)
 
 
 def trial_devices(gpus_per_trial: float, gpu_ids: list[str]) -> list[torch.device]:
@@ -142,7 +160,7 @@ class TorchSession:
         net = net.to(device, memory_format=torch.channels_last)
         self.net = net  # what checkpoints hold
         self.compile_mode = compile_mode(device) if self.recipe.compile else None
-        self.forward = torch.compile(net, mode=self.compile_mode) if self.compile_mode else net
+        self.forward = compile_network(net, self.compile_mode) if self.compile_mode else net
         # Until the first compiled step has run, a failure there falls back to eager.
         self._compiled_unproven = bool(self.compile_mode)
         self.optimizer = make_optimizer(net, self.recipe)
