@@ -384,6 +384,16 @@ def check_torch_amp(devices: Sequence[str | torch.device]) -> list[Check]:
     return checks
 
 
+def _kernel_check(name: str, status: tuple[bool, str], instead: str) -> Check:
+    loaded, detail = status
+    return Check(
+        name,
+        OK if loaded else WARN,
+        detail if loaded else f'not used ({detail}): {instead}',
+        '' if loaded else 'install g++ so the kernels compile',
+    )
+
+
 def check_kernels() -> list[Check]:
     """The fused CPU kernels of each installed backend: MXNet's extension (SE, ECA, GCT)
     and the torch backend's (every attention's statistics and backward, SimAM whole)."""
@@ -391,27 +401,17 @@ def check_kernels() -> list[Check]:
     if installed('mxnet'):
         from models.kernels import kernel_status
 
-        loaded, detail = kernel_status()
         checks.append(
-            Check(
-                'fused CPU kernels',
-                OK if loaded else WARN,
-                detail if loaded else f"not used ({detail}): MXNet's slower operators",
-                '' if loaded else 'install g++ so the kernels compile',
-            )
+            _kernel_check('fused CPU kernels', kernel_status(), "MXNet's slower operators")
         )
     if installed('torch'):
         from models.kernels.torch_ops import torch_kernel_status
 
-        loaded, detail = torch_kernel_status()
         checks.append(
-            Check(
+            _kernel_check(
                 'fused torch CPU kernels',
-                OK if loaded else WARN,
-                detail
-                if loaded
-                else f"not used ({detail}): the torch attentions' slower PyTorch operators",
-                '' if loaded else 'install g++ so the kernels compile',
+                torch_kernel_status(),
+                "the torch attentions' slower PyTorch operators",
             )
         )
     return checks or [Check('fused CPU kernels', OK, 'not needed (no MXNet, no torch)')]

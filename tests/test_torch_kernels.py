@@ -209,7 +209,7 @@ def test_without_a_compiler_simam_takes_pytorchs_operators_with_one_warning(tmp_
         simam.SimAM(8)(x)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and 'no C++ compiler' in messages[0], messages
-    assert 'the torch attentions use PyTorch operators' in messages[0]
+    assert 'the attentions use PyTorch operators instead' in messages[0]
     torch.testing.assert_close(out, simam._simam_plain(x, E_LAMBDA))
     monkeypatch.setattr(torch_ops, '_status', None)
     monkeypatch.setenv(kernels.FUSED_ENV, '0')

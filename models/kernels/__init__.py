@@ -303,6 +303,17 @@ def build_library(
     return target
 
 
+def warn_unavailable(what: str, error: Exception, instead: str, stacklevel: int) -> None:
+    """Once per process where a kernel library could not be loaded: why, what runs
+    instead, and how to fix or silence it."""
+    fix = '' if isinstance(error, UnsafeKernelCache) else ' Install a C++ compiler to get them,'
+    warnings.warn(
+        f'{what} unavailable ({error}); the attentions use {instead} instead: same '
+        f'results, slower on the CPU.{fix} Set {FUSED_ENV}=0 to silence this.',
+        stacklevel=stacklevel,
+    )
+
+
 class KernelStatus(NamedTuple):
     """Whether the fused kernels are in MXNet, and their library's path or why not."""
 
@@ -319,14 +330,8 @@ def _load() -> KernelStatus:
 
         mx.library.load(str(path), verbose=False)
     except Exception as error:  # any failure leaves MXNet's own operators, which always work
-        fix = '' if isinstance(error, UnsafeKernelCache) else ' Install a C++ compiler to get them,'
-        # stacklevel 5: the attention module whose graph asked for the kernels.
-        warnings.warn(
-            f'fused channel-attention kernels unavailable ({error}); the attentions use '
-            f"MXNet's operators instead: same results, slower on the CPU.{fix} Set "
-            f'{FUSED_ENV}=0 to silence this.',
-            stacklevel=5,
-        )
+        # stacklevel 6: the attention module whose graph asked for the kernels.
+        warn_unavailable('fused channel-attention kernels', error, "MXNet's operators", 6)
         return KernelStatus(False, str(error))
     return KernelStatus(True, str(path))
 

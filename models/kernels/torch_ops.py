@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +33,9 @@ from . import (
     FUSED_ENV,
     KernelStatus,
     LibrarySpec,
-    UnsafeKernelCache,
     build_library,
     cpu_isa,
+    warn_unavailable,
 )
 
 if TYPE_CHECKING:
@@ -85,13 +84,7 @@ def _load() -> tuple[ctypes.CDLL | None, KernelStatus]:
         path = build_library(spec=torch_library())
         library = _declare(ctypes.CDLL(str(path)))
     except Exception as error:  # any failure leaves PyTorch's operators, which always work
-        fix = '' if isinstance(error, UnsafeKernelCache) else ' Install a C++ compiler to get it,'
-        warnings.warn(
-            f'fused torch CPU kernels unavailable ({error}); the torch attentions use '
-            f'PyTorch operators instead: same results, slower on the CPU.{fix} Set '
-            f'{FUSED_ENV}=0 to silence this.',
-            stacklevel=4,
-        )
+        warn_unavailable('fused torch CPU kernels', error, 'PyTorch operators', 5)
         return None, KernelStatus(False, str(error))
     return library, KernelStatus(True, str(path))
 
