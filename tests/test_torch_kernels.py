@@ -365,3 +365,49 @@ def test_statistics_and_dot_over_chunks_flushes_and_tails(shape):
         rtol=1e-6,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    'shape, plant',
+    [
+        ((1, 1, 2, 1), {0: 'nan'}),  # no whole chunk: a NaN first, a number after
+        ((1, 16, 4, 4), {0: 'nan'}),  # a NaN at position 0 only (8 copies)
+        ((1, 16, 4, 4), {9: 5.0, 2: 5.0}),  # tied: the earlier index in the higher copy
+        ((1, 20, 7, 5), {33: 7.0, 4: 7.0, 34: 'nan', 1: 'nan'}),  # tail ties and a tail NaN
+        ((1, 65, 9, 9), {}),  # one position a chunk, past a flush
+        ((1, 1, 16, 16), {}),  # one channel: 128 positions a chunk, a flush each
+    ],
+)
+def test_maxima_ties_nans_and_flushes_in_every_chunk_layout(shape, plant):
+    """Against max pooling and float64 in the layouts where the kernel's copies, its
+    tail and its flushes decide: the index of a maximum held by any copy or the tail."""
+    torch.manual_seed(6)
+    x = _channels_last(*shape)
+    width = shape[3]
+    for position, value in plant.items():
+        x[:, :, position // width, position % width] = float(value)
+    values, argmax = torch_ops.channel_statistics(x, ('max', 'mean', 'sum_of_squares'))
+    pooled, indices = torch.nn.functional.max_pool2d(x, shape[2:], return_indices=True)
+    torch.testing.assert_close(values['max'], pooled.flatten(1), equal_nan=True)
+    assert torch.equal(argmax, indices.flatten(1)), (argmax, indices.flatten(1))
+    finite = ~x.isnan().any(dim=3).any(dim=2)
+    x64 = x.double()
+    for name, expected in (
+        ('mean', x64.mean(dim=(2, 3))),
+        ('sum_of_squares', (x64 * x64).sum(dim=(2, 3))),
+    ):
+        torch.testing.assert_close(
+            values[name][finite].double(), expected[finite], rtol=2e-6, atol=1e-6
+        )
+    # The CBAM path's scatter takes these indices: in the plane, whatever the NaNs.
+    assert (argmax >= 0).all() and (argmax < shape[2] * shape[3]).all()
+
+
+def test_an_infinite_x_without_a_scale_stays_out_of_the_input_gradient():
+    x = _channels_last(1, 3, 43, 1)  # 42 positions a chunk: position 42 is the tail
+    x[0, :, 42, 0] = float('inf')
+    x[0, :, 3, 0] = float('inf')
+    grad = torch.randn(1, 3, 43, 1)
+    gate, offset = torch.rand(1, 3), torch.randn(1, 3)
+    ours = torch_ops.channel_gate_input_gradient(grad, x, gate, None, offset)
+    torch.testing.assert_close(ours, grad * gate[:, :, None, None] + offset[:, :, None, None])

@@ -1,5 +1,6 @@
 """The PyTorch trial backend: the same data, loop, checkpoints and records as Gluon's."""
 
+import gc
 import json
 
 import mxnet as mx
@@ -259,6 +260,9 @@ def test_every_network_compiled_in_one_process_is_compiled(monkeypatch):
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
+    config = torch._dynamo.config
+    limit = config.recompile_limit
+    monkeypatch.setattr(config, 'recompile_limit', limit)  # restored after the test
 
     class Network(torch.nn.Module):
         def __init__(self, depth):
@@ -271,7 +275,14 @@ def test_every_network_compiled_in_one_process_is_compiled(monkeypatch):
             return x
 
     before = counters['stats']['unique_graphs']
-    networks = [torch_trainer.compile_network(Network(depth)) for depth in range(1, 13)]
+    modules = [Network(depth) for depth in range(1, 13)]
+    networks = [torch_trainer.compile_network(module) for module in modules]
+    assert config.recompile_limit == limit + 8 * len(networks)
     for network in networks:
         network(torch.randn(2, 4))
     assert counters['stats']['unique_graphs'] - before == len(networks)
+    # The room lasts while the network lives: the limit does not grow without bound.
+    del networks, network, modules
+    torch._dynamo.reset()
+    gc.collect()
+    assert config.recompile_limit == limit

@@ -169,8 +169,9 @@ void repeat_channels(const T* values, int64_t channels, int64_t rows, T* repeate
 }
 
 // Float sums over at most kFlushRows positions are added into double totals: float
-// adds vectorise at full width, and the double totals keep a plane of any size exact
-// to float precision.
+// adds vectorise at full width, and the double totals do not lose precision as the
+// plane grows (each shifted value and its square are still rounded to float: about
+// 6e-8 x sqrt(plane) of the variance at worst).
 constexpr int64_t kFlushRows = 64;
 
 template <bool kSums, bool kMax>
@@ -189,8 +190,16 @@ void statistics_of_image(const float* __restrict x, int64_t plane, int64_t chann
   std::fill(sum, sum + width, 0.0f);
   std::fill(squares, squares + width, 0.0f);
   if (kMax) {
-    repeat_channels(x, channels, rows, maximum);
-    std::copy(row_in_chunk, row_in_chunk + width, argmax);
+    // Copy r starts at position r itself (or at position 0 where the plane is shorter
+    // than a chunk), so that its index is true whatever it keeps: a copy started from
+    // position 0 but labelled r would, with a NaN at position 0, win the fold with a
+    // wrong (even out-of-plane) index. Position r is read again by the first chunk:
+    // not greater than itself, and a NaN takes its own index again.
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t position = r < plane ? r : 0;
+      std::copy(x + position * channels, x + (position + 1) * channels, maximum + r * channels);
+      std::fill(argmax + r * channels, argmax + (r + 1) * channels, static_cast<int32_t>(position));
+    }
   }
   for (int64_t q = 0; q < chunks; ++q) {
     const float* __restrict chunk = x + q * width;
@@ -374,7 +383,8 @@ void channel_gate_input_gradient(const float* grad, const float* x, const float*
       }
       for (int64_t i = chunks * width; i < plane * channels; ++i) {
         const int64_t c = i % channels;
-        out[i] = gi[i] * gr[c] + xi[i] * ar[c] + br[c];
+        // Without a scale, x is not read (an infinite x must not turn into NaN here).
+        out[i] = gi[i] * gr[c] + br[c] + (scale ? xi[i] * ar[c] : 0.0f);
       }
     }
   }

@@ -199,7 +199,8 @@ def _check_gate_inputs(
             '(or of its submodules), or compute the gate from the statistics only.'
         )
     if owner is not None:
-        _CHECKED_GATES.setdefault(owner, set()).add(function)
+        # Weak both ways: a lambda is its own owner, and a strong set would keep it.
+        _CHECKED_GATES.setdefault(owner, weakref.WeakSet()).add(function)
 
 
 def _input_gradient(

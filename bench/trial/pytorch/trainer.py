@@ -18,6 +18,7 @@ the CPU.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -58,14 +59,27 @@ RECOMPILES_PER_NETWORK = 8
 
 def compile_network(net: torch.nn.Module, mode: str | None = None) -> Callable[..., Any]:
     """torch.compile(net), with room for this network's own versions of the shared
-    `forward` code: every network compiled in one process (the benchmark's rows, trials
-    run one after another) is another version of the same code object, and past
-    dynamo's limit the rest would silently train eagerly while recorded as compiled."""
+    `forward` code while it lives: every network compiled in one process (the benchmark's
+    rows, trials run one after another) is another version of the same code object, and
+    past dynamo's limit the rest would silently train eagerly while recorded as
+    compiled."""
+    _change_recompile_limits(RECOMPILES_PER_NETWORK)
+    weakref.finalize(net, _change_recompile_limits, -RECOMPILES_PER_NETWORK)
+    return torch.compile(net, mode=mode)
+
+
+def _change_recompile_limits(by: int) -> None:
     import torch._dynamo
 
-    torch._dynamo.config.recompile_limit += RECOMPILES_PER_NETWORK
-    torch._dynamo.config.accumulated_recompile_limit += RECOMPILES_PER_NETWORK
-    return torch.compile(net, mode=mode)
+    config = torch._dynamo.config
+    # Named *_cache_size_limit before PyTorch 2.7 (still accepted as aliases after).
+    for names in (
+        ('recompile_limit', 'cache_size_limit'),
+        ('accumulated_recompile_limit', 'accumulated_cache_size_limit'),
+    ):
+        name = next((name for name in names if hasattr(config, name)), None)
+        if name is not None:
+            setattr(config, name, getattr(config, name) + by)
 
 
 def trial_devices(gpus_per_trial: float, gpu_ids: list[str]) -> list[torch.device]:
