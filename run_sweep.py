@@ -213,7 +213,12 @@ def run(args: argparse.Namespace) -> int:
             ) from error
         with store.lock():
             store.clean_scratch()
-            return _plan_and_train(loaded, args, only)
+            status = _plan_and_train(loaded, args, only)
+            # Again at the end: a killed run's trial workers are not in its process
+            # group and may outlive it for a moment, writing into the scratch after the
+            # cleaning above; this run's own trials have removed theirs by now.
+            store.clean_scratch()
+            return status
     except OSError as error:
         raise BenchError(io_failure(error, loaded)) from error
 
