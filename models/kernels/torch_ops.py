@@ -92,6 +92,8 @@ def _load() -> tuple[ctypes.CDLL | None, KernelStatus]:
 def torch_kernel_status() -> KernelStatus:
     """(loaded, detail): whether the torch kernels are loaded, their path or why not."""
     global _library, _status
+    if _status is not None:  # every attention call asks: no lock once it is known
+        return _status
     with _lock:
         if _status is None:
             _library, _status = _load()

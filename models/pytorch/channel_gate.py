@@ -136,7 +136,8 @@ class _ChannelGate(torch.autograd.Function):
         refuse_second_derivative('a channel-attention gate (models/pytorch/channel_gate.py)')
         (x,) = ctx.saved_tensors
         gate = ctx.gate
-        if torch_ops.fused_kernels_apply(x):
+        fused = torch_ops.fused_kernels_apply(x)
+        if fused:
             grad_gate = torch_ops.channel_dot(grad, x).to(gate.dtype)
         else:
             grad_gate = (grad * x).sum(dim=SPATIAL, dtype=gate.dtype)
@@ -151,7 +152,7 @@ class _ChannelGate(torch.autograd.Function):
 
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = _input_gradient(ctx, x, grad, gate.detach(), statistic_grads)
+            grad_x = _input_gradient(ctx, x, grad, gate.detach(), statistic_grads, fused)
         return (grad_x, None, None, *parameter_grads)
 
 
@@ -209,9 +210,11 @@ def _input_gradient(
     grad: torch.Tensor,
     gate: torch.Tensor,
     statistic_grads: dict[Statistic, torch.Tensor | None],
+    fused: bool,
 ) -> torch.Tensor:
     """grad * gate + x * A + B (+ the max's gradient at its element), see the module
-    docstring; A and B collect each statistic's per-channel terms."""
+    docstring; A and B collect each statistic's per-channel terms. `fused`: by the CPU
+    kernel (the backward asked fused_kernels_apply once)."""
     count = x.shape[2] * x.shape[3]
     scale: torch.Tensor | None = None  # A
     offset: torch.Tensor | None = None  # B
@@ -231,7 +234,7 @@ def _input_gradient(
             factor = 2 * g / (count - 1)
             scale = _add(scale, factor)
             offset = _add(offset, -factor * ctx.mean)
-    if torch_ops.fused_kernels_apply(x):
+    if fused:
         grad_x = torch_ops.channel_gate_input_gradient(grad, x, gate, scale, offset)
     else:
         grad_x = _input_gradient_by_operators(grad, x, gate, scale, offset)
