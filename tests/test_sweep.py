@@ -126,10 +126,18 @@ def test_a_torch_sweep_trains_resumes_and_reports_like_a_gluon_one(
         ('torch', True),
         ('torch', True),
     ]
+    from models.kernels.torch_ops import torch_kernel_status
+
     for trial_id in frame[frame['backend'] == 'torch']['trial_id']:
         final = store.read_final(trial_id)
         assert final['epochs'] == 2 and final['devices'] == 'cpu'
         assert final['kernels'].startswith('torch ') and final['omp_threads'] == 1
+        # What the trial's steps took, not what the session knew before its first step.
+        took_kernels = (
+            torch_kernel_status().loaded and store.read_spec(trial_id)['spec']['attention'] == 'gct'
+        )
+        assert final['kernels'].endswith('+ fused attention CPU kernels') == took_kernels
+        assert (final['kernel_isa'] is not None) == took_kernels
         assert store.read_spec(trial_id)['model_stats']['params'] > 0
     readme = (tmp_path / 'README.md').read_text()
     assert 'Trained with PyTorch (backend torch)' in readme

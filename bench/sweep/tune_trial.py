@@ -151,8 +151,15 @@ def run_trial(
         tune.report({STARTED_KEY: start, **placement})
 
         def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
+            # The session's account again: only its steps tell whether the attentions
+            # took the fused CPU kernels and whether compiling held.
             tune.report(
-                dict(metrics, **placement, **{CHECKPOINT_KEY: pack_checkpoint(checkpoint_path)})
+                {
+                    **metrics,
+                    **placement,
+                    **session.describe(),
+                    CHECKPOINT_KEY: pack_checkpoint(checkpoint_path),
+                }
             )
 
         try:
