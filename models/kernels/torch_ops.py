@@ -161,9 +161,14 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _check_shapes(x: torch.Tensor, grad: torch.Tensor, *per_channel: torch.Tensor | None) -> None:
-    """The kernels read grad and the (N, C) tensors at x's sizes: anything else would be
-    read out of bounds."""
+def _gradient_for_kernels(
+    x: torch.Tensor, grad: torch.Tensor, *per_channel: torch.Tensor | None
+) -> torch.Tensor:
+    """grad as the kernels read it (float32, channels-last), once it and the (N, C)
+    tensors are checked to fit x: the kernels read them at x's sizes, so anything else
+    would be read out of bounds."""
+    import torch
+
     images, channels = x.shape[:2]
     if grad.shape != x.shape or any(
         values is not None and values.shape != (images, channels) for values in per_channel
@@ -173,6 +178,7 @@ def _check_shapes(x: torch.Tensor, grad: torch.Tensor, *per_channel: torch.Tenso
             f'fused kernel: gradient {tuple(grad.shape)} and per-channel {shapes} do not fit '
             f'x {tuple(x.shape)}'
         )
+    return grad.to(torch.float32).contiguous(memory_format=torch.channels_last)
 
 
 def channel_statistics(
@@ -205,8 +211,7 @@ def channel_statistics(
 def channel_dot(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum over H x W of grad * x, (N, C) (x as fused_kernels_apply takes it; grad in any
     layout)."""
-    _check_shapes(x, grad)
-    grad = _channels_last(grad)
+    grad = _gradient_for_kernels(x, grad)
     images, channels, height, width = x.shape
     out = x.new_empty((images, channels))
     _loaded_library().channel_dot(
@@ -228,8 +233,7 @@ def channel_gate_input_gradient(
     def per_channel(values: torch.Tensor | None) -> torch.Tensor | None:
         return None if values is None else values.to(torch.float32).contiguous()
 
-    _check_shapes(x, grad, gate, scale, offset)
-    grad = _channels_last(grad)
+    grad = _gradient_for_kernels(x, grad, gate, scale, offset)
     images, channels, height, width = x.shape
     grad_x = torch.empty_like(x)
     gate, scale, offset = per_channel(gate), per_channel(scale), per_channel(offset)
@@ -246,12 +250,6 @@ def channel_gate_input_gradient(
         _threads(),
     )
     return grad_x
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return x.to(torch.float32).contiguous(memory_format=torch.channels_last)
 
 
 def simam_forward(
@@ -291,8 +289,7 @@ def simam_backward(
     """x's gradient given the output's (any layout; taken in channels-last)."""
     import torch
 
-    _check_shapes(x, grad, mean, shifted)
-    grad = _channels_last(grad)
+    grad = _gradient_for_kernels(x, grad, mean, shifted)
     images, channels, height, width = x.shape
     grad_x = torch.empty_like(x)
     _loaded_library().simam_backward(
