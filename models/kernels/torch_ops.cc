@@ -174,6 +174,16 @@ void repeat_channels(const T* values, int64_t channels, int64_t rows, T* repeate
 // 6e-8 x sqrt(plane) of the variance at worst).
 constexpr int64_t kFlushRows = 64;
 
+// Whether chunk q (of `rows` positions) ends the float sums' share of kFlushRows.
+inline bool flush_after(int64_t q, int64_t rows) { return ((q + 1) * rows) % kFlushRows < rows; }
+
+// Adds copies 1 .. rows - 1 of each channel's total into copy 0.
+void fold_copies(int64_t channels, int64_t rows, double* totals) {
+  for (int64_t r = 1; r < rows; ++r) {
+    for (int64_t c = 0; c < channels; ++c) totals[c] += totals[r * channels + c];
+  }
+}
+
 template <bool kSums, bool kMax>
 void statistics_of_image(const float* __restrict x, int64_t plane, int64_t channels,
                          int64_t rows, float* __restrict first, float* __restrict sum,
@@ -218,7 +228,7 @@ void statistics_of_image(const float* __restrict x, int64_t plane, int64_t chann
         argmax[i] = update ? base + row_in_chunk[i] : argmax[i];
       }
     }
-    if (kSums && ((q + 1) * rows) % kFlushRows < rows) {
+    if (kSums && flush_after(q, rows)) {
       for (int64_t i = 0; i < width; ++i) {
         total[i] += sum[i], total_squares[i] += squares[i];
         sum[i] = 0.0f, squares[i] = 0.0f;
@@ -286,13 +296,9 @@ void channel_statistics(const float* x, int64_t images, int64_t plane, int64_t c
                                       : statistics_of_image<false, true>;
       run(xi, plane, channels, rows, first.data(), sum.data(), squares.data(), total.data(),
           total_squares.data(), maximum.data(), argmax.data(), row_in_chunk.data());
-      for (int64_t r = 1; r < rows; ++r) {
-        for (int64_t c = 0; c < channels; ++c) {
-          // Every copy is shifted by the same first value (the image's first position).
-          total[c] += total[r * channels + c];
-          total_squares[c] += total_squares[r * channels + c];
-        }
-      }
+      // Every copy is shifted by the same first value (the image's first position).
+      fold_copies(channels, rows, total.data());
+      fold_copies(channels, rows, total_squares.data());
       if (maximum_too) fold_maximum(channels, rows, maximum.data(), argmax.data());
       for (int64_t c = 0; c < channels; ++c) {
         const int64_t at = n * channels + c;
@@ -331,7 +337,7 @@ void channel_dot(const float* grad, const float* x, int64_t images, int64_t plan
       for (int64_t q = 0; q < chunks; ++q) {
 #pragma omp simd
         for (int64_t i = 0; i < width; ++i) sum[i] += gi[q * width + i] * xi[q * width + i];
-        if (((q + 1) * rows) % kFlushRows < rows) {
+        if (flush_after(q, rows)) {
           for (int64_t i = 0; i < width; ++i) total[i] += sum[i], sum[i] = 0.0f;
         }
       }
@@ -339,9 +345,7 @@ void channel_dot(const float* grad, const float* x, int64_t images, int64_t plan
       for (int64_t i = chunks * width; i < plane * channels; ++i) {
         total[i % channels] += static_cast<double>(gi[i]) * xi[i];
       }
-      for (int64_t r = 1; r < rows; ++r) {
-        for (int64_t c = 0; c < channels; ++c) total[c] += total[r * channels + c];
-      }
+      fold_copies(channels, rows, total.data());
       for (int64_t c = 0; c < channels; ++c) out[n * channels + c] = static_cast<float>(total[c]);
     }
   }
