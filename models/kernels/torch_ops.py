@@ -234,15 +234,30 @@ def channel_gate_input_gradient(
         return None if values is None else values.to(torch.float32).contiguous()
 
     grad = _gradient_for_kernels(x, grad, gate, scale, offset)
+    return _x_gradient(
+        'channel_gate_input_gradient',
+        grad,
+        x,
+        per_channel(gate),
+        per_channel(scale),
+        per_channel(offset),
+    )
+
+
+def _x_gradient(
+    kernel: str, grad: torch.Tensor, x: torch.Tensor, *inputs: torch.Tensor | None
+) -> torch.Tensor:
+    """x's gradient written by `kernel`, which reads grad (as _gradient_for_kernels
+    gives it), x and three more inputs (a null pointer for None): the two input-gradient
+    kernels share this signature."""
+    import torch
+
     images, channels, height, width = x.shape
     grad_x = torch.empty_like(x)
-    gate, scale, offset = per_channel(gate), per_channel(scale), per_channel(offset)
-    _loaded_library().channel_gate_input_gradient(
+    getattr(_loaded_library(), kernel)(
         grad.data_ptr(),
         x.data_ptr(),
-        gate.data_ptr(),  # type: ignore[union-attr]
-        _pointer(scale),
-        _pointer(offset),
+        *(_pointer(values) for values in inputs),
         grad_x.data_ptr(),
         images,
         height * width,
@@ -287,21 +302,6 @@ def simam_backward(
     shifted: torch.Tensor,
 ) -> torch.Tensor:
     """x's gradient given the output's (any layout; taken in channels-last)."""
-    import torch
 
     grad = _gradient_for_kernels(x, grad, mean, shifted)
-    images, channels, height, width = x.shape
-    grad_x = torch.empty_like(x)
-    _loaded_library().simam_backward(
-        grad.data_ptr(),
-        x.data_ptr(),
-        weight.data_ptr(),
-        mean.data_ptr(),
-        shifted.data_ptr(),
-        grad_x.data_ptr(),
-        images,
-        height * width,
-        channels,
-        _threads(),
-    )
-    return grad_x
+    return _x_gradient('simam_backward', grad, x, weight, mean, shifted)
