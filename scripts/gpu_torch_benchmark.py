@@ -87,7 +87,8 @@ def _spec(model, attention, precision, compile_network, batch_size):
 
 
 def training_rate(model, attention, precision, compile_network, device, batch_size, steps):
-    """(images/s, seconds to build and warm up) of one configuration's training steps."""
+    """(images/s, seconds to build and warm up, what ran) of one configuration's training
+    steps; what ran says whether compiling held and kept its CUDA graphs."""
     from bench.benchmark.timing import synthetic_images
     from bench.benchmark.torch_steps import trial_stepper
 
@@ -103,7 +104,8 @@ def training_rate(model, attention, precision, compile_network, device, batch_si
     for _ in range(steps):
         step()
     step.settle()
-    return steps * batch_size / (time.perf_counter() - ready), ready - started
+    rate = steps * batch_size / (time.perf_counter() - ready)
+    return rate, ready - started, step.describe()['kernels']
 
 
 def _shared_trial(device, batch_size, seconds, barrier, results):
@@ -196,7 +198,7 @@ def main(argv=None):
                     if compile_network and time.perf_counter() - started > args.budget_s:
                         skipped.append(f'{model} {attention} {precision} compiled')
                         continue
-                    rate, warmup = training_rate(
+                    rate, warmup, ran = training_rate(
                         model,
                         attention,
                         precision,
@@ -214,12 +216,13 @@ def main(argv=None):
                             'compile': compile_network,
                             'img_s': rate,
                             'build_seconds': warmup,
+                            'ran': ran,
                         }
                     )
                     print(
                         f'{model:<18} {attention:<5} {precision:<13} '
                         f'{"compiled" if compile_network else "eager":<8} {rate:>9.0f} img/s '
-                        f'(built in {warmup:.0f} s)',
+                        f'(built in {warmup:.0f} s; {ran})',
                         flush=True,
                     )
     for row in rows:

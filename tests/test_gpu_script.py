@@ -75,6 +75,7 @@ def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
         ('eca', 'float32'),
     ]  # bfloat16 only on a GPU
     assert all(r['img_s'] > 0 for r in result['rows'])
+    assert all(r['ran'].startswith('torch ') for r in result['rows'])
     assert set(result['sharing_img_s']) == {'1', '2'}
     assert '2 trial(s) sharing the card' in done.stdout
 

@@ -208,6 +208,11 @@ def test_compiled_networks_train_the_same_epochs(data):
     compiled = train(torch_spec('se', epochs=1, compile=True), data, device=torch.device('cpu'))
     for key in ('train_loss', 'val_loss'):
         assert compiled[0][key] == pytest.approx(eager[0][key], rel=1e-3), key
+    # The count the session reads to know that inductor skipped CUDA graphs is real:
+    # a graph compiled for them on the CPU is run without them, and counted.
+    skips = torch_trainer.cudagraph_skips()
+    torch.compile(lambda x: x * 2 + 1, mode='reduce-overhead')(torch.ones(3))
+    assert torch_trainer.cudagraph_skips() == skips + 1
 
 
 def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
@@ -249,6 +254,117 @@ def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
     if torch_kernel_status().loaded:
         assert described['kernels'].endswith('+ fused attention CPU kernels')
         assert described['kernel_isa'] in ('avx512', 'avx2', 'baseline')
+
+
+class CompilerStandIn:
+    """torch.compile's stand-in: the network runs as it is, except where `fail` says."""
+
+    def __init__(self, fail):
+        self.fail, self.calls = fail, 0
+
+    def __call__(self, network, mode=None):
+        def compiled(*args, **kwargs):
+            self.calls += 1
+            return self.fail(self.calls, lambda: network(*args, **kwargs))
+
+        return compiled
+
+
+@pytest.fixture
+def cuda_graph_mode(monkeypatch):
+    """The CPU session compiles as a GPU's does: with CUDA graphs."""
+    monkeypatch.setitem(torch_trainer.COMPILE_MODES, 'cpu', 'reduce-overhead')
+
+
+@pytest.mark.parametrize('failing_call', [2, 3])
+def test_capture_failing_after_the_warm_up_step_falls_back_from_the_same_statistics(
+    data, monkeypatch, capsys, cuda_graph_mode, failing_call
+):
+    """CUDA graph trees warm up on a step's first call and capture on the second: a
+    capture that fails there, after its forward pass has moved BatchNorm's running
+    statistics, falls back to eager, and the failed step is retried from the statistics
+    as they were: the eager run's numbers, bit for bit."""
+
+    def capture_fails(call, forward):
+        out = forward()
+        if call == failing_call:
+            raise RuntimeError('operation not permitted when stream is capturing (a stand-in)')
+        return out
+
+    eager = train(torch_spec('gct', epochs=1), data, device=torch.device('cpu'))
+    monkeypatch.setattr(torch, 'compile', CompilerStandIn(capture_fails))
+    capsys.readouterr()
+    fallen_back = train(torch_spec('gct', epochs=1, compile=True), data, device=torch.device('cpu'))
+    out = capsys.readouterr().out
+    assert (
+        out.count(
+            'torch.compile (mode reduce-overhead) failed on cpu: RuntimeError: operation not '
+            'permitted when stream is capturing (a stand-in); this trial trains without compiling'
+        )
+        == 1
+    )
+    for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
+        assert fallen_back[0][key] == eager[0][key], key
+
+
+def test_a_compiled_evaluation_that_fails_falls_back_with_a_message(
+    data, monkeypatch, capsys, cuda_graph_mode
+):
+    """Inference compiles and captures graphs of its own on the first evaluation."""
+
+    def inference_fails(call, forward):
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError('CUDA error: an illegal memory access (a stand-in)')
+        return forward()
+
+    eager = train(torch_spec('se', epochs=1), data, device=torch.device('cpu'))
+    monkeypatch.setattr(torch, 'compile', CompilerStandIn(inference_fails))
+    capsys.readouterr()
+    fallen_back = train(torch_spec('se', epochs=1, compile=True), data, device=torch.device('cpu'))
+    assert capsys.readouterr().out.count('failed on cpu: RuntimeError: CUDA error') == 1
+    for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
+        assert fallen_back[0][key] == eager[0][key], key
+    session = TorchSession(torch_spec('se', epochs=1, compile=True), data, 'cpu')
+    session.evaluate()
+    assert 'eager (compiling failed)' in session.describe()['kernels']
+
+
+def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
+    data, monkeypatch, capsys, cuda_graph_mode
+):
+    """Where inductor skips CUDA graphs (it only warns, and runs its kernels launch by
+    launch), the trial says so once, with inductor's reason, and its record says it."""
+    import logging
+
+    from torch._dynamo.utils import counters
+
+    def skips_graphs(call, forward):
+        if call == 1:
+            counters['inductor']['cudagraph_skips'] += 1
+            logging.getLogger(torch_trainer.CUDAGRAPH_LOGGER + '.__cudagraphs').warning(
+                'skipping cudagraphs due to mutated inputs (2 instances). Found from:\n  File x'
+            )
+        return forward()
+
+    monkeypatch.setattr(torch, 'compile', CompilerStandIn(skips_graphs))
+    session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')
+    capsys.readouterr()
+    for _ in range(4):
+        session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+    session.evaluate()
+    assert capsys.readouterr().out.splitlines() == [
+        'CUDA graphs skipped on cpu: skipping cudagraphs due to mutated inputs (2 instances). '
+        'Found from:; this trial trains compiled by inductor without CUDA graphs (slower on '
+        'small networks)'
+    ]
+    assert 'compiled (reduce-overhead, CUDA graphs skipped)' in session.describe()['kernels']
+    # Graphs that keep their CUDA graphs are recorded as compiled with them.
+    monkeypatch.setattr(torch, 'compile', CompilerStandIn(lambda call, forward: forward()))
+    session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')
+    session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+    session.evaluate()
+    assert 'compiled (reduce-overhead)' in session.describe()['kernels']
+    assert capsys.readouterr().out == ''
 
 
 def test_every_network_compiled_in_one_process_is_compiled(monkeypatch):

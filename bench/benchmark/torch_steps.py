@@ -53,6 +53,7 @@ def trial_stepper(
         session.train_step(*session.train_images.batch(*next(plans)))
 
     step.settle = lambda: _synchronize(device)
+    step.describe = session.describe  # what ran: compiled or not, CUDA graphs, kernels
     step()  # the first call builds (and with compile, compiles) what later ones reuse
     step.settle()
     return step

@@ -10,17 +10,21 @@ gather there; channels-last memory; BatchNorm in one pass and Adam in one fused 
 (models/pytorch, optim.py); `torch.compile` as the recipe's `compile`: inductor on the
 CPU, and on a GPU with CUDA graphs (mode 'reduce-overhead': a small network's step is
 bound by kernel launches, which a graph replays as one), falling back to eager with a
-message where compiling or capturing fails; mixed precision as the recipe's
+message where compiling or capturing fails in the first steps or evaluation (the failed
+step retried from BatchNorm's statistics as they were), and saying so, in a message and
+the trial's record, where inductor skips CUDA graphs; mixed precision as the recipe's
 `precision` (bfloat16 autocast, or float16 autocast with a gradient scaler), refused on
 the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -47,8 +51,48 @@ AUTOCAST_DTYPES = {'amp_bfloat16': torch.bfloat16, 'amp_float16': torch.float16}
 COMPILE_MODES = {'cuda': 'reduce-overhead'}
 
 
+# Training steps a compiled network must get through before compiling counts as proven
+# (until then a failure falls back to eager): CUDA graph trees run a function's first
+# call as a warm-up, record its graph on the second and replay it from the third, and
+# capturing can fail at the second.
+STEPS_TO_PROVE = {'reduce-overhead': 3, 'default': 1}
+# Where inductor says why it skipped CUDA graphs (a warning that it also counts).
+CUDAGRAPH_LOGGER = 'torch._inductor.cudagraph_utils'
+
+
 def compile_mode(device: str | torch.device) -> str:
     return COMPILE_MODES.get(torch.device(device).type, 'default')
+
+
+def cudagraph_skips() -> int:
+    """How many compiled graphs inductor has run without CUDA graphs in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters['inductor']['cudagraph_skips']
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def cudagraph_skip_reasons() -> Iterator[list[str]]:
+    """The first lines of inductor's "skipping cudagraphs due to ..." warnings inside."""
+    handler = _Messages()
+    logger = logging.getLogger(CUDAGRAPH_LOGGER)
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        handler.messages[:] = [
+            (message.splitlines() or [''])[0][:300] for message in handler.messages
+        ]
 
 
 # Versions of one code object that dynamo compiles before it runs the code eagerly for
@@ -175,8 +219,11 @@ class TorchSession:
         self.net = net  # what checkpoints hold
         self.compile_mode = compile_mode(device) if self.recipe.compile else None
         self.forward = compile_network(net, self.compile_mode) if self.compile_mode else net
-        # Until the first compiled step has run, a failure there falls back to eager.
-        self._compiled_unproven = bool(self.compile_mode)
+        # Until compiled steps and an evaluation have run, a failure falls back to eager.
+        self._unproven_steps = STEPS_TO_PROVE.get(self.compile_mode, 0)
+        self._evaluation_unproven = bool(self.compile_mode)
+        # Why inductor ran this session's graphs without CUDA graphs, if it did.
+        self.cudagraphs_skipped: str | None = None
         self.optimizer = make_optimizer(net, self.recipe)
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.recipe.precision)
         self.scaler = (
@@ -199,23 +246,54 @@ class TorchSession:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One update on (x, y); the batch's summed loss and correct count, on the device."""
-        if not self._compiled_unproven:
+        if not self._unproven_steps:
             return self._train_step(x, y)
+        # A step that fails after its forward pass has moved BatchNorm's running
+        # statistics: its eager retry starts from them as they were.
+        buffers = [buffer.clone() for buffer in self.net.buffers()]
         try:
-            result = self._train_step(x, y)
+            with self._watching_cudagraphs():
+                result = self._train_step(x, y)
         except Exception as error:  # compiling or capturing: any failure, one message
-            cause = (str(error).splitlines() or [''])[0][:300]
-            print(
-                f'torch.compile (mode {self.compile_mode}) failed on {self.device}: '
-                f'{type(error).__name__}: {cause}; this trial trains without compiling '
-                '(same network, slower)',
-                flush=True,
-            )
-            self.forward = self.net
-            self.compile_mode = None
-            result = self._train_step(x, y)
-        self._compiled_unproven = False
+            self._fall_back_to_eager(error)
+            with torch.no_grad():
+                for buffer, saved in zip(self.net.buffers(), buffers, strict=True):
+                    buffer.copy_(saved)
+            return self._train_step(x, y)
+        self._unproven_steps -= 1
         return result
+
+    def _fall_back_to_eager(self, error: Exception) -> None:
+        cause = (str(error).splitlines() or [''])[0][:300]
+        print(
+            f'torch.compile (mode {self.compile_mode}) failed on {self.device}: '
+            f'{type(error).__name__}: {cause}; this trial trains without compiling '
+            '(same network, slower)',
+            flush=True,
+        )
+        self.forward = self.net
+        self.compile_mode = None
+        self.cudagraphs_skipped = None
+        self._unproven_steps = 0
+        self._evaluation_unproven = False
+
+    @contextlib.contextmanager
+    def _watching_cudagraphs(self) -> Iterator[None]:
+        """Says once, and records, that inductor skipped CUDA graphs inside: it then runs
+        the compiled kernels without them (correct, but launch-bound again on a GPU) and
+        says why only in a warning of its own."""
+        skips_before = cudagraph_skips()
+        with cudagraph_skip_reasons() as reasons:
+            yield
+        skipped = cudagraph_skips() > skips_before
+        if self.compile_mode != 'reduce-overhead' or not skipped or self.cudagraphs_skipped:
+            return
+        self.cudagraphs_skipped = reasons[0] if reasons else 'inductor gave no reason'
+        print(
+            f'CUDA graphs skipped on {self.device}: {self.cudagraphs_skipped}; this trial '
+            'trains compiled by inductor without CUDA graphs (slower on small networks)',
+            flush=True,
+        )
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.compile_mode == 'reduce-overhead':
@@ -249,6 +327,20 @@ class TorchSession:
 
     def evaluate(self) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) on every test image, unaugmented, in inference mode."""
+        if not self._evaluation_unproven:
+            return self._evaluate()
+        # Inference compiles (and captures) graphs of its own on its first pass.
+        try:
+            with self._watching_cudagraphs():
+                result = self._evaluate()
+        except Exception as error:
+            self.net.train()
+            self._fall_back_to_eager(error)
+            return self._evaluate()
+        self._evaluation_unproven = False
+        return result
+
+    def _evaluate(self) -> tuple[float, float]:
         self.net.eval()
         loss_total = torch.zeros((), device=self.device)
         correct_total = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -283,7 +375,9 @@ class TorchSession:
     def describe(self) -> dict[str, str | int | None]:
         """Where and with what the trial ran, recorded with its results."""
         kernels = f'torch {torch.__version__}' + (
-            f' compiled ({self.compile_mode})'
+            f' compiled ({self.compile_mode}, CUDA graphs skipped)'
+            if self.cudagraphs_skipped
+            else f' compiled ({self.compile_mode})'
             if self.compile_mode
             else ' eager (compiling failed)'
             if self.recipe.compile
