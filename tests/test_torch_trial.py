@@ -307,42 +307,69 @@ def test_capture_failing_after_the_warm_up_step_falls_back_from_the_same_statist
         assert fallen_back[0][key] == eager[0][key], key
 
 
+@pytest.mark.parametrize('failing_evaluation', [1, 2])
 def test_a_compiled_evaluation_that_fails_falls_back_with_a_message(
-    data, monkeypatch, capsys, cuda_graph_mode
+    data, monkeypatch, capsys, cuda_graph_mode, failing_evaluation
 ):
-    """Inference compiles and captures graphs of its own on the first evaluation."""
+    """Inference compiles and captures graphs of its own, and CUDA graph trees capture
+    them in a later evaluation than the first: a failure in any evaluation falls back."""
+    batches_per_evaluation = 3  # 40 test images in batches of 16
 
     def inference_fails(call, forward):
         if torch.is_inference_mode_enabled():
-            raise RuntimeError('CUDA error: an illegal memory access (a stand-in)')
+            inference_fails.calls += 1
+            if inference_fails.calls > (failing_evaluation - 1) * batches_per_evaluation:
+                raise RuntimeError('operation not permitted when stream is capturing (stand-in)')
         return forward()
 
-    eager = train(torch_spec('se', epochs=1), data, device=torch.device('cpu'))
+    inference_fails.calls = 0
+    eager = train(torch_spec('se', epochs=2), data, device=torch.device('cpu'))
     monkeypatch.setattr(torch, 'compile', CompilerStandIn(inference_fails))
     capsys.readouterr()
-    fallen_back = train(torch_spec('se', epochs=1, compile=True), data, device=torch.device('cpu'))
-    assert capsys.readouterr().out.count('failed on cpu: RuntimeError: CUDA error') == 1
-    for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
-        assert fallen_back[0][key] == eager[0][key], key
+    fallen_back = train(torch_spec('se', epochs=2, compile=True), data, device=torch.device('cpu'))
+    assert capsys.readouterr().out.count('failed on cpu: RuntimeError: operation not') == 1
+    for epoch in (0, 1):
+        for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
+            assert fallen_back[epoch][key] == eager[epoch][key], (epoch, key)
+    inference_fails.calls = 0
     session = TorchSession(torch_spec('se', epochs=1, compile=True), data, 'cpu')
-    session.evaluate()
+    for _ in range(failing_evaluation):
+        session.evaluate()
     assert 'eager (compiling failed)' in session.describe()['kernels']
+
+
+def test_a_compiled_evaluation_sees_one_batch_shape_and_the_eager_numbers(
+    data, monkeypatch, cuda_graph_mode
+):
+    """The short last test batch would be a second compiled (and captured) graph: it is
+    filled up to the batch size, and the filling's outputs are dropped."""
+    shapes = []
+
+    def records_shapes(call, forward):
+        out = forward()
+        shapes.append(tuple(out.shape))
+        return out
+
+    eager = TorchSession(torch_spec('gct', epochs=1), data, 'cpu')
+    monkeypatch.setattr(torch, 'compile', CompilerStandIn(records_shapes))
+    compiled = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')
+    assert len(data.test_images) % 16  # the last batch is short
+    np.testing.assert_allclose(compiled.evaluate(), eager.evaluate(), rtol=1e-6)
+    assert set(shapes) == {(16, 10)}
 
 
 def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
     data, monkeypatch, capsys, cuda_graph_mode
 ):
-    """Where inductor skips CUDA graphs (it only warns, and runs its kernels launch by
-    launch), the trial says so once, with inductor's reason, and its record says it."""
-    import logging
-
-    from torch._dynamo.utils import counters
+    """Where inductor skips CUDA graphs (it only warns, and runs that graph's kernels
+    launch by launch), the trial says so once, with inductor's reason, and its record
+    says it."""
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
 
     def skips_graphs(call, forward):
-        if call == 1:
-            counters['inductor']['cudagraph_skips'] += 1
-            logging.getLogger(torch_trainer.CUDAGRAPH_LOGGER + '.__cudagraphs').warning(
-                'skipping cudagraphs due to mutated inputs (2 instances). Found from:\n  File x'
+        if call in (1, 2, 5):  # two training steps' graphs and an evaluation's
+            log_cudagraph_skip_and_bump_counter(
+                'skipping cudagraphs due to mutated inputs (2 instances). Found from: \n  File x'
             )
         return forward()
 
@@ -353,11 +380,23 @@ def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
         session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
     session.evaluate()
     assert capsys.readouterr().out.splitlines() == [
-        'CUDA graphs skipped on cpu: skipping cudagraphs due to mutated inputs (2 instances). '
-        'Found from:; this trial trains compiled by inductor without CUDA graphs (slower on '
-        'small networks)'
+        'CUDA graphs skipped on cpu: skipping cudagraphs due to mutated inputs (2 instances); '
+        "inductor runs that part of this trial's step without them (slower on small networks)"
     ]
-    assert 'compiled (reduce-overhead, CUDA graphs skipped)' in session.describe()['kernels']
+    assert 'compiled (reduce-overhead, some CUDA graphs skipped)' in session.describe()['kernels']
+
+    # A skip first seen in an evaluation, after the steps that prove compiling, counts too.
+    def skips_inference_graphs(call, forward):
+        return skips_graphs(5 if torch.is_inference_mode_enabled() else 0, forward)
+
+    monkeypatch.setattr(torch, 'compile', CompilerStandIn(skips_inference_graphs))
+    session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')
+    for _ in range(4):
+        session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+    assert 'CUDA graphs skipped' not in capsys.readouterr().out
+    session.evaluate()
+    assert capsys.readouterr().out.count('CUDA graphs skipped on cpu') == 1
+    assert 'some CUDA graphs skipped' in session.describe()['kernels']
     # Graphs that keep their CUDA graphs are recorded as compiled with them.
     monkeypatch.setattr(torch, 'compile', CompilerStandIn(lambda call, forward: forward()))
     session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')

@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -39,8 +41,6 @@ from models.kernels.torch_ops import kernels_used, torch_kernel_isa
 from models.pytorch import get_model
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from bench.trial.data import Dataset
     from bench.trial.recipe import Recipe, TrialSpec
 
@@ -54,7 +54,8 @@ COMPILE_MODES = {'cuda': 'reduce-overhead'}
 # Training steps a compiled network must get through before compiling counts as proven
 # (until then a failure falls back to eager): CUDA graph trees run a function's first
 # call as a warm-up, record its graph on the second and replay it from the third, and
-# capturing can fail at the second.
+# capturing can fail at the second. (Evaluations are guarded every time: they change no
+# state, and their graphs are not necessarily captured in the first.)
 STEPS_TO_PROVE = {'reduce-overhead': 3, 'default': 1}
 # Where inductor says why it skipped CUDA graphs (a warning that it also counts).
 CUDAGRAPH_LOGGER = 'torch._inductor.cudagraph_utils'
@@ -90,9 +91,14 @@ def cudagraph_skip_reasons() -> Iterator[list[str]]:
         yield handler.messages
     finally:
         logger.removeHandler(handler)
-        handler.messages[:] = [
-            (message.splitlines() or [''])[0][:300] for message in handler.messages
-        ]
+        handler.messages[:] = [_first_line(message) for message in handler.messages]
+
+
+def _first_line(message: str) -> str:
+    """A message's first line without the dangling "Found from:" that announces a
+    stack (inductor's skip warnings)."""
+    line = (message.splitlines() or [''])[0]
+    return re.sub(r'[.\s]*Found from:?\s*$', '', line)[:300]
 
 
 # Versions of one code object that dynamo compiles before it runs the code eagerly for
@@ -219,10 +225,11 @@ class TorchSession:
         self.net = net  # what checkpoints hold
         self.compile_mode = compile_mode(device) if self.recipe.compile else None
         self.forward = compile_network(net, self.compile_mode) if self.compile_mode else net
-        # Until compiled steps and an evaluation have run, a failure falls back to eager.
+        # Until these compiled steps have run, a failure falls back to eager.
         self._unproven_steps = STEPS_TO_PROVE.get(self.compile_mode, 0)
-        self._evaluation_unproven = bool(self.compile_mode)
-        # Why inductor ran this session's graphs without CUDA graphs, if it did.
+        # Why inductor ran some of this session's graphs without CUDA graphs, if it did.
+        # (Seen when the graph is compiled: a second session of the same network in one
+        # process reuses the first's graphs and cannot see it again.)
         self.cudagraphs_skipped: str | None = None
         self.optimizer = make_optimizer(net, self.recipe)
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.recipe.precision)
@@ -246,8 +253,11 @@ class TorchSession:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One update on (x, y); the batch's summed loss and correct count, on the device."""
-        if not self._unproven_steps:
+        if not self.compile_mode:
             return self._train_step(x, y)
+        if not self._unproven_steps:
+            with self._watching_cudagraphs():
+                return self._train_step(x, y)
         # A step that fails after its forward pass has moved BatchNorm's running
         # statistics: its eager retry starts from them as they were.
         buffers = [buffer.clone() for buffer in self.net.buffers()]
@@ -271,27 +281,33 @@ class TorchSession:
             '(same network, slower)',
             flush=True,
         )
+        if self.compile_mode == 'reduce-overhead':
+            # The graphs' memory pools, which eager training on a shared GPU may need.
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()
         self.forward = self.net
         self.compile_mode = None
         self.cudagraphs_skipped = None
         self._unproven_steps = 0
-        self._evaluation_unproven = False
 
     @contextlib.contextmanager
     def _watching_cudagraphs(self) -> Iterator[None]:
         """Says once, and records, that inductor skipped CUDA graphs inside: it then runs
-        the compiled kernels without them (correct, but launch-bound again on a GPU) and
+        that graph's kernels without them (correct, but launch-bound again on a GPU) and
         says why only in a warning of its own."""
+        if self.compile_mode != 'reduce-overhead' or self.cudagraphs_skipped:
+            yield
+            return
         skips_before = cudagraph_skips()
         with cudagraph_skip_reasons() as reasons:
             yield
-        skipped = cudagraph_skips() > skips_before
-        if self.compile_mode != 'reduce-overhead' or not skipped or self.cudagraphs_skipped:
+        if cudagraph_skips() == skips_before:
             return
         self.cudagraphs_skipped = reasons[0] if reasons else 'inductor gave no reason'
         print(
-            f'CUDA graphs skipped on {self.device}: {self.cudagraphs_skipped}; this trial '
-            'trains compiled by inductor without CUDA graphs (slower on small networks)',
+            f'CUDA graphs skipped on {self.device}: {self.cudagraphs_skipped}; inductor '
+            "runs that part of this trial's step without them (slower on small networks)",
             flush=True,
         )
 
@@ -327,27 +343,36 @@ class TorchSession:
 
     def evaluate(self) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) on every test image, unaugmented, in inference mode."""
-        if not self._evaluation_unproven:
+        if not self.compile_mode:
             return self._evaluate()
-        # Inference compiles (and captures) graphs of its own on its first pass.
+        # Inference compiles and captures graphs of its own, not in the first evaluation
+        # alone; evaluating changes no state, so any failure can fall back.
         try:
             with self._watching_cudagraphs():
-                result = self._evaluate()
+                return self._evaluate()
         except Exception as error:
             self.net.train()
             self._fall_back_to_eager(error)
             return self._evaluate()
-        self._evaluation_unproven = False
-        return result
 
     def _evaluate(self) -> tuple[float, float]:
         self.net.eval()
         loss_total = torch.zeros((), device=self.device)
         correct_total = torch.zeros((), device=self.device, dtype=torch.int64)
+        batch_size = self.recipe.batch_size
         with torch.inference_mode(), self._autocast():
-            for indices in eval_batches(self.test_images.count, self.recipe.batch_size):
+            for indices in eval_batches(self.test_images.count, batch_size):
+                count = len(indices)
+                if self.compile_mode:
+                    # One batch shape, so one compiled (and captured) inference graph:
+                    # the short last batch is filled up with copies of its last image,
+                    # whose outputs are dropped (in inference each image's output is its
+                    # own).
+                    indices = np.pad(indices, (0, batch_size - count), mode='edge')
+                if self.compile_mode == 'reduce-overhead':
+                    torch.compiler.cudagraph_mark_step_begin()
                 x, y = self.test_images.plain_batch(indices)
-                out = self.forward(x).float()
+                out, y = self.forward(x).float()[:count], y[:count]
                 loss_total += F.cross_entropy(out, y, reduction='sum')
                 correct_total += (out.argmax(dim=1) == y).sum()
         self.net.train()
@@ -375,7 +400,7 @@ class TorchSession:
     def describe(self) -> dict[str, str | int | None]:
         """Where and with what the trial ran, recorded with its results."""
         kernels = f'torch {torch.__version__}' + (
-            f' compiled ({self.compile_mode}, CUDA graphs skipped)'
+            f' compiled ({self.compile_mode}, some CUDA graphs skipped)'
             if self.cudagraphs_skipped
             else f' compiled ({self.compile_mode})'
             if self.compile_mode
