@@ -215,47 +215,6 @@ def test_compiled_networks_train_the_same_epochs(data):
     assert torch_trainer.cudagraph_skips() == skips + 1
 
 
-def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
-    data, monkeypatch, capsys
-):
-    """On a GPU `compile: true` is torch.compile's CUDA-graph mode (a small network's step
-    is bound by kernel launches); where compiling or capturing fails, the trial says so
-    once and trains eagerly: the eager numbers, not a failed trial."""
-    from bench.trial.pytorch.trainer import TorchSession, compile_mode
-
-    assert compile_mode(torch.device('cuda', 0)) == 'reduce-overhead'
-    assert compile_mode(torch.device('cpu')) == 'default'
-
-    def fails_when_called(network, mode=None):
-        def compiled(*args, **kwargs):
-            raise RuntimeError('CUDA graph capture failed (a stand-in)\nmore lines')
-
-        return compiled
-
-    monkeypatch.setattr(torch, 'compile', fails_when_called)
-    eager = train(torch_spec('gct', epochs=1), data, device=torch.device('cpu'))
-    capsys.readouterr()
-    fallen_back = train(torch_spec('gct', epochs=1, compile=True), data, device=torch.device('cpu'))
-    out = capsys.readouterr().out
-    assert (
-        out.count(
-            'torch.compile (mode default) failed on cpu: RuntimeError: CUDA graph '
-            'capture failed (a stand-in); this trial trains without compiling'
-        )
-        == 1
-    )
-    for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
-        assert fallen_back[0][key] == eager[0][key], key
-    session = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')
-    session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
-    described = session.describe()
-    assert 'eager (compiling failed)' in described['kernels']
-    # Eager on the CPU, the attention took the fused kernels, and the record says which.
-    if torch_kernel_status().loaded:
-        assert described['kernels'].endswith('+ fused attention CPU kernels')
-        assert described['kernel_isa'] in ('avx512', 'avx2', 'baseline')
-
-
 class CompilerStandIn:
     """torch.compile's stand-in: the network runs as it is, except where `fail` says."""
 
@@ -276,6 +235,57 @@ def cuda_graph_mode(monkeypatch):
     monkeypatch.setitem(torch_trainer.COMPILE_MODES, 'cpu', 'reduce-overhead')
 
 
+def assert_falls_back_to_eager(data, monkeypatch, capsys, stand_in, failure, attention, epochs=1):
+    """A trial compiled by `stand_in` says once that compiling failed with `failure` and
+    trains the eager trial's epochs, bit for bit."""
+    eager = train(torch_spec(attention, epochs=epochs), data, device=torch.device('cpu'))
+    monkeypatch.setattr(torch, 'compile', stand_in)
+    capsys.readouterr()
+    spec = torch_spec(attention, epochs=epochs, compile=True)
+    fallen_back = train(spec, data, device=torch.device('cpu'))
+    said = (
+        f'torch.compile (mode {torch_trainer.compile_mode("cpu")}) failed on cpu: {failure}; '
+        'this trial trains without compiling'
+    )
+    assert capsys.readouterr().out.count(said) == 1
+    assert len(fallen_back) == len(eager) == epochs
+    for epoch, (ours, reference) in enumerate(zip(fallen_back, eager)):
+        for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
+            assert ours[key] == reference[key], (epoch, key)
+
+
+def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
+    data, monkeypatch, capsys
+):
+    """On a GPU `compile: true` is torch.compile's CUDA-graph mode (a small network's step
+    is bound by kernel launches); where compiling or capturing fails, the trial says so
+    once and trains eagerly: the eager numbers, not a failed trial."""
+    from bench.trial.pytorch.trainer import TorchSession, compile_mode
+
+    assert compile_mode(torch.device('cuda', 0)) == 'reduce-overhead'
+    assert compile_mode(torch.device('cpu')) == 'default'
+
+    def fails_when_called(call, forward):
+        raise RuntimeError('CUDA graph capture failed (a stand-in)\nmore lines')
+
+    assert_falls_back_to_eager(
+        data,
+        monkeypatch,
+        capsys,
+        CompilerStandIn(fails_when_called),
+        'RuntimeError: CUDA graph capture failed (a stand-in)',
+        'gct',
+    )
+    session = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')
+    session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+    described = session.describe()
+    assert 'eager (compiling failed)' in described['kernels']
+    # Eager on the CPU, the attention took the fused kernels, and the record says which.
+    if torch_kernel_status().loaded:
+        assert described['kernels'].endswith('+ fused attention CPU kernels')
+        assert described['kernel_isa'] in ('avx512', 'avx2', 'baseline')
+
+
 @pytest.mark.parametrize('failing_call', [2, 3])
 def test_capture_failing_after_the_warm_up_step_falls_back_from_the_same_statistics(
     data, monkeypatch, capsys, cuda_graph_mode, failing_call
@@ -291,28 +301,22 @@ def test_capture_failing_after_the_warm_up_step_falls_back_from_the_same_statist
             raise RuntimeError('operation not permitted when stream is capturing (a stand-in)')
         return out
 
-    eager = train(torch_spec('gct', epochs=1), data, device=torch.device('cpu'))
-    monkeypatch.setattr(torch, 'compile', CompilerStandIn(capture_fails))
-    capsys.readouterr()
-    fallen_back = train(torch_spec('gct', epochs=1, compile=True), data, device=torch.device('cpu'))
-    out = capsys.readouterr().out
-    assert (
-        out.count(
-            'torch.compile (mode reduce-overhead) failed on cpu: RuntimeError: operation not '
-            'permitted when stream is capturing (a stand-in); this trial trains without compiling'
-        )
-        == 1
+    assert_falls_back_to_eager(
+        data,
+        monkeypatch,
+        capsys,
+        CompilerStandIn(capture_fails),
+        'RuntimeError: operation not permitted when stream is capturing (a stand-in)',
+        'gct',
     )
-    for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
-        assert fallen_back[0][key] == eager[0][key], key
 
 
 @pytest.mark.parametrize('failing_evaluation', [1, 2])
 def test_a_compiled_evaluation_that_fails_falls_back_with_a_message(
     data, monkeypatch, capsys, cuda_graph_mode, failing_evaluation
 ):
-    """Inference compiles and captures graphs of its own, and CUDA graph trees capture
-    them in a later evaluation than the first: a failure in any evaluation falls back."""
+    """Inference compiles and captures graphs of its own, not necessarily in the first
+    evaluation: a failure in any evaluation falls back."""
     batches_per_evaluation = 3  # 40 test images in batches of 16
 
     def inference_fails(call, forward):
@@ -323,14 +327,15 @@ def test_a_compiled_evaluation_that_fails_falls_back_with_a_message(
         return forward()
 
     inference_fails.calls = 0
-    eager = train(torch_spec('se', epochs=2), data, device=torch.device('cpu'))
-    monkeypatch.setattr(torch, 'compile', CompilerStandIn(inference_fails))
-    capsys.readouterr()
-    fallen_back = train(torch_spec('se', epochs=2, compile=True), data, device=torch.device('cpu'))
-    assert capsys.readouterr().out.count('failed on cpu: RuntimeError: operation not') == 1
-    for epoch in (0, 1):
-        for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc'):
-            assert fallen_back[epoch][key] == eager[epoch][key], (epoch, key)
+    assert_falls_back_to_eager(
+        data,
+        monkeypatch,
+        capsys,
+        CompilerStandIn(inference_fails),
+        'RuntimeError: operation not permitted when stream is capturing (stand-in)',
+        'se',
+        epochs=2,
+    )
     inference_fails.calls = 0
     session = TorchSession(torch_spec('se', epochs=1, compile=True), data, 'cpu')
     for _ in range(failing_evaluation):
