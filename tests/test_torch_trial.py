@@ -235,17 +235,19 @@ def cuda_graph_mode(monkeypatch):
     monkeypatch.setitem(torch_trainer.COMPILE_MODES, 'cpu', 'reduce-overhead')
 
 
-def assert_falls_back_to_eager(data, monkeypatch, capsys, stand_in, failure, attention, epochs=1):
-    """A trial compiled by `stand_in` says once that compiling failed with `failure` and
-    trains the eager trial's epochs, bit for bit."""
+def assert_falls_back_to_eager(
+    data, monkeypatch, capsys, stand_in, where, failure, attention, epochs=1
+):
+    """A trial compiled by `stand_in` says once that compiling failed in `where` with
+    `failure` and trains the eager trial's epochs, bit for bit."""
     eager = train(torch_spec(attention, epochs=epochs), data, device=torch.device('cpu'))
     monkeypatch.setattr(torch, 'compile', stand_in)
     capsys.readouterr()
     spec = torch_spec(attention, epochs=epochs, compile=True)
     fallen_back = train(spec, data, device=torch.device('cpu'))
     said = (
-        f'torch.compile (mode {torch_trainer.compile_mode("cpu")}) failed on cpu: {failure}; '
-        'this trial trains without compiling'
+        f'torch.compile (mode {torch_trainer.compile_mode("cpu")}) failed on cpu in {where}: '
+        f'{failure}; this trial trains without compiling'
     )
     assert capsys.readouterr().out.count(said) == 1
     assert len(fallen_back) == len(eager) == epochs
@@ -273,6 +275,7 @@ def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
         monkeypatch,
         capsys,
         CompilerStandIn(fails_when_called),
+        'a training step',
         'RuntimeError: CUDA graph capture failed (a stand-in)',
         'gct',
     )
@@ -306,6 +309,7 @@ def test_capture_failing_after_the_warm_up_step_falls_back_from_the_same_statist
         monkeypatch,
         capsys,
         CompilerStandIn(capture_fails),
+        'a training step',
         'RuntimeError: operation not permitted when stream is capturing (a stand-in)',
         'gct',
     )
@@ -332,15 +336,22 @@ def test_a_compiled_evaluation_that_fails_falls_back_with_a_message(
         monkeypatch,
         capsys,
         CompilerStandIn(inference_fails),
+        'an evaluation',
         'RuntimeError: operation not permitted when stream is capturing (stand-in)',
         'se',
         epochs=2,
     )
+    # The record says that the trial trained compiled until then.
     inference_fails.calls = 0
     session = TorchSession(torch_spec('se', epochs=1, compile=True), data, 'cpu')
+    for _ in range(3):
+        session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
     for _ in range(failing_evaluation):
         session.evaluate()
-    assert 'eager (compiling failed)' in session.describe()['kernels']
+    assert session.describe()['kernels'].startswith(
+        f'torch {torch.__version__} compiled for 3 steps, then eager (compiling failed in '
+        'an evaluation)'
+    )
 
 
 def test_a_compiled_evaluation_sees_one_batch_shape_and_the_eager_numbers(
@@ -385,10 +396,13 @@ def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
         session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
     session.evaluate()
     assert capsys.readouterr().out.splitlines() == [
-        'CUDA graphs skipped on cpu: skipping cudagraphs due to mutated inputs (2 instances); '
-        "inductor runs that part of this trial's step without them (slower on small networks)"
+        'CUDA graphs skipped on cpu in training: skipping cudagraphs due to mutated inputs '
+        '(2 instances); inductor runs that graph without them (slower on small networks)'
     ]
-    assert 'compiled (reduce-overhead, some CUDA graphs skipped)' in session.describe()['kernels']
+    assert (
+        'compiled (reduce-overhead, CUDA graphs skipped in training)'
+        in (session.describe()['kernels'])
+    )
 
     # A skip first seen in an evaluation, after the steps that prove compiling, counts too.
     def skips_inference_graphs(call, forward):
@@ -400,8 +414,8 @@ def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
         session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
     assert 'CUDA graphs skipped' not in capsys.readouterr().out
     session.evaluate()
-    assert capsys.readouterr().out.count('CUDA graphs skipped on cpu') == 1
-    assert 'some CUDA graphs skipped' in session.describe()['kernels']
+    assert capsys.readouterr().out.count('CUDA graphs skipped on cpu in evaluation') == 1
+    assert 'CUDA graphs skipped in evaluation' in session.describe()['kernels']
     # Graphs that keep their CUDA graphs are recorded as compiled with them.
     monkeypatch.setattr(torch, 'compile', CompilerStandIn(lambda call, forward: forward()))
     session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')

@@ -10,9 +10,9 @@ gather there; channels-last memory; BatchNorm in one pass and Adam in one fused 
 (models/pytorch, optim.py); `torch.compile` as the recipe's `compile`: inductor on the
 CPU, and on a GPU with CUDA graphs (mode 'reduce-overhead': a small network's step is
 bound by kernel launches, which a graph replays as one), falling back to eager with a
-message where compiling or capturing fails in the first steps or evaluation (the failed
-step retried from BatchNorm's statistics as they were), and saying so, in a message and
-the trial's record, where inductor skips CUDA graphs; mixed precision as the recipe's
+message where compiling or capturing fails in the first steps or in any evaluation (the
+failed step retried from BatchNorm's statistics as they were), and saying so, in a
+message and the trial's record, where inductor skips CUDA graphs; mixed precision as the recipe's
 `precision` (bfloat16 autocast, or float16 autocast with a gradient scaler), refused on
 the CPU.
 """
@@ -227,10 +227,13 @@ class TorchSession:
         self.forward = compile_network(net, self.compile_mode) if self.compile_mode else net
         # Until these compiled steps have run, a failure falls back to eager.
         self._unproven_steps = STEPS_TO_PROVE.get(self.compile_mode, 0)
-        # Why inductor ran some of this session's graphs without CUDA graphs, if it did.
-        # (Seen when the graph is compiled: a second session of the same network in one
-        # process reuses the first's graphs and cannot see it again.)
-        self.cudagraphs_skipped: str | None = None
+        # Where and why inductor ran some of this session's graphs without CUDA graphs,
+        # if it did. (Seen when the graph is compiled: a second session of the same
+        # network in one process reuses the first's graphs and cannot see it again.)
+        self.cudagraphs_skipped: tuple[str, str] | None = None
+        # Compiled training steps taken, and where compiling failed (the record says both).
+        self._compiled_steps = 0
+        self._compiling_failed_in: str | None = None
         self.optimizer = make_optimizer(net, self.recipe)
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.recipe.precision)
         self.scaler = (
@@ -256,46 +259,48 @@ class TorchSession:
         if not self.compile_mode:
             return self._train_step(x, y)
         if not self._unproven_steps:
-            with self._watching_cudagraphs():
-                return self._train_step(x, y)
+            with self._watching_cudagraphs('training'):
+                result = self._train_step(x, y)
+            self._compiled_steps += 1
+            return result
         # A step that fails after its forward pass has moved BatchNorm's running
         # statistics: its eager retry starts from them as they were.
         buffers = [buffer.clone() for buffer in self.net.buffers()]
         try:
-            with self._watching_cudagraphs():
+            with self._watching_cudagraphs('training'):
                 result = self._train_step(x, y)
         except Exception as error:  # compiling or capturing: any failure, one message
-            self._fall_back_to_eager(error)
+            self._fall_back_to_eager(error, 'a training step')
             with torch.no_grad():
                 for buffer, saved in zip(self.net.buffers(), buffers, strict=True):
                     buffer.copy_(saved)
             return self._train_step(x, y)
         self._unproven_steps -= 1
+        self._compiled_steps += 1
         return result
 
-    def _fall_back_to_eager(self, error: Exception) -> None:
+    def _fall_back_to_eager(self, error: Exception, where: str) -> None:
         cause = (str(error).splitlines() or [''])[0][:300]
         print(
-            f'torch.compile (mode {self.compile_mode}) failed on {self.device}: '
+            f'torch.compile (mode {self.compile_mode}) failed on {self.device} in {where}: '
             f'{type(error).__name__}: {cause}; this trial trains without compiling '
             '(same network, slower)',
             flush=True,
         )
-        if self.compile_mode == 'reduce-overhead':
-            # The graphs' memory pools, which eager training on a shared GPU may need.
-            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-            reset_cudagraph_trees()
+        # The compiled graphs (and on a GPU their memory pools) are left as they are:
+        # CUDA graph trees are shared by every compiled network in the process, and
+        # freeing them would break the others' (the benchmark holds several at once).
         self.forward = self.net
         self.compile_mode = None
         self.cudagraphs_skipped = None
         self._unproven_steps = 0
+        self._compiling_failed_in = where
 
     @contextlib.contextmanager
-    def _watching_cudagraphs(self) -> Iterator[None]:
-        """Says once, and records, that inductor skipped CUDA graphs inside: it then runs
-        that graph's kernels without them (correct, but launch-bound again on a GPU) and
-        says why only in a warning of its own."""
+    def _watching_cudagraphs(self, where: str) -> Iterator[None]:
+        """Says once, and records, that inductor skipped CUDA graphs inside (`where`:
+        training or evaluation): it then runs that graph's kernels without them (correct,
+        but launch-bound again on a GPU) and says why only in a warning of its own."""
         if self.compile_mode != 'reduce-overhead' or self.cudagraphs_skipped:
             yield
             return
@@ -304,10 +309,11 @@ class TorchSession:
             yield
         if cudagraph_skips() == skips_before:
             return
-        self.cudagraphs_skipped = reasons[0] if reasons else 'inductor gave no reason'
+        reason = reasons[0] if reasons else 'inductor gave no reason'
+        self.cudagraphs_skipped = (where, reason)
         print(
-            f'CUDA graphs skipped on {self.device}: {self.cudagraphs_skipped}; inductor '
-            "runs that part of this trial's step without them (slower on small networks)",
+            f'CUDA graphs skipped on {self.device} in {where}: {reason}; inductor runs '
+            'that graph without them (slower on small networks)',
             flush=True,
         )
 
@@ -348,11 +354,11 @@ class TorchSession:
         # Inference compiles and captures graphs of its own, not in the first evaluation
         # alone; evaluating changes no state, so any failure can fall back.
         try:
-            with self._watching_cudagraphs():
+            with self._watching_cudagraphs('evaluation'):
                 return self._evaluate()
         except Exception as error:
             self.net.train()
-            self._fall_back_to_eager(error)
+            self._fall_back_to_eager(error, 'an evaluation')
             return self._evaluate()
 
     def _evaluate(self) -> tuple[float, float]:
@@ -397,17 +403,24 @@ class TorchSession:
         if self.scaler is not None and saved.get('scaler'):
             self.scaler.load_state_dict(saved['scaler'])
 
+    def _how_compiled(self) -> str:
+        if self.cudagraphs_skipped:
+            where, _reason = self.cudagraphs_skipped
+            return f' compiled ({self.compile_mode}, CUDA graphs skipped in {where})'
+        if self.compile_mode:
+            return f' compiled ({self.compile_mode})'
+        if not self.recipe.compile:
+            return ''
+        if self._compiled_steps:
+            return (
+                f' compiled for {self._compiled_steps} steps, then eager (compiling failed '
+                f'in {self._compiling_failed_in})'
+            )
+        return ' eager (compiling failed)'
+
     def describe(self) -> dict[str, str | int | None]:
         """Where and with what the trial ran, recorded with its results."""
-        kernels = f'torch {torch.__version__}' + (
-            f' compiled ({self.compile_mode}, some CUDA graphs skipped)'
-            if self.cudagraphs_skipped
-            else f' compiled ({self.compile_mode})'
-            if self.compile_mode
-            else ' eager (compiling failed)'
-            if self.recipe.compile
-            else ''
-        )
+        kernels = f'torch {torch.__version__}' + self._how_compiled()
         found = {'devices': describe(self.device), 'kernels': kernels}
         if kernels_used():
             found['kernels'] += ' + fused attention CPU kernels'
