@@ -12,9 +12,9 @@ CPU, and on a GPU with CUDA graphs (mode 'reduce-overhead': a small network's st
 bound by kernel launches, which a graph replays as one), falling back to eager with a
 message where compiling or capturing fails in the first steps or in any evaluation (the
 failed step retried from BatchNorm's statistics as they were), and saying so, in a
-message and the trial's record, where inductor skips CUDA graphs; mixed precision as the recipe's
-`precision` (bfloat16 autocast, or float16 autocast with a gradient scaler), refused on
-the CPU.
+message and the trial's record, where inductor skips CUDA graphs; mixed precision as the
+recipe's `precision` (bfloat16 autocast, or float16 autocast with a gradient scaler),
+refused on the CPU.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def cudagraph_skip_reasons() -> Iterator[list[str]]:
 
 
 def _first_line(message: str) -> str:
-    """A message's first line without the dangling "Found from:" that announces a
-    stack (inductor's skip warnings)."""
+    """A message's first line (at most 300 characters), without the dangling "Found
+    from:" that announces a stack (inductor's skip warnings)."""
     line = (message.splitlines() or [''])[0]
     return re.sub(r'[.\s]*Found from:?\s*$', '', line)[:300]
 
@@ -225,13 +225,12 @@ class TorchSession:
         self.net = net  # what checkpoints hold
         self.compile_mode = compile_mode(device) if self.recipe.compile else None
         self.forward = compile_network(net, self.compile_mode) if self.compile_mode else net
-        # Until these compiled steps have run, a failure falls back to eager.
-        self._unproven_steps = STEPS_TO_PROVE.get(self.compile_mode, 0)
         # Where and why inductor ran some of this session's graphs without CUDA graphs,
         # if it did. (Seen when the graph is compiled: a second session of the same
         # network in one process reuses the first's graphs and cannot see it again.)
         self.cudagraphs_skipped: tuple[str, str] | None = None
-        # Compiled training steps taken, and where compiling failed (the record says both).
+        # Compiled training steps taken (until STEPS_TO_PROVE of them have run, a failure
+        # falls back to eager), and where compiling failed (the record says both).
         self._compiled_steps = 0
         self._compiling_failed_in: str | None = None
         self.optimizer = make_optimizer(net, self.recipe)
@@ -258,29 +257,26 @@ class TorchSession:
         """One update on (x, y); the batch's summed loss and correct count, on the device."""
         if not self.compile_mode:
             return self._train_step(x, y)
-        if not self._unproven_steps:
-            with self._watching_cudagraphs('training'):
-                result = self._train_step(x, y)
-            self._compiled_steps += 1
-            return result
+        proven = self._compiled_steps >= STEPS_TO_PROVE[self.compile_mode]
         # A step that fails after its forward pass has moved BatchNorm's running
         # statistics: its eager retry starts from them as they were.
-        buffers = [buffer.clone() for buffer in self.net.buffers()]
+        buffers = [] if proven else [buffer.clone() for buffer in self.net.buffers()]
         try:
             with self._watching_cudagraphs('training'):
                 result = self._train_step(x, y)
         except Exception as error:  # compiling or capturing: any failure, one message
+            if proven:
+                raise
             self._fall_back_to_eager(error, 'a training step')
             with torch.no_grad():
                 for buffer, saved in zip(self.net.buffers(), buffers, strict=True):
                     buffer.copy_(saved)
             return self._train_step(x, y)
-        self._unproven_steps -= 1
         self._compiled_steps += 1
         return result
 
     def _fall_back_to_eager(self, error: Exception, where: str) -> None:
-        cause = (str(error).splitlines() or [''])[0][:300]
+        cause = _first_line(str(error))
         print(
             f'torch.compile (mode {self.compile_mode}) failed on {self.device} in {where}: '
             f'{type(error).__name__}: {cause}; this trial trains without compiling '
@@ -293,7 +289,6 @@ class TorchSession:
         self.forward = self.net
         self.compile_mode = None
         self.cudagraphs_skipped = None
-        self._unproven_steps = 0
         self._compiling_failed_in = where
 
     @contextlib.contextmanager
