@@ -39,6 +39,11 @@ def torch_spec(attention='eca', model='cifar_resnet8_v1', **recipe_changes):
     return TrialSpec(model, attention, seed=3, recipe=Recipe(**recipe))
 
 
+def train_one_batch(session):
+    """One step on the first 16 training images, centred and unflipped."""
+    return session.train_batch(list(range(16)), [4] * 16, [4] * 16, [False] * 16)
+
+
 @pytest.fixture
 def data(tiny_cifar_root):
     return load_cifar10(tiny_cifar_root, download=False)
@@ -280,7 +285,7 @@ def test_compile_chooses_cuda_graphs_on_gpus_and_falls_back_with_a_message(
         'gct',
     )
     session = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')
-    session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+    train_one_batch(session)
     described = session.describe()
     assert 'eager (compiling failed)' in described['kernels']
     # Eager on the CPU, the attention took the fused kernels, and the record says which.
@@ -345,7 +350,7 @@ def test_a_compiled_evaluation_that_fails_falls_back_with_a_message(
     inference_fails.calls = 0
     session = TorchSession(torch_spec('se', epochs=1, compile=True), data, 'cpu')
     for _ in range(3):
-        session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+        train_one_batch(session)
     for _ in range(failing_evaluation):
         session.evaluate()
     assert session.describe()['kernels'].startswith(
@@ -393,7 +398,7 @@ def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
     session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')
     capsys.readouterr()
     for _ in range(4):
-        session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+        train_one_batch(session)
     session.evaluate()
     assert capsys.readouterr().out.splitlines() == [
         'CUDA graphs skipped on cpu in training: skipping cudagraphs due to mutated inputs '
@@ -411,7 +416,7 @@ def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
     monkeypatch.setattr(torch, 'compile', CompilerStandIn(skips_inference_graphs))
     session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')
     for _ in range(4):
-        session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+        train_one_batch(session)
     assert 'CUDA graphs skipped' not in capsys.readouterr().out
     session.evaluate()
     assert capsys.readouterr().out.count('CUDA graphs skipped on cpu in evaluation') == 1
@@ -419,7 +424,7 @@ def test_graphs_inductor_runs_without_cuda_graphs_are_said_once_and_recorded(
     # Graphs that keep their CUDA graphs are recorded as compiled with them.
     monkeypatch.setattr(torch, 'compile', CompilerStandIn(lambda call, forward: forward()))
     session = TorchSession(torch_spec('eca', epochs=1, compile=True), data, 'cpu')
-    session.train_batch(*[list(range(16)), [4] * 16, [4] * 16, [False] * 16])
+    train_one_batch(session)
     session.evaluate()
     assert 'compiled (reduce-overhead)' in session.describe()['kernels']
     assert capsys.readouterr().out == ''
