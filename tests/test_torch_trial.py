@@ -375,7 +375,9 @@ def test_a_compiled_evaluation_sees_one_batch_shape_and_the_eager_numbers(
     monkeypatch.setattr(torch, 'compile', CompilerStandIn(records_shapes))
     compiled = TorchSession(torch_spec('gct', epochs=1, compile=True), data, 'cpu')
     assert len(data.test_images) % 16  # the last batch is short
-    np.testing.assert_allclose(compiled.evaluate(), eager.evaluate(), rtol=1e-6)
+    # The last batch's images go through the convolutions at another batch size, which
+    # oneDNN may block differently (float32 rounding; 1e-5 as the other evaluations).
+    np.testing.assert_allclose(compiled.evaluate(), eager.evaluate(), rtol=1e-5)
     assert set(shapes) == {(16, 10)}
 
 
