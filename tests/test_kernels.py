@@ -403,3 +403,79 @@ def test_a_failed_compile_names_the_command_and_keeps_no_partial_file(tmp_path, 
 def test_environment_switch_turns_them_off(monkeypatch):
     monkeypatch.setenv(kernels.FUSED_ENV, '0')
     assert kernels._load() == (False, f'turned off by {kernels.FUSED_ENV}=0')
+
+
+PLACEMENT_SCRIPT = """
+import json, sys
+import mxnet as mx
+from models.kernels import _mxnet_operator_names, build_library, load_into_mxnet
+
+own = {n: (getattr(mx.nd, n), getattr(mx.sym, n)) for n in ('Convolution', 'BatchNorm')}
+before = _mxnet_operator_names()
+path = build_library()
+if sys.argv[1] == 'mxnet':
+    mx.library.load(str(path), verbose=False)
+    added = sorted(_mxnet_operator_names() - before)
+else:
+    added = load_into_mxnet(path)
+modules = ['mxnet.ndarray', 'mxnet.ndarray.op', 'mxnet.ndarray._internal',
+           'mxnet.symbol', 'mxnet.symbol.op', 'mxnet.symbol._internal']
+placed = {
+    name: {m: [getattr(sys.modules[m], name).__module__, name in sys.modules[m].__all__]
+           for m in modules if hasattr(sys.modules[m], name)}
+    for name in added
+}
+x = mx.nd.array([[[[1.0, 2.0], [3.0, 6.0]]]])
+graph = mx.sym.cab_channel_mean(mx.sym.var('x')).bind(mx.cpu(), {'x': x})
+print(json.dumps({
+    'placed': placed,
+    'values': [mx.nd.cab_channel_mean(x).asnumpy().tolist(),
+               graph.forward()[0].asnumpy().tolist()],
+    'own_kept': all(getattr(mx.nd, n) is f and getattr(mx.sym, n) is g
+                    for n, (f, g) in own.items()),
+}))
+"""
+
+
+def test_loading_the_library_places_its_operators_where_mxnets_own_load_does():
+    """load_into_mxnet makes functions for the library's operators alone (MXNet's load
+    remakes all ~960, a second per trial): each lands in the same modules, under the
+    same names, as with mx.library.load, and computes in both NDArray and Symbol form."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    runs = {
+        way: subprocess.Popen(
+            [sys.executable, '-c', PLACEMENT_SCRIPT, way],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(root)),
+        )
+        for way in ('mxnet', 'ours')
+    }
+    found = {}
+    for way, process in runs.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        found[way] = json.loads(out.splitlines()[-1])
+    assert found['ours']['placed'] == found['mxnet']['placed']
+    assert sorted(found['ours']['placed']) == [
+        '_backward_cab_channel_mean',
+        '_backward_cab_copy',
+        '_backward_cab_eca',
+        '_backward_cab_gct',
+        '_backward_cab_se',
+        'cab_channel_mean',
+        'cab_copy',
+        'cab_eca',
+        'cab_gct',
+        'cab_se',
+    ]
+    assert found['ours']['values'] == found['mxnet']['values'] == [[[3.0]], [[3.0]]]
+    assert found['ours']['own_kept'] and not found['mxnet']['own_kept']

@@ -7,7 +7,7 @@ pass over each image, forward and backward) and the networks' global average poo
 ships (`mxnet/include/mxnet/lib_api.h` and `mxnet/src/lib_api.cc`). The library is
 compiled on first use with the system's C++ compiler (`$CXX`, else `g++`), cached
 under a key of its sources, the MXNet version, the compiler and the instruction set,
-and loaded with `mx.library.load`.
+and loaded as `mx.library.load` would (`load_into_mxnet`).
 
 Instruction sets: one build per level (AVX-512, AVX2 + FMA, the x86-64 baseline),
 each compiled for exactly that level, and each process loads the widest its CPU
@@ -321,14 +321,58 @@ class KernelStatus(NamedTuple):
     detail: str
 
 
+def _mxnet_operator_names() -> set[str]:
+    import ctypes
+
+    from mxnet.base import _LIB, check_call, py_str
+
+    names = ctypes.POINTER(ctypes.c_char_p)()
+    count = ctypes.c_uint()
+    check_call(_LIB.MXListAllOpNames(ctypes.byref(count), ctypes.byref(names)))
+    return {py_str(names[index]) for index in range(count.value)}
+
+
+def load_into_mxnet(path: Path) -> list[str]:
+    """What `mx.library.load(path, verbose=False)` does, with Python functions made for
+    the library's own operators alone: MXNet's load regenerates those of all ~960
+    operators, about a second in every process that loads the kernels (each trial).
+    The new operators' names; as MXNet places them: `mx.nd.X` and `mx.sym.X` (also in
+    their `op` modules), underscored ones (the backward passes) in `_internal`."""
+    import ctypes
+    import sys
+
+    from mxnet.base import _LIB, OpHandle, c_str, check_call, mx_uint
+    from mxnet.ndarray.register import _make_ndarray_function
+    from mxnet.symbol.register import _make_symbol_function
+
+    before = _mxnet_operator_names()
+    check_call(_LIB.MXLoadLib(ctypes.c_char_p(str(path).encode()), mx_uint(0)))
+    added = sorted(_mxnet_operator_names() - before)
+    for namespace, make_function in (
+        ('ndarray', _make_ndarray_function),
+        ('symbol', _make_symbol_function),
+    ):
+        for name in added:
+            handle = OpHandle()
+            check_call(_LIB.NNGetOpHandle(c_str(name), ctypes.byref(handle)))
+            function = make_function(handle, name, name)
+            if name.startswith('_'):
+                modules = [sys.modules[f'mxnet.{namespace}._internal']]
+            else:
+                modules = [sys.modules[f'mxnet.{namespace}.op'], sys.modules[f'mxnet.{namespace}']]
+            function.__module__ = namespace  # as MXNet's own registration names it
+            for module in modules:
+                setattr(module, name, function)
+                module.__all__.append(name)
+    return added
+
+
 def _load() -> KernelStatus:
     if os.environ.get(FUSED_ENV, '1') == '0':
         return KernelStatus(False, f'turned off by {FUSED_ENV}=0')
     try:
         path = build_library()
-        import mxnet as mx
-
-        mx.library.load(str(path), verbose=False)
+        load_into_mxnet(path)
     except Exception as error:  # any failure leaves MXNet's own operators, which always work
         # stacklevel 6: the attention module whose graph asked for the kernels.
         warn_unavailable('fused channel-attention kernels', error, "MXNet's operators", 6)
