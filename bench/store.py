@@ -237,6 +237,14 @@ class ResultsStore:
         (a sweep `name` that is also the name of an unrelated folder): before anything
         is written, cleaned or deleted there. A missing or empty folder is a new store."""
         if not self.root.exists():
+            # A file where a folder above the store should be: its creation would fail
+            # with ENOTDIR, which names neither the file nor the setting.
+            found = next((p for p in self.root.parents if p.exists()), None)
+            if found is not None and not found.is_dir():
+                raise NotAStore(
+                    f'the results folder {self.root} cannot be made: {found} is a file; '
+                    'set outputs.results in the sweep file to a folder for results'
+                )
             return
         if not self.root.is_dir():
             raise NotAStore(

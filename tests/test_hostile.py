@@ -132,6 +132,19 @@ def test_fresh_deletes_only_a_store_and_only_its_own_files(tmp_path, capsys):
         assert code == 2 and f'{unrelated} is not a results store of this project' in err, args
         assert 'nothing was written or deleted there' in err
         assert snapshot(unrelated) == before
+    # Results pointed at a file, or at a folder inside one: named, and nothing written.
+    for results in ('photos/holiday.jpg', 'photos/holiday.jpg/deeper'):
+        path = write_sweep(
+            tmp_path,
+            data_root,
+            name='photos',
+            extra={'outputs': {'results': results, 'readme': None, 'figures': 'f', 'report': None}},
+        )
+        for args in (['--fresh', '--yes'], ['--dry-run'], ['--report-only'], []):
+            code, out, err = run(['--config', str(path), *args], capsys)
+            assert code == 2 and f'{unrelated / "holiday.jpg"} is a file' in err, (args, err)
+            assert 'set outputs.results in the sweep file to a folder' in err
+            assert snapshot(unrelated) == before
     # In a store, --fresh leaves what is not the store's own.
     store = ResultsStore(tmp_path / 'store')
     (store.root / 'trials' / '0123456789ab').mkdir(parents=True)
