@@ -47,14 +47,7 @@ def writable_json_problem(path: str | Path, what: str) -> str | None:
             f'{what} {path} exists and is not JSON, so this tool did not write it; '
             'choose another path (it is not overwritten)'
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        return f'{what} {path} cannot be written ({error.strerror or error})'
-    return None
+    return _unwritable_folder(path.parent, f'{what} {path}')
 
 
 def writable_folder_problem(path: str | Path, what: str) -> str | None:
@@ -62,13 +55,22 @@ def writable_folder_problem(path: str | Path, what: str) -> str | None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         return f'{what} {path} is a file; name a folder'
+    return _unwritable_folder(path, f'{what} {path}')
+
+
+def _unwritable_folder(folder: Path, named: str) -> str | None:
+    """Why `named` cannot be written in `folder` or in the folders the write would create
+    there: tried by creating and removing a file in the nearest folder that exists. Creates
+    no folder, so a check that fails (or a run stopped by another problem) leaves none."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return f'{named} cannot be written: {existing} is a file, not a folder'
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix='.probe-', dir=path)
+        handle, probe = tempfile.mkstemp(prefix='.probe-', dir=existing)
         os.close(handle)
         os.unlink(probe)
     except OSError as error:
-        return f'{what} {path} cannot be written ({error.strerror or error})'
+        return f'{named} cannot be written ({error.strerror or error})'
     return None
 
 

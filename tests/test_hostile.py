@@ -479,6 +479,10 @@ def test_bench_train_checks_its_outputs_before_training(tiny_cifar_root, tmp_pat
         (['--checkpoint-dir', str(a_file)], '--checkpoint-dir'),
         (['--checkpoint-dir', str(a_file / 'below')], 'cannot be written'),
         (['--output', str(tmp_path)], '--output'),
+        (
+            ['--checkpoint-dir', str(tmp_path / 'new' / 'ckpt'), '--output', str(tmp_path)],
+            '--output',
+        ),
     ):
         with pytest.raises(SystemExit) as exit_info:
             train_main(common + extra)
@@ -486,6 +490,7 @@ def test_bench_train_checks_its_outputs_before_training(tiny_cifar_root, tmp_pat
         assert exit_info.value.code == 2 and expected in err.err, err
         assert '[epoch' not in err.out  # nothing trained
     assert a_file.read_text() == 'mine'
+    assert not (tmp_path / 'new').exists()  # the checked folder, not made for a refused run
 
 
 def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypatch):
@@ -536,13 +541,19 @@ def test_bench_benchmark_checks_its_json_before_measuring(tmp_path, capsys):
     a_file.write_text('mine')
     for target, expected in (
         (tmp_path, 'is a folder'),
-        (a_file / 'rows.json', 'cannot be written'),
+        (a_file / 'rows.json', f'cannot be written: {a_file} is a file, not a folder'),
     ):
         with pytest.raises(SystemExit) as exit_info:
             benchmark_main(['--num-gpus', '0', '--json', str(target)])
         err = capsys.readouterr()
         assert exit_info.value.code == 2 and expected in err.err
         assert 'img/s' not in err.out
+    # Checking a path in folders yet to be made makes none: a run refused for another
+    # reason leaves nothing behind.
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_main(['--models', 'resnet50', '--json', str(tmp_path / 'new' / 'rows.json')])
+    assert exit_info.value.code == 2 and "unknown model 'resnet50'" in capsys.readouterr().err
+    assert not (tmp_path / 'new').exists()
 
 
 # ------------------------------------------------- found by trying to break the first fixes
