@@ -522,6 +522,7 @@ def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypat
         (['--images', '10'], '--images 10 holds no batch of --batch-size 128'),
         (['--models', 'resnet50'], "unknown model 'resnet50'"),
         (['--attentions', 'coord'], "unknown attention 'coord'"),
+        (['--compile'], '--compile compiles the torch backend (torch.compile) and --backend gluon'),
     ],
 )
 def test_bench_benchmark_refuses_nonsense_before_measuring(args, expected, capsys):

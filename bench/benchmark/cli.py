@@ -281,6 +281,13 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
                 problems.append(
                     f'{problem}; leave it out or choose --backend ' + ' or '.join(spec.backends)
                 )
+    if args.compile and args.backend == 'gluon':
+        # Else the table would be Gluon's alone, read as a compiled run.
+        problems.append(
+            '--compile compiles the torch backend (torch.compile) and --backend gluon '
+            'measures only Gluon, whose graph hybridize already compiles; add --backend '
+            'torch or both, or leave out --compile'
+        )
     if args.images < args.batch_size:
         problems.append(
             f'--images {args.images} holds no batch of --batch-size '
