@@ -523,6 +523,14 @@ def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypat
         (['--models', 'resnet50'], "unknown model 'resnet50'"),
         (['--attentions', 'coord'], "unknown attention 'coord'"),
         (['--compile'], '--compile compiles the torch backend (torch.compile) and --backend gluon'),
+        (
+            ['--backend', 'torch', '--threads-compare'],
+            '--threads-compare compares Gluon runs',
+        ),
+        (
+            ['--backend', 'torch', '--kernels-compare'],
+            '--kernels-compare compares Gluon runs',
+        ),
     ],
 )
 def test_bench_benchmark_refuses_nonsense_before_measuring(args, expected, capsys):

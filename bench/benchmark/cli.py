@@ -288,6 +288,15 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
             'measures only Gluon, whose graph hybridize already compiles; add --backend '
             'torch or both, or leave out --compile'
         )
+    for flag, what in (
+        ('threads_compare', "MXNet's default thread count against the trial's"),
+        ('kernels_compare', "the fused kernels against MXNet's operators"),
+    ):
+        if getattr(args, flag) and args.backend == 'torch':
+            problems.append(
+                f'--{flag.replace("_", "-")} compares Gluon runs ({what}) and --backend '
+                'torch runs none; choose --backend gluon or both, or leave it out'
+            )
     if args.images < args.batch_size:
         problems.append(
             f'--images {args.images} holds no batch of --batch-size '
