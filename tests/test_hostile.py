@@ -332,6 +332,18 @@ def test_a_sweep_record_of_the_wrong_shape_is_named_and_rewritten(sweep, capsys,
     assert reports_main([str(store.root)]) == 0
 
 
+def test_the_reports_command_given_a_file_or_nothing_says_so(tmp_path, capsys):
+    from reports.__main__ import main as reports_main
+
+    readme = tmp_path / 'README.md'
+    readme.write_text('# mine\n')
+    for given, what in ((readme, 'is a file'), (tmp_path / 'none', 'does not exist')):
+        assert reports_main([str(given)]) == 2
+        err = capsys.readouterr().err
+        assert f'{given} {what}: give the folder of a sweep' in err and 'sweep.json' not in err
+    assert readme.read_text() == '# mine\n' and sorted(tmp_path.iterdir()) == [readme]
+
+
 @pytest.mark.parametrize('content', ['', 'garbage', '{"host": null}', '[1]'])
 def test_an_unreadable_lock_says_so_and_what_to_do(tmp_path, content):
     from bench.store import StoreLocked
