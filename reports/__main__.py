@@ -37,15 +37,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--no-overhead', action='store_true', help='no params/MACs columns')
     args = parser.parse_args(argv)
     store = Path(args.results_dir)
-    if not store.is_dir():
-        # Else the message would be about a missing sweep.json inside it.
-        what = 'is a file' if store.exists() else 'does not exist'
-        return report(
-            BenchError(
-                f"{store} {what}: give the folder of a sweep's results store, "
-                'outputs.results/<sweep name> (e.g. results/demo)'
-            )
-        )
     try:
         written = render_all(
             store,

@@ -39,7 +39,15 @@ def load_trials(store_dir: str | Path, manifest: Mapping[str, Any] | None = None
 
 def load_manifest(store_dir: str | Path) -> dict[str, Any]:
     """The sweep's record of which trials it consists of now (written by run_sweep.py)."""
-    path = Path(store_dir) / MANIFEST_FILE
+    store_dir = Path(store_dir)
+    if not store_dir.is_dir():
+        # Else the message would be about a missing sweep.json inside it.
+        what = 'is a file' if store_dir.exists() else 'does not exist'
+        raise ReportError(
+            f"{store_dir} {what}: give the folder of a sweep's results store, "
+            'outputs.results/<sweep name> (e.g. results/demo)'
+        )
+    path = store_dir / MANIFEST_FILE
     if not path.is_file():
         raise ReportError(
             f'{path} is missing, so which stored trials belong to the sweep cannot be told. '

@@ -90,7 +90,8 @@ def test_two_backends_stores_compared_cell_by_cell(tmp_path, capsys):
     assert main([str(gluon), str(torch), '--metrics', 'val_acc']) == 0
     out = capsys.readouterr().out
     assert 'no significant difference' in out and ' differ' in out and 'p = 0.' in out
-    assert main([str(gluon), str(tmp_path / 'nothing')]) == 2
+    (tmp_path / 'empty').mkdir()
+    assert main([str(gluon), str(tmp_path / 'empty')]) == 2
     assert 'sweep.json is missing' in capsys.readouterr().err
 
 

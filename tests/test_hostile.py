@@ -332,15 +332,19 @@ def test_a_sweep_record_of_the_wrong_shape_is_named_and_rewritten(sweep, capsys,
     assert reports_main([str(store.root)]) == 0
 
 
-def test_the_reports_command_given_a_file_or_nothing_says_so(tmp_path, capsys):
+def test_the_report_commands_given_a_file_or_nothing_say_so(tmp_path, capsys):
     from reports.__main__ import main as reports_main
 
     readme = tmp_path / 'README.md'
     readme.write_text('# mine\n')
+    from reports.compare import main as compare_main
+
     for given, what in ((readme, 'is a file'), (tmp_path / 'none', 'does not exist')):
-        assert reports_main([str(given)]) == 2
-        err = capsys.readouterr().err
-        assert f'{given} {what}: give the folder of a sweep' in err and 'sweep.json' not in err
+        for command, args in ((reports_main, [given]), (compare_main, [given, tmp_path])):
+            code = command([str(a) for a in args])
+            err = capsys.readouterr().err
+            assert code == 2 and f'{given} {what}: give the folder of a sweep' in err
+            assert 'sweep.json' not in err
     assert readme.read_text() == '# mine\n' and sorted(tmp_path.iterdir()) == [readme]
 
 

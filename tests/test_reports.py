@@ -303,7 +303,7 @@ def test_failed_trials_show_their_error_in_the_report(tmp_path):
 
 def test_a_store_without_its_sweep_record_is_a_clear_error(tmp_path):
     with pytest.raises(ReportError, match=r'(?s)sweep\.json is missing.*--report-only'):
-        render_all(tmp_path / 'nothing')
+        render_all(tmp_path)
 
 
 def test_report_commands_need_neither_ray_nor_mxnet(original_store, tmp_path):
