@@ -322,11 +322,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
     problems = output_problems(args)
     if problems:
         raise ProblemsFound(problems)
-    data = load_data(args)
     missing = missing_framework(spec.recipe.backend)
     if missing:
         raise BadArguments(missing)
+    # Devices and precision before the data: loading may mean a 170 MB download.
     train, devices, where = _backend_trainer(spec, args.num_gpus)
+    data = load_data(args)
     return Prepared(spec, data, train, devices, where, f'{threads} CPU thread(s) ({threads_from})')
 
 

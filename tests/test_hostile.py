@@ -509,6 +509,23 @@ def test_bench_train_checks_its_outputs_before_training(tiny_cifar_root, tmp_pat
     assert not (tmp_path / 'new').exists()  # the checked folder, not made for a refused run
 
 
+@pytest.mark.parametrize('backend', ['gluon', 'torch'])
+def test_bench_train_refuses_a_precision_the_device_lacks_before_loading_data(
+    tmp_path, capsys, backend
+):
+    """The device check comes before the data: no download (170 MB) only to be refused."""
+    from bench.train import main as train_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(
+            ['--backend', backend, '--precision', 'amp_float16', '--num-gpus', '0']
+            + ['--data-root', str(tmp_path / 'no-data'), '--no-download', '--quiet']
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and 'amp_float16 needs' in err, err
+    assert 'CIFAR-10 was not found' not in err
+
+
 def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypatch):
     from bench.train import parse_args, thread_count
 
