@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.fileio import not_a_folder_in_the_way
+
 # JSON outputs of the tools are small; a larger file at their path is not one of them.
 _MAX_JSON_BYTES = 64 << 20
 
@@ -62,9 +64,10 @@ def _unwritable_folder(folder: Path, named: str) -> str | None:
     """Why `named` cannot be written in `folder` or in the folders the write would create
     there: tried by creating and removing a file in the nearest folder that exists. Creates
     no folder, so a check that fails (or a run stopped by another problem) leaves none."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        return f'{named} cannot be written: {existing} is a file, not a folder'
+    blocked = not_a_folder_in_the_way(folder)
+    if blocked:
+        return f'{named} cannot be written: {blocked}'
+    existing = next(p for p in (folder, *folder.parents) if p.is_dir() or p == p.parent)
     try:
         handle, probe = tempfile.mkstemp(prefix='.probe-', dir=existing)
         os.close(handle)

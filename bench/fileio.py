@@ -30,6 +30,20 @@ def _fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def not_a_folder_in_the_way(folder: str | Path) -> str | None:
+    """Why `folder` cannot be made (or used) as a folder, found without making any: the
+    nearest of it and its parents that is there, when that is a file, a link to nothing
+    or a link loop (None when it is a folder, or nothing is there at all)."""
+    folder = Path(folder)
+    for entry in (folder, *folder.parents):
+        if os.path.lexists(entry):
+            if entry.is_dir():
+                return None
+            kind = 'a link to nothing' if entry.is_symlink() else 'a file'
+            return f'{entry} is {kind}, not a folder'
+    return None
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)

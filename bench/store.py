@@ -42,7 +42,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 from bench.errors import BenchError
-from bench.fileio import publish_dir_atomic, read_json, write_json_atomic, write_text_atomic
+from bench.fileio import (
+    not_a_folder_in_the_way,
+    publish_dir_atomic,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from bench.records import (  # noqa: F401
     DAMAGED,
     DONE,
@@ -237,13 +243,14 @@ class ResultsStore:
         (a sweep `name` that is also the name of an unrelated folder): before anything
         is written, cleaned or deleted there. A missing or empty folder is a new store."""
         if not self.root.exists():
-            # A file where a folder above the store should be: its creation would fail
-            # with ENOTDIR, which names neither the file nor the setting.
-            found = next((p for p in self.root.parents if p.exists()), None)
-            if found is not None and not found.is_dir():
+            # A file or a dangling link where a folder above the store should be: its
+            # creation would fail with an error that names neither it nor the setting.
+            blocked = not_a_folder_in_the_way(self.root)
+            if blocked:
                 raise NotAStore(
-                    f'the results folder {self.root} cannot be made: {found} is a file; '
-                    'set outputs.results in the sweep file to a folder for results'
+                    f'the results folder {self.root} cannot be made: {blocked}; set '
+                    'outputs.results (in the sweep file or on the command line) to a '
+                    'folder for results'
                 )
             return
         if not self.root.is_dir():

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from bench.fileio import not_a_folder_in_the_way
 from bench.records import PENDING, TrialRecord, unregistered_attention_problem, upgrade_trial_file
 from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
 from bench.trial.recipe import Recipe
@@ -42,9 +43,9 @@ def load_manifest(store_dir: str | Path) -> dict[str, Any]:
     store_dir = Path(store_dir)
     if not store_dir.is_dir():
         # Else the message would be about a missing sweep.json inside it.
-        what = 'is a file' if store_dir.exists() else 'does not exist'
+        why = not_a_folder_in_the_way(store_dir) or f'{store_dir} does not exist'
         raise ReportError(
-            f"{store_dir} {what}: give the folder of a sweep's results store, "
+            f"{why}: give the folder of a sweep's results store, "
             'outputs.results/<sweep name> (e.g. results/demo)'
         )
     path = store_dir / MANIFEST_FILE

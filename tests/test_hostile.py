@@ -132,8 +132,16 @@ def test_fresh_deletes_only_a_store_and_only_its_own_files(tmp_path, capsys):
         assert code == 2 and f'{unrelated} is not a results store of this project' in err, args
         assert 'nothing was written or deleted there' in err
         assert snapshot(unrelated) == before
-    # Results pointed at a file, or at a folder inside one: named, and nothing written.
-    for results in ('photos/holiday.jpg', 'photos/holiday.jpg/deeper'):
+    # Results pointed at a file, at a folder inside one, or through a link to nothing or a
+    # link loop: named, and nothing written.
+    (tmp_path / 'gone').symlink_to(tmp_path / 'nowhere')
+    (tmp_path / 'loop').symlink_to(tmp_path / 'loop')
+    for results, blocked in (
+        ('photos/holiday.jpg', f'{unrelated / "holiday.jpg"} is a file'),
+        ('photos/holiday.jpg/deeper', f'{unrelated / "holiday.jpg"} is a file'),
+        ('gone', f'{tmp_path / "gone"} is a link to nothing'),
+        ('loop/deeper', f'{tmp_path / "loop"} is a link to nothing'),
+    ):
         path = write_sweep(
             tmp_path,
             data_root,
@@ -142,9 +150,10 @@ def test_fresh_deletes_only_a_store_and_only_its_own_files(tmp_path, capsys):
         )
         for args in (['--fresh', '--yes'], ['--dry-run'], ['--report-only'], []):
             code, out, err = run(['--config', str(path), *args], capsys)
-            assert code == 2 and f'{unrelated / "holiday.jpg"} is a file' in err, (args, err)
-            assert 'set outputs.results in the sweep file to a folder' in err
+            assert code == 2 and f'{blocked}, not a folder' in err, (args, err)
+            assert 'set outputs.results (in the sweep file or on the command line)' in err
             assert snapshot(unrelated) == before
+    assert not (tmp_path / 'nowhere').exists()
     # In a store, --fresh leaves what is not the store's own.
     store = ResultsStore(tmp_path / 'store')
     (store.root / 'trials' / '0123456789ab').mkdir(parents=True)
@@ -339,13 +348,19 @@ def test_the_report_commands_given_a_file_or_nothing_say_so(tmp_path, capsys):
     readme.write_text('# mine\n')
     from reports.compare import main as compare_main
 
-    for given, what in ((readme, 'is a file'), (tmp_path / 'none', 'does not exist')):
+    (tmp_path / 'gone').symlink_to(tmp_path / 'nowhere')
+    for given, what in (
+        (readme, 'is a file, not a folder'),
+        (tmp_path / 'none', 'does not exist'),
+        (tmp_path / 'gone', 'is a link to nothing, not a folder'),
+    ):
         for command, args in ((reports_main, [given]), (compare_main, [given, tmp_path])):
             code = command([str(a) for a in args])
             err = capsys.readouterr().err
             assert code == 2 and f'{given} {what}: give the folder of a sweep' in err
             assert 'sweep.json' not in err
-    assert readme.read_text() == '# mine\n' and sorted(tmp_path.iterdir()) == [readme]
+    assert readme.read_text() == '# mine\n'
+    assert sorted(tmp_path.iterdir()) == [readme, tmp_path / 'gone']
 
 
 @pytest.mark.parametrize('content', ['', 'garbage', '{"host": null}', '[1]'])
@@ -581,9 +596,12 @@ def test_bench_benchmark_checks_its_json_before_measuring(tmp_path, capsys):
 
     a_file = tmp_path / 'a-file'
     a_file.write_text('mine')
+    gone = tmp_path / 'gone'
+    gone.symlink_to(tmp_path / 'nowhere')
     for target, expected in (
         (tmp_path, 'is a folder'),
         (a_file / 'rows.json', f'cannot be written: {a_file} is a file, not a folder'),
+        (gone / 'rows.json', f'cannot be written: {gone} is a link to nothing, not a folder'),
     ):
         with pytest.raises(SystemExit) as exit_info:
             benchmark_main(['--num-gpus', '0', '--json', str(target)])

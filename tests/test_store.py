@@ -309,7 +309,7 @@ def test_problems_that_would_stop_a_sweep_part_way_are_found_before_it_starts(
     )
     code, err = run(config=blocked)
     assert code == 2 and f'{tmp_path / "a-file"} is a file' in err
-    assert 'set outputs.results in the sweep file' in err
+    assert 'set outputs.results (in the sweep file or on the command line)' in err
     assert store.trial_state(ids['finished']).status == DONE
 
 
