@@ -39,7 +39,13 @@ def writable_json_problem(path: str | Path, what: str) -> str | None:
     a file that is not JSON (the tool writes JSON, so anything else there is someone else's
     and is not overwritten), or a place where writing fails, tried by creating and removing
     a file beside it, so that hours of work do not end in a failed write."""
-    path = Path(path)
+    try:
+        return _json_target_problem(Path(path), what)
+    except OSError as error:  # a folder on the way that this user may not enter
+        return f'{what} {path} cannot be checked ({error.strerror or error})'
+
+
+def _json_target_problem(path: Path, what: str) -> str | None:
     if path.is_dir():
         return f'{what} {path} is a folder; name a file'
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -55,9 +61,12 @@ def writable_json_problem(path: str | Path, what: str) -> str | None:
 def writable_folder_problem(path: str | Path, what: str) -> str | None:
     """Why files cannot be written in the folder `path` (None when they can)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        return f'{what} {path} is a file; name a folder'
-    return _unwritable_folder(path, f'{what} {path}')
+    try:
+        if path.exists() and not path.is_dir():
+            return f'{what} {path} is a file; name a folder'
+        return _unwritable_folder(path, f'{what} {path}')
+    except OSError as error:  # a folder on the way that this user may not enter
+        return f'{what} {path} cannot be checked ({error.strerror or error})'
 
 
 def _unwritable_folder(folder: Path, named: str) -> str | None:

@@ -41,7 +41,11 @@ def load_trials(store_dir: str | Path, manifest: Mapping[str, Any] | None = None
 def load_manifest(store_dir: str | Path) -> dict[str, Any]:
     """The sweep's record of which trials it consists of now (written by run_sweep.py)."""
     store_dir = Path(store_dir)
-    if not store_dir.is_dir():
+    try:
+        is_folder = store_dir.is_dir()
+    except OSError as error:  # a folder on the way that this user may not enter
+        raise ReportError(f'{store_dir} cannot be read ({error.strerror or error})') from None
+    if not is_folder:
         # Else the message would be about a missing sweep.json inside it.
         why = not_a_folder_in_the_way(store_dir) or f'{store_dir} does not exist'
         raise ReportError(

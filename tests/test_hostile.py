@@ -341,6 +341,56 @@ def test_a_sweep_record_of_the_wrong_shape_is_named_and_rewritten(sweep, capsys,
     assert reports_main([str(store.root)]) == 0
 
 
+UNREADABLE_SCRIPT = """
+import sys
+from bench.arguments import writable_folder_problem, writable_json_problem
+from reports.store import ReportError, load_manifest
+
+locked = sys.argv[1]
+print(writable_json_problem(locked + '/inner/r.json', '--json'))
+print(writable_folder_problem(locked + '/inner/c', '--checkpoint-dir'))
+try:
+    load_manifest(locked + '/inner')
+except ReportError as error:
+    print(error)
+"""
+
+
+def test_a_folder_the_user_may_not_enter_is_a_message_not_a_traceback(tmp_path):
+    """Checked as another user (root reads every folder): the output checks and the
+    reports' store check say the folder cannot be entered."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if os.geteuid() != 0 or not shutil.which('setpriv'):
+        pytest.skip('needs root and setpriv to check as another user')
+    root = Path(__file__).resolve().parents[1]
+    locked = tmp_path / 'locked'
+    (locked / 'inner').mkdir(parents=True)
+    locked.chmod(0o700)
+    tmp_path.chmod(0o755)
+    done = subprocess.run(
+        ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
+        + [sys.executable, '-c', UNREADABLE_SCRIPT, str(locked)],
+        capture_output=True,
+        text=True,
+        cwd='/',
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        timeout=120,
+    )
+    if 'Permission denied' in done.stderr and 'python' in done.stderr.split('\n')[0]:
+        pytest.skip('the interpreter is not readable by another user here')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        f'--json {locked}/inner/r.json cannot be checked (Permission denied)',
+        f'--checkpoint-dir {locked}/inner/c cannot be checked (Permission denied)',
+        f'{locked}/inner cannot be read (Permission denied)',
+    ]
+
+
 def test_the_report_commands_given_a_file_or_nothing_say_so(tmp_path, capsys):
     from reports.__main__ import main as reports_main
 

@@ -285,7 +285,7 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
         # Else the table would be Gluon's alone, read as a compiled run.
         problems.append(
             '--compile compiles the torch backend (torch.compile) and --backend gluon '
-            'measures only Gluon, whose graph hybridize already compiles; add --backend '
+            'measures only Gluon, whose graph hybridize already compiles; choose --backend '
             'torch or both, or leave out --compile'
         )
     for flag, what in (
