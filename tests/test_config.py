@@ -68,6 +68,17 @@ def test_wrong_type_says_expected_and_found():
     assert 'gpus_per_trial' in errors_of({**BASE, 'resources': {'gpus_per_trial': 1.5}})
 
 
+@pytest.mark.parametrize('name', ['../../etc', 'a/b', '.hidden', '<b>x</b>', 'two words', ''])
+def test_a_sweep_name_is_one_folder_name_said_in_words(name):
+    message = errors_of({**BASE, 'name': name})
+    assert "name: a sweep name is one folder name: letters, digits, '_', '.' and '-'" in message
+    assert f'(found {name!r})' in message and 'pattern' not in message
+
+
+def test_a_sweep_name_of_those_characters_is_taken():
+    assert parse_config({**BASE, 'name': 'Se-vs.eca_2'}, 'my.yaml').name == 'Se-vs.eca_2'
+
+
 def test_unknown_model_and_attention_list_the_valid_ones():
     message = errors_of({**BASE, 'models': ['cifar_resnet20_v3']})
     assert 'my.yaml: models:' in message and 'cifar_resnet56_v2' in message

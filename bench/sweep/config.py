@@ -185,8 +185,11 @@ def _parses_as_url(text: str) -> bool:
     return True
 
 
+SWEEP_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+
+
 class SweepConfig(_Strict):
-    name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', max_length=100)
+    name: str = Field(max_length=100)
     models: List[str] = Field(min_length=1)
     attentions: List[str] = Field(min_length=1)
     seeds: List[Seed] = Field(default_factory=lambda: [0], min_length=1)
@@ -197,6 +200,17 @@ class SweepConfig(_Strict):
     outputs: Outputs = Field(default_factory=Outputs)
     report: ReportOptions = Field(default_factory=ReportOptions)
     tracking: Tracking = Field(default_factory=Tracking)
+
+    @field_validator('name')
+    @classmethod
+    def _a_folder_name(cls, name: str) -> str:
+        # It names the store's folder (and the MLflow experiment): no path, no markup.
+        if not SWEEP_NAME.fullmatch(name):
+            raise ValueError(
+                "a sweep name is one folder name: letters, digits, '_', '.' and '-', "
+                'starting with a letter or digit'
+            )
+        return name
 
     @field_validator('models')
     @classmethod
