@@ -145,6 +145,16 @@ def _conflicts(args: argparse.Namespace) -> str | None:
                 f'--report-only renders the reports from the store and trains nothing; '
                 f'it does not take {", ".join(given)} (run without --report-only)'
             )
+    if args.yes and not args.fresh:
+        return (
+            '--yes answers the question --fresh asks before it deletes; without --fresh '
+            'nothing is asked (add --fresh to start over, or leave out --yes)'
+        )
+    if args.insert and args.no_report:
+        return (
+            '--insert adds the results block to the README that the reports write, and '
+            '--no-report writes no reports; leave out one of them'
+        )
     return None
 
 

@@ -436,9 +436,14 @@ def test_contradicting_flags_and_an_empty_only_are_one_message(sweep, capsys):
         (['--report-only', '--only', 'seed=0'], 'does not take --only'),
         (['--only', ',,,'], "--only ',,,' selects nothing"),
         (['--only', 'model='], 'key=value pairs'),
+        (['--yes'], '--yes answers the question --fresh asks'),
+        (['--dry-run', '--yes'], 'without --fresh nothing is asked'),
+        (['--insert', '--no-report'], '--no-report writes no reports; leave out one'),
     ):
+        before = snapshot(store.root)
         code, out, err = run(['--config', str(path), *args], capsys)
         assert code == 2 and expected in err, (args, err)
+        assert snapshot(store.root) == before and not out, args
     assert store.trial_state(ids['partial']).status == PARTIAL
 
 
