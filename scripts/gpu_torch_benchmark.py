@@ -17,9 +17,9 @@ settings checks the script itself where there is no GPU (the tests do that).
 """
 
 import argparse
-import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,38 +39,98 @@ TABLE = [
 ]
 
 
+def _seconds(least):
+    """An argparse type: a finite number of seconds, `least` or more ('0 or more', or
+    'more than 0' where `least` is None)."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected seconds, got {text!r}') from None
+        fine = value >= least if least is not None else value > 0
+        if not fine or value == float('inf'):
+            wanted = f'{least:g} or more' if least is not None else 'more than 0'
+            raise argparse.ArgumentTypeError(f'expected {wanted} seconds, got {text}')
+        return value
+
+    return parse
+
+
 def parse_args(argv=None):
+    from bench.arguments import whole_number
+    from bench.trial.recipe import MAX_BATCH_SIZE
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument('--device', default='cuda', help='cuda (default) or cpu')
+    parser.add_argument('--device', default='cuda', help='cuda (default), cuda:N or cpu')
     parser.add_argument('--models', nargs='+', default=['cifar_resnet20_v1', 'cifar_resnet56_v1'])
     parser.add_argument('--attentions', nargs='+', default=['none', 'se', 'eca', 'gct'])
     parser.add_argument('--precisions', nargs='+', default=['float32', 'amp_bfloat16'])
-    parser.add_argument('--batch-size', type=int, default=BATCH)
-    parser.add_argument('--steps', type=int, default=60, help='timed steps per configuration')
+    parser.add_argument('--batch-size', type=whole_number(1, MAX_BATCH_SIZE), default=BATCH)
+    parser.add_argument(
+        '--steps',
+        type=whole_number(1, 100_000),
+        default=60,
+        help='timed steps per configuration',
+    )
     parser.add_argument(
         '--sharing',
         nargs='+',
-        type=int,
+        type=whole_number(1, 64),
         default=[1, 2, 4, 8],
         help='trials sharing the card at once',
     )
     parser.add_argument(
         '--sharing-seconds',
-        type=float,
+        type=_seconds(None),
         default=25.0,
         help='how long each sharing configuration trains, timed',
     )
     parser.add_argument('--no-compile', action='store_true')
     parser.add_argument(
         '--budget-s',
-        type=float,
+        type=_seconds(0),
         default=540.0,
         help='stop starting compiled measurements after this many seconds',
     )
     parser.add_argument('--out', default=None, help='write the results as JSON here')
     return parser.parse_args(argv)
+
+
+def argument_problems(args):
+    """What would stop the run or lose its numbers, found before any device time is spent
+    (a machine lent for minutes): unknown names, a precision or device that does not
+    exist, an --out that cannot be written or is not this script's JSON."""
+    from bench.arguments import writable_json_problem
+    from bench.trial.recipe import PRECISIONS
+    from models.names import parse_model_name
+    from models.registry import attention_spec, parse_attention_name
+
+    problems = []
+    if args.device != 'cpu' and not re.fullmatch(r'cuda(:\d+)?', args.device):
+        problems.append(f'--device {args.device}: give cuda, cuda:N or cpu')
+    for name in args.models:
+        try:
+            parse_model_name(name)
+        except KeyError as error:
+            problems.append(str(error))
+    for index, name in enumerate(args.attentions):
+        try:
+            args.attentions[index] = parse_attention_name(name)
+        except KeyError as error:
+            problems.append(str(error))
+            continue
+        problem = attention_spec(args.attentions[index]).backend_problem('torch')
+        if problem:
+            problems.append(f'{problem}; leave it out')
+    for precision in args.precisions:
+        if precision not in PRECISIONS:
+            problems.append(f'--precisions {precision}: give any of {", ".join(PRECISIONS)}')
+    if args.out:
+        problems.append(writable_json_problem(args.out, '--out'))
+    return [p for p in problems if p]
 
 
 def _spec(model, attention, precision, compile_network, batch_size):
@@ -167,6 +227,11 @@ def projected_table_hours(rates, sharing, shared_model='cifar_resnet20_v1'):
 
 def main(argv=None):
     args = parse_args(argv)
+    problems = argument_problems(args)
+    if problems:
+        for problem in problems:
+            print(f'error: {problem}', file=sys.stderr)
+        return 2
     os.environ.setdefault('OMP_NUM_THREADS', str(os.cpu_count() or 1))
     import torch
 
@@ -262,7 +327,9 @@ def main(argv=None):
         'command': ' '.join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
     }
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        from bench.fileio import write_json_atomic
+
+        write_json_atomic(args.out, result)
     return 0
 
 

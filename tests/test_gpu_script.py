@@ -35,6 +35,36 @@ def test_the_table_projection_adds_every_trial_and_divides_by_the_sharing_gain()
     assert script.projected_table_hours({}, {1: 1.0}) is None
 
 
+def test_the_script_refuses_bad_arguments_before_any_device_time(tmp_path, capsys):
+    """A card is lent for minutes: a typo is refused at once, all problems together, and
+    --out never overwrites a file that is not this script's JSON."""
+    script = load_script()
+    mine = tmp_path / 'sweep.yaml'
+    mine.write_text('name: mine\n')
+    code = script.main(
+        ['--device', 'gpu', '--models', 'resnet50', '--attentions', 'coord', 'se']
+        + ['--precisions', 'fp8', '--out', str(mine)]
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 5, err
+    assert err[0] == 'error: --device gpu: give cuda, cuda:N or cpu'
+    assert err[1].startswith("error: unknown model 'resnet50'")
+    assert err[2].startswith("error: unknown attention 'coord'")
+    assert err[3] == 'error: --precisions fp8: give any of float32, amp_float16, amp_bfloat16'
+    assert err[4].startswith(f'error: --out {mine} exists and is not JSON')
+    assert mine.read_text() == 'name: mine\n'
+    for args, expected in (
+        (['--steps', '0'], 'argument --steps: expected 1 to'),
+        (['--sharing', '1', '0'], 'argument --sharing: expected 1 to 64, got 0'),
+        (['--sharing-seconds', '0'], 'expected more than 0 seconds, got 0'),
+        (['--budget-s', 'nan'], 'expected 0 or more seconds, got nan'),
+        (['--batch-size', '-1'], 'argument --batch-size: expected 1 to'),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(['--device', 'cpu', *args])
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err, args
+
+
 @pytest.mark.slow
 def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
     pytest.importorskip('torch', reason='the torch extra is not installed')
