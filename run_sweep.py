@@ -48,6 +48,7 @@ INTERRUPTED_EXIT = 130
 # Flags that make no sense beside --report-only (which trains nothing and starts no Ray).
 TRAINING_ONLY_FLAGS = (
     'fresh',
+    'yes',
     'only',
     'retry_failed',
     'no_report',

@@ -39,19 +39,18 @@ TABLE = [
 ]
 
 
-def _seconds(least):
-    """An argparse type: a finite number of seconds, `least` or more ('0 or more', or
-    'more than 0' where `least` is None)."""
+def _seconds(least, most):
+    """An argparse type: seconds from `least` to `most` ('more than 0' where `least` is
+    None)."""
 
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f'expected seconds, got {text!r}') from None
-        fine = value >= least if least is not None else value > 0
-        if not fine or value == float('inf'):
-            wanted = f'{least:g} or more' if least is not None else 'more than 0'
-            raise argparse.ArgumentTypeError(f'expected {wanted} seconds, got {text}')
+        low = f'{least:g}' if least is not None else 'more than 0'
+        if not (value >= least if least is not None else value > 0) or not value <= most:
+            raise argparse.ArgumentTypeError(f'expected {low} to {most:g} seconds, got {text}')
         return value
 
     return parse
@@ -59,7 +58,6 @@ def _seconds(least):
 
 def parse_args(argv=None):
     from bench.arguments import whole_number
-    from bench.trial.recipe import MAX_BATCH_SIZE
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument('--models', nargs='+', default=['cifar_resnet20_v1', 'cifar_resnet56_v1'])
     parser.add_argument('--attentions', nargs='+', default=['none', 'se', 'eca', 'gct'])
     parser.add_argument('--precisions', nargs='+', default=['float32', 'amp_bfloat16'])
-    parser.add_argument('--batch-size', type=whole_number(1, MAX_BATCH_SIZE), default=BATCH)
+    parser.add_argument('--batch-size', type=whole_number(1), default=BATCH)
     parser.add_argument(
         '--steps',
         type=whole_number(1, 100_000),
@@ -84,14 +82,14 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         '--sharing-seconds',
-        type=_seconds(None),
+        type=_seconds(None, 600),
         default=25.0,
         help='how long each sharing configuration trains, timed',
     )
     parser.add_argument('--no-compile', action='store_true')
     parser.add_argument(
         '--budget-s',
-        type=_seconds(0),
+        type=_seconds(0, 24 * 3600),
         default=540.0,
         help='stop starting compiled measurements after this many seconds',
     )
@@ -103,12 +101,17 @@ def argument_problems(args):
     """What would stop the run or lose its numbers, found before any device time is spent
     (a machine lent for minutes): unknown names, a precision or device that does not
     exist, an --out that cannot be written or is not this script's JSON."""
+    try:
+        from bench.trial.recipe import MAX_BATCH_SIZE, PRECISIONS
+    except ImportError as error:  # a bare machine: the trial's recipe needs pydantic
+        return [f'{error}: install it (pip install {error.name}) or carry its wheel']
     from bench.arguments import writable_json_problem
-    from bench.trial.recipe import PRECISIONS
     from models.names import parse_model_name
     from models.registry import attention_spec, parse_attention_name
 
     problems = []
+    if args.batch_size > MAX_BATCH_SIZE:
+        problems.append(f'--batch-size {args.batch_size}: at most {MAX_BATCH_SIZE}')
     if args.device != 'cpu' and not re.fullmatch(r'cuda(:\d+)?', args.device):
         problems.append(f'--device {args.device}: give cuda, cuda:N or cpu')
     for name in args.models:
@@ -242,6 +245,13 @@ def main(argv=None):
             print(
                 'error: no CUDA device visible to PyTorch '
                 f'{torch.__version__}; use --device cpu to check the script',
+                file=sys.stderr,
+            )
+            return 2
+        if (device.index or 0) >= torch.cuda.device_count():
+            print(
+                f'error: --device {args.device}: PyTorch sees {torch.cuda.device_count()} '
+                'CUDA device(s), numbered from 0',
                 file=sys.stderr,
             )
             return 2

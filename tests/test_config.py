@@ -68,10 +68,14 @@ def test_wrong_type_says_expected_and_found():
     assert 'gpus_per_trial' in errors_of({**BASE, 'resources': {'gpus_per_trial': 1.5}})
 
 
-@pytest.mark.parametrize('name', ['../../etc', 'a/b', '.hidden', '<b>x</b>', 'two words', ''])
+@pytest.mark.parametrize(
+    'name', ['../../etc', 'a/b', '.hidden', '<b>x</b>', 'two words', '', 'café', '١٢']
+)
 def test_a_sweep_name_is_one_folder_name_said_in_words(name):
     message = errors_of({**BASE, 'name': name})
-    assert "name: a sweep name is one folder name: letters, digits, '_', '.' and '-'" in message
+    assert 'name: a sweep name is one folder name: ASCII letters and digits (A-Z, a-z, 0-9)' in (
+        message
+    )
     assert f'(found {name!r})' in message and 'pattern' not in message
 
 

@@ -53,16 +53,33 @@ def test_the_script_refuses_bad_arguments_before_any_device_time(tmp_path, capsy
     assert err[3] == 'error: --precisions fp8: give any of float32, amp_float16, amp_bfloat16'
     assert err[4].startswith(f'error: --out {mine} exists and is not JSON')
     assert mine.read_text() == 'name: mine\n'
+    assert script.main(['--device', 'cpu', '--batch-size', str(2**21)]) == 2
+    assert f'--batch-size {2**21}: at most {2**20}' in capsys.readouterr().err
     for args, expected in (
         (['--steps', '0'], 'argument --steps: expected 1 to'),
         (['--sharing', '1', '0'], 'argument --sharing: expected 1 to 64, got 0'),
-        (['--sharing-seconds', '0'], 'expected more than 0 seconds, got 0'),
-        (['--budget-s', 'nan'], 'expected 0 or more seconds, got nan'),
-        (['--batch-size', '-1'], 'argument --batch-size: expected 1 to'),
+        (['--sharing-seconds', '0'], 'expected more than 0 to 600 seconds, got 0'),
+        (['--sharing-seconds', '1e308'], 'expected more than 0 to 600 seconds, got 1e308'),
+        (['--budget-s', 'nan'], 'expected 0 to 86400 seconds, got nan'),
+        (['--batch-size', '-1'], 'argument --batch-size: expected at least 1, got -1'),
     ):
         with pytest.raises(SystemExit) as exit_info:
             script.main(['--device', 'cpu', *args])
         assert exit_info.value.code == 2 and expected in capsys.readouterr().err, args
+
+
+def test_without_pydantic_the_script_says_which_wheel_to_carry():
+    """The lent GPU machine has PyTorch and numpy only: a missing package is one line."""
+    prelude = (
+        "import runpy, sys; sys.modules['pydantic'] = None; "
+        f"sys.argv = ['gpu_torch_benchmark.py', '--device', 'cpu']; "
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', prelude], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr
+    assert 'pip install pydantic) or carry its wheel' in done.stderr
 
 
 @pytest.mark.slow

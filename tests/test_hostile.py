@@ -434,6 +434,7 @@ def test_contradicting_flags_and_an_empty_only_are_one_message(sweep, capsys):
     for args, expected in (
         (['--report-only', '--fresh'], 'does not take --fresh'),
         (['--report-only', '--only', 'seed=0'], 'does not take --only'),
+        (['--report-only', '--yes'], 'does not take --yes'),
         (['--only', ',,,'], "--only ',,,' selects nothing"),
         (['--only', 'model='], 'key=value pairs'),
         (['--yes'], '--yes answers the question --fresh asks'),

@@ -207,8 +207,8 @@ class SweepConfig(_Strict):
         # It names the store's folder (and the MLflow experiment): no path, no markup.
         if not SWEEP_NAME.fullmatch(name):
             raise ValueError(
-                "a sweep name is one folder name: letters, digits, '_', '.' and '-', "
-                'starting with a letter or digit'
+                'a sweep name is one folder name: ASCII letters and digits (A-Z, a-z, '
+                "0-9), '_', '.' and '-', starting with a letter or digit"
             )
         return name
 
