@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from bench.fileio import not_a_folder_in_the_way
@@ -32,6 +32,37 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
 
     parse.__name__ = 'whole number'
     return parse
+
+
+def network_name_problems(
+    models: Iterable[str], attentions: list[str], backends: Sequence[str], backend_flag: bool
+) -> list[str]:
+    """What is wrong with the networks a tool is asked for: unknown models and attentions
+    (each message lists the valid names) and attentions a backend lacks (with `--backend`
+    choices where the tool has that flag). Puts the registry's spelling of each known
+    attention into `attentions`."""
+    from models.names import parse_model_name
+    from models.registry import attention_spec, parse_attention_name
+
+    problems = []
+    for name in models:
+        try:
+            parse_model_name(name)
+        except KeyError as error:
+            problems.append(str(error))
+    for index, name in enumerate(attentions):
+        try:
+            attentions[index] = parse_attention_name(name)
+        except KeyError as error:
+            problems.append(str(error))
+            continue
+        spec = attention_spec(attentions[index])
+        for backend in backends:
+            problem = spec.backend_problem(backend)
+            if problem:
+                choose = ' or choose --backend ' + ' or '.join(spec.backends)
+                problems.append(f'{problem}; leave it out{choose if backend_flag else ""}')
+    return problems
 
 
 def writable_json_problem(path: str | Path, what: str) -> str | None:

@@ -105,29 +105,14 @@ def argument_problems(args):
         from bench.trial.recipe import MAX_BATCH_SIZE, PRECISIONS
     except ImportError as error:  # a bare machine: the trial's recipe needs pydantic
         return [f'{error}: install it (pip install {error.name}) or carry its wheel']
-    from bench.arguments import writable_json_problem
-    from models.names import parse_model_name
-    from models.registry import attention_spec, parse_attention_name
+    from bench.arguments import network_name_problems, writable_json_problem
 
     problems = []
     if args.batch_size > MAX_BATCH_SIZE:
         problems.append(f'--batch-size {args.batch_size}: at most {MAX_BATCH_SIZE}')
     if args.device != 'cpu' and not re.fullmatch(r'cuda(:\d+)?', args.device):
         problems.append(f'--device {args.device}: give cuda, cuda:N or cpu')
-    for name in args.models:
-        try:
-            parse_model_name(name)
-        except KeyError as error:
-            problems.append(str(error))
-    for index, name in enumerate(args.attentions):
-        try:
-            args.attentions[index] = parse_attention_name(name)
-        except KeyError as error:
-            problems.append(str(error))
-            continue
-        problem = attention_spec(args.attentions[index]).backend_problem('torch')
-        if problem:
-            problems.append(f'{problem}; leave it out')
+    problems += network_name_problems(args.models, args.attentions, ['torch'], False)
     for precision in args.precisions:
         if precision not in PRECISIONS:
             problems.append(f'--precisions {precision}: give any of {", ".join(PRECISIONS)}')

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from bench.arguments import whole_number, writable_json_problem
+from bench.arguments import network_name_problems, whole_number, writable_json_problem
 from bench.benchmark import __doc__ as BENCHMARK_HELP
 from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
 from bench.errors import BenchError, ProblemsFound, report
@@ -24,8 +24,8 @@ from bench.gpu import check_local_gpus
 from bench.trial.host_memory import keep_freed_memory_for_reuse
 from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
-from models.names import VARIANTS, parse_model_name
-from models.registry import attention_spec, parse_attention_name, registered
+from models.names import VARIANTS
+from models.registry import registered
 
 if TYPE_CHECKING:
     import mxnet as mx
@@ -256,11 +256,6 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
     """What keeps the benchmark from running or from saving what it measured, found before
     any measurement: unknown names, too few images for a batch, an unwritable --json."""
     problems = []
-    for name in args.models:
-        try:
-            parse_model_name(name)
-        except KeyError as error:
-            problems.append(str(error))
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
     if args.attentions is None:
         args.attentions = [
@@ -268,19 +263,7 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
             for name, spec in registered().items()
             if not any(spec.backend_problem(backend) for backend in backends)
         ]
-    for index, name in enumerate(args.attentions):
-        try:
-            args.attentions[index] = parse_attention_name(name)
-        except KeyError as error:
-            problems.append(str(error))
-            continue
-        spec = attention_spec(name)
-        for backend in backends:
-            problem = spec.backend_problem(backend)
-            if problem:
-                problems.append(
-                    f'{problem}; leave it out or choose --backend ' + ' or '.join(spec.backends)
-                )
+    problems += network_name_problems(args.models, args.attentions, backends, backend_flag=True)
     if args.compile and args.backend == 'gluon':
         # Else the table would be Gluon's alone, read as a compiled run.
         problems.append(
