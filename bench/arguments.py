@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from bench.fileio import not_a_folder_in_the_way
+from bench.fileio import nearest_entry, not_a_folder_in_the_way
 
 # JSON outputs of the tools are small; a larger file at their path is not one of them.
 _MAX_JSON_BYTES = 64 << 20
@@ -93,8 +93,6 @@ def writable_folder_problem(path: str | Path, what: str) -> str | None:
     """Why files cannot be written in the folder `path` (None when they can)."""
     path = Path(path)
     try:
-        if path.exists() and not path.is_dir():
-            return f'{what} {path} is a file; name a folder'
         return _unwritable_folder(path, f'{what} {path}')
     except OSError as error:  # a folder on the way that this user may not enter
         return f'{what} {path} cannot be checked ({error.strerror or error})'
@@ -107,9 +105,8 @@ def _unwritable_folder(folder: Path, named: str) -> str | None:
     blocked = not_a_folder_in_the_way(folder)
     if blocked:
         return f'{named} cannot be written: {blocked}'
-    existing = next(p for p in (folder, *folder.parents) if p.is_dir() or p == p.parent)
     try:
-        handle, probe = tempfile.mkstemp(prefix='.probe-', dir=existing)
+        handle, probe = tempfile.mkstemp(prefix='.probe-', dir=nearest_entry(folder) or '.')
         os.close(handle)
         os.unlink(probe)
     except OSError as error:

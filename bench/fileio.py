@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -30,18 +31,32 @@ def _fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def nearest_entry(path: str | Path) -> Path | None:
+    """The nearest of `path` and its parents that is there (a link to nothing counts),
+    or None: where making the missing folders down to `path` would start."""
+    path = Path(path)
+    for entry in (path, *path.parents):
+        try:
+            os.lstat(entry)
+        except OSError as error:
+            # Not there (or below a file or a link loop); any other error, such as a folder
+            # this user may not enter, is the caller's to report.
+            if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                continue
+            raise
+        return entry
+    return None
+
+
 def not_a_folder_in_the_way(folder: str | Path) -> str | None:
     """Why `folder` cannot be made (or used) as a folder, found without making any: the
     nearest of it and its parents that is there, when that is a file, a link to nothing
     or a link loop (None when it is a folder, or nothing is there at all)."""
-    folder = Path(folder)
-    for entry in (folder, *folder.parents):
-        if os.path.lexists(entry):
-            if entry.is_dir():
-                return None
-            kind = 'a link to nothing' if entry.is_symlink() else 'a file'
-            return f'{entry} is {kind}, not a folder'
-    return None
+    entry = nearest_entry(folder)
+    if entry is None or entry.is_dir():
+        return None
+    kind = 'a link to nothing' if entry.is_symlink() else 'a file'
+    return f'{entry} is {kind}, not a folder'
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
