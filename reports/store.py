@@ -42,12 +42,13 @@ def load_manifest(store_dir: str | Path) -> dict[str, Any]:
     """The sweep's record of which trials it consists of now (written by run_sweep.py)."""
     store_dir = Path(store_dir)
     try:
-        is_folder = store_dir.is_dir()
+        # Else the message would be about a missing sweep.json inside it.
+        why = None
+        if not store_dir.is_dir():
+            why = not_a_folder_in_the_way(store_dir) or f'{store_dir} does not exist'
     except OSError as error:  # a folder on the way that this user may not enter
         raise ReportError(f'{store_dir} cannot be read ({error.strerror or error})') from None
-    if not is_folder:
-        # Else the message would be about a missing sweep.json inside it.
-        why = not_a_folder_in_the_way(store_dir) or f'{store_dir} does not exist'
+    if why:
         raise ReportError(
             f"{why}: give the folder of a sweep's results store, "
             'outputs.results/<sweep name> (e.g. results/demo)'

@@ -393,11 +393,10 @@ def test_a_folder_the_user_may_not_enter_is_a_message_not_a_traceback(tmp_path):
 
 def test_the_report_commands_given_a_file_or_nothing_say_so(tmp_path, capsys):
     from reports.__main__ import main as reports_main
+    from reports.compare import main as compare_main
 
     readme = tmp_path / 'README.md'
     readme.write_text('# mine\n')
-    from reports.compare import main as compare_main
-
     (tmp_path / 'gone').symlink_to(tmp_path / 'nowhere')
     for given, what in (
         (readme, 'is a file, not a folder'),
