@@ -17,6 +17,12 @@ Every file is written atomically. A trial is done only when final.json was
 renamed into place; anything else is resumed, never trusted. Paths inside the
 store are relative to it, so the folder can be moved.
 
+Nothing in a store is a link (but its root, which the user chose): a crafted or
+badly copied store could otherwise make a report show a file from elsewhere (a
+credential in report.html) or make a run write or delete files elsewhere. A trial
+folder with a link on the way to it or inside it is damaged; nothing is read or
+written through it, and the link is named with what to do.
+
 Reading never crashes on a damaged file and never hides one: `trial_state` is
 the one rule for a trial's status, used by the sweep and the reports alike, and
 it names every problem it finds with the file and what to do. The checkpoint's
@@ -61,6 +67,7 @@ from bench.records import (  # noqa: F401
     check_record,
 )
 from bench.trial.checkpoint import LEGACY_PICKLE_FILE, STATE_FILE, read_state
+from bench.validation import bounded_repr, one_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,6 +116,10 @@ TRIAL_ID_PATTERN = re.compile(r'^[0-9a-f]{12}$')
 
 class StoreLocked(BenchError, RuntimeError):
     """Another sweep is running on this store; the message says who and what to do."""
+
+
+class LinkInStore(BenchError, RuntimeError):
+    """A link where the store would write a trial's files; the message names it."""
 
 
 class NotAStore(BenchError, RuntimeError):
@@ -277,12 +288,18 @@ class ResultsStore:
         self.check_is_store()
         if not self.root.is_dir():
             return []
-        ids = (
-            self.trial_ids()
-            if trial_ids is None
-            else [t for t in trial_ids if t in set(self.trial_ids())]
-        )
-        targets = [self.trial_dir(t) for t in ids if TRIAL_ID_PATTERN.match(t)]
+        trials = self.root / 'trials'
+        if trials.is_symlink():  # removed as a link, never what it points to
+            targets = [trials] if trial_ids is None else []
+        else:
+            # Trial folders, and links where one belongs (removed as links).
+            stored = {
+                p.name
+                for p in (trials.iterdir() if trials.is_dir() else ())
+                if TRIAL_ID_PATTERN.match(p.name) and (p.is_dir() or p.is_symlink())
+            }
+            wanted = stored if trial_ids is None else stored & set(trial_ids)
+            targets = [self.trial_dir(t) for t in sorted(wanted)]
         if trial_ids is None:
             targets += [
                 self.root / name
@@ -296,15 +313,71 @@ class ResultsStore:
         """Delete paths returned by fresh_targets (folders as a whole, links as links)."""
         _remove(targets)
         trials = self.root / 'trials'
-        if trials.is_dir() and not any(trials.iterdir()):
+        if trials.is_dir() and not trials.is_symlink() and not any(trials.iterdir()):
             trials.rmdir()
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.root / 'trials' / trial_id
 
     def trial_ids(self) -> list[str]:
+        """The trials stored: folders of trials/ named by a trial id (links left out;
+        foreign_entries names them)."""
         folder = self.root / 'trials'
-        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        return sorted(
+            p.name
+            for p in folder.iterdir()
+            if TRIAL_ID_PATTERN.match(p.name) and p.is_dir() and not p.is_symlink()
+        )
+
+    def foreign_entries(self) -> list[tuple[str, str]]:
+        """(entry, problem) for what trials/ holds that no trial of this project is: links
+        (never followed) and entries not named by a trial id. They are left as they are."""
+        folder = self.root / 'trials'
+        if folder.is_symlink():
+            return [('trials', _link_problem(folder))]
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in sorted(folder.iterdir()):
+            if entry.is_symlink():
+                found.append((one_line(entry.name), _link_problem(entry)))
+            elif not TRIAL_ID_PATTERN.match(entry.name) and not entry.name.startswith('.'):
+                found.append(
+                    (
+                        one_line(entry.name),
+                        f'{one_line(str(entry))} is not a trial folder of this project '
+                        '(not named by a trial id); it is left as it is',
+                    )
+                )
+        return found
+
+    def link_problems(self, trial_id: str) -> list[str]:
+        """The links on the way to a trial's folder and inside it, each a problem with what
+        to do ([] when there is none): such a trial is damaged, and nothing is read or
+        written through it."""
+        trials, folder = self.root / 'trials', self.trial_dir(trial_id)
+        for path in (trials, folder):
+            if path.is_symlink():
+                return [_link_problem(path)]
+        if not folder.is_dir():
+            return []
+        problems = []
+        for parent, folders, files in os.walk(folder):
+            for name in (*folders, *files):
+                if os.path.islink(os.path.join(parent, name)):
+                    problems.append(_link_problem(Path(parent, name)))
+        return problems
+
+    def _writable_trial_dir(self, trial_id: str) -> Path:
+        """The trial's folder to write in; LinkInStore where a link is on the way (the run
+        leaves damaged trials alone, so this is the last line, not the rule)."""
+        trials, folder = self.root / 'trials', self.trial_dir(trial_id)
+        for path in (trials, folder):
+            if path.is_symlink():
+                raise LinkInStore(_link_problem(path))
+        return folder
 
     # ------------------------------------------------------------ writing
     def write_spec(
@@ -317,7 +390,7 @@ class ResultsStore:
         model_stats: dict[str, int] | None = None,
     ) -> None:
         write_json_atomic(
-            self.trial_dir(trial_id) / 'spec.json',
+            self._writable_trial_dir(trial_id) / 'spec.json',
             {
                 'trial_id': trial_id,
                 'name': name,
@@ -348,6 +421,8 @@ class ResultsStore:
     def _history(self, trial_id: str, checkpoint_state: dict | None) -> HistoryRead:
         """The trial's history, given the checkpoint's state already read."""
         path = self.trial_dir(trial_id) / 'history.csv'
+        if self.link_problems(trial_id):
+            return HistoryRead([], [], 0)
         rows, problem = read_history_csv(path)
         recorded = len(rows)
         problems = [problem] if problem else []
@@ -378,11 +453,13 @@ class ResultsStore:
             writer.writerow(
                 {k: repr(float(row[k])) if k != 'epoch' else int(row[k]) for k in HISTORY_FIELDS}
             )
-        write_text_atomic(self.trial_dir(trial_id) / 'history.csv', buffer.getvalue())
+        write_text_atomic(self._writable_trial_dir(trial_id) / 'history.csv', buffer.getvalue())
 
     def record_checkpoint(self, trial_id: str, source_dir: str | Path) -> Path:
         """Copy a checkpoint folder into the store, replacing the previous one atomically."""
-        target = self.trial_dir(trial_id) / CHECKPOINT_DIR
+        target = self._writable_trial_dir(trial_id) / CHECKPOINT_DIR
+        if target.is_symlink():
+            raise LinkInStore(_link_problem(target))
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix='.checkpoint-', dir=target.parent))
         shutil.rmtree(staging)
@@ -391,19 +468,21 @@ class ResultsStore:
         return target
 
     def write_final(self, trial_id: str, final: dict[str, Any]) -> None:
-        write_json_atomic(self.trial_dir(trial_id) / 'final.json', final)
-        error = self.trial_dir(trial_id) / 'error.json'
-        if error.exists():
+        folder = self._writable_trial_dir(trial_id)
+        write_json_atomic(folder / 'final.json', final)
+        error = folder / 'error.json'
+        if os.path.lexists(error):
             error.unlink()
 
     def write_error(self, trial_id: str, message: str, epochs_done: int) -> None:
         write_json_atomic(
-            self.trial_dir(trial_id) / 'error.json', {'error': message, 'epochs_done': epochs_done}
+            self._writable_trial_dir(trial_id) / 'error.json',
+            {'error': message, 'epochs_done': epochs_done},
         )
 
     def clear_error(self, trial_id: str) -> None:
-        path = self.trial_dir(trial_id) / 'error.json'
-        if path.exists():
+        path = self._writable_trial_dir(trial_id) / 'error.json'
+        if os.path.lexists(path):
             retired = path.with_name('error-previous.json')
             path.replace(retired)
 
@@ -413,6 +492,8 @@ class ResultsStore:
         `.checkpoint.retired/` where a crash in the middle of the swap left only that one
         (state and folder None when there is none)."""
         folder, problems = self.trial_dir(trial_id), []
+        if self.link_problems(trial_id):
+            return CheckpointFound(None, None, problems)
         for name in (CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR):
             path = folder / name
             if not (path / STATE_FILE).is_file():
@@ -442,6 +523,9 @@ class ResultsStore:
     def trial_state(self, trial_id: str) -> TrialState:
         """The one rule for a trial's status: a TrialState (status, epochs done, problems)."""
         folder = self.trial_dir(trial_id)
+        links = self.link_problems(trial_id)
+        if links:
+            return TrialState(DAMAGED, 0, tuple(links))
         final, final_problem = read_json_checked(folder / 'final.json')
         error, error_problem = read_json_checked(folder / 'error.json')
         state, checkpoint, problems = self.checkpoint_state(trial_id)
@@ -496,6 +580,8 @@ class ResultsStore:
         """Before a run trains or reports the trial: put a retired checkpoint back and
         rewrite a cut history.csv from the checkpoint. Returns what was repaired."""
         folder, done = self.trial_dir(trial_id), []
+        if self.link_problems(trial_id):
+            return done
         retired = folder / RETIRED_CHECKPOINT_DIR
         if (
             not (folder / CHECKPOINT_DIR / STATE_FILE).is_file()
@@ -515,17 +601,23 @@ class ResultsStore:
         return done
 
     def read_final(self, trial_id: str) -> dict | None:
-        return read_json_checked(self.trial_dir(trial_id) / 'final.json').value
+        return self._read_trial_file(trial_id, 'final.json').value
 
     def read_error(self, trial_id: str) -> str | None:
-        path = self.trial_dir(trial_id) / 'error.json'
-        error, problem = read_json_checked(path)
+        error, problem = self._read_trial_file(trial_id, 'error.json')
         if problem:
             return problem
         return None if error is None else str(error.get('error', ''))
 
     def read_spec(self, trial_id: str) -> dict | None:
-        return read_json_checked(self.trial_dir(trial_id) / 'spec.json').value
+        return self._read_trial_file(trial_id, 'spec.json').value
+
+    def _read_trial_file(self, trial_id: str, name: str) -> JsonRead:
+        """A JSON file of a trial's folder (read_json_checked), never through a link."""
+        links = self.link_problems(trial_id)
+        if links:
+            return JsonRead(None, links[0])
+        return read_json_checked(self.trial_dir(trial_id) / name)
 
     def read_trial(
         self,
@@ -538,7 +630,7 @@ class ResultsStore:
         record of it (with the sweep's `data`), where the sweep lists it; None when
         neither says what the trial is."""
         spec_file = self.trial_dir(trial_id) / 'spec.json'
-        stored, spec_problem = read_json_checked(spec_file)
+        stored, spec_problem = self._read_trial_file(trial_id, 'spec.json')
         state = self.trial_state(trial_id)
         problems = list(state.problems) + ([spec_problem] if spec_problem else [])
         source, sweep_data = spec_file, None
@@ -580,9 +672,8 @@ class ResultsStore:
         for trial_id in self.trial_ids():
             if trial_id not in recorded:
                 spec_file = self.trial_dir(trial_id) / 'spec.json'
-                found.append(
-                    (trial_id, read_json_checked(spec_file).problem or f'{spec_file}: missing')
-                )
+                problem = self._read_trial_file(trial_id, 'spec.json').problem
+                found.append((trial_id, problem or f'{spec_file}: missing'))
         return found
 
     def write_results_csv(self, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -637,6 +728,8 @@ def read_json_checked(path: str | os.PathLike) -> JsonRead:
     and what is wrong with it: not JSON, or not of the shape its name says
     (bench.records)."""
     path = Path(path)
+    if path.is_symlink():
+        return JsonRead(None, _link_problem(path))
     if not path.is_file():
         return JsonRead(None, None)
     try:
@@ -657,6 +750,8 @@ def read_history_csv(path: str | Path) -> tuple[list[dict[str, int | float]], st
     """(rows, problem): the intact rows of a history.csv, in order, up to the first row
     that is cut or garbled (named in `problem`)."""
     path = Path(path)
+    if path.is_symlink():
+        return [], _link_problem(path)
     if not path.is_file():
         return [], None
     rows = []
@@ -664,7 +759,7 @@ def read_history_csv(path: str | Path) -> tuple[list[dict[str, int | float]], st
         with open(path, newline='', encoding='utf-8') as handle:
             reader = csv.DictReader(handle)
             if tuple(reader.fieldnames or ()) != HISTORY_FIELDS:
-                return [], f'{path}: unexpected header {reader.fieldnames}'
+                return [], f'{path}: unexpected header {bounded_repr(reader.fieldnames)}'
             for line, row in enumerate(reader, start=2):
                 try:
                     parsed = {
@@ -685,6 +780,14 @@ def read_history_csv(path: str | Path) -> tuple[list[dict[str, int | float]], st
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         return rows, f'{path}: unreadable ({_short(error)})'
     return rows, None
+
+
+def _link_problem(path: Path) -> str:
+    return (
+        f'{one_line(str(path))} is a link; a results store holds none, and none is '
+        'followed (it could make a report show, or a run change, files elsewhere): put the '
+        'file or folder itself there, or delete the link'
+    )
 
 
 def _short(error: BaseException) -> str:

@@ -35,6 +35,19 @@ def without_secrets(text: str) -> str:
     return _PASSWORD_IN_URL.sub(r'\1:***@', text)
 
 
+# Control characters (C0, DEL, C1: a terminal runs ESC and CSI sequences) and the line
+# separators: text of ours is one line, in a terminal as in a README.
+_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029]+')
+
+
+def one_line(value: object) -> str:
+    """str(value) as one line of inert text for any output: control characters become
+    spaces, and lone surrogates (a file name's undecodable bytes, a crafted JSON string)
+    backslash escapes, which every encoder can write."""
+    text = str(value).encode('utf-8', 'backslashreplace').decode('utf-8')
+    return _CONTROL.sub(' ', text)
+
+
 def bounded_repr(value: object, limit: int = QUOTE_LIMIT) -> str:
     """repr(value), cut to at most `limit` characters whatever the value's size."""
     text = without_secrets(_quote.repr(value))

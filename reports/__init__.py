@@ -350,7 +350,8 @@ def render_all(
                 for trial_id, problem in ResultsStore(store_dir).unreadable_trials(
                     set(trials['trial_id']) | set(others['trial_id'])
                 )
-            ],
+            ]
+            + ResultsStore(store_dir).foreign_entries(),
             environment=_flatten(environment),
             reference=context['reference'],
             reference_rows=context['reference_rows'],

@@ -17,12 +17,11 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-_CONTROL = re.compile(r'[\x00-\x1f\x7f\u2028\u2029]+')
+from bench.validation import one_line
+
+__all__ = ['html_text', 'markdown_text', 'markdown_url', 'one_line']
+
 _MARKDOWN_SPECIAL = re.compile(r'([\\`*_\[\]<>|~&!#])')
-
-
-def one_line(value: object) -> str:
-    return _CONTROL.sub(' ', str(value))
 
 
 def markdown_text(value: object) -> str:

@@ -132,7 +132,12 @@ def output_problems(
                 f'outputs.readme {readme} cannot be read as text ({error}); name a Markdown file'
             )
     figures = named.get('outputs.figures')
-    if figures is not None and figures.exists():
+    if figures is not None and figures.is_symlink():
+        problems.append(
+            f'outputs.figures is {figures}, a link; name a folder of its own (the figures '
+            'are never written through a link)'
+        )
+    elif figures is not None and figures.exists():
         if not figures.is_dir():
             problems.append(f'outputs.figures is {figures}, a file; name a folder for the figures')
         else:

@@ -958,3 +958,55 @@ def test_a_trial_folder_without_a_readable_spec_is_named_in_the_report_not_dropp
     assert '0123456789ab: ' in problems
     assert problems.count('the trial is in no table or results.csv until its spec.json') == 2
     assert json.loads(spec_file.read_text())['spec']['attention'] == '<script>alert(1)</script>'
+
+
+# ------------------------------------------------- a crafted store: links, ids, numbers
+
+
+def test_links_in_a_store_are_named_and_never_followed_by_a_run_or_a_report(
+    sweep, tmp_path, capsys
+):
+    """A trial folder that is a link (writes and deletes would land elsewhere), a
+    history.csv and an environment.json that are links (a report would show what they
+    point to): each trial with a link is damaged, nothing is read, written or deleted
+    through a link, and each link is named."""
+    from bench.store import LinkInStore
+
+    path, loaded, store, ids = sweep
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    secret = elsewhere / 'credentials'
+    secret.write_text('epoch,lr\nSECRET-TOKEN-123,1\n')
+    victim = elsewhere / 'victim'
+    store.trial_dir(ids['finished']).rename(victim)
+    store.trial_dir(ids['finished']).symlink_to(victim)
+    history = store.trial_dir(ids['partial']) / 'history.csv'
+    history.unlink()
+    history.symlink_to(secret)
+    (store.root / 'environment.json').symlink_to(secret)
+    (store.root / 'trials' / 'abcdefabcdef').symlink_to(elsewhere)
+    before = snapshot(elsewhere)
+
+    code, out, err = run(['--config', str(path), '--dry-run'], capsys)
+    assert code == 0 and out.count('damaged') >= 2, out
+    assert f'{store.trial_dir(ids["finished"])} is a link; a results store holds none' in out
+    assert f'{history} is a link' in out
+    code, out, err = run(['--config', str(path)], capsys)  # trains nothing: both damaged
+    assert code != 0 and 'not trained because their stored files are damaged' in err
+    code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    html = (loaded.base_dir / 'report.html').read_text()
+    assert 'SECRET-TOKEN' not in html and f'{store.root / "environment.json"} is a link' in html
+    assert f'{store.root / "trials" / "abcdefabcdef"} is a link' in html
+    for output in store.root.rglob('*'):
+        if output.is_file() and not output.is_symlink():
+            assert 'SECRET-TOKEN' not in output.read_text(errors='replace'), output
+    assert snapshot(elsewhere) == before
+    with pytest.raises(LinkInStore, match='is a link'):
+        store.write_spec(ids['finished'], 'x', {}, {}, 1)
+    with pytest.raises(LinkInStore, match='is a link'):
+        store.record_checkpoint(ids['finished'], tmp_path)
+    # --fresh removes the links as links, never what they point to.
+    targets = store.fresh_targets()
+    assert store.trial_dir(ids['finished']) in targets
+    store.delete(targets)
+    assert snapshot(elsewhere) == before and not os.path.lexists(store.trial_dir(ids['finished']))

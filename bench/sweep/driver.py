@@ -95,6 +95,10 @@ def run_sweep(
     store = ResultsStore(loaded.store_dir)
     manifest = record_sweep(loaded, data.identity.to_dict())
     for p in planned:
+        if p.status == DAMAGED:
+            # Left exactly as found (a link in it is never followed) until the user acts
+            # on the problems the plan named.
+            continue
         for repaired in store.repair(p.trial_id):
             progress(f'{p.name}: {repaired}')
         store.write_spec(
