@@ -384,6 +384,24 @@ class TrialRecord:
         }
 
 
+def identity_differences(stored: TrialRecord, listed: TrialRecord) -> list[str]:
+    """What of `stored` (a trial's spec.json) differs from `listed` (the sweep's record of
+    the same trial id) among what the id is made of: [] for the same trial."""
+    stored_spec, listed_spec = stored.spec.to_dict(), listed.spec.to_dict()
+    differs = [
+        f'its {part}'
+        for part in ('model', 'attention', 'seed', 'recipe', 'attention_kwargs')
+        if stored_spec[part] != listed_spec[part]
+    ]
+    if stored.network_revision != listed.network_revision:
+        differs.append('its network revision')
+    # A spec.json without a data identity (hand-made) cannot say: it keeps none.
+    data_keys = ('digest', 'official')
+    if stored.data and any(stored.data.get(k) != listed.data.get(k) for k in data_keys):
+        differs.append('its data')
+    return differs
+
+
 def shape_problem(value: Any, record: type[BaseModel]) -> str | None:
     """Why `value` (parsed JSON) is not a `record`, in one line; None when it is."""
     try:

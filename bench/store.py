@@ -65,6 +65,7 @@ from bench.records import (  # noqa: F401
     TRIAL_COLUMNS,
     TrialRecord,
     check_record,
+    identity_differences,
 )
 from bench.trial.checkpoint import LEGACY_PICKLE_FILE, STATE_FILE, read_state
 from bench.validation import bounded_repr, one_line
@@ -520,8 +521,10 @@ class ResultsStore:
         state = self.checkpoint_state(trial_id).state
         return state['epoch'] if state else 0
 
-    def trial_state(self, trial_id: str) -> TrialState:
-        """The one rule for a trial's status: a TrialState (status, epochs done, problems)."""
+    def trial_state(self, trial_id: str, epochs: int | None = None) -> TrialState:
+        """The one rule for a trial's status: a TrialState (status, epochs done, problems).
+        `epochs`, what the trial's recipe trains: a final.json that says otherwise is
+        damage (as is one that contradicts the trial's own history)."""
         folder = self.trial_dir(trial_id)
         links = self.link_problems(trial_id)
         if links:
@@ -529,7 +532,7 @@ class ResultsStore:
         final, final_problem = read_json_checked(folder / 'final.json')
         error, error_problem = read_json_checked(folder / 'error.json')
         state, checkpoint, problems = self.checkpoint_state(trial_id)
-        epochs = state['epoch'] if state else 0
+        planned_epochs, epochs = epochs, state['epoch'] if state else 0
         history = self._history(trial_id, state)
         recorded = history.recorded
         problems += history.problems
@@ -539,10 +542,17 @@ class ResultsStore:
                 f'{checkpoint} (epoch {epochs}) is used, and the next run puts '
                 'it back'
             )
-        if final is not None and isinstance(final.get('epochs'), int):
+        contradiction = final is not None and _contradicted_final(
+            final.get('epochs'), planned_epochs, len(history.rows)
+        )
+        if final is not None and isinstance(final.get('epochs'), int) and not contradiction:
             return TrialState(DONE, final['epochs'], tuple(problems))
         if final_problem or final is not None:
-            what = final_problem or f'{folder / "final.json"}: has no epoch count'
+            what = final_problem or (
+                f'{folder / "final.json"}: {contradiction}'
+                if contradiction
+                else f'{folder / "final.json"}: has no epoch count'
+            )
             fix = (
                 f'the checkpoint holds epoch {epochs}: delete the file and run again to rewrite it'
                 if epochs
@@ -631,18 +641,35 @@ class ResultsStore:
         neither says what the trial is."""
         spec_file = self.trial_dir(trial_id) / 'spec.json'
         stored, spec_problem = self._read_trial_file(trial_id, 'spec.json')
-        state = self.trial_state(trial_id)
-        problems = list(state.problems) + ([spec_problem] if spec_problem else [])
-        source, sweep_data = spec_file, None
+        problems = [spec_problem] if spec_problem else []
+        source, sweep_data, listed_said = spec_file, None, False
+        if stored is not None and listed is not None:
+            differs = identity_differences(
+                TrialRecord.from_trial_file({**stored, 'trial_id': trial_id}),
+                TrialRecord.from_trial_file({**listed, 'trial_id': trial_id}, data=data),
+            )
+            if differs:
+                # The id names what trained there (the run writes under the id of the
+                # spec it trains): the folder's spec.json was changed since.
+                problems.append(
+                    f'{spec_file}: describes another trial than the one its id names '
+                    f'({", ".join(differs)} {"differ" if len(differs) > 1 else "differs"} '
+                    "from the sweep's); the sweep's record of "
+                    'the trial is used, and the next run rewrites it'
+                )
+                stored, listed_said = None, True
         if stored is None:
             if listed is None:
                 return None
             stored, source, sweep_data = listed, "the sweep's record of it", data
-            problems.append(
-                f'{self.trial_dir(trial_id) / "spec.json"}: missing; the '
-                "sweep's record of the trial is used, and the next run "
-                'rewrites it'
-            )
+            if not listed_said:
+                problems.append(
+                    f'{spec_file}: missing; the '
+                    "sweep's record of the trial is used, and the next run "
+                    'rewrites it'
+                )
+        state = self.trial_state(trial_id, stored['spec']['recipe']['epochs'])
+        problems = list(state.problems) + problems
         return TrialRecord.from_trial_file(
             {**stored, 'trial_id': trial_id},
             data=sweep_data,
@@ -780,6 +807,20 @@ def read_history_csv(path: str | Path) -> tuple[list[dict[str, int | float]], st
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         return rows, f'{path}: unreadable ({_short(error)})'
     return rows, None
+
+
+def _contradicted_final(finished: Any, planned: int | None, history_rows: int) -> str | None:
+    """How a final.json's epoch count contradicts the recipe's or the trial's history
+    (None where it does not, or has none)."""
+    if not isinstance(finished, int):
+        return None
+    if planned is not None and finished != planned:
+        return f'says the trial finished after {finished} epochs, but its recipe trains {planned}'
+    if history_rows and history_rows != finished:
+        return (
+            f'says the trial finished after {finished} epochs, but its history holds {history_rows}'
+        )
+    return None
 
 
 def _link_problem(path: Path) -> str:

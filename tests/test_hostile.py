@@ -1010,3 +1010,48 @@ def test_links_in_a_store_are_named_and_never_followed_by_a_run_or_a_report(
     assert store.trial_dir(ids['finished']) in targets
     store.delete(targets)
     assert snapshot(elsewhere) == before and not os.path.lexists(store.trial_dir(ids['finished']))
+
+
+def test_a_spec_json_changed_to_another_cell_moves_no_result_between_cells(tmp_path):
+    """The trial id names what trained in its folder: a spec.json edited to say another
+    attention (or recipe, or data) puts no result into another cell."""
+    from reports import load_manifest, load_trials, split_by_sweep
+
+    from .store_helpers import add_trial, record_sweep
+
+    store = ResultsStore(tmp_path / 'store')
+    vanilla = add_trial(store, 'cifar_resnet20_v1', 'none', 0, train_loss=0.1, val_acc=0.9)
+    add_trial(store, 'cifar_resnet20_v1', 'se', 0, train_loss=0.1, val_acc=0.5)
+    spec_file = store.trial_dir(vanilla) / 'spec.json'
+    value = json.loads(spec_file.read_text())
+    value['spec']['attention'] = 'se'
+    value['data']['digest'] = 'e' * 40
+    spec_file.write_text(json.dumps(value))
+    record_sweep(store, ['cifar_resnet20_v1'], ['none', 'se'])
+    manifest = load_manifest(store.root)
+    current, others = split_by_sweep(load_trials(store.root, manifest), manifest)
+    cells = {row['attention']: row for row in current.to_dict('records')}
+    assert len(current) == 2 and others.empty
+    assert (cells['none']['val_acc'], cells['se']['val_acc']) == (0.9, 0.5)
+    assert cells['none']['problems'] == [
+        f'{spec_file}: describes another trial than the one its id names (its attention, its '
+        "data differ from the sweep's); the sweep's record of the trial is used, and the next "
+        'run rewrites it'
+    ]
+
+
+def test_a_final_json_that_contradicts_the_recipe_or_the_history_is_damage(sweep, capsys):
+    path, loaded, store, ids = sweep
+    final_file = store.trial_dir(ids['finished']) / 'final.json'
+    final = json.loads(final_file.read_text())
+    for epochs, why in ((1, 'its recipe trains 3'), (3, 'its history holds 2')):
+        if epochs == 3:  # the recipe's count, but one epoch row less than it says
+            store._write_history(ids['finished'], store.read_history(ids['finished'])[:2])
+            (store.trial_dir(ids['finished']) / 'checkpoint').rename(store.root / 'moved')
+        final_file.write_text(json.dumps(dict(final, epochs=epochs)))
+        problem = f'{final_file}: says the trial finished after {epochs} epochs, but {why}'
+        out = dry_run_allowing_problems(path, capsys)
+        assert 'damaged' in out and problem in out, out
+        row = {r.trial_id: r for r in store.trial_records(store.read_manifest())}[ids['finished']]
+        assert row.status == 'damaged' and row.final is None
+        assert any(p.startswith(problem) for p in row.problems)

@@ -131,7 +131,8 @@ def test_a_later_versions_keys_in_a_stored_spec_are_read_past(tmp_path):
 
 def test_a_stored_recipe_that_breaks_todays_rules_is_listed_with_why(tmp_path):
     """A hand-edited (or other version's) recipe never makes its trial vanish: it is
-    listed as stored, with the problem."""
+    listed as stored, with the problem; where the sweep lists the trial's id, the id says
+    what trained there, so the sweep's record describes it, with the problem."""
     root = tmp_path / 'store'
     shutil.copytree(FIXTURES / 'v3', root)
     spec_file = _edit_spec(
@@ -149,7 +150,11 @@ def test_a_stored_recipe_that_breaks_todays_rules_is_listed_with_why(tmp_path):
     manifest = sweep_manifest(load_config(sweep).config, IDENTITY)
     current, _ = split_by_sweep(load_trials(root, manifest), manifest)
     shown = current.set_index('name').loc['cifar_resnet20_v1-none-s0']
-    assert json.loads(shown['recipe'])['lr'] == -1 and shown['problems'] == list(record.problems)
+    assert json.loads(shown['recipe'])['lr'] == 0.003 and shown['status'] == DONE
+    assert shown['problems'] == [
+        f'{spec_file}: describes another trial than the one its id names (its recipe differs '
+        "from the sweep's); the sweep's record of the trial is used, and the next run rewrites it"
+    ]
 
 
 def test_a_trial_without_its_own_data_identity_does_not_borrow_the_sweeps(tmp_path):

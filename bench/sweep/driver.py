@@ -257,7 +257,7 @@ def _outcome(
     store.write_results_csv(manifest)
     statuses, errors, problems = {}, {}, {}
     for p in planned:
-        state = store.trial_state(p.trial_id)
+        state = store.trial_state(p.trial_id, p.spec.recipe.epochs)
         statuses[p.trial_id], problems[p.trial_id] = state.status, state.problems
         if state.status == FAILED:
             errors[p.trial_id] = store.read_error(p.trial_id)

@@ -174,7 +174,7 @@ def plan(
     for tid, spec in sweep_trials(loaded.config, data_identity):
         if only and not matches_only(spec, only):
             continue
-        state = store.trial_state(tid)
+        state = store.trial_state(tid, spec.recipe.epochs)
         status, epochs = state.status, state.epochs_done
         error = store.read_error(tid) if status == FAILED else None
         if status == FAILED and retry_failed:
