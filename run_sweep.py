@@ -505,12 +505,14 @@ def _ray_lost(loaded: LoadedSweep, message: str, end_started: Callable[[], None]
 
 def _summary(outcome: SweepOutcome) -> int:
     """The failed and damaged trials of a run, on stderr; the exit code they make."""
+    from bench.validation import last_line, one_line
+
     code = 0
     names = {p.trial_id: p.name for p in outcome.planned}
     if outcome.failed:
         print(f'{len(outcome.failed)} trial(s) failed:', file=sys.stderr)
         for tid, error in outcome.failed.items():
-            print(f'  {names[tid]} ({tid}): {error.strip().splitlines()[-1]}', file=sys.stderr)
+            print(f'  {names[tid]} ({tid}): {last_line(error)}', file=sys.stderr)
         print('fix the cause, then run again with --retry-failed', file=sys.stderr)
         code = 1
     if outcome.damaged:
@@ -520,7 +522,7 @@ def _summary(outcome: SweepOutcome) -> int:
         )
         for tid, problems in outcome.damaged.items():
             for problem in problems:
-                print(f'  {names[tid]} ({tid}): {problem}', file=sys.stderr)
+                print(f'  {names[tid]} ({tid}): {one_line(problem)}', file=sys.stderr)
         code = 1
     return code
 

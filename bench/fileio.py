@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -88,9 +89,31 @@ def write_json_atomic(path: str | Path, obj: object) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
 
 
+# A \uD800-\uDFFF escape: JSON may hold a lone surrogate, which no UTF-8 writer can write.
+_SURROGATE_ESCAPE = re.compile(r'\\u[dD][89a-fA-F]')
+
+
 def read_json(path: str | Path) -> dict[str, Any] | list[Any] | str | int | float | bool | None:
+    """The JSON value of a file; a lone surrogate in its text (a crafted file, or an
+    error message that held a file name's undecodable bytes) becomes a backslash escape,
+    so that whatever is read can be written again."""
     with open(path, encoding='utf-8') as handle:
-        return json.load(handle)
+        text = handle.read()
+    value = json.loads(text)
+    return _without_lone_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode('utf-8', 'backslashreplace').decode('utf-8')
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _without_lone_surrogates(key): _without_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def publish_dir_atomic(staging: str | Path, final: str | Path) -> Path:

@@ -18,10 +18,11 @@ this version reads must have the types it reads them as.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Dict, List, Mapping, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.errors import BenchError
 from bench.trial.recipe import MAX_EPOCHS, MAX_SEED, Recipe, RecipeError, TrialSpec
@@ -36,6 +37,36 @@ from models.registry import (
 
 Number = Union[int, float]
 Count = int
+
+# A finished trial's metrics are finite and far from float overflow: a crafted 1e308 would
+# make the table's sums and squares infinite. No loss, accuracy or time comes near this.
+# (An epoch's row is read as it is: the curves and the estimate pass over odd values.)
+METRIC_LIMIT = 1e100
+
+
+def metric_problem(name: str, value: float) -> str | None:
+    """Why `value` cannot be the metric `name` of an epoch or a finished trial (None when it
+    can): not finite, beyond METRIC_LIMIT, or an accuracy outside [0, 1]."""
+    if not math.isfinite(value) or abs(value) > METRIC_LIMIT:
+        return f'{name} {value!r} is not a number a trial records'
+    if name.endswith('_acc') and not 0 <= value <= 1:
+        return f'{name} {value!r} is not an accuracy (a fraction from 0 to 1)'
+    return None
+
+
+def _metric(name: str) -> AfterValidator:
+    def checked(value: float) -> float:
+        problem = metric_problem(name, value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(checked)
+
+
+def _metric_field(name: str) -> Any:
+    return Annotated[Number, _metric(name)]
+
 
 DONE, FAILED, PARTIAL, PENDING = 'done', 'failed', 'partial', 'pending'
 # Files that contradict each other or cannot be read: not trained, not reported as
@@ -202,11 +233,11 @@ class FinalRecord(_Record):
     """trials/<id>/final.json: the last epoch's metrics and where the trial ran."""
 
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
-    train_loss: Optional[Number] = None
-    train_acc: Optional[Number] = None
-    val_loss: Optional[Number] = None
-    val_acc: Optional[Number] = None
-    total_seconds: Optional[Number] = None
+    train_loss: Optional[_metric_field('train_loss')] = None
+    train_acc: Optional[_metric_field('train_acc')] = None
+    val_loss: Optional[_metric_field('val_loss')] = None
+    val_acc: Optional[_metric_field('val_acc')] = None
+    total_seconds: Optional[_metric_field('total_seconds')] = None
 
 
 class ErrorRecord(_Record):
@@ -223,6 +254,37 @@ class ManifestTrial(_Record):
     network_revision: int = Field(1, ge=1)
 
 
+def _report_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """A sweep record's report options, each it knows typed as the sweep file types it
+    (a later version's own options are left to it)."""
+    from bench.sweep.config import ReportOptions  # the sweep file's rules, loaded late
+
+    known = {key: value for key, value in options.items() if key in ReportOptions.model_fields}
+    try:
+        ReportOptions.model_validate(known)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = '.'.join(str(part) for part in first['loc'])
+        raise ValueError(f'{where}: {first["msg"]}') from None
+    return options
+
+
+class DataRecord(_Record):
+    """The data identity a sweep record (and a trial's spec.json) holds."""
+
+    name: str
+    digest: str
+    official: bool
+
+
+def _unique(what: str, values: List[Any]) -> None:
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f'{what} {bounded_repr(value, 60)} is listed twice')
+        seen.add(value)
+
+
 class Manifest(_Record):
     """sweep.json: the trials the sweep consists of now."""
 
@@ -230,19 +292,32 @@ class Manifest(_Record):
     models: List[ModelName]
     attentions: List[AttentionName]
     seeds: List[int] = Field(default_factory=list)
-    report: Dict[str, Any] = Field(default_factory=dict)
-    data: Dict[str, Any] = Field(default_factory=dict)
+    report: Annotated[Dict[str, Any], AfterValidator(_report_options)] = Field(default_factory=dict)
+    data: DataRecord
     trials: List[ManifestTrial]
     # The sweep file and its command-line overrides, where a run was given some.
     sweep_file: Optional[str] = Field(None, max_length=1000)
     overrides: List[str] = Field(default_factory=list)
+
+    @model_validator(mode='after')
+    def _each_once(self) -> Manifest:
+        # A copy would count twice in its cell (and in the seeds a mark needs).
+        for what, values in (
+            ('model', self.models),
+            ('attention', self.attentions),
+            ('seed', self.seeds),
+            ('trial id', [trial.trial_id for trial in self.trials]),
+            ('trial', [trial.name for trial in self.trials]),
+        ):
+            _unique(what, values)
+        return self
 
 
 class LockRecord(_Record):
     """sweep.lock: who holds the store."""
 
     host: str
-    pid: int = Field(ge=1)
+    pid: int = Field(ge=1, le=2**31 - 1)  # a process id the system can have
     since: str
 
 
@@ -410,7 +485,9 @@ def shape_problem(value: Any, record: type[BaseModel]) -> str | None:
         first = error.errors()[0]
         where = '.'.join(str(part) for part in first['loc']) or 'the file'
         more = f' (and {error.error_count() - 1} more)' if error.error_count() > 1 else ''
-        return f'{where}: {first["msg"]} (found {bounded_repr(first.get("input"), 60)}){more}'
+        # A check of ours says what is wrong in its own words.
+        message = first['msg'].removeprefix('Value error, ')
+        return f'{where}: {message} (found {bounded_repr(first.get("input"), 60)}){more}'
     except RecursionError:
         return 'nested too deeply'
     return None

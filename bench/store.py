@@ -68,7 +68,7 @@ from bench.records import (  # noqa: F401
     identity_differences,
 )
 from bench.trial.checkpoint import LEGACY_PICKLE_FILE, STATE_FILE, read_state
-from bench.validation import bounded_repr, one_line
+from bench.validation import bounded_repr, one_line, spreadsheet_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -710,6 +710,8 @@ class ResultsStore:
         current = {entry['trial_id'] for entry in (manifest or {}).get('trials', [])}
         frame = pd.DataFrame([r.row() for r in self.trial_records(manifest)], columns=TRIAL_COLUMNS)
         frame.insert(1, 'in_sweep', frame['trial_id'].isin(current))
+        for column in ('name', 'backend', 'data_name', 'data_digest', 'error'):
+            frame[column] = frame[column].map(spreadsheet_text)
         write_text_atomic(self.root / 'results.csv', frame.to_csv(index=False))
         return frame
 
@@ -862,7 +864,7 @@ def _create_with(path: Path, text: str) -> bool:
 def _process_alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
+    except (TypeError, ValueError, OverflowError, ProcessLookupError):
         return False
     except PermissionError:
         return True

@@ -48,6 +48,24 @@ def one_line(value: object) -> str:
     return _CONTROL.sub(' ', text)
 
 
+def last_line(text: object) -> str:
+    """The last line of a (stored) message that holds text, as one_line; '' for none."""
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return one_line(lines[-1].strip()) if lines else ''
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ('=', '+', '-', '@', '\t', '\r')
+
+
+def spreadsheet_text(value: object) -> object:
+    """A value for a CSV file that a spreadsheet opens: text that starts like a formula
+    gets a leading apostrophe, which shows it as text; anything else as it is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def bounded_repr(value: object, limit: int = QUOTE_LIMIT) -> str:
     """repr(value), cut to at most `limit` characters whatever the value's size."""
     text = without_secrets(_quote.repr(value))

@@ -17,6 +17,7 @@ from markupsafe import Markup
 from bench.fileio import write_text_atomic
 from bench.store import ResultsStore
 from bench.trial.recipe import RecipeError, describe_recipe
+from bench.validation import last_line
 from models.names import VARIANTS, parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
@@ -391,9 +392,7 @@ def _trial_rows(trials: pd.DataFrame, in_order: bool = False) -> list[dict[str, 
                 'time': '' if seconds is None or seconds != seconds else f'{seconds:.0f}s',
                 # A missing error is None, or NaN where pandas 3 makes the
                 # column strings: only text is an error.
-                'error': trial['error'].strip().splitlines()[-1]
-                if isinstance(trial['error'], str) and trial['error'].strip()
-                else '',
+                'error': last_line(trial['error']) if isinstance(trial['error'], str) else '',
                 'reason': trial.get('reason', ''),
             }
         )

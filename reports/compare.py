@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, report
 from bench.store import DONE, METRIC_LABELS
+from bench.validation import one_line
 
 from .readme import ReportError
-from .significance import MIN_SEEDS, RULE, difference
+from .significance import MIN_SEEDS, RULE, difference, finished_values
 from .store import load_manifest, load_trials, split_by_sweep
 from .table import format_p
 
@@ -53,15 +54,19 @@ def compare_stores(
         side_a = a[(a['model'] == model) & (a['attention'] == attention)]
         side_b = b[(b['model'] == model) & (b['attention'] == attention)]
         for metric in metrics:
-            values_a, values_b = list(side_a[metric]), list(side_b[metric])
+            # A finished trial may hold no value of a metric (an older final.json).
+            values_a = finished_values(side_a[metric])
+            values_b = finished_values(side_b[metric])
+            if not values_a or not values_b:
+                continue
             gap = difference(values_a, values_b)
             rows.append(
                 {
                     'model': model,
                     'attention': attention,
                     'metric': metric,
-                    'backend_a': ','.join(sorted(set(side_a['backend']))),
-                    'backend_b': ','.join(sorted(set(side_b['backend']))),
+                    'backend_a': one_line(','.join(sorted(set(side_a['backend'])))),
+                    'backend_b': one_line(','.join(sorted(set(side_b['backend'])))),
                     'n_a': len(values_a),
                     'mean_a': statistics.fmean(values_a),
                     'std_a': _std(values_a),

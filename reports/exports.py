@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bench.store import DONE
+from bench.validation import one_line, spreadsheet_text
 
 from .significance import ALPHA, CONFIDENCE, MIN_SEEDS
 
@@ -59,7 +60,7 @@ def cells_frame(
                 'ci_high': gap.ci[1] if gap and gap.ci else None,
                 'p': gap.p if gap else None,
                 'significant': bool(gap and gap.significant),
-                'backend': ','.join(sorted(set(cell['backend']))),
+                'backend': spreadsheet_text(','.join(sorted(set(cell['backend'])))),
             }
         )
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
@@ -124,7 +125,7 @@ LATEX_SPECIAL = {
 
 def latex_text(text: str) -> str:
     """Plain text as LaTeX text: its special characters escaped."""
-    return ''.join(LATEX_SPECIAL.get(character, character) for character in text)
+    return ''.join(LATEX_SPECIAL.get(character, character) for character in one_line(text))
 
 
 def _math_signs(latex: str) -> str:

@@ -331,7 +331,18 @@ def write_figures(
 
     Figures of ours that this call did not write (a model that left the sweep, bars
     before any trial finished) are removed, so none outlives the trials it showed."""
-    figures_dir = Path(figures_dir)
+    # Stored text (a device's name) is drawn as it is: never parsed as a formula.
+    with plt.rc_context({'text.parse_math': False}):
+        return _write_figures(trials, histories, Path(figures_dir), models, attentions)
+
+
+def _write_figures(
+    trials: pd.DataFrame,
+    histories: pd.DataFrame,
+    figures_dir: Path,
+    models: Sequence[str] | None,
+    attentions: Sequence[str] | None,
+) -> list[tuple[str, Path]]:
     written = []
     for model in _model_order(histories, models):
         path = save_figure(

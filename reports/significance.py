@@ -50,7 +50,8 @@ class Difference:
         return self.judged and self.p < ALPHA
 
 
-def _clean(values: Iterable[float]) -> list[float]:
+def finished_values(values: Iterable[float]) -> list[float]:
+    """The values that are there (None and NaN left out), as floats."""
     return [float(v) for v in values if v is not None and not math.isnan(float(v))]
 
 
@@ -58,7 +59,7 @@ def difference(a: Iterable[float], b: Iterable[float]) -> Difference:
     """Welch's comparison of b's seeds with a's."""
     from scipy import stats
 
-    a, b = _clean(a), _clean(b)
+    a, b = finished_values(a), finished_values(b)
     if not a or not b:
         raise ValueError('both cells need at least one value')
     gap = statistics.fmean(b) - statistics.fmean(a)
@@ -83,7 +84,7 @@ def difference_from_value(values: Iterable[float], value: float) -> Difference:
     """Our seeds' mean minus a published `value`, by the one-sample t-test."""
     from scipy import stats
 
-    values = _clean(values)
+    values = finished_values(values)
     if not values:
         raise ValueError('the cell needs at least one value')
     gap = statistics.fmean(values) - float(value)

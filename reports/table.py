@@ -9,11 +9,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
+from bench.validation import one_line
 from models.architecture import network_counts
 from models.names import model_sort_key
 from models.registry import attention_label, attention_names
 
-from .significance import Difference, difference, difference_from_value
+from .significance import Difference, difference, difference_from_value, finished_values
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +42,7 @@ class Summary(NamedTuple):
 
 def summarise(values: Iterable[float | None]) -> Summary | None:
     """(mean, std, n) of the finished values; std is the sample std (0 for one seed)."""
-    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    values = finished_values(values)
     if not values:
         return None
     n = len(values)
@@ -124,7 +125,11 @@ class Speed(NamedTuple):
 def device_label(kind: object) -> str:
     """The kind of device a trial recorded, as tables and figures name it (an older
     trial's missing one, None or NaN from pandas: 'unknown device')."""
-    return kind if isinstance(kind, str) and kind else 'unknown device'
+    if not isinstance(kind, str) or not kind.strip():
+        return 'unknown device'
+    # One line, and never a leading underscore, which hides a legend entry.
+    text = one_line(kind).strip()[:80]
+    return ' ' + text if text.startswith('_') else text
 
 
 def cell_speeds(

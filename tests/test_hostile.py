@@ -1055,3 +1055,126 @@ def test_a_final_json_that_contradicts_the_recipe_or_the_history_is_damage(sweep
         row = {r.trial_id: r for r in store.trial_records(store.read_manifest())}[ids['finished']]
         assert row.status == 'damaged' and row.final is None
         assert any(p.startswith(problem) for p in row.problems)
+
+
+def _crafted_store(tmp_path):
+    """Four finished trials (ResNet-20 vanilla and SE, seeds 0 and 1) and their sweep record."""
+    from .store_helpers import add_trial, record_sweep
+
+    store = ResultsStore(tmp_path / 'store')
+    ids = {
+        (attention, seed): add_trial(
+            store, 'cifar_resnet20_v1', attention, seed, train_loss=0.1, val_acc=0.8 + seed / 100
+        )
+        for attention in ('none', 'se')
+        for seed in (0, 1)
+    }
+    record_sweep(store, ['cifar_resnet20_v1'], ['none', 'se'], seeds=(0, 1))
+    return store, ids
+
+
+def _edit_json(path, change):
+    value = json.loads(Path(path).read_text())
+    change(value)
+    Path(path).write_text(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    'change, expected',
+    [
+        (lambda m: m['trials'].append(m['trials'][0]), 'listed twice'),
+        (lambda m: m.update(models=m['models'] * 2), "model 'cifar_resnet20_v1' is listed twice"),
+        (lambda m: m['report'].update(metrics='val_acc'), 'report: metrics'),
+        (lambda m: m['report'].update(metrics=['bogus']), 'report: metrics.0'),
+        (lambda m: m['report'].update(metrics=[]), 'report: metrics'),
+        (lambda m: m['report'].update(overhead=5), 'report: overhead'),
+        (lambda m: m.update(data={}), 'data.name: Field required'),
+    ],
+)
+def test_a_sweep_record_with_copies_or_options_of_the_wrong_type_is_named(
+    tmp_path, capsys, change, expected
+):
+    from reports.__main__ import main as reports_main
+
+    store, ids = _crafted_store(tmp_path)
+    _edit_json(store.root / 'sweep.json', change)
+    before = snapshot(store.root / 'trials')
+    assert reports_main([str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert 'not the sweep.json this project writes' in err and expected in err, err
+    assert 'Traceback' not in err and '--report-only' in err
+    assert snapshot(store.root / 'trials') == before
+
+
+@pytest.mark.parametrize(
+    'final, expected',
+    [
+        ({'val_acc': float('inf')}, 'val_acc inf is not a number a trial records'),
+        ({'val_loss': 1e308}, 'val_loss 1e+308 is not a number a trial records'),
+        ({'val_loss': -1e308}, 'val_loss -1e+308 is not a number a trial records'),
+        ({'val_acc': 1.5}, 'val_acc 1.5 is not an accuracy'),
+    ],
+)
+def test_numbers_no_trial_records_are_damage_not_a_crash(tmp_path, capsys, final, expected):
+    from reports.__main__ import main as reports_main
+
+    store, ids = _crafted_store(tmp_path)
+    tid = ids[('se', 0)]
+    _edit_json(store.trial_dir(tid) / 'final.json', lambda v: v.update(final))
+    assert reports_main([str(store.root), '--report', str(tmp_path / 'r.html')]) == 0
+    assert 'Traceback' not in capsys.readouterr().err
+    assert expected in (tmp_path / 'r.html').read_text()
+    record = {r.trial_id: r for r in store.trial_records()}[tid]
+    assert record.status == 'damaged' and record.final is None
+
+
+def test_stored_text_is_inert_in_the_terminal_csv_latex_and_figures(sweep, tmp_path, capsys):
+    """Control characters (a terminal's escape sequences), lone surrogates, a formula for a
+    spreadsheet, a blank line for LaTeX and a formula for matplotlib in stored text."""
+    from reports import render_all
+
+    from .store_helpers import add_trial
+
+    path, loaded, store, ids = sweep
+    store.write_error(ids['partial'], 'boom\r\x1b]52;c;aGk=\x07 \ud800 hidden', 2)
+    code, out, err = run(['--config', str(path), '--dry-run'], capsys)
+    assert code == 0 and '\x1b' not in out and '\r' not in out and '\x07' not in out
+    assert 'error:  ]52;c;aGk=  \\ud800 hidden' in out  # \r ends a line
+    code, out, err = run(['--config', str(path), '--report-only'], capsys)
+    assert code == 0 and 'Traceback' not in err, err
+
+    other = ResultsStore(tmp_path / 'other')
+    tid = add_trial(other, 'cifar_resnet20_v1', 'none', 0, train_loss=0.1, val_acc=0.9)
+    _edit_json(other.trial_dir(tid) / 'spec.json', lambda v: v.update(name='=HYPERLINK("x")'))
+    _edit_json(other.trial_dir(tid) / 'final.json', lambda v: v.update(device_kind='$x^{$'))
+    from .store_helpers import record_sweep
+
+    record_sweep(other, ['cifar_resnet20_v1'], ['none'])
+    render_all(other.root, figures_dir=tmp_path / 'figures', report_path=tmp_path / 'r.html')
+    assert (tmp_path / 'figures' / 'speed.png').is_file()
+    other.write_results_csv(other.read_manifest())
+    assert '\'=HYPERLINK(""x"")' in (other.root / 'results.csv').read_text()
+    from reports.exports import latex_text
+
+    assert latex_text('a\n\nb\\x') == 'a b\\textbackslash{}x'  # no blank line ends a caption
+
+
+def test_a_lock_with_a_process_id_no_system_has_is_one_message(tmp_path):
+    from bench.store import StoreLocked
+
+    store = ResultsStore(tmp_path / 'store')
+    store.root.mkdir()
+    (store.root / 'sweep.lock').write_text(json.dumps({'host': 'h', 'pid': 10**30, 'since': 'x'}))
+    with pytest.raises(StoreLocked, match='not the sweep.lock this project writes'):
+        with store.lock():
+            pass
+
+
+def test_compare_passes_over_a_finished_trial_without_a_metric(tmp_path):
+    from reports.compare import compare_stores
+
+    first, ids = _crafted_store(tmp_path / 'a')
+    second, _ = _crafted_store(tmp_path / 'b')
+    _edit_json(first.trial_dir(ids[('se', 0)]) / 'final.json', lambda v: v.pop('val_acc') and None)
+    rows = {(r['attention'], r['metric']): r for r in compare_stores(first.root, second.root)}
+    assert rows[('se', 'val_acc')]['n_a'] == 1 and rows[('se', 'val_loss')]['n_a'] == 2

@@ -135,11 +135,21 @@ class Outputs(_Strict):
 
 
 class ReportOptions(_Strict):
-    metrics: List[Literal[REPORT_METRICS]] = Field(default_factory=lambda: ['val_loss', 'val_acc'])
+    metrics: List[Literal[REPORT_METRICS]] = Field(
+        default_factory=lambda: ['val_loss', 'val_acc'], min_length=1
+    )
     overhead: bool = True
     # A published table shipped in reports/published/ to show beside ours (original: the
     # original repository's README).
     reference: Optional[Literal['original']] = None
+
+    @field_validator('metrics')
+    @classmethod
+    def _each_metric_once(cls, metrics: List[str]) -> List[str]:
+        twice = sorted({m for m in metrics if metrics.count(m) > 1})
+        if twice:
+            raise ValueError(f'{", ".join(twice)} listed twice; name each metric once')
+        return metrics
 
 
 # A tracking URI as MLflow takes one (http://host:5000, sqlite:///path, databricks): a

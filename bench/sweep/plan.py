@@ -22,6 +22,7 @@ from bench.trial.data import (
     load_demo_digits,
     official_identity,
 )
+from bench.validation import last_line, one_line
 from models.names import network_revision
 
 if TYPE_CHECKING:
@@ -261,10 +262,10 @@ def format_plan(
             f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
             + (f'  asks {ask}' if p.will_train else '')
         )
-        if p.error:
-            lines.append(f'{"":<{width}}  error: {p.error.strip().splitlines()[-1]}')
+        if p.error and last_line(p.error):
+            lines.append(f'{"":<{width}}  error: {last_line(p.error)}')
         for problem in p.problems:
-            lines.append(f'{"":<{width}}  problem: {problem}')
+            lines.append(f'{"":<{width}}  problem: {one_line(problem)}')
     counts = {
         s: sum(1 for p in planned if p.status == s)
         for s in (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
