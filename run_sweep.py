@@ -280,13 +280,15 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
         )
     )
     if args.fresh:
+        from bench.validation import one_line
+
         targets = ResultsStore(loaded.store_dir).fresh_targets(
             [p.trial_id for p in planned] if only else None
         )
         print(
             f'--fresh would delete {len(targets)} path(s)'
             + (':' if targets else '')
-            + ''.join(f'\n  {path}' for path in targets)
+            + ''.join(f'\n  {one_line(path)}' for path in targets)
         )
     problems = _problems_before_training(loaded, args, only, planned, identity)
     if not problems:

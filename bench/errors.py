@@ -60,8 +60,16 @@ class ProblemsFound(BenchError):
 def report(error: BenchError, stream: TextIO | None = None) -> int:
     """Print `error` (and its hint) as the command's last word; its exit code."""
     stream = stream or sys.stderr
-    for line in getattr(error, 'problems', None) or (str(error),):
-        print(f'error: {line}', file=stream)
+    for problem in getattr(error, 'problems', None) or (str(error),):
+        print(f'error: {_inert(problem)}', file=stream)
     if error.hint:
-        print(error.hint, file=stream)
+        print(_inert(error.hint), file=stream)
     return error.exit_code
+
+
+def _inert(message: object) -> str:
+    """A message's lines, each made inert for the terminal: messages quote stored text
+    (names, a lock's host, a file name), which could hold escape sequences."""
+    from bench.validation import one_line
+
+    return '\n'.join(one_line(line) for line in str(message).split('\n'))

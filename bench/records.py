@@ -38,9 +38,10 @@ from models.registry import (
 Number = Union[int, float]
 Count = int
 
-# A finished trial's metrics are finite and far from float overflow: a crafted 1e308 would
-# make the table's sums and squares infinite. No loss, accuracy or time comes near this.
-# (An epoch's row is read as it is: the curves and the estimate pass over odd values.)
+# A trial's metrics are finite and far from float overflow: a crafted 1e308 would make the
+# reports' sums and squares infinite. No loss, accuracy or time comes near this. (A final
+# value beyond is damage; an epoch's row is read as it is, and the reports and the
+# estimate pass over such values.)
 METRIC_LIMIT = 1e100
 
 
@@ -180,6 +181,7 @@ class _Record(BaseModel):
 
 class RecipeRecord(_Record):
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
+    lr_decay_epochs: Optional[List[int]] = None
 
 
 class SpecRecord(_Record):
@@ -265,7 +267,8 @@ def _report_options(options: Dict[str, Any]) -> Dict[str, Any]:
     except ValidationError as error:
         first = error.errors()[0]
         where = '.'.join(str(part) for part in first['loc'])
-        raise ValueError(f'{where}: {first["msg"]}') from None
+        message = first['msg'].removeprefix('Value error, ')
+        raise ValueError(f'{where}: {message}') from None
     return options
 
 
@@ -275,6 +278,27 @@ class DataRecord(_Record):
     name: str
     digest: str
     official: bool
+
+
+def _entry_id_problem(trial: ManifestTrial, data: DataRecord) -> str | None:
+    """Why a sweep record's trial entry cannot be the trial its id names: its spec, data
+    and network revision make another id, or another name. None where they agree, and
+    where this installation cannot tell (the attention's package is not installed)."""
+    spec = upgrade_trial_file(trial.model_dump())['spec']
+    try:
+        made = spec.trial_id(data.model_dump(), network_revision=trial.network_revision)
+    except LookupError:  # an attention no installed package registers
+        return None
+    except (TypeError, ValueError):  # a recipe no run writes
+        return f'the spec of trial {trial.trial_id} makes no trial id'
+    if made != trial.trial_id:
+        return (
+            f'trial id {trial.trial_id} is not the id of the spec it lists ({made}); '
+            'the record was changed since a run wrote it'
+        )
+    if trial.name != spec.name:
+        return f'trial {trial.trial_id} is named {bounded_repr(trial.name, 60)}, not {spec.name}'
+    return None
 
 
 def _unique(what: str, values: List[Any]) -> None:
@@ -310,6 +334,16 @@ class Manifest(_Record):
             ('trial', [trial.name for trial in self.trials]),
         ):
             _unique(what, values)
+        return self
+
+    @model_validator(mode='after')
+    def _ids_of_their_specs(self) -> Manifest:
+        # The reports take a stored trial for the cell its id's entry names: an entry
+        # whose spec is not what its id was made of would move a result between cells.
+        for index, trial in enumerate(self.trials):
+            problem = _entry_id_problem(trial, self.data)
+            if problem:
+                raise ValueError(f'trials.{index}: {problem}')
         return self
 
 
@@ -463,7 +497,8 @@ def identity_differences(stored: TrialRecord, listed: TrialRecord) -> list[str]:
     """What of `stored` (a trial's spec.json) differs from `listed` (the sweep's record of
     the same trial id) among what the id is made of: [] for the same trial."""
     stored_spec, listed_spec = stored.spec.to_dict(), listed.spec.to_dict()
-    differs = [
+    differs = ['its name'] if stored.name != listed.name else []
+    differs += [
         f'its {part}'
         for part in ('model', 'attention', 'seed', 'recipe', 'attention_kwargs')
         if stored_spec[part] != listed_spec[part]
@@ -483,10 +518,14 @@ def shape_problem(value: Any, record: type[BaseModel]) -> str | None:
         record.model_validate(value)
     except ValidationError as error:
         first = error.errors()[0]
-        where = '.'.join(str(part) for part in first['loc']) or 'the file'
         more = f' (and {error.error_count() - 1} more)' if error.error_count() > 1 else ''
         # A check of ours says what is wrong in its own words.
         message = first['msg'].removeprefix('Value error, ')
+        if not first['loc'] and isinstance(value, dict):
+            # A check of the whole file (its message names the place); quoting the whole
+            # file would say nothing more.
+            return f'{message}{more}'
+        where = '.'.join(str(part) for part in first['loc']) or 'the file'
         return f'{where}: {message} (found {bounded_repr(first.get("input"), 60)}){more}'
     except RecursionError:
         return 'nested too deeply'

@@ -169,7 +169,7 @@ class ResultsStore:
                 stale.unlink()
                 progress(
                     f'took over the lock of {self.root}: process {holder.get("pid")} '
-                    f'(since {holder.get("since")}) is no longer running'
+                    f'(since {one_line(holder.get("since"))}) is no longer running'
                 )
                 continue
             raise StoreLocked(
@@ -245,8 +245,11 @@ class ResultsStore:
         if not entries <= reports | {LOCK_FILE}:
             return False
         try:
+            # A regular file only: opening a FIFO would wait for a writer.
+            if table.is_symlink() or not table.is_file():
+                return False
             with open(table, 'rb') as handle:
-                return not table.is_symlink() and handle.read(9) == b'Results: '
+                return handle.read(9) == b'Results: '
         except OSError:
             return False
 
@@ -686,8 +689,11 @@ class ResultsStore:
         describes those whose spec.json is lost."""
         listed = {entry['trial_id']: entry for entry in (manifest or {}).get('trials', [])}
         data = (manifest or {}).get('data') or {}
+        # A listed trial whose folder is a link is read too: as damaged, never through it.
+        linked = [t for t in listed if TRIAL_ID_PATTERN.match(t) and self.trial_dir(t).is_symlink()]
         records = (
-            self.read_trial(trial_id, listed.get(trial_id), data) for trial_id in self.trial_ids()
+            self.read_trial(trial_id, listed.get(trial_id), data)
+            for trial_id in sorted({*self.trial_ids(), *linked})
         )
         return [record for record in records if record is not None]
 

@@ -46,6 +46,10 @@ REPORT_SUFFIXES = ('.html', '.htm')
 
 
 def _head(path: str | Path, size: int = 4096) -> bytes:
+    """The first bytes of a regular file (OSError for anything else: opening a FIFO
+    would wait for a writer)."""
+    if not Path(path).is_file():
+        raise OSError(f'{path} is not a regular file')
     with open(path, 'rb') as handle:
         return handle.read(size)
 

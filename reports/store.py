@@ -13,7 +13,13 @@ from typing import Any, Mapping
 import pandas as pd
 
 from bench.fileio import not_a_folder_in_the_way
-from bench.records import PENDING, TrialRecord, unregistered_attention_problem, upgrade_trial_file
+from bench.records import (
+    PENDING,
+    TrialRecord,
+    metric_problem,
+    unregistered_attention_problem,
+    upgrade_trial_file,
+)
 from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
 from bench.trial.recipe import Recipe
 from models.registry import ENTRY_POINT_GROUP
@@ -171,6 +177,11 @@ def load_histories(store_dir: str | Path, trials: pd.DataFrame | None = None) ->
         if not rows:
             continue
         frame = pd.DataFrame(rows)
+        for metric in frame.columns.drop('epoch'):
+            # A value no trial records (1e308 images/s) is left out, as a missing one is.
+            frame[metric] = frame[metric].where(
+                [metric_problem(metric, value) is None for value in frame[metric]]
+            )
         frame.insert(0, 'trial_id', trial['trial_id'])
         frame.insert(1, 'model', trial['model'])
         frame.insert(2, 'attention', trial['attention'])

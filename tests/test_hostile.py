@@ -1145,7 +1145,8 @@ def test_stored_text_is_inert_in_the_terminal_csv_latex_and_figures(sweep, tmp_p
 
     other = ResultsStore(tmp_path / 'other')
     tid = add_trial(other, 'cifar_resnet20_v1', 'none', 0, train_loss=0.1, val_acc=0.9)
-    _edit_json(other.trial_dir(tid) / 'spec.json', lambda v: v.update(name='=HYPERLINK("x")'))
+    outside = add_trial(other, 'cifar_resnet20_v1', 'se', 0, train_loss=0.1, val_acc=0.9)
+    _edit_json(other.trial_dir(outside) / 'spec.json', lambda v: v.update(name='=HYPERLINK("x")'))
     _edit_json(other.trial_dir(tid) / 'final.json', lambda v: v.update(device_kind='$x^{$'))
     from .store_helpers import record_sweep
 
@@ -1178,3 +1179,118 @@ def test_compare_passes_over_a_finished_trial_without_a_metric(tmp_path):
     _edit_json(first.trial_dir(ids[('se', 0)]) / 'final.json', lambda v: v.pop('val_acc') and None)
     rows = {(r['attention'], r['metric']): r for r in compare_stores(first.root, second.root)}
     assert rows[('se', 'val_acc')]['n_a'] == 1 and rows[('se', 'val_loss')]['n_a'] == 2
+
+
+def _swap_first_and_third_cells(manifest):
+    first, third = manifest['trials'][0], manifest['trials'][2]
+    for key in ('spec', 'name', 'attention'):
+        first[key], third[key] = third[key], first[key]
+
+
+@pytest.mark.parametrize(
+    'change, expected',
+    [
+        (_swap_first_and_third_cells, 'is not the id of the spec it lists'),
+        (lambda m: m['trials'][0].update(name='se-s9'), "is named 'se-s9', not "),
+    ],
+)
+def test_a_sweep_record_whose_entries_are_not_their_ids_is_damaged(
+    tmp_path, capsys, change, expected
+):
+    """Editing sweep.json with the spec.json files cannot move a result between cells:
+    an entry's id is recomputed from its spec."""
+    from reports.__main__ import main as reports_main
+
+    store, ids = _crafted_store(tmp_path)
+    _edit_json(store.root / 'sweep.json', change)
+    if 'spec' in expected:  # the trials' own files say the same as the edited record
+        for tid, entry in [
+            (e['trial_id'], e)
+            for e in json.loads((store.root / 'sweep.json').read_text())['trials']
+        ]:
+            _edit_json(
+                store.trial_dir(tid) / 'spec.json',
+                lambda v, e=entry: v.update(spec=e['spec'], name=e['name']),
+            )
+    assert reports_main([str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert 'not the sweep.json this project writes: trials.0: ' in err and expected in err, err
+    assert '(found {' not in err
+
+
+def test_stored_text_in_an_error_message_reaches_the_terminal_inert(tmp_path, capsys):
+    from reports.__main__ import main as reports_main
+
+    store, ids = _crafted_store(tmp_path)
+    _edit_json(store.root / 'sweep.json', lambda m: m['attentions'].append('x\x1b[2J\x07'))
+    assert reports_main([str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert 'names attention(s) this installation does not know: x [2J' in err
+    assert '\x1b' not in err and '\x07' not in err
+
+
+def test_odd_values_in_a_stored_history_and_recipe_are_passed_over_or_named(tmp_path, capsys):
+    """An epoch's 1e308 images/s is left out of the speeds and figures; a decay schedule
+    that is not a list makes the spec.json damaged, not a crash."""
+    from reports import render_all
+
+    store, ids = _crafted_store(tmp_path)
+    for seed in (0, 1):
+        history = store.trial_dir(ids[('se', seed)]) / 'history.csv'
+        lines = history.read_text().splitlines()
+        history.write_text(
+            '\n'.join(lines[:1] + [line.rsplit(',', 1)[0] + ',1e308' for line in lines[1:]]) + '\n'
+        )
+    outside = ids[('none', 1)]
+    _edit_json(store.root / 'sweep.json', lambda m: m.update(seeds=[0]))
+    _edit_json(
+        store.root / 'sweep.json',
+        lambda m: m.update(trials=[t for t in m['trials'] if t['trial_id'] != outside]),
+    )
+    _edit_json(
+        store.trial_dir(outside) / 'spec.json',
+        lambda v: v['spec']['recipe'].update(lr_decay_epochs=5),
+    )
+    render_all(store.root, figures_dir=tmp_path / 'figures', report_path=tmp_path / 'r.html')
+    html = (tmp_path / 'r.html').read_text()
+    assert (tmp_path / 'figures' / 'speed.png').is_file()
+    assert 'recipe.lr_decay_epochs: Input should be a valid list' in html
+
+
+def test_a_listed_trial_whose_folder_is_a_link_is_damaged_in_the_reports_too(tmp_path):
+    from reports import load_manifest, load_trials, split_by_sweep
+
+    store, ids = _crafted_store(tmp_path)
+    folder = store.trial_dir(ids[('se', 0)])
+    folder.rename(tmp_path / 'elsewhere')
+    folder.symlink_to(tmp_path / 'elsewhere')
+    manifest = load_manifest(store.root)
+    current, _ = split_by_sweep(load_trials(store.root, manifest), manifest)
+    row = current.set_index('trial_id').loc[ids[('se', 0)]]
+    assert row['status'] == 'damaged' and f'{folder} is a link' in row['problems'][0]
+    assert ids[('se', 0)] in set(store.write_results_csv(manifest)['trial_id'])
+
+
+def test_a_fifo_where_a_report_or_table_belongs_is_not_waited_on(tmp_path):
+    import threading
+
+    from bench.store import NotAStore
+    from reports.outputs import is_our_report
+
+    (tmp_path / 'store').mkdir()
+    os.mkfifo(tmp_path / 'store' / 'table.md')
+    os.mkfifo(tmp_path / 'report.html')
+    outcome = []
+
+    def check():
+        outcome.append(is_our_report(tmp_path / 'report.html'))
+        try:
+            ResultsStore(tmp_path / 'store').check_is_store()
+        except NotAStore as error:
+            outcome.append(str(error))
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), 'a FIFO was opened and waited on'
+    assert outcome[0] is False and 'is not a results store of this project' in outcome[1]

@@ -157,8 +157,8 @@ def report_data_identity(
             ) from None
         progress(
             f'data not found ({str(error).splitlines()[0]}); reporting the trials of '
-            f'the data the last run used: {manifest["data"].get("name")}, '
-            f'digest {str(manifest["data"].get("digest"))[:12]}'
+            f'the data the last run used: {one_line(manifest["data"]["name"])}, '
+            f'digest {one_line(manifest["data"]["digest"][:12])}'
         )
         return manifest['data']
 

@@ -183,19 +183,23 @@ class TrialSpec:
 
         return attention_spec(self.attention).origin
 
-    def trial_id(self, data_identity: Mapping[str, Any]) -> str:
+    def trial_id(
+        self, data_identity: Mapping[str, Any], network_revision: int | None = None
+    ) -> str:
         """A stable id: hash of everything that changes the result, independent of YAML
         order: this spec, the data (`data_identity`'s digest and whether it is the
         official set) and the revision of the network definition, so a trial trained by
         an older definition is never taken for a current one; revision 1 is left out,
-        which keeps the ids computed before revisions existed. An attention brought by
+        which keeps the ids computed before revisions existed. `network_revision`: the
+        revision a stored trial records (default: the one this code builds). An attention brought by
         another package adds that package's name and version."""
         payload = {
             'spec': self.to_dict(),
             'data': {'digest': data_identity['digest'], 'official': data_identity['official']},
         }
-        if self.network_revision != 1:
-            payload['network_revision'] = self.network_revision
+        revision = self.network_revision if network_revision is None else network_revision
+        if revision != 1:
+            payload['network_revision'] = revision
         origin = self.attention_origin
         if origin != 'built-in':
             # An attention of another package: its version is part of what trained the
