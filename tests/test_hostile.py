@@ -1115,14 +1115,14 @@ def test_a_sweep_record_with_copies_or_options_of_the_wrong_type_is_named(
         ({'val_acc': 1.5}, 'val_acc 1.5 is not an accuracy'),
     ],
 )
-def test_numbers_no_trial_records_are_damage_not_a_crash(tmp_path, capsys, final, expected):
-    from reports.__main__ import main as reports_main
+def test_numbers_no_trial_records_are_damage_not_a_crash(tmp_path, final, expected):
+    from reports import render_all
 
     store, ids = _crafted_store(tmp_path)
     tid = ids[('se', 0)]
     _edit_json(store.trial_dir(tid) / 'final.json', lambda v: v.update(final))
-    assert reports_main([str(store.root), '--report', str(tmp_path / 'r.html')]) == 0
-    assert 'Traceback' not in capsys.readouterr().err
+    # The tables alone: the figures' handling of stored numbers has a test of its own.
+    render_all(store.root, report_path=tmp_path / 'r.html', figures=False)
     assert expected in (tmp_path / 'r.html').read_text()
     record = {r.trial_id: r for r in store.trial_records()}[tid]
     assert record.status == 'damaged' and record.final is None
