@@ -265,7 +265,7 @@ def speed_figure(
                     else None,
                     capsize=3,
                     color=colors[kind_index % len(colors)],
-                    label=kind,
+                    label=_drawn_as_is(kind),
                     gid=f'{attention}|{kind}',
                 )
                 ratio = '' if base is None or attention == 'none' else f'  {speed / base:.2f}x'
@@ -304,6 +304,12 @@ def speed_figure(
     return fig
 
 
+def _drawn_as_is(text: str) -> str:
+    """Stored text (a device's name) for a figure: its dollar signs escaped, so that
+    matplotlib never parses it as a formula (the axes' own labels still use formulas)."""
+    return text.replace('$', r'\$')
+
+
 def _seed_note(seed_counts: set[int]) -> str:
     if seed_counts == {1}:
         return 'n=1 seed per cell: no error bars'
@@ -331,18 +337,7 @@ def write_figures(
 
     Figures of ours that this call did not write (a model that left the sweep, bars
     before any trial finished) are removed, so none outlives the trials it showed."""
-    # Stored text (a device's name) is drawn as it is: never parsed as a formula.
-    with plt.rc_context({'text.parse_math': False}):
-        return _write_figures(trials, histories, Path(figures_dir), models, attentions)
-
-
-def _write_figures(
-    trials: pd.DataFrame,
-    histories: pd.DataFrame,
-    figures_dir: Path,
-    models: Sequence[str] | None,
-    attentions: Sequence[str] | None,
-) -> list[tuple[str, Path]]:
+    figures_dir = Path(figures_dir)
     written = []
     for model in _model_order(histories, models):
         path = save_figure(
