@@ -283,9 +283,12 @@ class DataRecord(_Record):
 def _entry_id_problem(trial: ManifestTrial, data: DataRecord) -> str | None:
     """Why a sweep record's trial entry cannot be the trial its id names: its spec, data
     and network revision make another id, or another name. None where they agree, and
-    where this installation cannot tell (the attention's package is not installed)."""
+    where this installation cannot tell (an attention from another package)."""
     spec = upgrade_trial_file(trial.model_dump())['spec']
     try:
+        if spec.attention_origin != 'built-in':
+            # Its id holds its package's version, which may have changed since.
+            return None
         made = spec.trial_id(data.model_dump(), network_revision=trial.network_revision)
     except LookupError:  # an attention no installed package registers
         return None
