@@ -420,13 +420,14 @@ class ResultsStore:
 
     def history(self, trial_id: str) -> HistoryRead:
         """The trial's history and the problems found reading it; see read_history."""
-        return self._history(trial_id, self.checkpoint_state(trial_id).state)
-
-    def _history(self, trial_id: str, checkpoint_state: dict | None) -> HistoryRead:
-        """The trial's history, given the checkpoint's state already read."""
-        path = self.trial_dir(trial_id) / 'history.csv'
         if self.link_problems(trial_id):
             return HistoryRead([], [], 0)
+        return self._history(trial_id, self._checkpoint_state(trial_id).state)
+
+    def _history(self, trial_id: str, checkpoint_state: dict | None) -> HistoryRead:
+        """The trial's history, given the checkpoint's state already read (from a folder
+        without links)."""
+        path = self.trial_dir(trial_id) / 'history.csv'
         rows, problem = read_history_csv(path)
         recorded = len(rows)
         problems = [problem] if problem else []
@@ -495,9 +496,13 @@ class ResultsStore:
         """The trial's newest intact checkpoint in the store: `checkpoint/`, or
         `.checkpoint.retired/` where a crash in the middle of the swap left only that one
         (state and folder None when there is none)."""
-        folder, problems = self.trial_dir(trial_id), []
         if self.link_problems(trial_id):
-            return CheckpointFound(None, None, problems)
+            return CheckpointFound(None, None, [])
+        return self._checkpoint_state(trial_id)
+
+    def _checkpoint_state(self, trial_id: str) -> CheckpointFound:
+        """checkpoint_state of a trial folder known to hold no links."""
+        folder, problems = self.trial_dir(trial_id), []
         for name in (CHECKPOINT_DIR, RETIRED_CHECKPOINT_DIR):
             path = folder / name
             if not (path / STATE_FILE).is_file():
@@ -534,7 +539,7 @@ class ResultsStore:
             return TrialState(DAMAGED, 0, tuple(links))
         final, final_problem = read_json_checked(folder / 'final.json')
         error, error_problem = read_json_checked(folder / 'error.json')
-        state, checkpoint, problems = self.checkpoint_state(trial_id)
+        state, checkpoint, problems = self._checkpoint_state(trial_id)
         planned_epochs, epochs = epochs, state['epoch'] if state else 0
         history = self._history(trial_id, state)
         recorded = history.recorded

@@ -321,6 +321,7 @@ def render_all(
         written.append(write_readme(readme, block, insert=insert))
 
     if report_path is not None:
+        store = ResultsStore(store_dir)
         environment = load_environment(store_dir)
         html = render(
             'report.html.j2',
@@ -348,11 +349,11 @@ def render_all(
                     f'{problem}; the trial is in no table or results.csv until its spec.json '
                     'is mended (or its folder removed)',
                 )
-                for trial_id, problem in ResultsStore(store_dir).unreadable_trials(
+                for trial_id, problem in store.unreadable_trials(
                     set(trials['trial_id']) | set(others['trial_id'])
                 )
             ]
-            + ResultsStore(store_dir).foreign_entries(),
+            + store.foreign_entries(),
             environment=_flatten(environment),
             reference=context['reference'],
             reference_rows=context['reference_rows'],

@@ -262,8 +262,9 @@ def format_plan(
             f'{p.name:<{width}}  {p.trial_id}  {state:<28}'
             + (f'  asks {ask}' if p.will_train else '')
         )
-        if p.error and last_line(p.error):
-            lines.append(f'{"":<{width}}  error: {last_line(p.error)}')
+        error = last_line(p.error) if p.error else ''
+        if error:
+            lines.append(f'{"":<{width}}  error: {error}')
         for problem in p.problems:
             lines.append(f'{"":<{width}}  problem: {one_line(problem)}')
     counts = {

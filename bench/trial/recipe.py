@@ -190,9 +190,9 @@ class TrialSpec:
         order: this spec, the data (`data_identity`'s digest and whether it is the
         official set) and the revision of the network definition, so a trial trained by
         an older definition is never taken for a current one; revision 1 is left out,
-        which keeps the ids computed before revisions existed. `network_revision`: the
-        revision a stored trial records (default: the one this code builds). An attention brought by
-        another package adds that package's name and version."""
+        which keeps the ids computed before revisions existed (`network_revision`: the
+        revision a stored trial records; default, the one this code builds). An attention
+        brought by another package adds that package's name and version."""
         payload = {
             'spec': self.to_dict(),
             'data': {'digest': data_identity['digest'], 'official': data_identity['official']},
