@@ -10,11 +10,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.fileio import nearest_entry, not_a_folder_in_the_way
 
 # JSON outputs of the tools are small; a larger file at their path is not one of them.
 _MAX_JSON_BYTES = 64 << 20
+# The key that names the tool which wrote a JSON output: the only mark that tells a file
+# a tool may replace from any other JSON (a store's final.json, a package.json).
+WRITTEN_BY = 'written_by'
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -65,28 +69,53 @@ def network_name_problems(
     return problems
 
 
-def writable_json_problem(path: str | Path, what: str) -> str | None:
-    """Why the tool's JSON output cannot be written at `path` (None when it can): a folder,
-    a file that is not JSON (the tool writes JSON, so anything else there is someone else's
-    and is not overwritten), or a place where writing fails, tried by creating and removing
-    a file beside it, so that hours of work do not end in a failed write."""
+def tool_json(tool: str, content: dict[str, Any]) -> dict[str, Any]:
+    """`content` as `tool` writes it: marked with its name, so that a later run of the
+    tool replaces this file and nothing else."""
+    return {WRITTEN_BY: tool, **content}
+
+
+def writable_json_problem(path: str | Path, what: str, tool: str) -> str | None:
+    """Why `tool`'s JSON output cannot be written at `path` (None when it can): a folder,
+    a file that `tool` did not write (anything else there is someone else's and is not
+    overwritten, a results store's own JSON files above all), a path inside a results store
+    (only run_sweep.py writes there), or a place where writing fails, tried by creating
+    and removing a file beside it, so that hours of work do not end in a failed write."""
     try:
-        return _json_target_problem(Path(path), what)
+        return _json_target_problem(Path(path), what, tool)
     except OSError as error:  # a folder on the way that this user may not enter
         return f'{what} {path} cannot be checked ({error.strerror or error})'
 
 
-def _json_target_problem(path: Path, what: str) -> str | None:
+def _json_target_problem(path: Path, what: str, tool: str) -> str | None:
     if path.is_dir():
         return f'{what} {path} is a folder; name a file'
     if path.is_symlink() or (path.exists() and not path.is_file()):
         return f'{what} {path} is a link or a special file; name a file of its own'
-    if path.is_file() and not _holds_json(path):
+    if path.is_file() and _written_by(path) != tool:
         return (
-            f'{what} {path} exists and is not JSON, so this tool did not write it; '
-            'choose another path (it is not overwritten)'
+            f'{what} {path} exists and {tool} did not write it (it is not JSON with '
+            f'"{WRITTEN_BY}": "{tool}"), so it is left as it is; choose another path, or '
+            'delete that file first'
+        )
+    store = _enclosing_store(path)
+    if store is not None:
+        return (
+            f'{what} {path} is inside the results store {store}, which only run_sweep.py '
+            'writes; choose a path outside it'
         )
     return _unwritable_folder(path.parent, f'{what} {path}')
+
+
+def _enclosing_store(path: Path) -> Path | None:
+    """The results store that `path` would be written into (a folder holding the store's
+    sweep.json and trials/), or None."""
+    from bench.store import MANIFEST_FILE
+
+    for folder in Path(os.path.abspath(path)).parents:
+        if (folder / MANIFEST_FILE).is_file() and (folder / 'trials').is_dir():
+            return folder
+    return None
 
 
 def writable_folder_problem(path: str | Path, what: str) -> str | None:
@@ -114,11 +143,12 @@ def _unwritable_folder(folder: Path, named: str) -> str | None:
     return None
 
 
-def _holds_json(path: Path) -> bool:
+def _written_by(path: Path) -> str | None:
+    """The tool named in a JSON output's mark (None for any other file)."""
     try:
         if path.stat().st_size > _MAX_JSON_BYTES:
-            return False
-        json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return True
+            return None
+        content = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return content.get(WRITTEN_BY) if isinstance(content, dict) else None

@@ -23,7 +23,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from bench.arguments import whole_number, writable_folder_problem, writable_json_problem
+from bench.arguments import (
+    tool_json,
+    whole_number,
+    writable_folder_problem,
+    writable_json_problem,
+)
 from bench.errors import BadArguments, BenchError, ProblemsFound, report
 from bench.fileio import write_json_atomic
 from bench.gpu import apply_tf32, check_local_gpus
@@ -225,7 +230,7 @@ def output_problems(args: argparse.Namespace) -> list[str]:
     if args.checkpoint_dir:
         problems.append(writable_folder_problem(args.checkpoint_dir, '--checkpoint-dir'))
     if args.output:
-        problems.append(writable_json_problem(args.output, '--output'))
+        problems.append(writable_json_problem(args.output, '--output', TOOL))
     return [p for p in problems if p]
 
 
@@ -284,6 +289,9 @@ def _backend_trainer(
         return train(spec, data, checkpoint_dir=checkpoint_dir, contexts=contexts, **callbacks)
 
     return train_gluon, contexts, describe(contexts)
+
+
+TOOL = 'bench.train'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +377,10 @@ def train_prepared(args: argparse.Namespace, prepared: Prepared) -> int:
     if args.output:
         write_json_atomic(
             args.output,
-            {'spec': spec.to_dict(), 'data': data.identity.to_dict(), 'history': history},
+            tool_json(
+                TOOL,
+                {'spec': spec.to_dict(), 'data': data.identity.to_dict(), 'history': history},
+            ),
         )
     if history:
         print(json.dumps({k: history[-1][k] for k in ('train_loss', 'val_loss', 'val_acc')}))

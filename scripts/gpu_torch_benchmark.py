@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 # The full table's work per trial: the recipe's epochs over CIFAR-10, the last partial
 # batch dropped, plus evaluation (a forward pass, about a third of a training step).
 EPOCHS, TRAIN_IMAGES, TEST_IMAGES, BATCH = 186, 50_000, 10_000, 128
+# Names this script in its JSON output (--out), the mark of a file it may replace.
+TOOL = 'scripts/gpu_torch_benchmark.py'
 TRAIN_IMAGES_PER_TRIAL = EPOCHS * (TRAIN_IMAGES // BATCH) * BATCH
 EVAL_COST_IN_TRAIN_IMAGES = EPOCHS * TEST_IMAGES / 3
 TABLE = [
@@ -117,7 +119,7 @@ def argument_problems(args):
         if precision not in PRECISIONS:
             problems.append(f'--precisions {precision}: give any of {", ".join(PRECISIONS)}')
     if args.out:
-        problems.append(writable_json_problem(args.out, '--out'))
+        problems.append(writable_json_problem(args.out, '--out', TOOL))
     return [p for p in problems if p]
 
 
@@ -322,9 +324,10 @@ def main(argv=None):
         'command': ' '.join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
     }
     if args.out:
+        from bench.arguments import tool_json
         from bench.fileio import write_json_atomic
 
-        write_json_atomic(args.out, result)
+        write_json_atomic(args.out, tool_json(TOOL, result))
     return 0
 
 

@@ -50,7 +50,10 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
     assert 'speed against vanilla: cifar_resnet8_v1 eca' in text
     import json
 
-    rows = json.loads(out.read_text())
+    written = json.loads(out.read_text())
+    assert written['written_by'] == 'bench.benchmark'
+    assert written['settings']['batch_size'] == 32 and written['settings']['torch_step'] is None
+    rows = written['rows']
     assert [r['attention'] for r in rows] == ['none', 'eca']
     assert rows[0]['vs_vanilla'] == 1.0 and rows[1]['vs_vanilla'] > 0
     assert rows[1]['mxnet_ops_img_s'] > 0 and 'mxnet_ops_img_s' not in rows[0]
@@ -104,7 +107,12 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     assert 'device: gluon on cpu(0); torch on cpu' in text and 'vs gluon' in text
     import json
 
-    rows = json.loads(out.read_text())
+    written = json.loads(out.read_text())
+    # What the numbers were measured under, as the header printed it.
+    assert written['settings']['torch_step'] == 'eager'
+    assert written['settings']['precision'] == 'float32'
+    assert 'float32, torch step eager' in text
+    rows = written['rows']
     assert [(r['backend'], r['attention']) for r in rows] == [
         ('gluon', 'none'),
         ('gluon', 'gct'),
@@ -281,7 +289,7 @@ def test_epochs_as_run_alternate_child_processes(monkeypatch):
     def child(arguments, threads):
         kind = arguments[arguments.index('--epoch-child') + 1]
         calls.append((kind, threads))
-        return {'original': 3.0, 'trial': 1.5}[kind] + 0.1 * len(calls)
+        return {'epoch_seconds': {'original': 3.0, 'trial': 1.5}[kind] + 0.1 * len(calls)}
 
     monkeypatch.setattr(cli, '_run_child', child)
     args = argparse.Namespace(
@@ -332,7 +340,7 @@ def test_epoch_child_times_one_kind_only(tmp_path, monkeypatch):
         )
         == 0
     )
-    assert json.loads(out.read_text()) > 0  # the median of two timed epochs
+    assert json.loads(out.read_text())['epoch_seconds'] > 0  # the median of two timed epochs
 
 
 def test_background_work_is_settled_inside_its_own_rounds():

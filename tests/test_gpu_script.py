@@ -51,7 +51,9 @@ def test_the_script_refuses_bad_arguments_before_any_device_time(tmp_path, capsy
     assert err[1].startswith("error: unknown model 'resnet50'")
     assert err[2].startswith("error: unknown attention 'coord'")
     assert err[3] == 'error: --precisions fp8: give any of float32, amp_float16, amp_bfloat16'
-    assert err[4].startswith(f'error: --out {mine} exists and is not JSON')
+    assert err[4].startswith(
+        f'error: --out {mine} exists and scripts/gpu_torch_benchmark.py did not write it'
+    )
     assert mine.read_text() == 'name: mine\n'
     assert script.main(['--device', 'cpu', '--batch-size', str(2**21)]) == 2
     assert f'--batch-size {2**21}: at most {2**20}' in capsys.readouterr().err
@@ -117,6 +119,7 @@ def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result['written_by'] == 'scripts/gpu_torch_benchmark.py'
     assert [(r['attention'], r['precision']) for r in result['rows']] == [
         ('none', 'float32'),
         ('eca', 'float32'),

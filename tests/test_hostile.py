@@ -800,14 +800,31 @@ def test_names_have_one_spelling(capsys):
 
 
 def test_our_own_json_outputs_never_replace_someone_elses_file(tmp_path, capsys):
+    from bench.arguments import tool_json, writable_json_problem
     from bench.benchmark.cli import main as benchmark_main
     from bench.train import main as train_main
 
     sweep_file = tmp_path / 'tiny.yaml'
     sweep_file.write_text('name: t\n')
-    with pytest.raises(SystemExit):
-        benchmark_main(['--num-gpus', '0', '--json', str(sweep_file)])
-    assert 'exists and is not JSON, so this tool did not write it' in capsys.readouterr().err
+    # JSON is not enough: a store's own files, another tool's output, a package.json.
+    store = tmp_path / 'results' / 'tiny'
+    (store / 'trials' / '0123456789ab').mkdir(parents=True)
+    (store / 'sweep.json').write_text('{"name": "tiny", "trials": []}')
+    final = store / 'trials' / '0123456789ab' / 'final.json'
+    final.write_text('{"epochs": 3, "val_acc": 0.9}')
+    package = tmp_path / 'package.json'
+    package.write_text('{"name": "site"}')
+    trained = tmp_path / 'trained.json'
+    trained.write_text(json.dumps(tool_json('bench.train', {'history': []})))
+    theirs = {path: path.read_bytes() for path in (sweep_file, final, package, trained)}
+    for target in theirs:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark_main(['--num-gpus', '0', '--json', str(target)])
+        assert exit_info.value.code == 2
+        assert (
+            f'--json {target} exists and bench.benchmark did not write it (it is not JSON '
+            'with "written_by": "bench.benchmark"), so it is left as it is'
+        ) in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_main(
             [
@@ -820,8 +837,20 @@ def test_our_own_json_outputs_never_replace_someone_elses_file(tmp_path, capsys)
                 str(sweep_file),
             ]
         )
-    assert 'exists and is not JSON' in capsys.readouterr().err
-    assert sweep_file.read_text() == 'name: t\n'
+    assert 'exists and bench.train did not write it' in capsys.readouterr().err
+    # Nothing new inside a store either, at any depth.
+    for target in (store / 'rows.json', store / 'trials' / '0123456789ab' / 'out.json'):
+        with pytest.raises(SystemExit):
+            benchmark_main(['--num-gpus', '0', '--json', str(target)])
+        assert (
+            f'--json {target} is inside the results store {store}, which only run_sweep.py '
+            'writes; choose a path outside it'
+        ) in capsys.readouterr().err
+        assert not target.exists()
+    assert {path: path.read_bytes() for path in theirs} == theirs
+    # The tool's own output of an earlier run is replaced.
+    assert writable_json_problem(trained, '--output', 'bench.train') is None
+    assert writable_json_problem(tmp_path / 'new.json', '--json', 'bench.benchmark') is None
 
 
 def test_figures_of_the_user_are_neither_deleted_nor_replaced(sweep, tmp_path, capsys):

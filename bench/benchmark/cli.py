@@ -15,9 +15,19 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from bench.arguments import network_name_problems, whole_number, writable_json_problem
+from bench.arguments import (
+    network_name_problems,
+    tool_json,
+    whole_number,
+    writable_json_problem,
+)
 from bench.benchmark import __doc__ as BENCHMARK_HELP
-from bench.benchmark.timing import cpu_peak_gflops, epoch_data, synthetic_images
+from bench.benchmark.timing import (
+    batches_per_round,
+    cpu_peak_gflops,
+    epoch_data,
+    synthetic_images,
+)
 from bench.errors import BenchError, ProblemsFound, report
 from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
@@ -30,6 +40,9 @@ from models.registry import registered
 if TYPE_CHECKING:
     import mxnet as mx
     import numpy as np
+
+
+TOOL = 'bench.benchmark'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,12 +203,18 @@ def run(args: argparse.Namespace, threads: int) -> int:
     images, labels = synthetic_images(args.images)
     if args.epoch_child:
         return _epoch_child(args, ctx, images, labels)
-    print(
-        f'device: {"; ".join(where)}, batch {args.batch_size}, {args.batches} timed '
-        f'batches, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
-        f'{args.workers} DataLoader workers, malloc {malloc}',
-        flush=True,
-    )
+    settings = {
+        'devices': where,
+        'batch_size': args.batch_size,
+        'timed_batches': batches_per_round(args.batches, args.rounds) * args.rounds,
+        'rounds': args.rounds,
+        'precision': args.precision,
+        'torch_step': ('compiled' if args.compile else 'eager') if torch_device else None,
+        'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
+        'dataloader_workers': args.workers,
+        'malloc': malloc,
+    }
+    print(header_line(settings), flush=True)
     rows = benchmark(
         args.models,
         args.attentions,
@@ -248,8 +267,24 @@ def run(args: argparse.Namespace, threads: int) -> int:
         if args.epoch_images:
             print(epochs_as_run_summary(args, threads), flush=True)
     if args.json:
-        write_json_atomic(args.json, rows)
+        command = ['python -m bench.benchmark', *sys.argv[1:]]
+        write_json_atomic(
+            args.json,
+            tool_json(TOOL, {'command': ' '.join(command), 'settings': settings, 'rows': rows}),
+        )
     return 0
+
+
+def header_line(settings: dict[str, Any]) -> str:
+    """What every number below it was measured under."""
+    torch_step = f', torch step {settings["torch_step"]}' if settings['torch_step'] else ''
+    threads = settings['omp_num_threads'] or 'unset'
+    return (
+        f'device: {"; ".join(settings["devices"])}, batch {settings["batch_size"]}, '
+        f'{settings["precision"]}{torch_step}, {settings["timed_batches"]} timed batches '
+        f'in {settings["rounds"]} rounds, OMP_NUM_THREADS={threads}, '
+        f'{settings["dataloader_workers"]} DataLoader workers, malloc {settings["malloc"]}'
+    )
 
 
 def argument_problems(args: argparse.Namespace) -> list[str]:
@@ -286,7 +321,7 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
             f'{args.batch_size}; give at least as many images as a batch'
         )
     if args.json and not args.epoch_child:
-        problems.append(writable_json_problem(args.json, '--json'))
+        problems.append(writable_json_problem(args.json, '--json', TOOL))
     return [p for p in problems if p]
 
 
@@ -300,11 +335,13 @@ def _epoch_child(
     seconds = epoch_seconds(
         spec, train, test, ctx, args.workers, args.epoch_rounds, kinds=(args.epoch_child,)
     )
-    write_json_atomic(args.json, statistics.median(seconds[args.epoch_child]))
+    write_json_atomic(
+        args.json, tool_json(TOOL, {'epoch_seconds': statistics.median(seconds[args.epoch_child])})
+    )
     return 0
 
 
-def _run_child(arguments: list[str], threads: int | None) -> list[dict[str, Any]] | float:
+def _run_child(arguments: list[str], threads: int | None) -> dict[str, Any]:
     """Run this benchmark in a fresh process with OMP_NUM_THREADS=threads (None: MXNet's
     default, as a script that never set it ran); returns what the child wrote as JSON."""
     env = dict(os.environ)
@@ -344,8 +381,9 @@ def epochs_as_run_summary(args: argparse.Namespace, threads: int | None) -> str:
     ]
     seconds = {'trial': [], 'original': []}
     for _ in range(2):
-        seconds['original'].append(_run_child(common + ['--epoch-child', 'original'], None))
-        seconds['trial'].append(_run_child(common + ['--epoch-child', 'trial'], threads))
+        for kind, kind_threads in (('original', None), ('trial', threads)):
+            child = _run_child(common + ['--epoch-child', kind], kind_threads)
+            seconds[kind].append(child['epoch_seconds'])
     trial, original = statistics.median(seconds['trial']), statistics.median(seconds['original'])
     return (
         f'whole epoch against the original script as it ran ({args.models[0]} vanilla; '
@@ -357,7 +395,7 @@ def epochs_as_run_summary(args: argparse.Namespace, threads: int | None) -> str:
 
 def vanilla_rate_in_child(model: str, batch_size: int, batches: int, threads: int | None) -> float:
     """Vanilla trial img/s in a fresh process, with OMP_NUM_THREADS=threads (None: unset)."""
-    rows = _run_child(
+    written = _run_child(
         [
             '--models',
             model,
@@ -371,4 +409,4 @@ def vanilla_rate_in_child(model: str, batch_size: int, batches: int, threads: in
         ],
         threads,
     )
-    return rows[0]['trial_img_s']
+    return written['rows'][0]['trial_img_s']

@@ -7,7 +7,13 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bench.benchmark.timing import TRAIN_FLOPS_PER_MAC, epoch_data, interleaved_rates, median_ratio
+from bench.benchmark.timing import (
+    TRAIN_FLOPS_PER_MAC,
+    batches_per_round,
+    epoch_data,
+    interleaved_rates,
+    median_ratio,
+)
 from bench.trial.recipe import Recipe, TrialSpec
 from models.architecture import network_counts
 
@@ -92,8 +98,7 @@ def benchmark(
             steppers[('original',) + key] = original.original_stepper(
                 spec, images, labels, ctx, workers
             )
-    per_round = max(1, batches // rounds)
-    rates = interleaved_rates(steppers, batch_size, rounds, per_round)
+    rates = interleaved_rates(steppers, batch_size, rounds, batches_per_round(batches, rounds))
     rows = []
     for (backend, model, attention), spec in specs.items():
         kind = BACKEND_KINDS[backend]

@@ -24,6 +24,12 @@ def synthetic_images(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     )
 
 
+def batches_per_round(batches: int, rounds: int) -> int:
+    """The batches each round times: every round times at least one, so fewer batches than
+    rounds time one per round."""
+    return max(1, batches // rounds)
+
+
 def interleaved_rates(
     steppers: Mapping[Hashable, Callable[[], object]],
     batch_size: int,
