@@ -356,9 +356,16 @@ def train_prepared(args: argparse.Namespace, prepared: Prepared) -> int:
             bar.total = total
             bar.update(1)
 
+    trained = []
+
     def on_epoch(metrics: dict[str, Any], _checkpoint: Path | None) -> None:
         if bar is not None:
             bar.reset()
+        if not trained and metrics['epoch'] > 1:
+            print(
+                f'resumed from epoch {metrics["epoch"] - 1}, checkpointed in {args.checkpoint_dir}'
+            )
+        trained.append(metrics['epoch'])
         print(
             f'[epoch {metrics["epoch"]:>3}/{spec.recipe.epochs}] lr {metrics["lr"]:.2e}  '
             f'train loss {metrics["train_loss"]:.4f} acc {metrics["train_acc"]:.4f}  '
@@ -374,6 +381,11 @@ def train_prepared(args: argparse.Namespace, prepared: Prepared) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if history and not trained:
+        print(
+            f'nothing trained: the checkpoint in {args.checkpoint_dir} already holds all '
+            f'{len(history)} epochs; its last epoch:'
+        )
     if args.output:
         write_json_atomic(
             args.output,

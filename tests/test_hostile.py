@@ -347,7 +347,7 @@ from bench.arguments import writable_folder_problem, writable_json_problem
 from reports.store import ReportError, load_manifest
 
 locked = sys.argv[1]
-print(writable_json_problem(locked + '/inner/r.json', '--json'))
+print(writable_json_problem(locked + '/inner/r.json', '--json', 'bench.benchmark'))
 print(writable_folder_problem(locked + '/inner/c', '--checkpoint-dir'))
 try:
     load_manifest(locked + '/inner')

@@ -13,11 +13,13 @@ from bench.trial.checkpoint import (
     list_checkpoints,
     read_state,
 )
-from bench.trial.data import load_cifar10
+from bench.trial.data import load_cifar10, write_cifar10
 from bench.trial.gluon import trainer as trainer_module
 from bench.trial.gluon.trainer import METRICS, train
 from bench.trial.loop import TrainingDiverged
 from bench.trial.recipe import Recipe, TrialSpec
+
+from .conftest import make_images
 
 TINY_RECIPE = Recipe(epochs=2, batch_size=16, lr_decay_epochs=(1,))
 
@@ -177,9 +179,29 @@ def test_a_finished_trial_resumed_trains_nothing(tiny_cifar_root, tmp_path):
 
 def test_a_checkpoint_of_another_trial_is_refused(tiny_cifar_root, tmp_path):
     data = load_cifar10(tiny_cifar_root, download=False)
-    train(tiny_spec('se', epochs=1), data, checkpoint_dir=tmp_path)
-    with pytest.raises(CheckpointMismatch, match='another trial'):
-        train(tiny_spec('gct', epochs=1), data, checkpoint_dir=tmp_path)
+    train(tiny_spec('se', epochs=2), data, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointMismatch, match='another trial') as refused:
+        train(tiny_spec('gct', epochs=2, lr=0.01), data, checkpoint_dir=tmp_path)
+    # What differs, named: not the whole spec.
+    assert (
+        "(attention: 'gct' here, 'se' in the checkpoint; recipe.lr: 0.01 here, 0.003 in "
+        'the checkpoint)'
+    ) in str(refused.value)
+    # Other data: the same trial on other images would mix two data sets in one history.
+    images, labels = make_images(96, seed=7)
+    test_images, test_labels = make_images(40, seed=8)
+    write_cifar10(tmp_path / 'other', images, labels, test_images, test_labels)
+    other = load_cifar10(tmp_path / 'other', download=False)
+    with pytest.raises(CheckpointMismatch) as refused:
+        train(tiny_spec('se', epochs=3), other, checkpoint_dir=tmp_path)
+    assert (
+        f'data digest: {other.identity.digest!r} here, {data.identity.digest!r} in the checkpoint'
+    ) in str(refused.value)
+    # Fewer epochs than the checkpoint holds: a run is extended, never shortened.
+    with pytest.raises(CheckpointMismatch) as refused:
+        train(tiny_spec('se', epochs=1), data, checkpoint_dir=tmp_path)
+    assert 'holds 2 epochs, more than the 1 this trial trains' in str(refused.value)
+    assert latest_checkpoint(tmp_path).name == 'epoch-0002'
 
 
 def test_half_written_checkpoints_are_never_resumed_from(tiny_cifar_root, tmp_path):
@@ -223,37 +245,40 @@ def test_a_non_finite_loss_stops_with_epoch_and_batch(tiny_cifar_root, monkeypat
 
 def test_command_line_trains_one_cell(tiny_cifar_root, tmp_path, capsys):
     output = tmp_path / 'history.json'
-    code = train_main(
-        [
-            '--model',
-            'cifar_resnet8_v2',
-            '--attention',
-            'se',
-            '--num-epochs',
-            '1',
-            '--batch-size',
-            '16',
-            '--lr-decay-epoch',
-            '81,122',
-            '--quiet',
-            '--num-gpus',
-            '0',
-            '--data-root',
-            str(tiny_cifar_root),
-            '--no-download',
-            '--checkpoint-dir',
-            str(tmp_path / 'ckpt'),
-            '--output',
-            str(output),
-        ]
-    )
-    assert code == 0
+    arguments = [
+        '--model',
+        'cifar_resnet8_v2',
+        '--attention',
+        'se',
+        '--num-epochs',
+        '1',
+        '--batch-size',
+        '16',
+        '--lr-decay-epoch',
+        '81,122',
+        '--quiet',
+        '--num-gpus',
+        '0',
+        '--data-root',
+        str(tiny_cifar_root),
+        '--no-download',
+        '--checkpoint-dir',
+        str(tmp_path / 'ckpt'),
+        '--output',
+        str(output),
+    ]
+    assert train_main(arguments) == 0
     saved = json.loads(output.read_text())
     assert saved['spec']['attention'] == 'se'
     assert saved['spec']['recipe']['lr_decay_epochs'] == [81, 122]
     assert len(saved['history']) == 1
     assert saved['data']['official'] is False
     assert '[epoch   1/1]' in capsys.readouterr().out
+    # The same command again trains nothing, and says so.
+    assert train_main(arguments) == 0
+    out = capsys.readouterr().out
+    assert f'nothing trained: the checkpoint in {tmp_path / "ckpt"} already holds all 1' in out
+    assert '[epoch' not in out
 
 
 def test_command_line_reports_bad_input_clearly(tmp_path, capsys):

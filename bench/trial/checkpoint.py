@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from bench.errors import BenchError
 from bench.fileio import publish_dir_atomic, read_json, write_json_atomic
+from bench.validation import bounded_repr, one_line
 
 STATE_FILE = 'state.json'
 # MXNet's pickled optimizer state, which Gluon checkpoints of earlier versions hold: read
@@ -94,17 +95,62 @@ def load_checkpoint(
     folder: str | Path,
     load_weights: Callable[[Path], None],
     expected_spec: Mapping[str, Any] | None = None,
+    expected_data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Restore the backend's files through `load_weights(folder)`; return the state dict."""
+    """Restore the backend's files through `load_weights(folder)`; return the state dict.
+    CheckpointMismatch, naming what differs, where the checkpoint is of another trial
+    (`expected_spec`, but for its epochs) or of other data (`expected_data`: a data
+    identity; a checkpoint of a version that kept none is not judged on it)."""
     folder = Path(folder)
     state = read_state(folder)
-    if expected_spec is not None and not same_run(state.get('spec'), expected_spec):
+    differences = []
+    if expected_spec is not None:
+        differences += run_differences(state.get('spec'), expected_spec)
+    saved_data = state.get('data')
+    if expected_data is not None and isinstance(saved_data, Mapping):
+        differences += [
+            f'data {key}: {_shown(expected_data.get(key))} here, '
+            f'{_shown(saved_data.get(key))} in the checkpoint'
+            for key in DATA_IDENTITY_KEYS
+            if saved_data.get(key) != expected_data.get(key)
+        ]
+    if differences:
         raise CheckpointMismatch(
-            f'the checkpoint in {folder} was made for another trial '
-            f'({state.get("spec")}); move it away or point the trial at its own folder'
+            f'the checkpoint in {folder} was made for another trial ('
+            + '; '.join(differences)
+            + '); move it away or point the trial at its own folder'
         )
     load_weights(folder)
     return state
+
+
+# What makes two data sets the same in a trial's identity (bench.trial.recipe.trial_id).
+DATA_IDENTITY_KEYS = ('digest', 'official')
+
+
+def run_differences(saved_spec: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> list[str]:
+    """What of `spec` differs from a checkpoint's `saved_spec`, each as `key: value here,
+    value in the checkpoint` ([] when the checkpoint is a prefix of a run of `spec`)."""
+    if same_run(saved_spec, spec):
+        return []
+    saved = dict(saved_spec) if isinstance(saved_spec, Mapping) else {}
+    found = []
+    for key in sorted(set(spec) | set(saved)):
+        here, there = spec.get(key), saved.get(key)
+        if key == 'recipe' and isinstance(here, Mapping) and isinstance(there, Mapping):
+            found += [
+                f'recipe.{name}: {_shown(here.get(name))} here, '
+                f'{_shown(there.get(name))} in the checkpoint'
+                for name in sorted(set(here) | set(there))
+                if name != 'epochs' and here.get(name) != there.get(name)
+            ]
+        elif here != there:
+            found.append(f'{key}: {_shown(here)} here, {_shown(there)} in the checkpoint')
+    return found or ['its spec']
+
+
+def _shown(value: Any) -> str:
+    return one_line(bounded_repr(value))
 
 
 def same_run(saved_spec: Mapping[str, Any] | None, spec: Mapping[str, Any] | None) -> bool:

@@ -24,7 +24,12 @@ import numpy as np
 
 from bench.errors import DOCTOR_HINT, FAILED, BenchError
 from bench.trial.batches import epoch_plan
-from bench.trial.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from bench.trial.checkpoint import (
+    CheckpointMismatch,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 if TYPE_CHECKING:
     from bench.trial.data import Dataset
@@ -220,9 +225,22 @@ def run_epochs(
 
     resume_from = resume_from or (latest_checkpoint(checkpoint_dir) if checkpoint_dir else None)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, session.load_weights, expected_spec=spec_dict)
+        state = load_checkpoint(
+            resume_from,
+            session.load_weights,
+            expected_spec=spec_dict,
+            expected_data=data.identity.to_dict(),
+        )
         rng.bit_generator.state = state['rng']
         history = state['history']
+        if len(history) > recipe.epochs:
+            # A run is extended from its checkpoint, never shortened: its history would
+            # hold epochs its recipe does not.
+            raise CheckpointMismatch(
+                f'the checkpoint in {resume_from} holds {len(history)} epochs, more than '
+                f'the {recipe.epochs} this trial trains; ask for {len(history)} or more, or '
+                'point the trial at its own folder'
+            )
 
     for epoch in range(len(history), recipe.epochs):
         started = time.perf_counter()
