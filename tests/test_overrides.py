@@ -55,6 +55,20 @@ def test_every_kind_of_value_is_set_as_the_file_would_set_it(sweep, tmp_path):
     assert _ids(load_config(written)) == _ids(loaded)
 
 
+def test_a_number_in_exponent_form_is_a_number_in_the_file_and_on_the_command_line(sweep, tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-2 as text; a learning rate is written that way."""
+    loaded = load_config(sweep, ['recipe.lr=1e-2', 'recipe.wd=5E-4'])
+    assert (loaded.config.recipe.lr, loaded.config.recipe.wd) == (0.01, 0.0005)
+    written = tmp_path / 'exponent.yaml'
+    written.write_text(
+        sweep.read_text().replace('lr_decay_epochs:', 'lr: 1e-2\n  lr_decay_epochs:')
+    )
+    assert load_config(written).config.recipe.lr == 0.01
+    assert _ids(load_config(written)) == _ids(load_config(sweep, ['recipe.lr=0.01']))
+    # Text stays text: a name or an option that only looks alike.
+    assert load_config(sweep, ['name=1e']).config.name == '1e'
+
+
 def test_a_variant_has_its_own_store_and_reports_and_resumes_under_the_same_name(sweep):
     plain = load_config(sweep)
     variant = load_config(sweep, ['recipe.epochs=2'])

@@ -58,6 +58,24 @@ from bench.validation import bounded_repr, describe_error, without_secrets
 from models.names import parse_model_name
 from models.registry import attention_key, attention_spec, parse_attention_name
 
+
+class _SweepLoader(yaml.SafeLoader):
+    """YAML as the sweep file is written: PyYAML follows YAML 1.1, where a number in
+    exponent form without a dot (lr: 1e-2, the way a learning rate is written) is text;
+    here, as in YAML 1.2 and in Python, it is a number."""
+
+
+_SweepLoader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$'),
+    list('-+0123456789'),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """The values of YAML text (a sweep file, an override's value)."""
+    return yaml.load(text, Loader=_SweepLoader)
+
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
@@ -465,7 +483,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSweep:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f'{path}: cannot be read ({error})') from None
     try:
-        values = yaml.safe_load(text)
+        values = load_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f'{path}: not valid YAML: {str(error)[:500]}') from None
     except RecursionError:
@@ -530,7 +548,7 @@ def parse_overrides(texts: Sequence[str]) -> list[KeyOverride]:
             )
             continue
         try:
-            value = yaml.safe_load(match['value']) if match['value'].strip() else None
+            value = load_yaml(match['value']) if match['value'].strip() else None
         except (yaml.YAMLError, RecursionError, ValueError) as error:
             why = ' '.join(str(error).split())[:200]
             problems.append(f'{without_secrets(text[:200])!r}: the value is not valid YAML ({why})')
