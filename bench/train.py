@@ -133,8 +133,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     )
     parser.add_argument(
         '--config',
-        default='sweep.yaml',
-        help='the sweep file whose cpus_per_trial sets the default --threads',
+        default=None,
+        help='the sweep file whose cpus_per_trial sets the default --threads '
+        '(default: sweep.yaml in this folder, where there is one)',
     )
     parser.add_argument(
         '-j',
@@ -209,16 +210,19 @@ def thread_count(args: argparse.Namespace) -> tuple[int, str]:
     else every core."""
     if args.threads:
         return args.threads, '--threads'
-    if os.path.isfile(args.config):
+    config = args.config or DEFAULT_CONFIG
+    # A sweep file named on the command line must be one; sweep.yaml is used where it is.
+    if args.config is not None or os.path.isfile(config):
         from bench.sweep.config import ConfigError, load_config
 
         try:
-            cpus = load_config(args.config).config.resources.cpus_per_trial
+            cpus = load_config(config).config.resources.cpus_per_trial
             return trial_threads(cpus), (
-                f"{args.config}'s cpus_per_trial, as the sweep's trial of the cell"
+                f"{config}'s cpus_per_trial, as the sweep's trial of the cell"
             )
-        except ConfigError:
-            pass
+        except ConfigError as error:
+            if args.config is not None:
+                raise BadArguments(f'--config {error}') from None
     if os.environ.get('OMP_NUM_THREADS', '').isdigit():
         return int(os.environ['OMP_NUM_THREADS']), 'OMP_NUM_THREADS'
     return available_cpus(), 'every core'
@@ -292,6 +296,7 @@ def _backend_trainer(
 
 
 TOOL = 'bench.train'
+DEFAULT_CONFIG = 'sweep.yaml'
 
 
 def main(argv: list[str] | None = None) -> int:

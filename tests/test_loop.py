@@ -155,3 +155,29 @@ def test_a_backend_whose_framework_is_missing_is_found_before_training(monkeypat
         'or less (it is 2)' in problems[1]
     )
     assert backend_problems(planned[2:], Resources(gpus_per_trial=2)) == []  # nothing trains
+
+
+def test_the_benchmark_names_a_missing_framework_before_measuring(monkeypatch, capsys):
+    """A torch-only install (the GPU machines MXNet cannot use) asked for the default
+    Gluon benchmark: one message with the install command, not an import traceback."""
+    import importlib.util
+
+    from bench.benchmark.cli import main as benchmark_main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        'find_spec',
+        lambda name, *args: None if name == 'mxnet' else real_find_spec(name, *args),
+    )
+    for backend in ('gluon', 'both'):
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark_main(
+                ['--backend', backend, '--num-gpus', '0', '--models', 'cifar_resnet8_v1']
+                # Small, so that a benchmark that runs after all fails soon.
+                + ['--batches', '1', '--rounds', '1', '--images', '32', '--batch-size', '16']
+                + ['--no-original', '--epoch-images', '0']
+            )
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and 'Traceback' not in err
+        assert err.startswith('error: backend gluon needs mxnet, which is not installed here')

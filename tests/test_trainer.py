@@ -289,6 +289,16 @@ def test_command_line_reports_bad_input_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(['--data-root', str(tmp_path / 'none'), '--no-download'])
     assert 'CIFAR-10 was not found' in capsys.readouterr().err
+    # A sweep file named for its thread count must be one (it was passed over in silence).
+    typo = tmp_path / 'sweep.yml'
+    unknown_key = tmp_path / 'bad.yaml'
+    unknown_key.write_text('name: t\nmodels: [cifar_resnet8_v1]\nattentions: [none]\nthreads: 2\n')
+    for config, expected in ((typo, 'no such file'), (unknown_key, 'threads')):
+        with pytest.raises(SystemExit) as exit_info:
+            train_main(['--config', str(config), '--data-root', str(tmp_path), '--no-download'])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f'error: --config {config}' in err, err
+        assert expected in err
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from bench.errors import BenchError, ProblemsFound, report
 from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
 from bench.trial.host_memory import keep_freed_memory_for_reuse
+from bench.trial.loop import missing_framework
 from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
 from models.names import VARIANTS
@@ -175,6 +176,9 @@ def run(args: argparse.Namespace, threads: int) -> int:
     )
 
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
+    missing = [problem for problem in map(missing_framework, backends) if problem]
+    if missing:
+        raise ProblemsFound(missing)
     ctx = torch_device = None
     where = []
     for backend in backends:

@@ -120,7 +120,7 @@ def missing_framework(name: str) -> str | None:
         return None
     return (
         f'backend {name} needs {module}, which is not installed here: {install}, or '
-        '`make install`, whose default (EXTRAS=cpu,torch) installs both backends'
+        '`make install`, whose default installs both backends'
     )
 
 
