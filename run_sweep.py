@@ -25,6 +25,7 @@ would be deleted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -214,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             return _dry_run(loaded, args, only)
         if args.report_only:
             return _report_only(loaded, args.insert)
+        new_store = not os.path.lexists(store.root)
         try:
             store.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -222,14 +224,20 @@ def run(args: argparse.Namespace) -> int:
                 f'{error.strerror or error}; set outputs.results in '
                 f'{loaded.path} to a folder you can write'
             ) from error
-        with store.lock():
-            store.clean_scratch()
-            status = _plan_and_train(loaded, args, only)
-            # Again at the end: a killed run's trial workers are not in its process
-            # group and may outlive it for a moment, writing into the scratch after the
-            # cleaning above; this run's own trials have removed theirs by now.
-            store.clean_scratch()
-            return status
+        try:
+            with store.lock():
+                store.clean_scratch()
+                status = _plan_and_train(loaded, args, only)
+                # Again at the end: a killed run's trial workers are not in its process
+                # group and may outlive it for a moment, writing into the scratch after
+                # the cleaning above; this run's own trials have removed theirs by now.
+                store.clean_scratch()
+                return status
+        finally:
+            if new_store:
+                # A run stopped before it wrote anything leaves no empty store behind.
+                with contextlib.suppress(OSError):
+                    store.root.rmdir()
     except OSError as error:
         raise BenchError(io_failure(error, loaded)) from error
 
@@ -539,10 +547,15 @@ def _problems_before_training(
     """What would stop the sweep part way, found before anything trains: one error listing
     them all (with the doctor's hint where the backends are the cause), or None."""
     from bench.errors import DOCTOR_HINT, ProblemsFound
-    from bench.sweep.plan import backend_problems, data_problems, precision_problems
+    from bench.sweep.plan import (
+        backend_problems,
+        data_problems,
+        precision_problems,
+        trained_in_the_files_store,
+    )
     from bench.tracking import tracking_problems
 
-    problems = data_problems(planned, identity)
+    problems = data_problems(planned, identity) + trained_in_the_files_store(loaded, planned)
     backend = backend_problems(planned, loaded.config.resources)
     if not (args.address or os.environ.get('RAY_ADDRESS')):
         from bench.gpu import physical_gpus

@@ -597,6 +597,7 @@ def test_bench_train_refuses_a_precision_the_device_lacks_before_loading_data(
 
 
 def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypatch):
+    from bench.errors import BadArguments
     from bench.train import parse_args, thread_count
 
     sweep_file = tmp_path / 'sweep.yaml'
@@ -609,10 +610,15 @@ def test_bench_train_uses_the_cells_thread_count_and_says_so(tmp_path, monkeypat
         f"{sweep_file}'s cpus_per_trial, as the sweep's trial of the cell",
     )
     assert thread_count(parse_args(['--config', str(sweep_file), '--threads', '5'])[1])[0] == 5
-    assert thread_count(parse_args(['--config', str(tmp_path / 'none.yaml')])[1]) == (
-        7,
-        'OMP_NUM_THREADS',
-    )
+    # No --config and no sweep.yaml in this folder: the environment's count.
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert thread_count(parse_args([])[1]) == (7, 'OMP_NUM_THREADS')
+    monkeypatch.chdir(tmp_path)
+    assert thread_count(parse_args([])[1])[0] == 3  # ./sweep.yaml, the default
+    # A sweep file named that is none is an error (tests/test_trainer.py), not a fallback.
+    with pytest.raises(BadArguments, match='--config .*none.yaml: no such file'):
+        thread_count(parse_args(['--config', str(tmp_path / 'none.yaml')])[1])
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,30 @@ def planned(sweep):
     return plan(sweep, load_sweep_data(sweep).identity.to_dict())
 
 
+def test_a_variant_that_would_train_the_files_trials_again_is_refused(sweep, capsys):
+    """attentions=[none] on the command line makes a variant with a store of its own, in
+    which the trials the file's store holds would train again from epoch 1: named, with
+    --only for what was meant, before anything trains or is written."""
+    path, _, store, _ = sweep
+    for run in (['--dry-run'], []):
+        capsys.readouterr()
+        assert run_sweep.main(['--config', str(path), *run, 'attentions=[none]']) == 2
+        err = capsys.readouterr().err
+        assert re.search(
+            r'error: cifar_resnet8_v1-none-s0: trained \(finished or in part\) in '
+            rf'{re.escape(str(store.root))}, the store of the sweep tiny in tiny.yaml, and '
+            r"would train again from epoch 1 in this variant's own store \S+tiny-[0-9a-f]{6}\. "
+            r'For a part of the sweep, use --only',
+            err,
+        ), err
+    assert [p.name for p in (path.parent / 'results').iterdir()] == ['tiny']
+    # The partial trial counts as trained too; a variant of new trials is no problem.
+    capsys.readouterr()
+    assert run_sweep.main(['--config', str(path), '--dry-run', "attentions=['eca']"]) == 2
+    assert 'cifar_resnet8_v1-eca-s0: trained (finished or in part)' in capsys.readouterr().err
+    assert run_sweep.main(['--config', str(path), '--dry-run', 'attentions=[se]']) == 0
+
+
 def statuses(sweep):
     return {p.name.split('-')[1]: (p.status, p.epochs_done) for p in planned(sweep)}
 

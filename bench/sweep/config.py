@@ -76,6 +76,7 @@ def load_yaml(text: str) -> Any:
     """The values of YAML text (a sweep file, an override's value)."""
     return yaml.load(text, Loader=_SweepLoader)
 
+
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 

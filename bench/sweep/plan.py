@@ -207,6 +207,41 @@ def data_problems(planned: Sequence[TrialRecord], data_identity: Mapping[str, An
     ]
 
 
+def trained_in_the_files_store(loaded: LoadedSweep, planned: Sequence[TrialRecord]) -> list[str]:
+    """A variant (command-line overrides) has a store of its own: the trials it would
+    train that the sweep file's own store holds, finished or in part (the same ids: an
+    override of models, attentions or seeds alone), would train a second time from their
+    first epoch. One problem naming them and what was meant, [] when there are none."""
+    from bench.sweep.config import ConfigError, load_config
+
+    to_train = {p.trial_id: p.name for p in planned if p.will_train}
+    if loaded.variant_of is None or not to_train:
+        return []
+    try:
+        files_store = ResultsStore(load_config(loaded.path).store_dir)
+    except ConfigError:  # the file alone is no sweep: it has no store
+        return []
+    if not files_store.root.is_dir():
+        return []
+    trained = [
+        to_train[trial_id]
+        for trial_id in files_store.trial_ids()
+        if trial_id in to_train and files_store.status(trial_id)[0] in (DONE, PARTIAL)
+    ]
+    if not trained:
+        return []
+    more = f' and {len(trained) - 3} more' if len(trained) > 3 else ''
+    sweep_file = one_line(loaded.path.name)
+    return [
+        f'{", ".join(trained[:3])}{more}: trained (finished or in part) in '
+        f'{one_line(files_store.root)}, the store of the sweep {one_line(loaded.variant_of)} '
+        f"in {sweep_file}, and would train again from epoch 1 in this variant's own store "
+        f'{one_line(loaded.store_dir)}. For a part of the sweep, use --only (e.g. --only '
+        'model=NAME,attention=NAME) instead of overriding models, attentions or seeds; to '
+        f'add rows, columns or seeds, edit {sweep_file} (only the new cells train)'
+    ]
+
+
 def backend_problems(planned: Sequence[TrialRecord], resources: Resources) -> list[str]:
     """What keeps planned trials from training on their backends here, each with the fix."""
     from bench.trial.loop import missing_framework
