@@ -599,6 +599,18 @@ def _report_only(loaded: LoadedSweep, insert: bool) -> int:
     from bench.sweep.plan import record_sweep, report_data_identity, sweep_manifest
     from bench.trial.data import DataError, official_identity
 
+    if loaded.variant_of is not None and not os.path.lexists(loaded.store_dir):
+        from bench.errors import BenchError
+        from bench.sweep.config import RUN_OPTIONS
+
+        # An override meant as a run option would otherwise make an empty store.
+        keeping = ', '.join(key if '.' in key else f'{key}.*' for key in RUN_OPTIONS)
+        raise BenchError(
+            f'{loaded.described}: the variant {loaded.config.name} of the sweep '
+            f'{loaded.variant_of} has no store yet ({loaded.store_dir} does not exist), so '
+            'there is nothing to report; run it without --report-only to train it, or leave '
+            f'out the overrides that change what trains (all but {keeping})'
+        )
     problems = _output_problems(loaded, insert)
     if problems:
         raise ProblemsFound(problems)

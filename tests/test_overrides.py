@@ -116,11 +116,21 @@ def test_an_unknown_key_lists_the_valid_ones_and_a_bad_value_reads_as_in_the_fil
             load_config(sweep, [wrong])
 
 
+def test_reports_of_a_variant_not_trained_yet_are_refused_not_an_empty_store(sweep, capsys):
+    capsys.readouterr()
+    assert run_sweep(['--config', str(sweep), '--report-only', 'recipe.lr=0.07']) == 2
+    err = capsys.readouterr().err
+    assert 'error: tiny.yaml with recipe.lr=0.07: the variant tiny-' in err
+    assert 'has no store yet' in err and 'all but resources.*, outputs.*, report.*' in err
+    assert not (sweep.parent / 'results').exists()
+
+
 def test_sweep_json_and_the_caption_record_the_overrides(sweep, tmp_path, capsys):
     write_tiny_data(tmp_path / 'data')
     args = ['--config', str(sweep), '--report-only', 'recipe.epochs=2', 'outputs.report=r.html']
-    assert run_sweep(args) == 0
     variant = load_config(sweep, args[3:])
+    variant.store_dir.mkdir(parents=True)  # as a run of the variant leaves it
+    assert run_sweep(args) == 0
     manifest = json.loads((variant.store_dir / 'sweep.json').read_text())
     assert manifest['sweep_file'] == 'tiny.yaml'
     # Only what changes what trains is the sweep's: where the report goes is not.
