@@ -80,8 +80,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument(
         '--only',
         default=None,
+        action='append',
         metavar='KEY=VALUE,...',
-        help='run a subset, e.g. model=cifar_resnet20_v1,attention=eca',
+        help='run a subset, e.g. model=cifar_resnet20_v1,attention=eca; a key given '
+        'twice (or --only given twice) selects either value',
     )
     parser.add_argument(
         '--retry-failed',
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if conflict:
         raise BenchError(conflict)
     loaded = load_config(args.config, args.overrides)
-    only = parse_only(args.only) if args.only is not None else None
+    only = parse_only(','.join(args.only)) if args.only is not None else None
     store = ResultsStore(loaded.store_dir)
     try:
         store.check_is_store()
@@ -566,7 +568,7 @@ def _problems_before_training(
     if only and not planned:
         config = loaded.config
         problems.append(
-            f'--only {args.only} matches no trial of the sweep (models: '
+            f'--only {",".join(args.only)} matches no trial of the sweep (models: '
             f'{", ".join(config.models)}; attentions: '
             f'{", ".join(config.attentions)}; seeds: '
             f'{", ".join(map(str, config.seeds))})'

@@ -386,11 +386,13 @@ def check_torch_amp(devices: Sequence[str | torch.device]) -> list[Check]:
 
 def _kernel_check(name: str, status: tuple[bool, str], instead: str) -> Check:
     loaded, detail = status
+    # Other reasons (an unsafe cache folder, a failed compile) say their own fix.
+    no_compiler = not loaded and 'no C++ compiler' in detail
     return Check(
         name,
         OK if loaded else WARN,
         detail if loaded else f'not used ({detail}): {instead}',
-        '' if loaded else 'install g++ so the kernels compile',
+        'install g++ so the kernels compile' if no_compiler else '',
     )
 
 

@@ -74,3 +74,20 @@ def test_a_card_no_installed_backend_can_use_fails_with_the_fix(monkeypatch, cap
     assert 'fix: install a CUDA build of PyTorch' in text and '1 failed' in text
     monkeypatch.setattr(doctor, 'run_checks', lambda with_ray: checks)
     assert doctor.main(['--no-ray']) == 1
+
+
+def test_kernels_not_used_get_the_fix_their_reason_needs():
+    """A missing compiler is fixed by installing one; an unsafe cache folder by what its
+    own message says (the doctor told users to install g++ where g++ was installed)."""
+    missing = doctor._kernel_check(
+        'fused CPU kernels', (False, "no C++ compiler 'g++' on PATH"), 'slower'
+    )
+    assert missing.status == doctor.WARN and missing.fix == 'install g++ so the kernels compile'
+    unsafe = doctor._kernel_check(
+        'fused CPU kernels',
+        (False, '/tmp/c is writable by others (mode 777); use a cache folder of your own'),
+        'slower',
+    )
+    assert unsafe.status == doctor.WARN and 'writable by others' in unsafe.found
+    assert unsafe.fix == ''
+    assert doctor._kernel_check('fused CPU kernels', (True, 'avx2'), 'slower').fix == ''

@@ -81,6 +81,18 @@ def planned(sweep):
     return plan(sweep, load_sweep_data(sweep).identity.to_dict())
 
 
+def test_only_given_twice_selects_either(sweep, capsys):
+    path = sweep[0]
+    for only, count in (
+        (['--only', 'attention=eca'], 1),
+        (['--only', 'attention=eca', '--only', 'attention=none'], 2),
+        (['--only', 'attention=eca,attention=none'], 2),
+    ):
+        capsys.readouterr()
+        assert run_sweep.main(['--config', str(path), '--dry-run', *only]) == 0
+        assert f'{count} trials: ' in capsys.readouterr().out
+
+
 def test_a_variant_that_would_train_the_files_trials_again_is_refused(sweep, capsys):
     """attentions=[none] on the command line makes a variant with a store of its own, in
     which the trials the file's store holds would train again from epoch 1: named, with
