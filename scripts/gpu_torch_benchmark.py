@@ -118,6 +118,11 @@ def argument_problems(args):
     for precision in args.precisions:
         if precision not in PRECISIONS:
             problems.append(f'--precisions {precision}: give any of {", ".join(PRECISIONS)}')
+    if args.device == 'cpu' and 'float32' not in args.precisions:
+        problems.append(
+            f'--precisions {" ".join(args.precisions)} with --device cpu: mixed precision '
+            'runs on a GPU only, so nothing would be measured; add float32'
+        )
     if args.out:
         problems.append(writable_json_problem(args.out, '--out', TOOL))
     return [p for p in problems if p]
@@ -247,11 +252,16 @@ def main(argv=None):
     else:
         card, capability = 'cpu', None
     precisions = [p for p in args.precisions if p == 'float32' or device.type == 'cuda']
-    print(
-        f'{card} (compute capability {capability}), PyTorch {torch.__version__}, '
-        f'CUDA {torch.version.cuda}, batch {args.batch_size}, {args.steps} timed steps',
-        flush=True,
+    where = (
+        f'{card} (compute capability {capability}), PyTorch {torch.__version__}, CUDA '
+        f'{torch.version.cuda}'
+        if device.type == 'cuda'
+        else f'cpu, PyTorch {torch.__version__}'
     )
+    print(f'{where}, batch {args.batch_size}, {args.steps} timed steps', flush=True)
+    left_out = [p for p in args.precisions if p not in precisions]
+    if left_out:
+        print(f'left out on the cpu: {", ".join(left_out)} (mixed precision runs on GPUs only)')
     rates, rows, skipped = {}, [], []
     for compile_network in [False] if args.no_compile else [False, True]:
         for model in args.models:

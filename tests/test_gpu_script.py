@@ -57,6 +57,12 @@ def test_the_script_refuses_bad_arguments_before_any_device_time(tmp_path, capsy
     assert mine.read_text() == 'name: mine\n'
     assert script.main(['--device', 'cpu', '--batch-size', str(2**21)]) == 2
     assert f'--batch-size {2**21}: at most {2**20}' in capsys.readouterr().err
+    # Nothing to measure is an error, not an empty table with exit code 0.
+    assert script.main(['--device', 'cpu', '--precisions', 'amp_bfloat16']) == 2
+    assert (
+        'error: --precisions amp_bfloat16 with --device cpu: mixed precision runs on a GPU '
+        'only, so nothing would be measured; add float32'
+    ) in capsys.readouterr().err
     for args, expected in (
         (['--steps', '0'], 'argument --steps: expected 1 to'),
         (['--sharing', '1', '0'], 'argument --sharing: expected 1 to 64, got 0'),
@@ -136,6 +142,8 @@ def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
     assert ran['eca'] == f'torch {torch.__version__}{fused}'
     assert set(result['sharing_img_s']) == {'1', '2'}
     assert '2 trial(s) sharing the card' in done.stdout
+    assert done.stdout.startswith(f'cpu, PyTorch {torch.__version__}, batch 16')
+    assert 'left out on the cpu: amp_bfloat16 (mixed precision runs on GPUs only)' in done.stdout
 
 
 def test_the_users_gpu_selfcheck_writes_a_valid_half_gpu_demo_sweep(tmp_path):
