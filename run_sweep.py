@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         action='store_true',
         help='append the results block to a README that has no markers',
     )
-    return parser, parser.parse_args(argv)
+    return parser, parser.parse_intermixed_args(argv)
 
 
 def _conflicts(args: argparse.Namespace) -> str | None:
@@ -284,11 +284,14 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
     if note:
         print(f'data: {note}')
     planned = plan(loaded, identity, only=only, retry_failed=args.retry_failed)
-    print(
-        format_plan(
-            planned, loaded.config.resources, devices=local_devices(loaded.config.resources)
-        )
-    )
+    resources = loaded.config.resources
+    if resources.gpus_per_trial and not (args.address or os.environ.get('RAY_ADDRESS')):
+        from bench.gpu import physical_gpus
+
+        if not physical_gpus():
+            # What a run here asks Ray for (the driver's cpu_fallback): CPUs alone.
+            resources = resources.model_copy(update={'gpus_per_trial': 0})
+    print(format_plan(planned, resources, devices=local_devices(loaded.config.resources)))
     if args.fresh:
         from bench.validation import one_line
 

@@ -206,3 +206,21 @@ def test_mixed_precision_with_no_gpu_here_is_named_before_anything_trains(monkey
     assert 'recipe.precision=float32' in err
     # As the message says: in float32 it plans (a variant of the sweep).
     assert run_sweep([*args, 'recipe.precision=float32']) == 0
+
+
+def test_overrides_may_stand_between_flags_and_the_plan_asks_what_a_run_asks(
+    sweep, tmp_path, capsys, monkeypatch
+):
+    import bench.gpu
+
+    write_tiny_data(tmp_path / 'data')
+    monkeypatch.setattr(bench.gpu, 'physical_gpus', lambda: [])
+    monkeypatch.delenv('RAY_ADDRESS', raising=False)
+    capsys.readouterr()
+    args = ['--dry-run', 'resources.gpus_per_trial=1', '--retry-failed', 'recipe.epochs=2']
+    assert run_sweep(['--config', str(sweep), *args]) == 0
+    out = capsys.readouterr().out
+    assert 'tiny.yaml with resources.gpus_per_trial=1, recipe.epochs=2: the variant' in out
+    # No GPU here: a run asks Ray for CPUs alone (the driver's fallback), and so does the plan.
+    assert 'gpus_per_trial ignored: trials run on CPUs' in out
+    assert 'asks 1 CPU\n' in out and 'GPU\n' not in out.split('devices:')[1]
