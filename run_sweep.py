@@ -9,11 +9,12 @@
     python run_sweep.py --address auto        # join the Ray cluster on this machine
     python run_sweep.py --address 10.0.0.5:6379   # or RAY_ADDRESS: join a cluster
 
-Overrides, KEY=VALUE after the flags: a dotted key into the sweep file's structure and a
-value in YAML, checked as the file is. One that changes what trains makes a variant of
-the sweep, with its own store and reports (README block, figures, report.html) in
-results/<name>-<digest>/, never over the file's own; resources.*, outputs.*, report.*
-and data.download keep the sweep as it is. A one-epoch smoke test of the table:
+Overrides, KEY=VALUE anywhere on the line: a dotted key into the sweep file's structure
+and a value in YAML, checked as the file is (paths relative to the sweep file's folder).
+One that changes what trains makes a variant of the sweep, with its own store and reports
+(README block, figures, report.html) in results/<name>-<digest>/, never over the file's
+own; resources.*, outputs.*, report.*, tracking.* and data.download keep the sweep as it
+is. A one-epoch smoke test of the table:
 
     python run_sweep.py recipe.epochs=1 'seeds=[0]' 'models=[cifar_resnet20_v1]'
     python run_sweep.py --config sweeps/demo.yaml recipe.epochs=1 name=demo-smoke
