@@ -85,6 +85,45 @@ def compare_stores(
     return rows
 
 
+def setting_differences(store_a: str | Path, store_b: str | Path) -> list[str]:
+    """What the two sweeps trained differently besides their cells' seeds: the data, and
+    each recipe setting whose values differ (`recipe.lr: 0.003 | 0.01`); [] for none. A
+    difference between the stores is then read as a difference of these settings."""
+    manifest_a, manifest_b = load_manifest(store_a), load_manifest(store_b)
+    lines = []
+    data_a, data_b = manifest_a.get('data') or {}, manifest_b.get('data') or {}
+    if (data_a.get('digest'), data_a.get('official')) != (
+        data_b.get('digest'),
+        data_b.get('official'),
+    ):
+        lines.append(f'data: {_data_label(data_a)} | {_data_label(data_b)}')
+    recipes_a, recipes_b = _recipe_values(manifest_a), _recipe_values(manifest_b)
+    for key in sorted(set(recipes_a) | set(recipes_b)):
+        values_a, values_b = recipes_a.get(key, ['-']), recipes_b.get(key, ['-'])
+        if values_a != values_b:
+            lines.append(f'recipe.{one_line(key)}: {", ".join(values_a)} | {", ".join(values_b)}')
+    return lines
+
+
+def _data_label(data: dict[str, Any]) -> str:
+    return one_line(f'{data.get("name", "?")} ({str(data.get("digest", "?"))[:8]})')
+
+
+def _recipe_values(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """Each recipe setting of the sweep's trials: its values, as text, sorted."""
+    import json
+
+    from bench.trial.recipe import LATER_OPTIONS
+
+    values: dict[str, set[str]] = {}
+    for trial in manifest.get('trials', []):
+        # A stored recipe leaves out later options at their defaults (the ids stay).
+        recipe = {**LATER_OPTIONS, **((trial.get('spec') or {}).get('recipe') or {})}
+        for key, value in recipe.items():
+            values.setdefault(key, set()).add(one_line(json.dumps(value, sort_keys=True)))
+    return {key: sorted(found) for key, found in values.items()}
+
+
 def _std(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
@@ -131,12 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if Path(args.store_a).resolve() == Path(args.store_b).resolve():
+            raise ReportError(
+                f'{args.store_a} and {args.store_b} are the same store; give two stores of '
+                'the same cells, e.g. results/backends-gluon results/backends-torch'
+            )
         rows = compare_stores(args.store_a, args.store_b, args.metrics)
         if not rows:
             raise ReportError('the two stores have no finished cell in common')
+        differences = setting_differences(args.store_a, args.store_b)
     except BenchError as error:
         return report(error)
-    print(format_comparison(rows, Path(args.store_a).name, Path(args.store_b).name))
+    label_a, label_b = Path(args.store_a).name, Path(args.store_b).name
+    print(
+        f'trained differently ({one_line(label_a)} | {one_line(label_b)}): '
+        + ('; '.join(differences) if differences else 'nothing but the trials themselves')
+    )
+    print(format_comparison(rows, label_a, label_b))
     return 0
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.store import ResultsStore
-from reports.compare import compare_stores, format_comparison, main
+from reports.compare import compare_stores, format_comparison, main, setting_differences
 from reports.significance import ALPHA, MIN_SEEDS, difference, difference_from_value
 
 from .store_helpers import add_trial, record_sweep
@@ -90,6 +90,11 @@ def test_two_backends_stores_compared_cell_by_cell(tmp_path, capsys):
     assert main([str(gluon), str(torch), '--metrics', 'val_acc']) == 0
     out = capsys.readouterr().out
     assert 'no significant difference' in out and ' differ' in out and 'p = 0.' in out
+    # What else the two sweeps trained differently is said before any difference.
+    assert out.startswith('trained differently (gluon | torch): recipe.backend: "gluon" | "torch"')
+    assert setting_differences(gluon, gluon) == []
+    assert main([str(gluon), str(gluon / '..' / 'gluon')]) == 2
+    assert 'are the same store' in capsys.readouterr().err
     (tmp_path / 'empty').mkdir()
     assert main([str(gluon), str(tmp_path / 'empty')]) == 2
     assert 'sweep.json is missing' in capsys.readouterr().err
