@@ -313,6 +313,19 @@ def main(argv: list[str] | None = None) -> int:
         if prepared is None:
             raise SystemExit(code) from None
         return code
+    except KeyboardInterrupt:
+        kept = (
+            f'every finished epoch is checkpointed in {args.checkpoint_dir}; run the same '
+            'command to resume'
+            if args.checkpoint_dir
+            else 'nothing was kept (--checkpoint-dir keeps every finished epoch)'
+        )
+        print(f'\ninterrupted: {kept}', file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+# The shell's code for a process ended by Ctrl-C (128 + SIGINT), as run_sweep.py's.
+INTERRUPTED_EXIT = 130
 
 
 class Prepared(NamedTuple):

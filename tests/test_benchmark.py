@@ -193,6 +193,12 @@ def test_table_formatting_and_summary():
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 95%'
     rows[1]['vs_vanilla'] = 0.91  # measured round by round, it takes precedence
     assert attention_overhead_summary(rows) == 'speed against vanilla: m se 91%'
+    assert attention_overhead_summary(rows[:1]) == (
+        'speed against vanilla: no attention measured beside vanilla'
+    )
+    assert attention_overhead_summary(rows[1:]) == (
+        'speed against vanilla: vanilla not measured (add none to --attentions)'
+    )
     # Both backends in one run: each attention against its own backend's vanilla.
     rows += [
         dict(rows[0], backend='torch', trial_img_s=50.0, vs_gluon=0.5),

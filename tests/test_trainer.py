@@ -439,3 +439,21 @@ def test_a_batch_larger_than_the_training_set_is_one_message(tiny_cifar_root, ca
     )
     assert code == 2
     assert 'error: batch_size 5000 is larger than the' in capsys.readouterr().err
+
+
+def test_ctrl_c_in_bench_train_is_one_line_saying_what_was_kept(tmp_path, monkeypatch, capsys):
+    import bench.train as command
+
+    def interrupted(args, prepared):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, 'prepare', lambda args: None)
+    monkeypatch.setattr(command, 'train_prepared', interrupted)
+    assert command.main(['--checkpoint-dir', str(tmp_path / 'ck')]) == 130
+    err = capsys.readouterr().err
+    assert err == (
+        f'\ninterrupted: every finished epoch is checkpointed in {tmp_path / "ck"}; run the '
+        'same command to resume\n'
+    )
+    assert command.main([]) == 130
+    assert '--checkpoint-dir keeps every finished epoch' in capsys.readouterr().err

@@ -276,7 +276,11 @@ def attention_overhead_summary(rows: Sequence[Mapping[str, Any]]) -> str:
         for r in rows
         if r['attention'] != 'none' and key(r) in vanilla
     ]
-    return 'speed against vanilla: ' + (', '.join(parts) if parts else 'no vanilla row')
+    if parts:
+        return 'speed against vanilla: ' + ', '.join(parts)
+    if vanilla:
+        return 'speed against vanilla: no attention measured beside vanilla'
+    return 'speed against vanilla: vanilla not measured (add none to --attentions)'
 
 
 def torch_kernel_summary(device: torch.device) -> str | None:
