@@ -216,8 +216,10 @@ class CheckpointState(_Record):
 
 
 class ModelStats(_Record):
-    params: Count = Field(ge=0)
-    macs: Count = Field(ge=0)
+    # Every network has weights and multiplies: a count of 0 is a damaged record (and a
+    # divisor in the overhead columns and figures).
+    params: Count = Field(gt=0)
+    macs: Count = Field(gt=0)
 
 
 class TrialSpecFile(_Record):

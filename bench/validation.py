@@ -35,9 +35,11 @@ def without_secrets(text: str) -> str:
     return _PASSWORD_IN_URL.sub(r'\1:***@', text)
 
 
-# Control characters (C0, DEL, C1: a terminal runs ESC and CSI sequences) and the line
-# separators: text of ours is one line, in a terminal as in a README.
-_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029]+')
+# Control characters (C0, DEL, C1: a terminal runs ESC and CSI sequences), the line
+# separators (text of ours is one line, in a terminal as in a README) and the
+# bidirectional embeddings, overrides and isolates (they show text in another order than
+# it is, in a terminal, a browser and an editor alike).
+_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+')
 
 
 def one_line(value: object) -> str:

@@ -17,7 +17,7 @@ from markupsafe import Markup
 from bench.fileio import write_text_atomic
 from bench.store import ResultsStore
 from bench.trial.recipe import RecipeError, describe_recipe
-from bench.validation import last_line
+from bench.validation import last_line, one_line
 from models.names import VARIANTS, parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
@@ -400,13 +400,14 @@ def _trial_rows(trials: pd.DataFrame, in_order: bool = False) -> list[dict[str, 
     return rows
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = '') -> list[tuple[str, Any]]:
+def _flatten(mapping: Mapping[str, Any], prefix: str = '') -> list[tuple[str, str]]:
+    """environment.json as (dotted key, value) lines of inert text."""
     items = []
     for key, value in mapping.items():
         if isinstance(value, dict):
             items += _flatten(value, f'{prefix}{key}.')
         else:
-            items.append((f'{prefix}{key}', value))
+            items.append((one_line(f'{prefix}{key}'), one_line(value)))
     return items
 
 

@@ -88,9 +88,11 @@ def _unregistered_attentions(path: Path) -> list[str]:
     shown); [] where the file is not even JSON of that shape."""
     from models.registry import attention_key, attention_names
 
+    if path.is_symlink():  # nothing in a store is read through a link
+        return []
     try:
         attentions = json.loads(path.read_text(encoding='utf-8')).get('attentions')
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return []
     if not isinstance(attentions, list):
         return []

@@ -362,7 +362,8 @@ def _overhead_text(trials: pd.DataFrame, model: str, attention: str, column: str
     own, vanilla = count_of(attention), count_of('none')
     if own is None:
         return '-'
-    if attention == 'none' or vanilla is None:
+    # A count of 0 is a damaged record (every network has weights): no share of it.
+    if attention == 'none' or not vanilla:
         return format_count(own)
     extra = own - vanilla
     return f'+{format_count(extra)} ({100 * extra / vanilla:.2f}%)'

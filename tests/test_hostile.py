@@ -1329,3 +1329,43 @@ def test_a_fifo_where_a_report_or_table_belongs_is_not_waited_on(tmp_path):
     worker.join(timeout=20)
     assert not worker.is_alive(), 'a FIFO was opened and waited on'
     assert outcome[0] is False and 'is not a results store of this project' in outcome[1]
+
+
+def test_bidi_controls_zero_counts_and_a_linked_or_deep_sweep_record_in_a_store(tmp_path, capsys):
+    """Found by fuzzing the store's JSON files: a right-to-left override in environment.json
+    reached report.html as is (it shows text in another order than it is); a network of 0
+    parameters in a spec.json divided by zero in the table; a sweep.json nested past
+    Python's recursion limit was a traceback, and one linked elsewhere was read through
+    the link for its message."""
+    from bench.validation import one_line
+    from reports import render_all
+    from reports.__main__ import main as reports_main
+    from reports.store import _unregistered_attentions
+
+    from .store_helpers import add_trial, record_sweep
+
+    store = ResultsStore(tmp_path / 'store')
+    tid = add_trial(store, 'cifar_resnet20_v1', 'none', 0, train_loss=0.1, val_acc=0.9)
+    add_trial(store, 'cifar_resnet20_v1', 'se', 0, train_loss=0.1, val_acc=0.9)
+    record_sweep(store, ['cifar_resnet20_v1'], ['none', 'se'])
+    (store.root / 'environment.json').write_text(json.dumps({'devices': 'cpu\u202eevil\u202c'}))
+    _edit_json(store.trial_dir(tid) / 'spec.json', lambda v: v['model_stats'].update(params=0))
+    render_all(store.root, report_path=tmp_path / 'r.html')
+    html = (tmp_path / 'r.html').read_text()
+    assert 'cpu evil ' in html and '\u202e' not in html and '\u202c' not in html
+    assert one_line('a\u2066b\u2069c\u200dd') == 'a b c\u200dd'  # joiners are text
+    # A sweep record nested too deeply: one message, no traceback.
+    manifest = store.root / 'sweep.json'
+    manifest.write_text('[' * 100_000 + ']' * 100_000)
+    capsys.readouterr()
+    assert reports_main([str(store.root)]) != 0
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and 'sweep.json' in err, err
+    # ...and linked elsewhere: its message does not read through the link.
+    secret = tmp_path / 'secret.json'
+    secret.write_text(json.dumps({'attentions': ['secret-attention']}))
+    manifest.unlink()
+    manifest.symlink_to(secret)
+    assert _unregistered_attentions(manifest) == []
+    assert reports_main([str(store.root)]) != 0
+    assert 'secret-attention' not in capsys.readouterr().err
