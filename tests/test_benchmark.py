@@ -52,6 +52,7 @@ def test_benchmark_prints_every_measurement(capsys, tmp_path, monkeypatch):
 
     written = json.loads(out.read_text())
     assert written['written_by'] == 'bench.benchmark'
+    assert written['command'].startswith('python -m bench.benchmark --num-gpus 0 --models')
     assert written['settings']['batch_size'] == 32 and written['settings']['torch_step'] is None
     rows = written['rows']
     assert [r['attention'] for r in rows] == ['none', 'eca']

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     end the command as argparse ends it for a bad flag (SystemExit)."""
     threads = use_cpus()  # before anything imports MXNet
     args = parse_args(argv)
+    # Recorded with the rows: the command that measured them.
+    args.command = ' '.join(
+        ['python -m bench.benchmark', *(sys.argv[1:] if argv is None else argv)]
+    )
     try:
         return run(args, threads)
     except BenchError as error:
@@ -271,10 +275,9 @@ def run(args: argparse.Namespace, threads: int) -> int:
         if args.epoch_images:
             print(epochs_as_run_summary(args, threads), flush=True)
     if args.json:
-        command = ['python -m bench.benchmark', *sys.argv[1:]]
         write_json_atomic(
             args.json,
-            tool_json(TOOL, {'command': ' '.join(command), 'settings': settings, 'rows': rows}),
+            tool_json(TOOL, {'command': args.command, 'settings': settings, 'rows': rows}),
         )
     return 0
 
