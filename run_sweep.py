@@ -588,6 +588,12 @@ def _output_problems(loaded: LoadedSweep, insert: bool) -> list[str]:
     from reports.outputs import output_problems
 
     outputs = loaded.config.outputs
+    if insert and outputs.readme is None:
+        return [
+            '--insert appends the results block to the README that outputs.readme names, '
+            'and this sweep names none (outputs.readme: null); set outputs.readme, or '
+            'leave out --insert'
+        ]
     return output_problems(
         readme=loaded.resolve(outputs.readme),
         report=loaded.resolve(outputs.report),
@@ -595,6 +601,7 @@ def _output_problems(loaded: LoadedSweep, insert: bool) -> list[str]:
         protected=[loaded.path],
         insert=insert,
         models=loaded.config.models,
+        store_dir=loaded.store_dir,
     )
 
 

@@ -22,8 +22,16 @@ from models.names import VARIANTS, parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
 from .exports import CELLS_NOTE, cells_frame, latex_table
-from .outputs import REPORT_MARK, check_outputs
-from .readme import BEGIN, END, ReportError, check_readme, inject_block, write_readme
+from .outputs import REPORT_MARK, REPORT_STORE_META, check_outputs, store_reference
+from .readme import (
+    BEGIN,
+    END,
+    ReportError,
+    begin_marker,
+    check_readme,
+    inject_block,
+    write_readme,
+)
 from .reference import load_reference
 from .significance import MIN_SEEDS, REFERENCE_RULE, RULE
 from .store import load_environment, load_histories, load_manifest, load_trials, split_by_sweep
@@ -256,6 +264,7 @@ def render_all(
         insert=insert,
         protected=protected,
         models=(layout or {}).get('models') or manifest.get('models'),
+        store_dir=store_dir,
     )
     options = dict(manifest.get('report') or {}, **(options or {}))
     layout = {'models': manifest['models'], 'attentions': manifest['attentions'], **(layout or {})}
@@ -287,7 +296,12 @@ def render_all(
         from .figures import write_figures  # matplotlib: only where figures are drawn
 
         figures = write_figures(
-            trials, histories, figures_dir, layout.get('models'), layout.get('attentions')
+            trials,
+            histories,
+            figures_dir,
+            layout.get('models'),
+            layout.get('attentions'),
+            store_dir=store_dir,
         )
     else:
         figures = []
@@ -318,7 +332,8 @@ def render_all(
                 for t, p in figures
             ],
         )
-        written.append(write_readme(readme, block, insert=insert))
+        begin = begin_marker(store_reference(store_dir, readme))
+        written.append(write_readme(readme, block, insert=insert, begin=begin))
 
     if report_path is not None:
         store = ResultsStore(store_dir)
@@ -330,6 +345,9 @@ def render_all(
             caption=caption,
             notes=notes,
             generator=Markup(REPORT_MARK),
+            store_meta=Markup(
+                REPORT_STORE_META.format(store=store_reference(store_dir, report_path))
+            ),
             table_html=table_html,
             cost_html=cost_html,
             figures=[

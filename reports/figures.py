@@ -22,9 +22,12 @@ from .outputs import (  # noqa: E402
     ACCURACY_FIGURE,
     COST_FIGURE,
     CURVES_PREFIX,
+    FIGURE_STORE_KEY,
     GENERATOR,
     SPEED_FIGURE,
+    figure_of_another_store,
     is_our_figure,
+    store_reference,
 )
 from .table import default_order, device_label  # noqa: E402
 
@@ -318,10 +321,12 @@ def _seed_note(seed_counts: set[int]) -> str:
     return note + (' (none where n=1)' if 1 in seed_counts else '')
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Save as PNG, atomically, marked as ours (reports.outputs.is_our_figure)."""
+def save_figure(fig: Figure, path: str | Path, store: str | None = None) -> Path:
+    """Save as PNG, atomically, marked as ours (reports.outputs.is_our_figure) and as
+    showing the store `store` refers to (reports.outputs.store_reference)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110, metadata={'Software': GENERATOR})
+    metadata = {'Software': GENERATOR} | ({FIGURE_STORE_KEY: store} if store else {})
+    fig.savefig(buffer, format='png', dpi=110, metadata=metadata)
     plt.close(fig)
     return write_bytes_atomic(Path(path), buffer.getvalue())
 
@@ -332,25 +337,32 @@ def write_figures(
     figures_dir: str | Path,
     models: Sequence[str] | None = None,
     attentions: Sequence[str] | None = None,
+    store_dir: str | Path | None = None,
 ) -> list[tuple[str, Path]]:
-    """Every figure under figures_dir; returns [(title, path)].
+    """Every figure under figures_dir, each naming `store_dir` as the store it shows;
+    returns [(title, path)].
 
     Figures of ours that this call did not write (a model that left the sweep, bars
-    before any trial finished) are removed, so none outlives the trials it showed."""
+    before any trial finished) are removed, so none outlives the trials it showed;
+    those naming another store are left to it."""
     figures_dir = Path(figures_dir)
+    store = store_reference(store_dir, figures_dir / ACCURACY_FIGURE) if store_dir else None
+
     written = []
     for model in _model_order(histories, models):
         path = save_figure(
-            curves_figure(histories, model, attentions), figures_dir / f'{CURVES_PREFIX}{model}.png'
+            curves_figure(histories, model, attentions),
+            figures_dir / f'{CURVES_PREFIX}{model}.png',
+            store,
         )
         written.append((f'{model}: validation and training accuracy and loss per epoch', path))
     if (trials['status'] == DONE).any():
         path = save_figure(
-            accuracy_bars_figure(trials, models, attentions), figures_dir / ACCURACY_FIGURE
+            accuracy_bars_figure(trials, models, attentions), figures_dir / ACCURACY_FIGURE, store
         )
         written.append(('Final validation accuracy per model and attention', path))
         path = save_figure(
-            accuracy_vs_cost_figure(trials, models, attentions), figures_dir / COST_FIGURE
+            accuracy_vs_cost_figure(trials, models, attentions), figures_dir / COST_FIGURE, store
         )
         written.append(('Accuracy against the parameters and MACs each attention adds', path))
     if (
@@ -359,7 +371,7 @@ def write_figures(
         and (trials['status'] == DONE).any()
     ):
         path = save_figure(
-            speed_figure(trials, histories, models, attentions), figures_dir / SPEED_FIGURE
+            speed_figure(trials, histories, models, attentions), figures_dir / SPEED_FIGURE, store
         )
         written.append(('Training speed per attention', path))
     kept = {path for _, path in written}
@@ -369,6 +381,11 @@ def write_figures(
         figures_dir / SPEED_FIGURE,
     ]
     for path in stale:
-        if path not in kept and path.is_file() and is_our_figure(path):
+        if (
+            path not in kept
+            and path.is_file()
+            and is_our_figure(path)
+            and not figure_of_another_store(path, store_dir)
+        ):
             path.unlink()
     return written

@@ -3,23 +3,33 @@ project did not write, never over the sweep file, never two outputs on one path.
 
 The README is ours between its two markers (reports.readme); report.html and the
 figures carry a mark of this project (a generator meta tag; a PNG text chunk), and a
-file at their path without it is refused rather than overwritten.
+file at their path without it is refused rather than overwritten. Each output also names
+the store it shows, so that a second sweep whose outputs point at the first one's is
+refused instead of replacing them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
-from .readme import ReportError, check_readme
+from bench.validation import one_line
+
+from .readme import BEGIN, ReportError, check_readme
 
 GENERATOR = 'channel-attention-bench'
 REPORT_MARK = f'<meta name="generator" content="{GENERATOR}">'
 # report.html as versions before the mark wrote it.
 LEGACY_REPORT_MARK = ': channel attention on CIFAR ResNets</title>'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# Where report.html and the figures name the store they show (store_reference).
+REPORT_STORE_META = '<meta name="results-store" content="{store}">'
+_REPORT_STORE = re.compile(r'<meta name="results-store" content="([^"<>]*)">')
+FIGURE_STORE_KEY = 'Results store'
 # Figures of versions before the mark: matplotlib's Software chunk and the 110 dpi they
 # were saved at (pHYs: 4331 pixels per metre), which a user's default savefig lacks.
 LEGACY_FIGURE_MARKS = (b'Software\x00Matplotlib', b'pHYs\x00\x00\x10\xeb\x00\x00\x10\xeb\x01')
@@ -54,6 +64,63 @@ def _head(path: str | Path, size: int = 4096) -> bytes:
         return handle.read(size)
 
 
+def store_reference(store_dir: str | Path, output: str | Path) -> str:
+    """How an output names the store it shows: the store's path from the output's folder
+    (a checkout moved as a whole keeps it), percent-quoted so that it is one word that
+    no HTML attribute, comment or PNG text chunk can be broken out of."""
+    relative = os.path.relpath(Path(store_dir).resolve(), Path(output).resolve().parent)
+    return quote(Path(relative).as_posix(), safe='/-._~')
+
+
+def _other_store(reference: str | None, output: Path, store_dir: str | Path | None) -> str | None:
+    """The store that `reference`, read from `output`, names, where that is not
+    `store_dir`, as one line for a message; None where it names none or this one."""
+    if reference is None or store_dir is None:
+        return None
+    named = os.path.normpath(output.resolve().parent / unquote(reference))
+    if Path(named) == Path(store_dir).resolve():
+        return None
+    return one_line(named)
+
+
+def report_store(path: str | Path) -> str | None:
+    """The store reference a report of ours names; None for older reports and others."""
+    try:
+        match = _REPORT_STORE.search(_head(path).decode('utf-8', errors='replace'))
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def _png_text(head: bytes) -> dict[str, str]:
+    """The tEXt chunks ahead of the image data in the first bytes of a PNG."""
+    text, position = {}, len(PNG_SIGNATURE)
+    while position + 8 <= len(head):
+        length = int.from_bytes(head[position : position + 4], 'big')
+        kind, data = head[position + 4 : position + 8], head[position + 8 : position + 8 + length]
+        if kind == b'IDAT' or len(data) < length:
+            break
+        if kind == b'tEXt':
+            key, _, value = data.partition(b'\0')
+            text[key.decode('latin-1')] = value.decode('latin-1')
+        position += 12 + length
+    return text
+
+
+def figure_store(path: str | Path) -> str | None:
+    """The store reference a figure of ours names; None for older figures and others."""
+    try:
+        return _png_text(_head(path)).get(FIGURE_STORE_KEY)
+    except OSError:
+        return None
+
+
+def figure_of_another_store(path: str | Path, store_dir: str | Path | None) -> str | None:
+    """The other store whose results the figure at `path` shows; None where it shows
+    `store_dir`'s, or names no store."""
+    return _other_store(figure_store(path), Path(path), store_dir)
+
+
 def is_our_report(path: str | Path) -> bool:
     try:
         head = _head(path).decode('utf-8', errors='replace')
@@ -81,10 +148,12 @@ def output_problems(
     protected: Collection[str | Path] = (),
     insert: bool = False,
     models: Iterable[str] | None = None,
+    store_dir: str | Path | None = None,
 ) -> list[str]:
     """What keeps the reports from being written where the outputs point, each with what to
     do; [] when nothing does. `protected`: files no output may be (the sweep file);
-    `models`: those the figures show (None: any figure name of ours counts)."""
+    `models`: those the figures show (None: any figure name of ours counts); `store_dir`:
+    the store whose results they show (outputs showing another store's are refused)."""
     named = {'outputs.readme': readme, 'outputs.report': report, 'outputs.figures': figures_dir}
     named = {key: Path(path) for key, path in named.items() if path is not None}
     problems = []
@@ -123,17 +192,31 @@ def output_problems(
             'report of ours is there); choose another path for the report, or '
             'move that file away'
         )
+    elif report is not None and report.exists():
+        other = _other_store(report_store(report), report, store_dir)
+        if other is not None:
+            problems.append(
+                f'outputs.report is {report}, the report of another store ({other}); '
+                "choose another path for this sweep's report, or move that file away"
+            )
     readme = named.get('outputs.readme')
     if readme is not None and readme.is_dir():
         problems.append(f'outputs.readme is {readme}, a folder; name a Markdown file')
     elif readme is not None and readme.is_file():
+        other = None
         try:
-            check_readme(readme, insert=insert)
+            other = _other_store(check_readme(readme, insert=insert), readme, store_dir)
         except ReportError as error:
             problems.append(str(error))
         except (OSError, UnicodeDecodeError) as error:
             problems.append(
                 f'outputs.readme {readme} cannot be read as text ({error}); name a Markdown file'
+            )
+        if other is not None:
+            problems.append(
+                f'outputs.readme is {readme}, whose results block shows another store '
+                f"({other}); set outputs.readme to this sweep's own README, or replace "
+                f"that block's begin marker line by {BEGIN} to give the block to this sweep"
             )
     figures = named.get('outputs.figures')
     if figures is not None and figures.is_symlink():
@@ -156,6 +239,11 @@ def output_problems(
                         f'{path} is not a figure this project wrote, and the '
                         'reports would replace it; move it away, or set '
                         'outputs.figures to a folder of its own'
+                    )
+                elif other := figure_of_another_store(path, store_dir):
+                    problems.append(
+                        f'{path} is a figure of another store ({other}), which the '
+                        'reports would replace; set outputs.figures to a folder of its own'
                     )
     return problems
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -10,14 +11,40 @@ from bench.fileio import write_bytes_atomic
 BEGIN = '<!-- results:begin (written by run_sweep.py; edits inside are overwritten) -->'
 END = '<!-- results:end -->'
 BEGIN_PREFIX = '<!-- results:begin'
+# The begin marker names the store whose results the block shows (reports.outputs.
+# store_reference), so that a second sweep pointed at this README does not replace the
+# first one's table; BEGIN, naming none, is what older versions wrote.
+_OWNED_BEGIN = (
+    '<!-- results:begin (written by run_sweep.py from the store {store}; '
+    'edits inside are overwritten) -->'
+)
+_OWNER = re.compile(r'<!-- results:begin \(written by run_sweep\.py from the store (\S+);')
+
+
+def begin_marker(store: str | None = None) -> str:
+    """The begin marker line of a block showing the store `store` refers to."""
+    return BEGIN if store is None else _OWNED_BEGIN.format(store=store)
+
+
+def block_owner(text: str) -> str | None:
+    """The store reference that the begin marker in `text` names; None where it names none."""
+    match = _OWNER.search(text)
+    return match.group(1) if match else None
 
 
 class ReportError(BenchError, RuntimeError):
     """The reports cannot be written; the message says why and what to do."""
 
 
-def inject_block(text: str, block: str, insert: bool = False, source: str = 'README.md') -> str:
-    """`text` with the block between the markers replaced by `block`.
+def inject_block(
+    text: str,
+    block: str,
+    insert: bool = False,
+    source: str = 'README.md',
+    begin: str = BEGIN,
+) -> str:
+    """`text` with the block between the markers replaced by `block`, and the begin
+    marker by `begin`.
 
     Without markers: a ReportError, or with `insert` the block appended at the end.
     """
@@ -52,21 +79,23 @@ def inject_block(text: str, block: str, insert: bool = False, source: str = 'REA
                 'where the table should go, or run again with --insert to append it'
             )
         separator = '' if text.endswith(newline) or not text else newline
-        return f'{text}{separator}{newline}{BEGIN}{newline}{body}{newline}{END}{newline}'
-    line_end = text.find('\n', start)
-    begin_line_end = line_end + 1 if 0 <= line_end < end else start + len(BEGIN)
-    return text[:begin_line_end] + body + newline + text[end:]
+        return f'{text}{separator}{newline}{begin}{newline}{body}{newline}{END}{newline}'
+    return text[:start] + begin + newline + body + newline + text[end:]
 
 
-def check_readme(path: str | Path, insert: bool = False) -> None:
+def check_readme(path: str | Path, insert: bool = False) -> str | None:
     """Raise the ReportError that writing the block into `path` would raise, before a
-    sweep spends hours training for a table it cannot place."""
+    sweep spends hours training for a table it cannot place; else the store reference
+    its block names (None: none, or no README yet)."""
     path = Path(path)
-    if path.is_file():
-        inject_block(path.read_text(encoding='utf-8'), '', insert=insert, source=str(path))
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding='utf-8')
+    inject_block(text, '', insert=insert, source=str(path))
+    return block_owner(text)
 
 
-def write_readme(path: str | Path, block: str, insert: bool = False) -> Path:
+def write_readme(path: str | Path, block: str, insert: bool = False, begin: str = BEGIN) -> Path:
     """Inject into the README at `path` (created if missing); rewrite only on change."""
     path = Path(path)
     if not path.is_file():
@@ -75,7 +104,7 @@ def write_readme(path: str | Path, block: str, insert: bool = False) -> Path:
     else:
         with open(path, encoding='utf-8', newline='') as handle:
             original = handle.read()
-    updated = inject_block(original, block, insert=insert, source=str(path))
+    updated = inject_block(original, block, insert=insert, source=str(path), begin=begin)
     if updated != original:
         try:
             write_bytes_atomic(path, updated.encode('utf-8'))

@@ -215,7 +215,8 @@ def test_marks_follow_the_rule_and_fewer_than_three_seeds_judge_nothing(tmp_path
         'values, is judged (train 3 seeds or more to judge), so nothing is marked' in text
     )
     assert '<sub>orig 91.89 (-11.89 pt)</sub>' in text
-    render_all(close, readme=readme)
+    readme = tmp_path / 'close.md'
+    render_all(close, readme=readme, insert=True)
     text = readme.read_text()
     # (Markdown-escaped: \\< and \\*)
     assert (

@@ -878,6 +878,67 @@ def test_figures_of_the_user_are_neither_deleted_nor_replaced(sweep, tmp_path, c
     plt.close('all')
 
 
+def test_outputs_showing_another_store_are_refused_not_replaced(sweep, tmp_path, capsys):
+    """Two sweeps pointed at one README, report and figures folder: the second is refused
+    with what to do, the first one's outputs stay as they were, and a checkout moved as a
+    whole still owns its outputs."""
+    import shutil
+
+    import yaml
+
+    from reports import BEGIN
+
+    path, loaded, store, ids = sweep
+    for args in (['--report-only', '--insert'], ['--dry-run', '--insert'], ['--insert']):
+        code, out, err = run(['--config', str(path), *args], capsys)
+        assert code == 2 and 'this sweep names none (outputs.readme: null)' in err, args
+    values = yaml.safe_load(path.read_text())
+    values['outputs']['readme'] = 'README.md'
+    path.write_text(yaml.safe_dump(values))
+    (tmp_path / 'README.md').write_text(f'# Mine\n\n{BEGIN}\n<!-- results:end -->\n')
+    assert run(['--config', str(path), '--report-only'], capsys)[0] == 0
+    readme_text = (tmp_path / 'README.md').read_text()
+    assert 'from the store results/tiny;' in readme_text
+    assert '<meta name="results-store" content="results/tiny">' in (
+        (tmp_path / 'report.html').read_text()
+    )
+    ours = {p: p.read_bytes() for p in [tmp_path / 'README.md', tmp_path / 'report.html']}
+    ours |= {p: p.read_bytes() for p in (tmp_path / 'figures').glob('*.png')}
+    assert len(ours) > 3
+
+    shutil.copytree(tmp_path / 'results', tmp_path / 'results2')
+    values['outputs']['results'] = 'results2'
+    other = tmp_path / 'other.yaml'
+    other.write_text(yaml.safe_dump(values))
+    for args in (['--report-only'], ['--dry-run']):
+        code, out, err = run(['--config', str(other), *args], capsys)
+        assert code == 2 and 'Traceback' not in err, (args, err)
+        assert f'whose results block shows another store ({tmp_path / "results" / "tiny"})' in err
+        assert f'{BEGIN} to give the block to this sweep' in err
+        assert 'the report of another store' in err
+        assert 'is a figure of another store' in err
+    assert {p: p.read_bytes() for p in ours} == ours
+
+    # The README's block handed over by its begin marker; the rest pointed elsewhere.
+    (tmp_path / 'README.md').write_text(readme_text.replace(readme_text.split('\n')[2], BEGIN))
+    values['outputs'] |= {'report': 'report2.html', 'figures': 'figures2'}
+    other.write_text(yaml.safe_dump(values))
+    assert run(['--config', str(other), '--report-only'], capsys)[0] == 0
+    assert 'from the store results2/tiny;' in (tmp_path / 'README.md').read_text()
+    assert {p: p.read_bytes() for p in ours if p.suffix != '.md'} == {
+        p: b for p, b in ours.items() if p.suffix != '.md'
+    }
+
+    moved = tmp_path / 'moved'
+    moved.mkdir()
+    for name in ('results', 'figures', 'report.html', path.name):
+        (shutil.copytree if (tmp_path / name).is_dir() else shutil.copy)(
+            tmp_path / name, moved / name
+        )
+    (moved / 'README.md').write_bytes(ours[tmp_path / 'README.md'])
+    assert run(['--config', str(moved / path.name), '--report-only'], capsys)[0] == 0
+
+
 def test_a_sweep_file_that_is_a_device_is_refused(capsys):
     code, out, err = run(['--config', '/dev/zero', '--dry-run'], capsys)
     assert code == 2 and '/dev/zero: not a regular file' in err

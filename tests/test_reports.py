@@ -209,7 +209,8 @@ def test_readme_without_markers_gets_a_clear_message_or_an_appended_block(origin
         original_store, readme=readme, figures_dir=tmp_path / 'f', insert=True, figures=False
     )
     text = readme.read_text()
-    assert text.startswith('# Project\n\n' + BEGIN) and text.rstrip().endswith(END)
+    begin = BEGIN.replace('run_sweep.py;', 'run_sweep.py from the store results/original-table;')
+    assert text.startswith(f'# Project\n\n{begin}\n') and text.rstrip().endswith(END)
     with pytest.raises(ReportError, match='only one of the two'):
         inject_block(f'x\n{BEGIN}\n', 'block')
 
