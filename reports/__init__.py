@@ -22,7 +22,13 @@ from models.names import VARIANTS, parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
 from .exports import CELLS_NOTE, cells_frame, latex_table
-from .outputs import REPORT_MARK, REPORT_STORE_META, check_outputs, store_reference
+from .outputs import (
+    REPORT_MARK,
+    REPORT_STORE_META,
+    SWEEP_OUTPUT_NAMES,
+    check_outputs,
+    store_reference,
+)
 from .readme import (
     BEGIN,
     END,
@@ -243,6 +249,7 @@ def render_all(
     manifest: Mapping[str, Any] | None = None,
     protected: Collection[str | Path] = (),
     figures: bool = True,
+    names: Mapping[str, str] = SWEEP_OUTPUT_NAMES,
 ) -> list[Path]:
     """Every report of the store at `store_dir`; returns the paths written.
 
@@ -253,6 +260,7 @@ def render_all(
     Nothing is written where an output points at a file this project did not write, or
     at one of `protected` (the sweep file): ReportError says which and what to do.
     `figures=False`: the tables alone (no figure is drawn, linked, or removed).
+    `names`: what messages call the outputs (the sweep file's keys, or a tool's flags).
     """
     store_dir = Path(store_dir)
     figures_dir = Path(figures_dir) if figures_dir else store_dir / 'figures'
@@ -265,6 +273,7 @@ def render_all(
         protected=protected,
         models=(layout or {}).get('models') or manifest.get('models'),
         store_dir=store_dir,
+        names=names,
     )
     options = dict(manifest.get('report') or {}, **(options or {}))
     layout = {'models': manifest['models'], 'attentions': manifest['attentions'], **(layout or {})}
@@ -333,7 +342,9 @@ def render_all(
             ],
         )
         begin = begin_marker(store_reference(store_dir, readme))
-        written.append(write_readme(readme, block, insert=insert, begin=begin))
+        written.append(
+            write_readme(readme, block, insert=insert, begin=begin, name=names['readme'])
+        )
 
     if report_path is not None:
         store = ResultsStore(store_dir)

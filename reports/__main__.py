@@ -16,6 +16,7 @@ from bench.errors import BenchError, report
 from bench.store import REPORT_METRICS
 
 from . import render_all
+from .outputs import FLAG_OUTPUT_NAMES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument('--no-overhead', action='store_true', help='no params/MACs columns')
     args = parser.parse_args(argv)
+    if args.insert and args.readme is None:
+        parser.error('--insert appends the results block to the README of --readme; name one')
     store = Path(args.results_dir)
     try:
         written = render_all(
@@ -48,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **({'overhead': False} if args.no_overhead else {}),
             },
             insert=args.insert,
+            names=FLAG_OUTPUT_NAMES,
         )
     except BenchError as error:
         return report(error)

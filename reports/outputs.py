@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -141,6 +141,16 @@ def is_our_figure(path: str | Path) -> bool:
     )
 
 
+# How each output is named in a message: the sweep file's key, or the flag of
+# `python -m reports`, whichever the user gave.
+SWEEP_OUTPUT_NAMES = {
+    'readme': 'outputs.readme',
+    'report': 'outputs.report',
+    'figures': 'outputs.figures',
+}
+FLAG_OUTPUT_NAMES = {'readme': '--readme', 'report': '--report', 'figures': '--figures'}
+
+
 def output_problems(
     readme: str | Path | None = None,
     report: str | Path | None = None,
@@ -149,102 +159,130 @@ def output_problems(
     insert: bool = False,
     models: Iterable[str] | None = None,
     store_dir: str | Path | None = None,
+    names: Mapping[str, str] = SWEEP_OUTPUT_NAMES,
 ) -> list[str]:
     """What keeps the reports from being written where the outputs point, each with what to
     do; [] when nothing does. `protected`: files no output may be (the sweep file);
     `models`: those the figures show (None: any figure name of ours counts); `store_dir`:
-    the store whose results they show (outputs showing another store's are refused)."""
-    named = {'outputs.readme': readme, 'outputs.report': report, 'outputs.figures': figures_dir}
-    named = {key: Path(path) for key, path in named.items() if path is not None}
+    the store whose results they show (outputs showing another store's are refused);
+    `names`: what the messages call each output."""
+    given = {'readme': readme, 'report': report, 'figures': figures_dir}
+    given = {key: Path(path) for key, path in given.items() if path is not None}
+    problems = _path_problems(given, protected, names)
+    if problems:
+        return problems
+    if 'report' in given:
+        problems += _report_problems(given['report'], store_dir, names['report'])
+    if 'readme' in given:
+        problems += _readme_problems(given['readme'], insert, store_dir, names['readme'])
+    if 'figures' in given:
+        problems += _figures_problems(given['figures'], models, store_dir, names['figures'])
+    return problems
+
+
+def _path_problems(
+    given: Mapping[str, Path], protected: Collection[str | Path], names: Mapping[str, str]
+) -> list[str]:
+    """Outputs at the sweep file, at one path together, or of the wrong kind of file."""
     problems = []
-    for key, path in named.items():
+    for key, path in given.items():
         if any(path.resolve() == Path(p).resolve() for p in protected):
             problems.append(
-                f'{key} is {path}, the sweep file itself; point it at a file of its own'
+                f'{names[key]} is {path}, the sweep file itself; point it at a file of its own'
             )
     seen = {}
-    for key, path in named.items():
+    for key, path in given.items():
         if path.resolve() in seen:
             problems.append(
-                f'{key} and {seen[path.resolve()]} are both {path}; give each its own path'
+                f'{names[key]} and {names[seen[path.resolve()]]} are both {path}; give each '
+                'its own path'
             )
         seen.setdefault(path.resolve(), key)
     for key, suffixes, kind in (
-        ('outputs.readme', README_SUFFIXES, 'Markdown README'),
-        ('outputs.report', REPORT_SUFFIXES, 'HTML report'),
+        ('readme', README_SUFFIXES, 'Markdown README'),
+        ('report', REPORT_SUFFIXES, 'HTML report'),
     ):
-        path = named.get(key)
+        path = given.get(key)
         if path is None:
             continue
         if path.suffix.lower() not in suffixes:
             problems.append(
-                f'{key} is {path}: the {kind} is written only to a file ending in '
+                f'{names[key]} is {path}: the {kind} is written only to a file ending in '
                 f'{" or ".join(suffixes)}; name such a file'
             )
         elif path.is_symlink():
-            problems.append(f'{key} is {path}, a link; name a file of its own')
-    if problems:
-        return problems
-    report = named.get('outputs.report')
-    if report is not None and report.exists() and (report.is_dir() or not is_our_report(report)):
-        problems.append(
-            f'outputs.report is {report}, which this project did not write (no '
-            'report of ours is there); choose another path for the report, or '
-            'move that file away'
-        )
-    elif report is not None and report.exists():
-        other = _other_store(report_store(report), report, store_dir)
-        if other is not None:
+            problems.append(f'{names[key]} is {path}, a link; name a file of its own')
+    return problems
+
+
+def _report_problems(report: Path, store_dir: str | Path | None, name: str) -> list[str]:
+    if not report.exists():
+        return []
+    if report.is_dir() or not is_our_report(report):
+        return [
+            f'{name} is {report}, which this project did not write (no report of ours is '
+            'there); choose another path for the report, or move that file away'
+        ]
+    other = _other_store(report_store(report), report, store_dir)
+    if other is not None:
+        return [
+            f'{name} is {report}, the report of another store ({other}); choose another '
+            "path for this sweep's report, or move that file away"
+        ]
+    return []
+
+
+def _readme_problems(
+    readme: Path, insert: bool, store_dir: str | Path | None, name: str
+) -> list[str]:
+    if readme.is_dir():
+        return [f'{name} is {readme}, a folder; name a Markdown file']
+    if not readme.is_file():
+        return []
+    try:
+        other = _other_store(check_readme(readme, insert=insert), readme, store_dir)
+    except ReportError as error:
+        return [str(error)]
+    except (OSError, UnicodeDecodeError) as error:
+        return [f'{name} {readme} cannot be read as text ({error}); name a Markdown file']
+    if other is not None:
+        return [
+            f'{name} is {readme}, whose results block shows another store ({other}); '
+            f"point {name} at this sweep's own README, or replace that block's begin "
+            f'marker line by {BEGIN} to give the block to this sweep'
+        ]
+    return []
+
+
+def _figures_problems(
+    figures: Path, models: Iterable[str] | None, store_dir: str | Path | None, name: str
+) -> list[str]:
+    if figures.is_symlink():
+        return [
+            f'{name} is {figures}, a link; name a folder of its own (the figures are never '
+            'written through a link)'
+        ]
+    if not figures.exists():
+        return []
+    if not figures.is_dir():
+        return [f'{name} is {figures}, a file; name a folder for the figures']
+    present = (
+        sorted(p for pattern in FIGURE_PATTERNS for p in figures.glob(pattern))
+        if models is None
+        else [figures / figure for figure in figure_names(models)]
+    )
+    problems = []
+    for path in present:
+        if os.path.lexists(path) and not is_our_figure(path):
             problems.append(
-                f'outputs.report is {report}, the report of another store ({other}); '
-                "choose another path for this sweep's report, or move that file away"
+                f'{path} is not a figure this project wrote, and the reports would replace '
+                f'it; move it away, or point {name} at a folder of its own'
             )
-    readme = named.get('outputs.readme')
-    if readme is not None and readme.is_dir():
-        problems.append(f'outputs.readme is {readme}, a folder; name a Markdown file')
-    elif readme is not None and readme.is_file():
-        other = None
-        try:
-            other = _other_store(check_readme(readme, insert=insert), readme, store_dir)
-        except ReportError as error:
-            problems.append(str(error))
-        except (OSError, UnicodeDecodeError) as error:
+        elif other := figure_of_another_store(path, store_dir):
             problems.append(
-                f'outputs.readme {readme} cannot be read as text ({error}); name a Markdown file'
+                f'{path} is a figure of another store ({other}), which the reports would '
+                f'replace; point {name} at a folder of its own'
             )
-        if other is not None:
-            problems.append(
-                f'outputs.readme is {readme}, whose results block shows another store '
-                f"({other}); set outputs.readme to this sweep's own README, or replace "
-                f"that block's begin marker line by {BEGIN} to give the block to this sweep"
-            )
-    figures = named.get('outputs.figures')
-    if figures is not None and figures.is_symlink():
-        problems.append(
-            f'outputs.figures is {figures}, a link; name a folder of its own (the figures '
-            'are never written through a link)'
-        )
-    elif figures is not None and figures.exists():
-        if not figures.is_dir():
-            problems.append(f'outputs.figures is {figures}, a file; name a folder for the figures')
-        else:
-            present = (
-                sorted(p for pattern in FIGURE_PATTERNS for p in figures.glob(pattern))
-                if models is None
-                else [figures / name for name in figure_names(models)]
-            )
-            for path in present:
-                if os.path.lexists(path) and not is_our_figure(path):
-                    problems.append(
-                        f'{path} is not a figure this project wrote, and the '
-                        'reports would replace it; move it away, or set '
-                        'outputs.figures to a folder of its own'
-                    )
-                elif other := figure_of_another_store(path, store_dir):
-                    problems.append(
-                        f'{path} is a figure of another store ({other}), which the '
-                        'reports would replace; set outputs.figures to a folder of its own'
-                    )
     return problems
 
 

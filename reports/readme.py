@@ -95,8 +95,15 @@ def check_readme(path: str | Path, insert: bool = False) -> str | None:
     return block_owner(text)
 
 
-def write_readme(path: str | Path, block: str, insert: bool = False, begin: str = BEGIN) -> Path:
-    """Inject into the README at `path` (created if missing); rewrite only on change."""
+def write_readme(
+    path: str | Path,
+    block: str,
+    insert: bool = False,
+    begin: str = BEGIN,
+    name: str = 'outputs.readme',
+) -> Path:
+    """Inject into the README at `path` (created if missing); rewrite only on change.
+    `name`: what the user set the path with, for the message where it cannot be written."""
     path = Path(path)
     if not path.is_file():
         insert = True  # a new file holds nothing that could be lost
@@ -110,8 +117,7 @@ def write_readme(path: str | Path, block: str, insert: bool = False, begin: str 
             write_bytes_atomic(path, updated.encode('utf-8'))
         except OSError as error:
             raise ReportError(
-                f'cannot write {path}: {error.strerror or error}; make it '
-                'writable, or set outputs.readme in the sweep file to '
-                'another file (null: none)'
+                f'cannot write {path}: {error.strerror or error}; make it writable, or '
+                f'point {name} at another file'
             ) from None
     return path

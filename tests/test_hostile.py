@@ -65,6 +65,8 @@ def test_a_dry_run_writes_deletes_and_downloads_nothing_whatever_else_is_on_the_
     code, out, err = run(['--config', str(path), '--dry-run', '--fresh', '--yes'], capsys)
     assert code == 0 and 'dry run: nothing was written, deleted or downloaded' in out
     assert f'--fresh would delete 3 path(s):\n  {store.trial_dir(ids["finished"])}' in out
+    # The estimate is of what the run would train: both trials again from epoch 1.
+    assert '(2 trial(s) to train)' in out and 'nothing left to train' not in out
     code, out, err = run(
         ['--config', str(path), '--dry-run', '--fresh', '--only', 'attention=eca'], capsys
     )
@@ -522,8 +524,13 @@ def test_tunes_wrapping_of_a_failed_write_is_unwrapped_for_the_message():
     [
         (['--num-gpus', '-1'], 'argument --num-gpus: expected 0 to 64, got -1'),
         (['--num-epochs', '1e23'], "argument --num-epochs: expected a whole number, got '1e23'"),
-        (['--num-epochs', str(10**23)], 'recipe.epochs: Input should be less than or equal to'),
-        (['--lr', 'inf'], 'recipe.lr: Input should be a finite number'),
+        (['--num-epochs', str(10**23)], '--num-epochs: Input should be less than or equal to'),
+        (['--lr', 'inf'], 'error: --lr: Input should be a finite number'),
+        (['--lr-decay', '2'], 'error: --lr-decay: Input should be less than or equal to 1'),
+        (['--lr-decay-epoch', '8,0'], '--lr-decay-epoch (value 2): Input should be greater'),
+        (['--mode', 'imperative', '--backend', 'torch'], 'the torch backend has no such mode'),
+        (['--compile'], '--compile is an option of --backend torch'),
+        (['--precision', 'amp_bfloat16'], 'error: precision must be one of float32, amp_'),
         (['--seed', '-1'], 'argument --seed: expected 0 to 2147483647, got -1'),
         (['--model', 'cifar_resnet60000002_v1'], '8 <= depth <= 1202'),
         (['--lr-decay-epoch', '8,x'], '--lr-decay-epoch takes comma-separated whole numbers'),
@@ -925,6 +932,20 @@ def test_outputs_showing_another_store_are_refused_not_replaced(sweep, tmp_path,
     other.write_text(yaml.safe_dump(values))
     assert run(['--config', str(other), '--report-only'], capsys)[0] == 0
     assert 'from the store results2/tiny;' in (tmp_path / 'README.md').read_text()
+    # `python -m reports` names its flags in the same refusal.
+    from reports.__main__ import main as reports_main
+
+    capsys.readouterr()
+    first_store = tmp_path / 'results' / 'tiny'
+    code = reports_main([str(first_store), '--readme', str(tmp_path / 'README.md')])
+    err = capsys.readouterr().err
+    assert code == 2 and '--readme is' in err and 'point --readme at' in err, err
+    assert 'outputs.' not in err
+    with pytest.raises(SystemExit):
+        reports_main([str(first_store), '--insert'])
+    assert '--insert appends the results block to the README of --readme' in (
+        capsys.readouterr().err
+    )
     assert {p: p.read_bytes() for p in ours if p.suffix != '.md'} == {
         p: b for p, b in ours.items() if p.suffix != '.md'
     }
@@ -1247,8 +1268,9 @@ def test_stored_text_is_inert_in_the_terminal_csv_latex_and_figures(sweep, tmp_p
     from .store_helpers import record_sweep
 
     record_sweep(other, ['cifar_resnet20_v1'], ['none'])
-    render_all(other.root, figures_dir=tmp_path / 'figures', report_path=tmp_path / 'r.html')
-    assert (tmp_path / 'figures' / 'speed.png').is_file()
+    figures = tmp_path / 'other-figures'  # tmp_path/figures holds the sweep's own
+    render_all(other.root, figures_dir=figures, report_path=tmp_path / 'r.html')
+    assert (figures / 'speed.png').is_file()
     other.write_results_csv(other.read_manifest())
     assert '\'=HYPERLINK(""x"")' in (other.root / 'results.csv').read_text()
     from reports.exports import latex_text
