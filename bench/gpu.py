@@ -291,15 +291,32 @@ def _card_named(all_gpus: Sequence[GPU], item: str) -> GPU | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def unsupported_message(gpu: GPU) -> str:
+class GpuAsk(NamedTuple):
+    """How the user asked for GPUs, so that a message names what they typed: the sweep
+    file's setting or a tool's flag."""
+
+    asked: str  # '... is set but ...'
+    on_cpu: str  # what trains on the CPU instead
+    torch: str  # how to train with the torch backend instead
+
+
+SWEEP_ASK = GpuAsk(
+    'gpus_per_trial is set',
+    'set resources.gpus_per_trial: 0',
+    'recipe: {backend: torch}; sweeps/original-table-torch.yaml is the original table '
+    'so, or the override recipe.backend=torch',
+)
+TOOL_ASK = GpuAsk('GPUs are asked for (--num-gpus)', 'pass --num-gpus 0', '--backend torch')
+
+
+def unsupported_message(gpu: GPU, ask: GpuAsk = SWEEP_ASK) -> str:
     return (
         f'{gpu.name} (GPU {gpu.index}) has compute capability '
         f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}). mxnet-cu112 1.9.1, the last '
         f'MXNet GPU release, runs on {SUPPORTED_TEXT}; it has no code for {gpu.sm} and '
-        'fails there with "no kernel image is available". Train with the torch backend '
-        '(recipe: {backend: torch}), which runs on it: sweeps/original-table-torch.yaml is '
-        'the original table so, or the override recipe.backend=torch; or on CPU '
-        '(resources.gpus_per_trial: 0), or on a supported card.'
+        'fails there with "no kernel image is available". Train with the torch backend, '
+        f'which runs on it ({ask.torch}); or on the CPU ({ask.on_cpu}), or on a '
+        'supported card.'
     )
 
 
@@ -337,13 +354,12 @@ def torch_supports(capability: tuple[int, int], arches: Iterable[str]) -> bool:
     return False
 
 
-def _torch_unsupported_message(gpu: GPU, arches: Iterable[str]) -> str:
+def _torch_unsupported_message(gpu: GPU, arches: Iterable[str], ask: GpuAsk) -> str:
     return (
         f'{gpu.name} (GPU {gpu.index}) has compute capability '
         f'{gpu.capability[0]}.{gpu.capability[1]} ({gpu.sm}), and the installed PyTorch '
         f'build carries code for {" ".join(arches)} only. Install a PyTorch build for '
-        'this card (see pytorch.org for the CUDA builds), or run on CPU '
-        '(resources.gpus_per_trial: 0).'
+        f'this card (see pytorch.org for the CUDA builds), or run on the CPU ({ask.on_cpu}).'
     )
 
 
@@ -353,13 +369,15 @@ def check_gpus(
     gpu_build: bool | None = None,
     backend: str = 'gluon',
     torch_arches: Sequence[str] | None | Literal[False] = False,
+    ask: GpuAsk = SWEEP_ASK,
 ) -> list[GPU]:
     """Raise GPUError unless trials of `backend` asking for `gpus_per_trial` GPUs can run here.
 
     gpus: the cards to check (default: this machine's, through NVML);
     gpu_build: whether MXNet is the CUDA build (gluon; default: look it up);
     torch_arches: the PyTorch build's architectures (torch; default: look them up,
-    None meaning a build without CUDA).
+    None meaning a build without CUDA); ask: how the user asked for the GPUs, which the
+    messages name.
     Returns the cards checked.
     """
     if not gpus_per_trial:
@@ -374,41 +392,43 @@ def check_gpus(
         gpus = physical_gpus()
     if not gpus:
         raise GPUError(
-            'gpus_per_trial is set but no NVIDIA driver or GPU was found '
+            f'{ask.asked} but no NVIDIA driver or GPU was found '
             '(NVML and nvidia-smi did not answer). Install the NVIDIA driver '
             '(gluon: R450.80 or newer, R520 or newer for fused operators; torch: '
-            "what the PyTorch build's CUDA needs), or set resources.gpus_per_trial: 0."
+            f"what the PyTorch build's CUDA needs), or {ask.on_cpu}."
         )
     readable = [gpu for gpu in gpus if not gpu.problem]
     if not readable:
         raise GPUError(
-            'gpus_per_trial is set but NVML could not read any GPU of this machine ('
+            f'{ask.asked} but NVML could not read any GPU of this machine ('
             + '; '.join(f'GPU {gpu.index}: {gpu.problem}' for gpu in gpus)
             + '). Under '
             'SLURM or cgroups, run inside the job that holds the GPUs; otherwise check '
-            'the permissions of /dev/nvidia*, or set resources.gpus_per_trial: 0.'
+            f'the permissions of /dev/nvidia*, or {ask.on_cpu}.'
         )
     # Cards this process may not read are another job's (SLURM, cgroups): not ours.
     if backend == 'torch':
         if torch_arches is None:
             raise GPUError(
-                'gpus_per_trial is set but the installed PyTorch is a build '
+                f'{ask.asked} but the installed PyTorch is a build '
                 'without CUDA. Install a CUDA build of PyTorch (pip install '
                 'torch, or the index URL pytorch.org gives for your CUDA), or '
-                'set resources.gpus_per_trial: 0.'
+                f'{ask.on_cpu}.'
             )
         bad = [gpu for gpu in readable if not torch_supports(gpu.capability, torch_arches)]
         if bad:
-            raise GPUError('\n'.join(_torch_unsupported_message(gpu, torch_arches) for gpu in bad))
+            raise GPUError(
+                '\n'.join(_torch_unsupported_message(gpu, torch_arches, ask) for gpu in bad)
+            )
         return readable
     # The capability comes first: on a card no MXNet build supports, installing the
     # GPU build would not help; the torch backend would.
     bad = [gpu for gpu in readable if not gpu.supported]
     if bad:
-        raise GPUError('\n'.join(unsupported_message(gpu) for gpu in bad))
+        raise GPUError('\n'.join(unsupported_message(gpu, ask) for gpu in bad))
     if not gpu_build:
         raise GPUError(
-            'gpus_per_trial is set but the installed MXNet is the CPU build '
+            f'{ask.asked} but the installed MXNet is the CPU build '
             '(`mxnet`). Install the GPU build instead: pip uninstall mxnet, then '
             "pip install -c constraints.txt -e '.[gpu]' (or make MXNET_EXTRA=gpu)."
         )
@@ -437,7 +457,12 @@ def check_local_gpus(
     if not num_gpus or not cards:
         return None  # the framework's own count tells the user what is missing
     check_gpus(
-        num_gpus, gpus=cards, gpu_build=gpu_build, backend=backend, torch_arches=torch_arches
+        num_gpus,
+        gpus=cards,
+        gpu_build=gpu_build,
+        backend=backend,
+        torch_arches=torch_arches,
+        ask=TOOL_ASK,
     )
     return gluon_fusion_setting(driver_cuda_version()).why if backend == 'gluon' else None
 

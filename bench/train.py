@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
@@ -34,7 +35,15 @@ from bench.fileio import write_json_atomic
 from bench.gpu import apply_tf32, check_local_gpus
 from bench.trial.data import DEMO_FOLDER, Dataset, load_cifar10, load_demo_digits
 from bench.trial.loop import DeviceError, missing_framework
-from bench.trial.recipe import BACKENDS, MAX_SEED, OPTIMIZERS, PRECISIONS, Recipe, TrialSpec
+from bench.trial.recipe import (
+    BACKENDS,
+    MAX_SEED,
+    OPTIMIZERS,
+    PRECISIONS,
+    Recipe,
+    RecipeError,
+    TrialSpec,
+)
 from bench.trial.threads import available_cpus, pin_cpus, trial_threads
 from models.names import UnknownNameError, parse_model_name
 from models.registry import attention_names, attention_spec, parse_attention_name
@@ -164,34 +173,81 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     return parser, parser.parse_args(argv)
 
 
+# The flag that sets each recipe option: a recipe's problem names what the user typed.
+RECIPE_FLAGS = {
+    'epochs': '--num-epochs',
+    'batch_size': '--batch-size',
+    'optimizer': '--optimizer',
+    'lr': '--lr',
+    'lr_decay': '--lr-decay',
+    'lr_decay_epochs': '--lr-decay-epoch',
+    'momentum': '--momentum',
+    'wd': '--wd',
+    'random_crop': '--random-crop',
+    'random_flip': '--no-random-flip',
+    'hybridize': '--mode',
+    'precision': '--precision',
+    'backend': '--backend',
+    'compile': '--compile',
+    'tf32': '--no-tf32',
+}
+_RECIPE_OPTION = re.compile(r'recipe\.(\w+)(?:\.(\d+))?: ')
+
+
+def in_flags(error: RecipeError) -> BadArguments:
+    """The recipe's problems, each naming the flag that set the option."""
+    lines = []
+    for line in str(error).splitlines():
+        match = _RECIPE_OPTION.match(line)
+        if match:
+            item = f' (value {int(match[2]) + 1})' if match[2] else ''
+            line = f'{RECIPE_FLAGS.get(match[1], match[1])}{item}: {line[match.end() :]}'
+        lines.append(line.removeprefix('recipe: '))
+    return BadArguments('\n'.join(lines))
+
+
 def spec_from_args(args: argparse.Namespace) -> TrialSpec:
-    """The trial's spec; BadArguments (or RecipeError) names an option out of the recipe's
-    rules, as the sweep file's checks name it."""
+    """The trial's spec; BadArguments names an option out of the recipe's rules by its
+    flag."""
     try:
         decay_epochs = [int(e) for e in str(args.lr_decay_epoch).split(',') if e.strip()]
     except ValueError:
         raise BadArguments(
             f'--lr-decay-epoch takes comma-separated whole numbers, got {args.lr_decay_epoch!r}'
         ) from None
-    recipe = Recipe.from_dict(
-        dict(
-            epochs=args.num_epochs,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
-            lr=args.lr,
-            lr_decay=args.lr_decay,
-            lr_decay_epochs=decay_epochs,
-            momentum=args.momentum,
-            wd=args.wd,
-            random_crop=args.random_crop,
-            random_flip=not args.no_random_flip,
-            hybridize=args.mode == 'hybrid',
-            precision=args.precision,
-            backend=args.backend,
-            compile=args.compile,
-            tf32=args.tf32,
+    # The backends' own switches, named as typed (the recipe names its options).
+    if args.mode == 'imperative' and args.backend != 'gluon':
+        raise BadArguments(
+            '--mode imperative runs the gluon network without hybridizing it; the torch '
+            'backend has no such mode (it runs eagerly, or compiled with --compile)'
         )
-    )
+    if args.compile and args.backend != 'torch':
+        raise BadArguments(
+            '--compile is an option of --backend torch (torch.compile); the gluon backend '
+            'compiles its graph unless --mode imperative'
+        )
+    try:
+        recipe = Recipe.from_dict(
+            dict(
+                epochs=args.num_epochs,
+                batch_size=args.batch_size,
+                optimizer=args.optimizer,
+                lr=args.lr,
+                lr_decay=args.lr_decay,
+                lr_decay_epochs=decay_epochs,
+                momentum=args.momentum,
+                wd=args.wd,
+                random_crop=args.random_crop,
+                random_flip=not args.no_random_flip,
+                hybridize=args.mode == 'hybrid',
+                precision=args.precision,
+                backend=args.backend,
+                compile=args.compile,
+                tf32=args.tf32,
+            )
+        )
+    except RecipeError as error:
+        raise in_flags(error) from None
     try:
         parse_model_name(args.model)
         attention = parse_attention_name(args.attention)

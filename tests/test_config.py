@@ -334,6 +334,10 @@ NONSENSE = [
     ),
     ({'recipe': {'epochs': 10**23}}, 'recipe.epochs: Input should be less than or equal to'),
     ({'recipe': {'lr': '0.1'}}, "recipe.lr: Input should be a valid number (found '0.1')"),
+    (
+        {'recipe': {'backend': 'torch', 'hybridize': False}},
+        'recipe: hybridize is an option of backend gluon',
+    ),
     ({'seeds': [-1]}, 'seeds.0: Input should be greater than or equal to 0 (found -1)'),
     ({'seeds': [2**31]}, 'seeds.0: Input should be less than or equal to 2147483647'),
     ({'seeds': ['1']}, "seeds.0: Input should be a valid integer (found '1')"),

@@ -346,8 +346,8 @@ def test_the_torch_backend_is_checked_against_its_own_build():
     # The gluon backend refuses Hopper, and says which backend runs there.
     with pytest.raises(
         GPUError,
-        match=r'Train with the torch backend \(recipe: \{backend: '
-        r'torch\}\)',
+        match=r'Train with the torch backend, which runs on it \(recipe: \{backend: '
+        r'torch\};',
     ):
         check_gpus(1, gpus=[hopper], gpu_build=True)
 
@@ -415,6 +415,9 @@ def test_the_tools_check_the_cards_before_the_framework_touches_one(
         err = capsys.readouterr().err
         assert 'NVIDIA H100 80GB HBM3 (GPU 0) has compute capability 9.0' in err
         assert 'Train with the torch backend' in err
+        # The flags the tools take, not the sweep file's settings.
+        assert '(--backend torch); or on the CPU (pass --num-gpus 0)' in err
+        assert 'gpus_per_trial' not in err and 'recipe:' not in err
     # The default (every visible GPU) with MXNet's CPU build trains on the CPU as before.
     monkeypatch.setattr(cuda_runtime, 'gpu_build_installed', lambda: False)
     assert bench.gpu.check_local_gpus(None, 'gluon') is None

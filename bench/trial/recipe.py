@@ -89,6 +89,12 @@ class Recipe(BaseModel):
                 'compile is an option of backend torch (torch.compile); '
                 'the gluon backend compiles its graph through hybridize'
             )
+        if not self.hybridize and self.backend != 'gluon':
+            # A second id for the same training: the torch backend has no such switch.
+            problems.append(
+                'hybridize is an option of backend gluon (false: its network runs '
+                'imperatively); the torch backend runs eagerly, or compiled with compile'
+            )
         if problems:
             raise ValueError('; '.join(problems))
         return self

@@ -48,7 +48,7 @@ def check_precision(recipe: Recipe, contexts: list[mx.Context]) -> None:
         raise UnsupportedRecipe(
             f'precision amp_float16 needs GPUs, but this trial runs on '
             f"{', '.join(str(c) for c in contexts)}: MXNet's float16 AMP has no CPU kernels. "
-            f'Use precision float32, or give the trial a GPU (gpus_per_trial).'
+            'Use precision float32, or train on a GPU.'
         )
 
 

@@ -178,7 +178,7 @@ def check_precision(recipe: Recipe, device: torch.device) -> None:
         raise UnsupportedRecipe(
             f'precision {recipe.precision} needs a GPU, but this trial '
             f'runs on {device}: mixed precision is refused on CPUs. Use '
-            'precision float32, or give the trial a GPU (gpus_per_trial).'
+            'precision float32, or train on a GPU.'
         )
     if recipe.precision == 'amp_bfloat16' and not torch.cuda.is_bf16_supported():
         raise UnsupportedRecipe(
