@@ -306,7 +306,9 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
         )
     problems = _problems_before_training(loaded, args, only, planned, identity)
     if not problems:
-        print(format_estimate(_estimate(loaded, args, planned, identity)))
+        # With --fresh the run trains every planned trial again from its first epoch.
+        to_train = [started_over(p) for p in planned] if args.fresh else planned
+        print(format_estimate(_estimate(loaded, args, to_train, identity)))
     for line in describe_tracking(loaded):
         print(line)
     print(
@@ -316,6 +318,17 @@ def _dry_run(loaded: LoadedSweep, args: argparse.Namespace, only: dict | None) -
     if problems:
         raise problems
     return 0
+
+
+def started_over(record: TrialRecord) -> TrialRecord:
+    """The trial as --fresh leaves it: nothing stored, all to train."""
+    import dataclasses
+
+    from bench.store import PENDING
+
+    return dataclasses.replace(
+        record, status=PENDING, epochs_done=0, error=None, problems=(), final=None
+    )
 
 
 def _print_header(loaded: LoadedSweep, data_label: str) -> None:

@@ -301,11 +301,13 @@ def main(argv=None):
         vanilla = rates.get((row['model'], 'none', row['precision'], row['compile']))
         row['vs_vanilla'] = row['img_s'] / vanilla if vanilla else None
     sharing = {}
+    # On the CPU the trials share its cores: said so, since the numbers differ in kind.
+    shared = 'the CPU' if args.device == 'cpu' else 'the card'
     for count in args.sharing:
         sharing[count] = sharing_rates(count, args.device, args.batch_size, args.sharing_seconds)
         per_hour = sharing[count] * 3600 / trial_images()
         print(
-            f'{count} trial(s) sharing the card: {sharing[count]:.0f} img/s in total, '
+            f'{count} trial(s) sharing {shared}: {sharing[count]:.0f} img/s in total, '
             f'{per_hour:.2f} full-recipe ResNet-20 SE trials per hour',
             flush=True,
         )
@@ -314,7 +316,7 @@ def main(argv=None):
         hours, gain = projection
         print(
             f'projected full table (16 trials, float32 eager, {gain:.2f}x from sharing): '
-            f'{hours:.1f} hours on this card',
+            f'{hours:.1f} hours on this {shared.removeprefix("the ")}',
             flush=True,
         )
     if skipped:

@@ -106,6 +106,7 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     )
     text = capsys.readouterr().out
     assert 'device: gluon on cpu(0); torch on cpu' in text and 'vs gluon' in text
+    assert 'note: 2 timed batch(es) in 2 round(s) check that everything runs' in text
     import json
 
     written = json.loads(out.read_text())
@@ -444,3 +445,14 @@ def test_mixed_precision_benchmark_is_refused_on_the_cpu(capsys, monkeypatch):
         main(['--precision', 'amp_float16', '--num-gpus', '0'])
     assert exit_code.value.code == 2
     assert 'amp_float16 needs GPUs' in capsys.readouterr().err
+
+
+def test_a_ratio_of_few_timed_batches_is_said_to_be_noise():
+    from bench.benchmark.cli import too_few_batches
+
+    assert too_few_batches({'timed_batches': 40, 'rounds': 8}) is None
+    assert too_few_batches({'timed_batches': 20, 'rounds': 5}) is None  # the defaults
+    for timed, rounds in ((1, 1), (40, 2), (8, 8)):
+        note = too_few_batches({'timed_batches': timed, 'rounds': rounds})
+        assert note.startswith(f'note: {timed} timed batch(es) in {rounds} round(s)')
+        assert '--batches 40 --rounds 8' in note

@@ -141,7 +141,7 @@ def test_the_script_runs_on_the_cpu_and_writes_its_numbers(tmp_path):
     fused = ' + fused attention CPU kernels' if torch_kernel_status().loaded else ''
     assert ran['eca'] == f'torch {torch.__version__}{fused}'
     assert set(result['sharing_img_s']) == {'1', '2'}
-    assert '2 trial(s) sharing the card' in done.stdout
+    assert '2 trial(s) sharing the CPU' in done.stdout and 'the card' not in done.stdout
     assert done.stdout.startswith(f'cpu, PyTorch {torch.__version__}, batch 16')
     assert 'left out on the cpu: amp_bfloat16 (mixed precision runs on GPUs only)' in done.stdout
 

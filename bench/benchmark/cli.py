@@ -223,6 +223,9 @@ def run(args: argparse.Namespace, threads: int) -> int:
         'malloc': malloc,
     }
     print(header_line(settings), flush=True)
+    few = too_few_batches(settings)
+    if few:
+        print(few, flush=True)
     rows = benchmark(
         args.models,
         args.attentions,
@@ -291,6 +294,22 @@ def header_line(settings: dict[str, Any]) -> str:
         f'{settings["precision"]}{torch_step}, {settings["timed_batches"]} timed batches '
         f'in {settings["rounds"]} rounds, OMP_NUM_THREADS={threads}, '
         f'{settings["dataloader_workers"]} DataLoader workers, malloc {settings["malloc"]}'
+    )
+
+
+# Below these, a ratio measures the machine's noise more than the steps (docs/backends.md
+# tables: 40 batches in 8 rounds, and still a few points of spread between runs).
+FEW_TIMED_BATCHES, FEW_ROUNDS = 16, 4
+
+
+def too_few_batches(settings: dict[str, Any]) -> str | None:
+    """A warning where the timed batches are too few for their ratios to mean much."""
+    if settings['timed_batches'] >= FEW_TIMED_BATCHES and settings['rounds'] >= FEW_ROUNDS:
+        return None
+    return (
+        f'note: {settings["timed_batches"]} timed batch(es) in {settings["rounds"]} '
+        'round(s) check that everything runs; their ratios are mostly noise. For numbers '
+        'to compare, time 40 batches or more in 8 rounds (--batches 40 --rounds 8).'
     )
 
 
