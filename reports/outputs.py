@@ -66,21 +66,35 @@ def _head(path: str | Path, size: int = 4096) -> bytes:
 
 def store_reference(store_dir: str | Path, output: str | Path) -> str:
     """How an output names the store it shows: the store's path from the output's folder
-    (a checkout moved as a whole keeps it), percent-quoted so that it is one word that
-    no HTML attribute, comment or PNG text chunk can be broken out of."""
-    relative = os.path.relpath(Path(store_dir).resolve(), Path(output).resolve().parent)
-    return quote(Path(relative).as_posix(), safe='/-._~')
+    (a checkout moved as a whole keeps it), as given, not through links (a results folder
+    linked to another disk keeps it too), percent-quoted so that it is one word that no
+    HTML attribute, comment or PNG text chunk can be broken out of."""
+    relative = os.path.relpath(os.path.abspath(store_dir), os.path.dirname(os.path.abspath(output)))
+    return quote(Path(relative).as_posix(), safe='/-._~', errors='surrogateescape')
+
+
+# A crafted reference is quoted in a message up to this many characters.
+_REFERENCE_LIMIT = 200
 
 
 def _other_store(reference: str | None, output: Path, store_dir: str | Path | None) -> str | None:
     """The store that `reference`, read from `output`, names, where that is not
-    `store_dir`, as one line for a message; None where it names none or this one."""
+    `store_dir`, described for a message; None where it names none or this one."""
     if reference is None or store_dir is None:
         return None
-    named = os.path.normpath(output.resolve().parent / unquote(reference))
-    if Path(named) == Path(store_dir).resolve():
-        return None
-    return one_line(named)
+    named = Path(os.path.dirname(os.path.abspath(output))) / unquote(
+        reference, errors='surrogateescape'
+    )
+    try:
+        if named.resolve() == Path(store_dir).resolve():
+            return None
+        there = named.resolve().is_dir()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a loop of links
+        there = False
+    text = one_line(os.path.normpath(named))
+    if len(text) > _REFERENCE_LIMIT:
+        text = text[: _REFERENCE_LIMIT - 3] + '...'
+    return text if there else f'{text}, which is not there any more: moved or renamed?'
 
 
 def report_store(path: str | Path) -> str | None:
@@ -227,7 +241,7 @@ def _report_problems(report: Path, store_dir: str | Path | None, name: str) -> l
     if other is not None:
         return [
             f'{name} is {report}, the report of another store ({other}); choose another '
-            "path for this sweep's report, or move that file away"
+            'path for this report, or move that file away'
         ]
     return []
 
@@ -281,7 +295,7 @@ def _figures_problems(
         elif other := figure_of_another_store(path, store_dir):
             problems.append(
                 f'{path} is a figure of another store ({other}), which the reports would '
-                f'replace; point {name} at a folder of its own'
+                f'replace; point {name} at a folder of its own, or move that figure away'
             )
     return problems
 

@@ -530,7 +530,7 @@ def test_tunes_wrapping_of_a_failed_write_is_unwrapped_for_the_message():
         (['--lr-decay-epoch', '8,0'], '--lr-decay-epoch (value 2): Input should be greater'),
         (['--mode', 'imperative', '--backend', 'torch'], 'the torch backend has no such mode'),
         (['--compile'], '--compile is an option of --backend torch'),
-        (['--precision', 'amp_bfloat16'], 'error: precision must be one of float32, amp_'),
+        (['--precision', 'amp_bfloat16'], '--precision amp_bfloat16 runs with --backend torch'),
         (['--seed', '-1'], 'argument --seed: expected 0 to 2147483647, got -1'),
         (['--model', 'cifar_resnet60000002_v1'], '8 <= depth <= 1202'),
         (['--lr-decay-epoch', '8,x'], '--lr-decay-epoch takes comma-separated whole numbers'),
@@ -958,6 +958,75 @@ def test_outputs_showing_another_store_are_refused_not_replaced(sweep, tmp_path,
         )
     (moved / 'README.md').write_bytes(ours[tmp_path / 'README.md'])
     assert run(['--config', str(moved / path.name), '--report-only'], capsys)[0] == 0
+
+
+def test_outputs_keep_their_store_through_links_and_odd_names(tmp_path):
+    """A results folder moved to another disk and linked back, or linked from the start
+    and the checkout moved, still owns its outputs; a store named by undecodable bytes is
+    quoted, not a traceback; a crafted reference is quoted in a bounded message; a store
+    that is gone is said to be gone."""
+    import shutil
+
+    from reports import BEGIN, END, render_all
+    from reports.outputs import output_problems
+
+    from .store_helpers import add_trial, record_sweep
+
+    def make_store(root):
+        store = ResultsStore(root)
+        add_trial(store, 'cifar_resnet20_v1', 'none', 0, train_loss=0.1, val_acc=0.9)
+        record_sweep(store, ['cifar_resnet20_v1'], ['none'])
+        return store.root
+
+    checkout = tmp_path / 'checkout'
+    store = make_store(checkout / 'results' / 'sweep')
+    readme, report = checkout / 'README.md', checkout / 'report.html'
+    readme.write_text(f'{BEGIN}\n{END}\n')
+    outputs = {'readme': readme, 'report_path': report, 'figures_dir': checkout / 'figures'}
+    render_all(store, **outputs)
+    # The results folder moved to a bigger disk and linked back.
+    shutil.move(checkout / 'results', tmp_path / 'disk')
+    (checkout / 'results').symlink_to(tmp_path / 'disk')
+    render_all(store, **outputs)
+    # Then the whole checkout moved elsewhere, its link with it.
+    moved = tmp_path / 'deeper' / 'checkout'
+    moved.parent.mkdir()
+    shutil.move(checkout, moved)
+    moved_outputs = {key: moved / path.relative_to(checkout) for key, path in outputs.items()}
+    render_all(moved / 'results' / 'sweep', **moved_outputs)
+
+    odd = make_store(tmp_path / 'w\udcff' / 'sweep')  # a folder name of bytes not UTF-8
+    odd_readme = tmp_path / 'odd.md'
+    odd_readme.write_text(f'{BEGIN}\n{END}\n')
+    for _ in range(2):  # written, then read back as its own
+        render_all(odd, readme=odd_readme, figures_dir=odd.parent / 'figures', figures=False)
+    assert 'from the store w%FF/sweep;' in odd_readme.read_text()
+
+    crafted = tmp_path / 'crafted.md'
+    crafted.write_text(
+        BEGIN.replace('run_sweep.py;', f'run_sweep.py from the store {"x" * 10**5};') + f'\n{END}\n'
+    )
+    (problem,) = output_problems(readme=crafted, store_dir=store)
+    assert len(problem) < 700 and 'which is not there any more: moved or renamed?' in problem
+
+
+def test_the_repository_readme_belongs_to_the_sweep_file_beside_it(capsys):
+    from reports.outputs import store_reference
+    from reports.readme import block_owner
+
+    root = Path(__file__).parents[1]
+    owner = block_owner((root / 'README.md').read_text())
+    assert owner == store_reference(load_config(root / 'sweep.yaml').store_dir, root / 'README.md')
+    code, out, err = run(
+        [
+            '--config',
+            str(root / 'sweeps' / 'demo.yaml'),
+            '--dry-run',
+            'outputs.readme=../README.md',
+        ],
+        capsys,
+    )
+    assert code == 2 and 'whose results block shows another store' in err, err
 
 
 def test_a_sweep_file_that_is_a_device_is_refused(capsys):
