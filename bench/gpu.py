@@ -306,7 +306,16 @@ SWEEP_ASK = GpuAsk(
     'recipe: {backend: torch}; sweeps/original-table-torch.yaml is the original table '
     'so, or the override recipe.backend=torch',
 )
-TOOL_ASK = GpuAsk('GPUs are asked for (--num-gpus)', 'pass --num-gpus 0', '--backend torch')
+
+
+def tool_ask(num_gpus: int | None) -> GpuAsk:
+    """How a tool's --num-gpus asked for GPUs (None: the default, every visible one)."""
+    asked = (
+        f'--num-gpus {num_gpus} asks for GPUs'
+        if num_gpus is not None
+        else 'the GPUs visible here are used (every one unless --num-gpus says otherwise)'
+    )
+    return GpuAsk(asked, 'pass --num-gpus 0', '--backend torch')
 
 
 def unsupported_message(gpu: GPU, ask: GpuAsk = SWEEP_ASK) -> str:
@@ -446,6 +455,7 @@ def check_local_gpus(
     cards cannot run the backend, before the framework touches one; for gluon, the
     fusion setting the driver allows (see gluon_fusion_setting), which is returned."""
     cards = visible_gpus(physical_gpus())
+    ask = tool_ask(num_gpus)
     if num_gpus is None:
         if backend == 'gluon':
             from models.cuda_runtime import gpu_build_installed
@@ -462,7 +472,7 @@ def check_local_gpus(
         gpu_build=gpu_build,
         backend=backend,
         torch_arches=torch_arches,
-        ask=TOOL_ASK,
+        ask=ask,
     )
     return gluon_fusion_setting(driver_cuda_version()).why if backend == 'gluon' else None
 

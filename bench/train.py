@@ -43,6 +43,7 @@ from bench.trial.recipe import (
     Recipe,
     RecipeError,
     TrialSpec,
+    precision_problem,
 )
 from bench.trial.threads import available_cpus, pin_cpus, trial_threads
 from models.names import UnknownNameError, parse_model_name
@@ -221,6 +222,9 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
             '--mode imperative runs the gluon network without hybridizing it; the torch '
             'backend has no such mode (it runs eagerly, or compiled with --compile)'
         )
+    precision = precision_problem(args.precision, args.backend, flags=True)
+    if precision:
+        raise BadArguments(precision)
     if args.compile and args.backend != 'torch':
         raise BadArguments(
             '--compile is an option of --backend torch (torch.compile); the gluon backend '

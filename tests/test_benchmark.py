@@ -129,6 +129,11 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(['--backend', 'torch', '--precision', 'amp_bfloat16', '--num-gpus', '0'])
     assert 'amp_bfloat16 needs a GPU' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['--backend', 'both', '--precision', 'amp_bfloat16', '--num-gpus', '0'])
+    err = capsys.readouterr().err
+    assert '--precision amp_bfloat16 runs with --backend torch, not gluon' in err
+    assert 'recipe' not in err
 
 
 def test_the_reference_step_differentiates_its_attentions_by_autograd(monkeypatch):

@@ -33,7 +33,14 @@ from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
 from bench.trial.host_memory import keep_freed_memory_for_reuse
 from bench.trial.loop import missing_framework
-from bench.trial.recipe import BACKENDS, MAX_BATCH_SIZE, PRECISIONS, Recipe, TrialSpec
+from bench.trial.recipe import (
+    BACKENDS,
+    MAX_BATCH_SIZE,
+    PRECISIONS,
+    Recipe,
+    TrialSpec,
+    precision_problem,
+)
 from bench.trial.threads import KEEP_DEFAULT_ENV, use_cpus
 from models.names import VARIANTS
 from models.registry import registered
@@ -325,6 +332,11 @@ def argument_problems(args: argparse.Namespace) -> list[str]:
             if not any(spec.backend_problem(backend) for backend in backends)
         ]
     problems += network_name_problems(args.models, args.attentions, backends, backend_flag=True)
+    problems += [
+        problem
+        for backend in backends
+        if (problem := precision_problem(args.precision, backend, flags=True))
+    ]
     if args.compile and args.backend == 'gluon':
         # Else the table would be Gluon's alone, read as a compiled run.
         problems.append(

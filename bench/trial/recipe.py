@@ -29,6 +29,26 @@ BACKENDS = ('gluon', 'torch')
 # weights and dynamic loss scaling (both backends), or bfloat16 (PyTorch only).
 PRECISIONS = ('float32', 'amp_float16', 'amp_bfloat16')
 BACKEND_PRECISIONS = {'gluon': ('float32', 'amp_float16'), 'torch': PRECISIONS}
+
+
+def precision_problem(precision: str, backend: str, flags: bool = False) -> str | None:
+    """Why `precision` cannot train with `backend` (None: it can), naming the options as
+    the sweep file spells them or, with `flags`, as the tools' flags do."""
+    if precision in BACKEND_PRECISIONS[backend]:
+        return None
+    others = [b for b, precisions in BACKEND_PRECISIONS.items() if precision in precisions]
+    if flags:
+        return (
+            f'--precision {precision} runs with --backend {" or ".join(others)}, not '
+            f'{backend} (whose precisions: {", ".join(BACKEND_PRECISIONS[backend])})'
+        )
+    return (
+        f'precision must be one of {", ".join(BACKEND_PRECISIONS[backend])} with backend '
+        f'{backend}, got {precision!r}'
+        + (f'; {precision} needs backend {" or ".join(others)}' if others else '')
+    )
+
+
 # Options added after results were first stored: at their default they stay out of
 # to_dict, so the trial ids and checkpoints of earlier sweeps remain valid.
 LATER_OPTIONS = {'precision': 'float32', 'backend': 'gluon', 'compile': False, 'tf32': True}
@@ -77,13 +97,9 @@ class Recipe(BaseModel):
     @model_validator(mode='after')
     def _options_fit_the_backend(self) -> Recipe:
         problems = []
-        if self.precision not in BACKEND_PRECISIONS[self.backend]:
-            problems.append(
-                f'precision must be one of '
-                f'{", ".join(BACKEND_PRECISIONS[self.backend])} with backend '
-                f'{self.backend}, got {self.precision!r}'
-                + ('; amp_bfloat16 needs backend torch' if self.precision == 'amp_bfloat16' else '')
-            )
+        precision = precision_problem(self.precision, self.backend)
+        if precision:
+            problems.append(precision)
         if self.compile and self.backend != 'torch':
             problems.append(
                 'compile is an option of backend torch (torch.compile); '
@@ -93,7 +109,8 @@ class Recipe(BaseModel):
             # A second id for the same training: the torch backend has no such switch.
             problems.append(
                 'hybridize is an option of backend gluon (false: its network runs '
-                'imperatively); the torch backend runs eagerly, or compiled with compile'
+                'imperatively); the torch backend runs eagerly, or compiled with compile: '
+                'leave hybridize out of a torch recipe'
             )
         if problems:
             raise ValueError('; '.join(problems))
