@@ -62,16 +62,18 @@ def describe_gpus_and_driver() -> dict[str, str | None]:
     }
 
 
-def describe_environment(
-    folder: str | Path, data_identity: DataIdentity, devices: str
-) -> dict[str, Any]:
+# The checkout of this code: its commit is the one that trains, wherever the sweep file is.
+CODE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def describe_environment(data_identity: DataIdentity, devices: str) -> dict[str, Any]:
     return {
         **describe_gpus_and_driver(),
         'recorded_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
         'python': sys.version.split()[0],
         'platform': platform.platform(),
         'packages': package_versions(),
-        'git_commit': git_commit(folder),
+        'git_commit': git_commit(CODE_ROOT),
         'devices': devices,
         'data': data_identity.to_dict(),
     }

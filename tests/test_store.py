@@ -451,3 +451,24 @@ def test_the_sweep_store_planner_and_reports_run_with_no_deep_learning_framework
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert '2 trials: 1 done, 1 partial, 0 pending, 0 failed' in done.stdout
     assert (sweep.base_dir / 'report.html').is_file()
+
+
+def test_the_environment_records_the_commit_of_the_code_wherever_the_sweep_file_is(
+    tmp_path, monkeypatch
+):
+    """A sweep file kept outside the checkout (the tests', a user's) still records which
+    code trained: the commit of the checkout the code runs from."""
+    import subprocess
+    from pathlib import Path
+
+    from bench.environment import describe_environment
+    from bench.trial.data import DataIdentity
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True)
+    if head.returncode:
+        pytest.skip('the code does not run from a git checkout here')
+    monkeypatch.chdir(tmp_path)  # no repository here
+    identity = DataIdentity('x', False, '0' * 40, 'bin', str(tmp_path), 1, 1)
+    recorded = describe_environment(identity, 'cpu')['git_commit']
+    assert recorded in (head.stdout.strip(), head.stdout.strip() + '-dirty')

@@ -133,7 +133,7 @@ def run_sweep(
     from bench.sweep.tune_trial import StoreCallback, run_trial, start_store_reader
 
     store.write_environment(
-        describe_environment(loaded.base_dir, data.identity, cluster_devices(ray))
+        describe_environment(data.identity, cluster_devices(ray))
     )
     resources = cpu_fallback(config.resources, ray, progress)
     check_trials_fit(ray, resources)
