@@ -57,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(error)
     for path in written:
         print(f'wrote {path}')
+    if args.readme is None:
+        # The README is the sweep file's to name; a store's files never choose a path.
+        print(
+            'no README block written: name the README with --readme, or run '
+            'run_sweep.py --config SWEEP_FILE --report-only, which writes every output '
+            'the sweep file names'
+        )
     return 0
 
 

@@ -22,6 +22,7 @@ from bench.records import (
 )
 from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
 from bench.trial.recipe import Recipe
+from bench.validation import one_line
 from models.registry import ENTRY_POINT_GROUP
 
 from .readme import ReportError
@@ -61,6 +62,13 @@ def load_manifest(store_dir: str | Path) -> dict[str, Any]:
         )
     path = store_dir / MANIFEST_FILE
     if not path.is_file():
+        stores = _stores_inside(store_dir)
+        if stores:
+            # The results folder itself, given where one of its stores was meant.
+            raise ReportError(
+                f'{store_dir} holds the stores of several sweeps, not one; give the folder '
+                f'of one: {", ".join(one_line(str(store)) for store in stores)}'
+            )
         raise ReportError(
             f'{path} is missing, so which stored trials belong to the sweep cannot be told. '
             'Run `python run_sweep.py --config <sweep file> --report-only` once: it records '
@@ -81,6 +89,19 @@ def load_manifest(store_dir: str | Path) -> dict[str, Any]:
             '<sweep file> --report-only`'
         )
     return manifest
+
+
+def _stores_inside(folder: Path, limit: int = 5) -> list[Path]:
+    """A few of the sweep stores directly inside `folder` (not through links)."""
+    try:
+        entries = sorted(folder.iterdir())[:1000]
+    except OSError:
+        return []
+    return [
+        entry
+        for entry in entries
+        if not entry.is_symlink() and entry.is_dir() and (entry / MANIFEST_FILE).is_file()
+    ][:limit]
 
 
 def _unregistered_attentions(path: Path) -> list[str]:

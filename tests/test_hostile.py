@@ -412,6 +412,18 @@ def test_the_report_commands_given_a_file_or_nothing_say_so(tmp_path, capsys):
             assert 'sweep.json' not in err
     assert readme.read_text() == '# mine\n'
     assert sorted(tmp_path.iterdir()) == [readme, tmp_path / 'gone']
+    # The results folder itself, where one of its stores was meant.
+    from .store_helpers import add_trial, record_sweep
+
+    store = ResultsStore(tmp_path / 'results' / 'demo')
+    add_trial(store, 'cifar_resnet20_v1', 'none', 0, train_loss=0.1, val_acc=0.9)
+    record_sweep(store, ['cifar_resnet20_v1'], ['none'])
+    assert reports_main([str(tmp_path / 'results')]) == 2
+    assert f'holds the stores of several sweeps, not one; give the folder of one: {store.root}' in (
+        capsys.readouterr().err
+    )
+    assert reports_main([str(store.root), '--no-overhead']) == 0
+    assert 'no README block written: name the README with --readme' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('content', ['', 'garbage', '{"host": null}', '[1]'])

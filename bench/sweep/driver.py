@@ -132,9 +132,7 @@ def run_sweep(
     from bench.environment import describe_environment
     from bench.sweep.tune_trial import StoreCallback, run_trial, start_store_reader
 
-    store.write_environment(
-        describe_environment(data.identity, cluster_devices(ray))
-    )
+    store.write_environment(describe_environment(data.identity, cluster_devices(ray)))
     resources = cpu_fallback(config.resources, ray, progress)
     check_trials_fit(ray, resources)
     if resources.gpus_per_trial:
