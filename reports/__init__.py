@@ -110,7 +110,10 @@ def _title_and_caption(
     )
     recipes = sorted(set(trials['recipe']))
     recipe = json.loads(recipes[0]) if len(recipes) == 1 else None
-    parts = [f'{context["finished"]} of {context["total"]} trials finished']
+    parts = [
+        f'{context["finished"]} of {context["total"]} trials finished'
+        + (f', {context["failed"]} failed' if context['failed'] else '')
+    ]
     if (manifest or {}).get('overrides'):
         # A sweep given overrides on the command line is not its file's sweep: say so.
         parts.append(
@@ -151,6 +154,11 @@ def _title_and_caption(
             notes.append(SPEED_NOTE)
     if any(cell['text'] == 'TBA' for row in context['rows'] for cell in row['cells']):
         notes.append('TBA: not trained yet')
+    if any(cell['text'] == 'failed' for row in context['rows'] for cell in row['cells']):
+        notes.append(
+            'failed: every trial of the cell failed; report.html lists their errors, and '
+            'run_sweep.py --retry-failed trains them again'
+        )
     return title, _sentences(parts), [_sentences([note]) for note in notes]
 
 

@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from bench.store import DONE, LOWER_IS_BETTER, METRIC_LABELS
+from bench.store import DONE, FAILED, LOWER_IS_BETTER, METRIC_LABELS
 from bench.validation import one_line
 from models.architecture import network_counts
 from models.names import model_sort_key
@@ -196,6 +196,11 @@ def table_context(
         for a in attentions
     ]
     cells_of = cell_statistics(trials, models, attentions, metrics)
+    # A cell whose trials all failed says so: TBA would read as "not trained yet".
+    failed = trials[trials['status'] == FAILED]
+    failed_cells = set(zip(failed['model'], failed['attention'])) - set(
+        zip(done['model'], done['attention'])
+    )
     seeds = {key: cell.values for key, cell in cells_of.items()}
     counts = [len(values) for values in seeds.values() if values]
     common_n = max(set(counts), key=lambda n: (counts.count(n), n)) if counts else 0
@@ -207,7 +212,9 @@ def table_context(
             for metric in metrics:
                 values, summary, gap = cells_of[(model, attention, metric)]
                 cell = {
-                    'text': format_cell(summary, metric, common_n),
+                    'text': 'failed'
+                    if (model, attention) in failed_cells
+                    else format_cell(summary, metric, common_n),
                     'bold': best[metric] == attention,
                     'n': len(values),
                     'beyond_vanilla': bool(gap and gap.significant),
@@ -240,6 +247,7 @@ def table_context(
         'common_n': common_n,
         'uneven_seeds': len(set(counts)) > 1,
         'finished': int(len(done)),
+        'failed': int(len(failed)),
         'total': int(len(trials)),
         'reference': reference and {'name': reference['name'], 'source': reference['source']},
         'reference_rows': reference_rows,

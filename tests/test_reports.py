@@ -294,6 +294,17 @@ def test_failed_trials_show_their_error_in_the_report(tmp_path):
     report = tmp_path / 'r.html'
     render_all(store.root, figures_dir=tmp_path / 'f', report_path=report)
     assert 'loss was nan at epoch 2, batch 7' in report.read_text()
+    # The table says the cell failed, not that it is still to be trained.
+    readme = tmp_path / 'README.md'
+    render_all(store.root, readme=readme, figures_dir=tmp_path / 'f', insert=True)
+    results_row = TableGrid(readme.read_text()).tables[0][-1]
+    assert results_row[0] == 'cifar_resnet20_v1' and float(results_row[1]) > 0
+    assert results_row[3:] == ['failed', 'failed']  # each metric of the failed cell
+    assert 'TBA' not in readme.read_text()
+    assert '1 of 2 trials finished, 1 failed.' in readme.read_text()
+    assert 'Failed: every trial of the cell failed; report.html lists their errors' in (
+        readme.read_text()
+    )
     # pandas 3 reads a text column's missing values as NaN, not None: still no error.
     from reports import _trial_rows
 
