@@ -219,9 +219,9 @@ def _reference_and_marks_parts(context: Mapping[str, Any]) -> list[str]:
         )
     elif context['finished']:
         parts.append(
-            f'Fewer than {MIN_SEEDS} seeds per cell: no difference between cells, or from '
-            f'the published values, is judged (train {MIN_SEEDS} seeds or more to judge), '
-            'so nothing is marked'
+            f'Fewer than {MIN_SEEDS} seeds per cell: no difference between cells'
+            + (', or from the published values,' if context['reference'] else '')
+            + f' is judged (train {MIN_SEEDS} seeds or more to judge), so nothing is marked'
         )
     return parts
 

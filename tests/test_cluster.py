@@ -313,7 +313,7 @@ def test_a_node_that_dies_mid_trial_costs_at_most_the_epoch_in_progress(tmp_path
     assert retried, output[-3000:]
     held = int(retried.group(1))
     resumed = re.search(
-        rf'^\d\d:\d\d:\d\d {re.escape(name)} resumes at epoch (\d+) on node (\S+)',
+        rf'^\d\d:\d\d:\d\d {re.escape(name)} resumes after epoch (\d+) on node (\S+)',
         output,
         flags=re.M,
     )
@@ -406,5 +406,5 @@ def test_without_retries_a_node_loss_is_stored_as_such_and_retry_failed_resumes(
         timeout=400,
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f'{name} resumes at epoch {held} on node' in again.stdout
+    assert f'{name} resumes after epoch {held} on node' in again.stdout
     assert _histories(cluster.results / 'tiny')[name] == list(range(1, epochs + 1))

@@ -273,3 +273,13 @@ def test_networks_the_store_measured_are_not_calibrated_again(tmp_path):
     )
     assert [s.attention for s in todo] == ['se']
     assert len(est.unmeasured([spec()], est.stored_epoch_times([store]), 'gpu: Other', 1000)) == 1
+
+
+def test_fewer_trials_than_room_train_all_at_once():
+    from bench.sweep.estimate import _at_once
+
+    class Room:
+        slots, slots_why = 4, '4 CPUs, 1 per trial'
+
+    assert _at_once(1, Room) == 'all 1 at once (room for 4: 4 CPUs, 1 per trial)'
+    assert _at_once(4, Room) == '4 trial(s) at a time (4 CPUs, 1 per trial)'

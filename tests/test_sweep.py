@@ -342,7 +342,7 @@ def test_tune_restarts_a_crashed_trial_from_its_last_checkpoint(tmp_path, data_r
         for line in lines
     ), lines
     assert any(
-        re.match(r'\d\d:\d\d:\d\d cifar_resnet8_v1-gct-s0 resumes at epoch 1 on node ', line)
+        re.match(r'\d\d:\d\d:\d\d cifar_resnet8_v1-gct-s0 resumes after epoch 1 on node ', line)
         for line in lines
     ), lines
     store = ResultsStore(sweep.store_dir)
@@ -423,7 +423,7 @@ def test_plan_and_reports_agree_after_the_recipe_changes(tmp_path, data_root, lo
     )
     capsys.readouterr()
     assert run_sweep.main(['--config', str(path), '--dry-run']) == 0
-    assert '1 trials: 0 done, 0 partial, 1 pending' in capsys.readouterr().out
+    assert '1 trial: 0 done, 0 partial, 1 pending' in capsys.readouterr().out
     assert run_sweep.main(['--config', str(path), '--report-only']) == 0
     text = readme.read_text()
     assert '0 of 1 trials finished' in text and 'TBA' in text
@@ -431,7 +431,7 @@ def test_plan_and_reports_agree_after_the_recipe_changes(tmp_path, data_root, lo
 
     capsys.readouterr()
     assert run_sweep.main(['--config', str(path)]) == 0
-    assert '1 trials: 1 done, 0 partial, 0 pending' in capsys.readouterr().out
+    assert '1 trial: 1 done, 0 partial, 0 pending' in capsys.readouterr().out
     assert '1 of 1 trials finished' in readme.read_text()
     import pandas as pd
 

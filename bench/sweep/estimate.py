@@ -386,6 +386,13 @@ def _number(value: float) -> str:
     return f'{value:,.0f}' if value >= 100 else f'{value:.3g}'
 
 
+def _at_once(trials: int, estimate: SweepEstimate) -> str:
+    """How many trials train at once: the slots, or all of them where they are fewer."""
+    if trials < estimate.slots:
+        return f'all {trials} at once (room for {estimate.slots}: {estimate.slots_why})'
+    return f'{estimate.slots} trial(s) at a time ({estimate.slots_why})'
+
+
 def format_estimate(estimate: SweepEstimate) -> str:
     """The estimate's lines: each trial still to train, then the sweep."""
     if not estimate.trials:
@@ -419,8 +426,7 @@ def format_estimate(estimate: SweepEstimate) -> str:
     lines.append(
         f'{len(known)} trial(s) to train: {hours[0]} {unit}-hours ({hours[1]}-'
         f'{hours[2]}); wall time about {duration(walls[0])} ({duration(walls[1])}-'
-        f'{duration(walls[2])}) with {estimate.slots} trial(s) at a time '
-        f'({estimate.slots_why})'
+        f'{duration(walls[2])}) with {_at_once(len(estimate.trials), estimate)}'
     )
     if unknown:
         lines.append(f'{unknown} trial(s) without an estimate are not counted: run with --estimate')

@@ -307,7 +307,8 @@ def format_plan(
         for s in (DONE, PARTIAL, PENDING, FAILED, DAMAGED)
     }
     lines.append(
-        f'{len(planned)} trials: {counts[DONE]} done, {counts[PARTIAL]} partial, '
+        f'{len(planned)} trial{"" if len(planned) == 1 else "s"}: {counts[DONE]} done, '
+        f'{counts[PARTIAL]} partial, '
         f'{counts[PENDING]} pending, {counts[FAILED]} failed'
         + (f', {counts[DAMAGED]} damaged' if counts[DAMAGED] else '')
     )

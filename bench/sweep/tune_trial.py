@@ -251,7 +251,7 @@ class StoreCallback(tune.Callback):
             self.trackers.trial_started(
                 planned, [r for r in stored if r['epoch'] <= start], self.placement[trial_id]
             )
-            starts = f'resumes at epoch {start}' if start else 'starts'
+            starts = f'resumes after epoch {start}' if start else 'starts'
             self._say(
                 f'{planned.name} {starts}'
                 f' on node {node.get("NodeManagerAddress")} '
