@@ -90,7 +90,7 @@ def test_only_given_twice_selects_either(sweep, capsys):
     ):
         capsys.readouterr()
         assert run_sweep.main(['--config', str(path), '--dry-run', *only]) == 0
-        assert f'{count} trials: ' in capsys.readouterr().out
+        assert f'{count} trial{"s" if count > 1 else ""}: ' in capsys.readouterr().out
 
 
 def test_a_variant_that_would_train_the_files_trials_again_is_refused(sweep, capsys):
