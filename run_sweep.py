@@ -457,6 +457,7 @@ def _estimate(
         stored_epoch_times,
         unmeasured,
     )
+    from bench.sweep.plan import plan
 
     resources = loaded.config.resources
     device = local_trial_device(resources)
@@ -465,6 +466,8 @@ def _estimate(
     # pace (the nodes' devices are not known before their trials start).
     slots = cluster_slots(address, resources) if address else None
     specs = [p.spec for p in planned if p.will_train]
+    # The whole sweep's networks may stand for those --only selects.
+    whole_sweep = plan(loaded, identity)
     stored = stored_epoch_times(
         neighbour_stores(loaded.resolve(loaded.config.outputs.results), loaded.store_dir)
     )
@@ -473,9 +476,18 @@ def _estimate(
     calibration = (
         calibrate(to_time, resources, device)
         if args.estimate and to_time
-        else cached_calibration(device, {network_key(s) for s in specs})
+        else cached_calibration(device, {network_key(p.spec) for p in [*planned, *whole_sweep]})
     )
-    return estimate_sweep(planned, stored, resources, identity, calibration, device, slots)
+    return estimate_sweep(
+        planned,
+        stored,
+        resources,
+        identity,
+        calibration,
+        device,
+        slots,
+        also_known=whole_sweep,
+    )
 
 
 def took_against_estimate(seconds: float, estimate: SweepEstimate) -> str:

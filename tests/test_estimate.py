@@ -95,6 +95,14 @@ def test_a_calibration_and_a_derivation_by_macs(tmp_path):
     ratio = network_counts('cifar_resnet56_v1').macs / network_counts('cifar_resnet20_v1').macs
     assert 3.0 < ratio < 3.2 and derived.seconds == pytest.approx(epoch.seconds * ratio)
     assert derived.high / derived.seconds > epoch.high / epoch.seconds  # a rougher figure
+    # --only leaves the measured network out of the plan: the sweep's others still count.
+    only_large = est.estimate_sweep(
+        planned(large), {}, RESOURCES, IDENTITY,
+        calibration={est.network_key(small): calibration}, device=DEVICE, slots=(1, 'one'),
+        also_known=planned(small),
+    )  # fmt: skip
+    assert [t.name for t in only_large.trials] == [large.name]
+    assert only_large.trials[0].epoch == derived
 
 
 def test_without_measurements_the_estimate_says_how_to_get_one(tmp_path):

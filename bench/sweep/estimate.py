@@ -307,19 +307,22 @@ def estimate_sweep(
     calibration: Mapping[str, Mapping[str, Any]] | None = None,
     device: str | None = None,
     slots: tuple[int, str] | None = None,
+    also_known: Sequence[TrialRecord] = (),
 ) -> SweepEstimate:
     """The estimate of the trials of `planned` still to train, from the `stored` epoch
     times (stored_epoch_times of the sweep's store and its neighbours': the same network
     on the same device is the same measurement), on `device` (default: a trial's device
     on this machine) with `slots` trials at a time (default: what this machine's
-    resources allow)."""
+    resources allow). `also_known`: trials of the sweep outside `planned` (an --only
+    leaves them out) whose networks' times may still stand for those planned."""
     device = device or local_trial_device(resources)
     slots = slots or local_slots(resources)
     calibration = calibration or {}
     train_images = int(data_identity.get('train_images') or 0)
     test_images = int(data_identity.get('test_images') or 0)
     epochs: dict[str, EpochTime] = {}
-    for record in planned:
+    known_from = [*planned, *also_known]
+    for record in known_from:
         key = network_key(record.spec)
         if key in epochs:
             continue
@@ -333,7 +336,7 @@ def estimate_sweep(
     for record in planned:  # the rest from a known network of the same backend and device
         key = network_key(record.spec)
         if key not in epochs:
-            derived = _derived(record.spec, epochs, planned)
+            derived = _derived(record.spec, epochs, known_from)
             if derived is not None:
                 epochs[key] = derived
     trials = [
