@@ -466,8 +466,8 @@ def _estimate(
     # pace (the nodes' devices are not known before their trials start).
     slots = cluster_slots(address, resources) if address else None
     specs = [p.spec for p in planned if p.will_train]
-    # The whole sweep's networks may stand for those --only selects.
-    whole_sweep = plan(loaded, identity)
+    # Under --only, the networks of the whole sweep may stand for those it selects.
+    whole_sweep = plan(loaded, identity) if args.only else []
     stored = stored_epoch_times(
         neighbour_stores(loaded.resolve(loaded.config.outputs.results), loaded.store_dir)
     )

@@ -68,10 +68,14 @@ def spreadsheet_text(value: object) -> object:
     return value
 
 
+def bounded(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` cut to at most `limit` characters, the cut marked with '...'."""
+    return text if len(text) <= limit else text[: limit - 3] + '...'
+
+
 def bounded_repr(value: object, limit: int = QUOTE_LIMIT) -> str:
     """repr(value), cut to at most `limit` characters whatever the value's size."""
-    text = without_secrets(_quote.repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + '...'
+    return bounded(without_secrets(_quote.repr(value)), limit)
 
 
 def describe_error(

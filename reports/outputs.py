@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from bench.validation import one_line
+from bench.validation import bounded, one_line
 
 from .readme import BEGIN, ReportError, check_readme
 
@@ -86,14 +86,13 @@ def _other_store(reference: str | None, output: Path, store_dir: str | Path | No
         reference, errors='surrogateescape'
     )
     try:
-        if named.resolve() == Path(store_dir).resolve():
+        resolved = named.resolve()
+        if resolved == Path(store_dir).resolve():
             return None
-        there = named.resolve().is_dir()
+        there = resolved.is_dir()
     except (OSError, ValueError, RuntimeError):  # a NUL byte, a loop of links
         there = False
-    text = one_line(os.path.normpath(named))
-    if len(text) > _REFERENCE_LIMIT:
-        text = text[: _REFERENCE_LIMIT - 3] + '...'
+    text = bounded(one_line(os.path.normpath(named)), _REFERENCE_LIMIT)
     return text if there else f'{text}, which is not there any more: moved or renamed?'
 
 
