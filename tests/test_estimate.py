@@ -172,7 +172,6 @@ def test_a_run_records_its_device_and_the_next_estimate_rests_on_its_epochs(
     tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-    monkeypatch.setenv('RAY_AUTH_MODE', 'disabled')
     write_tiny_data(tmp_path / 'data')
     path = write_sweep(tmp_path, tmp_path / 'data', models=['cifar_resnet8_v1'],
                        attentions=['none'], epochs=2)  # fmt: skip

@@ -597,3 +597,24 @@ def test_an_unreachable_mlflow_is_one_warning_and_the_sweep_finishes(tmp_path, c
         warnings[0],
     )
     assert '1 finished, 0 failed' in out
+
+
+def test_a_worker_ray_lost_before_it_started_is_not_blamed_on_a_node(tmp_path):
+    """Ray's 'actor died' where the trial never reported its start: there is no node to
+    name (it read 'on node None'), only Ray's own reason."""
+    sweep, identity, store = tracked_sweep(tmp_path, False)
+    store.root.mkdir(parents=True)
+    lines = []
+    _, trials, ids = a_run_of_the_driver(sweep, identity, store, lines, tmp_path)
+    trials['none'].fail(
+        'Failure # 1\nThe actor died unexpectedly before finishing this task.\n'
+        '\tclass_name: ImplicitFunc\n'
+        'The actor never ran - it was cancelled before it started running.\n'
+    )
+    error = store.read_error(ids['none'])
+    assert error.startswith(
+        "Ray lost the trial's worker before it started (The actor never ran - it was "
+        'cancelled before it started running.) (epoch 0 is in the store); run again with '
+        '--retry-failed'
+    ), error
+    assert 'None' not in error

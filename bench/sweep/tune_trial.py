@@ -350,12 +350,16 @@ class StoreCallback(tune.Callback):
         lost = self._lost_node(trial_id, wait=wait if unreachable else 0.0)
         if lost:
             return f'node {lost} died while the trial trained there'
+        if unreachable and trial_id not in self.placement:
+            # No start was ever reported: no node to blame, and Ray's own last line
+            # (e.g. 'cancelled before it started running') is the only clue there is.
+            return f"Ray lost the trial's worker before it started ({_last_line(text)})"
         if unreachable:
             return (
                 f"the trial's worker on node {self._node_address(trial_id)} stopped "
                 f'answering (its node died, or lost its connection)'
             )
-        return text.splitlines()[-1][:300] if text else 'the trial failed'
+        return _last_line(text) if text else 'the trial failed'
 
     def on_trial_recover(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -376,7 +380,7 @@ class StoreCallback(tune.Callback):
         if self.ray_lost and self.ray_lost():
             return
         why = self._why(trial_id, trial)
-        if why.startswith(('node ', "the trial's worker on node")):
+        if why.startswith(('node ', "the trial's worker on node", "Ray lost the trial's")):
             epochs = self.store.checkpoint_epoch(trial_id)
             message = (
                 f'{why} (epoch {epochs} is in the store); run again with '
@@ -391,6 +395,10 @@ class StoreCallback(tune.Callback):
         self.store.write_error(trial_id, message, self.store.checkpoint_epoch(trial_id))
         self.trackers.trial_ended(self.planned[trial_id], FAILED, message)
         self._say(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1][:300]
 
 
 def _error_text(trial: Trial) -> str:
