@@ -413,6 +413,9 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
         if outcome.interrupted:
             trackers.sweep_ended(tracking.KILLED)
             print(INTERRUPTED, file=sys.stderr)
+            stale = [] if args.no_report else stale_outputs_hint(loaded, args)
+            for line in stale:
+                print(line, file=sys.stderr)
             return INTERRUPTED_EXIT
         code = _summary(outcome)
         written = [] if args.no_report else render_reports(loaded, insert=args.insert)
@@ -427,6 +430,33 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
         raise
     finally:
         trackers.close()
+
+
+def stale_outputs_hint(loaded: LoadedSweep, args: argparse.Namespace) -> list[str]:
+    """After an interrupted run, which outputs still show the store as the last finished
+    run left it, and the command that renders them from what it holds now."""
+    import shlex
+
+    outputs = loaded.config.outputs
+    named = [
+        what
+        for what, path in (
+            ('the README table', outputs.readme),
+            ('report.html', outputs.report),
+            ('the figures', outputs.figures),
+        )
+        if path is not None and loaded.resolve(path).exists()
+    ]
+    if not named:
+        return []
+    command = shlex.join(
+        ['python', 'run_sweep.py', '--config', args.config, *args.overrides, '--report-only']
+    )
+    shown = ', '.join(named[:-1]) + (' and ' if len(named) > 1 else '') + named[-1]
+    return [
+        f'{shown} still show the store as it was when they were last rendered; '
+        f'`{command}` renders them from what it holds now'
+    ]
 
 
 def _open_trackers(loaded: LoadedSweep, args: argparse.Namespace) -> Trackers:

@@ -224,3 +224,23 @@ def test_overrides_may_stand_between_flags_and_the_plan_asks_what_a_run_asks(
     # No GPU here: a run asks Ray for CPUs alone (the driver's fallback), and so does the plan.
     assert 'gpus_per_trial ignored: trials run on CPUs' in out
     assert 'asks 1 CPU\n' in out and 'GPU\n' not in out.split('devices:')[1]
+
+
+def test_an_interrupted_run_says_which_outputs_are_older_than_the_store(sweep):
+    """Ctrl-C ends a run before it renders: the outputs that exist still show the store as
+    it was, which the run says, with the command that brings them up to date."""
+    import run_sweep
+
+    _, args = run_sweep.parse_args(['--config', str(sweep), 'recipe.epochs=3', '--only', 'none'])
+    loaded = load_config(args.config, args.overrides)
+    assert run_sweep.stale_outputs_hint(loaded, args) == []  # nothing rendered yet
+    report = loaded.resolve(loaded.config.outputs.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text('<html></html>')
+    loaded.resolve(loaded.config.outputs.figures).mkdir(parents=True)
+    (hint,) = run_sweep.stale_outputs_hint(loaded, args)
+    assert hint == (
+        'report.html and the figures still show the store as it was when they were last '
+        f'rendered; `python run_sweep.py --config {sweep} recipe.epochs=3 --report-only` '
+        'renders them from what it holds now'
+    )
