@@ -10,7 +10,9 @@
         spec.json                the trial's spec, name, data identity
         history.csv              one row per finished epoch
         checkpoint/              the latest epoch's checkpoint (copied from Ray's)
-        final.json               present only once the trial finished
+        final.json               present only once the trial finished: its last
+                                 epoch, where it ran, and the environment (packages,
+                                 commit, data) of the run that finished it
         error.json               present when it failed
 
 Every file is written atomically. A trial is done only when final.json was

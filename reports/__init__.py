@@ -6,10 +6,11 @@ Reads only the store's files (pandas); never imports Ray or MXNet.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping, Sequence
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -17,7 +18,7 @@ from markupsafe import Markup
 from bench.fileio import write_text_atomic
 from bench.store import ResultsStore
 from bench.trial.recipe import RecipeError, describe_recipe
-from bench.validation import last_line, one_line
+from bench.validation import bounded, bounded_repr, last_line, one_line
 from models.names import VARIANTS, parse_model_name
 
 from .escape import html_text, markdown_text, markdown_url
@@ -391,7 +392,7 @@ def render_all(
                 )
             ]
             + store.foreign_entries(),
-            environment=_flatten(environment),
+            environments=_environment_sections(trials, environment),
             reference=context['reference'],
             reference_rows=context['reference_rows'],
             recipes=sorted(set(trials['recipe'])),
@@ -437,14 +438,91 @@ def _trial_rows(trials: pd.DataFrame, in_order: bool = False) -> list[dict[str, 
     return rows
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = '') -> list[tuple[str, str]]:
-    """environment.json as (dotted key, value) lines of inert text."""
-    items = []
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            items += _flatten(value, f'{prefix}{key}.')
+# Names listed under an environment's heading before "and N more".
+NAMES_LISTED = 8
+
+
+def _names(names: Sequence[str]) -> str:
+    listed = ', '.join(one_line(n) for n in names[:NAMES_LISTED])
+    more = len(names) - NAMES_LISTED
+    return listed + (f' and {more} more' if more > 0 else '')
+
+
+def _environment_sections(
+    trials: pd.DataFrame, last_run: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """report.html's Environment: what the finished trials shown were trained with, one
+    section per distinct environment (each trial keeps its finishing run's), and the last
+    run's (environment.json) where no trial records one of its own."""
+    from bench.store import DONE
+
+    done = trials[trials['status'] == DONE].to_dict('records')
+    groups: dict[str, tuple[Mapping[str, Any], list[str]]] = {}
+    unrecorded = []
+    for trial in done:
+        environment = trial['environment']
+        if not isinstance(environment, dict):
+            unrecorded.append(trial['name'])
+            continue
+        key = json.dumps(environment, sort_keys=True, default=str)
+        groups.setdefault(key, (environment, []))[1].append(trial['name'])
+    sections = []
+    for environment, names in groups.values():
+        if len(groups) == 1 and not unrecorded:
+            title = f'All {len(names)} finished trials shown were trained with:'
         else:
-            items.append((one_line(f'{prefix}{key}'), one_line(value)))
+            title = f'{len(names)} finished trial(s) were trained with this: {_names(names)}'
+        sections.append({'title': title, 'rows': _flatten(environment)})
+    if not groups:
+        recorded = one_line(last_run.get('recorded_at', 'at a time not recorded'))
+        sections.append(
+            {
+                'title': f"The last run's (environment.json, recorded {recorded}); "
+                + (
+                    'the finished trials record none of their own (finished by an earlier '
+                    'version), so they may have been trained with another'
+                    if done
+                    else 'no trial shown has finished yet'
+                ),
+                'rows': _flatten(last_run),
+            }
+        )
+    else:
+        if unrecorded:
+            sections.append(
+                {
+                    'title': f'{len(unrecorded)} finished trial(s) record no environment of '
+                    f'their own (finished by an earlier version): {_names(unrecorded)}',
+                    'rows': [],
+                }
+            )
+        if 'problem' in last_run:  # damage is named wherever it is, not only when shown
+            sections.append({'title': one_line(last_run['problem']), 'rows': []})
+    return sections
+
+
+# Bounds of an environment as report.html lists it: a crafted store's file could nest
+# past Python's recursion limit or hold thousands of keys.
+ENVIRONMENT_ROWS, ENVIRONMENT_DEPTH = 100, 4
+
+
+def _flatten(mapping: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An environment as (dotted key, value) lines of inert text, at most ENVIRONMENT_ROWS
+    of them; what nests deeper than ENVIRONMENT_DEPTH keys is shown as one cut value."""
+
+    def lines(mapping: Mapping[str, Any], prefix: str, depth: int) -> Iterator[tuple[str, str]]:
+        for key, value in mapping.items():
+            if isinstance(value, dict) and depth < ENVIRONMENT_DEPTH:
+                yield from lines(value, f'{prefix}{key}.', depth + 1)
+            else:
+                text = bounded_repr(value) if isinstance(value, (dict, list)) else value
+                yield one_line(bounded(f'{prefix}{key}')), one_line(bounded(str(text)))
+
+    items = list(itertools.islice(lines(mapping, '', 1), ENVIRONMENT_ROWS + 1))
+    if len(items) > ENVIRONMENT_ROWS:
+        items[ENVIRONMENT_ROWS - 1 :] = [
+            ('...', f'more keys than the {ENVIRONMENT_ROWS - 1} listed')
+        ]
     return items
 
 

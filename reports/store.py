@@ -29,20 +29,31 @@ from .readme import ReportError
 
 # Beyond results.csv's columns (bench.store.TRIAL_COLUMNS): where each finished trial
 # ran, from its final.json, so speeds are compared on one kind of device only.
-REPORT_COLUMNS = (*TRIAL_COLUMNS, 'device_kind')
+REPORT_COLUMNS = (*TRIAL_COLUMNS, 'device_kind', 'environment')
 
 
 def load_trials(store_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """One row per stored trial (see bench.store.ResultsStore.trial_records): results.csv's
-    columns and the kind of device a finished trial ran on (None where not recorded)."""
+    columns, and the kind of device a finished trial ran on and the environment of the
+    run that finished it (None where not recorded)."""
     records = ResultsStore(store_dir).trial_records(manifest)
     return pd.DataFrame(
         [
-            {**record.row(), 'device_kind': (record.final or {}).get('device_kind')}
+            {
+                **record.row(),
+                'device_kind': (record.final or {}).get('device_kind'),
+                'environment': _trained_with((record.final or {}).get('environment')),
+            }
             for record in records
         ],
         columns=REPORT_COLUMNS,
     )
+
+
+def _trained_with(environment: Any) -> dict[str, Any] | None:
+    """The packages, commit and data of the run that finished a trial (final.json's
+    'environment'); None where an earlier version recorded none, or it is not a mapping."""
+    return environment if isinstance(environment, dict) and environment else None
 
 
 def load_manifest(store_dir: str | Path) -> dict[str, Any]:

@@ -182,6 +182,13 @@ def test_a_run_records_its_device_and_the_next_estimate_rests_on_its_epochs(
     (record,) = store.trial_records()
     device = est.local_trial_device(load_config(path).config.resources)
     assert record.final['device_kind'] == device
+    # ...and what it was trained with, kept with the trial (environment.json is the last
+    # run's only).
+    last_run = json.loads((store.root / 'environment.json').read_text())
+    assert record.final['environment'] == {
+        key: value for key, value in last_run.items() if key != 'recorded_at'
+    }
+    assert record.final['environment']['packages']['mxnet'] == '1.9.1'
     # The same network with more epochs: estimated from the stored epoch (the first
     # epoch is the only other one, so it is used).
     assert run_sweep.main(['--config', str(path), '--dry-run', 'recipe.epochs=5']) == 0

@@ -602,3 +602,79 @@ def test_accuracy_against_what_each_attention_adds(tmp_path):
     assert 'MACs added to vanilla (%)' == macs_axis.get_xlabel()
     assert MACS['se'] > MACS['none']
     assert params_axis.get_title().startswith('cifar_resnet20_v1 (accuracy axis from ')
+
+
+def _environment_part(report):
+    """report.html's Environment section: (paragraphs, tables), as text."""
+    import html as html_module
+    import re
+
+    part = report.read_text().split('<h2>Environment</h2>')[1].split('<h2>Recipe</h2>')[0]
+    paragraphs = [html_module.unescape(p) for p in re.findall(r'<p>(.*?)</p>', part, re.S)]
+    return paragraphs, TableGrid(part).tables, part
+
+
+def test_report_shows_the_environment_each_finished_trial_was_trained_with(tmp_path):
+    """environment.json is the last run's only: a store's trials may have been finished by
+    several runs (another commit, other packages), and each keeps its own."""
+    store = ResultsStore(tmp_path / 'store')
+    ids = {a: add_trial(store, 'cifar_resnet20_v1', a, 0, 0.04, 0.91) for a in ATTENTIONS[:3]}
+    add_trial(store, 'cifar_resnet20_v1', 'gct', 0)  # not trained yet
+    record_sweep(store, ['cifar_resnet20_v1'], ATTENTIONS)
+    (store.root / 'environment.json').write_text(
+        json.dumps({'git_commit': 'c3', 'recorded_at': '2026-12-02T10:00:00+0000'})
+    )
+    report = tmp_path / 'r.html'
+
+    def trained_with(attention, environment):
+        final = store.trial_dir(ids[attention]) / 'final.json'
+        final.write_text(json.dumps(dict(json.loads(final.read_text()), environment=environment)))
+
+    def environment_part():
+        render_all(store.root, report_path=report, figures=False)
+        return _environment_part(report)
+
+    # Trials of an earlier version record none: the last run's is shown, said as such.
+    paragraphs, tables, _ = environment_part()
+    assert paragraphs == [
+        "The last run's (environment.json, recorded 2026-12-02T10:00:00+0000); the finished "
+        'trials record none of their own (finished by an earlier version), so they may have '
+        'been trained with another'
+    ]
+    assert ['git_commit', 'c3'] in tables[0]
+
+    first = {'git_commit': 'c1', 'packages': {'mxnet': '1.9.1'}}
+    for attention in ATTENTIONS[:3]:
+        trained_with(attention, first)
+    paragraphs, tables, _ = environment_part()
+    assert paragraphs == ['All 3 finished trials shown were trained with:']
+    assert tables == [[['git_commit', 'c1'], ['packages.mxnet', '1.9.1']]]
+
+    # One trial finished by a later run, one by an earlier version.
+    trained_with('eca', {'git_commit': 'c2', 'devices': '<b>2 CPUs</b>'})
+    trained_with('se', None)
+    paragraphs, tables, part = environment_part()
+    assert paragraphs == [
+        '1 finished trial(s) were trained with this: cifar_resnet20_v1-none-s0',
+        '1 finished trial(s) were trained with this: cifar_resnet20_v1-eca-s0',
+        '1 finished trial(s) record no environment of their own (finished by an earlier '
+        'version): cifar_resnet20_v1-se-s0',
+    ]
+    assert tables == [
+        [['git_commit', 'c1'], ['packages.mxnet', '1.9.1']],
+        [['git_commit', 'c2'], ['devices', '<b>2 CPUs</b>']],
+    ]
+    assert '<b>' not in part  # text, not markup
+
+    # A crafted final.json: nested past any reasonable depth, thousands of keys; and a
+    # damaged environment.json is named although no trial is shown with it.
+    deep = {}
+    for _ in range(600):
+        deep = {'k': deep}
+    trained_with('eca', {'deep': deep, **{f'key{i}': i for i in range(5000)}})
+    (store.root / 'environment.json').write_text('{"cut')
+    paragraphs, tables, _ = environment_part()
+    rows = tables[1]
+    assert len(rows) == 100 and rows[0][0] == 'deep.k.k.k' and '{...}' in rows[0][1]
+    assert rows[-1] == ['...', 'more keys than the 99 listed']
+    assert paragraphs[-1].startswith(f'{store.root / "environment.json"}: not valid JSON')

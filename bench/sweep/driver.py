@@ -132,7 +132,8 @@ def run_sweep(
     from bench.environment import describe_environment
     from bench.sweep.tune_trial import StoreCallback, run_trial, start_store_reader
 
-    store.write_environment(describe_environment(data.identity, cluster_devices(ray)))
+    environment = describe_environment(data.identity, cluster_devices(ray))
+    store.write_environment(environment)
     resources = cpu_fallback(config.resources, ray, progress)
     check_trials_fit(ray, resources)
     if resources.gpus_per_trial:
@@ -160,6 +161,7 @@ def run_sweep(
         max_failures=resources.max_failures,
         nodes=lambda: {n['NodeID']: n for n in ray.nodes()},
         trackers=trackers,
+        environment=environment,
     )
     run_name = f'{config.name}-{time.strftime("%Y%m%d-%H%M%S")}'
     tuner = tune.Tuner(

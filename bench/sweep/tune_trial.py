@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import ray
 from ray import tune
@@ -204,8 +204,17 @@ class StoreCallback(tune.Callback):
         max_failures: int = 0,
         nodes: Callable[[], dict[str, dict[str, Any]]] | None = None,
         trackers: Trackers | None = None,
+        environment: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        # The run's packages, commit and data (bench.environment), kept in each trial it
+        # finishes: environment.json is the last run's only, and a store's trials may
+        # have been finished by several runs.
+        self.environment = (
+            None
+            if environment is None
+            else {k: v for k, v in environment.items() if k != 'recorded_at'}
+        )
         # Live views (TensorBoard, MLflow), fed what the store has just recorded.
         self.trackers = trackers if trackers is not None else Trackers([])
         self.max_failures = max_failures
@@ -319,6 +328,8 @@ class StoreCallback(tune.Callback):
             finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
             **self.placement.get(trial_id, dict.fromkeys(PLACEMENT_KEYS)),
         )
+        if self.environment is not None:
+            final['environment'] = self.environment
         self.store.write_final(trial_id, final)
         self.follow.finished(trial_id)
         self.trackers.trial_ended(planned, FINISHED)
