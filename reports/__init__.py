@@ -464,7 +464,10 @@ def _environment_sections(
         if not isinstance(environment, dict):
             unrecorded.append(trial['name'])
             continue
-        key = json.dumps(environment, sort_keys=True, default=str)
+        try:
+            key = json.dumps(environment, sort_keys=True, default=str)
+        except (RecursionError, ValueError):  # a crafted one, nested past the limit
+            key = f'unreadable {trial["trial_id"]}'
         groups.setdefault(key, (environment, []))[1].append(trial['name'])
     sections = []
     for environment, names in groups.values():
