@@ -18,12 +18,19 @@ _OWNED_BEGIN = (
     '<!-- results:begin (written by run_sweep.py from the store {store}; '
     'edits inside are overwritten) -->'
 )
-_OWNER = re.compile(r'<!-- results:begin \(written by run_sweep\.py from the store (\S+);')
+# A README inside its own store refers to it as '.', which reads as a stray dot alone.
+_HERE, _HERE_SAID = '.', ". (this README's folder)"
+_OWNER = re.compile(
+    r'<!-- results:begin \(written by run_sweep\.py from the store (\S+)'
+    rf'(?:{re.escape(_HERE_SAID[1:])})?;'
+)
 
 
 def begin_marker(store: str | None = None) -> str:
     """The begin marker line of a block showing the store `store` refers to."""
-    return BEGIN if store is None else _OWNED_BEGIN.format(store=store)
+    if store is None:
+        return BEGIN
+    return _OWNED_BEGIN.format(store=_HERE_SAID if store == _HERE else store)
 
 
 def block_owner(text: str) -> str | None:

@@ -678,3 +678,14 @@ def test_report_shows_the_environment_each_finished_trial_was_trained_with(tmp_p
     assert len(rows) == 100 and rows[0][0] == 'deep.k.k.k' and '{...}' in rows[0][1]
     assert rows[-1] == ['...', 'more keys than the 99 listed']
     assert paragraphs[-1].startswith(f'{store.root / "environment.json"}: not valid JSON')
+
+
+def test_a_readme_inside_its_store_names_it_in_words_and_older_markers_still_read():
+    from reports.readme import begin_marker, block_owner
+
+    here = begin_marker('.')
+    assert "from the store . (this README's folder); edits inside" in here
+    assert block_owner(here) == '.'
+    assert block_owner(begin_marker('results/demo')) == 'results/demo'
+    older = '<!-- results:begin (written by run_sweep.py from the store .; edits inside are '
+    assert block_owner(older + 'overwritten) -->') == '.'
