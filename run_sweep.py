@@ -433,19 +433,21 @@ def _plan_and_train(loaded: LoadedSweep, args: argparse.Namespace, only: dict | 
 
 
 def stale_outputs_hint(loaded: LoadedSweep, args: argparse.Namespace) -> list[str]:
-    """After an interrupted run, which outputs still show the store as the last finished
-    run left it, and the command that renders them from what it holds now."""
+    """After an interrupted run, the outputs rendered from this store before, which still
+    show it as it was then, and the command that renders them from what it holds now."""
     import shlex
+
+    from reports.outputs import shows_store
 
     outputs = loaded.config.outputs
     named = [
-        what
-        for what, path in (
-            ('the README table', outputs.readme),
-            ('report.html', outputs.report),
-            ('the figures', outputs.figures),
+        what.format(path=_shown_path(loaded.resolve(path)))
+        for kind, what, path in (
+            ('readme', 'the table in {path}', outputs.readme),
+            ('report', '{path}', outputs.report),
+            ('figures', 'the figures in {path}', outputs.figures),
         )
-        if path is not None and loaded.resolve(path).exists()
+        if path is not None and shows_store(loaded.resolve(path), loaded.store_dir, kind)
     ]
     if not named:
         return []
@@ -453,10 +455,19 @@ def stale_outputs_hint(loaded: LoadedSweep, args: argparse.Namespace) -> list[st
         ['python', 'run_sweep.py', '--config', args.config, *args.overrides, '--report-only']
     )
     shown = ', '.join(named[:-1]) + (' and ' if len(named) > 1 else '') + named[-1]
-    return [
-        f'{shown} still show the store as it was when they were last rendered; '
-        f'`{command}` renders them from what it holds now'
-    ]
+    still = (
+        'still shows the store as it was when it was'
+        if len(named) == 1
+        else ('still show the store as it was when they were')
+    )
+    them = 'it' if len(named) == 1 else 'them'
+    return [f'{shown} {still} last rendered; `{command}` renders {them} from what it holds now']
+
+
+def _shown_path(path: Path) -> str:
+    """`path` from the working folder where it lies below it, else whole."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith('..') else Path(relative).as_posix()
 
 
 def _open_trackers(loaded: LoadedSweep, args: argparse.Namespace) -> Trackers:

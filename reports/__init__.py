@@ -429,6 +429,9 @@ def _trial_rows(trials: pd.DataFrame, in_order: bool = False) -> list[dict[str, 
                 'val_acc': number(trial['val_acc']),
                 'train_loss': number(trial['train_loss']),
                 'time': '' if seconds is None or seconds != seconds else f'{seconds:.0f}s',
+                'device': one_line(bounded(str(trial['device_kind'])))
+                if isinstance(trial.get('device_kind'), str)
+                else '',
                 # A missing error is None, or NaN where pandas 3 makes the
                 # column strings: only text is an error.
                 'error': last_line(trial['error']) if isinstance(trial['error'], str) else '',
@@ -448,6 +451,10 @@ def _names(names: Sequence[str]) -> str:
     return listed + (f' and {more} more' if more > 0 else '')
 
 
+def _trials(count: int, finished: str = 'finished ') -> str:
+    return f'{count} {finished}trial' + ('' if count == 1 else 's')
+
+
 def _environment_sections(
     trials: pd.DataFrame, last_run: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
@@ -456,52 +463,80 @@ def _environment_sections(
     run's (environment.json) where no trial records one of its own."""
     from bench.store import DONE
 
-    done = trials[trials['status'] == DONE].to_dict('records')
     groups: dict[str, tuple[Mapping[str, Any], list[str]]] = {}
-    unrecorded = []
-    for trial in done:
+    unrecorded, unreadable = [], []
+    for trial in trials[trials['status'] == DONE].to_dict('records'):
         environment = trial['environment']
-        if not isinstance(environment, dict):
+        if environment is None:
             unrecorded.append(trial['name'])
             continue
         try:
             key = json.dumps(environment, sort_keys=True, default=str)
         except (RecursionError, ValueError):  # a crafted one, nested past the limit
             key = f'unreadable {trial["trial_id"]}'
-        groups.setdefault(key, (environment, []))[1].append(trial['name'])
-    sections = []
-    for environment, names in groups.values():
-        if len(groups) == 1 and not unrecorded:
-            title = f'All {len(names)} finished trials shown were trained with:'
+        if not isinstance(environment, dict):  # reports.store.load_trials: its problem
+            unreadable.append(trial['name'])
         else:
-            title = f'{len(names)} finished trial(s) were trained with this: {_names(names)}'
-        sections.append({'title': title, 'rows': _flatten(environment)})
-    if not groups:
-        recorded = one_line(last_run.get('recorded_at', 'at a time not recorded'))
+            groups.setdefault(key, (environment, []))[1].append(trial['name'])
+    sections = []
+    if groups:
         sections.append(
             {
-                'title': f"The last run's (environment.json, recorded {recorded}); "
-                + (
-                    'the finished trials record none of their own (finished by an earlier '
-                    'version), so they may have been trained with another'
-                    if done
-                    else 'no trial shown has finished yet'
-                ),
-                'rows': _flatten(last_run),
+                'title': 'Each finished trial keeps the environment of the run that finished '
+                "it (a trial resumed by a later run: that run's); packages, GPUs and driver are "
+                "those of the machine that ran run_sweep.py, each trial's device is in its row "
+                'above.',
+                'rows': [],
             }
         )
-    else:
-        if unrecorded:
-            sections.append(
-                {
-                    'title': f'{len(unrecorded)} finished trial(s) record no environment of '
-                    f'their own (finished by an earlier version): {_names(unrecorded)}',
-                    'rows': [],
-                }
+    alone = len(groups) == 1 and not unrecorded and not unreadable
+    for environment, names in groups.values():
+        if alone:
+            title = (
+                'The finished trial shown was trained with:'
+                if len(names) == 1
+                else f'All {len(names)} finished trials shown were trained with:'
             )
-        if 'problem' in last_run:  # damage is named wherever it is, not only when shown
-            sections.append({'title': one_line(last_run['problem']), 'rows': []})
+        else:
+            title = (
+                f'{_trials(len(names))} {"was" if len(names) == 1 else "were"} trained with '
+                f'this: {_names(names)}'
+            )
+        sections.append({'title': title, 'rows': _flatten(environment)})
+    if unreadable:
+        some = _trials(len(unreadable), finished='')
+        sections.append(
+            {
+                'title': f'{some} whose final.json holds an environment that is not what '
+                f'this project writes: {_names(unreadable)}',
+                'rows': [],
+            }
+        )
+    if unrecorded:
+        some = _trials(len(unrecorded), finished='')
+        sections.append(
+            {
+                'title': f'{some} finished by an earlier version, which recorded no '
+                f'environment per trial: {_names(unrecorded)}',
+                'rows': [],
+            }
+        )
+    if not groups:
+        sections.append(_last_run_section(last_run, trained=bool(unrecorded or unreadable)))
+    elif 'problem' in last_run:  # damage is named wherever it is, not only when shown
+        sections.append({'title': one_line(bounded(str(last_run['problem']))), 'rows': []})
     return sections
+
+
+def _last_run_section(last_run: Mapping[str, Any], trained: bool) -> dict[str, Any]:
+    """environment.json, where no trial shown records an environment of its own."""
+    maybe = ' (the finished trials may have been trained with another)' if trained else ''
+    if not last_run:
+        return {'title': f'No run has recorded its environment in this store yet{maybe}.',
+                'rows': []}  # fmt: skip
+    recorded = last_run.get('recorded_at')
+    when = f', recorded {one_line(bounded(str(recorded), 40))}' if recorded else ''
+    return {'title': f"The last run's (environment.json{when}){maybe}:", 'rows': _flatten(last_run)}
 
 
 # Bounds of an environment as report.html lists it: a crafted store's file could nest

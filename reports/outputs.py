@@ -134,6 +134,29 @@ def figure_of_another_store(path: str | Path, store_dir: str | Path | None) -> s
     return _other_store(figure_store(path), Path(path), store_dir)
 
 
+def shows_store(output: str | Path, store_dir: str | Path, kind: str) -> bool:
+    """Whether the output at `output` (kind 'readme', 'report' or 'figures', a folder) was
+    rendered from the store at `store_dir` by a version that names it in its outputs."""
+    from .readme import block_owner
+
+    output = Path(output)
+
+    def names_this_store(reference: str | None, path: Path) -> bool:
+        return reference is not None and _other_store(reference, path, store_dir) is None
+
+    try:
+        if kind == 'readme':
+            text = output.read_text(encoding='utf-8', errors='replace') if output.is_file() else ''
+            return names_this_store(block_owner(text), output)
+        if kind == 'report':
+            return output.is_file() and names_this_store(report_store(output), output)
+        return output.is_dir() and any(
+            names_this_store(figure_store(png), png) for png in output.glob('*.png')
+        )
+    except OSError:
+        return False
+
+
 def is_our_report(path: str | Path) -> bool:
     try:
         head = _head(path).decode('utf-8', errors='replace')

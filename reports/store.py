@@ -22,7 +22,7 @@ from bench.records import (
 )
 from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
 from bench.trial.recipe import Recipe
-from bench.validation import one_line
+from bench.validation import bounded_repr, one_line
 from models.registry import ENTRY_POINT_GROUP
 
 from .readme import ReportError
@@ -50,10 +50,13 @@ def load_trials(store_dir: str | Path, manifest: Mapping[str, Any] | None = None
     )
 
 
-def _trained_with(environment: Any) -> dict[str, Any] | None:
+def _trained_with(environment: Any) -> dict[str, Any] | str | None:
     """The packages, commit and data of the run that finished a trial (final.json's
-    'environment'); None where an earlier version recorded none, or it is not a mapping."""
-    return environment if isinstance(environment, dict) and environment else None
+    'environment'); None where an earlier version recorded none; what it holds instead,
+    said, where that is not what this project writes."""
+    if environment is None or isinstance(environment, dict) and environment:
+        return environment
+    return f'not a table of values ({bounded_repr(environment, 40)})'
 
 
 def load_manifest(store_dir: str | Path) -> dict[str, Any]:

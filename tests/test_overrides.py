@@ -226,21 +226,43 @@ def test_overrides_may_stand_between_flags_and_the_plan_asks_what_a_run_asks(
     assert 'asks 1 CPU\n' in out and 'GPU\n' not in out.split('devices:')[1]
 
 
-def test_an_interrupted_run_says_which_outputs_are_older_than_the_store(sweep):
-    """Ctrl-C ends a run before it renders: the outputs that exist still show the store as
-    it was, which the run says, with the command that brings them up to date."""
+def test_an_interrupted_run_names_the_outputs_rendered_from_its_store(tmp_path):
+    """Ctrl-C ends a run before it renders: the outputs rendered from this store before
+    still show it as it was then, which the run says, with the command that brings them
+    up to date; a README without its block, or outputs of another store, are not named."""
     import run_sweep
+    from bench.store import ResultsStore
+    from reports import render_all
 
-    _, args = run_sweep.parse_args(['--config', str(sweep), 'recipe.epochs=3', '--only', 'none'])
-    loaded = load_config(args.config, args.overrides)
-    assert run_sweep.stale_outputs_hint(loaded, args) == []  # nothing rendered yet
-    report = loaded.resolve(loaded.config.outputs.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text('<html></html>')
-    loaded.resolve(loaded.config.outputs.figures).mkdir(parents=True)
-    (hint,) = run_sweep.stale_outputs_hint(loaded, args)
-    assert hint == (
-        'report.html and the figures still show the store as it was when they were last '
-        f'rendered; `python run_sweep.py --config {sweep} recipe.epochs=3 --report-only` '
-        'renders them from what it holds now'
+    from .store_helpers import add_trial, record_sweep
+
+    outputs = {'readme': 'README.md', 'report': 'report.html', 'figures': 'figures'}
+    path = write_sweep(tmp_path, tmp_path / 'data', models=['cifar_resnet20_v1'],
+                       attentions=['none'], extra={'outputs': outputs})  # fmt: skip
+    _, args = run_sweep.parse_args(
+        ['--config', str(path), 'resources.max_failures=1', '--only', 'none']
     )
+    loaded = load_config(args.config, args.overrides)
+    readme, report = loaded.resolve('README.md'), loaded.resolve('report.html')
+    readme.write_text('# My project\n')
+    loaded.resolve('figures').mkdir()
+    assert run_sweep.stale_outputs_hint(loaded, args) == []  # nothing rendered from it yet
+
+    store = ResultsStore(loaded.store_dir)
+    add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
+    record_sweep(store, ['cifar_resnet20_v1'], ['none'])
+    render_all(store.root, readme=readme, report_path=report, insert=True, figures=False)
+    command = f'`python run_sweep.py --config {path} resources.max_failures=1 --report-only`'
+    assert run_sweep.stale_outputs_hint(loaded, args) == [
+        f'the table in {readme.as_posix()} and {report.as_posix()} still show the store as it '
+        f'was when they were last rendered; {command} renders them from what it holds now'
+    ]
+    other = ResultsStore(tmp_path / 'other')
+    add_trial(other, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
+    record_sweep(other, ['cifar_resnet20_v1'], ['none'])
+    report.unlink()
+    render_all(other.root, report_path=report, figures=False)
+    assert run_sweep.stale_outputs_hint(loaded, args) == [
+        f'the table in {readme.as_posix()} still shows the store as it was when it was last '
+        f'rendered; {command} renders it from what it holds now'
+    ]

@@ -268,6 +268,7 @@ def test_html_report_is_valid_and_self_contained(original_store, tmp_path):
     assert '<table' not in text and '<td' not in text and '</' not in text
     trials = grid.tables[2]
     assert trials[0][:5] == ['trial', 'seed', 'id', 'network rev.', 'status']
+    assert trials[0][-2:] == ['device', 'error']  # what each number was trained on
     statuses = [row[4] for row in trials[1:]]
     # In the sweep's matrix order (model, then attention as the sweep lists them), seeds said.
     assert [row[0] for row in trials[1:5]] == [f'cifar_resnet20_v1-{a}-s0' for a in ATTENTIONS]
@@ -636,35 +637,68 @@ def test_report_shows_the_environment_each_finished_trial_was_trained_with(tmp_p
 
     # Trials of an earlier version record none: the last run's is shown, said as such.
     paragraphs, tables, _ = environment_part()
+    names = 'cifar_resnet20_v1-none-s0, cifar_resnet20_v1-se-s0, cifar_resnet20_v1-eca-s0'
     assert paragraphs == [
-        "The last run's (environment.json, recorded 2026-12-02T10:00:00+0000); the finished "
-        'trials record none of their own (finished by an earlier version), so they may have '
-        'been trained with another'
+        '3 trials finished by an earlier version, which recorded no environment per trial: '
+        + names,
+        "The last run's (environment.json, recorded 2026-12-02T10:00:00+0000) (the finished "
+        'trials may have been trained with another):',
     ]
     assert ['git_commit', 'c3'] in tables[0]
+    caveat = (
+        'Each finished trial keeps the environment of the run that finished it (a trial '
+        "resumed by a later run: that run's); packages, GPUs and driver are those of the "
+        "machine that ran run_sweep.py, each trial's device is in its row above."
+    )
 
     first = {'git_commit': 'c1', 'packages': {'mxnet': '1.9.1'}}
     for attention in ATTENTIONS[:3]:
         trained_with(attention, first)
     paragraphs, tables, _ = environment_part()
-    assert paragraphs == ['All 3 finished trials shown were trained with:']
+    assert paragraphs == [caveat, 'All 3 finished trials shown were trained with:']
     assert tables == [[['git_commit', 'c1'], ['packages.mxnet', '1.9.1']]]
 
-    # One trial finished by a later run, one by an earlier version.
+    # One trial finished by a later run, one by an earlier version, one whose record is
+    # not what this project writes.
     trained_with('eca', {'git_commit': 'c2', 'devices': '<b>2 CPUs</b>'})
     trained_with('se', None)
     paragraphs, tables, part = environment_part()
     assert paragraphs == [
-        '1 finished trial(s) were trained with this: cifar_resnet20_v1-none-s0',
-        '1 finished trial(s) were trained with this: cifar_resnet20_v1-eca-s0',
-        '1 finished trial(s) record no environment of their own (finished by an earlier '
-        'version): cifar_resnet20_v1-se-s0',
+        caveat,
+        '1 finished trial was trained with this: cifar_resnet20_v1-none-s0',
+        '1 finished trial was trained with this: cifar_resnet20_v1-eca-s0',
+        '1 trial finished by an earlier version, which recorded no environment per trial: '
+        'cifar_resnet20_v1-se-s0',
     ]
     assert tables == [
         [['git_commit', 'c1'], ['packages.mxnet', '1.9.1']],
         [['git_commit', 'c2'], ['devices', '<b>2 CPUs</b>']],
     ]
     assert '<b>' not in part  # text, not markup
+    trained_with('se', ['c1'])
+    trained_with('none', {'git_commit': 'c2', 'devices': '<b>2 CPUs</b>'})
+    paragraphs, _, _ = environment_part()
+    assert paragraphs[1:] == [
+        '2 finished trials were trained with this: cifar_resnet20_v1-none-s0, '
+        'cifar_resnet20_v1-eca-s0',
+        '1 trial whose final.json holds an environment that is not what this project '
+        'writes: cifar_resnet20_v1-se-s0',
+    ]
+
+    # Where no run recorded anything, nothing is made up.
+    (store.root / 'environment.json').unlink()
+    for attention in ATTENTIONS[:3]:
+        trained_with(attention, None)
+    paragraphs, tables, _ = environment_part()
+    assert paragraphs[-1] == (
+        'No run has recorded its environment in this store yet (the finished trials may '
+        'have been trained with another).'
+    )
+    assert tables == []
+    (store.root / 'environment.json').write_text(json.dumps({'recorded_at': 'x' * 10**6}))
+    paragraphs, _, _ = environment_part()
+    assert len(paragraphs[-1]) < 200  # a crafted file's text is cut
+    (store.root / 'environment.json').unlink()
 
     # A crafted final.json: nested past any reasonable depth, thousands of keys; and a
     # damaged environment.json is named although no trial is shown with it.
@@ -672,6 +706,7 @@ def test_report_shows_the_environment_each_finished_trial_was_trained_with(tmp_p
     for _ in range(600):
         deep = {'k': deep}
     trained_with('eca', {'deep': deep, **{f'key{i}': i for i in range(5000)}})
+    trained_with('none', first)
     (store.root / 'environment.json').write_text('{"cut')
     paragraphs, tables, _ = environment_part()
     rows = tables[1]

@@ -23,7 +23,12 @@ from bench.store import HISTORY_FIELDS, ResultsStore
 from bench.sweep.config import ConfigError, load_config
 from bench.sweep.driver import trial_run
 from bench.sweep.plan import load_sweep_data, plan
-from bench.sweep.tune_trial import CHECKPOINT_KEY, STARTED_KEY, StoreCallback
+from bench.sweep.tune_trial import (
+    CHECKPOINT_KEY,
+    NODE_DEATH_WAIT_SECONDS,
+    STARTED_KEY,
+    StoreCallback,
+)
 from bench.tracking import FAILED, FINISHED, KILLED, open_trackers, tracking_problems
 from bench.trial.checkpoint import pack_checkpoint
 
@@ -612,9 +617,31 @@ def test_a_worker_ray_lost_before_it_started_is_not_blamed_on_a_node(tmp_path):
         'The actor never ran - it was cancelled before it started running.\n'
     )
     error = store.read_error(ids['none'])
-    assert error.startswith(
+    assert error == (
         "Ray lost the trial's worker before it started (The actor never ran - it was "
-        'cancelled before it started running.) (epoch 0 is in the store); run again with '
-        '--retry-failed'
+        'cancelled before it started running.); run again with --retry-failed to train it, '
+        'or raise resources.max_failures so that Tune retries it'
     ), error
-    assert 'None' not in error
+
+
+def test_an_error_the_trials_own_code_raised_is_its_own_whatever_words_it_holds(tmp_path):
+    """Ray's words for a lost worker ('node', 'actor died') inside an error that the
+    trial's code raised (a path under /home/node, an FX graph node): the error is stored
+    as it is, at once, not as a node that stopped answering after 15 s of waiting."""
+    import time
+
+    sweep, identity, store = tracked_sweep(tmp_path, False)
+    store.root.mkdir(parents=True)
+    _, trials, ids = a_run_of_the_driver(sweep, identity, store, [], tmp_path)
+    trials['none'].start(0)
+    started = time.monotonic()
+    trials['none'].fail(
+        'Failure # 1 (occurred at 2026-12-02_07-16-36)\n'
+        '\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1, ip=192.0.2.2, repr=run_trial)\n'
+        '  File "/home/node/project/bench/trial/loop.py", line 228, in run_epochs\n'
+        'RuntimeError: the graph node add_3 is unavailable: the actor died\n'
+    )
+    assert time.monotonic() - started < NODE_DEATH_WAIT_SECONDS / 2
+    error = store.read_error(ids['none'])
+    assert error.endswith('RuntimeError: the graph node add_3 is unavailable: the actor died')
+    assert 'stopped answering' not in error

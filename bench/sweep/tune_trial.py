@@ -10,6 +10,7 @@ the nodes need no disk in common, and no path of the store is used on another no
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -49,6 +50,10 @@ UNREACHABLE_SIGNS = (
     'node',
 )
 NODE_DEATH_WAIT_SECONDS = 15.0
+# The header Ray puts on an error that the trial's own code raised (a RayTaskError): that
+# error is the trial's, whatever words of UNREACHABLE_SIGNS its text holds (a path under
+# /home/node, an FX graph 'node').
+RAISED_IN_TRIAL = re.compile(r'ray::\w+\.train\(\)')
 # What each trial reports about where and how it ran; kept in its final record.
 PLACEMENT_KEYS = (
     'node_id',
@@ -357,7 +362,9 @@ class StoreCallback(tune.Callback):
         """Why the trial failed: a node that died under it said as such, not as Ray's
         actor errors."""
         text = _error_text(trial).strip()
-        unreachable = any(sign in text for sign in UNREACHABLE_SIGNS)
+        unreachable = not RAISED_IN_TRIAL.search(text) and any(
+            sign in text for sign in UNREACHABLE_SIGNS
+        )
         lost = self._lost_node(trial_id, wait=wait if unreachable else 0.0)
         if lost:
             return f'node {lost} died while the trial trained there'
@@ -393,11 +400,18 @@ class StoreCallback(tune.Callback):
         why = self._why(trial_id, trial)
         if why.startswith(('node ', "the trial's worker on node", "Ray lost the trial's")):
             epochs = self.store.checkpoint_epoch(trial_id)
-            message = (
-                f'{why} (epoch {epochs} is in the store); run again with '
-                '--retry-failed to resume it from that epoch, or raise '
-                'resources.max_failures so that Tune retries it on another node'
-            )
+            if why.startswith("Ray lost the trial's"):  # no node is known to have died
+                resume = f'resume it after epoch {epochs}' if epochs else 'train it'
+                message = (
+                    f'{why}; run again with --retry-failed to {resume}, or raise '
+                    'resources.max_failures so that Tune retries it'
+                )
+            else:
+                message = (
+                    f'{why} (epoch {epochs} is in the store); run again with '
+                    '--retry-failed to resume it from that epoch, or raise '
+                    'resources.max_failures so that Tune retries it on another node'
+                )
             self.store.write_error(trial_id, message, epochs)
             self.trackers.trial_ended(self.planned[trial_id], FAILED, message)
             self._say(f'{self.planned[trial_id].name} failed: {message}')
