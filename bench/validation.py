@@ -37,9 +37,11 @@ def without_secrets(text: str) -> str:
 
 # Control characters (C0, DEL, C1: a terminal runs ESC and CSI sequences), the line
 # separators (text of ours is one line, in a terminal as in a README) and the
-# bidirectional embeddings, overrides and isolates (they show text in another order than
-# it is, in a terminal, a browser and an editor alike).
-_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+')
+# bidirectional embeddings, overrides, isolates and marks (they show text in another order
+# than it is, in a terminal, a browser and an editor alike).
+_CONTROL = re.compile(
+    r'[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]+'
+)
 
 
 def one_line(value: object) -> str:

@@ -1518,6 +1518,7 @@ def test_bidi_controls_zero_counts_and_a_linked_or_deep_sweep_record_in_a_store(
     html = (tmp_path / 'r.html').read_text()
     assert 'cpu evil ' in html and '\u202e' not in html and '\u202c' not in html
     assert one_line('a\u2066b\u2069c\u200dd') == 'a b c\u200dd'  # joiners are text
+    assert one_line('a\u200eb\u200fc\u061cd') == 'a b c d'  # direction marks are not
     # A sweep record nested too deeply: one message, no traceback.
     manifest = store.root / 'sweep.json'
     manifest.write_text('[' * 100_000 + ']' * 100_000)
