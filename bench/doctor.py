@@ -437,8 +437,9 @@ def check_threads() -> Check:
 def ray_resources() -> dict[str, float]:
     import ray
 
-    from bench.sweep.cluster import start_ray
+    from bench.sweep.cluster import quiet_ray_warnings, start_ray
 
+    quiet_ray_warnings()  # as a sweep does: Ray's start-up notices are not findings
     start_ray(num_cpus=None)
     try:
         return dict(ray.cluster_resources())
