@@ -166,6 +166,7 @@ def _conflicts(args: argparse.Namespace) -> str | None:
 def render_reports(
     loaded: LoadedSweep, insert: bool = False, manifest: dict | None = None
 ) -> list[Path]:
+    from bench.validation import one_line
     from reports import render_all
 
     outputs = loaded.config.outputs
@@ -181,7 +182,7 @@ def render_reports(
         protected=[loaded.path],
     )
     for path in written:
-        print(f'wrote {path}')
+        print(f'wrote {one_line(path)}')
     return [Path(p) for p in written]
 
 
@@ -437,11 +438,12 @@ def stale_outputs_hint(loaded: LoadedSweep, args: argparse.Namespace) -> list[st
     show it as it was then, and the command that renders them from what it holds now."""
     import shlex
 
+    from bench.validation import one_line, without_secrets
     from reports.outputs import shows_store
 
     outputs = loaded.config.outputs
     named = [
-        what.format(path=_shown_path(loaded.resolve(path)))
+        (kind, what.format(path=_shown_path(loaded.resolve(path))))
         for kind, what, path in (
             ('readme', 'the table in {path}', outputs.readme),
             ('report', '{path}', outputs.report),
@@ -454,20 +456,27 @@ def stale_outputs_hint(loaded: LoadedSweep, args: argparse.Namespace) -> list[st
     command = shlex.join(
         ['python', 'run_sweep.py', '--config', args.config, *args.overrides, '--report-only']
     )
-    shown = ', '.join(named[:-1]) + (' and ' if len(named) > 1 else '') + named[-1]
+    what = [text for _, text in named]
+    shown = ', '.join(what[:-1]) + (' and ' if len(what) > 1 else '') + what[-1]
+    many = len(named) > 1 or named[0][0] == 'figures'
     still = (
-        'still shows the store as it was when it was'
-        if len(named) == 1
-        else ('still show the store as it was when they were')
+        'still show the store as it was when they were'
+        if many
+        else ('still shows the store as it was when it was')
     )
-    them = 'it' if len(named) == 1 else 'them'
-    return [f'{shown} {still} last rendered; `{command}` renders {them} from what it holds now']
+    them = 'them' if many else 'it'
+    return [
+        f'{shown} {still} last rendered; `{one_line(without_secrets(command))}` renders '
+        f'{them} from what it holds now'
+    ]
 
 
 def _shown_path(path: Path) -> str:
-    """`path` from the working folder where it lies below it, else whole."""
+    """`path` as one line of text, from the working folder where it lies below it."""
+    from bench.validation import one_line
+
     relative = os.path.relpath(path)
-    return path.as_posix() if relative.startswith('..') else Path(relative).as_posix()
+    return one_line(path.as_posix() if relative.startswith('..') else Path(relative).as_posix())
 
 
 def _open_trackers(loaded: LoadedSweep, args: argparse.Namespace) -> Trackers:

@@ -357,7 +357,7 @@ def render_all(
 
     if report_path is not None:
         store = ResultsStore(store_dir)
-        environment = load_environment(store_dir)
+        environment, environment_problem = load_environment(store_dir)
         html = render(
             'report.html.j2',
             name=store_dir.name,
@@ -392,7 +392,7 @@ def render_all(
                 )
             ]
             + store.foreign_entries(),
-            environments=_environment_sections(trials, environment),
+            environments=_environment_sections(trials, environment, environment_problem),
             reference=context['reference'],
             reference_rows=context['reference_rows'],
             recipes=sorted(set(trials['recipe'])),
@@ -456,7 +456,7 @@ def _trials(count: int, finished: str = 'finished ') -> str:
 
 
 def _environment_sections(
-    trials: pd.DataFrame, last_run: Mapping[str, Any]
+    trials: pd.DataFrame, last_run: Mapping[str, Any], last_run_problem: str | None = None
 ) -> list[dict[str, Any]]:
     """report.html's Environment: what the finished trials shown were trained with, one
     section per distinct environment (each trial keeps its finishing run's), and the last
@@ -521,21 +521,20 @@ def _environment_sections(
                 'rows': [],
             }
         )
-    if not groups:
+    if last_run_problem:  # damage is named wherever it is, not only where it is shown
+        sections.append({'title': one_line(bounded(last_run_problem, 600)), 'rows': []})
+    elif not groups:
         sections.append(_last_run_section(last_run, trained=bool(unrecorded or unreadable)))
-    elif 'problem' in last_run:  # damage is named wherever it is, not only when shown
-        sections.append({'title': one_line(bounded(str(last_run['problem']))), 'rows': []})
     return sections
 
 
 def _last_run_section(last_run: Mapping[str, Any], trained: bool) -> dict[str, Any]:
     """environment.json, where no trial shown records an environment of its own."""
-    maybe = ' (the finished trials may have been trained with another)' if trained else ''
     if not last_run:
-        return {'title': f'No run has recorded its environment in this store yet{maybe}.',
-                'rows': []}  # fmt: skip
+        return {'title': 'No run has recorded its environment in this store yet.', 'rows': []}
     recorded = last_run.get('recorded_at')
     when = f', recorded {one_line(bounded(str(recorded), 40))}' if recorded else ''
+    maybe = ' (the finished trials may have been trained with another)' if trained else ''
     return {'title': f"The last run's (environment.json{when}){maybe}:", 'rows': _flatten(last_run)}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, report
 from bench.store import REPORT_METRICS
+from bench.validation import one_line
 
 from . import render_all
 from .outputs import FLAG_OUTPUT_NAMES
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         return report(error)
     for path in written:
-        print(f'wrote {path}')
+        print(f'wrote {one_line(path)}')
     if args.readme is None:
         # The README is the sweep file's to name; a store's files never choose a path.
         print(

@@ -40,4 +40,6 @@ def html_text(value: object) -> str:
 def markdown_url(path: str) -> Markup:
     """A relative path as a Markdown link destination: percent-encoded, so no character of
     it can end the link or start markup."""
-    return Markup(quote(one_line(path), safe='/'))
+    # The path as it is: percent-encoding alone makes it inert, and a character taken out
+    # (a direction mark in a folder's name) would point the link at no file.
+    return Markup(quote(path, safe='/', errors='surrogateescape'))

@@ -7,6 +7,7 @@ decides each trial's status for the sweep and the reports alike.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -241,8 +242,11 @@ def load_histories(store_dir: str | Path, trials: pd.DataFrame | None = None) ->
     return pd.concat(frames, ignore_index=True)
 
 
-def load_environment(store_dir: str | Path) -> dict[str, Any]:
-    """What the last run recorded of its machine and packages ({} before any run; a
-    damaged file is shown as such rather than stopping the reports)."""
-    environment, problem = read_json_checked(Path(store_dir) / 'environment.json')
-    return {'problem': problem} if problem else (environment or {})
+def load_environment(store_dir: str | Path) -> tuple[dict[str, Any], str | None]:
+    """What the last run recorded of its machine and packages ({} before any run), and
+    what is wrong with its file (None: nothing), shown rather than stopping the reports."""
+    path = Path(store_dir) / 'environment.json'
+    environment, problem = read_json_checked(path)
+    if problem is None and environment is None and os.path.lexists(path):
+        problem = f'{path} is not a file; it is rewritten by the next run once it is removed'
+    return environment or {}, problem

@@ -266,3 +266,17 @@ def test_an_interrupted_run_names_the_outputs_rendered_from_its_store(tmp_path):
         f'the table in {readme.as_posix()} still shows the store as it was when it was last '
         f'rendered; {command} renders it from what it holds now'
     ]
+    # The figures alone (plural), and a password in an override never printed.
+    readme.write_text('# My project\n')
+    render_all(store.root, figures_dir=loaded.resolve('figures'))
+    _, args = run_sweep.parse_args(
+        ['--config', str(path), 'tracking.mlflow=https://bob:hunter2@example.com']
+    )
+    loaded = load_config(args.config, args.overrides)
+    (hint,) = run_sweep.stale_outputs_hint(loaded, args)
+    assert hint.startswith(
+        f'the figures in {loaded.resolve("figures").as_posix()} still show the store as it '
+        'was when they were last rendered; '
+    )
+    assert 'hunter2' not in hint and 'https://bob:***@example.com --report-only`' in hint
+    assert hint.endswith('renders them from what it holds now')

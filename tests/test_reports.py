@@ -690,10 +690,7 @@ def test_report_shows_the_environment_each_finished_trial_was_trained_with(tmp_p
     for attention in ATTENTIONS[:3]:
         trained_with(attention, None)
     paragraphs, tables, _ = environment_part()
-    assert paragraphs[-1] == (
-        'No run has recorded its environment in this store yet (the finished trials may '
-        'have been trained with another).'
-    )
+    assert paragraphs[-1] == 'No run has recorded its environment in this store yet.'
     assert tables == []
     (store.root / 'environment.json').write_text(json.dumps({'recorded_at': 'x' * 10**6}))
     paragraphs, _, _ = environment_part()
@@ -713,6 +710,13 @@ def test_report_shows_the_environment_each_finished_trial_was_trained_with(tmp_p
     assert len(rows) == 100 and rows[0][0] == 'deep.k.k.k' and '{...}' in rows[0][1]
     assert rows[-1] == ['...', 'more keys than the 99 listed']
     assert paragraphs[-1].startswith(f'{store.root / "environment.json"}: not valid JSON')
+    (store.root / 'environment.json').unlink()
+    (store.root / 'environment.json').mkdir()  # not taken for a store no run recorded
+    paragraphs, _, _ = environment_part()
+    assert paragraphs[-1] == (
+        f'{store.root / "environment.json"} is not a file; it is rewritten by the next run '
+        'once it is removed'
+    )
 
 
 def test_a_readme_inside_its_store_names_it_in_words_and_older_markers_still_read():
@@ -724,3 +728,19 @@ def test_a_readme_inside_its_store_names_it_in_words_and_older_markers_still_rea
     assert block_owner(begin_marker('results/demo')) == 'results/demo'
     older = '<!-- results:begin (written by run_sweep.py from the store .; edits inside are '
     assert block_owner(older + 'overwritten) -->') == '.'
+
+
+def test_readme_links_reach_the_figures_whatever_their_folder_is_called(tmp_path):
+    """A link's path is percent-encoded as it is: a direction mark or a space in a folder's
+    name, taken out as text, would point the link at no file."""
+    import re
+    from urllib.parse import unquote
+
+    store = ResultsStore(tmp_path / 'store')
+    add_trial(store, 'cifar_resnet20_v1', 'none', 0, 0.04, 0.91)
+    record_sweep(store, ['cifar_resnet20_v1'], ['none'])
+    readme = tmp_path / 'README.md'
+    figures = tmp_path / 'results\u200f 2'
+    render_all(store.root, readme=readme, figures_dir=figures, insert=True)
+    links = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', readme.read_text())
+    assert links and all((tmp_path / unquote(link)).is_file() for link in links), links

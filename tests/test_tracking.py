@@ -645,3 +645,51 @@ def test_an_error_the_trials_own_code_raised_is_its_own_whatever_words_it_holds(
     error = store.read_error(ids['none'])
     assert error.endswith('RuntimeError: the graph node add_3 is unavailable: the actor died')
     assert 'stopped answering' not in error
+
+
+def test_a_failure_is_judged_by_the_last_one_tune_appended_and_memory_kills_say_so(tmp_path):
+    """Tune appends each failure of a trial to one error file: an earlier error of the
+    trial's own code does not hide a later lost node. A creation-task error is the
+    trial's own (a package missing on a node: retrying does not help), and a kill by
+    Ray's memory monitor says so rather than 'stopped answering'."""
+    sweep, identity, store = tracked_sweep(tmp_path, False)
+    store.root.mkdir(parents=True)
+    lines = []
+    _, trials, ids = a_run_of_the_driver(sweep, identity, store, lines, tmp_path)
+    own = (
+        'Failure # 1 (occurred at 2026-12-02_07-16-36)\n'
+        '\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1, ip=192.0.2.2)\n'
+        'RuntimeError: CUDA error: unspecified launch failure\n'
+    )
+    trials['none'].fail(
+        own + 'Failure # 2 (occurred at 2026-12-02_07-18-00)\n'
+        'The actor died unexpectedly before finishing this task.\n'
+        'The actor never ran - it was cancelled before it started running.\n'
+    )
+    assert store.read_error(ids['none']).startswith("Ray lost the trial's worker before it")
+    trials['eca'].fail(
+        'Failure # 1 (occurred at 2026-12-02_07-16-36)\n'
+        'The actor died because of an error raised in its creation task, '
+        '\x1b[36mray::ImplicitFunc.__init__()\x1b[39m (pid=1, ip=192.0.2.2)\n'
+        "ModuleNotFoundError: No module named 'mxnet'\n"
+    )
+    error = store.read_error(ids['eca'])
+    assert error.splitlines()[-1] == "ModuleNotFoundError: No module named 'mxnet'", error
+    store.clear_error(ids['eca'])
+    trials['eca'].start(0)
+    trials['eca'].fail(
+        'Failure # 1 (occurred at 2026-12-02_07-16-36)\n'
+        'ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on '
+        'memory.\nMemory on the node (IP: 192.0.2.2, ID: ab12) where the task was running '
+        'was 7.50GB / 7.77GB (0.96), which exceeds the memory usage threshold of 0.95.\n'
+        'Refer to the documentation on how to address the out of memory issue.\n'
+    )
+    error = store.read_error(ids['eca'])
+    assert error.splitlines()[-1] == (
+        "Ray's memory monitor killed the trial's worker: ray.exceptions.OutOfMemoryError: "
+        'Task was killed due to the node running low on memory. (fewer trials at once, '
+        'resources.max_concurrent_trials, or a smaller recipe.batch_size leave each more '
+        'memory)'
+    ), error
+    assert 'Memory on the node (IP: 192.0.2.2' in error  # Ray's own text is kept
+    assert lines[-1].endswith(error.splitlines()[-1])

@@ -24,6 +24,7 @@ from bench.progress import SweepProgress, print_line, stamped
 from bench.store import HISTORY_FIELDS
 from bench.tracking import FAILED, FINISHED, Trackers
 from bench.trial.recipe import TrialRun
+from bench.validation import one_line
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -50,10 +51,15 @@ UNREACHABLE_SIGNS = (
     'node',
 )
 NODE_DEATH_WAIT_SECONDS = 15.0
-# The header Ray puts on an error that the trial's own code raised (a RayTaskError): that
-# error is the trial's, whatever words of UNREACHABLE_SIGNS its text holds (a path under
-# /home/node, an FX graph 'node').
-RAISED_IN_TRIAL = re.compile(r'ray::\w+\.train\(\)')
+# The header Ray puts on an error that the trial's own code raised, in train() or in its
+# actor's creation (__init__): that error is the trial's, whatever words of
+# UNREACHABLE_SIGNS its text holds (a path under /home/node, an FX graph 'node').
+RAISED_IN_TRIAL = re.compile(r'ray::\w+\.\w+\(\)')
+# Ray's memory monitor killed the worker: its text names the node, which is alive.
+OUT_OF_MEMORY_SIGN = 'running low on memory'
+# Tune appends each failure of a trial to one error file, as 'Failure # k (occurred at
+# ...)': the last one is the failure at hand.
+FAILURE_HEADER = re.compile(r'^Failure # \d+', re.MULTILINE)
 # What each trial reports about where and how it ran; kept in its final record.
 PLACEMENT_KEYS = (
     'node_id',
@@ -361,7 +367,14 @@ class StoreCallback(tune.Callback):
     def _why(self, trial_id: str, trial: Trial, wait: float = NODE_DEATH_WAIT_SECONDS) -> str:
         """Why the trial failed: a node that died under it said as such, not as Ray's
         actor errors."""
-        text = _error_text(trial).strip()
+        text = _last_failure(_error_text(trial))
+        if OUT_OF_MEMORY_SIGN in text:
+            line = next(line for line in text.splitlines() if OUT_OF_MEMORY_SIGN in line)
+            return (
+                f"Ray's memory monitor killed the trial's worker: {one_line(line.strip())[:300]} "
+                '(fewer trials at once, resources.max_concurrent_trials, or a smaller '
+                'recipe.batch_size leave each more memory)'
+            )
         unreachable = not RAISED_IN_TRIAL.search(text) and any(
             sign in text for sign in UNREACHABLE_SIGNS
         )
@@ -417,13 +430,23 @@ class StoreCallback(tune.Callback):
             self._say(f'{self.planned[trial_id].name} failed: {message}')
             return
         message = _error_text(trial)
+        if why != _last_line(message):
+            # Ray's text as it is, and what it means last: the line a report shows.
+            message = f'{message}\n{why}'
         self.store.write_error(trial_id, message, self.store.checkpoint_epoch(trial_id))
         self.trackers.trial_ended(self.planned[trial_id], FAILED, message)
-        self._say(f'{self.planned[trial_id].name} failed: {message.splitlines()[-1]}')
+        self._say(f'{self.planned[trial_id].name} failed: {why}')
 
 
 def _last_line(text: str) -> str:
-    return text.strip().splitlines()[-1][:300]
+    lines = text.strip().splitlines()
+    return lines[-1][:300] if lines else ''
+
+
+def _last_failure(text: str) -> str:
+    """The last of the failures Tune appended to a trial's error file."""
+    starts = [match.start() for match in FAILURE_HEADER.finditer(text)]
+    return text[starts[-1] :].strip() if starts else text.strip()
 
 
 def _error_text(trial: Trial) -> str:
