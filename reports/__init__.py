@@ -503,24 +503,13 @@ def _environment_sections(
                 f'this: {_names(names)}'
             )
         sections.append({'title': title, 'rows': _flatten(environment)})
-    if unreadable:
-        some = _trials(len(unreadable), finished='')
-        sections.append(
-            {
-                'title': f'{some} whose final.json holds an environment that is not what '
-                f'this project writes: {_names(unreadable)}',
-                'rows': [],
-            }
-        )
-    if unrecorded:
-        some = _trials(len(unrecorded), finished='')
-        sections.append(
-            {
-                'title': f'{some} finished by an earlier version, which recorded no '
-                f'environment per trial: {_names(unrecorded)}',
-                'rows': [],
-            }
-        )
+    for some, what in (
+        (unreadable, 'whose final.json holds an environment that is not what this project writes'),
+        (unrecorded, 'finished by an earlier version, which recorded no environment per trial'),
+    ):
+        if some:
+            count = _trials(len(some), finished='')
+            sections.append({'title': f'{count} {what}: {_names(some)}', 'rows': []})
     if last_run_problem:  # damage is named wherever it is, not only where it is shown
         sections.append({'title': one_line(bounded(last_run_problem, 600)), 'rows': []})
     elif not groups:
