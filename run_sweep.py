@@ -459,15 +459,10 @@ def stale_outputs_hint(loaded: LoadedSweep, args: argparse.Namespace) -> list[st
     what = [text for _, text in named]
     shown = ', '.join(what[:-1]) + (' and ' if len(what) > 1 else '') + what[-1]
     many = len(named) > 1 or named[0][0] == 'figures'
-    still = (
-        'still show the store as it was when they were'
-        if many
-        else ('still shows the store as it was when it was')
-    )
-    them = 'them' if many else 'it'
+    show, were, them = ('show', 'they were', 'them') if many else ('shows', 'it was', 'it')
     return [
-        f'{shown} {still} last rendered; `{one_line(without_secrets(command))}` renders '
-        f'{them} from what it holds now'
+        f'{shown} still {show} the store as it was when {were} last rendered; '
+        f'`{one_line(without_secrets(command))}` renders {them} from what it holds now'
     ]
 
 

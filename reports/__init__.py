@@ -451,8 +451,8 @@ def _names(names: Sequence[str]) -> str:
     return listed + (f' and {more} more' if more > 0 else '')
 
 
-def _trials(count: int, finished: str = 'finished ') -> str:
-    return f'{count} {finished}trial' + ('' if count == 1 else 's')
+def _trials(count: int, finished: bool = True) -> str:
+    return f'{count} {"finished " if finished else ""}trial' + ('' if count == 1 else 's')
 
 
 def _environment_sections(
@@ -469,14 +469,13 @@ def _environment_sections(
         environment = trial['environment']
         if environment is None:
             unrecorded.append(trial['name'])
-            continue
-        try:
-            key = json.dumps(environment, sort_keys=True, default=str)
-        except (RecursionError, ValueError):  # a crafted one, nested past the limit
-            key = f'unreadable {trial["trial_id"]}'
-        if not isinstance(environment, dict):  # reports.store.load_trials: its problem
+        elif not isinstance(environment, dict) or not environment:
             unreadable.append(trial['name'])
         else:
+            try:
+                key = json.dumps(environment, sort_keys=True, default=str)
+            except (RecursionError, ValueError):  # a crafted one, nested past the limit
+                key = f'unreadable {trial["trial_id"]}'
             groups.setdefault(key, (environment, []))[1].append(trial['name'])
     sections = []
     if groups:
@@ -508,7 +507,7 @@ def _environment_sections(
         (unrecorded, 'finished by an earlier version, which recorded no environment per trial'),
     ):
         if some:
-            count = _trials(len(some), finished='')
+            count = _trials(len(some), finished=False)
             sections.append({'title': f'{count} {what}: {_names(some)}', 'rows': []})
     if last_run_problem:  # damage is named wherever it is, not only where it is shown
         sections.append({'title': one_line(bounded(last_run_problem, 600)), 'rows': []})

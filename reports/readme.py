@@ -18,11 +18,12 @@ _OWNED_BEGIN = (
     '<!-- results:begin (written by run_sweep.py from the store {store}; '
     'edits inside are overwritten) -->'
 )
-# A README inside its own store refers to it as '.', which reads as a stray dot alone.
-_HERE, _HERE_SAID = '.', ". (this README's folder)"
+# A README inside its own store refers to it as '.', which reads as a stray dot alone:
+# the marker says what it is.
+_HERE_NOTE = " (this README's folder)"
 _OWNER = re.compile(
     r'<!-- results:begin \(written by run_sweep\.py from the store (\S+)'
-    rf'(?:{re.escape(_HERE_SAID[1:])})?;'
+    rf'(?:{re.escape(_HERE_NOTE)})?;'
 )
 
 
@@ -30,7 +31,7 @@ def begin_marker(store: str | None = None) -> str:
     """The begin marker line of a block showing the store `store` refers to."""
     if store is None:
         return BEGIN
-    return _OWNED_BEGIN.format(store=_HERE_SAID if store == _HERE else store)
+    return _OWNED_BEGIN.format(store=store + _HERE_NOTE if store == '.' else store)
 
 
 def block_owner(text: str) -> str | None:

@@ -23,7 +23,7 @@ from bench.records import (
 )
 from bench.store import MANIFEST_FILE, TRIAL_COLUMNS, ResultsStore, read_json_checked
 from bench.trial.recipe import Recipe
-from bench.validation import bounded_repr, one_line
+from bench.validation import one_line
 from models.registry import ENTRY_POINT_GROUP
 
 from .readme import ReportError
@@ -36,28 +36,19 @@ REPORT_COLUMNS = (*TRIAL_COLUMNS, 'device_kind', 'environment')
 def load_trials(store_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """One row per stored trial (see bench.store.ResultsStore.trial_records): results.csv's
     columns, and the kind of device a finished trial ran on and the environment of the
-    run that finished it (None where not recorded)."""
+    run that finished it, as final.json holds them (None where not recorded)."""
     records = ResultsStore(store_dir).trial_records(manifest)
     return pd.DataFrame(
         [
             {
                 **record.row(),
                 'device_kind': (record.final or {}).get('device_kind'),
-                'environment': _trained_with((record.final or {}).get('environment')),
+                'environment': (record.final or {}).get('environment'),
             }
             for record in records
         ],
         columns=REPORT_COLUMNS,
     )
-
-
-def _trained_with(environment: Any) -> dict[str, Any] | str | None:
-    """The packages, commit and data of the run that finished a trial (final.json's
-    'environment'); None where an earlier version recorded none; what it holds instead,
-    said, where that is not what this project writes."""
-    if environment is None or isinstance(environment, dict) and environment:
-        return environment
-    return f'not a table of values ({bounded_repr(environment, 40)})'
 
 
 def load_manifest(store_dir: str | Path) -> dict[str, Any]:

@@ -51,6 +51,8 @@ UNREACHABLE_SIGNS = (
     'node',
 )
 NODE_DEATH_WAIT_SECONDS = 15.0
+# What Ray lost under a failed trial (StoreCallback._why), beside the trial's own errors.
+LOST_NODE, LOST_UNSTARTED = 'node', 'unstarted'
 # The header Ray puts on an error that the trial's own code raised, in train() or in its
 # actor's creation (__init__): that error is the trial's, whatever words of
 # UNREACHABLE_SIGNS its text holds (a path under /home/node, an FX graph 'node').
@@ -364,9 +366,13 @@ class StoreCallback(tune.Callback):
             time.sleep(0.5)
         return None
 
-    def _why(self, trial_id: str, trial: Trial, wait: float = NODE_DEATH_WAIT_SECONDS) -> str:
-        """Why the trial failed: a node that died under it said as such, not as Ray's
-        actor errors."""
+    def _why(
+        self, trial_id: str, trial: Trial, wait: float = NODE_DEATH_WAIT_SECONDS
+    ) -> tuple[str, str | None]:
+        """Why the trial failed, and what Ray lost under it: LOST_NODE (a node that died,
+        or a worker that stopped answering: said as such, not as Ray's actor errors),
+        LOST_UNSTARTED (a worker lost before it reported its start) or None (the trial's
+        own error)."""
         text = _last_failure(_error_text(trial))
         if OUT_OF_MEMORY_SIGN in text:
             line = next(line for line in text.splitlines() if OUT_OF_MEMORY_SIGN in line)
@@ -374,23 +380,26 @@ class StoreCallback(tune.Callback):
                 f"Ray's memory monitor killed the trial's worker: {one_line(line.strip())[:300]} "
                 '(fewer trials at once, resources.max_concurrent_trials, or a smaller '
                 'recipe.batch_size leave each more memory)'
-            )
+            ), None
         unreachable = not RAISED_IN_TRIAL.search(text) and any(
             sign in text for sign in UNREACHABLE_SIGNS
         )
         lost = self._lost_node(trial_id, wait=wait if unreachable else 0.0)
         if lost:
-            return f'node {lost} died while the trial trained there'
+            return f'node {lost} died while the trial trained there', LOST_NODE
         if unreachable and trial_id not in self.placement:
             # No start was ever reported: no node to blame, and Ray's own last line
             # (e.g. 'cancelled before it started running') is the only clue there is.
-            return f"Ray lost the trial's worker before it started ({_last_line(text)})"
+            return (
+                f"Ray lost the trial's worker before it started ({_last_line(text)})",
+                LOST_UNSTARTED,
+            )
         if unreachable:
             return (
                 f"the trial's worker on node {self._node_address(trial_id)} stopped "
                 f'answering (its node died, or lost its connection)'
-            )
-        return _last_line(text) if text else 'the trial failed'
+            ), LOST_NODE
+        return (_last_line(text) if text else 'the trial failed'), None
 
     def on_trial_recover(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -398,7 +407,7 @@ class StoreCallback(tune.Callback):
         """Tune retries a failed trial: say why, and from which epoch it goes on."""
         trial_id = self._trial_id(trial)
         self._say(
-            f'{self.planned[trial_id].name}: {self._why(trial_id, trial)}; Tune '
+            f'{self.planned[trial_id].name}: {self._why(trial_id, trial)[0]}; Tune '
             f'retries it (retry {trial.num_failures} of {self.max_failures}) from '
             f'the last epoch the store holds ({self.store.checkpoint_epoch(trial_id)})'
         )
@@ -410,10 +419,10 @@ class StoreCallback(tune.Callback):
         self.follow.finished(trial_id, failed=True)
         if self.ray_lost and self.ray_lost():
             return
-        why = self._why(trial_id, trial)
-        if why.startswith(('node ', "the trial's worker on node", "Ray lost the trial's")):
+        why, lost = self._why(trial_id, trial)
+        if lost:
             epochs = self.store.checkpoint_epoch(trial_id)
-            if why.startswith("Ray lost the trial's"):  # no node is known to have died
+            if lost == LOST_UNSTARTED:  # no node is known to have died
                 resume = f'resume it after epoch {epochs}' if epochs else 'train it'
                 message = (
                     f'{why}; run again with --retry-failed to {resume}, or raise '
