@@ -44,6 +44,18 @@ class BenchError(Exception):
         if exit_code is not None:
             self.exit_code = exit_code
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole (hint, exit code, a subclass's own fields), not rebuilt from
+        # args alone: errors come back from the benchmark's child processes.
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_error(cls: type[BenchError], args: tuple, state: dict) -> BenchError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class BadArguments(BenchError, ValueError):
     """A command-line value that fails its rules; the message names the option."""

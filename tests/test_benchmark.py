@@ -1,5 +1,6 @@
 """The benchmark command runs and prints its table; it asserts no times."""
 
+import json
 import os
 import time
 
@@ -114,6 +115,11 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     assert written['settings']['torch_step'] == 'eager'
     assert written['settings']['precision'] == 'float32'
     assert 'float32, torch step eager' in text
+    # Each framework's OpenMP threads in a process of their own, and said so.
+    assert written['settings']['processes'] == 'gluon and torch each in its own'
+    assert 'malloc glibc thresholds fixed, gluon and torch each in its own process' in text
+    # Which kernels the torch rows used is asked of the process they ran in.
+    assert 'fused torch attention kernels' in text
     rows = written['rows']
     assert [(r['backend'], r['attention']) for r in rows] == [
         ('gluon', 'none'),
@@ -126,6 +132,7 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
         assert row['vs_vanilla'] > 0
         assert ('vs_gluon' in row) == (row['backend'] == 'torch')
         assert ('vs_reference' in row) == (row['backend'] == 'torch')
+        assert ('torch_kernels' in row) == (row['backend'] == 'torch')
     with pytest.raises(SystemExit):
         main(['--backend', 'torch', '--precision', 'amp_bfloat16', '--num-gpus', '0'])
     assert 'amp_bfloat16 needs a GPU' in capsys.readouterr().err
@@ -134,6 +141,24 @@ def test_both_backends_side_by_side_in_one_run(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert '--precision amp_bfloat16 runs with --backend torch, not gluon' in err
     assert 'recipe' not in err
+
+
+def test_the_torch_backend_alone_is_measured_in_this_process(capsys, tmp_path, monkeypatch):
+    pytest.importorskip('torch', reason='the torch extra is not installed')
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')
+    out = tmp_path / 'rows.json'
+    arguments = ['--num-gpus', '0', '--backend', 'torch', '--models', 'cifar_resnet8_v1']
+    arguments += ['--attentions', 'none', 'se', '--batches', '2', '--rounds', '2']
+    assert main([*arguments, '--images', '64', '--batch-size', '16', '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'device: torch on cpu' in text and 'own process' not in text
+    written = json.loads(out.read_text())
+    assert written['settings']['processes'] == 'one'
+    rows = written['rows']
+    assert [(r['backend'], r['attention']) for r in rows] == [('torch', 'none'), ('torch', 'se')]
+    for row in rows:
+        assert row['trial_img_s'] > 0 and row['vs_reference'] > 0 and 'vs_gluon' not in row
+        assert 'torch_kernels' in row
 
 
 def test_the_reference_step_differentiates_its_attentions_by_autograd(monkeypatch):
@@ -461,3 +486,100 @@ def test_a_ratio_of_few_timed_batches_is_said_to_be_noise():
         note = too_few_batches({'timed_batches': timed, 'rounds': rounds})
         assert note.startswith(f'note: {timed} timed batch(es) in {rounds} round(s)')
         assert '--batches 40 --rounds 8' in note
+
+
+# Builders for StepperProcess: module-level, as a spawned child imports them by name.
+_CHILD_CALLS = []  # in the child: what its steppers did
+
+
+def _sleeping_steppers(seconds):
+    def sleeper():
+        time.sleep(seconds)
+
+    def settling():
+        _CHILD_CALLS.append('step')
+
+    settling.settle = lambda: _CHILD_CALLS.append('settle')
+    return {'sleeper': sleeper, 'settling': settling}
+
+
+def _child_calls():
+    return list(_CHILD_CALLS)
+
+
+def _failing_build(error):
+    raise error
+
+
+def _exiting_steppers():
+    return {'exit': lambda: os._exit(3)}
+
+
+def _unpicklable_error_steppers():
+    class Local(Exception):  # a local class does not pickle
+        pass
+
+    def raises():
+        raise Local('inside a step')
+
+    return {'raises': raises}
+
+
+def test_steppers_in_a_child_process_are_timed_in_turn_with_local_ones():
+    """The torch rows of a `--backend both` run live in a process of their own (two
+    OpenMP teams in one process slow PyTorch down); their rounds still alternate with
+    the local steppers', and the child times each of its rounds itself."""
+    from bench.benchmark.child import StepperProcess
+    from bench.benchmark.timing import interleaved_rates
+
+    order = []
+
+    def local():
+        order.append('local')
+
+    with StepperProcess('the test steppers', _sleeping_steppers, 0.02) as process:
+        assert process.names == ['sleeper', 'settling']
+        assert process.call(os.getpid) != os.getpid()
+        sleeper = process.stepper('sleeper')
+        rates = interleaved_rates(
+            {'local': local, 'sleeper': sleeper, 'settling': process.stepper('settling')},
+            batch_size=4,
+            rounds=3,
+            batches_per_round=2,
+            warmup=1,
+        )
+        assert [len(r) for r in rates.values()] == [3, 3, 3]
+        assert max(rates['sleeper']) <= 4 / 0.02  # 20 ms a step, timed in the child
+        assert order == ['local'] * 7  # warm-up, then two a round
+        # In the child as in this process: settled after the warm-up, and before and
+        # after each round's steps.
+        round_calls = ['settle', 'step', 'step', 'settle']
+        assert process.call(_child_calls) == ['step', 'settle'] + round_calls * 3
+        assert _CHILD_CALLS == []  # none of it here
+        with pytest.raises(KeyError, match="the test steppers have no stepper 'nothing'"):
+            process.stepper('nothing')
+
+
+def test_a_child_process_s_failures_come_back_as_errors():
+    from bench.benchmark.child import StepperProcess
+    from bench.errors import ProblemsFound
+
+    # A BenchError comes back whole: its type, problems, hint and exit code.
+    error = ProblemsFound(['first problem', 'second problem'], hint='do this')
+    with pytest.raises(ProblemsFound) as raised:
+        StepperProcess('the test steppers', _failing_build, error)
+    assert raised.value.problems == ('first problem', 'second problem')
+    assert raised.value.hint == 'do this' and raised.value.exit_code == error.exit_code
+    assert str(raised.value) == 'first problem\nsecond problem'
+
+    # An error that does not pickle comes back as its traceback.
+    with StepperProcess('the test steppers', _unpicklable_error_steppers) as process:
+        with pytest.raises(RuntimeError, match='(?s)Traceback.*Local: inside a step'):
+            process.stepper('raises').round_seconds(1)
+        # ... and the process still answers.
+        assert process.call(len, 'abc') == 3
+
+    # A process that dies says so, with its exit code.
+    with StepperProcess('the test steppers', _exiting_steppers) as process:
+        with pytest.raises(RuntimeError, match=r'measuring the test steppers ended .*code 3\)'):
+            process.stepper('exit').warm_up(1)

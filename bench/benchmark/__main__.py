@@ -2,4 +2,6 @@ import sys
 
 from bench.benchmark.cli import main
 
-sys.exit(main())
+# Guarded: the benchmark's spawned child processes import this module as __mp_main__.
+if __name__ == '__main__':
+    sys.exit(main())

@@ -183,7 +183,6 @@ def run(args: argparse.Namespace, threads: int) -> int:
         format_rows,
         kernel_summary,
         reference_summary,
-        torch_kernel_summary,
     )
 
     backends = BACKENDS if args.backend == 'both' else (args.backend,)
@@ -228,6 +227,8 @@ def run(args: argparse.Namespace, threads: int) -> int:
         'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
         'dataloader_workers': args.workers,
         'malloc': malloc,
+        # Each framework's own OpenMP threads (bench.benchmark.child says why).
+        'processes': 'gluon and torch each in its own' if len(backends) > 1 else 'one',
     }
     print(header_line(settings), flush=True)
     few = too_few_batches(settings)
@@ -259,7 +260,7 @@ def run(args: argparse.Namespace, threads: int) -> int:
         print(against_reference)
     if ctx is not None:
         print(kernel_summary(rows))
-    torch_kernels = torch_device is not None and torch_kernel_summary(torch_device)
+    torch_kernels = next((row['torch_kernels'] for row in rows if row.get('torch_kernels')), None)
     if torch_kernels:
         print(torch_kernels)
     peak = cpu_peak_gflops() if on_cpu else None
@@ -296,11 +297,15 @@ def header_line(settings: dict[str, Any]) -> str:
     """What every number below it was measured under."""
     torch_step = f', torch step {settings["torch_step"]}' if settings['torch_step'] else ''
     threads = settings['omp_num_threads'] or 'unset'
+    processes = (
+        f', {settings["processes"]} process' if settings.get('processes', 'one') != 'one' else ''
+    )
     return (
         f'device: {"; ".join(settings["devices"])}, batch {settings["batch_size"]}, '
         f'{settings["precision"]}{torch_step}, {settings["timed_batches"]} timed batches '
         f'in {settings["rounds"]} rounds, OMP_NUM_THREADS={threads}, '
         f'{settings["dataloader_workers"]} DataLoader workers, malloc {settings["malloc"]}'
+        f'{processes}'
     )
 
 

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bench.benchmark.child import StepperProcess
 from bench.benchmark.timing import (
     TRAIN_FLOPS_PER_MAC,
     batches_per_round,
@@ -70,35 +71,27 @@ def benchmark(
                 for a in attentions
             }
         )
-    steppers = {}
-    for (backend, model, attention), spec in specs.items():
-        key = (model, attention)
-        if backend == 'torch':
-            from bench.benchmark import torch_steps
-
-            steppers[('torch',) + key] = torch_steps.trial_stepper(
-                spec, images, labels, torch_device
+    torch_process = None
+    try:
+        steppers, torch_process = _steppers(
+            specs, images, labels, ctx, torch_device, workers, baseline, kernels_compare
+        )
+        rates = interleaved_rates(steppers, batch_size, rounds, batches_per_round(batches, rounds))
+        data_rates = {
+            backend: _data_rate(
+                backend, images, labels, ctx, torch_device, batch_size, batches * 4, torch_process
             )
-            steppers[('torch-reference',) + key] = torch_steps.reference_stepper(
-                spec, images, labels, torch_device
-            )
-            continue
-        from bench.benchmark import gluon_steps, original
-
-        steppers[('trial',) + key] = gluon_steps.trial_stepper(spec, images, labels, ctx)
-        if kernels_compare and attention != 'none':
-            steppers[('mxnet-ops',) + key] = gluon_steps.trial_stepper(
-                spec, images, labels, ctx, mxnet_operators=True
-            )
-        if kernels_compare and attention == 'none' and _fused_kernels_run(ctx):
-            steppers[('floor',) + key] = gluon_steps.extension_floor_stepper(
-                spec, images, labels, ctx
-            )
-        if baseline:
-            steppers[('original',) + key] = original.original_stepper(
-                spec, images, labels, ctx, workers
-            )
-    rates = interleaved_rates(steppers, batch_size, rounds, batches_per_round(batches, rounds))
+            for backend in backends
+        }
+        # Asked where the torch rows ran: which kernels a process used is its own state.
+        torch_kernels = None
+        if torch_process is not None:
+            torch_kernels = torch_process.call(torch_kernel_summary, torch_device)
+        elif 'torch' in backends:
+            torch_kernels = torch_kernel_summary(torch_device)
+    finally:
+        if torch_process is not None:
+            torch_process.close()
     rows = []
     for (backend, model, attention), spec in specs.items():
         kind = BACKEND_KINDS[backend]
@@ -110,9 +103,7 @@ def benchmark(
             'attention': attention,
             'trial_img_s': trial,
             'trial_img_s_range': [min(trial_rates), max(trial_rates)],
-            'data_img_s': _data_rate(
-                backend, images, labels, ctx, torch_device, batch_size, batches * 4
-            ),
+            'data_img_s': data_rates[backend],
             'gflop_s': trial * TRAIN_FLOPS_PER_MAC * network_counts(model, attention).macs / 1e9,
         }
         row['data_over_trial'] = row['data_img_s'] / trial
@@ -127,6 +118,7 @@ def benchmark(
                 row['mxnet_ops_img_s'] = statistics.median(plain)
                 row['mxnet_ops_vs_vanilla'] = median_ratio(plain, rates[('trial', model, 'none')])
         if backend == 'torch':
+            row['torch_kernels'] = torch_kernels
             reference = rates[('torch-reference', model, attention)]
             row['reference_img_s'] = statistics.median(reference)
             row['vs_reference'] = median_ratio(trial_rates, reference)
@@ -151,6 +143,61 @@ def benchmark(
     return rows
 
 
+def _steppers(
+    specs: Mapping[tuple[str, str, str], TrialSpec],
+    images: np.ndarray,
+    labels: np.ndarray,
+    ctx: mx.Context | None,
+    torch_device: torch.device | None,
+    workers: int,
+    baseline: bool,
+    kernels_compare: bool,
+) -> tuple[dict[tuple[str, str, str], Any], StepperProcess | None]:
+    """Every stepper the rows time, keyed (kind, model, attention) in the specs' order,
+    and the process that holds the torch ones where Gluon is measured too (see
+    bench.benchmark.child)."""
+    torch_specs = {key[1:]: spec for key, spec in specs.items() if key[0] == 'torch'}
+    torch_steppers: Mapping[tuple[str, str, str], Any] = {}
+    torch_process = None
+    if torch_specs:
+        from bench.benchmark import torch_steps
+
+        if len(torch_specs) == len(specs):
+            torch_steppers = torch_steps.steppers(torch_specs, images, labels, torch_device)
+        else:
+            arguments = (torch_specs, images, labels, torch_device)
+            torch_process = StepperProcess('the torch steppers', torch_steps.steppers, *arguments)
+            torch_steppers = {name: torch_process.stepper(name) for name in torch_process.names}
+    steppers = {}
+    try:
+        for (backend, model, attention), spec in specs.items():
+            key = (model, attention)
+            if backend == 'torch':
+                for kind in ('torch', 'torch-reference'):
+                    steppers[(kind,) + key] = torch_steppers[(kind,) + key]
+                continue
+            from bench.benchmark import gluon_steps, original
+
+            steppers[('trial',) + key] = gluon_steps.trial_stepper(spec, images, labels, ctx)
+            if kernels_compare and attention != 'none':
+                steppers[('mxnet-ops',) + key] = gluon_steps.trial_stepper(
+                    spec, images, labels, ctx, mxnet_operators=True
+                )
+            if kernels_compare and attention == 'none' and _fused_kernels_run(ctx):
+                steppers[('floor',) + key] = gluon_steps.extension_floor_stepper(
+                    spec, images, labels, ctx
+                )
+            if baseline:
+                steppers[('original',) + key] = original.original_stepper(
+                    spec, images, labels, ctx, workers
+                )
+    except BaseException:
+        if torch_process is not None:
+            torch_process.close()
+        raise
+    return steppers, torch_process
+
+
 def _fused_kernels_run(ctx: mx.Context) -> bool:
     from models.kernels import fused_kernels_for
 
@@ -165,11 +212,15 @@ def _data_rate(
     torch_device: torch.device | None,
     batch_size: int,
     batches: int,
+    torch_process: StepperProcess | None = None,
 ) -> float:
     if backend == 'torch':
         from bench.benchmark.torch_steps import measure_data_pipeline
 
-        return measure_data_pipeline(images, labels, torch_device, batch_size, batches)
+        arguments = (images, labels, torch_device, batch_size, batches)
+        if torch_process is not None:
+            return torch_process.call(measure_data_pipeline, *arguments)
+        return measure_data_pipeline(*arguments)
     from bench.benchmark.gluon_steps import measure_data_pipeline
 
     return measure_data_pipeline(images, labels, ctx, batch_size, batches)

@@ -47,27 +47,48 @@ def interleaved_rates(
     to a settled point: settled before the clock starts (untimed, so nothing of the
     previous round is charged to it) and after its last step (timed, so all of its
     own work is), and each stepper is charged exactly the work of its own batches.
+    A stepper living in another process (bench.benchmark.child) times its own rounds
+    there, alike, with `warm_up` and `round_seconds` of its own.
     Returns {name: [images/s in round 1, round 2, ...]}.
     """
-
-    def settle(step: Callable[[], object]) -> None:
-        if hasattr(step, 'settle'):
-            step.settle()
-
     for step in steppers.values():
-        for _ in range(warmup):  # graph building, allocation, oneDNN primitives
-            step()
-        settle(step)
+        if hasattr(step, 'warm_up'):
+            step.warm_up(warmup)
+        else:
+            warm_up(step, warmup)
     rates = {name: [] for name in steppers}
     for _ in range(rounds):
         for name, step in steppers.items():
-            settle(step)
-            started = time.perf_counter()
-            for _ in range(batches_per_round):
-                step()
-            settle(step)
-            rates[name].append(batches_per_round * batch_size / (time.perf_counter() - started))
+            if hasattr(step, 'round_seconds'):
+                seconds = step.round_seconds(batches_per_round)
+            else:
+                seconds = round_seconds(step, batches_per_round)
+            rates[name].append(batches_per_round * batch_size / seconds)
     return rates
+
+
+def _settle(step: Callable[[], object]) -> None:
+    if hasattr(step, 'settle'):
+        step.settle()
+
+
+def warm_up(step: Callable[[], object], steps: int) -> None:
+    """Untimed steps (graph building, allocation, oneDNN primitives, compilation), then
+    settled."""
+    for _ in range(steps):
+        step()
+    _settle(step)
+
+
+def round_seconds(step: Callable[[], object], steps: int) -> float:
+    """Seconds of `steps` steps from a settled point to a settled point (see
+    interleaved_rates)."""
+    _settle(step)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _settle(step)
+    return time.perf_counter() - started
 
 
 def median_ratio(numerator_rates: Iterable[float], denominator_rates: Iterable[float]) -> float:

@@ -4,7 +4,7 @@ measured against), for timing; each round ends with the device's queue empty."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ import torch
 
 from bench.benchmark.timing import endless
 from bench.trial.batches import epoch_plan
+from bench.trial.host_memory import keep_freed_memory_for_reuse
 from bench.trial.pytorch.augment import DeviceImages
 from bench.trial.pytorch.trainer import TorchSession
 
@@ -117,6 +118,26 @@ def reference_stepper(
     step()
     step.settle()
     return step
+
+
+def steppers(
+    specs: Mapping[tuple[str, str], TrialSpec],
+    images: np.ndarray,
+    labels: np.ndarray,
+    device: str | torch.device,
+) -> dict[tuple[str, str, str], Callable[[], None]]:
+    """The trial's and the idiomatic reference's stepper of each (model, attention):
+    {('torch', model, attention): ..., ('torch-reference', model, attention): ...}."""
+    device = torch.device(device)
+    if device.type == 'cpu':
+        keep_freed_memory_for_reuse()  # the trial's setting, for the reference rows too
+    found = {}
+    for (model, attention), spec in specs.items():
+        found[('torch', model, attention)] = trial_stepper(spec, images, labels, device)
+        found[('torch-reference', model, attention)] = reference_stepper(
+            spec, images, labels, device
+        )
+    return found
 
 
 def measure_data_pipeline(
