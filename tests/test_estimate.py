@@ -279,6 +279,34 @@ def test_a_calibration_runs_the_projects_own_code_whatever_the_working_folder(
     assert seen['cwd'] == est.PROJECT_ROOT and (est.PROJECT_ROOT / 'bench' / 'sweep').is_dir()
 
 
+def test_each_backend_is_calibrated_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """MXNet and PyTorch in one process share one OpenMP runtime that then slows
+    PyTorch's steps down (bench/benchmark/child.py): a sweep with cells of both backends
+    times each backend's networks in its own child, as its trials run."""
+    import subprocess
+
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    children = []
+
+    def fake_run(command, **options):
+        request = json.loads(open(command[-2]).read())
+        children.append({TrialSpec.from_dict(s).recipe.backend for s in request['specs']})
+        figures = {'step_seconds': [0.1, 0.1], 'eval_seconds_per_image': 0.001}
+        answer = {est.network_key(TrialSpec.from_dict(s)): figures for s in request['specs']}
+        open(command[-1], 'w').write(json.dumps(answer))
+        return subprocess.CompletedProcess(command, 0, '', '')
+
+    monkeypatch.setattr(subprocess, 'run', fake_run)
+    torch_recipe = Recipe(epochs=10, batch_size=100, backend='torch')
+    specs = [spec(), spec(attention='se'), TrialSpec('cifar_resnet20_v1', 'eca', 0, torch_recipe)]
+    found = est.calibrate(specs, RESOURCES, DEVICE, progress=lambda _: None)
+    assert sorted(children, key=sorted) == [{'gluon'}, {'torch'}]
+    assert sorted(found) == sorted(est.network_key(s) for s in specs)
+    children.clear()
+    est.calibrate(specs[:2], RESOURCES, DEVICE, progress=lambda _: None)
+    assert children == []  # cached
+
+
 def test_networks_the_store_measured_are_not_calibrated_again(tmp_path):
     store = ResultsStore(tmp_path / 'store')
     stored_trial(store, 'a' * 12, spec(epochs=2), [10.0, 11.0])

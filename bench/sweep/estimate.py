@@ -529,7 +529,8 @@ def calibrate(
     progress: Callable[[str], object] = print,
 ) -> dict[str, dict[str, Any]]:
     """The calibration of every distinct network of `specs` on this machine: the cached
-    ones, the rest timed in a child process (with the trial's thread count) and cached."""
+    ones, the rest timed in a child process per backend (with the trial's thread count)
+    and cached."""
     networks = {network_key(spec): spec for spec in specs}
     found = cached_calibration(device, networks)
     missing = [spec for key, spec in networks.items() if key not in found]
@@ -539,12 +540,26 @@ def calibrate(
         f'calibrating {len(missing)} network(s) on {device}: {WARMUP_STEPS + CALIBRATION_STEPS} '
         'training steps and one evaluation each'
     )
+    measured = {}
+    # One child per backend: MXNet and PyTorch in one process share one OpenMP runtime,
+    # which then slows PyTorch's steps (bench/benchmark/child.py); a trial runs alone.
+    backends = {spec.recipe.backend for spec in missing}
+    for backend in sorted(backends):
+        group = [spec for spec in missing if spec.recipe.backend == backend]
+        measured.update(_calibration_in_child(group, resources, device))
+    _store_calibration(device, measured)
+    return {**found, **measured}
+
+
+def _calibration_in_child(
+    specs: Sequence[TrialSpec], resources: Resources, device: str
+) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix='calibration-') as folder:
         request, answer = Path(folder) / 'request.json', Path(folder) / 'answer.json'
         write_json_atomic(
             request,
             {
-                'specs': [spec.to_dict() for spec in missing],
+                'specs': [spec.to_dict() for spec in specs],
                 'cpus_per_trial': resources.cpus_per_trial,
                 'gpus_per_trial': resources.gpus_per_trial if device.startswith('gpu') else 0,
             },
@@ -560,9 +575,7 @@ def calibrate(
         if child.returncode != 0:
             why = (child.stderr.strip().splitlines() or ['no message'])[-1]
             raise EstimateError(f'the calibration failed: {why}')
-        measured = read_json(answer)
-    _store_calibration(device, measured)
-    return {**found, **measured}
+        return read_json(answer)
 
 
 def _store_calibration(device: str, measured: Mapping[str, Any]) -> None:
