@@ -9,9 +9,11 @@ For each model x attention on the current device it prints:
             attention's speed as a share of the vanilla network's;
 - epochs:   seconds of a whole epoch (training pass and evaluation) of a trial
             against the original script's loop.
-All are measured in this one process on the same data, the training rates in
-alternating rounds, each ratio the median of per-round ratios, so that a slow
-spell of the machine hits all alike. --kernels-compare adds the attentions
-built with MXNet's operators instead of the fused kernels; --threads-compare
-adds child processes at MXNet's default thread count.
+All are measured on the same data, the training rates in alternating rounds, each
+ratio the median of per-round ratios, so that a slow spell of the machine hits all
+alike; with both backends the torch rows run in a process of their own
+(bench.benchmark.child says why), their rounds still taking turns with Gluon's.
+--kernels-compare adds the attentions built with MXNet's operators instead of the
+fused kernels; --threads-compare adds child processes at MXNet's default thread
+count.
 """

@@ -154,7 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=BACKENDS + ('both',),
         default='gluon',
         help='gluon (MXNet, the reference), torch (PyTorch), or both in one '
-        'interleaved run (their rows side by side, torch/gluon ratios)',
+        'interleaved run (their rows side by side, torch/gluon ratios; the torch rows '
+        'in a process of their own)',
     )
     parser.add_argument('--compile', action='store_true', help='torch: torch.compile the networks')
     parser.add_argument(
