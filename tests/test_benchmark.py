@@ -583,3 +583,16 @@ def test_a_child_process_s_failures_come_back_as_errors():
     with StepperProcess('the test steppers', _exiting_steppers) as process:
         with pytest.raises(RuntimeError, match=r'measuring the test steppers ended .*code 3\)'):
             process.stepper('exit').warm_up(1)
+
+
+def test_an_interrupted_benchmark_says_what_it_kept(capsys, monkeypatch, tmp_path):
+    from bench.benchmark import cli
+
+    def interrupted(args, threads):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, 'run', interrupted)
+    out = tmp_path / 'rows.json'
+    assert main(['--num-gpus', '0', '--json', str(out)]) == 130
+    assert f'interrupted: nothing measured is kept ({out} not written)' in capsys.readouterr().err
+    assert not out.exists()

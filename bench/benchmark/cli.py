@@ -28,7 +28,7 @@ from bench.benchmark.timing import (
     epoch_data,
     synthetic_images,
 )
-from bench.errors import BenchError, ProblemsFound, report
+from bench.errors import INTERRUPTED, BenchError, ProblemsFound, report
 from bench.fileio import write_json_atomic
 from bench.gpu import check_local_gpus
 from bench.trial.host_memory import keep_freed_memory_for_reuse
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, threads)
     except BenchError as error:
         raise SystemExit(report(error)) from None
+    except KeyboardInterrupt:
+        written = f' ({args.json} not written)' if args.json else ''
+        print(f'\ninterrupted: nothing measured is kept{written}', file=sys.stderr)
+        return INTERRUPTED
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
