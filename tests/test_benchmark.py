@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import time
 
 import numpy as np
@@ -515,6 +516,39 @@ def _exiting_steppers():
     return {'exit': lambda: os._exit(3)}
 
 
+class _TwoArguments(Exception):
+    """Pickles, but cannot be rebuilt from its args (as some library exceptions)."""
+
+    def __init__(self, first, second):
+        super().__init__(f'{first} and {second}')
+
+
+def _raising_steppers():
+    def two_arguments():
+        raise _TwoArguments('one', 'two')
+
+    def value_error():
+        raise ValueError('a plain error')
+
+    return {'two arguments': two_arguments, 'value error': value_error}
+
+
+def _slow_to_load():
+    time.sleep(1.5)
+    return 'loaded'
+
+
+class _SlowToLoad:
+    """An argument whose loading in the child takes a while, as importing torch does."""
+
+    def __reduce__(self):
+        return (_slow_to_load, ())
+
+
+def _steppers_of(_argument):
+    return {'nothing': lambda: None}
+
+
 def _unpicklable_error_steppers():
     class Local(Exception):  # a local class does not pickle
         pass
@@ -572,12 +606,28 @@ def test_a_child_process_s_failures_come_back_as_errors():
     assert raised.value.hint == 'do this' and raised.value.exit_code == error.exit_code
     assert str(raised.value) == 'first problem\nsecond problem'
 
-    # An error that does not pickle comes back as its traceback.
+    # An error that does not pickle, or pickles but cannot be rebuilt, comes back as a
+    # RuntimeError naming it; every error but a BenchError with the child's traceback.
     with StepperProcess('the test steppers', _unpicklable_error_steppers) as process:
-        with pytest.raises(RuntimeError, match='(?s)Traceback.*Local: inside a step'):
+        with pytest.raises(RuntimeError, match='Local: inside a step') as raised:
             process.stepper('raises').round_seconds(1)
+        assert "raise Local('inside a step')" in str(raised.value.__cause__)
         # ... and the process still answers.
         assert process.call(len, 'abc') == 3
+    with StepperProcess('the test steppers', _raising_steppers) as process:
+        with pytest.raises(RuntimeError, match='_TwoArguments: one and two') as raised:
+            process.stepper('two arguments').warm_up(1)
+        assert "raise _TwoArguments('one', 'two')" in str(raised.value.__cause__)
+        with pytest.raises(ValueError, match='a plain error') as raised:
+            process.stepper('value error').round_seconds(1)
+        assert 'in the child process' in str(raised.value.__cause__)
+        assert "raise ValueError('a plain error')" in str(raised.value.__cause__)
+
+    # Left by an error or an interrupt, the process is stopped at once, not asked to.
+    with pytest.raises(KeyboardInterrupt):
+        with StepperProcess('the test steppers', _exiting_steppers) as process:
+            raise KeyboardInterrupt
+    assert process._process.exitcode == -signal.SIGTERM
 
     # A process that dies says so, with its exit code.
     with StepperProcess('the test steppers', _exiting_steppers) as process:
@@ -596,3 +646,34 @@ def test_an_interrupted_benchmark_says_what_it_kept(capsys, monkeypatch, tmp_pat
     assert main(['--num-gpus', '0', '--json', str(out)]) == 130
     assert f'interrupted: nothing measured is kept ({out} not written)' in capsys.readouterr().err
     assert not out.exists()
+    # In the benchmark's own child processes (--threads-compare, whole epochs) the
+    # parent says it, once, and never names the child's temporary file.
+    monkeypatch.setenv(cli.CHILD_ENV, '1')
+    assert main(['--num-gpus', '0', '--json', str(out)]) == 130
+    assert capsys.readouterr().err == ''
+
+
+@pytest.mark.skipif(not hasattr(signal, 'pthread_sigmask'), reason='POSIX signal masks')
+def test_a_ctrl_c_while_the_child_loads_its_arguments_reaches_only_this_process():
+    """Ctrl-C goes to the whole process group; a child still loading its arguments
+    (importing the framework) must not die of it with a traceback of its own: it starts
+    with Ctrl-C blocked, then ignores it, and the parent alone is interrupted."""
+    import multiprocessing
+    import threading
+
+    from bench.benchmark.child import StepperProcess
+
+    def interrupt_the_child():
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            children = multiprocessing.active_children()
+            if children:
+                time.sleep(0.3)  # inside the slow loading
+                os.kill(children[0].pid, signal.SIGINT)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=interrupt_the_child, daemon=True).start()
+    with StepperProcess('the test steppers', _steppers_of, _SlowToLoad()) as process:
+        assert process.names == ['nothing']
+        assert process.call(len, 'ab') == 2  # alive and answering

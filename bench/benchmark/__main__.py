@@ -2,6 +2,7 @@ import sys
 
 from bench.benchmark.cli import main
 
-# Guarded: the benchmark's spawned child processes import this module as __mp_main__.
+# Guarded, as every module a spawned child process may import must be
+# (bench.benchmark.child starts some).
 if __name__ == '__main__':
     sys.exit(main())

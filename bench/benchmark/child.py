@@ -15,15 +15,17 @@ each side idles in a blocking read while the other is timed.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import pickle
 import signal
 import traceback
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.benchmark.timing import round_seconds, warm_up
+from bench.errors import BenchError
 
 Steppers = Mapping[Hashable, Callable[[], object]]
 
@@ -40,7 +42,11 @@ class StepperProcess:
         self._process = context.Process(
             target=_serve, args=(child_end, build, arguments), name=what, daemon=True
         )
-        self._process.start()
+        # The child inherits a blocked Ctrl-C and ignores it from _serve on: loading its
+        # arguments imports the framework, seconds in which a Ctrl-C (sent to the whole
+        # process group) would print the child's traceback. This process gets it after.
+        with _ctrl_c_blocked():
+            self._process.start()
         child_end.close()
         self.names: list[Hashable] = self._answer()
 
@@ -52,8 +58,10 @@ class StepperProcess:
     def call(self, function: Callable[..., Any], *arguments: Any) -> Any:
         return self._request('call', function, arguments)
 
-    def close(self) -> None:
-        if self._process.is_alive():
+    def close(self, wait: bool = True) -> None:
+        """Stop the process: asked to, once it has answered (`wait`), else at once (an
+        interrupt, an error: what it is doing is not wanted any more)."""
+        if wait and self._process.is_alive():
             try:
                 self._connection.send(('stop',))
             except (BrokenPipeError, OSError):
@@ -67,8 +75,8 @@ class StepperProcess:
     def __enter__(self) -> StepperProcess:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self.close(wait=kind is None)
 
     def _request(self, *message: Any) -> Any:
         self._connection.send(message)
@@ -84,8 +92,30 @@ class StepperProcess:
                 f'{self._process.exitcode}); its own output above says why'
             ) from None
         if status == 'error':
-            raise value
+            error, child_traceback = value
+            if isinstance(error, BenchError):  # a message for the user, as it stands
+                raise error
+            raise error from ChildTraceback(child_traceback)
         return value
+
+
+class ChildTraceback(Exception):
+    """Where an error of the child process was raised, as the child printed it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f'in the child process:\n{text}')
+
+
+@contextlib.contextmanager
+def _ctrl_c_blocked() -> Iterator[None]:
+    if not hasattr(signal, 'pthread_sigmask'):  # not POSIX: nothing to inherit
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class RemoteStepper:
@@ -105,6 +135,8 @@ class RemoteStepper:
 def _serve(connection: Connection, build: Callable[..., Steppers], arguments: tuple) -> None:
     # Ctrl-C reaches the whole process group: the parent stops this process (close).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         steppers = build(*arguments)
     except BaseException as error:  # every failure goes back to the parent
@@ -130,11 +162,12 @@ def _serve(connection: Connection, build: Callable[..., Steppers], arguments: tu
 
 
 def _send_error(connection: Connection, error: BaseException) -> None:
-    """The error itself where it pickles (a BenchError whole: message, hint, exit code);
-    otherwise a RuntimeError with its traceback."""
+    """The error and its traceback's text: the error itself where it survives pickling
+    (a BenchError whole: message, hint, exit code; some exceptions pickle but cannot be
+    rebuilt, their __init__ asking for more than their args), else a RuntimeError."""
+    text = ''.join(traceback.format_exception(type(error), error, error.__traceback__))
     try:
-        pickle.dumps(error)
-    except Exception:  # any failure to pickle
-        text = traceback.format_exception(type(error), error, error.__traceback__)
-        error = RuntimeError(''.join(text))
-    connection.send(('error', error))
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # any failure to pickle or to rebuild
+        error = RuntimeError(f'{type(error).__name__}: {error}')
+    connection.send(('error', (error, text)))

@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         raise SystemExit(report(error)) from None
     except KeyboardInterrupt:
-        written = f' ({args.json} not written)' if args.json else ''
-        print(f'\ninterrupted: nothing measured is kept{written}', file=sys.stderr)
+        if not os.environ.get(CHILD_ENV):  # the parent says it, once
+            written = f' ({args.json} not written)' if args.json else ''
+            print(f'\ninterrupted: nothing measured is kept{written}', file=sys.stderr)
         return INTERRUPTED
 
 
@@ -389,10 +390,14 @@ def _epoch_child(
     return 0
 
 
+# Set in the benchmark's own child processes (_run_child).
+CHILD_ENV = 'BENCH_BENCHMARK_CHILD'
+
+
 def _run_child(arguments: list[str], threads: int | None) -> dict[str, Any]:
     """Run this benchmark in a fresh process with OMP_NUM_THREADS=threads (None: MXNet's
     default, as a script that never set it ran); returns what the child wrote as JSON."""
-    env = dict(os.environ)
+    env = dict(os.environ, **{CHILD_ENV: '1'})
     env.pop('OMP_NUM_THREADS', None)
     if threads:
         env['OMP_NUM_THREADS'] = str(threads)

@@ -3,6 +3,7 @@ printed table."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -71,11 +72,10 @@ def benchmark(
                 for a in attentions
             }
         )
-    torch_process = None
-    try:
-        steppers, torch_process = _steppers(
-            specs, images, labels, ctx, torch_device, workers, baseline, kernels_compare
-        )
+    steppers, torch_process = _steppers(
+        specs, images, labels, ctx, torch_device, workers, baseline, kernels_compare
+    )
+    with torch_process or contextlib.nullcontext():
         rates = interleaved_rates(steppers, batch_size, rounds, batches_per_round(batches, rounds))
         data_rates = {
             backend: _data_rate(
@@ -89,9 +89,6 @@ def benchmark(
             torch_kernels = torch_process.call(torch_kernel_summary, torch_device)
         elif 'torch' in backends:
             torch_kernels = torch_kernel_summary(torch_device)
-    finally:
-        if torch_process is not None:
-            torch_process.close()
     rows = []
     for (backend, model, attention), spec in specs.items():
         kind = BACKEND_KINDS[backend]
@@ -193,7 +190,7 @@ def _steppers(
                 )
     except BaseException:
         if torch_process is not None:
-            torch_process.close()
+            torch_process.close(wait=False)
         raise
     return steppers, torch_process
 

@@ -1,7 +1,8 @@
 """How the benchmark times: alternating rounds, per-round ratios, the CPU's peak.
 
-Framework-free: the steppers it times come from bench.benchmark.gluon_steps and
-bench.benchmark.original.
+Framework-free: the steppers it times come from bench.benchmark.gluon_steps,
+bench.benchmark.original and bench.benchmark.torch_steps, the torch ones of a
+two-backend run through a process of their own (bench.benchmark.child).
 """
 
 from __future__ import annotations

@@ -543,11 +543,13 @@ def calibrate(
     measured = {}
     # One child per backend: MXNet and PyTorch in one process share one OpenMP runtime,
     # which then slows PyTorch's steps (bench/benchmark/child.py); a trial runs alone.
+    # Each child's figures are cached at once: a later child's failure keeps them.
     backends = {spec.recipe.backend for spec in missing}
     for backend in sorted(backends):
         group = [spec for spec in missing if spec.recipe.backend == backend]
-        measured.update(_calibration_in_child(group, resources, device))
-    _store_calibration(device, measured)
+        figures = _calibration_in_child(group, resources, device)
+        _store_calibration(device, figures)
+        measured.update(figures)
     return {**found, **measured}
 
 
