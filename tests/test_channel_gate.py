@@ -347,3 +347,99 @@ def test_keeping_freed_memory_ends_the_training_steps_page_faults():
     assert result.returncode == 0, result.stderr
     before, after = map(float, result.stdout.split())
     assert after < 100 and after < before / 20, (before, after)
+
+
+def _block_run(net, x, fuse, monkeypatch):
+    """Output, parameter gradients and BN statistics of one training step's forward and
+    backward, the blocks ending through their gates (`fuse`) or by PyTorch's operators."""
+    from models.pytorch import cifar_resnet
+
+    real = cifar_resnet._ends_the_block
+    monkeypatch.setattr(cifar_resnet, '_ends_the_block', real if fuse else lambda _: False)
+    out = net(x)
+    out.square().sum().backward()
+    grads = {name: p.grad.clone() for name, p in net.named_parameters()}
+    monkeypatch.setattr(cifar_resnet, '_ends_the_block', real)
+    return out.detach(), grads, {name: b.clone() for name, b in net.named_buffers()}
+
+
+@pytest.mark.parametrize('model', ['cifar_resnet8_v1', 'cifar_resnet8_v2'])
+@pytest.mark.parametrize('attention', ['se', 'eca', 'gct', 'cbam', 'srm'])
+def test_a_blocks_end_through_its_channel_gate_gives_the_very_same_numbers(
+    model, attention, monkeypatch
+):
+    """shortcut + x * gate, then ReLU (v1), in one pass of the CPU kernel instead of
+    three operators: the product is rounded before the sum as PyTorch rounds it, so the
+    network's output, every gradient and BN's statistics are bitwise the same."""
+    from models.pytorch import get_model
+
+    torch.manual_seed(3)
+    net = get_model(model, attention, seed=0).to(memory_format=torch.channels_last)
+    for name, param in net.named_parameters():
+        if '.attention.' in name:  # gates away from their start (GCT's 1, SRM's 0.5)
+            nn.init.normal_(param, std=0.5)
+    twin = copy.deepcopy(net)
+    x = torch.randn(8, 3, 16, 16).to(memory_format=torch.channels_last)
+    calls = []
+    real_kernel = torch_ops.gated_residual
+    monkeypatch.setattr(
+        torch_ops, 'gated_residual', lambda *a, **k: calls.append(1) or real_kernel(*a, **k)
+    )
+    fused = _block_run(net, x, True, monkeypatch)
+    assert len(calls) == (3 if torch_ops.torch_kernel_status().loaded else 0)  # 3 blocks
+    calls.clear()
+    plain = _block_run(twin, x, False, monkeypatch)
+    assert not calls
+    assert torch.equal(fused[0], plain[0])
+    for name in fused[1]:
+        assert torch.equal(fused[1][name], plain[1][name]), name
+    # Not vacuous: gradients reached the gates (a narrow MLP's unit may be off).
+    assert sum(g.abs().sum() for name, g in fused[1].items() if '.attention.' in name) > 0
+    for name in fused[2]:
+        assert torch.equal(fused[2][name], plain[2][name]), name
+    with torch.no_grad():  # evaluation: the same path without the backward
+        net.eval(), twin.eval()
+        assert torch.equal(net(x), _block_run_eval(twin, x, monkeypatch))
+
+
+def _block_run_eval(net, x, monkeypatch):
+    from models.pytorch import cifar_resnet
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cifar_resnet, '_ends_the_block', lambda _: False)
+        return net(x)
+
+
+def test_hooks_on_an_attention_see_its_own_forward():
+    """A hook on the attention module (a researcher's gate maps) sees the module's input
+    and output as before: the block then does not end through the gate."""
+    from models.pytorch import get_model
+
+    net = get_model('cifar_resnet8_v1', 'se', seed=0)
+    seen = []
+    attention = net.features[3][0].attention
+    handle = attention.register_forward_hook(lambda module, inputs, out: seen.append(out))
+    x = torch.randn(2, 3, 16, 16)
+    net(x)
+    handle.remove()
+    assert len(seen) == 1 and seen[0].shape == (2, 32, 8, 8)  # stage 2's first block
+    assert (seen[0] < 0).any()  # the attention's own output, before the block's ReLU
+
+
+def test_the_fused_block_end_keeps_nan_and_takes_any_shortcut_layout():
+    if not torch_ops.torch_kernel_status().loaded:
+        pytest.skip('the fused torch CPU kernels did not build here')
+    x = torch.randn(2, 5, 3, 4).contiguous(memory_format=torch.channels_last)
+    x[0, 1, 2, 3] = float('nan')
+    gate = torch.rand(2, 5)
+    shortcut = torch.randn(2, 5, 3, 4)  # NCHW, x channels-last
+    for relu in (True, False):
+        expected = shortcut + x * gate[:, :, None, None]
+        expected = torch.relu(expected) if relu else expected
+        out = torch_ops.gated_residual(x, gate, shortcut, relu)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+        assert out[0, 1, 2, 3].isnan() and out.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match='do not fit'):
+        torch_ops.gated_residual(x, gate, shortcut[:, :, :2], True)
+    with pytest.raises(ValueError, match='relu=True ends a residual block'):
+        gate_channels(x, lambda mean: mean, ('mean',), nn.Module(), relu=True)

@@ -394,4 +394,56 @@ void channel_gate_input_gradient(const float* grad, const float* x, const float*
   }
 }
 
+// out = x * gate + shortcut, then max(out, 0) where relu (NaN stays NaN, as PyTorch's
+// ReLU keeps it): a residual block's end after a channel gate in one write, where eager
+// PyTorch writes the product, the sum and the ReLU's output one pass each. The product
+// is rounded before the sum (no fused multiply-add), as PyTorch's two operators round
+// it, so that the fused block end gives the very same numbers.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+void gated_residual(const float* x, const float* gate, const float* shortcut, float* out,
+                    int64_t images, int64_t plane, int64_t channels, int32_t relu,
+                    int32_t threads) {
+#ifdef __clang__
+#pragma clang fp contract(off)
+#endif
+  const int64_t rows = chunk_rows(channels), width = rows * channels;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> g(width);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < images; ++n) {
+      const int64_t start = n * plane * channels;
+      const float* __restrict xi = x + start;
+      const float* __restrict si = shortcut + start;
+      float* __restrict oi = out + start;
+      repeat_channels(gate + n * channels, channels, rows, g.data());
+      const float* __restrict gr = g.data();
+      const int64_t chunks = plane / rows;
+      for (int64_t q = 0; q < chunks; ++q) {
+        const int64_t o = q * width;
+        if (relu) {
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) {
+            const float value = xi[o + i] * gr[i] + si[o + i];
+            oi[o + i] = value < 0.0f ? 0.0f : value;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) oi[o + i] = xi[o + i] * gr[i] + si[o + i];
+        }
+      }
+      for (int64_t i = chunks * width; i < plane * channels; ++i) {
+        const float value = xi[i] * gr[i % channels] + si[i];
+        oi[i] = relu && value < 0.0f ? 0.0f : value;
+      }
+    }
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 }  // extern "C"

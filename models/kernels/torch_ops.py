@@ -68,6 +68,7 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
         'channel_statistics': [pointer] + [count] * 3 + [pointer] * 5 + [threads],
         'channel_dot': [pointer] * 2 + [count] * 3 + [pointer, threads],
         'channel_gate_input_gradient': [pointer] * 6 + [count] * 3 + [threads],
+        'gated_residual': [pointer] * 4 + [count] * 3 + [ctypes.c_int32, threads],
     }
     for name, arguments in signatures.items():
         function = getattr(library, name)
@@ -242,6 +243,31 @@ def channel_gate_input_gradient(
         per_channel(scale),
         per_channel(offset),
     )
+
+
+def gated_residual(
+    x: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, relu: bool
+) -> torch.Tensor:
+    """x * gate + shortcut, then ReLU where `relu`, in one pass: x as fused_kernels_apply
+    takes it, gate (N, C), shortcut of x's shape (any layout; taken in channels-last)."""
+    import torch
+
+    shortcut = _gradient_for_kernels(x, shortcut, gate)
+    gate = gate.to(torch.float32).contiguous()  # held: the kernel reads its memory
+    images, channels, height, width = x.shape
+    out = torch.empty_like(x)
+    _loaded_library().gated_residual(
+        x.data_ptr(),
+        gate.data_ptr(),
+        shortcut.data_ptr(),
+        out.data_ptr(),
+        images,
+        height * width,
+        channels,
+        int(relu),
+        _threads(),
+    )
+    return out
 
 
 def _x_gradient(

@@ -9,12 +9,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import eca_checked_kernel_size, reduced_units
-from .channel_gate import gate_channels
+from .channel_gate import ChannelGate
 
 
-class SE(nn.Module):
+class SE(ChannelGate):
     """Global average pool, FC (C -> C/r) + ReLU, FC (C/r -> C) + sigmoid, channel-wise
     scale; no biases (2 * C * hidden parameters)."""
+
+    statistics = ('mean',)
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
@@ -25,14 +27,13 @@ class SE(nn.Module):
     def _gate(self, mean: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.excite(F.relu(self.squeeze(mean))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_channels(x, self._gate, ('mean',), self)
 
-
-class ECA(nn.Module):
+class ECA(ChannelGate):
     """Global average pool, a 1-D convolution of kernel k across channels (no bias),
     sigmoid, scale. The weight is shaped (1, 1, k) like the Gluon module's, so its
     Xavier fans are the same; Gluon's constant shift matrices are not needed here."""
+
+    statistics = ('mean',)
 
     # Initialised by MXNet's Xavier() like a conv weight (initialize_like_mxnet).
     xavier_parameters = ('weight',)
@@ -48,13 +49,12 @@ class ECA(nn.Module):
         across = F.conv1d(mean[:, None, :], self.weight, padding=self.kernel_size // 2)
         return torch.sigmoid(across[:, 0, :])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_channels(x, self._gate, ('mean',), self)
 
-
-class GCT(nn.Module):
+class GCT(ChannelGate):
     """Per-channel L2 embedding times alpha, normalised across channels, gate
     1 + tanh(gamma * n + beta). beta takes no weight decay (`no_weight_decay`)."""
+
+    statistics = ('sum_of_squares',)
 
     no_weight_decay = ('beta',)
 
@@ -70,6 +70,3 @@ class GCT(nn.Module):
         embedding = torch.sqrt(sum_of_squares + self.epsilon) * alpha
         norm = gamma / torch.sqrt(embedding.square().mean(dim=1, keepdim=True) + self.epsilon)
         return 1.0 + torch.tanh(embedding * norm + beta)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_channels(x, self._gate, ('sum_of_squares',), self)

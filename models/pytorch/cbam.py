@@ -11,12 +11,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import reduced_units
-from .channel_gate import gate_channels
+from .channel_gate import ChannelGate
 
 
-class CBAM(nn.Module):
+class CBAM(ChannelGate):
     """Average- and max-pooled descriptors through one shared MLP with biases, summed,
     sigmoid, channel-wise scale."""
+
+    statistics = ('mean', 'max')
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
@@ -29,6 +31,3 @@ class CBAM(nn.Module):
 
     def _gate(self, mean: torch.Tensor, maximum: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self._mlp(mean) + self._mlp(maximum))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_channels(x, self._gate, ('mean', 'max'), self)

@@ -114,6 +114,8 @@ class _ChannelGate(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
+        shortcut: torch.Tensor | None,
+        relu: bool,
         gate_of: GateOf,
         statistics: tuple[Statistic, ...],
         *parameters: torch.Tensor,
@@ -123,18 +125,27 @@ class _ChannelGate(torch.autograd.Function):
         with torch.enable_grad():
             gate = gate_of(*leaves)
         _check_gate_inputs(gate, leaves, parameters, gate_of)
-        ctx.save_for_backward(x)
+        if shortcut is not None and torch_ops.fused_kernels_apply(x):
+            out = torch_ops.gated_residual(x, gate.detach(), shortcut, relu)
+        else:
+            out = residual_end(x * gate.detach()[:, :, None, None], shortcut, relu)
+        # ReLU's gradient reads its output, as PyTorch's own ReLU does.
+        ctx.save_for_backward(x, out if relu else None)
         ctx.gate, ctx.leaves, ctx.parameters = gate, leaves, parameters
         ctx.statistics, ctx.argmax = statistics, argmax
         ctx.mean = values['mean'] if 'variance' in statistics else None
-        return x * gate.detach()[:, :, None, None]
+        ctx.relu, ctx.has_shortcut = relu, shortcut is not None
+        return out
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         refuse_second_derivative('a channel-attention gate (models/pytorch/channel_gate.py)')
-        (x,) = ctx.saved_tensors
+        x, out = ctx.saved_tensors
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
+        grad_shortcut = grad if ctx.has_shortcut and ctx.needs_input_grad[1] else None
         gate = ctx.gate
         fused = torch_ops.fused_kernels_apply(x)
         if fused:
@@ -153,7 +164,7 @@ class _ChannelGate(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = _input_gradient(ctx, x, grad, gate.detach(), statistic_grads, fused)
-        return (grad_x, None, None, *parameter_grads)
+        return (grad_x, grad_shortcut, None, None, None, *parameter_grads)
 
 
 # owner (the module of a bound method, else the function) -> its gate functions checked
@@ -310,15 +321,54 @@ def gate_channels(
     gate_of: GateOf,
     statistics: Sequence[Statistic],
     module: nn.Module,
+    shortcut: torch.Tensor | None = None,
+    relu: bool = False,
 ) -> torch.Tensor:
     """x * gate_of(*statistics of x)[:, :, None, None], where gate_of maps the asked
     statistics (each (N, C), in the order asked) to the gate (N, C) with the parameters
-    of `module` (their gradients flow through the gate's network)."""
+    of `module` (their gradients flow through the gate's network).
+
+    With a `shortcut` (x's shape), a residual block's end comes with it: shortcut plus
+    that product, then a ReLU where `relu`: on the CPU kernels one pass over the
+    activation where PyTorch's operators make three (product, sum, ReLU), the same
+    numbers to float32 rounding."""
     statistics = tuple(statistics)
+    if relu and shortcut is None:
+        raise ValueError('gate_channels: relu=True ends a residual block: pass its shortcut')
     if plain_formula_wanted():
-        return x * gate_of(*_plain_statistics(x, statistics))[:, :, None, None]
+        gated = x * gate_of(*_plain_statistics(x, statistics))[:, :, None, None]
+        return residual_end(gated, shortcut, relu)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _ChannelGate.apply(x, gate_of, statistics, *module.parameters())
+        return _ChannelGate.apply(x, shortcut, relu, gate_of, statistics, *module.parameters())
     # No gradient to x: autograd (where on) sees only the gate's parameters.
     values, _ = channel_statistics(x, statistics)
-    return x * gate_of(*(values[statistic] for statistic in statistics))[:, :, None, None]
+    gate = gate_of(*(values[statistic] for statistic in statistics))
+    return residual_end(x * gate[:, :, None, None], shortcut, relu)
+
+
+def residual_end(residual: torch.Tensor, shortcut: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """A residual block's end as PyTorch's operators compute it: shortcut + residual, then
+    ReLU where `relu` (the residual alone without a shortcut)."""
+    if shortcut is None:
+        return residual
+    total = shortcut + residual
+    return F.relu(total) if relu else total
+
+
+class ChannelGate(nn.Module):
+    """An attention that scales x by a gate computed from x's per-channel statistics
+    (SE, ECA, GCT, CBAM, SRM): a subclass names its `statistics` and maps them to the
+    gate (N, C) in `_gate`. A residual block whose attention has `forward_residual` ends
+    through it (models/pytorch/cifar_resnet.py), unless hooks watch the module."""
+
+    statistics: tuple[Statistic, ...] = ()
+
+    def _gate(self, *statistics: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gate_channels(x, self._gate, self.statistics, self)
+
+    def forward_residual(self, x: torch.Tensor, shortcut: torch.Tensor, relu: bool) -> torch.Tensor:
+        """shortcut + self(x), then ReLU where `relu`, fused on the CPU kernels."""
+        return gate_channels(x, self._gate, self.statistics, self, shortcut=shortcut, relu=relu)

@@ -50,6 +50,20 @@ def _attention(
     return attention_class(channels, **options) if attention_class is not None else None
 
 
+def _ends_the_block(attention: nn.Module | None) -> bool:
+    """Whether the attention computes the block's end with it (`forward_residual`: a channel
+    gate, models/pytorch/channel_gate.py, which saves the activation passes of the product,
+    the sum and the ReLU). Not where hooks watch the module: its forward must then run."""
+    from torch.nn.modules import module as hooks
+
+    return (
+        attention is not None
+        and hasattr(attention, 'forward_residual')
+        and not (attention._forward_hooks or attention._forward_pre_hooks)
+        and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+    )
+
+
 class BasicBlockV1(nn.Module):
     """conv-BN-ReLU-conv-BN, attention, + shortcut, ReLU; with `attention_before_last_bn`
     conv-BN-ReLU-conv, attention, BN (a variant's placement)."""
@@ -87,6 +101,9 @@ class BasicBlockV1(nn.Module):
             residual = last_bn(self.attention(residual))
         else:
             residual = self.body(x)
+            if _ends_the_block(self.attention):
+                shortcut = self.downsample(x) if self.downsample is not None else x
+                return self.attention.forward_residual(residual, shortcut, relu=True)
             if self.attention is not None:
                 residual = self.attention(residual)
         shortcut = self.downsample(x) if self.downsample is not None else x
@@ -118,6 +135,8 @@ class BasicBlockV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x) if self.downsample is not None else x
         residual = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        if _ends_the_block(self.attention):
+            return self.attention.forward_residual(residual, shortcut, relu=False)
         if self.attention is not None:
             residual = self.attention(residual)
         return residual + shortcut

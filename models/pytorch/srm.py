@@ -11,12 +11,14 @@ import torch
 from torch import nn
 
 from .batch_norm import MXNetBatchNorm
-from .channel_gate import gate_channels
+from .channel_gate import ChannelGate
 
 
-class SRM(nn.Module):
+class SRM(ChannelGate):
     """Style pooling (mean, sqrt(unbiased variance + epsilon)), a channel-wise fully
     connected layer starting at zero, BN with MXNet's statistics, sigmoid, scale."""
+
+    statistics = ('mean', 'variance')
 
     def __init__(self, channels: int, epsilon: float = 1e-5):
         super().__init__()
@@ -28,6 +30,3 @@ class SRM(nn.Module):
         std = torch.sqrt(variance + self.epsilon)
         style = mean * self.cfc[:, 0] + std * self.cfc[:, 1]  # (N, C)
         return torch.sigmoid(self.bn(style[:, :, None, None]))[:, :, 0, 0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_channels(x, self._gate, ('mean', 'variance'), self)
