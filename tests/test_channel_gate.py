@@ -381,12 +381,15 @@ def test_a_blocks_end_through_its_channel_gate_gives_the_very_same_numbers(
     twin = copy.deepcopy(net)
     x = torch.randn(8, 3, 16, 16).to(memory_format=torch.channels_last)
     calls = []
-    real_kernel = torch_ops.gated_residual
-    monkeypatch.setattr(
-        torch_ops, 'gated_residual', lambda *a, **k: calls.append(1) or real_kernel(*a, **k)
-    )
+    for kernel in ('gated_residual', 'relu_masked_channel_dot'):
+        real = getattr(torch_ops, kernel)
+        monkeypatch.setattr(
+            torch_ops, kernel, lambda *a, k=kernel, r=real: calls.append(k) or r(*a)
+        )
     fused = _block_run(net, x, True, monkeypatch)
-    assert len(calls) == (3 if torch_ops.torch_kernel_status().loaded else 0)  # 3 blocks
+    if torch_ops.torch_kernel_status().loaded:  # 3 blocks; v2 has no ReLU at its end
+        v1 = model.endswith('v1')
+        assert sorted(calls) == ['gated_residual'] * 3 + ['relu_masked_channel_dot'] * 3 * v1
     calls.clear()
     plain = _block_run(twin, x, False, monkeypatch)
     assert not calls
@@ -441,5 +444,15 @@ def test_the_fused_block_end_keeps_nan_and_takes_any_shortcut_layout():
         assert out[0, 1, 2, 3].isnan() and out.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match='do not fit'):
         torch_ops.gated_residual(x, gate, shortcut[:, :, :2], True)
+    # Backward: the ReLU's gradient as PyTorch's threshold_backward gives it (a NaN
+    # output passes its gradient), and the gate's from it, as channel_dot computes it.
+    relu_out = torch_ops.gated_residual(x, gate, shortcut, True)
+    grad = torch.randn(2, 5, 3, 4)
+    masked, dot = torch_ops.relu_masked_channel_dot(grad, relu_out, x)
+    expected_masked = torch.ops.aten.threshold_backward(grad, relu_out, 0)
+    assert torch.equal(masked, expected_masked) and masked[0, 1, 2, 3] == grad[0, 1, 2, 3]
+    torch.testing.assert_close(
+        dot, torch_ops.channel_dot(expected_masked, x), rtol=0, atol=0, equal_nan=True
+    )
     with pytest.raises(ValueError, match='relu=True ends a residual block'):
         gate_channels(x, lambda mean: mean, ('mean',), nn.Module(), relu=True)

@@ -268,6 +268,61 @@ void fold_maximum(int64_t channels, int64_t rows, float* maximum, int32_t* argma
   }
 }
 
+// sum over the plane of grad * x per image and channel; with kRelu, grad masked by a
+// ReLU's output first (see relu_masked_channel_dot), the masked gradient written out.
+template <bool kRelu>
+void channel_dot_of(const float* grad, const float* relu_out, const float* x, int64_t images,
+                    int64_t plane, int64_t channels, float* masked, float* out,
+                    int32_t threads) {
+  const int64_t rows = chunk_rows(channels), width = rows * channels;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> partial(width);
+    std::vector<double> total(width);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < images; ++n) {
+      const int64_t start = n * plane * channels;
+      const float* __restrict gi = grad + start;
+      const float* __restrict ri = kRelu ? relu_out + start : nullptr;
+      float* __restrict mi = kRelu ? masked + start : nullptr;
+      const float* __restrict xi = x + start;
+      float* __restrict sum = partial.data();
+      std::fill(total.begin(), total.end(), 0.0);
+      std::fill(partial.begin(), partial.end(), 0.0f);
+      const int64_t chunks = plane / rows;
+      for (int64_t q = 0; q < chunks; ++q) {
+        const int64_t o = q * width;
+        if constexpr (kRelu) {
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) {
+            const float g = ri[o + i] <= 0.0f ? 0.0f : gi[o + i];
+            mi[o + i] = g;
+            sum[i] += g * xi[o + i];
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) sum[i] += gi[o + i] * xi[o + i];
+        }
+        if (flush_after(q, rows)) {
+          for (int64_t i = 0; i < width; ++i) total[i] += sum[i], sum[i] = 0.0f;
+        }
+      }
+      for (int64_t i = 0; i < width; ++i) total[i] += sum[i];
+      for (int64_t i = chunks * width; i < plane * channels; ++i) {
+        float g = gi[i];
+        if constexpr (kRelu) {
+          g = ri[i] <= 0.0f ? 0.0f : g;
+          mi[i] = g;
+        }
+        total[i % channels] += static_cast<double>(g) * xi[i];
+      }
+      fold_copies(channels, rows, total.data());
+      for (int64_t c = 0; c < channels; ++c) out[n * channels + c] = static_cast<float>(total[c]);
+    }
+  }
+}
+
+
 }  // namespace
 
 extern "C" {
@@ -321,34 +376,16 @@ void channel_statistics(const float* x, int64_t images, int64_t plane, int64_t c
 // sum over the plane of grad * x, per image and channel: the gate's gradient.
 void channel_dot(const float* grad, const float* x, int64_t images, int64_t plane,
                  int64_t channels, float* out, int32_t threads) {
-  const int64_t rows = chunk_rows(channels), width = rows * channels;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> partial(width);
-    std::vector<double> total(width);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < images; ++n) {
-      const float* __restrict gi = grad + n * plane * channels;
-      const float* __restrict xi = x + n * plane * channels;
-      float* __restrict sum = partial.data();
-      std::fill(total.begin(), total.end(), 0.0);
-      std::fill(partial.begin(), partial.end(), 0.0f);
-      const int64_t chunks = plane / rows;
-      for (int64_t q = 0; q < chunks; ++q) {
-#pragma omp simd
-        for (int64_t i = 0; i < width; ++i) sum[i] += gi[q * width + i] * xi[q * width + i];
-        if (flush_after(q, rows)) {
-          for (int64_t i = 0; i < width; ++i) total[i] += sum[i], sum[i] = 0.0f;
-        }
-      }
-      for (int64_t i = 0; i < width; ++i) total[i] += sum[i];
-      for (int64_t i = chunks * width; i < plane * channels; ++i) {
-        total[i % channels] += static_cast<double>(gi[i]) * xi[i];
-      }
-      fold_copies(channels, rows, total.data());
-      for (int64_t c = 0; c < channels; ++c) out[n * channels + c] = static_cast<float>(total[c]);
-    }
-  }
+  channel_dot_of<false>(grad, nullptr, x, images, plane, channels, nullptr, out, threads);
+}
+
+// The same through a ReLU after the gate (the block's end): its gradient first,
+// masked = grad where relu_out > 0 else 0 (PyTorch's threshold_backward, which passes a
+// NaN output's gradient too), written once, and the sum of masked * x from it.
+void relu_masked_channel_dot(const float* grad, const float* relu_out, const float* x,
+                             int64_t images, int64_t plane, int64_t channels, float* masked,
+                             float* out, int32_t threads) {
+  channel_dot_of<true>(grad, relu_out, x, images, plane, channels, masked, out, threads);
 }
 
 // grad_x = grad * gate + x * scale + offset, gate, scale and offset per image and

@@ -69,6 +69,7 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
         'channel_dot': [pointer] * 2 + [count] * 3 + [pointer, threads],
         'channel_gate_input_gradient': [pointer] * 6 + [count] * 3 + [threads],
         'gated_residual': [pointer] * 4 + [count] * 3 + [ctypes.c_int32, threads],
+        'relu_masked_channel_dot': [pointer] * 3 + [count] * 3 + [pointer] * 2 + [threads],
     }
     for name, arguments in signatures.items():
         function = getattr(library, name)
@@ -219,6 +220,34 @@ def channel_dot(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         grad.data_ptr(), x.data_ptr(), images, height * width, channels, out.data_ptr(), _threads()
     )
     return out
+
+
+def relu_masked_channel_dot(
+    grad: torch.Tensor, relu_out: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad through the ReLU that gave relu_out, the sum over H x W of that times x) in
+    one pass: grad where relu_out > 0 else 0 (PyTorch's threshold_backward), and
+    channel_dot of it with x. x as fused_kernels_apply takes it; the others of its shape
+    in any layout."""
+    import torch
+
+    grad = _gradient_for_kernels(x, grad)
+    relu_out = _gradient_for_kernels(x, relu_out)
+    images, channels, height, width = x.shape
+    masked = torch.empty_like(x)
+    out = x.new_empty((images, channels))
+    _loaded_library().relu_masked_channel_dot(
+        grad.data_ptr(),
+        relu_out.data_ptr(),
+        x.data_ptr(),
+        images,
+        height * width,
+        channels,
+        masked.data_ptr(),
+        out.data_ptr(),
+        _threads(),
+    )
+    return masked, out
 
 
 def channel_gate_input_gradient(

@@ -143,15 +143,18 @@ class _ChannelGate(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         refuse_second_derivative('a channel-attention gate (models/pytorch/channel_gate.py)')
         x, out = ctx.saved_tensors
-        if ctx.relu:
-            grad = torch.ops.aten.threshold_backward(grad, out, 0)
-        grad_shortcut = grad if ctx.has_shortcut and ctx.needs_input_grad[1] else None
         gate = ctx.gate
         fused = torch_ops.fused_kernels_apply(x)
-        if fused:
-            grad_gate = torch_ops.channel_dot(grad, x).to(gate.dtype)
+        if fused and ctx.relu:  # the ReLU's gradient and the gate's in one pass
+            grad, grad_gate = torch_ops.relu_masked_channel_dot(grad, out, x)
+        elif fused:
+            grad_gate = torch_ops.channel_dot(grad, x)
         else:
+            if ctx.relu:
+                grad = torch.ops.aten.threshold_backward(grad, out, 0)
             grad_gate = (grad * x).sum(dim=SPATIAL, dtype=gate.dtype)
+        grad_gate = grad_gate.to(gate.dtype)
+        grad_shortcut = grad if ctx.has_shortcut and ctx.needs_input_grad[1] else None
         trained = [p for p in ctx.parameters if p.requires_grad]
         wanted = [*ctx.leaves, *trained]
         # Retained: the outer graph may be differentiated again (retain_graph=True), and
