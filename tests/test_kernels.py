@@ -479,3 +479,20 @@ def test_loading_the_library_places_its_operators_where_mxnets_own_load_does():
     ]
     assert found['ours']['values'] == found['mxnet']['values'] == [[[3.0]], [[3.0]]]
     assert found['ours']['own_kept'] and not found['mxnet']['own_kept']
+
+
+def test_the_kernels_instruction_set_can_be_capped(tmp_path, monkeypatch):
+    """CHANNEL_ATTENTION_KERNEL_ISA caps the level as ONEDNN_MAX_CPU_ISA caps oneDNN's:
+    never wider than the CPU has; a name it does not know is an error, not ignored."""
+    info = tmp_path / 'cpuinfo'
+    info.write_text('flags\t: fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512dq\n')
+    monkeypatch.setenv(kernels.ISA_ENV, 'avx2')
+    assert kernels.cpu_isa(str(info)) == 'avx2'
+    monkeypatch.setenv(kernels.ISA_ENV, 'baseline')
+    assert kernels.cpu_isa(str(info)) == 'baseline'
+    info.write_text('flags\t: fpu sse2 avx2 fma\n')
+    monkeypatch.setenv(kernels.ISA_ENV, 'avx512')
+    assert kernels.cpu_isa(str(info)) == 'avx2'
+    monkeypatch.setenv(kernels.ISA_ENV, 'AVX2')
+    with pytest.raises(kernels.KernelBuildError, match=r"KERNEL_ISA='AVX2' is no level"):
+        kernels.cpu_isa(str(info))

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 FUSED_ENV = 'CHANNEL_ATTENTION_FUSED'
 CACHE_ENV = 'CHANNEL_ATTENTION_KERNEL_CACHE'
+ISA_ENV = 'CHANNEL_ATTENTION_KERNEL_ISA'
 SOURCE = Path(__file__).with_name('channel_ops.cc')
 LIBRARY_NAME = 'libcab_channel_ops-{isa}.so'
 # Instruction-set levels, widest first: (name, compiler flags, /proc/cpuinfo flags needed).
@@ -165,7 +166,19 @@ def _compiler() -> str:
 
 
 def cpu_isa(cpuinfo: str | os.PathLike[str] = '/proc/cpuinfo') -> str:
-    """The widest of ISA_LEVELS this CPU has ('baseline' where its flags cannot be read)."""
+    """The widest of ISA_LEVELS this CPU has ('baseline' where its flags cannot be read),
+    at most the level that CHANNEL_ATTENTION_KERNEL_ISA names: the kernels' counterpart
+    of oneDNN's ONEDNN_MAX_CPU_ISA and ATen's ATEN_CPU_CAPABILITY, to run (or measure)
+    a narrower build on a wider CPU. KernelBuildError for a level it does not know."""
+    names = [name for name, _, _ in ISA_LEVELS]  # widest first
+    cap = os.environ.get(ISA_ENV)
+    if cap and cap not in names:
+        raise KernelBuildError(f'{ISA_ENV}={cap!r} is no level of the kernels: one of {names}')
+    found = _widest_isa(cpuinfo)
+    return names[max(names.index(found), names.index(cap))] if cap else found
+
+
+def _widest_isa(cpuinfo: str | os.PathLike[str]) -> str:
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
