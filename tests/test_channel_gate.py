@@ -400,9 +400,12 @@ def test_a_blocks_end_through_its_channel_gate_gives_the_very_same_numbers(
     assert sum(g.abs().sum() for name, g in fused[1].items() if '.attention.' in name) > 0
     for name in fused[2]:
         assert torch.equal(fused[2][name], plain[2][name]), name
-    with torch.no_grad():  # evaluation: the same path without the backward
+    with torch.no_grad():  # evaluation: the kernel alone, no backward
         net.eval(), twin.eval()
+        calls.clear()
         assert torch.equal(net(x), _block_run_eval(twin, x, monkeypatch))
+        if torch_ops.torch_kernel_status().loaded:
+            assert calls == ['gated_residual'] * 3
 
 
 def _block_run_eval(net, x, monkeypatch):
@@ -456,3 +459,71 @@ def test_the_fused_block_end_keeps_nan_and_takes_any_shortcut_layout():
     )
     with pytest.raises(ValueError, match='relu=True ends a residual block'):
         gate_channels(x, lambda mean: mean, ('mean',), nn.Module(), relu=True)
+
+
+def test_a_block_ends_through_its_gate_only_where_nothing_else_would_run():
+    """A subclass or an instance with a forward of its own, or hooks on the module
+    (forward or backward, its own or global), keep the module's forward: the block's
+    fused end would skip them without a word."""
+    from models.pytorch import cifar_resnet
+    from models.pytorch.attention import SE
+
+    class DoubledSE(SE):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class OwnEnd(SE):  # a class that defines both answers for both
+        def forward(self, x):
+            return super().forward(x)
+
+        def forward_residual(self, x, shortcut, relu):
+            return super().forward_residual(x, shortcut, relu)
+
+    ends = cifar_resnet._ends_the_block
+    assert ends(SE(16)) and ends(OwnEnd(16)) and not ends(None) and not ends(nn.Identity())
+    assert not ends(DoubledSE(16))
+    patched = SE(16)
+    patched.forward = lambda x: x
+    assert not ends(patched)
+    for register in ('register_forward_hook', 'register_full_backward_hook'):
+        watched = SE(16)
+        handle = getattr(watched, register)(lambda *args: None)
+        assert not ends(watched), register
+        handle.remove()
+        assert ends(watched), register
+    handle = torch.nn.modules.module.register_module_full_backward_hook(lambda *args: None)
+    try:
+        assert not ends(SE(16))
+    finally:
+        handle.remove()
+
+    # In a network: the subclass's forward is what the block runs.
+    torch.manual_seed(4)
+    block = cifar_resnet.BasicBlockV1(
+        cifar_resnet.stage_plans('cifar_resnet8_v1')[0][0], attention_class=DoubledSE
+    ).eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        expected = torch.relu(x + block.attention(block.body(x)))
+        assert torch.equal(block(x), expected)
+
+
+def test_a_shortcut_of_another_shape_or_type_goes_through_pytorchs_operators():
+    """The kernel takes a shortcut of x's shape and dtype; a broadcast or float64 one
+    gets PyTorch's broadcasting and type promotion, gradients summed to its shape."""
+    gate = _Gate(('mean',))
+    first_x = _input(channels_last=True).detach()
+    for shortcut in (torch.randn(1, CHANNELS, 1, 1), torch.randn(3, CHANNELS, 5, 4).double()):
+        outs = []
+        for fused in (True, False):
+            x = first_x.clone().requires_grad_()
+            side = shortcut.clone().requires_grad_()
+            if fused:
+                out = gate_channels(x, gate.gate_of, ('mean',), gate, shortcut=side, relu=True)
+            else:
+                out = torch.relu(side + gate(x))
+            out.sum().backward()
+            outs.append((out.detach(), x.grad, side.grad))
+        for ours, expected in zip(*outs):
+            assert ours.dtype == expected.dtype and ours.shape == expected.shape
+            torch.testing.assert_close(ours, expected)

@@ -494,5 +494,13 @@ def test_the_kernels_instruction_set_can_be_capped(tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.ISA_ENV, 'avx512')
     assert kernels.cpu_isa(str(info)) == 'avx2'
     monkeypatch.setenv(kernels.ISA_ENV, 'AVX2')
-    with pytest.raises(kernels.KernelBuildError, match=r"KERNEL_ISA='AVX2' is no level"):
+    with pytest.raises(kernels.KernelSettingError, match=r"KERNEL_ISA='AVX2' is no level") as bad:
         kernels.cpu_isa(str(info))
+    # Said once where the kernels load, without a compiler's advice (none is missing).
+    with pytest.warns(UserWarning) as said:
+        kernels.warn_unavailable('fused kernels', bad.value, 'operators', 1)
+    assert 'is no level of the kernels' in str(said[0].message)
+    assert 'compiler' not in str(said[0].message)
+    # The level in use is the loaded library's, whatever the variable says later.
+    assert kernels.library_isa('/c/libcab_channel_ops-avx2.so', kernels.LIBRARY_NAME) == 'avx2'
+    assert kernels.library_isa('/c/other.so', kernels.LIBRARY_NAME) is None

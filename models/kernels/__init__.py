@@ -72,6 +72,10 @@ class UnsafeKernelCache(KernelBuildError):
     """The kernel cache could be written by someone else: nothing in it is loaded."""
 
 
+class KernelSettingError(KernelBuildError):
+    """A setting of the kernels' environment variables that they cannot follow."""
+
+
 def _unsafe_because(path: str | os.PathLike[str], what: str) -> str | None:
     """Why `path` may not hold code this process loads (None when it may): a link, another
     owner, or write access for others."""
@@ -173,7 +177,7 @@ def cpu_isa(cpuinfo: str | os.PathLike[str] = '/proc/cpuinfo') -> str:
     names = [name for name, _, _ in ISA_LEVELS]  # widest first
     cap = os.environ.get(ISA_ENV)
     if cap and cap not in names:
-        raise KernelBuildError(f'{ISA_ENV}={cap!r} is no level of the kernels: one of {names}')
+        raise KernelSettingError(f'{ISA_ENV}={cap!r} is no level of the kernels: one of {names}')
     found = _widest_isa(cpuinfo)
     return names[max(names.index(found), names.index(cap))] if cap else found
 
@@ -319,7 +323,9 @@ def build_library(
 def warn_unavailable(what: str, error: Exception, instead: str, stacklevel: int) -> None:
     """Once per process where a kernel library could not be loaded: why, what runs
     instead, and how to fix or silence it."""
-    fix = '' if isinstance(error, UnsafeKernelCache) else ' Install a C++ compiler to get them,'
+    # A compiler is the fix only where building failed.
+    settled = isinstance(error, (UnsafeKernelCache, KernelSettingError))
+    fix = '' if settled else ' Install a C++ compiler to get them,'
     warnings.warn(
         f'{what} unavailable ({error}); the attentions use {instead} instead: same '
         f'results, slower on the CPU.{fix} Set {FUSED_ENV}=0 to silence this.',
@@ -405,11 +411,14 @@ def kernel_status() -> KernelStatus:
 def kernel_isa() -> str | None:
     """The instruction set of the loaded kernels (None where MXNet's operators run)."""
     loaded, detail = kernel_status()
-    if not loaded:
-        return None
+    return library_isa(detail, LIBRARY_NAME) if loaded else None
+
+
+def library_isa(path: str, name: str) -> str | None:
+    """The level a library at `path` was built for, read from its file name (`name`
+    with `{isa}`): what was loaded, whatever the environment says now."""
     return next(
-        (name for name, _, _ in ISA_LEVELS if Path(detail).name == LIBRARY_NAME.format(isa=name)),
-        None,
+        (level for level, _, _ in ISA_LEVELS if Path(path).name == name.format(isa=level)), None
     )
 
 

@@ -34,7 +34,7 @@ from . import (
     KernelStatus,
     LibrarySpec,
     build_library,
-    cpu_isa,
+    library_isa,
     warn_unavailable,
 )
 
@@ -104,8 +104,8 @@ def torch_kernel_status() -> KernelStatus:
 
 def torch_kernel_isa() -> str | None:
     """The instruction set of the loaded torch kernels (None where PyTorch's run)."""
-    loaded, _ = torch_kernel_status()
-    return cpu_isa() if loaded else None
+    loaded, detail = torch_kernel_status()
+    return library_isa(detail, LIBRARY_NAME) if loaded else None
 
 
 def fused_kernels_apply(x: torch.Tensor) -> bool:

@@ -125,10 +125,7 @@ class _ChannelGate(torch.autograd.Function):
         with torch.enable_grad():
             gate = gate_of(*leaves)
         _check_gate_inputs(gate, leaves, parameters, gate_of)
-        if shortcut is not None and torch_ops.fused_kernels_apply(x):
-            out = torch_ops.gated_residual(x, gate.detach(), shortcut, relu)
-        else:
-            out = residual_end(x * gate.detach()[:, :, None, None], shortcut, relu)
+        out, ctx.kernel_end = _gated_end(x, gate.detach(), shortcut, relu)
         # ReLU's gradient reads its output, as PyTorch's own ReLU does.
         ctx.save_for_backward(x, out if relu else None)
         ctx.gate, ctx.leaves, ctx.parameters = gate, leaves, parameters
@@ -145,14 +142,15 @@ class _ChannelGate(torch.autograd.Function):
         x, out = ctx.saved_tensors
         gate = ctx.gate
         fused = torch_ops.fused_kernels_apply(x)
-        if fused and ctx.relu:  # the ReLU's gradient and the gate's in one pass
+        if ctx.relu and ctx.kernel_end:  # the ReLU's gradient and the gate's in one pass
             grad, grad_gate = torch_ops.relu_masked_channel_dot(grad, out, x)
-        elif fused:
-            grad_gate = torch_ops.channel_dot(grad, x)
         else:
             if ctx.relu:
                 grad = torch.ops.aten.threshold_backward(grad, out, 0)
-            grad_gate = (grad * x).sum(dim=SPATIAL, dtype=gate.dtype)
+            if fused:
+                grad_gate = torch_ops.channel_dot(grad, x)
+            else:
+                grad_gate = (grad * x).sum(dim=SPATIAL, dtype=gate.dtype)
         grad_gate = grad_gate.to(gate.dtype)
         grad_shortcut = grad if ctx.has_shortcut and ctx.needs_input_grad[1] else None
         trained = [p for p in ctx.parameters if p.requires_grad]
@@ -343,10 +341,29 @@ def gate_channels(
         return residual_end(gated, shortcut, relu)
     if torch.is_grad_enabled() and x.requires_grad:
         return _ChannelGate.apply(x, shortcut, relu, gate_of, statistics, *module.parameters())
-    # No gradient to x: autograd (where on) sees only the gate's parameters.
+    # No gradient to x: autograd (where on) sees only the gate's parameters and the
+    # shortcut, through PyTorch's operators; without it (evaluation) the kernels end it.
     values, _ = channel_statistics(x, statistics)
     gate = gate_of(*(values[statistic] for statistic in statistics))
-    return residual_end(x * gate[:, :, None, None], shortcut, relu)
+    if torch.is_grad_enabled():
+        return residual_end(x * gate[:, :, None, None], shortcut, relu)
+    return _gated_end(x, gate, shortcut, relu)[0]
+
+
+def _gated_end(
+    x: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor | None, relu: bool
+) -> tuple[torch.Tensor, bool]:
+    """(x * gate with the block's end where a shortcut is given, whether the kernel wrote
+    it): the kernel takes x and a shortcut of x's shape and dtype; PyTorch's operators
+    the rest (their broadcasting and type promotion)."""
+    if (
+        shortcut is not None
+        and shortcut.shape == x.shape
+        and shortcut.dtype == x.dtype
+        and torch_ops.fused_kernels_apply(x)
+    ):
+        return torch_ops.gated_residual(x, gate, shortcut, relu), True
+    return residual_end(x * gate[:, :, None, None], shortcut, relu), False
 
 
 def residual_end(residual: torch.Tensor, shortcut: torch.Tensor | None, relu: bool) -> torch.Tensor:

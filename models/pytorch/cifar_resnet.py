@@ -53,15 +53,28 @@ def _attention(
 def _ends_the_block(attention: nn.Module | None) -> bool:
     """Whether the attention computes the block's end with it (`forward_residual`: a channel
     gate, models/pytorch/channel_gate.py, which saves the activation passes of the product,
-    the sum and the ReLU). Not where hooks watch the module: its forward must then run."""
+    the sum and the ReLU). Only where `forward_residual` belongs to the forward that would
+    run (a subclass or an instance with a forward of its own keeps it), and not where
+    hooks watch the module, forward or backward: its own forward must then run."""
     from torch.nn.modules import module as hooks
 
-    return (
-        attention is not None
-        and hasattr(attention, 'forward_residual')
-        and not (attention._forward_hooks or attention._forward_pre_hooks)
-        and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+    if attention is None or 'forward' in vars(attention):
+        return False
+    defining = [
+        next((kind for kind in type(attention).__mro__ if name in vars(kind)), None)
+        for name in ('forward', 'forward_residual')
+    ]
+    watched = (
+        attention._forward_hooks,
+        attention._forward_pre_hooks,
+        attention._backward_hooks,
+        attention._backward_pre_hooks,
+        hooks._global_forward_hooks,
+        hooks._global_forward_pre_hooks,
+        hooks._global_backward_hooks,
+        hooks._global_backward_pre_hooks,
     )
+    return defining[1] is not None and defining[0] is defining[1] and not any(watched)
 
 
 class BasicBlockV1(nn.Module):
