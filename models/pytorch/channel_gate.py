@@ -329,10 +329,11 @@ def gate_channels(
     statistics (each (N, C), in the order asked) to the gate (N, C) with the parameters
     of `module` (their gradients flow through the gate's network).
 
-    With a `shortcut` (x's shape), a residual block's end comes with it: shortcut plus
-    that product, then a ReLU where `relu`: on the CPU kernels one pass over the
-    activation where PyTorch's operators make three (product, sum, ReLU), the same
-    numbers to float32 rounding."""
+    With a `shortcut`, a residual block's end comes with it: shortcut plus that product,
+    then a ReLU where `relu`. On the CPU kernels (a shortcut of x's shape and dtype) one
+    pass over the activation where PyTorch's operators make three (product, sum, ReLU),
+    with the very same numbers: the kernel rounds the product before the sum as they do.
+    Other shortcuts broadcast and promote through PyTorch's operators."""
     statistics = tuple(statistics)
     if relu and shortcut is None:
         raise ValueError('gate_channels: relu=True ends a residual block: pass its shortcut')
@@ -378,8 +379,9 @@ def residual_end(residual: torch.Tensor, shortcut: torch.Tensor | None, relu: bo
 class ChannelGate(nn.Module):
     """An attention that scales x by a gate computed from x's per-channel statistics
     (SE, ECA, GCT, CBAM, SRM): a subclass names its `statistics` and maps them to the
-    gate (N, C) in `_gate`. A residual block whose attention has `forward_residual` ends
-    through it (models/pytorch/cifar_resnet.py), unless hooks watch the module."""
+    gate (N, C) in `_gate`. A residual block ends through `forward_residual`
+    (models/pytorch/cifar_resnet.py), unless hooks watch the module or a subclass or the
+    instance has a forward of its own."""
 
     statistics: tuple[Statistic, ...] = ()
 
