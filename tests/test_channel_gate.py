@@ -2,6 +2,7 @@
 simam.py) compute autograd's gradients, and the CPU session's malloc setting ends the
 page faults that it exists for."""
 
+import contextlib
 import copy
 import os
 import platform
@@ -349,17 +350,23 @@ def test_keeping_freed_memory_ends_the_training_steps_page_faults():
     assert after < 100 and after < before / 20, (before, after)
 
 
+@contextlib.contextmanager
+def _unfused(monkeypatch):
+    """Within it, every block ends by PyTorch's operators, not through its gate."""
+    from models.pytorch import cifar_resnet
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cifar_resnet, '_ends_the_block', lambda _: False)
+        yield
+
+
 def _block_run(net, x, fuse, monkeypatch):
     """Output, parameter gradients and BN statistics of one training step's forward and
     backward, the blocks ending through their gates (`fuse`) or by PyTorch's operators."""
-    from models.pytorch import cifar_resnet
-
-    real = cifar_resnet._ends_the_block
-    monkeypatch.setattr(cifar_resnet, '_ends_the_block', real if fuse else lambda _: False)
-    out = net(x)
-    out.square().sum().backward()
+    with _unfused(monkeypatch) if not fuse else contextlib.nullcontext():
+        out = net(x)
+        out.square().sum().backward()
     grads = {name: p.grad.clone() for name, p in net.named_parameters()}
-    monkeypatch.setattr(cifar_resnet, '_ends_the_block', real)
     return out.detach(), grads, {name: b.clone() for name, b in net.named_buffers()}
 
 
@@ -403,17 +410,11 @@ def test_a_blocks_end_through_its_channel_gate_gives_the_very_same_numbers(
     with torch.no_grad():  # evaluation: the kernel alone, no backward
         net.eval(), twin.eval()
         calls.clear()
-        assert torch.equal(net(x), _block_run_eval(twin, x, monkeypatch))
+        with _unfused(monkeypatch):
+            unfused = twin(x)
+        assert torch.equal(net(x), unfused)
         if torch_ops.torch_kernel_status().loaded:
             assert calls == ['gated_residual'] * 3
-
-
-def _block_run_eval(net, x, monkeypatch):
-    from models.pytorch import cifar_resnet
-
-    with monkeypatch.context() as patch:
-        patch.setattr(cifar_resnet, '_ends_the_block', lambda _: False)
-        return net(x)
 
 
 def test_hooks_on_an_attention_see_its_own_forward():

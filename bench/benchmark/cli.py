@@ -303,9 +303,7 @@ def header_line(settings: dict[str, Any]) -> str:
     """What every number below it was measured under."""
     torch_step = f', torch step {settings["torch_step"]}' if settings['torch_step'] else ''
     threads = settings['omp_num_threads'] or 'unset'
-    processes = (
-        f', {settings["processes"]} process' if settings.get('processes', 'one') != 'one' else ''
-    )
+    processes = f', {settings["processes"]} process' if settings['processes'] != 'one' else ''
     return (
         f'device: {"; ".join(settings["devices"])}, batch {settings["batch_size"]}, '
         f'{settings["precision"]}{torch_step}, {settings["timed_batches"]} timed batches '

@@ -106,6 +106,7 @@ class BasicBlockV1(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x) if self.downsample is not None else x
         if self.attention is not None and self.attention_before_last_bn:
             *convolutions, last_bn = self.body
             residual = x
@@ -115,11 +116,9 @@ class BasicBlockV1(nn.Module):
         else:
             residual = self.body(x)
             if _ends_the_block(self.attention):
-                shortcut = self.downsample(x) if self.downsample is not None else x
                 return self.attention.forward_residual(residual, shortcut, relu=True)
             if self.attention is not None:
                 residual = self.attention(residual)
-        shortcut = self.downsample(x) if self.downsample is not None else x
         return F.relu(shortcut + residual)
 
 
